@@ -1,0 +1,88 @@
+"""The ``archscale`` command line: a thin Typer layer over the library.
+
+Each verb group lives in its own module under ``archscale.cli`` and registers
+its commands on :data:`app`; none holds logic beyond parsing flags, calling
+the library and printing. :func:`main` is the console-script entry point: it
+turns :class:`~archscale.errors.UserError` into one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import typer
+
+from archscale import __version__
+from archscale.errors import UserError
+
+app = typer.Typer(
+    name="archscale",
+    help="Choose an LLM architecture before you pretrain it: fit architecture-aware scaling laws, "
+    "search shapes for throughput at a loss target, benchmark and train them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"archscale {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """archscale: architecture-aware scaling laws and inference-efficient shape search."""
+
+
+def print_json(payload: Any) -> None:
+    """Write a JSON document to stdout (for ``--json``)."""
+    sys.stdout.write(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _register_commands() -> None:
+    """Import every verb module so its commands attach to :data:`app`."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        if module.name.startswith("cmd_"):
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+def main() -> None:
+    """Console-script entry point: run the app, map user errors to one line and exit 2."""
+    _register_commands()
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,202 @@
+"""The runs table: one row per training run, the input every law fits.
+
+Canonical columns are ``N`` (non-embedding parameters), ``D`` (training
+tokens) and ``loss``; where known, the shape columns ``n_layers``,
+``d_model``, ``n_heads``, ``n_kv_heads``, ``d_head``, ``d_ff`` and ``vocab``.
+The shape descriptors the laws use (``R``, ``r``, ``x = d_model/sqrt(N)``,
+``gqa``) are always *derived* here from the shape, never read from the file,
+so a table cannot carry a ratio that disagrees with its own shape.
+
+Reading validates every row with a pydantic schema and reports the first bad
+cell as one line naming file, row and column (:class:`UserError`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from archscale.errors import UserError
+
+REQUIRED = ("N", "D", "loss")
+SHAPE = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff", "vocab")
+DERIVED = ("R", "r", "x", "gqa")
+FLOPS_COLUMN = "C"
+
+
+class RunRow(BaseModel):
+    """Schema of one run. Shape fields are optional; when present they must be positive."""
+
+    model_config = ConfigDict(extra="allow")
+
+    N: float
+    D: float
+    loss: float
+    n_layers: int | None = None
+    d_model: int | None = None
+    n_heads: int | None = None
+    n_kv_heads: int | None = None
+    d_head: int | None = None
+    d_ff: int | None = None
+    vocab: int | None = None
+
+    @field_validator("N", "D", "loss")
+    @classmethod
+    def _finite_positive(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value}")
+        if value <= 0:
+            raise ValueError(f"must be > 0, got {value}")
+        return value
+
+    @field_validator(*SHAPE)
+    @classmethod
+    def _positive_int(cls, value: int | None) -> int | None:
+        if value is not None and value <= 0:
+            raise ValueError(f"must be a positive integer, got {value}")
+        return value
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read CSV, Parquet or JSON Lines by extension, with a clear error for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a runs table (.csv, .parquet or .jsonl)")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if suffix in (".jsonl", ".ndjson"):
+            return pd.read_json(path, lines=True)
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise UserError(f"{path}: cannot be read as {suffix[1:]}: {str(exc).splitlines()[0]}") from None
+    raise UserError(f"{path}: unknown format {suffix or '(no extension)'}; use .csv, .parquet or .jsonl")
+
+
+def parse_column_map(items: list[str] | None) -> dict[str, str]:
+    """Parse ``--col N="Model Size"`` items into ``{"Model Size": "N"}`` (file name -> canonical)."""
+    mapping: dict[str, str] = {}
+    for item in items or []:
+        canonical, sep, source = item.partition("=")
+        canonical, source = canonical.strip(), source.strip().strip("'\"")
+        if not sep or not canonical or not source:
+            raise UserError(f"--col {item!r}: expected CANONICAL=\"file column\", e.g. N=\"Model Size\"")
+        allowed = REQUIRED + SHAPE + (FLOPS_COLUMN,)
+        if canonical not in allowed:
+            raise UserError(f"--col {item!r}: {canonical!r} is not a runs-table column; one of {', '.join(allowed)}")
+        mapping[source] = canonical
+    return mapping
+
+
+def load_runs(path: str | Path, column_map: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Read, map, validate and derive: the one way a runs table enters archscale.
+
+    ``column_map`` maps file column names to canonical ones. A file may give
+    training FLOPs (canonical ``C``) instead of tokens; then ``D = C / (6 N)``.
+    """
+    path = Path(path)
+    frame = read_table(path)
+    if column_map:
+        missing = [src for src in column_map if src not in frame.columns]
+        if missing:
+            raise UserError(f"{path}: --col names column {missing[0]!r}, which the file does not have")
+        # drop any canonical column the mapping replaces, then rename
+        replaced = [dst for dst in column_map.values() if dst in frame.columns and dst not in column_map]
+        frame = frame.drop(columns=replaced).rename(columns=dict(column_map))
+    if "D" not in frame.columns and FLOPS_COLUMN in frame.columns and "N" in frame.columns:
+        frame["D"] = pd.to_numeric(frame[FLOPS_COLUMN], errors="coerce") / (6.0 * pd.to_numeric(frame["N"], errors="coerce"))
+    for column in REQUIRED:
+        if column not in frame.columns:
+            hint = ' (map one with --col D="..." or give training FLOPs with --col C="...")' if column == "D" else f' (map one with --col {column}="...")'
+            raise UserError(f"{path}: missing column {column!r}{hint}")
+    if frame.empty:
+        raise UserError(f"{path}: has no rows")
+    frame = frame.drop(columns=[c for c in DERIVED if c in frame.columns])
+    validate(frame, path)
+    return derive(frame.reset_index(drop=True))
+
+
+def validate(frame: pd.DataFrame, path: str | Path) -> None:
+    """Check every row against :class:`RunRow`; raise on the first bad cell (1-based data row)."""
+    columns = [c for c in REQUIRED + SHAPE if c in frame.columns]
+    records = frame[columns].astype(object).where(frame[columns].notna(), None).to_dict("records")
+    for index, record in enumerate(records, start=1):
+        for column in REQUIRED:
+            if record[column] is None:
+                raise UserError(f"{path}: row {index}, column {column!r}: value is missing (NaN)")
+        try:
+            RunRow(**record)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            column = error["loc"][0] if error["loc"] else "?"
+            message = error["msg"].removeprefix("Value error, ")
+            raise UserError(f"{path}: row {index}, column {column!r}: {message} (got {record.get(column)!r})") from None
+
+
+def derive(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add ``R``, ``r``, ``x`` and ``gqa`` wherever the shape columns allow."""
+    frame = frame.copy()
+    for column in REQUIRED:
+        frame[column] = frame[column].astype(float)
+    has = set(frame.columns)
+    if {"d_model", "n_layers"} <= has:
+        frame["R"] = frame["d_model"] / frame["n_layers"]
+    if "d_model" in has:
+        frame["x"] = frame["d_model"] / np.sqrt(frame["N"])
+    if {"n_heads", "n_kv_heads"} <= has:
+        frame["gqa"] = frame["n_heads"] / frame["n_kv_heads"]
+    if {"d_model", "n_heads", "n_kv_heads", "d_head", "d_ff"} <= has:
+        attention = 2 * frame["d_model"] * frame["d_head"] * (frame["n_heads"] + frame["n_kv_heads"])
+        frame["r"] = 3 * frame["d_model"] * frame["d_ff"] / attention
+    return frame
+
+
+def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str, source: str = "runs table") -> None:
+    """Raise a clear error when a law needs columns the table does not have."""
+    missing = [c for c in columns if c not in frame.columns or frame[c].isna().any()]
+    if not missing:
+        return
+    explain = {
+        "R": "R = d_model/n_layers needs columns d_model and n_layers",
+        "x": "x = d_model/sqrt(N) needs column d_model",
+        "r": "r = MLP/attention parameters needs d_model, n_heads, n_kv_heads, d_head and d_ff",
+    }
+    column = missing[0]
+    raise UserError(f"{source}: {what} needs column {column!r} on every row" + (f" ({explain[column]})" if column in explain else ""))
+
+
+def append_run(path: str | Path, row: Mapping[str, object]) -> None:
+    """Append one run to a CSV runs table atomically.
+
+    The new table is written to a temporary file in the same folder and
+    renamed over the old one, under an exclusive lock, so a crash never leaves
+    a half row and concurrent writers never lose one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        new = pd.DataFrame([dict(row)])
+        frame = pd.concat([pd.read_csv(path), new], ignore_index=True) if path.exists() else new
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w") as out:
+                frame.to_csv(out, index=False)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
