@@ -1,0 +1,42 @@
+"""The registry of scaling laws: one name per law, the same interface for all (see :mod:`.base`)."""
+
+from __future__ import annotations
+
+from archscale.errors import UserError
+from archscale.laws.aspect import Aspect
+from archscale.laws.base import Law, Param
+from archscale.laws.chinchilla import Chinchilla
+from archscale.laws.conditional import (
+    ConditionalAdditive,
+    ConditionalMultiplicative,
+    UCurve,
+    factor_optimum,
+    u_factor,
+)
+
+LAWS: dict[str, Law] = {
+    law.name: law
+    for law in (
+        Chinchilla(),
+        Chinchilla(tied=True),
+        Aspect(),
+        Aspect(tied=True),
+        ConditionalMultiplicative(),
+        ConditionalAdditive(),
+        UCurve("x"),
+        UCurve("r"),
+    )
+}
+
+CONDITIONAL = ("conditional-mult", "conditional-add")
+
+
+def get_law(name: str) -> Law:
+    """Look a law up by name; an unknown name is a user error listing the known ones."""
+    try:
+        return LAWS[name]
+    except KeyError:
+        raise UserError(f"unknown law {name!r}; known laws: {', '.join(LAWS)}") from None
+
+
+__all__ = ["LAWS", "CONDITIONAL", "Law", "Param", "get_law", "factor_optimum", "u_factor"]
