@@ -1,0 +1,118 @@
+"""``archscale fit`` / ``predict`` as a user meets them, failure modes included."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import DATA
+
+
+def test_fit_writes_json_and_plot(cli, tmp_path):
+    out, plot = tmp_path / "fit.json", tmp_path / "fit.png"
+    result = cli("fit", DATA / "chinchilla_epoch.csv", "--law", "chinchilla", "--loss", "huber",
+                 "--where", "loss < 3.42", "--out", out, "--plot", plot)
+    assert result.code == 0, result.err
+    assert "alpha" in result.out and "Spearman" in result.out
+    document = json.loads(out.read_text())
+    assert document["law"] == "chinchilla" and document["objective"] == "huber"
+    assert document["n_points"] == 240
+    assert set(document["metrics"]) == {"fit", "holdout"}
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fit_holdout_metrics_and_predict_roundtrip(cli, tmp_path):
+    out = tmp_path / "aspect.json"
+    result = cli("fit", DATA / "aspect_ratio_morph.csv", "--law", "aspect", "--holdout", "N>=1e9", "--out", out)
+    assert result.code == 0, result.err
+    assert json.loads(out.read_text())["metrics"]["holdout"]["n"] == 4
+    predicted = cli("predict", out, "--n", "1.44e9", "--d", "2.9e10", "--d-model", "2048", "--layers", "24", "--json")
+    assert predicted.code == 0, predicted.err
+    assert 2.7 < json.loads(predicted.out)["loss"] < 3.1
+
+
+def test_fit_json_to_stdout(cli):
+    result = cli("fit", DATA / "chinchilla_epoch.csv", "--json")
+    assert result.code == 0
+    assert json.loads(result.out)["law"] == "chinchilla"
+
+
+def test_conditional_fit_with_chinchilla_reference_and_predict(cli, tmp_path):
+    reference = tmp_path / "chinchilla.json"
+    assert cli("fit", DATA / "chinchilla_epoch.csv", "--loss", "huber", "--where", "loss < 3.42", "--out", reference).code == 0
+    rows = []
+    for n in (8e7, 1.5e8, 3e8):
+        for d_model, heads, d_ff in ((512, 16, 1536), (768, 12, 2048), (1024, 8, 2048), (768, 24, 1024), (640, 8, 2560)):
+            rows.append(dict(N=n, D=100 * n, n_layers=12, d_model=d_model, n_heads=heads, n_kv_heads=4 if heads % 4 == 0 else heads,
+                             d_head=64, d_ff=d_ff, loss=3.4 - 0.2 * (n / 1e8) ** 0.3 + 0.01 * abs(d_model - 768) / 256))
+    runs = tmp_path / "runs.csv"
+    pd.DataFrame(rows).to_csv(runs, index=False)
+    out = tmp_path / "cond.json"
+    result = cli("fit", runs, "--law", "conditional-mult", "--reference", reference, "--out", out, "--plot", tmp_path / "c.png")
+    assert result.code == 0, result.err
+    document = json.loads(out.read_text())
+    assert document["reference"]["kind"] == "law" and document["reference"]["law"] == "chinchilla"
+    assert set(document["params"]) == {"a0", "a1", "a2", "b0", "b1", "b2"}
+    predicted = cli("predict", out, "--n", "1e9", "--d", "1e11", "--d-model", "2560", "--ratio", "1.07")
+    assert predicted.code == 0, predicted.err
+    assert "predicts loss" in predicted.out
+
+
+def test_predict_with_published_fit_needs_l_opt(cli):
+    fit = DATA / "fits" / "dissertation_1b_mult.json"
+    without = cli("predict", fit, "--n", "1e9", "--d", "1e11", "--d-model", "2560", "--ratio", "1.07")
+    assert without.code == 2 and "--l-opt" in without.err
+    with_l_opt = cli("predict", fit, "--n", "1e9", "--d-model", "2560", "--ratio", "1.07", "--l-opt", "2.8", "--json")
+    assert with_l_opt.code == 0
+    assert json.loads(with_l_opt.out)["optimum"]["r"] == pytest.approx(1.032, rel=0.01)
+
+
+def _write(tmp_path, rows):
+    path = tmp_path / "runs.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+GOOD = {"N": [1e8, 2e8, 4e8, 8e8, 1.6e9, 1e8, 4e8], "D": [2e9, 4e9, 8e9, 1.6e10, 3.2e10, 8e9, 4e9],
+        "loss": [3.5, 3.3, 3.1, 2.95, 2.8, 3.3, 3.15]}
+
+
+@pytest.mark.parametrize(
+    "make, args, message",
+    [
+        (lambda p: p / "missing.csv", [], "no such file"),
+        (lambda p: _write(p, {"N": [1e8], "loss": [3.0]}), [], "missing column 'D'"),
+        (lambda p: _write(p, {**GOOD, "loss": [3.5, float("nan"), 3.1, 2.95, 2.8, 3.3, 3.15]}), [], "row 2, column 'loss': value is missing"),
+        (lambda p: _write(p, {**GOOD, "N": [1e8, 0, 4e8, 8e8, 1.6e9, 1e8, 4e8]}), [], "row 2, column 'N': must be > 0"),
+        (lambda p: _write(p, {**GOOD, "D": [2e9, -4e9, 8e9, 1.6e10, 3.2e10, 8e9, 4e9]}), [], "row 2, column 'D': must be > 0"),
+        (lambda p: _write(p, {k: v[:4] for k, v in GOOD.items()}), [], "4 runs cannot fit law chinchilla, which has 5 free parameters"),
+        (lambda p: _write(p, GOOD), ["--max-evals", "2"], "did not converge"),
+        (lambda p: _write(p, GOOD), ["--law", "aspect"], "needs column 'R'"),
+        (lambda p: _write(p, GOOD), ["--law", "kaplan"], "unknown law 'kaplan'"),
+        (lambda p: _write(p, GOOD), ["--holdout", "N >>> 3"], "--holdout 'N >>> 3': cannot evaluate"),
+        (lambda p: _write(p, GOOD), ["--holdout", "N > 0"], "holds out every row"),
+        (lambda p: _write(p, GOOD), ["--loss", "l1"], "--loss 'l1'"),
+        (lambda p: _write(p, GOOD), ["--fix", "A=400"], "--fix A: A depends on the units"),
+        (lambda p: _write(p, GOOD), ["--reference", DATA / "fits" / "dissertation_1b_mult.json"], "--reference only applies"),
+        (lambda p: _write(p, {"N": [1e8 * 2**i for i in range(8)], "D": [2e9 * 2**i for i in range(8)],
+                              "loss": [3.5 - 0.1 * i for i in range(8)]}), [], "same tokens-per-parameter ratio"),
+    ],
+)
+def test_fit_bad_input_is_one_line_exit_2_and_writes_nothing(cli, tmp_path, make, args, message):
+    out, plot = tmp_path / "out.json", tmp_path / "out.png"
+    result = cli("fit", make(tmp_path), *args, "--out", out, "--plot", plot)
+    assert result.code == 2
+    assert message in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert "Traceback" not in result.err
+    assert not out.exists() and not plot.exists()
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_predict_bad_input(cli, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert cli("predict", bad, "--n", "1e9").code == 2
+    fit = DATA / "fits" / "dissertation_1b_mult.json"
+    result = cli("predict", fit, "--n", "1e9", "--l-opt", "2.8")
+    assert result.code == 2 and "--d-model" in result.err

@@ -1,0 +1,92 @@
+"""The runs table: formats, column mapping, derived columns, validation, atomic appends."""
+
+import math
+import multiprocessing
+
+import pandas as pd
+import pytest
+
+from archscale.errors import UserError
+from archscale.runs import append_run, load_runs, parse_column_map
+from conftest import DATA
+
+
+def test_shipped_chinchilla_table_derives_tokens_from_flops():
+    frame = load_runs(DATA / "chinchilla_epoch.csv")
+    assert len(frame) == 245
+    assert frame["D"].iloc[0] == pytest.approx(frame["C"].iloc[0] / (6 * frame["N"].iloc[0]))
+
+
+def test_shape_columns_give_derived_descriptors(tmp_path):
+    # LLaMA-3.2-1B's shape: r = 4.8, GQA 4, R = 128
+    path = tmp_path / "runs.csv"
+    pd.DataFrame([dict(N=973e6, D=1e11, loss=2.8, n_layers=16, d_model=2048, n_heads=32, n_kv_heads=8,
+                       d_head=64, d_ff=8192, r=99.0)]).to_csv(path, index=False)
+    row = load_runs(path).iloc[0]
+    assert row["r"] == pytest.approx(4.8)  # the typed-in r=99 is replaced by the derived value
+    assert row["gqa"] == 4
+    assert row["R"] == 128
+    assert row["x"] == pytest.approx(2048 / math.sqrt(973e6))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_reads_every_supported_format(tmp_path, suffix):
+    frame = pd.DataFrame({"N": [1e8, 2e8], "D": [2e9, 4e9], "loss": [3.5, 3.2]})
+    path = tmp_path / f"runs{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix == ".parquet":
+        frame.to_parquet(path)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    assert load_runs(path)["loss"].tolist() == [3.5, 3.2]
+
+
+def test_foreign_columns_map_with_col(tmp_path):
+    path = tmp_path / "foreign.csv"
+    pd.DataFrame({"Model Size": [1e8, 2e8], "Training FLOP": [6e17, 2.4e18], "loss": [3.0, 2.9]}).to_csv(path, index=False)
+    frame = load_runs(path, parse_column_map(['N="Model Size"', "C=Training FLOP"]))
+    assert frame["D"].tolist() == pytest.approx([1e9, 2e9])
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ({"N": [1e8, float("nan")], "D": [1e9, 1e9], "loss": [3.0, 3.0]}, "row 2, column 'N': value is missing"),
+        ({"N": [1e8, 1e8], "D": [1e9, 0], "loss": [3.0, 3.0]}, "row 2, column 'D': must be > 0"),
+        ({"N": [1e8, 1e8], "D": [1e9, 1e9], "loss": [3.0, -1]}, "row 2, column 'loss': must be > 0"),
+        ({"N": [1e8], "D": [1e9], "loss": [3.0], "n_layers": [-2]}, "row 1, column 'n_layers'"),
+        ({"N": [1e8], "loss": [3.0]}, "missing column 'D'"),
+    ],
+)
+def test_bad_rows_name_file_row_and_column(tmp_path, rows, message):
+    path = tmp_path / "bad.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    with pytest.raises(UserError, match=message) as excinfo:
+        load_runs(path)
+    assert str(path) in str(excinfo.value)
+
+
+def test_bad_col_flag():
+    with pytest.raises(UserError, match="--col"):
+        parse_column_map(["Model Size"])
+    with pytest.raises(UserError, match="not a runs-table column"):
+        parse_column_map(["params=Model Size"])
+
+
+def _append_many(path, worker, count):
+    for i in range(count):
+        append_run(path, {"N": 1e6 * (worker + 1), "D": 1e8 + i, "loss": 3.0, "worker": worker})
+
+
+def test_concurrent_appends_lose_no_row(tmp_path):
+    path = tmp_path / "runs.csv"
+    procs = [multiprocessing.Process(target=_append_many, args=(path, w, 15)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    frame = pd.read_csv(path)
+    assert len(frame) == 45
+    assert sorted(frame.groupby("worker").size().tolist()) == [15, 15, 15]
+    assert not list(tmp_path.glob("*.tmp"))
