@@ -19,6 +19,37 @@ from dataclasses import dataclass
 from archscale.errors import UserError
 
 
+def attention_params_per_layer(d_model, n_heads, n_kv_heads, d_head):
+    """Q and O (``2 d n_heads d_head``) plus K and V (``2 d n_kv_heads d_head``); no biases.
+
+    Works on ints and on numpy arrays alike, so the candidate sweep, the
+    roofline and the runs table use this very formula.
+    """
+    return 2 * d_model * d_head * (n_heads + n_kv_heads)
+
+
+def mlp_params_per_layer(d_model, d_ff):
+    """SwiGLU: gate, up and down projections, ``3 d d_ff``."""
+    return 3 * d_model * d_ff
+
+
+def non_embedding_params(n_layers, d_model, n_heads, n_kv_heads, d_head, d_ff):
+    """Every parameter outside the embedding and output head: the one parameter count in archscale.
+
+    Includes the two RMSNorm weight vectors per block and the final norm
+    (``2 d`` per layer + ``d``): negligible for the ratios, but included so it
+    equals what the PyTorch model counts.
+    """
+    per_layer = (attention_params_per_layer(d_model, n_heads, n_kv_heads, d_head)
+                 + mlp_params_per_layer(d_model, d_ff) + 2 * d_model)
+    return n_layers * per_layer + d_model
+
+
+def mlp_attention_ratio(d_model, n_heads, n_kv_heads, d_head, d_ff):
+    """MLP parameters over attention parameters (the paper's ``r``)."""
+    return mlp_params_per_layer(d_model, d_ff) / attention_params_per_layer(d_model, n_heads, n_kv_heads, d_head)
+
+
 @dataclass(frozen=True)
 class Architecture:
     """A decoder-only transformer shape.
@@ -68,24 +99,16 @@ class Architecture:
 
     @property
     def attention_params_per_layer(self) -> int:
-        """Q and O (``2 d d_q``) plus K and V (``2 d d_kv``); no biases."""
-        return 2 * self.d_model * self.d_q + 2 * self.d_model * self.d_kv
+        return attention_params_per_layer(self.d_model, self.n_heads, self.n_kv_heads, self.d_head)
 
     @property
     def mlp_params_per_layer(self) -> int:
-        """SwiGLU: gate, up and down projections, ``3 d d_ff``."""
-        return 3 * self.d_model * self.d_ff
+        return mlp_params_per_layer(self.d_model, self.d_ff)
 
     @property
     def n_params_non_embedding(self) -> int:
-        """Every parameter outside the embedding and output head.
-
-        Includes the two RMSNorm weight vectors per block and the final norm
-        (``2 d`` per layer + ``d``): they are negligible for the ratios but
-        included so this equals what the PyTorch model counts.
-        """
-        per_layer = self.attention_params_per_layer + self.mlp_params_per_layer + 2 * self.d_model
-        return self.n_layers * per_layer + self.d_model
+        """See :func:`non_embedding_params`."""
+        return non_embedding_params(self.n_layers, self.d_model, self.n_heads, self.n_kv_heads, self.d_head, self.d_ff)
 
     @property
     def n_params_embedding(self) -> int:
@@ -101,7 +124,7 @@ class Architecture:
     @property
     def r_mlp_attn(self) -> float:
         """MLP parameters over attention parameters (the paper's ``r``)."""
-        return self.mlp_params_per_layer / self.attention_params_per_layer
+        return mlp_attention_ratio(self.d_model, self.n_heads, self.n_kv_heads, self.d_head, self.d_ff)
 
     @property
     def d_over_sqrt_n(self) -> float:
@@ -186,3 +209,109 @@ class Architecture:
                             "intermediate_size, num_hidden_layers, num_attention_heads)") from None
         except (TypeError, ValueError) as exc:
             raise UserError(f"{source}: {exc}") from None
+
+
+# ---- presets ------------------------------------------------------------------
+# Public configs, copied from each model's Hugging Face ``config.json`` (repo in
+# PRESET_SOURCES), and the dissertation's own models (Table 6.2 / 6.5 / 6.6).
+# Only what Architecture models is kept: Qwen2.5's q/k/v biases, Qwen3's and
+# OLMo-2's q/k norms and Gemma-2's extra norms and soft-capping are left out, so
+# their parameter counts here are off by well under 0.1%.
+#
+# The dissertation's Panda/Surefire models are "LLaMA-3.2 style" with the
+# LLaMA-3.2 tokenizer (128256); like LLaMA-3.2-1B/3B we assume tied embeddings
+# (the paper does not say; only N_embed depends on it). Their head counts are
+# not printed in the paper: they are solved from d_model, d_ff, r and GQA with
+# d_head fixed (64 at 1B, 128 at 3B). Panda-1B: 72/18 heads (Table B.1 v13).
+# Surefire-1B: 36/4 (r 3.6, GQA 9). Panda-3B: attention 2*4096*128*(h+kv) equal
+# to the MLP 3*4096*4096 (r = 1) gives h+kv = 48, with GQA 3: 36/12.
+# Surefire-3B: h+kv = 48 with GQA 7: 42/6.
+
+def _preset(name: str, n_layers: int, d_model: int, n_heads: int, n_kv_heads: int, d_head: int, d_ff: int,
+            vocab_size: int, tie_embeddings: bool) -> Architecture:
+    return Architecture(n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, d_head=d_head,
+                        d_ff=d_ff, vocab_size=vocab_size, tie_embeddings=tie_embeddings, name=name)
+
+
+PRESETS: dict[str, Architecture] = {
+    a.name: a
+    for a in (
+        _preset("llama-3.2-1b", 16, 2048, 32, 8, 64, 8192, 128256, True),
+        _preset("llama-3.2-3b", 28, 3072, 24, 8, 128, 8192, 128256, True),
+        _preset("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, False),
+        _preset("qwen2.5-1.5b", 28, 1536, 12, 2, 128, 8960, 151936, True),
+        _preset("qwen2.5-3b", 36, 2048, 16, 2, 128, 11008, 151936, True),
+        _preset("qwen2.5-7b", 28, 3584, 28, 4, 128, 18944, 152064, False),
+        _preset("qwen3-0.6b", 28, 1024, 16, 8, 128, 3072, 151936, True),
+        _preset("qwen3-1.7b", 28, 2048, 16, 8, 128, 6144, 151936, True),
+        _preset("qwen3-4b", 36, 2560, 32, 8, 128, 9728, 151936, True),
+        _preset("olmo-2-1b", 16, 2048, 32, 32, 64, 8192, 100352, False),
+        _preset("gemma-2-2b", 26, 2304, 8, 4, 256, 9216, 256000, True),
+        _preset("panda-1b", 16, 2560, 72, 18, 64, 4096, 128256, True),
+        _preset("surefire-1b", 16, 2560, 36, 4, 64, 6144, 128256, True),
+        _preset("panda-3b", 28, 4096, 36, 12, 128, 4096, 128256, True),
+        _preset("surefire-3b", 28, 4096, 42, 6, 128, 4096, 128256, True),
+    )
+}
+
+PRESET_SOURCES: dict[str, str] = {
+    "llama-3.2-1b": "hf:meta-llama/Llama-3.2-1B",
+    "llama-3.2-3b": "hf:meta-llama/Llama-3.2-3B",
+    "llama-3.1-8b": "hf:meta-llama/Llama-3.1-8B",
+    "qwen2.5-1.5b": "hf:Qwen/Qwen2.5-1.5B",
+    "qwen2.5-3b": "hf:Qwen/Qwen2.5-3B",
+    "qwen2.5-7b": "hf:Qwen/Qwen2.5-7B",
+    "qwen3-0.6b": "hf:Qwen/Qwen3-0.6B",
+    "qwen3-1.7b": "hf:Qwen/Qwen3-1.7B",
+    "qwen3-4b": "hf:Qwen/Qwen3-4B",
+    "olmo-2-1b": "hf:allenai/OLMo-2-0425-1B",
+    "gemma-2-2b": "hf:google/gemma-2-2b",
+    "panda-1b": "dissertation Table 6.2",
+    "surefire-1b": "dissertation Table 6.2",
+    "panda-3b": "dissertation Table 6.2",
+    "surefire-3b": "dissertation Table 6.2",
+}
+
+
+def load_architecture(spec: str) -> Architecture:
+    """Resolve a preset name (case-insensitive), a ``config.json`` path, or a directory holding one.
+
+    Paths win over preset names only when they exist, so a stray file called
+    ``panda-1b`` in the working directory is read rather than shadowed; any
+    other spec that looks like a path (has a separator or ends in ``.json``)
+    and does not exist is reported as a missing file rather than as an unknown
+    preset, which would be a confusing message.
+    """
+    from pathlib import Path
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _architecture_from_file(path / "config.json", name=path.name)
+    if path.is_file():
+        return _architecture_from_file(path, name=path.parent.name if path.name == "config.json" else path.stem)
+    key = spec.strip().lower()
+    if key in PRESETS:
+        return PRESETS[key]
+    if "/" in spec or "\\" in spec or spec.lower().endswith(".json"):
+        raise UserError(f"{spec}: no such file or directory (expected a config.json or a directory holding one)")
+    raise UserError(f"unknown architecture {spec!r}: give a config.json path or one of {', '.join(PRESETS)}")
+
+
+def _architecture_from_file(path, name: str) -> Architecture:
+    """Read an HF ``config.json``; multimodal configs keep the decoder under ``text_config``."""
+    import json
+
+    if not path.is_file():
+        raise UserError(f"{path}: no config.json there")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    if "hidden_size" not in config and isinstance(config.get("text_config"), dict):
+        config = {**config["text_config"], "tie_word_embeddings": config.get(
+            "tie_word_embeddings", config["text_config"].get("tie_word_embeddings", False))}
+    return Architecture.from_hf_config(config, name=name, source=str(path))

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from archscale.arch import mlp_attention_ratio
 from archscale.errors import UserError
 
 REQUIRED = ("N", "D", "loss")
@@ -158,8 +159,7 @@ def derive(frame: pd.DataFrame) -> pd.DataFrame:
     if {"n_heads", "n_kv_heads"} <= has:
         frame["gqa"] = frame["n_heads"] / frame["n_kv_heads"]
     if {"d_model", "n_heads", "n_kv_heads", "d_head", "d_ff"} <= has:
-        attention = 2 * frame["d_model"] * frame["d_head"] * (frame["n_heads"] + frame["n_kv_heads"])
-        frame["r"] = 3 * frame["d_model"] * frame["d_ff"] / attention
+        frame["r"] = mlp_attention_ratio(*(frame[c] for c in ("d_model", "n_heads", "n_kv_heads", "d_head", "d_ff")))
     return frame
 
 

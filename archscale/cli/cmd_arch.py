@@ -1,0 +1,237 @@
+"""``archscale arch`` (inspect shapes) and ``archscale candidates`` (enumerate shapes for a budget)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from archscale.arch import PRESET_SOURCES, PRESETS, Architecture, load_architecture
+from archscale.candidates import generate_candidates
+from archscale.cli import app, print_json
+from archscale.cost.gpus import load_gpu
+from archscale.cost.roofline import Workload, estimate_throughput
+from archscale.errors import UserError
+
+console = Console()
+
+_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+
+
+def parse_count(text: str, label: str = "--n") -> float:
+    """``1e9``, ``975M``, ``1.5B``, ``300k`` to a float (a budget is easier to type with a suffix)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)\s*", text)
+    if not match:
+        raise UserError(f"{label} {text!r}: expected a number such as 1e9, 975M or 1.5B")
+    value = float(match.group(1)) * _SUFFIXES.get(match.group(2).lower(), 1.0)
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"{label} {text!r}: must be positive")
+    return value
+
+
+def parse_int_list(text: str | None, label: str) -> list[int] | None:
+    """``"1,2,4,8"`` to ``[1, 2, 4, 8]``; None stays None."""
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"{label} {text!r}: expected comma-separated integers, e.g. 1,2,4,8") from None
+    if not values or any(v <= 0 for v in values):
+        raise UserError(f"{label} {text!r}: expected positive integers")
+    return values
+
+
+def human(value: float, unit: str = "") -> str:
+    """973_140_480 -> '973.1M' (tables are read by people; --json keeps exact values)."""
+    for scale, suffix in ((1e12, "T"), (1e9, "G" if unit else "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.4g}{suffix}{unit}"
+    return f"{value:.4g}{unit}"
+
+
+def architecture_summary(arch: Architecture, context: int, source: str = "") -> dict:
+    """Everything ``arch`` reports about one shape, as plain numbers (the --json payload)."""
+    return {
+        "name": arch.name,
+        "source": source,
+        "n_layers": arch.n_layers,
+        "d_model": arch.d_model,
+        "n_heads": arch.n_heads,
+        "n_kv_heads": arch.n_kv_heads,
+        "d_head": arch.d_head,
+        "d_ff": arch.d_ff,
+        "vocab": arch.vocab_size,
+        "tie_embeddings": arch.tie_embeddings,
+        "N_non_embed": arch.n_params_non_embedding,
+        "N_embed": arch.n_params_embedding,
+        "N_total": arch.n_params_total,
+        "r_mlp_attn": arch.r_mlp_attn,
+        "gqa": arch.gqa_group,
+        "d_over_sqrt_N": arch.d_over_sqrt_n,
+        "aspect_ratio": arch.aspect_ratio,
+        "context": context,
+        "flops_per_token": arch.flops_per_token(context),
+        "kv_bytes_per_token_bf16": arch.kv_cache_bytes_per_token(2),
+    }
+
+
+def _architecture_table(summary: dict) -> Table:
+    table = Table(title=f"{summary['name']}  ({summary['source']})", show_header=False)
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    shape = (f"{summary['n_layers']} layers, d_model {summary['d_model']}, heads {summary['n_heads']}/"
+             f"{summary['n_kv_heads']} kv x {summary['d_head']}, d_ff {summary['d_ff']}, vocab {summary['vocab']}"
+             + (" (tied)" if summary["tie_embeddings"] else ""))
+    rows = [
+        ("shape", shape),
+        ("N non-embedding", f"{human(summary['N_non_embed'])}  ({summary['N_non_embed']:,})"),
+        ("N embedding", f"{human(summary['N_embed'])}  ({summary['N_embed']:,})"),
+        ("N total", f"{human(summary['N_total'])}  ({summary['N_total']:,})"),
+        ("r = MLP / attention", f"{summary['r_mlp_attn']:.3f}"),
+        ("GQA (query heads per KV head)", str(summary["gqa"])),
+        ("d_model / sqrt(N)", f"{summary['d_over_sqrt_N']:.4f}"),
+        ("aspect ratio d_model / n_layers", f"{summary['aspect_ratio']:.1f}"),
+        (f"FLOPs / token at context {summary['context']}", human(summary["flops_per_token"], "FLOP")),
+        ("KV cache / token (bf16)", f"{summary['kv_bytes_per_token_bf16']:,} B ({summary['kv_bytes_per_token_bf16'] / 1024:.1f} KiB)"),
+    ]
+    estimate = summary.get("roofline")
+    if estimate:
+        rows += [
+            (f"roofline on {estimate['gpu']} x{estimate['tp']}: batch {estimate['batch_size']}, "
+             f"{estimate['input_len']} in / {estimate['output_len']} out",
+             f"{estimate['total_tokens_per_s']:,.0f} tok/s total, {estimate['output_tokens_per_s']:,.0f} out"),
+            ("  memory needed / fits / concurrency",
+             f"{estimate['memory_gb_needed']:.1f} GB / {'yes' if estimate['fits'] else 'no'} / {estimate['concurrency']}"),
+            ("  prefill / decode / decode bound",
+             f"{estimate['prefill_s']:.2f} s / {estimate['decode_s']:.2f} s / {estimate['bound']}"),
+        ]
+    for label, value in rows:
+        table.add_row(label, value)
+    return table
+
+
+@app.command(
+    "arch",
+    epilog="Examples: archscale arch llama-3.2-1b surefire-1b --context 4096;  "
+    "archscale arch path/to/config.json --json;  archscale arch qwen3-4b --gpu h100-sxm --batch 64.  Presets: " + ", ".join(PRESETS),
+)
+def arch_command(
+    specs: list[str] = typer.Argument(..., help="Preset names (case-insensitive), config.json files or directories holding one."),
+    context: int = typer.Option(4096, "--context", help="KV length T for FLOPs/token (Appendix C.2: 2N + 2 L T d_q)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of dicts instead of tables."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Also show the roofline throughput on this GPU (e.g. h100-sxm)."),
+    gpu_file: Optional[Path] = typer.Option(None, "--gpu-file", help="JSON/CSV of extra GPUs (name, bf16_tflops, hbm_tb_s, memory_gb, interconnect_gb_s)."),
+    batch: int = typer.Option(64, "--batch", help="Roofline: concurrent requests."),
+    input_len: int = typer.Option(4096, "--input-len", help="Roofline: prompt tokens per request."),
+    output_len: int = typer.Option(1024, "--output-len", help="Roofline: generated tokens per request."),
+    tp: int = typer.Option(1, "--tp", help="Roofline: tensor-parallel degree."),
+) -> None:
+    """Show parameter counts, r, GQA, d/sqrt(N), FLOPs/token and KV bytes/token of architectures."""
+    if context < 0:
+        raise UserError(f"--context must be non-negative, got {context}")
+    device = load_gpu(gpu, gpu_file) if gpu else None
+    workload = Workload(batch, input_len, output_len) if device else None
+    summaries = []
+    for spec in specs:
+        arch = load_architecture(spec)
+        source = PRESET_SOURCES[arch.name] if PRESETS.get(arch.name) is arch else spec
+        summary = architecture_summary(arch, context, source)
+        if device:
+            estimate = estimate_throughput(arch, device, workload, tp=tp)
+            summary["roofline"] = {"gpu": device.name, "tp": tp, "batch_size": batch, "input_len": input_len,
+                                   "output_len": output_len, **estimate.as_dict()}
+        summaries.append(summary)
+    if as_json:
+        print_json(summaries)
+        return
+    for summary in summaries:
+        console.print(_architecture_table(summary))
+
+
+def _check_out(out: Optional[Path]) -> None:
+    """Fail on a bad --out before spending time on the sweep."""
+    if out is not None and out.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise UserError(f"--out {out}: use a .csv or .parquet file name")
+
+
+def _write_table(frame: pd.DataFrame, out: Path) -> None:
+    """CSV or Parquet by extension; the parent folder is created."""
+    suffix = out.suffix.lower()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".csv":
+            frame.to_csv(out, index=False)
+        else:
+            frame.to_parquet(out, index=False)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+
+
+def candidates_summary(frame: pd.DataFrame) -> dict:
+    """Count and per-column ranges of a candidate table (what the command prints)."""
+    ranges = {
+        column: [frame[column].min().item(), frame[column].max().item()]
+        for column in ("d_model", "n_heads", "n_kv_heads", "d_ff", "N", "r", "x", "gqa")
+    }
+    return {"count": int(len(frame)), "ranges": ranges, "gqa_values": sorted(int(g) for g in frame["gqa"].unique())}
+
+
+@app.command(
+    "candidates",
+    epilog="Example: archscale candidates --n 1e9 --layers 16 --head-dim 64 --gqa 4,9 --out cands.csv",
+)
+def candidates_command(
+    n: str = typer.Option(..., "--n", help="Non-embedding parameter budget, e.g. 1e9 or 975M."),
+    layers: int = typer.Option(..., "--layers", help="Number of layers (held fixed)."),
+    head_dim: int = typer.Option(..., "--head-dim", help="Per-head width d_head (held fixed)."),
+    tolerance: float = typer.Option(0.05, "--tolerance", help="Keep |N/target - 1| <= tolerance."),
+    r_min: float = typer.Option(0.5, "--r-min", help="Smallest MLP/attention ratio."),
+    r_max: float = typer.Option(5.0, "--r-max", help="Largest MLP/attention ratio."),
+    x_min: float = typer.Option(0.02, "--x-min", help="Smallest d_model/sqrt(N) swept."),
+    x_max: float = typer.Option(0.2, "--x-max", help="Largest d_model/sqrt(N) swept."),
+    d_multiple: int = typer.Option(128, "--d-multiple", help="d_model is a multiple of this."),
+    ff_multiple: int = typer.Option(64, "--ff-multiple", help="d_ff is a multiple of this."),
+    gqa: Optional[str] = typer.Option(None, "--gqa", help="Allowed GQA group sizes, e.g. 1,2,4,8 (default: all)."),
+    tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree; must divide the KV heads."),
+    strict_hf: bool = typer.Option(False, "--strict-hf", help="Require d_model % n_heads == 0 (transformers' Llama check)."),
+    vocab: int = typer.Option(128256, "--vocab", help="Vocabulary size written to the table."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the table here (.csv or .parquet)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Enumerate every (d_model, heads, kv heads, d_ff) spending the budget, and summarise them."""
+    _check_out(out)
+    frame = generate_candidates(
+        parse_count(n), layers, head_dim, tolerance=tolerance, r_range=(r_min, r_max), d_multiple=d_multiple,
+        ff_multiple=ff_multiple, gqa_values=parse_int_list(gqa, "--gqa"), tp=tp, strict_hf=strict_hf,
+        vocab_size=vocab, x_range=(x_min, x_max),
+    )
+    if out is not None:
+        _write_table(frame, out)
+    summary = candidates_summary(frame) | {"out": str(out) if out else None}
+    if as_json:
+        print_json(summary)
+        return
+    _print_candidates_summary(summary)
+
+
+def _print_candidates_summary(summary: dict) -> None:
+    table = Table(title=f"{summary['count']:,} candidates" + (f" -> {summary['out']}" if summary["out"] else ""))
+    table.add_column("column")
+    table.add_column("min", justify="right")
+    table.add_column("max", justify="right")
+    for column, (low, high) in summary["ranges"].items():
+        fmt = (lambda v: f"{v:.4g}") if isinstance(low, float) else (lambda v: f"{v:,}")
+        table.add_row(column, fmt(low), fmt(high))
+    console.print(table)
+    groups = summary["gqa_values"]
+    shown = ", ".join(map(str, groups[:20])) + (f", ... ({len(groups)} values)" if len(groups) > 20 else "")
+    console.print(f"GQA groups present: {shown}")
+    if not summary["out"]:
+        console.print("(no --out given: table not written)")
