@@ -115,3 +115,64 @@ def save(fig: plt.Figure, path: str | Path) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def plot_search(result: Any, spec: Any, path: str | Path, batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)) -> Path:
+    """The ``archscale search --plot`` figure.
+
+    Left: predicted loss against throughput for every candidate that fits in
+    memory, the feasible set coloured, the Pareto frontier drawn as a line,
+    the target loss and the matched reference architecture marked, the top-k
+    labelled. Right: estimated throughput against batch size for the top-k and
+    the reference (the roofline at each batch size).
+    """
+    from archscale.cost.roofline import Workload, estimate_throughput_many
+    from archscale.search import shape_row
+
+    candidates = result.candidates[result.candidates["fits"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    infeasible = candidates[~candidates["feasible"]]
+    feasible = candidates[candidates["feasible"]]
+    left.scatter(infeasible["tokens_per_s"], infeasible["predicted_loss"], s=3, color="0.8", label=f"over target ({len(infeasible):,})", rasterized=True)
+    left.scatter(feasible["tokens_per_s"], feasible["predicted_loss"], s=3, color="tab:blue", alpha=0.4, label=f"feasible ({len(feasible):,})", rasterized=True)
+    frontier = result.frontier
+    left.plot(frontier["tokens_per_s"], frontier["predicted_loss"], color="tab:red", lw=2, marker="o", ms=3, label="Pareto frontier")
+    left.axhline(result.target.loss, color="black", ls="--", lw=1, label=f"target loss ({result.target.source})")
+    reference = result.target.reference
+    if reference:
+        left.scatter([reference["tokens_per_s"]], [reference["predicted_loss"]], marker="*", s=250, color="gold",
+                     edgecolor="black", zorder=5, label=f"reference: {reference['name']}")
+    for row in result.top_k.itertuples():
+        left.scatter([row.tokens_per_s], [row.predicted_loss], marker="D", s=50, color="tab:green", edgecolor="black", zorder=6,
+                     label=f"#{row.rank}: d={row.d_model}, heads {row.n_heads}/{row.n_kv_heads}, d_ff {row.d_ff}, r={row.r:.2f}")
+        left.annotate(f"#{row.rank}", (row.tokens_per_s, row.predicted_loss), xytext=(-4, 6 + 9 * (row.rank - 1)),
+                      textcoords="offset points", fontsize=8, ha="right")
+    unit = "loss / $L_{opt}$ (relative)" if result.relative else "predicted loss (nats/token)"
+    left.set_xlabel(f"estimated throughput (total tokens/s; {spec.gpu.name}, batch {spec.workload.batch_size}, "
+                    f"{spec.workload.input_len} in / {spec.workload.output_len} out)")
+    left.set_ylabel(unit)
+    left.set_title(f"N = {spec.n:.3g} non-embedding params, D = {spec.tokens:.3g} tokens, {spec.n_layers} layers", fontsize=10)
+    low, high = frontier["predicted_loss"].min(), max(result.target.loss, frontier["predicted_loss"].min())
+    span = max(high - low, 1e-4)
+    left.set_ylim(low - 0.5 * span, high + 2.5 * span)
+    left.legend(fontsize=8, loc="upper left")
+    left.grid(alpha=0.3)
+
+    rows = [(f"#{row.rank}: d={row.d_model}, r={row.r:.2f}, GQA {row.gqa}", dict(row._asdict())) for row in result.top_k.itertuples()]
+    if reference:
+        rows.append((f"reference: {reference['name']}", reference))
+    import pandas as pd
+
+    for label, row in rows:
+        shape = pd.DataFrame([{k: row[k] for k in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff", "vocab", "tie_embeddings")}])
+        throughput = [estimate_throughput_many(shape, spec.gpu, Workload(b, spec.workload.input_len, spec.workload.output_len),
+                                               spec.tp, spec.efficiency).iloc[0] for b in batch_sizes]
+        style = dict(ls="--", color="black") if label.startswith("reference") else {}
+        right.plot(batch_sizes, [t["tokens_per_s"] for t in throughput], marker="o", label=label, **style)
+    right.set_xscale("log", base=2)
+    right.set_xlabel("batch size (concurrent requests)")
+    right.set_ylabel("estimated throughput (total tokens/s)")
+    right.set_title(f"roofline estimate vs batch size, {spec.gpu.name}", fontsize=10)
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3)
+    return save(fig, path)

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import typer
+from rich.console import Console
 
 from archscale import __version__
 from archscale.errors import UserError
@@ -25,6 +26,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+# Rich wraps tables to 80 columns when stdout is not a terminal; tables here are wider.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _version(value: bool) -> None:

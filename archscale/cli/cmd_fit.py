@@ -12,13 +12,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from archscale.cli import app, print_json
+from archscale.cli import app, console, print_json
 from archscale.errors import UserError
 from archscale.laws import LAWS
 from archscale.runs import load_runs, parse_column_map
 from archscale.study import Study, load_fit, run_study, save_json
 
-console = Console()
 
 
 def parse_fixed(items: list[str] | None) -> dict[str, float]:

@@ -1,0 +1,173 @@
+"""``archscale search``: the fastest architecture whose predicted loss meets a target."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+import typer
+from rich.table import Table
+
+from archscale.arch import load_architecture
+from archscale.cli import app, console, print_json
+from archscale.cost.gpus import load_gpu
+from archscale.cost.roofline import Workload
+from archscale.errors import UserError
+from archscale.runs import load_runs, read_table
+from archscale.search import SearchResult, SearchSpec, best_at_gqa, emit_configs, search
+from archscale.study import load_fit, save_json
+
+TOP_COLUMNS = ["rank", "d_model", "n_heads", "n_kv_heads", "d_ff", "N", "x", "r", "gqa", "predicted_loss",
+               "loss_source", "tokens_per_s", "output_tokens_per_s", "throughput_source", "memory_gb", "gqa_variants"]
+
+
+def parse_int_set(text: str | None, flag: str) -> list[int] | None:
+    """``"4"``, ``"1,2,4,8"`` or ``"1-16"`` to a sorted list of positive integers."""
+    if text is None:
+        return None
+    values: set[int] = set()
+    try:
+        for part in text.split(","):
+            low, sep, high = part.strip().partition("-")
+            values.update(range(int(low), int(high) + 1) if sep else [int(low)])
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected integers such as 4, 1,2,4,8 or 1-16") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{flag} {text!r}: values must be positive integers")
+    return sorted(values)
+
+
+def _records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
+    present = [c for c in columns if c in frame.columns]
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in frame[present].to_dict("records")]
+
+
+def result_document(result: SearchResult, spec: SearchSpec) -> dict[str, Any]:
+    """The JSON written by ``--out`` and printed by ``--json``."""
+    def clean(row: dict[str, Any] | None) -> dict[str, Any] | None:
+        if row is None:
+            return None
+        return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()
+                if isinstance(v, (int, float, str, bool)) or hasattr(v, "item")}
+
+    return {
+        "budget": {"n": spec.n, "tokens": spec.tokens, "n_layers": spec.n_layers, "d_head": spec.d_head},
+        "hardware": {"gpu": spec.gpu.name, "tp": spec.tp},
+        "workload": {"batch_size": spec.workload.batch_size, "input_len": spec.workload.input_len,
+                     "output_len": spec.workload.output_len},
+        "loss_units": "relative to L_opt" if result.relative else "nats/token",
+        "target": {"loss": result.target.loss, "source": result.target.source, "reference": clean(result.target.reference)},
+        "continuous_optimum": result.continuous_optimum,
+        "best_discrete": clean(result.best_discrete),
+        "best_discrete_gqa4": clean(best_at_gqa(result, 4)),
+        "n_candidates": len(result.candidates),
+        "n_feasible": int(result.candidates["feasible"].sum()),
+        "top_k": _records(result.top_k, TOP_COLUMNS),
+        "frontier": _records(result.frontier, TOP_COLUMNS[1:-1]),
+        "notes": result.notes,
+    }
+
+
+def _print(result: SearchResult, spec: SearchSpec) -> None:
+    optimum = result.continuous_optimum
+    if optimum:
+        parts = [f"{k} = {v:.4g}" for k, v in optimum.items()]
+        console.print("continuous optimum (closed form): " + ", ".join(parts))
+    best = result.best_discrete
+    console.print(f"best discrete candidate (lowest predicted loss): d_model {best['d_model']}, heads {best['n_heads']}/{best['n_kv_heads']}, "
+                  f"d_ff {best['d_ff']}, r {best['r']:.3f}, x {best['x']:.4f}, loss {best['predicted_loss']:.4f}")
+    console.print(f"target loss {result.target.loss:.4f} from {result.target.source}; "
+                  f"{int(result.candidates['feasible'].sum()):,} of {len(result.candidates):,} candidates feasible")
+    reference = result.target.reference
+    table = Table(title=f"top {len(result.top_k)} for training ({spec.gpu.name}, batch {spec.workload.batch_size}, "
+                        f"{spec.workload.input_len} in / {spec.workload.output_len} out)")
+    for column in ("rank", "d_model", "heads/kv", "d_ff", "N", "r", "x", "GQA", "loss", "tokens/s", "vs ref", "GQA variants"):
+        table.add_column(column, justify="right")
+    for row in result.top_k.itertuples():
+        ratio = f"{row.tokens_per_s / reference['tokens_per_s']:.2f}x" if reference and reference["tokens_per_s"] > 0 else "-"
+        loss = f"{row.predicted_loss:.4f}" + (" (measured)" if row.loss_source == "measured" else "")
+        speed = f"{row.tokens_per_s:,.0f}" + (" (measured)" if row.throughput_source == "measured" else "")
+        table.add_row(str(row.rank), str(row.d_model), f"{row.n_heads}/{row.n_kv_heads}", str(row.d_ff), f"{row.N / 1e6:.0f}M",
+                      f"{row.r:.2f}", f"{row.x:.4f}", str(row.gqa), loss, speed, ratio, row.gqa_variants)
+    if reference:
+        table.add_row("ref", str(reference["d_model"]), f"{reference['n_heads']}/{reference['n_kv_heads']}", str(reference["d_ff"]),
+                      f"{reference['N'] / 1e6:.0f}M", f"{reference['r']:.2f}", f"{reference['x']:.4f}", str(reference["gqa"]),
+                      f"{reference['predicted_loss']:.4f}", f"{reference['tokens_per_s']:,.0f}", "1.00x", reference["name"])
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}")
+
+
+@app.command("search", epilog="Example: archscale search --fit data/fits/dissertation_1b_mult.json --n 1e9 --tokens 1e11 --layers 16 "
+                    "--head-dim 64 --match llama-3.2-1b --gpu h100-sxm --batch 64 --top-k 3 --emit configs/ --plot pareto.png")
+def search_command(
+    fit: Path = typer.Option(..., "--fit", help="Fit JSON of a conditional or aspect law (archscale fit, or data/fits/*.json)."),
+    n: float = typer.Option(..., "--n", help="Non-embedding parameter budget N."),
+    tokens: float = typer.Option(..., "--tokens", help="Training tokens D."),
+    layers: int = typer.Option(..., "--layers", min=1, help="Number of layers (held fixed, as in the paper)."),
+    head_dim: int = typer.Option(64, "--head-dim", min=1, help="Per-head width d_head (the paper: 64 up to 1B, 128 from 3B)."),
+    match: Optional[str] = typer.Option(None, "--match", help="Target = predicted loss of this architecture (preset or config.json)."),
+    target_loss: Optional[float] = typer.Option(None, "--target-loss", help="Target loss in nats/token (needs a fit with a reference law)."),
+    slack: Optional[float] = typer.Option(None, "--slack", help="Target = predicted optimum x (1 + slack); the default, 0.01."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Chinchilla fit JSON for L_opt(N,D), giving absolute losses."),
+    gpu: str = typer.Option("h100-sxm", "--gpu", help="GPU from the table (archscale gpus) or --gpu-file."),
+    gpu_file: Optional[Path] = typer.Option(None, "--gpu-file", help="Extra GPUs (JSON or CSV with the GPU table's fields)."),
+    tp: int = typer.Option(1, "--tp", min=1, help="Tensor-parallel degree; it must divide the KV heads."),
+    batch: int = typer.Option(64, "--batch", min=1, help="Concurrent requests in the serving workload."),
+    input_len: int = typer.Option(4096, "--input-len", min=1, help="Prompt tokens per request."),
+    output_len: int = typer.Option(1024, "--output-len", min=1, help="Generated tokens per request."),
+    tolerance: float = typer.Option(0.02, "--tolerance", help="Keep shapes within this fraction of N (shapes smaller than N look better than they are when the fit has no reference law)."),
+    r_min: float = typer.Option(0.5, "--r-min", help="Smallest MLP-to-attention ratio (the paper fits 0.5-5)."),
+    r_max: float = typer.Option(5.0, "--r-max", help="Largest MLP-to-attention ratio."),
+    gqa: str = typer.Option("1-16", "--gqa", help="GQA group sizes to consider, e.g. 4, 1,2,4,8 or 1-16."),
+    vocab: int = typer.Option(128256, "--vocab", min=1, help="Vocabulary size (embedding and LM head)."),
+    tie_embeddings: bool = typer.Option(True, "--tie-embeddings/--untie-embeddings", help="Tie input and output embeddings (LLaMA-3.2 1B/3B do)."),
+    strict_hf: bool = typer.Option(False, "--strict-hf", help="Only shapes with d_model % n_heads == 0 (transformers' Llama requires it)."),
+    runs: Optional[Path] = typer.Option(None, "--runs", help="Runs table: a measured loss for a candidate's exact shape at this D replaces the prediction."),
+    bench: Optional[Path] = typer.Option(None, "--bench", help="Bench results: a measured throughput for a candidate, GPU and workload replaces the estimate."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="How many shapes to select for training."),
+    emit: Optional[Path] = typer.Option(None, "--emit", help="Write a trainable config directory per top-k candidate here."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the Pareto-frontier and throughput-vs-batch PNG."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the search result as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result JSON instead of tables."),
+) -> None:
+    """Find the shapes with the highest estimated throughput whose predicted loss meets a target."""
+    for flag, value in (("--n", n), ("--tokens", tokens)):
+        if not (value > 0 and math.isfinite(value)):
+            raise UserError(f"{flag} must be a positive number, got {value}")
+    if not r_min < r_max:
+        raise UserError(f"--r-min {r_min} must be below --r-max {r_max}")
+    fitted = load_fit(fit)
+    if reference is not None:
+        if "L_opt" not in fitted.law.columns:
+            raise UserError(f"--reference applies to conditional laws; {fit} is law {fitted.law.name}")
+        fitted.reference = load_fit(reference)
+        if fitted.reference.law.name not in ("chinchilla", "chinchilla-tied"):
+            raise UserError(f"--reference {reference}: must be a chinchilla fit, got law {fitted.reference.law.name}")
+    spec = SearchSpec(n=n, tokens=tokens, n_layers=layers, d_head=head_dim, gpu=load_gpu(gpu, gpu_file),
+                      workload=Workload(batch, input_len, output_len), tp=tp, tolerance=tolerance, r_range=(r_min, r_max),
+                      gqa_values=parse_int_set(gqa, "--gqa"), vocab_size=vocab, tie_embeddings=tie_embeddings,
+                      strict_hf=strict_hf)
+    matched = load_architecture(match) if match else None
+    run_table = load_runs(runs) if runs else None
+    bench_table = read_table(bench) if bench else None
+    result = search(fitted, spec, target_loss, matched, slack, top_k, run_table, bench_table)
+    document = result_document(result, spec)
+    if plot:
+        from archscale.plots import plot_search
+
+        plot_search(result, spec, plot)
+    if emit:
+        document["emitted"] = [str(p) for p in emit_configs(result, spec, emit)]
+    if out:
+        save_json(document, out)
+    if as_json:
+        print_json(document)
+        return
+    _print(result, spec)
+    for label, path in (("configs", emit), ("plot", plot), ("result", out)):
+        if path:
+            console.print(f"wrote {label}: {path}")
+

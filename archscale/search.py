@@ -1,0 +1,373 @@
+"""Loss-constrained throughput search (the dissertation's Eq. 6.4 and Algorithm 5).
+
+Given a parameter budget N, a token budget D and a fitted architecture law:
+
+1. enumerate shapes at that budget (:mod:`archscale.candidates`);
+2. predict each shape's loss with the law, or take a measured loss from the
+   runs table when one exists for that exact shape and budget;
+3. estimate each shape's serving throughput with the roofline, or take a
+   measured one from a bench results file when it has that shape, GPU and
+   workload;
+4. keep the shapes whose predicted loss is within the target and whose
+   weights and KV cache fit, rank them by throughput, and report the
+   loss-vs-throughput Pareto frontier and the top-k (predict, rank, select).
+
+The law says nothing about GQA (shapes that differ only in GQA have the same
+``x`` and ``r``, hence the same predicted loss), so GQA variants of one shape
+are kept together: the top-k are distinct shapes, each with its best GQA, and
+its other GQA variants are listed beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from archscale.arch import Architecture
+from archscale.candidates import architecture_from_row, generate_candidates
+from archscale.cost.gpus import GPU
+from archscale.cost.roofline import Efficiency, Workload, estimate_throughput_many
+from archscale.errors import UserError
+from archscale.laws import CONDITIONAL
+from archscale.study import FittedLaw
+
+SHAPE_COLUMNS = ["n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff"]
+SEARCHABLE_LAWS = (*CONDITIONAL, "aspect", "aspect-tied")
+GQA_NOTE = ("GQA does not enter the fitted law: GQA variants of a shape share its predicted loss; "
+            "measured losses from --runs decide between them where present")
+
+
+@dataclass
+class SearchSpec:
+    """What to search for: the budget, the candidate space and the serving workload."""
+
+    n: float
+    tokens: float
+    n_layers: int
+    d_head: int
+    gpu: GPU
+    workload: Workload
+    tp: int = 1
+    tolerance: float = 0.02
+    r_range: tuple[float, float] = (0.5, 5.0)
+    gqa_values: Sequence[int] | None = None
+    vocab_size: int = 128256
+    tie_embeddings: bool = True
+    strict_hf: bool = False
+    efficiency: Efficiency = field(default_factory=Efficiency)
+
+
+@dataclass
+class Target:
+    """The loss constraint ``L <= loss`` and where it came from."""
+
+    loss: float
+    source: str
+    reference: dict[str, Any] | None = None
+
+
+@dataclass
+class SearchResult:
+    candidates: pd.DataFrame
+    target: Target
+    continuous_optimum: dict[str, float]
+    best_discrete: dict[str, Any]
+    top_k: pd.DataFrame
+    relative: bool
+    notes: list[str]
+
+    @property
+    def feasible(self) -> pd.DataFrame:
+        return self.candidates[self.candidates["feasible"]]
+
+    @property
+    def frontier(self) -> pd.DataFrame:
+        return self.candidates[self.candidates["on_frontier"]].sort_values("tokens_per_s")
+
+
+# ---------------------------------------------------------------------------
+# loss
+# ---------------------------------------------------------------------------
+def check_searchable(fitted: FittedLaw) -> None:
+    if fitted.law.name not in SEARCHABLE_LAWS:
+        raise UserError(f"{fitted.source}: search needs an architecture law ({', '.join(SEARCHABLE_LAWS)}), "
+                        f"but this fit is law {fitted.law.name!r}, which cannot tell shapes of one size apart")
+
+
+def predict_loss(fitted: FittedLaw, shapes: pd.DataFrame, tokens: float) -> tuple[np.ndarray, bool]:
+    """Predicted loss of each shape at ``tokens``; ``relative`` when the law has no reference for ``L_opt``.
+
+    Without a reference law, a conditional law can still rank shapes: it
+    predicts ``L / L_opt`` (multiplicative) or ``L - L_opt`` (additive),
+    which is what the comparison against a matched architecture needs.
+    """
+    frame = pd.DataFrame({
+        "N": shapes["N"].to_numpy(float),
+        "D": np.full(len(shapes), float(tokens)),
+        "x": shapes["x"].to_numpy(float),
+        "r": shapes["r"].to_numpy(float),
+        "R": (shapes["d_model"] / shapes["n_layers"]).to_numpy(float),
+    })
+    if "L_opt" in fitted.law.columns and fitted.reference is None:
+        neutral = 1.0 if fitted.law.name == "conditional-mult" else 0.0
+        return fitted.predict(frame, l_opt=np.full(len(frame), neutral)), True
+    return fitted.predict(frame), False
+
+
+def shape_row(arch: Architecture) -> dict[str, Any]:
+    """One candidate-table row for an architecture (used for the matched reference)."""
+    return {"n_layers": arch.n_layers, "d_model": arch.d_model, "n_heads": arch.n_heads,
+            "n_kv_heads": arch.n_kv_heads, "d_head": arch.d_head, "d_ff": arch.d_ff,
+            "vocab": arch.vocab_size, "tie_embeddings": arch.tie_embeddings,
+            "N": arch.n_params_non_embedding, "r": arch.r_mlp_attn, "x": arch.d_over_sqrt_n,
+            "gqa": arch.gqa_group, "R": arch.aspect_ratio}
+
+
+def resolve_target(fitted: FittedLaw, spec: SearchSpec, relative: bool, optimum_loss: float,
+                   target_loss: float | None, match: Architecture | None, slack: float | None) -> Target:
+    """Exactly one of ``--target-loss``, ``--match`` or ``--slack`` sets the constraint (slack 1% by default)."""
+    given = [flag for flag, value in (("--target-loss", target_loss), ("--match", match), ("--slack", slack)) if value is not None]
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(given)} both set the loss target; give only one")
+    if target_loss is not None:
+        if relative:
+            raise UserError(f"--target-loss needs absolute losses, but {fitted.source} has no reference law for L_opt; "
+                            "use --match or --slack, or give --reference chinchilla.json")
+        if not target_loss > 0:
+            raise UserError(f"--target-loss must be positive, got {target_loss}")
+        return Target(float(target_loss), "--target-loss")
+    if match is not None:
+        row = pd.DataFrame([shape_row(match)])
+        loss, _ = predict_loss(fitted, row, spec.tokens)
+        throughput = estimate_throughput_many(row, spec.gpu, spec.workload, spec.tp, spec.efficiency).iloc[0]
+        reference = {**shape_row(match), "name": match.name, "predicted_loss": float(loss[0]),
+                     "tokens_per_s": float(throughput["tokens_per_s"]),
+                     "output_tokens_per_s": float(throughput["output_tokens_per_s"]), "fits": bool(throughput["fits"])}
+        return Target(float(loss[0]), f"--match {match.name}", reference)
+    slack = 0.01 if slack is None else slack
+    if not 0 <= slack < 1:
+        raise UserError(f"--slack must be a fraction in [0, 1), got {slack}")
+    if relative and fitted.law.name == "conditional-add":
+        return Target(optimum_loss + slack, f"--slack {slack} over the predicted optimum (additive, absolute units)")
+    return Target(optimum_loss * (1 + slack), f"--slack {slack:.1%} over the predicted optimum")
+
+
+def continuous_optimum(fitted: FittedLaw, spec: SearchSpec) -> dict[str, float]:
+    """The law's closed-form optimum, with the hidden size it implies at this budget."""
+    optimum = fitted.optimum()
+    if "x" in optimum and math.isfinite(optimum["x"]):
+        optimum["d_model"] = optimum["x"] * math.sqrt(spec.n)
+    if optimum and all(math.isfinite(v) for v in optimum.values()) and {"x", "r"} <= set(optimum):
+        frame = pd.DataFrame({"N": [spec.n], "x": [optimum["x"]], "r": [optimum["r"]],
+                              "d_model": [optimum.get("d_model", 0.0)], "n_layers": [spec.n_layers]})
+        loss, _ = predict_loss(fitted, frame, spec.tokens)
+        optimum["predicted_loss"] = float(loss[0])
+    return optimum
+
+
+# ---------------------------------------------------------------------------
+# measurements that replace predictions
+# ---------------------------------------------------------------------------
+def _shape_key(frame: pd.DataFrame) -> pd.Series:
+    """A hashable key per exact shape (tuples of the shape integers)."""
+    return pd.Series(list(zip(*(frame[c].astype("int64") for c in SHAPE_COLUMNS))), index=frame.index)
+
+
+def apply_measured_losses(candidates: pd.DataFrame, runs: pd.DataFrame | None, tokens: float) -> pd.DataFrame:
+    """Replace predicted losses by measured ones for shapes trained at (within 10% of) this token budget."""
+    candidates["loss_source"] = "predicted"
+    if runs is None:
+        return candidates
+    missing = [c for c in SHAPE_COLUMNS if c not in runs.columns]
+    if missing:
+        raise UserError(f"--runs: the runs table needs shape column {missing[0]!r} to match candidates")
+    same_budget = runs[(runs["D"] / tokens - 1).abs() <= 0.10].dropna(subset=SHAPE_COLUMNS)
+    if same_budget.empty:
+        return candidates
+    measured = same_budget.groupby(_shape_key(same_budget))["loss"].min()
+    keys = _shape_key(candidates)
+    hit = keys.isin(measured.index)
+    candidates.loc[hit, "predicted_loss"] = keys[hit].map(measured).to_numpy()
+    candidates.loc[hit, "loss_source"] = "measured"
+    return candidates
+
+
+def apply_measured_throughput(candidates: pd.DataFrame, bench: pd.DataFrame | None, spec: SearchSpec) -> pd.DataFrame:
+    """Use measured tokens/s from a bench results table where it has this shape, GPU and workload."""
+    candidates["throughput_source"] = "roofline"
+    if bench is None:
+        return candidates
+    needed = SHAPE_COLUMNS + ["gpu", "batch_size", "input_len", "output_len", "tokens_per_s"]
+    missing = [c for c in needed if c not in bench.columns]
+    if missing:
+        raise UserError(f"--bench: the results table needs column {missing[0]!r}")
+    rows = bench[(bench["gpu"].astype(str).str.lower() == spec.gpu.name.lower())
+                 & (bench["batch_size"] == spec.workload.batch_size)
+                 & (bench["input_len"] == spec.workload.input_len)
+                 & (bench["output_len"] == spec.workload.output_len)
+                 & bench["tokens_per_s"].notna()]
+    if "tp" in rows.columns:
+        rows = rows[rows["tp"] == spec.tp]
+    if rows.empty:
+        return candidates
+    measured = rows.groupby(_shape_key(rows))["tokens_per_s"].mean()
+    keys = _shape_key(candidates)
+    hit = keys.isin(measured.index)
+    candidates.loc[hit, "tokens_per_s"] = keys[hit].map(measured).to_numpy()
+    candidates.loc[hit, "throughput_source"] = "measured"
+    return candidates
+
+
+# ---------------------------------------------------------------------------
+# ranking
+# ---------------------------------------------------------------------------
+def pareto_mask(loss: np.ndarray, throughput: np.ndarray) -> np.ndarray:
+    """Rows no other row beats on both lower loss and higher throughput.
+
+    Sorted fastest first, a row is on the frontier when its loss is lower than
+    that of every faster row: one running minimum, no pairwise comparison.
+    """
+    order = np.lexsort((loss, -throughput))  # fastest first, ties by lower loss
+    sorted_loss = loss[order]
+    best_before = np.concatenate(([np.inf], np.minimum.accumulate(sorted_loss)[:-1]))
+    mask = np.zeros(len(loss), dtype=bool)
+    mask[order] = sorted_loss < best_before
+    return mask
+
+
+def select_top_k(feasible: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The k fastest shape families (d_model and attention width), each at its fastest d_ff and GQA.
+
+    Candidates that differ only in ``d_ff`` by a rounding step, or only in GQA,
+    are one choice for training; listing them as separate top-k entries would
+    hide real alternatives. The GQA variants of each pick are listed beside it.
+    """
+    if feasible.empty:
+        return feasible
+    ranked = feasible.sort_values(["tokens_per_s", "predicted_loss"], ascending=[False, True])
+    family = ranked["d_model"].astype("int64") * 100_000 + ranked["n_heads"] + ranked["n_kv_heads"]
+    best = ranked[~family.duplicated()].head(k).copy()
+    best["gqa_variants"] = [
+        ",".join(str(int(g)) for g in ranked.loc[ranked["shape_id"] == shape, "gqa"]) for shape in best["shape_id"]
+    ]
+    best.insert(0, "rank", range(1, len(best) + 1))
+    return best
+
+
+def nearest_misses(candidates: pd.DataFrame, target: Target, count: int = 3) -> str:
+    """A one-line description of the candidates that come closest to the target."""
+    fitting = candidates[candidates["fits"]] if candidates["fits"].any() else candidates
+    closest = fitting.nsmallest(count, "predicted_loss")
+    parts = [f"d_model {int(r.d_model)}, r {r.r:.2f}, GQA {int(r.gqa)}: loss {r.predicted_loss:.4f} "
+             f"(+{r.predicted_loss - target.loss:.4f})" for r in closest.itertuples()]
+    memory = "" if candidates["fits"].any() else "; no candidate fits in GPU memory at this batch size"
+    return "; ".join(parts) + memory
+
+
+def search(
+    fitted: FittedLaw,
+    spec: SearchSpec,
+    target_loss: float | None = None,
+    match: Architecture | None = None,
+    slack: float | None = None,
+    top_k: int = 3,
+    runs: pd.DataFrame | None = None,
+    bench: pd.DataFrame | None = None,
+) -> SearchResult:
+    """Solve ``max throughput s.t. predicted loss <= target`` over the candidate shapes."""
+    check_searchable(fitted)
+    candidates = generate_candidates(spec.n, spec.n_layers, spec.d_head, tolerance=spec.tolerance,
+                                     r_range=spec.r_range, gqa_values=spec.gqa_values, tp=spec.tp,
+                                     strict_hf=spec.strict_hf, vocab_size=spec.vocab_size).reset_index(drop=True)
+    candidates["tie_embeddings"] = spec.tie_embeddings
+    loss, relative = predict_loss(fitted, candidates, spec.tokens)
+    candidates["predicted_loss"] = loss
+    candidates = apply_measured_losses(candidates, runs, spec.tokens)
+    throughput = estimate_throughput_many(candidates, spec.gpu, spec.workload, spec.tp, spec.efficiency)
+    candidates = pd.concat([candidates, throughput], axis=1)
+    candidates = apply_measured_throughput(candidates, bench, spec)
+    # GQA variants of one shape share d_model, d_ff and the attention width n_heads + n_kv_heads
+    candidates["shape_id"] = candidates.groupby(["d_model", "d_ff", candidates["n_heads"] + candidates["n_kv_heads"]]).ngroup()
+
+    optimum = continuous_optimum(fitted, spec)
+    best_index = candidates["predicted_loss"].idxmin()
+    target = resolve_target(fitted, spec, relative, float(candidates.loc[best_index, "predicted_loss"]),
+                            target_loss, match, slack)
+    candidates["feasible"] = (candidates["predicted_loss"] <= target.loss + 1e-12) & candidates["fits"]
+    candidates["on_frontier"] = False
+    fitting = candidates["fits"].to_numpy()
+    frontier = pareto_mask(candidates.loc[fitting, "predicted_loss"].to_numpy(), candidates.loc[fitting, "tokens_per_s"].to_numpy())
+    candidates.loc[candidates.index[fitting][frontier], "on_frontier"] = True
+    if not candidates["feasible"].any():
+        raise UserError(f"no candidate meets the target loss {target.loss:.4f} ({target.source}); "
+                        f"nearest: {nearest_misses(candidates, target)}")
+    notes = [GQA_NOTE]
+    if relative:
+        notes.append("the fit has no reference law, so losses are relative to L_opt(N, D) "
+                     f"({'L / L_opt' if fitted.law.name == 'conditional-mult' else 'L - L_opt'}); give --reference for absolute losses")
+    for source, column in (("measured", "loss_source"), ("measured", "throughput_source")):
+        count = int((candidates[column] == source).sum())
+        if count:
+            notes.append(f"{count} candidates use a measured {'loss' if column == 'loss_source' else 'throughput'} instead of the estimate")
+    unfit = int((~candidates["fits"]).sum())
+    if unfit:
+        notes.append(f"{unfit} candidates do not fit in {spec.gpu.name} memory at batch {spec.workload.batch_size} and are not ranked")
+    return SearchResult(
+        candidates=candidates,
+        target=target,
+        continuous_optimum=optimum,
+        best_discrete=candidates.loc[best_index].to_dict(),
+        top_k=select_top_k(candidates[candidates["feasible"]], top_k),
+        relative=relative,
+        notes=notes,
+    )
+
+
+def best_at_gqa(result: SearchResult, gqa: int) -> dict[str, Any] | None:
+    """The lowest-predicted-loss candidate with a given GQA group (the paper's GQA=4 baseline)."""
+    rows = result.candidates[result.candidates["gqa"] == gqa]
+    return None if rows.empty else rows.loc[rows["predicted_loss"].idxmin()].to_dict()
+
+
+def emit_configs(result: SearchResult, spec: SearchSpec, directory: str | Path) -> list[Path]:
+    """Write one trainable config directory per top-k candidate (config.json, train.json, candidate.json)."""
+    from archscale.train.config import TrainConfig, write_config_dir
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".emit-"))
+    written = []
+    try:
+        for row in result.top_k.to_dict("records"):
+            name = f"cand-{int(row['rank']):02d}"
+            arch = dataclasses.replace(architecture_from_row(row), name=name, tie_embeddings=bool(spec.tie_embeddings))
+            write_config_dir(staging / name, arch, TrainConfig.for_model_size(arch.n_params_non_embedding, tokens=int(spec.tokens)))
+            summary = {k: _plain(v) for k, v in row.items()}
+            summary.update(gpu=spec.gpu.name, batch_size=spec.workload.batch_size, input_len=spec.workload.input_len,
+                           output_len=spec.workload.output_len, target_loss=result.target.loss,
+                           target_source=result.target.source)
+            (staging / name / "candidate.json").write_text(json.dumps(summary, indent=2) + "\n")
+        for child in sorted(staging.iterdir()):  # every directory is complete before any is moved in
+            final = directory / child.name
+            if final.exists():
+                shutil.rmtree(final)
+            child.replace(final)
+            written.append(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value
