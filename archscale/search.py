@@ -59,7 +59,8 @@ class SearchSpec:
     tp: int = 1
     tolerance: float = 0.02
     r_range: tuple[float, float] = (0.5, 5.0)
-    gqa_values: Sequence[int] | None = None
+    # GQA groups tried; the law cannot judge GQA, so very large groups (MQA) are not tried unless asked for
+    gqa_values: Sequence[int] | None = tuple(range(1, 17))
     vocab_size: int = 128256
     tie_embeddings: bool = True
     strict_hf: bool = False
