@@ -127,7 +127,6 @@ def plot_search(result: Any, spec: Any, path: str | Path, batch_sizes: tuple[int
     the reference (the roofline at each batch size).
     """
     from archscale.cost.roofline import Workload, estimate_throughput_many
-    from archscale.search import shape_row
 
     candidates = result.candidates[result.candidates["fits"]]
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))

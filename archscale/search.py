@@ -57,7 +57,7 @@ class SearchSpec:
     gpu: GPU
     workload: Workload
     tp: int = 1
-    tolerance: float = 0.02
+    tolerance: float | None = None  # None: 0.05, or 0.02 when losses are relative to L_opt (see search)
     r_range: tuple[float, float] = (0.5, 5.0)
     # GQA groups tried; the law cannot judge GQA, so very large groups (MQA) are not tried unless asked for
     gqa_values: Sequence[int] | None = tuple(range(1, 17))
@@ -286,11 +286,14 @@ def search(
 ) -> SearchResult:
     """Solve ``max throughput s.t. predicted loss <= target`` over the candidate shapes."""
     check_searchable(fitted)
-    candidates = generate_candidates(spec.n, spec.n_layers, spec.d_head, tolerance=spec.tolerance,
+    relative = "L_opt" in fitted.law.columns and fitted.reference is None
+    # Relative losses do not see that a smaller N trains to a higher loss: hold the budget tighter then.
+    tolerance = spec.tolerance if spec.tolerance is not None else (0.02 if relative else 0.05)
+    candidates = generate_candidates(spec.n, spec.n_layers, spec.d_head, tolerance=tolerance,
                                      r_range=spec.r_range, gqa_values=spec.gqa_values, tp=spec.tp,
                                      strict_hf=spec.strict_hf, vocab_size=spec.vocab_size).reset_index(drop=True)
     candidates["tie_embeddings"] = spec.tie_embeddings
-    loss, relative = predict_loss(fitted, candidates, spec.tokens)
+    loss, _ = predict_loss(fitted, candidates, spec.tokens)
     candidates["predicted_loss"] = loss
     candidates = apply_measured_losses(candidates, runs, spec.tokens)
     throughput = estimate_throughput_many(candidates, spec.gpu, spec.workload, spec.tp, spec.efficiency)

@@ -117,7 +117,7 @@ def test_cli_search_emits_trainable_configs_and_plot(cli, tmp_path):
         (["--reference", DATA / "fits" / "dissertation_3b_from_1b_mult.json"], "must be a chinchilla fit"),
         (["--gqa", "four"], "--gqa 'four'"),
         (["--r-min", "5", "--r-max", "1"], "--r-min"),
-        (["--tokens", "-5"], "--tokens must be a positive"),
+        (["--tokens", "-5"], "--tokens '-5'"),
     ],
 )
 def test_cli_search_bad_input(cli, tmp_path, args, message):

@@ -2,51 +2,20 @@
 
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
 from typing import Optional
 
 import pandas as pd
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from archscale.arch import PRESET_SOURCES, PRESETS, Architecture, load_architecture
 from archscale.candidates import generate_candidates
-from archscale.cli import app, print_json
+from archscale.cli import app, console, print_json
+from archscale.cli.options import parse_count, parse_int_list
 from archscale.cost.gpus import load_gpu
 from archscale.cost.roofline import Workload, estimate_throughput
 from archscale.errors import UserError
-
-console = Console()
-
-_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
-
-
-def parse_count(text: str, label: str = "--n") -> float:
-    """``1e9``, ``975M``, ``1.5B``, ``300k`` to a float (a budget is easier to type with a suffix)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)\s*", text)
-    if not match:
-        raise UserError(f"{label} {text!r}: expected a number such as 1e9, 975M or 1.5B")
-    value = float(match.group(1)) * _SUFFIXES.get(match.group(2).lower(), 1.0)
-    if not (math.isfinite(value) and value > 0):
-        raise UserError(f"{label} {text!r}: must be positive")
-    return value
-
-
-def parse_int_list(text: str | None, label: str) -> list[int] | None:
-    """``"1,2,4,8"`` to ``[1, 2, 4, 8]``; None stays None."""
-    if text is None:
-        return None
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"{label} {text!r}: expected comma-separated integers, e.g. 1,2,4,8") from None
-    if not values or any(v <= 0 for v in values):
-        raise UserError(f"{label} {text!r}: expected positive integers")
-    return values
-
 
 def human(value: float, unit: str = "") -> str:
     """973_140_480 -> '973.1M' (tables are read by people; --json keeps exact values)."""
@@ -198,7 +167,7 @@ def candidates_command(
     x_max: float = typer.Option(0.2, "--x-max", help="Largest d_model/sqrt(N) swept."),
     d_multiple: int = typer.Option(128, "--d-multiple", help="d_model is a multiple of this."),
     ff_multiple: int = typer.Option(64, "--ff-multiple", help="d_ff is a multiple of this."),
-    gqa: Optional[str] = typer.Option(None, "--gqa", help="Allowed GQA group sizes, e.g. 1,2,4,8 (default: all)."),
+    gqa: str = typer.Option("1-16", "--gqa", help="Allowed GQA group sizes, e.g. 4, 1,2,4,8 or 1-64."),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree; must divide the KV heads."),
     strict_hf: bool = typer.Option(False, "--strict-hf", help="Require d_model % n_heads == 0 (transformers' Llama check)."),
     vocab: int = typer.Option(128256, "--vocab", help="Vocabulary size written to the table."),

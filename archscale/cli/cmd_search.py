@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,6 +11,7 @@ from rich.table import Table
 
 from archscale.arch import load_architecture
 from archscale.cli import app, console, print_json
+from archscale.cli.options import parse_count, parse_int_list
 from archscale.cost.gpus import load_gpu
 from archscale.cost.roofline import Workload
 from archscale.errors import UserError
@@ -21,22 +21,6 @@ from archscale.study import load_fit, save_json
 
 TOP_COLUMNS = ["rank", "d_model", "n_heads", "n_kv_heads", "d_ff", "N", "x", "r", "gqa", "predicted_loss",
                "loss_source", "tokens_per_s", "output_tokens_per_s", "throughput_source", "memory_gb", "gqa_variants"]
-
-
-def parse_int_set(text: str | None, flag: str) -> list[int] | None:
-    """``"4"``, ``"1,2,4,8"`` or ``"1-16"`` to a sorted list of positive integers."""
-    if text is None:
-        return None
-    values: set[int] = set()
-    try:
-        for part in text.split(","):
-            low, sep, high = part.strip().partition("-")
-            values.update(range(int(low), int(high) + 1) if sep else [int(low)])
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: expected integers such as 4, 1,2,4,8 or 1-16") from None
-    if not values or min(values) < 1:
-        raise UserError(f"{flag} {text!r}: values must be positive integers")
-    return sorted(values)
 
 
 def _records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
@@ -104,8 +88,8 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
                     "--head-dim 64 --match llama-3.2-1b --gpu h100-sxm --batch 64 --top-k 3 --emit configs/ --plot pareto.png")
 def search_command(
     fit: Path = typer.Option(..., "--fit", help="Fit JSON of a conditional or aspect law (archscale fit, or data/fits/*.json)."),
-    n: float = typer.Option(..., "--n", help="Non-embedding parameter budget N."),
-    tokens: float = typer.Option(..., "--tokens", help="Training tokens D."),
+    n_text: str = typer.Option(..., "--n", help="Non-embedding parameter budget N, e.g. 1e9 or 975M."),
+    tokens_text: str = typer.Option(..., "--tokens", help="Training tokens D, e.g. 1e11 or 100B."),
     layers: int = typer.Option(..., "--layers", min=1, help="Number of layers (held fixed, as in the paper)."),
     head_dim: int = typer.Option(64, "--head-dim", min=1, help="Per-head width d_head (the paper: 64 up to 1B, 128 from 3B)."),
     match: Optional[str] = typer.Option(None, "--match", help="Target = predicted loss of this architecture (preset or config.json)."),
@@ -118,7 +102,7 @@ def search_command(
     batch: int = typer.Option(64, "--batch", min=1, help="Concurrent requests in the serving workload."),
     input_len: int = typer.Option(4096, "--input-len", min=1, help="Prompt tokens per request."),
     output_len: int = typer.Option(1024, "--output-len", min=1, help="Generated tokens per request."),
-    tolerance: float = typer.Option(0.02, "--tolerance", help="Keep shapes within this fraction of N (shapes smaller than N look better than they are when the fit has no reference law)."),
+    tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Keep shapes within this fraction of N. Default 0.05, or 0.02 when the fit has no reference law (then a smaller N is not penalised, so the budget is held tighter)."),
     r_min: float = typer.Option(0.5, "--r-min", help="Smallest MLP-to-attention ratio (the paper fits 0.5-5)."),
     r_max: float = typer.Option(5.0, "--r-max", help="Largest MLP-to-attention ratio."),
     gqa: str = typer.Option("1-16", "--gqa", help="GQA group sizes to consider, e.g. 4, 1,2,4,8 or 1-16."),
@@ -134,9 +118,7 @@ def search_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result JSON instead of tables."),
 ) -> None:
     """Find the shapes with the highest estimated throughput whose predicted loss meets a target."""
-    for flag, value in (("--n", n), ("--tokens", tokens)):
-        if not (value > 0 and math.isfinite(value)):
-            raise UserError(f"{flag} must be a positive number, got {value}")
+    n, tokens = parse_count(n_text, "--n"), parse_count(tokens_text, "--tokens")
     if not r_min < r_max:
         raise UserError(f"--r-min {r_min} must be below --r-max {r_max}")
     fitted = load_fit(fit)
@@ -148,7 +130,7 @@ def search_command(
             raise UserError(f"--reference {reference}: must be a chinchilla fit, got law {fitted.reference.law.name}")
     spec = SearchSpec(n=n, tokens=tokens, n_layers=layers, d_head=head_dim, gpu=load_gpu(gpu, gpu_file),
                       workload=Workload(batch, input_len, output_len), tp=tp, tolerance=tolerance, r_range=(r_min, r_max),
-                      gqa_values=parse_int_set(gqa, "--gqa"), vocab_size=vocab, tie_embeddings=tie_embeddings,
+                      gqa_values=parse_int_list(gqa, "--gqa"), vocab_size=vocab, tie_embeddings=tie_embeddings,
                       strict_hf=strict_hf)
     matched = load_architecture(match) if match else None
     run_table = load_runs(runs) if runs else None

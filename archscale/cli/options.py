@@ -1,0 +1,37 @@
+"""Parsers for flag values shared by several verbs (budgets with suffixes, integer sets)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from archscale.errors import UserError
+
+_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+
+
+def parse_count(text: str, label: str = "--n") -> float:
+    """``1e9``, ``975M``, ``1.5B``, ``300k`` to a float (a budget is easier to type with a suffix)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)\s*", text)
+    if not match:
+        raise UserError(f"{label} {text!r}: expected a number such as 1e9, 975M or 1.5B")
+    value = float(match.group(1)) * _SUFFIXES.get(match.group(2).lower(), 1.0)
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"{label} {text!r}: must be positive")
+    return value
+
+
+def parse_int_list(text: str | None, label: str) -> list[int] | None:
+    """``"4"``, ``"1,2,4,8"`` or ``"1-16"`` to a sorted list of positive integers; None stays None."""
+    if text is None:
+        return None
+    values: set[int] = set()
+    try:
+        for part in text.split(","):
+            low, dash, high = part.strip().partition("-")
+            values.update(range(int(low), int(high) + 1) if dash else [int(low)])
+    except ValueError:
+        raise UserError(f"{label} {text!r}: expected integers such as 4, 1,2,4,8 or 1-16") from None
+    if not values or min(values) <= 0:
+        raise UserError(f"{label} {text!r}: expected positive integers")
+    return sorted(values)
