@@ -194,12 +194,7 @@ def apply_measured_losses(candidates: pd.DataFrame, runs: pd.DataFrame | None, t
     same_budget = runs[(runs["D"] / tokens - 1).abs() <= 0.10].dropna(subset=SHAPE_COLUMNS)
     if same_budget.empty:
         return candidates
-    measured = same_budget.groupby(_shape_key(same_budget))["loss"].min()
-    keys = _shape_key(candidates)
-    hit = keys.isin(measured.index)
-    candidates.loc[hit, "predicted_loss"] = keys[hit].map(measured).to_numpy()
-    candidates.loc[hit, "loss_source"] = "measured"
-    return candidates
+    return _override(candidates, same_budget.groupby(_shape_key(same_budget))["loss"].min(), "predicted_loss", "loss_source")
 
 
 def apply_measured_throughput(candidates: pd.DataFrame, bench: pd.DataFrame | None, spec: SearchSpec) -> pd.DataFrame:
@@ -218,13 +213,21 @@ def apply_measured_throughput(candidates: pd.DataFrame, bench: pd.DataFrame | No
                  & bench["tokens_per_s"].notna()]
     if "tp" in rows.columns:
         rows = rows[rows["tp"] == spec.tp]
+    if "status" in rows.columns:
+        rows = rows[rows["status"] == "ok"]
+    if "backend" in rows.columns:
+        rows = rows[rows["backend"] != "roofline"]  # an estimate is not a measurement
     if rows.empty:
         return candidates
-    measured = rows.groupby(_shape_key(rows))["tokens_per_s"].mean()
+    return _override(candidates, rows.groupby(_shape_key(rows))["tokens_per_s"].mean(), "tokens_per_s", "throughput_source")
+
+
+def _override(candidates: pd.DataFrame, measured: pd.Series, column: str, source_column: str) -> pd.DataFrame:
+    """Replace ``column`` by the measured value for every candidate whose exact shape was measured."""
     keys = _shape_key(candidates)
     hit = keys.isin(measured.index)
-    candidates.loc[hit, "tokens_per_s"] = keys[hit].map(measured).to_numpy()
-    candidates.loc[hit, "throughput_source"] = "measured"
+    candidates.loc[hit, column] = keys[hit].map(measured).to_numpy()
+    candidates.loc[hit, source_column] = "measured"
     return candidates
 
 
