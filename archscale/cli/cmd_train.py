@@ -1,0 +1,110 @@
+"""``archscale train``, ``sweep``, ``export`` and ``data prepare``: thin wrappers over :mod:`archscale.train`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from archscale.cli import app, print_json
+
+data_app = typer.Typer(help="Prepare token data for training. Example: archscale data prepare --corpus docs/ --out data/docs",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+DEVICE_HELP = "auto (CUDA when present), cpu or cuda."
+
+
+def _tokens(value: Optional[float]) -> Optional[int]:
+    return None if value is None else int(value)
+
+
+@app.command("train")
+def train_cmd(
+    config_dir: Path = typer.Argument(..., help="Config directory: config.json (HF Llama-style) and optional train.json."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared data directory (default: the embedded stdlib corpus, byte tokens)."),
+    tokens: Optional[float] = typer.Option(None, "--tokens", help="Token budget, e.g. 2e6 (overrides train.json)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: CONFIG_DIR/run)."),
+    runs: Optional[Path] = typer.Option(None, "--runs", help="Append the finished run's row to this CSV runs table."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for init and data order (overrides train.json)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    peak_tflops: Optional[float] = typer.Option(None, "--peak-tflops", help="Peak TFLOP/s per device for MFU (auto on known GPUs)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    fsdp: bool = typer.Option(False, "--fsdp", help="Under torchrun, shard with FSDP2 instead of DDP."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result row as JSON."),
+) -> None:
+    """Train one model from a config directory.
+
+    Example: archscale train cfg/ --tokens 2e6 --runs runs.csv
+    """
+    from archscale.train.loop import train
+
+    result = train(config_dir, data, out, tokens=_tokens(tokens), seed=seed, resume=resume, runs=runs, device=device,
+                   peak_tflops=peak_tflops, progress=progress, fsdp=fsdp)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
+    if json_out:
+        print_json(result.row)
+        return
+    mfu = "n/a" if result.mfu is None else f"{100 * result.mfu:.1f}%"
+    typer.echo(f"{result.run_dir}: {result.steps} steps, {result.tokens:,} tokens, val loss {result.val_loss:.4f}, "
+               f"train loss {result.train_loss:.4f}, {result.tokens_per_s:,.0f} tokens/s, MFU {mfu}")
+
+
+@app.command("sweep")
+def sweep_cmd(
+    configs_dir: Path = typer.Argument(..., help="Directory whose subdirectories are config directories."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared data directory (default: the embedded corpus)."),
+    runs: Path = typer.Option(..., "--runs", help="CSV runs table: finished recipes are skipped, new rows appended."),
+    tokens: Optional[float] = typer.Option(None, "--tokens", help="Token budget for every run, e.g. 2e6."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Root for run directories (default: each CONFIG/run)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for every run (overrides train.json)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Train every config directory in turn; re-run it after a crash.
+
+    Example: archscale sweep cfgs/ --runs runs.csv --tokens 2e6
+    """
+    from archscale.train.sweep import sweep
+
+    for outcome in sweep(configs_dir, data, runs, tokens=_tokens(tokens), out_root=out, seed=seed, device=device,
+                         progress=progress, echo=lambda line: typer.echo(line, err=True)):
+        typer.echo(f"{outcome.name}: {outcome.status}" + (f", val loss {outcome.val_loss:.4f}" if outcome.val_loss is not None else ""))
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory (holds checkpoint.pt and config.json)."),
+    hf: Path = typer.Option(..., "--hf", help="Output directory for config.json + model.safetensors."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
+) -> None:
+    """Write a Hugging Face Llama checkpoint (config.json + model.safetensors).
+
+    Example: archscale export cfg/run --hf exported/
+    """
+    from archscale.train.export import export_hf
+
+    path = export_hf(run_dir, hf, dtype=dtype)
+    typer.echo(f"wrote {path}")
+
+
+@data_app.command("prepare")
+def prepare_cmd(
+    corpus: list[str] = typer.Option(..., "--corpus", help="File, directory or glob (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Output data directory (train.bin, val.bin, meta.json)."),
+    tokenizer: str = typer.Option("byte", "--tokenizer", help="'byte' (vocab 256) or a local tokenizer.json (needs the tokenizers package)."),
+    val_fraction: float = typer.Option(0.05, "--val-fraction", help="Fraction of tokens (the tail) held out for validation."),
+) -> None:
+    """Tokenize text files into train.bin / val.bin / meta.json.
+
+    Example: archscale data prepare --corpus 'texts/*.txt' --out data/texts
+    """
+    from archscale.train.data import prepare
+
+    meta = prepare(corpus, out, tokenizer=tokenizer, val_fraction=val_fraction)
+    typer.echo(f"{out}: {meta['n_tokens']:,} tokens ({meta['n_train']:,} train, {meta['n_val']:,} val) from "
+               f"{meta['n_files']} files, tokenizer {meta['tokenizer']} (vocab {meta['vocab_size']})")

@@ -1,0 +1,107 @@
+"""``archscale export RUN_DIR --hf OUT``: a trained run as a Hugging Face Llama checkpoint.
+
+The model's module names already follow ``LlamaForCausalLM``; export adds the
+``model.`` prefix (the output head stays ``lm_head.weight``, and is left out
+when tied, as transformers saves it) and writes ``config.json`` plus
+``model.safetensors``.
+
+The safetensors format is small enough to write by hand (8-byte little-endian
+header length, a JSON header of name -> dtype/shape/byte range, then the raw
+little-endian bytes), so exporting needs no extra package; :func:`read_safetensors`
+reads it back for tests and tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from archscale.errors import UserError
+from archscale.train.checkpoint import checkpoint_path, load_checkpoint
+from archscale.train.config import CONFIG_FILE
+
+SAFETENSORS_FILE = "model.safetensors"
+_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64", torch.int32: "I32"}
+_FROM_NAME = {name: dtype for dtype, name in _DTYPES.items()}
+
+
+def hf_state_dict(state: Mapping[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:
+    """archscale parameter names -> HF Llama names (``model.`` prefix, ``lm_head`` as is)."""
+    out = {}
+    for name, tensor in state.items():
+        if name == "lm_head.weight":
+            if not tied:
+                out[name] = tensor
+        else:
+            out[f"model.{name}"] = tensor
+    return out
+
+
+def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``tensors`` in the safetensors format (atomically: temp file then rename)."""
+    header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        if tensor.dtype not in _DTYPES:
+            raise ValueError(f"safetensors writer: unsupported dtype {tensor.dtype} for {name}")
+        raw = tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(struct.pack("<Q", len(encoded)))
+            out.write(encoded)
+            for raw in blobs:
+                out.write(raw)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file (any writer) into CPU tensors."""
+    data = Path(path).read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    base = 8 + length
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        dtype = _FROM_NAME[info["dtype"]]
+        flat = torch.frombuffer(bytearray(data[base + start : base + end]), dtype=torch.uint8) if end > start else torch.empty(0, dtype=torch.uint8)
+        tensors[name] = flat.view(dtype).reshape(info["shape"])
+    return tensors
+
+
+def export_hf(run_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """Export a run's latest checkpoint to ``out_dir`` (``config.json`` + ``model.safetensors``)."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if dtype not in ("float32", "bfloat16"):
+        raise UserError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+    if not checkpoint_path(run_dir).exists():
+        raise UserError(f"{run_dir}: no {checkpoint_path(run_dir).name}; is it a run directory (archscale train --out)?")
+    state = load_checkpoint(checkpoint_path(run_dir))
+    hf_config = dict(state["hf_config"])
+    torch_dtype = getattr(torch, dtype)
+    tied = bool(hf_config.get("tie_word_embeddings", False))
+    tensors = {k: v.to(torch_dtype) for k, v in hf_state_dict(state["model"], tied).items()}
+    hf_config["torch_dtype"] = dtype
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_safetensors(out_dir / SAFETENSORS_FILE, tensors, {"format": "pt"})
+    (out_dir / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
+    return out_dir / SAFETENSORS_FILE

@@ -1,0 +1,600 @@
+"""The training loop: one config directory in, one runs-table row out.
+
+nanoGPT-style and deliberately small: AdamW (fused where the build has it)
+with weight decay on 2-D weights only, linear warmup then cosine (or WSD)
+decay to ``lr_min_ratio * lr_max``, gradient clipping, optional z-loss,
+gradient accumulation, bf16 autocast on CUDA, periodic validation, a JSONL
+log, atomic checkpoints and an exact ``--resume``.
+
+Why resume is exact: the batch of step ``s`` is a pure function of
+``(seed, s)`` (:class:`~archscale.train.data.TokenDataset`), the learning
+rate is a pure function of ``s``, and the checkpoint holds the model, the
+optimizer moments and the RNG states. A run killed after a checkpoint and
+resumed therefore performs the same arithmetic as one that never stopped.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DDP, or with
+``--fsdp`` sharded with FSDP2 (``fully_shard`` per block, then the root);
+each rank takes its slice of every global batch, and rank 0 alone writes the
+log, checkpoints, ``result.json`` and the runs-table row. Run it as
+``torchrun --nproc_per_node 8 -m archscale.train.loop CONFIG_DIR --data DIR [--fsdp]``.
+Checkpoints hold full (unsharded) state either way, so a run can be resumed
+with a different number of ranks or without ``--fsdp``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from archscale.arch import Architecture
+from archscale.errors import UserError
+from archscale.model import Transformer
+from archscale.runs import SHAPE, append_run
+from archscale.train.checkpoint import (
+    capture_state, checkpoint_path, load_checkpoint, restore_state, rng_state, save_checkpoint, set_rng_state,
+)
+from archscale.train.config import (
+    CONFIG_FILE, TRAIN_FILE, TrainConfig, canonical_model_json, config_hash, load_model_config, load_train_config,
+)
+from archscale.train.data import TokenDataset, default_data_dir, read_meta
+
+LOG_FILE = "log.jsonl"
+RESULT_FILE = "result.json"
+
+# Dense bf16 peak TFLOP/s by GPU name (datasheets; see REFERENCE.md section 4).
+PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
+
+
+# ---- what a run is ----------------------------------------------------------------
+@dataclass
+class RunSpec:
+    """A fully resolved recipe: shape, HF config dict, training settings and their hash."""
+
+    arch: Architecture
+    hf_config: dict[str, Any]
+    train_config: TrainConfig
+    config_hash: str
+    name: str
+    source_dir: Path | None = None
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports; ``row`` is the runs-table row (also in ``result.json``)."""
+
+    run_dir: Path
+    steps: int
+    tokens: int
+    train_loss: float
+    val_loss: float
+    tokens_per_s: float
+    mfu: float | None
+    config_hash: str
+    row: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_run(config: str | Path | Architecture, train_config: TrainConfig | None = None,
+                tokens: float | None = None, seed: int | None = None) -> RunSpec:
+    """Read a config directory (or take an Architecture), apply overrides, hash the result.
+
+    Precedence: explicit ``train_config`` > ``train.json`` > defaults for the
+    size; then ``tokens``/``seed`` overrides on top.
+    """
+    source_dir = None
+    if isinstance(config, Architecture):
+        arch, hf_config = config, config.to_hf_config()
+        base = train_config or TrainConfig.for_model_size(arch.n_params_non_embedding)
+    else:
+        source_dir = Path(config)
+        arch, hf_config = load_model_config(source_dir)
+        base = train_config or load_train_config(source_dir, arch)
+    cfg = base.replace("--tokens/--seed", tokens=tokens, seed=seed)
+    name = arch.name or (source_dir.resolve().name if source_dir else "model")
+    return RunSpec(arch, hf_config, cfg, config_hash(hf_config, cfg), name, source_dir)
+
+
+# ---- distributed ------------------------------------------------------------------
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_kind: str) -> DistInfo:
+    """Join the process group when launched by torchrun with ``WORLD_SIZE > 1``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return info
+
+
+def pick_device(requested: str, info: DistInfo) -> torch.device:
+    """``auto`` is CUDA when present, else CPU; under torchrun each rank takes ``cuda:LOCAL_RANK``."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, got {requested!r}")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    torch.cuda.set_device(info.local_rank)
+    return torch.device("cuda", info.local_rank)
+
+
+# ---- schedule, optimizer, FLOPs -------------------------------------------------------
+def effective_warmup(cfg: TrainConfig) -> int:
+    """Warmup capped at a tenth of the run, so a short run still reaches its decay."""
+    return min(cfg.warmup_steps, cfg.total_steps // 10)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): warmup, then cosine or WSD decay."""
+    total, warmup = cfg.total_steps, effective_warmup(cfg)
+    lr_min = cfg.lr_max * cfg.lr_min_ratio
+    if step < warmup:
+        return cfg.lr_max * (step + 1) / warmup
+    if cfg.schedule == "wsd":
+        decay_start = max(warmup, total - math.ceil(cfg.wsd_decay_fraction * total))
+        if step < decay_start:
+            return cfg.lr_max
+        progress = (step - decay_start + 1) / max(1, total - decay_start)
+        return cfg.lr_max + (lr_min - cfg.lr_max) * min(1.0, progress)
+    progress = (step - warmup) / max(1, total - 1 - warmup)
+    return lr_min + 0.5 * (cfg.lr_max - lr_min) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = True) -> torch.optim.Optimizer:
+    """AdamW with decay on matrices only (norm gains are not decayed); fused if asked and this build allows."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    kwargs = dict(lr=cfg.lr_max, betas=cfg.betas)
+    if fused:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def train_flops_per_token(arch: Architecture, seq_len: int) -> float:
+    """``6 N + 12 L H Q T``: N counts every matmul weight (non-embedding plus the output head)."""
+    n_matmul = arch.n_params_non_embedding + arch.vocab_size * arch.d_model
+    return 6.0 * n_matmul + 12.0 * arch.n_layers * arch.n_heads * arch.d_head * seq_len
+
+
+def detect_peak_tflops(device: torch.device) -> float | None:
+    """Datasheet bf16 peak of a known GPU; ``None`` on CPU or an unknown GPU (MFU is then null)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS if key in name), None)
+
+
+# ---- the loop ---------------------------------------------------------------------
+class Trainer:
+    """Holds one run's state; :meth:`run` trains to the token budget and reports."""
+
+    def __init__(self, spec: RunSpec, data_dir: Path, out_dir: Path, device: torch.device, info: DistInfo,
+                 peak_tflops: float | None, progress: bool, fsdp: bool = False) -> None:
+        self.spec, self.cfg, self.out_dir, self.device, self.info = spec, spec.train_config, out_dir, device, info
+        self.progress = progress and info.is_main
+        self.train_data = TokenDataset(data_dir, "train", self.cfg.seq_len)
+        self.val_data = TokenDataset(data_dir, "val", self.cfg.seq_len)
+        per_rank = self.cfg.batch_size // info.world
+        if self.cfg.batch_size % (info.world * self.cfg.micro_batch_size):
+            raise UserError(f"{TRAIN_FILE}: batch_size {self.cfg.batch_size} must be a multiple of micro_batch_size "
+                            f"{self.cfg.micro_batch_size} x {info.world} ranks")
+        self.per_rank, self.accum = per_rank, per_rank // self.cfg.micro_batch_size
+        torch.manual_seed(self.cfg.seed)
+        theta = float(spec.hf_config.get("rope_theta", 500000.0))
+        eps = float(spec.hf_config.get("rms_norm_eps", 1e-5))
+        self.model = Transformer(spec.arch, rope_theta=theta, norm_eps=eps, max_seq_len=self.cfg.seq_len).to(device)
+        self.autocast_dtype = self._autocast_dtype()
+        self.fsdp = fsdp and info.world > 1
+        if self.fsdp:
+            self._shard()
+        self.optimizer = make_optimizer(self.model, self.cfg, fused=not self.fsdp)
+        self.step, self.session_tokens, self.session_time = 0, 0, 0.0
+        self._window: list[float] = [0, 0.0]  # tokens and seconds since the last log line
+        self.last_train_loss = float("nan")
+        self.peak = peak_tflops if peak_tflops is not None else detect_peak_tflops(device)
+        self.flops_per_token = train_flops_per_token(spec.arch, self.cfg.seq_len)
+        self.runner: nn.Module = self._wrap(self.model)
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        if self.cfg.dtype == "bfloat16" or (self.cfg.dtype == "auto" and self.device.type == "cuda"):
+            return torch.bfloat16
+        return None
+
+    def _shard(self) -> None:
+        """FSDP2: shard each block, then the root (embedding, final norm, head); bf16 compute under autocast."""
+        try:
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        except ImportError:
+            raise UserError(f"--fsdp needs torch.distributed.fsdp.fully_shard (torch 2.6+); this is torch {torch.__version__}") from None
+        policy = MixedPrecisionPolicy(param_dtype=self.autocast_dtype, reduce_dtype=torch.float32) if self.autocast_dtype else MixedPrecisionPolicy()
+        for block in self.model.layers:
+            fully_shard(block, mp_policy=policy)
+        fully_shard(self.model, mp_policy=policy)
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """Compile (CUDA by default) and DDP-wrap; the bare (or FSDP-sharded) model stays for eval and checkpoints."""
+        runner = model
+        if self.cfg.compile or (self.cfg.compile is None and self.device.type == "cuda"):
+            runner = torch.compile(runner)
+        if self.info.world > 1 and not self.fsdp:
+            from torch.nn.parallel import DistributedDataParallel
+            runner = DistributedDataParallel(runner, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return runner
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    # ---- state ----------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything a resume needs (a collective under FSDP: every rank calls it)."""
+        model_state, optimizer_state = capture_state(self.model, self.optimizer)
+        return {"model": model_state, "optimizer": optimizer_state, "step": self.step,
+                "rng": rng_state(), "config_hash": self.spec.config_hash, "hf_config": self.spec.hf_config,
+                "train_config": self.cfg.to_dict(), "last_train_loss": self.last_train_loss}
+
+    def load(self, state: dict[str, Any]) -> None:
+        if state.get("config_hash") != self.spec.config_hash:
+            raise UserError(f"{checkpoint_path(self.out_dir)}: was written for config {state.get('config_hash')}, "
+                            f"these settings hash to {self.spec.config_hash}; resume with the same config and flags")
+        restore_state(self.model, self.optimizer, state["model"], state["optimizer"])
+        self.step = int(state["step"])
+        self.last_train_loss = float(state.get("last_train_loss", float("nan")))
+        set_rng_state(state["rng"])
+
+    def save(self) -> None:
+        state = self.state()
+        if self.info.is_main:
+            save_checkpoint(checkpoint_path(self.out_dir), state)
+        self._barrier()
+
+    def _barrier(self) -> None:
+        if self.info.world > 1:
+            dist.barrier()
+
+    # ---- one step -----------------------------------------------------------------
+    def micro_batches(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's micro batches of the global batch of ``step``."""
+        offsets = self.train_data.offsets(self.cfg.seed, step, self.cfg.batch_size)
+        mine = offsets[self.info.rank * self.per_rank : (self.info.rank + 1) * self.per_rank]
+        for i in range(self.accum):
+            yield self.train_data.fetch(mine[i * self.cfg.micro_batch_size : (i + 1) * self.cfg.micro_batch_size], self.device)
+
+    def train_step(self) -> torch.Tensor:
+        """Forward/backward over the micro batches, clip, step; returns the mean cross-entropy."""
+        lr = lr_at(self.step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        for i, (x, y) in enumerate(self.micro_batches(self.step)):
+            last = i == self.accum - 1
+            with self._grad_sync(last):
+                with self.autocast():
+                    logits, ce = self.runner(x, y)
+                    loss = ce
+                    if self.cfg.z_loss > 0:
+                        loss = loss + self.cfg.z_loss * torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+                (loss / self.accum).backward()
+            total += ce.detach()
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total / self.accum
+
+    def _grad_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """Reduce gradients across ranks only on the last micro batch of a step."""
+        if self.info.world == 1 or last:
+            if self.fsdp:
+                self.model.set_requires_gradient_sync(True)
+            return contextlib.nullcontext()
+        if self.fsdp:
+            self.model.set_requires_gradient_sync(False)
+            return contextlib.nullcontext()
+        return self.runner.no_sync()
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation cross-entropy (nats/token) over a fixed, evenly spread set of sequences."""
+        count = max(1, self.cfg.eval_tokens // self.cfg.seq_len)
+        offsets = self.val_data.eval_offsets(count)
+        offsets = np.resize(offsets, max(self.info.world, len(offsets) // self.info.world * self.info.world))
+        mine = offsets[self.info.rank :: self.info.world]  # equal counts per rank: FSDP forwards are collectives
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for start in range(0, len(mine), self.cfg.micro_batch_size):
+            x, y = self.val_data.fetch(mine[start : start + self.cfg.micro_batch_size], self.device)
+            with self.autocast():
+                _, loss = self.model(x, y)
+            sums += torch.tensor([loss.double().item() * len(x), len(x)], dtype=torch.float64, device=self.device)
+        if self.info.world > 1:
+            dist.all_reduce(sums)
+        return float(sums[0] / sums[1])
+
+    def _mean_across_ranks(self, value: torch.Tensor) -> float:
+        if self.info.world > 1:
+            value = value.detach().clone()
+            dist.all_reduce(value)
+            value /= self.info.world
+        return float(value)
+
+    # ---- the run ------------------------------------------------------------------
+    def run(self) -> tuple[float, float]:
+        """Train from ``self.step`` to the end; return (last train loss, final validation loss)."""
+        bar = self._progress_bar(self.cfg.total_steps)
+        try:
+            while self.step < self.cfg.total_steps:
+                self._one_step(bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        final_val = self.evaluate()
+        self._log(final_val, self.tokens_per_s, final=True)
+        if not math.isfinite(final_val):
+            raise UserError(f"training diverged: final validation loss is {final_val}; lower lr_max in {TRAIN_FILE}")
+        return self.last_train_loss, final_val
+
+    def _one_step(self, bar: "ProgressBar | None") -> None:
+        """One optimizer step plus whatever falls on it: logging, evaluation, checkpointing."""
+        cfg = self.cfg
+        started = time.perf_counter()
+        loss = self.train_step()
+        is_last = self.step == cfg.total_steps
+        log_now = self.step % cfg.log_every == 0 and not is_last  # the last step is logged with the final eval
+        if log_now or is_last or self.progress:
+            exact = log_now or is_last  # a value every rank agrees on (an all-reduce) vs. rank 0's own
+            self.last_train_loss = self._mean_across_ranks(loss) if exact else float(loss)
+            if exact and not math.isfinite(self.last_train_loss):
+                raise UserError(f"training diverged at step {self.step} (train loss {self.last_train_loss}); "
+                                f"lower lr_max or raise warmup_steps in {TRAIN_FILE}")
+        if self.device.type == "cuda" and (log_now or is_last):
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started  # exact over a log window: CUDA syncs at its end
+        self._window[0] += cfg.tokens_per_step
+        self._window[1] += elapsed
+        self.session_tokens += cfg.tokens_per_step
+        self.session_time += elapsed
+        val_loss = self.evaluate() if cfg.eval_every and self.step % cfg.eval_every == 0 and not is_last else None
+        if log_now or val_loss is not None:
+            self._log(val_loss, self._window[0] / max(self._window[1], 1e-9))
+            self._window = [0, 0.0]
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{self.last_train_loss:.4f}", tok_s=f"{self.tokens_per_s:,.0f}")
+        if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or is_last:
+            self.save()
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.session_tokens / self.session_time if self.session_time > 0 else float("nan")
+
+    def mfu(self, tokens_per_s: float) -> float | None:
+        """Model FLOPs utilisation against ``peak`` TFLOP/s per rank; ``None`` without a peak."""
+        if not self.peak or not math.isfinite(tokens_per_s):
+            return None
+        return tokens_per_s * self.flops_per_token / (self.peak * 1e12 * self.info.world)
+
+    def _log(self, val_loss: float | None, tokens_per_s: float, final: bool = False) -> None:
+        if not self.info.is_main:
+            return
+        record = {"step": self.step, "tokens": self.step * self.cfg.tokens_per_step, "train_loss": _num(self.last_train_loss),
+                  "val_loss": val_loss, "lr": lr_at(max(0, self.step - 1), self.cfg),
+                  "tokens_per_s": _num(tokens_per_s), "mfu": self.mfu(tokens_per_s)}
+        if final:
+            record["final"] = True
+        with open(self.out_dir / LOG_FILE, "a") as out:
+            out.write(json.dumps(record) + "\n")
+
+    def _progress_bar(self, total: int) -> "ProgressBar | None":
+        return ProgressBar(f"train {self.spec.name}", total, self.step) if self.progress else None
+
+
+class ProgressBar:
+    """A rich progress bar on stderr: steps, train loss, tokens/s, elapsed and remaining time."""
+
+    def __init__(self, description: str, total: int, done: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                  console=Console(stderr=True))
+        self._task = self._progress.add_task(description, total=total, completed=done, info="")
+        self._progress.start()
+
+    def update(self, steps: int) -> None:
+        self._progress.advance(self._task, steps)
+
+    def set_postfix(self, **fields: str) -> None:
+        self._progress.update(self._task, info=" ".join(f"{k}={v}" for k, v in fields.items()))
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def _num(value: float) -> float | None:
+    """JSON has no NaN: unknown numbers are written as null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+# ---- entry point ------------------------------------------------------------------
+def train(config: str | Path | Architecture, data_dir: str | Path | None = None, out_dir: str | Path | None = None, *,
+          train_config: TrainConfig | None = None, tokens: float | None = None, seed: int | None = None,
+          resume: bool = False, runs: str | Path | None = None, device: str = "auto",
+          peak_tflops: float | None = None, progress: bool = True, fsdp: bool = False) -> TrainResult:
+    """Train one model to its token budget and report it.
+
+    ``config`` is a config directory (``config.json`` + optional ``train.json``)
+    or an :class:`Architecture`. ``data_dir`` defaults to the embedded corpus.
+    ``out_dir`` defaults to ``CONFIG_DIR/run``. Every input is checked before
+    anything is written. On success ``out_dir/result.json`` holds the row,
+    which is also appended to ``runs`` (a CSV) when given, exactly once even
+    across crashes and resumes. ``fsdp`` shards with FSDP2 under torchrun.
+    """
+    spec = resolve_run(config, train_config, tokens, seed)
+    out = _out_dir(spec, out_dir)
+    data = Path(data_dir) if data_dir is not None else default_data_dir()
+    meta = read_meta(data)
+    if int(meta["vocab_size"]) > spec.arch.vocab_size:
+        raise UserError(f"--data {data}: tokenizer vocabulary {meta['vocab_size']} > config vocab_size "
+                        f"{spec.arch.vocab_size} ({CONFIG_FILE}); use a matching tokenizer or a larger vocab_size")
+    _check_out_dir(out, resume)
+    if resume and (out / RESULT_FILE).exists() and _same_run(out, spec):
+        return _finished(out, spec, runs)
+    info = init_distributed("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    try:
+        trainer = Trainer(spec, data, out, pick_device(device, info), info, peak_tflops, progress, fsdp)
+        if resume:
+            trainer.load(load_checkpoint(checkpoint_path(out), map_location=trainer.device))
+        if info.is_main:
+            _prepare_out_dir(out, spec, trainer.step)
+        trainer._barrier()
+        train_loss, val_loss = trainer.run()
+        result = _result(trainer, out, train_loss, val_loss)
+        if info.is_main:
+            _record(result, runs)
+        trainer._barrier()  # ranks leave together: tearing gloo down under a busy peer can abort it
+        del trainer
+        return result
+    finally:
+        if info.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _out_dir(spec: RunSpec, out_dir: str | Path | None) -> Path:
+    if out_dir is not None:
+        return Path(out_dir)
+    if spec.source_dir is None:
+        raise UserError("train: out_dir is required when training an Architecture (no config directory to put it in)")
+    return spec.source_dir / "run"
+
+
+def _check_out_dir(out: Path, resume: bool) -> None:
+    """Refuse to overwrite a run, and to resume one that has no checkpoint."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    has_checkpoint = checkpoint_path(out).exists()
+    if resume and not has_checkpoint:
+        raise UserError(f"--resume: {checkpoint_path(out)} does not exist; nothing to resume (drop --resume to start)")
+    if not resume and (has_checkpoint or (out / RESULT_FILE).exists()):
+        raise UserError(f"--out {out}: already holds a run; pass --resume to continue it or choose another --out")
+
+
+def _same_run(out: Path, spec: RunSpec) -> bool:
+    try:
+        return json.loads((out / RESULT_FILE).read_text()).get("config_hash") == spec.config_hash
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _prepare_out_dir(out: Path, spec: RunSpec, step: int) -> None:
+    """Write the run's exact config files and drop log lines a killed process wrote after its checkpoint."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # a temp file a killed process was writing (checkpoint, log, result)
+        stale.unlink(missing_ok=True)
+    _atomic_write(out / CONFIG_FILE, canonical_model_json(spec.hf_config))
+    _atomic_write(out / TRAIN_FILE, spec.train_config.to_json())
+    log = out / LOG_FILE
+    if log.exists():
+        kept = [line for line in log.read_text().splitlines(keepends=True) if _log_step(line) <= step]
+        _atomic_write(log, "".join(kept))
+
+
+def _log_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf  # a torn last line from a kill: drop it
+
+
+def _result(trainer: Trainer, out: Path, train_loss: float, val_loss: float) -> TrainResult:
+    spec, arch = trainer.spec, trainer.spec.arch
+    tokens = trainer.cfg.total_steps * trainer.cfg.tokens_per_step
+    tps = trainer.tokens_per_s
+    row: dict[str, Any] = {"N": arch.n_params_non_embedding, "D": tokens, "loss": val_loss}
+    row.update(zip(SHAPE, (arch.n_layers, arch.d_model, arch.n_heads, arch.n_kv_heads, arch.d_head, arch.d_ff, arch.vocab_size)))
+    row.update({"train_loss": _num(train_loss), "val_loss": val_loss, "tokens_per_s": _num(tps), "mfu": trainer.mfu(tps),
+                "config_hash": spec.config_hash, "run_dir": str(out.resolve()), "name": spec.name,
+                "steps": trainer.cfg.total_steps, "seed": trainer.cfg.seed})
+    return TrainResult(out, trainer.cfg.total_steps, tokens, train_loss, val_loss, tps, row["mfu"], spec.config_hash, row)
+
+
+def _record(result: TrainResult, runs: str | Path | None) -> None:
+    """Append the row (unless this run already has one), then write ``result.json`` last."""
+    if runs is not None and not _has_row(Path(runs), result.row):
+        append_run(runs, result.row)
+    _atomic_write(result.run_dir / RESULT_FILE, json.dumps(result.row, indent=2) + "\n")
+
+
+def _has_row(runs: Path, row: dict[str, Any]) -> bool:
+    """Whether ``runs`` already holds this run (same config_hash and run_dir): keeps appends idempotent."""
+    if not runs.exists():
+        return False
+    import pandas as pd
+    try:
+        frame = pd.read_csv(runs, usecols=lambda c: c in ("config_hash", "run_dir"), dtype=str)
+    except (ValueError, pd.errors.EmptyDataError):
+        return False
+    if not {"config_hash", "run_dir"} <= set(frame.columns):
+        return False
+    return bool(((frame["config_hash"] == row["config_hash"]) & (frame["run_dir"] == row["run_dir"])).any())
+
+
+def _finished(out: Path, spec: RunSpec, runs: str | Path | None) -> TrainResult:
+    """A resumed run that had already finished: report it again (and add a missing row)."""
+    row = json.loads((out / RESULT_FILE).read_text())
+    result = TrainResult(out, int(row.get("steps", 0)), int(row["D"]), row.get("train_loss") or float("nan"),
+                         float(row["val_loss"]), row.get("tokens_per_s") or float("nan"), row.get("mfu"), spec.config_hash, row)
+    _record(result, runs)
+    return result
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m archscale.train.loop CONFIG_DIR [flags]`` (and under torchrun): ``archscale train``."""
+    from archscale.cli import main as cli_main
+
+    sys.argv = ["archscale", "train", *(sys.argv[1:] if argv is None else argv)]
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()
