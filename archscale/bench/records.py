@@ -1,0 +1,205 @@
+"""One benchmark record: the columns every backend fills, and the helpers that build them.
+
+A record is a flat dict (one row of the results store) per (config, backend,
+hardware, workload, batch size). The torch, vLLM and roofline backends all emit
+this same shape so their rows can be compared one for one, and so
+:mod:`archscale.search` can read measured throughput with the shape columns it
+matches on (``n_layers .. d_ff``) plus ``gpu``, the workload and ``tokens_per_s``.
+
+``tokens_per_s`` is *total* tokens (prompt + generated) per second of the
+batch, as vLLM's throughput benchmark reports it; ``output_tokens_per_s``
+counts generated tokens only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from archscale.arch import Architecture
+
+# (column, SQLite type); the order is the order of tables and CSV exports.
+COLUMN_TYPES: tuple[tuple[str, str], ...] = (
+    ("config_hash", "TEXT"),
+    ("name", "TEXT"),
+    ("source", "TEXT"),
+    ("n_layers", "INTEGER"),
+    ("d_model", "INTEGER"),
+    ("n_heads", "INTEGER"),
+    ("n_kv_heads", "INTEGER"),
+    ("d_head", "INTEGER"),
+    ("d_ff", "INTEGER"),
+    ("vocab", "INTEGER"),
+    ("tie_embeddings", "INTEGER"),
+    ("backend", "TEXT"),
+    ("gpu", "TEXT"),
+    ("device_name", "TEXT"),
+    ("dtype", "TEXT"),
+    ("tp", "INTEGER"),
+    ("batch_size", "INTEGER"),
+    ("input_len", "INTEGER"),
+    ("output_len", "INTEGER"),
+    ("repeats", "INTEGER"),
+    ("tokens_per_s", "REAL"),
+    ("output_tokens_per_s", "REAL"),
+    ("tokens_per_s_std", "REAL"),
+    ("prefill_s", "REAL"),
+    ("decode_s", "REAL"),
+    ("output_tokens", "INTEGER"),
+    ("memory_gb", "REAL"),
+    ("efficiency_compute", "REAL"),
+    ("efficiency_memory", "REAL"),
+    ("status", "TEXT"),
+    ("error", "TEXT"),
+    ("torch_version", "TEXT"),
+    ("vllm_version", "TEXT"),
+    ("archscale_version", "TEXT"),
+    ("timestamp", "TEXT"),
+)
+COLUMNS: tuple[str, ...] = tuple(name for name, _ in COLUMN_TYPES)
+SHAPE_COLUMNS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff")
+MEASURED_BACKENDS = ("torch", "vllm")
+BACKENDS = ("torch", "vllm", "roofline")
+MAX_ERROR_CHARS = 300
+
+DTYPE_ALIASES = {
+    "bf16": "bfloat16", "bfloat16": "bfloat16",
+    "fp16": "float16", "float16": "float16", "half": "float16",
+    "fp32": "float32", "float32": "float32", "float": "float32",
+}
+BYTES_PER_ELEMENT = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+def canonical_dtype(name: str) -> str | None:
+    """``bf16`` -> ``bfloat16`` etc.; None for a name archscale does not know."""
+    return DTYPE_ALIASES.get(name.strip().lower())
+
+
+def config_hash(arch: Architecture) -> str:
+    """First 12 hex of the sha256 of the canonical HF config of the shape.
+
+    Hashing :meth:`Architecture.to_hf_config` (sorted keys, no whitespace)
+    rather than the file's bytes makes a preset and the ``config.json`` emitted
+    for the same shape hash alike, whatever incidental keys the file carries.
+    """
+    text = json.dumps(arch.to_hf_config(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def shape_fields(arch: Architecture) -> dict[str, Any]:
+    """The shape columns of a record."""
+    return {
+        "config_hash": config_hash(arch),
+        "name": arch.name,
+        "n_layers": arch.n_layers,
+        "d_model": arch.d_model,
+        "n_heads": arch.n_heads,
+        "n_kv_heads": arch.n_kv_heads,
+        "d_head": arch.d_head,
+        "d_ff": arch.d_ff,
+        "vocab": arch.vocab_size,
+        "tie_embeddings": bool(arch.tie_embeddings),
+    }
+
+
+_GPU_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"h200", "h200"),
+    (r"h100.*(pcie|nvl)", "h100-pcie"),
+    (r"h100", "h100-sxm"),
+    (r"a100.*80\s*gb", "a100-80gb"),
+    (r"a100.*40\s*gb", "a100-40gb"),
+    (r"a100", "a100-80gb"),
+    (r"l40s", "l40s"),
+    (r"\bl4\b", "l4"),
+)
+
+
+def gpu_key_for_device(device_name: str) -> str:
+    """Map a CUDA device name to an archscale GPU key; unknown devices keep their lowercased name.
+
+    ``"NVIDIA H100 80GB HBM3"`` -> ``h100-sxm``, ``"NVIDIA H200"`` -> ``h200``,
+    ``"NVIDIA A100-SXM4-40GB"`` -> ``a100-40gb``; ``"cpu"`` stays ``cpu``.
+    The key is what search and calibration match bench rows on.
+    """
+    lowered = device_name.strip().lower()
+    for pattern, key in _GPU_PATTERNS:
+        if re.search(pattern, lowered):
+            return key
+    return lowered
+
+
+def one_line(message: object) -> str:
+    """An error message as a single, bounded line (the store and the terminal want one)."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def package_version(name: str) -> str | None:
+    """Installed version of a distribution without importing it (None when absent)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def archscale_version() -> str:
+    from archscale import __version__
+
+    return __version__
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def summarize_repeats(totals_s: list[float], tokens_per_repeat: list[int], output_per_repeat: list[int]) -> dict[str, float]:
+    """Mean total and output tokens/s over repeats and the sample std of total tokens/s.
+
+    Throughput is averaged per repeat (not total tokens over total time) so
+    the std describes the same quantity as the mean.
+    """
+    rates = [tokens / seconds for tokens, seconds in zip(tokens_per_repeat, totals_s)]
+    output_rates = [tokens / seconds for tokens, seconds in zip(output_per_repeat, totals_s)]
+    mean = sum(rates) / len(rates)
+    std = math.sqrt(sum((r - mean) ** 2 for r in rates) / (len(rates) - 1)) if len(rates) > 1 else 0.0
+    return {
+        "tokens_per_s": mean,
+        "output_tokens_per_s": sum(output_rates) / len(output_rates),
+        "tokens_per_s_std": std,
+    }
+
+
+def make_record(arch: Architecture, source: str, backend: str, workload: Mapping[str, int],
+                measured: Mapping[str, Any]) -> dict[str, Any]:
+    """A full record: shape, workload and provenance, overlaid with what the backend measured.
+
+    ``workload`` holds ``batch_size, input_len, output_len, repeats, tp``;
+    ``measured`` holds the backend's fields (``gpu``, ``tokens_per_s``,
+    ``status``, ...). Columns nobody set are None, so every record has every
+    column.
+    """
+    record: dict[str, Any] = dict.fromkeys(COLUMNS)
+    record.update(shape_fields(arch))
+    record.update(source=source, backend=backend, status="ok", error=None,
+                  torch_version=package_version("torch"), vllm_version=None,
+                  archscale_version=archscale_version(), timestamp=now_utc())
+    record.update({k: workload[k] for k in ("batch_size", "input_len", "output_len", "repeats", "tp")})
+    unknown = set(measured) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown record field(s): {', '.join(sorted(unknown))}")
+    record.update(measured)
+    if record["error"] is not None:
+        record["error"] = one_line(record["error"])
+    return record
+
+
+def failed(error: object, **fields: Any) -> dict[str, Any]:
+    """The measured part of a failed benchmark: status ``failed`` and a one-line error."""
+    return {**fields, "status": "failed", "error": one_line(error),
+            "tokens_per_s": None, "output_tokens_per_s": None, "tokens_per_s_std": None}

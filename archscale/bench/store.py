@@ -1,0 +1,194 @@
+"""The results store: one append-only SQLite table of benchmark records.
+
+Why SQLite: several ``archscale bench`` processes (one per GPU, or a sweep
+restarted beside a running one) append to the same file. Each
+:func:`append` is one ``BEGIN IMMEDIATE`` transaction in WAL mode with a busy
+timeout, so concurrent writers queue instead of failing or interleaving, and
+a reader never sees half a batch. Records are appended the moment they are
+measured, so an interrupted sweep keeps everything it finished.
+
+:func:`load_results` reads the store (or a CSV exported from it, the form
+results are committed to git in) into a DataFrame with the columns of
+:data:`archscale.bench.records.COLUMNS`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from archscale.bench.records import COLUMN_TYPES, COLUMNS, MEASURED_BACKENDS
+from archscale.errors import UserError
+
+TABLE = "results"
+SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+BUSY_TIMEOUT_S = 60.0
+
+
+def check_store_path(path: str | Path) -> Path:
+    """Refuse anything but an SQLite file name before a sweep starts (so nothing is half-written)."""
+    path = Path(path)
+    if path.suffix.lower() not in SQLITE_SUFFIXES:
+        raise UserError(f"{path}: the results store must end in {', '.join(SQLITE_SUFFIXES)} "
+                        "(write CSV with `archscale bench --show --out STORE --export FILE.csv`)")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected an SQLite file")
+    return path
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    return connection
+
+
+def _ensure_table(connection: sqlite3.Connection) -> None:
+    """Create the table, or add columns a newer archscale defines to an older store."""
+    columns = ", ".join(f'"{name}" {kind}' for name, kind in COLUMN_TYPES)
+    connection.execute(f'CREATE TABLE IF NOT EXISTS {TABLE} (id INTEGER PRIMARY KEY AUTOINCREMENT, {columns})')
+    present = {row[1] for row in connection.execute(f"PRAGMA table_info({TABLE})")}
+    for name, kind in COLUMN_TYPES:
+        if name not in present:
+            connection.execute(f'ALTER TABLE {TABLE} ADD COLUMN "{name}" {kind}')
+
+
+def _row(record: Mapping[str, Any]) -> tuple:
+    unknown = set(record) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"record has unknown column(s) {', '.join(sorted(unknown))}")
+    values = []
+    for name in COLUMNS:
+        value = record.get(name)
+        if hasattr(value, "item"):  # numpy scalars
+            value = value.item()
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, float) and value != value:  # NaN -> NULL
+            value = None
+        values.append(value)
+    return tuple(values)
+
+
+def append(path: str | Path, records: Iterable[Mapping[str, Any]]) -> int:
+    """Append records in one transaction; returns how many. Safe with concurrent writers.
+
+    WAL lets readers run beside a writer; ``BEGIN IMMEDIATE`` takes the write
+    lock up front, so two writers never deadlock upgrading a read lock; the
+    busy timeout makes the second wait its turn.
+    """
+    rows = [_row(record) for record in records]
+    if not rows:
+        return 0
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = ", ".join(f'"{name}"' for name in COLUMNS)
+    marks = ", ".join("?" for _ in COLUMNS)
+    connection = _connect(path)
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            _ensure_table(connection)
+            connection.executemany(f"INSERT INTO {TABLE} ({names}) VALUES ({marks})", rows)
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"{path}: cannot append to the results store ({exc})") from None
+    finally:
+        connection.close()
+    return len(rows)
+
+
+def load_results(path: str | Path, measured_only: bool = False) -> pd.DataFrame:
+    """The results as a DataFrame: an SQLite store (.sqlite/.sqlite3/.db) or a CSV export.
+
+    Columns are :data:`~archscale.bench.records.COLUMNS` in order (a CSV may
+    carry fewer or more; shape, ``gpu``, workload and ``tokens_per_s`` are
+    what search needs). ``measured_only`` keeps successful torch/vLLM rows,
+    dropping roofline estimates and failures: what search should use as
+    measured throughput.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such results file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a results store (.sqlite, .db) or a .csv export")
+    suffix = path.suffix.lower()
+    if suffix in SQLITE_SUFFIXES:
+        frame = _read_sqlite(path)
+    elif suffix == ".csv":
+        frame = _read_csv(path)
+    else:
+        raise UserError(f"{path}: unknown results format {suffix or '(no extension)'}; use .sqlite, .db or .csv")
+    frame = _normalise(frame)
+    if measured_only:
+        frame = frame[frame["backend"].isin(MEASURED_BACKENDS) & (frame["status"] == "ok")].reset_index(drop=True)
+    return frame
+
+
+def _read_sqlite(path: Path) -> pd.DataFrame:
+    """Read the table; a store in a read-only directory (WAL needs its -shm file) is opened immutable."""
+    try:
+        return _query(path, "mode=ro")
+    except sqlite3.OperationalError:
+        pass  # e.g. cannot create the -shm file next to a WAL store: try again without locking
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"{path}: not a readable results store ({exc})") from None
+    try:
+        return _query(path, "immutable=1")
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"{path}: not a readable results store ({exc})") from None
+
+
+def _query(path: Path, mode: str) -> pd.DataFrame:
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=BUSY_TIMEOUT_S)
+    try:
+        exists = connection.execute("SELECT name FROM sqlite_master WHERE type='table' AND name=?", (TABLE,)).fetchone()
+        if not exists:
+            return pd.DataFrame(columns=list(COLUMNS))
+        return pd.read_sql_query(f"SELECT * FROM {TABLE} ORDER BY id", connection).drop(columns=["id"])
+    except pd.errors.DatabaseError as exc:  # pandas wraps sqlite errors raised inside read_sql_query
+        cause = exc.__cause__ if isinstance(exc.__cause__, sqlite3.Error) else None
+        raise (cause or sqlite3.DatabaseError(str(exc))) from None
+    finally:
+        connection.close()
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=list(COLUMNS))
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise UserError(f"{path}: cannot be read as CSV: {str(exc).splitlines()[0]}") from None
+
+
+def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every known column present, known columns first, ``tie_embeddings`` as bool."""
+    for name in COLUMNS:
+        if name not in frame.columns:
+            frame[name] = None
+    extra = [c for c in frame.columns if c not in COLUMNS]
+    frame = frame[list(COLUMNS) + extra].copy()
+    if len(frame):
+        frame["tie_embeddings"] = frame["tie_embeddings"].map(
+            lambda v: None if v is None or v != v else str(v).strip().lower() in ("1", "true", "1.0"))
+    for name, kind in (("tokens_per_s", float), ("output_tokens_per_s", float), ("tokens_per_s_std", float),
+                       ("prefill_s", float), ("decode_s", float), ("memory_gb", float)):
+        frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(kind)
+    return frame
+
+
+def export_csv(path: str | Path, out_csv: str | Path) -> int:
+    """Write the whole store as CSV (for committing results to git); returns the row count."""
+    frame = load_results(path)
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out_csv, index=False)
+    return len(frame)

@@ -1,0 +1,193 @@
+"""The benchmark sweep: configs x batch sizes through one backend, each record stored as it lands.
+
+Everything a user can get wrong (a missing config.json, an unknown preset, a
+backend that cannot run here) is checked by :func:`resolve_targets` and by
+constructing the backend, *before* anything is measured or written. During
+the sweep a failure of one (config, batch size) is a record with status
+``failed`` and the sweep goes on; Ctrl-C stops it and keeps every record
+already appended.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+from archscale.arch import Architecture, load_architecture
+from archscale.bench.records import BACKENDS, canonical_dtype, make_record
+from archscale.cost.roofline import Efficiency
+from archscale.errors import UserError
+
+
+@dataclass(frozen=True)
+class Target:
+    """One thing to benchmark: the spec the user typed, its shape, and the HF config vLLM gets.
+
+    ``hf_config`` is the config.json as written (a preset's is generated), so
+    vLLM sees the user's file rather than archscale's reading of it.
+    """
+
+    spec: str
+    arch: Architecture
+    hf_config: dict
+
+    @property
+    def label(self) -> str:
+        return self.arch.name or self.spec
+
+
+def resolve_targets(specs: Sequence[str]) -> list[Target]:
+    """Config directories, config.json paths or preset names to targets (UserError on the first bad one)."""
+    if not specs:
+        raise UserError("give at least one config directory, config.json or preset name to benchmark")
+    targets = []
+    for spec in specs:
+        arch = load_architecture(spec)
+        targets.append(Target(spec=spec, arch=arch, hf_config=_hf_config(spec, arch)))
+    return targets
+
+
+def _hf_config(spec: str, arch: Architecture) -> dict:
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))  # load_architecture has already parsed it
+    return arch.to_hf_config()  # a preset
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to measure and how; shared by every backend (each reads the fields it needs).
+
+    ``gpu`` is the archscale GPU key recorded with each row (required by the
+    roofline backend; for measured backends it overrides the key derived from
+    the device name). ``dtype`` None means the backend's default (bf16 on CUDA,
+    float32 for the torch backend on CPU).
+    """
+
+    backend: str = "torch"
+    batch_sizes: tuple[int, ...] = (1,)
+    input_len: int = 128
+    output_len: int = 64
+    repeats: int = 3
+    gpu: str | None = None
+    gpu_file: Path | None = None
+    dtype: str | None = None
+    device: str = "auto"
+    tp: int = 1
+    compile: bool = False
+    enforce_eager: bool = False
+    efficiency: Efficiency = field(default_factory=Efficiency)
+    seed: int = 0
+    worker_timeout_s: float = 3600.0
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise UserError(f"unknown backend {self.backend!r}: choose {', '.join(BACKENDS)}")
+        if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
+            raise UserError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
+        for name in ("input_len", "output_len", "repeats", "tp"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.dtype is not None and canonical_dtype(self.dtype) is None:
+            raise UserError(f"unknown --dtype {self.dtype!r}: use bf16, fp16 or float32")
+        if self.worker_timeout_s <= 0:
+            raise UserError(f"--timeout must be positive, got {self.worker_timeout_s}")
+
+    @property
+    def progress_units_per_batch(self) -> int:
+        """Timed repeats per (config, batch size); the roofline has one estimate."""
+        return 1 if self.backend == "roofline" else self.repeats
+
+
+Tick = Callable[[int], None]
+
+
+class Backend(Protocol):
+    """A constructed backend has passed its checks; ``run`` yields ``(batch_size, measured fields)``."""
+
+    name: str
+
+    def run(self, target: Target, tick: Tick) -> Iterator[tuple[int, dict[str, Any]]]: ...
+
+
+def make_backend(options: BenchOptions) -> Backend:
+    """Construct (and so check) the backend named in ``options``; raises UserError if it cannot run here."""
+    if options.backend == "torch":
+        from archscale.bench.torch_backend import TorchBackend
+
+        return TorchBackend(options)
+    if options.backend == "vllm":
+        from archscale.bench.vllm_backend import VllmBackend
+
+        return VllmBackend(options)
+    from archscale.bench.roofline_backend import RooflineBackend
+
+    return RooflineBackend(options)
+
+
+@dataclass
+class SweepResult:
+    """Records produced (in order), whether Ctrl-C cut the sweep short, and where they were stored."""
+
+    records: list[dict[str, Any]]
+    interrupted: bool = False
+    store: Path | None = None
+
+    @property
+    def n_failed(self) -> int:
+        return sum(r["status"] != "ok" for r in self.records)
+
+
+@dataclass
+class Hooks:
+    """Callbacks for a progress display: a (config, batch) starts, repeats finish, a record lands."""
+
+    started: Callable[[Target, int], None] = lambda target, batch: None
+    advanced: Tick = lambda n: None
+    recorded: Callable[[dict[str, Any]], None] = lambda record: None
+
+
+def run_sweep(targets: Sequence[Target], options: BenchOptions, store: str | Path | None = None,
+              hooks: Hooks | None = None, backend: Backend | None = None) -> SweepResult:
+    """Benchmark every target at every batch size; append each record to ``store`` as soon as it exists.
+
+    A KeyboardInterrupt ends the sweep with ``interrupted=True``; what was
+    appended stays appended (and is in ``records``).
+    """
+    from archscale.bench.store import append, check_store_path
+
+    hooks = hooks or Hooks()
+    store_path = check_store_path(store) if store is not None else None
+    backend = backend or make_backend(options)
+    result = SweepResult(records=[], store=store_path)
+    workload = {"input_len": options.input_len, "output_len": options.output_len, "tp": options.tp,
+                "repeats": None if options.backend == "roofline" else options.repeats}
+    try:
+        for target in targets:
+            for batch_size, measured in _announced(backend.run(target, hooks.advanced), target, options, hooks):
+                record = make_record(target.arch, target.spec, backend.name, {**workload, "batch_size": batch_size}, measured)
+                if store_path is not None:
+                    append(store_path, [record])
+                result.records.append(record)
+                hooks.recorded(record)
+    except KeyboardInterrupt:
+        result.interrupted = True
+    return result
+
+
+def _announced(rows: Iterator[tuple[int, dict]], target: Target, options: BenchOptions,
+               hooks: Hooks) -> Iterator[tuple[int, dict]]:
+    """Tell the hooks which (config, batch) is next before the backend starts measuring it."""
+    sizes = list(options.batch_sizes)
+    if sizes:
+        hooks.started(target, sizes[0])
+    for index, row in enumerate(rows):
+        yield row
+        if index + 1 < len(sizes):
+            hooks.started(target, sizes[index + 1])

@@ -1,0 +1,352 @@
+"""The torch backend: archscale's own model with random weights, prefill then greedy decode.
+
+Why it exists: it runs anywhere (CPU included), needs no download and no
+vLLM, and uses the one model definition (:class:`archscale.model.Transformer`)
+that archscale trains, so a shape that benchmarks here is a shape that trains.
+It is not a serving engine: no paged attention, no continuous batching, so
+its numbers are a lower bound on what vLLM gets from the same shape.
+
+Per (config, batch size): a KV cache for ``batch x (input_len + output_len)``
+is preallocated; one warm-up pass (the full prefill and a few decode steps)
+is excluded; each timed repeat prefills ``batch`` fresh random prompts
+(logits for the last position only; in position chunks when the prefill's
+activations would not fit the workspace), takes the first
+output token from the prefill logits, then runs ``output_len - 1`` decode
+steps, feeding back the greedy argmax, so every sequence produces
+``output_len`` tokens, as vLLM with ``ignore_eos`` does. Time is taken with
+``perf_counter`` after ``torch.cuda.synchronize()`` on CUDA.
+
+Before allocating, the bytes the run needs (weights, KV cache, prefill
+workspace) are compared with what the device has free; a shape that does not
+fit is a failed record, not a crash, and an out-of-memory error during the
+run is caught and recorded the same way.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from archscale.arch import Architecture
+from archscale.bench.records import BYTES_PER_ELEMENT, canonical_dtype, failed, gpu_key_for_device, summarize_repeats
+from archscale.bench.sweep import BenchOptions, Target, Tick
+from archscale.errors import UserError
+
+MIN_WORKSPACE_BYTES = 1 * 2**30
+MAX_WORKSPACE_BYTES = 16 * 2**30
+"""Prefill activations budget: half of what weights and KV cache leave free, within these bounds.
+
+Prompts are prefilled in position chunks to stay under it; fewer, larger
+chunks cost less (each chunk after the first attends through a mask).
+"""
+SLACK_BYTES = 0.5e9
+"""Allocator fragmentation and small tensors outside the estimate."""
+WARMUP_DECODE_STEPS = 4
+
+
+def resolve_device(name: str):
+    """``auto`` -> CUDA when present, else CPU; an explicit ``cuda`` without CUDA is a UserError."""
+    import torch
+
+    key = name.strip().lower()
+    if key == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(key)
+    except RuntimeError:
+        raise UserError(f"unknown --device {name!r}: use auto, cpu or cuda[:N]") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: the torch backend runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return device
+
+
+def resolve_dtype(name: str | None, device) -> str:
+    """bf16 on CUDA and float32 on CPU by default; half precision on CPU is refused (slow or unsupported)."""
+    if name is None:
+        return "bfloat16" if device.type == "cuda" else "float32"
+    dtype = canonical_dtype(name)
+    if dtype is None:
+        raise UserError(f"unknown --dtype {name!r}: use bf16, fp16 or float32")
+    if device.type == "cpu" and dtype != "float32":
+        short = {"bfloat16": "bf16", "float16": "fp16"}[dtype]
+        raise UserError(f"{short} is not supported by the torch backend on CPU; use --dtype float32")
+    return dtype
+
+
+# ---- memory arithmetic ------------------------------------------------------------
+def prefill_bytes_per_token(arch: Architecture, input_len: int, element: int, masked: bool) -> int:
+    """Transient bytes per prompt token during prefill: activations and masked scores (logits: last position only).
+
+    A chunk after the first needs an explicit mask, and SDPA may then fall
+    back to a kernel that materialises ``n_heads x input_len`` fp32 scores.
+    """
+    activations = (4 * arch.d_model + 2 * arch.d_q + 2 * arch.d_kv + 3 * arch.d_ff) * element
+    scores = arch.n_heads * input_len * 4 if masked else 0
+    return activations + scores
+
+
+def prefill_chunk(arch: Architecture, batch: int, input_len: int, element: int, budget: int) -> int:
+    """Prompt positions per ``forward_step`` call: the whole prompt if its workspace fits ``budget``."""
+    if batch * input_len * prefill_bytes_per_token(arch, input_len, element, masked=False) <= budget:
+        return input_len
+    per_position = batch * prefill_bytes_per_token(arch, input_len, element, masked=True)
+    return max(1, min(input_len, budget // per_position))
+
+
+def workspace_budget(arch: Architecture, batch: int, input_len: int, output_len: int, element: int,
+                     available: int | None) -> int:
+    """Bytes for prefill transients: half of the memory left beside weights and KV cache, 1-16 GiB."""
+    if available is None:
+        return MIN_WORKSPACE_BYTES
+    fixed = arch.weight_bytes(element) + batch * (input_len + output_len) * arch.kv_cache_bytes_per_token(element)
+    return int(min(MAX_WORKSPACE_BYTES, max(MIN_WORKSPACE_BYTES, 0.5 * (available - fixed - SLACK_BYTES))))
+
+
+def memory_needed(arch: Architecture, batch: int, input_len: int, output_len: int, element: int, chunk: int) -> int:
+    """Bytes the run needs: weights + full KV cache + prefill workspace + decode logits."""
+    weights = arch.weight_bytes(element)
+    kv_cache = batch * (input_len + output_len) * arch.kv_cache_bytes_per_token(element)
+    masked = chunk < input_len
+    workspace = batch * chunk * prefill_bytes_per_token(arch, input_len, element, masked)
+    decode_logits = batch * arch.vocab_size * 4
+    return int(weights + kv_cache + workspace + decode_logits)
+
+
+def available_bytes(device) -> int | None:
+    """Free device memory (CUDA) or MemAvailable (Linux CPU); None when unknown."""
+    import torch
+
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def device_name(device) -> str:
+    """The CUDA device name, or the CPU model name."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return "cpu: " + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu: " + (platform.processor() or platform.machine() or "unknown")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA OOM, or the CPU allocator's "can't allocate memory"."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+# ---- the measurement ----------------------------------------------------------------
+def build_model(arch: Architecture, max_len: int, device, dtype_name: str, seed: int):
+    """The model on ``device`` in ``dtype``, initialised there directly (no full-precision copy first)."""
+    import torch
+
+    from archscale.model import Transformer
+
+    torch.manual_seed(seed)
+    dtype = getattr(torch, dtype_name)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Transformer(arch, max_seq_len=max_len)
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval()
+
+
+def generate(step: Callable, prompts, output_len: int, chunk: int, synchronize: Callable[[], None]) -> tuple[float, float, int]:
+    """Prefill ``prompts`` (batch x input_len) then decode; returns (prefill s, decode s, output tokens).
+
+    The first output token comes from the prefill logits; ``output_len - 1``
+    decode steps follow. Tokens are gathered on the device and counted after
+    the clock stops, so counting costs no synchronisation.
+    """
+    import torch
+
+    input_len = prompts.shape[1]
+    synchronize()
+    start = time.perf_counter()
+    logits = None
+    for position in range(0, input_len, chunk):
+        logits = step(prompts[:, position:position + chunk], position, last_only=True)
+    token = logits[:, -1].argmax(-1, keepdim=True)
+    generated = [token]
+    synchronize()
+    prefilled = time.perf_counter()
+    for position in range(input_len, input_len + output_len - 1):
+        token = step(token, position)[:, -1].argmax(-1, keepdim=True)
+        generated.append(token)
+    synchronize()
+    done = time.perf_counter()
+    tokens = torch.cat(generated, dim=1)
+    return prefilled - start, done - prefilled, int(tokens.numel())
+
+
+@dataclass
+class _Run:
+    """State for one config: the model, its step function and the device facts recorded in every row."""
+
+    model: Any
+    step: Callable
+    available: int | None
+    fields: dict[str, Any]
+
+
+class TorchBackend:
+    """Measure configs with :class:`archscale.model.Transformer` on one CPU or CUDA device."""
+
+    name = "torch"
+
+    def __init__(self, options: BenchOptions) -> None:
+        import torch
+
+        if options.tp != 1:
+            raise UserError("the torch backend runs on one device (--tp 1); use --backend vllm for tensor parallelism")
+        self.options = options
+        self.device = resolve_device(options.device)
+        self.dtype_name = resolve_dtype(options.dtype, self.device)
+        self.element = BYTES_PER_ELEMENT[self.dtype_name]
+        self._torch = torch
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            self._torch.cuda.synchronize(self.device)
+
+    def _free(self) -> None:
+        if self.device.type == "cuda":
+            self._torch.cuda.empty_cache()
+
+    def _device_fields(self) -> dict[str, Any]:
+        name = device_name(self.device)
+        gpu = self.options.gpu or ("cpu" if self.device.type == "cpu" else gpu_key_for_device(name))
+        return {"gpu": gpu, "device_name": name, "dtype": self.dtype_name, "torch_version": self._torch.__version__}
+
+    def run(self, target: Target, tick: Tick) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Yield one measured (or failed) row per batch size; the model is built once per config."""
+        options = self.options
+        fields = self._device_fields()
+        run, reason = self._build(target.arch, fields)
+        try:
+            for batch in options.batch_sizes:
+                if run is None:
+                    tick(options.repeats)
+                    yield batch, failed(reason, **fields)
+                else:
+                    yield batch, self._measure(run, target.arch, batch, tick)
+        finally:
+            run = None  # the only reference to the model: drop it before giving the cache back
+            self._free()
+
+    def _build(self, arch: Architecture, fields: dict[str, Any]) -> tuple[_Run | None, str | None]:
+        """The model and step function, or why there is none (does not fit, bad shape, out of memory)."""
+        options = self.options
+        available = available_bytes(self.device)
+        reason = self._does_not_fit(arch, min(options.batch_sizes), available)
+        if reason is not None:
+            return None, reason
+        try:
+            model = build_model(arch, options.input_len + options.output_len, self.device, self.dtype_name, options.seed)
+        except UserError as exc:
+            return None, str(exc)
+        except (RuntimeError, MemoryError) as exc:
+            if not isinstance(exc, MemoryError) and not is_out_of_memory(exc):
+                raise
+            message = f"out of memory building the model: {exc}"
+        else:
+            step = self._torch.compile(model.forward_step, dynamic=True) if options.compile else model.forward_step
+            return _Run(model, step, available, fields), None
+        self._free()
+        return None, message
+
+    def _does_not_fit(self, arch: Architecture, batch: int, available: int | None) -> str | None:
+        """"needs X GB, device has Y GB free" when the estimate exceeds what the device has, else None."""
+        if available is None:
+            return None
+        options = self.options
+        chunk = self._chunk(arch, batch, available)
+        needed = memory_needed(arch, batch, options.input_len, options.output_len, self.element, chunk) + SLACK_BYTES
+        if needed <= available:
+            return None
+        return f"needs {needed / 1e9:.1f} GB, device has {available / 1e9:.1f} GB free"
+
+    def _chunk(self, arch: Architecture, batch: int, available: int | None) -> int:
+        options = self.options
+        budget = workspace_budget(arch, batch, options.input_len, options.output_len, self.element, available)
+        return prefill_chunk(arch, batch, options.input_len, self.element, budget)
+
+    def _measure(self, run: _Run, arch: Architecture, batch: int, tick: Tick) -> dict[str, Any]:
+        """Warm up, then time ``repeats`` prefill+decode passes of ``batch`` fresh random prompts."""
+        options, torch = self.options, self._torch
+        # the model already holds its weights: compare the rest against what was free before it was built
+        reason = self._does_not_fit(arch, batch, run.available)
+        if reason is not None:
+            tick(options.repeats)
+            return failed(reason, **run.fields)
+        chunk = self._chunk(arch, batch, run.available)
+        generator = torch.Generator(self.device).manual_seed(options.seed + batch)
+        done = 0
+        timings: list[tuple[float, float, int]] = []
+        try:
+            with torch.inference_mode():
+                run.model.allocate_kv_cache(batch, options.input_len + options.output_len)
+                if self.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(self.device)
+                warmup = self._prompts(batch, arch, generator)
+                generate(run.step, warmup, min(options.output_len, WARMUP_DECODE_STEPS + 1), chunk, self._synchronize)
+                for _ in range(options.repeats):
+                    prompts = self._prompts(batch, arch, generator)
+                    timings.append(generate(run.step, prompts, options.output_len, chunk, self._synchronize))
+                    done += 1
+                    tick(1)
+        except (RuntimeError, MemoryError) as exc:
+            if not isinstance(exc, MemoryError) and not is_out_of_memory(exc):
+                raise
+            tick(options.repeats - done)
+            return failed(f"out of memory during the run: {exc}", **run.fields)
+        finally:
+            run.model.free_kv_cache()
+            self._free()
+        return self._summary(batch, timings, run.fields)
+
+    def _prompts(self, batch: int, arch: Architecture, generator):
+        return self._torch.randint(0, arch.vocab_size, (batch, self.options.input_len), device=self.device,
+                                   generator=generator)
+
+    def _summary(self, batch: int, timings: list[tuple[float, float, int]], fields: dict[str, Any]) -> dict[str, Any]:
+        options = self.options
+        totals = [prefill + decode for prefill, decode, _ in timings]
+        outputs = [count for _, _, count in timings]
+        measured = summarize_repeats(totals, [batch * options.input_len + n for n in outputs], outputs)
+        memory = (self._torch.cuda.max_memory_allocated(self.device) / 1e9) if self.device.type == "cuda" else None
+        return {
+            **fields,
+            **measured,
+            "prefill_s": sum(t[0] for t in timings) / len(timings),
+            "decode_s": sum(t[1] for t in timings) / len(timings),
+            "output_tokens": round(sum(outputs) / len(outputs)),
+            "memory_gb": memory,
+            "status": "ok",
+        }

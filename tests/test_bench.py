@@ -1,0 +1,507 @@
+"""``archscale bench``: torch on CPU end to end, the vLLM worker against a fake vllm, the store, calibration, bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from archscale.arch import PRESETS, Architecture
+from archscale.bench import records as records_module
+from archscale.bench.calibrate import calibrate, load_efficiency, roofline_estimates
+from archscale.bench.records import COLUMNS, config_hash, gpu_key_for_device, make_record
+from archscale.bench.store import append, load_results
+from archscale.bench.sweep import BenchOptions, resolve_targets, run_sweep
+from archscale.cost.gpus import load_gpu
+from archscale.cost.roofline import Efficiency
+
+FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm"
+TINY_128 = Architecture(2, 128, 4, 2, 32, 256, vocab_size=512)
+TINY_160 = Architecture(2, 160, 6, 2, 32, 256, vocab_size=512)  # 160 % 6 != 0: head_dim is not d_model / heads
+
+
+def write_config(directory: Path, arch: Architecture) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps(arch.to_hf_config()))
+    return directory
+
+
+@pytest.fixture
+def tiny_dirs(tmp_path):
+    return write_config(tmp_path / "tiny128", TINY_128), write_config(tmp_path / "tiny160", TINY_160)
+
+
+@pytest.fixture
+def one_thread():
+    """Timing tiny models on a shared 2-core machine: one thread avoids OpenMP waiting on a busy core."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch, tmp_path):
+    """Make the fake vllm importable here (for the availability check) and in worker subprocesses."""
+    log = tmp_path / "fake_vllm.jsonl"
+    monkeypatch.syspath_prepend(str(FAKE_VLLM))
+    monkeypatch.setenv("PYTHONPATH", str(FAKE_VLLM))
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
+    monkeypatch.delenv("FAKE_VLLM_MODE", raising=False)
+    monkeypatch.delenv("FAKE_VLLM_ONLY_HIDDEN", raising=False)
+    return log
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ---- torch backend, through the CLI ---------------------------------------------------
+def test_torch_backend_measures_two_tiny_configs_on_cpu(cli, tiny_dirs, tmp_path, one_thread):
+    store = tmp_path / "bench.sqlite"
+    r = cli("bench", *tiny_dirs, "--backend", "torch", "--batch-sizes", "1,4", "--input-len", "16", "--output-len", "8",
+            "--repeats", "2", "--out", store, "--no-progress")
+    assert r.code == 0, r.err
+    rows = load_results(store)
+    assert len(rows) == 4
+    assert list(rows["name"]) == ["tiny128", "tiny128", "tiny160", "tiny160"]
+    assert list(rows["batch_size"]) == [1, 4, 1, 4]
+    assert (rows["status"] == "ok").all() and rows["error"].isna().all()
+    assert (rows["tokens_per_s"] > 0).all() and (rows["output_tokens_per_s"] > 0).all()
+    assert (rows["prefill_s"] > 0).all() and (rows["decode_s"] > 0).all()
+    assert list(rows["output_tokens"]) == [8, 32, 8, 32]  # counted: batch x output_len
+    # total tokens/s counts prompt and output tokens; output tokens/s is its output_len / (in + out) share
+    assert np.allclose(rows["output_tokens_per_s"] / rows["tokens_per_s"], 8 / 24)
+    assert set(rows["gpu"]) == {"cpu"} and set(rows["dtype"]) == {"float32"} and set(rows["backend"]) == {"torch"}
+    assert rows.loc[2, "d_model"] == 160 and rows.loc[2, "n_heads"] == 6 and rows.loc[2, "d_head"] == 32
+    assert rows.loc[0, "config_hash"] == config_hash(TINY_128) != rows.loc[2, "config_hash"]
+    assert rows["torch_version"].notna().all() and rows["timestamp"].notna().all()
+    assert "tiny160" in r.out and "appended 4 records" in r.err
+
+
+def test_show_json_and_csv_export_read_back(cli, tiny_dirs, tmp_path):
+    store = tmp_path / "bench.sqlite"
+    assert cli("bench", "llama-3.2-1b", "surefire-1b", "--backend", "roofline", "--gpu", "h100-sxm",
+               "--batch-sizes", "16,64", "--input-len", "4096", "--output-len", "1024", "--out", store).code == 0
+    shown = cli("bench", "--show", "--out", store)
+    assert shown.code == 0 and "surefire-1b" in shown.out and "roofline" in shown.out
+    payload = json.loads(cli("bench", "--show", "--out", store, "--json").out)
+    assert [row["batch_size"] for row in payload] == [16, 64, 16, 64]
+    assert all(row["efficiency_compute"] == 0.7 for row in payload)
+    csv_path = tmp_path / "bench.csv"
+    assert cli("bench", "--show", "--out", store, "--export", csv_path).code == 0
+    from_csv, from_store = load_results(csv_path), load_results(store)
+    assert list(from_csv.columns[:len(COLUMNS)]) == list(COLUMNS)
+    pd.testing.assert_frame_equal(from_csv[["config_hash", "gpu", "batch_size", "tokens_per_s", "tie_embeddings"]],
+                                  from_store[["config_hash", "gpu", "batch_size", "tokens_per_s", "tie_embeddings"]],
+                                  check_dtype=False)
+
+
+def test_roofline_rows_equal_estimate_throughput(tmp_path):
+    from archscale.cost.roofline import Workload, estimate_throughput
+
+    options = BenchOptions(backend="roofline", gpu="h100-sxm", batch_sizes=(16, 128), input_len=4096, output_len=1024)
+    result = run_sweep(resolve_targets(["surefire-1b"]), options)
+    expected = estimate_throughput(PRESETS["surefire-1b"], load_gpu("h100-sxm"), Workload(128, 4096, 1024))
+    assert result.records[1]["tokens_per_s"] == pytest.approx(expected.total_tokens_per_s)
+    assert result.records[1]["decode_s"] == pytest.approx(expected.decode_s)
+
+
+# ---- failures are records, and the sweep goes on --------------------------------------
+def test_config_that_does_not_fit_is_recorded_and_sweep_continues(cli, tiny_dirs, tmp_path, one_thread):
+    huge = write_config(tmp_path / "huge", Architecture(2, 4096, 32, 8, 128, 8192, vocab_size=4_000_000_000))
+    store = tmp_path / "bench.sqlite"
+    r = cli("bench", huge, tiny_dirs[0], "--backend", "torch", "--batch-sizes", "1", "--input-len", "8",
+            "--output-len", "4", "--repeats", "1", "--out", store, "--no-progress")
+    assert r.code == 0, r.err
+    rows = load_results(store)
+    assert list(rows["status"]) == ["failed", "ok"]
+    assert rows.loc[0, "error"].startswith("needs ") and "GB, device has" in rows.loc[0, "error"]
+    assert pd.isna(rows.loc[0, "tokens_per_s"])
+    assert "failed: huge batch 1: needs" in r.err
+
+    alone = cli("bench", huge, "--backend", "torch", "--batch-sizes", "1", "--input-len", "8", "--output-len", "4",
+                "--repeats", "1", "--out", store, "--no-progress")
+    assert alone.code == 2 and "every benchmark failed" in alone.err
+    assert len(load_results(store)) == 3  # the failure is still recorded
+
+
+def test_out_of_memory_during_a_run_is_recorded(monkeypatch, tmp_path, one_thread):
+    import torch
+
+    from archscale.bench import torch_backend
+
+    real_generate = torch_backend.generate
+
+    def generate(step, prompts, output_len, chunk, synchronize):
+        if prompts.shape[0] == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real_generate(step, prompts, output_len, chunk, synchronize)
+
+    monkeypatch.setattr(torch_backend, "generate", generate)
+    ticks = []
+    from archscale.bench.sweep import Hooks
+
+    options = BenchOptions(backend="torch", device="cpu", batch_sizes=(2, 3), input_len=8, output_len=4, repeats=2)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "config.json").write_text(json.dumps(TINY_128.to_hf_config()))
+    result = run_sweep(resolve_targets([str(tmp_path / "c")]), options, tmp_path / "b.db", Hooks(advanced=ticks.append))
+    assert [r["status"] for r in result.records] == ["failed", "ok"]
+    assert result.records[0]["error"].startswith("out of memory during the run: CUDA out of memory")
+    assert sum(ticks) == 4  # the progress bar still reaches its total
+    assert len(load_results(tmp_path / "b.db")) == 2
+
+
+def test_chunked_prefill_matches_whole_prompt_and_decodes_every_position(one_thread):
+    import torch
+
+    from archscale.bench.torch_backend import build_model, generate
+
+    model = build_model(TINY_160, 32, torch.device("cpu"), "float32", seed=1)
+    prompts = torch.randint(0, TINY_160.vocab_size, (3, 20), generator=torch.Generator().manual_seed(0))
+    calls, tokens = [], {}
+
+    def recording(chunk_size):
+        def step(idx, start, last_only=False):
+            calls.append((chunk_size, start, idx.shape[1]))
+            logits = model.forward_step(idx, start, last_only=last_only)
+            tokens.setdefault(chunk_size, []).append(logits[:, -1].argmax(-1))
+            return logits
+        return step
+
+    with torch.inference_mode():
+        for chunk_size in (20, 8):
+            model.allocate_kv_cache(3, 32)
+            _, _, count = generate(recording(chunk_size), prompts, 6, chunk_size, lambda: None)
+            assert count == 3 * 6
+    assert [(s, n) for c, s, n in calls if c == 8] == [(0, 8), (8, 8), (16, 4), (20, 1), (21, 1), (22, 1), (23, 1), (24, 1)]
+    whole, chunked = tokens[20], tokens[8][2:]  # from the last prefill call on, the same tokens
+    assert all(torch.equal(a, b) for a, b in zip(whole, chunked))
+
+
+def test_prefill_is_chunked_to_fit_the_workspace():
+    from archscale.bench.torch_backend import memory_needed, prefill_chunk, workspace_budget
+
+    arch = PRESETS["llama-3.2-1b"]
+    budget = workspace_budget(arch, 128, 4096, 1024, 2, available=79 * 2**30)
+    chunk = prefill_chunk(arch, 128, 4096, 2, budget)
+    assert 1 <= chunk < 4096  # logits for 128 x 4096 positions alone would be 134 GB
+    assert memory_needed(arch, 128, 4096, 1024, 2, chunk) < 79 * 2**30
+    assert prefill_chunk(TINY_128, 4, 32, 4, budget) == 32
+
+
+def test_interrupt_keeps_what_was_measured(monkeypatch, tmp_path):
+    from archscale.bench import roofline_backend
+
+    real = roofline_backend.estimate_throughput
+    calls = []
+
+    def estimate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(roofline_backend, "estimate_throughput", estimate)
+    options = BenchOptions(backend="roofline", gpu="a100-40gb", batch_sizes=(1, 2, 4, 8))
+    result = run_sweep(resolve_targets(["llama-3.2-1b"]), options, tmp_path / "b.sqlite")
+    assert result.interrupted and len(result.records) == 2
+    assert list(load_results(tmp_path / "b.sqlite")["batch_size"]) == [1, 2]
+
+
+def test_interrupted_cli_run_exits_130_and_keeps_rows(cli, monkeypatch, tmp_path):
+    from archscale.bench import roofline_backend
+
+    real, calls = roofline_backend.estimate_throughput, []
+
+    def estimate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(roofline_backend, "estimate_throughput", estimate)
+    store = tmp_path / "b.sqlite"
+    r = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--batch-sizes", "1,2,4", "--out", store)
+    assert r.code == 130 and "interrupted: 1 records appended" in r.err
+    assert list(load_results(store)["batch_size"]) == [1]
+
+
+# ---- vLLM backend against the fake -------------------------------------------------------
+def test_vllm_worker_contract(cli, fake_vllm, tiny_dirs, tmp_path):
+    store = tmp_path / "bench.sqlite"
+    r = cli("bench", tiny_dirs[1], "--backend", "vllm", "--batch-sizes", "2,3", "--input-len", "12", "--output-len", "5",
+            "--repeats", "2", "--gpu", "h100-sxm", "--out", store, "--no-progress")
+    assert r.code == 0, r.err
+    rows = load_results(store)
+    assert list(rows["status"]) == ["ok", "ok"]
+    assert list(rows["output_tokens"]) == [2 * 5, 3 * 5]
+    assert (rows["tokens_per_s"] > 0).all()
+    assert np.allclose(rows["output_tokens_per_s"] / rows["tokens_per_s"], 5 / 17)
+    assert set(rows["vllm_version"]) == {"0.0.0+fake"} and set(rows["gpu"]) == {"h100-sxm"}
+    assert set(rows["dtype"]) == {"bfloat16"} and rows.loc[0, "d_model"] == 160
+
+    events = read_log(fake_vllm)
+    inits = [e for e in events if e["event"] == "init"]
+    assert [e["kwargs"]["max_num_seqs"] for e in inits] == [2, 3]  # one fresh engine (process) per batch size
+    kwargs = inits[0]["kwargs"]
+    assert kwargs["load_format"] == "dummy" and kwargs["skip_tokenizer_init"] is True
+    assert kwargs["max_model_len"] == 17 and kwargs["dtype"] == "bfloat16" and kwargs["tensor_parallel_size"] == 1
+    assert kwargs["enforce_eager"] is False and kwargs["enable_prefix_caching"] is False
+    assert inits[0]["env"] == {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    assert inits[0]["config"]["hidden_size"] == 160 and inits[0]["config"]["head_dim"] == 32
+    generates = [e for e in events if e["event"] == "generate"]
+    assert len(generates) == 2 * (1 + 2)  # per worker: one warm-up, two timed repeats
+    assert [g["n_prompts"] for g in generates] == [2, 2, 2, 3, 3, 3]
+    assert all(g["prompt_lengths"] == [12] for g in generates)
+    timed = generates[1:3]
+    assert all(g["sampling"]["max_tokens"] == 5 and g["sampling"]["ignore_eos"] is True
+               and g["sampling"]["detokenize"] is False for g in timed)
+    assert timed[0]["first_tokens"] != timed[1]["first_tokens"]  # fresh prompts every repeat
+    assert generates[0]["sampling"]["max_tokens"] <= 5
+
+
+def test_vllm_output_tokens_are_counted_not_assumed(cli, fake_vllm, tiny_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_VLLM_MODE", "short")
+    store = tmp_path / "bench.sqlite"
+    r = cli("bench", tiny_dirs[0], "--backend", "vllm", "--batch-sizes", "4", "--input-len", "10", "--output-len", "6",
+            "--repeats", "1", "--out", store, "--no-progress")
+    assert r.code == 0, r.err
+    row = load_results(store).iloc[0]
+    assert row["output_tokens"] == 4 * 5
+    assert row["output_tokens_per_s"] / row["tokens_per_s"] == pytest.approx(5 / 15)
+    assert row["gpu"] == "cpu"  # no --gpu: the key comes from the (fake run's) device name
+
+
+def test_vllm_failures_are_recorded_and_the_sweep_continues(cli, fake_vllm, tiny_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_VLLM_MODE", "oom")
+    monkeypatch.setenv("FAKE_VLLM_ONLY_HIDDEN", "160")
+    store = tmp_path / "bench.sqlite"
+    r = cli("bench", tiny_dirs[1], tiny_dirs[0], "--backend", "vllm", "--batch-sizes", "2", "--input-len", "8",
+            "--output-len", "3", "--repeats", "1", "--out", store, "--no-progress")
+    assert r.code == 0, r.err
+    rows = load_results(store)
+    assert list(rows["status"]) == ["failed", "ok"]
+    assert rows.loc[0, "error"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"
+    assert "failed: tiny160 batch 2: OutOfMemoryError" in r.err
+
+    monkeypatch.setenv("FAKE_VLLM_MODE", "crash")
+    crashed = cli("bench", tiny_dirs[1], "--backend", "vllm", "--batch-sizes", "2", "--input-len", "8",
+                  "--output-len", "3", "--repeats", "1", "--out", store, "--no-progress")
+    assert crashed.code == 2  # every benchmark of this run failed
+    last = load_results(store).iloc[-1]
+    assert last["status"] == "failed" and last["error"] == "Fatal Python error: Segmentation fault"
+
+
+def test_vllm_worker_that_hangs_is_killed_and_recorded(fake_vllm, tiny_dirs, monkeypatch, tmp_path):
+    import time
+
+    monkeypatch.setenv("FAKE_VLLM_MODE", "hang")
+    options = BenchOptions(backend="vllm", batch_sizes=(2,), input_len=8, output_len=3, repeats=1, worker_timeout_s=2)
+    started = time.perf_counter()
+    result = run_sweep(resolve_targets([str(tiny_dirs[0])]), options)
+    assert time.perf_counter() - started < 30
+    assert result.records[0]["status"] == "failed"
+    assert result.records[0]["error"] == "worker timed out after 2 s"
+
+
+# ---- the store -----------------------------------------------------------------------------
+def _rows_for(writer: int, count: int) -> list[dict]:
+    base = make_record(TINY_128, "tiny", "torch", {"batch_size": 1, "input_len": 8, "output_len": 4, "repeats": 1, "tp": 1},
+                       {"gpu": "cpu", "tokens_per_s": 1.0})
+    return [{**base, "batch_size": writer * 100_000 + i, "tokens_per_s": float(i), "error": f"w{writer}-{i}"}
+            for i in range(count)]
+
+
+def _append_one_at_a_time(path: str, writer: int, count: int) -> None:
+    for row in _rows_for(writer, count):
+        append(path, [row])
+
+
+def test_concurrent_appends_lose_nothing(tmp_path):
+    path = str(tmp_path / "shared.sqlite")
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    writers, count = 4, 150
+    processes = [context.Process(target=_append_one_at_a_time, args=(path, w, count)) for w in range(writers)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(timeout=120)
+    assert [p.exitcode for p in processes] == [0] * writers
+    rows = load_results(path)
+    assert len(rows) == writers * count
+    expected = {f"w{w}-{i}": (w * 100_000 + i, float(i)) for w in range(writers) for i in range(count)}
+    got = {e: (b, t) for e, b, t in zip(rows["error"], rows["batch_size"], rows["tokens_per_s"])}
+    assert got == expected
+    assert (rows["config_hash"] == config_hash(TINY_128)).all() and (rows["tie_embeddings"] == False).all()  # noqa: E712
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_store_rejects_unknown_columns_and_reads_missing_columns(tmp_path):
+    with pytest.raises(ValueError, match="unknown column"):
+        append(tmp_path / "s.sqlite", [{"config_hash": "x", "bogus": 1}])
+    assert not (tmp_path / "s.sqlite").exists() or load_results(tmp_path / "s.sqlite").empty
+    csv_path = tmp_path / "old.csv"
+    pd.DataFrame([{"n_layers": 16, "d_model": 2048, "gpu": "h100-sxm", "tokens_per_s": 5.0}]).to_csv(csv_path, index=False)
+    frame = load_results(csv_path)
+    assert list(frame.columns) == list(COLUMNS) and frame.loc[0, "tokens_per_s"] == 5.0
+
+
+def test_corrupt_store_is_one_line_error(tmp_path):
+    from archscale.errors import UserError
+
+    (tmp_path / "bad.sqlite").write_text("not a database")
+    with pytest.raises(UserError, match="not a readable results store"):
+        load_results(tmp_path / "bad.sqlite")
+
+
+def test_measured_only_drops_estimates_and_failures(tmp_path):
+    workload = {"batch_size": 1, "input_len": 8, "output_len": 4, "repeats": 1, "tp": 1}
+    rows = [make_record(TINY_128, "t", "torch", workload, {"gpu": "cpu", "tokens_per_s": 3.0}),
+            make_record(TINY_128, "t", "roofline", workload, {"gpu": "cpu", "tokens_per_s": 9.0}),
+            make_record(TINY_128, "t", "vllm", workload, records_module.failed("boom", gpu="cpu"))]
+    append(tmp_path / "s.db", rows)
+    assert len(load_results(tmp_path / "s.db")) == 3
+    measured = load_results(tmp_path / "s.db", measured_only=True)
+    assert list(measured["backend"]) == ["torch"] and list(measured["tokens_per_s"]) == [3.0]
+
+
+def test_gpu_names_map_to_archscale_keys():
+    assert gpu_key_for_device("NVIDIA H100 80GB HBM3") == "h100-sxm"
+    assert gpu_key_for_device("NVIDIA H100 PCIe") == "h100-pcie"
+    assert gpu_key_for_device("NVIDIA H200") == "h200"
+    assert gpu_key_for_device("NVIDIA A100-SXM4-40GB") == "a100-40gb"
+    assert gpu_key_for_device("NVIDIA A100 80GB PCIe") == "a100-80gb"
+    assert gpu_key_for_device("NVIDIA L4") == "l4" and gpu_key_for_device("NVIDIA L40S") == "l40s"
+    assert gpu_key_for_device("NVIDIA GeForce RTX 4090") == "nvidia geforce rtx 4090"
+
+
+# ---- calibration ---------------------------------------------------------------------------
+def synthetic_measurements(truth: Efficiency, gpu: str = "h100-sxm", workloads=((4096, 1024), (512, 64)),
+                           batches=(1, 16, 128)) -> pd.DataFrame:
+    """"Measured" rows that are exactly the roofline at ``truth``."""
+    rows = []
+    for name in ("llama-3.2-1b", "surefire-1b", "qwen3-0.6b", "llama-3.2-3b"):
+        for input_len, output_len in workloads:
+            for batch in batches:
+                workload = {"batch_size": batch, "input_len": input_len, "output_len": output_len, "repeats": 3, "tp": 1}
+                rows.append(make_record(PRESETS[name], name, "vllm", workload,
+                                        {"gpu": gpu, "dtype": "bfloat16", "tokens_per_s": 1.0}))
+    frame = pd.DataFrame(rows)
+    frame["tokens_per_s"] = roofline_estimates(frame, load_gpu(gpu), truth)
+    return frame
+
+
+def test_calibration_recovers_known_efficiencies():
+    truth = Efficiency(compute=0.5, memory=0.6)
+    result = calibrate(synthetic_measurements(truth), "h100-sxm")
+    assert result.efficiency.compute == pytest.approx(0.5, abs=1e-4)
+    assert result.efficiency.memory == pytest.approx(0.6, abs=1e-4)
+    assert result.max_abs_rel_err_after < 1e-6
+    assert result.max_abs_rel_err_before > 0.2 and result.mean_abs_rel_err_before > 0.1
+    assert result.identified == {"compute": True, "memory": True}
+    assert len(result.rows) == 24
+
+
+def test_calibration_says_when_compute_is_not_identified():
+    frame = synthetic_measurements(Efficiency(0.5, 0.6), workloads=((16, 512),), batches=(1,))
+    result = calibrate(frame, "h100-sxm")
+    assert result.identified == {"compute": False, "memory": True}
+    assert result.efficiency.memory == pytest.approx(0.6, abs=1e-4)
+
+
+def test_calibrate_cli_saves_efficiencies_the_roofline_backend_uses(cli, tmp_path):
+    store = tmp_path / "measured.sqlite"
+    frame = synthetic_measurements(Efficiency(0.5, 0.6))
+    append(store, frame.to_dict("records"))
+    append(store, [{**frame.iloc[0].to_dict(), "gpu": "a100-40gb"}])  # another GPU's row is not fitted
+    calib = tmp_path / "calib.json"
+    r = cli("bench", "calibrate", "--out", store, "--gpu", "h100-sxm", "--save", calib)
+    assert r.code == 0, r.err
+    assert "24 rows" in r.out and "compute 0.700 -> 0.500" in r.out
+    saved = load_efficiency(calib)
+    assert saved.compute == pytest.approx(0.5, abs=1e-4) and saved.memory == pytest.approx(0.6, abs=1e-4)
+    r = cli("bench", "surefire-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--batch-sizes", "16",
+            "--input-len", "4096", "--output-len", "1024", "--efficiency", calib, "--json")
+    assert r.code == 0, r.err
+    row = json.loads(r.out)[0]
+    expected = frame[(frame["name"] == "surefire-1b") & (frame["batch_size"] == 16) & (frame["input_len"] == 4096)]
+    assert row["tokens_per_s"] == pytest.approx(float(expected["tokens_per_s"].iloc[0]), rel=1e-4)
+    assert row["efficiency_compute"] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_calibrate_needs_measured_rows(cli, tmp_path):
+    store = tmp_path / "empty.sqlite"
+    append(store, synthetic_measurements(Efficiency(0.5, 0.6)).head(1).to_dict("records"))
+    r = cli("bench", "calibrate", "--out", store, "--gpu", "h100-sxm")
+    assert r.code == 2 and "at least 2 measured ok" in r.err
+
+
+# ---- bad input: one line, exit 2, nothing written ---------------------------------------------
+def _assert_one_line_error(r, store: Path, fragment: str) -> None:
+    assert r.code == 2, (r.out, r.err)
+    lines = [line for line in r.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], r.err
+    assert "Traceback" not in r.err
+    assert not store.exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["{missing}"], "no config.json there"),
+    (["no-such-preset"], "unknown architecture 'no-such-preset'"),
+    (["{tiny}", "--backend", "torch", "--device", "cpu", "--dtype", "bf16"],
+     "bf16 is not supported by the torch backend on CPU; use --dtype float32"),
+    (["llama-3.2-1b", "--backend", "roofline"], "--backend roofline needs --gpu"),
+    (["{tiny}", "--backend", "tensorrt"], "unknown backend 'tensorrt'"),
+    (["{tiny}", "--batch-sizes", "16,x"], "--batch-sizes '16,x': expected integers"),
+    (["{tiny}", "--out", "{csv}"], "the results store must end in .sqlite"),
+    (["{tiny}", "--input-len", "0"], "--input-len must be a positive integer"),
+])
+def test_bad_input_is_one_line(cli, tiny_dirs, tmp_path, args, fragment):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    store = tmp_path / "out.sqlite"
+    values = {"missing": empty, "tiny": tiny_dirs[0], "csv": tmp_path / "out.csv"}
+    args = [a.format(**values) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(store)]
+    r = cli("bench", *args, "--no-progress")
+    _assert_one_line_error(r, store, fragment)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_vllm_missing_is_one_line_before_any_subprocess(cli, tiny_dirs, tmp_path, monkeypatch):
+    import subprocess
+
+    from archscale.bench import vllm_backend
+
+    if importlib.util.find_spec("vllm") is None:
+        assert not vllm_backend.vllm_available()
+    monkeypatch.setattr(vllm_backend, "vllm_available", lambda: False)
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("a worker was started")
+
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    store = tmp_path / "out.sqlite"
+    r = cli("bench", tiny_dirs[0], "--backend", "vllm", "--out", store, "--no-progress")
+    _assert_one_line_error(r, store, "vLLM is not installed: pip install 'archscale[vllm]' on a GPU machine")
+
+
+def test_mode_mistakes_are_one_line(cli, tmp_path):
+    store = tmp_path / "s.sqlite"
+    _assert_one_line_error(cli("bench", "--show"), store, "--show needs --out")
+    _assert_one_line_error(cli("bench", "calibrate", "--out", store), store, "calibrate needs --gpu")
+    _assert_one_line_error(cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--save", "x.json"),
+                           store, "--save does not apply")
+    _assert_one_line_error(cli("bench", "--show", "--out", store), store, "no such results file")
