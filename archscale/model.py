@@ -217,14 +217,18 @@ class Transformer(nn.Module):
             layer.self_attn.k_cache = layer.self_attn.v_cache = None
 
     @torch.no_grad()
-    def forward_step(self, idx: torch.Tensor, start_pos: int) -> torch.Tensor:
+    def forward_step(self, idx: torch.Tensor, start_pos: int, last_only: bool = False) -> torch.Tensor:
         """Logits for tokens ``idx`` at positions ``start_pos ..``, reading and extending the cache.
 
         Call once with the whole prompt (``start_pos=0``, batched prefill),
         then once per generated token with ``start_pos`` = tokens so far.
+        ``last_only`` computes logits for the last position alone, as a server
+        does after a prefill: a 4096-token prompt's full logits would dwarf the model.
         """
         cos, sin = self._rope(start_pos, idx.shape[1])
         x = self.embed_tokens(idx)
         for layer in self.layers:
             x = layer(x, cos, sin, start_pos)
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.norm(x))

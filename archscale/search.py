@@ -198,7 +198,10 @@ def apply_measured_losses(candidates: pd.DataFrame, runs: pd.DataFrame | None, t
 
 
 def apply_measured_throughput(candidates: pd.DataFrame, bench: pd.DataFrame | None, spec: SearchSpec) -> pd.DataFrame:
-    """Use measured tokens/s from a bench results table where it has this shape, GPU and workload."""
+    """Use measured tokens/s from a bench results table where it has this shape, GPU and workload.
+
+    ``bench`` holds measurements only (``archscale.bench.store.load_results(path, measured_only=True)``).
+    """
     candidates["throughput_source"] = "roofline"
     if bench is None:
         return candidates
@@ -213,10 +216,6 @@ def apply_measured_throughput(candidates: pd.DataFrame, bench: pd.DataFrame | No
                  & bench["tokens_per_s"].notna()]
     if "tp" in rows.columns:
         rows = rows[rows["tp"] == spec.tp]
-    if "status" in rows.columns:
-        rows = rows[rows["status"] == "ok"]
-    if "backend" in rows.columns:
-        rows = rows[rows["backend"] != "roofline"]  # an estimate is not a measurement
     if rows.empty:
         return candidates
     return _override(candidates, rows.groupby(_shape_key(rows))["tokens_per_s"].mean(), "tokens_per_s", "throughput_source")

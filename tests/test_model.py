@@ -94,3 +94,16 @@ def test_init_scales_residual_projections():
 def test_odd_head_dim_is_a_user_error():
     with pytest.raises(UserError, match="d_head"):
         Transformer(Architecture(1, 32, 2, 2, 15, 64, vocab_size=32))
+
+
+def test_last_only_logits_equal_the_last_row_of_full_logits():
+    """A prefill that asks for the last position's logits alone gets exactly those of the full prefill."""
+    torch.manual_seed(0)
+    model = Transformer(Architecture(2, 64, 4, 2, 16, 96, vocab_size=256)).eval()
+    prompt = torch.randint(0, 256, (2, 9))
+    model.allocate_kv_cache(2, 16, dtype=torch.float32)
+    full = model.forward_step(prompt, 0)
+    model.allocate_kv_cache(2, 16, dtype=torch.float32)
+    last = model.forward_step(prompt, 0, last_only=True)
+    assert last.shape == (2, 1, 256)
+    assert torch.allclose(last[:, 0], full[:, -1], atol=1e-6)

@@ -72,7 +72,8 @@ def main() -> None:
     """Console-script entry point: run the app, map user errors to one line and exit 2."""
     _register_commands()
     try:
-        app(standalone_mode=False)
+        # without standalone mode, a command's typer.Exit(code) comes back as the return value
+        code = app(standalone_mode=False)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -90,3 +91,4 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -15,7 +15,8 @@ from archscale.cli.options import parse_count, parse_int_list
 from archscale.cost.gpus import load_gpu
 from archscale.cost.roofline import Workload
 from archscale.errors import UserError
-from archscale.runs import load_runs, read_table
+from archscale.bench.store import load_results
+from archscale.runs import load_runs
 from archscale.search import SearchResult, SearchSpec, best_at_gqa, emit_configs, search
 from archscale.study import load_fit, save_json
 
@@ -134,7 +135,7 @@ def search_command(
                       strict_hf=strict_hf)
     matched = load_architecture(match) if match else None
     run_table = load_runs(runs) if runs else None
-    bench_table = read_table(bench) if bench else None
+    bench_table = load_results(bench, measured_only=True) if bench else None
     result = search(fitted, spec, target_loss, matched, slack, top_k, run_table, bench_table)
     document = result_document(result, spec)
     if plot:
