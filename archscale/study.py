@@ -266,10 +266,11 @@ def progressive_tasks(
     inputs = law_inputs(law, frame, reference, source)
     loss = frame["loss"].to_numpy(float)
     tasks = []
+    sizes = [float(f"{np.exp(np.log(frame.loc[levels == level, 'N']).mean()):.3g}") for level in range(int(levels.max()) + 1)]
     for upto in range(int(levels.max())):
         train, test = levels <= upto, levels == upto + 1
-        sizes = lambda mask: sorted({float(f"{n:.3g}") for n in frame.loc[mask, "N"]})  # noqa: E731
-        task: dict[str, Any] = {"fit_sizes": sizes(train), "test_sizes": sizes(test)}
+        # each size level is named by the geometric mean of its runs' N
+        task: dict[str, Any] = {"fit_sizes": sizes[: upto + 1], "test_sizes": [sizes[upto + 1]]}
         try:
             result = fit_law(law, {k: v[train] for k, v in inputs.items()}, loss[train], objective, fixed, source=source)
             predicted = law.predict(result.params, {k: v[test] for k, v in inputs.items()})
