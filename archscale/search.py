@@ -64,6 +64,8 @@ class SearchSpec:
     vocab_size: int = 128256
     tie_embeddings: bool = True
     strict_hf: bool = False
+    d_multiple: int = 128  # hardware-friendly widths; tiny CPU models want finer steps
+    ff_multiple: int = 64
     efficiency: Efficiency = field(default_factory=Efficiency)
 
 
@@ -293,7 +295,8 @@ def search(
     tolerance = spec.tolerance if spec.tolerance is not None else (0.02 if relative else 0.05)
     candidates = generate_candidates(spec.n, spec.n_layers, spec.d_head, tolerance=tolerance,
                                      r_range=spec.r_range, gqa_values=spec.gqa_values, tp=spec.tp,
-                                     strict_hf=spec.strict_hf, vocab_size=spec.vocab_size).reset_index(drop=True)
+                                     strict_hf=spec.strict_hf, vocab_size=spec.vocab_size, d_multiple=spec.d_multiple,
+                                     ff_multiple=spec.ff_multiple).reset_index(drop=True)
     candidates["tie_embeddings"] = spec.tie_embeddings
     loss, _ = predict_loss(fitted, candidates, spec.tokens)
     candidates["predicted_loss"] = loss

@@ -107,6 +107,8 @@ def search_command(
     r_min: float = typer.Option(0.5, "--r-min", help="Smallest MLP-to-attention ratio (the paper fits 0.5-5)."),
     r_max: float = typer.Option(5.0, "--r-max", help="Largest MLP-to-attention ratio."),
     gqa: str = typer.Option("1-16", "--gqa", help="GQA group sizes to consider, e.g. 4, 1,2,4,8 or 1-16."),
+    d_multiple: int = typer.Option(128, "--d-multiple", min=1, help="d_model is a multiple of this (hardware-friendly)."),
+    ff_multiple: int = typer.Option(64, "--ff-multiple", min=1, help="d_ff is a multiple of this."),
     vocab: int = typer.Option(128256, "--vocab", min=1, help="Vocabulary size (embedding and LM head)."),
     tie_embeddings: bool = typer.Option(True, "--tie-embeddings/--untie-embeddings", help="Tie input and output embeddings (LLaMA-3.2 1B/3B do)."),
     strict_hf: bool = typer.Option(False, "--strict-hf", help="Only shapes with d_model % n_heads == 0 (transformers' Llama requires it)."),
@@ -132,7 +134,7 @@ def search_command(
     spec = SearchSpec(n=n, tokens=tokens, n_layers=layers, d_head=head_dim, gpu=load_gpu(gpu, gpu_file),
                       workload=Workload(batch, input_len, output_len), tp=tp, tolerance=tolerance, r_range=(r_min, r_max),
                       gqa_values=parse_int_list(gqa, "--gqa"), vocab_size=vocab, tie_embeddings=tie_embeddings,
-                      strict_hf=strict_hf)
+                      strict_hf=strict_hf, d_multiple=d_multiple, ff_multiple=ff_multiple)
     matched = load_architecture(match) if match else None
     run_table = load_runs(runs) if runs else None
     bench_table = load_results(bench, measured_only=True) if bench else None
