@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Regenerates the README tour: runs each command a new user runs, in order, and keeps what it printed.
+#
+# Run:  bash experiments/readme_tour.sh        (about 5 minutes on 2 cores; needs `pip install -e .` first)
+#
+# Outputs (committed): experiments/results/tour/NN-*.txt (each command and its output), pareto.png, cond.png.
+# Scratch (not committed): $TOUR_WORK, default /tmp/archscale-tour (config dirs, run dirs, bench store).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=experiments/results/tour
+WORK=${TOUR_WORK:-/tmp/archscale-tour}
+rm -rf "$OUT" "$WORK"
+mkdir -p "$OUT" "$WORK"
+export COLUMNS=160
+
+step() {  # step NAME COMMAND...: print the command, run it, keep both
+  local name=$1; shift
+  { echo "\$ $*"; "$@"; } 2>&1 | sed "s#$WORK#tour#g" | tee "$OUT/$name.txt"
+}
+
+step 01-fit-aspect archscale fit data/aspect_ratio_morph.csv --law aspect --where "tokens_budget != '40N'" --holdout "N>=1e9" --out "$WORK/aspect.json"
+step 02-search-1b archscale search --fit data/fits/dissertation_1b_mult.json --n 1e9 --tokens 1e11 --layers 16 --head-dim 64 \
+  --match llama-3.2-1b --gpu h100-sxm --batch 64 --input-len 4096 --output-len 1024 --top-k 3 \
+  --emit "$WORK/configs-1b" --plot "$OUT/pareto.png" --out "$WORK/search-1b.json"
+step 03-bench-roofline archscale bench "$WORK/configs-1b/cand-01" llama-3.2-1b --backend roofline --gpu h100-sxm \
+  --batch-sizes 16,64,128 --input-len 4096 --output-len 1024 --out "$WORK/bench.sqlite"
+step 04-search-tiny archscale search --fit experiments/results/cpu_mini_study/cond.json --n 2e5 --tokens 1.5e6 --layers 4 --head-dim 16 \
+  --vocab 256 --d-multiple 16 --ff-multiple 16 --gqa 1,2 --batch 8 --input-len 64 --output-len 16 --slack 0.02 --top-k 2 \
+  --emit "$WORK/configs-tiny"
+step 05-bench-torch archscale bench "$WORK/configs-tiny/cand-01" "$WORK/configs-tiny/cand-02" --backend torch --device cpu \
+  --batch-sizes 1,4 --input-len 64 --output-len 16 --repeats 3 --out "$WORK/bench.sqlite"
+cp experiments/results/cpu_mini_study/runs.csv "$WORK/runs.csv"
+step 06-train archscale train "$WORK/configs-tiny/cand-01" --tokens 1.5e6 --runs "$WORK/runs.csv" --out "$WORK/run-cand-01" --no-progress
+step 07-refit archscale fit "$WORK/runs.csv" --law conditional-mult --progressive --out "$WORK/cond.json" --plot "$OUT/cond.png"
+echo "tour outputs in $OUT"
