@@ -120,6 +120,12 @@ class Architecture:
     def n_params_total(self) -> int:
         return self.n_params_non_embedding + self.n_params_embedding
 
+    def shape_columns(self) -> dict:
+        """The shape as runs-table / candidate-table / bench-store columns (one spelling everywhere)."""
+        return {"n_layers": self.n_layers, "d_model": self.d_model, "n_heads": self.n_heads,
+                "n_kv_heads": self.n_kv_heads, "d_head": self.d_head, "d_ff": self.d_ff,
+                "vocab": self.vocab_size, "tie_embeddings": bool(self.tie_embeddings)}
+
     # ---- the shape descriptors the laws use -------------------------------
     @property
     def r_mlp_attn(self) -> float:

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from archscale.atomic import atomic_file  # noqa: E402
 from archscale.laws import CONDITIONAL, u_factor  # noqa: E402
 
 FIT_COLOR, HOLDOUT_COLOR = "tab:orange", "tab:purple"
@@ -107,14 +108,11 @@ def plot_study(study: Any, path: str | Path) -> Path:
 
 def save(fig: plt.Figure, path: str | Path) -> Path:
     """Write a PNG (via a temporary file, so a failure leaves nothing half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=130)
+    with atomic_file(path, "wb") as out:
+        fig.savefig(out, dpi=130, format="png")
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)
 
 
 def plot_search(result: Any, spec: Any, path: str | Path, batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)) -> Path:

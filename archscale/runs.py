@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import fcntl
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -24,6 +22,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from archscale.atomic import atomic_file
 from archscale.arch import mlp_attention_ratio
 from archscale.errors import UserError
 
@@ -190,13 +189,5 @@ def append_run(path: str | Path, row: Mapping[str, object]) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         new = pd.DataFrame([dict(row)])
         frame = pd.concat([pd.read_csv(path), new], ignore_index=True) if path.exists() else new
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w") as out:
-                frame.to_csv(out, index=False)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as out:
+            frame.to_csv(out, index=False)

@@ -128,10 +128,7 @@ def predict_loss(fitted: FittedLaw, shapes: pd.DataFrame, tokens: float) -> tupl
 
 def shape_row(arch: Architecture) -> dict[str, Any]:
     """One candidate-table row for an architecture (used for the matched reference)."""
-    return {"n_layers": arch.n_layers, "d_model": arch.d_model, "n_heads": arch.n_heads,
-            "n_kv_heads": arch.n_kv_heads, "d_head": arch.d_head, "d_ff": arch.d_ff,
-            "vocab": arch.vocab_size, "tie_embeddings": arch.tie_embeddings,
-            "N": arch.n_params_non_embedding, "r": arch.r_mlp_attn, "x": arch.d_over_sqrt_n,
+    return {**arch.shape_columns(), "N": arch.n_params_non_embedding, "r": arch.r_mlp_attn, "x": arch.d_over_sqrt_n,
             "gqa": arch.gqa_group, "R": arch.aspect_ratio}
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from archscale.atomic import write_text
 from archscale import __version__
 from archscale.errors import UserError
 from archscale.fitting import FitResult, bootstrap, evaluate, fit_law
@@ -285,8 +286,4 @@ def progressive_tasks(
 
 def save_json(document: Mapping[str, Any], path: str | Path) -> None:
     """Write JSON via a temporary file and rename, so a failed run leaves no half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(document, indent=2) + "\n")

@@ -92,18 +92,7 @@ def config_hash(arch: Architecture) -> str:
 
 def shape_fields(arch: Architecture) -> dict[str, Any]:
     """The shape columns of a record."""
-    return {
-        "config_hash": config_hash(arch),
-        "name": arch.name,
-        "n_layers": arch.n_layers,
-        "d_model": arch.d_model,
-        "n_heads": arch.n_heads,
-        "n_kv_heads": arch.n_kv_heads,
-        "d_head": arch.d_head,
-        "d_ff": arch.d_ff,
-        "vocab": arch.vocab_size,
-        "tie_embeddings": bool(arch.tie_embeddings),
-    }
+    return {"config_hash": config_hash(arch), "name": arch.name, **arch.shape_columns()}
 
 
 _GPU_PATTERNS: tuple[tuple[str, str], ...] = (

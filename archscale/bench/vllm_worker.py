@@ -31,6 +31,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from archscale.atomic import write_text
 from archscale.bench.records import summarize_repeats
 
 PROGRESS_PREFIX = "@@archscale-progress@@"
@@ -139,9 +140,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def write_result(path: Path, record: dict[str, Any]) -> None:
     """Write atomically, so the parent never reads half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(record), encoding="utf-8")
-    os.replace(temporary, path)
+    write_text(path, json.dumps(record))
 
 
 def exit_with_parent(poll_s: float = 1.0) -> None:

@@ -131,11 +131,7 @@ def estimate_throughput(
     t_sync_s: float = 5e-6,
 ) -> ThroughputEstimate:
     """Roofline throughput of one architecture (the vectorised model on a one-row frame)."""
-    frame = pd.DataFrame([{
-        "n_layers": arch.n_layers, "d_model": arch.d_model, "n_heads": arch.n_heads,
-        "n_kv_heads": arch.n_kv_heads, "d_head": arch.d_head, "d_ff": arch.d_ff,
-        "vocab": arch.vocab_size, "tie_embeddings": arch.tie_embeddings,
-    }])
+    frame = pd.DataFrame([arch.shape_columns()])
     row = estimate_throughput_many(frame, gpu, workload, tp, efficiency, bytes_per_element, t_sync_s).iloc[0]
     return ThroughputEstimate(
         total_tokens_per_s=float(row["tokens_per_s"]),

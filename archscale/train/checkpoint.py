@@ -13,15 +13,14 @@ Everything in it is a tensor, number, string, list or dict, so it loads with
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from archscale.atomic import atomic_file
 from archscale.errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -33,17 +32,8 @@ def checkpoint_path(run_dir: str | Path) -> Path:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary sibling, fsync, then ``os.replace``: never a torn file."""
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            torch.save(state, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as out:
+        torch.save(state, out)
 
 
 def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:

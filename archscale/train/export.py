@@ -14,14 +14,13 @@ reads it back for tests and tools.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
+from archscale.atomic import atomic_file
 from archscale.errors import UserError
 from archscale.train.checkpoint import checkpoint_path, load_checkpoint
 from archscale.train.config import CONFIG_FILE
@@ -57,18 +56,11 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], met
         offset += len(raw)
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(struct.pack("<Q", len(encoded)))
-            out.write(encoded)
-            for raw in blobs:
-                out.write(raw)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as out:
+        out.write(struct.pack("<Q", len(encoded)))
+        out.write(encoded)
+        for raw in blobs:
+            out.write(raw)
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:

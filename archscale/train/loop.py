@@ -28,7 +28,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from archscale.atomic import write_text
 from archscale.arch import Architecture
 from archscale.errors import UserError
 from archscale.model import Transformer
@@ -520,12 +520,12 @@ def _prepare_out_dir(out: Path, spec: RunSpec, step: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp"):  # a temp file a killed process was writing (checkpoint, log, result)
         stale.unlink(missing_ok=True)
-    _atomic_write(out / CONFIG_FILE, canonical_model_json(spec.hf_config))
-    _atomic_write(out / TRAIN_FILE, spec.train_config.to_json())
+    write_text(out / CONFIG_FILE, canonical_model_json(spec.hf_config))
+    write_text(out / TRAIN_FILE, spec.train_config.to_json())
     log = out / LOG_FILE
     if log.exists():
         kept = [line for line in log.read_text().splitlines(keepends=True) if _log_step(line) <= step]
-        _atomic_write(log, "".join(kept))
+        write_text(log, "".join(kept))
 
 
 def _log_step(line: str) -> float:
@@ -540,7 +540,7 @@ def _result(trainer: Trainer, out: Path, train_loss: float, val_loss: float) -> 
     tokens = trainer.cfg.total_steps * trainer.cfg.tokens_per_step
     tps = trainer.tokens_per_s
     row: dict[str, Any] = {"N": arch.n_params_non_embedding, "D": tokens, "loss": val_loss}
-    row.update(zip(SHAPE, (arch.n_layers, arch.d_model, arch.n_heads, arch.n_kv_heads, arch.d_head, arch.d_ff, arch.vocab_size)))
+    row.update({column: value for column, value in arch.shape_columns().items() if column in SHAPE})
     row.update({"train_loss": _num(train_loss), "val_loss": val_loss, "tokens_per_s": _num(tps), "mfu": trainer.mfu(tps),
                 "config_hash": spec.config_hash, "run_dir": str(out.resolve()), "name": spec.name,
                 "steps": trainer.cfg.total_steps, "seed": trainer.cfg.seed})
@@ -551,7 +551,7 @@ def _record(result: TrainResult, runs: str | Path | None) -> None:
     """Append the row (unless this run already has one), then write ``result.json`` last."""
     if runs is not None and not _has_row(Path(runs), result.row):
         append_run(runs, result.row)
-    _atomic_write(result.run_dir / RESULT_FILE, json.dumps(result.row, indent=2) + "\n")
+    write_text(result.run_dir / RESULT_FILE, json.dumps(result.row, indent=2) + "\n")
 
 
 def _has_row(runs: Path, row: dict[str, Any]) -> bool:
@@ -577,15 +577,6 @@ def _finished(out: Path, spec: RunSpec, runs: str | Path | None) -> TrainResult:
     return result
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> None:
