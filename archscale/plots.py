@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from archscale.atomic import atomic_file  # noqa: E402
@@ -84,9 +85,16 @@ def _u_curve_panels(axes: list[plt.Axes], study: Any) -> None:
         grid = np.geomspace(inputs[column].min() * 0.9, inputs[column].max() * 1.1, 200)
         ax.plot(grid, factor[column](grid), color="black", lw=1.5, label="fitted factor")
         best = study.fitted.optimum().get(column)
-        if best is not None and np.isfinite(best):
+        low, high = inputs[column].min(), inputs[column].max()
+        if best is not None and np.isfinite(best) and low / 2 <= best <= high * 2:
             ax.axvline(best, color="tab:green", ls=":", label=f"optimum {best:.3g}")
+        elif best is not None:
+            # an optimum far outside the runs is an extrapolation: say so instead of stretching the axis to it
+            ax.plot([], [], " ", label=f"optimum {best:.3g}: outside the runs ({low:.2g}-{high:.2g})")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(labels[column])
         ax.set_ylabel(ylabel)
         ax.set_title(f"U-curve in {labels[column]}", fontsize=10)

@@ -93,7 +93,10 @@ def main() -> None:
           f"{sum(o.status.startswith('skipped') for o in outcomes)} skipped, {elapsed / 60:.1f} min")
 
     frame = load_runs(runs)
-    lines = [f"runs: {len(frame)} (sizes {sorted({int(round(n, -4)) for n in frame['N']})}), sweep wall time {elapsed / 60:.1f} min"]
+    counts = {size: int(((frame["N"] / n_target - 1).abs() < 0.1).sum()) for size, (n_target, _) in SIZES.items()}
+    training_min = float((frame["D"] / frame["tokens_per_s"]).sum() / 60)
+    lines = [f"runs: {len(frame)} ({', '.join(f'{count} at {size}' for size, count in counts.items())}); "
+             f"their training took {training_min:.1f} min at the tokens/s each run logged"]
     study = run_study(frame, "conditional-mult", progressive=True, source=str(runs))
     save_json(study.to_json(), results / "cond.json")
     plot_study(study, results / "cond.png")
@@ -105,8 +108,10 @@ def main() -> None:
         m = task.get("metrics")
         lines.append(f"progressive: fit {task['fit_sizes']} -> test {task['test_sizes']}: "
                      + (f"MSE {m['mse']:.3g}, max rel err {100 * m['max_rel_error']:.2f}%, Spearman {m['spearman']:.3f}" if m else task.get("error", "")))
-    lines.append(f"closed-form optimum: x* = {optimum['x']:.4g}, r* = {optimum['r']:.4g} "
-                 f"(U-shaped in x: {params['a1'] > 0 and params['a2'] > 0}; in r: {params['b1'] > 0 and params['b2'] > 0})")
+    inside = {c: bool(frame[c].min() <= optimum[c] <= frame[c].max()) for c in ("x", "r")}
+    lines.append(f"closed-form optimum: x* = {optimum['x']:.4g} ({'inside' if inside['x'] else 'outside'} the runs' "
+                 f"{frame['x'].min():.3g}-{frame['x'].max():.3g}), r* = {optimum['r']:.4g} "
+                 f"({'inside' if inside['r'] else 'outside'} the runs' {frame['r'].min():.3g}-{frame['r'].max():.3g})")
     for size, (n_target, _) in SIZES.items():
         group = frame[(frame["N"] / n_target - 1).abs() < 0.1].sort_values("loss")
         best = group.iloc[0]
