@@ -216,6 +216,10 @@ def fit_law(
     if weak:
         result.warnings.append(f"parameters {', '.join(weak)} are poorly identified by these runs "
                                "(near-singular Jacobian): their values are not meaningful on their own")
+    loose = [name for name, error in result.stderr.items() if error is not None and error > abs(result.params[name])]
+    if loose:
+        result.warnings.append(f"parameters {', '.join(loose)} have a standard error larger than their value: "
+                               "these runs do not pin them down")
     return result
 
 

@@ -317,6 +317,11 @@ def search(
         raise UserError(f"no candidate meets the target loss {target.loss:.4f} ({target.source}); "
                         f"nearest: {nearest_misses(candidates, target)}")
     notes = [GQA_NOTE]
+    for column, label in (("x", "d_model/sqrt(N)"), ("r", "r")):
+        value, low, high = optimum.get(column), candidates[column].min(), candidates[column].max()
+        if value is not None and math.isfinite(value) and not low <= value <= high:
+            notes.append(f"the law's optimum {label} = {value:.3g} lies outside the candidates ({low:.3g}-{high:.3g}): "
+                         "an extrapolation; the best candidates sit at the edge of the range")
     if relative:
         notes.append("the fit has no reference law, so losses are relative to L_opt(N, D) "
                      f"({'L / L_opt' if fitted.law.name == 'conditional-mult' else 'L - L_opt'}); give --reference for absolute losses")

@@ -42,7 +42,8 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 def _print_study(study: Study) -> None:
     fit = study.fit
-    params = Table(title=f"{fit.law.name}: {fit.law.description}  [{fit.objective}, {fit.n_points} runs]")
+    console.print(f"[bold]{fit.law.name}[/bold]: {fit.law.description}  ({fit.objective} fit on {fit.n_points} runs)")
+    params = Table()
     params.add_column("parameter")
     params.add_column("value", justify="right")
     params.add_column("std. err.", justify="right")
@@ -56,7 +57,7 @@ def _print_study(study: Study) -> None:
         params.add_row(*row)
     console.print(params)
 
-    metrics = Table(title="prediction quality")
+    metrics = Table()
     for column in ("rows", "n", "MSE", "R^2", "max rel. err", "mean rel. err", "Spearman"):
         metrics.add_column(column, justify="right")
     rows = [("fit", study.metrics["fit"]), ("holdout", study.metrics.get("holdout"))]
