@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from archscale.cli import app, console, print_json
+from archscale.cli.options import format_count
 from archscale.errors import UserError
 from archscale.laws import LAWS
 from archscale.runs import load_runs, parse_column_map
@@ -61,7 +62,8 @@ def _print_study(study: Study) -> None:
     for column in ("rows", "n", "MSE", "R^2", "max rel. err", "mean rel. err", "Spearman"):
         metrics.add_column(column, justify="right")
     rows = [("fit", study.metrics["fit"]), ("holdout", study.metrics.get("holdout"))]
-    rows += [(f"progressive: fit {task['fit_sizes']} -> {task['test_sizes']}", task.get("metrics")) for task in study.progressive]
+    rows += [(f"progressive: fit N {', '.join(map(format_count, task['fit_sizes']))} -> {format_count(task['test_sizes'][0])}",
+              task.get("metrics")) for task in study.progressive]
     for label, values in rows:
         if not values:
             continue

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from archscale.arch import load_architecture
 from archscale.cli import app, console, print_json
-from archscale.cli.options import parse_count, parse_int_list
+from archscale.cli.options import format_count, parse_count, parse_int_list
 from archscale.cost.gpus import load_gpu
 from archscale.cost.roofline import Workload
 from archscale.errors import UserError
@@ -55,14 +55,6 @@ def result_document(result: SearchResult, spec: SearchSpec) -> dict[str, Any]:
     }
 
 
-def _count(n: float) -> str:
-    """A parameter count at a glance: 973M, 1.02B, 201K."""
-    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.0f}"
-
-
 def _print(result: SearchResult, spec: SearchSpec) -> None:
     optimum = result.continuous_optimum
     if optimum:
@@ -82,11 +74,11 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
         ratio = f"{row.tokens_per_s / reference['tokens_per_s']:.2f}x" if reference and reference["tokens_per_s"] > 0 else "-"
         loss = f"{row.predicted_loss:.4f}" + (" (measured)" if row.loss_source == "measured" else "")
         speed = f"{row.tokens_per_s:,.0f}" + (" (measured)" if row.throughput_source == "measured" else "")
-        table.add_row(str(row.rank), str(row.d_model), f"{row.n_heads}/{row.n_kv_heads}", str(row.d_ff), _count(row.N),
+        table.add_row(str(row.rank), str(row.d_model), f"{row.n_heads}/{row.n_kv_heads}", str(row.d_ff), format_count(row.N),
                       f"{row.r:.2f}", f"{row.x:.4f}", str(row.gqa), loss, speed, ratio, row.gqa_variants)
     if reference:
         table.add_row("ref", str(reference["d_model"]), f"{reference['n_heads']}/{reference['n_kv_heads']}", str(reference["d_ff"]),
-                      _count(reference["N"]), f"{reference['r']:.2f}", f"{reference['x']:.4f}", str(reference["gqa"]),
+                      format_count(reference["N"]), f"{reference['r']:.2f}", f"{reference['x']:.4f}", str(reference["gqa"]),
                       f"{reference['predicted_loss']:.4f}", f"{reference['tokens_per_s']:,.0f}", "1.00x", reference["name"])
     console.print(table)
     for note in result.notes:

@@ -35,3 +35,11 @@ def parse_int_list(text: str | None, label: str) -> list[int] | None:
     if not values or min(values) <= 0:
         raise UserError(f"{label} {text!r}: expected positive integers")
     return sorted(values)
+
+
+def format_count(n: float) -> str:
+    """A parameter count at a glance: 973M, 1.02B, 201K."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"
