@@ -305,16 +305,11 @@ def load_architecture(spec: str) -> Architecture:
 
 def _architecture_from_file(path, name: str) -> Architecture:
     """Read an HF ``config.json``; multimodal configs keep the decoder under ``text_config``."""
-    import json
+    from archscale.files import read_json  # files imports errors only; imported here to keep arch dependency-free
 
     if not path.is_file():
         raise UserError(f"{path}: no config.json there")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    config = read_json(path)
     if not isinstance(config, dict):
         raise UserError(f"{path}: expected a JSON object, got {type(config).__name__}")
     if "hidden_size" not in config and isinstance(config.get("text_config"), dict):

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from archscale.atomic import atomic_file  # noqa: E402
+from archscale.files import atomic_file  # noqa: E402
 from archscale.laws import CONDITIONAL, u_factor  # noqa: E402
 
 FIT_COLOR, HOLDOUT_COLOR = "tab:orange", "tab:purple"

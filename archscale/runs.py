@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from archscale.atomic import atomic_file
+from archscale.files import atomic_file
 from archscale.arch import mlp_attention_ratio
 from archscale.errors import UserError
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from archscale.atomic import write_text
+from archscale.files import read_json, write_text
 from archscale import __version__
 from archscale.errors import UserError
 from archscale.fitting import FitResult, bootstrap, evaluate, fit_law
@@ -79,14 +79,7 @@ def fitted_from_json(document: Mapping[str, Any], source: str) -> FittedLaw:
 
 def load_fit(path: str | Path) -> FittedLaw:
     """Read a fit JSON written by ``archscale fit`` (or a published fit shipped in ``data/fits``)."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    try:
-        document = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-    return fitted_from_json(document, str(path))
+    return fitted_from_json(read_json(path), str(path))
 
 
 # ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from archscale.files import read_json
 from archscale.bench.records import BYTES_PER_ELEMENT, MEASURED_BACKENDS
 from archscale.cost.gpus import GPU, load_gpu
 from archscale.cost.roofline import Efficiency, Workload, estimate_throughput_many
@@ -185,12 +186,7 @@ def load_efficiency(path: str | Path) -> Efficiency:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such efficiency file (write one with `archscale bench calibrate --save`)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    data = read_json(path)
     if isinstance(data, dict) and isinstance(data.get("efficiency"), dict):
         data = data["efficiency"]
     if not isinstance(data, dict) or "compute" not in data or "memory" not in data:

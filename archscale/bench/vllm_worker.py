@@ -31,7 +31,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from archscale.atomic import write_text
+from archscale.files import write_text
 from archscale.bench.records import summarize_repeats
 
 PROGRESS_PREFIX = "@@archscale-progress@@"

@@ -17,11 +17,11 @@ TFLOP/s, 864 GB/s, 48 GB GDDR6, PCIe Gen4 64 GB/s); L4 (121 TFLOP/s, 300 GB/s,
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from archscale.files import read_json
 from archscale.errors import UserError
 
 
@@ -108,12 +108,7 @@ def read_gpu_file(path: str | Path) -> list[GPU]:
 
 
 def _json_records(path: Path) -> list[dict]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({exc})") from None
+    data = read_json(path)
     if isinstance(data, dict) and "name" in data:
         return [data]
     if isinstance(data, dict):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from archscale.atomic import atomic_file
+from archscale.files import atomic_file
 from archscale.errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from archscale.files import read_json
 from archscale.arch import Architecture
 from archscale.errors import UserError
 
@@ -133,14 +134,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_json(path), str(path))
 
     def replace(self, source: str = "overrides", **changes: Any) -> "TrainConfig":
         """A validated copy with some fields changed (``None`` values are ignored)."""
@@ -222,10 +216,7 @@ def load_model_config(config_dir: str | Path) -> tuple[Architecture, dict[str, A
         raise UserError(f"{config_dir}: not a directory (expected a config directory with {CONFIG_FILE})")
     if not path.exists():
         raise UserError(f"{path}: no such file (a config directory needs {CONFIG_FILE})")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object")
     arch = Architecture.from_hf_config(data, name=Path(config_dir).resolve().name, source=str(path))

@@ -20,7 +20,7 @@ from typing import Mapping
 
 import torch
 
-from archscale.atomic import atomic_file
+from archscale.files import atomic_file
 from archscale.errors import UserError
 from archscale.train.checkpoint import checkpoint_path, load_checkpoint
 from archscale.train.config import CONFIG_FILE

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from archscale.atomic import write_text
+from archscale.files import write_text
 from archscale.arch import Architecture
 from archscale.errors import UserError
 from archscale.model import Transformer

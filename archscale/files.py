@@ -1,18 +1,23 @@
-"""Writing a file so that readers see the old version or the new one, never half of one.
+"""Files other steps read: written atomically, read with one-line errors.
 
 Every file archscale writes for another step to read (fit JSON, plots, the runs
 table, checkpoints, exported weights) goes through :func:`atomic_file`: write a
 temporary sibling, flush it to disk, rename it over the target. A crash or an
-error leaves the target as it was and no temporary behind.
+error leaves the target as it was and no temporary behind. Every JSON file it
+reads goes through :func:`read_json`, so a missing or malformed one is reported
+the same way everywhere.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
+
+from archscale.errors import UserError
 
 
 @contextlib.contextmanager
@@ -36,3 +41,18 @@ def write_text(path: str | Path, text: str) -> None:
     """Atomically replace ``path`` with ``text``."""
     with atomic_file(path) as out:
         out.write(text)
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file, turning every way it can fail into one line that names the file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a JSON file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot be read ({exc})") from None
