@@ -24,6 +24,7 @@ with a different number of ranks or without ``--fsdp``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -483,6 +484,9 @@ def train(config: str | Path | Architecture, data_dir: str | Path | None = None,
             _record(result, runs)
         trainer._barrier()  # ranks leave together: tearing gloo down under a busy peer can abort it
         del trainer
+        # DDP's reducer holds the process group through reference cycles; free it now, before the group is
+        # destroyed, rather than at interpreter exit, where gloo's threads can be torn down out of order
+        gc.collect()
         return result
     finally:
         if info.world > 1 and dist.is_initialized():
