@@ -75,3 +75,27 @@ def test_fit_search_emit_bench_train_refit(cli, tmp_path, seed_runs, monkeypatch
     again = cli("fit", seed_runs, "--law", "conditional-mult", "--out", refit)
     assert again.code == 0, again.err
     assert json.loads(refit.read_text())["n_points"] == 13
+
+
+def test_shape_with_d_model_not_divisible_by_heads_trains_and_benchmarks(cli, tmp_path, monkeypatch):
+    """Search may emit shapes like Surefire-1B (2560 / 36 heads): written with an explicit head_dim, they must
+    load in the bundled trainer, the torch bench backend and a sweep, whatever transformers thinks of them."""
+    from archscale.arch import Architecture, load_architecture
+    from archscale.train.config import TrainConfig, write_config_dir
+
+    monkeypatch.setenv("ARCHSCALE_CACHE", str(tmp_path / "cache"))
+    arch = Architecture(n_layers=2, d_model=80, n_heads=6, n_kv_heads=2, d_head=16, d_ff=96, vocab_size=256, name="odd")
+    assert arch.d_model % arch.n_heads != 0
+    configs = tmp_path / "configs"
+    write_config_dir(configs / "odd", arch, TrainConfig.for_model_size(arch.n_params_non_embedding, tokens=20_000))
+    written = json.loads((configs / "odd" / "config.json").read_text())
+    assert written["head_dim"] == 16 and written["hidden_size"] == 80 and written["num_attention_heads"] == 6
+    assert load_architecture(str(configs / "odd")) == arch
+
+    swept = cli("sweep", configs, "--runs", tmp_path / "runs.csv", "--no-progress", "--json")
+    assert swept.code == 0, swept.err
+    assert [o["status"] for o in json.loads(swept.out)] == ["trained"]
+    benched = cli("bench", configs / "odd", "--backend", "torch", "--device", "cpu", "--batch-sizes", "2",
+                  "--input-len", "8", "--output-len", "4", "--repeats", "1", "--out", tmp_path / "b.sqlite")
+    assert benched.code == 0, benched.err
+    assert (load_results(tmp_path / "b.sqlite")["status"] == "ok").all()

@@ -64,6 +64,7 @@ def sweep_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for every run (overrides train.json)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    as_json: bool = typer.Option(False, "--json", help="Print what happened to each config as JSON."),
 ) -> None:
     """Train every config directory in turn; re-run it after a crash.
 
@@ -71,8 +72,13 @@ def sweep_cmd(
     """
     from archscale.train.sweep import sweep
 
-    for outcome in sweep(configs_dir, data, runs, tokens=_tokens(tokens), out_root=out, seed=seed, device=device,
-                         progress=progress, echo=lambda line: typer.echo(line, err=True)):
+    outcomes = sweep(configs_dir, data, runs, tokens=_tokens(tokens), out_root=out, seed=seed, device=device,
+                     progress=progress and not as_json, echo=lambda line: typer.echo(line, err=True))
+    if as_json:
+        print_json([{"name": o.name, "status": o.status, "run_dir": str(o.run_dir), "config_hash": o.config_hash,
+                     "val_loss": o.val_loss} for o in outcomes])
+        return
+    for outcome in outcomes:
         typer.echo(f"{outcome.name}: {outcome.status}" + (f", val loss {outcome.val_loss:.4f}" if outcome.val_loss is not None else ""))
 
 
