@@ -54,6 +54,14 @@ def predicted_vs_actual(ax: plt.Axes, actual: np.ndarray, predicted: np.ndarray,
     ax.grid(alpha=0.3)
 
 
+def _log_x(ax: plt.Axes) -> None:
+    """A log x-axis with plain-number ticks at 1, 2 and 5 per decade (readable over less than a decade too)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def _u_curve_panels(axes: list[plt.Axes], study: Any) -> None:
     """For conditional laws: each factor's fitted U-curve over the measured losses with the other factor removed."""
     law, params = study.fit.law, study.fit.params
@@ -91,10 +99,7 @@ def _u_curve_panels(axes: list[plt.Axes], study: Any) -> None:
         elif best is not None:
             # an optimum far outside the runs is an extrapolation: say so instead of stretching the axis to it
             ax.plot([], [], " ", label=f"optimum {best:.3g}: outside the runs ({low:.2g}-{high:.2g})")
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        _log_x(ax)
         ax.set_xlabel(labels[column])
         ax.set_ylabel(ylabel)
         ax.set_title(f"U-curve in {labels[column]}", fontsize=10)
@@ -102,15 +107,37 @@ def _u_curve_panels(axes: list[plt.Axes], study: Any) -> None:
         ax.grid(alpha=0.3)
 
 
+def _aspect_panel(ax: plt.Axes, study: Any) -> None:
+    """For the aspect-ratio law: the shape penalty ``1 + eps R^gamma`` over the measured losses with size removed."""
+    law, params, frame = study.fit.law, study.fit.params, study.frame
+    size_term = params["E"] + params["A"] * frame["N"] ** -params["alpha"] + params["B"] * frame["D"] ** -law.beta(params)
+    measured = frame["loss"] / size_term
+    mask = study.fit_mask
+    ax.scatter(frame["R"][mask], measured[mask], s=14, color=FIT_COLOR, label="fit runs")
+    if (~mask).any():
+        ax.scatter(frame["R"][~mask], measured[~mask], s=40, marker="x", color=HOLDOUT_COLOR, label="held out")
+    grid = np.geomspace(frame["R"].min() * 0.9, frame["R"].max() * 1.1, 200)
+    ax.plot(grid, 1 + params["eps"] * grid ** law.gamma(params), color="black", lw=1.5, label="fitted 1 + eps R^gamma")
+    _log_x(ax)
+    ax.set_xlabel("aspect ratio R = d_model / n_layers")
+    ax.set_ylabel("loss / (E + A N^-alpha + B D^-beta)")
+    ax.set_title("shape penalty in the aspect ratio", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
 def plot_study(study: Any, path: str | Path) -> Path:
-    """The ``archscale fit --plot`` figure: predicted vs actual, plus U-curves for conditional laws."""
-    conditional = study.fit.law.name in CONDITIONAL
-    fig, axes = plt.subplots(1, 3 if conditional else 1, figsize=(15 if conditional else 6, 5), squeeze=False)
+    """The ``archscale fit --plot`` figure: predicted vs actual, plus each architecture factor for shape laws."""
+    law_name = study.fit.law.name
+    extra = 2 if law_name in CONDITIONAL else 1 if law_name.startswith("aspect") else 0
+    fig, axes = plt.subplots(1, 1 + extra, figsize=(6 + 4.5 * extra, 5), squeeze=False)
     axes = list(axes[0])
-    title = f"{study.fit.law.name}: {study.fit.law.description}\n({study.fit.objective} fit on {study.fit.n_points} runs)"
+    title = f"{law_name}: {study.fit.law.description}\n({study.fit.objective} fit on {study.fit.n_points} runs)"
     predicted_vs_actual(axes[0], study.frame["loss"], study.predicted, study.fit_mask, study.metrics, title)
-    if conditional:
+    if law_name in CONDITIONAL:
         _u_curve_panels(axes[1:], study)
+    elif extra:
+        _aspect_panel(axes[1], study)
     return save(fig, path)
 
 
