@@ -168,7 +168,8 @@ def plot_search(result: Any, spec: Any, path: str | Path, batch_sizes: tuple[int
     left.scatter(infeasible["tokens_per_s"], infeasible["predicted_loss"], s=3, color="0.8", label=f"over target ({len(infeasible):,})", rasterized=True)
     left.scatter(feasible["tokens_per_s"], feasible["predicted_loss"], s=3, color="tab:blue", alpha=0.4, label=f"feasible ({len(feasible):,})", rasterized=True)
     frontier = result.frontier
-    left.plot(frontier["tokens_per_s"], frontier["predicted_loss"], color="tab:red", lw=2, marker="o", ms=3, label="Pareto frontier")
+    left.plot(frontier["tokens_per_s"], frontier["predicted_loss"], color="tab:red", lw=2, marker="o", ms=3, zorder=7,
+              label=f"Pareto frontier ({len(frontier)} shape{'s' if len(frontier) != 1 else ''})")
     left.axhline(result.target.loss, color="black", ls="--", lw=1, label=f"target loss ({result.target.source})")
     reference = result.target.reference
     if reference:
@@ -189,6 +190,7 @@ def plot_search(result: Any, spec: Any, path: str | Path, batch_sizes: tuple[int
     left.set_ylim(low - 0.5 * span, high + 2.5 * span)
     left.legend(fontsize=8, loc="upper left")
     left.grid(alpha=0.3)
+    left.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
 
     rows = [(f"#{row.rank}: d={row.d_model}, r={row.r:.2f}, GQA {row.gqa}", dict(row._asdict())) for row in result.top_k.itertuples()]
     if reference:
@@ -207,4 +209,5 @@ def plot_search(result: Any, spec: Any, path: str | Path, batch_sizes: tuple[int
     right.set_title(f"roofline estimate vs batch size, {spec.gpu.name}", fontsize=10)
     right.legend(fontsize=8)
     right.grid(alpha=0.3)
+    right.yaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
     return save(fig, path)
