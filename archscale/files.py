@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Mapping
+
+import numpy as np
 
 from archscale.errors import UserError
 
@@ -56,3 +59,24 @@ def read_json(path: str | Path) -> Any:
         raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot be read ({exc})") from None
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types for anything archscale puts in a document: numpy scalars and arrays become Python
+    numbers and lists, NaN and infinities become null (JSON has neither), tuples lists, paths strings."""
+    if isinstance(value, Mapping):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: str | Path, document: Any) -> None:
+    """Atomically write ``document`` as indented JSON (see :func:`jsonable`)."""
+    write_text(path, json.dumps(jsonable(document), indent=2) + "\n")

@@ -21,7 +21,6 @@ its other GQA variants are listed beside it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shutil
 import tempfile
@@ -37,6 +36,7 @@ from archscale.candidates import architecture_from_row, generate_candidates
 from archscale.cost.gpus import GPU
 from archscale.cost.roofline import Efficiency, Workload, estimate_throughput_many
 from archscale.errors import UserError
+from archscale.files import write_json
 from archscale.laws import CONDITIONAL
 from archscale.study import FittedLaw
 
@@ -362,11 +362,11 @@ def emit_configs(result: SearchResult, spec: SearchSpec, directory: str | Path) 
             name = f"cand-{int(row['rank']):02d}"
             arch = dataclasses.replace(architecture_from_row(row), name=name, tie_embeddings=bool(spec.tie_embeddings))
             write_config_dir(staging / name, arch, TrainConfig.for_model_size(arch.n_params_non_embedding, tokens=int(spec.tokens)))
-            summary = {k: _plain(v) for k, v in row.items()}
+            summary = dict(row)
             summary.update(gpu=spec.gpu.name, batch_size=spec.workload.batch_size, input_len=spec.workload.input_len,
                            output_len=spec.workload.output_len, target_loss=result.target.loss,
                            target_source=result.target.source)
-            (staging / name / "candidate.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_json(staging / name / "candidate.json", summary)
         for child in sorted(staging.iterdir()):  # every directory is complete before any is moved in
             final = directory / child.name
             if final.exists():
@@ -377,8 +377,3 @@ def emit_configs(result: SearchResult, spec: SearchSpec, directory: str | Path) 
         shutil.rmtree(staging, ignore_errors=True)
     return written
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    return value

@@ -9,8 +9,6 @@ which ``predict`` and ``search`` read.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -18,7 +16,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from archscale.files import read_json, write_text
+from archscale.files import jsonable, read_json
 from archscale import __version__
 from archscale.errors import UserError
 from archscale.fitting import FitResult, bootstrap, evaluate, fit_law
@@ -149,7 +147,7 @@ class Study:
         elif self.fitted.reference is not None:
             ref = self.fitted.reference
             reference = {"kind": "law", "law": ref.law.name, "params": ref.params, "source": ref.source}
-        return _clean({
+        return jsonable({
             "archscale_version": __version__,
             "law": law.name,
             "formula": law.description,
@@ -169,19 +167,6 @@ class Study:
             "selection": self.selection,
             "warnings": self.fit.warnings,
         })
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: numpy scalars to floats, NaN/inf to null, tuples to lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def law_inputs(law: Law, frame: pd.DataFrame, reference: FittedLaw | None, source: str) -> dict[str, np.ndarray]:
@@ -275,8 +260,3 @@ def progressive_tasks(
     if not tasks:
         raise UserError(f"--progressive: {source} has a single size level; progressive tasks need at least two")
     return tasks
-
-
-def save_json(document: Mapping[str, Any], path: str | Path) -> None:
-    """Write JSON via a temporary file and rename, so a failed run leaves no half-written file."""
-    write_text(path, json.dumps(document, indent=2) + "\n")

@@ -19,7 +19,6 @@ pareto.png, summary.txt). The run directories with checkpoints go to a scratch f
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -29,10 +28,11 @@ import pandas as pd
 from archscale.candidates import architecture_from_row, generate_candidates
 from archscale.cost.gpus import load_gpu
 from archscale.cost.roofline import Workload
+from archscale.files import write_json
 from archscale.plots import plot_search, plot_study
 from archscale.runs import load_runs
 from archscale.search import SearchSpec, search
-from archscale.study import run_study, save_json
+from archscale.study import run_study
 from archscale.train.config import TrainConfig, write_config_dir
 from archscale.train.data import default_data_dir
 from archscale.train.sweep import sweep
@@ -98,7 +98,7 @@ def main() -> None:
     lines = [f"runs: {len(frame)} ({', '.join(f'{count} at {size}' for size, count in counts.items())}); "
              f"their training took {training_min:.1f} min at the tokens/s each run logged"]
     study = run_study(frame, "conditional-mult", progressive=True, source=str(runs))
-    save_json(study.to_json(), results / "cond.json")
+    write_json(results / "cond.json", study.to_json())
     plot_study(study, results / "cond.png")
     optimum = study.fitted.optimum()
     params = study.fit.params
@@ -128,7 +128,7 @@ def main() -> None:
                      f"heads {int(top.n_heads)}/{int(top.n_kv_heads)}, d_ff {int(top.d_ff)}, r {top.r:.2f}, "
                      f"{top.tokens_per_s:,.0f} tokens/s estimated")
         plot_search(result, spec, results / "pareto.png")
-        save_json({"top_k": json.loads(result.top_k.to_json(orient="records")), "target": result.target.loss}, results / "search.json")
+        write_json(results / "search.json", {"top_k": result.top_k.to_dict("records"), "target": result.target.loss})
     else:
         lines.append("search skipped: the fitted law has no interior optimum in x or r on these runs")
     summary = "\n".join(lines)

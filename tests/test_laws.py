@@ -6,7 +6,6 @@ from scipy.optimize import minimize_scalar
 
 from archscale.errors import UserError
 from archscale.laws import LAWS, factor_optimum, get_law, u_factor
-from conftest import DATA
 
 PAPER_1B = dict(a0=2.697, a1=0.0974, a2=0.0078, b0=0.3870, b1=0.0063, b2=0.0065)
 

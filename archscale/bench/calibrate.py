@@ -16,7 +16,6 @@ move any estimate and the data cannot say what it is.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +24,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from archscale.files import read_json
 from archscale.bench.records import BYTES_PER_ELEMENT, MEASURED_BACKENDS
 from archscale.cost.gpus import GPU, load_gpu
 from archscale.cost.roofline import Efficiency, Workload, estimate_throughput_many
 from archscale.errors import UserError
+from archscale.files import jsonable, read_json, write_json
 
 BOUNDS = (0.05, 1.0)
 STARTS = ((0.7, 0.9), (0.3, 0.3), (0.9, 0.1), (0.1, 0.9), (0.5, 0.5))
@@ -89,8 +88,7 @@ class CalibrationResult:
             "mean_abs_rel_err_before": self.mean_abs_rel_err_before,
             "max_abs_rel_err_after": self.max_abs_rel_err_after,
             "mean_abs_rel_err_after": self.mean_abs_rel_err_after,
-            "rows": [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-                     for row in self.rows.to_dict("records")],
+            "rows": jsonable(self.rows.to_dict("records")),
         }
 
 
@@ -175,10 +173,8 @@ def calibrate(results: pd.DataFrame, gpu: str | GPU, gpu_file: str | Path | None
 
 
 def save_calibration(result: CalibrationResult, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
-    return path
+    write_json(path, result.to_dict())
+    return Path(path)
 
 
 def load_efficiency(path: str | Path) -> Efficiency:

@@ -47,15 +47,9 @@ def _root(
 
 def print_json(payload: Any) -> None:
     """Write a JSON document to stdout (for ``--json``)."""
-    sys.stdout.write(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    from archscale.files import jsonable
 
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"cannot serialise {type(value).__name__}")
+    sys.stdout.write(json.dumps(jsonable(payload), indent=2) + "\n")
 
 
 def _register_commands() -> None:

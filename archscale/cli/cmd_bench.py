@@ -24,6 +24,7 @@ from rich.table import Table
 from archscale.cli import app, console, print_json
 from archscale.cli.options import parse_int_list
 from archscale.errors import UserError
+from archscale.files import jsonable
 
 DEFAULT_STORE = Path("bench.sqlite")
 EPILOG = (
@@ -186,11 +187,7 @@ def _show_mode(out, backend, gpu, gpu_file, export, as_json) -> None:
 
 
 def _json_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    rows = []
-    for row in frame.to_dict("records"):
-        rows.append({k: (None if isinstance(v, float) and math.isnan(v) else (v.item() if hasattr(v, "item") else v))
-                     for k, v in row.items()})
-    return rows
+    return jsonable(frame.to_dict("records"))
 
 
 def _number(value: Any, digits: str = ",.0f") -> str:

@@ -15,9 +15,10 @@ from rich.table import Table
 from archscale.cli import app, console, print_json
 from archscale.cli.options import format_count
 from archscale.errors import UserError
+from archscale.files import write_json
 from archscale.laws import LAWS
 from archscale.runs import load_runs, parse_column_map
-from archscale.study import Study, load_fit, run_study, save_json
+from archscale.study import Study, load_fit, run_study
 
 
 
@@ -107,7 +108,7 @@ def fit(
 
         plot_study(study, plot)
     if out:
-        save_json(document, out)
+        write_json(out, document)
     if as_json:
         print_json(document)
         return

@@ -10,43 +10,37 @@ import typer
 from rich.table import Table
 
 from archscale.arch import load_architecture
+from archscale.bench.store import load_results
 from archscale.cli import app, console, print_json
 from archscale.cli.options import format_count, parse_count, parse_int_list
 from archscale.cost.gpus import load_gpu
 from archscale.cost.roofline import Workload
 from archscale.errors import UserError
-from archscale.bench.store import load_results
+from archscale.files import write_json
 from archscale.runs import load_runs
 from archscale.search import SearchResult, SearchSpec, best_at_gqa, emit_configs, search
-from archscale.study import load_fit, save_json
+from archscale.study import load_fit
 
 TOP_COLUMNS = ["rank", "d_model", "n_heads", "n_kv_heads", "d_ff", "N", "x", "r", "gqa", "predicted_loss",
                "loss_source", "tokens_per_s", "output_tokens_per_s", "throughput_source", "memory_gb", "gqa_variants"]
 
 
 def _records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
-    present = [c for c in columns if c in frame.columns]
-    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in frame[present].to_dict("records")]
+    return frame[[c for c in columns if c in frame.columns]].to_dict("records")
 
 
 def result_document(result: SearchResult, spec: SearchSpec) -> dict[str, Any]:
-    """The JSON written by ``--out`` and printed by ``--json``."""
-    def clean(row: dict[str, Any] | None) -> dict[str, Any] | None:
-        if row is None:
-            return None
-        return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()
-                if isinstance(v, (int, float, str, bool)) or hasattr(v, "item")}
-
+    """The JSON written by ``--out`` and printed by ``--json`` (numpy values are converted on writing)."""
     return {
         "budget": {"n": spec.n, "tokens": spec.tokens, "n_layers": spec.n_layers, "d_head": spec.d_head},
         "hardware": {"gpu": spec.gpu.name, "tp": spec.tp},
         "workload": {"batch_size": spec.workload.batch_size, "input_len": spec.workload.input_len,
                      "output_len": spec.workload.output_len},
         "loss_units": "relative to L_opt" if result.relative else "nats/token",
-        "target": {"loss": result.target.loss, "source": result.target.source, "reference": clean(result.target.reference)},
+        "target": {"loss": result.target.loss, "source": result.target.source, "reference": result.target.reference},
         "continuous_optimum": result.continuous_optimum,
-        "best_discrete": clean(result.best_discrete),
-        "best_discrete_gqa4": clean(best_at_gqa(result, 4)),
+        "best_discrete": result.best_discrete,
+        "best_discrete_gqa4": best_at_gqa(result, 4),
         "n_candidates": len(result.candidates),
         "n_feasible": int(result.candidates["feasible"].sum()),
         "top_k": _records(result.top_k, TOP_COLUMNS),
@@ -147,7 +141,7 @@ def search_command(
     if emit:
         document["emitted"] = [str(p) for p in emit_configs(result, spec, emit)]
     if out:
-        save_json(document, out)
+        write_json(out, document)
     if as_json:
         print_json(document)
         return
