@@ -179,6 +179,14 @@ def law_inputs(law: Law, frame: pd.DataFrame, reference: FittedLaw | None, sourc
     return columns
 
 
+def check_reference(law: Law, reference: FittedLaw) -> None:
+    """A reference law supplies ``L_opt(N, D)``: only conditional laws use one, and it must be a Chinchilla fit."""
+    if law.name not in CONDITIONAL:
+        raise UserError(f"--reference only applies to the conditional laws ({', '.join(CONDITIONAL)}), not {law.name}")
+    if reference.law.name not in ("chinchilla", "chinchilla-tied"):
+        raise UserError(f"--reference {reference.source}: must be a chinchilla fit, got law {reference.law.name}")
+
+
 def run_study(
     frame: pd.DataFrame,
     law_name: str,
@@ -195,10 +203,8 @@ def run_study(
 ) -> Study:
     """Fit ``law_name`` on the selected, non-held-out rows and evaluate it everywhere."""
     law = get_law(law_name)
-    if reference is not None and law.name not in CONDITIONAL:
-        raise UserError(f"--reference only applies to the conditional laws ({', '.join(CONDITIONAL)}), not {law.name}")
-    if reference is not None and reference.law.name not in ("chinchilla", "chinchilla-tied"):
-        raise UserError(f"--reference {reference.source}: must be a chinchilla fit, got law {reference.law.name}")
+    if reference is not None:
+        check_reference(law, reference)
     frame = frame[select(frame, where, "--where").to_numpy()].reset_index(drop=True)
     if frame.empty:
         raise UserError(f"--where {where!r}: selects no rows of {source}")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -100,8 +101,10 @@ def fit(
     """Fit a scaling law to a table of training runs and say how well it predicts held-out runs."""
     frame = load_runs(runs, parse_column_map(col))
     fitted_reference = load_fit(reference) if reference else None
-    study = _run_with_progress(frame, law, loss, where, holdout, fitted_reference, parse_fixed(fix), bootstrap,
-                               progressive, max_evals, str(runs), quiet=as_json)
+    with _bootstrap_bar(bootstrap, quiet=as_json) as progress:
+        study = run_study(frame, law, objective=loss, where=where, holdout=holdout, reference=fitted_reference,
+                          fixed=parse_fixed(fix), bootstrap_samples=bootstrap, progressive=progressive,
+                          max_evals=max_evals, source=str(runs), progress=progress)
     document = study.to_json()
     if plot:
         from archscale.plots import plot_study
@@ -118,17 +121,17 @@ def fit(
             console.print(f"wrote {label}: {path}")
 
 
-def _run_with_progress(frame: pd.DataFrame, law: str, loss: str, where, holdout, reference, fixed, samples: int,
-                       progressive: bool, max_evals, source: str, quiet: bool) -> Study:
-    """Run the study, with a progress bar over bootstrap resamples when there are any."""
+@contextlib.contextmanager
+def _bootstrap_bar(samples: int, quiet: bool) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar over bootstrap resamples (on stderr), or no callback when there is nothing to show."""
     if not samples or quiet:
-        return run_study(frame, law, loss, where, holdout, reference, fixed, samples, progressive, max_evals, source)
+        yield None
+        return
     from rich.progress import Progress
 
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("bootstrap", total=samples)
-        return run_study(frame, law, loss, where, holdout, reference, fixed, samples, progressive, max_evals, source,
-                         progress=lambda n: bar.advance(task, n))
+        yield lambda n: bar.advance(task, n)
 
 
 @app.command(epilog="Example: archscale predict data/fits/dissertation_1b_mult.json --n 1e9 --d 1e11 --d-model 2560 --ratio 1.07")

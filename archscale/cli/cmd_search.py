@@ -19,7 +19,7 @@ from archscale.errors import UserError
 from archscale.files import write_json
 from archscale.runs import load_runs
 from archscale.search import SearchResult, SearchSpec, best_at_gqa, emit_configs, search
-from archscale.study import load_fit
+from archscale.study import check_reference, load_fit
 
 TOP_COLUMNS = ["rank", "d_model", "n_heads", "n_kv_heads", "d_ff", "N", "x", "r", "gqa", "predicted_loss",
                "loss_source", "tokens_per_s", "output_tokens_per_s", "throughput_source", "memory_gb", "gqa_variants"]
@@ -120,11 +120,8 @@ def search_command(
         raise UserError(f"--r-min {r_min} must be below --r-max {r_max}")
     fitted = load_fit(fit)
     if reference is not None:
-        if "L_opt" not in fitted.law.columns:
-            raise UserError(f"--reference applies to conditional laws; {fit} is law {fitted.law.name}")
         fitted.reference = load_fit(reference)
-        if fitted.reference.law.name not in ("chinchilla", "chinchilla-tied"):
-            raise UserError(f"--reference {reference}: must be a chinchilla fit, got law {fitted.reference.law.name}")
+        check_reference(fitted.law, fitted.reference)
     spec = SearchSpec(n=n, tokens=tokens, n_layers=layers, d_head=head_dim, gpu=load_gpu(gpu, gpu_file),
                       workload=Workload(batch, input_len, output_len), tp=tp, tolerance=tolerance, r_range=(r_min, r_max),
                       gqa_values=parse_int_list(gqa, "--gqa"), vocab_size=vocab, tie_embeddings=tie_embeddings,
