@@ -106,8 +106,13 @@ def check_searchable(fitted: FittedLaw) -> None:
                         f"but this fit is law {fitted.law.name!r}, which cannot tell shapes of one size apart")
 
 
-def predict_loss(fitted: FittedLaw, shapes: pd.DataFrame, tokens: float) -> tuple[np.ndarray, bool]:
-    """Predicted loss of each shape at ``tokens``; ``relative`` when the law has no reference for ``L_opt``.
+def losses_are_relative(fitted: FittedLaw) -> bool:
+    """A conditional law without a reference law for ``L_opt`` predicts losses relative to ``L_opt``."""
+    return "L_opt" in fitted.law.columns and fitted.reference is None
+
+
+def predict_loss(fitted: FittedLaw, shapes: pd.DataFrame, tokens: float) -> np.ndarray:
+    """Predicted loss of each shape at ``tokens`` (relative, see :func:`losses_are_relative`).
 
     Without a reference law, a conditional law can still rank shapes: it
     predicts ``L / L_opt`` (multiplicative) or ``L - L_opt`` (additive),
@@ -120,10 +125,10 @@ def predict_loss(fitted: FittedLaw, shapes: pd.DataFrame, tokens: float) -> tupl
         "r": shapes["r"].to_numpy(float),
         "R": (shapes["d_model"] / shapes["n_layers"]).to_numpy(float),
     })
-    if "L_opt" in fitted.law.columns and fitted.reference is None:
+    if losses_are_relative(fitted):
         neutral = 1.0 if fitted.law.name == "conditional-mult" else 0.0
-        return fitted.predict(frame, l_opt=np.full(len(frame), neutral)), True
-    return fitted.predict(frame), False
+        return fitted.predict(frame, l_opt=np.full(len(frame), neutral))
+    return fitted.predict(frame)
 
 
 def shape_row(arch: Architecture) -> dict[str, Any]:
@@ -147,7 +152,7 @@ def resolve_target(fitted: FittedLaw, spec: SearchSpec, relative: bool, optimum_
         return Target(float(target_loss), "--target-loss")
     if match is not None:
         row = pd.DataFrame([shape_row(match)])
-        loss, _ = predict_loss(fitted, row, spec.tokens)
+        loss = predict_loss(fitted, row, spec.tokens)
         throughput = estimate_throughput_many(row, spec.gpu, spec.workload, spec.tp, spec.efficiency).iloc[0]
         reference = {**shape_row(match), "name": match.name, "predicted_loss": float(loss[0]),
                      "tokens_per_s": float(throughput["tokens_per_s"]),
@@ -169,7 +174,7 @@ def continuous_optimum(fitted: FittedLaw, spec: SearchSpec) -> dict[str, float]:
     if optimum and all(math.isfinite(v) for v in optimum.values()) and {"x", "r"} <= set(optimum):
         frame = pd.DataFrame({"N": [spec.n], "x": [optimum["x"]], "r": [optimum["r"]],
                               "d_model": [optimum.get("d_model", 0.0)], "n_layers": [spec.n_layers]})
-        loss, _ = predict_loss(fitted, frame, spec.tokens)
+        loss = predict_loss(fitted, frame, spec.tokens)
         optimum["predicted_loss"] = float(loss[0])
     return optimum
 
@@ -287,7 +292,7 @@ def search(
 ) -> SearchResult:
     """Solve ``max throughput s.t. predicted loss <= target`` over the candidate shapes."""
     check_searchable(fitted)
-    relative = "L_opt" in fitted.law.columns and fitted.reference is None
+    relative = losses_are_relative(fitted)
     # Relative losses do not see that a smaller N trains to a higher loss: hold the budget tighter then.
     tolerance = spec.tolerance if spec.tolerance is not None else (0.02 if relative else 0.05)
     candidates = generate_candidates(spec.n, spec.n_layers, spec.d_head, tolerance=tolerance,
@@ -295,8 +300,7 @@ def search(
                                      strict_hf=spec.strict_hf, vocab_size=spec.vocab_size, d_multiple=spec.d_multiple,
                                      ff_multiple=spec.ff_multiple).reset_index(drop=True)
     candidates["tie_embeddings"] = spec.tie_embeddings
-    loss, _ = predict_loss(fitted, candidates, spec.tokens)
-    candidates["predicted_loss"] = loss
+    candidates["predicted_loss"] = predict_loss(fitted, candidates, spec.tokens)
     candidates = apply_measured_losses(candidates, runs, spec.tokens)
     throughput = estimate_throughput_many(candidates, spec.gpu, spec.workload, spec.tp, spec.efficiency)
     candidates = pd.concat([candidates, throughput], axis=1)

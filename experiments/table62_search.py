@@ -37,7 +37,7 @@ def paper_model(name: str, fit, spec: SearchSpec) -> dict:
     from archscale.cost.roofline import estimate_throughput_many
 
     frame = pd.DataFrame([shape_row(load_architecture(name))])
-    loss, _ = predict_loss(fit, frame, spec.tokens)
+    loss = predict_loss(fit, frame, spec.tokens)
     speed = estimate_throughput_many(frame, spec.gpu, spec.workload).iloc[0]["tokens_per_s"]
     return {**frame.iloc[0].to_dict(), "predicted_loss": float(loss[0]), "tokens_per_s": float(speed)}
 
