@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from archscale.files import atomic_file
 from archscale.arch import mlp_attention_ratio
 from archscale.errors import UserError
+from archscale.files import atomic_file
 
 REQUIRED = ("N", "D", "loss")
 SHAPE = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff", "vocab")

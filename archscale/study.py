@@ -16,9 +16,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from archscale.files import jsonable, read_json
 from archscale import __version__
 from archscale.errors import UserError
+from archscale.files import jsonable, read_json
 from archscale.fitting import FitResult, bootstrap, evaluate, fit_law
 from archscale.laws import CONDITIONAL, Law, get_law
 from archscale.runs import require_columns

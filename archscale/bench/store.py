@@ -22,6 +22,7 @@ import pandas as pd
 
 from archscale.bench.records import COLUMN_TYPES, COLUMNS, MEASURED_BACKENDS
 from archscale.errors import UserError
+from archscale.files import atomic_file
 
 TABLE = "results"
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
@@ -188,7 +189,6 @@ def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
 def export_csv(path: str | Path, out_csv: str | Path) -> int:
     """Write the whole store as CSV (for committing results to git); returns the row count."""
     frame = load_results(path)
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out_csv, index=False)
+    with atomic_file(out_csv) as handle:
+        frame.to_csv(handle, index=False)
     return len(frame)

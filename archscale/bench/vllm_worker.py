@@ -31,8 +31,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from archscale.files import write_text
 from archscale.bench.records import summarize_repeats
+from archscale.files import write_text
 
 PROGRESS_PREFIX = "@@archscale-progress@@"
 WARMUP_OUTPUT_TOKENS = 16

@@ -16,6 +16,7 @@ from archscale.cli.options import parse_count, parse_int_list
 from archscale.cost.gpus import load_gpu
 from archscale.cost.roofline import Workload, estimate_throughput
 from archscale.errors import UserError
+from archscale.files import atomic_file
 
 def human(value: float, unit: str = "") -> str:
     """973_140_480 -> '973.1M' (tables are read by people; --json keeps exact values)."""
@@ -127,11 +128,11 @@ def _write_table(frame: pd.DataFrame, out: Path) -> None:
     """CSV or Parquet by extension; the parent folder is created."""
     suffix = out.suffix.lower()
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if suffix == ".csv":
-            frame.to_csv(out, index=False)
-        else:
-            frame.to_parquet(out, index=False)
+        with atomic_file(out, "w" if suffix == ".csv" else "wb") as handle:
+            if suffix == ".csv":
+                frame.to_csv(handle, index=False)
+            else:
+                frame.to_parquet(handle, index=False)
     except OSError as exc:
         raise UserError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
 

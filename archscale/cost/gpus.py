@@ -21,8 +21,8 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from archscale.files import read_json
 from archscale.errors import UserError
+from archscale.files import read_json
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from archscale.files import atomic_file
 from archscale.errors import UserError
+from archscale.files import atomic_file
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

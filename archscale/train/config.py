@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from archscale.files import read_json
 from archscale.arch import Architecture
 from archscale.errors import UserError
+from archscale.files import read_json, write_json, write_text
 
 CONFIG_FILE = "config.json"
 TRAIN_FILE = "train.json"
@@ -115,7 +115,7 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
+        write_text(path, self.to_json())
 
     @classmethod
     def from_dict(cls, data: Any, source: str = TRAIN_FILE) -> "TrainConfig":
@@ -240,7 +240,7 @@ def write_config_dir(path: str | Path, arch: Architecture, train_config: TrainCo
     """Write a config directory (``config.json``, and ``train.json`` when given); for tests and scripts."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    (path / CONFIG_FILE).write_text(json.dumps(arch.to_hf_config(), indent=2) + "\n")
+    write_json(path / CONFIG_FILE, arch.to_hf_config())
     if train_config is not None:
         train_config.validate()
         train_config.save(path / TRAIN_FILE)

@@ -20,8 +20,8 @@ from typing import Mapping
 
 import torch
 
-from archscale.files import atomic_file
 from archscale.errors import UserError
+from archscale.files import atomic_file, write_json
 from archscale.train.checkpoint import checkpoint_path, load_checkpoint
 from archscale.train.config import CONFIG_FILE
 
@@ -95,5 +95,5 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, dtype: str = "float32") 
     hf_config["torch_dtype"] = dtype
     out_dir.mkdir(parents=True, exist_ok=True)
     write_safetensors(out_dir / SAFETENSORS_FILE, tensors, {"format": "pt"})
-    (out_dir / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
+    write_json(out_dir / CONFIG_FILE, hf_config)
     return out_dir / SAFETENSORS_FILE

@@ -39,9 +39,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from archscale.files import write_text
 from archscale.arch import Architecture
 from archscale.errors import UserError
+from archscale.files import write_text
 from archscale.model import Transformer
 from archscale.runs import SHAPE, append_run
 from archscale.train.checkpoint import (
