@@ -23,9 +23,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-import lmfit
 import numpy as np
-from scipy import stats
 
 from archscale.errors import UserError
 from archscale.laws.base import Columns, Law, Param, normalised
@@ -131,6 +129,8 @@ def start_grid(problem: _Problem) -> np.ndarray:
 
 def _polish(problem: _Problem, theta0: np.ndarray, max_evals: int | None) -> tuple[np.ndarray, bool, np.ndarray | None]:
     """Run LM (or Huber trust-region) from one start; return (theta, converged, covariance)."""
+    import lmfit  # half a second to import: only verbs that fit pay for it
+
     parameters = lmfit.Parameters()
     for index, (param, value) in enumerate(zip(problem.free, theta0)):
         low, high = _internal_bounds(param)
@@ -313,6 +313,8 @@ def evaluate(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float | int
     errors = predicted - actual
     relative = np.abs(errors) / actual
     total = np.sum((actual - actual.mean()) ** 2)
+    from scipy import stats  # imported here: every CLI call loads this module, few evaluate
+
     spearman = None
     if n >= 2 and np.ptp(actual) > 0 and np.ptp(predicted) > 0:
         spearman = float(stats.spearmanr(actual, predicted).statistic)
