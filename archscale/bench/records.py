@@ -8,7 +8,9 @@ matches on (``n_layers .. d_ff``) plus ``gpu``, the workload and ``tokens_per_s`
 
 ``tokens_per_s`` is *total* tokens (prompt + generated) per second of the
 batch, as vLLM's throughput benchmark reports it; ``output_tokens_per_s``
-counts generated tokens only.
+counts generated tokens only. ``threads`` is the number of CPU threads the
+measuring process computed with (torch intra-op threads, or vLLM's CPU worker
+threads); None where it does not apply (GPU runs, estimates).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ COLUMN_TYPES: tuple[tuple[str, str], ...] = (
     ("device_name", "TEXT"),
     ("dtype", "TEXT"),
     ("tp", "INTEGER"),
+    ("threads", "INTEGER"),
     ("batch_size", "INTEGER"),
     ("input_len", "INTEGER"),
     ("output_len", "INTEGER"),
