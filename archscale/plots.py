@@ -157,31 +157,34 @@ def plot_search(result: Any, spec: Any, path: str | Path, batch_sizes: tuple[int
     memory, the feasible set coloured, the Pareto frontier drawn as a line,
     the target loss and the matched reference architecture marked, the top-k
     labelled. Right: estimated throughput against batch size for the top-k and
-    the reference (the roofline at each batch size).
+    the reference (the search's throughput model at each batch size). Both
+    panels plot output tokens/s and name the profile behind the estimate.
     """
-    from archscale.cost.roofline import Workload, estimate_throughput_many
+    from archscale.cost.serving import Workload
+
+    source = result.throughput_model.label if result.throughput_model is not None else "estimate"
 
     candidates = result.candidates[result.candidates["fits"]]
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
     infeasible = candidates[~candidates["feasible"]]
     feasible = candidates[candidates["feasible"]]
-    left.scatter(infeasible["tokens_per_s"], infeasible["predicted_loss"], s=3, color="0.8", label=f"over target ({len(infeasible):,})", rasterized=True)
-    left.scatter(feasible["tokens_per_s"], feasible["predicted_loss"], s=3, color="tab:blue", alpha=0.4, label=f"feasible ({len(feasible):,})", rasterized=True)
+    left.scatter(infeasible["output_tokens_per_s"], infeasible["predicted_loss"], s=3, color="0.8", label=f"over target ({len(infeasible):,})", rasterized=True)
+    left.scatter(feasible["output_tokens_per_s"], feasible["predicted_loss"], s=3, color="tab:blue", alpha=0.4, label=f"feasible ({len(feasible):,})", rasterized=True)
     frontier = result.frontier
-    left.plot(frontier["tokens_per_s"], frontier["predicted_loss"], color="tab:red", lw=2, marker="o", ms=3, zorder=7,
+    left.plot(frontier["output_tokens_per_s"], frontier["predicted_loss"], color="tab:red", lw=2, marker="o", ms=3, zorder=7,
               label=f"Pareto frontier ({len(frontier)} shape{'s' if len(frontier) != 1 else ''})")
     left.axhline(result.target.loss, color="black", ls="--", lw=1, label=f"target loss ({result.target.source})")
     reference = result.target.reference
     if reference:
-        left.scatter([reference["tokens_per_s"]], [reference["predicted_loss"]], marker="*", s=250, color="gold",
+        left.scatter([reference["output_tokens_per_s"]], [reference["predicted_loss"]], marker="*", s=250, color="gold",
                      edgecolor="black", zorder=5, label=f"reference: {reference['name']}")
     for row in result.top_k.itertuples():
-        left.scatter([row.tokens_per_s], [row.predicted_loss], marker="D", s=50, color="tab:green", edgecolor="black", zorder=6,
+        left.scatter([row.output_tokens_per_s], [row.predicted_loss], marker="D", s=50, color="tab:green", edgecolor="black", zorder=6,
                      label=f"#{row.rank}: d={row.d_model}, heads {row.n_heads}/{row.n_kv_heads}, d_ff {row.d_ff}, r={row.r:.2f}")
-        left.annotate(f"#{row.rank}", (row.tokens_per_s, row.predicted_loss), xytext=(-4, 6 + 9 * (row.rank - 1)),
+        left.annotate(f"#{row.rank}", (row.output_tokens_per_s, row.predicted_loss), xytext=(-4, 6 + 9 * (row.rank - 1)),
                       textcoords="offset points", fontsize=8, ha="right")
     unit = "loss / $L_{opt}$ (relative)" if result.relative else "predicted loss (nats/token)"
-    left.set_xlabel(f"estimated throughput (total tokens/s; {spec.gpu.name}, batch {spec.workload.batch_size}, "
+    left.set_xlabel(f"output tokens/s ({source}; {spec.gpu.name}, batch {spec.workload.batch_size}, "
                     f"{spec.workload.input_len} in / {spec.workload.output_len} out)")
     left.set_ylabel(unit)
     left.set_title(f"N = {spec.n:.3g} non-embedding params, D = {spec.tokens:.3g} tokens, {spec.n_layers} layers", fontsize=10)
@@ -199,14 +202,14 @@ def plot_search(result: Any, spec: Any, path: str | Path, batch_sizes: tuple[int
 
     for label, row in rows:
         shape = pd.DataFrame([{k: row[k] for k in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff", "vocab", "tie_embeddings")}])
-        throughput = [estimate_throughput_many(shape, spec.gpu, Workload(b, spec.workload.input_len, spec.workload.output_len),
-                                               spec.tp, spec.efficiency).iloc[0] for b in batch_sizes]
+        throughput = [spec.estimate(shape, Workload(b, spec.workload.input_len, spec.workload.output_len)).iloc[0]
+                      for b in batch_sizes]
         style = dict(ls="--", color="black") if label.startswith("reference") else {}
-        right.plot(batch_sizes, [t["tokens_per_s"] for t in throughput], marker="o", label=label, **style)
+        right.plot(batch_sizes, [t["output_tokens_per_s"] for t in throughput], marker="o", label=label, **style)
     right.set_xscale("log", base=2)
     right.set_xlabel("batch size (concurrent requests)")
-    right.set_ylabel("estimated throughput (total tokens/s)")
-    right.set_title(f"roofline estimate vs batch size, {spec.gpu.name}", fontsize=10)
+    right.set_ylabel("estimated output tokens/s")
+    right.set_title(f"{source} vs batch size, {spec.gpu.name}", fontsize=10)
     right.legend(fontsize=8)
     right.grid(alpha=0.3)
     right.yaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))

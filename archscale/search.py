@@ -5,9 +5,10 @@ Given a parameter budget N, a token budget D and a fitted architecture law:
 1. enumerate shapes at that budget (:mod:`archscale.candidates`);
 2. predict each shape's loss with the law, or take a measured loss from the
    runs table when one exists for that exact shape and budget;
-3. estimate each shape's serving throughput with the roofline, or take a
-   measured one from a bench results file when it has that shape, GPU and
-   workload;
+3. estimate each shape's serving throughput with the serving model and the
+   calibration profile for the engine and device (the uncalibrated roofline
+   when there is none), or take a measured one from a bench results file when
+   it has that shape, GPU and workload;
 4. keep the shapes whose predicted loss is within the target and whose
    weights and KV cache fit, rank them by throughput, and report the
    loss-vs-throughput Pareto frontier and the top-k (predict, rank, select).
@@ -34,7 +35,8 @@ import pandas as pd
 from archscale.arch import Architecture
 from archscale.candidates import architecture_from_row, generate_candidates
 from archscale.cost.gpus import GPU
-from archscale.cost.roofline import Efficiency, Workload, estimate_throughput_many
+from archscale.cost.profiles import Profile
+from archscale.cost.serving import Workload, check_tensor_parallel
 from archscale.errors import UserError
 from archscale.files import write_json
 from archscale.laws import CONDITIONAL
@@ -66,7 +68,15 @@ class SearchSpec:
     strict_hf: bool = False
     d_multiple: int = 128  # hardware-friendly widths; tiny CPU models want finer steps
     ff_multiple: int = 64
-    efficiency: Efficiency = field(default_factory=Efficiency)
+    profile: Profile | None = None  # None: the uncalibrated roofline on ``gpu``
+
+    @property
+    def throughput_model(self) -> Profile:
+        """The profile estimates come from (the uncalibrated roofline on ``gpu`` when none was given)."""
+        return self.profile or Profile.uncalibrated(self.gpu)
+
+    def estimate(self, shapes: pd.DataFrame, workload: Workload | None = None) -> pd.DataFrame:
+        return self.throughput_model.estimate(shapes, workload or self.workload, self.tp)
 
 
 @dataclass
@@ -87,6 +97,22 @@ class SearchResult:
     top_k: pd.DataFrame
     relative: bool
     notes: list[str]
+    throughput_model: Profile | None = None
+
+    def speedup_source(self, row: Any) -> str:
+        """Where a row's speedup over the reference comes from: measurements, or the profile that estimated both."""
+        reference = self.target.reference or {}
+        measured = (getattr(row, "throughput_source", None) == "measured",
+                    reference.get("throughput_source") == "measured")
+        if all(measured):
+            return "measured"
+        if any(measured):
+            return "one measured, one estimated"
+        model = self.throughput_model
+        if model is None or not model.calibrated:
+            return "uncalibrated roofline"
+        error = model.heldout_speedup_points
+        return f"profile {model.name}" + (f" (held-out speedup error {error:.1f} points)" if error is not None else "")
 
     @property
     def feasible(self) -> pd.DataFrame:
@@ -151,12 +177,14 @@ def resolve_target(fitted: FittedLaw, spec: SearchSpec, relative: bool, optimum_
             raise UserError(f"--target-loss must be positive, got {target_loss}")
         return Target(float(target_loss), "--target-loss")
     if match is not None:
+        check_tensor_parallel(match.n_heads, match.n_kv_heads, spec.tp, f"--match {match.name}")
         row = pd.DataFrame([shape_row(match)])
         loss = predict_loss(fitted, row, spec.tokens)
-        throughput = estimate_throughput_many(row, spec.gpu, spec.workload, spec.tp, spec.efficiency).iloc[0]
+        throughput = spec.estimate(row).iloc[0]
         reference = {**shape_row(match), "name": match.name, "predicted_loss": float(loss[0]),
                      "tokens_per_s": float(throughput["tokens_per_s"]),
-                     "output_tokens_per_s": float(throughput["output_tokens_per_s"]), "fits": bool(throughput["fits"])}
+                     "output_tokens_per_s": float(throughput["output_tokens_per_s"]), "fits": bool(throughput["fits"]),
+                     "throughput_source": "estimate"}
         return Target(float(loss[0]), f"--match {match.name}", reference)
     slack = 0.01 if slack is None else slack
     if not 0 <= slack < 1:
@@ -198,7 +226,8 @@ def apply_measured_losses(candidates: pd.DataFrame, runs: pd.DataFrame | None, t
     same_budget = runs[(runs["D"] / tokens - 1).abs() <= 0.10].dropna(subset=SHAPE_COLUMNS)
     if same_budget.empty:
         return candidates
-    return _override(candidates, same_budget.groupby(_shape_key(same_budget))["loss"].min(), "predicted_loss", "loss_source")
+    measured = same_budget.groupby(_shape_key(same_budget))["loss"].min().rename("predicted_loss")
+    return _override(candidates, measured, "loss_source")
 
 
 def apply_measured_throughput(candidates: pd.DataFrame, bench: pd.DataFrame | None, spec: SearchSpec) -> pd.DataFrame:
@@ -206,7 +235,7 @@ def apply_measured_throughput(candidates: pd.DataFrame, bench: pd.DataFrame | No
 
     ``bench`` holds measurements only (``archscale.bench.store.load_results(path, measured_only=True)``).
     """
-    candidates["throughput_source"] = "roofline"
+    candidates["throughput_source"] = "estimate"
     if bench is None:
         return candidates
     needed = SHAPE_COLUMNS + ["gpu", "batch_size", "input_len", "output_len", "tokens_per_s"]
@@ -217,19 +246,26 @@ def apply_measured_throughput(candidates: pd.DataFrame, bench: pd.DataFrame | No
                  & (bench["batch_size"] == spec.workload.batch_size)
                  & (bench["input_len"] == spec.workload.input_len)
                  & (bench["output_len"] == spec.workload.output_len)
-                 & bench["tokens_per_s"].notna()]
+                 & bench["tokens_per_s"].notna()].copy()
+    # the same workload fixes the ratio of the two units; a table with only the total still gives the output rate
+    share = spec.workload.output_len / (spec.workload.input_len + spec.workload.output_len)
+    given = rows["output_tokens_per_s"] if "output_tokens_per_s" in rows else pd.Series(np.nan, index=rows.index)
+    rows["output_tokens_per_s"] = given.fillna(rows["tokens_per_s"] * share)
     if "tp" in rows.columns:
         rows = rows[rows["tp"] == spec.tp]
     if rows.empty:
         return candidates
-    return _override(candidates, rows.groupby(_shape_key(rows))["tokens_per_s"].mean(), "tokens_per_s", "throughput_source")
+    means = rows.groupby(_shape_key(rows))[["tokens_per_s", "output_tokens_per_s"]].mean()
+    return _override(candidates, means, "throughput_source")
 
 
-def _override(candidates: pd.DataFrame, measured: pd.Series, column: str, source_column: str) -> pd.DataFrame:
-    """Replace ``column`` by the measured value for every candidate whose exact shape was measured."""
+def _override(candidates: pd.DataFrame, measured: pd.Series | pd.DataFrame, source_column: str) -> pd.DataFrame:
+    """Replace the measured columns by their values for every candidate whose exact shape was measured."""
     keys = _shape_key(candidates)
     hit = keys.isin(measured.index)
-    candidates.loc[hit, column] = keys[hit].map(measured).to_numpy()
+    frame = measured.to_frame() if isinstance(measured, pd.Series) else measured
+    for column in frame.columns:
+        candidates.loc[hit, column] = keys[hit].map(frame[column]).to_numpy()
     candidates.loc[hit, source_column] = "measured"
     return candidates
 
@@ -302,7 +338,7 @@ def search(
     candidates["tie_embeddings"] = spec.tie_embeddings
     candidates["predicted_loss"] = predict_loss(fitted, candidates, spec.tokens)
     candidates = apply_measured_losses(candidates, runs, spec.tokens)
-    throughput = estimate_throughput_many(candidates, spec.gpu, spec.workload, spec.tp, spec.efficiency)
+    throughput = spec.estimate(candidates)
     candidates = pd.concat([candidates, throughput], axis=1)
     candidates = apply_measured_throughput(candidates, bench, spec)
     # GQA variants of one shape share d_model, d_ff and the attention width n_heads + n_kv_heads
@@ -312,6 +348,9 @@ def search(
     best_index = candidates["predicted_loss"].idxmin()
     target = resolve_target(fitted, spec, relative, float(candidates.loc[best_index, "predicted_loss"]),
                             target_loss, match, slack)
+    if target.reference is not None and bench is not None:  # a measured reference beats its estimate too
+        measured = apply_measured_throughput(pd.DataFrame([target.reference]), bench, spec).iloc[0]
+        target.reference.update({k: measured[k] for k in ("tokens_per_s", "output_tokens_per_s", "throughput_source")})
     candidates["feasible"] = (candidates["predicted_loss"] <= target.loss + 1e-12) & candidates["fits"]
     candidates["on_frontier"] = False
     fitting = candidates["fits"].to_numpy()
@@ -344,6 +383,7 @@ def search(
         top_k=select_top_k(candidates[candidates["feasible"]], top_k),
         relative=relative,
         notes=notes,
+        throughput_model=spec.throughput_model,
     )
 
 

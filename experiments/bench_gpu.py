@@ -50,7 +50,8 @@ from archscale.bench.records import gpu_key_for_device, make_record, summarize_r
 from archscale.bench.store import append  # noqa: E402
 from archscale.bench.sweep import BenchOptions, Target, run_sweep  # noqa: E402
 from archscale.cost.gpus import GPUS, GPU  # noqa: E402
-from archscale.cost.roofline import Workload, estimate_throughput  # noqa: E402
+from archscale.cost.profiles import resolve_profile  # noqa: E402
+from archscale.cost.serving import Workload, estimate_throughput  # noqa: E402
 
 MODELS = ("llama-3.2-1b", "surefire-1b")
 BATCHES = (16, 32, 64, 128)
@@ -311,7 +312,7 @@ def summarize(frame: pd.DataFrame, gpu: GPU, bandwidth: float, args: argparse.Na
               hf_versions: set[str]) -> str:
     """The text summary: decode-limit check, Surefire/LLaMA ratios vs Table 6.3, then the throughput table (last)."""
     lines = [f"# {device_name}: {args.input_len} in / {args.output_len} out, tokens/s (total = batch x (in + out) / time)",
-             f"# transformers: {', '.join(sorted(hf_versions)) or 'not run'}; roofline at default efficiencies on {gpu.name}",
+             f"# transformers: {', '.join(sorted(hf_versions)) or 'not run'}; roofline: {resolve_profile(None, gpu, "vllm").label}",
              ""]
     ok = frame[frame["status"] == "ok"]
     for row in frame[frame["status"] != "ok"].itertuples():

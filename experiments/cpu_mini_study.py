@@ -27,7 +27,7 @@ import pandas as pd
 
 from archscale.candidates import architecture_from_row, generate_candidates
 from archscale.cost.gpus import load_gpu
-from archscale.cost.roofline import Workload
+from archscale.cost.serving import Workload
 from archscale.files import write_json
 from archscale.plots import plot_search, plot_study
 from archscale.runs import load_runs

@@ -69,22 +69,26 @@ print(published.params)
 print("optimum:", {k: round(v, 4) for k, v in published.optimum().items()}, "(the paper: x* = 0.080, r* = 1.032)")"""),
     ("md", """The optimum is the most *accurate* shape, not the fastest. Wider models and more MLP (higher `r`) read a
 smaller KV cache per token and serve faster. The search keeps every shape whose predicted loss is no worse than
-LLaMA-3.2-1B's and ranks them by throughput: the dissertation's Eq. 6.4. Throughput here is the analytic
-roofline on an H100 (no GPU needed); measured numbers replace it when a bench store has them."""),
+LLaMA-3.2-1B's and ranks them by throughput: the dissertation's Eq. 6.4. Throughput here is the serving model with
+the shipped vLLM profile for an H200 (fitted on the dissertation's measured LLaMA-3.2 rows; no GPU needed); measured
+numbers replace it when a bench store has them."""),
     ("code", """from archscale.arch import load_architecture
-from archscale.cost.gpus import load_gpu
-from archscale.cost.roofline import Workload
+from archscale.cost import Workload, load_gpu, resolve_profile
 from archscale.plots import plot_search
 from archscale.search import SearchSpec, best_at_gqa, search
 
-spec = SearchSpec(n=1e9, tokens=1e11, n_layers=16, d_head=64, gpu=load_gpu("h100-sxm"), workload=Workload(64, 4096, 1024))
+h200 = load_gpu("h200")
+spec = SearchSpec(n=1e9, tokens=1e11, n_layers=16, d_head=64, gpu=h200, workload=Workload(64, 4096, 1024),
+                  profile=resolve_profile(None, h200, "vllm"))
 result = search(published, spec, match=load_architecture("llama-3.2-1b"))
+print("throughput:", result.throughput_model.describe())
 panda = best_at_gqa(result, 4)
 print(f"best shape at GQA 4: d_model {panda['d_model']}, r {panda['r']:.2f}  (the paper's Panda-1B: 2560, 1.07)")
 print(f"target: loss/L_opt <= {result.target.loss:.4f} ({result.target.source}); "
       f"{int(result.candidates['feasible'].sum()):,} of {len(result.candidates):,} shapes qualify")
-speedup = result.top_k["tokens_per_s"] / result.target.reference["tokens_per_s"]
-result.top_k[["rank", "d_model", "n_heads", "n_kv_heads", "d_ff", "r", "gqa", "predicted_loss", "tokens_per_s"]].assign(vs_llama=speedup.round(2))"""),
+speedup = result.top_k["output_tokens_per_s"] / result.target.reference["output_tokens_per_s"]
+columns = ["rank", "d_model", "n_heads", "n_kv_heads", "d_ff", "r", "gqa", "predicted_loss", "output_tokens_per_s"]
+result.top_k[columns].assign(vs_llama=speedup.round(2))"""),
     ("code", """from IPython.display import Image, display
 
 display(Image(filename=str(plot_search(result, spec, WORK / "pareto.png"))))
@@ -114,10 +118,10 @@ for backend in ("torch", "roofline"):
     options = BenchOptions(backend=backend, batch_sizes=(1, 4), input_len=16, output_len=8, repeats=1,
                            gpu="h100-sxm" if backend == "roofline" else None, device="cpu")
     run_sweep(targets, options, store=store)
-load_results(store)[["name", "backend", "gpu", "batch_size", "tokens_per_s", "status"]]"""),
+load_results(store)[["name", "backend", "gpu", "batch_size", "tokens_per_s", "output_tokens_per_s", "profile", "status"]]"""),
     ("md", """The torch backend runs archscale's own model (the one the trainer trains) on this CPU; the roofline row is
-what an H100 would do by the analytic model. `archscale bench calibrate` fits the roofline's efficiencies to
-measured rows of one GPU.
+what an H100 would do by the serving model (`profile` says `uncalibrated`: no profile ships for the H100).
+`archscale bench calibrate` fits a profile to measured rows of one engine on one device.
 
 ## 4. Train one, append its row, refit
 

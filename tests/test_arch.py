@@ -138,11 +138,14 @@ def test_cli_arch_json(cli):
     assert rows[0]["gqa"] == 4 and rows[1]["r_mlp_attn"] == pytest.approx(3.0)
 
 
-def test_cli_arch_with_gpu_adds_a_roofline_estimate(cli):
+def test_cli_arch_with_gpu_adds_a_throughput_estimate_naming_its_source(cli):
     result = cli("arch", "surefire-1b", "--gpu", "H100-SXM", "--batch", "32", "--json")
     assert result.code == 0, result.err
-    estimate = json.loads(result.out)[0]["roofline"]
+    estimate = json.loads(result.out)[0]["throughput"]
     assert estimate["gpu"] == "h100-sxm" and estimate["fits"] is True and estimate["total_tokens_per_s"] > 0
+    assert estimate["profile"] == "uncalibrated"  # no profile ships for the H100
+    result = cli("arch", "surefire-1b", "--gpu", "h200", "--batch", "32", "--json")
+    assert json.loads(result.out)[0]["throughput"]["profile"] == "vllm-h200-bf16"
 
 
 def test_cli_arch_help_has_an_example(cli):

@@ -14,12 +14,10 @@ import pytest
 
 from archscale.arch import PRESETS, Architecture
 from archscale.bench import records as records_module
-from archscale.bench.calibrate import calibrate, load_efficiency, roofline_estimates
 from archscale.bench.records import COLUMNS, config_hash, gpu_key_for_device, make_record
 from archscale.bench.store import append, load_results
 from archscale.bench.sweep import BenchOptions, resolve_targets, run_sweep
 from archscale.cost.gpus import load_gpu
-from archscale.cost.roofline import Efficiency
 
 FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm"
 TINY_128 = Architecture(2, 128, 4, 2, 32, 256, vocab_size=512)
@@ -95,7 +93,7 @@ def test_show_json_and_csv_export_read_back(cli, tiny_dirs, tmp_path):
     assert shown.code == 0 and "surefire-1b" in shown.out and "roofline" in shown.out
     payload = json.loads(cli("bench", "--show", "--out", store, "--json").out)
     assert [row["batch_size"] for row in payload] == [16, 64, 16, 64]
-    assert all(row["efficiency_compute"] == 0.7 for row in payload)
+    assert all(row["profile"] == "uncalibrated" for row in payload)  # no h100-sxm profile is shipped
     csv_path = tmp_path / "bench.csv"
     assert cli("bench", "--show", "--out", store, "--export", csv_path).code == 0
     from_csv, from_store = load_results(csv_path), load_results(store)
@@ -106,7 +104,7 @@ def test_show_json_and_csv_export_read_back(cli, tiny_dirs, tmp_path):
 
 
 def test_roofline_rows_equal_estimate_throughput(tmp_path):
-    from archscale.cost.roofline import Workload, estimate_throughput
+    from archscale.cost.serving import Workload, estimate_throughput
 
     options = BenchOptions(backend="roofline", gpu="h100-sxm", batch_sizes=(16, 128), input_len=4096, output_len=1024)
     result = run_sweep(resolve_targets(["surefire-1b"]), options)
@@ -199,9 +197,9 @@ def test_prefill_is_chunked_to_fit_the_workspace():
 
 
 def test_interrupt_keeps_what_was_measured(monkeypatch, tmp_path):
-    from archscale.bench import roofline_backend
+    from archscale.cost.profiles import Profile
 
-    real = roofline_backend.estimate_throughput
+    real = Profile.estimate
     calls = []
 
     def estimate(*args, **kwargs):
@@ -210,7 +208,7 @@ def test_interrupt_keeps_what_was_measured(monkeypatch, tmp_path):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(roofline_backend, "estimate_throughput", estimate)
+    monkeypatch.setattr(Profile, "estimate", estimate)
     options = BenchOptions(backend="roofline", gpu="a100-40gb", batch_sizes=(1, 2, 4, 8))
     result = run_sweep(resolve_targets(["llama-3.2-1b"]), options, tmp_path / "b.sqlite")
     assert result.interrupted and len(result.records) == 2
@@ -218,9 +216,9 @@ def test_interrupt_keeps_what_was_measured(monkeypatch, tmp_path):
 
 
 def test_interrupted_cli_run_exits_130_and_keeps_rows(cli, monkeypatch, tmp_path):
-    from archscale.bench import roofline_backend
+    from archscale.cost.profiles import Profile
 
-    real, calls = roofline_backend.estimate_throughput, []
+    real, calls = Profile.estimate, []
 
     def estimate(*args, **kwargs):
         calls.append(1)
@@ -228,7 +226,7 @@ def test_interrupted_cli_run_exits_130_and_keeps_rows(cli, monkeypatch, tmp_path
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(roofline_backend, "estimate_throughput", estimate)
+    monkeypatch.setattr(Profile, "estimate", estimate)
     store = tmp_path / "b.sqlite"
     r = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--batch-sizes", "1,2,4", "--out", store)
     assert r.code == 130 and "interrupted: 1 records appended" in r.err
@@ -384,67 +382,6 @@ def test_gpu_names_map_to_archscale_keys():
     assert gpu_key_for_device("NVIDIA A100 80GB PCIe") == "a100-80gb"
     assert gpu_key_for_device("NVIDIA L4") == "l4" and gpu_key_for_device("NVIDIA L40S") == "l40s"
     assert gpu_key_for_device("NVIDIA GeForce RTX 4090") == "nvidia geforce rtx 4090"
-
-
-# ---- calibration ---------------------------------------------------------------------------
-def synthetic_measurements(truth: Efficiency, gpu: str = "h100-sxm", workloads=((4096, 1024), (512, 64)),
-                           batches=(1, 16, 128)) -> pd.DataFrame:
-    """"Measured" rows that are exactly the roofline at ``truth``."""
-    rows = []
-    for name in ("llama-3.2-1b", "surefire-1b", "qwen3-0.6b", "llama-3.2-3b"):
-        for input_len, output_len in workloads:
-            for batch in batches:
-                workload = {"batch_size": batch, "input_len": input_len, "output_len": output_len, "repeats": 3, "tp": 1}
-                rows.append(make_record(PRESETS[name], name, "vllm", workload,
-                                        {"gpu": gpu, "dtype": "bfloat16", "tokens_per_s": 1.0}))
-    frame = pd.DataFrame(rows)
-    frame["tokens_per_s"] = roofline_estimates(frame, load_gpu(gpu), truth)
-    return frame
-
-
-def test_calibration_recovers_known_efficiencies():
-    truth = Efficiency(compute=0.5, memory=0.6)
-    result = calibrate(synthetic_measurements(truth), "h100-sxm")
-    assert result.efficiency.compute == pytest.approx(0.5, abs=1e-4)
-    assert result.efficiency.memory == pytest.approx(0.6, abs=1e-4)
-    assert result.max_abs_rel_err_after < 1e-6
-    assert result.max_abs_rel_err_before > 0.2 and result.mean_abs_rel_err_before > 0.1
-    assert result.identified == {"compute": True, "memory": True}
-    assert len(result.rows) == 24
-
-
-def test_calibration_says_when_compute_is_not_identified():
-    frame = synthetic_measurements(Efficiency(0.5, 0.6), workloads=((16, 512),), batches=(1,))
-    result = calibrate(frame, "h100-sxm")
-    assert result.identified == {"compute": False, "memory": True}
-    assert result.efficiency.memory == pytest.approx(0.6, abs=1e-4)
-
-
-def test_calibrate_cli_saves_efficiencies_the_roofline_backend_uses(cli, tmp_path):
-    store = tmp_path / "measured.sqlite"
-    frame = synthetic_measurements(Efficiency(0.5, 0.6))
-    append(store, frame.to_dict("records"))
-    append(store, [{**frame.iloc[0].to_dict(), "gpu": "a100-40gb"}])  # another GPU's row is not fitted
-    calib = tmp_path / "calib.json"
-    r = cli("bench", "calibrate", "--out", store, "--gpu", "h100-sxm", "--save", calib)
-    assert r.code == 0, r.err
-    assert "24 rows" in r.out and "compute 0.700 -> 0.500" in r.out
-    saved = load_efficiency(calib)
-    assert saved.compute == pytest.approx(0.5, abs=1e-4) and saved.memory == pytest.approx(0.6, abs=1e-4)
-    r = cli("bench", "surefire-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--batch-sizes", "16",
-            "--input-len", "4096", "--output-len", "1024", "--efficiency", calib, "--json")
-    assert r.code == 0, r.err
-    row = json.loads(r.out)[0]
-    expected = frame[(frame["name"] == "surefire-1b") & (frame["batch_size"] == 16) & (frame["input_len"] == 4096)]
-    assert row["tokens_per_s"] == pytest.approx(float(expected["tokens_per_s"].iloc[0]), rel=1e-4)
-    assert row["efficiency_compute"] == pytest.approx(0.5, abs=1e-4)
-
-
-def test_calibrate_needs_measured_rows(cli, tmp_path):
-    store = tmp_path / "empty.sqlite"
-    append(store, synthetic_measurements(Efficiency(0.5, 0.6)).head(1).to_dict("records"))
-    r = cli("bench", "calibrate", "--out", store, "--gpu", "h100-sxm")
-    assert r.code == 2 and "at least 2 measured ok" in r.err
 
 
 # ---- bad input: one line, exit 2, nothing written ---------------------------------------------

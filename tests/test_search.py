@@ -8,7 +8,7 @@ import pytest
 
 from archscale.arch import load_architecture
 from archscale.cost.gpus import load_gpu
-from archscale.cost.roofline import Workload
+from archscale.cost.serving import Workload
 from archscale.search import SearchSpec, best_at_gqa, pareto_mask, search
 from archscale.study import load_fit
 from archscale.train.config import TrainConfig

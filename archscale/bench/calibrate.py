@@ -1,215 +1,411 @@
-"""Fit the roofline's efficiencies to measured throughput on one GPU.
+"""Calibrate a throughput profile: fit the serving model's terms to measured rows of one engine on one device.
 
-Why: the roofline (:mod:`archscale.cost.roofline`) gets directions right
-from first principles, but its absolute tokens/s rest on two guesses, the
-achieved fractions of peak compute and of peak bandwidth. Given measured rows
-(torch or vLLM) for one GPU, :func:`calibrate` chooses
-``Efficiency(compute, memory)`` in ``[0.05, 1]`` minimising
-``sum_i log(estimate_i / measured_i)^2`` (relative error, symmetric in over-
-and under-estimates) with :func:`scipy.optimize.least_squares` from a few
-starting points (the time is a max of two terms, so a start in the wrong
-regime can sit on a flat side). It reports every row's estimate and relative
-error before and after, and whether each efficiency was identified at all:
-if no measured row is ever compute-bound, the compute efficiency does not
-move any estimate and the data cannot say what it is.
+What is fitted: by default the bandwidth efficiency of weight reads, a fixed
+time per forward pass and a time per running sequence per decode step
+(``DEFAULT_FREE``); the
+other terms stay at their defaults unless ``free`` or ``fixed`` say otherwise.
+Why those three: they are what separates a real engine from the roofline
+(see :mod:`archscale.cost.serving`), and rows at several batch sizes and two or
+more architectures pin them down. Each free term has bounds
+(:data:`~archscale.cost.serving.TERM_BOUNDS`); the fit minimises
+``sum log(estimate / measured)^2`` (relative error, symmetric) with
+:func:`scipy.optimize.least_squares` from a small grid of starts.
+
+What is refused (one line, nothing written): fewer rows than free terms + 1;
+rows of mixed units (some giving only total, some only output tokens/s);
+several dtypes at once; a term the rows cannot determine (a flat direction of
+the fit, e.g. ``t_step`` and ``t_seq`` from a single batch size); a fit that
+ends on a term's bound (the model cannot match the rows with that term inside
+its physical range, so its value would be an artefact): the message names the
+term and how to continue (fix it, or measure what would determine it).
+
+What is reported, so a profile says how far to trust it: the error on the
+rows it was fitted on; leave-one-architecture-out (refit without each
+architecture, predict it); with ``holdout``, the error on held-out rows; and
+above all the error of predicted *speedups* between architectures at the same
+workload, since that is what ``search`` ranks shapes by.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from archscale.bench.records import BYTES_PER_ELEMENT, MEASURED_BACKENDS
-from archscale.cost.gpus import GPU, load_gpu
-from archscale.cost.roofline import Efficiency, Workload, estimate_throughput_many
+from archscale.arch import non_embedding_params
+from archscale.bench.records import BYTES_PER_ELEMENT, MEASURED_BACKENDS, SHAPE_COLUMNS
+from archscale.cost.gpus import GPU
+from archscale.cost.profiles import Profile
+from archscale.cost.serving import (
+    TERM_BOUNDS,
+    TERM_MEANING,
+    TERM_NAMES,
+    CostTerms,
+    EngineSettings,
+    estimate_rows,
+    row_estimator,
+)
 from archscale.errors import UserError
-from archscale.files import jsonable, read_json, write_json
 
-BOUNDS = (0.05, 1.0)
-STARTS = ((0.7, 0.9), (0.3, 0.3), (0.9, 0.1), (0.1, 0.9), (0.5, 0.5))
-IDENTIFIED_SENSITIVITY = 0.02
-"""Largest |d log estimate / d log efficiency| over rows below which an efficiency counts as not identified."""
-ROW_COLUMNS = ["name", "backend", "dtype", "batch_size", "input_len", "output_len", "tp", "measured",
-               "estimate_before", "estimate_after", "rel_err_before", "rel_err_after"]
+DEFAULT_FREE = ("eta_weights", "t_step", "t_seq")
+TERM_SCALE = {"eta_compute": 0.1, "eta_weights": 0.1, "eta_kv": 0.1, "t_step": 1e-3, "t_seq": 1e-5, "t_layer": 1e-5,
+              "t_allreduce": 1e-5}
+"""Typical size of each term: the optimiser's units, and the yardstick for "at a bound"."""
+START_GRID = {"eta_compute": (0.3, 0.8), "eta_weights": (0.4, 0.9), "eta_kv": (0.4, 0.9), "t_step": (3e-4, 3e-3), "t_seq": (3e-6, 3e-5),
+              "t_layer": (1e-6, 3e-5), "t_allreduce": (5e-6, 5e-5)}
+AT_BOUND = 1e-3
+"""A fitted term closer to a bound than this many of its TERM_SCALE units counts as on the bound."""
+FLAT_DIRECTION = 1e-6
+"""Smallest/largest singular value of the scaled Jacobian below which the terms are not all determined."""
+UNITS = {"output": "output tokens/s", "total": "total (prompt + generated) tokens/s"}
+ARCH_KEY = [*SHAPE_COLUMNS, "vocab", "tie_embeddings"]
 
 
 @dataclass
-class CalibrationResult:
-    """Fitted efficiencies, the starting ones, and per-row estimates and errors before/after."""
+class Calibration:
+    """A fitted profile with its evidence: per-row estimates, speedup pairs and validation summaries."""
 
-    gpu: str
-    efficiency: Efficiency
-    initial: Efficiency
+    profile: Profile
     rows: pd.DataFrame
-    identified: dict[str, bool] = field(default_factory=dict)
-
-    def _errors(self, column: str) -> tuple[float, float]:
-        values = self.rows[column].abs()
-        return float(values.max()), float(values.mean())
-
-    @property
-    def max_abs_rel_err_before(self) -> float:
-        return self._errors("rel_err_before")[0]
-
-    @property
-    def mean_abs_rel_err_before(self) -> float:
-        return self._errors("rel_err_before")[1]
-
-    @property
-    def max_abs_rel_err_after(self) -> float:
-        return self._errors("rel_err_after")[0]
-
-    @property
-    def mean_abs_rel_err_after(self) -> float:
-        return self._errors("rel_err_after")[1]
-
-    @property
-    def at_bound(self) -> dict[str, bool]:
-        """Efficiencies the fit pushed to a bound: the roofline cannot match the data inside [0.05, 1]."""
-        return {name: bool(min(abs(value - BOUNDS[0]), abs(value - BOUNDS[1])) < 1e-6)
-                for name, value in (("compute", self.efficiency.compute), ("memory", self.efficiency.memory))}
-
-    def to_dict(self) -> dict[str, Any]:
-        """What ``--save`` writes: the efficiencies at top level (``--efficiency`` reads them) and the evidence."""
-        return {
-            "gpu": self.gpu,
-            "compute": self.efficiency.compute,
-            "memory": self.efficiency.memory,
-            "initial": {"compute": self.initial.compute, "memory": self.initial.memory},
-            "identified": self.identified,
-            "at_bound": self.at_bound,
-            "n_rows": len(self.rows),
-            "max_abs_rel_err_before": self.max_abs_rel_err_before,
-            "mean_abs_rel_err_before": self.mean_abs_rel_err_before,
-            "max_abs_rel_err_after": self.max_abs_rel_err_after,
-            "mean_abs_rel_err_after": self.mean_abs_rel_err_after,
-            "rows": jsonable(self.rows.to_dict("records")),
-        }
+    speedups: pd.DataFrame
+    unit: str
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
-def measured_rows(results: pd.DataFrame, gpu: str, backend: str | None = None) -> pd.DataFrame:
-    """Successful torch/vLLM rows for one GPU key (optionally one backend) with a positive tokens/s."""
+# ---------------------------------------------------------------------------
+# the rows a calibration fits
+# ---------------------------------------------------------------------------
+def measured_rows(results: pd.DataFrame, device: str, engine: str | None = None, dtype: str | None = None) -> pd.DataFrame:
+    """Successful measured rows (not estimates) for one device key, optionally one engine and dtype."""
     if results.empty:
-        return results
-    backends = [backend] if backend else list(MEASURED_BACKENDS)
-    keep = (results["backend"].isin(backends) & (results["status"] == "ok")
-            & (results["gpu"].astype(str).str.lower() == gpu.lower())
-            & (pd.to_numeric(results["tokens_per_s"], errors="coerce") > 0))
+        return results.reset_index(drop=True)
+    engines = [engine] if engine else list(MEASURED_BACKENDS)
+    keep = (results["backend"].isin(engines) & (results["status"] == "ok")
+            & (results["gpu"].astype(str).str.lower() == device.lower()))
+    if dtype:
+        keep &= results["dtype"].astype(str) == dtype
     return results[keep].reset_index(drop=True)
 
 
-def roofline_estimates(rows: pd.DataFrame, gpu: GPU, efficiency: Efficiency) -> np.ndarray:
-    """The roofline's total tokens/s for every row, at each row's own workload, tp and dtype width."""
-    estimates = np.full(len(rows), np.nan)
-    element = rows["dtype"].map(lambda d: BYTES_PER_ELEMENT.get(str(d), 2)).to_numpy()
-    tp = pd.to_numeric(rows["tp"], errors="coerce").fillna(1).astype(int).to_numpy()
-    keys = pd.DataFrame({"b": rows["batch_size"].astype(int).to_numpy(), "i": rows["input_len"].astype(int).to_numpy(),
-                         "o": rows["output_len"].astype(int).to_numpy(), "tp": tp, "e": element})
-    shapes = rows[["n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff", "vocab"]].astype("int64").copy()
-    shapes["tie_embeddings"] = rows["tie_embeddings"].fillna(False).astype(bool).to_numpy()
-    for (batch, input_len, output_len, n_gpus, width), index in keys.groupby(["b", "i", "o", "tp", "e"]).groups.items():
-        positions = np.asarray(index)
-        frame = estimate_throughput_many(shapes.iloc[positions].reset_index(drop=True), gpu,
-                                         Workload(int(batch), int(input_len), int(output_len)), tp=int(n_gpus),
-                                         efficiency=efficiency, bytes_per_element=int(width))
-        estimates[positions] = frame["tokens_per_s"].to_numpy()
-    return estimates
+def measured_unit(rows: pd.DataFrame, source: str) -> str:
+    """``output`` when every row gives output tokens/s, else ``total`` when every row gives total; mixed is refused."""
+    output = pd.to_numeric(rows["output_tokens_per_s"], errors="coerce") > 0
+    total = pd.to_numeric(rows["tokens_per_s"], errors="coerce") > 0
+    if output.all():
+        return "output"
+    if total.all():
+        return "total"
+    only_total = [int(i) + 1 for i in np.flatnonzero(~output & total)][:3]
+    only_output = [int(i) + 1 for i in np.flatnonzero(output & ~total)][:3]
+    neither = [int(i) + 1 for i in np.flatnonzero(~output & ~total)][:3]
+    if neither:
+        raise UserError(f"{source}: row(s) {neither} give no positive throughput; drop them or fix their tokens/s")
+    raise UserError(f"{source}: rows of mixed units: row(s) {only_total} give only total tokens/s and row(s) "
+                    f"{only_output} only output tokens/s; give both (total = output x (input + output) / output) "
+                    "or calibrate on one kind")
 
 
-def _log_ratios(theta: np.ndarray, rows: pd.DataFrame, gpu: GPU, measured: np.ndarray) -> np.ndarray:
-    estimates = roofline_estimates(rows, gpu, Efficiency(float(theta[0]), float(theta[1])))
-    return np.log(np.maximum(estimates, 1e-30) / measured)
+def _prepare(rows: pd.DataFrame, unit: str) -> pd.DataFrame:
+    """Shape and workload columns as numbers, the element width per dtype, and the measured figure in ``unit``."""
+    frame = rows.copy()
+    for column in [*SHAPE_COLUMNS, "vocab", "batch_size", "input_len", "output_len"]:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    bad = frame[[*SHAPE_COLUMNS, "vocab", "batch_size", "input_len", "output_len"]].isna().any(axis=1)
+    if bad.any():
+        raise UserError(f"row {int(np.flatnonzero(bad)[0]) + 1} lacks a shape or workload column needed to estimate it")
+    frame["tp"] = pd.to_numeric(frame["tp"], errors="coerce").fillna(1).astype(int)
+    frame["tie_embeddings"] = frame["tie_embeddings"].fillna(False).astype(bool)
+    frame["bytes_per_element"] = frame["dtype"].map(lambda d: BYTES_PER_ELEMENT.get(str(d), 2))
+    frame["measured"] = pd.to_numeric(frame["output_tokens_per_s" if unit == "output" else "tokens_per_s"])
+    frame["n_params"] = non_embedding_params(*(frame[c].astype("int64") for c in SHAPE_COLUMNS))
+    frame["arch"] = frame.groupby(ARCH_KEY, sort=False).ngroup()
+    frame["arch_name"] = frame.groupby("arch")["name"].transform(lambda s: str(s.dropna().iloc[0]) if s.notna().any() else "?")
+    return frame
 
 
-def _sensitivities(theta: np.ndarray, rows: pd.DataFrame, gpu: GPU, measured: np.ndarray) -> np.ndarray:
-    """max over rows of |d log estimate / d log efficiency|, per efficiency (0: no row depends on it)."""
-    base = _log_ratios(theta, rows, gpu, measured)
-    result = []
-    for k in range(2):
-        step = np.array(theta, dtype=float)
-        step[k] *= 0.97 if step[k] > BOUNDS[0] / 0.97 else 1.03
-        result.append(float(np.max(np.abs(_log_ratios(step, rows, gpu, measured) - base)) / abs(math.log(step[k] / theta[k]))))
-    return np.array(result)
+def _column(unit: str) -> str:
+    return "output_tokens_per_s" if unit == "output" else "tokens_per_s"
 
 
-def calibrate(results: pd.DataFrame, gpu: str | GPU, gpu_file: str | Path | None = None, backend: str | None = None,
-              initial: Efficiency = Efficiency()) -> CalibrationResult:
-    """Fit ``Efficiency(compute, memory)`` to the measured ok rows of ``results`` for ``gpu``.
+# ---------------------------------------------------------------------------
+# the fit
+# ---------------------------------------------------------------------------
+def _terms(values: Mapping[str, float], base: CostTerms) -> CostTerms:
+    return replace(base, **{name: float(value) for name, value in values.items()})
 
-    ``gpu`` is a GPU key (looked up with :func:`load_gpu`, ``gpu_file`` may
-    add one) or a :class:`GPU`. Raises UserError with fewer than two rows to
-    fit: two parameters from one number is not a fit.
-    """
+
+def _predict(frame: pd.DataFrame, device: GPU, terms: CostTerms, settings: EngineSettings, unit: str) -> np.ndarray:
+    return estimate_rows(frame, device, terms, settings)[_column(unit)].to_numpy()
+
+
+POLISHED_STARTS = 3
+"""Starts of the grid (ranked by their objective) that the least-squares fit polishes."""
+MAX_EVALUATIONS_PER_TERM = 60
+"""A well-posed fit converges in a few dozen evaluations; a flat one would wander (and is refused after)."""
+
+
+def _fit_terms(frame: pd.DataFrame, device: GPU, settings: EngineSettings, free: Sequence[str], base: CostTerms,
+               unit: str, source: str) -> CostTerms:
+    """Least-squares fit of the free terms on log ratios; refuses flat directions and fits on a bound."""
     from scipy.optimize import least_squares
 
-    device = gpu if isinstance(gpu, GPU) else load_gpu(gpu, gpu_file)
-    rows = measured_rows(results, device.name, backend)
-    if len(rows) < 2:
-        which = f"{backend} " if backend else "torch/vLLM "
-        raise UserError(f"calibration needs at least 2 measured ok {which}rows for GPU {device.name!r}; found {len(rows)}")
-    measured = rows["tokens_per_s"].astype(float).to_numpy()
+    if len(frame) < len(free) + 1:
+        raise UserError(f"{source}: {len(frame)} rows cannot calibrate {len(free)} terms ({', '.join(free)}); "
+                        f"need at least {len(free) + 1} (measure more batch sizes or architectures, or fit fewer terms with --fit)")
+    scale = np.array([TERM_SCALE[t] for t in free])
+    low = np.array([TERM_BOUNDS[t][0] for t in free]) / scale
+    high = np.array([TERM_BOUNDS[t][1] for t in free]) / scale
+    measured = frame["measured"].to_numpy(float)
+    estimate, column = row_estimator(frame, device, settings), _column(unit)
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        terms = _terms(dict(zip(free, x * scale)), base)
+        with np.errstate(all="ignore"):
+            ratio = estimate(terms)[column] / measured
+        return np.where(np.isfinite(ratio) & (ratio > 0), np.log(np.maximum(ratio, 1e-300)), 50.0)
+
+    starts = [np.clip(np.array(start) / scale, low, high) for start in itertools.product(*(START_GRID[t] for t in free))]
+    starts.sort(key=lambda x0: float(np.sum(residuals(x0) ** 2)))
+    _check_determined(_jacobian(residuals, starts[0], low, high), free, source)  # cheap: refuse before a long, flat fit
     best = None
-    for start in STARTS:
-        fit = least_squares(_log_ratios, np.array(start), bounds=BOUNDS, args=(rows, device, measured),
-                            x_scale=np.array([0.1, 0.1]), xtol=1e-12, ftol=1e-12, gtol=1e-12)
-        if best is None or fit.cost < best.cost:
-            best = fit
-    fitted = Efficiency(float(np.clip(best.x[0], *BOUNDS)), float(np.clip(best.x[1], *BOUNDS)))
-    sensitivity = _sensitivities(best.x, rows, device, measured)
-    before = roofline_estimates(rows, device, initial)
-    after = roofline_estimates(rows, device, fitted)
-    table = rows[["name", "backend", "dtype", "batch_size", "input_len", "output_len", "tp"]].copy()
-    table["measured"] = measured
-    table["estimate_before"], table["estimate_after"] = before, after
-    table["rel_err_before"], table["rel_err_after"] = before / measured - 1.0, after / measured - 1.0
-    return CalibrationResult(gpu=device.name, efficiency=fitted, initial=initial, rows=table[ROW_COLUMNS],
-                             identified={"compute": bool(sensitivity[0] >= IDENTIFIED_SENSITIVITY),
-                                         "memory": bool(sensitivity[1] >= IDENTIFIED_SENSITIVITY)})
+    for x0 in starts[:POLISHED_STARTS]:
+        result = least_squares(residuals, x0, bounds=(low, high), xtol=1e-10, ftol=1e-10, gtol=1e-10,
+                               max_nfev=MAX_EVALUATIONS_PER_TERM * len(free))
+        if best is None or result.cost < best.cost:
+            best = result
+    _check_determined(best.jac, free, source)
+    _check_inside_bounds(best.x, low, high, free, source)
+    return _terms(dict(zip(free, best.x * scale)), base)
 
 
-def save_calibration(result: CalibrationResult, path: str | Path) -> Path:
-    write_json(path, result.to_dict())
-    return Path(path)
+def _jacobian(function, x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Central differences of ``function`` at ``x`` (steps kept inside the bounds), one column per term."""
+    columns = []
+    for k in range(len(x)):
+        step = 1e-4 * max(1.0, abs(x[k]))
+        up, down = x.copy(), x.copy()
+        up[k], down[k] = min(x[k] + step, high[k]), max(x[k] - step, low[k])
+        columns.append((function(up) - function(down)) / (up[k] - down[k]))
+    return np.column_stack(columns)
 
 
-def load_efficiency(path: str | Path) -> Efficiency:
-    """Read ``{"compute": .., "memory": ..}`` (what ``bench calibrate --save`` writes) as an Efficiency."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such efficiency file (write one with `archscale bench calibrate --save`)")
-    data = read_json(path)
-    if isinstance(data, dict) and isinstance(data.get("efficiency"), dict):
-        data = data["efficiency"]
-    if not isinstance(data, dict) or "compute" not in data or "memory" not in data:
-        raise UserError(f"{path}: expected an object with 'compute' and 'memory' efficiencies")
-    try:
-        return Efficiency(float(data["compute"]), float(data["memory"]))
-    except (TypeError, ValueError):
-        raise UserError(f"{path}: 'compute' and 'memory' must be numbers") from None
+def _check_determined(jacobian: np.ndarray, free: Sequence[str], source: str) -> None:
+    """Refuse when the rows leave a direction of the terms flat (two terms trading off, or one with no effect)."""
+    columns = np.linalg.norm(jacobian, axis=0)
+    dead = [t for t, norm in zip(free, columns) if norm < 1e-9]
+    if dead:
+        raise UserError(f"{source}: these rows do not depend on term {dead[0]} ({TERM_MEANING[dead[0]]}), so they cannot "
+                        f"calibrate it; leave it out of --fit (or --fix {dead[0]}=VALUE)")
+    _, singular, vt = np.linalg.svd(jacobian / columns, full_matrices=False)
+    if singular[-1] < FLAT_DIRECTION * singular[0]:
+        tied = [t for t, weight in zip(free, np.abs(vt[-1])) if weight > 0.3]
+        raise UserError(f"{source}: terms {' and '.join(tied)} are not separately determined by these rows (they trade off "
+                        f"exactly); measure more batch sizes or architectures, or fix one with --fix {tied[-1]}=VALUE")
 
 
-def roofline_fraction(results: pd.DataFrame, gpu_file: str | Path | None = None,
-                      efficiency: Efficiency = Efficiency()) -> pd.Series:
-    """measured / roofline tokens/s for every measured ok row on a GPU archscale knows; NaN elsewhere.
+def _check_inside_bounds(x: np.ndarray, low: np.ndarray, high: np.ndarray, free: Sequence[str], source: str) -> None:
+    """A term fitted onto its bound is an artefact: refuse, naming it and the way on."""
+    for name, value, lo, hi in zip(free, x, low, high):
+        side = "lower" if value - lo < AT_BOUND else "upper" if hi - value < AT_BOUND else None
+        if side:
+            bound = TERM_BOUNDS[name][0 if side == "lower" else 1]
+            raise UserError(
+                f"{source}: term {name} ({TERM_MEANING[name]}) ended on its {side} bound {bound:g}: the model cannot match "
+                f"these rows with it inside its physical range, so its value would be an artefact; fix it with "
+                f"--fix {name}=VALUE, leave it out of --fit, or check the rows (units, device, outliers)")
 
-    What ``bench --show`` prints as "of roofline": how close a measurement
-    came to the analytic estimate of the same shape, workload and GPU.
+
+# ---------------------------------------------------------------------------
+# validation: rows, leave-one-architecture-out, held-out rows, speedups
+# ---------------------------------------------------------------------------
+def _relative_errors(frame: pd.DataFrame, estimate: np.ndarray) -> np.ndarray:
+    return estimate / frame["measured"].to_numpy(float) - 1.0
+
+
+SAME_SIZE = 1.25
+"""Architectures whose non-embedding parameter counts are within this factor are compared as alternatives."""
+
+
+def speedup_pairs(frame: pd.DataFrame, estimate_column: str) -> pd.DataFrame:
+    """Pairs of architectures of about the same size at the same workload: measured and estimated throughput ratios.
+
+    These are the comparisons ``search`` makes (shapes at one parameter
+    budget), so only architectures within :data:`SAME_SIZE` of each other's
+    non-embedding parameters are paired. Pairs are ordered (faster-measured
+    architecture / the other) and each counted once; ``error_points`` is
+    ``100 |estimated - measured|`` ratio, so 1.22x predicted for 1.20x measured
+    is 2 points.
     """
-    fraction = pd.Series(np.nan, index=results.index, dtype=float)
-    if results.empty:
-        return fraction
-    ok = results["backend"].isin(MEASURED_BACKENDS) & (results["status"] == "ok") & (results["tokens_per_s"] > 0)
-    for key in results.loc[ok, "gpu"].dropna().astype(str).unique():
+    keys = ["batch_size", "input_len", "output_len", "tp", "bytes_per_element"]
+    records = []
+    for _, group in frame.groupby(keys, sort=True):
+        rows = list(group.itertuples())
+        for a, b in itertools.combinations(rows, 2):
+            if a.arch == b.arch or max(a.n_params, b.n_params) > SAME_SIZE * min(a.n_params, b.n_params):
+                continue
+            top, bottom = (a, b) if a.measured >= b.measured else (b, a)
+            measured = top.measured / bottom.measured
+            estimated = getattr(top, estimate_column) / getattr(bottom, estimate_column)
+            records.append({"faster": top.arch_name, "slower": bottom.arch_name, "batch_size": int(top.batch_size),
+                            "input_len": int(top.input_len), "output_len": int(top.output_len),
+                            "split": "heldout" if "heldout" in (top.split, bottom.split) else top.split,
+                            "measured_ratio": measured, "estimated_ratio": estimated,
+                            "error_points": 100.0 * abs(estimated - measured)})
+    return pd.DataFrame(records, columns=["faster", "slower", "batch_size", "input_len", "output_len", "split",
+                                          "measured_ratio", "estimated_ratio", "error_points"])
+
+
+def _summary(errors: np.ndarray, pairs: pd.DataFrame | None = None) -> dict[str, Any]:
+    errors = np.abs(np.asarray(errors, float))
+    out: dict[str, Any] = {"n_rows": int(len(errors)),
+                           "mean_abs_rel_err": float(errors.mean()) if len(errors) else None,
+                           "max_abs_rel_err": float(errors.max()) if len(errors) else None}
+    if pairs is not None and len(pairs):
+        out.update(n_pairs=int(len(pairs)), speedup_mean_abs_points=float(pairs["error_points"].mean()),
+                   speedup_max_abs_points=float(pairs["error_points"].max()))
+    return out
+
+
+def _leave_one_architecture_out(frame: pd.DataFrame, device: GPU, settings: EngineSettings, free: Sequence[str],
+                                base: CostTerms, unit: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Refit without each architecture and predict it; per-row estimates (NaN where a refit was refused)."""
+    estimates = np.full(len(frame), np.nan)
+    refused: dict[str, str] = {}
+    for arch in frame["arch"].unique():
+        left_out = (frame["arch"] == arch).to_numpy()
+        name = str(frame.loc[left_out, "arch_name"].iloc[0])
         try:
-            device = load_gpu(key, gpu_file)
+            terms = _fit_terms(frame[~left_out], device, settings, free, base, unit, f"without {name}")
+        except UserError as exc:
+            refused[name] = str(exc)
+            continue
+        estimates[left_out] = _predict(frame[left_out], device, terms, settings, unit)
+    return estimates, refused
+
+
+def calibrate(results: pd.DataFrame, device: GPU, engine: str = "vllm", dtype: str | None = None,
+              free: Sequence[str] = DEFAULT_FREE, fixed: Mapping[str, float] | None = None,
+              holdout: pd.Series | np.ndarray | None = None, settings: EngineSettings = EngineSettings(),
+              name: str | None = None, source: str = "results") -> Calibration:
+    """Fit a :class:`Profile` for ``engine`` on ``device`` from the measured ok rows of ``results``.
+
+    ``holdout`` (a boolean mask over ``results``) keeps rows out of the fit and
+    scores the profile on them. ``fixed`` sets terms that are not fitted.
+    """
+    free = tuple(dict.fromkeys(free))
+    fixed = dict(fixed or {})
+    unknown = [t for t in (*free, *fixed) if t not in TERM_NAMES]
+    if unknown:
+        raise UserError(f"unknown cost term {unknown[0]!r}; terms are {', '.join(TERM_NAMES)}")
+    both = [t for t in free if t in fixed]
+    if both:
+        raise UserError(f"term {both[0]} is both fitted (--fit) and fixed (--fix); choose one")
+    if not free:
+        raise UserError("nothing to fit: give at least one term with --fit")
+    base = CostTerms(**fixed)
+    mask = np.zeros(len(results), bool) if holdout is None else np.asarray(holdout, bool)
+    selected = results.assign(_heldout=mask)
+    rows = measured_rows(selected, device.name, engine, dtype)
+    label = f"{source}: {engine} on {device.name}"
+    if rows.empty:
+        raise UserError(f"{label}: no measured ok rows (found engines: "
+                        f"{', '.join(sorted(set(results['backend'].dropna().astype(str)))) or 'none'}; "
+                        f"devices: {', '.join(sorted(set(results['gpu'].dropna().astype(str)))) or 'none'})")
+    dtypes = sorted(set(rows["dtype"].dropna().astype(str)))
+    if len(dtypes) > 1:
+        raise UserError(f"{label}: rows of several dtypes ({', '.join(dtypes)}); calibrate one at a time with --dtype")
+    dtype = dtypes[0] if dtypes else (dtype or "bfloat16")
+    unit = measured_unit(rows, label)
+    frame = _prepare(rows, unit)
+    frame["split"] = np.where(frame["_heldout"], "heldout", "fit")
+    fit_rows = frame[frame["split"] == "fit"]
+    if fit_rows.empty:
+        raise UserError(f"{label}: --holdout holds out every row; nothing is left to fit")
+
+    terms = _fit_terms(fit_rows, device, settings, free, base, unit, label)
+    uncalibrated = Profile.uncalibrated(device, engine, dtype)
+    frame["uncalibrated"] = _predict(frame, device, uncalibrated.terms, settings, unit)
+    frame["estimate"] = _predict(frame, device, terms, settings, unit)
+    frame["rel_err_uncalibrated"] = _relative_errors(frame, frame["uncalibrated"].to_numpy())
+    frame["rel_err"] = _relative_errors(frame, frame["estimate"].to_numpy())
+    pairs = speedup_pairs(frame, "estimate")
+    fit_mask = (frame["split"] == "fit").to_numpy()
+    validation: dict[str, Any] = {
+        "unit": UNITS[unit],
+        "fit": _summary(frame.loc[fit_mask, "rel_err"], pairs[pairs["split"] == "fit"]),
+        "uncalibrated_fit": _summary(frame.loc[fit_mask, "rel_err_uncalibrated"]),
+    }
+    if (~fit_mask).any():
+        validation["heldout"] = _summary(frame.loc[~fit_mask, "rel_err"], pairs[pairs["split"] == "heldout"])
+    if fit_rows["arch"].nunique() >= 2:
+        loao, refused = _leave_one_architecture_out(frame[fit_mask].reset_index(drop=True), device, settings, free, base, unit)
+        loao_frame = frame[fit_mask].reset_index(drop=True).assign(loao=loao)
+        scored = loao_frame[np.isfinite(loao)]
+        loao_pairs = speedup_pairs(scored, "loao") if len(scored) else None
+        validation["leave_one_architecture_out"] = {**_summary(scored["loao"] / scored["measured"] - 1.0, loao_pairs),
+                                                    "refused": refused or None}
+        frame.loc[fit_mask, "loao"] = loao
+    profile = Profile(name=name or f"{engine}-{device.name}-{_short_dtype(dtype)}", engine=engine, device=device,
+                      dtype=dtype, terms=terms, settings=settings, fitted=free,
+                      source=_describe_source(frame, source), validation=validation)
+    return Calibration(profile=profile, rows=frame, speedups=pairs, unit=unit, summary=validation)
+
+
+def _short_dtype(dtype: str) -> str:
+    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(dtype, dtype)
+
+
+def _describe_source(frame: pd.DataFrame, source: str) -> str:
+    fitted = frame[frame["split"] == "fit"]
+    names = ", ".join(dict.fromkeys(fitted["arch_name"].astype(str)))
+    return f"fitted on {len(fitted)} rows of {source} ({names})"
+
+
+def term_table(profile: Profile) -> list[dict[str, Any]]:
+    """Each term with its value, whether it was fitted, its bounds and what it means (for reports)."""
+    return [{"term": name, "value": getattr(profile.terms, name), "fitted": name in profile.fitted,
+             "bounds": TERM_BOUNDS[name], "meaning": TERM_MEANING[name]} for name in TERM_NAMES]
+
+
+def format_term(name: str, value: float) -> str:
+    """Efficiencies as fractions, times in ms or us."""
+    if name.startswith("eta"):
+        return f"{value:.3f}"
+    if value == 0 or not math.isfinite(value):
+        return "0"
+    return f"{value * 1e3:.3g} ms" if value >= 1e-3 else f"{value * 1e6:.3g} us"
+
+
+# ---------------------------------------------------------------------------
+# measured vs estimated, for display
+# ---------------------------------------------------------------------------
+def estimate_ratio(results: pd.DataFrame, gpu_file=None) -> tuple[pd.Series, pd.Series]:
+    """measured / estimated total tokens/s for every measured ok row on a known device, and the profile compared with.
+
+    What ``bench --show`` prints as "vs estimate": the estimate comes from the
+    profile matching the row's engine, device and dtype (the uncalibrated
+    roofline where there is none), at the row's own shape and workload.
+    """
+    from archscale.cost.gpus import load_gpu
+    from archscale.cost.profiles import find_profile
+
+    ratio = pd.Series(np.nan, index=results.index, dtype=float)
+    used = pd.Series(None, index=results.index, dtype=object)
+    if results.empty:
+        return ratio, used
+    ok = results["backend"].isin(MEASURED_BACKENDS) & (results["status"] == "ok") & (results["tokens_per_s"] > 0)
+    for (gpu, engine, dtype), rows in results[ok].groupby(["gpu", "backend", "dtype"], dropna=True):
+        try:
+            device = load_gpu(str(gpu), gpu_file)
+            profile = find_profile(str(engine), device.name, str(dtype)) or Profile.uncalibrated(device, str(engine), str(dtype))
+            frame = _prepare(rows, "total")
         except UserError:
             continue
-        rows = results[ok & (results["gpu"].astype(str) == key)]
-        estimates = roofline_estimates(rows.reset_index(drop=True), device, efficiency)
-        fraction.loc[rows.index] = rows["tokens_per_s"].to_numpy(dtype=float) / estimates
-    return fraction
+        estimate = estimate_rows(frame, profile.device, profile.terms, profile.settings)["tokens_per_s"].to_numpy()
+        ratio.loc[rows.index] = frame["measured"].to_numpy(float) / estimate
+        used.loc[rows.index] = profile.name
+    return ratio, used

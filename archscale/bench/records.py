@@ -8,7 +8,11 @@ matches on (``n_layers .. d_ff``) plus ``gpu``, the workload and ``tokens_per_s`
 
 ``tokens_per_s`` is *total* tokens (prompt + generated) per second of the
 batch, as vLLM's throughput benchmark reports it; ``output_tokens_per_s``
-counts generated tokens only. ``threads`` is the number of CPU threads the
+counts generated tokens only (both are always stored; tables label which is
+which). For estimates (backend ``roofline``), ``profile`` names the
+calibration profile behind the figure (``uncalibrated`` for none) and
+``concurrency`` how many sequences the engine could run at once (fewer than
+the batch when the KV cache is full: the batch runs in waves). ``threads`` is the number of CPU threads the
 measuring process computed with (torch intra-op threads, or vLLM's CPU worker
 threads); None where it does not apply (GPU runs, estimates).
 """
@@ -54,8 +58,8 @@ COLUMN_TYPES: tuple[tuple[str, str], ...] = (
     ("decode_s", "REAL"),
     ("output_tokens", "INTEGER"),
     ("memory_gb", "REAL"),
-    ("efficiency_compute", "REAL"),
-    ("efficiency_memory", "REAL"),
+    ("concurrency", "INTEGER"),
+    ("profile", "TEXT"),
     ("status", "TEXT"),
     ("error", "TEXT"),
     ("torch_version", "TEXT"),
@@ -65,8 +69,10 @@ COLUMN_TYPES: tuple[tuple[str, str], ...] = (
 )
 COLUMNS: tuple[str, ...] = tuple(name for name, _ in COLUMN_TYPES)
 SHAPE_COLUMNS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff")
-MEASURED_BACKENDS = ("torch", "vllm")
+MEASURED_BACKENDS = ("torch", "vllm", "sglang")
+"""Engines whose rows are measurements (sglang rows come from published tables; archscale does not run it)."""
 BACKENDS = ("torch", "vllm", "roofline")
+"""What ``archscale bench --backend`` runs; ``roofline`` rows are estimates of the serving model."""
 MAX_ERROR_CHARS = 300
 
 DTYPE_ALIASES = {

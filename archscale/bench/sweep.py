@@ -11,13 +11,13 @@ already appended.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from archscale.arch import Architecture, load_architecture
 from archscale.bench.records import BACKENDS, canonical_dtype, make_record
-from archscale.cost.roofline import Efficiency
+from archscale.cost.serving import check_tensor_parallel
 from archscale.errors import UserError
 
 
@@ -36,6 +36,12 @@ class Target:
     @property
     def label(self) -> str:
         return self.arch.name or self.spec
+
+
+def check_targets(targets: Sequence[Target], options: "BenchOptions") -> None:
+    """Refuse, before anything is measured, a shape the tensor-parallel degree cannot split."""
+    for target in targets:
+        check_tensor_parallel(target.arch.n_heads, target.arch.n_kv_heads, options.tp, target.label)
 
 
 def resolve_targets(specs: Sequence[str]) -> list[Target]:
@@ -65,7 +71,9 @@ class BenchOptions:
     ``gpu`` is the archscale GPU key recorded with each row (required by the
     roofline backend; for measured backends it overrides the key derived from
     the device name). ``dtype`` None means the backend's default (bf16 on CUDA,
-    float32 for the torch backend on CPU).
+    float32 for the torch backend on CPU). ``profile`` and ``engine`` are for
+    the roofline backend: which calibration profile to estimate with (a path,
+    a name, ``none``, or None for the one matching ``engine``, device, dtype).
     """
 
     backend: str = "torch"
@@ -80,7 +88,8 @@ class BenchOptions:
     tp: int = 1
     compile: bool = False
     enforce_eager: bool = False
-    efficiency: Efficiency = field(default_factory=Efficiency)
+    profile: str | None = None
+    engine: str = "vllm"
     seed: int = 0
     worker_timeout_s: float = 3600.0
     verbose: bool = False
@@ -164,6 +173,7 @@ def run_sweep(targets: Sequence[Target], options: BenchOptions, store: str | Pat
 
     hooks = hooks or Hooks()
     store_path = check_store_path(store) if store is not None else None
+    check_targets(targets, options)
     backend = backend or make_backend(options)
     result = SweepResult(records=[], store=store_path)
     workload = {"input_len": options.input_len, "output_len": options.output_len, "tp": options.tp,

@@ -14,7 +14,8 @@ from archscale.candidates import generate_candidates
 from archscale.cli import app, console, print_json
 from archscale.cli.options import parse_count, parse_int_list
 from archscale.cost.gpus import load_gpu
-from archscale.cost.roofline import Workload, estimate_throughput
+from archscale.cost.profiles import resolve_profile
+from archscale.cost.serving import Workload, check_tensor_parallel
 from archscale.errors import UserError
 from archscale.files import atomic_file
 
@@ -64,14 +65,15 @@ def _architecture_table(summary: dict) -> Table:
         (f"FLOPs / token at context {summary['context']}", human(summary["flops_per_token"], "FLOP")),
         ("KV cache / token (bf16)", f"{summary['kv_bytes_per_token_bf16']:,} B ({summary['kv_bytes_per_token_bf16'] / 1024:.1f} KiB)"),
     ]
-    estimate = summary.get("roofline")
+    estimate = summary.get("throughput")
     if estimate:
         rows += [
-            (f"roofline on {estimate['gpu']} x{estimate['tp']}: batch {estimate['batch_size']}, "
-             f"{estimate['input_len']} in / {estimate['output_len']} out",
-             f"{estimate['total_tokens_per_s']:,.0f} tok/s total, {estimate['output_tokens_per_s']:,.0f} out"),
-            ("  memory needed / fits / concurrency",
-             f"{estimate['memory_gb_needed']:.1f} GB / {'yes' if estimate['fits'] else 'no'} / {estimate['concurrency']}"),
+            (f"estimate on {estimate['gpu']} x{estimate['tp']}: batch {estimate['batch_size']}, "
+             f"{estimate['input_len']} in / {estimate['output_len']} out ({estimate['source']})",
+             f"{estimate['output_tokens_per_s']:,.0f} output tok/s, {estimate['total_tokens_per_s']:,.0f} total tok/s"),
+            ("  memory for the whole batch / used / concurrency",
+             f"{estimate['memory_gb']:.1f} GB / {estimate['memory_used_gb']:.1f} GB / {estimate['concurrency']}"
+             + ("" if estimate["fits"] else " (KV cache full: the batch runs in waves)")),
             ("  prefill / decode / decode bound",
              f"{estimate['prefill_s']:.2f} s / {estimate['decode_s']:.2f} s / {estimate['bound']}"),
         ]
@@ -89,27 +91,38 @@ def arch_command(
     specs: list[str] = typer.Argument(..., help="Preset names (case-insensitive), config.json files or directories holding one."),
     context: int = typer.Option(4096, "--context", help="KV length T for FLOPs/token (Appendix C.2: 2N + 2 L T d_q)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of dicts instead of tables."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="Also show the roofline throughput on this GPU (e.g. h100-sxm)."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Also estimate serving throughput on this GPU (e.g. h100-sxm)."),
     gpu_file: Optional[Path] = typer.Option(None, "--gpu-file", help="JSON/CSV of extra GPUs (name, bf16_tflops, hbm_tb_s, memory_gb, interconnect_gb_s)."),
-    batch: int = typer.Option(64, "--batch", help="Roofline: concurrent requests."),
-    input_len: int = typer.Option(4096, "--input-len", help="Roofline: prompt tokens per request."),
-    output_len: int = typer.Option(1024, "--output-len", help="Roofline: generated tokens per request."),
-    tp: int = typer.Option(1, "--tp", help="Roofline: tensor-parallel degree."),
+    batch: int = typer.Option(64, "--batch", help="Estimate: concurrent requests."),
+    input_len: int = typer.Option(4096, "--input-len", help="Estimate: prompt tokens per request."),
+    output_len: int = typer.Option(1024, "--output-len", help="Estimate: generated tokens per request."),
+    tp: int = typer.Option(1, "--tp", help="Estimate: tensor-parallel degree (must split the query and KV heads)."),
+    engine: str = typer.Option("vllm", "--engine", help="Estimate: serving engine whose profile to use."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Estimate: throughput profile (path or name; `none` "
+                                          "for the uncalibrated roofline). Default: the one matching --engine and --gpu."),
 ) -> None:
     """Show parameter counts, r, GQA, d/sqrt(N), FLOPs/token and KV bytes/token of architectures."""
     if context < 0:
         raise UserError(f"--context must be non-negative, got {context}")
+    if profile is not None and not gpu:
+        raise UserError("--profile needs --gpu: a profile estimates throughput on a device")
     device = load_gpu(gpu, gpu_file) if gpu else None
+    chosen = resolve_profile(profile, device, engine) if device else None
     workload = Workload(batch, input_len, output_len) if device else None
+    architectures = [load_architecture(spec) for spec in specs]
+    for arch, spec in zip(architectures, specs):
+        check_tensor_parallel(arch.n_heads, arch.n_kv_heads, tp, arch.name or spec)
     summaries = []
-    for spec in specs:
-        arch = load_architecture(spec)
+    for arch, spec in zip(architectures, specs):
         source = PRESET_SOURCES[arch.name] if PRESETS.get(arch.name) is arch else spec
         summary = architecture_summary(arch, context, source)
-        if device:
-            estimate = estimate_throughput(arch, device, workload, tp=tp)
-            summary["roofline"] = {"gpu": device.name, "tp": tp, "batch_size": batch, "input_len": input_len,
-                                   "output_len": output_len, **estimate.as_dict()}
+        if chosen:
+            row = chosen.estimate(pd.DataFrame([arch.shape_columns()]), workload, tp).iloc[0]
+            summary["throughput"] = {"gpu": chosen.device.name, "tp": tp, "batch_size": batch, "input_len": input_len,
+                                     "output_len": output_len, "source": chosen.label, "profile": chosen.name,
+                                     "total_tokens_per_s": float(row["tokens_per_s"]),
+                                     **{k: row[k] for k in ("output_tokens_per_s", "prefill_s", "decode_s", "memory_gb",
+                                                            "memory_used_gb", "fits", "bound", "concurrency")}}
         summaries.append(summary)
     if as_json:
         print_json(summaries)

@@ -4,7 +4,9 @@ One command, three modes, chosen by the first argument and ``--show``:
 
 * ``archscale bench SPEC... --backend B``: run a sweep, append records to ``--out``;
 * ``archscale bench --show --out STORE``: print the store;
-* ``archscale bench calibrate --out STORE --gpu KEY``: fit the roofline's efficiencies.
+* ``archscale bench calibrate --out STORE --gpu KEY``: fit a throughput profile (see
+  :mod:`archscale.bench.calibrate`) for one engine on one device;
+* ``archscale bench probe --save cpu.json``: measure this CPU as a device entry for ``--gpu-file``.
 
 (A config directory literally named ``calibrate`` is benchmarked as ``./calibrate``.)
 """
@@ -22,7 +24,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from archscale.cli import app, console, print_json
-from archscale.cli.options import parse_int_list
+from archscale.cli.options import parse_assignments, parse_int_list
+from archscale.cost.serving import EngineSettings
 from archscale.errors import UserError
 from archscale.files import jsonable
 
@@ -34,15 +37,16 @@ EPILOG = (
     "--repeats 5 --out bench.sqlite   "
     "|  archscale bench llama-3.2-1b surefire-1b --backend roofline --gpu h100-sxm --batch-sizes 16,32,64,128   "
     "|  archscale bench --show --out bench.sqlite [--json] [--export bench.csv]   "
-    "|  archscale bench calibrate --out bench.sqlite --gpu h100-sxm --save calib.json, then "
-    "archscale bench llama-3.2-1b --backend roofline --gpu h100-sxm --efficiency calib.json"
+    "|  archscale bench calibrate --out data/dissertation_throughput.csv --gpu h200 --engine vllm "
+    "--holdout \"name.str.startswith('surefire')\" --save my-h200.json, then "
+    "archscale bench llama-3.2-1b --backend roofline --gpu h200 --profile my-h200.json"
 )
 
 
 @app.command("bench", epilog=EPILOG)
 def bench_command(
     specs: Optional[list[str]] = typer.Argument(None, help="Config directories, config.json files or preset names; "
-                                                "or the word `calibrate` to fit roofline efficiencies to the store."),
+                                                "or the word `calibrate` to fit a throughput profile to the store."),
     backend: Optional[str] = typer.Option(None, "--backend", help="torch (default: archscale's model, any machine), "
                                           "vllm (GPU; one subprocess per run) or roofline (analytic; needs --gpu)."),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Comma-separated batch sizes, e.g. 16,32,64,128."),
@@ -51,41 +55,72 @@ def bench_command(
     repeats: int = typer.Option(3, "--repeats", help="Timed repeats per (config, batch size), after one warm-up."),
     out: Optional[Path] = typer.Option(None, "--out", help="Results store (.sqlite/.db), appended to. Default "
                                        "bench.sqlite for torch/vllm; roofline rows are stored only with --out."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU key (h100-sxm, a100-40gb, h200, ...): required for "
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Device key (h100-sxm, a100-40gb, h200, ...): required for "
                                       "roofline and calibrate; overrides the key read from the CUDA device name."),
-    gpu_file: Optional[Path] = typer.Option(None, "--gpu-file", help="Extra GPUs (JSON/CSV with the GPU table's fields)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 (default on CUDA), fp16 or float32 (torch on CPU)."),
+    gpu_file: Optional[Path] = typer.Option(None, "--gpu-file", help="Extra devices (JSON/CSV with the GPU table's fields), e.g. a CPU."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 (default on CUDA), fp16 or float32 (torch on CPU); "
+                                        "with calibrate, which dtype's rows to fit."),
     device: str = typer.Option("auto", "--device", help="torch backend: auto, cpu, cuda or cuda:N."),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree (vllm and roofline)."),
     compile_step: bool = typer.Option(False, "--compile", help="torch backend: torch.compile the model step (dynamic shapes)."),
     enforce_eager: bool = typer.Option(False, "--enforce-eager", help="vllm: no CUDA graphs (faster start, slower run)."),
-    efficiency: Optional[Path] = typer.Option(None, "--efficiency", help="roofline: efficiencies JSON from `bench calibrate --save`."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="roofline: throughput profile (a JSON path or a name; "
+                                          "`none` for the uncalibrated roofline). Default: the profile matching --engine, --gpu and dtype."),
+    engine: str = typer.Option("vllm", "--engine", help="roofline and calibrate: the serving engine whose throughput is "
+                               "estimated (vllm, torch, sglang); picks the profile, and the rows calibrate fits."),
+    fit_terms: Optional[str] = typer.Option(None, "--fit", help="calibrate: comma-separated terms to fit (default "
+                                            "eta_weights,t_step,t_seq; also eta_compute, eta_kv, t_layer, t_allreduce)."),
+    fix: Optional[list[str]] = typer.Option(None, "--fix", help="calibrate: hold a term at a value, e.g. --fix eta_kv=0.8."),
+    holdout: Optional[str] = typer.Option(None, "--holdout", help="calibrate: rows to keep out of the fit and score on, "
+                                          "e.g. \"name.str.startswith('surefire')\"."),
+    name: Optional[str] = typer.Option(None, "--name", help="calibrate: the profile's name (default ENGINE-DEVICE-DTYPE)."),
+    memory_fraction: float = typer.Option(0.9, "--memory-fraction", help="calibrate: the engine's share of device memory "
+                                          "(vLLM's gpu_memory_utilization) when the rows were measured."),
+    max_num_seqs: int = typer.Option(256, "--max-num-seqs", help="calibrate: the engine's limit on running sequences."),
+    kv_cache_gib: Optional[float] = typer.Option(None, "--kv-cache-gib", help="calibrate: fixed KV-cache space in GiB "
+                                                 "(vLLM on CPU: VLLM_CPU_KVCACHE_SPACE) instead of a memory share."),
     timeout: float = typer.Option(3600.0, "--timeout", help="vllm: seconds before a worker is killed and recorded as failed."),
     seed: int = typer.Option(0, "--seed", help="Seed for random weights and prompts."),
     show: bool = typer.Option(False, "--show", help="Print the store given by --out (filtered by --backend/--gpu if given)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     export: Optional[Path] = typer.Option(None, "--export", help="With --show: also write the store as CSV here."),
-    save: Optional[Path] = typer.Option(None, "--save", help="With calibrate: write the fitted efficiencies JSON here."),
+    save: Optional[Path] = typer.Option(None, "--save", help="With calibrate: write the fitted profile JSON here."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="probe: torch threads to measure the CPU with."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
     verbose: bool = typer.Option(False, "--verbose", help="vllm: echo the workers' logs to stderr."),
 ) -> None:
-    """Benchmark architectures (torch, vLLM, roofline) into an SQLite store; show it; calibrate the roofline."""
+    """Benchmark architectures (torch, vLLM, roofline) into an SQLite store; show it; calibrate a throughput profile."""
     specs = list(specs or [])
+    calibration_only = {"--fit": fit_terms, "--fix": fix or None, "--holdout": holdout, "--name": name,
+                        "--kv-cache-gib": kv_cache_gib, "--save": save,
+                        "--memory-fraction": None if memory_fraction == 0.9 else memory_fraction,
+                        "--max-num-seqs": None if max_num_seqs == 256 else max_num_seqs}
     if specs and specs[0] == "calibrate":
         if len(specs) > 1:
             raise UserError("`archscale bench calibrate` takes no configs (to benchmark a directory named calibrate, write ./calibrate)")
-        _refuse({"--export": export, "--efficiency": efficiency}, "calibrate")
-        _calibrate_mode(out, gpu, gpu_file, backend, save, as_json)
+        _refuse({"--export": export, "--profile": profile}, "calibrate")
+        if backend is not None:
+            raise UserError("calibrate fits the rows of one engine: give it with --engine (not --backend)")
+        _calibrate_mode(out, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout, name, save,
+                        EngineSettings(memory_fraction=memory_fraction, max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib),
+                        as_json)
         return
+    if specs and specs[0] == "probe":
+        if len(specs) > 1:
+            raise UserError("`archscale bench probe` takes no configs (to benchmark a directory named probe, write ./probe)")
+        _refuse({k: v for k, v in calibration_only.items() if k != "--save"}, "probe")
+        _probe_mode(save, gpu or "cpu", dtype, threads, as_json)
+        return
+    _refuse({"--threads": threads}, "anything but probe")
     if show:
         if specs:
             raise UserError("--show prints a store; give it no configs")
-        _refuse({"--save": save, "--efficiency": efficiency}, "--show")
+        _refuse({"--profile": profile, **calibration_only}, "--show")
         _show_mode(out, backend, gpu, gpu_file, export, as_json)
         return
-    _refuse({"--save": save, "--export": export}, "a benchmark run")
+    _refuse({"--export": export, **calibration_only}, "a benchmark run")
     _sweep_mode(specs, backend or "torch", batch_sizes, input_len, output_len, repeats, out, gpu, gpu_file, dtype,
-                device, tp, compile_step, enforce_eager, efficiency, timeout, seed, as_json, progress, verbose)
+                device, tp, compile_step, enforce_eager, profile, engine, timeout, seed, as_json, progress, verbose)
 
 
 def _refuse(flags: dict[str, Any], mode: str) -> None:
@@ -97,26 +132,26 @@ def _refuse(flags: dict[str, Any], mode: str) -> None:
 
 # ---- sweep --------------------------------------------------------------------------
 def _sweep_mode(specs, backend_name, batch_sizes, input_len, output_len, repeats, out, gpu, gpu_file, dtype, device,
-                tp, compile_step, enforce_eager, efficiency, timeout, seed, as_json, progress, verbose) -> None:
-    from archscale.bench.calibrate import load_efficiency
+                tp, compile_step, enforce_eager, profile, engine, timeout, seed, as_json, progress, verbose) -> None:
     from archscale.bench.store import check_store_path
-    from archscale.bench.sweep import BenchOptions, make_backend, resolve_targets, run_sweep
-    from archscale.cost.roofline import Efficiency
+    from archscale.bench.sweep import BenchOptions, check_targets, make_backend, resolve_targets, run_sweep
 
     sizes = tuple(parse_int_list(batch_sizes, "--batch-sizes"))
-    if efficiency is not None and backend_name != "roofline":
-        raise UserError("--efficiency applies to --backend roofline only")
+    if profile is not None and backend_name != "roofline":
+        raise UserError("--profile applies to --backend roofline only (measurements need no profile)")
     options = BenchOptions(backend=backend_name, batch_sizes=sizes, input_len=input_len, output_len=output_len,
                            repeats=repeats, gpu=gpu, gpu_file=gpu_file, dtype=dtype, device=device, tp=tp,
-                           compile=compile_step, enforce_eager=enforce_eager,
-                           efficiency=load_efficiency(efficiency) if efficiency else Efficiency(), seed=seed,
+                           compile=compile_step, enforce_eager=enforce_eager, profile=profile, engine=engine, seed=seed,
                            worker_timeout_s=timeout, verbose=verbose)
     if out is None and backend_name != "roofline":
         out = DEFAULT_STORE
     store = check_store_path(out) if out is not None else None
     targets = resolve_targets(specs)
+    check_targets(targets, options)
     backend = make_backend(options)
     errors = Console(stderr=True)
+    if backend_name == "roofline" and not as_json:
+        errors.print(f"estimates from {backend.profile.describe()}", markup=False, highlight=False, soft_wrap=True)
     total = len(targets) * len(sizes) * options.progress_units_per_batch
     with _progress(errors, total, enabled=progress) as bar:
         result = run_sweep(targets, options, store, _hooks(bar, errors), backend=backend)
@@ -198,68 +233,149 @@ def _number(value: Any, digits: str = ",.0f") -> str:
     return "-" if math.isnan(value) else format(value, digits)
 
 
-def _results_table(frame: pd.DataFrame, title: str, gpu_file: Path | None = None, efficiency=None) -> Table:
-    """Records as a table; measured rows on a known GPU also show the fraction of the roofline they reach.
+def _results_table(frame: pd.DataFrame, title: str, gpu_file: Path | None = None) -> Table:
+    """Records as a table, both throughput units labelled; measured rows also show how they compare with the estimate.
 
-    "of roofline" is measured / estimated tokens/s at the default efficiencies
-    (or ``efficiency``) for the row's shape, workload and GPU.
+    "vs estimate" is measured / estimated total tokens/s for the row's shape
+    and workload, from the profile matching its engine, device and dtype (the
+    uncalibrated roofline where there is none), named beside the ratio.
+    Estimated rows name their profile, and say when the KV cache made the
+    batch run in waves. Prefill/decode seconds and config hashes are in
+    ``--json`` and CSV exports.
     """
-    from archscale.bench.calibrate import roofline_fraction
-    from archscale.cost.roofline import Efficiency
+    from archscale.bench.calibrate import estimate_ratio
 
-    fraction = roofline_fraction(frame, gpu_file, efficiency or Efficiency())
+    ratio, compared = estimate_ratio(frame, gpu_file)
     table = Table(title=title)
-    for column in ("name", "hash", "backend", "gpu", "dtype", "batch", "in/out", "tokens/s", "± std", "out tok/s",
-                   "prefill s", "decode s", "of roofline", "status"):
-        table.add_column(column, justify="left" if column in ("name", "backend", "gpu", "dtype", "status") else "right",
-                         no_wrap=column in ("hash", "in/out", "tokens/s"))
+    for column in ("name", "backend", "gpu", "dtype", "batch", "in/out", "total tok/s", "out tok/s", "vs estimate", "status"):
+        table.add_column(column, justify="left" if column in ("name", "backend", "gpu", "dtype", "status", "vs estimate")
+                         else "right", no_wrap=column in ("in/out", "total tok/s", "vs estimate"))
     for index, row in frame.iterrows():
-        status = "ok" if row["status"] == "ok" else f"failed: {row['error']}"
-        table.add_row(str(row["name"] or row.get("source") or "?"), str(row["config_hash"]), str(row["backend"]),
-                      str(row["gpu"]), str(row["dtype"]), str(row["batch_size"]),
-                      f"{row['input_len']}/{row['output_len']}", _number(row["tokens_per_s"]),
-                      _number(row["tokens_per_s_std"]), _number(row["output_tokens_per_s"]),
-                      _number(row["prefill_s"], ".3g"), _number(row["decode_s"], ".3g"),
-                      _number(100 * fraction.loc[index], ".0f") + ("%" if not math.isnan(fraction.loc[index]) else ""),
-                      status)
+        if row["backend"] == "roofline":
+            versus = f"is {row['profile'] or 'uncalibrated'}"
+        elif math.isnan(ratio.loc[index]):
+            versus = "-"
+        else:
+            versus = f"{ratio.loc[index]:.2f}x {compared.loc[index]}"
+        spread = _number(row["tokens_per_s_std"])
+        total = _number(row["tokens_per_s"]) + ("" if spread == "-" else f" ± {spread}")
+        table.add_row(str(row["name"] or row.get("source") or "?"), str(row["backend"]), str(row["gpu"]),
+                      SHORT_DTYPES.get(str(row["dtype"]), str(row["dtype"])), str(row["batch_size"]),
+                      f"{row['input_len']}/{row['output_len']}", total, _number(row["output_tokens_per_s"]), versus,
+                      _status(row))
     return table
 
 
+SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+def _status(row: pd.Series) -> str:
+    if row["status"] != "ok":
+        return f"failed: {row['error']}"
+    concurrency = pd.to_numeric(row.get("concurrency"), errors="coerce")
+    if row["backend"] == "roofline" and concurrency == concurrency and concurrency < row["batch_size"]:
+        return f"ok; KV cache holds {int(concurrency)}/{row['batch_size']}: waves"
+    return "ok"
+
+
 # ---- calibrate ----------------------------------------------------------------------
-def _calibrate_mode(out, gpu, gpu_file, backend, save, as_json) -> None:
-    from archscale.bench.calibrate import calibrate, save_calibration
-    from archscale.bench.records import MEASURED_BACKENDS
+def _calibrate_mode(out, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout, name, save, settings, as_json) -> None:
+    from archscale.bench.calibrate import DEFAULT_FREE, calibrate
+    from archscale.bench.records import canonical_dtype
     from archscale.bench.store import load_results
+    from archscale.cost.gpus import load_gpu
+    from archscale.cost.profiles import save_profile
+    from archscale.study import select
 
     if out is None:
-        raise UserError("calibrate needs --out STORE (the measured results)")
+        raise UserError("calibrate needs --out STORE (the measured results: a bench store or a CSV of records)")
     if not gpu:
-        raise UserError("calibrate needs --gpu (the GPU whose measured rows to fit, e.g. h100-sxm)")
-    if backend is not None and backend not in MEASURED_BACKENDS:
-        raise UserError(f"calibrate fits measured rows: --backend must be {' or '.join(MEASURED_BACKENDS)}")
-    result = calibrate(load_results(out), gpu, gpu_file, backend)
+        raise UserError("calibrate needs --gpu (the device whose measured rows to fit, e.g. h200; "
+                        "a CPU needs a --gpu-file entry with its peak FLOP/s and bandwidth)")
+    if dtype is not None and canonical_dtype(dtype) is None:
+        raise UserError(f"unknown --dtype {dtype!r}: use bf16, fp16 or float32")
+    free = tuple(t.strip() for t in fit_terms.split(",") if t.strip()) if fit_terms is not None else DEFAULT_FREE
+    fixed = parse_assignments(fix, "--fix")
+    device = load_gpu(gpu, gpu_file)
+    if save is not None and save.suffix.lower() != ".json":
+        raise UserError(f"--save {save}: a profile is JSON; give a path ending in .json")
+    results = load_results(out)
+    mask = select(results, holdout, "--holdout").to_numpy() if holdout else None
+    result = calibrate(results, device, engine, canonical_dtype(dtype) if dtype else None, free, fixed, mask,
+                       settings, name, source=str(out))
     if save is not None:
-        save_calibration(result, save)
+        save_profile(result.profile, save)
     if as_json:
-        print_json(result.to_dict())
+        print_json({"profile": result.profile.to_json(), "rows": _json_rows(result.rows.drop(columns=["_heldout"])),
+                    "speedups": _json_rows(result.speedups)})
         return
-    table = Table(title=f"roofline vs measured on {result.gpu}: {len(result.rows)} rows")
-    for column in ("name", "backend", "batch", "in/out", "measured tok/s", "before", "err before", "after", "err after"):
-        table.add_column(column, justify="left" if column in ("name", "backend") else "right")
-    for row in result.rows.itertuples():
-        table.add_row(str(row.name), row.backend, str(row.batch_size), f"{row.input_len}/{row.output_len}",
-                      _number(row.measured), _number(row.estimate_before), f"{100 * row.rel_err_before:+.1f}%",
-                      _number(row.estimate_after), f"{100 * row.rel_err_after:+.1f}%")
-    console.print(table)
-    before, after = result.initial, result.efficiency
-    console.print(f"efficiency compute {before.compute:.3f} -> {after.compute:.3f}, memory {before.memory:.3f} -> {after.memory:.3f}")
-    console.print(f"|relative error| max {100 * result.max_abs_rel_err_before:.1f}% -> {100 * result.max_abs_rel_err_after:.1f}%, "
-                  f"mean {100 * result.mean_abs_rel_err_before:.1f}% -> {100 * result.mean_abs_rel_err_after:.1f}%")
-    for name, identified in result.identified.items():
-        if not identified:
-            console.print(f"note: no row depends on the {name} efficiency; its value is not determined by these data")
-        elif result.at_bound[name]:
-            console.print(f"note: the {name} efficiency sits at a bound of [0.05, 1]: the roofline cannot match these "
-                          "rows with any efficiency (overheads it does not model?)")
+    _print_calibration(result)
     if save is not None:
-        console.print(f"saved efficiencies to {save} (use with --backend roofline --efficiency {save})")
+        console.print(f"saved profile to {save} (use it with --profile {save}, or put it in a directory listed in "
+                      "$ARCHSCALE_PROFILES to have bench and search pick it up for this engine, device and dtype)")
+
+
+def _print_calibration(result) -> None:
+    from archscale.bench.calibrate import format_term, term_table
+
+    profile, unit = result.profile, result.summary["unit"]
+    rows = Table(title=f"{profile.engine} on {profile.device.name} ({profile.dtype}): measured vs estimated {unit}")
+    for column in ("name", "split", "batch", "in/out", "measured", "uncalibrated", "err", "profile", "err "):
+        rows.add_column(column, justify="left" if column in ("name", "split") else "right")
+    for row in result.rows.itertuples():
+        rows.add_row(str(row.arch_name), row.split, str(int(row.batch_size)), f"{int(row.input_len)}/{int(row.output_len)}",
+                     _number(row.measured), _number(row.uncalibrated), f"{100 * row.rel_err_uncalibrated:+.1f}%",
+                     _number(row.estimate), f"{100 * row.rel_err:+.1f}%")
+    console.print(rows)
+    terms = Table(title=f"profile {profile.name}: terms")
+    for column in ("term", "value", "", "bounds", "meaning"):
+        terms.add_column(column)
+    for term in term_table(profile):
+        low, high = term["bounds"]
+        terms.add_row(term["term"], format_term(term["term"], term["value"]), "fitted" if term["fitted"] else "fixed",
+                      f"{format_term(term['term'], low)} .. {format_term(term['term'], high)}", term["meaning"])
+    console.print(terms)
+    for key, label in (("fit", "fitted rows"), ("leave_one_architecture_out", "leave one architecture out"),
+                       ("heldout", "held-out rows")):
+        summary = result.summary.get(key)
+        if not summary:
+            continue
+        if summary.get("mean_abs_rel_err") is None:
+            reasons = "; ".join(f"{arch}: {why}" for arch, why in (summary.get("refused") or {}).items())
+            console.print(f"{label}: not available ({reasons or 'no rows'})")
+            continue
+        line = (f"{label}: |error| mean {100 * summary['mean_abs_rel_err']:.1f}%, max {100 * summary['max_abs_rel_err']:.1f}% "
+                f"over {summary['n_rows']} rows")
+        if summary.get("n_pairs"):
+            line += (f"; speedup between same-size architectures: |error| mean {summary['speedup_mean_abs_points']:.1f} "
+                     f"points, max {summary['speedup_max_abs_points']:.1f} ({summary['n_pairs']} pairs)")
+        console.print(line)
+    before = result.summary["uncalibrated_fit"]
+    console.print(f"uncalibrated roofline on the fitted rows: |error| mean {100 * before['mean_abs_rel_err']:.1f}%, "
+                  f"max {100 * before['max_abs_rel_err']:.1f}%")
+
+
+# ---- probe --------------------------------------------------------------------------
+def _probe_mode(save: Optional[Path], name: str, dtype: Optional[str], threads: Optional[int], as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from archscale.bench.records import canonical_dtype
+    from archscale.cost.probe import probe_cpu
+    from archscale.files import write_json
+
+    kind = canonical_dtype(dtype) if dtype else "float32"
+    if kind is None:
+        raise UserError(f"unknown --dtype {dtype!r}: use bf16, fp16 or float32")
+    if save is not None and save.suffix.lower() != ".json":
+        raise UserError(f"--save {save}: a device file is JSON; give a path ending in .json")
+    device = probe_cpu(name, threads, kind)
+    if save is not None:
+        write_json(save, [asdict(device)])
+    if as_json:
+        print_json(asdict(device))
+        return
+    console.print(f"{device.name}: {device.bf16_tflops * 1e3:.1f} GFLOP/s {kind} matmul, {device.hbm_tb_s * 1e3:.1f} GB/s copy, "
+                  f"{device.memory_gb:g} GiB RAM ({threads or 'default'} threads)")
+    if save is not None:
+        console.print(f"saved {save}: use it with --gpu {device.name} --gpu-file {save} (bench calibrate, bench --backend "
+                      "roofline, search)")

@@ -14,7 +14,8 @@ from archscale.bench.store import load_results
 from archscale.cli import app, console, print_json
 from archscale.cli.options import format_count, parse_count, parse_int_list
 from archscale.cost.gpus import load_gpu
-from archscale.cost.roofline import Workload
+from archscale.cost.profiles import resolve_profile
+from archscale.cost.serving import Workload
 from archscale.errors import UserError
 from archscale.files import write_json
 from archscale.runs import load_runs
@@ -22,18 +23,34 @@ from archscale.search import SearchResult, SearchSpec, best_at_gqa, emit_configs
 from archscale.study import check_reference, load_fit
 
 TOP_COLUMNS = ["rank", "d_model", "n_heads", "n_kv_heads", "d_ff", "N", "x", "r", "gqa", "predicted_loss",
-               "loss_source", "tokens_per_s", "output_tokens_per_s", "throughput_source", "memory_gb", "gqa_variants"]
+               "loss_source", "tokens_per_s", "output_tokens_per_s", "throughput_source", "memory_gb", "concurrency",
+               "gqa_variants"]
 
 
 def _records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
     return frame[[c for c in columns if c in frame.columns]].to_dict("records")
 
 
+def _speedup(row: Any, reference: dict[str, Any] | None) -> float | None:
+    if not reference or not reference["output_tokens_per_s"] > 0:
+        return None
+    return float(row.output_tokens_per_s / reference["output_tokens_per_s"])
+
+
 def result_document(result: SearchResult, spec: SearchSpec) -> dict[str, Any]:
     """The JSON written by ``--out`` and printed by ``--json`` (numpy values are converted on writing)."""
+    top = _records(result.top_k, TOP_COLUMNS)
+    for record, row in zip(top, result.top_k.itertuples()):
+        record["speedup_vs_reference"] = _speedup(row, result.target.reference)
+        record["speedup_source"] = result.speedup_source(row)
+    model = result.throughput_model
     return {
         "budget": {"n": spec.n, "tokens": spec.tokens, "n_layers": spec.n_layers, "d_head": spec.d_head},
         "hardware": {"gpu": spec.gpu.name, "tp": spec.tp},
+        "throughput_estimates": {"profile": model.name, "calibrated": model.calibrated, "engine": model.engine,
+                                 "description": model.describe(),
+                                 "heldout_speedup_error_points": model.heldout_speedup_points,
+                                 "units": "tokens_per_s counts prompt + generated tokens; output_tokens_per_s generated only"},
         "workload": {"batch_size": spec.workload.batch_size, "input_len": spec.workload.input_len,
                      "output_len": spec.workload.output_len},
         "loss_units": "relative to L_opt" if result.relative else "nats/token",
@@ -43,7 +60,7 @@ def result_document(result: SearchResult, spec: SearchSpec) -> dict[str, Any]:
         "best_discrete_gqa4": best_at_gqa(result, 4),
         "n_candidates": len(result.candidates),
         "n_feasible": int(result.candidates["feasible"].sum()),
-        "top_k": _records(result.top_k, TOP_COLUMNS),
+        "top_k": top,
         "frontier": _records(result.frontier, TOP_COLUMNS[1:-1]),
         "notes": result.notes,
     }
@@ -60,21 +77,29 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
     console.print(f"target loss {result.target.loss:.4f} from {result.target.source}; "
                   f"{int(result.candidates['feasible'].sum()):,} of {len(result.candidates):,} candidates feasible")
     reference = result.target.reference
+    console.print(f"throughput: {result.throughput_model.describe()}")
     table = Table(title=f"top {len(result.top_k)} for training ({spec.gpu.name}, batch {spec.workload.batch_size}, "
                         f"{spec.workload.input_len} in / {spec.workload.output_len} out)")
-    for column in ("rank", "d_model", "heads/kv", "d_ff", "N", "r", "x", "GQA", "loss", "tokens/s", "vs ref", "GQA variants"):
+    for column in ("rank", "d_model", "heads/kv", "d_ff", "N", "r", "x", "GQA", "loss", "out tok/s", "vs ref", "GQA variants"):
         table.add_column(column, justify="right")
     for row in result.top_k.itertuples():
-        ratio = f"{row.tokens_per_s / reference['tokens_per_s']:.2f}x" if reference and reference["tokens_per_s"] > 0 else "-"
+        ratio = _speedup(row, reference)
         loss = f"{row.predicted_loss:.4f}" + (" (measured)" if row.loss_source == "measured" else "")
-        speed = f"{row.tokens_per_s:,.0f}" + (" (measured)" if row.throughput_source == "measured" else "")
+        speed = f"{row.output_tokens_per_s:,.0f}" + (" (measured)" if row.throughput_source == "measured" else "")
         table.add_row(str(row.rank), str(row.d_model), f"{row.n_heads}/{row.n_kv_heads}", str(row.d_ff), format_count(row.N),
-                      f"{row.r:.2f}", f"{row.x:.4f}", str(row.gqa), loss, speed, ratio, row.gqa_variants)
+                      f"{row.r:.2f}", f"{row.x:.4f}", str(row.gqa), loss, speed, "-" if ratio is None else f"{ratio:.2f}x",
+                      row.gqa_variants)
     if reference:
+        measured = " (measured)" if reference.get("throughput_source") == "measured" else ""
         table.add_row("ref", str(reference["d_model"]), f"{reference['n_heads']}/{reference['n_kv_heads']}", str(reference["d_ff"]),
                       format_count(reference["N"]), f"{reference['r']:.2f}", f"{reference['x']:.4f}", str(reference["gqa"]),
-                      f"{reference['predicted_loss']:.4f}", f"{reference['tokens_per_s']:,.0f}", "1.00x", reference["name"])
+                      f"{reference['predicted_loss']:.4f}", f"{reference['output_tokens_per_s']:,.0f}{measured}", "1.00x",
+                      reference["name"])
     console.print(table)
+    if reference and len(result.top_k):
+        first = next(result.top_k.itertuples())
+        console.print(f"top pick vs {reference['name']}: {_speedup(first, reference):.2f}x output tokens/s "
+                      f"(source: {result.speedup_source(first)})")
     for note in result.notes:
         console.print(f"note: {note}")
 
@@ -91,7 +116,11 @@ def search_command(
     target_loss: Optional[float] = typer.Option(None, "--target-loss", help="Target loss in nats/token (needs a fit with a reference law)."),
     slack: Optional[float] = typer.Option(None, "--slack", help="Target = predicted optimum x (1 + slack); the default, 0.01."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Chinchilla fit JSON for L_opt(N,D), giving absolute losses."),
-    gpu: str = typer.Option("h100-sxm", "--gpu", help="GPU from the table (archscale gpus) or --gpu-file."),
+    gpu: str = typer.Option("h100-sxm", "--gpu", help="GPU key (a100-40gb, a100-80gb, h100-sxm, h100-pcie, h200, l40s, l4) "
+                            "or one from --gpu-file."),
+    engine: str = typer.Option("vllm", "--engine", help="Serving engine whose throughput is estimated: picks the profile."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Throughput profile (path or name; `none` for the "
+                                          "uncalibrated roofline). Default: the one matching --engine, --gpu and bf16."),
     gpu_file: Optional[Path] = typer.Option(None, "--gpu-file", help="Extra GPUs (JSON or CSV with the GPU table's fields)."),
     tp: int = typer.Option(1, "--tp", min=1, help="Tensor-parallel degree; it must divide the KV heads."),
     batch: int = typer.Option(64, "--batch", min=1, help="Concurrent requests in the serving workload."),
@@ -122,7 +151,9 @@ def search_command(
     if reference is not None:
         fitted.reference = load_fit(reference)
         check_reference(fitted.law, fitted.reference)
-    spec = SearchSpec(n=n, tokens=tokens, n_layers=layers, d_head=head_dim, gpu=load_gpu(gpu, gpu_file),
+    device = load_gpu(gpu, gpu_file)
+    spec = SearchSpec(n=n, tokens=tokens, n_layers=layers, d_head=head_dim, gpu=device,
+                      profile=resolve_profile(profile, device, engine),
                       workload=Workload(batch, input_len, output_len), tp=tp, tolerance=tolerance, r_range=(r_min, r_max),
                       gqa_values=parse_int_list(gqa, "--gqa"), vocab_size=vocab, tie_embeddings=tie_embeddings,
                       strict_hf=strict_hf, d_multiple=d_multiple, ff_multiple=ff_multiple)

@@ -43,3 +43,18 @@ def format_count(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.3g}{unit}"
     return f"{n:.0f}"
+
+
+def parse_assignments(items: list[str] | None, flag: str) -> dict[str, float]:
+    """``--fix b0=1`` / ``--fix eta_kv=0.8`` items to ``{name: value}``."""
+    values: dict[str, float] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip() or not math.isfinite(number):
+            raise UserError(f"{flag} {item!r}: expected NAME=NUMBER, e.g. {flag} t_layer=0")
+        values[name.strip()] = number
+    return values

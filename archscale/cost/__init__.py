@@ -1,15 +1,19 @@
-"""Inference cost models: the GPU table and the analytic roofline.
+"""Inference cost: the device table, the serving model, and calibration profiles.
 
-``from archscale.cost import load_gpu, Workload, estimate_throughput`` is the
-short path; the modules hold the details (:mod:`archscale.cost.gpus`,
-:mod:`archscale.cost.roofline`).
+``from archscale.cost import load_gpu, Workload, resolve_profile`` is the short
+path; the modules hold the details (:mod:`archscale.cost.gpus`,
+:mod:`archscale.cost.serving`, :mod:`archscale.cost.profiles`).
 """
 
 from archscale.cost.gpus import GPU, GPUS, gpu_table, load_gpu
-from archscale.cost.roofline import (
-    Efficiency,
+from archscale.cost.profiles import Profile, find_profile, load_profile, resolve_profile, save_profile
+from archscale.cost.serving import (
+    CostTerms,
+    EngineSettings,
     ThroughputEstimate,
     Workload,
+    check_tensor_parallel,
+    estimate_rows,
     estimate_throughput,
     estimate_throughput_many,
 )
@@ -17,11 +21,19 @@ from archscale.cost.roofline import (
 __all__ = [
     "GPU",
     "GPUS",
-    "Efficiency",
+    "CostTerms",
+    "EngineSettings",
+    "Profile",
     "ThroughputEstimate",
     "Workload",
+    "check_tensor_parallel",
+    "estimate_rows",
     "estimate_throughput",
     "estimate_throughput_many",
+    "find_profile",
     "gpu_table",
     "load_gpu",
+    "load_profile",
+    "resolve_profile",
+    "save_profile",
 ]

@@ -1,9 +1,10 @@
-"""The hardware table the roofline reads: peak dense bf16, HBM bandwidth, memory, interconnect.
+"""The hardware table the serving model reads: peak dense bf16, HBM bandwidth, memory, interconnect.
 
 Figures are vendor datasheet numbers (dense, i.e. without 2:4 sparsity), in
-decimal units as the datasheets print them. The roofline scales them by
-measured efficiencies (``Efficiency``), so only their ratios between GPUs
-matter much. A user adds or overrides GPUs with a JSON or CSV file of the same
+decimal units as the datasheets print them (memory: see :class:`GPU`). The
+serving model (:mod:`archscale.cost.serving`) scales them by efficiencies a
+calibration profile fits, and a profile carries the figures it was fitted
+against, so it is never applied to another device. A user adds or overrides GPUs with a JSON or CSV file of the same
 fields (:func:`load_gpu`'s ``extra_file``).
 
 Sources: NVIDIA A100 datasheet (SXM: 312 TFLOP/s bf16, 1,555 GB/s for 40GB,
@@ -33,9 +34,12 @@ class GPU:
         name: key used on the command line (lowercase).
         bf16_tflops: dense bf16 tensor-core peak, TFLOP/s.
         hbm_tb_s: device memory bandwidth, TB/s.
-        memory_gb: device memory, GB (1e9 bytes).
-        interconnect_gb_s: GPU-to-GPU bandwidth, GB/s (NVLink, else PCIe);
-            informational: tensor-parallel cost is modelled as sync latency.
+        memory_gb: device memory as the datasheet prints it. HBM datasheets print
+            binary gigabytes (an A100 "40GB" has 40 GiB: nvidia-smi shows 40,960
+            MiB; an H200 "141GB" shows 143,771 MiB), so archscale reads it as GiB.
+        interconnect_gb_s: GPU-to-GPU bandwidth, GB/s (NVLink, else PCIe): the
+            bandwidth part of a tensor-parallel all-reduce (its latency is a
+            cost term, ``t_allreduce``).
     """
 
     name: str
@@ -54,7 +58,8 @@ class GPU:
 
     @property
     def memory_bytes(self) -> float:
-        return self.memory_gb * 1e9
+        """Device memory in bytes, reading ``memory_gb`` as GiB (see the class docstring)."""
+        return self.memory_gb * 2**30
 
 
 GPUS: dict[str, GPU] = {
@@ -104,7 +109,7 @@ def read_gpu_file(path: str | Path) -> list[GPU]:
         records = _csv_records(path)
     else:
         raise UserError(f"{path}: GPU file must end in .json or .csv")
-    return [_gpu_from_record(record, path, i) for i, record in enumerate(records, start=1)]
+    return [gpu_from_record(record, path, i) for i, record in enumerate(records, start=1)]
 
 
 def _json_records(path: Path) -> list[dict]:
@@ -127,7 +132,7 @@ def _csv_records(path: Path) -> list[dict]:
         raise UserError(f"{path}: cannot read CSV ({exc})") from None
 
 
-def _gpu_from_record(record, path: Path, index: int) -> GPU:
+def gpu_from_record(record, path: Path, index: int) -> GPU:
     """Validate one record: every field present, numbers finite and positive."""
     if not isinstance(record, dict) or "_bad" in record:
         raise UserError(f"{path}: GPU entry {index} is not an object with fields {', '.join(FIELDS)}")
