@@ -11,7 +11,7 @@ import pytest
 
 from archscale.arch import PRESETS
 from archscale.bench.calibrate import calibrate
-from archscale.bench.records import make_record
+from archscale.bench.records import BYTES_PER_ELEMENT, make_record
 from archscale.bench.store import append, load_results
 from archscale.cost import CostTerms, EngineSettings, estimate_rows, load_gpu, load_profile, resolve_profile
 from archscale.cost.profiles import ENV_DIRS, SHIPPED_DIR, Profile
@@ -26,16 +26,17 @@ MODELS = ("llama-3.2-1b", "surefire-1b", "panda-1b", "olmo-2-1b")
 
 
 def synthetic(terms: CostTerms = TRUTH, models=MODELS, batches=(8, 32, 128), workloads=((4096, 1024), (1024, 256)),
-              gpu: str = "h200", unit: str = "both") -> pd.DataFrame:
+              device=H200, unit: str = "both", settings: EngineSettings = EngineSettings(),
+              dtype: str = "bfloat16") -> pd.DataFrame:
     """"Measured" vLLM rows that are exactly the serving model at ``terms``."""
     rows = []
     for name in models:
         for input_len, output_len in workloads:
             for batch in batches:
                 workload = {"batch_size": batch, "input_len": input_len, "output_len": output_len, "repeats": 3, "tp": 1}
-                rows.append(make_record(PRESETS[name], name, "vllm", workload, {"gpu": gpu, "dtype": "bfloat16"}))
+                rows.append(make_record(PRESETS[name], name, "vllm", workload, {"gpu": device.name, "dtype": dtype}))
     frame = pd.DataFrame(rows)
-    estimate = estimate_rows(frame, load_gpu(gpu), terms)
+    estimate = estimate_rows(frame.assign(bytes_per_element=BYTES_PER_ELEMENT[dtype]), device, terms, settings)
     frame["tokens_per_s"] = estimate["tokens_per_s"] if unit in ("both", "total") else np.nan
     frame["output_tokens_per_s"] = estimate["output_tokens_per_s"] if unit in ("both", "output") else np.nan
     return frame
@@ -285,3 +286,42 @@ def test_bad_input_is_one_line(cli, tmp_path, monkeypatch, args, fragment):
     before = PUBLISHED.read_bytes()
     _one_line(cli(*args), fragment)
     assert PUBLISHED.read_bytes() == before and not list(Path(tmp_path).iterdir())
+
+
+# ---- CPU rows: a device entry from the probe, and a profile of their own --------------------------
+def test_cpu_probe_reads_the_vector_units_and_measures_copy_bandwidth(tmp_path, monkeypatch):
+    from archscale.cost import probe
+
+    assert probe.peak_flops_per_cycle({"avx512f", "avx2", "fma"}) == 64
+    assert probe.peak_flops_per_cycle({"avx2", "fma", "avx"}) == 32
+    assert probe.peak_flops_per_cycle({"sse2"}) == 8
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\ncpu MHz\t\t: 3000.0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    flags_and_clock = probe._cpuinfo(fake)
+    assert flags_and_clock == ({"fpu", "sse2", "avx", "avx2", "fma"}, 3000.0)
+    monkeypatch.setattr(probe, "_cpuinfo", lambda: flags_and_clock)
+    result = probe.probe_cpu("mycpu", threads=1)
+    assert result.device.name == "mycpu" and result.device.bf16_tflops == pytest.approx(32 * 3000e6 / 1e12)
+    assert result.copy_bytes_per_s > 1e8 and result.matmul_flops > 1e8 and result.device.memory_gb > 0
+
+
+def test_torch_rows_on_a_cpu_calibrate_a_profile_of_their_own(cli, tmp_path):
+    """Before profiles, `bench calibrate` refused CPU rows ("unknown GPU 'cpu'"); a probed device entry makes them usable."""
+    device_file = tmp_path / "cpu.json"
+    assert cli("bench", "probe", "--threads", "1", "--save", device_file).code == 0
+    cpu = load_gpu("cpu", device_file)
+    truth = CostTerms(eta_weights=0.4, t_step=2e-3, t_seq=1e-4)
+    rows = synthetic(truth, device=cpu, models=("llama-3.2-1b", "surefire-1b", "panda-1b"), batches=(1, 4, 16),
+                     workloads=((128, 32),), settings=EngineSettings(kv_cache_gib=4), dtype="float32")
+    rows["backend"] = "torch"
+    store = tmp_path / "cpu.sqlite"
+    append(store, rows.to_dict("records"))
+    saved = tmp_path / "torch-cpu.json"
+    r = cli("bench", "calibrate", "--out", store, "--gpu", "cpu", "--gpu-file", device_file, "--engine", "torch",
+            "--kv-cache-gib", "4", "--save", saved)
+    assert r.code == 0, r.err
+    profile = load_profile(saved)
+    assert (profile.engine, profile.device.name, profile.dtype) == ("torch", "cpu", "float32")
+    assert profile.terms.t_seq == pytest.approx(1e-4, rel=1e-3) and profile.settings.kv_cache_gib == 4
+    r = cli("bench", "calibrate", "--out", store, "--gpu", "cpu", "--engine", "torch")
+    assert r.code == 2 and "unknown GPU 'cpu'" in r.err and "bench probe" in r.err

@@ -368,14 +368,17 @@ def _probe_mode(save: Optional[Path], name: str, dtype: Optional[str], threads: 
         raise UserError(f"unknown --dtype {dtype!r}: use bf16, fp16 or float32")
     if save is not None and save.suffix.lower() != ".json":
         raise UserError(f"--save {save}: a device file is JSON; give a path ending in .json")
-    device = probe_cpu(name, threads, kind)
+    probe = probe_cpu(name, threads, kind)
+    device = probe.device
     if save is not None:
         write_json(save, [asdict(device)])
     if as_json:
-        print_json(asdict(device))
+        print_json({**asdict(device), "flops_per_cycle": probe.flops_per_cycle, "mhz": probe.mhz, "threads": probe.threads,
+                    "matmul_flops": probe.matmul_flops, "copy_bytes_per_s": probe.copy_bytes_per_s})
         return
-    console.print(f"{device.name}: {device.bf16_tflops * 1e3:.1f} GFLOP/s {kind} matmul, {device.hbm_tb_s * 1e3:.1f} GB/s copy, "
-                  f"{device.memory_gb:g} GiB RAM ({threads or 'default'} threads)")
+    console.print(f"{device.name}: peak {device.bf16_tflops * 1e3:.1f} GFLOP/s ({probe.flops_per_cycle} fp32 FLOPs/cycle x "
+                  f"{probe.mhz:.0f} MHz x {probe.threads} threads; torch reached {probe.matmul_flops / 1e9:.1f} in {kind} "
+                  f"matmul), {device.hbm_tb_s * 1e3:.1f} GB/s copy, {device.memory_gb:g} GiB RAM")
     if save is not None:
         console.print(f"saved {save}: use it with --gpu {device.name} --gpu-file {save} (bench calibrate, bench --backend "
                       "roofline, search)")
