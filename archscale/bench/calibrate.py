@@ -52,6 +52,14 @@ from archscale.cost.serving import (
 from archscale.errors import UserError
 
 DEFAULT_FREE = ("eta_weights", "t_step", "t_seq")
+AUTO = "auto"
+CANDIDATE_FREE = (
+    DEFAULT_FREE,
+    ("eta_compute", "eta_weights", "t_step", "t_seq"),
+    ("eta_weights", "eta_kv", "t_step", "t_seq"),
+    ("eta_compute", "eta_weights", "eta_kv", "t_step", "t_seq"),
+)
+"""The term sets ``free="auto"`` chooses from, by leave-one-architecture-out error on the fitting rows."""
 TERM_SCALE = {"eta_compute": 0.1, "eta_weights": 0.1, "eta_kv": 0.1, "t_step": 1e-3, "t_seq": 1e-5, "t_layer": 1e-5,
               "t_allreduce": 1e-5}
 """Typical size of each term: the optimiser's units, and the yardstick for "at a bound"."""
@@ -287,25 +295,62 @@ def _leave_one_architecture_out(frame: pd.DataFrame, device: GPU, settings: Engi
     return estimates, refused
 
 
+def select_terms(frame: pd.DataFrame, device: GPU, settings: EngineSettings, base: CostTerms, unit: str,
+                 fixed: Sequence[str] = (), candidates: Sequence[Sequence[str]] = CANDIDATE_FREE
+                 ) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+    """Choose which terms to fit by how well each set predicts architectures it was not fitted on.
+
+    Every candidate set is refitted without each architecture in turn and
+    scored on that architecture's rows (fitting rows only: held-out rows stay
+    unseen). The set with the lowest mean error wins; one whose fit is refused
+    (a bound, an undetermined term) for any architecture is not eligible. Why:
+    which overheads an engine shows differs between engines and devices (a CPU
+    is compute-bound in prefill, a GPU's decode is not), and the data should
+    say which terms it supports, as ``fit`` chooses a law's form.
+    """
+    table = []
+    for free in candidates:
+        free = tuple(t for t in free if t not in fixed)
+        try:
+            _fit_terms(frame, device, settings, free, base, unit, "all architectures")
+            estimates, refused = _leave_one_architecture_out(frame, device, settings, free, base, unit)
+        except UserError as exc:
+            table.append({"terms": list(free), "loao_mean_abs_rel_err": None, "refused": str(exc)})
+            continue
+        error = float(np.mean(np.abs(estimates / frame["measured"].to_numpy(float) - 1))) if not refused else None
+        table.append({"terms": list(free), "loao_mean_abs_rel_err": error,
+                      "refused": "; ".join(f"{arch}: {why}" for arch, why in refused.items()) or None})
+    eligible = [row for row in table if row["loao_mean_abs_rel_err"] is not None]
+    if not eligible:
+        raise UserError("no candidate set of terms could be fitted without every architecture in turn: "
+                        + " | ".join(f"{'+'.join(row['terms'])}: {row['refused']}" for row in table))
+    best = min(eligible, key=lambda row: (round(row["loao_mean_abs_rel_err"], 4), len(row["terms"])))
+    return tuple(best["terms"]), table
+
+
 def calibrate(results: pd.DataFrame, device: GPU, engine: str = "vllm", dtype: str | None = None,
-              free: Sequence[str] = DEFAULT_FREE, fixed: Mapping[str, float] | None = None,
+              free: Sequence[str] | str = DEFAULT_FREE, fixed: Mapping[str, float] | None = None,
               holdout: pd.Series | np.ndarray | None = None, settings: EngineSettings = EngineSettings(),
               name: str | None = None, source: str = "results") -> Calibration:
     """Fit a :class:`Profile` for ``engine`` on ``device`` from the measured ok rows of ``results``.
 
     ``holdout`` (a boolean mask over ``results``) keeps rows out of the fit and
     scores the profile on them. ``fixed`` sets terms that are not fitted.
+    ``free="auto"`` chooses the terms with :func:`select_terms` (three or more
+    architectures needed in the fitting rows; otherwise the default set).
     """
-    free = tuple(dict.fromkeys(free))
+    auto = free == AUTO
+    free = DEFAULT_FREE if auto else tuple(dict.fromkeys(free))
     fixed = dict(fixed or {})
     unknown = [t for t in (*free, *fixed) if t not in TERM_NAMES]
     if unknown:
         raise UserError(f"unknown cost term {unknown[0]!r}; terms are {', '.join(TERM_NAMES)}")
     both = [t for t in free if t in fixed]
-    if both:
+    if both and not auto:
         raise UserError(f"term {both[0]} is both fitted (--fit) and fixed (--fix); choose one")
+    free = tuple(t for t in free if t not in fixed)
     if not free:
-        raise UserError("nothing to fit: give at least one term with --fit")
+        raise UserError("nothing to fit: give at least one term with --fit that is not fixed with --fix")
     base = CostTerms(**fixed)
     mask = np.zeros(len(results), bool) if holdout is None else np.asarray(holdout, bool)
     selected = results.assign(_heldout=mask)
@@ -326,6 +371,9 @@ def calibrate(results: pd.DataFrame, device: GPU, engine: str = "vllm", dtype: s
     if fit_rows.empty:
         raise UserError(f"{label}: --holdout holds out every row; nothing is left to fit")
 
+    selection = None
+    if auto and fit_rows["arch"].nunique() >= 3:
+        free, selection = select_terms(fit_rows.reset_index(drop=True), device, settings, base, unit, tuple(fixed))
     terms = _fit_terms(fit_rows, device, settings, free, base, unit, label)
     uncalibrated = Profile.uncalibrated(device, engine, dtype)
     frame["uncalibrated"] = _predict(frame, device, uncalibrated.terms, settings, unit)
@@ -339,6 +387,8 @@ def calibrate(results: pd.DataFrame, device: GPU, engine: str = "vllm", dtype: s
         "fit": _summary(frame.loc[fit_mask, "rel_err"], pairs[pairs["split"] == "fit"]),
         "uncalibrated_fit": _summary(frame.loc[fit_mask, "rel_err_uncalibrated"]),
     }
+    if auto:
+        validation["term_selection"] = selection or "fewer than 3 architectures to choose by: default terms"
     if (~fit_mask).any():
         validation["heldout"] = _summary(frame.loc[~fit_mask, "rel_err"], pairs[pairs["split"] == "heldout"])
     if fit_rows["arch"].nunique() >= 2:

@@ -69,7 +69,8 @@ def bench_command(
     engine: str = typer.Option("vllm", "--engine", help="roofline and calibrate: the serving engine whose throughput is "
                                "estimated (vllm, torch, sglang); picks the profile, and the rows calibrate fits."),
     fit_terms: Optional[str] = typer.Option(None, "--fit", help="calibrate: comma-separated terms to fit (default "
-                                            "eta_weights,t_step,t_seq; also eta_compute, eta_kv, t_layer, t_allreduce)."),
+                                            "eta_weights,t_step,t_seq; also eta_compute, eta_kv, t_layer, t_allreduce), "
+                                            "or `auto`: the set that best predicts each architecture left out of the fit."),
     fix: Optional[list[str]] = typer.Option(None, "--fix", help="calibrate: hold a term at a value, e.g. --fix eta_kv=0.8."),
     holdout: Optional[str] = typer.Option(None, "--holdout", help="calibrate: rows to keep out of the fit and score on, "
                                           "e.g. \"name.str.startswith('surefire')\"."),
@@ -280,7 +281,7 @@ def _status(row: pd.Series) -> str:
 
 # ---- calibrate ----------------------------------------------------------------------
 def _calibrate_mode(out, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout, name, save, settings, as_json) -> None:
-    from archscale.bench.calibrate import DEFAULT_FREE, calibrate
+    from archscale.bench.calibrate import AUTO, DEFAULT_FREE, calibrate
     from archscale.bench.records import canonical_dtype
     from archscale.bench.store import load_results
     from archscale.cost.gpus import load_gpu
@@ -294,7 +295,12 @@ def _calibrate_mode(out, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout, 
                         "a CPU needs a --gpu-file entry with its peak FLOP/s and bandwidth)")
     if dtype is not None and canonical_dtype(dtype) is None:
         raise UserError(f"unknown --dtype {dtype!r}: use bf16, fp16 or float32")
-    free = tuple(t.strip() for t in fit_terms.split(",") if t.strip()) if fit_terms is not None else DEFAULT_FREE
+    if fit_terms is None:
+        free = DEFAULT_FREE
+    elif fit_terms.strip() == AUTO:
+        free = AUTO
+    else:
+        free = tuple(t.strip() for t in fit_terms.split(",") if t.strip())
     fixed = parse_assignments(fix, "--fix")
     device = load_gpu(gpu, gpu_file)
     if save is not None and save.suffix.lower() != ".json":
@@ -319,6 +325,19 @@ def _print_calibration(result) -> None:
     from archscale.bench.calibrate import format_term, term_table
 
     profile, unit = result.profile, result.summary["unit"]
+    selection = result.summary.get("term_selection")
+    if isinstance(selection, list):
+        chooser = Table(title="--fit auto: terms chosen by leave-one-architecture-out error on the fitted rows")
+        for column in ("terms", "mean |error| of left-out architectures", "note"):
+            chooser.add_column(column)
+        for row in selection:
+            error = row["loao_mean_abs_rel_err"]
+            chosen = list(profile.fitted) == row["terms"]
+            chooser.add_row(("* " if chosen else "  ") + ", ".join(row["terms"]),
+                            "-" if error is None else f"{100 * error:.1f}%", row["refused"] or "")
+        console.print(chooser)
+    elif selection:
+        console.print(f"--fit auto: {selection}")
     rows = Table(title=f"{profile.engine} on {profile.device.name} ({profile.dtype}): measured vs estimated {unit}")
     for column in ("name", "split", "batch", "in/out", "measured", "uncalibrated", "err", "profile", "err "):
         rows.add_column(column, justify="left" if column in ("name", "split") else "right")
