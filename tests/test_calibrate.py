@@ -325,3 +325,16 @@ def test_torch_rows_on_a_cpu_calibrate_a_profile_of_their_own(cli, tmp_path):
     assert profile.terms.t_seq == pytest.approx(1e-4, rel=1e-3) and profile.settings.kv_cache_gib == 4
     r = cli("bench", "calibrate", "--out", store, "--gpu", "cpu", "--engine", "torch")
     assert r.code == 2 and "unknown GPU 'cpu'" in r.err and "bench probe" in r.err
+
+
+def test_fit_auto_chooses_the_terms_that_predict_left_out_architectures():
+    """Rows made with a low compute efficiency: the default terms (eta_compute fixed) predict left-out shapes worse."""
+    truth = CostTerms(eta_compute=0.35, eta_weights=0.55, t_step=1.5e-3, t_seq=4e-5)
+    rows = synthetic(truth, batches=(8, 64), workloads=((4096, 256), (512, 512)))
+    result = calibrate(rows, H200, free="auto", holdout=(rows["name"] == "olmo-2-1b").to_numpy())
+    assert "eta_compute" in result.profile.fitted
+    assert result.profile.terms.eta_compute == pytest.approx(0.35, rel=1e-3)
+    table = {tuple(row["terms"]): row for row in result.summary["term_selection"]}
+    assert "ended on its upper bound" in table[("eta_weights", "t_step", "t_seq")]["refused"]  # not eligible, and why
+    assert result.profile.fitted == ("eta_compute", "eta_weights", "t_step", "t_seq")  # the smallest set that fits
+    assert result.summary["heldout"]["max_abs_rel_err"] < 1e-4  # the held-out architecture, never seen by the choice
