@@ -10,7 +10,9 @@ matches on (``n_layers .. d_ff``) plus ``gpu``, the workload and ``tokens_per_s`
 batch, as vLLM's throughput benchmark reports it; ``output_tokens_per_s``
 counts generated tokens only. ``threads`` is the number of CPU threads the
 measuring process computed with (torch intra-op threads, or vLLM's CPU worker
-threads); None where it does not apply (GPU runs, estimates).
+threads); None where it does not apply (GPU runs, estimates). ``cpu_binding`` is the CPU
+cores those threads were bound to (``0-3``; ranks of a multi-process engine
+joined by ``|``), as vLLM's CPU backend pins its model workers.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ COLUMN_TYPES: tuple[tuple[str, str], ...] = (
     ("dtype", "TEXT"),
     ("tp", "INTEGER"),
     ("threads", "INTEGER"),
+    ("cpu_binding", "TEXT"),
     ("batch_size", "INTEGER"),
     ("input_len", "INTEGER"),
     ("output_len", "INTEGER"),

@@ -44,7 +44,7 @@ def bench_command(
     specs: Optional[list[str]] = typer.Argument(None, help="Config directories, config.json files or preset names; "
                                                 "or the word `calibrate` to fit roofline efficiencies to the store."),
     backend: Optional[str] = typer.Option(None, "--backend", help="torch (default: archscale's model, any machine), "
-                                          "vllm (GPU; one subprocess per run) or roofline (analytic; needs --gpu)."),
+                                          "vllm (one subprocess and engine per config; CPU or GPU) or roofline (analytic; needs --gpu)."),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Comma-separated batch sizes, e.g. 16,32,64,128."),
     input_len: int = typer.Option(128, "--input-len", help="Prompt tokens per request."),
     output_len: int = typer.Option(64, "--output-len", help="Generated tokens per request."),
@@ -60,7 +60,10 @@ def bench_command(
     compile_step: bool = typer.Option(False, "--compile", help="torch backend: torch.compile the model step (dynamic shapes)."),
     enforce_eager: bool = typer.Option(False, "--enforce-eager", help="vllm: no CUDA graphs (faster start, slower run)."),
     efficiency: Optional[Path] = typer.Option(None, "--efficiency", help="roofline: efficiencies JSON from `bench calibrate --save`."),
-    timeout: float = typer.Option(3600.0, "--timeout", help="vllm: seconds before a worker is killed and recorded as failed."),
+    timeout: float = typer.Option(3600.0, "--timeout", help="vllm: seconds a worker may go without progress (engine "
+                                  "start, a warm-up, a repeat) before it is killed and recorded as failed."),
+    vllm_python: Optional[Path] = typer.Option(None, "--vllm-python", help="vllm: the Python of the environment vLLM is "
+                                               "installed in (default $ARCHSCALE_VLLM_PYTHON, else this Python)."),
     seed: int = typer.Option(0, "--seed", help="Seed for random weights and prompts."),
     show: bool = typer.Option(False, "--show", help="Print the store given by --out (filtered by --backend/--gpu if given)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -85,7 +88,7 @@ def bench_command(
         return
     _refuse({"--save": save, "--export": export}, "a benchmark run")
     _sweep_mode(specs, backend or "torch", batch_sizes, input_len, output_len, repeats, out, gpu, gpu_file, dtype,
-                device, tp, compile_step, enforce_eager, efficiency, timeout, seed, as_json, progress, verbose)
+                device, tp, compile_step, enforce_eager, efficiency, timeout, seed, as_json, progress, verbose, vllm_python)
 
 
 def _refuse(flags: dict[str, Any], mode: str) -> None:
@@ -97,7 +100,7 @@ def _refuse(flags: dict[str, Any], mode: str) -> None:
 
 # ---- sweep --------------------------------------------------------------------------
 def _sweep_mode(specs, backend_name, batch_sizes, input_len, output_len, repeats, out, gpu, gpu_file, dtype, device,
-                tp, compile_step, enforce_eager, efficiency, timeout, seed, as_json, progress, verbose) -> None:
+                tp, compile_step, enforce_eager, efficiency, timeout, seed, as_json, progress, verbose, vllm_python) -> None:
     from archscale.bench.calibrate import load_efficiency
     from archscale.bench.store import check_store_path
     from archscale.bench.sweep import BenchOptions, make_backend, resolve_targets, run_sweep
@@ -106,18 +109,20 @@ def _sweep_mode(specs, backend_name, batch_sizes, input_len, output_len, repeats
     sizes = tuple(parse_int_list(batch_sizes, "--batch-sizes"))
     if efficiency is not None and backend_name != "roofline":
         raise UserError("--efficiency applies to --backend roofline only")
+    if vllm_python is not None and backend_name != "vllm":
+        raise UserError("--vllm-python applies to --backend vllm only")
     options = BenchOptions(backend=backend_name, batch_sizes=sizes, input_len=input_len, output_len=output_len,
                            repeats=repeats, gpu=gpu, gpu_file=gpu_file, dtype=dtype, device=device, tp=tp,
                            compile=compile_step, enforce_eager=enforce_eager,
                            efficiency=load_efficiency(efficiency) if efficiency else Efficiency(), seed=seed,
-                           worker_timeout_s=timeout, verbose=verbose)
+                           worker_timeout_s=timeout, verbose=verbose, vllm_python=vllm_python)
     if out is None and backend_name != "roofline":
         out = DEFAULT_STORE
     store = check_store_path(out) if out is not None else None
     targets = resolve_targets(specs)
     backend = make_backend(options)
     errors = Console(stderr=True)
-    total = len(targets) * len(sizes) * options.progress_units_per_batch
+    total = len(targets) * (options.progress_units_per_target + len(sizes) * options.progress_units_per_batch)
     with _progress(errors, total, enabled=progress) as bar:
         result = run_sweep(targets, options, store, _hooks(bar, errors), backend=backend)
     _report_sweep(result, as_json, errors)
@@ -144,7 +149,10 @@ def _hooks(bar: Progress, errors: Console):
             errors.print(f"failed: {record['name'] or record['source']} batch {record['batch_size']}: {record['error']}",
                          markup=False, highlight=False)
 
-    return Hooks(started=started, advanced=lambda n: bar.advance(task, n), recorded=recorded)
+    def advanced(n: int, description: str | None = None) -> None:
+        bar.update(task, advance=n, **({"description": description} if description else {}))
+
+    return Hooks(started=started, advanced=advanced, recorded=recorded)
 
 
 def _report_sweep(result, as_json: bool, errors: Console) -> None:
