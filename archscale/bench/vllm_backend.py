@@ -196,12 +196,15 @@ class VllmBackend:
         repeats = self.options.repeats
         pending = list(self.options.batch_sizes)
         done = dict.fromkeys(pending, 0)
-        facts: dict[str, Any] | None = None
+        facts: dict[str, Any] = {}
+        engine_up = False
         engine_error = None
         for event in worker.events(self.options.worker_timeout_s):
             kind = event.get("event")
-            if kind == "engine_started":
+            if kind == "platform":
                 facts = event.get("facts") or {}
+            elif kind == "engine_started":
+                facts, engine_up = event.get("facts") or facts, True
                 tick(1, f"{label} batch {pending[0]}")
             elif kind == "engine_failed":
                 engine_error = str(event.get("error"))
@@ -212,18 +215,19 @@ class VllmBackend:
                 batch = event["batch"]
                 pending.remove(batch)
                 tick(max(0, repeats - done[batch]))
-                yield batch, self._fields(event.get("measured") or {}, facts or {}, worker.log())
+                yield batch, self._fields(event.get("measured") or {}, facts, worker.log())
                 if pending:
                     tick(0, f"{label} batch {pending[0]}")
         if not pending:
             return
-        if facts is None:
+        if not engine_up:
             tick(1)  # the engine step ends here, one way or the other
-        error = self._failure(worker, engine_error, "starting the engine" if facts is None else f"batch {pending[0]}")
+        error = self._failure(worker, engine_error, f"batch {pending[0]}" if engine_up else "starting the engine")
         for index, batch in enumerate(pending):
             tick(max(0, repeats - done[batch]))
-            reason = error if index == 0 else f"not measured: the vLLM worker stopped at batch {pending[0]} ({error})"
-            yield batch, self._fields({"status": "failed", "error": reason}, facts or {}, [])
+            reason = (f"not measured: the vLLM worker stopped at batch {pending[0]} ({error})"
+                      if engine_up and index > 0 else error)  # an engine that never started: the same cause for all
+            yield batch, self._fields({"status": "failed", "error": reason}, facts, [])
 
     def _failure(self, worker: "WorkerProcess", engine_error: str | None, stage: str) -> str:
         """Why a worker ended early: a timeout, the engine's own error, or the root cause in its log."""

@@ -29,7 +29,8 @@ the OpenMP threads and CPU cores vLLM bound its model worker to are read
 from that worker process (:class:`CpuThreadsProbe`) and recorded.
 
 The parent (:mod:`archscale.bench.vllm_backend`) follows the JSON lines this
-module appends to ``--events``: ``engine_started`` (with the engine's facts),
+module appends to ``--events``: ``platform`` (device and versions),
+``engine_started`` (with the engine's facts: on CPU its threads and cores),
 ``engine_failed``, ``warmed_up``, ``repeat`` and ``result`` (one per batch
 size, with the record's measured fields). This module imports vLLM only
 inside :func:`run` and nothing heavy at import time, so it starts fast, runs
@@ -186,27 +187,29 @@ def cpu_model_name() -> str:
     return "cpu: " + (platform.processor() or platform.machine() or "unknown")
 
 
-def engine_facts(llm: Any, on_cpu: bool, vllm_module: Any) -> dict[str, Any]:
-    """Device, versions and (on CPU) the threads and core binding of the engine's model workers."""
-    torch = sys.modules.get("torch")  # vLLM has imported it; a fake engine need not
-    torch_version = torch.__version__ if torch is not None else package_version("torch")
-    facts: dict[str, Any] = {"vllm_version": getattr(vllm_module, "__version__", None), "torch_version": torch_version}
-    if not on_cpu:
-        from vllm.platforms import current_platform
+def platform_facts(vllm_module: Any) -> dict[str, Any]:
+    """Device and versions, known before the engine starts (so a failed start is still recorded on its device)."""
+    from vllm.platforms import current_platform
 
-        return {**facts, "device": "cuda", "device_name": current_platform.get_device_name(0)}
+    torch = sys.modules.get("torch")  # vLLM has imported it; a fake engine need not
+    facts = {"vllm_version": getattr(vllm_module, "__version__", None),
+             "torch_version": torch.__version__ if torch is not None else package_version("torch")}
+    if current_platform.is_cpu():
+        return {**facts, "device": "cpu", "device_name": cpu_model_name()}
+    return {**facts, "device": "cuda", "device_name": current_platform.get_device_name(0)}
+
+
+def cpu_threads(llm: Any) -> dict[str, Any]:
+    """The OpenMP threads and cores of the CPU engine's model workers (ranks joined by ``|``)."""
     ranks = llm.collective_rpc("archscale_cpu_threads")
-    return {**facts, "device": "cpu", "device_name": cpu_model_name(),
-            "threads": sum(int(rank["threads"]) for rank in ranks),
+    return {"threads": sum(int(rank["threads"]) for rank in ranks),
             "cpu_binding": "|".join(format_cpu_list(rank["cpus"]) for rank in ranks)}
 
 
-def start_engine(args: argparse.Namespace, config: dict) -> tuple[Any, bool]:
-    """The ``LLM`` for this config, sized for the largest batch; and whether it runs on CPU."""
+def start_engine(args: argparse.Namespace, config: dict, on_cpu: bool) -> Any:
+    """The ``LLM`` for this config, sized for the largest batch."""
     from vllm import LLM
-    from vllm.platforms import current_platform
 
-    on_cpu = current_platform.is_cpu()
     max_batch = max(args.batch_sizes)
     seq_len = args.input_len + args.output_len
     cpu_only: dict[str, Any] = {}
@@ -217,7 +220,7 @@ def start_engine(args: argparse.Namespace, config: dict) -> tuple[Any, bool]:
               max_model_len=seq_len, dtype=args.dtype, tensor_parallel_size=args.tp,
               enforce_eager=args.enforce_eager, enable_prefix_caching=False, seed=args.seed,
               disable_log_stats=False, **cpu_only)  # stats on: per-request timestamps for the concurrency check
-    return llm, on_cpu
+    return llm
 
 
 def measure_batch(llm: Any, batch: int, args: argparse.Namespace, vocab: int, emit: Emit) -> dict[str, Any]:
@@ -270,15 +273,17 @@ def run(args: argparse.Namespace, emit: Emit) -> int:
 
     config = json.loads((args.config / "config.json").read_text(encoding="utf-8"))
     vocab = int(config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size"))
+    facts = platform_facts(vllm)
+    emit("platform", facts=facts)
     started = time.perf_counter()
     try:
-        llm, on_cpu = start_engine(args, config)
-        facts = engine_facts(llm, on_cpu, vllm)
+        llm = start_engine(args, config, on_cpu=facts["device"] == "cpu")
+        threads = cpu_threads(llm) if facts["device"] == "cpu" else {}
     except Exception as exc:
         traceback.print_exc()
         emit("engine_failed", error=describe(exc))
         return 1
-    emit("engine_started", seconds=round(time.perf_counter() - started, 3), facts=facts)
+    emit("engine_started", seconds=round(time.perf_counter() - started, 3), facts={**facts, **threads})
     code = 0
     for batch in args.batch_sizes:
         try:
