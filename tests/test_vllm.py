@@ -20,7 +20,7 @@ from archscale.bench import vllm_backend
 from archscale.bench.store import load_results
 from archscale.bench.sweep import BenchOptions, Hooks, resolve_targets, run_sweep
 from archscale.bench.vllm_backend import error_line
-from archscale.bench.vllm_worker import format_cpu_list, kv_cache_bytes, peak_concurrency
+from archscale.bench.vllm_worker import default_dtype, format_cpu_list, kv_cache_bytes, peak_concurrency
 
 FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm"
 TINY_128 = Architecture(2, 128, 4, 2, 32, 256, vocab_size=512)
@@ -70,7 +70,8 @@ def test_one_engine_per_config_measures_every_batch_size(cli, fake_vllm, tiny_di
     assert list(rows["output_tokens"]) == [2 * 5, 3 * 5] * 2
     assert (rows["tokens_per_s"] > 0).all()
     assert np.allclose(rows["output_tokens_per_s"] / rows["tokens_per_s"], 5 / 17)
-    assert set(rows["vllm_version"]) == {"0.0.0+fake"} and set(rows["dtype"]) == {"bfloat16"}
+    cpu_dtype = default_dtype(on_cpu=True)  # float32 on a CPU without bf16 matmul units (AVX512_BF16, AMX)
+    assert set(rows["vllm_version"]) == {"0.0.0+fake"} and set(rows["dtype"]) == {cpu_dtype}
     # on CPU: the device, and the threads and cores read from the engine's model worker
     assert set(rows["gpu"]) == {"cpu"} and rows["device_name"].str.startswith("cpu: ").all()
     assert set(rows["cpu_binding"]) == {format_cpu_list(sorted(os.sched_getaffinity(0)))}
@@ -81,10 +82,10 @@ def test_one_engine_per_config_measures_every_batch_size(cli, fake_vllm, tiny_di
     assert [e["kwargs"]["max_num_seqs"] for e in inits] == [3, 3]  # sized for the largest batch
     kwargs = inits[1]["kwargs"]
     assert kwargs["load_format"] == "dummy" and kwargs["skip_tokenizer_init"] is True
-    assert kwargs["max_model_len"] == 17 and kwargs["dtype"] == "bfloat16" and kwargs["tensor_parallel_size"] == 1
+    assert kwargs["max_model_len"] == 17 and kwargs["dtype"] == cpu_dtype and kwargs["tensor_parallel_size"] == 1
     assert kwargs["enforce_eager"] is False and kwargs["enable_prefix_caching"] is False
     assert kwargs["disable_log_stats"] is False  # the per-request stats the concurrency check reads
-    assert kwargs["kv_cache_memory_bytes"] == kv_cache_bytes(inits[1]["config"], 3, 17, "bfloat16")
+    assert kwargs["kv_cache_memory_bytes"] == kv_cache_bytes(inits[1]["config"], 3, 17, cpu_dtype)
     assert "gpu_memory_utilization" not in kwargs
     assert inits[1]["env"] == {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
     assert inits[1]["config"]["hidden_size"] == 160 and inits[1]["config"]["head_dim"] == 32
@@ -107,7 +108,7 @@ def test_on_a_gpu_the_device_name_gives_the_key_and_no_cpu_settings_are_made(cli
     r = bench(cli, store, tiny_dirs[0], "--batch-sizes", "2", "--input-len", "8", "--output-len", "4", "--repeats", "1")
     assert r.code == 0, r.err
     row = load_results(store).iloc[0]
-    assert row["gpu"] == "h100-sxm" and row["device_name"] == "NVIDIA H100 80GB HBM3"
+    assert row["gpu"] == "h100-sxm" and row["device_name"] == "NVIDIA H100 80GB HBM3" and row["dtype"] == "bfloat16"
     assert row["threads"] is None or np.isnan(row["threads"])
     assert row["cpu_binding"] is None or (isinstance(row["cpu_binding"], float) and np.isnan(row["cpu_binding"]))
     kwargs = read_log(fake_vllm, "init")[0]["kwargs"]
@@ -118,12 +119,13 @@ def test_output_tokens_are_counted_not_assumed(cli, fake_vllm, tiny_dirs, tmp_pa
     monkeypatch.setenv("FAKE_VLLM_MODE", "short")
     store = tmp_path / "bench.sqlite"
     r = bench(cli, store, tiny_dirs[0], "--batch-sizes", "4", "--input-len", "10", "--output-len", "6", "--repeats", "1",
-              "--gpu", "h100-sxm")
+              "--gpu", "h100-sxm", "--dtype", "bf16")
     assert r.code == 0, r.err
     row = load_results(store).iloc[0]
     assert row["output_tokens"] == 4 * 5
     assert row["output_tokens_per_s"] / row["tokens_per_s"] == pytest.approx(5 / 15)
     assert row["gpu"] == "h100-sxm"  # --gpu overrides the key read from the device
+    assert row["dtype"] == "bfloat16" and read_log(fake_vllm, "init")[0]["kwargs"]["dtype"] == "bfloat16"
 
 
 def test_a_batch_vllm_did_not_run_together_is_a_failure(cli, fake_vllm, tiny_dirs, tmp_path, monkeypatch):

@@ -165,7 +165,7 @@ class VllmBackend:
         self.python, origin = vllm_python(options)
         self.env = worker_environment()
         self.installed = check_vllm_python(self.python, origin, self.env)
-        self.dtype_name = canonical_dtype(options.dtype) if options.dtype else "bfloat16"
+        self.dtype_name = canonical_dtype(options.dtype) if options.dtype else "auto"  # the worker picks per device
 
     def run(self, target: Target, tick: Tick) -> Iterator[tuple[int, dict[str, Any]]]:
         options = self.options
@@ -244,12 +244,13 @@ class VllmBackend:
         """The record fields: what the worker measured, the engine's facts, the GPU key."""
         keep = {"tokens_per_s", "output_tokens_per_s", "tokens_per_s_std", "output_tokens", "dtype", "status", "error"}
         fields = {k: v for k, v in measured.items() if k in keep}
-        fields.update({k: facts[k] for k in ("device_name", "torch_version", "vllm_version", "threads", "cpu_binding")
-                       if k in facts})
+        fields.update({k: facts[k] for k in ("device_name", "torch_version", "vllm_version", "threads", "cpu_binding",
+                                             "dtype") if k in facts})
         device = facts.get("device")
         fields["gpu"] = self.options.gpu or ("cpu" if device == "cpu" else
                                              gpu_key_for_device(facts["device_name"]) if facts.get("device_name") else None)
-        fields.setdefault("dtype", self.dtype_name)
+        if self.dtype_name != "auto":
+            fields.setdefault("dtype", self.dtype_name)
         if fields.get("status") != "ok":
             error = str(fields.get("error") or "worker failed")
             if any(wrapper in error for wrapper in _WRAPPERS) and log:
