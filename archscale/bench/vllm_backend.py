@@ -164,7 +164,7 @@ class VllmBackend:
         self.options = options
         self.python, origin = vllm_python(options)
         self.env = worker_environment()
-        self.installed = check_vllm_python(self.python, origin, self.env)
+        check_vllm_python(self.python, origin, self.env)
         self.dtype_name = canonical_dtype(options.dtype) if options.dtype else "auto"  # the worker picks per device
 
     def run(self, target: Target, tick: Tick) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -129,7 +129,7 @@ def _sweep_mode(specs, backend_name, batch_sizes, input_len, output_len, repeats
 
 
 def _progress(errors: Console, total: int, enabled: bool) -> Progress:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("repeats"),
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     bar = Progress(*columns, console=errors, disable=not enabled, transient=False)
     bar.add_task("bench", total=total)
