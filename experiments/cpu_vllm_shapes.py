@@ -37,8 +37,8 @@ from archscale.candidates import architecture_from_row, generate_candidates
 OUT = Path(__file__).resolve().parent / "results" / "cpu_vllm"
 BUDGET, LAYERS, HEAD_DIM, VOCAB = 2e7, 6, 64, 8192
 TARGETS = [  # (d_model, r wanted, GQA group): narrow to wide, attention-heavy to MLP-heavy, MHA to GQA 8
-    (256, 2.3, 1), (256, 1.7, 8),  # at d_model 256 the budget allows r of about 1.7-2.3 only with 16-32 heads (384, 1.0, 2), (384, 4.5, 4), (512, 0.5, 1),
-    (512, 2.5, 8), (640, 1.5, 4), (768, 4.0, 2), (768, 0.7, 8), (1024, 1.0, 4),
+    (256, 2.3, 1), (256, 1.7, 8),  # at d_model 256 the budget allows r of about 1.7-2.3 only (16-32 heads)
+    (384, 1.0, 2), (384, 4.5, 4), (512, 0.5, 1), (512, 2.5, 8), (640, 1.5, 4), (768, 4.0, 2), (768, 0.7, 8), (1024, 1.0, 4),
 ]
 
 
@@ -94,8 +94,9 @@ def main() -> None:
         raise SystemExit("--limit: at least 8 shapes (half to fit a profile on, half to predict)")
     out = args.out
     store = out / "bench.sqlite"
-    if store.exists():
-        raise SystemExit(f"{store} exists: move it away first (this run writes a fresh store)")
+    done = measured_pairs(store, len(args.batch_sizes.split(","))) if store.exists() else set()
+    if done:
+        print(f"{store} exists: measuring only the (shape, backend) pairs it lacks", flush=True)
     shapes = pick_shapes(args.limit)
     specs = []
     for arch in shapes:
@@ -116,6 +117,8 @@ def main() -> None:
     for step, index in enumerate(order):
         target = targets[index]
         for backend, options in (("vllm", vllm), ("torch", torch_options))[:: 1 if step % 2 == 0 else -1]:
+            if (target.label, backend) in done:
+                continue
             before, t0 = load_average(), time.perf_counter()
             if backend == "vllm":
                 run_sweep([target], options, store)
@@ -126,8 +129,18 @@ def main() -> None:
             print(f"[{time.perf_counter() - started:6.0f} s] {target.label} {backend}: {load_rows[-1]['seconds']} s, "
                   f"load {before:.1f} -> {load_rows[-1]['load_after']:.1f}", flush=True)
     count = export_csv(store, out / "cpu_vllm.csv")
-    pd.DataFrame(load_rows).to_csv(out / "load.csv", index=False)
-    write_summary(out, load_results(store), pd.DataFrame(load_rows), args, time.perf_counter() - started, count)
+    loads = pd.DataFrame(load_rows)
+    if done and (out / "load.csv").exists():  # a resumed run: keep the earlier measurements' loads
+        loads = pd.concat([pd.read_csv(out / "load.csv"), loads], ignore_index=True)
+    loads.to_csv(out / "load.csv", index=False)
+    write_summary(out, load_results(store), loads, args, time.perf_counter() - started, count)
+
+
+def measured_pairs(store: Path, n_batch_sizes: int) -> set[tuple[str, str]]:
+    """(shape name, backend) pairs the store already holds a row for at every batch size."""
+    rows = load_results(store)
+    counts = rows.groupby(["name", "backend"])["batch_size"].nunique()
+    return {pair for pair, count in counts.items() if count >= n_batch_sizes}
 
 
 def write_summary(out: Path, rows: pd.DataFrame, loads: pd.DataFrame, args, seconds: float, count: int) -> None:
@@ -137,7 +150,7 @@ def write_summary(out: Path, rows: pd.DataFrame, loads: pd.DataFrame, args, seco
     lines = [f"command: python experiments/cpu_vllm_shapes.py --limit {args.limit} --batch-sizes {args.batch_sizes} "
              f"--input-len {args.input_len} --output-len {args.output_len} --repeats {args.repeats}"
              + (" --compile" if args.compile else ""),
-             f"{count} rows ({len(failed)} failed) in {seconds / 60:.1f} min; load average (1 min) over the "
+             f"{count} rows ({len(failed)} failed); this run {seconds / 60:.1f} min; load average (1 min) over the "
              f"measurements: median {loads[['load_before', 'load_after']].stack().median():.1f}, "
              f"max {loads[['load_before', 'load_after']].stack().max():.1f} on {os.cpu_count()} CPUs",
              f"vLLM rows: dtype {sorted(set(rows.loc[rows.backend == 'vllm', 'dtype']))}, threads "
