@@ -1,8 +1,7 @@
-"""``archscale bench``: torch on CPU end to end, the vLLM worker against a fake vllm, the store, calibration, bad input."""
+"""``archscale bench``: torch on CPU end to end, the store, calibration, bad input (vLLM: test_vllm*.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import multiprocessing
 import sqlite3
@@ -19,7 +18,6 @@ from archscale.bench.store import append, load_results
 from archscale.bench.sweep import BenchOptions, resolve_targets, run_sweep
 from archscale.cost.gpus import load_gpu
 
-FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm"
 TINY_128 = Architecture(2, 128, 4, 2, 32, 256, vocab_size=512)
 TINY_160 = Architecture(2, 160, 6, 2, 32, 256, vocab_size=512)  # 160 % 6 != 0: head_dim is not d_model / heads
 
@@ -44,22 +42,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-@pytest.fixture
-def fake_vllm(monkeypatch, tmp_path):
-    """Make the fake vllm importable here (for the availability check) and in worker subprocesses."""
-    log = tmp_path / "fake_vllm.jsonl"
-    monkeypatch.syspath_prepend(str(FAKE_VLLM))
-    monkeypatch.setenv("PYTHONPATH", str(FAKE_VLLM))
-    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
-    monkeypatch.delenv("FAKE_VLLM_MODE", raising=False)
-    monkeypatch.delenv("FAKE_VLLM_ONLY_HIDDEN", raising=False)
-    return log
-
-
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 # ---- torch backend, through the CLI ---------------------------------------------------
@@ -233,84 +215,6 @@ def test_interrupted_cli_run_exits_130_and_keeps_rows(cli, monkeypatch, tmp_path
     assert list(load_results(store)["batch_size"]) == [1]
 
 
-# ---- vLLM backend against the fake -------------------------------------------------------
-def test_vllm_worker_contract(cli, fake_vllm, tiny_dirs, tmp_path):
-    store = tmp_path / "bench.sqlite"
-    r = cli("bench", tiny_dirs[1], "--backend", "vllm", "--batch-sizes", "2,3", "--input-len", "12", "--output-len", "5",
-            "--repeats", "2", "--gpu", "h100-sxm", "--out", store, "--no-progress")
-    assert r.code == 0, r.err
-    rows = load_results(store)
-    assert list(rows["status"]) == ["ok", "ok"]
-    assert list(rows["output_tokens"]) == [2 * 5, 3 * 5]
-    assert (rows["tokens_per_s"] > 0).all()
-    assert np.allclose(rows["output_tokens_per_s"] / rows["tokens_per_s"], 5 / 17)
-    assert set(rows["vllm_version"]) == {"0.0.0+fake"} and set(rows["gpu"]) == {"h100-sxm"}
-    assert set(rows["dtype"]) == {"bfloat16"} and rows.loc[0, "d_model"] == 160
-
-    events = read_log(fake_vllm)
-    inits = [e for e in events if e["event"] == "init"]
-    assert [e["kwargs"]["max_num_seqs"] for e in inits] == [2, 3]  # one fresh engine (process) per batch size
-    kwargs = inits[0]["kwargs"]
-    assert kwargs["load_format"] == "dummy" and kwargs["skip_tokenizer_init"] is True
-    assert kwargs["max_model_len"] == 17 and kwargs["dtype"] == "bfloat16" and kwargs["tensor_parallel_size"] == 1
-    assert kwargs["enforce_eager"] is False and kwargs["enable_prefix_caching"] is False
-    assert inits[0]["env"] == {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
-    assert inits[0]["config"]["hidden_size"] == 160 and inits[0]["config"]["head_dim"] == 32
-    generates = [e for e in events if e["event"] == "generate"]
-    assert len(generates) == 2 * (1 + 2)  # per worker: one warm-up, two timed repeats
-    assert [g["n_prompts"] for g in generates] == [2, 2, 2, 3, 3, 3]
-    assert all(g["prompt_lengths"] == [12] for g in generates)
-    timed = generates[1:3]
-    assert all(g["sampling"]["max_tokens"] == 5 and g["sampling"]["ignore_eos"] is True
-               and g["sampling"]["detokenize"] is False for g in timed)
-    assert timed[0]["first_tokens"] != timed[1]["first_tokens"]  # fresh prompts every repeat
-    assert generates[0]["sampling"]["max_tokens"] <= 5
-
-
-def test_vllm_output_tokens_are_counted_not_assumed(cli, fake_vllm, tiny_dirs, tmp_path, monkeypatch):
-    monkeypatch.setenv("FAKE_VLLM_MODE", "short")
-    store = tmp_path / "bench.sqlite"
-    r = cli("bench", tiny_dirs[0], "--backend", "vllm", "--batch-sizes", "4", "--input-len", "10", "--output-len", "6",
-            "--repeats", "1", "--out", store, "--no-progress")
-    assert r.code == 0, r.err
-    row = load_results(store).iloc[0]
-    assert row["output_tokens"] == 4 * 5
-    assert row["output_tokens_per_s"] / row["tokens_per_s"] == pytest.approx(5 / 15)
-    assert row["gpu"] == "cpu"  # no --gpu: the key comes from the (fake run's) device name
-
-
-def test_vllm_failures_are_recorded_and_the_sweep_continues(cli, fake_vllm, tiny_dirs, tmp_path, monkeypatch):
-    monkeypatch.setenv("FAKE_VLLM_MODE", "oom")
-    monkeypatch.setenv("FAKE_VLLM_ONLY_HIDDEN", "160")
-    store = tmp_path / "bench.sqlite"
-    r = cli("bench", tiny_dirs[1], tiny_dirs[0], "--backend", "vllm", "--batch-sizes", "2", "--input-len", "8",
-            "--output-len", "3", "--repeats", "1", "--out", store, "--no-progress")
-    assert r.code == 0, r.err
-    rows = load_results(store)
-    assert list(rows["status"]) == ["failed", "ok"]
-    assert rows.loc[0, "error"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"
-    assert "failed: tiny160 batch 2: OutOfMemoryError" in r.err
-
-    monkeypatch.setenv("FAKE_VLLM_MODE", "crash")
-    crashed = cli("bench", tiny_dirs[1], "--backend", "vllm", "--batch-sizes", "2", "--input-len", "8",
-                  "--output-len", "3", "--repeats", "1", "--out", store, "--no-progress")
-    assert crashed.code == 2  # every benchmark of this run failed
-    last = load_results(store).iloc[-1]
-    assert last["status"] == "failed" and last["error"] == "Fatal Python error: Segmentation fault"
-
-
-def test_vllm_worker_that_hangs_is_killed_and_recorded(fake_vllm, tiny_dirs, monkeypatch, tmp_path):
-    import time
-
-    monkeypatch.setenv("FAKE_VLLM_MODE", "hang")
-    options = BenchOptions(backend="vllm", batch_sizes=(2,), input_len=8, output_len=3, repeats=1, worker_timeout_s=2)
-    started = time.perf_counter()
-    result = run_sweep(resolve_targets([str(tiny_dirs[0])]), options)
-    assert time.perf_counter() - started < 30
-    assert result.records[0]["status"] == "failed"
-    assert result.records[0]["error"] == "worker timed out after 2 s"
-
-
 # ---- the store -----------------------------------------------------------------------------
 def _rows_for(writer: int, count: int) -> list[dict]:
     base = make_record(TINY_128, "tiny", "torch", {"batch_size": 1, "input_len": 8, "output_len": 4, "repeats": 1, "tp": 1},
@@ -415,24 +319,6 @@ def test_bad_input_is_one_line(cli, tiny_dirs, tmp_path, args, fragment):
     r = cli("bench", *args, "--no-progress")
     _assert_one_line_error(r, store, fragment)
     assert not (tmp_path / "out.csv").exists()
-
-
-def test_vllm_missing_is_one_line_before_any_subprocess(cli, tiny_dirs, tmp_path, monkeypatch):
-    import subprocess
-
-    from archscale.bench import vllm_backend
-
-    if importlib.util.find_spec("vllm") is None:
-        assert not vllm_backend.vllm_available()
-    monkeypatch.setattr(vllm_backend, "vllm_available", lambda: False)
-
-    def no_subprocess(*args, **kwargs):
-        raise AssertionError("a worker was started")
-
-    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
-    store = tmp_path / "out.sqlite"
-    r = cli("bench", tiny_dirs[0], "--backend", "vllm", "--out", store, "--no-progress")
-    _assert_one_line_error(r, store, "vLLM is not installed: pip install 'archscale[vllm]' on a GPU machine")
 
 
 def test_mode_mistakes_are_one_line(cli, tmp_path):

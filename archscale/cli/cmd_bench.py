@@ -48,7 +48,7 @@ def bench_command(
     specs: Optional[list[str]] = typer.Argument(None, help="Config directories, config.json files or preset names; "
                                                 "or the word `calibrate` to fit a throughput profile to the store."),
     backend: Optional[str] = typer.Option(None, "--backend", help="torch (default: archscale's model, any machine), "
-                                          "vllm (GPU; one subprocess per run) or roofline (analytic; needs --gpu)."),
+                                          "vllm (one subprocess and engine per config; CPU or GPU) or roofline (analytic; needs --gpu)."),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Comma-separated batch sizes, e.g. 16,32,64,128."),
     input_len: int = typer.Option(128, "--input-len", help="Prompt tokens per request."),
     output_len: int = typer.Option(64, "--output-len", help="Generated tokens per request."),
@@ -80,7 +80,10 @@ def bench_command(
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", help="calibrate: the engine's limit on running sequences."),
     kv_cache_gib: Optional[float] = typer.Option(None, "--kv-cache-gib", help="calibrate: fixed KV-cache space in GiB "
                                                  "(vLLM on CPU: VLLM_CPU_KVCACHE_SPACE) instead of a memory share."),
-    timeout: float = typer.Option(3600.0, "--timeout", help="vllm: seconds before a worker is killed and recorded as failed."),
+    timeout: float = typer.Option(3600.0, "--timeout", help="vllm: seconds a worker may go without progress (engine "
+                                  "start, a warm-up, a repeat) before it is killed and recorded as failed."),
+    vllm_python: Optional[Path] = typer.Option(None, "--vllm-python", help="vllm: the Python of the environment vLLM is "
+                                               "installed in (default $ARCHSCALE_VLLM_PYTHON, else this Python)."),
     seed: int = typer.Option(0, "--seed", help="Seed for random weights and prompts."),
     show: bool = typer.Option(False, "--show", help="Print the store given by --out (filtered by --backend/--gpu if given)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -121,7 +124,8 @@ def bench_command(
         return
     _refuse({"--export": export, **calibration_only}, "a benchmark run")
     _sweep_mode(specs, backend or "torch", batch_sizes, input_len, output_len, repeats, out, gpu, gpu_file, dtype,
-                device, tp, compile_step, enforce_eager, profile, engine, timeout, seed, as_json, progress, verbose)
+                device, tp, compile_step, enforce_eager, profile, engine, timeout, seed, as_json, progress, verbose,
+                vllm_python)
 
 
 def _refuse(flags: dict[str, Any], mode: str) -> None:
@@ -133,17 +137,20 @@ def _refuse(flags: dict[str, Any], mode: str) -> None:
 
 # ---- sweep --------------------------------------------------------------------------
 def _sweep_mode(specs, backend_name, batch_sizes, input_len, output_len, repeats, out, gpu, gpu_file, dtype, device,
-                tp, compile_step, enforce_eager, profile, engine, timeout, seed, as_json, progress, verbose) -> None:
+                tp, compile_step, enforce_eager, profile, engine, timeout, seed, as_json, progress, verbose,
+                vllm_python) -> None:
     from archscale.bench.store import check_store_path
     from archscale.bench.sweep import BenchOptions, check_targets, make_backend, resolve_targets, run_sweep
 
     sizes = tuple(parse_int_list(batch_sizes, "--batch-sizes"))
     if profile is not None and backend_name != "roofline":
         raise UserError("--profile applies to --backend roofline only (measurements need no profile)")
+    if vllm_python is not None and backend_name != "vllm":
+        raise UserError("--vllm-python applies to --backend vllm only")
     options = BenchOptions(backend=backend_name, batch_sizes=sizes, input_len=input_len, output_len=output_len,
                            repeats=repeats, gpu=gpu, gpu_file=gpu_file, dtype=dtype, device=device, tp=tp,
                            compile=compile_step, enforce_eager=enforce_eager, profile=profile, engine=engine, seed=seed,
-                           worker_timeout_s=timeout, verbose=verbose)
+                           worker_timeout_s=timeout, verbose=verbose, vllm_python=vllm_python)
     if out is None and backend_name != "roofline":
         out = DEFAULT_STORE
     store = check_store_path(out) if out is not None else None
@@ -153,14 +160,14 @@ def _sweep_mode(specs, backend_name, batch_sizes, input_len, output_len, repeats
     errors = Console(stderr=True)
     if backend_name == "roofline" and not as_json:
         errors.print(f"estimates from {backend.profile.describe()}", markup=False, highlight=False, soft_wrap=True)
-    total = len(targets) * len(sizes) * options.progress_units_per_batch
+    total = len(targets) * (options.progress_units_per_target + len(sizes) * options.progress_units_per_batch)
     with _progress(errors, total, enabled=progress) as bar:
         result = run_sweep(targets, options, store, _hooks(bar, errors), backend=backend)
     _report_sweep(result, as_json, errors)
 
 
 def _progress(errors: Console, total: int, enabled: bool) -> Progress:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("repeats"),
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     bar = Progress(*columns, console=errors, disable=not enabled, transient=False)
     bar.add_task("bench", total=total)
@@ -180,7 +187,10 @@ def _hooks(bar: Progress, errors: Console):
             errors.print(f"failed: {record['name'] or record['source']} batch {record['batch_size']}: {record['error']}",
                          markup=False, highlight=False)
 
-    return Hooks(started=started, advanced=lambda n: bar.advance(task, n), recorded=recorded)
+    def advanced(n: int, description: str | None = None) -> None:
+        bar.update(task, advance=n, **({"description": description} if description else {}))
+
+    return Hooks(started=started, advanced=advanced, recorded=recorded)
 
 
 def _report_sweep(result, as_json: bool, errors: Console) -> None:

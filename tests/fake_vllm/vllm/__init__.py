@@ -1,24 +1,37 @@
-"""A fake ``vllm`` for testing archscale's vLLM worker without a GPU.
+"""A fake ``vllm`` for testing archscale's vLLM worker without vLLM or a GPU.
 
-It implements the surface the worker uses (``LLM(**kwargs).generate(prompts,
-sampling_params, use_tqdm=...)``, ``SamplingParams``, ``__version__``) and
-checks what a real engine would reject: prompts must be token-id prompts
-with ids in ``[0, vocab_size)``, each no longer than ``max_model_len -
-max_tokens``. It returns ``max_tokens`` output ids per prompt. Every call
-is logged as one JSON line to the file named by ``FAKE_VLLM_LOG`` so a test
-can assert the arguments it received.
+It implements the surface the worker uses (``LLM(**kwargs)`` with
+``generate(prompts, sampling_params, use_tqdm=...)`` and ``collective_rpc``,
+``SamplingParams``, ``vllm.platforms.current_platform``, ``__version__``)
+and behaves as the real engine does where archscale depends on it:
 
-``FAKE_VLLM_MODE``: ``oom`` raises an out-of-memory error from ``generate``
-(a recorded failure with a message); ``crash`` writes a traceback-like line
-to stderr then kills the process without a result (a recorded failure from
-the worker's stderr); ``hang`` sleeps for an hour (the parent's timeout
-must end it); ``short`` returns one token fewer than asked (so a test can
-tell counted tokens from assumed ones); anything else behaves. ``FAKE_VLLM_ONLY_HIDDEN=160``
-applies the mode only to configs with that ``hidden_size``.
+* prompts must be token-id prompts with ids in ``[0, vocab_size)``, each no
+  longer than ``max_model_len - max_tokens``; each gets ``max_tokens`` ids;
+* at most ``max_num_seqs`` requests run at once (capped further by
+  ``FAKE_VLLM_MAX_RUNNING``, as a KV cache too small would); the rest wait
+  for a slot, so a batch larger than that runs in waves;
+* ``RequestOutput.metrics`` carries engine timestamps (``scheduled_ts``,
+  ``last_token_ts``) and ``num_preemptions`` only when the engine logs stats
+  (``disable_log_stats=False``), as vLLM's does;
+* ``collective_rpc(name)`` calls ``name`` on the ``worker_extension_cls``
+  given to ``LLM`` (one rank per ``tensor_parallel_size``), in this process.
+
+``FAKE_VLLM_DEVICE``: ``cpu`` (default) or ``cuda`` (reports an H100).
+Every call is logged as one JSON line to ``FAKE_VLLM_LOG`` so a test can
+assert the arguments received. ``FAKE_VLLM_MODE``: ``oom`` raises an
+out-of-memory error from ``generate``; ``crash`` writes a traceback-like
+line to stderr then kills the process; ``hang`` sleeps for an hour in
+``generate``; ``hang_start`` in ``LLM()``; ``start_fail`` logs a root cause
+as vLLM's engine process does and raises vLLM's generic wrapper error from
+``LLM()``; ``short`` returns one token fewer than asked (so a test can tell
+counted tokens from assumed ones). ``FAKE_VLLM_ONLY_HIDDEN=160`` applies the
+mode only to configs with that ``hidden_size``, ``FAKE_VLLM_ONLY_BATCH=4``
+only to ``generate`` calls of 4 prompts.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -38,6 +51,17 @@ def _log(event: dict) -> None:
             handle.write(json.dumps(event) + "\n")
 
 
+def _mode(config: dict, n_prompts: int | None = None) -> str:
+    mode = os.environ.get("FAKE_VLLM_MODE", "")
+    only_hidden = os.environ.get("FAKE_VLLM_ONLY_HIDDEN")
+    only_batch = os.environ.get("FAKE_VLLM_ONLY_BATCH")
+    if only_hidden and int(only_hidden) != int(config["hidden_size"]):
+        return ""
+    if only_batch and n_prompts is not None and int(only_batch) != n_prompts:
+        return ""
+    return mode
+
+
 class SamplingParams:
     def __init__(self, **kwargs) -> None:
         self.kwargs = kwargs
@@ -49,10 +73,19 @@ class _Completion:
         self.token_ids = token_ids
 
 
+class _Stats:
+    def __init__(self, scheduled_ts: float, last_token_ts: float) -> None:
+        self.scheduled_ts = scheduled_ts
+        self.first_token_ts = scheduled_ts + 0.001
+        self.last_token_ts = last_token_ts
+        self.num_preemptions = 0
+
+
 class _RequestOutput:
-    def __init__(self, prompt_token_ids: list[int], token_ids: list[int]) -> None:
+    def __init__(self, prompt_token_ids: list[int], token_ids: list[int], metrics: _Stats | None) -> None:
         self.prompt_token_ids = prompt_token_ids
         self.outputs = [_Completion(token_ids)]
+        self.metrics = metrics
 
 
 class LLM:
@@ -61,14 +94,28 @@ class LLM:
         with open(config_path, encoding="utf-8") as handle:
             self.config = json.load(handle)
         self.kwargs = kwargs
-        _log({"event": "init", "kwargs": kwargs, "config": self.config, "env": {
+        _log({"event": "init", "kwargs": kwargs, "config": self.config, "pid": os.getpid(), "env": {
             k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "VLLM_NO_USAGE_STATS")}})
+        mode = _mode(self.config)
+        if mode == "hang_start":
+            time.sleep(3600)
+        if mode == "start_fail":
+            print("(EngineCore pid=1) INFO 11-25 02:54:12 [core.py:133] Initializing a V1 LLM engine", flush=True)
+            print("(VllmWorker-0 pid=2) ERROR 11-25 02:54:25 [multiproc_executor.py:953] ValueError: Available memory "
+                  "on node 0 (1.00/18.09 GiB) on startup is less than desired CPU memory utilization", flush=True)
+            print("(EngineCore pid=1) INFO 11-25 02:54:27 [multiproc_executor.py:486] [shutdown] all workers exited",
+                  flush=True)
+            raise RuntimeError("Engine core initialization failed. See root cause above. Failed core proc(s): {}")
+
+    def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+        module, _, name = (self.kwargs.get("worker_extension_cls") or "").rpartition(".")
+        extension = getattr(importlib.import_module(module), name) if module else object
+        worker = extension.__new__(extension)
+        _log({"event": "collective_rpc", "method": method})
+        return [getattr(worker, method)(*args, **(kwargs or {})) for _ in range(self.kwargs.get("tensor_parallel_size", 1))]
 
     def generate(self, prompts, sampling_params, use_tqdm: bool = True):
-        mode = os.environ.get("FAKE_VLLM_MODE", "")
-        only = os.environ.get("FAKE_VLLM_ONLY_HIDDEN")
-        if only and int(only) != int(self.config["hidden_size"]):
-            mode = ""
+        mode = _mode(self.config, len(prompts))
         if mode == "oom":
             raise OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         if mode == "hang":
@@ -80,17 +127,22 @@ class LLM:
             os._exit(139)
         vocab = int(self.config["vocab_size"])
         limit = self.kwargs["max_model_len"] - sampling_params.max_tokens
+        slots = min(self.kwargs["max_num_seqs"], int(os.environ.get("FAKE_VLLM_MAX_RUNNING") or 1 << 30))
+        stats = not self.kwargs.get("disable_log_stats", True)
+        start = time.monotonic()
         outputs = []
-        for prompt in prompts:
+        for index, prompt in enumerate(prompts):
             if not isinstance(prompt, dict) or "prompt_token_ids" not in prompt:
                 raise TypeError(f"expected a token-id prompt, got {type(prompt).__name__}")
             ids = prompt["prompt_token_ids"]
             if len(ids) > limit or not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
                 raise ValueError("prompt too long or token id out of range")
             produced = sampling_params.max_tokens - (1 if mode == "short" else 0)
-            outputs.append(_RequestOutput(list(ids), [i % vocab for i in range(produced)]))
+            wave = index // slots  # requests beyond the free slots wait for a whole earlier wave to finish
+            metrics = _Stats(start + wave, start + wave + 0.5) if stats else None
+            outputs.append(_RequestOutput(list(ids), [i % vocab for i in range(produced)], metrics))
         _log({"event": "generate", "n_prompts": len(prompts), "prompt_lengths": sorted({len(p["prompt_token_ids"]) for p in prompts}),
               "first_tokens": [p["prompt_token_ids"][0] for p in prompts], "sampling": sampling_params.kwargs,
-              "use_tqdm": use_tqdm})
+              "use_tqdm": use_tqdm, "pid": os.getpid()})
         time.sleep(0.01)
         return outputs

@@ -1,0 +1,92 @@
+"""Wall time of a vLLM bench sweep: one engine per config (now) against one engine per (config, batch size) (before).
+
+    python experiments/bench_vllm_engine_reuse.py --vllm-python .venv-vllm/bin/python
+
+Both designs run the same sweep (2 configs x 3 batch sizes, the same workload and repeats) through
+archscale's vLLM backend, side by side in one run: "one engine per config" is ``run_sweep`` as ``archscale
+bench`` calls it; "one engine per batch size" is the same backend given one batch size at a time, which
+starts one worker and one engine per (config, batch size), as the backend did before. Each design runs with
+its own empty vLLM compile cache (``VLLM_CACHE_ROOT``), as a sweep of new shapes would. Prints each design's
+wall time and tokens/s per row, the ratio of wall times, and the machine load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from archscale.arch import Architecture
+from archscale.bench.sweep import BenchOptions, resolve_targets, run_sweep
+
+CONFIGS = {  # two small LLaMA-style shapes (vLLM needs d_model divisible by the heads)
+    "d256-h4kv2": Architecture(4, 256, 4, 2, 64, 704, vocab_size=8192, name="d256-h4kv2"),
+    "d512-h8kv2": Architecture(4, 512, 8, 2, 64, 1408, vocab_size=8192, name="d512-h8kv2"),
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vllm-python", type=Path, default=None, help="Python with vLLM (default $ARCHSCALE_VLLM_PYTHON).")
+    parser.add_argument("--batch-sizes", default="1,4,16")
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--enforce-eager", action="store_true", help="Skip vLLM's torch.compile (shorter engine starts).")
+    return parser.parse_args()
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
+def sweep(targets, options: BenchOptions, per_batch: bool) -> tuple[float, list[dict]]:
+    """Wall time and records of one design, with a fresh vLLM compile cache."""
+    records: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="vllm-cache-") as cache:
+        os.environ["VLLM_CACHE_ROOT"] = cache
+        start = time.perf_counter()
+        if per_batch:
+            for target in targets:
+                for batch in options.batch_sizes:
+                    one = BenchOptions(**{**options.__dict__, "batch_sizes": (batch,)})
+                    records += run_sweep([target], one).records
+        else:
+            records = run_sweep(targets, options).records
+        return time.perf_counter() - start, records
+
+
+def main() -> None:
+    args = parse_args()
+    with tempfile.TemporaryDirectory(prefix="engine-reuse-") as scratch:
+        specs = []
+        for name, arch in CONFIGS.items():
+            directory = Path(scratch) / name
+            directory.mkdir()
+            (directory / "config.json").write_text(json.dumps(arch.to_hf_config()))
+            specs.append(str(directory))
+        targets = resolve_targets(specs)
+        options = BenchOptions(backend="vllm", batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
+                               input_len=args.input_len, output_len=args.output_len, repeats=args.repeats,
+                               enforce_eager=args.enforce_eager, vllm_python=args.vllm_python, worker_timeout_s=1800)
+        print(f"{len(targets)} configs x batch sizes {args.batch_sizes}, input {args.input_len} / output "
+              f"{args.output_len}, {args.repeats} repeats, {'eager' if args.enforce_eager else 'torch.compile (default)'}")
+        print(f"before: {load()}")
+        new_s, new_rows = sweep(targets, options, per_batch=False)
+        print(f"one engine per config:      {new_s:7.1f} s  ({load()})")
+        old_s, old_rows = sweep(targets, options, per_batch=True)
+        print(f"one engine per batch size:  {old_s:7.1f} s  ({load()})")
+        print(f"speed-up of the sweep (wall time, per batch size / per config): {old_s / new_s:.2f}x")
+        print("tokens/s, per config vs per batch size (same workload; status):")
+        for new, old in zip(new_rows, old_rows):
+            print(f"  {new['name']:12s} batch {new['batch_size']:3d}: {new['tokens_per_s'] or float('nan'):9.1f} vs "
+                  f"{old['tokens_per_s'] or float('nan'):9.1f}  ({new['status']}/{old['status']}, {new['dtype']}, "
+                  f"threads {new['threads']}, cores {new['cpu_binding']})")
+
+
+if __name__ == "__main__":
+    main()

