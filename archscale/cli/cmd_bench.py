@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from archscale.cli import app, console, print_json
+from archscale.cli import app, console, print_json, study
 from archscale.cli.options import parse_int_list
 from archscale.errors import UserError
 from archscale.files import jsonable
@@ -68,6 +68,17 @@ def bench_command(
     save: Optional[Path] = typer.Option(None, "--save", help="With calibrate: write the fitted efficiencies JSON here."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
     verbose: bool = typer.Option(False, "--verbose", help="vllm: echo the workers' logs to stderr."),
+    executor: Optional[str] = study.executor_option(None, "as a job of a resumable study (measured rows are skipped; "
+                                                    "default: no study, measure everything here)"),
+    jobs_dir: Optional[Path] = study.JOBS_DIR,
+    partition: Optional[str] = study.PARTITION,
+    job_gpus: Optional[int] = study.JOB_GPUS,
+    job_cpus: Optional[int] = study.JOB_CPUS,
+    job_mem: Optional[float] = study.JOB_MEM,
+    job_time: Optional[str] = study.JOB_TIME,
+    max_parallel: Optional[int] = study.MAX_PARALLEL,
+    wait: bool = study.WAIT,
+    status: bool = study.STATUS,
 ) -> None:
     """Benchmark architectures (torch, vLLM, roofline) into an SQLite store; show it; calibrate the roofline."""
     specs = list(specs or [])
@@ -84,6 +95,20 @@ def bench_command(
         _show_mode(out, backend, gpu, gpu_file, export, as_json)
         return
     _refuse({"--save": save, "--export": export}, "a benchmark run")
+    if executor is not None or status:  # a study: one job per config (archscale.bench.jobs)
+        from archscale.bench.calibrate import load_efficiency
+        from archscale.bench.sweep import BenchOptions
+        from archscale.cost.roofline import Efficiency
+
+        options = BenchOptions(backend=backend or "torch", batch_sizes=tuple(parse_int_list(batch_sizes, "--batch-sizes")),
+                               input_len=input_len, output_len=output_len, repeats=repeats, gpu=gpu, gpu_file=gpu_file,
+                               dtype=dtype, device=device, tp=tp, compile=compile_step, enforce_eager=enforce_eager,
+                               efficiency=load_efficiency(efficiency) if efficiency else Efficiency(), seed=seed,
+                               worker_timeout_s=timeout, verbose=verbose)
+        flags = dict(jobs_dir=jobs_dir, partition=partition, gpus=job_gpus, cpus=job_cpus, mem_gb=job_mem, time=job_time,
+                     max_parallel=max_parallel, wait=wait)
+        study.bench_study_mode(specs, executor, status, options, out, flags, progress, as_json)
+        return
     _sweep_mode(specs, backend or "torch", batch_sizes, input_len, output_len, repeats, out, gpu, gpu_file, dtype,
                 device, tp, compile_step, enforce_eager, efficiency, timeout, seed, as_json, progress, verbose)
 
