@@ -90,9 +90,12 @@ SlurmdLogFile=$LOG_DIR/slurmd.log
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MinJobAge=600
-KillWait=5
+# seconds between scancel's SIGTERM (which submitit's jobs ignore, waiting for a pre-emption signal) and SIGKILL
+KillWait=1
 $NODE_LINE State=UNKNOWN
 PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+# a partition with a one-minute limit, for the test that a longer --job-time is refused before submission
+PartitionName=short Nodes=$HOST MaxTime=1 State=UP
 EOF
 )
 RESTART=0

@@ -61,6 +61,7 @@ FORMAT_VERSION = 1
 RESULT_GRACE_S = 20.0
 # submitit's LocalExecutor kills a job after timeout_min (default 2 minutes): give local jobs a week unless told.
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60
+SLURM_POLL_MAX_S = 5.0
 RETRY = "fix the cause, then run the same command again (finished configs are skipped)"
 
 
@@ -127,6 +128,8 @@ class DispatchOptions:
     ``max_parallel`` caps jobs in flight (local default 1; Slurm default: all,
     the scheduler queues them). ``wait=False`` (Slurm only) submits and
     returns; run the same command again, or ``study_status``, to follow it.
+    Jobs are looked at every ``poll_s`` seconds; on Slurm (one ``squeue`` a
+    look) the interval grows to ``SLURM_POLL_MAX_S`` while nothing changes.
     """
 
     executor: str = "inline"
@@ -134,7 +137,7 @@ class DispatchOptions:
     resources: Resources = Resources()
     max_parallel: int | None = None
     wait: bool = True
-    poll_s: float = 1.0
+    poll_s: float = 0.5
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -403,7 +406,8 @@ class _Runner:
                 if not self.options.wait and not pending:
                     return
                 changed = self._poll()
-                delay = self.options.poll_s if changed else min(delay * 1.5, 10 * self.options.poll_s)
+                cap = SLURM_POLL_MAX_S if self.options.executor == "slurm" else self.options.poll_s
+                delay = self.options.poll_s if changed else min(delay * 1.5, max(cap, self.options.poll_s))
                 if self.flights or pending:
                     time.sleep(delay)
         except KeyboardInterrupt:

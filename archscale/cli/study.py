@@ -86,8 +86,12 @@ class StudyView:
                                  TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=self.errors,
                                  disable=not live, transient=False)
         self.task = self.progress.add_task("study", total=None, counts="")
+        self.started = False
 
     def __call__(self, record: TaskRecord) -> None:
+        if not self.started:  # drawn from the first event on: an error before it leaves no empty bar behind
+            self.progress.start()
+            self.started = True
         before = self.states.get(record.key)
         self.states[record.key] = record.state
         if before != record.state or record.state in ("done", "failed"):
@@ -105,14 +109,16 @@ class StudyView:
 
     @contextlib.contextmanager
     def shown(self) -> Iterator["StudyView"]:
-        with self.progress:
-            try:
-                yield self
-            except KeyboardInterrupt:
-                self.errors.print("interrupted: Slurm jobs already submitted keep running; run the same command again "
-                                  "to follow them (finished configs are skipped), or add --status to look",
-                                  markup=False, highlight=False, soft_wrap=True)
-                raise
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.errors.print("interrupted: Slurm jobs already submitted keep running; run the same command again "
+                              "to follow them (finished configs are skipped), or add --status to look",
+                              markup=False, highlight=False, soft_wrap=True)
+            raise
+        finally:
+            if self.started:
+                self.progress.stop()
 
 
 def report(states: Sequence[str], jobs_dir: Path, waited: bool) -> None:

@@ -112,7 +112,7 @@ def train_config(config_dir: str, data_dir: str, run_dir: str, runs: str, tokens
     else:
         val_loss = train(config_dir, data_dir, run, tokens=tokens, seed=seed, resume=resume, runs=runs, device=device,
                          progress=progress).val_loss
-    verb = "resumed" if resume else "trained"
+    verb = ("resumed" if resume else "trained") + (f" by {nproc} processes (torchrun)" if nproc > 1 else "")
     return {"status": "done", "resumed": resume, "val_loss": val_loss, "note": f"{verb}, val loss {val_loss:.4f}"}
 
 
@@ -146,13 +146,17 @@ def _torchrun(config_dir: str, data_dir: str, run: Path, runs: str, tokens: int 
         command.append("--resume")
     threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // nproc))}
+    print(f"archscale: torchrun: {' '.join(command)}", file=sys.stderr, flush=True)
     tail: collections.deque[str] = collections.deque(maxlen=40)
+    errors: list[str] = []  # archscale's own one-line errors ("error: ..."), before the ranks' tracebacks bury them
     with tempfile.TemporaryFile("w+") as stdout:
         process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env)
         assert process.stderr is not None
         for line in process.stderr:
             sys.stderr.write(line)
             tail.append(line.rstrip())
+            if line.startswith("error: "):
+                errors.append(line.rstrip()[len("error: "):])
         code = process.wait()
         stdout.seek(0)
         text = stdout.read()
@@ -161,8 +165,7 @@ def _torchrun(config_dir: str, data_dir: str, run: Path, runs: str, tokens: int 
             return json.loads(text)
         except json.JSONDecodeError:
             return {"error": f"torchrun ended well but printed no result row (stdout: {text.strip()[-200:]!r})"}
-    errors = [line for line in tail if line.startswith("error: ")]
-    last = errors[-1][len("error: "):] if errors else next((line for line in reversed(tail) if line.strip()), "")
+    last = errors[0] if errors else next((line for line in reversed(tail) if line.strip()), "")
     return {"error": f"torchrun with {nproc} processes exited {code}: {last.strip()[:300]}"}
 
 
@@ -192,6 +195,10 @@ def sweep_tasks(configs_dir: str | Path, data_dir: str | Path | None, runs: str 
         if vocab > spec.arch.vocab_size:
             raise UserError(f"{config_dir / CONFIG_FILE}: vocab_size {spec.arch.vocab_size} < the data's tokenizer "
                             f"vocabulary {vocab} (--data {data})")
+        cfg = spec.train_config
+        if cfg.batch_size % (cfg.micro_batch_size * nproc):
+            raise UserError(f"{config_dir / 'train.json'}: batch_size {cfg.batch_size} must be a multiple of "
+                            f"micro_batch_size {cfg.micro_batch_size} x {nproc} processes (--nproc-per-run)")
         run_dir = (Path(out_root) / config_dir.name if out_root is not None else config_dir / "run").resolve()
         if run_dir.exists() and not run_dir.is_dir():
             raise UserError(f"{run_dir}: exists and is not a directory (the run directory of {config_dir.name})")
