@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import subprocess
+import signal
 import sys
 import time
 import traceback
@@ -274,6 +274,18 @@ class StudyFolder:
         tasks = {key: {k: v for k, v in asdict(record).items() if k != "key"} for key, record in records.items()}
         write_json(self.file, {"version": FORMAT_VERSION, "tasks": tasks})
 
+    def busy(self) -> bool:
+        """Whether a process is driving this study now (it holds the lock)."""
+        try:
+            with open(self.path / LOCK_FILE, "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        except FileNotFoundError:
+            return False
+        except BlockingIOError:
+            return True
+        return False
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Only one process drives a study: a second would submit the same configs again."""
@@ -306,6 +318,8 @@ class _Flight:
 
 
 class _Runner:
+    """One run of a study: triage, then run inline or submit and watch jobs, recording every change."""
+
     def __init__(self, tasks: Sequence[Task], options: DispatchOptions, on_event: Event | None) -> None:
         self.tasks, self.options = list(tasks), options
         self.on_event = on_event or (lambda record: None)
@@ -328,8 +342,8 @@ class _Runner:
             todo = self._triage()
             if self.options.executor == "inline":
                 self._run_inline(todo)
-            else:
-                self._run_jobs(todo)
+                todo = []
+            self._run_jobs(todo)  # also waits for jobs an earlier run of this study left in flight
         return [self.records[task.key] for task in self.tasks]
 
     def _triage(self) -> list[Task]:
@@ -379,9 +393,9 @@ class _Runner:
             except KeyboardInterrupt:
                 self._set(replace(record, state="failed", cause="interrupted (Ctrl-C)", recovery=task.lost_recovery))
                 raise
-            self._finish(record, task, result, log=str(log) if log.exists() else None)
+            self._finish(record, result, log=str(log) if log.exists() else None)
 
-    def _finish(self, record: TaskRecord, task: Task, result: Mapping[str, Any], log: str | None = None) -> None:
+    def _finish(self, record: TaskRecord, result: Mapping[str, Any], log: str | None = None) -> None:
         result = dict(result)
         status = result.pop("status", "done")
         cause, recovery = result.pop("cause", None), result.pop("recovery", None)
@@ -394,8 +408,9 @@ class _Runner:
     # -- local and Slurm jobs --
     def _run_jobs(self, todo: list[Task]) -> None:
         limit = self.options.parallel_limit
-        self.executor = _make_executor(self.options, self.folder.submitit_dir)
-        if self.options.executor == "local":
+        if todo:
+            self.executor = _make_executor(self.options, self.folder.submitit_dir)
+        if todo and self.options.executor == "local":
             self.free_gpus = _local_gpu_slots(self.options.resources.gpus, limit or 1)
         pending = list(todo)
         delay = self.options.poll_s
@@ -406,7 +421,8 @@ class _Runner:
                 if not self.options.wait and not pending:
                     return
                 changed = self._poll()
-                cap = SLURM_POLL_MAX_S if self.options.executor == "slurm" else self.options.poll_s
+                slow = any(f.record.executor == "slurm" for f in self.flights.values())
+                cap = SLURM_POLL_MAX_S if slow else self.options.poll_s
                 delay = self.options.poll_s if changed else min(delay * 1.5, max(cap, self.options.poll_s))
                 if self.flights or pending:
                     time.sleep(delay)
@@ -465,7 +481,7 @@ class _Runner:
             return {}
         try:
             return slurm.queue_states()
-        except (RuntimeError, OSError, subprocess.TimeoutExpired):
+        except (RuntimeError, OSError):
             return None
 
     @staticmethod
@@ -487,7 +503,7 @@ class _Runner:
             self.free_gpus.append(flight.gpus)
         record, how = flight.record, None
         if outcome is not None and outcome[0] == "success" and isinstance(outcome[1], Mapping):
-            self._finish(record, flight.task, outcome[1])
+            self._finish(record, outcome[1])
             return
         if outcome is not None:  # the job's function raised past run_task (cannot unpickle, SystemExit, ...)
             cause = f"the job raised: {_last_line(str(outcome[1]))}"
@@ -507,8 +523,7 @@ class _Runner:
         """Ctrl-C: local jobs die with this process; Slurm jobs go on and stay recorded as in flight."""
         for flight in list(self.flights.values()):
             if flight.record.executor == "local" and flight.job is not None:
-                with contextlib.suppress(Exception):
-                    flight.job.cancel(check=False)
+                _stop_local_job(flight.record.job_id)
                 self._set(replace(flight.record, state="failed", cause="interrupted (Ctrl-C): the job was stopped",
                                   recovery=flight.task.lost_recovery))
 
@@ -530,7 +545,8 @@ def run_study(tasks: Sequence[Task], options: DispatchOptions, on_event: Event |
 
 def study_status(tasks: Sequence[Task], jobs_dir: str | Path) -> list[TaskRecord]:
     """Each task's state now, from ``study.json`` and the scheduler; writes nothing."""
-    records = StudyFolder(Path(jobs_dir)).load()
+    folder = StudyFolder(Path(jobs_dir))
+    records, busy = folder.load(), folder.busy()
     slurm_ids = [r.job_id for r in records.values() if r.executor == "slurm" and r.state in ("queued", "running")]
     queue: dict[str, str] | None = {}
     if slurm_ids:
@@ -549,8 +565,10 @@ def study_status(tasks: Sequence[Task], jobs_dir: str | Path) -> list[TaskRecord
             out.append(TaskRecord(task.key, task.name, "not submitted"))
         elif old.state in ("queued", "running") and old.executor in ("slurm", "local") and old.job_id:
             out.append(_live_state(old, queue, Path(jobs_dir) / SUBMITIT_DIR))
-        elif old.state in ("queued", "running"):  # an inline run, or one never submitted, whose process is gone
-            out.append(replace(old, state="not submitted" if not old.job_id and old.executor is None else old.state))
+        elif old.state in ("queued", "running") and not busy:  # in this process's hands, but that process is gone
+            out.append(replace(old, state="failed", cause="the process running the study ended before this config finished",
+                               recovery="run the same command again") if old.state == "running"
+                       else replace(old, state="not submitted", note=None))
         else:
             out.append(old)
     return out
@@ -617,6 +635,23 @@ def _local_job_alive(job_id: str | None) -> bool:
     except OSError:
         return False
     return b"submitit.local._local" in command
+
+
+def _stop_local_job(job_id: str | None) -> None:
+    """Kill a local job's worker processes; its submitit controller then ends by itself.
+
+    (submitit's own cancel sends the controller SIGINT, which prints a
+    KeyboardInterrupt traceback onto this terminal.)
+    """
+    if not job_id or not _local_job_alive(job_id):
+        return
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ProcessLookupError):
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == job_id:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _local_job_alive(job_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _local_gpu_slots(gpus_per_job: int | None, parallel: int) -> list[tuple[int, ...]]:

@@ -194,7 +194,10 @@ def queue_states() -> dict[str, str]:
     Raises RuntimeError when squeue fails (a controller restart): the caller
     must not conclude that jobs have ended from a failed query.
     """
-    done = _run(["squeue", "--noheader", f"--user={getpass.getuser()}", "--format=%i|%T"])
+    try:
+        done = _run(["squeue", "--noheader", f"--user={getpass.getuser()}", "--format=%i|%T"])
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"squeue did not answer in {COMMAND_TIMEOUT_S:.0f} s") from None
     if done.returncode != 0:
         raise RuntimeError(f"squeue: {_first_line(done.stderr) or 'exit ' + str(done.returncode)}")
     states = {}
@@ -216,6 +219,13 @@ def ended_state(job_id: str) -> str | None:
     ``scontrol`` remembers a job for ``MinJobAge`` seconds after it ends;
     ``sacct`` answers longer where accounting is enabled.
     """
+    try:
+        return _ended_state(job_id)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _ended_state(job_id: str) -> str | None:
     done = _run(["scontrol", "show", "job", "--oneliner", job_id])
     if done.returncode == 0:
         match = re.search(r"\bJobState=(\S+)", done.stdout)
@@ -228,8 +238,3 @@ def ended_state(job_id: str) -> str | None:
         if done.returncode == 0 and done.stdout.strip():
             return done.stdout.split()[0]
     return None
-
-
-def cancel(job_id: str) -> None:
-    """``scancel`` one job (quietly: it may have ended meanwhile)."""
-    _run(["scancel", job_id])

@@ -91,7 +91,7 @@ def sweep_cmd(
         study.print_status(records, options.jobs_dir, as_json)
         return
     options = options.checked()
-    view = study.StudyView(live=progress and not as_json and options.executor != "inline")
+    view = study.StudyView(live=progress and not as_json and options.executor != "inline", executor=options.executor)
     with view.shown():
         outcomes = sweep(configs_dir, data, runs, tokens=_tokens(tokens), out_root=out, seed=seed, device=device,
                          progress=progress and not as_json, dispatch=options, nproc=nproc, on_event=view)

@@ -79,8 +79,10 @@ class StudyView:
     loop draws its own bar, and rich shows one live display at a time.
     """
 
-    def __init__(self, live: bool) -> None:
+    def __init__(self, live: bool, executor: str = "inline") -> None:
+        self.executor = executor
         self.states: dict[str, str] = {}
+        self.seen: dict[str, tuple[str, str | None]] = {}
         self.errors = Console(stderr=True)
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=self.errors,
@@ -92,11 +94,12 @@ class StudyView:
         if not self.started:  # drawn from the first event on: an error before it leaves no empty bar behind
             self.progress.start()
             self.started = True
-        before = self.states.get(record.key)
+        before = self.seen.get(record.key)
+        self.seen[record.key] = (record.state, record.job_id)
         self.states[record.key] = record.state
-        if before != record.state or record.state in ("done", "failed"):
-            if not (before is None and record.state == "queued"):  # every config starts queued: say so once, in the counts
-                self.errors.print(record.line(), markup=False, highlight=False, soft_wrap=True)
+        # every config starts queued (counted, not printed); then a line each time its state or its job changes
+        if before != self.seen[record.key] and not (before is None and record.state == "queued" and not record.job_id):
+            self.errors.print(record.line(), markup=False, highlight=False, soft_wrap=True)
         counts = self.counts()
         self.progress.update(self.task, total=len(self.states), completed=counts["done"] + counts["failed"],
                              counts=" · ".join(f"{counts[s]} {s}" for s in ("queued", "running", "done", "failed")))
@@ -112,9 +115,12 @@ class StudyView:
         try:
             yield self
         except KeyboardInterrupt:
-            self.errors.print("interrupted: Slurm jobs already submitted keep running; run the same command again "
-                              "to follow them (finished configs are skipped), or add --status to look",
-                              markup=False, highlight=False, soft_wrap=True)
+            if self.executor == "slurm":
+                note = ("Slurm jobs already submitted keep running: run the same command again to follow them "
+                        "(finished configs are skipped), or add --status to look")
+            else:
+                note = "run the same command again to go on (finished configs are skipped, interrupted runs resume)"
+            self.errors.print(f"interrupted: {note}", markup=False, highlight=False, soft_wrap=True)
             raise
         finally:
             if self.started:
@@ -178,7 +184,7 @@ def bench_study_mode(specs: list[str], executor: Optional[str], status: bool, op
     if dispatch.executor != "slurm":
         make_backend(options)  # the jobs run here: refuse a backend this machine cannot run before submitting any
     dispatch = dispatch.checked()
-    view = StudyView(live=progress and not as_json and dispatch.executor != "inline")
+    view = StudyView(live=progress and not as_json and dispatch.executor != "inline", executor=dispatch.executor)
     with view.shown():
         records = bench_study(targets, options, store, dispatch, on_event=view)
     if as_json:
