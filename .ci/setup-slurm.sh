@@ -71,6 +71,8 @@ SlurmctldHost=$HOST
 SlurmUser=root
 AuthType=auth/munge
 CredType=cred/munge
+# a requeued job may start again once its old credential expires (default 120 s): the requeue test waits for it
+AuthInfo=cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres

@@ -228,6 +228,29 @@ def run_task(fn: Callable[..., dict[str, Any]], kwargs: Mapping[str, Any], threa
     return result
 
 
+class JobCall:
+    """What a submitit job runs: :func:`run_task` on one task, and how to run it again.
+
+    submitit calls :meth:`checkpoint` when Slurm signals the job before its
+    time limit or a pre-emption, then requeues the job with the call it
+    returns: the same one, since every task resumes by itself (training from
+    its last checkpoint, a bench with the batch sizes still missing). After
+    ``max_num_timeout`` (3) time-outs submitit gives up and the task fails
+    with "the job reached its time limit".
+    """
+
+    def __init__(self, fn: Callable[..., dict[str, Any]], kwargs: Mapping[str, Any], threads: int | None) -> None:
+        self.fn, self.kwargs, self.threads = fn, dict(kwargs), threads
+
+    def __call__(self) -> dict[str, Any]:
+        return run_task(self.fn, self.kwargs, self.threads)
+
+    def checkpoint(self) -> Any:
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(JobCall(self.fn, self.kwargs, self.threads))
+
+
 def _allocated_cpus() -> int | None:
     """CPUs Slurm gave this job (so torch does not start one thread per core of a shared node)."""
     value = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
@@ -440,7 +463,7 @@ class _Runner:
             executor.update_parameters(job_name=f"archscale-{task.name}"[:64])
         threads = options.resources.cpus
         try:
-            job = executor.submit(run_task, task.fn, task.kwargs, threads)
+            job = executor.submit(JobCall(task.fn, task.kwargs, threads))
         except Exception as exc:  # sbatch refused this one (a limit reached since the check): record it, go on
             self.free_gpus.extend([gpus] if gpus else [])
             self._set(TaskRecord(task.key, task.name, "failed", executor=options.executor,

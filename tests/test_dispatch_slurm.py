@@ -114,6 +114,26 @@ def test_slurm_bench_job_cancelled_mid_run_measures_only_what_is_missing(cluster
     assert sorted(zip(rows["name"], rows["batch_size"])) == [(n, b) for n in ("big", "small") for b in (1, 16, 32)]
 
 
+def test_slurm_job_signalled_before_its_time_limit_is_requeued_and_resumes(cluster, tmp_path, data, monkeypatch):
+    """Slurm's warning signal (USR2, sent before a time limit or a pre-emption): submitit requeues the job, same id."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    configs = write_study_configs(tmp_path / "configs")
+    shutil.rmtree(configs / "a")
+    shutil.rmtree(configs / "b")
+    runs, jobs = tmp_path / "runs.csv", tmp_path / "runs.csv.jobs"
+    sweep = start_cli("sweep", configs, "--data", data, "--runs", runs, "--device", "cpu", *JOB, "--no-progress")
+    job = wait_for(lambda: running_job(jobs, "c"), "config c's job to run", process=sweep)
+    wait_for(lambda: (configs / "c" / "run" / "checkpoint.pt").exists(), "c's first checkpoint", process=sweep)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    # requeued, the job starts again once its old credential expires (AuthInfo=cred_expire=10 in .ci/setup-slurm.sh)
+    code, out, err = finish(sweep)
+    assert code == 0, err
+    assert f"c: done (job {job}), resumed" in err and "c: resumed" in out  # the same job, started again, resumed
+    stdout = Path(records(jobs)["c"]["log"]).with_suffix(".out")  # submitit's own log lines: JOB_0_log.out
+    assert f"Requeued job {job}" in stdout.read_text()
+    assert runs_table(runs).set_index("name").loc["c", "steps"] == 160
+
+
 def test_slurm_no_wait_then_status_then_the_same_command_attaches(cluster, tmp_path, data, cli, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     configs = write_study_configs(tmp_path / "configs")
