@@ -67,7 +67,8 @@ mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd "$LOG_DIR" /run/slurm
 NEW_CONF=$(cat <<EOF
 # written by archscale .ci/setup-slurm.sh: a single-node cluster on localhost for tests
 ClusterName=archscale-ci
-SlurmctldHost=$HOST
+# addresses given outright, so nothing depends on the host name resolving
+SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
 CredType=cred/munge
@@ -94,7 +95,7 @@ AccountingStorageType=accounting_storage/none
 MinJobAge=600
 # seconds between scancel's SIGTERM (which submitit's jobs ignore, waiting for a pre-emption signal) and SIGKILL
 KillWait=1
-$NODE_LINE State=UNKNOWN
+$NODE_LINE NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 # a partition with a one-minute limit, for the test that a longer --job-time is refused before submission
 PartitionName=short Nodes=$HOST MaxTime=1 State=UP

@@ -46,11 +46,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from archscale import slurm
+from archscale.bench.records import one_line
 from archscale.errors import UserError
 from archscale.files import read_json, write_json
 from archscale.slurm import Resources
 
 EXECUTORS = ("inline", "local", "slurm")
+# a record's states; "not submitted" only in study_status, for a task no process has taken up
 STATES = ("not submitted", "queued", "running", "done", "failed")
 STUDY_FILE = "study.json"
 LOCK_FILE = ".lock"
@@ -62,6 +64,7 @@ RESULT_GRACE_S = 20.0
 # submitit's LocalExecutor kills a job after timeout_min (default 2 minutes): give local jobs a week unless told.
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60
 SLURM_POLL_MAX_S = 5.0
+NO_LIMIT_MIN = 365 * 24 * 60  # a Slurm job's time limit in a partition without one
 RETRY = "fix the cause, then run the same command again (finished configs are skipped)"
 
 
@@ -175,16 +178,17 @@ class DispatchOptions:
         """Check everything that can be checked before a job is submitted; return the options to submit with.
 
         One-line UserError on the first problem. On Slurm, a job with no
-        ``--job-time`` asks for its partition's time limit: submitit needs a
-        limit to tell a time-out from a pre-emption (a pre-empted job is
-        requeued by submitit and resumes; a timed-out one is recorded).
+        ``--job-time`` asks for its partition's time limit (a year where it
+        has none): submitit needs a limit to handle Slurm's warning signal
+        (see :class:`JobCall`), and submitit's own default is 5 minutes.
         """
         if self.jobs_dir.exists() and not self.jobs_dir.is_dir():
             raise UserError(f"--jobs-dir {self.jobs_dir}: exists and is not a directory")
         if self.executor == "slurm":
             partition = slurm.check_cluster(self.resources)
-            if self.resources.time_min is None and partition.time_limit_min is not None:
-                return replace(self, resources=replace(self.resources, time_min=partition.time_limit_min))
+            if self.resources.time_min is None:
+                limit = partition.time_limit_min or NO_LIMIT_MIN
+                return replace(self, resources=replace(self.resources, time_min=limit))
         elif self.executor == "local":
             _local_gpu_slots(self.resources.gpus, self.parallel_limit or 1)
         return self
@@ -214,7 +218,7 @@ def run_task(fn: Callable[..., dict[str, Any]], kwargs: Mapping[str, Any], threa
         return {"status": "failed", "cause": str(exc), "recovery": RETRY}
     except Exception as exc:
         if type(exc).__name__ == "UncompletedJobError":  # submitit's handler of Slurm's signal before the time limit
-            return {"status": "failed", "cause": f"the job reached its time limit ({_one_line(exc)})",
+            return {"status": "failed", "cause": f"the job reached its time limit ({one_line(exc)})",
                     "recovery": "give jobs more time (--job-time), then run the same command again"}
         text = traceback.format_exc()
         if log is not None:
@@ -223,7 +227,7 @@ def run_task(fn: Callable[..., dict[str, Any]], kwargs: Mapping[str, Any], threa
         else:
             sys.stderr.write(text)
         where = log or "the job's log"
-        return {"status": "failed", "cause": f"{type(exc).__name__}: {_one_line(exc)} (traceback in {where})", "recovery": RETRY}
+        return {"status": "failed", "cause": f"{type(exc).__name__}: {one_line(exc)} (traceback in {where})", "recovery": RETRY}
     result.setdefault("status", "done")
     return result
 
@@ -261,11 +265,6 @@ def _importable(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
-
-
-def _one_line(message: object, limit: int = 300) -> str:
-    text = " ".join(str(message).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _now() -> str:
@@ -467,7 +466,7 @@ class _Runner:
         except Exception as exc:  # sbatch refused this one (a limit reached since the check): record it, go on
             self.free_gpus.extend([gpus] if gpus else [])
             self._set(TaskRecord(task.key, task.name, "failed", executor=options.executor,
-                                 cause=f"submission failed: {_one_line(exc)}", recovery=RETRY))
+                                 cause=f"submission failed: {one_line(exc)}", recovery=RETRY))
             return
         record = TaskRecord(task.key, task.name, "queued" if options.executor == "slurm" else "running",
                             executor=options.executor, job_id=str(job.job_id), log=str(job.paths.stderr))
@@ -515,8 +514,8 @@ class _Runner:
                 return "unknown"
             state = queue.get(record.job_id)
             return "ended" if state is None else slurm.study_state(state)
-        if flight.job is not None and getattr(flight.job, "_process", None) is not None:
-            return "running" if flight.job._process.poll() is None else "ended"
+        if flight.job is not None:  # a local job this process started: submitit polls its process
+            return "ended" if flight.job.done() else "running"
         return "running" if _local_job_alive(record.job_id) else "ended"
 
     def _land(self, flight: _Flight, outcome: tuple[str, Any] | None) -> None:
@@ -545,7 +544,7 @@ class _Runner:
     def _interrupted(self) -> None:
         """Ctrl-C: local jobs die with this process; Slurm jobs go on and stay recorded as in flight."""
         for flight in list(self.flights.values()):
-            if flight.record.executor == "local" and flight.job is not None:
+            if flight.record.executor == "local":
                 _stop_local_job(flight.record.job_id)
                 self._set(replace(flight.record, state="failed", cause="interrupted (Ctrl-C): the job was stopped",
                                   recovery=flight.task.lost_recovery))
@@ -626,7 +625,6 @@ def _make_executor(options: DispatchOptions, folder: Path) -> Any:
         executor.update_parameters(timeout_min=res.time_min or LOCAL_TIMEOUT_MIN)
         return executor
     executor = submitit.SlurmExecutor(folder=folder)
-    # time=None: no --time flag, so the partition's default applies (submitit's own default is 5 minutes)
     executor.update_parameters(partition=res.partition, time=res.time_min, cpus_per_task=res.cpus,
                                mem=f"{max(1, round(res.mem_gb * 1024))}M" if res.mem_gb else None,
                                gpus_per_node=res.gpus or None)
@@ -722,5 +720,5 @@ def _last_line(text: str) -> str:
     for line in reversed(text.strip().splitlines()):
         line = line.strip()
         if line and "submitit INFO" not in line and "submitit WARNING" not in line:
-            return _one_line(line, 200)
+            return one_line(line)
     return ""

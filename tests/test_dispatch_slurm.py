@@ -30,6 +30,16 @@ from dispatch_helpers import (  # noqa: E402
 JOB = ("--executor", "slurm", "--job-cpus", "1", "--job-mem", "1", "--job-time", "10")
 
 
+def kill(job: str) -> None:
+    """SIGKILL the job's process at once, as the OOM killer would (``scancel --signal=KILL JOB.0``: its step).
+
+    A plain ``scancel JOB`` sends SIGTERM, which submitit's jobs ignore (they
+    wait for Slurm's pre-emption signal), then SIGKILL after KillWait; on a
+    loaded machine these tiny runs could finish in between.
+    """
+    subprocess.run(["scancel", "--signal=KILL", f"{job}.0"], check=True)
+
+
 def slurm_problem() -> str | None:
     """Why this machine has no usable Slurm cluster, or None."""
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
@@ -67,7 +77,7 @@ def queue() -> set[str]:
     return set(done.stdout.split())
 
 
-def test_slurm_sweep_job_cancelled_mid_run_resumes_on_resubmission(cluster, tmp_path, data, cli, monkeypatch):
+def test_slurm_sweep_job_killed_mid_run_resumes_on_resubmission(cluster, tmp_path, data, cli, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     configs = write_study_configs(tmp_path / "configs")
     runs, jobs = tmp_path / "runs.csv", tmp_path / "runs.csv.jobs"
@@ -75,11 +85,11 @@ def test_slurm_sweep_job_cancelled_mid_run_resumes_on_resubmission(cluster, tmp_
     sweep = start_cli("sweep", configs, *flags)
     job = wait_for(lambda: running_job(jobs, "c"), "config c's job to run", process=sweep)
     wait_for(lambda: (configs / "c" / "run" / "checkpoint.pt").exists(), "c's first checkpoint", process=sweep)
-    subprocess.run(["scancel", job], check=True)
+    kill(job)
     code, out, err = finish(sweep)
     assert code == 1, err
     assert "a: trained" in out and "b: trained" in out
-    assert f"c: failed (job {job}): the job ended without a result (CANCELLED" in err
+    assert f"c: failed (job {job}): the job ended without a result (FAILED" in err
     assert "resumes from its last checkpoint" in records(jobs)["c"]["recovery"]
     assert len(runs_table(runs)) == 2
 
@@ -93,7 +103,7 @@ def test_slurm_sweep_job_cancelled_mid_run_resumes_on_resubmission(cluster, tmp_
     assert table.set_index("name").loc["c", "steps"] == 160
 
 
-def test_slurm_bench_job_cancelled_mid_run_measures_only_what_is_missing(cluster, tmp_path, cli, monkeypatch):
+def test_slurm_bench_job_killed_mid_run_measures_only_what_is_missing(cluster, tmp_path, cli, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     small, big = write_bench_configs(tmp_path)
     store, jobs = tmp_path / "bench.sqlite", tmp_path / "bench.sqlite.jobs"
@@ -101,10 +111,10 @@ def test_slurm_bench_job_cancelled_mid_run_measures_only_what_is_missing(cluster
     bench = start_cli("bench", small, big, *flags)
     job = wait_for(lambda: running_job(jobs, "big"), "config big's job to run", process=bench)
     wait_for(lambda: len(bench_rows(store, "big")) >= 1, "big's first row", process=bench)
-    subprocess.run(["scancel", job], check=True)
+    kill(job)
     code, out, err = finish(bench)
     assert code == 1, err
-    assert "small: done" in out and f"big: failed (job {job}): the job ended without a result (CANCELLED" in err
+    assert "small: done" in out and f"big: failed (job {job}): the job ended without a result (FAILED" in err
     assert set(bench_rows(store, "big")["batch_size"]) != {1, 16, 32}, "the cancel came after big had finished"
 
     again = cli("bench", small, big, *flags)

@@ -33,7 +33,7 @@ JOB_CPUS = typer.Option(None, "--job-cpus", help="CPUs per job (slurm: --cpus-pe
                         rich_help_panel=PANEL)
 JOB_MEM = typer.Option(None, "--job-mem", help="Memory per job in GB (slurm: --mem).", rich_help_panel=PANEL)
 JOB_TIME = typer.Option(None, "--job-time", help="Time limit per job: minutes, H:MM:SS or D-HH:MM:SS (slurm default: "
-                        "the partition's limit).", rich_help_panel=PANEL)
+                        "the partition's limit; local: a week).", rich_help_panel=PANEL)
 MAX_PARALLEL = typer.Option(None, "--max-parallel", help="Jobs in flight at once (local default 1; slurm default: all, "
                             "the scheduler queues them).", rich_help_panel=PANEL)
 WAIT = typer.Option(True, "--wait/--no-wait", help="Wait for the jobs and show progress (--no-wait: slurm only; submit, "
