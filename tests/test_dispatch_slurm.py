@@ -2,7 +2,7 @@
 
 Skipped where no Slurm answers; failed instead when ARCHSCALE_REQUIRE_SLURM=1
 (as .ci/run sets). A 3-config training sweep and a 2-config bench run as
-Slurm jobs; one job is cancelled mid-run; resubmitting the same command
+Slurm jobs; one job is killed mid-run; resubmitting the same command
 resumes it and ends with exactly one row per config. Requests the cluster
 cannot satisfy are refused in one line with nothing submitted.
 """
@@ -115,7 +115,7 @@ def test_slurm_bench_job_killed_mid_run_measures_only_what_is_missing(cluster, t
     code, out, err = finish(bench)
     assert code == 1, err
     assert "small: done" in out and f"big: failed (job {job}): the job ended without a result (FAILED" in err
-    assert set(bench_rows(store, "big")["batch_size"]) != {1, 16, 32}, "the cancel came after big had finished"
+    assert set(bench_rows(store, "big")["batch_size"]) != {1, 16, 32}, "the kill came after big had finished"
 
     again = cli("bench", small, big, *flags)
     assert again.code == 0, again.err
