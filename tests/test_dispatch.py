@@ -150,6 +150,23 @@ def test_local_bench_job_killed_between_batch_sizes_measures_only_what_is_missin
     assert sorted(zip(rows["name"], rows["batch_size"])) == [(n, b) for n in ("big", "small") for b in (1, 16, 32)]
 
 
+def test_ctrl_c_stops_local_jobs_and_records_them(tmp_path, data, one_thread):
+    configs = write_study_configs(tmp_path / "configs")
+    for name in ("a", "b"):
+        (configs / name).rename(tmp_path / name)
+    jobs = tmp_path / "runs.csv.jobs"
+    sweep = start_cli("sweep", configs, "--data", data, "--runs", tmp_path / "runs.csv", "--device", "cpu",
+                      "--executor", "local", "--no-progress")
+    job = wait_for(lambda: running_job(jobs, "c"), "config c to start", process=sweep)
+    wait_for(lambda: task_pids(job), "the process of c's job")
+    sweep.send_signal(signal.SIGINT)
+    code, out, err = finish(sweep, timeout=60)
+    assert code == 130 and "Traceback" not in err, err
+    assert "c: failed" in err and "interrupted (Ctrl-C): the job was stopped" in err and "run the same command again" in err
+    assert not task_pids(job) and not Path(f"/proc/{job}").exists()  # no job left running behind the user's back
+    assert records(jobs)["c"]["state"] == "failed"
+
+
 def test_status_shows_each_config_state(tmp_path, data, cli, one_thread):
     configs = write_study_configs(tmp_path / "configs")
     (configs / "c").rename(tmp_path / "c-later")
