@@ -181,13 +181,16 @@ def append_run(path: str | Path, row: Mapping[str, object]) -> None:
 
     The new table is written to a temporary file in the same folder and
     renamed over the old one, under an exclusive lock, so a crash never leaves
-    a half row and concurrent writers never lose one.
+    a half row and concurrent writers never lose one. The rows already there
+    are read and written back as text: parsed, a config hash such as
+    ``859e83011462`` would become a float (``inf``) and be rewritten as one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         new = pd.DataFrame([dict(row)])
-        frame = pd.concat([pd.read_csv(path), new], ignore_index=True) if path.exists() else new
+        old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else None
+        frame = pd.concat([old, new], ignore_index=True) if old is not None else new
         with atomic_file(path) as out:
             frame.to_csv(out, index=False)

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from archscale.cli import app, console, print_json
+from archscale.cli import app, console, print_json, study
 from archscale.cli.options import parse_assignments, parse_int_list
 from archscale.cost.serving import EngineSettings
 from archscale.errors import UserError
@@ -92,6 +92,17 @@ def bench_command(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="probe: torch threads to measure the CPU with."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
     verbose: bool = typer.Option(False, "--verbose", help="vllm: echo the workers' logs to stderr."),
+    executor: Optional[str] = study.executor_option(None, "as a job of a resumable study (measured rows are skipped; "
+                                                    "default: no study, measure everything here)"),
+    jobs_dir: Optional[Path] = study.JOBS_DIR,
+    partition: Optional[str] = study.PARTITION,
+    job_gpus: Optional[int] = study.JOB_GPUS,
+    job_cpus: Optional[int] = study.JOB_CPUS,
+    job_mem: Optional[float] = study.JOB_MEM,
+    job_time: Optional[str] = study.JOB_TIME,
+    max_parallel: Optional[int] = study.MAX_PARALLEL,
+    wait: bool = study.WAIT,
+    status: bool = study.STATUS,
 ) -> None:
     """Benchmark architectures (torch, vLLM, roofline) into an SQLite store; show it; calibrate a throughput profile."""
     specs = list(specs or [])
@@ -123,9 +134,23 @@ def bench_command(
         _show_mode(out, backend, gpu, gpu_file, export, as_json)
         return
     _refuse({"--export": export, **calibration_only}, "a benchmark run")
-    _sweep_mode(specs, backend or "torch", batch_sizes, input_len, output_len, repeats, out, gpu, gpu_file, dtype,
-                device, tp, compile_step, enforce_eager, profile, engine, timeout, seed, as_json, progress, verbose,
-                vllm_python)
+    if profile is not None and (backend or "torch") != "roofline":
+        raise UserError("--profile applies to --backend roofline only (measurements need no profile)")
+    if vllm_python is not None and backend != "vllm":
+        raise UserError("--vllm-python applies to --backend vllm only")
+    from archscale.bench.sweep import BenchOptions
+
+    options = BenchOptions(backend=backend or "torch", batch_sizes=tuple(parse_int_list(batch_sizes, "--batch-sizes")),
+                           input_len=input_len, output_len=output_len, repeats=repeats, gpu=gpu, gpu_file=gpu_file,
+                           dtype=dtype, device=device, tp=tp, compile=compile_step, enforce_eager=enforce_eager,
+                           profile=profile, engine=engine, seed=seed, worker_timeout_s=timeout, verbose=verbose,
+                           vllm_python=vllm_python)
+    if executor is not None or status:  # a study: one job per config (archscale.bench.jobs)
+        flags = dict(jobs_dir=jobs_dir, partition=partition, gpus=job_gpus, cpus=job_cpus, mem_gb=job_mem, time=job_time,
+                     max_parallel=max_parallel, wait=wait)
+        study.bench_study_mode(specs, executor, status, options, out, flags, progress, as_json)
+        return
+    _sweep_mode(specs, options, out, as_json, progress)
 
 
 def _refuse(flags: dict[str, Any], mode: str) -> None:
@@ -136,21 +161,11 @@ def _refuse(flags: dict[str, Any], mode: str) -> None:
 
 
 # ---- sweep --------------------------------------------------------------------------
-def _sweep_mode(specs, backend_name, batch_sizes, input_len, output_len, repeats, out, gpu, gpu_file, dtype, device,
-                tp, compile_step, enforce_eager, profile, engine, timeout, seed, as_json, progress, verbose,
-                vllm_python) -> None:
+def _sweep_mode(specs: list[str], options, out: Optional[Path], as_json: bool, progress: bool) -> None:
     from archscale.bench.store import check_store_path
-    from archscale.bench.sweep import BenchOptions, check_targets, make_backend, resolve_targets, run_sweep
+    from archscale.bench.sweep import check_targets, make_backend, resolve_targets, run_sweep
 
-    sizes = tuple(parse_int_list(batch_sizes, "--batch-sizes"))
-    if profile is not None and backend_name != "roofline":
-        raise UserError("--profile applies to --backend roofline only (measurements need no profile)")
-    if vllm_python is not None and backend_name != "vllm":
-        raise UserError("--vllm-python applies to --backend vllm only")
-    options = BenchOptions(backend=backend_name, batch_sizes=sizes, input_len=input_len, output_len=output_len,
-                           repeats=repeats, gpu=gpu, gpu_file=gpu_file, dtype=dtype, device=device, tp=tp,
-                           compile=compile_step, enforce_eager=enforce_eager, profile=profile, engine=engine, seed=seed,
-                           worker_timeout_s=timeout, verbose=verbose, vllm_python=vllm_python)
+    backend_name, sizes = options.backend, options.batch_sizes
     if out is None and backend_name != "roofline":
         out = DEFAULT_STORE
     store = check_store_path(out) if out is not None else None

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from archscale.cli import app, print_json
+from archscale.cli import app, print_json, study
 
 data_app = typer.Typer(help="Prepare token data for training. Example: archscale data prepare --corpus docs/ --out data/docs",
                        no_args_is_help=True)
@@ -65,21 +65,50 @@ def sweep_cmd(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print what happened to each config as JSON."),
+    executor: str = study.executor_option("inline", "(default inline)"),
+    nproc: Optional[int] = typer.Option(None, "--nproc-per-run", help="Processes per training run: torchrun (DDP) when > 1 "
+                                        "(default: --job-gpus when more than 1, else 1).", rich_help_panel=study.PANEL),
+    jobs_dir: Optional[Path] = study.JOBS_DIR,
+    partition: Optional[str] = study.PARTITION,
+    job_gpus: Optional[int] = study.JOB_GPUS,
+    job_cpus: Optional[int] = study.JOB_CPUS,
+    job_mem: Optional[float] = study.JOB_MEM,
+    job_time: Optional[str] = study.JOB_TIME,
+    max_parallel: Optional[int] = study.MAX_PARALLEL,
+    wait: bool = study.WAIT,
+    status: bool = study.STATUS,
 ) -> None:
-    """Train every config directory in turn; re-run it after a crash.
+    """Train every config directory (in this process, or as local or Slurm jobs); run it again to resume.
 
-    Example: archscale sweep cfgs/ --runs runs.csv --tokens 2e6
+    Example: archscale sweep cfgs/ --runs runs.csv --tokens 2e6 [--executor slurm --partition gpu --job-gpus 8]
     """
-    from archscale.train.sweep import sweep
+    from archscale.train.sweep import default_jobs_dir, sweep, sweep_status
 
-    outcomes = sweep(configs_dir, data, runs, tokens=_tokens(tokens), out_root=out, seed=seed, device=device,
-                     progress=progress and not as_json, echo=lambda line: typer.echo(line, err=True))
+    options = study.dispatch_options(executor, jobs_dir, default_jobs_dir(runs), partition, job_gpus, job_cpus, job_mem,
+                                     job_time, max_parallel, wait)
+    if status:
+        records = sweep_status(configs_dir, data, runs, tokens=_tokens(tokens), out_root=out, seed=seed, jobs_dir=options.jobs_dir)
+        study.print_status(records, options.jobs_dir, as_json)
+        return
+    options = options.checked()
+    view = study.StudyView(live=progress and not as_json and options.executor != "inline", executor=options.executor)
+    with view.shown():
+        outcomes = sweep(configs_dir, data, runs, tokens=_tokens(tokens), out_root=out, seed=seed, device=device,
+                         progress=progress and not as_json, dispatch=options, nproc=nproc, on_event=view)
     if as_json:
         print_json([{"name": o.name, "status": o.status, "run_dir": str(o.run_dir), "config_hash": o.config_hash,
-                     "val_loss": o.val_loss} for o in outcomes])
-        return
-    for outcome in outcomes:
-        typer.echo(f"{outcome.name}: {outcome.status}" + (f", val loss {outcome.val_loss:.4f}" if outcome.val_loss is not None else ""))
+                     "val_loss": o.val_loss, "cause": o.cause, "recovery": o.recovery, "job_id": o.job_id}
+                    for o in outcomes])
+    else:
+        for outcome in outcomes:
+            line = f"{outcome.name}: {outcome.status}"
+            if outcome.val_loss is not None:
+                line += f", val loss {outcome.val_loss:.4f}"
+            if outcome.cause:
+                line += f": {outcome.cause}"
+            typer.echo(line)
+    study.report([o.status if o.status in ("queued", "running", "failed") else "done" for o in outcomes],
+                 options.jobs_dir, waited=options.wait)
 
 
 @app.command("export")

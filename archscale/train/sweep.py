@@ -1,22 +1,39 @@
-"""``archscale sweep``: train a directory of config directories, safely re-runnable.
+"""``archscale sweep``: train a directory of config directories, safely re-runnable, in this process or as jobs.
 
-Each subdirectory with a ``config.json`` is one recipe, trained in sorted
-order. A recipe is skipped when the runs table already has a row with its
-config hash, or when its run directory holds ``result.json``; a run
-directory with a checkpoint is resumed. So after a crash (or a pre-emption)
-the same command picks up where it stopped and never duplicates a row.
+Each subdirectory with a ``config.json`` is one recipe. A recipe is skipped
+when the runs table already has a row with its config hash, or when its run
+directory holds ``result.json``; a run directory with a checkpoint is resumed.
+So after a crash, a killed job or a pre-emption the same command picks up
+where it stopped and never duplicates a row.
+
+Each recipe is one task of a study (:mod:`archscale.dispatch`): trained in
+this process one after another (``inline``, the default), or as a job through
+submitit on this machine (``local``) or on Slurm (``slurm``), where a job
+with several processes runs under ``torchrun``. A recipe that fails (a bad
+shape, a corrupt checkpoint, a killed job) is recorded with its cause and how
+to recover, and the sweep goes on with the others.
 """
 
 from __future__ import annotations
 
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from archscale.dispatch import DispatchOptions, Task, TaskRecord, run_study, study_status
 from archscale.errors import UserError
 from archscale.train.checkpoint import checkpoint_path
 from archscale.train.config import CONFIG_FILE
-from archscale.train.loop import RESULT_FILE, resolve_run, train
+from archscale.train.loop import RESULT_FILE, RunSpec, resolve_run, train
+
+DEVICES = ("auto", "cpu", "cuda")
+LOST_RECOVERY = "run the same command again: the config resumes from its last checkpoint"
 
 
 @dataclass
@@ -24,10 +41,15 @@ class SweepOutcome:
     """One recipe's fate in a sweep."""
 
     name: str
-    status: str  # "trained", "resumed", "skipped: in runs table", "skipped: finished"
+    # "trained", "resumed", "skipped: in runs table", "skipped: finished", "failed", or (jobs not waited for)
+    # "queued" / "running"
+    status: str
     run_dir: Path
     config_hash: str
     val_loss: float | None = None
+    cause: str | None = None
+    recovery: str | None = None
+    job_id: str | None = None
 
 
 def config_dirs(configs_dir: str | Path) -> list[Path]:
@@ -45,6 +67,8 @@ def recorded_hashes(runs: Path) -> set[str]:
     """Config hashes that already have a row in the runs table."""
     if not runs.exists():
         return set()
+    if runs.is_dir():
+        raise UserError(f"--runs {runs}: is a directory, expected a CSV runs table")
     import pandas as pd
 
     try:
@@ -56,27 +80,177 @@ def recorded_hashes(runs: Path) -> set[str]:
     return set(frame["config_hash"].dropna()) if "config_hash" in frame.columns else set()
 
 
-def sweep(configs_dir: str | Path, data_dir: str | Path | None, runs: str | Path, *, tokens: int | None = None,
-          out_root: str | Path | None = None, seed: int | None = None, device: str = "auto", progress: bool = True,
-          echo: Callable[[str], None] | None = None) -> list[SweepOutcome]:
-    """Train each recipe under ``configs_dir`` not yet in ``runs``; return what happened to each."""
+def default_jobs_dir(runs: str | Path) -> Path:
+    """Where a sweep keeps its study records unless told: beside the runs table (``runs.csv.jobs``)."""
     runs = Path(runs)
+    return runs.with_name(runs.name + ".jobs")
+
+
+# ---- the job -----------------------------------------------------------------------------------
+def train_config(config_dir: str, data_dir: str, run_dir: str, runs: str, tokens: int | None = None,
+                 seed: int | None = None, device: str = "auto", nproc: int = 1, progress: bool = False) -> dict[str, Any]:
+    """One sweep task: train (or resume) one config and append its row; what happened, as a dict.
+
+    Runs in a job (or inline). With ``nproc > 1`` it launches ``torchrun``
+    with that many processes on this node (one per GPU: DDP). A checkpoint
+    that cannot be read is reported with how to recover, not retried forever.
+    """
+    run = Path(run_dir)
+    checkpoint = checkpoint_path(run)
+    resume = checkpoint.exists()
+    if resume:
+        problem = _unreadable(checkpoint)
+        if problem:
+            return {"status": "failed", "cause": f"{checkpoint}: cannot be loaded ({problem}), so this run cannot resume",
+                    "recovery": f"move {checkpoint} away (to keep it) or delete it, then run the same command again: "
+                                "this config restarts from its first step"}
+    if nproc > 1:
+        row = _torchrun(config_dir, data_dir, run, runs, tokens, seed, device, nproc, resume)
+        if "error" in row:
+            return {"status": "failed", "cause": row["error"], "recovery": LOST_RECOVERY if checkpoint.exists() else None}
+        val_loss = row["val_loss"]
+    else:
+        val_loss = train(config_dir, data_dir, run, tokens=tokens, seed=seed, resume=resume, runs=runs, device=device,
+                         progress=progress).val_loss
+    verb = ("resumed" if resume else "trained") + (f" by {nproc} processes (torchrun)" if nproc > 1 else "")
+    return {"status": "done", "resumed": resume, "val_loss": val_loss, "note": f"{verb}, val loss {val_loss:.4f}"}
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why a checkpoint cannot be loaded, or None. Memory-mapped: checks the file's structure without reading its tensors."""
+    import zipfile
+
+    import torch
+
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a truncated one has lost its directory
+        return "not a complete torch checkpoint: truncated or overwritten"
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # a truncated, overwritten or foreign file
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+    return None
+
+
+def _torchrun(config_dir: str, data_dir: str, run: Path, runs: str, tokens: int | None, seed: int | None,
+              device: str, nproc: int, resume: bool) -> dict[str, Any]:
+    """``torchrun --standalone --nproc_per_node N -m archscale.train.loop ...``: the row, or ``{"error": cause}``.
+
+    Its stderr is passed through (to the job's log) and its last lines kept
+    for the cause; OpenMP threads are split between the processes.
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "archscale.train.loop", str(config_dir), "--data", str(data_dir), "--out", str(run),
+               "--runs", str(runs), "--device", device, "--no-progress", "--json"]
+    command += [flag for flag, value in (("--tokens", tokens), ("--seed", seed)) if value is not None for flag in (flag, str(value))]
+    if resume:
+        command.append("--resume")
+    threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // nproc))}
+    print(f"archscale: torchrun: {' '.join(command)}", file=sys.stderr, flush=True)
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    errors: list[str] = []  # archscale's own one-line errors ("error: ..."), before the ranks' tracebacks bury them
+    with tempfile.TemporaryFile("w+") as stdout:
+        process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env)
+        assert process.stderr is not None
+        for line in process.stderr:
+            sys.stderr.write(line)
+            tail.append(line.rstrip())
+            if line.startswith("error: "):
+                errors.append(line.rstrip()[len("error: "):])
+        code = process.wait()
+        stdout.seek(0)
+        text = stdout.read()
+    if code == 0:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return {"error": f"torchrun ended well but printed no result row (stdout: {text.strip()[-200:]!r})"}
+    last = errors[0] if errors else next((line for line in reversed(tail) if line.strip()), "")
+    return {"error": f"torchrun with {nproc} processes exited {code}: {last.strip()[:300]}"}
+
+
+# ---- the study ----------------------------------------------------------------------------------
+def sweep_tasks(configs_dir: str | Path, data_dir: str | Path | None, runs: str | Path, *, tokens: int | None = None,
+                out_root: str | Path | None = None, seed: int | None = None, device: str = "auto", nproc: int = 1,
+                progress: bool = False) -> tuple[list[Task], dict[str, tuple[Path, RunSpec]]]:
+    """Check every input, then one task per recipe (finished ones marked); also each key's run dir and spec.
+
+    Nothing is written here: a bad config, data directory, runs table or flag
+    stops the sweep before any job is submitted.
+    """
+    from archscale.train.data import default_data_dir, read_meta
+
+    if device not in DEVICES:
+        raise UserError(f"--device must be {', '.join(DEVICES)}, got {device!r}")
+    if nproc < 1:
+        raise UserError(f"--nproc-per-run must be at least 1, got {nproc}")
+    runs = Path(runs).resolve()
     dirs = config_dirs(configs_dir)
     specs = [resolve_run(d, tokens=tokens, seed=seed) for d in dirs]  # validate every config before training any
-    outcomes = []
+    data = (Path(data_dir) if data_dir is not None else default_data_dir()).resolve()
+    vocab = int(read_meta(data)["vocab_size"])
+    done = recorded_hashes(runs)
+    tasks, where = [], {}
     for config_dir, spec in zip(dirs, specs):
-        run_dir = Path(out_root) / config_dir.name if out_root is not None else config_dir / "run"
-        done = recorded_hashes(runs)
-        if spec.config_hash in done:
-            outcomes.append(SweepOutcome(config_dir.name, "skipped: in runs table", run_dir, spec.config_hash))
-        elif (run_dir / RESULT_FILE).exists():
-            outcomes.append(SweepOutcome(config_dir.name, "skipped: finished", run_dir, spec.config_hash))
+        if vocab > spec.arch.vocab_size:
+            raise UserError(f"{config_dir / CONFIG_FILE}: vocab_size {spec.arch.vocab_size} < the data's tokenizer "
+                            f"vocabulary {vocab} (--data {data})")
+        cfg = spec.train_config
+        if cfg.batch_size % (cfg.micro_batch_size * nproc):
+            raise UserError(f"{config_dir / 'train.json'}: batch_size {cfg.batch_size} must be a multiple of "
+                            f"micro_batch_size {cfg.micro_batch_size} x {nproc} processes (--nproc-per-run)")
+        run_dir = (Path(out_root) / config_dir.name if out_root is not None else config_dir / "run").resolve()
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"{run_dir}: exists and is not a directory (the run directory of {config_dir.name})")
+        finished = ("in runs table" if spec.config_hash in done
+                    else "finished" if (run_dir / RESULT_FILE).exists() else None)
+        key = f"{config_dir.name}-{spec.config_hash}"
+        kwargs = dict(config_dir=str(config_dir.resolve()), data_dir=str(data), run_dir=str(run_dir), runs=str(runs),
+                      tokens=tokens, seed=seed, device=device, nproc=nproc, progress=progress)
+        tasks.append(Task(key, config_dir.name, train_config, kwargs, finished=finished, lost_recovery=LOST_RECOVERY))
+        where[key] = (run_dir, spec)
+    return tasks, where
+
+
+def sweep(configs_dir: str | Path, data_dir: str | Path | None, runs: str | Path, *, tokens: int | None = None,
+          out_root: str | Path | None = None, seed: int | None = None, device: str = "auto", progress: bool = True,
+          echo: Callable[[str], None] | None = None, dispatch: DispatchOptions | None = None, nproc: int | None = None,
+          on_event: Callable[[TaskRecord], None] | None = None) -> list[SweepOutcome]:
+    """Train each recipe under ``configs_dir`` not yet in ``runs``; return what happened to each.
+
+    ``dispatch`` chooses how (default: in this process, records beside
+    ``runs``); it must have passed :meth:`DispatchOptions.checked`.
+    ``nproc`` processes per run (torchrun when > 1; default: the job's GPUs
+    when more than one, else 1). ``on_event`` sees each change of state;
+    without it, ``echo`` gets one line per change.
+    """
+    dispatch = dispatch or DispatchOptions(jobs_dir=default_jobs_dir(runs))
+    gpus = dispatch.resources.gpus or 0
+    nproc = nproc if nproc is not None else (gpus if gpus > 1 else 1)
+    inline_progress = progress and dispatch.executor == "inline"
+    tasks, where = sweep_tasks(configs_dir, data_dir, runs, tokens=tokens, out_root=out_root, seed=seed, device=device,
+                               nproc=nproc, progress=inline_progress)
+    if on_event is None and echo is not None:
+        on_event = lambda record: echo(record.line())  # noqa: E731
+    records = run_study(tasks, dispatch, on_event)
+    return [_outcome(record, *where[record.key]) for record in records]
+
+
+def sweep_status(configs_dir: str | Path, data_dir: str | Path | None, runs: str | Path, *, tokens: int | None = None,
+                 out_root: str | Path | None = None, seed: int | None = None,
+                 jobs_dir: str | Path | None = None) -> list[TaskRecord]:
+    """Each recipe's state now (queued, running, done, failed, not submitted); submits and writes nothing."""
+    tasks, _ = sweep_tasks(configs_dir, data_dir, runs, tokens=tokens, out_root=out_root, seed=seed)
+    return study_status(tasks, jobs_dir or default_jobs_dir(runs))
+
+
+def _outcome(record: TaskRecord, run_dir: Path, spec: RunSpec) -> SweepOutcome:
+    if record.state == "done":
+        if record.note and record.note.startswith("skipped"):
+            status = record.note
         else:
-            resume = checkpoint_path(run_dir).exists()
-            if echo:
-                echo(f"{'resuming' if resume else 'training'} {config_dir.name} -> {run_dir}")
-            result = train(config_dir, data_dir, run_dir, tokens=tokens, seed=seed, resume=resume, runs=runs,
-                           device=device, progress=progress)
-            outcomes.append(SweepOutcome(config_dir.name, "resumed" if resume else "trained", run_dir,
-                                         spec.config_hash, result.val_loss))
-    return outcomes
+            status = "resumed" if record.result.get("resumed") else "trained"
+    else:
+        status = record.state
+    return SweepOutcome(record.name, status, run_dir, spec.config_hash, record.result.get("val_loss"),
+                        record.cause, record.recovery, record.job_id)

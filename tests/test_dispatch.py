@@ -1,0 +1,239 @@
+"""Studies as jobs without a cluster: the inline loop and submitit's local executor.
+
+The same kill-and-resubmit story as on Slurm (tests/test_dispatch_slurm.py):
+a job killed mid-run is recorded as failed with its cause, the rest of the
+study goes on, and running the same command again resumes it and ends with
+exactly one row per config. Also: a corrupt checkpoint skips one config, not
+the sweep; bad dispatch flags are one line and exit 2 with nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from archscale.dispatch import DispatchOptions, StudyFolder, Task, run_study
+from archscale.slurm import Resources, _gpus, parse_time_min
+from archscale.train.data import default_data_dir
+
+sys.path.insert(0, str(Path(__file__).parent))
+from dispatch_helpers import (  # noqa: E402
+    BENCH_FLAGS, bench_rows, finish, records, running_job, runs_table, start_cli, task_pids, wait_for,
+    write_bench_configs, write_study_configs,
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The embedded corpus prepared once for this module."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ARCHSCALE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield default_data_dir()
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """Tiny models on a shared 2-core machine: one thread each (OpenMP spinning on a busy core is 10x slower)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(previous)
+
+
+def one_line_error(result) -> bool:
+    return result.code == 2 and len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
+
+
+# ---- inline: one corrupt checkpoint no longer stops the sweep ---------------------------------------
+def test_corrupt_checkpoint_skips_that_config_and_says_how_to_recover(tmp_path, data, cli, one_thread):
+    configs = write_study_configs(tmp_path / "configs")
+    (configs / "c" / "run").mkdir()
+    checkpoint = configs / "c" / "run" / "checkpoint.pt"
+    checkpoint.write_bytes(b"PK\x03\x04 half a zip file")  # what a copy cut short leaves
+    runs = tmp_path / "runs.csv"
+
+    first = cli("sweep", configs, "--data", data, "--runs", runs, "--device", "cpu", "--no-progress", "--tokens", "768", "--json")
+    assert first.code == 1
+    outcome = {o["name"]: o for o in json.loads(first.out)}
+    assert outcome["a"]["status"] == outcome["b"]["status"] == "trained"
+    assert outcome["c"]["status"] == "failed" and str(checkpoint) in outcome["c"]["cause"]
+    assert "cannot be loaded" in outcome["c"]["cause"] and f"move {checkpoint} away" in outcome["c"]["recovery"]
+    assert "c: failed" in first.err and "to recover" in first.err
+    recorded = records(runs.with_name("runs.csv.jobs"))
+    assert recorded["c"]["state"] == "failed" and recorded["c"]["recovery"] == outcome["c"]["recovery"]
+    assert len(runs_table(runs)) == 2
+
+    checkpoint.rename(checkpoint.with_suffix(".corrupt"))  # the recovery it printed
+    again = cli("sweep", configs, "--data", data, "--runs", runs, "--device", "cpu", "--no-progress", "--tokens", "768", "--json")
+    assert again.code == 0, again.err
+    assert [o["status"] for o in json.loads(again.out)] == ["skipped: in runs table", "skipped: in runs table", "trained"]
+    table = runs_table(runs)
+    assert len(table) == 3 and table["config_hash"].is_unique
+
+
+def test_a_crashing_task_is_recorded_with_its_traceback_and_the_study_goes_on(tmp_path):
+    tasks = [Task("boom-1", "boom", _raises, {}), Task("fine-1", "fine", _returns, {"value": 3})]
+    seen = []
+    result = run_study(tasks, DispatchOptions(jobs_dir=tmp_path / "jobs"), seen.append)
+    assert [r.state for r in result] == ["failed", "done"]
+    assert result[0].cause.startswith("ZeroDivisionError: division by zero (traceback in ")
+    assert "ZeroDivisionError" in Path(result[0].log).read_text()
+    assert result[1].result == {"value": 3}
+    assert [(r.name, r.state) for r in seen] == [("boom", "queued"), ("fine", "queued"), ("boom", "running"),
+                                                  ("boom", "failed"), ("fine", "running"), ("fine", "done")]
+
+
+def _raises() -> dict:
+    return {"never": 1 / 0}
+
+
+def _returns(value: int) -> dict:
+    return {"value": value}
+
+
+# ---- submitit's local executor: kill one job mid-run, resubmit --------------------------------------
+def test_local_sweep_job_killed_mid_run_resumes_on_resubmission(tmp_path, data, cli, one_thread):
+    configs = write_study_configs(tmp_path / "configs")
+    runs, jobs = tmp_path / "runs.csv", tmp_path / "runs.csv.jobs"
+    flags = ("--data", data, "--runs", runs, "--device", "cpu", "--executor", "local", "--max-parallel", "2",
+             "--job-cpus", "1", "--no-progress")
+    sweep = start_cli("sweep", configs, *flags)
+    job = wait_for(lambda: running_job(jobs, "c"), "config c to start", process=sweep)
+    wait_for(lambda: (configs / "c" / "run" / "checkpoint.pt").exists(), "c's first checkpoint", process=sweep)
+    pids = wait_for(lambda: task_pids(job), "the process of c's job")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)  # as the kernel's OOM killer would
+    code, out, err = finish(sweep)
+    assert code == 1, err
+    assert "a: trained" in out and "b: trained" in out and "c: failed" in out
+    assert f"c: failed (job {job}): the job ended without a result" in err
+    c = records(jobs)["c"]
+    assert c["state"] == "failed" and "resumes from its last checkpoint" in c["recovery"]
+    assert not (configs / "c" / "run" / "result.json").exists() and len(runs_table(runs)) == 2
+
+    again = cli("sweep", configs, *flags, "--json")
+    assert again.code == 0, again.err
+    assert [o["status"] for o in json.loads(again.out)] == ["skipped: in runs table", "skipped: in runs table", "resumed"]
+    table = runs_table(runs)
+    assert len(table) == 3 and table["config_hash"].is_unique
+    assert table.set_index("name").loc["c", "steps"] == 160  # the whole budget, across the kill
+
+
+def test_local_bench_job_killed_between_batch_sizes_measures_only_what_is_missing(tmp_path, cli, one_thread):
+    small, big = write_bench_configs(tmp_path)
+    store, jobs = tmp_path / "bench.sqlite", tmp_path / "bench.sqlite.jobs"
+    flags = (*BENCH_FLAGS, "--out", store, "--executor", "local")
+    bench = start_cli("bench", small, big, *flags)
+    job = wait_for(lambda: running_job(jobs, "big"), "config big to start", process=bench)
+    wait_for(lambda: len(bench_rows(store, "big")) >= 1, "big's first row", process=bench)
+    for pid in task_pids(job):
+        os.kill(pid, signal.SIGKILL)
+    code, out, err = finish(bench)
+    assert code == 1, err
+    assert "small: done" in out and f"big: failed (job {job}): the job ended without a result" in err
+    measured_before = set(bench_rows(store, "big")["batch_size"])
+    assert 1 in measured_before and measured_before != {1, 16, 32}, "the kill came after big had finished"
+
+    again = cli("bench", small, big, *flags)
+    assert again.code == 0, again.err
+    assert "small: done (job" in again.out and "skipped: in the store" in again.out
+    rows = bench_rows(store)
+    assert (rows["status"] == "ok").all()
+    assert sorted(zip(rows["name"], rows["batch_size"])) == [(n, b) for n in ("big", "small") for b in (1, 16, 32)]
+
+
+def test_ctrl_c_stops_local_jobs_and_records_them(tmp_path, data, one_thread):
+    configs = write_study_configs(tmp_path / "configs")
+    for name in ("a", "b"):
+        (configs / name).rename(tmp_path / name)
+    jobs = tmp_path / "runs.csv.jobs"
+    sweep = start_cli("sweep", configs, "--data", data, "--runs", tmp_path / "runs.csv", "--device", "cpu",
+                      "--executor", "local", "--no-progress")
+    job = wait_for(lambda: running_job(jobs, "c"), "config c to start", process=sweep)
+    wait_for(lambda: task_pids(job), "the process of c's job")
+    sweep.send_signal(signal.SIGINT)
+    code, out, err = finish(sweep, timeout=60)
+    assert code == 130 and "Traceback" not in err, err
+    assert "c: failed" in err and "interrupted (Ctrl-C): the job was stopped" in err and "run the same command again" in err
+    assert not task_pids(job) and not Path(f"/proc/{job}").exists()  # no job left running behind the user's back
+    assert records(jobs)["c"]["state"] == "failed"
+
+
+def test_status_shows_each_config_state(tmp_path, data, cli, one_thread):
+    configs = write_study_configs(tmp_path / "configs")
+    (configs / "c").rename(tmp_path / "c-later")
+    runs = tmp_path / "runs.csv"
+    assert cli("sweep", configs, "--data", data, "--runs", runs, "--device", "cpu", "--no-progress").code == 0
+    (tmp_path / "c-later").rename(configs / "c")
+    status = cli("sweep", configs, "--data", data, "--runs", runs, "--status", "--json")
+    assert status.code == 0, status.err
+    assert [(r["name"], r["state"]) for r in json.loads(status.out)] == [("a", "done"), ("b", "done"), ("c", "not submitted")]
+    assert not (configs / "c" / "run").exists()  # --status ran nothing
+
+
+# ---- bad input: one line, exit 2, nothing submitted or written --------------------------------------
+@pytest.mark.parametrize("flags, message", [
+    (("--partition", "gpu"), "--partition applies to jobs: add --executor local or --executor slurm"),
+    (("--executor", "local", "--partition", "gpu"), "--partition applies to --executor slurm only"),
+    (("--executor", "local", "--no-wait"), "--no-wait applies to --executor slurm"),
+    (("--executor", "slurm", "--job-time", "soon"), "--job-time 'soon': expected minutes"),
+    (("--executor", "cloud",), "--executor 'cloud': choose inline, local, slurm"),
+    (("--executor", "local", "--job-gpus", "2"), "--job-gpus 2 x --max-parallel 1 needs 2 GPUs"),
+])
+def test_bad_dispatch_flags_are_one_line_and_write_nothing(tmp_path, data, cli, flags, message, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    configs = write_study_configs(tmp_path / "configs")
+    result = cli("sweep", configs, "--data", data, "--runs", tmp_path / "runs.csv", *flags)
+    assert one_line_error(result) and message in result.err, result.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["configs"]
+
+
+def test_no_slurm_client_is_one_line_and_submits_nothing(tmp_path, data, cli, monkeypatch):
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # a machine without sinfo/sbatch
+    configs = write_study_configs(tmp_path / "configs")
+    result = cli("sweep", configs, "--data", data, "--runs", tmp_path / "runs.csv", "--executor", "slurm")
+    assert one_line_error(result) and "`sinfo` is not on PATH" in result.err and "--executor local" in result.err
+    bench = cli("bench", configs / "a", "--out", tmp_path / "b.sqlite", "--executor", "slurm")
+    assert one_line_error(bench) and "no Slurm client here" in bench.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["configs"]
+
+
+def test_a_second_process_cannot_drive_the_same_study(tmp_path, data, cli):
+    configs = write_study_configs(tmp_path / "configs")
+    folder = StudyFolder(tmp_path / "runs.csv.jobs")
+    with folder.lock():
+        result = cli("sweep", configs, "--data", data, "--runs", tmp_path / "runs.csv", "--no-progress")
+    assert one_line_error(result) and "another archscale process is running this study" in result.err
+    assert not (tmp_path / "runs.csv").exists()
+
+
+def test_bench_roofline_is_not_a_study(tmp_path, cli):
+    result = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--executor", "local",
+                 "--out", tmp_path / "b.sqlite")
+    assert one_line_error(result) and "drop --executor" in result.err
+
+
+# ---- reading what sinfo prints ----------------------------------------------------------------------
+@pytest.mark.parametrize("text, minutes", [("infinite", None), ("30", 30), ("30:00", 30), ("1:30:00", 90),
+                                           ("2-00:00:00", 2880), ("1-12", 2160), ("0:00:30", 1)])
+def test_slurm_time_limits(text, minutes):
+    assert parse_time_min(text) == minutes
+
+
+@pytest.mark.parametrize("gres, gpus", [("(null)", 0), ("gpu:8", 8), ("gpu:a100:4(S:0-1)", 4),
+                                        ("gpu:h100:4(S:0),gpu:h100:4(S:1)", 8), ("mps:100,gpu:2", 2)])
+def test_slurm_gres_gpus(gres, gpus):
+    assert _gpus(gres) == gpus
+
+
+def test_sbatch_flags_mirror_the_request():
+    flags = Resources(partition="gpu", gpus=8, cpus=32, mem_gb=1.5, time_min=90).sbatch_flags()
+    assert flags == ["--partition=gpu", "--cpus-per-task=32", "--mem=1536M", "--gpus-per-node=8", "--time=90"]
