@@ -464,7 +464,7 @@ def _assert_one_line_error(r, store: Path, fragment: str) -> None:
     (["llama-3.2-1b", "--backend", "roofline"], "--backend roofline needs --gpu"),
     (["{tiny}", "--backend", "tensorrt"], "unknown backend 'tensorrt'"),
     (["{tiny}", "--batch-sizes", "16,x"], "--batch-sizes '16,x': expected integers"),
-    (["{tiny}", "--out", "{csv}"], "the results store must end in .sqlite"),
+    (["{tiny}", "--out", "{csv}"], "use a name ending in .sqlite"),
     (["{tiny}", "--input-len", "0"], "--input-len must be a positive integer"),
 ])
 def test_bad_input_is_one_line(cli, tiny_dirs, tmp_path, args, fragment):

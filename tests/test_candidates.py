@@ -170,7 +170,7 @@ def test_cli_candidates_writes_parquet_and_prints_a_table(cli, tmp_path):
     (("--n", "1e6", "--layers", "16", "--head-dim", "64"), "no candidate for N=1e+06"),
     (("--n", "1e5", "--layers", "16", "--head-dim", "64"), "too small for 16 layers"),
     (("--n", "lots", "--layers", "16", "--head-dim", "64"), "--n 'lots'"),
-    (("--n", "1e9", "--layers", "16", "--head-dim", "64", "--out", "c.txt"), "use a .csv or .parquet"),
+    (("--n", "1e9", "--layers", "16", "--head-dim", "64", "--out", "c.txt"), "use a name ending in .csv, .parquet or .pq"),
     (("--n", "1e9", "--layers", "16", "--head-dim", "64", "--gqa", "4,x"), "--gqa"),
 ])
 def test_cli_candidates_bad_input_is_one_line(cli, args, message):

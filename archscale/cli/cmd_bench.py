@@ -25,6 +25,7 @@ from archscale.cli import app, console, print_json
 from archscale.cli.options import parse_int_list
 from archscale.errors import UserError
 from archscale.files import jsonable
+from archscale.outputs import check_outputs
 
 DEFAULT_STORE = Path("bench.sqlite")
 EPILOG = (
@@ -75,15 +76,20 @@ def bench_command(
         if len(specs) > 1:
             raise UserError("`archscale bench calibrate` takes no configs (to benchmark a directory named calibrate, write ./calibrate)")
         _refuse({"--export": export, "--efficiency": efficiency}, "calibrate")
+        check_outputs(("--save", save, "json"), inputs=(out, gpu_file))
         _calibrate_mode(out, gpu, gpu_file, backend, save, as_json)
         return
     if show:
         if specs:
             raise UserError("--show prints a store; give it no configs")
         _refuse({"--save": save, "--efficiency": efficiency}, "--show")
+        check_outputs(("--export", export, "csv"), inputs=(out, gpu_file))
         _show_mode(out, backend, gpu, gpu_file, export, as_json)
         return
     _refuse({"--save": save, "--export": export}, "a benchmark run")
+    if out is None and (backend or "torch") != "roofline":
+        out = DEFAULT_STORE
+    check_outputs(("--out", out, "store"), inputs=(*specs, gpu_file, efficiency))
     _sweep_mode(specs, backend or "torch", batch_sizes, input_len, output_len, repeats, out, gpu, gpu_file, dtype,
                 device, tp, compile_step, enforce_eager, efficiency, timeout, seed, as_json, progress, verbose)
 
@@ -99,7 +105,6 @@ def _refuse(flags: dict[str, Any], mode: str) -> None:
 def _sweep_mode(specs, backend_name, batch_sizes, input_len, output_len, repeats, out, gpu, gpu_file, dtype, device,
                 tp, compile_step, enforce_eager, efficiency, timeout, seed, as_json, progress, verbose) -> None:
     from archscale.bench.calibrate import load_efficiency
-    from archscale.bench.store import check_store_path
     from archscale.bench.sweep import BenchOptions, make_backend, resolve_targets, run_sweep
     from archscale.cost.roofline import Efficiency
 
@@ -111,9 +116,7 @@ def _sweep_mode(specs, backend_name, batch_sizes, input_len, output_len, repeats
                            compile=compile_step, enforce_eager=enforce_eager,
                            efficiency=load_efficiency(efficiency) if efficiency else Efficiency(), seed=seed,
                            worker_timeout_s=timeout, verbose=verbose)
-    if out is None and backend_name != "roofline":
-        out = DEFAULT_STORE
-    store = check_store_path(out) if out is not None else None
+    store = out
     targets = resolve_targets(specs)
     backend = make_backend(options)
     errors = Console(stderr=True)
