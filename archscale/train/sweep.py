@@ -16,7 +16,9 @@ from typing import Callable
 from archscale.errors import UserError
 from archscale.train.checkpoint import checkpoint_path
 from archscale.train.config import CONFIG_FILE
+from archscale.runs import check_appendable
 from archscale.train.loop import RESULT_FILE, resolve_run, train
+from archscale.train.preflight import check_recipes_fit
 
 
 @dataclass
@@ -63,6 +65,8 @@ def sweep(configs_dir: str | Path, data_dir: str | Path | None, runs: str | Path
     runs = Path(runs)
     dirs = config_dirs(configs_dir)
     specs = [resolve_run(d, tokens=tokens, seed=seed) for d in dirs]  # validate every config before training any
+    check_appendable(runs)
+    check_recipes_fit(specs, device)
     outcomes = []
     for config_dir, spec in zip(dirs, specs):
         run_dir = Path(out_root) / config_dir.name if out_root is not None else config_dir / "run"
