@@ -172,13 +172,13 @@ def _refuse_collisions(given: Sequence[tuple[str, Path, Kind]]) -> None:
 
 def _check_target(flag: str, path: Path, kind: Kind) -> None:
     """Extension, file-vs-folder, missing folders and write permission of one output."""
-    if not kind.is_dir and path.suffix.lower() not in kind.suffixes:
-        endings = ", ".join(kind.suffixes[:-1]) + (" or " if len(kind.suffixes) > 1 else "") + kind.suffixes[-1]
-        raise UserError(f"{flag} {path}: writes {kind.noun}; use a name ending in {endings}{kind.hint}")
     if kind.is_dir and path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path}: exists and is a file, but {kind.noun} is written there; choose another path")
     if not kind.is_dir and path.is_dir():
         raise UserError(f"{flag} {path}: is a folder; give a file name, e.g. {path / ('out' + kind.suffixes[0])}")
+    if not kind.is_dir and path.suffix.lower() not in kind.suffixes:
+        endings = ", ".join(kind.suffixes[:-1]) + (" or " if len(kind.suffixes) > 1 else "") + kind.suffixes[-1]
+        raise UserError(f"{flag} {path}: writes {kind.noun}; use a name ending in {endings}{kind.hint}")
     missing = _missing_folders(flag, path)
     if len(missing) > 1:
         raise UserError(f"{flag} {path}: folder {missing[-1]} does not exist (archscale creates at most the one "

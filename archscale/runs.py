@@ -221,15 +221,19 @@ def check_appendable(path: str | Path, flag: str = "--runs", columns: tuple[str,
     """Refuse, before anything is trained, a runs table a new row with ``columns`` would corrupt.
 
     A missing or empty file is fine (the row starts it). An existing one must be
-    a CSV whose header has exactly these columns, in any order: a table of
-    another schema (``data/chinchilla_epoch.csv``) would otherwise gain empty
-    columns and have its integers turned into floats.
+    a CSV whose columns are all among ``columns`` and include ``N``, ``D`` and
+    ``loss``: a table of another schema (``data/chinchilla_epoch.csv``, with
+    ``C`` instead of ``D``) is refused rather than given empty columns. A table
+    of runs-table columns that lacks some of the row's (a hand-made table of
+    shapes and losses) is extended by them: its rows keep their values and get
+    empty cells.
     """
     path = Path(path)
+    where = f"{flag} {path}" if flag else str(path)
     if path.suffix.lower() != ".csv":
-        raise UserError(f"{flag} {path}: rows are appended to a CSV runs table; use a name ending in .csv")
+        raise UserError(f"{where}: rows are appended to a CSV runs table; use a name ending in .csv")
     if path.is_dir():
-        raise UserError(f"{flag} {path}: is a folder; give a CSV file name, e.g. {path / 'runs.csv'}")
+        raise UserError(f"{where}: is a folder; give a CSV file name, e.g. {path / 'runs.csv'}")
     if not path.exists():
         return
     header = csv_header(path)
@@ -237,14 +241,14 @@ def check_appendable(path: str | Path, flag: str = "--runs", columns: tuple[str,
         return
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:
-        raise UserError(f"{flag} {path}: column {duplicated[0]!r} appears more than once in the header; fix the file "
+        raise UserError(f"{where}: column {duplicated[0]!r} appears more than once in the header; fix the file "
                         "or append to a new one")
-    missing = [name for name in columns if name not in header]
-    extra = [name for name in header if name not in columns]
-    if missing or extra:
-        parts = ([f"lacks {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else "")] if missing else []) + \
-                ([f"has {', '.join(extra[:4])}" + (" ..." if len(extra) > 4 else "")] if extra else [])
-        raise UserError(f"{flag} {path}: is not a runs table that train appends to (it {' and '.join(parts)}); "
+    foreign = [name for name in header if name not in columns]
+    missing = [name for name in REQUIRED if name in columns and name not in header]
+    if foreign or missing:
+        parts = ([f"has {', '.join(foreign[:4])}" + (" ..." if len(foreign) > 4 else "") + ", which train does not write"]
+                 if foreign else []) + ([f"lacks {', '.join(missing)}"] if missing else [])
+        raise UserError(f"{where}: is not a runs table that train appends to (it {' and '.join(parts)}); "
                         f"nothing was changed: append to a new file such as {path.with_name(path.stem + '-runs.csv')}")
 
 
@@ -258,29 +262,45 @@ def _cell(value: object) -> str:
 
 
 def append_run(path: str | Path, row: Mapping[str, object]) -> None:
-    """Append one run to a CSV runs table atomically, leaving every existing byte as it was.
+    """Append one run to a CSV runs table atomically, leaving the rows already there as they were.
 
     Under an exclusive lock on the table's folder (so no lock file is left
-    behind), the file is checked against the row's columns, then copied with
-    the new line added to a temporary sibling that is renamed over it: a crash
-    never leaves a half row, concurrent writers never lose one, the old rows
-    are not re-formatted and the file keeps its mode.
+    behind), the file is checked against the row's columns
+    (:func:`check_appendable`), then copied with the new line added to a
+    temporary sibling that is renamed over it: a crash never leaves a half
+    row, concurrent writers never lose one, and the file keeps its mode. The
+    old lines keep their exact bytes, unless the row brings columns the table
+    lacks: then the header gains them and the old rows get empty cells.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
-        check_appendable(path, "runs table", tuple(row))
-        header = (csv_header(path) if path.exists() else None) or list(row)
-        old = path.read_bytes() if path.exists() and path.stat().st_size else b""
+        check_appendable(path, "", tuple(row))
+        header = (csv_header(path) if path.exists() else None) or []
+        added = [name for name in row if name not in header]
+        old = path.read_bytes() if path.exists() and header else b""
+        if added and old:
+            old = _with_columns(path, len(header), added)
         line = io.StringIO()
         writer = csv.writer(line, lineterminator="\n")
         if not old:
-            writer.writerow(header)
-        writer.writerow([_cell(row.get(name)) for name in header])
+            writer.writerow(list(row))
+        writer.writerow([_cell(row.get(name)) for name in (header + added if old else list(row))])
         with atomic_file(path, "wb") as out:
             out.write(old if not old or old.endswith(b"\n") else old + b"\n")
             out.write(line.getvalue().encode("utf-8"))
     finally:
         os.close(folder)  # closing releases the lock
+
+
+def _with_columns(path: Path, width: int, added: list[str]) -> bytes:
+    """The table's text with ``added`` columns after its ``width`` columns: the header named, the rows empty."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    with open(path, newline="", encoding="utf-8") as handle:
+        for index, record in enumerate(csv.reader(handle)):
+            if record:
+                writer.writerow(record + (added if index == 0 else [""] * len(added)))
+    return out.getvalue().encode("utf-8")

@@ -74,7 +74,9 @@ def test_torch_backend_measures_two_tiny_configs_on_cpu(cli, tiny_dirs, tmp_path
     assert len(rows) == 4
     assert list(rows["name"]) == ["tiny128", "tiny128", "tiny160", "tiny160"]
     assert list(rows["batch_size"]) == [1, 4, 1, 4]
-    assert (rows["status"] == "ok").all() and rows["error"].isna().all()
+    # on a busy machine two repeats of a millisecond workload can disagree by over 20%: such a row is "noisy", not "ok"
+    measured = rows["status"].isin(["ok", "noisy"])
+    assert measured.all() and rows.loc[rows["status"] == "ok", "error"].isna().all()
     assert (rows["tokens_per_s"] > 0).all() and (rows["output_tokens_per_s"] > 0).all()
     assert (rows["prefill_s"] > 0).all() and (rows["decode_s"] > 0).all()
     assert list(rows["output_tokens"]) == [8, 32, 8, 32]  # counted: batch x output_len
@@ -154,7 +156,7 @@ def test_out_of_memory_during_a_run_is_recorded(monkeypatch, tmp_path, one_threa
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "config.json").write_text(json.dumps(TINY_128.to_hf_config()))
     result = run_sweep(resolve_targets([str(tmp_path / "c")]), options, tmp_path / "b.db", Hooks(advanced=ticks.append))
-    assert [r["status"] for r in result.records] == ["failed", "ok"]
+    assert result.records[0]["status"] == "failed" and result.records[1]["status"] in ("ok", "noisy")  # noisy: busy machine
     assert result.records[0]["error"].startswith("out of memory during the run: CUDA out of memory")
     assert sum(ticks) == 4  # the progress bar still reaches its total
     assert len(load_results(tmp_path / "b.db")) == 2
@@ -242,7 +244,7 @@ def test_vllm_worker_contract(cli, fake_vllm, tiny_dirs, tmp_path):
             "--repeats", "2", "--gpu", "h100-sxm", "--out", store, "--no-progress")
     assert r.code == 0, r.err
     rows = load_results(store)
-    assert list(rows["status"]) == ["ok", "ok"]
+    assert rows["status"].isin(["ok", "noisy"]).all()  # noisy: the fake's two timed repeats disagree on a busy machine
     assert list(rows["output_tokens"]) == [2 * 5, 3 * 5]
     assert (rows["tokens_per_s"] > 0).all()
     assert np.allclose(rows["output_tokens_per_s"] / rows["tokens_per_s"], 5 / 17)

@@ -22,8 +22,8 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from archscale.bench.records import COLUMN_TYPES, COLUMNS, MEASURED_BACKENDS
-from archscale.errors import ACTION_ATTRIBUTE, UserError
-from archscale.files import atomic_file
+from archscale.errors import ACTION_ATTRIBUTE, HINT_ATTRIBUTE, UserError
+from archscale.files import NEARLY_FULL_BYTES, atomic_file, free_bytes
 
 TABLE = "results"
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
@@ -67,6 +67,11 @@ def check_store(path: str | Path, flag: str = "--out") -> Path:
         finally:
             connection.close()
     except sqlite3.DatabaseError as exc:
+        failure = _storage_failure(exc, path)
+        if failure is not None:  # a full disk or a read-only folder, not a damaged store
+            setattr(failure, ACTION_ATTRIBUTE, "open")
+            setattr(failure, HINT_ATTRIBUTE, f"nothing was measured and {path} was left as it was")
+            raise failure from None
         raise UserError(f"{flag} {path}: is not a readable results store ({exc}); {hint}") from None
     if not status or status[0] != "ok":
         raise UserError(f"{flag} {path}: the results store is damaged (integrity check: {status[0] if status else '?'}); {hint}")
@@ -150,6 +155,9 @@ def _storage_failure(exc: sqlite3.DatabaseError, path: Path) -> OSError | None:
     text = str(exc).lower()
     for phrase, code in _SQLITE_CAUSES:
         if phrase in text:
+            free = free_bytes(path.parent)
+            if code == errno.EIO and free is not None and free < NEARLY_FULL_BYTES:
+                code = errno.ENOSPC  # SQLite reports a failed write of its -wal/-shm files as an I/O error
             failure = OSError(code, str(exc), str(path))
             setattr(failure, ACTION_ATTRIBUTE, "write")
             return failure

@@ -141,7 +141,11 @@ class SweepResult:
 
     @property
     def n_failed(self) -> int:
-        return sum(r["status"] != "ok" for r in self.records)
+        return sum(r["status"] == "failed" for r in self.records)
+
+    @property
+    def n_noisy(self) -> int:
+        return sum(r["status"] == "noisy" for r in self.records)
 
 
 @dataclass
@@ -173,8 +177,10 @@ def run_sweep(targets: Sequence[Target], options: BenchOptions, store: str | Pat
             for batch_size, measured in _announced(backend.run(target, hooks.advanced), target, options, hooks):
                 record = make_record(target.arch, target.spec, backend.name, {**workload, "batch_size": batch_size}, measured)
                 if store_path is not None:
-                    with keep_hint(f"the {len(result.records)} records before this one are kept in {store_path}; "
-                                   "free space or fix the folder, then rerun for the rest"):
+                    done = len(result.records)
+                    with keep_hint(f"{done} record{'s' if done != 1 else ''} measured before this one "
+                                   f"{'are' if done != 1 else 'is'} kept in {store_path}; free space or fix the folder, "
+                                   "then rerun for the rest"):
                         append(store_path, [record])
                 result.records.append(record)
                 hooks.recorded(record)

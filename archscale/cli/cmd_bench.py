@@ -144,7 +144,7 @@ def _hooks(bar: Progress, errors: Console):
 
     def recorded(record: dict) -> None:
         if record["status"] != "ok":
-            errors.print(f"failed: {record['name'] or record['source']} batch {record['batch_size']}: {record['error']}",
+            errors.print(f"{record['status']}: {record['name'] or record['source']} batch {record['batch_size']}: {record['error']}",
                          markup=False, highlight=False)
 
     return Hooks(started=started, advanced=lambda n: bar.advance(task, n), recorded=recorded)
@@ -161,7 +161,8 @@ def _report_sweep(result, as_json: bool, errors: Console) -> None:
     if result.interrupted:
         errors.print(f"interrupted: {len(result.records)} records appended{where} are kept", markup=False, highlight=False)
         raise SystemExit(130)  # not typer.Exit: main() runs the app with standalone_mode=False, which drops its code
-    errors.print(f"appended {len(result.records)} records{where}, {result.n_failed} failed", markup=False, highlight=False)
+    noisy = f", {result.n_noisy} noisy (not used by search or calibrate)" if result.n_noisy else ""
+    errors.print(f"appended {len(result.records)} records{where}, {result.n_failed} failed{noisy}", markup=False, highlight=False)
     if result.records and result.n_failed == len(result.records):
         raise UserError(f"every benchmark failed ({len(result.records)} recorded{where})")
 
@@ -217,7 +218,7 @@ def _results_table(frame: pd.DataFrame, title: str, gpu_file: Path | None = None
         table.add_column(column, justify="left" if column in ("name", "backend", "gpu", "dtype", "status") else "right",
                          no_wrap=column in ("hash", "in/out", "tokens/s"))
     for index, row in frame.iterrows():
-        status = "ok" if row["status"] == "ok" else f"failed: {row['error']}"
+        status = "ok" if row["status"] == "ok" else f"{row['status']}: {row['error']}"
         table.add_row(str(row["name"] or row.get("source") or "?"), str(row["config_hash"]), str(row["backend"]),
                       str(row["gpu"]), str(row["dtype"]), str(row["batch_size"]),
                       f"{row['input_len']}/{row['output_len']}", _number(row["tokens_per_s"]),
