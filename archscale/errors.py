@@ -24,7 +24,7 @@ HINT_ATTRIBUTE = "archscale_hint"
 ACTION_ATTRIBUTE = "archscale_action"
 
 _CAUSES = {
-    errno.ENOSPC: "disk full (no space left on device)",
+    errno.ENOSPC: "disk full: no space left on device",
     errno.EDQUOT: "disk quota exceeded",
     errno.EROFS: "read-only file system",
     errno.EACCES: "permission denied",

@@ -291,8 +291,26 @@ def _picks(ax: plt.Axes, result: Any, labelled: bool) -> None:
                    label=f"#{row.rank}: d={row.d_model}, heads {row.n_heads}/{row.n_kv_heads}, d_ff {row.d_ff}, "
                          f"r={row.r:.2f}" if labelled else None)
         if labelled:
-            ax.annotate(f"#{row.rank}", (row.tokens_per_s, row.predicted_loss), xytext=offsets[index % len(offsets)],
+            x_low, x_high = ax.get_xlim()
+            dx, dy = offsets[index % len(offsets)]
+            if row.tokens_per_s > x_low + 0.85 * (x_high - x_low):  # near the right edge: label on the left
+                dx = -abs(dx) - 16
+            ax.annotate(f"#{row.rank}", (row.tokens_per_s, row.predicted_loss), xytext=(dx, dy),
                         textcoords="offset points", fontsize=9, color=color, fontweight="bold")
+
+
+PICK_SEPARATION = 0.04
+"""Picks closer than this (as a fraction of the overview's axes) would be drawn over each other: they get a zoom panel."""
+
+
+def _picks_overlap(result: Any, x_span: float, y_span: float) -> bool:
+    """Whether two picks would sit within :data:`PICK_SEPARATION` of each other in the overview."""
+    points = np.column_stack([result.top_k["tokens_per_s"] / max(x_span, 1e-12),
+                              result.top_k["predicted_loss"] / max(y_span, 1e-12)])
+    if len(points) < 2:
+        return False
+    gaps = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(-1))
+    return bool(gaps[np.triu_indices(len(points), 1)].min() < PICK_SEPARATION)
 
 
 def plot_search(result: Any, spec: Any, path: str | Path, batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)) -> Path:
@@ -300,44 +318,53 @@ def plot_search(result: Any, spec: Any, path: str | Path, batch_sizes: tuple[int
 
     Left: predicted loss against throughput for every candidate that fits in
     memory (the count of those that do not is in the legend), the feasible set
-    coloured, the Pareto frontier, the target loss, the matched reference, and
-    a box around the picks. Middle: that box enlarged, where the picks (often
-    within 1% of each other) are told apart. Right: estimated throughput
-    against batch size for the picks and the reference (the roofline at each
-    batch size), with the picks' shared colours and markers.
+    coloured, the Pareto frontier, the target loss, the matched reference and
+    the picks. When the picks lie too close to tell apart there (often within
+    1% of each other), a box marks them and a middle panel enlarges it. Right:
+    estimated throughput against batch size for the picks and the reference
+    (the roofline at each batch size), each pick in the same colour and marker
+    in every panel.
     """
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(19, 5.8), gridspec_kw={"width_ratios": [1.25, 1, 1]})
     unit = "loss / $L_{opt}$ (relative)" if result.relative else "predicted loss (nats/token)"
+    frontier = result.frontier
+    low, high = frontier["predicted_loss"].min(), max(result.target.loss, frontier["predicted_loss"].min())
+    span = max(high - low, 1e-4)
+    y_limits = (low - 0.5 * span, high + 2.5 * span)
+    shown = result.candidates.loc[result.candidates["fits"], "tokens_per_s"]
+    zoom = _picks_overlap(result, float(shown.max() - shown.min()), y_limits[1] - y_limits[0])
+    if zoom:
+        fig, (left, middle, right) = plt.subplots(1, 3, figsize=(19, 5.8), gridspec_kw={"width_ratios": [1.25, 1, 1]})
+    else:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.8))
 
     _candidate_clouds(left, result, counts=True)
-    _picks(left, result, labelled=False)
-    (x_low, x_high), (y_low, y_high) = _zoom_window(result)
-    left.add_patch(matplotlib.patches.Rectangle((x_low, y_low), x_high - x_low, y_high - y_low, fill=False,
-                                                ec="black", lw=1, zorder=9, label="picks (enlarged in the middle)"))
+    _picks(left, result, labelled=not zoom)
+    if zoom:
+        (x_low, x_high), (y_low, y_high) = _zoom_window(result)
+        left.add_patch(matplotlib.patches.Rectangle((x_low, y_low), x_high - x_low, y_high - y_low, fill=False,
+                                                    ec="black", lw=1, zorder=9, label="picks (enlarged in the middle)"))
     left.set_xlabel(throughput_label(spec, result))
     left.set_ylabel(unit)
     left.set_title(f"N = {si_count(spec.n)} non-embedding params, D = {si_count(spec.tokens)} tokens, "
                    f"{spec.n_layers} layers", fontsize=10)
-    frontier = result.frontier
-    low, high = frontier["predicted_loss"].min(), max(result.target.loss, frontier["predicted_loss"].min())
-    span = max(high - low, 1e-4)
-    left.set_ylim(low - 0.5 * span, high + 2.5 * span)
+    left.set_ylim(*y_limits)
     left.legend(fontsize=7.5, loc="upper left")
     left.grid(alpha=0.3)
     left.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
 
-    _candidate_clouds(middle, result, counts=False)
-    _picks(middle, result, labelled=True)
-    middle.set_xlim(x_low, x_high)
-    middle.set_ylim(y_low, y_high)
-    middle.set_xlabel("throughput (total tokens/s)")
-    middle.set_ylabel(unit)
-    middle.set_title(f"the top {len(result.top_k)} enlarged", fontsize=10)
-    middle.legend(fontsize=7.5, loc="upper left")
-    middle.grid(alpha=0.3)
-    middle.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
-    middle.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
-    middle.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.4f"))
+    if zoom:
+        _candidate_clouds(middle, result, counts=False)
+        middle.set_xlim(x_low, x_high)
+        middle.set_ylim(y_low, y_high)
+        _picks(middle, result, labelled=True)
+        middle.set_xlabel("throughput (total tokens/s)")
+        middle.set_ylabel(unit)
+        middle.set_title(f"the top {len(result.top_k)} enlarged", fontsize=10)
+        middle.legend(fontsize=7.5, loc="upper left")
+        middle.grid(alpha=0.3)
+        middle.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
+        middle.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
+        middle.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.4f"))
 
     _throughput_by_batch(right, result, spec, batch_sizes)
     return save(fig, path)
