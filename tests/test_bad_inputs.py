@@ -86,6 +86,24 @@ def tiny_cfg(work, corpus_cache, monkeypatch):
     return write_config_dir(work / "tiny", TINY, TINY_TRAIN)
 
 
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory, corpus_cache):
+    """A config folder with a finished run in it (trained once for the module; tests copy it)."""
+    from archscale.train.loop import train
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ARCHSCALE_CACHE", str(corpus_cache))
+        config = write_config_dir(tmp_path_factory.mktemp("trained") / "tiny", TINY, TINY_TRAIN)
+        train(config, device="cpu", progress=False)
+    return config
+
+
+@pytest.fixture
+def tiny_run(work, trained_tiny):
+    """``work/tiny`` with its finished ``run/``."""
+    return shutil.copytree(trained_tiny, work / "tiny")
+
+
 # ---- input data destroyed -------------------------------------------------------------
 def test_fit_out_onto_its_runs_table(refused):
     refused("is one of this command's inputs", "fit", "runs.csv", "--out", "runs.csv")
@@ -140,11 +158,8 @@ def test_train_out_onto_its_config_dir(refused, tiny_cfg):
     refused("is one of this command's inputs", "train", tiny_cfg, "--out", tiny_cfg, "--device", "cpu", "--no-progress")
 
 
-def test_export_onto_its_own_run(cli, tiny_cfg, work):
-    assert cli("train", tiny_cfg, "--device", "cpu", "--no-progress").code == 0
-    before = snapshot(work)
-    assert_refused(cli("export", tiny_cfg / "run", "--hf", tiny_cfg / "run"), "is one of this command's inputs")
-    assert snapshot(work) == before
+def test_export_onto_its_own_run(refused, tiny_run):
+    refused("is one of this command's inputs", "export", tiny_run / "run", "--hf", tiny_run / "run")
 
 
 def test_data_prepare_into_the_folder_holding_its_corpus(refused, work):
@@ -210,12 +225,9 @@ def test_bench_store_onto_a_folder(refused, work):
     refused("is a folder", "bench", "c", "--backend", "roofline", "--gpu", "h100-sxm", "--out", "store.sqlite")
 
 
-def test_export_onto_a_file(cli, tiny_cfg, work):
-    assert cli("train", tiny_cfg, "--device", "cpu", "--no-progress").code == 0
+def test_export_onto_a_file(refused, tiny_run, work):
     (work / "hf").write_text("mine\n")
-    before = snapshot(work)
-    assert_refused(cli("export", tiny_cfg / "run", "--hf", "hf"), "exists and is a file")
-    assert snapshot(work) == before
+    refused("exists and is a file", "export", tiny_run / "run", "--hf", "hf")
 
 
 def test_data_prepare_out_onto_a_file(refused, work):
