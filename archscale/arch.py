@@ -196,25 +196,33 @@ class Architecture:
     @classmethod
     def from_hf_config(cls, config: dict, name: str = "", source: str = "config.json") -> "Architecture":
         """Read the shape from an HF-style config dict (LLaMA, Qwen2/3, OLMo-2, Gemma-2 keys)."""
-        try:
-            d_model = int(config["hidden_size"])
-            n_heads = int(config["num_attention_heads"])
-            return cls(
-                n_layers=int(config["num_hidden_layers"]),
-                d_model=d_model,
-                n_heads=n_heads,
-                n_kv_heads=int(config.get("num_key_value_heads") or n_heads),
-                d_head=int(config.get("head_dim") or d_model // n_heads),
-                d_ff=int(config["intermediate_size"]),
-                vocab_size=int(config.get("vocab_size", 128256)),
-                tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-                name=name,
-            )
-        except KeyError as exc:
-            raise UserError(f"{source}: missing key {exc.args[0]!r} (an HF-style config.json needs hidden_size, "
-                            "intermediate_size, num_hidden_layers, num_attention_heads)") from None
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"{source}: {exc}") from None
+        def whole(key: str, default: int | None = None) -> int:
+            """A count from the config: an integer (``2048`` or ``2048.0``), never silently truncated."""
+            if key not in config or (config[key] is None and default is not None):
+                if default is None:
+                    raise UserError(f"{source}: missing key {key!r} (an HF-style config.json needs hidden_size, "
+                                    "intermediate_size, num_hidden_layers, num_attention_heads)")
+                return default
+            value = config[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+                raise UserError(f"{source}: {key} must be a whole number, got {value!r}")
+            return int(value)
+
+        d_model = whole("hidden_size")
+        n_heads = whole("num_attention_heads")
+        if n_heads <= 0:
+            raise UserError(f"{source}: num_attention_heads must be a positive integer, got {n_heads}")
+        return cls(
+            n_layers=whole("num_hidden_layers"),
+            d_model=d_model,
+            n_heads=n_heads,
+            n_kv_heads=whole("num_key_value_heads", n_heads) or n_heads,
+            d_head=whole("head_dim", d_model // n_heads) or d_model // n_heads,
+            d_ff=whole("intermediate_size"),
+            vocab_size=whole("vocab_size", 128256),
+            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+            name=name,
+        )
 
 
 # ---- presets ------------------------------------------------------------------

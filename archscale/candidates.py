@@ -34,6 +34,13 @@ from archscale.errors import UserError
 
 COLUMNS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff", "vocab", "N", "r", "x", "gqa", "R")
 
+ROW_BYTES = 240
+"""Peak bytes per candidate row while the table is built (226 measured with tracemalloc at 0.5M-50M rows)."""
+LAYOUT_BYTES = 64
+"""Peak bytes per (n_kv_heads, group) pair while the head layouts are built (the arrays and their temporaries)."""
+MEMORY_MARGIN = 1.25
+"""The row estimate is within about 20% of the real count; refuse when it, so enlarged, exceeds free memory."""
+
 X_RANGE_DEFAULT = (0.02, 0.2)
 """Default sweep of ``x = d_model / sqrt(N)``: the paper's variants sit in 0.04-0.1,
 the published optima at 0.074-0.082; a wide margin costs little."""
@@ -53,6 +60,7 @@ def generate_candidates(
     strict_hf: bool = False,
     vocab_size: int = 128256,
     x_range: tuple[float, float] = X_RANGE_DEFAULT,
+    row_bytes: int = ROW_BYTES,
 ) -> pd.DataFrame:
     """All shapes whose non-embedding parameter count is within ``tolerance`` of ``n_target``.
 
@@ -72,17 +80,22 @@ def generate_candidates(
         vocab_size: written to the ``vocab`` column (does not affect ``N``).
         x_range: sweep bounds on ``d_model / sqrt(n_target)`` when
             ``d_model_values`` is not given.
+        row_bytes: peak memory per row of the caller's work on the table
+            (search keeps more columns), for the memory check.
 
     Returns:
         A DataFrame with :data:`COLUMNS`, sorted by d_model, n_heads, n_kv_heads, d_ff.
 
     Raises:
-        UserError: bad arguments, a budget below the smallest shape, or no row
-        within tolerance (the message says which constraint to relax).
+        UserError: bad arguments, a budget below the smallest shape, no row
+        within tolerance (the message says which constraint to relax), or an
+        enumeration that would not fit in memory (checked before it starts).
     """
     _check_arguments(n_target, n_layers, d_head, tolerance, r_range, d_multiple, ff_multiple, tp, vocab_size)
     _check_budget_reachable(n_target, n_layers, d_head, tolerance, r_range[0], d_multiple, ff_multiple, tp)
     d_models = _d_model_grid(n_target, d_model_values, d_multiple, x_range)
+    _check_fits_in_memory(estimate_size(n_target, n_layers, d_head, d_models, tolerance, r_range, ff_multiple,
+                                        gqa_values, tp), row_bytes, n_target, n_layers, d_head)
     n_kv, group = _head_layouts(n_target, n_layers, d_head, int(d_models.min()), tolerance, r_range[0], gqa_values, tp)
     d, kv, g = _layouts_per_width(d_models, n_kv, group, n_target, n_layers, d_head, tolerance, r_range, strict_hf)
     d, kv, g, ff = _expand_d_ff(d, kv, g, n_target, n_layers, d_head, tolerance, r_range, ff_multiple)
@@ -112,6 +125,72 @@ def architecture_from_row(row: Mapping) -> Architecture:
                            f"-ff{arch['d_ff']}")
     return Architecture(**arch, vocab_size=int(get("vocab", get("vocab_size", 128256))),
                         tie_embeddings=bool(get("tie_embeddings", False)), name=str(name))
+
+
+# ---- how big the enumeration will be, before it starts -------------------------------
+def estimate_size(n_target: float, n_layers: int, d_head: int, d_models: np.ndarray, tolerance: float,
+                  r_range: tuple[float, float], ff_multiple: int, gqa_values: Iterable[int] | None,
+                  tp: int) -> tuple[float, float]:
+    """(rows, head-layout pairs) the enumeration will build, estimated in about a millisecond.
+
+    Rows: per width, the attention widths ``u`` whose share of the budget leaves
+    ``r`` in range, times the mean number of (kv heads, group) layouts per
+    ``u`` (about ``ln u`` for every group, ``sum 1/(g+1)`` for a given set), times
+    the ``d_ff`` steps inside both the N and the r window; integrated at 64
+    points per width and at most 2,048 widths. Within about 20% of the real
+    count from 0.2M to 10B parameters (``tests/test_candidates.py``).
+    Pairs: the head layouts :func:`_head_layouts` lays out at the narrowest width.
+    """
+    widths = np.asarray(d_models, dtype=np.float64)
+    scale = 1.0
+    if widths.size > 2048:
+        scale = widths.size / 2048
+        widths = np.quantile(widths, (np.arange(2048) + 0.5) / 2048)
+    r_min, r_max = r_range
+    d = widths[:, None]
+    budget_hi = (n_target * (1 + tolerance) - d) / n_layers - 2.0 * d
+    budget_lo = (n_target * (1 - tolerance) - d) / n_layers - 2.0 * d
+    u_lo = np.maximum(np.ceil(budget_lo / (2.0 * d * d_head * (1.0 + r_max))), 2 * tp)
+    u_hi = np.floor(budget_hi / (2.0 * d * d_head * (1.0 + r_min)))
+    span = np.maximum(u_hi - u_lo + 1, 0)
+    u = u_lo + (np.arange(64) + 0.5)[None, :] / 64 * span
+    fixed = n_layers * (2 * d * d_head * u + 2 * d) + d
+    ff_lo = np.maximum((n_target * (1 - tolerance) - fixed) / (3.0 * n_layers * d), r_min * 2.0 * d_head * u / 3.0)
+    ff_hi = np.minimum((n_target * (1 + tolerance) - fixed) / (3.0 * n_layers * d), r_max * 2.0 * d_head * u / 3.0)
+    per_layout = np.maximum((ff_hi - ff_lo) / ff_multiple + 1, 0)
+    if gqa_values is None:
+        density = np.maximum(np.log(np.maximum(u / tp, 1.0)) + np.euler_gamma - 1.0, 0.0) / tp
+    else:
+        groups = np.unique(np.asarray(list(gqa_values), dtype=np.float64))
+        density = ((groups + 1) * tp <= u[..., None]).astype(float) @ (1.0 / ((groups + 1) * tp))
+    rows = float(((per_layout * density).mean(axis=1) * span[:, 0]).sum() * scale)
+
+    u_max = int(n_target * (1 + tolerance) / (2 * n_layers * d_head * float(np.min(d_models)) * (1 + r_min))) + 1
+    terms = (u_max // 2) // tp
+    if terms < 100_000:
+        pairs = float(np.maximum(u_max // (np.arange(1, terms + 1) * tp) - 1, 0).sum())
+    else:  # sum of u_max / (j tp) - 1 over j: a harmonic number
+        pairs = (u_max / tp) * (math.log(terms) + np.euler_gamma) - terms
+    return rows, pairs
+
+
+def _check_fits_in_memory(size: tuple[float, float], row_bytes: int, n_target: float, n_layers: int,
+                          d_head: int) -> None:
+    """Refuse an enumeration whose estimate exceeds the memory available now (a budget typo, a tiny d_head)."""
+    from types import SimpleNamespace
+
+    from archscale.bench.torch_backend import available_bytes  # MemAvailable on Linux, as bench and train check
+
+    rows, pairs = size
+    needed = MEMORY_MARGIN * (rows * row_bytes + pairs * LAYOUT_BYTES)
+    available = available_bytes(SimpleNamespace(type="cpu"))  # no torch import for a CPU-only question
+    if available is None or needed <= available:
+        return
+    layers = f"{n_layers} layer{'s' if n_layers != 1 else ''}"
+    raise UserError(f"N={n_target:.4g} with {layers} and d_head {d_head}: enumerating its candidates would "
+                    f"build about {rows:.3g} shapes (~{needed / 1e9:,.0f} GB), more than the {available / 1e9:.1f} GB "
+                    "of memory available; narrow the sweep: more --layers, a larger --head-dim, fewer --gqa values, "
+                    "a smaller --tolerance or larger --d-multiple/--ff-multiple")
 
 
 # ---- steps ---------------------------------------------------------------------

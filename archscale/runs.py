@@ -13,8 +13,11 @@ cell as one line naming file, row and column (:class:`UserError`).
 
 from __future__ import annotations
 
+import csv
 import fcntl
+import io
 import math
+import os
 from pathlib import Path
 from typing import Mapping
 
@@ -52,16 +55,16 @@ class RunRow(BaseModel):
     @classmethod
     def _finite_positive(cls, value: float) -> float:
         if not math.isfinite(value):
-            raise ValueError(f"must be a finite number, got {value}")
+            raise ValueError("must be a finite number")
         if value <= 0:
-            raise ValueError(f"must be > 0, got {value}")
+            raise ValueError("must be > 0")
         return value
 
     @field_validator(*SHAPE)
     @classmethod
     def _positive_int(cls, value: int | None) -> int | None:
         if value is not None and value <= 0:
-            raise ValueError(f"must be a positive integer, got {value}")
+            raise ValueError("must be a positive integer")
         return value
 
 
@@ -75,6 +78,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
+            named = [name for name in csv_header(path) or [] if name.strip()]
+            _refuse_duplicated_columns(pd.DataFrame(columns=named), path)  # pandas would rename the second to X.1
             return pd.read_csv(path)
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
@@ -115,7 +120,9 @@ def load_runs(path: str | Path, column_map: Mapping[str, str] | None = None) -> 
         # drop any canonical column the mapping replaces, then rename
         replaced = [dst for dst in column_map.values() if dst in frame.columns and dst not in column_map]
         frame = frame.drop(columns=replaced).rename(columns=dict(column_map))
+    _refuse_duplicated_columns(frame, path)
     if "D" not in frame.columns and FLOPS_COLUMN in frame.columns and "N" in frame.columns:
+        _require_numbers(frame, ("N", FLOPS_COLUMN), path)  # else a bad N would be blamed on the derived D
         frame["D"] = pd.to_numeric(frame[FLOPS_COLUMN], errors="coerce") / (6.0 * pd.to_numeric(frame["N"], errors="coerce"))
     for column in REQUIRED:
         if column not in frame.columns:
@@ -126,6 +133,24 @@ def load_runs(path: str | Path, column_map: Mapping[str, str] | None = None) -> 
     frame = frame.drop(columns=[c for c in DERIVED if c in frame.columns])
     validate(frame, path)
     return derive(frame.reset_index(drop=True))
+
+
+def _refuse_duplicated_columns(frame: pd.DataFrame, path: str | Path) -> None:
+    """Two columns of one name (in the file, or after ``--col``) would make "the" column ambiguous."""
+    duplicated = frame.columns[frame.columns.duplicated()]
+    if len(duplicated):
+        raise UserError(f"{path}: column {duplicated[0]!r} appears twice (in the file or after --col); "
+                        "keep one, or map the other to a new name with --col")
+
+
+def _require_numbers(frame: pd.DataFrame, columns: tuple[str, ...], path: str | Path) -> None:
+    """The first cell of ``columns`` that is not a number, as one line naming row and column."""
+    for column in columns:
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        bad = numbers.isna() & frame[column].notna()
+        if bad.any():
+            index = int(np.flatnonzero(bad.to_numpy())[0])
+            raise UserError(f"{path}: row {index + 1}, column {column!r}: not a number (got {frame[column].iloc[index]!r})")
 
 
 def validate(frame: pd.DataFrame, path: str | Path) -> None:
@@ -176,21 +201,106 @@ def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str, so
     raise UserError(f"{source}: {what} needs column {column!r} on every row" + (f" ({explain[column]})" if column in explain else ""))
 
 
-def append_run(path: str | Path, row: Mapping[str, object]) -> None:
-    """Append one run to a CSV runs table atomically.
+TRAINED_RUN_COLUMNS = (*REQUIRED, *SHAPE, "train_loss", "val_loss", "tokens_per_s", "mfu", "config_hash", "run_dir",
+                       "name", "steps", "seed")
+"""The columns of the row ``train`` appends (``archscale.train.loop`` builds it): the canonical runs-table schema."""
 
-    The new table is written to a temporary file in the same folder and
-    renamed over the old one, under an exclusive lock, so a crash never leaves
-    a half row and concurrent writers never lose one. The rows already there
-    are read and written back as text: parsed, a config hash such as
-    ``859e83011462`` would become a float (``inf``) and be rewritten as one.
+
+def csv_header(path: Path) -> list[str] | None:
+    """The column names on a CSV file's first line (None for an empty file)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return next(csv.reader(handle), None)
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: is not a CSV runs table (not UTF-8 text)") from None
+    except csv.Error as exc:
+        raise UserError(f"{path}: cannot be read as CSV ({exc})") from None
+
+
+def check_appendable(path: str | Path, flag: str = "--runs", columns: tuple[str, ...] = TRAINED_RUN_COLUMNS) -> None:
+    """Refuse, before anything is trained, a runs table a new row with ``columns`` would corrupt.
+
+    A missing or empty file is fine (the row starts it). An existing one must be
+    a CSV whose columns are all among ``columns`` and include ``N``, ``D`` and
+    ``loss``: a table of another schema (``data/chinchilla_epoch.csv``, with
+    ``C`` instead of ``D``) is refused rather than given empty columns. A table
+    of runs-table columns that lacks some of the row's (a hand-made table of
+    shapes and losses) is extended by them: its rows keep their values and get
+    empty cells.
+    """
+    path = Path(path)
+    where = f"{flag} {path}" if flag else str(path)
+    if path.suffix.lower() != ".csv":
+        raise UserError(f"{where}: rows are appended to a CSV runs table; use a name ending in .csv")
+    if path.is_dir():
+        raise UserError(f"{where}: is a folder; give a CSV file name, e.g. {path / 'runs.csv'}")
+    if not path.exists():
+        return
+    header = csv_header(path)
+    if header is None:
+        return
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise UserError(f"{where}: column {duplicated[0]!r} appears more than once in the header; fix the file "
+                        "or append to a new one")
+    foreign = [name for name in header if name not in columns]
+    missing = [name for name in REQUIRED if name in columns and name not in header]
+    if foreign or missing:
+        parts = ([f"has {', '.join(foreign[:4])}" + (" ..." if len(foreign) > 4 else "") + ", which train does not write"]
+                 if foreign else []) + ([f"lacks {', '.join(missing)}"] if missing else [])
+        raise UserError(f"{where}: is not a runs table that train appends to (it {' and '.join(parts)}); "
+                        f"nothing was changed: append to a new file such as {path.with_name(path.stem + '-runs.csv')}")
+
+
+def _cell(value: object) -> str:
+    """How one value is written to the CSV (empty for missing numbers, as pandas writes them)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if hasattr(value, "item"):  # numpy scalars
+        return _cell(value.item())
+    return str(value)
+
+
+def append_run(path: str | Path, row: Mapping[str, object]) -> None:
+    """Append one run to a CSV runs table atomically, leaving the rows already there as they were.
+
+    Under an exclusive lock on the table's folder (so no lock file is left
+    behind), the file is checked against the row's columns
+    (:func:`check_appendable`), then copied with the new line added to a
+    temporary sibling that is renamed over it: a crash never leaves a half
+    row, concurrent writers never lose one, and the file keeps its mode. The
+    old lines keep their exact bytes, unless the row brings columns the table
+    lacks: then the header gains them and the old rows get empty cells.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        new = pd.DataFrame([dict(row)])
-        old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else None
-        frame = pd.concat([old, new], ignore_index=True) if old is not None else new
-        with atomic_file(path) as out:
-            frame.to_csv(out, index=False)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        check_appendable(path, "", tuple(row))
+        header = (csv_header(path) if path.exists() else None) or []
+        added = [name for name in row if name not in header]
+        old = path.read_bytes() if path.exists() and header else b""
+        if added and old:
+            old = _with_columns(path, len(header), added)
+        line = io.StringIO()
+        writer = csv.writer(line, lineterminator="\n")
+        if not old:
+            writer.writerow(list(row))
+        writer.writerow([_cell(row.get(name)) for name in (header + added if old else list(row))])
+        with atomic_file(path, "wb") as out:
+            out.write(old if not old or old.endswith(b"\n") else old + b"\n")
+            out.write(line.getvalue().encode("utf-8"))
+    finally:
+        os.close(folder)  # closing releases the lock
+
+
+def _with_columns(path: Path, width: int, added: list[str]) -> bytes:
+    """The table's text with ``added`` columns after its ``width`` columns: the header named, the rows empty."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    with open(path, newline="", encoding="utf-8") as handle:
+        for index, record in enumerate(csv.reader(handle)):
+            if record:
+                writer.writerow(record + (added if index == 0 else [""] * len(added)))
+    return out.getvalue().encode("utf-8")

@@ -33,17 +33,20 @@ import numpy as np
 import pandas as pd
 
 from archscale.arch import Architecture
-from archscale.candidates import architecture_from_row, generate_candidates
+from archscale.candidates import ROW_BYTES, architecture_from_row, generate_candidates
 from archscale.cost.gpus import GPU
 from archscale.cost.profiles import Profile
 from archscale.cost.serving import Workload, check_tensor_parallel
 from archscale.errors import UserError
 from archscale.files import write_json
 from archscale.laws import CONDITIONAL
+from archscale.outputs import check_emit_dir, emitted_config_dirs
 from archscale.study import FittedLaw
 
 SHAPE_COLUMNS = ["n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff"]
 SEARCHABLE_LAWS = (*CONDITIONAL, "aspect", "aspect-tied")
+SEARCH_ROW_BYTES = 2 * ROW_BYTES
+"""Search keeps predictions and throughput beside each candidate: about 450 bytes a row at peak (tracemalloc, 1B search)."""
 GQA_NOTE = ("GQA does not enter the fitted law: GQA variants of a shape share its predicted loss; "
             "measured losses from --runs decide between them where present")
 
@@ -334,7 +337,7 @@ def search(
     candidates = generate_candidates(spec.n, spec.n_layers, spec.d_head, tolerance=tolerance,
                                      r_range=spec.r_range, gqa_values=spec.gqa_values, tp=spec.tp,
                                      strict_hf=spec.strict_hf, vocab_size=spec.vocab_size, d_multiple=spec.d_multiple,
-                                     ff_multiple=spec.ff_multiple).reset_index(drop=True)
+                                     ff_multiple=spec.ff_multiple, row_bytes=SEARCH_ROW_BYTES).reset_index(drop=True)
     candidates["tie_embeddings"] = spec.tie_embeddings
     candidates["predicted_loss"] = predict_loss(fitted, candidates, spec.tokens)
     candidates = apply_measured_losses(candidates, runs, spec.tokens)
@@ -375,12 +378,16 @@ def search(
     unfit = int((~candidates["fits"]).sum())
     if unfit:
         notes.append(f"{unfit} candidates do not fit in {spec.gpu.name} memory at batch {spec.workload.batch_size} and are not ranked")
+    picks = select_top_k(candidates[candidates["feasible"]], top_k)
+    if len(picks) < top_k:
+        notes.append(f"only {len(picks)} distinct shape{'s' if len(picks) != 1 else ''} meet the target loss, "
+                     f"fewer than the {top_k} asked for (--top-k); relax the target for more")
     return SearchResult(
         candidates=candidates,
         target=target,
         continuous_optimum=optimum,
         best_discrete=candidates.loc[best_index].to_dict(),
-        top_k=select_top_k(candidates[candidates["feasible"]], top_k),
+        top_k=picks,
         relative=relative,
         notes=notes,
         throughput_model=spec.throughput_model,
@@ -398,6 +405,7 @@ def emit_configs(result: SearchResult, spec: SearchSpec, directory: str | Path) 
     from archscale.train.config import TrainConfig, write_config_dir
 
     directory = Path(directory)
+    check_emit_dir(directory)  # only configs an earlier search emitted may be replaced; they all are (no stale cand-NN)
     directory.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory, prefix=".emit-"))
     written = []
@@ -411,10 +419,11 @@ def emit_configs(result: SearchResult, spec: SearchSpec, directory: str | Path) 
                            output_len=spec.workload.output_len, target_loss=result.target.loss,
                            target_source=result.target.source)
             write_json(staging / name / "candidate.json", summary)
-        for child in sorted(staging.iterdir()):  # every directory is complete before any is moved in
+        stale, _ = emitted_config_dirs(directory)
+        for old in stale:  # every new directory is complete before the old set is removed
+            shutil.rmtree(old)
+        for child in sorted(staging.iterdir()):
             final = directory / child.name
-            if final.exists():
-                shutil.rmtree(final)
             child.replace(final)
             written.append(final)
     finally:

@@ -138,6 +138,7 @@ class Study:
     progressive: list[dict[str, Any]] = field(default_factory=list)
     source: str = ""
     selection: dict[str, Any] = field(default_factory=dict)
+    excluded: pd.DataFrame | None = None  # rows --where left out (the plot shows them, greyed)
 
     def to_json(self) -> dict[str, Any]:
         law = self.fit.law
@@ -205,7 +206,9 @@ def run_study(
     law = get_law(law_name)
     if reference is not None:
         check_reference(law, reference)
-    frame = frame[select(frame, where, "--where").to_numpy()].reset_index(drop=True)
+    selected = select(frame, where, "--where").to_numpy()
+    excluded = frame[~selected].reset_index(drop=True)
+    frame = frame[selected].reset_index(drop=True)
     if frame.empty:
         raise UserError(f"--where {where!r}: selects no rows of {source}")
     held = select(frame, holdout, "--holdout").to_numpy()
@@ -232,6 +235,7 @@ def run_study(
         reference_kind=None if law.name not in CONDITIONAL else ("law" if reference is not None else "empirical"),
         source=source,
         selection={"where": where, "holdout": holdout},
+        excluded=excluded,
     )
     if progressive:
         study.progressive = progressive_tasks(law, frame[~held].reset_index(drop=True), reference, objective, fixed, source)

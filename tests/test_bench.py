@@ -54,7 +54,9 @@ def test_torch_backend_measures_two_tiny_configs_on_cpu(cli, tiny_dirs, tmp_path
     assert len(rows) == 4
     assert list(rows["name"]) == ["tiny128", "tiny128", "tiny160", "tiny160"]
     assert list(rows["batch_size"]) == [1, 4, 1, 4]
-    assert (rows["status"] == "ok").all() and rows["error"].isna().all()
+    # on a busy machine two repeats of a millisecond workload can disagree by over 20%: such a row is "noisy", not "ok"
+    measured = rows["status"].isin(["ok", "noisy"])
+    assert measured.all() and rows.loc[rows["status"] == "ok", "error"].isna().all()
     assert (rows["tokens_per_s"] > 0).all() and (rows["output_tokens_per_s"] > 0).all()
     assert (rows["prefill_s"] > 0).all() and (rows["decode_s"] > 0).all()
     assert list(rows["output_tokens"]) == [8, 32, 8, 32]  # counted: batch x output_len
@@ -134,7 +136,7 @@ def test_out_of_memory_during_a_run_is_recorded(monkeypatch, tmp_path, one_threa
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "config.json").write_text(json.dumps(TINY_128.to_hf_config()))
     result = run_sweep(resolve_targets([str(tmp_path / "c")]), options, tmp_path / "b.db", Hooks(advanced=ticks.append))
-    assert [r["status"] for r in result.records] == ["failed", "ok"]
+    assert result.records[0]["status"] == "failed" and result.records[1]["status"] in ("ok", "noisy")  # noisy: busy machine
     assert result.records[0]["error"].startswith("out of memory during the run: CUDA out of memory")
     assert sum(ticks) == 4  # the progress bar still reaches its total
     assert len(load_results(tmp_path / "b.db")) == 2
@@ -305,7 +307,7 @@ def _assert_one_line_error(r, store: Path, fragment: str) -> None:
     (["llama-3.2-1b", "--backend", "roofline"], "--backend roofline needs --gpu"),
     (["{tiny}", "--backend", "tensorrt"], "unknown backend 'tensorrt'"),
     (["{tiny}", "--batch-sizes", "16,x"], "--batch-sizes '16,x': expected integers"),
-    (["{tiny}", "--out", "{csv}"], "the results store must end in .sqlite"),
+    (["{tiny}", "--out", "{csv}"], "use a name ending in .sqlite"),
     (["{tiny}", "--input-len", "0"], "--input-len must be a positive integer"),
 ])
 def test_bad_input_is_one_line(cli, tiny_dirs, tmp_path, args, fragment):

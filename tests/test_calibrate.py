@@ -237,9 +237,9 @@ def test_calibrate_cli_saves_a_profile_that_bench_and_search_use(cli, tmp_path):
 def test_bench_and_search_say_which_profile_they_used(cli):
     r = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--batch-sizes", "64", "--input-len", "4096",
             "--output-len", "1024", "--no-progress")
-    assert r.code == 0 and "estimates from profile vllm-h200-bf16" in r.err and "is vllm-h200-bf16" in r.out
+    assert r.code == 0 and "estimates from profile vllm-h200-bf16" in r.out and "is vllm-h200-bf16" in r.out
     r = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--batch-sizes", "64", "--no-progress")
-    assert r.code == 0 and "uncalibrated roofline on h100-sxm" in r.err
+    assert r.code == 0 and "uncalibrated roofline on h100-sxm" in r.out
     r = cli("search", "--fit", DATA / "fits" / "dissertation_1b_mult.json", "--n", "1e9", "--tokens", "1e11", "--layers", "16",
             "--head-dim", "64", "--match", "llama-3.2-1b", "--gpu", "h200", "--batch", "64", "--top-k", "1")
     assert r.code == 0, r.err
@@ -276,7 +276,7 @@ def test_kv_limited_and_oversized_batches_are_marked(cli, tmp_path):
       "--holdout", "source != 'dissertation Table 6.3' or not name.str.startswith('llama')"], "ended on its upper bound"),
     (["bench", "calibrate", "--out", str(PUBLISHED), "--gpu", "h200", "--fix", "t_seq"], "--fix 't_seq': expected NAME=NUMBER"),
     (["bench", "calibrate", "--out", str(PUBLISHED), "--gpu", "l4"], "no measured ok rows"),
-    (["bench", "calibrate", "--out", str(PUBLISHED), "--gpu", "h200", "--save", "p.txt"], "a profile is JSON"),
+    (["bench", "calibrate", "--out", str(PUBLISHED), "--gpu", "h200", "--save", "p.txt"], "writes a JSON file; use a name ending in .json"),
     (["bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--fit", "t_seq"], "--fit does not apply to a benchmark run"),
     (["search", "--fit", str(DATA / "fits" / "dissertation_1b_mult.json"), "--n", "1e9", "--tokens", "1e11", "--layers", "16",
       "--gpu", "h200", "--profile", "vllm-a100-40gb-bf16"], "fitted on a100-40gb, not h200"),

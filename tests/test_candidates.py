@@ -170,7 +170,7 @@ def test_cli_candidates_writes_parquet_and_prints_a_table(cli, tmp_path):
     (("--n", "1e6", "--layers", "16", "--head-dim", "64"), "no candidate for N=1e+06"),
     (("--n", "1e5", "--layers", "16", "--head-dim", "64"), "too small for 16 layers"),
     (("--n", "lots", "--layers", "16", "--head-dim", "64"), "--n 'lots'"),
-    (("--n", "1e9", "--layers", "16", "--head-dim", "64", "--out", "c.txt"), "use a .csv or .parquet"),
+    (("--n", "1e9", "--layers", "16", "--head-dim", "64", "--out", "c.txt"), "use a name ending in .csv, .parquet or .pq"),
     (("--n", "1e9", "--layers", "16", "--head-dim", "64", "--gqa", "4,x"), "--gqa"),
 ])
 def test_cli_candidates_bad_input_is_one_line(cli, args, message):
@@ -179,3 +179,37 @@ def test_cli_candidates_bad_input_is_one_line(cli, args, message):
     assert message in result.err
     assert len(result.err.strip().splitlines()) == 1
     assert "Traceback" not in result.err + result.out
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    ((1e9, 16, 64), {}),
+    ((1e8, 8, 64), {}),
+    ((3e9, 28, 128), {}),
+    ((1e9, 16, 64), {"gqa_values": [4]}),
+    ((1e9, 16, 64), {"tp": 4}),
+    ((2e5, 4, 16), {"d_multiple": 16, "ff_multiple": 16, "gqa_values": [1, 2]}),
+    ((1e7, 4, 32), {"tolerance": 0.02}),
+])
+def test_size_estimate_is_close_to_the_real_count(args, kwargs):
+    """The memory pre-check's row estimate (computed without building anything) within 25% of the real count."""
+    from archscale.candidates import _d_model_grid, estimate_size, X_RANGE_DEFAULT
+
+    n, layers, d_head = args
+    widths = _d_model_grid(n, None, kwargs.get("d_multiple", 128), X_RANGE_DEFAULT)
+    rows, _ = estimate_size(n, layers, d_head, widths, kwargs.get("tolerance", 0.05), (0.5, 5.0),
+                            kwargs.get("ff_multiple", 64), kwargs.get("gqa_values"), kwargs.get("tp", 1))
+    actual = len(generate_candidates(*args, **kwargs))
+    assert 0.75 < rows / actual < 1.25, (rows, actual)
+
+
+def test_an_enumeration_too_big_for_memory_is_refused_before_it_starts():
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match="would build about"):
+            generate_candidates(1e15, 1, 1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50e6  # the enumeration itself once tried to allocate 79.5 GiB here

@@ -77,6 +77,13 @@ MEASURED_BACKENDS = ("torch", "vllm", "sglang")
 BACKENDS = ("torch", "vllm", "roofline")
 """What ``archscale bench --backend`` runs; ``roofline`` rows are estimates of the serving model."""
 MAX_ERROR_CHARS = 300
+NOISY_CV = 0.2
+"""A measurement whose repeats scatter more than this (std / mean of tokens/s) is stored as ``noisy``, not ``ok``.
+
+Repeats on a quiet machine agree within a few percent (the tour's CPU rows: 2-5%);
+a std of 85% of the mean says the machine was busy, and such a row must not
+stand in for an estimate (search and calibration use ``ok`` rows only).
+"""
 
 DTYPE_ALIASES = {
     "bf16": "bfloat16", "bfloat16": "bfloat16",
@@ -195,9 +202,23 @@ def make_record(arch: Architecture, source: str, backend: str, workload: Mapping
     if unknown:
         raise ValueError(f"unknown record field(s): {', '.join(sorted(unknown))}")
     record.update(measured)
+    mark_noisy(record)
     if record["error"] is not None:
         record["error"] = one_line(record["error"])
     return record
+
+
+def mark_noisy(record: dict[str, Any]) -> None:
+    """Turn an ``ok`` record whose repeats disagree (std over :data:`NOISY_CV` of the mean) into ``noisy``, saying why.
+
+    Done here, where every backend's record is made, so no backend can report such a row as ``ok``.
+    """
+    mean, std = record.get("tokens_per_s"), record.get("tokens_per_s_std")
+    if record.get("status") != "ok" or not mean or std is None or not math.isfinite(std) or std <= NOISY_CV * mean:
+        return
+    record["status"] = "noisy"
+    record["error"] = (f"repeats disagree: std {std:,.0f} is {std / mean:.0%} of the mean {mean:,.0f} tokens/s "
+                       "(a busy machine?); rerun with more --repeats on a quiet machine")
 
 
 def failed(error: object, **fields: Any) -> dict[str, Any]:

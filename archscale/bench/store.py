@@ -14,6 +14,7 @@ results are committed to git in) into a DataFrame with the columns of
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -21,8 +22,8 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from archscale.bench.records import COLUMN_TYPES, COLUMNS, MEASURED_BACKENDS
-from archscale.errors import UserError
-from archscale.files import atomic_file
+from archscale.errors import ACTION_ATTRIBUTE, HINT_ATTRIBUTE, UserError
+from archscale.files import NEARLY_FULL_BYTES, atomic_file, free_bytes
 
 TABLE = "results"
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
@@ -37,6 +38,45 @@ def check_store_path(path: str | Path) -> Path:
                         "(write CSV with `archscale bench --show --out STORE --export FILE.csv`)")
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected an SQLite file")
+    return path
+
+
+def check_store(path: str | Path, flag: str = "--out") -> Path:
+    """Before anything is measured: the store is an SQLite file name, and an existing store is readable and valid.
+
+    A measurement that cannot be stored is lost, so a corrupt or foreign file is
+    refused up front (with how to continue), not found after the work is done.
+    Write permission is the output policy's part (:mod:`archscale.outputs`).
+    """
+    path = check_store_path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return path
+    hint = f"nothing was measured; move it aside or give another {flag}"
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(16)
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot be read ({exc.strerror or exc}); {hint}") from None
+    if magic != b"SQLite format 3\x00":
+        raise UserError(f"{flag} {path}: is not an SQLite results store (wrong file header); {hint}")
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        try:
+            status = connection.execute("PRAGMA quick_check").fetchone()
+            present = {row[1] for row in connection.execute(f"PRAGMA table_info({TABLE})")}
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as exc:
+        failure = _storage_failure(exc, path)
+        if failure is not None:  # a full disk or a read-only folder, not a damaged store
+            setattr(failure, ACTION_ATTRIBUTE, "open")
+            setattr(failure, HINT_ATTRIBUTE, f"nothing was measured and {path} was left as it was")
+            raise failure from None
+        raise UserError(f"{flag} {path}: is not a readable results store ({exc}); {hint}") from None
+    if not status or status[0] != "ok":
+        raise UserError(f"{flag} {path}: the results store is damaged (integrity check: {status[0] if status else '?'}); {hint}")
+    if present and not {"backend", "tokens_per_s", "status"} <= present:
+        raise UserError(f"{flag} {path}: has a table {TABLE!r} that is not archscale's results table; {hint}")
     return path
 
 
@@ -100,10 +140,28 @@ def append(path: str | Path, records: Iterable[Mapping[str, Any]]) -> int:
             connection.execute("ROLLBACK")
             raise
     except sqlite3.DatabaseError as exc:
-        raise UserError(f"{path}: cannot append to the results store ({exc})") from None
+        raise _storage_failure(exc, path) or UserError(f"{path}: cannot append to the results store ({exc})") from None
     finally:
         connection.close()
     return len(rows)
+
+
+_SQLITE_CAUSES = (("disk is full", errno.ENOSPC), ("readonly database", errno.EROFS), ("disk i/o error", errno.EIO),
+                  ("unable to open database file", errno.EACCES))
+
+
+def _storage_failure(exc: sqlite3.DatabaseError, path: Path) -> OSError | None:
+    """SQLite's "database or disk is full" and kin as the ``OSError`` the CLI reports (None: not a storage fault)."""
+    text = str(exc).lower()
+    for phrase, code in _SQLITE_CAUSES:
+        if phrase in text:
+            free = free_bytes(path.parent)
+            if code == errno.EIO and free is not None and free < NEARLY_FULL_BYTES:
+                code = errno.ENOSPC  # SQLite reports a failed write of its -wal/-shm files as an I/O error
+            failure = OSError(code, str(exc), str(path))
+            setattr(failure, ACTION_ATTRIBUTE, "write")
+            return failure
+    return None
 
 
 def load_results(path: str | Path, measured_only: bool = False) -> pd.DataFrame:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 from archscale.arch import Architecture, load_architecture
 from archscale.bench.records import BACKENDS, canonical_dtype, make_record
 from archscale.cost.serving import check_tensor_parallel
-from archscale.errors import UserError
+from archscale.errors import UserError, keep_hint
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,11 @@ class SweepResult:
 
     @property
     def n_failed(self) -> int:
-        return sum(r["status"] != "ok" for r in self.records)
+        return sum(r["status"] == "failed" for r in self.records)
+
+    @property
+    def n_noisy(self) -> int:
+        return sum(r["status"] == "noisy" for r in self.records)
 
 
 @dataclass
@@ -178,10 +182,10 @@ def run_sweep(targets: Sequence[Target], options: BenchOptions, store: str | Pat
     A KeyboardInterrupt ends the sweep with ``interrupted=True``; what was
     appended stays appended (and is in ``records``).
     """
-    from archscale.bench.store import append, check_store_path
+    from archscale.bench.store import append, check_store
 
     hooks = hooks or Hooks()
-    store_path = check_store_path(store) if store is not None else None
+    store_path = check_store(store) if store is not None else None
     check_targets(targets, options)
     backend = backend or make_backend(options)
     result = SweepResult(records=[], store=store_path)
@@ -192,7 +196,11 @@ def run_sweep(targets: Sequence[Target], options: BenchOptions, store: str | Pat
             for batch_size, measured in _announced(backend.run(target, hooks.advanced), target, options, hooks):
                 record = make_record(target.arch, target.spec, backend.name, {**workload, "batch_size": batch_size}, measured)
                 if store_path is not None:
-                    append(store_path, [record])
+                    done = len(result.records)
+                    with keep_hint(f"{done} record{'s' if done != 1 else ''} measured before this one "
+                                   f"{'are' if done != 1 else 'is'} kept in {store_path}; free space or fix the folder, "
+                                   "then rerun for the rest"):
+                        append(store_path, [record])
                 result.records.append(record)
                 hooks.recorded(record)
     except KeyboardInterrupt:

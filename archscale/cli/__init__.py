@@ -63,8 +63,18 @@ def _register_commands() -> None:
 
 
 def main() -> None:
-    """Console-script entry point: run the app, map user errors to one line and exit 2."""
+    """Console-script entry point: run the app; user errors, I/O and memory failures become one line and exit 2.
+
+    This is the one place failures are turned into what the user reads: a
+    :class:`UserError` as it is, an ``OSError`` (disk full, read-only, a folder
+    in the way) or an out-of-memory error as the file, the cause, and what was
+    kept and how to continue (:func:`archscale.errors.describe_failure`).
+    """
+    from archscale.errors import describe_failure
+    from archscale.outputs import created_folders
+
     _register_commands()
+    created_folders.clear()
     try:
         # without standalone mode, a command's typer.Exit(code) comes back as the return value
         code = app(standalone_mode=False)
@@ -84,5 +94,12 @@ def main() -> None:
         if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
-        raise
+        failure = describe_failure(exc)
+        if failure is None:
+            raise
+        typer.echo(f"error: {failure}", err=True)
+        sys.exit(2)
+    for flag, folder in created_folders:
+        if folder.is_dir():
+            typer.echo(f"note: created folder {folder} for {flag}", err=True)
     sys.exit(code if isinstance(code, int) else 0)

@@ -18,6 +18,7 @@ from archscale.cost.profiles import resolve_profile
 from archscale.cost.serving import Workload, check_tensor_parallel
 from archscale.errors import UserError
 from archscale.files import atomic_file
+from archscale.outputs import check_outputs
 
 def human(value: float, unit: str = "") -> str:
     """973_140_480 -> '973.1M' (tables are read by people; --json keeps exact values)."""
@@ -131,23 +132,14 @@ def arch_command(
         console.print(_architecture_table(summary))
 
 
-def _check_out(out: Optional[Path]) -> None:
-    """Fail on a bad --out before spending time on the sweep."""
-    if out is not None and out.suffix.lower() not in (".csv", ".parquet", ".pq"):
-        raise UserError(f"--out {out}: use a .csv or .parquet file name")
-
-
 def _write_table(frame: pd.DataFrame, out: Path) -> None:
-    """CSV or Parquet by extension; the parent folder is created."""
+    """CSV or Parquet by extension (a failure to write is reported by the CLI, naming the file)."""
     suffix = out.suffix.lower()
-    try:
-        with atomic_file(out, "w" if suffix == ".csv" else "wb") as handle:
-            if suffix == ".csv":
-                frame.to_csv(handle, index=False)
-            else:
-                frame.to_parquet(handle, index=False)
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+    with atomic_file(out, "w" if suffix == ".csv" else "wb") as handle:
+        if suffix == ".csv":
+            frame.to_csv(handle, index=False)
+        else:
+            frame.to_parquet(handle, index=False)
 
 
 def candidates_summary(frame: pd.DataFrame) -> dict:
@@ -182,7 +174,7 @@ def candidates_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Enumerate every (d_model, heads, kv heads, d_ff) spending the budget, and summarise them."""
-    _check_out(out)
+    check_outputs(("--out", out, "table"))
     frame = generate_candidates(
         parse_count(n), layers, head_dim, tolerance=tolerance, r_range=(r_min, r_max), d_multiple=d_multiple,
         ff_multiple=ff_multiple, gqa_values=parse_int_list(gqa, "--gqa"), tp=tp, strict_hf=strict_hf,

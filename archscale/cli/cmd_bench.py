@@ -28,6 +28,7 @@ from archscale.cli.options import parse_assignments, parse_int_list
 from archscale.cost.serving import EngineSettings
 from archscale.errors import UserError
 from archscale.files import jsonable
+from archscale.outputs import check_outputs
 
 DEFAULT_STORE = Path("bench.sqlite")
 EPILOG = (
@@ -116,6 +117,7 @@ def bench_command(
         _refuse({"--export": export, "--profile": profile}, "calibrate")
         if backend is not None:
             raise UserError("calibrate fits the rows of one engine: give it with --engine (not --backend)")
+        check_outputs(("--save", save, "json"), inputs=(out, gpu_file))
         _calibrate_mode(out, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout, name, save,
                         EngineSettings(memory_fraction=memory_fraction, max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib),
                         as_json)
@@ -124,6 +126,7 @@ def bench_command(
         if len(specs) > 1:
             raise UserError("`archscale bench probe` takes no configs (to benchmark a directory named probe, write ./probe)")
         _refuse({k: v for k, v in calibration_only.items() if k != "--save"}, "probe")
+        check_outputs(("--save", save, "json"))
         _probe_mode(save, gpu or "cpu", dtype, threads, as_json)
         return
     _refuse({"--threads": threads}, "anything but probe")
@@ -131,6 +134,7 @@ def bench_command(
         if specs:
             raise UserError("--show prints a store; give it no configs")
         _refuse({"--profile": profile, **calibration_only}, "--show")
+        check_outputs(("--export", export, "csv"), inputs=(out, gpu_file))
         _show_mode(out, backend, gpu, gpu_file, export, as_json)
         return
     _refuse({"--export": export, **calibration_only}, "a benchmark run")
@@ -138,6 +142,9 @@ def bench_command(
         raise UserError("--profile applies to --backend roofline only (measurements need no profile)")
     if vllm_python is not None and backend != "vllm":
         raise UserError("--vllm-python applies to --backend vllm only")
+    if out is None and (backend or "torch") != "roofline":
+        out = DEFAULT_STORE
+    check_outputs(("--out", out, "store"), inputs=(*specs, gpu_file, profile))
     from archscale.bench.sweep import BenchOptions
 
     options = BenchOptions(backend=backend or "torch", batch_sizes=tuple(parse_int_list(batch_sizes, "--batch-sizes")),
@@ -162,19 +169,17 @@ def _refuse(flags: dict[str, Any], mode: str) -> None:
 
 # ---- sweep --------------------------------------------------------------------------
 def _sweep_mode(specs: list[str], options, out: Optional[Path], as_json: bool, progress: bool) -> None:
-    from archscale.bench.store import check_store_path
+    """Measure (or estimate) every config at every batch size into ``out`` (checked by the output policy already)."""
     from archscale.bench.sweep import check_targets, make_backend, resolve_targets, run_sweep
 
     backend_name, sizes = options.backend, options.batch_sizes
-    if out is None and backend_name != "roofline":
-        out = DEFAULT_STORE
-    store = check_store_path(out) if out is not None else None
+    store = out
     targets = resolve_targets(specs)
     check_targets(targets, options)
     backend = make_backend(options)
     errors = Console(stderr=True)
     if backend_name == "roofline" and not as_json:
-        errors.print(f"estimates from {backend.profile.describe()}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"estimates from {backend.profile.describe()}", markup=False, highlight=False, soft_wrap=True)
     total = len(targets) * (options.progress_units_per_target + len(sizes) * options.progress_units_per_batch)
     with _progress(errors, total, enabled=progress) as bar:
         result = run_sweep(targets, options, store, _hooks(bar, errors), backend=backend)
@@ -199,7 +204,7 @@ def _hooks(bar: Progress, errors: Console):
 
     def recorded(record: dict) -> None:
         if record["status"] != "ok":
-            errors.print(f"failed: {record['name'] or record['source']} batch {record['batch_size']}: {record['error']}",
+            errors.print(f"{record['status']}: {record['name'] or record['source']} batch {record['batch_size']}: {record['error']}",
                          markup=False, highlight=False)
 
     def advanced(n: int, description: str | None = None) -> None:
@@ -219,7 +224,8 @@ def _report_sweep(result, as_json: bool, errors: Console) -> None:
     if result.interrupted:
         errors.print(f"interrupted: {len(result.records)} records appended{where} are kept", markup=False, highlight=False)
         raise SystemExit(130)  # not typer.Exit: main() runs the app with standalone_mode=False, which drops its code
-    errors.print(f"appended {len(result.records)} records{where}, {result.n_failed} failed", markup=False, highlight=False)
+    noisy = f", {result.n_noisy} noisy (not used by search or calibrate)" if result.n_noisy else ""
+    errors.print(f"appended {len(result.records)} records{where}, {result.n_failed} failed{noisy}", markup=False, highlight=False)
     if result.records and result.n_failed == len(result.records):
         raise UserError(f"every benchmark failed ({len(result.records)} recorded{where})")
 
@@ -297,7 +303,7 @@ SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 def _status(row: pd.Series) -> str:
     if row["status"] != "ok":
-        return f"failed: {row['error']}"
+        return f"{row['status']}: {row['error']}"
     concurrency = pd.to_numeric(row.get("concurrency"), errors="coerce")
     if row["backend"] == "roofline" and concurrency == concurrency and concurrency < row["batch_size"]:
         return f"ok; KV cache holds {int(concurrency)}/{row['batch_size']}: waves"
@@ -328,8 +334,6 @@ def _calibrate_mode(out, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout, 
         free = tuple(t.strip() for t in fit_terms.split(",") if t.strip())
     fixed = parse_assignments(fix, "--fix")
     device = load_gpu(gpu, gpu_file)
-    if save is not None and save.suffix.lower() != ".json":
-        raise UserError(f"--save {save}: a profile is JSON; give a path ending in .json")
     results = load_results(out)
     mask = select(results, holdout, "--holdout").to_numpy() if holdout else None
     result = calibrate(results, device, engine, canonical_dtype(dtype) if dtype else None, free, fixed, mask,
@@ -410,8 +414,6 @@ def _probe_mode(save: Optional[Path], name: str, dtype: Optional[str], threads: 
     kind = canonical_dtype(dtype) if dtype else "float32"
     if kind is None:
         raise UserError(f"unknown --dtype {dtype!r}: use bf16, fp16 or float32")
-    if save is not None and save.suffix.lower() != ".json":
-        raise UserError(f"--save {save}: a device file is JSON; give a path ending in .json")
     probe = probe_cpu(name, threads, kind)
     device = probe.device
     if save is not None:

@@ -18,6 +18,7 @@ from archscale.cli.options import format_count
 from archscale.errors import UserError
 from archscale.files import write_json
 from archscale.laws import LAWS
+from archscale.outputs import check_outputs
 from archscale.runs import load_runs, parse_column_map
 from archscale.study import Study, load_fit, run_study
 
@@ -99,6 +100,7 @@ def fit(
     as_json: bool = typer.Option(False, "--json", help="Print the fit JSON to stdout instead of tables."),
 ) -> None:
     """Fit a scaling law to a table of training runs and say how well it predicts held-out runs."""
+    check_outputs(("--out", out, "json"), ("--plot", plot, "png"), inputs=(runs, reference))
     frame = load_runs(runs, parse_column_map(col))
     fitted_reference = load_fit(reference) if reference else None
     with _bootstrap_bar(bootstrap, quiet=as_json) as progress:

@@ -18,6 +18,7 @@ from archscale.cost.profiles import resolve_profile
 from archscale.cost.serving import Workload
 from archscale.errors import UserError
 from archscale.files import write_json
+from archscale.outputs import check_outputs
 from archscale.runs import load_runs
 from archscale.search import SearchResult, SearchSpec, best_at_gqa, emit_configs, search
 from archscale.study import check_reference, load_fit
@@ -144,6 +145,8 @@ def search_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result JSON instead of tables."),
 ) -> None:
     """Find the shapes with the highest estimated throughput whose predicted loss meets a target."""
+    check_outputs(("--out", out, "json"), ("--plot", plot, "png"), ("--emit", emit, "configs"),
+                  inputs=(fit, reference, match, gpu_file, runs, bench))
     n, tokens = parse_count(n_text, "--n"), parse_count(tokens_text, "--tokens")
     if not r_min < r_max:
         raise UserError(f"--r-min {r_min} must be below --r-max {r_max}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Optional
@@ -9,6 +10,7 @@ from typing import Optional
 import typer
 
 from archscale.cli import app, print_json, study
+from archscale.outputs import check_outputs
 
 data_app = typer.Typer(help="Prepare token data for training. Example: archscale data prepare --corpus docs/ --out data/docs",
                        no_args_is_help=True)
@@ -42,6 +44,7 @@ def train_cmd(
     """
     from archscale.train.loop import train
 
+    check_outputs(("--out", out or config_dir / "run", "dir"), ("--runs", runs, "runs"), inputs=(config_dir, data))
     result = train(config_dir, data, out, tokens=_tokens(tokens), seed=seed, resume=resume, runs=runs, device=device,
                    peak_tflops=peak_tflops, progress=progress, fsdp=fsdp)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
@@ -50,8 +53,9 @@ def train_cmd(
         print_json(result.row)
         return
     mfu = "n/a" if result.mfu is None else f"{100 * result.mfu:.1f}%"
+    speed = f"{result.tokens_per_s:,.0f}" if math.isfinite(result.tokens_per_s) else "n/a"
     typer.echo(f"{result.run_dir}: {result.steps} steps, {result.tokens:,} tokens, val loss {result.val_loss:.4f}, "
-               f"train loss {result.train_loss:.4f}, {result.tokens_per_s:,.0f} tokens/s, MFU {mfu}")
+               f"train loss {result.train_loss:.4f}, {speed} tokens/s, MFU {mfu}")
 
 
 @app.command("sweep")
@@ -84,6 +88,7 @@ def sweep_cmd(
     """
     from archscale.train.sweep import default_jobs_dir, sweep, sweep_status
 
+    check_outputs(("--out", out, "dir"), ("--runs", runs, "runs"), inputs=(configs_dir, data))
     options = study.dispatch_options(executor, jobs_dir, default_jobs_dir(runs), partition, job_gpus, job_cpus, job_mem,
                                      job_time, max_parallel, wait)
     if status:
@@ -123,6 +128,7 @@ def export_cmd(
     """
     from archscale.train.export import export_hf
 
+    check_outputs(("--hf", hf, "dir"), inputs=(run_dir,))
     path = export_hf(run_dir, hf, dtype=dtype)
     typer.echo(f"wrote {path}")
 
@@ -140,6 +146,7 @@ def prepare_cmd(
     """
     from archscale.train.data import prepare
 
+    check_outputs(("--out", out, "data-dir"), inputs=corpus)
     meta = prepare(corpus, out, tokenizer=tokenizer, val_fraction=val_fraction)
     typer.echo(f"{out}: {meta['n_tokens']:,} tokens ({meta['n_train']:,} train, {meta['n_val']:,} val) from "
                f"{meta['n_files']} files, tokenizer {meta['tokenizer']} (vocab {meta['vocab_size']})")

@@ -36,7 +36,8 @@ from typing import Iterable, Protocol
 import numpy as np
 import torch
 
-from archscale.errors import UserError
+from archscale.errors import UserError, add_hint
+from archscale.files import current_umask, write_failure
 
 META_FILE = "meta.json"
 DEFAULT_CORPUS_BYTES = 4_000_000
@@ -105,7 +106,7 @@ def collect_files(corpus: Iterable[str]) -> list[Path]:
     """Expand files, directories (recursively) and globs into a sorted, de-duplicated file list.
 
     Hidden files and files that look binary (a NUL byte in the first 8 KiB)
-    are skipped in directories and globs; a file named explicitly is always read.
+    are skipped in directories and globs; a binary file named explicitly is refused.
     """
     found: dict[Path, None] = {}
     for spec in corpus:
@@ -116,6 +117,9 @@ def collect_files(corpus: Iterable[str]) -> list[Path]:
             files = [p for p in sorted(Path(spec).rglob("*")) if p.is_file() and _looks_textual(p)
                      and not any(part.startswith(".") for part in p.relative_to(spec).parts)]
         elif Path(spec).is_file():
+            if not _looks_textual(Path(spec)):
+                raise UserError(f"--corpus {spec}: is not text (a NUL byte in its first 8 KiB: an image, archive or "
+                                "binary); give text files")
             files = [Path(spec)]
         else:
             raise UserError(f"--corpus {spec}: no such file, directory or glob match")
@@ -185,9 +189,11 @@ def prepare_files(files: list[Path], out_dir: Path, tok: Tokenizer, val_fraction
     Nothing appears at ``out_dir`` unless the whole corpus was tokenized and
     is big enough; two processes preparing the same cache both succeed.
     """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    tmp: Path | None = None
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would make shared data private
         meta = _tokenize_into(files, tmp, tok, val_fraction, source)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -197,8 +203,13 @@ def prepare_files(files: list[Path], out_dir: Path, tok: Tokenizer, val_fraction
             if not (out_dir / META_FILE).exists():  # lost a race to another preparer: theirs is as good
                 raise
         return meta
+    except OSError as exc:  # disk full, read-only: name the folder the user asked for, not the temporary one
+        failure = write_failure(exc, out_dir)
+        add_hint(failure, f"nothing was written at {out_dir}")
+        raise failure from exc
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _tokenize_into(files: list[Path], tmp: Path, tok: Tokenizer, val_fraction: float, source: str) -> dict:

@@ -40,10 +40,10 @@ import torch.distributed as dist
 from torch import nn
 
 from archscale.arch import Architecture
-from archscale.errors import UserError
+from archscale.errors import UserError, add_hint, is_resource_failure, keep_hint
 from archscale.files import write_text
 from archscale.model import Transformer
-from archscale.runs import SHAPE, append_run
+from archscale.runs import SHAPE, append_run, check_appendable
 from archscale.train.checkpoint import (
     capture_state, checkpoint_path, load_checkpoint, restore_state, rng_state, save_checkpoint, set_rng_state,
 )
@@ -51,6 +51,7 @@ from archscale.train.config import (
     CONFIG_FILE, TRAIN_FILE, TrainConfig, canonical_model_json, config_hash, load_model_config, load_train_config,
 )
 from archscale.train.data import TokenDataset, default_data_dir, read_meta
+from archscale.train.preflight import check_training_memory
 
 LOG_FILE = "log.jsonl"
 RESULT_FILE = "result.json"
@@ -260,7 +261,8 @@ class Trainer:
         model_state, optimizer_state = capture_state(self.model, self.optimizer)
         return {"model": model_state, "optimizer": optimizer_state, "step": self.step,
                 "rng": rng_state(), "config_hash": self.spec.config_hash, "hf_config": self.spec.hf_config,
-                "train_config": self.cfg.to_dict(), "last_train_loss": self.last_train_loss}
+                "train_config": self.cfg.to_dict(), "last_train_loss": self.last_train_loss,
+                "throughput": [self.session_tokens, self.session_time]}  # so a resume still reports tokens/s
 
     def load(self, state: dict[str, Any]) -> None:
         if state.get("config_hash") != self.spec.config_hash:
@@ -269,6 +271,7 @@ class Trainer:
         restore_state(self.model, self.optimizer, state["model"], state["optimizer"])
         self.step = int(state["step"])
         self.last_train_loss = float(state.get("last_train_loss", float("nan")))
+        self.session_tokens, self.session_time = state.get("throughput", (0, 0.0))
         set_rng_state(state["rng"])
 
     def save(self) -> None:
@@ -468,11 +471,18 @@ def train(config: str | Path | Architecture, data_dir: str | Path | None = None,
         raise UserError(f"--data {data}: tokenizer vocabulary {meta['vocab_size']} > config vocab_size "
                         f"{spec.arch.vocab_size} ({CONFIG_FILE}); use a matching tokenizer or a larger vocab_size")
     _check_out_dir(out, resume)
+    if runs is not None:
+        check_appendable(runs)  # a row that cannot be appended is refused now, not after training
     if resume and (out / RESULT_FILE).exists() and _same_run(out, spec):
-        return _finished(out, spec, runs)
+        with keep_hint(f"the run is complete in {out}: fix the cause and rerun with --resume to record its row"):
+            return _finished(out, spec, runs)
     info = init_distributed("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        trainer = Trainer(spec, data, out, pick_device(device, info), info, peak_tflops, progress, fsdp)
+        torch_device = pick_device(device, info)
+        check_training_memory(spec.arch, spec.train_config.micro_batch_size, spec.train_config.seq_len, torch_device,
+                              autocast_bf16=torch_device.type == "cuda" and spec.train_config.dtype != "float32",
+                              shards=info.world if fsdp else 1, label=spec.name)
+        trainer = Trainer(spec, data, out, torch_device, info, peak_tflops, progress, fsdp)
         if resume:
             trainer.load(load_checkpoint(checkpoint_path(out), map_location=trainer.device))
         if info.is_main:
@@ -481,16 +491,29 @@ def train(config: str | Path | Architecture, data_dir: str | Path | None = None,
         train_loss, val_loss = trainer.run()
         result = _result(trainer, out, train_loss, val_loss)
         if info.is_main:
-            _record(result, runs)
+            with keep_hint(f"the run is complete in {out}: fix the cause and rerun with --resume to record its row"):
+                _record(result, runs)
         trainer._barrier()  # ranks leave together: tearing gloo down under a busy peer can abort it
         del trainer
         # DDP's reducer holds the process group through reference cycles; free it now, before the group is
         # destroyed, rather than at interpreter exit, where gloo's threads can be torn down out of order
         gc.collect()
         return result
+    except BaseException as exc:
+        if is_resource_failure(exc):  # disk full, read-only, out of memory: say what is kept and how to go on
+            add_hint(exc, _kept(out))
+        raise
     finally:
         if info.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _kept(out: Path) -> str:
+    """What a failed run leaves behind and how to go on (attached to an I/O or memory failure)."""
+    if checkpoint_path(out).exists():
+        return (f"the last checkpoint in {out} is kept: fix the cause and rerun the same command with --resume "
+                "(a sweep resumes by itself)")
+    return f"no checkpoint had been written in {out} yet: fix the cause and run the command again"
 
 
 def _out_dir(spec: RunSpec, out_dir: str | Path | None) -> Path:

@@ -30,7 +30,9 @@ from archscale.dispatch import DispatchOptions, Task, TaskRecord, run_study, stu
 from archscale.errors import UserError
 from archscale.train.checkpoint import checkpoint_path
 from archscale.train.config import CONFIG_FILE
+from archscale.runs import check_appendable
 from archscale.train.loop import RESULT_FILE, RunSpec, resolve_run, train
+from archscale.train.preflight import check_recipes_fit
 
 DEVICES = ("auto", "cpu", "cuda")
 LOST_RECOVERY = "run the same command again: the config resumes from its last checkpoint"
@@ -187,6 +189,8 @@ def sweep_tasks(configs_dir: str | Path, data_dir: str | Path | None, runs: str 
     runs = Path(runs).resolve()
     dirs = config_dirs(configs_dir)
     specs = [resolve_run(d, tokens=tokens, seed=seed) for d in dirs]  # validate every config before training any
+    check_appendable(runs)
+    check_recipes_fit(specs, device)
     data = (Path(data_dir) if data_dir is not None else default_data_dir()).resolve()
     vocab = int(read_meta(data)["vocab_size"])
     done = recorded_hashes(runs)

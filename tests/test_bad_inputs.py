@@ -1,0 +1,388 @@
+"""Issue 11's bad inputs, one test each: one line on stderr, exit 2, no traceback, nothing changed on disk.
+
+Every test snapshots the whole scratch folder (each file's sha256 and mode)
+before the command and compares after it: the inputs are byte-identical and
+nothing was half-written, not even a lock file or an empty folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from archscale.arch import Architecture
+from archscale.bench.records import NOISY_CV, make_record
+from archscale.runs import TRAINED_RUN_COLUMNS, append_run
+from archscale.train.config import TrainConfig, write_config_dir
+from archscale.train.data import default_data_dir
+from conftest import DATA
+
+TINY = Architecture(2, 64, 4, 2, 16, 128, vocab_size=256, name="tiny")
+TINY_TRAIN = TrainConfig(tokens=2048, seq_len=64, batch_size=8, micro_batch_size=4, lr_max=3e-3, warmup_steps=1,
+                         eval_every=0, eval_tokens=1024, checkpoint_every=2, log_every=2)
+FIT_1B = DATA / "fits" / "dissertation_1b_mult.json"
+MINI_STUDY_FIT = DATA.parent / "experiments" / "results" / "cpu_mini_study" / "cond.json"
+
+
+# ---- helpers ----------------------------------------------------------------------
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file and folder under ``root``: content hash (files) and mode, by relative path."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+        state[str(path.relative_to(root))] = (digest, mode)
+    return state
+
+
+def assert_refused(result, fragment: str) -> None:
+    """One line on stderr starting 'error:', exit 2, no traceback, and the line says what is wrong."""
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert result.code == 2, (result.code, result.out, result.err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    assert "Traceback" not in result.err + result.out
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """A scratch folder as the working directory, with a runs table and the published 1B fit in it."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(DATA / "chinchilla_epoch.csv", tmp_path / "runs.csv")
+    shutil.copy(FIT_1B, tmp_path / "fit1b.json")
+    return tmp_path
+
+
+@pytest.fixture
+def refused(cli, work):
+    """Run a command that must be refused; check the one line and that nothing under the folder changed."""
+    def run(fragment: str, *args) -> None:
+        before = snapshot(work)
+        assert_refused(cli(*args), fragment)
+        assert snapshot(work) == before
+    return run
+
+
+@pytest.fixture(scope="module")
+def corpus_cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ARCHSCALE_CACHE", str(path))
+        default_data_dir()
+    return path
+
+
+@pytest.fixture
+def tiny_cfg(work, corpus_cache, monkeypatch):
+    monkeypatch.setenv("ARCHSCALE_CACHE", str(corpus_cache))
+    return write_config_dir(work / "tiny", TINY, TINY_TRAIN)
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory, corpus_cache):
+    """A config folder with a finished run in it (trained once for the module; tests copy it)."""
+    from archscale.train.loop import train
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ARCHSCALE_CACHE", str(corpus_cache))
+        config = write_config_dir(tmp_path_factory.mktemp("trained") / "tiny", TINY, TINY_TRAIN)
+        train(config, device="cpu", progress=False)
+    return config
+
+
+@pytest.fixture
+def tiny_run(work, trained_tiny):
+    """``work/tiny`` with its finished ``run/``."""
+    return shutil.copytree(trained_tiny, work / "tiny")
+
+
+# ---- input data destroyed -------------------------------------------------------------
+def test_fit_out_onto_its_runs_table(refused):
+    refused("is one of this command's inputs", "fit", "runs.csv", "--out", "runs.csv")
+
+
+def test_fit_plot_onto_its_runs_table(refused):
+    refused("is one of this command's inputs", "fit", "runs.csv", "--plot", "runs.csv")
+
+
+def test_fit_out_through_a_hard_link_to_its_input(refused, work):
+    os.link(work / "runs.csv", work / "alias.json")
+    refused("is one of this command's inputs", "fit", "runs.csv", "--out", "alias.json")
+
+
+def test_fit_out_and_plot_on_one_path(refused):
+    refused("--out and --plot are the same path", "fit", "runs.csv", "--out", "x.png", "--plot", "x.png")
+
+
+def test_bench_export_onto_the_store_it_shows(refused, work):
+    append_store(work / "store.sqlite")
+    refused("is one of this command's inputs", "bench", "--show", "--out", "store.sqlite", "--export", "store.sqlite")
+
+
+def test_bench_export_to_parquet_name(refused, work):
+    append_store(work / "store.sqlite")
+    refused("use a name ending in .csv", "bench", "--show", "--out", "store.sqlite", "--export", "x.parquet")
+
+
+def test_bench_calibrate_save_onto_the_store(refused, work):
+    append_store(work / "store.sqlite")
+    refused("is one of this command's inputs", "bench", "calibrate", "--out", "store.sqlite", "--gpu", "h100-sxm",
+            "--save", "store.sqlite")
+
+
+def test_sweep_into_a_runs_table_of_another_schema(refused, tiny_cfg, work):
+    configs = tiny_cfg.parent / "configs"
+    shutil.copytree(tiny_cfg, configs / "a")
+    refused("is not a runs table that train appends to", "sweep", configs, "--runs", "runs.csv", "--device", "cpu",
+            "--no-progress")
+
+
+def test_train_into_a_runs_table_of_another_schema(refused, tiny_cfg):
+    refused("is not a runs table that train appends to", "train", tiny_cfg, "--runs", "runs.csv", "--device", "cpu",
+            "--no-progress")
+
+
+def test_train_runs_table_with_a_png_name(refused, tiny_cfg):
+    refused("use a name ending in .csv", "train", tiny_cfg, "--runs", "fit.png", "--device", "cpu", "--no-progress")
+
+
+def test_train_out_onto_its_config_dir(refused, tiny_cfg):
+    refused("is one of this command's inputs", "train", tiny_cfg, "--out", tiny_cfg, "--device", "cpu", "--no-progress")
+
+
+def test_export_onto_its_own_run(refused, tiny_run):
+    refused("is one of this command's inputs", "export", tiny_run / "run", "--hf", tiny_run / "run")
+
+
+def test_data_prepare_into_the_folder_holding_its_corpus(refused, work):
+    (work / "texts").mkdir()
+    (work / "texts" / "a.txt").write_text("some text\n" * 200)
+    refused("holds texts/a.txt, one of this command's inputs", "data", "prepare", "--corpus", "texts/a.txt",
+            "--out", "texts")
+
+
+# ---- late or missing checks ------------------------------------------------------------
+def test_train_a_model_too_big_for_this_machine(refused, work, corpus_cache, monkeypatch):
+    monkeypatch.setenv("ARCHSCALE_CACHE", str(corpus_cache))
+    big = Architecture(48, 6144, 48, 8, 128, 24576, vocab_size=256, name="big")  # ~17B parameters
+    write_config_dir(work / "big", big, TINY_TRAIN.replace(seq_len=256, micro_batch_size=8))
+    refused("training needs at least", "train", "big", "--device", "cpu", "--no-progress")
+
+
+def test_candidates_whose_enumeration_would_not_fit_in_memory(refused):
+    refused("would build about", "candidates", "--n", "1e15", "--layers", "1", "--head-dim", "1")
+
+
+def test_candidates_a_trillion_parameter_budget(refused):
+    refused("more than the", "candidates", "--n", "1e12", "--layers", "16", "--head-dim", "64")
+
+
+def test_bench_into_a_corrupt_store_measures_nothing(refused, work):
+    write_tiny_config(work / "c")
+    (work / "store.sqlite").write_bytes(b"this is not a database" * 100)
+    refused("is not an SQLite results store", "bench", "c", "--backend", "torch", "--device", "cpu",
+            "--batch-sizes", "1", "--input-len", "8", "--output-len", "4", "--repeats", "1", "--out", "store.sqlite",
+            "--no-progress")
+
+
+# ---- failures to write that are checked before any work ------------------------------------------------
+def test_fit_out_under_a_missing_folder_chain(refused):
+    refused("does not exist", "fit", "runs.csv", "--out", "nonexistent/dir/fit.json")
+
+
+def test_fit_out_under_a_file(refused, work):
+    (work / "notes.txt").write_text("mine\n")
+    refused("notes.txt is a file, not a folder", "fit", "runs.csv", "--out", "notes.txt/fit.json")
+
+
+def test_fit_out_onto_a_folder(refused, work):
+    (work / "results").mkdir()
+    refused("is a folder; give a file name", "fit", "runs.csv", "--out", "results")
+
+
+def test_candidates_out_onto_a_folder(refused, work):
+    (work / "cands.csv").mkdir()
+    refused("is a folder", "candidates", "--n", "1e9", "--layers", "16", "--head-dim", "64", "--out", "cands.csv")
+
+
+def test_search_emit_onto_a_file(refused, work):
+    (work / "configs").write_text("mine\n")
+    refused("exists and is a file", "search", "--fit", "fit1b.json", "--n", "1e9", "--tokens", "1e11", "--layers", "16",
+            "--head-dim", "64", "--emit", "configs")
+
+
+def test_bench_store_onto_a_folder(refused, work):
+    write_tiny_config(work / "c")
+    (work / "store.sqlite").mkdir()
+    refused("is a folder", "bench", "c", "--backend", "roofline", "--gpu", "h100-sxm", "--out", "store.sqlite")
+
+
+def test_export_onto_a_file(refused, tiny_run, work):
+    (work / "hf").write_text("mine\n")
+    refused("exists and is a file", "export", tiny_run / "run", "--hf", "hf")
+
+
+def test_data_prepare_out_onto_a_file(refused, work):
+    (work / "a.txt").write_text("some text\n" * 200)
+    (work / "tokens").write_text("mine\n")
+    refused("exists and is a file", "data", "prepare", "--corpus", "a.txt", "--out", "tokens")
+
+
+def test_train_out_under_a_file(refused, tiny_cfg, work):
+    (work / "runs").write_text("mine\n")
+    refused("runs is a file, not a folder", "train", tiny_cfg, "--out", "runs/tiny", "--device", "cpu", "--no-progress")
+
+
+# ---- accepted nonsense ------------------------------------------------------------------
+def test_fit_names_n_for_a_text_value_when_d_comes_from_c(refused, work):
+    pd.DataFrame({"N": [1e8, "abc", 3e8], "C": [6e17, 1.2e18, 1.8e18], "loss": [3.0, 2.9, 2.8]}).to_csv(
+        work / "flops.csv", index=False)
+    refused("row 2, column 'N': not a number (got 'abc')", "fit", "flops.csv")
+
+
+def test_fit_infinite_loss_says_got_once(refused, work):
+    (work / "inf.csv").write_text("N,D,loss\n1e8,2e9,3.0\n2e8,4e9,inf\n")
+    result_fragment = "row 2, column 'loss': must be a finite number (got inf)"
+    refused(result_fragment, "fit", "inf.csv")
+
+
+def test_fit_duplicated_column(refused, work):
+    (work / "dup.csv").write_text("N,D,loss,N\n1e8,2e9,3.0,5\n2e8,4e9,2.9,6\n")
+    refused("column 'N' appears twice", "fit", "dup.csv")
+
+
+def test_fit_two_columns_mapped_to_one(refused, work):
+    (work / "two.csv").write_text("a,b,D,loss\n1e8,5,2e9,3.0\n2e8,6,4e9,2.9\n")
+    refused("column 'N' appears twice", "fit", "two.csv", "--col", "N=a", "--col", "N=b")
+
+
+@pytest.mark.parametrize("value, shown", [(80.5, "80.5"), ("abc", "'abc'"), (1e400, "inf")])
+def test_arch_refuses_a_count_that_is_not_whole(refused, work, value, shown):
+    config = TINY.to_hf_config()
+    config["hidden_size"] = value
+    (work / "config.json").write_text(json.dumps(config))
+    refused(f"hidden_size must be a whole number, got {shown}", "arch", "config.json")
+
+
+def test_data_prepare_refuses_an_image_as_corpus(refused, work):
+    (work / "fit.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8)
+    refused("is not text", "data", "prepare", "--corpus", "fit.png", "--out", "tokens")
+
+
+def test_noisy_measurement_is_not_ok():
+    workload = {"batch_size": 4, "input_len": 64, "output_len": 16, "repeats": 3, "tp": 1}
+    noisy = make_record(TINY, "t", "torch", workload, {"gpu": "cpu", "tokens_per_s": 4417.0, "tokens_per_s_std": 3767.0})
+    assert noisy["status"] == "noisy" and "85% of the mean" in noisy["error"]
+    steady = make_record(TINY, "t", "vllm", workload, {"gpu": "cpu", "tokens_per_s": 4417.0,
+                                                       "tokens_per_s_std": 0.9 * NOISY_CV * 4417.0})
+    assert steady["status"] == "ok" and steady["error"] is None
+
+
+def test_bench_table_shows_noisy_rows_and_search_ignores_them(cli, work):
+    from archscale.bench.store import append, load_results
+
+    workload = {"batch_size": 4, "input_len": 64, "output_len": 16, "repeats": 3, "tp": 1}
+    append(work / "s.sqlite", [make_record(TINY, "t", "torch", workload,
+                                           {"gpu": "cpu", "tokens_per_s": 4417.0, "tokens_per_s_std": 3767.0})])
+    shown = cli("bench", "--show", "--out", "s.sqlite")
+    assert shown.code == 0 and "noisy: repeats disagree" in shown.out
+    assert load_results(work / "s.sqlite", measured_only=True).empty
+
+
+SEARCH_TINY = ("search", "--fit", str(MINI_STUDY_FIT), "--n", "2e5", "--tokens", "1.5e6", "--layers", "4",
+               "--head-dim", "16", "--vocab", "256", "--d-multiple", "16", "--ff-multiple", "16", "--gqa", "1,2",
+               "--batch", "8", "--input-len", "64", "--output-len", "16", "--slack", "0.05")
+
+
+def test_search_emit_replaces_an_earlier_set_without_stale_configs(cli, work):
+    assert cli(*SEARCH_TINY, "--top-k", "3", "--emit", "configs").code == 0
+    assert sorted(p.name for p in (work / "configs").iterdir()) == ["cand-01", "cand-02", "cand-03"]
+    result = cli(*SEARCH_TINY, "--top-k", "1", "--emit", "configs")
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in (work / "configs").iterdir()) == ["cand-01"]
+
+
+def test_search_emit_refuses_a_folder_holding_a_trained_run(refused, cli, work):
+    assert cli(*SEARCH_TINY, "--top-k", "2", "--emit", "configs").code == 0
+    (work / "configs" / "cand-02" / "run").mkdir()
+    (work / "configs" / "cand-02" / "run" / "checkpoint.pt").write_bytes(b"weights")
+    refused("holds cand-02/run", *SEARCH_TINY, "--top-k", "1", "--emit", "configs")
+
+
+def test_search_says_when_fewer_shapes_than_top_k_meet_the_target(cli, work):
+    result = cli(*SEARCH_TINY, "--top-k", "50", "--json")
+    assert result.code == 0, result.err
+    document = json.loads(result.out)
+    found = len(document["top_k"])
+    assert found < 50
+    assert any(f"only {found} distinct shapes meet the target loss, fewer than the 50 asked for" in note
+               for note in document["notes"])
+
+
+# ---- files: modes and locks -----------------------------------------------------------------------
+def test_outputs_get_the_umask_mode_and_no_lock_is_left(cli, work):
+    previous = os.umask(0o002)
+    try:
+        assert cli("fit", "runs.csv", "--where", "loss < 3.42", "--out", "fit.json").code == 0
+        assert stat.S_IMODE((work / "fit.json").stat().st_mode) == 0o664
+        row = {name: 1 for name in TRAINED_RUN_COLUMNS}
+        append_run(work / "team" / "runs.csv", row)
+        os.chmod(work / "team" / "runs.csv", 0o644)
+        append_run(work / "team" / "runs.csv", {**row, "loss": 2})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((work / "team" / "runs.csv").stat().st_mode) == 0o644  # a replaced file keeps its mode
+    assert sorted(p.name for p in (work / "team").iterdir()) == ["runs.csv"]  # no .lock, no temporary
+    assert not list(work.glob("*.lock"))
+
+
+def test_append_keeps_old_rows_byte_identical(work):
+    path = work / "mine.csv"
+    row = {name: 1 for name in TRAINED_RUN_COLUMNS}
+    append_run(path, {**row, "loss": 2.123456789012345, "mfu": None})
+    before = path.read_bytes()
+    append_run(path, {**row, "loss": np.float64(3.5)})
+    after = path.read_bytes()
+    assert after.startswith(before) and after.count(b"\n") == 3
+    frame = pd.read_csv(path)
+    assert frame["loss"].tolist() == [2.123456789012345, 3.5] and frame["N"].dtype == np.int64
+
+
+def test_append_to_a_hand_made_table_of_runs_columns_adds_the_missing_ones(work):
+    path = work / "mine.csv"
+    path.write_text("N,D,loss,d_model\n100,2000,3.5,64\n")
+    append_run(path, {name: 1 for name in TRAINED_RUN_COLUMNS})
+    lines = path.read_text().splitlines()
+    added = [c for c in TRAINED_RUN_COLUMNS if c not in ("N", "D", "loss", "d_model")]
+    assert lines[0].split(",") == ["N", "D", "loss", "d_model", *added]
+    assert lines[1] == "100,2000,3.5,64" + "," * len(added)
+    frame = pd.read_csv(path)
+    assert len(frame) == 2 and frame["N"].dtype == np.int64 and frame["loss"].tolist() == [3.5, 1.0]
+
+
+def test_fit_out_in_one_missing_folder_is_created_and_said(cli, work):
+    result = cli("fit", "runs.csv", "--where", "loss < 3.42", "--out", "results/fit.json")
+    assert result.code == 0 and (work / "results" / "fit.json").is_file()
+    assert "note: created folder results for --out" in result.err
+
+
+# ---- data for the tests above ---------------------------------------------------------------------
+def append_store(path: Path) -> None:
+    from archscale.bench.store import append
+
+    workload = {"batch_size": 4, "input_len": 64, "output_len": 16, "repeats": 3, "tp": 1}
+    append(path, [make_record(TINY, "t", "torch", workload, {"gpu": "cpu", "tokens_per_s": 4417.0})])
+
+
+def write_tiny_config(directory: Path) -> Path:
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(TINY.to_hf_config()))
+    return directory

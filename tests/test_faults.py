@@ -1,0 +1,301 @@
+"""Faults outside the user's input: a read-only folder, a full disk, a corrupt results store.
+
+Each ends in one line on stderr and exit 2, loses no finished work, and the
+next command (the same one with --resume, or with another path) recovers.
+
+Where this machine lets the tests mount a small tmpfs (root with mount
+rights), the full disk and the read-only folder are real file systems; the
+same failures are also injected at the write call (torch's checkpoint writer,
+the runs table's flush to disk), so the behaviour is tested everywhere. Root
+ignores chmod, so without a mountable tmpfs the read-only tests are skipped
+with that reason (the refusal of a file where a folder is expected is tested
+in test_bad_inputs.py on every machine).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from archscale.arch import Architecture
+from archscale.runs import TRAINED_RUN_COLUMNS
+from archscale.train.config import TrainConfig, write_config_dir
+from archscale.train.data import default_data_dir
+from conftest import DATA
+from test_bad_inputs import assert_refused, snapshot
+
+TINY = Architecture(2, 64, 4, 2, 16, 128, vocab_size=256, name="tiny")
+TINY_TRAIN = TrainConfig(tokens=4096, seq_len=64, batch_size=8, micro_batch_size=4, lr_max=3e-3, warmup_steps=1,
+                         eval_every=0, eval_tokens=1024, checkpoint_every=2, log_every=2)
+CHECKPOINT_BYTES = 1_320_292  # TINY's checkpoint.pt (model, AdamW moments, RNG): the full-disk tmpfs is sized from it
+TRAIN = ("--device", "cpu", "--no-progress")
+
+
+@pytest.fixture(scope="module")
+def corpus_cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ARCHSCALE_CACHE", str(path))
+        default_data_dir()
+    return path
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path, corpus_cache, monkeypatch):
+    monkeypatch.setenv("ARCHSCALE_CACHE", str(corpus_cache))
+    monkeypatch.chdir(tmp_path)
+    return write_config_dir(tmp_path / "tiny", TINY, TINY_TRAIN)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(name, size, read_only=False)`` mounts a small tmpfs under tmp_path, or skips saying why it cannot."""
+    mounted: list[Path] = []
+
+    def mount(name: str, size: str, read_only: bool = False) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root; the injected-fault test covers this case")
+        target = tmp_path / name
+        target.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); "
+                        "the injected-fault test covers this case")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def remount(target: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(target)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    """Write a filler file until the file system is full; return it (delete it to free the space)."""
+    filler = folder / "filler"
+    with open(filler, "wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+@pytest.fixture
+def readonly_dir(tmp_path, tmpfs):
+    """A folder this process cannot write: chmod for a normal user, a read-only tmpfs for root (chmod does not stop root)."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    yield tmpfs("ro", "1m", read_only=True)
+
+
+# ---- a read-only output folder -------------------------------------------------------
+def test_read_only_folder_is_refused_before_fitting_and_another_out_recovers(cli, tmp_path, readonly_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(DATA / "chinchilla_epoch.csv", "runs.csv")
+    before = snapshot(tmp_path)
+    result = cli("fit", "runs.csv", "--where", "loss < 3.42", "--out", readonly_dir / "fit.json")
+    assert_refused(result, f"cannot write in {readonly_dir}")
+    assert ("read-only file system" if os.geteuid() == 0 else "permission denied") in result.err
+    assert snapshot(tmp_path) == before
+    assert cli("fit", "runs.csv", "--where", "loss < 3.42", "--out", "fit.json").code == 0
+
+
+def test_read_only_runs_table_folder_is_refused_before_training(cli, tiny_cfg, readonly_dir):
+    before = snapshot(tiny_cfg.parent)
+    assert_refused(cli("train", tiny_cfg, "--runs", readonly_dir / "runs.csv", *TRAIN), f"cannot write in {readonly_dir}")
+    assert snapshot(tiny_cfg.parent) == before  # not a step trained: no run folder
+
+
+def test_read_only_store_folder_is_refused_before_measuring(cli, tmp_path, readonly_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--out", readonly_dir / "s.sqlite")
+    assert_refused(result, f"cannot write in {readonly_dir}")
+
+
+# ---- a full disk ----------------------------------------------------------------------
+def test_disk_full_at_a_checkpoint_keeps_the_last_one_and_resume_finishes(cli, tiny_cfg, tmpfs):
+    disk = tmpfs("disk", str(int(1.6 * CHECKPOINT_BYTES)))  # the first checkpoint fits; the second's temporary does not
+    run = disk / "run"
+    result = cli("train", tiny_cfg, "--out", run, "--runs", tiny_cfg.parent / "runs.csv", *TRAIN)
+    assert_refused(result, f"{run / 'checkpoint.pt'}: cannot write (disk full")
+    assert f"the last checkpoint in {run} is kept" in result.err and "--resume" in result.err
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 2  # the finished work, intact
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    remount(disk, "16m")
+    resumed = cli("train", tiny_cfg, "--out", run, "--runs", tiny_cfg.parent / "runs.csv", "--resume", *TRAIN)
+    assert resumed.code == 0, resumed.err
+    assert "nan" not in resumed.out and len(pd.read_csv(tiny_cfg.parent / "runs.csv")) == 1
+
+
+def test_injected_checkpoint_writer_failure_reads_as_disk_full(cli, tiny_cfg, monkeypatch):
+    """torch.save's own message for a full disk, injected at the second checkpoint; the resume then finishes."""
+    real_save, calls = torch.save, []
+
+    def failing_save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr("archscale.files.free_bytes", lambda folder: 0)
+    run = tiny_cfg / "run"
+    result = cli("train", tiny_cfg, *TRAIN)
+    assert_refused(result, f"{run / 'checkpoint.pt'}: cannot write (disk full")
+    assert "inline_container" not in result.err and f"the last checkpoint in {run} is kept" in result.err
+    monkeypatch.setattr(torch, "save", real_save)
+    assert cli("train", tiny_cfg, "--resume", *TRAIN).code == 0
+
+
+def test_disk_full_at_the_runs_table_keeps_the_run_and_resume_records_it(cli, tiny_cfg, tmpfs):
+    disk = tmpfs("disk", "256k")
+    runs = disk / "runs.csv"
+    filler = fill(disk)
+    run = tiny_cfg / "run"
+    result = cli("train", tiny_cfg, "--runs", runs, *TRAIN)
+    assert_refused(result, f"{runs}: cannot write (disk full")
+    assert f"the run is complete in {run}" in result.err and "--resume" in result.err
+    assert not runs.exists() and (run / "checkpoint.pt").exists()
+    filler.unlink()
+    resumed = cli("train", tiny_cfg, "--runs", runs, "--resume", *TRAIN)
+    assert resumed.code == 0, resumed.err
+    assert "nan tokens/s" not in resumed.out and " tokens/s" in resumed.out  # the throughput is kept in the checkpoint
+    assert len(pd.read_csv(runs)) == 1
+
+
+def test_injected_disk_full_at_the_runs_table(cli, tiny_cfg, monkeypatch):
+    """The runs table's fsync fails with ENOSPC (as on a full disk); the resume appends the row with its tokens/s."""
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if "runs.csv" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("no /proc/self/fd to tell the runs table's file descriptor apart")
+    runs = tiny_cfg.parent / "team" / "runs.csv"
+    runs.parent.mkdir()
+    monkeypatch.setattr(os, "fsync", fsync)
+    result = cli("train", tiny_cfg, "--runs", runs, *TRAIN)
+    assert_refused(result, f"{runs}: cannot write (disk full")
+    assert "the run is complete" in result.err and sorted(p.name for p in runs.parent.iterdir()) == []
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    resumed = cli("train", tiny_cfg, "--runs", runs, "--resume", *TRAIN)
+    assert resumed.code == 0 and "nan" not in resumed.out
+    table = pd.read_csv(runs)
+    assert list(table.columns) == list(TRAINED_RUN_COLUMNS)  # the schema the pre-flight check holds tables to
+    assert len(table) == 1 and table["tokens_per_s"].iloc[0] > 0
+
+
+def test_disk_full_while_writing_a_fit_leaves_nothing_and_a_retry_succeeds(cli, tmp_path, tmpfs, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(DATA / "chinchilla_epoch.csv", "runs.csv")
+    disk = tmpfs("disk", "128k")
+    filler = fill(disk)
+    result = cli("fit", "runs.csv", "--where", "loss < 3.42", "--out", disk / "fit.json", "--plot", disk / "fit.png")
+    assert_refused(result, "cannot write (disk full")
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no half-written file, no temporary
+    filler.unlink()
+    assert cli("fit", "runs.csv", "--where", "loss < 3.42", "--out", disk / "fit.json").code == 0
+
+
+def test_full_disk_before_a_bench_is_refused_before_measuring(cli, tmp_path, tmpfs, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    disk = tmpfs("disk", "512k")
+    store = disk / "s.sqlite"
+    common = ("--backend", "roofline", "--gpu", "h100-sxm", "--out", store, "--no-progress")
+    assert cli("bench", "llama-3.2-1b", *common).code == 0
+    filler = fill(disk)
+    before = store.read_bytes()
+    result = cli("bench", "llama-3.2-3b", *common)
+    assert_refused(result, f"{store}: cannot open (disk full")
+    assert "nothing was measured" in result.err and store.read_bytes() == before
+    filler.unlink()
+    assert cli("bench", "llama-3.2-3b", *common).code == 0
+
+
+def test_disk_filling_during_a_bench_keeps_the_records_already_stored(cli, tmp_path, tmpfs, monkeypatch):
+    from archscale.bench import store as store_module
+
+    monkeypatch.chdir(tmp_path)
+    disk = tmpfs("disk", "512k")
+    store = disk / "s.sqlite"
+    common = ("--backend", "roofline", "--gpu", "h100-sxm", "--out", store, "--no-progress")
+    real_append, fillers = store_module.append, []
+
+    def append_then_fill(path, records):  # the disk fills up right after the first record is stored
+        count = real_append(path, records)
+        if not fillers:
+            fillers.append(fill(disk))
+        return count
+
+    monkeypatch.setattr(store_module, "append", append_then_fill)
+    result = cli("bench", "llama-3.2-1b", "llama-3.2-3b", "qwen3-4b", *common)
+    assert_refused(result, f"{store}: cannot write (disk full")
+    assert "1 record measured before this one is kept" in result.err
+    monkeypatch.setattr(store_module, "append", real_append)
+    fillers[0].unlink()
+    assert list(store_module.load_results(store)["name"]) == ["llama-3.2-1b"]  # the finished record survived
+    assert cli("bench", "llama-3.2-3b", "qwen3-4b", *common).code == 0
+    assert list(store_module.load_results(store)["name"]) == ["llama-3.2-1b", "llama-3.2-3b", "qwen3-4b"]
+
+
+# ---- a corrupt store before a bench -----------------------------------------------------
+def _damage(kind: str, store: Path) -> None:
+    data = bytearray(store.read_bytes())
+    if kind == "truncated":
+        store.write_bytes(bytes(data[: len(data) // 2 + 100]))
+    elif kind == "overwritten page":
+        page = int.from_bytes(data[16:18], "big") or 65536
+        data[page: page + 200] = b"\xff" * 200  # the results table's root page
+        store.write_bytes(bytes(data))
+    else:
+        store.write_bytes(b"garbage, not SQLite" * 50)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "overwritten page"])
+def test_corrupt_store_is_refused_before_measuring_and_a_new_store_works(cli, tmp_path, monkeypatch, damage):
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "s.sqlite"
+    for name in ("llama-3.2-1b", "llama-3.2-3b", "qwen3-4b", "qwen2.5-7b"):
+        assert cli("bench", name, "--backend", "roofline", "--gpu", "h100-sxm", "--out", store).code == 0
+    with sqlite3.connect(store) as connection:  # the append closes cleanly: no WAL file is left to damage instead
+        assert connection.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 4
+    _damage(damage, store)
+    before = snapshot(tmp_path)
+
+    def measured(*args, **kwargs):
+        raise AssertionError("a benchmark ran although the store was corrupt")
+
+    monkeypatch.setattr("archscale.bench.roofline_backend.RooflineBackend.run", measured)
+    result = cli("bench", "surefire-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--out", store)
+    assert_refused(result, f"--out {store}: ")
+    assert "nothing was measured" in result.err and "move it aside" in result.err
+    assert snapshot(tmp_path) == before  # the damaged store is left as it was, for recovery tools
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    fresh = cli("bench", "surefire-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--out", tmp_path / "new.sqlite",
+                "--json")
+    assert fresh.code == 0 and json.loads(fresh.out)[0]["status"] == "ok"
