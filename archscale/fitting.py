@@ -32,6 +32,10 @@ OBJECTIVES = ("lsq", "huber")
 HUBER_DELTA = 1e-3
 DEFAULT_POLISH = 8
 SINGULAR_RATIO = 1e-8
+EVALS_PER_PARAMETER = 400  # default evaluation cap per start, times (free parameters + 1)
+LIMIT_AGREEMENT = 1e-2  # starts stopped at the cap whose objectives agree this closely found the same valley
+BOUND_MARGIN = 1e-3  # internal units: within this of a finite bound is "on the bound"
+COLLAPSE = 1e-5  # a positive parameter below this fraction of the typical loss (normalised units) has vanished
 
 
 @dataclass
@@ -48,6 +52,7 @@ class FitResult:
     stderr: dict[str, float | None] = field(default_factory=dict)
     ci: dict[str, tuple[float, float]] | None = None
     warnings: list[str] = field(default_factory=list)
+    degenerate: dict[str, str] = field(default_factory=dict)
 
     def predict(self, data: Columns) -> np.ndarray:
         return self.law.predict(self.params, data)
@@ -60,8 +65,13 @@ def _to_internal(param: Param, value: float) -> float:
     return math.log(value) if param.positive else value
 
 
+MAX_LOG = 709.0  # math.exp overflows above this: such a step is a wild one, scored as infinitely bad
+
+
 def _to_natural(param: Param, value: float) -> float:
-    return math.exp(value) if param.positive else value
+    if not param.positive:
+        return value
+    return math.exp(value) if value < MAX_LOG else math.inf
 
 
 def _internal_bounds(param: Param) -> tuple[float, float]:
@@ -127,36 +137,71 @@ def start_grid(problem: _Problem) -> np.ndarray:
     return np.array(list(itertools.product(*grids)), dtype=float)
 
 
-def _polish(problem: _Problem, theta0: np.ndarray, max_evals: int | None) -> tuple[np.ndarray, bool, np.ndarray | None]:
-    """Run LM (or Huber trust-region) from one start; return (theta, converged, covariance)."""
-    import lmfit  # half a second to import: only verbs that fit pay for it
+@dataclass
+class _Polished:
+    """Where one start ended: ``status`` is converged, limit (stopped at the evaluation cap) or failed."""
 
-    parameters = lmfit.Parameters()
-    for index, (param, value) in enumerate(zip(problem.free, theta0)):
-        low, high = _internal_bounds(param)
-        parameters.add(f"p{index}", value=float(np.clip(value, low, high)), min=low, max=high)
+    theta: np.ndarray
+    objective: float
+    status: str
+    covariance: np.ndarray | None = None
 
-    def residual(pars: lmfit.Parameters) -> np.ndarray:
-        return problem.residuals([pars[f"p{i}"].value for i in range(len(problem.free))])
 
-    kwargs: dict = {}
-    if problem.objective == "huber":
-        kwargs = {"method": "least_squares", "loss": "huber", "f_scale": HUBER_DELTA}
-    else:
-        kwargs = {"method": "leastsq"}
-    if max_evals is not None:
-        kwargs["max_nfev"] = max_evals
+def evaluation_cap(problem: _Problem, max_evals: int | None) -> int:
+    """Evaluations allowed per start: the user's ``--max-evals``, else enough for any fit that is converging.
+
+    A start still moving after this many evaluations is walking along a flat valley (a parameter the runs do
+    not pin down); more evaluations only make the walk longer.
+    """
+    return max_evals if max_evals is not None else EVALS_PER_PARAMETER * (len(problem.free) + 1)
+
+
+def _polish(problem: _Problem, theta0: np.ndarray, max_evals: int) -> _Polished:
+    """Run Levenberg-Marquardt (lsq) or a Huber trust-region fit from one start."""
+    bounds = [_internal_bounds(p) for p in problem.free]
+    start = np.array([float(np.clip(v, low, high)) for v, (low, high) in zip(theta0, bounds)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            result = lmfit.minimize(residual, parameters, **kwargs)
-        except (ValueError, FloatingPointError, np.linalg.LinAlgError):
-            return theta0, False, None
-    theta = np.array([result.params[f"p{i}"].value for i in range(len(problem.free))])
-    converged = bool(result.success) and np.all(np.isfinite(theta)) and math.isfinite(problem.objective_value(theta))
-    if max_evals is not None and result.nfev >= max_evals:
-        converged = False
-    return theta, converged, getattr(result, "covar", None)
+            if problem.objective == "huber":
+                theta, status, covariance = _huber_trf(problem, start, bounds, max_evals)
+            else:
+                theta, status, covariance = _levenberg_marquardt(problem, start, bounds, max_evals)
+        except (ValueError, FloatingPointError, OverflowError, np.linalg.LinAlgError):
+            return _Polished(start, math.inf, "failed")
+    value = problem.objective_value(theta)
+    if not (np.all(np.isfinite(theta)) and math.isfinite(value)):
+        return _Polished(theta, math.inf, "failed")
+    return _Polished(theta, value, status, covariance)
+
+
+def _levenberg_marquardt(problem: _Problem, start: np.ndarray, bounds: list[tuple[float, float]], max_evals: int):
+    import lmfit  # half a second to import: only verbs that fit pay for it
+
+    parameters = lmfit.Parameters()
+    for index, (value, (low, high)) in enumerate(zip(start, bounds)):
+        parameters.add(f"p{index}", value=value, min=low, max=high)
+    names = [f"p{i}" for i in range(len(start))]
+    result = lmfit.minimize(lambda pars: problem.residuals([pars[name].value for name in names]), parameters,
+                            method="leastsq", max_nfev=max_evals)
+    theta = np.array([result.params[name].value for name in names])
+    # MINPACK's codes: 1-4 converged; 6-8 "no further reduction possible at machine precision", which is a
+    # minimum too; 5, and lmfit's own abort (-1), mean the evaluation cap was reached.
+    ier = getattr(result, "ier", 0)
+    status = "converged" if ier in (1, 2, 3, 4, 6, 7, 8) else "limit" if ier in (5, -1) else "failed"
+    if result.nfev >= max_evals - 1 and status == "converged" and ier not in (1, 2, 3, 4):
+        status = "limit"
+    return theta, status, getattr(result, "covar", None)
+
+
+def _huber_trf(problem: _Problem, start: np.ndarray, bounds: list[tuple[float, float]], max_evals: int):
+    from scipy.optimize import least_squares  # scipy's Huber loss on these residuals is exactly the objective
+
+    low, high = zip(*bounds)
+    result = least_squares(problem.residuals, start, bounds=(low, high), loss="huber", f_scale=HUBER_DELTA,
+                           max_nfev=max_evals)
+    status = "converged" if result.status > 0 else "limit" if result.status == 0 else "failed"
+    return result.x, status, None
 
 
 def fit_law(
@@ -182,45 +227,69 @@ def fit_law(
     if len(problem.loss) <= n_free:
         raise UserError(f"{source}: {len(problem.loss)} runs cannot fit law {law.name}, "
                         f"which has {n_free} free parameters (need at least {n_free + 1})")
-    reason = law.collinear_inputs(problem.data)
+    # judged on the runs' own units: a ratio such as D/N means nothing after normalisation
+    reason = law.collinear_inputs({key: np.asarray(value, float) for key, value in data.items()})
     if reason:
         raise UserError(f"{source}: law {law.name} is not identifiable from these runs: {reason}")
 
     grid = start_grid(problem)
     scores = np.array([problem.objective_value(theta) for theta in grid])
     order = np.argsort(scores)[: max(1, n_polish)]
-    best: tuple[float, np.ndarray, np.ndarray | None] | None = None
-    for index in order:
-        theta, converged, covariance = _polish(problem, grid[index], max_evals)
-        if not converged:
-            continue
-        value = problem.objective_value(theta)
-        if best is None or value < best[0]:
-            best = (value, theta, covariance)
-    if best is None:
-        raise UserError(f"{source}: law {law.name} did not converge from any of {len(order)} starts "
-                        f"({'evaluation limit reached' if max_evals else 'optimiser failed'}); "
-                        "check the runs or give a larger --max-evals")
-    value, theta, covariance = best
+    cap = evaluation_cap(problem, max_evals)
+    ends = [_polish(problem, grid[index], cap) for index in order]
+    best = _best_end(ends, law, source, max_evals, cap)
     result = FitResult(
         law=law,
-        params=problem.natural(theta),
+        params=problem.natural(best.theta),
         objective=objective,
-        objective_value=value,
+        objective_value=best.objective,
         n_points=len(problem.loss),
         n_starts=len(order),
         fixed=dict(fixed),
     )
-    result.stderr = _stderr(problem, theta, covariance if objective == "lsq" else None)
-    weak = _unidentified(problem, theta)
+    if best.status == "limit":
+        result.warnings.append(f"no start met the optimiser's tolerance within the evaluation limit ({cap} per start), "
+                               "but starts agree on the objective: the runs leave a flat direction, along which the "
+                               "parameters below are not determined")
+    covariance = best.covariance if objective == "lsq" else _huber_covariance(problem, best.theta)
+    result.stderr = _stderr(problem, best.theta, covariance)
+    result.degenerate = _degenerate(problem, best.theta)
+    for name, why in result.degenerate.items():
+        result.warnings.append(f"{name} {why}")
+    weak = _unidentified(problem, best.theta)
     if weak:
         result.warnings.append(f"parameters {', '.join(weak)} are poorly identified by these runs "
                                "(near-singular Jacobian): their values are not meaningful on their own")
-    loose = [name for name, error in result.stderr.items() if error is not None and error > abs(result.params[name])]
+    loose = [name for name, error in result.stderr.items()
+             if error is not None and error > abs(result.params[name]) and name not in result.degenerate]
     if loose:
         result.warnings.append(f"parameters {', '.join(loose)} have a standard error larger than their value: "
                                "these runs do not pin them down")
     return result
+
+
+def _best_end(ends: list[_Polished], law: Law, source: str, max_evals: int | None, cap: int) -> _Polished:
+    """The lowest objective among the starts that converged, or that agree where they stopped at the limit."""
+    usable = [end for end in ends if end.status != "failed"]
+    converged = [end for end in usable if end.status == "converged"]
+    if converged:
+        return min(usable, key=lambda end: end.objective) if _agree(usable) else min(converged, key=lambda end: end.objective)
+    if usable and _agree(usable):
+        return min(usable, key=lambda end: end.objective)
+    if usable:
+        values = sorted(end.objective for end in usable)
+        where = f"stopped at the evaluation limit ({cap} per start) on objectives {values[0]:.4g} to {values[-1]:.4g}"
+    else:
+        where = "the optimiser failed from every start"
+    advice = ("give a larger --max-evals" if max_evals is not None
+              else "these runs may not determine it: fix a parameter (--fix), or fit a simpler law")
+    raise UserError(f"{source}: law {law.name} did not converge from any of {len(ends)} starts ({where}); {advice}")
+
+
+def _agree(ends: list[_Polished]) -> bool:
+    """At least two starts ended on the lowest objective (within ``LIMIT_AGREEMENT``)."""
+    values = sorted(end.objective for end in ends)
+    return len(values) >= 2 and values[1] <= values[0] * (1 + LIMIT_AGREEMENT) + 1e-300
 
 
 def _check_fixable(problem: _Problem) -> None:
@@ -245,19 +314,68 @@ def _jacobian(function: Callable[[np.ndarray], np.ndarray], theta: np.ndarray) -
     return np.column_stack(columns)
 
 
+def _huber_covariance(problem: _Problem, theta: np.ndarray) -> np.ndarray | None:
+    """Sandwich covariance of a Huber fit (an M-estimator), in the internal parameters.
+
+    ``H^-1 M H^-1 n/(n-p)`` with ``H = J' diag(psi') J`` (only runs inside the quadratic zone carry curvature)
+    and ``M = J' diag(psi^2) J``, ``psi`` the Huber influence function of each log-loss residual. Least squares'
+    ``s^2 (J'J)^-1`` would charge an outlying run's full residual to the parameters; Huber caps its influence.
+    """
+    residual = problem.residuals(theta)
+    jac = _jacobian(problem.residuals, theta)
+    psi = np.clip(residual, -HUBER_DELTA, HUBER_DELTA)
+    inside = (np.abs(residual) <= HUBER_DELTA).astype(float)
+    n, p = jac.shape
+    if n <= p:
+        return None
+    bread = jac.T @ (inside[:, None] * jac)
+    meat = jac.T @ ((psi**2)[:, None] * jac)
+    try:
+        inverse = np.linalg.inv(bread)
+    except np.linalg.LinAlgError:
+        return None
+    covariance = inverse @ meat @ inverse * n / (n - p)
+    return covariance if np.all(np.isfinite(covariance)) else None
+
+
 def _stderr(problem: _Problem, theta: np.ndarray, covariance: np.ndarray | None) -> dict[str, float | None]:
-    """Standard errors in natural units by the delta method (least squares only)."""
+    """Standard errors in natural units by the delta method."""
     names = problem.law.param_names
     stderr: dict[str, float | None] = {name: None for name in names}
     if covariance is None or not np.all(np.isfinite(covariance)):
         return stderr
     natural = lambda t: np.array([problem.natural(t)[name] for name in names])  # noqa: E731
-    jac = _jacobian(natural, theta)
-    cov = jac @ covariance @ jac.T
+    with np.errstate(all="ignore"):
+        jac = _jacobian(natural, theta)
+        cov = jac @ covariance @ jac.T
     for i, name in enumerate(names):
-        if name not in problem.fixed and cov[i, i] >= 0:
+        if name not in problem.fixed and np.isfinite(cov[i, i]) and cov[i, i] >= 0:
             stderr[name] = float(math.sqrt(cov[i, i]))
     return stderr
+
+
+def _degenerate(problem: _Problem, theta: np.ndarray) -> dict[str, str]:
+    """Parameters the fit pushed onto a bound or to nothing: the law has stopped describing the runs.
+
+    An exponent on its cap (3), or a positive term shrunk to a negligible size (E at 1e-12, an exponent at
+    1e-8 that turns its term into a constant), fits the runs by turning the law into another one; the
+    values then say nothing about how loss scales, and extrapolation from them is not trustworthy.
+    """
+    scaled = problem.params_from(theta)
+    natural = problem.natural(theta)
+    typical = float(np.median(problem.loss))
+    found: dict[str, str] = {}
+    for param, value in zip(problem.free, theta):
+        low, high = _internal_bounds(param)
+        if math.isfinite(high) and value >= high - BOUND_MARGIN:
+            found[param.name] = (f"is at its upper bound {param.max:g}: the runs want a steeper or larger term than the law "
+                                 "allows, and the other parameters compensate")
+        elif math.isfinite(low) and value <= low + BOUND_MARGIN:
+            found[param.name] = f"is at its lower bound {param.min:g}: the fit is degenerate"
+        elif param.positive and scaled[param.name] < COLLAPSE * typical:
+            found[param.name] = (f"collapsed to {natural[param.name]:.3g}: its term has vanished from the fit, which is "
+                                 "degenerate (the law no longer has the form it names)")
+    return found
 
 
 def _unidentified(problem: _Problem, theta: np.ndarray) -> list[str]:

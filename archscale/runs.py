@@ -100,6 +100,19 @@ def parse_column_map(items: list[str] | None) -> dict[str, str]:
     return mapping
 
 
+def map_columns(frame: pd.DataFrame, column_map: Mapping[str, str]) -> pd.DataFrame:
+    """Copy each mapped file column to its canonical name, keeping the original.
+
+    The file's own names stay usable in ``--where`` and ``--holdout`` (``--col N=params`` then
+    ``--holdout "params >= 1e9"``). A canonical column the file already has is replaced by the mapped one.
+    """
+    copies = {canonical: frame[source] for source, canonical in column_map.items()}
+    frame = frame.copy()
+    for canonical, values in copies.items():
+        frame[canonical] = values
+    return frame
+
+
 def load_runs(path: str | Path, column_map: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Read, map, validate and derive: the one way a runs table enters archscale.
 
@@ -112,9 +125,7 @@ def load_runs(path: str | Path, column_map: Mapping[str, str] | None = None) -> 
         missing = [src for src in column_map if src not in frame.columns]
         if missing:
             raise UserError(f"{path}: --col names column {missing[0]!r}, which the file does not have")
-        # drop any canonical column the mapping replaces, then rename
-        replaced = [dst for dst in column_map.values() if dst in frame.columns and dst not in column_map]
-        frame = frame.drop(columns=replaced).rename(columns=dict(column_map))
+        frame = map_columns(frame, column_map)
     if "D" not in frame.columns and FLOPS_COLUMN in frame.columns and "N" in frame.columns:
         frame["D"] = pd.to_numeric(frame[FLOPS_COLUMN], errors="coerce") / (6.0 * pd.to_numeric(frame["N"], errors="coerce"))
     for column in REQUIRED:

@@ -165,6 +165,7 @@ class Study:
             "n_starts": self.fit.n_starts,
             "source": self.source,
             "selection": self.selection,
+            "degenerate": self.fit.degenerate,
             "warnings": self.fit.warnings,
         })
 
