@@ -33,6 +33,7 @@ HUBER_DELTA = 1e-3
 DEFAULT_POLISH = 8
 SINGULAR_RATIO = 1e-8
 EVALS_PER_PARAMETER = 400  # default evaluation cap per start, times (free parameters + 1)
+AGREEMENT = 1e-6  # two converged starts this close found the same minimum (quick fits stop there)
 LIMIT_AGREEMENT = 1e-2  # starts stopped at the cap whose objectives agree this closely found the same valley
 BOUND_MARGIN = 1e-3  # internal units: within this of a finite bound is "on the bound"
 COLLAPSE = 1e-5  # a positive parameter below this fraction of the typical loss (normalised units) has vanished
@@ -53,9 +54,16 @@ class FitResult:
     ci: dict[str, tuple[float, float]] | None = None
     warnings: list[str] = field(default_factory=list)
     degenerate: dict[str, str] = field(default_factory=dict)
+    draws: np.ndarray | None = None  # bootstrap refits, one row per resample, columns in law.param_names
 
     def predict(self, data: Columns) -> np.ndarray:
         return self.law.predict(self.params, data)
+
+    def draws_json(self) -> dict[str, object] | None:
+        """The bootstrap refits as JSON: later verbs turn them into intervals on anything the law predicts."""
+        if self.draws is None:
+            return None
+        return {"names": list(self.law.param_names), "draws": self.draws.tolist()}
 
 
 # ---------------------------------------------------------------------------
@@ -74,11 +82,12 @@ def _to_natural(param: Param, value: float) -> float:
     return math.exp(value) if value < MAX_LOG else math.inf
 
 
-def _internal_bounds(param: Param) -> tuple[float, float]:
+def _internal_bounds(param: Param, floor: float = 0.0) -> tuple[float, float]:
+    """Bounds of the internal value; a positive parameter stops at ``floor`` (where its term has vanished)."""
     if param.positive:
-        low = math.log(param.min) if param.min > 0 else -np.inf
+        low = max(param.min, floor)
         high = math.log(param.max) if np.isfinite(param.max) else np.inf
-        return low, high
+        return (math.log(low) if low > 0 else -np.inf), high
     return param.min, param.max
 
 
@@ -94,6 +103,10 @@ class _Problem:
         self.objective = objective
         self.fixed = dict(fixed)
         self.free = [p for p in law.params if p.name not in self.fixed]
+        # A positive parameter below this (normalised units) contributes nothing: letting it walk on towards
+        # zero costs thousands of evaluations and changes no prediction, so it stops here and is flagged.
+        self.floor = COLLAPSE * float(np.median(self.loss))
+        self.bounds = [_internal_bounds(p, self.floor) for p in self.free]
 
     def params_from(self, theta: Sequence[float]) -> dict[str, float]:
         """Scaled-unit parameter dict from an internal vector."""
@@ -158,7 +171,7 @@ def evaluation_cap(problem: _Problem, max_evals: int | None) -> int:
 
 def _polish(problem: _Problem, theta0: np.ndarray, max_evals: int) -> _Polished:
     """Run Levenberg-Marquardt (lsq) or a Huber trust-region fit from one start."""
-    bounds = [_internal_bounds(p) for p in problem.free]
+    bounds = problem.bounds
     start = np.array([float(np.clip(v, low, high)) for v, (low, high) in zip(theta0, bounds)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -213,8 +226,13 @@ def fit_law(
     n_polish: int = DEFAULT_POLISH,
     max_evals: int | None = None,
     source: str = "runs table",
+    quick: bool = False,
 ) -> FitResult:
-    """Fit ``law`` to ``loss`` at ``data`` from the best ``n_polish`` points of its start grid."""
+    """Fit ``law`` to ``loss`` at ``data`` from the best ``n_polish`` points of its start grid.
+
+    ``quick`` (for the many fits of form selection and the bootstrap) stops polishing once two starts agree
+    on the lowest objective and skips the standard errors and identifiability diagnostics.
+    """
     if objective not in OBJECTIVES:
         raise UserError(f"--loss {objective!r}: choose one of {', '.join(OBJECTIVES)}")
     fixed = {**law.default_fixed, **(fixed or {})}
@@ -236,7 +254,11 @@ def fit_law(
     scores = np.array([problem.objective_value(theta) for theta in grid])
     order = np.argsort(scores)[: max(1, n_polish)]
     cap = evaluation_cap(problem, max_evals)
-    ends = [_polish(problem, grid[index], cap) for index in order]
+    ends: list[_Polished] = []
+    for index in order:
+        ends.append(_polish(problem, grid[index], cap))
+        if quick and _settled(ends):
+            break
     best = _best_end(ends, law, source, max_evals, cap)
     result = FitResult(
         law=law,
@@ -244,9 +266,11 @@ def fit_law(
         objective=objective,
         objective_value=best.objective,
         n_points=len(problem.loss),
-        n_starts=len(order),
+        n_starts=len(ends),
         fixed=dict(fixed),
     )
+    if quick:
+        return result
     if best.status == "limit":
         result.warnings.append(f"no start met the optimiser's tolerance within the evaluation limit ({cap} per start), "
                                "but starts agree on the objective: the runs leave a flat direction, along which the "
@@ -284,6 +308,12 @@ def _best_end(ends: list[_Polished], law: Law, source: str, max_evals: int | Non
     advice = ("give a larger --max-evals" if max_evals is not None
               else "these runs may not determine it: fix a parameter (--fix), or fit a simpler law")
     raise UserError(f"{source}: law {law.name} did not converge from any of {len(ends)} starts ({where}); {advice}")
+
+
+def _settled(ends: list[_Polished]) -> bool:
+    """Two converged starts ended on the lowest objective so far (to ``AGREEMENT``): the minimum is found."""
+    values = sorted(end.objective for end in ends if end.status == "converged")
+    return len(values) >= 2 and values[1] <= values[0] * (1 + AGREEMENT) + 1e-300
 
 
 def _agree(ends: list[_Polished]) -> bool:
@@ -361,20 +391,17 @@ def _degenerate(problem: _Problem, theta: np.ndarray) -> dict[str, str]:
     1e-8 that turns its term into a constant), fits the runs by turning the law into another one; the
     values then say nothing about how loss scales, and extrapolation from them is not trustworthy.
     """
-    scaled = problem.params_from(theta)
     natural = problem.natural(theta)
-    typical = float(np.median(problem.loss))
     found: dict[str, str] = {}
-    for param, value in zip(problem.free, theta):
-        low, high = _internal_bounds(param)
-        if math.isfinite(high) and value >= high - BOUND_MARGIN:
+    for param, value, (low, high) in zip(problem.free, theta, problem.bounds):
+        if param.positive and math.isfinite(low) and value <= low + BOUND_MARGIN and param.min < problem.floor:
+            found[param.name] = (f"collapsed to {natural[param.name]:.3g}: its term has vanished from the fit, which is "
+                                 "degenerate (the law no longer has the form it names)")
+        elif math.isfinite(high) and value >= high - BOUND_MARGIN:
             found[param.name] = (f"is at its upper bound {param.max:g}: the runs want a steeper or larger term than the law "
                                  "allows, and the other parameters compensate")
         elif math.isfinite(low) and value <= low + BOUND_MARGIN:
             found[param.name] = f"is at its lower bound {param.min:g}: the fit is degenerate"
-        elif param.positive and scaled[param.name] < COLLAPSE * typical:
-            found[param.name] = (f"collapsed to {natural[param.name]:.3g}: its term has vanished from the fit, which is "
-                                 "degenerate (the law no longer has the form it names)")
     return found
 
 
@@ -400,8 +427,8 @@ def bootstrap(
     samples: int,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
-) -> dict[str, tuple[float, float]]:
-    """95% percentile intervals from refitting on ``samples`` resamples of the runs."""
+) -> tuple[dict[str, tuple[float, float]], np.ndarray]:
+    """95% percentile intervals from refitting on ``samples`` resamples of the runs, and the refits themselves."""
     rng = np.random.default_rng(seed)
     loss = np.asarray(loss, float)
     draws: list[list[float]] = []
@@ -409,7 +436,7 @@ def bootstrap(
         index = rng.integers(0, len(loss), len(loss))
         sample = {key: np.asarray(value)[index] for key, value in data.items()}
         try:
-            refit = fit_law(law, sample, loss[index], fit.objective, fit.fixed, n_polish=2)
+            refit = fit_law(law, sample, loss[index], fit.objective, fit.fixed, n_polish=4, quick=True)
             draws.append([refit.params[name] for name in law.param_names])
         except UserError:
             pass  # a resample can be degenerate (e.g. one D only); it is skipped
@@ -419,7 +446,7 @@ def bootstrap(
         raise UserError(f"bootstrap: only {len(draws)} of {samples} resamples could be fitted")
     values = np.array(draws)
     low, high = np.percentile(values, [2.5, 97.5], axis=0)
-    return {name: (float(lo), float(hi)) for name, lo, hi in zip(law.param_names, low, high)}
+    return {name: (float(lo), float(hi)) for name, lo, hi in zip(law.param_names, low, high)}, values
 
 
 def evaluate(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float | int | None]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -118,6 +119,26 @@ def load_runs(path: str | Path, column_map: Mapping[str, str] | None = None) -> 
 
     ``column_map`` maps file column names to canonical ones. A file may give
     training FLOPs (canonical ``C``) instead of tokens; then ``D = C / (6 N)``.
+    The first invalid row stops it (:func:`read_runs` can drop invalid rows instead).
+    """
+    return read_runs(path, column_map).frame
+
+
+@dataclass
+class RunsTable:
+    """A loaded runs table and the rows dropped from it (``drop_invalid``), each as "row 7, column 'N': why"."""
+
+    frame: pd.DataFrame
+    dropped: list[str] = field(default_factory=list)
+
+
+def read_runs(path: str | Path, column_map: Mapping[str, str] | None = None, drop_invalid: bool = False,
+              hint: str = "") -> RunsTable:
+    """:func:`load_runs`, optionally dropping invalid rows (missing, non-finite or non-positive values).
+
+    ``hint`` ends the message for an invalid row when rows are not dropped (a verb names its own flag).
+    The frame's index is the 0-based data row of the file, so a row reported later (an outlier, say) can be
+    named as the user sees it in the file even after rows were dropped.
     """
     path = Path(path)
     frame = read_table(path)
@@ -134,26 +155,52 @@ def load_runs(path: str | Path, column_map: Mapping[str, str] | None = None) -> 
             raise UserError(f"{path}: missing column {column!r}{hint}")
     if frame.empty:
         raise UserError(f"{path}: has no rows")
-    frame = frame.drop(columns=[c for c in DERIVED if c in frame.columns])
-    validate(frame, path)
-    return derive(frame.reset_index(drop=True))
+    frame = frame.drop(columns=[c for c in DERIVED if c in frame.columns]).reset_index(drop=True)
+    problems = row_problems(frame, stop_at_first=not drop_invalid)
+    if problems and not drop_invalid:
+        index, message = problems[0]
+        raise UserError(f"{path}: row {index + 1}, {message}" + (f" ({hint})" if hint else ""))
+    if len(problems) == len(frame):
+        index, message = problems[0]
+        raise UserError(f"{path}: every row is invalid (row {index + 1}, {message})")
+    dropped = [f"row {index + 1}, {message}" for index, message in problems]
+    return RunsTable(derive(frame.drop(index=[index for index, _ in problems])), dropped)
 
 
 def validate(frame: pd.DataFrame, path: str | Path) -> None:
     """Check every row against :class:`RunRow`; raise on the first bad cell (1-based data row)."""
+    problems = row_problems(frame.reset_index(drop=True), stop_at_first=True)
+    if problems:
+        index, message = problems[0]
+        raise UserError(f"{path}: row {index + 1}, {message}")
+
+
+def row_problems(frame: pd.DataFrame, stop_at_first: bool = False) -> list[tuple[int, str]]:
+    """(0-based row, "column 'X': what is wrong") for every row that breaks :class:`RunRow`."""
     columns = [c for c in REQUIRED + SHAPE if c in frame.columns]
     records = frame[columns].astype(object).where(frame[columns].notna(), None).to_dict("records")
-    for index, record in enumerate(records, start=1):
-        for column in REQUIRED:
-            if record[column] is None:
-                raise UserError(f"{path}: row {index}, column {column!r}: value is missing (NaN)")
-        try:
-            RunRow(**record)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            column = error["loc"][0] if error["loc"] else "?"
-            message = error["msg"].removeprefix("Value error, ")
-            raise UserError(f"{path}: row {index}, column {column!r}: {message} (got {record.get(column)!r})") from None
+    problems: list[tuple[int, str]] = []
+    for index, record in zip(frame.index, records):
+        message = _row_problem(record)
+        if message:
+            problems.append((int(index), message))
+            if stop_at_first:
+                break
+    return problems
+
+
+def _row_problem(record: Mapping[str, object]) -> str | None:
+    for column in REQUIRED:
+        if record[column] is None:
+            return f"column {column!r}: value is missing (NaN)"
+    try:
+        RunRow(**record)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        column = error["loc"][0] if error["loc"] else "?"
+        message = error["msg"].removeprefix("Value error, ")
+        return f"column {column!r}: {message}" + ("" if "got" in message else f" (got {record.get(column)!r})")
+    return None
 
 
 def derive(frame: pd.DataFrame) -> pd.DataFrame:

@@ -138,6 +138,10 @@ class Study:
     progressive: list[dict[str, Any]] = field(default_factory=list)
     source: str = ""
     selection: dict[str, Any] = field(default_factory=dict)
+    form_selection: Any = None  # archscale.selection.Selection when the form was chosen by extrapolation
+    rows: np.ndarray | None = None  # 1-based file row of each run in ``frame``
+    outliers: list[dict[str, Any]] = field(default_factory=list)
+    hygiene: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         law = self.fit.law
@@ -165,6 +169,9 @@ class Study:
             "n_starts": self.fit.n_starts,
             "source": self.source,
             "selection": self.selection,
+            "form_selection": self.form_selection.to_json() if self.form_selection is not None else None,
+            "hygiene": {**self.hygiene, "outliers": self.outliers},
+            "bootstrap": self.fit.draws_json(),
             "degenerate": self.fit.degenerate,
             "warnings": self.fit.warnings,
         })
@@ -180,18 +187,22 @@ def law_inputs(law: Law, frame: pd.DataFrame, reference: FittedLaw | None, sourc
     return columns
 
 
-def check_reference(law: Law, reference: FittedLaw) -> None:
-    """A reference law supplies ``L_opt(N, D)``: only conditional laws use one, and it must be a Chinchilla fit."""
-    if law.name not in CONDITIONAL:
-        raise UserError(f"--reference only applies to the conditional laws ({', '.join(CONDITIONAL)}), not {law.name}")
+def check_reference(law: Law | str, reference: FittedLaw) -> None:
+    """A reference law supplies ``L_opt(N, D)``: only conditional laws use one, and it must be a Chinchilla fit.
+
+    With ``law`` ``"auto"`` the reference brings the conditional laws into the candidate forms.
+    """
+    name = law if isinstance(law, str) else law.name
+    if name != "auto" and name not in CONDITIONAL:
+        raise UserError(f"--reference only applies to the conditional laws ({', '.join(CONDITIONAL)}), not {name}")
     if reference.law.name not in ("chinchilla", "chinchilla-tied"):
         raise UserError(f"--reference {reference.source}: must be a chinchilla fit, got law {reference.law.name}")
 
 
 def run_study(
     frame: pd.DataFrame,
-    law_name: str,
-    objective: str = "lsq",
+    law_name: str = "auto",
+    objective: str = "auto",
     where: str | None = None,
     holdout: str | None = None,
     reference: FittedLaw | None = None,
@@ -201,24 +212,41 @@ def run_study(
     max_evals: int | None = None,
     source: str = "runs table",
     progress: Callable[[int], None] | None = None,
+    min_tokens_per_param: float | None = None,
+    split: str = "size",
 ) -> Study:
-    """Fit ``law_name`` on the selected, non-held-out rows and evaluate it everywhere."""
-    law = get_law(law_name)
+    """Fit a law on the selected, non-held-out rows and evaluate it everywhere.
+
+    ``law_name`` or ``objective`` ``"auto"`` chooses among the candidate forms by how well each, fitted on the
+    smaller runs, predicts the larger ones (:mod:`archscale.selection`); the winner is fitted on every row.
+    """
+    from archscale.hygiene import drop_undertrained, flag_outliers
+    from archscale.selection import AUTO, candidate_forms, select_form
+
     if reference is not None:
-        check_reference(law, reference)
-    frame = frame[select(frame, where, "--where").to_numpy()].reset_index(drop=True)
+        check_reference(law_name, reference)
+    frame = frame[select(frame, where, "--where").to_numpy()]
     if frame.empty:
         raise UserError(f"--where {where!r}: selects no rows of {source}")
+    frame, undertrained = drop_undertrained(frame, min_tokens_per_param, source)
+    rows = frame.index.to_numpy() + 1 if pd.api.types.is_integer_dtype(frame.index) else np.arange(1, len(frame) + 1)
+    frame = frame.reset_index(drop=True)
     held = select(frame, holdout, "--holdout").to_numpy()
     if held.all():
         raise UserError(f"--holdout {holdout!r}: holds out every row of {source}; nothing is left to fit")
 
+    form_selection = None
+    if AUTO in (law_name, objective):
+        forms = candidate_forms(frame, law_name, objective, reference is not None)
+        form_selection = select_form(frame[~held].reset_index(drop=True), forms, split, reference, fixed, max_evals, source)
+        law_name, objective = form_selection.law, form_selection.objective
+    law = get_law(law_name)
     inputs = law_inputs(law, frame, reference, source)
     loss = frame["loss"].to_numpy(float)
     fit_inputs = {k: v[~held] for k, v in inputs.items()}
     fit = fit_law(law, fit_inputs, loss[~held], objective, fixed, max_evals=max_evals, source=source)
     if bootstrap_samples:
-        fit.ci = bootstrap(law, fit_inputs, loss[~held], fit, bootstrap_samples, progress=progress)
+        fit.ci, fit.draws = bootstrap(law, fit_inputs, loss[~held], fit, bootstrap_samples, progress=progress)
     predicted = law.predict(fit.params, inputs)
     metrics = {"fit": evaluate(loss[~held], predicted[~held]),
                "holdout": evaluate(loss[held], predicted[held]) if held.any() else None}
@@ -233,10 +261,30 @@ def run_study(
         reference_kind=None if law.name not in CONDITIONAL else ("law" if reference is not None else "empirical"),
         source=source,
         selection={"where": where, "holdout": holdout},
+        form_selection=form_selection,
+        rows=rows,
+        outliers=flag_outliers(rows[~held], loss[~held], robust_prediction(fit, fit_inputs, loss[~held], max_evals)),
+        hygiene={"min_tokens_per_param": min_tokens_per_param, "dropped_undertrained": undertrained,
+                 "outliers_judged_by": f"a Huber fit of {law.name} (robust: the runs it judges barely move it)"},
     )
     if progressive:
         study.progressive = progressive_tasks(law, frame[~held].reset_index(drop=True), reference, objective, fixed, source)
     return study
+
+
+def robust_prediction(fit: FitResult, inputs: Mapping[str, np.ndarray], loss: np.ndarray, max_evals: int | None) -> np.ndarray:
+    """Predictions of a Huber fit of the same law, against which runs are judged outliers.
+
+    A least-squares fit bends towards the very runs that should be flagged and hides them; a Huber fit
+    caps their pull. When the fit is already Huber it is used as it is.
+    """
+    if fit.objective == "huber":
+        return fit.predict(inputs)
+    try:
+        robust = fit_law(fit.law, inputs, loss, "huber", fit.fixed, max_evals=max_evals, quick=True)
+    except UserError:
+        return fit.predict(inputs)
+    return robust.predict(inputs)
 
 
 def progressive_tasks(
