@@ -169,11 +169,12 @@ def select_form(
     fixed: Mapping[str, float] | None = None,
     max_evals: int | None = None,
     source: str = "runs table",
+    n_folds: int = N_FOLDS,
 ) -> Selection:
     """Score every form by extrapolation on ``frame`` (the rows to fit, hold-outs already removed)."""
     frame = frame.reset_index(drop=True)
     try:
-        tests = forward_folds(frame, split)
+        tests = forward_folds(frame, split, n_folds)
     except UserError as exc:
         if str(exc).startswith("--split"):
             raise

@@ -37,6 +37,7 @@ class FittedLaw:
     params: dict[str, float]
     reference: "FittedLaw | None" = None
     source: str = ""
+    draws: list[dict[str, float]] = field(default_factory=list)  # bootstrap refits, for intervals downstream
 
     def predict(self, frame: pd.DataFrame | Mapping[str, Any], l_opt: np.ndarray | None = None) -> np.ndarray:
         """Predicted loss for each row; conditional laws need ``L_opt`` from ``l_opt`` or the reference."""
@@ -72,7 +73,21 @@ def fitted_from_json(document: Mapping[str, Any], source: str) -> FittedLaw:
     ref_fit = None
     if isinstance(reference, Mapping) and reference.get("kind") == "law":
         ref_fit = fitted_from_json(reference, f"{source} (reference)")
-    return FittedLaw(law, values, ref_fit, source)
+    return FittedLaw(law, values, ref_fit, source, _draws_from_json(document.get("bootstrap"), law, source))
+
+
+def _draws_from_json(block: Any, law: Law, source: str) -> list[dict[str, float]]:
+    """The bootstrap refits a fit JSON carries (``archscale fit --bootstrap K``), as parameter dicts."""
+    if not block:
+        return []
+    try:
+        names = list(block["names"])
+        draws = [dict(zip(names, map(float, row))) for row in block["draws"]]
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{source}: 'bootstrap' must hold 'names' and 'draws' (rows of numbers)") from None
+    if any(name not in names for name in law.param_names):
+        raise UserError(f"{source}: the bootstrap refits lack a parameter of law {law.name}")
+    return draws
 
 
 def load_fit(path: str | Path) -> FittedLaw:
@@ -252,7 +267,8 @@ def run_study(
                "holdout": evaluate(loss[held], predicted[held]) if held.any() else None}
     study = Study(
         fit=fit,
-        fitted=FittedLaw(law, fit.params, reference, source),
+        fitted=FittedLaw(law, fit.params, reference, source,
+                         [] if fit.draws is None else [dict(zip(law.param_names, row)) for row in fit.draws]),
         frame=frame,
         fit_mask=~held,
         holdout_mask=held,

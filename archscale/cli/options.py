@@ -38,8 +38,8 @@ def parse_int_list(text: str | None, label: str) -> list[int] | None:
 
 
 def format_count(n: float) -> str:
-    """A parameter count at a glance: 973M, 1.02B, 201K."""
-    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+    """A parameter or token count at a glance: 973M, 1.02B, 201K, 1.54T."""
+    for scale, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
         if n >= scale:
             return f"{n / scale:.3g}{unit}"
     return f"{n:.0f}"
