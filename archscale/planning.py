@@ -224,7 +224,7 @@ def isoflop_frontier(
     profiles, members = [], []
     for level in range(int(labels.max()) + 1):
         mask = labels == level
-        budget = float(np.exp(np.mean(np.log(values[mask]))))
+        budget = float(np.median(values[mask]))  # exact when the table gives C; the middle run otherwise
         if held[mask].any() and not held[mask].all():
             raise UserError(f"--holdout holds out some runs of budget C = {budget:.3g} but not all; hold out whole budgets "
                             "(e.g. \"C >= 1e21\")")
