@@ -34,7 +34,7 @@ DEFAULT_POLISH = 8
 SINGULAR_RATIO = 1e-8
 EVALS_PER_PARAMETER = 400  # default evaluation cap per start, times (free parameters + 1)
 AGREEMENT = 1e-6  # two converged starts this close found the same minimum (quick fits stop there)
-LIMIT_AGREEMENT = 1e-2  # starts stopped at the cap whose objectives agree this closely found the same valley
+LIMIT_AGREEMENT = 1e-3  # two starts stopped at the cap whose predictions agree this closely (relative) found one valley
 BOUND_MARGIN = 1e-3  # internal units: within this of a finite bound is "on the bound"
 COLLAPSE = 1e-5  # a positive parameter below this fraction of the typical loss (normalised units) has vanished
 
@@ -259,7 +259,7 @@ def fit_law(
         ends.append(_polish(problem, grid[index], cap))
         if quick and _settled(ends):
             break
-    best = _best_end(ends, law, source, max_evals, cap)
+    best = _best_end(problem, ends, source, max_evals, cap)
     result = FitResult(
         law=law,
         params=problem.natural(best.theta),
@@ -292,13 +292,13 @@ def fit_law(
     return result
 
 
-def _best_end(ends: list[_Polished], law: Law, source: str, max_evals: int | None, cap: int) -> _Polished:
+def _best_end(problem: _Problem, ends: list[_Polished], source: str, max_evals: int | None, cap: int) -> _Polished:
     """The lowest objective among the starts that converged, or that agree where they stopped at the limit."""
     usable = [end for end in ends if end.status != "failed"]
     converged = [end for end in usable if end.status == "converged"]
     if converged:
-        return min(usable, key=lambda end: end.objective) if _agree(usable) else min(converged, key=lambda end: end.objective)
-    if usable and _agree(usable):
+        return min(usable, key=lambda end: end.objective) if _agree(problem, usable) else min(converged, key=lambda end: end.objective)
+    if usable and _agree(problem, usable):
         return min(usable, key=lambda end: end.objective)
     if usable:
         values = sorted(end.objective for end in usable)
@@ -307,7 +307,7 @@ def _best_end(ends: list[_Polished], law: Law, source: str, max_evals: int | Non
         where = "the optimiser failed from every start"
     advice = ("give a larger --max-evals" if max_evals is not None
               else "these runs may not determine it: fix a parameter (--fix), or fit a simpler law")
-    raise UserError(f"{source}: law {law.name} did not converge from any of {len(ends)} starts ({where}); {advice}")
+    raise UserError(f"{source}: law {problem.law.name} did not converge from any of {len(ends)} starts ({where}); {advice}")
 
 
 def _settled(ends: list[_Polished]) -> bool:
@@ -316,10 +316,20 @@ def _settled(ends: list[_Polished]) -> bool:
     return len(values) >= 2 and values[1] <= values[0] * (1 + AGREEMENT) + 1e-300
 
 
-def _agree(ends: list[_Polished]) -> bool:
-    """At least two starts ended on the lowest objective (within ``LIMIT_AGREEMENT``)."""
-    values = sorted(end.objective for end in ends)
-    return len(values) >= 2 and values[1] <= values[0] * (1 + LIMIT_AGREEMENT) + 1e-300
+def _agree(problem: _Problem, ends: list[_Polished]) -> bool:
+    """The two lowest ends predict every run alike (within ``LIMIT_AGREEMENT``): they sit in one flat valley.
+
+    Judged on predictions, not parameters (which wander along the valley) or objectives (whose small
+    differences there mean nothing a user would see).
+    """
+    if len(ends) < 2:
+        return False
+    first, second = sorted(ends, key=lambda end: end.objective)[:2]
+    with np.errstate(all="ignore"):
+        a = problem.law.predict(problem.params_from(first.theta), problem.data)
+        b = problem.law.predict(problem.params_from(second.theta), problem.data)
+        spread = np.max(np.abs(a / b - 1))
+    return bool(np.isfinite(spread) and spread <= LIMIT_AGREEMENT)
 
 
 def _check_fixable(problem: _Problem) -> None:
