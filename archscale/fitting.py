@@ -202,8 +202,6 @@ def _levenberg_marquardt(problem: _Problem, start: np.ndarray, bounds: list[tupl
     # minimum too; 5, and lmfit's own abort (-1), mean the evaluation cap was reached.
     ier = getattr(result, "ier", 0)
     status = "converged" if ier in (1, 2, 3, 4, 6, 7, 8) else "limit" if ier in (5, -1) else "failed"
-    if result.nfev >= max_evals - 1 and status == "converged" and ier not in (1, 2, 3, 4):
-        status = "limit"
     return theta, status, getattr(result, "covar", None)
 
 
@@ -272,9 +270,9 @@ def fit_law(
     if quick:
         return result
     if best.status == "limit":
-        result.warnings.append(f"no start met the optimiser's tolerance within the evaluation limit ({cap} per start), "
-                               "but starts agree on the objective: the runs leave a flat direction, along which the "
-                               "parameters below are not determined")
+        result.warnings.append(f"the best start stopped at the evaluation limit ({cap} per start) without meeting the "
+                               "optimiser's tolerance, but starts predict every run alike: the runs leave a flat "
+                               "direction along which some parameters are not determined (see the standard errors)")
     covariance = best.covariance if objective == "lsq" else _huber_covariance(problem, best.theta)
     result.stderr = _stderr(problem, best.theta, covariance)
     result.degenerate = _degenerate(problem, best.theta)

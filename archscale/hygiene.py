@@ -58,5 +58,5 @@ def describe_outliers(outliers: list[dict[str, Any]]) -> str:
     """One line naming the flagged rows, worst first."""
     shown = ", ".join(f"row {o['row']} (loss {o['loss']:.4g}, predicted {o['predicted']:.4g})" for o in outliers[:MAX_FLAGGED_SHOWN])
     more = f" and {len(outliers) - MAX_FLAGGED_SHOWN} more" if len(outliers) > MAX_FLAGGED_SHOWN else ""
-    return (f"{len(outliers)} run{'s' if len(outliers) != 1 else ''} lie more than {OUTLIER_Z:g} robust standard deviations "
+    return (f"{len(outliers)} run{'s lie' if len(outliers) != 1 else ' lies'} more than {OUTLIER_Z:g} robust standard deviations "
             f"from the fit: {shown}{more}; check them, or leave them out with --where")

@@ -117,11 +117,17 @@ def test_folds_predict_only_larger_runs_than_they_fit():
 
 def test_one_size_only_falls_back_and_says_so(cli, tmp_path):
     runs = tmp_path / "runs.csv"
-    pd.DataFrame({"N": [1e8] * 8, "D": np.geomspace(1e9, 1e11, 8), "loss": 2.0 + 50 / np.geomspace(1e9, 1e11, 8) ** 0.2,
-                  "d_model": [512] * 8, "n_layers": [8] * 8}).to_csv(runs, index=False)
-    result = cli("fit", runs, "--law", "chinchilla-tied", "--json")
-    # one size cannot identify A: the fit itself is refused with the reason, selection never hides that
-    assert result.code == 2 and "same N" in result.err
+    d_model = np.array([256, 320, 384, 448, 512, 640, 768, 896, 1024])
+    x = d_model / np.sqrt(1e8)
+    pd.DataFrame({"N": 1e8, "D": 2e9, "d_model": d_model, "n_layers": 8,
+                  "loss": 3.0 + 0.05 * np.log(x) + 0.004 / x}).to_csv(runs, index=False)
+    result = cli("fit", runs, "--law", "ucurve-x", "--json")
+    assert result.code == 0, result.err
+    selection = json.loads(result.out)["form_selection"]
+    assert "every run has the same size N" in selection["note"] and selection["candidates"] == []
+    assert selection["selected"] == {"law": "ucurve-x", "objective": "huber"}
+    refused = cli("fit", runs, "--law", "chinchilla-tied")  # one size cannot identify A: the fit says why
+    assert refused.code == 2 and "same N" in refused.err
 
 
 def test_split_by_budget_is_offered_and_checked(cli):
