@@ -18,6 +18,7 @@ import fcntl
 import io
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -105,11 +106,49 @@ def parse_column_map(items: list[str] | None) -> dict[str, str]:
     return mapping
 
 
+def map_columns(frame: pd.DataFrame, column_map: Mapping[str, str]) -> pd.DataFrame:
+    """Copy each mapped file column to its canonical name, keeping the original.
+
+    The file's own names stay usable in ``--where`` and ``--holdout`` (``--col N=params`` then
+    ``--holdout "params >= 1e9"``). A canonical column the file already has is replaced by the mapped one.
+    """
+    targets = list(column_map.values())
+    twice = sorted({canonical for canonical in targets if targets.count(canonical) > 1})
+    if twice:
+        raise UserError(f"--col: column {twice[0]!r} appears twice after mapping "
+                        f"({', '.join(repr(s) for s, c in column_map.items() if c == twice[0])}); map one file column to it")
+    copies = {canonical: frame[source] for source, canonical in column_map.items()}
+    frame = frame.copy()
+    for canonical, values in copies.items():
+        frame[canonical] = values
+    return frame
+
+
 def load_runs(path: str | Path, column_map: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Read, map, validate and derive: the one way a runs table enters archscale.
 
     ``column_map`` maps file column names to canonical ones. A file may give
     training FLOPs (canonical ``C``) instead of tokens; then ``D = C / (6 N)``.
+    The first invalid row stops it (:func:`read_runs` can drop invalid rows instead).
+    """
+    return read_runs(path, column_map).frame
+
+
+@dataclass
+class RunsTable:
+    """A loaded runs table and the rows dropped from it (``drop_invalid``), each as "row 7, column 'N': why"."""
+
+    frame: pd.DataFrame
+    dropped: list[str] = field(default_factory=list)
+
+
+def read_runs(path: str | Path, column_map: Mapping[str, str] | None = None, drop_invalid: bool = False,
+              hint: str = "") -> RunsTable:
+    """:func:`load_runs`, optionally dropping invalid rows (missing, non-finite or non-positive values).
+
+    ``hint`` ends the message for an invalid row when rows are not dropped (a verb names its own flag).
+    The frame's index is the 0-based data row of the file, so a row reported later (an outlier, say) can be
+    named as the user sees it in the file even after rows were dropped.
     """
     path = Path(path)
     frame = read_table(path)
@@ -117,9 +156,7 @@ def load_runs(path: str | Path, column_map: Mapping[str, str] | None = None) -> 
         missing = [src for src in column_map if src not in frame.columns]
         if missing:
             raise UserError(f"{path}: --col names column {missing[0]!r}, which the file does not have")
-        # drop any canonical column the mapping replaces, then rename
-        replaced = [dst for dst in column_map.values() if dst in frame.columns and dst not in column_map]
-        frame = frame.drop(columns=replaced).rename(columns=dict(column_map))
+        frame = map_columns(frame, column_map)
     _refuse_duplicated_columns(frame, path)
     if "D" not in frame.columns and FLOPS_COLUMN in frame.columns and "N" in frame.columns:
         _require_numbers(frame, ("N", FLOPS_COLUMN), path)  # else a bad N would be blamed on the derived D
@@ -130,9 +167,16 @@ def load_runs(path: str | Path, column_map: Mapping[str, str] | None = None) -> 
             raise UserError(f"{path}: missing column {column!r}{hint}")
     if frame.empty:
         raise UserError(f"{path}: has no rows")
-    frame = frame.drop(columns=[c for c in DERIVED if c in frame.columns])
-    validate(frame, path)
-    return derive(frame.reset_index(drop=True))
+    frame = frame.drop(columns=[c for c in DERIVED if c in frame.columns]).reset_index(drop=True)
+    problems = row_problems(frame, stop_at_first=not drop_invalid)
+    if problems and not drop_invalid:
+        index, message = problems[0]
+        raise UserError(f"{path}: row {index + 1}, {message}" + (f" ({hint})" if hint else ""))
+    if len(problems) == len(frame):
+        index, message = problems[0]
+        raise UserError(f"{path}: every row is invalid (row {index + 1}, {message})")
+    dropped = [f"row {index + 1}, {message}" for index, message in problems]
+    return RunsTable(derive(frame.drop(index=[index for index, _ in problems])), dropped)
 
 
 def _refuse_duplicated_columns(frame: pd.DataFrame, path: str | Path) -> None:
@@ -155,19 +199,38 @@ def _require_numbers(frame: pd.DataFrame, columns: tuple[str, ...], path: str | 
 
 def validate(frame: pd.DataFrame, path: str | Path) -> None:
     """Check every row against :class:`RunRow`; raise on the first bad cell (1-based data row)."""
+    problems = row_problems(frame.reset_index(drop=True), stop_at_first=True)
+    if problems:
+        index, message = problems[0]
+        raise UserError(f"{path}: row {index + 1}, {message}")
+
+
+def row_problems(frame: pd.DataFrame, stop_at_first: bool = False) -> list[tuple[int, str]]:
+    """(0-based row, "column 'X': what is wrong") for every row that breaks :class:`RunRow`."""
     columns = [c for c in REQUIRED + SHAPE if c in frame.columns]
     records = frame[columns].astype(object).where(frame[columns].notna(), None).to_dict("records")
-    for index, record in enumerate(records, start=1):
-        for column in REQUIRED:
-            if record[column] is None:
-                raise UserError(f"{path}: row {index}, column {column!r}: value is missing (NaN)")
-        try:
-            RunRow(**record)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            column = error["loc"][0] if error["loc"] else "?"
-            message = error["msg"].removeprefix("Value error, ")
-            raise UserError(f"{path}: row {index}, column {column!r}: {message} (got {record.get(column)!r})") from None
+    problems: list[tuple[int, str]] = []
+    for index, record in zip(frame.index, records):
+        message = _row_problem(record)
+        if message:
+            problems.append((int(index), message))
+            if stop_at_first:
+                break
+    return problems
+
+
+def _row_problem(record: Mapping[str, object]) -> str | None:
+    for column in REQUIRED:
+        if record[column] is None:
+            return f"column {column!r}: value is missing (NaN)"
+    try:
+        RunRow(**record)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        column = error["loc"][0] if error["loc"] else "?"
+        message = error["msg"].removeprefix("Value error, ")
+        return f"column {column!r}: {message}" + ("" if "got" in message else f" (got {record.get(column)!r})")
+    return None
 
 
 def derive(frame: pd.DataFrame) -> pd.DataFrame:

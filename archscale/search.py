@@ -197,6 +197,85 @@ def resolve_target(fitted: FittedLaw, spec: SearchSpec, relative: bool, optimum_
     return Target(optimum_loss * (1 + slack), f"--slack {slack:.1%} over the predicted optimum")
 
 
+# ---------------------------------------------------------------------------
+# loss uncertainty: the fit's bootstrap refits carried into the choice
+# ---------------------------------------------------------------------------
+def _with_params(fitted: FittedLaw, params: dict[str, float]) -> FittedLaw:
+    return dataclasses.replace(fitted, params=params, draws=[])
+
+
+def check_confidence(fitted: FittedLaw, confidence: float | None) -> None:
+    """``--confidence`` is a probability, and needs bootstrap refits to have any meaning."""
+    if confidence is None:
+        return
+    if not 0 < confidence < 1:
+        raise UserError(f"--confidence must be a probability between 0 and 1, got {confidence}")
+    if not fitted.draws:
+        raise UserError(f"--confidence needs a fit with bootstrap refits, and {fitted.source} has none: "
+                        "refit with archscale fit ... --bootstrap 200")
+
+
+def meets_target_probability(fitted: FittedLaw, candidates: pd.DataFrame, spec: SearchSpec, target: Target,
+                             target_loss: float | None, match: Architecture | None, slack: float | None) -> np.ndarray:
+    """The share of the fit's bootstrap refits under which each candidate's loss meets the target.
+
+    The target is re-derived under every refit the way it was set: a fixed ``--target-loss`` stays put; a
+    ``--match`` target is the matched architecture's loss under the same refit (the comparison is paired, so
+    what both share cancels); a ``--slack`` target is that refit's own best candidate times ``1 + slack``.
+    A measured loss (``--runs``) is certain: it meets the target or not.
+    """
+    meets = np.zeros(len(candidates))
+    match_row = pd.DataFrame([shape_row(match)]) if match is not None else None
+    for params in fitted.draws:
+        draw = _with_params(fitted, params)
+        losses = predict_loss(draw, candidates, spec.tokens)
+        if target_loss is not None:
+            bar = target.loss
+        elif match_row is not None:
+            bar = float(predict_loss(draw, match_row, spec.tokens)[0])
+        else:
+            bar = _slack_target(draw, float(np.min(losses)), slack)
+        meets += losses <= bar + 1e-12
+    probability = meets / len(fitted.draws)
+    measured = (candidates["loss_source"] == "measured").to_numpy()
+    probability[measured] = (candidates["predicted_loss"].to_numpy()[measured] <= target.loss + 1e-12).astype(float)
+    return probability
+
+
+def _slack_target(fitted: FittedLaw, best: float, slack: float | None) -> float:
+    slack = 0.01 if slack is None else slack
+    if losses_are_relative(fitted) and fitted.law.name == "conditional-add":
+        return best + slack
+    return best * (1 + slack)
+
+
+def loss_intervals(fitted: FittedLaw, shapes: pd.DataFrame, tokens: float) -> tuple[np.ndarray, np.ndarray]:
+    """95% interval of each shape's predicted loss over the fit's bootstrap refits (NaN without refits)."""
+    if not fitted.draws or shapes.empty:
+        return np.full(len(shapes), np.nan), np.full(len(shapes), np.nan)
+    draws = np.array([predict_loss(_with_params(fitted, params), shapes, tokens) for params in fitted.draws])
+    low, high = np.percentile(draws, [2.5, 97.5], axis=0)
+    measured = (shapes["loss_source"] == "measured").to_numpy() if "loss_source" in shapes else np.zeros(len(shapes), bool)
+    low[measured] = high[measured] = shapes["predicted_loss"].to_numpy()[measured]
+    return low, high
+
+
+def loss_feasible(candidates: pd.DataFrame, fitted: FittedLaw, spec: SearchSpec, target: Target, confidence: float | None,
+                  target_loss: float | None, match: Architecture | None, slack: float | None) -> pd.Series:
+    """Whether each candidate's loss meets the target: its prediction, or with ``confidence``, that share of refits."""
+    if confidence is None:
+        return candidates["predicted_loss"] <= target.loss + 1e-12
+    candidates["p_meets_target"] = meets_target_probability(fitted, candidates, spec, target, target_loss, match, slack)
+    return candidates["p_meets_target"] >= confidence
+
+
+def add_loss_intervals(top: pd.DataFrame, fitted: FittedLaw, tokens: float) -> pd.DataFrame:
+    """The picks with the 95% interval of their predicted loss (``loss_low``, ``loss_high``) when the fit has refits."""
+    if fitted.draws and not top.empty:
+        top["loss_low"], top["loss_high"] = loss_intervals(fitted, top, tokens)
+    return top
+
+
 def continuous_optimum(fitted: FittedLaw, spec: SearchSpec) -> dict[str, float]:
     """The law's closed-form optimum, with the hidden size it implies at this budget."""
     optimum = fitted.optimum()
@@ -328,9 +407,15 @@ def search(
     top_k: int = 3,
     runs: pd.DataFrame | None = None,
     bench: pd.DataFrame | None = None,
+    confidence: float | None = None,
 ) -> SearchResult:
-    """Solve ``max throughput s.t. predicted loss <= target`` over the candidate shapes."""
+    """Solve ``max throughput s.t. predicted loss <= target`` over the candidate shapes.
+
+    With ``confidence`` (and a fit with bootstrap refits) a candidate must meet the target under at least
+    that share of the refits, not just under the point fit.
+    """
     check_searchable(fitted)
+    check_confidence(fitted, confidence)
     relative = losses_are_relative(fitted)
     # Relative losses do not see that a smaller N trains to a higher loss: hold the budget tighter then.
     tolerance = spec.tolerance if spec.tolerance is not None else (0.02 if relative else 0.05)
@@ -354,13 +439,14 @@ def search(
     if target.reference is not None and bench is not None:  # a measured reference beats its estimate too
         measured = apply_measured_throughput(pd.DataFrame([target.reference]), bench, spec).iloc[0]
         target.reference.update({k: measured[k] for k in ("tokens_per_s", "output_tokens_per_s", "throughput_source")})
-    candidates["feasible"] = (candidates["predicted_loss"] <= target.loss + 1e-12) & candidates["fits"]
+    candidates["feasible"] = loss_feasible(candidates, fitted, spec, target, confidence, target_loss, match, slack) & candidates["fits"]
     candidates["on_frontier"] = False
     fitting = candidates["fits"].to_numpy()
     frontier = pareto_mask(candidates.loc[fitting, "predicted_loss"].to_numpy(), candidates.loc[fitting, "tokens_per_s"].to_numpy())
     candidates.loc[candidates.index[fitting][frontier], "on_frontier"] = True
     if not candidates["feasible"].any():
-        raise UserError(f"no candidate meets the target loss {target.loss:.4f} ({target.source}); "
+        chance = f" with probability {confidence:g}" if confidence is not None else ""
+        raise UserError(f"no candidate meets the target loss {target.loss:.4f} ({target.source}){chance}; "
                         f"nearest: {nearest_misses(candidates, target)}")
     notes = [GQA_NOTE]
     for column, label in (("x", "d_model/sqrt(N)"), ("r", "r")):
@@ -387,7 +473,7 @@ def search(
         target=target,
         continuous_optimum=optimum,
         best_discrete=candidates.loc[best_index].to_dict(),
-        top_k=picks,
+        top_k=add_loss_intervals(picks, fitted, spec.tokens),
         relative=relative,
         notes=notes,
         throughput_model=spec.throughput_model,

@@ -37,6 +37,7 @@ class FittedLaw:
     params: dict[str, float]
     reference: "FittedLaw | None" = None
     source: str = ""
+    draws: list[dict[str, float]] = field(default_factory=list)  # bootstrap refits, for intervals downstream
 
     def predict(self, frame: pd.DataFrame | Mapping[str, Any], l_opt: np.ndarray | None = None) -> np.ndarray:
         """Predicted loss for each row; conditional laws need ``L_opt`` from ``l_opt`` or the reference."""
@@ -72,7 +73,21 @@ def fitted_from_json(document: Mapping[str, Any], source: str) -> FittedLaw:
     ref_fit = None
     if isinstance(reference, Mapping) and reference.get("kind") == "law":
         ref_fit = fitted_from_json(reference, f"{source} (reference)")
-    return FittedLaw(law, values, ref_fit, source)
+    return FittedLaw(law, values, ref_fit, source, _draws_from_json(document.get("bootstrap"), law, source))
+
+
+def _draws_from_json(block: Any, law: Law, source: str) -> list[dict[str, float]]:
+    """The bootstrap refits a fit JSON carries (``archscale fit --bootstrap K``), as parameter dicts."""
+    if not block:
+        return []
+    try:
+        names = list(block["names"])
+        draws = [dict(zip(names, map(float, row))) for row in block["draws"]]
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{source}: 'bootstrap' must hold 'names' and 'draws' (rows of numbers)") from None
+    if any(name not in names for name in law.param_names):
+        raise UserError(f"{source}: the bootstrap refits lack a parameter of law {law.name}")
+    return draws
 
 
 def load_fit(path: str | Path) -> FittedLaw:
@@ -139,6 +154,10 @@ class Study:
     source: str = ""
     selection: dict[str, Any] = field(default_factory=dict)
     excluded: pd.DataFrame | None = None  # rows --where left out (the plot shows them, greyed)
+    form_selection: Any = None  # archscale.selection.Selection when the form was chosen by extrapolation
+    rows: np.ndarray | None = None  # 1-based file row of each run in ``frame``
+    outliers: list[dict[str, Any]] = field(default_factory=list)
+    hygiene: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         law = self.fit.law
@@ -166,6 +185,10 @@ class Study:
             "n_starts": self.fit.n_starts,
             "source": self.source,
             "selection": self.selection,
+            "form_selection": self.form_selection.to_json() if self.form_selection is not None else None,
+            "hygiene": {**self.hygiene, "outliers": self.outliers},
+            "bootstrap": self.fit.draws_json(),
+            "degenerate": self.fit.degenerate,
             "warnings": self.fit.warnings,
         })
 
@@ -180,18 +203,22 @@ def law_inputs(law: Law, frame: pd.DataFrame, reference: FittedLaw | None, sourc
     return columns
 
 
-def check_reference(law: Law, reference: FittedLaw) -> None:
-    """A reference law supplies ``L_opt(N, D)``: only conditional laws use one, and it must be a Chinchilla fit."""
-    if law.name not in CONDITIONAL:
-        raise UserError(f"--reference only applies to the conditional laws ({', '.join(CONDITIONAL)}), not {law.name}")
+def check_reference(law: Law | str, reference: FittedLaw) -> None:
+    """A reference law supplies ``L_opt(N, D)``: only conditional laws use one, and it must be a Chinchilla fit.
+
+    With ``law`` ``"auto"`` the reference brings the conditional laws into the candidate forms.
+    """
+    name = law if isinstance(law, str) else law.name
+    if name != "auto" and name not in CONDITIONAL:
+        raise UserError(f"--reference only applies to the conditional laws ({', '.join(CONDITIONAL)}), not {name}")
     if reference.law.name not in ("chinchilla", "chinchilla-tied"):
         raise UserError(f"--reference {reference.source}: must be a chinchilla fit, got law {reference.law.name}")
 
 
 def run_study(
     frame: pd.DataFrame,
-    law_name: str,
-    objective: str = "lsq",
+    law_name: str = "auto",
+    objective: str = "auto",
     where: str | None = None,
     holdout: str | None = None,
     reference: FittedLaw | None = None,
@@ -201,32 +228,50 @@ def run_study(
     max_evals: int | None = None,
     source: str = "runs table",
     progress: Callable[[int], None] | None = None,
+    min_tokens_per_param: float | None = None,
+    split: str = "size",
 ) -> Study:
-    """Fit ``law_name`` on the selected, non-held-out rows and evaluate it everywhere."""
-    law = get_law(law_name)
+    """Fit a law on the selected, non-held-out rows and evaluate it everywhere.
+
+    ``law_name`` or ``objective`` ``"auto"`` chooses among the candidate forms by how well each, fitted on the
+    smaller runs, predicts the larger ones (:mod:`archscale.selection`); the winner is fitted on every row.
+    """
+    from archscale.hygiene import drop_undertrained, flag_outliers
+    from archscale.selection import AUTO, candidate_forms, select_form
+
     if reference is not None:
-        check_reference(law, reference)
+        check_reference(law_name, reference)
     selected = select(frame, where, "--where").to_numpy()
     excluded = frame[~selected].reset_index(drop=True)
-    frame = frame[selected].reset_index(drop=True)
+    frame = frame[selected]  # the index stays the file's data row, for naming rows (outliers) later
     if frame.empty:
         raise UserError(f"--where {where!r}: selects no rows of {source}")
+    frame, undertrained = drop_undertrained(frame, min_tokens_per_param, source)
+    rows = frame.index.to_numpy() + 1 if pd.api.types.is_integer_dtype(frame.index) else np.arange(1, len(frame) + 1)
+    frame = frame.reset_index(drop=True)
     held = select(frame, holdout, "--holdout").to_numpy()
     if held.all():
         raise UserError(f"--holdout {holdout!r}: holds out every row of {source}; nothing is left to fit")
 
+    form_selection = None
+    if AUTO in (law_name, objective):
+        forms = candidate_forms(frame, law_name, objective, reference is not None)
+        form_selection = select_form(frame[~held].reset_index(drop=True), forms, split, reference, fixed, max_evals, source)
+        law_name, objective = form_selection.law, form_selection.objective
+    law = get_law(law_name)
     inputs = law_inputs(law, frame, reference, source)
     loss = frame["loss"].to_numpy(float)
     fit_inputs = {k: v[~held] for k, v in inputs.items()}
     fit = fit_law(law, fit_inputs, loss[~held], objective, fixed, max_evals=max_evals, source=source)
     if bootstrap_samples:
-        fit.ci = bootstrap(law, fit_inputs, loss[~held], fit, bootstrap_samples, progress=progress)
+        fit.ci, fit.draws = bootstrap(law, fit_inputs, loss[~held], fit, bootstrap_samples, progress=progress)
     predicted = law.predict(fit.params, inputs)
     metrics = {"fit": evaluate(loss[~held], predicted[~held]),
                "holdout": evaluate(loss[held], predicted[held]) if held.any() else None}
     study = Study(
         fit=fit,
-        fitted=FittedLaw(law, fit.params, reference, source),
+        fitted=FittedLaw(law, fit.params, reference, source,
+                         [] if fit.draws is None else [dict(zip(law.param_names, row)) for row in fit.draws]),
         frame=frame,
         fit_mask=~held,
         holdout_mask=held,
@@ -236,10 +281,30 @@ def run_study(
         source=source,
         selection={"where": where, "holdout": holdout},
         excluded=excluded,
+        form_selection=form_selection,
+        rows=rows,
+        outliers=flag_outliers(rows[~held], loss[~held], robust_prediction(fit, fit_inputs, loss[~held], max_evals)),
+        hygiene={"min_tokens_per_param": min_tokens_per_param, "dropped_undertrained": undertrained,
+                 "outliers_judged_by": f"a Huber fit of {law.name} (robust: the runs it judges barely move it)"},
     )
     if progressive:
         study.progressive = progressive_tasks(law, frame[~held].reset_index(drop=True), reference, objective, fixed, source)
     return study
+
+
+def robust_prediction(fit: FitResult, inputs: Mapping[str, np.ndarray], loss: np.ndarray, max_evals: int | None) -> np.ndarray:
+    """Predictions of a Huber fit of the same law, against which runs are judged outliers.
+
+    A least-squares fit bends towards the very runs that should be flagged and hides them; a Huber fit
+    caps their pull. When the fit is already Huber it is used as it is.
+    """
+    if fit.objective == "huber":
+        return fit.predict(inputs)
+    try:
+        robust = fit_law(fit.law, inputs, loss, "huber", fit.fixed, max_evals=max_evals, quick=True)
+    except UserError:
+        return fit.predict(inputs)
+    return robust.predict(inputs)
 
 
 def progressive_tasks(

@@ -23,7 +23,7 @@ SELECTION = "tokens_budget in ['20N', '160N']"
 
 def main() -> None:
     runs = load_runs(ROOT / "data" / "aspect_ratio_morph.csv")
-    studies = {law: run_study(runs, law, where=SELECTION, holdout="N >= 1e9") for law in ("chinchilla", "aspect", "aspect-tied")}
+    studies = {law: run_study(runs, law, "lsq", where=SELECTION, holdout="N >= 1e9") for law in ("chinchilla", "aspect", "aspect-tied")}
     print(f"fit on {studies['aspect'].fit.n_points} runs below 1B (20N and 160N); held out: the four 1B runs\n")
     print(f"{'law':12s} {'fit MSE':>9s} {'fit R2':>7s} {'1B MSE':>9s} {'1B max rel err':>15s} {'1B rel errs':>28s} {'1B Spearman':>12s}")
     for law, study in studies.items():
@@ -33,7 +33,7 @@ def main() -> None:
         print(f"{law:12s} {fit['mse']:9.5f} {fit['r2']:7.4f} {hold['mse']:9.5f} {100 * hold['max_rel_error']:14.2f}% "
               f"{' '.join(f'{100 * e:.2f}%' for e in rel):>28s} {hold['spearman']:12.2f}")
 
-    everything = run_study(runs, "aspect", holdout="N >= 1e9")
+    everything = run_study(runs, "aspect", "lsq", holdout="N >= 1e9")
     spearman = everything.metrics["holdout"]["spearman"]
     print(f"\naspect law fitted on all {everything.fit.n_points} runs below 1B (40N included): "
           f"1B Spearman {spearman:.2f}, max rel err {100 * everything.metrics['holdout']['max_rel_error']:.2f}%")

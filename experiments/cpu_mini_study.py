@@ -97,7 +97,7 @@ def main() -> None:
     training_min = float((frame["D"] / frame["tokens_per_s"]).sum() / 60)
     lines = [f"runs: {len(frame)} ({', '.join(f'{count} at {size}' for size, count in counts.items())}); "
              f"their training took {training_min:.1f} min at the tokens/s each run logged"]
-    study = run_study(frame, "conditional-mult", progressive=True, source=str(runs))
+    study = run_study(frame, "conditional-mult", "lsq", progressive=True, source=str(runs))
     write_json(results / "cond.json", study.to_json())
     plot_study(study, results / "cond.png")
     optimum = study.fitted.optimum()

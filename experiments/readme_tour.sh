@@ -18,7 +18,7 @@ step() {  # step NAME COMMAND...: print the command, run it, keep both
   { echo "\$ $*"; "$@"; } 2>&1 | sed "s#$WORK#tour#g" | tee "$OUT/$name.txt"
 }
 
-step 01-fit-aspect archscale fit data/aspect_ratio_morph.csv --law aspect --where "tokens_budget != '40N'" --holdout "N>=1e9" --out "$WORK/aspect.json"
+step 01-fit-aspect archscale fit data/aspect_ratio_morph.csv --law aspect --loss lsq --where "tokens_budget != '40N'" --holdout "N>=1e9" --out "$WORK/aspect.json"
 step 02-search-1b archscale search --fit data/fits/dissertation_1b_mult.json --n 1e9 --tokens 1e11 --layers 16 --head-dim 64 \
   --match llama-3.2-1b --gpu h100-sxm --batch 64 --input-len 4096 --output-len 1024 --top-k 3 \
   --emit "$WORK/configs-1b" --plot "$OUT/pareto.png" --out "$WORK/search-1b.json"
@@ -31,5 +31,5 @@ step 05-bench-torch archscale bench "$WORK/configs-tiny/cand-01" "$WORK/configs-
   --batch-sizes 1,4 --input-len 64 --output-len 16 --repeats 3 --out "$WORK/bench.sqlite"
 cp experiments/results/cpu_mini_study/runs.csv "$WORK/runs.csv"
 step 06-train archscale train "$WORK/configs-tiny/cand-01" --tokens 1.5e6 --runs "$WORK/runs.csv" --out "$WORK/run-cand-01" --no-progress
-step 07-refit archscale fit "$WORK/runs.csv" --law conditional-mult --progressive --out "$WORK/cond.json" --plot "$OUT/cond.png"
+step 07-refit archscale fit "$WORK/runs.csv" --law conditional-mult --loss lsq --progressive --out "$WORK/cond.json" --plot "$OUT/cond.png"
 echo "tour outputs in $OUT"

@@ -53,7 +53,7 @@ aspect_runs = load_runs(DATA / "aspect_ratio_morph.csv")
 selection = "tokens_budget in ['20N', '160N']"
 fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
 for ax, law in zip(axes, ("chinchilla", "aspect")):
-    study = run_study(aspect_runs, law, where=selection, holdout="N >= 1e9")
+    study = run_study(aspect_runs, law, "lsq", where=selection, holdout="N >= 1e9")
     predicted_vs_actual(ax, study.frame["loss"], study.predicted, study.fit_mask, study.metrics, law)
     held = study.metrics["holdout"]
     print(f"{law:10s} 1B runs: max relative error {100 * held['max_rel_error']:.2f}%, Spearman {held['spearman']:.2f}")
@@ -140,7 +140,7 @@ on all of them, closing the loop."""),
     ("code", """mini_study = DATA.parent / "experiments" / "results" / "cpu_mini_study" / "runs.csv"
 table = pd.concat([pd.read_csv(mini_study), pd.read_csv(runs_csv)], ignore_index=True)
 table.to_csv(WORK / "all_runs.csv", index=False)
-refit = run_study(load_runs(WORK / "all_runs.csv"), "conditional-mult")
+refit = run_study(load_runs(WORK / "all_runs.csv"), "conditional-mult", "lsq")
 print(f"refit on {refit.fit.n_points} runs: optimum", {k: round(v, 3) for k, v in refit.fitted.optimum().items()})
 print("fit metrics:", {k: round(v, 4) if isinstance(v, float) else v for k, v in refit.metrics["fit"].items()})"""),
 ]

@@ -301,7 +301,8 @@ def test_cpu_probe_reads_the_vector_units_and_measures_copy_bandwidth(tmp_path, 
     assert flags_and_clock == ({"fpu", "sse2", "avx", "avx2", "fma"}, 3000.0)
     monkeypatch.setattr(probe, "_cpuinfo", lambda: flags_and_clock)
     result = probe.probe_cpu("mycpu", threads=1)
-    assert result.device.name == "mycpu" and result.device.bf16_tflops == pytest.approx(32 * 3000e6 / 1e12)
+    assert result.device.name == "mycpu"
+    assert result.device.bf16_tflops == pytest.approx(max(32 * 3000e6, result.matmul_flops) / 1e12)
     assert result.copy_bytes_per_s > 1e8 and result.matmul_flops > 1e8 and result.device.memory_gb > 0
 
 

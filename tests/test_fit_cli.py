@@ -39,7 +39,8 @@ def test_fit_json_to_stdout(cli):
 
 def test_conditional_fit_with_chinchilla_reference_and_predict(cli, tmp_path):
     reference = tmp_path / "chinchilla.json"
-    assert cli("fit", DATA / "chinchilla_epoch.csv", "--loss", "huber", "--where", "loss < 3.42", "--out", reference).code == 0
+    assert cli("fit", DATA / "chinchilla_epoch.csv", "--law", "chinchilla", "--loss", "huber", "--where", "loss < 3.42",
+               "--out", reference).code == 0
     rows = []
     for n in (8e7, 1.5e8, 3e8):
         for d_model, heads, d_ff in ((512, 16, 1536), (768, 12, 2048), (1024, 8, 2048), (768, 24, 1024), (640, 8, 2560)):
@@ -93,7 +94,8 @@ GOOD = {"N": [1e8, 2e8, 4e8, 8e8, 1.6e9, 1e8, 4e8], "D": [2e9, 4e9, 8e9, 1.6e10,
         (lambda p: _write(p, GOOD), ["--holdout", "N > 0"], "holds out every row"),
         (lambda p: _write(p, GOOD), ["--loss", "l1"], "--loss 'l1'"),
         (lambda p: _write(p, GOOD), ["--fix", "A=400"], "--fix A: A depends on the units"),
-        (lambda p: _write(p, GOOD), ["--reference", DATA / "fits" / "dissertation_1b_mult.json"], "--reference only applies"),
+        (lambda p: _write(p, GOOD), ["--law", "chinchilla", "--reference", DATA / "fits" / "dissertation_1b_mult.json"], "--reference only applies"),
+        (lambda p: _write(p, GOOD), ["--reference", DATA / "fits" / "dissertation_1b_mult.json"], "must be a chinchilla fit"),
         (lambda p: _write(p, {"N": [1e8 * 2**i for i in range(8)], "D": [2e9 * 2**i for i in range(8)],
                               "loss": [3.5 - 0.1 * i for i in range(8)]}), [], "same tokens-per-parameter ratio"),
     ],

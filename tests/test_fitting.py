@@ -48,8 +48,8 @@ def test_least_squares_and_huber_differ_and_are_labelled(chinchilla_240):
 def test_aspect_law_predicts_and_ranks_the_1b_runs_where_chinchilla_does_not(aspect_runs):
     # the paper's Figure 5.8: fit on every run below 1B at 20N and 160N, test on the four 1B runs
     where = "tokens_budget in ['20N', '160N']"
-    aspect = run_study(aspect_runs, "aspect", where=where, holdout="N >= 1e9").metrics["holdout"]
-    chinchilla = run_study(aspect_runs, "chinchilla", where=where, holdout="N >= 1e9").metrics["holdout"]
+    aspect = run_study(aspect_runs, "aspect", "lsq", where=where, holdout="N >= 1e9").metrics["holdout"]
+    chinchilla = run_study(aspect_runs, "chinchilla", "lsq", where=where, holdout="N >= 1e9").metrics["holdout"]
     assert aspect["n"] == 4
     assert aspect["max_rel_error"] <= 0.012
     assert aspect["spearman"] == pytest.approx(1.0)
@@ -58,7 +58,7 @@ def test_aspect_law_predicts_and_ranks_the_1b_runs_where_chinchilla_does_not(asp
 
 
 def test_aspect_law_on_all_sub_1b_runs_still_ranks_1b_correctly(aspect_runs):
-    holdout = run_study(aspect_runs, "aspect", holdout="N >= 1e9").metrics["holdout"]
+    holdout = run_study(aspect_runs, "aspect", "lsq", holdout="N >= 1e9").metrics["holdout"]
     assert holdout["spearman"] == pytest.approx(1.0)
 
 
@@ -79,7 +79,7 @@ def synthetic_runs(law_name, params, noise=0.002, seed=0):
 
 def test_multiplicative_law_recovers_known_coefficients():
     frame = synthetic_runs("conditional-mult", PAPER_IN_UNIT_GAUGE)
-    fit = run_study(frame, "conditional-mult", reference=REFERENCE).fit
+    fit = run_study(frame, "conditional-mult", "lsq", reference=REFERENCE).fit
     for name, true in PAPER_IN_UNIT_GAUGE.items():
         assert fit.params[name] == pytest.approx(true, rel=0.12), name
     optimum = get_law("conditional-mult").optimum(fit.params)
@@ -89,20 +89,20 @@ def test_multiplicative_law_recovers_known_coefficients():
 
 def test_additive_law_recovers_known_coefficients():
     truth = dict(a0=0.12, a1=0.11, a2=0.0088, b1=0.048, b2=0.050)
-    fit = run_study(synthetic_runs("conditional-add", truth), "conditional-add", reference=REFERENCE).fit
+    fit = run_study(synthetic_runs("conditional-add", truth), "conditional-add", "lsq", reference=REFERENCE).fit
     for name, true in truth.items():
         assert fit.params[name] == pytest.approx(true, rel=0.12), name
 
 
 def test_empirical_reference_finds_the_same_optimum():
     frame = synthetic_runs("conditional-mult", PAPER_IN_UNIT_GAUGE)
-    study = run_study(frame, "conditional-mult")
+    study = run_study(frame, "conditional-mult", "lsq")
     assert study.reference_kind == "empirical"
     assert study.fitted.optimum()["r"] == pytest.approx(1.032, rel=0.03)
 
 
 def test_progressive_tasks_fit_small_and_test_the_next_size():
-    study = run_study(synthetic_runs("conditional-mult", PAPER_IN_UNIT_GAUGE), "conditional-mult",
+    study = run_study(synthetic_runs("conditional-mult", PAPER_IN_UNIT_GAUGE), "conditional-mult", "lsq",
                       reference=REFERENCE, progressive=True)
     assert [task["test_sizes"] for task in study.progressive] == [[1.45e8], [2.97e8]]
     assert all(task["metrics"]["spearman"] > 0.9 for task in study.progressive)
@@ -110,7 +110,7 @@ def test_progressive_tasks_fit_small_and_test_the_next_size():
 
 def test_fixed_parameter_is_held():
     frame = synthetic_runs("conditional-mult", PAPER_IN_UNIT_GAUGE)
-    fit = run_study(frame, "conditional-mult", reference=REFERENCE, fixed={"b0": 0.387}).fit
+    fit = run_study(frame, "conditional-mult", "lsq", reference=REFERENCE, fixed={"b0": 0.387}).fit
     assert fit.params["b0"] == 0.387
     assert fit.params["a0"] == pytest.approx(2.697, rel=0.12)  # the paper's own gauge comes back
 

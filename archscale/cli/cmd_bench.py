@@ -422,9 +422,11 @@ def _probe_mode(save: Optional[Path], name: str, dtype: Optional[str], threads: 
         print_json({**asdict(device), "flops_per_cycle": probe.flops_per_cycle, "mhz": probe.mhz, "threads": probe.threads,
                     "matmul_flops": probe.matmul_flops, "copy_bytes_per_s": probe.copy_bytes_per_s})
         return
-    console.print(f"{device.name}: peak {device.bf16_tflops * 1e3:.1f} GFLOP/s ({probe.flops_per_cycle} fp32 FLOPs/cycle x "
-                  f"{probe.mhz:.0f} MHz x {probe.threads} threads; torch reached {probe.matmul_flops / 1e9:.1f} in {kind} "
-                  f"matmul), {device.hbm_tb_s * 1e3:.1f} GB/s copy, {device.memory_gb:g} GiB RAM")
+    theory = probe.flops_per_cycle * probe.mhz * 1e6 * probe.threads
+    console.print(f"{device.name}: peak {device.bf16_tflops * 1e3:.1f} GFLOP/s (the larger of {probe.flops_per_cycle} fp32 "
+                  f"FLOPs/cycle x {probe.mhz:.0f} MHz x {probe.threads} threads = {theory / 1e9:.1f} and torch's {kind} "
+                  f"matmul, {probe.matmul_flops / 1e9:.1f}), {device.hbm_tb_s * 1e3:.1f} GB/s copy, "
+                  f"{device.memory_gb:g} GiB RAM")
     if save is not None:
         console.print(f"saved {save}: use it with --gpu {device.name} --gpu-file {save} (bench calibrate, bench --backend "
                       "roofline, search)")

@@ -14,28 +14,15 @@ from rich.console import Console
 from rich.table import Table
 
 from archscale.cli import app, console, print_json
-from archscale.cli.options import format_count
+from archscale.cli.options import format_count, parse_assignments
 from archscale.errors import UserError
 from archscale.files import write_json
 from archscale.laws import LAWS
+from archscale.hygiene import describe_outliers
 from archscale.outputs import check_outputs
-from archscale.runs import load_runs, parse_column_map
+from archscale.runs import parse_column_map, read_runs
 from archscale.study import Study, load_fit, run_study
 
-
-
-def parse_fixed(items: list[str] | None) -> dict[str, float]:
-    """``--fix b0=1`` items to a dict."""
-    fixed: dict[str, float] = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        try:
-            fixed[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name.strip():
-            raise UserError(f"--fix {item!r}: expected NAME=NUMBER, e.g. b0=1")
-    return fixed
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -44,8 +31,39 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+def _print_selection(study: Study) -> None:
+    """The candidate forms, each scored by how it predicted the larger runs from the smaller ones."""
+    selection = study.form_selection
+    if selection is None:
+        return
+    if selection.candidates:
+        unit = selection.column
+        folds = "; ".join(f"fold {i + 1}: fit {f.n_train} runs with {unit} < {f.threshold:.3g}, predict the {f.n_test} from there up"
+                          for i, f in enumerate(selection.folds))
+        console.print(f"form selection by extrapolation ({folds})")
+        table = Table()
+        for column in ("law", "objective", "free params", "score", *[f"fold {i + 1}" for i in range(len(selection.folds))],
+                       "worst run", ""):
+            table.add_column(column, justify="left" if column in ("law", "objective", "") else "right")
+        for candidate in sorted(selection.candidates, key=lambda c: (c.score is None, c.score or 0)):
+            if candidate.score is None:
+                table.add_row(candidate.law, candidate.objective, str(candidate.free_params), "-",
+                              *["-" for _ in selection.folds], "-",
+                              f"not fitted: {(candidate.error or '').split(': ', 1)[-1][:60]}")
+                continue
+            chosen = candidate.law == selection.law and candidate.objective == selection.objective
+            table.add_row(candidate.law, candidate.objective, str(candidate.free_params), f"{100 * candidate.score:.2f}%",
+                          *[f"{100 * e:.2f}%" for e in candidate.fold_errors], f"{100 * candidate.max_rel_error:.2f}%",
+                          "[bold]selected[/bold]" if chosen else "")
+        console.print(table)
+        console.print("score: mean relative error on each fold's larger runs, averaged over folds")
+    if selection.note:
+        console.print(f"note: {selection.note}")
+
+
 def _print_study(study: Study) -> None:
     fit = study.fit
+    _print_selection(study)
     console.print(f"[bold]{fit.law.name}[/bold]: {fit.law.description}  ({fit.objective} fit on {fit.n_points} runs)")
     params = Table()
     params.add_column("parameter")
@@ -77,36 +95,55 @@ def _print_study(study: Study) -> None:
     optimum = fit.law.optimum(fit.params)
     if optimum:
         console.print("closed-form optimum: " + ", ".join(f"{k}* = {_fmt(v)}" for k, v in optimum.items()))
-    console.print(f"objective ({fit.objective}): {fit.objective_value:.6g}, best of {fit.n_starts} LM starts")
+    console.print(f"objective ({fit.objective}): {fit.objective_value:.10g}, best of {fit.n_starts} starts")
+    hygiene = study.hygiene
+    for line in hygiene.get("dropped_invalid", [])[:5]:
+        console.print(f"dropped invalid {line}")
+    if len(hygiene.get("dropped_invalid", [])) > 5:
+        console.print(f"... {len(hygiene['dropped_invalid'])} invalid rows dropped in all")
+    if hygiene.get("dropped_undertrained"):
+        console.print(f"dropped {hygiene['dropped_undertrained']} runs trained on fewer than "
+                      f"{hygiene['min_tokens_per_param']:g} tokens per parameter")
+    if study.outliers:
+        console.print(f"[yellow]outliers:[/yellow] {describe_outliers(study.outliers)}")
     for warning in fit.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
-@app.command(epilog="Example: archscale fit data/chinchilla_epoch.csv --law chinchilla --loss huber --where \"loss < 3.42\" --out fit.json --plot fit.png")
+@app.command(epilog="Example: archscale fit data/chinchilla_epoch.csv --where \"loss < 3.42\" --out fit.json --plot fit.png")
 def fit(
     runs: Path = typer.Argument(..., help="Runs table (.csv, .parquet or .jsonl): one row per training run."),
-    law: str = typer.Option("chinchilla", "--law", help=f"Law to fit: {', '.join(LAWS)}."),
-    loss: str = typer.Option("lsq", "--loss", help="Objective: lsq (Levenberg-Marquardt on loss) or huber (on log-loss, delta 1e-3)."),
-    col: Optional[list[str]] = typer.Option(None, "--col", help='Map a file column to a canonical one, e.g. --col N="Model Size" (C = training FLOPs, D = C/6N).'),
+    law: str = typer.Option("auto", "--law", help=f"Law to fit: {', '.join(LAWS)}, or auto: choose by how well each predicts the larger runs."),
+    loss: str = typer.Option("auto", "--loss", help="Objective: lsq (Levenberg-Marquardt on loss), huber (on log-loss, delta 1e-3), or auto: choose as for --law."),
+    split: str = typer.Option("size", "--split", help="How --law/--loss auto score candidates: fit the smaller sizes N (size) or lower budgets C (budget), predict the rest."),
+    col: Optional[list[str]] = typer.Option(None, "--col", help='Map a file column to a canonical one, e.g. --col N="Model Size" (C = training FLOPs, D = C/6N); the file name stays usable in --where.'),
     where: Optional[str] = typer.Option(None, "--where", help='Use only rows matching this condition, e.g. "loss < 3.42".'),
-    holdout: Optional[str] = typer.Option(None, "--holdout", help='Hold out rows matching this condition and score on them, e.g. "N>=1e9".'),
+    holdout: Optional[str] = typer.Option(None, "--holdout", help='Hold out rows matching this condition and score on them, e.g. "N>=1e9" (never used to choose the form).'),
+    min_tokens_per_param: Optional[float] = typer.Option(None, "--min-tokens-per-param", help="Drop runs trained on fewer tokens per parameter (D/N), e.g. 1 for isoFLOP wings."),
+    drop_invalid: bool = typer.Option(False, "--drop-invalid", help="Drop rows with a missing or invalid N, D or loss (counted) instead of refusing the file."),
     progressive: bool = typer.Option(False, "--progressive", help="Also run the paper's progressive tasks: fit on the k smallest sizes, test on the next."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Chinchilla fit JSON giving L_opt(N,D) for conditional laws (default: best measured loss per (N,D))."),
     fix: Optional[list[str]] = typer.Option(None, "--fix", help="Hold a parameter at a value, e.g. --fix alpha=0.34 (conditional-mult fixes b0=1 by default)."),
-    bootstrap: int = typer.Option(0, "--bootstrap", min=0, help="Bootstrap resamples for 95% confidence intervals."),
-    max_evals: Optional[int] = typer.Option(None, "--max-evals", min=1, help="Cap on function evaluations per LM start."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the fit as JSON (read by predict and search)."),
+    bootstrap: int = typer.Option(0, "--bootstrap", min=0, help="Bootstrap resamples for 95% confidence intervals (stored in the JSON for plan and search)."),
+    max_evals: Optional[int] = typer.Option(None, "--max-evals", min=1, help="Cap on function evaluations per optimiser start."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the fit as JSON (read by predict, plan and search)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: predicted vs measured (held-out as crosses), U-curves for conditional laws."),
     as_json: bool = typer.Option(False, "--json", help="Print the fit JSON to stdout instead of tables."),
 ) -> None:
-    """Fit a scaling law to a table of training runs and say how well it predicts held-out runs."""
+    """Fit a scaling law to a table of training runs and say how well it predicts held-out runs.
+
+    By default the law's form (Chinchilla tied or free, the aspect laws where the runs have shapes) and its
+    objective are chosen by how well each, fitted on the smaller runs, predicts the larger ones.
+    """
     check_outputs(("--out", out, "json"), ("--plot", plot, "png"), inputs=(runs, reference))
-    frame = load_runs(runs, parse_column_map(col))
+    table = read_runs(runs, parse_column_map(col), drop_invalid=drop_invalid, hint="or drop invalid rows with --drop-invalid")
     fitted_reference = load_fit(reference) if reference else None
     with _bootstrap_bar(bootstrap, quiet=as_json) as progress:
-        study = run_study(frame, law, objective=loss, where=where, holdout=holdout, reference=fitted_reference,
-                          fixed=parse_fixed(fix), bootstrap_samples=bootstrap, progressive=progressive,
-                          max_evals=max_evals, source=str(runs), progress=progress)
+        study = run_study(table.frame, law, objective=loss, where=where, holdout=holdout, reference=fitted_reference,
+                          fixed=parse_assignments(fix, "--fix", "b0=1"), bootstrap_samples=bootstrap, progressive=progressive,
+                          max_evals=max_evals, source=str(runs), progress=progress,
+                          min_tokens_per_param=min_tokens_per_param, split=split)
+    study.hygiene["dropped_invalid"] = table.dropped
     document = study.to_json()
     if plot:
         from archscale.plots import plot_study

@@ -24,8 +24,8 @@ from archscale.search import SearchResult, SearchSpec, best_at_gqa, emit_configs
 from archscale.study import check_reference, load_fit
 
 TOP_COLUMNS = ["rank", "d_model", "n_heads", "n_kv_heads", "d_ff", "N", "x", "r", "gqa", "predicted_loss",
-               "loss_source", "tokens_per_s", "output_tokens_per_s", "throughput_source", "memory_gb", "concurrency",
-               "gqa_variants"]
+               "loss_low", "loss_high", "p_meets_target", "loss_source", "tokens_per_s", "output_tokens_per_s",
+               "throughput_source", "memory_gb", "concurrency", "gqa_variants"]
 
 
 def _records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
@@ -67,6 +67,16 @@ def result_document(result: SearchResult, spec: SearchSpec) -> dict[str, Any]:
     }
 
 
+def _loss_uncertainty(row: Any) -> str:
+    """`` [low-high]`` from the fit's bootstrap refits, and ``P=0.97`` with --confidence (loss part of the table)."""
+    text = ""
+    if getattr(row, "loss_low", None) is not None and pd.notna(row.loss_low) and row.loss_source != "measured":
+        text += f" [{row.loss_low:.4f}-{row.loss_high:.4f}]"
+    if getattr(row, "p_meets_target", None) is not None and pd.notna(row.p_meets_target):
+        text += f" P={row.p_meets_target:.2f}"
+    return text
+
+
 def _print(result: SearchResult, spec: SearchSpec) -> None:
     optimum = result.continuous_optimum
     if optimum:
@@ -85,7 +95,7 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
         table.add_column(column, justify="right")
     for row in result.top_k.itertuples():
         ratio = _speedup(row, reference)
-        loss = f"{row.predicted_loss:.4f}" + (" (measured)" if row.loss_source == "measured" else "")
+        loss = f"{row.predicted_loss:.4f}" + (" (measured)" if row.loss_source == "measured" else "") + _loss_uncertainty(row)
         speed = f"{row.output_tokens_per_s:,.0f}" + (" (measured)" if row.throughput_source == "measured" else "")
         table.add_row(str(row.rank), str(row.d_model), f"{row.n_heads}/{row.n_kv_heads}", str(row.d_ff), format_count(row.N),
                       f"{row.r:.2f}", f"{row.x:.4f}", str(row.gqa), loss, speed, "-" if ratio is None else f"{ratio:.2f}x",
@@ -136,6 +146,7 @@ def search_command(
     vocab: int = typer.Option(128256, "--vocab", min=1, help="Vocabulary size (embedding and LM head)."),
     tie_embeddings: bool = typer.Option(True, "--tie-embeddings/--untie-embeddings", help="Tie input and output embeddings (LLaMA-3.2 1B/3B do)."),
     strict_hf: bool = typer.Option(False, "--strict-hf", help="Only shapes with d_model % n_heads == 0 (transformers' Llama requires it)."),
+    confidence: Optional[float] = typer.Option(None, "--confidence", help="Keep only candidates that meet the target under this share of the fit's bootstrap refits, e.g. 0.9 (fit with --bootstrap)."),
     runs: Optional[Path] = typer.Option(None, "--runs", help="Runs table: a measured loss for a candidate's exact shape at this D replaces the prediction."),
     bench: Optional[Path] = typer.Option(None, "--bench", help="Bench results: a measured throughput for a candidate, GPU and workload replaces the estimate."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="How many shapes to select for training."),
@@ -163,7 +174,7 @@ def search_command(
     matched = load_architecture(match) if match else None
     run_table = load_runs(runs) if runs else None
     bench_table = load_results(bench, measured_only=True) if bench else None
-    result = search(fitted, spec, target_loss, matched, slack, top_k, run_table, bench_table)
+    result = search(fitted, spec, target_loss, matched, slack, top_k, run_table, bench_table, confidence=confidence)
     document = result_document(result, spec)
     if plot:
         from archscale.plots import plot_search

@@ -38,15 +38,15 @@ def parse_int_list(text: str | None, label: str) -> list[int] | None:
 
 
 def format_count(n: float) -> str:
-    """A parameter count at a glance: 973M, 1.02B, 201K."""
-    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+    """A parameter or token count at a glance: 973M, 1.02B, 201K, 1.54T."""
+    for scale, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
         if n >= scale:
             return f"{n / scale:.3g}{unit}"
     return f"{n:.0f}"
 
 
-def parse_assignments(items: list[str] | None, flag: str) -> dict[str, float]:
-    """``--fix b0=1`` / ``--fix eta_kv=0.8`` items to ``{name: value}``."""
+def parse_assignments(items: list[str] | None, flag: str, example: str = "t_layer=0") -> dict[str, float]:
+    """``--fix b0=1`` / ``--fix eta_kv=0.8`` items to ``{name: value}`` (fit and bench calibrate share it)."""
     values: dict[str, float] = {}
     for item in items or []:
         name, sep, value = item.partition("=")
@@ -55,6 +55,6 @@ def parse_assignments(items: list[str] | None, flag: str) -> dict[str, float]:
         except ValueError:
             sep = ""
         if not sep or not name.strip() or not math.isfinite(number):
-            raise UserError(f"{flag} {item!r}: expected NAME=NUMBER, e.g. {flag} t_layer=0")
+            raise UserError(f"{flag} {item!r}: expected NAME=NUMBER, e.g. {flag} {example}")
         values[name.strip()] = number
     return values

@@ -6,7 +6,8 @@ dtype). A calibration profile for a CPU (vLLM's CPU backend, or archscale's
 torch backend) is fitted relative to reference rates, so they should be the
 CPU's own ceilings: the peak FLOP/s its vector units allow at its clock with
 the threads a measurement uses (from ``/proc/cpuinfo``: AVX-512, AVX2 with
-FMA, or SSE), which no load on a shared machine can lower, and the fastest
+FMA, or SSE), which no load on a shared machine can lower, or the rate a
+large torch matmul reaches if that is higher (boost clocks), and the fastest
 large copy it manages. The result is a device entry (the fields of
 :class:`~archscale.cost.gpus.GPU`) that ``--gpu-file`` reads; the profile
 stores it, so it is never applied to another machine silently. The matmul
@@ -96,7 +97,9 @@ def probe_cpu(name: str = "cpu", threads: int | None = None, dtype: str = "float
         copy = 2 * COPY_BYTES / _best_seconds(lambda: target.copy_(source))
     finally:
         torch.set_num_threads(previous)
-    peak = per_cycle * mhz * 1e6 * threads
+    # /proc/cpuinfo gives the clock the kernel saw (often the base clock on a virtual machine); boost clocks make a
+    # core faster, so when torch demonstrably does better, that rate is the peak (efficiencies stay <= 1)
+    peak = max(per_cycle * mhz * 1e6 * threads, matmul)
     memory_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
     device = GPU(name.lower(), bf16_tflops=peak / 1e12, hbm_tb_s=copy / 1e12, memory_gb=round(memory_gib, 1),
                  interconnect_gb_s=1.0)

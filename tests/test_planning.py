@@ -1,0 +1,208 @@
+"""``archscale plan``: compute-optimal N* and D* (Approach 2 and from a law) and the inference-aware optimum."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from archscale.cost import Workload, load_gpu
+from archscale.inference_optimal import CostModel, Serving, chinchilla_point, inference_aware_optimum
+from archscale.laws import get_law
+from archscale.planning import law_allocation
+from archscale.study import FittedLaw
+from conftest import DATA
+
+ISOFLOPS = DATA / "chinchilla_isoflops_epoch.csv"
+PAPER_A = 0.49  # Chinchilla's Approach 2 on these profiles (its Table 2)
+
+
+@pytest.fixture(scope="module")
+def huber_fit(tmp_path_factory):
+    """The Huber fit of the Figure 4 points, with bootstrap refits (as a user would make it)."""
+    from archscale.runs import load_runs
+    from archscale.study import run_study
+
+    path = tmp_path_factory.mktemp("fit") / "huber.json"
+    frame = load_runs(DATA / "chinchilla_epoch.csv")
+    study = run_study(frame, "chinchilla", "huber", where="loss < 3.42", bootstrap_samples=40)
+    from archscale.files import write_json
+
+    write_json(path, study.to_json())
+    return path
+
+
+def test_approach_2_on_the_chinchilla_profiles_in_one_command(cli, tmp_path, huber_fit):
+    out, plot = tmp_path / "plan.json", tmp_path / "plan.png"
+    result = cli("plan", ISOFLOPS, "--drop-unbracketed", "--fit", huber_fit, "--budget", "5.76e23",
+                 "--bootstrap", "300", "--out", out, "--plot", plot)
+    assert result.code == 0, result.err
+    document = json.loads(out.read_text())
+    approach2 = document["approach2"]
+    assert approach2["a"] == pytest.approx(PAPER_A, abs=0.03)
+    assert approach2["b"] == pytest.approx(1 - approach2["a"])
+    low, high = approach2["ci95"]["a"]
+    assert low < approach2["a"] < high and high - low < 0.15
+    assert len(approach2["profiles"]) == 9
+    assert [p["C"] for p in approach2["profiles"] if p["role"] == "excluded"] == [1e20]  # its minimum is below its sizes
+    # N*(C) from the Huber law beside it, with its own exponent and intervals from the fit's bootstrap refits
+    law = document["law"]
+    assert 0.45 < law["a"] < 0.56 and law["ci95"]["a"] is not None
+    n_law, n_approach2 = law["budgets"][0]["N"], approach2["budgets"][0]["N"]
+    assert 3e10 < n_approach2 < 1.5e11 and 3e10 < n_law < 1.5e11
+    assert "Approach 2" in result.out and "law N*" in result.out and "a = 0.49" in result.out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_holding_out_the_top_budget_predicts_its_minimum(cli):
+    result = cli("plan", ISOFLOPS, "--drop-unbracketed", "--holdout", "C >= 3e21", "--bootstrap", "0", "--json")
+    assert result.code == 0, result.err
+    holdout = json.loads(result.out)["approach2"]["holdout"]
+    assert len(holdout) == 1 and holdout[0]["C"] == pytest.approx(3e21)
+    assert abs(holdout[0]["relative_error"]) < 0.5  # the frontier of 7 lower budgets lands within a factor 1.5
+    assert "held-out budget" in cli("plan", ISOFLOPS, "--drop-unbracketed", "--holdout", "C >= 3e21", "--bootstrap", "0").out
+
+
+def test_law_allocation_is_the_minimum_along_the_budget():
+    params = dict(E=1.8172, A=477.8, B=2143.4, alpha=0.3473, beta=0.3672)
+    allocation = law_allocation(FittedLaw(get_law("chinchilla"), params, source="test"), [1e21, 1e24])
+    assert allocation.a == pytest.approx(0.3672 / (0.3473 + 0.3672))
+    for budget, n_opt, d_opt in zip(allocation.budgets, allocation.n_opt, allocation.d_opt):
+        assert 6 * n_opt * d_opt == pytest.approx(budget)
+        sizes = n_opt * np.geomspace(0.5, 2, 101)
+        losses = get_law("chinchilla").predict(params, {"N": sizes, "D": budget / (6 * sizes)})
+        assert sizes[np.argmin(losses)] == pytest.approx(n_opt, rel=0.02)
+
+
+# ---------------------------------------------------------------------------
+# the inference-aware optimum, against a worked example
+# ---------------------------------------------------------------------------
+# L(N, D) = 1.7 + A/N^0.5 + B/D^0.5 with A = 0.2 sqrt(1e9), B = 0.2 sqrt(2e10), target 2.1 (so target - E = 0.4).
+# Write u = A N^-1/2 and v = B D^-1/2, u + v = 0.4; then N = (A/u)^2 and D = (B/v)^2.
+# Chinchilla point (least 6ND): minimise 1/(u v)^2 on u + v = 0.4 -> u = v = 0.2 -> N = 1e9, D = 2e10.
+# With D_inf tokens served (FLOPs 6ND + 2N D_inf): cost(u) = 6 A^2 B^2/(u^2 v^2) + 2 D_inf A^2/u^2, v = 0.4 - u.
+# d cost/du = 0  <=>  12 A^2 B^2 (u - v)/(u^3 v^3) = 4 D_inf A^2/u^3  <=>  u - v = D_inf v^3 / (3 B^2),
+# so v solves the cubic  D_inf v^3/(3 B^2) + 2 v - 0.4 = 0  (one positive root), u = 0.4 - v.
+A, B, E, TARGET = 0.2 * np.sqrt(1e9), 0.2 * np.sqrt(2e10), 1.7, 2.1
+WORKED = FittedLaw(get_law("chinchilla"), dict(E=E, A=A, B=B, alpha=0.5, beta=0.5), source="worked example")
+
+
+def hand_optimum(inference_tokens: float) -> tuple[float, float]:
+    roots = np.roots([inference_tokens / (3 * B**2), 0.0, 2.0, -(TARGET - E)])
+    v = float(next(r.real for r in roots if abs(r.imag) < 1e-9 and r.real > 0))
+    return (A / (TARGET - E - v)) ** 2, (B / v) ** 2
+
+
+def test_the_chinchilla_point_of_the_worked_example():
+    n, d = chinchilla_point(WORKED, TARGET)
+    assert n == pytest.approx(1e9, rel=1e-9) and d == pytest.approx(2e10, rel=1e-9)
+
+
+def test_inference_aware_optimum_reproduces_the_worked_example():
+    volumes = [1e12, 1e13, 1e14]
+    plan = inference_aware_optimum(WORKED, TARGET, volumes)
+    for optimum, volume in zip(plan.optima, volumes):
+        n, d = hand_optimum(volume)
+        assert optimum.n == pytest.approx(n, rel=1e-5) and optimum.d == pytest.approx(d, rel=1e-5)
+        assert optimum.training == pytest.approx(6 * n * d, rel=1e-5)
+        assert optimum.inference == pytest.approx(2 * n * volume, rel=1e-5)
+    # by hand: 1e12 tokens -> N 397M, D 117B; the optimum moves to smaller N and more D as inference grows
+    assert plan.optima[0].n == pytest.approx(3.970e8, rel=1e-3) and plan.optima[0].d == pytest.approx(1.1726e11, rel=1e-3)
+    sizes, tokens = [o.n for o in plan.optima], [o.d for o in plan.optima]
+    assert sizes == sorted(sizes, reverse=True) and tokens == sorted(tokens)
+    assert all(o.total < c.total for o, c in zip(plan.optima, plan.chinchilla))
+    assert all(c.n == pytest.approx(1e9, rel=1e-9) for c in plan.chinchilla)
+
+
+def test_gpu_hours_move_the_same_way_and_use_the_cost_model():
+    serving = Serving(load_gpu("h100-sxm"), Workload(64, 4096, 1024))
+    plan = inference_aware_optimum(WORKED, TARGET, [1e12, 1e13, 1e14], CostModel("gpu-hours", 0.4, serving))
+    sizes = [o.n for o in plan.optima]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] < 1e9
+    assert all(o.total < c.total for o, c in zip(plan.optima, plan.chinchilla))
+    # training: 6ND FLOPs at 40% of the H100's 989 TFLOP/s
+    first = plan.optima[0]
+    assert first.training == pytest.approx(6 * first.n * first.d / (0.4 * 989e12) / 3600, rel=1e-6)
+
+
+def test_plan_prints_the_inference_aware_table(cli, tmp_path):
+    fit = tmp_path / "worked.json"
+    fit.write_text(json.dumps({"law": "chinchilla", "params": WORKED.params}))
+    out = tmp_path / "plan.json"
+    result = cli("plan", "--fit", fit, "--target-loss", "2.1", "--inference-tokens", "1e12,1e13,1e14", "--out", out)
+    assert result.code == 0, result.err
+    assert "inference-aware optimum" in result.out and "Chinchilla point" in result.out
+    document = json.loads(out.read_text())["inference_aware"]
+    assert document["optima"][0]["N"] == pytest.approx(hand_optimum(1e12)[0], rel=1e-5)
+    assert all(saving > 0 for saving in document["savings"])
+
+
+# ---------------------------------------------------------------------------
+# bad input, as a new user would try it: one line, exit 2, nothing written
+# ---------------------------------------------------------------------------
+def _isoflop_table(tmp_path, frame: pd.DataFrame):
+    path = tmp_path / "iso.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _profiles(budgets=(1e19, 1e20, 1e21), sizes=5, offset=0.0):
+    """Parabolic profiles with their minimum at N* = 0.1 sqrt(C) x e^offset (offset moves it off the sizes)."""
+    rows = []
+    for c in budgets:
+        best = np.log(0.1 * np.sqrt(c))
+        for u in best + np.linspace(-1.2, 1.2, sizes) + offset:
+            rows.append(dict(C=c, N=np.exp(u), loss=2.0 + 0.05 * (u - best) ** 2 - 0.1 * np.log10(c / 1e19)))
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    "make, args, message",
+    [
+        (lambda p: _isoflop_table(p, _profiles(sizes=2)), [], "budget C = 1e+19 has 2 model sizes; a parabola needs at least 3"),
+        (lambda p: _isoflop_table(p, _profiles(offset=2.0)), [], "the sizes do not bracket the minimum"),
+        (lambda p: _isoflop_table(p, _profiles(offset=2.0)), ["--drop-unbracketed"], "0 budgets locate a minimum"),
+        (lambda p: _isoflop_table(p, _profiles()), ["--fit", DATA / "fits" / "dissertation_1b_mult.json", "--budget", "1e22"],
+         "needs a Chinchilla or aspect fit"),
+        (lambda p: p / "missing.csv", [], "no such file"),
+        (lambda p: _isoflop_table(p, _profiles().rename(columns={"loss": "Loss"})), [], "missing column 'loss'"),
+        (lambda p: _isoflop_table(p, _profiles()), ["--budget", "-1e22"], "--budget -1e22: must be a positive number"),
+        (lambda p: _isoflop_table(p, _profiles()), ["--holdout", "N > 1e9"], "hold out whole budgets"),
+    ],
+)
+def test_plan_bad_isoflop_input(cli, tmp_path, make, args, message):
+    out, plot = tmp_path / "plan.json", tmp_path / "plan.png"
+    result = cli("plan", make(tmp_path), *args, "--bootstrap", "20", "--out", out, "--plot", plot)
+    assert result.code == 2, result.out
+    assert message in result.err
+    assert len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
+    assert not out.exists() and not plot.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target-loss", "1.6", "--inference-tokens", "1e12"], "--target-loss 1.6 is not above the law's irreducible loss E = 1.7"),
+        (["--target-loss", "2.1", "--inference-tokens", "-1e12"], "--inference-tokens -1e12: must be a positive number"),
+        (["--target-loss", "2.1", "--inference-tokens", "0"], "--inference-tokens 0: must be a positive number"),
+        (["--target-loss", "2.1"], "needs --fit, --target-loss and --inference-tokens together"),
+        (["--target-loss", "2.1", "--inference-tokens", "1e12", "--cost", "dollars"], "--cost 'dollars'"),
+        ([], "give --budget C"),
+    ],
+)
+def test_plan_bad_lifetime_input(cli, tmp_path, args, message):
+    fit = tmp_path / "worked.json"
+    fit.write_text(json.dumps({"law": "chinchilla", "params": WORKED.params}))
+    out = tmp_path / "plan.json"
+    result = cli("plan", "--fit", fit, *args, "--out", out)
+    assert result.code == 2, result.out
+    assert message in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_plan_refuses_to_write_over_its_input(cli, tmp_path):
+    runs = _isoflop_table(tmp_path, _profiles())
+    result = cli("plan", runs, "--out", runs)
+    assert result.code == 2 and "is one of this command's inputs" in result.err
+    assert pd.read_csv(runs).shape == _profiles().shape  # untouched
