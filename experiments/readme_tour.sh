@@ -23,12 +23,12 @@ step 02-search-1b archscale search --fit data/fits/dissertation_1b_mult.json --n
   --match llama-3.2-1b --gpu h100-sxm --batch 64 --input-len 4096 --output-len 1024 --top-k 3 \
   --emit "$WORK/configs-1b" --plot "$OUT/pareto.png" --out "$WORK/search-1b.json"
 step 03-bench-roofline archscale bench "$WORK/configs-1b/cand-01" llama-3.2-1b --backend roofline --gpu h100-sxm \
-  --batch-sizes 16,64,128 --input-len 4096 --output-len 1024 --out "$WORK/bench.sqlite"
+  --batch-sizes 16,64,128 --input-len 4096 --output-len 1024 --store "$WORK/bench.sqlite"
 step 04-search-tiny archscale search --fit experiments/results/cpu_mini_study/cond.json --n 2e5 --tokens 1.5e6 --layers 4 --head-dim 16 \
   --vocab 256 --d-multiple 16 --ff-multiple 16 --gqa 1,2 --batch 8 --input-len 64 --output-len 16 --slack 0.02 --top-k 2 \
   --emit "$WORK/configs-tiny"
 step 05-bench-torch archscale bench "$WORK/configs-tiny/cand-01" "$WORK/configs-tiny/cand-02" --backend torch --device cpu \
-  --batch-sizes 1,4 --input-len 64 --output-len 16 --repeats 3 --out "$WORK/bench.sqlite"
+  --batch-sizes 1,4 --input-len 64 --output-len 16 --repeats 3 --store "$WORK/bench.sqlite"
 cp experiments/results/cpu_mini_study/runs.csv "$WORK/runs.csv"
 step 06-train archscale train "$WORK/configs-tiny/cand-01" --tokens 1.5e6 --runs "$WORK/runs.csv" --out "$WORK/run-cand-01" --no-progress
 step 07-refit archscale fit "$WORK/runs.csv" --law conditional-mult --loss lsq --progressive --out "$WORK/cond.json" --plot "$OUT/cond.png"

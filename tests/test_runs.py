@@ -93,10 +93,10 @@ def test_concurrent_appends_lose_no_row(tmp_path):
 
 
 def test_appends_keep_earlier_rows_as_written(tmp_path):
-    """A config hash of digits and one 'e' reads as a number: appending must not rewrite it as one (it became inf)."""
+    """A recipe hash of digits and one 'e' reads as a number: appending must not rewrite it as one (it became inf)."""
     path = tmp_path / "runs.csv"
-    append_run(path, {"N": 1e6, "D": 1e8, "loss": 3.0, "config_hash": "859e83011462"})
-    append_run(path, {"N": 2e6, "D": 1e8, "loss": 2.9, "config_hash": "00000000e001"})
-    append_run(path, {"N": 3e6, "D": 1e8, "loss": 2.8, "config_hash": "abc"})
-    assert list(pd.read_csv(path, dtype=str)["config_hash"]) == ["859e83011462", "00000000e001", "abc"]
+    append_run(path, {"N": 1e6, "D": 1e8, "loss": 3.0, "recipe_hash": "859e83011462"})
+    append_run(path, {"N": 2e6, "D": 1e8, "loss": 2.9, "recipe_hash": "00000000e001"})
+    append_run(path, {"N": 3e6, "D": 1e8, "loss": 2.8, "recipe_hash": "abc"})
+    assert list(pd.read_csv(path, dtype=str)["recipe_hash"]) == ["859e83011462", "00000000e001", "abc"]
     assert load_runs(path)["N"].tolist() == [1e6, 2e6, 3e6]
