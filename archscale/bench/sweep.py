@@ -65,7 +65,9 @@ class BenchOptions:
     ``gpu`` is the archscale GPU key recorded with each row (required by the
     roofline backend; for measured backends it overrides the key derived from
     the device name). ``dtype`` None means the backend's default (bf16 on CUDA,
-    float32 for the torch backend on CPU).
+    float32 for the torch backend on CPU). ``threads`` is the number of CPU
+    threads a measurement computes with (None: the backend's default); it is
+    recorded in every row.
     """
 
     backend: str = "torch"
@@ -79,6 +81,7 @@ class BenchOptions:
     device: str = "auto"
     tp: int = 1
     compile: bool = False
+    threads: int | None = None
     enforce_eager: bool = False
     efficiency: Efficiency = field(default_factory=Efficiency)
     seed: int = 0
@@ -94,6 +97,10 @@ class BenchOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise UserError(f"--threads must be a positive integer, got {self.threads!r}")
+        if self.threads is not None and self.backend == "roofline":
+            raise UserError("--threads applies to measured backends (torch, vllm), not to the roofline estimate")
         if self.dtype is not None and canonical_dtype(self.dtype) is None:
             raise UserError(f"unknown --dtype {self.dtype!r}: use bf16, fp16 or float32")
         if self.worker_timeout_s <= 0:

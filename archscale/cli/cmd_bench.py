@@ -58,6 +58,8 @@ def bench_command(
     device: str = typer.Option("auto", "--device", help="torch backend: auto, cpu, cuda or cuda:N."),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree (vllm and roofline)."),
     compile_step: bool = typer.Option(False, "--compile", help="torch backend: torch.compile the model step (dynamic shapes)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per measurement (torch on CPU: intra-op "
+                                          "threads; default torch's own), recorded in every row."),
     enforce_eager: bool = typer.Option(False, "--enforce-eager", help="vllm: no CUDA graphs (faster start, slower run)."),
     efficiency: Optional[Path] = typer.Option(None, "--efficiency", help="roofline: efficiencies JSON from `bench calibrate --save`."),
     timeout: float = typer.Option(3600.0, "--timeout", help="vllm: seconds before a worker is killed and recorded as failed."),
@@ -85,7 +87,7 @@ def bench_command(
         return
     _refuse({"--save": save, "--export": export}, "a benchmark run")
     _sweep_mode(specs, backend or "torch", batch_sizes, input_len, output_len, repeats, out, gpu, gpu_file, dtype,
-                device, tp, compile_step, enforce_eager, efficiency, timeout, seed, as_json, progress, verbose)
+                device, tp, compile_step, enforce_eager, efficiency, timeout, seed, as_json, progress, verbose, threads)
 
 
 def _refuse(flags: dict[str, Any], mode: str) -> None:
@@ -97,7 +99,7 @@ def _refuse(flags: dict[str, Any], mode: str) -> None:
 
 # ---- sweep --------------------------------------------------------------------------
 def _sweep_mode(specs, backend_name, batch_sizes, input_len, output_len, repeats, out, gpu, gpu_file, dtype, device,
-                tp, compile_step, enforce_eager, efficiency, timeout, seed, as_json, progress, verbose) -> None:
+                tp, compile_step, enforce_eager, efficiency, timeout, seed, as_json, progress, verbose, threads=None) -> None:
     from archscale.bench.calibrate import load_efficiency
     from archscale.bench.store import check_store_path
     from archscale.bench.sweep import BenchOptions, make_backend, resolve_targets, run_sweep
@@ -108,7 +110,7 @@ def _sweep_mode(specs, backend_name, batch_sizes, input_len, output_len, repeats
         raise UserError("--efficiency applies to --backend roofline only")
     options = BenchOptions(backend=backend_name, batch_sizes=sizes, input_len=input_len, output_len=output_len,
                            repeats=repeats, gpu=gpu, gpu_file=gpu_file, dtype=dtype, device=device, tp=tp,
-                           compile=compile_step, enforce_eager=enforce_eager,
+                           compile=compile_step, threads=threads, enforce_eager=enforce_eager,
                            efficiency=load_efficiency(efficiency) if efficiency else Efficiency(), seed=seed,
                            worker_timeout_s=timeout, verbose=verbose)
     if out is None and backend_name != "roofline":
