@@ -20,14 +20,14 @@ preallocated cache).
 On CPU the inference path runs on *frozen* weights, made by
 ``allocate_kv_cache`` and dropped by ``free_kv_cache``: q/k/v stacked into one
 matrix and gate/up into another (one matmul where there were three and two,
-which matters when a decode step multiplies a handful of rows), the query rows
-pre-scaled by ``1/sqrt(d_head)``, and each matrix prepacked into oneDNN's
-blocked layout (what ``torch.compile``'s freezing does for CPU linears), and a
-single-token decode attends with two batched matmuls over grouped heads
-instead of SDPA, whose CPU kernel is built for long queries. The parameters
-themselves are untouched: training, checkpoints and export never see the
-frozen copies. On CUDA the inference path uses the parameters directly, as
-before.
+which matters when a decode step multiplies a handful of rows), each RMSNorm
+gain folded into the matrix after it, the query rows pre-scaled by
+``1/sqrt(d_head)``, and every matrix run by the kernel that timed fastest for
+its shape (:mod:`archscale.frozen_linear`). A single-token decode on CPU
+attends with two batched matmuls over grouped heads instead of SDPA. The
+parameters themselves are untouched: training, checkpoints and export never
+see the frozen copies. On CUDA the inference path uses the parameters and
+SDPA, as before.
 """
 
 from __future__ import annotations
@@ -71,12 +71,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gain: bool = True) -> torch.Tensor:
+        """``weight * x / rms(x)``; without ``gain`` for a caller that folded ``weight`` into its next matmul."""
         if x.dtype == torch.float32:  # the same arithmetic without two no-op casts (each an op per call)
-            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
+            normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        else:
+            x32 = x.float()
+            normed = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        return self.weight * normed if gain else normed
 
 
 def rope_tables(d_head: int, length: int, theta: float, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +106,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> 
     where HF's form takes five.
     """
     rotated = torch.roll(x, x.shape[-1] // 2, dims=-1)
-    return torch.addcmul(x * cos, rotated, sin_signed).to(x.dtype)
+    out = torch.addcmul(x * cos, rotated, sin_signed)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -122,10 +125,12 @@ class Attention(nn.Module):
         self.qkv_frozen: FrozenLinear | None = None
         self.o_frozen: FrozenLinear | None = None
 
-    def freeze(self, chooser: KernelChooser, rows: int) -> None:
-        """Stack q/k/v (the query rows pre-scaled by ``1/sqrt(d_head)``) and copy o for the frozen path."""
+    def freeze(self, chooser: KernelChooser, rows: int, norm_gain: torch.Tensor) -> None:
+        """Stack q/k/v for the frozen path, with the preceding norm's gain folded into the columns
+        and the query rows pre-scaled by ``1/sqrt(d_head)``; copy o."""
         scale = 1.0 / math.sqrt(self.d_head)
-        self.qkv_frozen = chooser.freeze([self.q_proj.weight * scale, self.k_proj.weight, self.v_proj.weight], rows)
+        stacked = [self.q_proj.weight * scale, self.k_proj.weight, self.v_proj.weight]
+        self.qkv_frozen = chooser.freeze([weight * norm_gain for weight in stacked], rows)
         self.o_frozen = chooser.freeze([self.o_proj.weight], rows)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
@@ -148,11 +153,15 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.n_heads * self.d_head))
 
     def _forward_frozen(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int) -> torch.Tensor:
-        """The inference path on frozen weights: one q/k/v matmul, one RoPE call for q and k together."""
+        """The inference path on frozen weights: one q/k/v matmul, one RoPE call for q and k together.
+
+        ``x`` is normalised without the norm's gain (folded into the weights);
+        ``cos``/``sin`` are ``(T, 1, d_head)``, to broadcast over heads.
+        """
         batch, length, _ = x.shape
         heads, kv_heads = self.n_heads, self.n_kv_heads
         qkv = self.qkv_frozen(x).view(batch, length, heads + 2 * kv_heads, self.d_head)
-        qk = apply_rope(qkv[:, :, : heads + kv_heads], cos[:, None], sin[:, None])
+        qk = apply_rope(qkv[:, :, : heads + kv_heads], cos, sin)
         keys, values = self._store(qk[:, :, heads:].transpose(1, 2), qkv[:, :, heads + kv_heads :].transpose(1, 2), start_pos)
         out = self._attend_cached(qk[:, :, :heads].transpose(1, 2), keys, values, start_pos, scale=1.0)  # pre-scaled
         return self.o_frozen(out.transpose(1, 2).reshape(batch, length, heads * self.d_head))
@@ -195,9 +204,12 @@ class Attention(nn.Module):
         end = start_pos + length
         if end > self.k_cache.shape[2] or batch > self.k_cache.shape[0]:
             raise RuntimeError(f"KV cache holds {self.k_cache.shape[0]} x {self.k_cache.shape[2]}; asked for {batch} x {end}")
-        self.k_cache[:batch, :, start_pos:end] = k
-        self.v_cache[:batch, :, start_pos:end] = v
-        return self.k_cache[:batch, :, :end], self.v_cache[:batch, :, :end]
+        k_cache, v_cache = self.k_cache, self.v_cache
+        if batch < k_cache.shape[0]:
+            k_cache, v_cache = k_cache.narrow(0, 0, batch), v_cache.narrow(0, 0, batch)
+        k_cache.narrow(2, start_pos, length).copy_(k)
+        v_cache.narrow(2, start_pos, length).copy_(v)
+        return k_cache.narrow(2, 0, end), v_cache.narrow(2, 0, end)
 
     @staticmethod
     def _mask(start_pos: int, length: int, device: torch.device) -> tuple[torch.Tensor | None, bool]:
@@ -227,9 +239,9 @@ class MLP(nn.Module):
         self.gate_up_frozen: FrozenLinear | None = None
         self.down_frozen: FrozenLinear | None = None
 
-    def freeze(self, chooser: KernelChooser, rows: int) -> None:
-        """Stack gate/up and copy down for the frozen path."""
-        self.gate_up_frozen = chooser.freeze([self.gate_proj.weight, self.up_proj.weight], rows)
+    def freeze(self, chooser: KernelChooser, rows: int, norm_gain: torch.Tensor) -> None:
+        """Stack gate/up (the preceding norm's gain folded into the columns) and copy down for the frozen path."""
+        self.gate_up_frozen = chooser.freeze([self.gate_proj.weight * norm_gain, self.up_proj.weight * norm_gain], rows)
         self.down_frozen = chooser.freeze([self.down_proj.weight], rows)
 
     def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
@@ -249,9 +261,17 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(arch.d_model, norm_eps)
         self.mlp = MLP(arch)
 
+    def freeze(self, chooser: KernelChooser, rows: int) -> None:
+        """Frozen attention and MLP weights, each with its norm's gain folded in."""
+        self.self_attn.freeze(chooser, rows, self.input_layernorm.weight)
+        self.mlp.freeze(chooser, rows, self.post_attention_layernorm.weight)
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
+        if start_pos is not None and self.self_attn.qkv_frozen is not None:  # gains live in the frozen weights
+            x = x + self.self_attn(self.input_layernorm(x, gain=False), cos, sin, start_pos)
+            return x + self.mlp(self.post_attention_layernorm(x, gain=False), frozen=True)
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, start_pos)
-        return x + self.mlp(self.post_attention_layernorm(x), frozen=start_pos is not None)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class Transformer(nn.Module):
@@ -342,9 +362,8 @@ class Transformer(nn.Module):
     def _freeze(self, chooser: KernelChooser, rows: int) -> None:
         with torch.no_grad():
             for layer in self.layers:
-                layer.self_attn.freeze(chooser, rows)
-                layer.mlp.freeze(chooser, rows)
-            self.head_frozen = chooser.freeze([self.lm_head.weight], rows)
+                layer.freeze(chooser, rows)
+            self.head_frozen = chooser.freeze([self.lm_head.weight * self.norm.weight], rows)
         self.kernels = chooser
 
     def free_kv_cache(self) -> None:
@@ -369,10 +388,14 @@ class Transformer(nn.Module):
         does after a prefill: a 4096-token prompt's full logits would dwarf the model.
         """
         cos, sin = self._rope(start_pos, idx.shape[1])
+        frozen = self.head_frozen is not None
+        if frozen:  # the frozen path applies RoPE in (B, T, heads, d_head) layout
+            cos, sin = cos[:, None], sin[:, None]
         x = self.embed_tokens(idx)
         for layer in self.layers:
             x = layer(x, cos, sin, start_pos)
         if last_only:
             x = x[:, -1:]
-        x = self.norm(x)
-        return self.head_frozen(x) if self.head_frozen is not None else self.lm_head(x)
+        if frozen:
+            return self.head_frozen(self.norm(x, gain=False))
+        return self.lm_head(self.norm(x))
