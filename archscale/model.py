@@ -71,14 +71,24 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor, gain: bool = True) -> torch.Tensor:
-        """``weight * x / rms(x)``; without ``gain`` for a caller that folded ``weight`` into its next matmul."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:  # the same arithmetic without two no-op casts (each an op per call)
-            normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        else:
-            x32 = x.float()
-            normed = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-        return self.weight * normed if gain else normed
+            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``x / rms(x)`` for inference, without the gain (folded into the next matmul by the frozen path).
+
+        The sum of squares comes from ``vector_norm`` (one pass, no
+        ``x**2`` temporary the size of ``x``); it rounds differently from the
+        mean of squares by about float32's epsilon.
+        """
+        x32 = x if x.dtype == torch.float32 else x.float()
+        norm = torch.linalg.vector_norm(x32, dim=-1, keepdim=True)
+        inverse_rms = norm.square_().div_(x.shape[-1]).add_(self.eps).rsqrt_()
+        return x32 * inverse_rms if x.dtype == torch.float32 else (x32 * inverse_rms).to(x.dtype)
 
 
 def rope_tables(d_head: int, length: int, theta: float, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,16 +195,18 @@ class Attention(nn.Module):
         values are read in place from the cache, never repeated. SDPA's CPU
         kernel is built for long queries; for one it costs as much or more.
         """
-        batch = q.shape[0]
-        group = self.n_heads // self.n_kv_heads
-        scores = torch.matmul(q.reshape(batch, self.n_kv_heads, group, self.d_head), keys.transpose(-1, -2))
+        batch, length = q.shape[0], keys.shape[2]
+        pairs, group = batch * self.n_kv_heads, self.n_heads // self.n_kv_heads
+        keys = keys.reshape(pairs, length, self.d_head)  # views: the cache's batch and head strides merge
+        values = values.reshape(pairs, length, self.d_head)
+        scores = torch.bmm(q.reshape(pairs, group, self.d_head), keys.transpose(1, 2))
         if scale != 1.0:
             scores = scores.mul_(scale)
         if scores.dtype == torch.float32:
             probs = torch.softmax(scores, dim=-1)
         else:
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
-        return torch.matmul(probs, values).view(batch, self.n_heads, 1, self.d_head)
+        return torch.bmm(probs, values).view(batch, self.n_heads, 1, self.d_head)
 
     def _store(self, k: torch.Tensor, v: torch.Tensor, start_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Write keys/values ``(B, kv_heads, T, d_head)`` at ``start_pos``; return the cached prefix through them."""
@@ -246,8 +258,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
         if frozen and self.gate_up_frozen is not None and self.down_frozen is not None:
-            gate_up = self.gate_up_frozen(x)
-            return self.down_frozen(F.silu(gate_up[..., : self.d_ff]).mul_(gate_up[..., self.d_ff :]))
+            gate_up = self.gate_up_frozen(x)  # a temporary: computed on in place
+            hidden = F.silu(gate_up[..., : self.d_ff], inplace=True).mul_(gate_up[..., self.d_ff :])
+            return self.down_frozen(hidden)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -268,8 +281,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
         if start_pos is not None and self.self_attn.qkv_frozen is not None:  # gains live in the frozen weights
-            x = x + self.self_attn(self.input_layernorm(x, gain=False), cos, sin, start_pos)
-            return x + self.mlp(self.post_attention_layernorm(x, gain=False), frozen=True)
+            x = x + self.self_attn(self.input_layernorm.normalize(x), cos, sin, start_pos)
+            return x.add_(self.mlp(self.post_attention_layernorm.normalize(x), frozen=True))
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, start_pos)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -397,5 +410,5 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:]
         if frozen:
-            return self.head_frozen(self.norm(x, gain=False))
+            return self.head_frozen(self.norm.normalize(x))
         return self.lm_head(self.norm(x))
