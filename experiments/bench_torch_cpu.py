@@ -105,6 +105,7 @@ class Archscale:
     def __init__(self, config_dir: Path, args: argparse.Namespace, compile_step: bool = False) -> None:
         self.config_dir, self.args, self.compile = config_dir, args, compile_step
         self.name = "archscale --compile" if compile_step else "archscale"
+        self.prefill_s: dict[int, list[float]] = {}  # the backend's own split of each measurement
 
     def measure(self, batch: int, seed: int) -> float:
         from archscale.bench.sweep import BenchOptions, resolve_targets, run_sweep
@@ -117,6 +118,7 @@ class Archscale:
         if record["status"] != "ok":
             raise RuntimeError(f"{self.name}: {record['error']}")
         assert record["threads"] == 1 and record["output_tokens"] == batch * self.args.output_len
+        self.prefill_s.setdefault(batch, []).append(float(record["prefill_s"]))
         return float(record["tokens_per_s"])
 
 
@@ -133,6 +135,7 @@ class HuggingFace:
         torch.manual_seed(0)
         self.model = LlamaForCausalLM(LlamaConfig(**config)).to(torch.float32).eval()
         self.warm: set[int] = set()
+        self.prefill_s: dict[int, list[float]] = {}  # generate() with one new token, timed apart
 
     def _generate(self, prompts, new_tokens: int):
         import torch
@@ -150,6 +153,9 @@ class HuggingFace:
             start = time.perf_counter()
             out = self._generate(prompts, self.args.output_len)
             seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            self._generate(prompts, 1)
+            self.prefill_s.setdefault(batch, []).append(time.perf_counter() - start)
         assert out.shape == (batch, self.args.input_len + self.args.output_len), out.shape
         return out.numel() / seconds
 
@@ -216,6 +222,29 @@ def interleaved(engines: dict, batches: list[int], rounds: int) -> dict:
                     results.setdefault((shape, batch, engine.name), []).append(value)
                     log(f"   {shape:>4} batch {batch:>2}  {engine.name:<20} {value:>9,.0f} tokens/s")
     return results
+
+
+def prefill_lines(engines: dict, results: dict, args: argparse.Namespace) -> list[str]:
+    """Prefill seconds (medians) of archscale and HF, and the archscale/HF ratio if archscale's decode cost nothing.
+
+    That bound shows how much of the HF ratio decode can still move: prefill
+    is the same large matmuls in both, at the core's float32 peak.
+    """
+    lines = []
+    for shape, shape_engines in engines.items():
+        ours = next((e for e in shape_engines if e.name == "archscale"), None)
+        hf = next((e for e in shape_engines if e.name == "HF generate"), None)
+        if ours is None or hf is None:
+            continue
+        for batch in sorted(ours.prefill_s):
+            tokens = batch * (args.input_len + args.output_len)
+            hf_total = tokens / statistics.median(results[(shape, batch, "HF generate")])
+            ours_total = tokens / statistics.median(results[(shape, batch, "archscale")])
+            ours_prefill, hf_prefill = statistics.median(ours.prefill_s[batch]), statistics.median(hf.prefill_s[batch])
+            lines.append(f"{shape:>5} batch {batch:>2}: prefill archscale {ours_prefill:.2f} s of {ours_total:.2f} s, "
+                         f"HF (1 new token) {hf_prefill:.2f} s of {hf_total:.2f} s; archscale / HF with a free decode "
+                         f"would be {hf_total / ours_prefill:.2f}x")
+    return lines
 
 
 def summarize(results: dict, shapes: list[str], batches: list[int], names: list[str]) -> list[str]:
@@ -321,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [e.name for e in engines[shapes[0]]]
         log(f"\nmedians of {args.rounds} interleaved rounds, total tokens/s ({load()}, "
             f"{(time.perf_counter() - started) / 60:.0f} min in all)")
-        summary = summarize(results, shapes, batches, names)
+        summary = summarize(results, shapes, batches, names) + prefill_lines(engines, results, args)
         for line in summary:
             log(line)
         probe = []

@@ -9,8 +9,9 @@ log, atomic checkpoints and an exact ``--resume``.
 Throughput is reported for the steady state: the first ``WARMUP_STEPS``
 optimizer steps of each session (where ``torch.compile`` compiles, and the
 optimizer allocates its moments) are timed apart and reported as
-``warmup_s``; ``tokens_per_s`` and MFU count the steps after them. Time spent
-in evaluation, logging and checkpoints is in neither.
+``warmup_s``; ``tokens_per_s`` and MFU count the steps after them, in the
+result and in every log line (a log line that falls in the warm-up has no
+rate). Time spent in evaluation, logging and checkpoints is in neither.
 
 Why resume is exact: the batch of step ``s`` is a pure function of
 ``(seed, s)`` (:class:`~archscale.train.data.TokenDataset`), the learning
@@ -411,12 +412,13 @@ class Trainer:
         if self.device.type == "cuda" and (log_now or is_last or eval_now or checkpoint_now or warmup_ends):
             torch.cuda.synchronize()  # so that no step's GPU work is left to run in untimed evaluation or saving
         elapsed = time.perf_counter() - started  # exact between synchronisations, which end every timed span
-        self._window[0] += cfg.tokens_per_step
-        self._window[1] += elapsed
         self.step_seconds.append(elapsed)
+        if len(self.step_seconds) > WARMUP_STEPS:  # log windows hold steady steps only
+            self._window[0] += cfg.tokens_per_step
+            self._window[1] += elapsed
         val_loss = self.evaluate() if eval_now else None
         if log_now or val_loss is not None:
-            self._log(val_loss, self._window[0] / max(self._window[1], 1e-9))
+            self._log(val_loss, self._window[0] / self._window[1] if self._window[1] > 0 else float("nan"))
             self._window = [0, 0.0]
         if bar is not None:
             bar.update(1)
