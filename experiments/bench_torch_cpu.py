@@ -224,11 +224,27 @@ def interleaved(engines: dict, batches: list[int], rounds: int) -> dict:
     return results
 
 
-def prefill_lines(engines: dict, results: dict, args: argparse.Namespace) -> list[str]:
-    """Prefill seconds (medians) of archscale and HF, and the archscale/HF ratio if archscale's decode cost nothing.
+def work_flops(arch, batch: int, input_len: int, output_len: int) -> tuple[float, float]:
+    """(prefill FLOPs, decode FLOPs) of one measurement, by ``Architecture.flops_per_token`` plus the LM head.
 
-    That bound shows how much of the HF ratio decode can still move: prefill
-    is the same large matmuls in both, at the core's float32 peak.
+    The prefill runs every prompt position and the head on the last one; the
+    ``output_len - 1`` decode steps run one position each, head included.
+    """
+    head = 2.0 * arch.d_model * arch.vocab_size
+    prefill = batch * (sum(arch.flops_per_token(p) for p in range(input_len)) + head)
+    decode = batch * sum(arch.flops_per_token(p) + head for p in range(input_len, input_len + output_len - 1))
+    return prefill, decode
+
+
+def prefill_lines(engines: dict, results: dict, configs: dict, args: argparse.Namespace) -> list[str]:
+    """Prefill seconds (medians) of archscale and HF, and two bounds on the archscale/HF ratio.
+
+    Prefill is the same large matmuls in both engines, near the core's
+    float32 peak, so decode is all a faster backend can still move. The bounds
+    say how far: the ratio if archscale's decode cost nothing, and the ratio
+    if its decode ran at its own prefill's FLOP rate (a decode step multiplies
+    ``batch`` rows by every weight, the prefill ``batch x input_len``: a
+    decode step runs at the prefill's rate only in the best case).
     """
     lines = []
     for shape, shape_engines in engines.items():
@@ -236,14 +252,20 @@ def prefill_lines(engines: dict, results: dict, args: argparse.Namespace) -> lis
         hf = next((e for e in shape_engines if e.name == "HF generate"), None)
         if ours is None or hf is None:
             continue
+        arch = configs[shape][0]
         for batch in sorted(ours.prefill_s):
             tokens = batch * (args.input_len + args.output_len)
             hf_total = tokens / statistics.median(results[(shape, batch, "HF generate")])
             ours_total = tokens / statistics.median(results[(shape, batch, "archscale")])
             ours_prefill, hf_prefill = statistics.median(ours.prefill_s[batch]), statistics.median(hf.prefill_s[batch])
-            lines.append(f"{shape:>5} batch {batch:>2}: prefill archscale {ours_prefill:.2f} s of {ours_total:.2f} s, "
-                         f"HF (1 new token) {hf_prefill:.2f} s of {hf_total:.2f} s; archscale / HF with a free decode "
-                         f"would be {hf_total / ours_prefill:.2f}x")
+            prefill_flops, decode_flops = work_flops(arch, batch, args.input_len, args.output_len)
+            rate = prefill_flops / ours_prefill
+            at_prefill_rate = ours_prefill + decode_flops / rate
+            lines.append(f"{shape:>5} batch {batch:>2}: prefill archscale {ours_prefill:.2f} s of {ours_total:.2f} s "
+                         f"({rate / 1e9:.0f} GFLOP/s; decode {decode_flops / (ours_total - ours_prefill) / 1e9:.0f} "
+                         f"GFLOP/s), HF (1 new token) {hf_prefill:.2f} s of {hf_total:.2f} s; archscale / HF would be "
+                         f"{hf_total / at_prefill_rate:.2f}x with decode at the prefill's FLOP rate, "
+                         f"{hf_total / ours_prefill:.2f}x with a free decode")
     return lines
 
 
@@ -350,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [e.name for e in engines[shapes[0]]]
         log(f"\nmedians of {args.rounds} interleaved rounds, total tokens/s ({load()}, "
             f"{(time.perf_counter() - started) / 60:.0f} min in all)")
-        summary = summarize(results, shapes, batches, names) + prefill_lines(engines, results, args)
+        summary = summarize(results, shapes, batches, names) + prefill_lines(engines, results, configs, args)
         for line in summary:
             log(line)
         probe = []

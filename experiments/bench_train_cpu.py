@@ -14,9 +14,14 @@ steps, which it reports apart (``warmup_s``, compilation included). The
 minimal loop is timed the same way: wall time per optimizer step, the first
 ``WARMUP_STEPS`` apart.
 
-Rounds interleave the four variants (the order rotates each round), each with
-a fresh model from the same seed; the table shows medians over rounds and the
-ratios of medians. One thread (``torch.set_num_threads(1)``).
+Every run is a fresh Python process (as every ``archscale train`` is), so
+each compiled run compiles: within one process torch.compile would reuse the
+first run's compiled code and hide its cost; and each starts with an empty
+inductor cache directory, so the reported warm-up holds a cold compile (what a
+first run pays; a warm on-disk cache makes later ones cheaper). Rounds
+interleave the four variants (the order rotates each round), each with a fresh
+model from the same seed; the table shows medians over rounds and the ratios
+of medians. One thread (``torch.set_num_threads(1)``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=30, help="Optimizer steps per run, warm-up steps included.")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="Eager only.")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--one", choices=("archscale", "minimal"), help=argparse.SUPPRESS)  # one run, in this process
+    parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -95,19 +103,34 @@ def run_minimal(steps: int, compile_model: bool, data: Path) -> tuple[float, flo
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         seconds.append(time.perf_counter() - started)
-    assert math.isfinite(float(loss))
+    assert math.isfinite(float(loss.detach()))
     steady = seconds[WARMUP_STEPS:]
     return len(steady) * SEQ_LEN * BATCH / sum(steady), sum(seconds[:WARMUP_STEPS])
+
+
+def run_in_subprocess(name: str, compiled: bool, steps: int) -> tuple[float, float]:
+    """One run in a fresh interpreter: (steady tokens/s, seconds of the first WARMUP_STEPS steps)."""
+    command = [sys.executable, __file__, "--one", name, "--steps", str(steps)] + (["--compiled"] if compiled else [])
+    with tempfile.TemporaryDirectory(prefix="inductor-cache-") as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr}")
+    rate, warm = json.loads(done.stdout.strip().splitlines()[-1])
+    return rate, warm
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
     data = default_data_dir()
+    if args.one is not None:
+        runner = run_archscale if args.one == "archscale" else run_minimal
+        print(json.dumps(runner(args.steps, args.compiled, data)))
+        return 0
     variants = [("archscale", False), ("minimal", False)]
     if args.compile:
         variants += [("archscale", True), ("minimal", True)]
-    runners = {"archscale": run_archscale, "minimal": run_minimal}
     one, five, _ = os.getloadavg()
     print(f"{ARCH.n_params_total / 1e6:.2f}M-parameter model, {SEQ_LEN} x {BATCH} tokens a step, {args.steps} steps a run "
           f"({WARMUP_STEPS} warm-up), {args.rounds} rounds, 1 thread, torch {torch.__version__}; load {one:.1f}/{five:.1f}",
@@ -116,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     for round_index in range(args.rounds):
         order = variants[round_index % len(variants):] + variants[:round_index % len(variants)]
         for name, compiled in order:
-            rate, warm = runners[name](args.steps, compiled, data)
+            rate, warm = run_in_subprocess(name, compiled, args.steps)
             results[(name, compiled)].append((rate, warm))
             print(f"  round {round_index + 1} {name:<9} {'compiled' if compiled else 'eager':<8} {rate:>9,.0f} tokens/s "
                   f"steady, first {WARMUP_STEPS} steps {warm:.2f} s", flush=True)
