@@ -64,6 +64,9 @@ def bench_command(
     device: str = typer.Option("auto", "--device", help="torch backend: auto, cpu, cuda or cuda:N."),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree (vllm and roofline)."),
     compile_step: bool = typer.Option(False, "--compile", help="torch backend: torch.compile the model step (dynamic shapes)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per measurement (torch on CPU: "
+                                          "intra-op threads; default torch's own), recorded in every row; probe: "
+                                          "the threads to measure the CPU with."),
     enforce_eager: bool = typer.Option(False, "--enforce-eager", help="vllm: no CUDA graphs (faster start, slower run)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="roofline: throughput profile (a JSON path or a name; "
                                           "`none` for the uncalibrated roofline). Default: the profile matching --engine, --gpu and dtype."),
@@ -90,7 +93,6 @@ def bench_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     export: Optional[Path] = typer.Option(None, "--export", help="With --show: also write the store as CSV here."),
     save: Optional[Path] = typer.Option(None, "--save", help="With calibrate: write the fitted profile JSON here."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="probe: torch threads to measure the CPU with."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
     verbose: bool = typer.Option(False, "--verbose", help="vllm: echo the workers' logs to stderr."),
     executor: Optional[str] = study.executor_option(None, "as a job of a resumable study (measured rows are skipped; "
@@ -122,6 +124,8 @@ def bench_command(
                         EngineSettings(memory_fraction=memory_fraction, max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib),
                         as_json)
         return
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be a positive integer, got {threads}")
     if specs and specs[0] == "probe":
         if len(specs) > 1:
             raise UserError("`archscale bench probe` takes no configs (to benchmark a directory named probe, write ./probe)")
@@ -129,7 +133,6 @@ def bench_command(
         check_outputs(("--save", save, "json"))
         _probe_mode(save, gpu or "cpu", dtype, threads, as_json)
         return
-    _refuse({"--threads": threads}, "anything but probe")
     if show:
         if specs:
             raise UserError("--show prints a store; give it no configs")
@@ -149,7 +152,7 @@ def bench_command(
 
     options = BenchOptions(backend=backend or "torch", batch_sizes=tuple(parse_int_list(batch_sizes, "--batch-sizes")),
                            input_len=input_len, output_len=output_len, repeats=repeats, gpu=gpu, gpu_file=gpu_file,
-                           dtype=dtype, device=device, tp=tp, compile=compile_step, enforce_eager=enforce_eager,
+                           dtype=dtype, device=device, tp=tp, compile=compile_step, threads=threads, enforce_eager=enforce_eager,
                            profile=profile, engine=engine, seed=seed, worker_timeout_s=timeout, verbose=verbose,
                            vllm_python=vllm_python)
     if executor is not None or status:  # a study: one job per config (archscale.bench.jobs)
