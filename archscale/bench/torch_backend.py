@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from archscale.arch import Architecture
-from archscale.bench.records import BYTES_PER_ELEMENT, canonical_dtype, failed, gpu_key_for_device, summarize_repeats
+from archscale.bench.records import (BYTES_PER_ELEMENT, canonical_dtype, cpu_model_name, failed, gpu_key_for_device,
+                                     summarize_repeats)
 from archscale.bench.sweep import BenchOptions, Target, Tick
 from archscale.errors import UserError
 
@@ -192,13 +193,7 @@ def device_name(device) -> str:
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return "cpu: " + line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu: " + (platform.processor() or platform.machine() or "unknown")
+    return cpu_model_name()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
