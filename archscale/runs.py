@@ -264,7 +264,8 @@ def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str, so
     raise UserError(f"{source}: {what} needs column {column!r} on every row" + (f" ({explain[column]})" if column in explain else ""))
 
 
-TRAINED_RUN_COLUMNS = (*REQUIRED, *SHAPE, "train_loss", "val_loss", "tokens_per_s", "mfu", "recipe_hash", "run_dir",
+TRAINED_RUN_COLUMNS = (*REQUIRED, *SHAPE, "train_loss", "val_loss", "tokens_per_s", "mfu", "warmup_steps", "warmup_s",
+                       "compiled", "recipe_hash", "run_dir",
                        "name", "steps", "seed")
 """The columns of the row ``train`` appends (``archscale.train.loop`` builds it): the canonical runs-table schema."""
 

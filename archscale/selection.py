@@ -27,6 +27,8 @@ AUTO = "auto"
 SPLITS = ("size", "budget")
 TEST_SHARE = 0.2  # the largest sizes (or budgets) holding at least this share of the runs are predicted
 N_FOLDS = 2  # nested forward folds averaged into a candidate's score (README: why two)
+FOLD_SCORES = ("mean", "median")  # how a fold's relative errors on its larger runs become one number
+FOLD_SCORE = "mean"
 SIZE_LAWS = ("chinchilla", "chinchilla-tied")
 SHAPE_LAWS = ("aspect", "aspect-tied")
 FALLBACK_OBJECTIVE = "huber"  # when selection cannot run: the objective that won most often (README)
@@ -40,13 +42,13 @@ class Candidate:
     law: str
     objective: str
     free_params: int
-    fold_errors: list[float] = field(default_factory=list)  # mean relative error on each fold's test runs
+    fold_errors: list[float] = field(default_factory=list)  # each fold's relative errors on its test runs, reduced by the fold score
     max_rel_error: float | None = None  # worst run over all folds
     error: str | None = None
 
     @property
     def score(self) -> float | None:
-        """Mean over folds of the mean relative error; None when the form could not be fitted on some fold."""
+        """Mean over folds of the fold scores; None when the form could not be fitted on some fold."""
         return float(np.mean(self.fold_errors)) if self.fold_errors and self.error is None else None
 
 
@@ -170,6 +172,7 @@ def select_form(
     max_evals: int | None = None,
     source: str = "runs table",
     n_folds: int = N_FOLDS,
+    fold_score: str = FOLD_SCORE,
 ) -> Selection:
     """Score every form by extrapolation on ``frame`` (the rows to fit, hold-outs already removed)."""
     frame = frame.reset_index(drop=True)
@@ -186,7 +189,8 @@ def select_form(
         folds.append((below, test, Fold(float(values[test].min()), int(below.sum()), int(test.sum()))))
     loss = frame["loss"].to_numpy(float)
     column = "N" if split == "size" else "C"
-    candidates = [_score(frame, loss, law, objective, folds, reference, fixed, max_evals, f"{source}, fold with {column}")
+    candidates = [_score(frame, loss, law, objective, folds, reference, fixed, max_evals, f"{source}, fold with {column}",
+                         fold_score)
                   for law, objective in forms]
     scored = [c for c in candidates if c.score is not None]
     if not scored:
@@ -199,7 +203,7 @@ def select_form(
 
 
 def _score(frame: pd.DataFrame, loss: np.ndarray, law_name: str, objective: str, folds: list, reference: Any,
-           fixed: Mapping[str, float] | None, max_evals: int | None, source: str) -> Candidate:
+           fixed: Mapping[str, float] | None, max_evals: int | None, source: str, fold_score: str = FOLD_SCORE) -> Candidate:
     """Fit one form on each fold's smaller runs and record its errors on the fold's larger ones."""
     law = get_law(law_name)
     n_free = len([p for p in law.params if p.name not in {**law.default_fixed, **(fixed or {})}])
@@ -214,7 +218,8 @@ def _score(frame: pd.DataFrame, loss: np.ndarray, law_name: str, objective: str,
             if not np.all(np.isfinite(predicted)):
                 raise UserError("predicts a non-finite loss for a larger run")
             metrics = evaluate(loss[test], predicted)
-            candidate.fold_errors.append(metrics["mean_rel_error"])
+            relative = np.abs(predicted / loss[test] - 1)
+            candidate.fold_errors.append(float(np.median(relative) if fold_score == "median" else np.mean(relative)))
             worst = max(worst, metrics["max_rel_error"])
         candidate.max_rel_error = worst
     except UserError as exc:

@@ -5,9 +5,11 @@
 Both designs run the same sweep (2 configs x 3 batch sizes, the same workload and repeats) through
 archscale's vLLM backend, side by side in one run: "one engine per config" is ``run_sweep`` as ``archscale
 bench`` calls it; "one engine per batch size" is the same backend given one batch size at a time, which
-starts one worker and one engine per (config, batch size), as the backend did before. Each design runs with
-its own empty vLLM compile cache (``VLLM_CACHE_ROOT``), as a sweep of new shapes would. Prints each design's
-wall time and tokens/s per row, the ratio of wall times, and the machine load.
+starts one worker and one engine per (config, batch size), as the backend did before. The designs are
+interleaved config by config (new then old for the first config, old then new for the second, ...), so that
+a change in the machine's load falls on both; each config's run of each design has its own empty vLLM compile
+cache (``VLLM_CACHE_ROOT``), as a sweep of new shapes would. Prints each design's wall time per config and in
+all, tokens/s per row, the ratio of wall times, and the machine load.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output-len", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--enforce-eager", action="store_true", help="Skip vLLM's torch.compile (shorter engine starts).")
+    parser.add_argument("--cores", default=None, help="VLLM_CPU_OMP_THREADS_BIND for every engine (e.g. 1; default vLLM's auto).")
     return parser.parse_args()
 
 
@@ -75,11 +78,22 @@ def main() -> None:
                                enforce_eager=args.enforce_eager, vllm_python=args.vllm_python, worker_timeout_s=1800)
         print(f"{len(targets)} configs x batch sizes {args.batch_sizes}, input {args.input_len} / output "
               f"{args.output_len}, {args.repeats} repeats, {'eager' if args.enforce_eager else 'torch.compile (default)'}")
+        if args.cores is not None:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = args.cores
         print(f"before: {load()}")
-        new_s, new_rows = sweep(targets, options, per_batch=False)
-        print(f"one engine per config:      {new_s:7.1f} s  ({load()})")
-        old_s, old_rows = sweep(targets, options, per_batch=True)
-        print(f"one engine per batch size:  {old_s:7.1f} s  ({load()})")
+        new_s = old_s = 0.0
+        new_rows, old_rows = [], []
+        for index, target in enumerate(targets):
+            for per_batch in ((False, True) if index % 2 == 0 else (True, False)):
+                seconds, rows = sweep([target], options, per_batch=per_batch)
+                label = "one engine per batch size" if per_batch else "one engine per config"
+                print(f"{target.label:12s} {label:26s} {seconds:7.1f} s  ({load()})", flush=True)
+                if per_batch:
+                    old_s, old_rows = old_s + seconds, old_rows + rows
+                else:
+                    new_s, new_rows = new_s + seconds, new_rows + rows
+        print(f"one engine per config:      {new_s:7.1f} s in all")
+        print(f"one engine per batch size:  {old_s:7.1f} s in all")
         print(f"speed-up of the sweep (wall time, per batch size / per config): {old_s / new_s:.2f}x")
         print("tokens/s, per config vs per batch size (same workload; status):")
         for new, old in zip(new_rows, old_rows):

@@ -34,7 +34,8 @@ from archscale.study import law_inputs
 ROOT = Path(__file__).resolve().parents[1]
 FIXED = {"chinchilla lsq (old default)": ("chinchilla", "lsq"), "chinchilla huber": ("chinchilla", "huber"),
          "chinchilla-tied huber": ("chinchilla-tied", "huber")}
-SELECTION_RULES = {"selection, 2 folds (default)": 2, "selection, 1 fold": 1, "selection, 3 folds": 3}
+SELECTION_RULES = {"selection, 2 folds (default)": (2, "mean"), "selection, 1 fold": (1, "mean"),
+                   "selection, 3 folds": (3, "mean"), "selection, 2 folds, median": (2, "median")}
 
 
 def tables() -> dict[str, pd.DataFrame]:
@@ -67,8 +68,8 @@ def main() -> None:
             forms = candidate_forms(train, "auto", "auto", False)
             errors = {form: final_error(form, train, test) for form in forms}
             row = {"runs": name, "split": split, "n_train": len(train), "n_test": len(test)}
-            for label, folds in SELECTION_RULES.items():
-                chosen = select_form(train, forms, split, n_folds=folds)
+            for label, (folds, fold_score) in SELECTION_RULES.items():
+                chosen = select_form(train, forms, split, n_folds=folds, fold_score=fold_score)
                 row[label] = errors[(chosen.law, chosen.objective)]
                 row[f"{label}: form"] = f"{chosen.law} {chosen.objective}"
             for label, form in FIXED.items():

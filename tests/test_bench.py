@@ -302,8 +302,6 @@ def _assert_one_line_error(r, store: Path, fragment: str) -> None:
 @pytest.mark.parametrize("args, fragment", [
     (["{missing}"], "no config.json there"),
     (["no-such-preset"], "unknown architecture 'no-such-preset'"),
-    (["{tiny}", "--backend", "torch", "--device", "cpu", "--dtype", "bf16"],
-     "bf16 is not supported by the torch backend on CPU; use --dtype float32"),
     (["llama-3.2-1b", "--backend", "roofline"], "--backend roofline needs --gpu"),
     (["{tiny}", "--backend", "tensorrt"], "unknown backend 'tensorrt'"),
     (["{tiny}", "--batch-sizes", "16,x"], "--batch-sizes '16,x': expected integers"),

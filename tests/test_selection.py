@@ -152,3 +152,23 @@ def test_drop_invalid_counts_what_it_dropped(cli, tmp_path):
     assert document["n_points"] == len(frame) - 2
     assert document["hygiene"]["dropped_invalid"] == [
         "row 4, column 'loss': value is missing (NaN)", "row 11, column 'N': must be > 0 (got -1.0)"]
+
+
+def test_a_median_fold_score_is_not_decided_by_one_wild_large_run():
+    """The robust score the README compares against the default: one large run 25% off moves every mean
+    score by a large amount but barely moves the median ones (experiments/fit_selection_evidence.py)."""
+    from archscale.selection import select_form
+
+    clean = contaminated_runs().iloc[[i for i in range(54) if i + 1 not in OUTLIER_ROWS]].reset_index(drop=True)
+    clean = clean[clean["D"] >= clean["N"]].reset_index(drop=True)
+    wild = clean.copy()
+    wild.loc[wild["N"].idxmax(), "loss"] *= 1.25
+    forms = [("chinchilla", "huber"), ("chinchilla-tied", "huber")]
+
+    def scores(frame, fold_score):
+        return np.array([c.score for c in select_form(frame, forms, fold_score=fold_score).candidates])
+
+    mean_shift = scores(wild, "mean") - scores(clean, "mean")
+    median_shift = scores(wild, "median") - scores(clean, "median")
+    assert np.all(mean_shift > 0.005)
+    assert np.all(np.abs(median_shift) < 0.2 * mean_shift)

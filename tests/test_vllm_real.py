@@ -49,7 +49,8 @@ def test_real_vllm_measures_a_tiny_config_at_two_batch_sizes_on_one_engine(cli, 
             "--verbose", "--no-progress", "--store", store)
     assert r.code == 0, r.err[-3000:]
     rows = load_results(store)
-    assert list(rows["status"]) == ["ok", "ok"], list(rows["error"])
+    # "noisy" (repeats' std over 20% of the mean) is still a real measurement; a failure is not
+    assert rows["status"].isin(["ok", "noisy"]).all(), list(rows["error"])
     assert list(rows["batch_size"]) == [1, 4] and list(rows["output_tokens"]) == [8, 32]
     assert (rows["tokens_per_s"] > 0).all()
     assert (rows["output_tokens_per_s"] / rows["tokens_per_s"]).round(6).tolist() == [round(8 / 40, 6)] * 2

@@ -24,8 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import platform
 import re
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Mapping
 
 from archscale.arch import Architecture
@@ -228,3 +230,14 @@ def failed(error: object, **fields: Any) -> dict[str, Any]:
     """The measured part of a failed benchmark: status ``failed`` and a one-line error."""
     return {**fields, "status": "failed", "error": one_line(error),
             "tokens_per_s": None, "output_tokens_per_s": None, "tokens_per_s_std": None}
+
+
+def cpu_model_name() -> str:
+    """``cpu: <model name>``: how every backend records a CPU as its device (the same string in every row)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return "cpu: " + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu: " + (platform.processor() or platform.machine() or "unknown")

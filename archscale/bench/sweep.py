@@ -71,7 +71,9 @@ class BenchOptions:
     ``gpu`` is the archscale GPU key recorded with each row (required by the
     roofline backend; for measured backends it overrides the key derived from
     the device name). ``dtype`` None means the backend's default (bf16 on CUDA,
-    float32 for the torch backend on CPU). ``profile`` and ``engine`` are for
+    float32 for the torch backend on CPU). ``threads`` is the number of CPU
+    threads a measurement computes with (None: the backend's default); it is
+    recorded in every row. ``profile`` and ``engine`` are for
     the roofline backend: which calibration profile to estimate with (a path,
     a name, ``none``, or None for the one matching ``engine``, device, dtype).
     """
@@ -87,6 +89,7 @@ class BenchOptions:
     device: str = "auto"
     tp: int = 1
     compile: bool = False
+    threads: int | None = None
     enforce_eager: bool = False
     profile: str | None = None
     engine: str = "vllm"
@@ -104,6 +107,11 @@ class BenchOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise UserError(f"--threads must be a positive integer, got {self.threads!r}")
+        if self.threads is not None and self.backend != "torch":
+            raise UserError("--threads sets the torch backend's CPU threads; vLLM on CPU takes its threads and cores from "
+                            "VLLM_CPU_OMP_THREADS_BIND (e.g. 0-1), and the roofline computes nothing")
         if self.dtype is not None and canonical_dtype(self.dtype) is None:
             raise UserError(f"unknown --dtype {self.dtype!r}: use bf16, fp16 or float32")
         if self.worker_timeout_s <= 0:

@@ -16,6 +16,15 @@ steps, feeding back the greedy argmax, so every sequence produces
 ``output_len`` tokens, as vLLM with ``ignore_eos`` does. Time is taken with
 ``perf_counter`` after ``torch.cuda.synchronize()`` on CUDA.
 
+On CPU the model runs on its frozen inference weights (stacked projections,
+each on the kernel that timed fastest for its shape; see
+:mod:`archscale.frozen_linear`), with ``--threads`` intra-op threads (recorded
+in every row). bf16 and fp16 run only on CPUs with native instructions for
+them (AVX512-BF16 or AMX for bf16; AVX512-FP16 or AMX-FP16 for fp16):
+elsewhere torch falls back to kernels several times slower than float32,
+which would measure the fallback, not the shape. ``--compile`` compiles the
+step with inductor (on CPU with its freezing, which packs the weights itself).
+
 Before allocating, the bytes the run needs (weights, KV cache, prefill
 workspace) are compared with what the device has free; a shape that does not
 fit is a failed record, not a crash, and an out-of-memory error during the
@@ -31,7 +40,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from archscale.arch import Architecture
-from archscale.bench.records import BYTES_PER_ELEMENT, canonical_dtype, failed, gpu_key_for_device, summarize_repeats
+from archscale.bench.records import (BYTES_PER_ELEMENT, canonical_dtype, cpu_model_name, failed, gpu_key_for_device,
+                                     summarize_repeats)
 from archscale.bench.sweep import BenchOptions, Target, Tick
 from archscale.errors import UserError
 
@@ -65,17 +75,56 @@ def resolve_device(name: str):
     return device
 
 
+CPU_NATIVE = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}
+"""x86 capabilities (as ``torch.cpu.get_capabilities()`` names them) that compute each half precision natively."""
+
+
+def cpu_half_precision_problem(dtype: str, capabilities: dict[str, Any] | None = None) -> str | None:
+    """Why ``dtype`` should not be benchmarked on this CPU, or None when it has native instructions for it.
+
+    Without them torch's bf16/fp16 matmuls fall back to generic kernels
+    (oneDNN refuses them below AVX512-BW/VL or AVX-NE-CONVERT), several times
+    slower than float32: a row would measure the fallback, not the shape.
+    """
+    if dtype not in CPU_NATIVE:
+        return None
+    import torch
+
+    caps = torch.cpu.get_capabilities() if capabilities is None else capabilities
+    wanted = CPU_NATIVE[dtype]
+    if any(caps.get(flag) for flag in wanted):
+        return None
+    short = {"bfloat16": "bf16", "float16": "fp16"}[dtype]
+    cpu = str(caps.get("cpu_name") or platform.processor() or "this CPU")
+    flags = " or ".join(flag.upper().replace("_", "-", 1) if flag.startswith("amx") else flag.upper() for flag in wanted)
+    return (f"--dtype {short} on CPU needs {flags}, which this CPU ({cpu}) lacks: torch would run {short} matmuls in "
+            f"fallback kernels several times slower than float32; use --dtype float32 (vLLM takes --dtype float32 too, "
+            f"for rows in one dtype)")
+
+
 def resolve_dtype(name: str | None, device) -> str:
-    """bf16 on CUDA and float32 on CPU by default; half precision on CPU is refused (slow or unsupported)."""
+    """bf16 on CUDA and float32 on CPU by default; half precision on CPU only where the CPU has native instructions."""
     if name is None:
         return "bfloat16" if device.type == "cuda" else "float32"
     dtype = canonical_dtype(name)
     if dtype is None:
         raise UserError(f"unknown --dtype {name!r}: use bf16, fp16 or float32")
-    if device.type == "cpu" and dtype != "float32":
-        short = {"bfloat16": "bf16", "float16": "fp16"}[dtype]
-        raise UserError(f"{short} is not supported by the torch backend on CPU; use --dtype float32")
+    if device.type == "cpu":
+        problem = cpu_half_precision_problem(dtype)
+        if problem is not None:
+            raise UserError(problem)
     return dtype
+
+
+def resolve_threads(threads: int | None, device) -> int | None:
+    """The intra-op thread count to measure with: ``--threads`` or torch's default on CPU; None on CUDA."""
+    import torch
+
+    if device.type != "cpu":
+        if threads is not None:
+            raise UserError("--threads sets CPU threads; it applies to --device cpu only")
+        return None
+    return threads if threads is not None else torch.get_num_threads()
 
 
 # ---- memory arithmetic ------------------------------------------------------------
@@ -99,17 +148,22 @@ def prefill_chunk(arch: Architecture, batch: int, input_len: int, element: int, 
 
 
 def workspace_budget(arch: Architecture, batch: int, input_len: int, output_len: int, element: int,
-                     available: int | None) -> int:
+                     available: int | None, weight_copies: int = 1) -> int:
     """Bytes for prefill transients: half of the memory left beside weights and KV cache, 1-16 GiB."""
     if available is None:
         return MIN_WORKSPACE_BYTES
-    fixed = arch.weight_bytes(element) + batch * (input_len + output_len) * arch.kv_cache_bytes_per_token(element)
+    fixed = weight_copies * arch.weight_bytes(element) + batch * (input_len + output_len) * arch.kv_cache_bytes_per_token(element)
     return int(min(MAX_WORKSPACE_BYTES, max(MIN_WORKSPACE_BYTES, 0.5 * (available - fixed - SLACK_BYTES))))
 
 
-def memory_needed(arch: Architecture, batch: int, input_len: int, output_len: int, element: int, chunk: int) -> int:
-    """Bytes the run needs: weights + full KV cache + prefill workspace + decode logits."""
-    weights = arch.weight_bytes(element)
+def memory_needed(arch: Architecture, batch: int, input_len: int, output_len: int, element: int, chunk: int,
+                  weight_copies: int = 1) -> int:
+    """Bytes the run needs: weights (``weight_copies`` of them) + full KV cache + prefill workspace + decode logits.
+
+    On CPU the inference path adds frozen copies of the weights (stacked, and
+    packed for the chosen kernel): up to three copies in all.
+    """
+    weights = weight_copies * arch.weight_bytes(element)
     kv_cache = batch * (input_len + output_len) * arch.kv_cache_bytes_per_token(element)
     masked = chunk < input_len
     workspace = batch * chunk * prefill_bytes_per_token(arch, input_len, element, masked)
@@ -139,13 +193,7 @@ def device_name(device) -> str:
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return "cpu: " + line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu: " + (platform.processor() or platform.machine() or "unknown")
+    return cpu_model_name()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -159,6 +207,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 # ---- the measurement ----------------------------------------------------------------
+FROZEN_WEIGHT_COPIES = 3
+"""Weights a CPU run holds: the parameters, their frozen stacked copy, and that copy packed for its kernel."""
+
+
 def build_model(arch: Architecture, max_len: int, device, dtype_name: str, seed: int):
     """The model on ``device`` in ``dtype``, initialised there directly (no full-precision copy first)."""
     import torch
@@ -213,6 +265,7 @@ class _Run:
     step: Callable
     available: int | None
     fields: dict[str, Any]
+    compiled: bool = False
 
 
 class TorchBackend:
@@ -228,7 +281,15 @@ class TorchBackend:
         self.options = options
         self.device = resolve_device(options.device)
         self.dtype_name = resolve_dtype(options.dtype, self.device)
+        self.threads = resolve_threads(options.threads, self.device)
+        if options.compile:
+            from archscale.model import compile_unavailable
+
+            problem = compile_unavailable(self.device.type)
+            if problem is not None:
+                raise UserError(problem)
         self.element = BYTES_PER_ELEMENT[self.dtype_name]
+        self.weight_copies = FROZEN_WEIGHT_COPIES if self.device.type == "cpu" and not options.compile else 1
         self._torch = torch
 
     def _synchronize(self) -> None:
@@ -242,12 +303,20 @@ class TorchBackend:
     def _device_fields(self) -> dict[str, Any]:
         name = device_name(self.device)
         gpu = self.options.gpu or ("cpu" if self.device.type == "cpu" else gpu_key_for_device(name))
-        return {"gpu": gpu, "device_name": name, "dtype": self.dtype_name, "torch_version": self._torch.__version__}
+        return {"gpu": gpu, "device_name": name, "dtype": self.dtype_name, "threads": self.threads,
+                "torch_version": self._torch.__version__}
 
     def run(self, target: Target, tick: Tick) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Yield one measured (or failed) row per batch size; the model is built once per config."""
+        """Yield one measured (or failed) row per batch size; the model is built once per config.
+
+        On CPU torch's intra-op thread count is ``threads`` while this runs
+        and is restored after.
+        """
         options = self.options
         fields = self._device_fields()
+        previous_threads = self._torch.get_num_threads()
+        if self.threads is not None:
+            self._torch.set_num_threads(self.threads)
         run, reason = self._build(target.arch, fields)
         try:
             for batch in options.batch_sizes:
@@ -259,6 +328,7 @@ class TorchBackend:
         finally:
             run = None  # the only reference to the model: drop it before giving the cache back
             self._free()
+            self._torch.set_num_threads(previous_threads)
 
     def _build(self, arch: Architecture, fields: dict[str, Any]) -> tuple[_Run | None, str | None]:
         """The model and step function, or why there is none (does not fit, bad shape, out of memory)."""
@@ -276,10 +346,16 @@ class TorchBackend:
                 raise
             message = f"out of memory building the model: {exc}"
         else:
-            step = self._torch.compile(model.forward_step, dynamic=True) if options.compile else model.forward_step
-            return _Run(model, step, available, fields), None
+            return _Run(model, self._step(model), available, fields, compiled=options.compile), None
         self._free()
         return None, message
+
+    def _step(self, model) -> Callable:
+        """``model.forward_step``, compiled with dynamic shapes when ``--compile`` (on CPU with inductor's freezing)."""
+        if not self.options.compile:
+            return model.forward_step
+        options = {"freezing": True} if self.device.type == "cpu" else None
+        return self._torch.compile(model.forward_step, dynamic=True, options=options)
 
     def _does_not_fit(self, arch: Architecture, batch: int, available: int | None) -> str | None:
         """"needs X GB, device has Y GB free" when the estimate exceeds what the device has, else None."""
@@ -287,14 +363,16 @@ class TorchBackend:
             return None
         options = self.options
         chunk = self._chunk(arch, batch, available)
-        needed = memory_needed(arch, batch, options.input_len, options.output_len, self.element, chunk) + SLACK_BYTES
+        needed = memory_needed(arch, batch, options.input_len, options.output_len, self.element, chunk,
+                               self.weight_copies) + SLACK_BYTES
         if needed <= available:
             return None
         return f"needs {needed / 1e9:.1f} GB, device has {available / 1e9:.1f} GB free"
 
     def _chunk(self, arch: Architecture, batch: int, available: int | None) -> int:
         options = self.options
-        budget = workspace_budget(arch, batch, options.input_len, options.output_len, self.element, available)
+        budget = workspace_budget(arch, batch, options.input_len, options.output_len, self.element, available,
+                                  self.weight_copies)
         return prefill_chunk(arch, batch, options.input_len, self.element, budget)
 
     def _measure(self, run: _Run, arch: Architecture, batch: int, tick: Tick) -> dict[str, Any]:
@@ -311,7 +389,7 @@ class TorchBackend:
         timings: list[tuple[float, float, int]] = []
         try:
             with torch.inference_mode():
-                run.model.allocate_kv_cache(batch, options.input_len + options.output_len)
+                run.model.allocate_kv_cache(batch, options.input_len + options.output_len, freeze=not run.compiled)
                 if self.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(self.device)
                 warmup = self._prompts(batch, arch, generator)

@@ -50,7 +50,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from archscale.bench.records import BYTES_PER_ELEMENT, package_version, summarize_repeats
+from archscale.bench.records import BYTES_PER_ELEMENT, cpu_model_name, package_version, summarize_repeats
 
 WARMUP_OUTPUT_TOKENS = 16
 KV_BLOCK_TOKENS = 128
@@ -172,19 +172,6 @@ class CpuThreadsProbe:
         import torch
 
         return {"threads": torch.get_num_threads(), "cpus": sorted(os.sched_getaffinity(0))}
-
-
-def cpu_model_name() -> str:
-    """``cpu: <model name>``, as the torch backend records a CPU device."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return "cpu: " + line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return "cpu: " + (platform.processor() or platform.machine() or "unknown")
 
 
 def default_dtype(on_cpu: bool) -> str:

@@ -62,6 +62,9 @@ def bench_command(
     device: str = typer.Option("auto", "--device", help="torch backend: auto, cpu, cuda or cuda:N."),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree (vllm and roofline)."),
     compile_step: bool = typer.Option(False, "--compile", help="torch backend: torch.compile the model step (dynamic shapes)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per measurement (torch on CPU: "
+                                          "intra-op threads; default torch's own), recorded in every row (the CPU's "
+                                          "peak at those threads: bench probe --threads)."),
     enforce_eager: bool = typer.Option(False, "--enforce-eager", help="vllm: no CUDA graphs (faster start, slower run)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="roofline: throughput profile (a JSON path or a name; "
                                           "`none` for the uncalibrated roofline). Default: the profile matching --engine, --gpu and dtype."),
@@ -112,7 +115,7 @@ def bench_command(
 
     options = BenchOptions(backend=backend or "torch", batch_sizes=tuple(parse_int_list(batch_sizes, "--batch-sizes")),
                            input_len=input_len, output_len=output_len, repeats=repeats, gpu=gpu, gpu_file=gpu_file,
-                           dtype=dtype, device=device, tp=tp, compile=compile_step, enforce_eager=enforce_eager,
+                           dtype=dtype, device=device, tp=tp, compile=compile_step, threads=threads, enforce_eager=enforce_eager,
                            profile=profile, engine=engine, seed=seed, worker_timeout_s=timeout, verbose=verbose,
                            vllm_python=vllm_python)
     if executor is not None or status:  # a study: one job per config (archscale.bench.jobs)

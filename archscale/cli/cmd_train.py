@@ -43,6 +43,8 @@ def train_cmd(
     peak_tflops: Optional[float] = typer.Option(None, "--peak-tflops", help="Peak TFLOP/s per device for MFU (auto on known GPUs)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     fsdp: bool = typer.Option(False, "--fsdp", help="Under torchrun, shard with FSDP2 instead of DDP."),
+    compile_model: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model "
+                                                 "(default: train.json's compile, else on CUDA only; CPU needs a C++ compiler)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result row as JSON."),
 ) -> None:
     """Train one model from a config directory and append its row to a runs table."""
@@ -50,7 +52,7 @@ def train_cmd(
 
     check_outputs(("--out", out or config_dir / "run", "dir"), ("--runs", runs, "runs"), inputs=(config_dir, data))
     result = train(config_dir, data, out, tokens=_tokens(tokens), seed=seed, resume=resume, runs=runs, device=device,
-                   peak_tflops=peak_tflops, progress=progress, fsdp=fsdp)
+                   peak_tflops=peak_tflops, progress=progress, fsdp=fsdp, compile_model=compile_model)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
     if json_out:
@@ -58,8 +60,9 @@ def train_cmd(
         return
     mfu = "n/a" if result.mfu is None else f"{100 * result.mfu:.1f}%"
     speed = f"{result.tokens_per_s:,.0f}" if math.isfinite(result.tokens_per_s) else "n/a"
+    warmup = f"after {result.warmup_steps} warm-up steps, {result.warmup_s:.1f} s{' incl. compile' if result.compiled else ''}"
     typer.echo(f"{result.run_dir}: {result.steps} steps, {result.tokens:,} tokens, val loss {result.val_loss:.4f}, "
-               f"train loss {result.train_loss:.4f}, {speed} tokens/s, MFU {mfu}")
+               f"train loss {result.train_loss:.4f}, {speed} tokens/s ({warmup}), MFU {mfu}")
 
 
 @app.command("sweep", cls=Command, epilog=examples(

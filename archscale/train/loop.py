@@ -6,6 +6,13 @@ decay to ``lr_min_ratio * lr_max``, gradient clipping, optional z-loss,
 gradient accumulation, bf16 autocast on CUDA, periodic validation, a JSONL
 log, atomic checkpoints and an exact ``--resume``.
 
+Throughput is reported for the steady state: the first ``WARMUP_STEPS``
+optimizer steps of each session (where ``torch.compile`` compiles, and the
+optimizer allocates its moments) are timed apart and reported as
+``warmup_s``; ``tokens_per_s`` and MFU count the steps after them, in the
+result and in every log line (a log line that falls in the warm-up has no
+rate). Time spent in evaluation, logging and checkpoints is in neither.
+
 Why resume is exact: the batch of step ``s`` is a pure function of
 ``(seed, s)`` (:class:`~archscale.train.data.TokenDataset`), the learning
 rate is a pure function of ``s``, and the checkpoint holds the model, the
@@ -42,7 +49,7 @@ from torch import nn
 from archscale.arch import Architecture
 from archscale.errors import UserError, add_hint, is_resource_failure, keep_hint
 from archscale.files import write_text
-from archscale.model import Transformer
+from archscale.model import Transformer, compile_unavailable
 from archscale.runs import RENAMED_RUN_COLUMNS, SHAPE, append_run, check_appendable, current_names, recipe_hashes
 from archscale.train.checkpoint import (
     capture_state, checkpoint_path, load_checkpoint, restore_state, rng_state, save_checkpoint, set_rng_state,
@@ -58,6 +65,9 @@ RESULT_FILE = "result.json"
 
 # Dense bf16 peak TFLOP/s by GPU name (datasheets; see REFERENCE.md section 4).
 PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
+WARMUP_STEPS = 2
+"""Steps per session timed apart from the steady rate: the first compiles (when compiling) and allocates the
+optimizer state; the second absorbs what the first leaves (allocator growth, a guard that recompiles)."""
 
 
 # ---- what a run is ----------------------------------------------------------------
@@ -86,6 +96,9 @@ class TrainResult:
     mfu: float | None
     recipe_hash: str
     row: dict[str, Any] = field(default_factory=dict)
+    warmup_steps: int = 0
+    warmup_s: float = 0.0
+    compiled: bool = False
 
 
 def resolve_run(config: str | Path | Architecture, train_config: TrainConfig | None = None,
@@ -198,7 +211,8 @@ class Trainer:
     """Holds one run's state; :meth:`run` trains to the token budget and reports."""
 
     def __init__(self, spec: RunSpec, data_dir: Path, out_dir: Path, device: torch.device, info: DistInfo,
-                 peak_tflops: float | None, progress: bool, fsdp: bool = False) -> None:
+                 peak_tflops: float | None, progress: bool, fsdp: bool = False,
+                 compile_model: bool | None = None) -> None:
         self.spec, self.cfg, self.out_dir, self.device, self.info = spec, spec.train_config, out_dir, device, info
         self.progress = progress and info.is_main
         self.train_data = TokenDataset(data_dir, "train", self.cfg.seq_len)
@@ -217,11 +231,14 @@ class Trainer:
         if self.fsdp:
             self._shard()
         self.optimizer = make_optimizer(self.model, self.cfg, fused=not self.fsdp)
-        self.step, self.session_tokens, self.session_time = 0, 0, 0.0
+        self.step = 0
+        self.step_seconds: list[float] = []  # this session's optimizer steps, in order
+        self.resumed_step_seconds: list[float] = []  # the checkpoint's session, reported when this one has no steps
         self._window: list[float] = [0, 0.0]  # tokens and seconds since the last log line
         self.last_train_loss = float("nan")
         self.peak = peak_tflops if peak_tflops is not None else detect_peak_tflops(device)
         self.flops_per_token = train_flops_per_token(spec.arch, self.cfg.seq_len)
+        self.compiled = self._should_compile(compile_model)
         self.runner: nn.Module = self._wrap(self.model)
 
     def _autocast_dtype(self) -> torch.dtype | None:
@@ -240,10 +257,24 @@ class Trainer:
             fully_shard(block, mp_policy=policy)
         fully_shard(self.model, mp_policy=policy)
 
+    def _should_compile(self, requested: bool | None) -> bool:
+        """``--compile``/``--no-compile`` if given, else ``compile`` in train.json, else on CUDA only.
+
+        A flag, not a recipe setting: it does not change the config hash, so a
+        run may be resumed with or without it.
+        """
+        wanted = requested if requested is not None else self.cfg.compile
+        if wanted is None:
+            wanted = self.device.type == "cuda"
+        problem = compile_unavailable(self.device.type) if wanted else None
+        if problem is not None:
+            raise UserError(problem if requested else f"{TRAIN_FILE} asks for compile: {problem} (or set compile to false)")
+        return wanted
+
     def _wrap(self, model: nn.Module) -> nn.Module:
-        """Compile (CUDA by default) and DDP-wrap; the bare (or FSDP-sharded) model stays for eval and checkpoints."""
+        """Compile (when asked; CUDA by default) and DDP-wrap; the bare (or FSDP-sharded) model stays for eval and checkpoints."""
         runner = model
-        if self.cfg.compile or (self.cfg.compile is None and self.device.type == "cuda"):
+        if self.compiled:
             runner = torch.compile(runner)
         if self.info.world > 1 and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel
@@ -262,7 +293,7 @@ class Trainer:
         return {"model": model_state, "optimizer": optimizer_state, "step": self.step,
                 "rng": rng_state(), "recipe_hash": self.spec.recipe_hash, "hf_config": self.spec.hf_config,
                 "train_config": self.cfg.to_dict(), "last_train_loss": self.last_train_loss,
-                "throughput": [self.session_tokens, self.session_time]}  # so a resume still reports tokens/s
+                "step_seconds": self.timed_steps}  # so a resume that has no steps left still reports tokens/s
 
     def load(self, state: dict[str, Any]) -> None:
         written_for = state.get("recipe_hash", state.get("config_hash"))  # config_hash: checkpoints before the rename
@@ -272,7 +303,7 @@ class Trainer:
         restore_state(self.model, self.optimizer, state["model"], state["optimizer"])
         self.step = int(state["step"])
         self.last_train_loss = float(state.get("last_train_loss", float("nan")))
-        self.session_tokens, self.session_time = state.get("throughput", (0, 0.0))
+        self.resumed_step_seconds = [float(x) for x in state.get("step_seconds", [])]
         set_rng_state(state["rng"])
 
     def save(self) -> None:
@@ -376,32 +407,53 @@ class Trainer:
         loss = self.train_step()
         is_last = self.step == cfg.total_steps
         log_now = self.step % cfg.log_every == 0 and not is_last  # the last step is logged with the final eval
+        eval_now = bool(cfg.eval_every) and self.step % cfg.eval_every == 0 and not is_last
+        checkpoint_now = (bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0) or is_last
         if log_now or is_last or self.progress:
             exact = log_now or is_last  # a value every rank agrees on (an all-reduce) vs. rank 0's own
             self.last_train_loss = self._mean_across_ranks(loss) if exact else float(loss)
             if exact and not math.isfinite(self.last_train_loss):
                 raise UserError(f"training diverged at step {self.step} (train loss {self.last_train_loss}); "
                                 f"lower lr_max or raise warmup_steps in {TRAIN_FILE}")
-        if self.device.type == "cuda" and (log_now or is_last):
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - started  # exact over a log window: CUDA syncs at its end
-        self._window[0] += cfg.tokens_per_step
-        self._window[1] += elapsed
-        self.session_tokens += cfg.tokens_per_step
-        self.session_time += elapsed
-        val_loss = self.evaluate() if cfg.eval_every and self.step % cfg.eval_every == 0 and not is_last else None
+        warmup_ends = len(self.step_seconds) + 1 == WARMUP_STEPS
+        if self.device.type == "cuda" and (log_now or is_last or eval_now or checkpoint_now or warmup_ends):
+            torch.cuda.synchronize()  # so that no step's GPU work is left to run in untimed evaluation or saving
+        elapsed = time.perf_counter() - started  # exact between synchronisations, which end every timed span
+        self.step_seconds.append(elapsed)
+        if len(self.step_seconds) > WARMUP_STEPS:  # log windows hold steady steps only
+            self._window[0] += cfg.tokens_per_step
+            self._window[1] += elapsed
+        val_loss = self.evaluate() if eval_now else None
         if log_now or val_loss is not None:
-            self._log(val_loss, self._window[0] / max(self._window[1], 1e-9))
+            self._log(val_loss, self._window[0] / self._window[1] if self._window[1] > 0 else float("nan"))
             self._window = [0, 0.0]
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{self.last_train_loss:.4f}", tok_s=f"{self.tokens_per_s:,.0f}")
-        if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or is_last:
+        if checkpoint_now:
             self.save()
 
     @property
+    def timed_steps(self) -> list[float]:
+        """Step times the figures come from: this session's, or the checkpoint's when this one trained no step."""
+        return self.step_seconds or self.resumed_step_seconds
+
+    @property
+    def warmup_steps(self) -> int:
+        """Steps of this session timed apart: ``WARMUP_STEPS``, less in a session too short to keep one after them."""
+        return min(WARMUP_STEPS, max(0, len(self.timed_steps) - 1))
+
+    @property
+    def warmup_s(self) -> float:
+        """Seconds the warm-up steps took (compilation included)."""
+        return sum(self.timed_steps[: self.warmup_steps])
+
+    @property
     def tokens_per_s(self) -> float:
-        return self.session_tokens / self.session_time if self.session_time > 0 else float("nan")
+        """Steady-state tokens/s: this session's steps after the warm-up steps."""
+        steady = self.timed_steps[self.warmup_steps :]
+        seconds = sum(steady)
+        return len(steady) * self.cfg.tokens_per_step / seconds if seconds > 0 else float("nan")
 
     def mfu(self, tokens_per_s: float) -> float | None:
         """Model FLOPs utilisation against ``peak`` TFLOP/s per rank; ``None`` without a peak."""
@@ -416,7 +468,7 @@ class Trainer:
                   "val_loss": val_loss, "lr": lr_at(max(0, self.step - 1), self.cfg),
                   "tokens_per_s": _num(tokens_per_s), "mfu": self.mfu(tokens_per_s)}
         if final:
-            record["final"] = True
+            record.update(final=True, warmup_steps=self.warmup_steps, warmup_s=self.warmup_s, compiled=self.compiled)
         with open(self.out_dir / LOG_FILE, "a") as out:
             out.write(json.dumps(record) + "\n")
 
@@ -459,7 +511,8 @@ def _num(value: float) -> float | None:
 def train(config: str | Path | Architecture, data_dir: str | Path | None = None, out_dir: str | Path | None = None, *,
           train_config: TrainConfig | None = None, tokens: float | None = None, seed: int | None = None,
           resume: bool = False, runs: str | Path | None = None, device: str = "auto",
-          peak_tflops: float | None = None, progress: bool = True, fsdp: bool = False) -> TrainResult:
+          peak_tflops: float | None = None, progress: bool = True, fsdp: bool = False,
+          compile_model: bool | None = None) -> TrainResult:
     """Train one model to its token budget and report it.
 
     ``config`` is a config directory (``config.json`` + optional ``train.json``)
@@ -468,6 +521,9 @@ def train(config: str | Path | Architecture, data_dir: str | Path | None = None,
     anything is written. On success ``out_dir/result.json`` holds the row,
     which is also appended to ``runs`` (a CSV) when given, exactly once even
     across crashes and resumes. ``fsdp`` shards with FSDP2 under torchrun.
+    ``compile_model`` overrides ``compile`` in train.json (None: keep it;
+    its own default compiles on CUDA only). The result's ``tokens_per_s``
+    and ``mfu`` are steady-state figures; ``warmup_s`` holds the first steps.
     """
     spec = resolve_run(config, train_config, tokens, seed)
     out = _out_dir(spec, out_dir)
@@ -488,7 +544,7 @@ def train(config: str | Path | Architecture, data_dir: str | Path | None = None,
         check_training_memory(spec.arch, spec.train_config.micro_batch_size, spec.train_config.seq_len, torch_device,
                               autocast_bf16=torch_device.type == "cuda" and spec.train_config.dtype != "float32",
                               shards=info.world if fsdp else 1, label=spec.name)
-        trainer = Trainer(spec, data, out, torch_device, info, peak_tflops, progress, fsdp)
+        trainer = Trainer(spec, data, out, torch_device, info, peak_tflops, progress, fsdp, compile_model)
         if resume:
             trainer.load(load_checkpoint(checkpoint_path(out), map_location=trainer.device))
         if info.is_main:
@@ -575,9 +631,11 @@ def _result(trainer: Trainer, out: Path, train_loss: float, val_loss: float) -> 
     row: dict[str, Any] = {"N": arch.n_params_non_embedding, "D": tokens, "loss": val_loss}
     row.update({column: value for column, value in arch.shape_columns().items() if column in SHAPE})
     row.update({"train_loss": _num(train_loss), "val_loss": val_loss, "tokens_per_s": _num(tps), "mfu": trainer.mfu(tps),
+                "warmup_steps": trainer.warmup_steps, "warmup_s": trainer.warmup_s, "compiled": trainer.compiled,
                 "recipe_hash": spec.recipe_hash, "run_dir": str(out.resolve()), "name": spec.name,
                 "steps": trainer.cfg.total_steps, "seed": trainer.cfg.seed})
-    return TrainResult(out, trainer.cfg.total_steps, tokens, train_loss, val_loss, tps, row["mfu"], spec.recipe_hash, row)
+    return TrainResult(out, trainer.cfg.total_steps, tokens, train_loss, val_loss, tps, row["mfu"], spec.recipe_hash, row,
+                       trainer.warmup_steps, trainer.warmup_s, trainer.compiled)
 
 
 def _record(result: TrainResult, runs: str | Path | None) -> None:
@@ -605,7 +663,8 @@ def _finished(out: Path, spec: RunSpec, runs: str | Path | None) -> TrainResult:
     """A resumed run that had already finished: report it again (and add a missing row)."""
     row = current_names(json.loads((out / RESULT_FILE).read_text()))
     result = TrainResult(out, int(row.get("steps", 0)), int(row["D"]), row.get("train_loss") or float("nan"),
-                         float(row["val_loss"]), row.get("tokens_per_s") or float("nan"), row.get("mfu"), spec.recipe_hash, row)
+                         float(row["val_loss"]), row.get("tokens_per_s") or float("nan"), row.get("mfu"), spec.recipe_hash, row,
+                         int(row.get("warmup_steps") or 0), float(row.get("warmup_s") or 0.0), bool(row.get("compiled")))
     _record(result, runs)
     return result
 
