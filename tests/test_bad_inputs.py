@@ -374,6 +374,13 @@ def test_fit_out_in_one_missing_folder_is_created_and_said(cli, work):
     assert "note: created folder results for --out" in result.err
 
 
+def test_one_created_folder_for_two_outputs_is_one_note(cli, work):
+    result = cli("fit", "runs.csv", "--where", "loss < 3.42", "--out", "results/fit.json", "--plot", "results/fit.png")
+    assert result.code == 0 and (work / "results" / "fit.png").is_file()
+    notes = [line for line in result.err.splitlines() if line.startswith("note: created folder")]
+    assert notes == ["note: created folder results for --out and --plot"]
+
+
 # ---- data for the tests above ---------------------------------------------------------------------
 def append_store(path: Path) -> None:
     from archscale.bench.store import append

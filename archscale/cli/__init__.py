@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -176,7 +177,10 @@ def main() -> None:
             raise
         typer.echo(f"error: {failure}", err=True)
         sys.exit(2)
+    flags_by_folder: dict[Path, list[str]] = {}  # `--out out/a.json --plot out/a.png`: one note for out/
     for flag, folder in created_folders:
+        flags_by_folder.setdefault(folder, []).append(flag)
+    for folder, flags in flags_by_folder.items():
         if folder.is_dir():
-            typer.echo(f"note: created folder {folder} for {flag}", err=True)
+            typer.echo(f"note: created folder {folder} for {' and '.join(flags)}", err=True)
     sys.exit(code if isinstance(code, int) else 0)

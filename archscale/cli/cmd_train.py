@@ -27,7 +27,7 @@ def _tokens(text: Optional[str]) -> Optional[int]:
 
 @app.command("train", cls=Command, epilog=examples(
     EMIT_TINY_CONFIGS,
-    "archscale train out/configs-tiny/cand-01 --tokens 200K --runs out/runs.csv",
+    "archscale train out/configs-tiny/cand-01 --tokens 100K --runs out/runs.csv",
     "torchrun --nproc_per_node 8 -m archscale.train out/configs-tiny/cand-01 --tokens 300M --out out/run-ddp "
     "--runs out/runs.csv   # needs: 8 GPUs",
 ))
@@ -67,9 +67,9 @@ def train_cmd(
 
 @app.command("sweep", cls=Command, epilog=examples(
     EMIT_TINY_CONFIGS,
-    "archscale sweep out/configs-tiny --tokens 200K --runs out/runs.csv",
-    "archscale sweep out/configs-tiny --tokens 200K --runs out/runs.csv --status",
-    "archscale sweep out/configs-tiny --tokens 200K --runs out/runs.csv --executor slurm --partition gpu --job-gpus 8"
+    "archscale sweep out/configs-tiny --tokens 100K --runs out/runs.csv",
+    "archscale sweep out/configs-tiny --tokens 100K --runs out/runs.csv --status",
+    "archscale sweep out/configs-tiny --tokens 100K --runs out/runs.csv --executor slurm --partition gpu --job-gpus 8"
     "   # needs: a Slurm cluster with GPUs",
 ))
 def sweep_cmd(
@@ -128,7 +128,7 @@ def sweep_cmd(
 
 @app.command("export", cls=Command, epilog=examples(
     EMIT_TINY_CONFIGS,
-    "archscale train out/configs-tiny/cand-01 --tokens 200K --out out/run-tiny",
+    "archscale train out/configs-tiny/cand-01 --tokens 100K --out out/run-tiny",
     "archscale export out/run-tiny --out out/tiny-hf",
 ))
 def export_cmd(
