@@ -19,10 +19,18 @@ TIMINGS=$OUT/timings.txt
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores" > "$TIMINGS"
 START=$SECONDS
 
+shown() {  # the command as a user types it: arguments with spaces or shell characters in double quotes
+  local line="" arg
+  for arg in "$@"; do
+    if [[ $arg =~ [[:space:]\'\<\>\|\&\;\(\)\$\*\!] ]]; then line+=" \"$arg\""; else line+=" $arg"; fi
+  done
+  echo "${line# }"
+}
+
 step() {  # step NAME COMMAND...: print the command, run it, keep both, and how long it took
   local name=$1; shift
   local began=$SECONDS
-  { echo "\$ $*"; "$@"; } 2>&1 | sed "s#$WORK#tour#g" | tee "$OUT/$name.txt"
+  { echo "\$ $(shown "$@")"; "$@"; } 2>&1 | sed "s#$WORK#tour#g" | tee "$OUT/$name.txt"
   echo "$name: $((SECONDS - began)) s" >> "$TIMINGS"
 }
 

@@ -102,3 +102,16 @@ def test_both_spellings_at_once_are_refused(cli, work):
     result = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--store", "a.sqlite", "--out", "b.sqlite")
     assert result.code == 2 and result.err.startswith("error: No such option: --out")
     assert not list(work.iterdir())
+
+
+@pytest.mark.parametrize("verb", [["train", "cfg"], ["sweep", "cfgs", "--runs", "runs.csv"],
+                                  ["search", "--fit", str(FIT_1B), "--n", "1e9", "--layers", "16"],
+                                  ["predict", str(FIT_1B), "--n", "1e9"]])
+def test_every_tokens_flag_reads_counts_with_suffixes(cli, work, verb):
+    """`--tokens 1.5M` means the same in every verb (train refused it once while search took it)."""
+    from archscale.cli.cmd_train import _tokens
+
+    assert _tokens("1.5M") == 1_500_000 and _tokens("2e6") == 2_000_000 and _tokens("100K") == 100_000
+    result = cli(*verb, "--tokens", "1.5Q")
+    assert result.code == 2 and result.err == "error: --tokens '1.5Q': expected a number such as 1e9, 975M or 1.5B\n"
+    assert not list(work.iterdir())
