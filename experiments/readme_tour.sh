@@ -6,7 +6,7 @@
 #
 # Outputs (committed): experiments/results/tour/NN-*.txt (each command and its output), pareto.png, cond.png,
 # timings.txt. Scratch (not committed): $TOUR_WORK, default /tmp/archscale-tour (configs, runs, bench store);
-# the README writes `tour/` for it.
+# the README writes `tour/` for it. Then `python experiments/check_readme_tour.py` checks the README shows these outputs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=experiments/results/tour

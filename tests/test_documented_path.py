@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,3 +186,11 @@ def test_readme_examples_write_only_under_out():
             if flag in flags and not value.startswith(inputs.get(flag, ())):
                 assert value.startswith("out/"), f"{example.source}: {flag} {value} is not under out/"
     assert "/out/" in (REPO / ".gitignore").read_text().split()
+
+
+def test_readme_tour_shows_what_the_tour_script_printed():
+    """Each line of the README's tour is in the outputs experiments/readme_tour.sh wrote (it takes minutes to
+    rerun, so this checks the README against the committed outputs; rerun the script to refresh both)."""
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "check_readme_tour.py")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+    assert " 0 mismatches" in done.stdout
