@@ -66,7 +66,7 @@ def config_dirs(configs_dir: str | Path) -> list[Path]:
 
 
 def recorded_hashes(runs: Path) -> set[str]:
-    """Config hashes that already have a row in the runs table."""
+    """Recipe hashes that already have a row in the runs table (under `recipe_hash`, or `config_hash` in older tables)."""
     if not runs.exists():
         return set()
     if runs.is_dir():
