@@ -95,7 +95,7 @@ KINDS: dict[str, Kind] = {
     "table": Kind("a CSV or Parquet table", (".csv", ".parquet", ".pq")),
     "runs": Kind("a CSV runs table", (".csv",), appends=True, check=_check_runs_table),
     "store": Kind("an SQLite results store", SQLITE_SUFFIXES, appends=True, check=_check_store,
-                  hint=" (for CSV: archscale bench --show --out STORE --export FILE.csv)"),
+                  hint=" (for CSV: archscale bench --show --store STORE --export FILE.csv)"),
     "dir": Kind("a folder"),
     "data-dir": Kind("a prepared data folder", replaces=True),
     "configs": Kind("a folder of emitted configs", replaces=True, check=_check_emit),

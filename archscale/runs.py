@@ -265,9 +265,27 @@ def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str, so
 
 
 TRAINED_RUN_COLUMNS = (*REQUIRED, *SHAPE, "train_loss", "val_loss", "tokens_per_s", "mfu", "warmup_steps", "warmup_s",
-                       "compiled", "config_hash", "run_dir",
+                       "compiled", "recipe_hash", "run_dir",
                        "name", "steps", "seed")
 """The columns of the row ``train`` appends (``archscale.train.loop`` builds it): the canonical runs-table schema."""
+
+RENAMED_RUN_COLUMNS = {"config_hash": "recipe_hash"}
+"""Old runs-table column names and their current ones. ``recipe_hash`` (the hash of a run's config.json and
+train.json) was called ``config_hash``, the name the bench store gives the hash of a shape alone; tables
+written then are still read and appended to under their own header."""
+
+
+def recipe_hashes(frame: pd.DataFrame) -> pd.Series:
+    """The recipe hash of each row of a runs table, under its current or its old column name (empty if neither)."""
+    for column in ("recipe_hash", *[old for old, new in RENAMED_RUN_COLUMNS.items() if new == "recipe_hash"]):
+        if column in frame.columns:
+            return frame[column]
+    return pd.Series([None] * len(frame), index=frame.index, dtype=object)
+
+
+def current_names(row: Mapping[str, object]) -> dict[str, object]:
+    """A row (or a run's result.json) with old column names replaced by the current ones."""
+    return {RENAMED_RUN_COLUMNS.get(key, key): value for key, value in row.items()}
 
 
 def csv_header(path: Path) -> list[str] | None:
@@ -307,7 +325,7 @@ def check_appendable(path: str | Path, flag: str = "--runs", columns: tuple[str,
     if duplicated:
         raise UserError(f"{where}: column {duplicated[0]!r} appears more than once in the header; fix the file "
                         "or append to a new one")
-    foreign = [name for name in header if name not in columns]
+    foreign = [name for name in header if name not in columns and RENAMED_RUN_COLUMNS.get(name) not in columns]
     missing = [name for name in REQUIRED if name in columns and name not in header]
     if foreign or missing:
         parts = ([f"has {', '.join(foreign[:4])}" + (" ..." if len(foreign) > 4 else "") + ", which train does not write"]
@@ -334,7 +352,8 @@ def append_run(path: str | Path, row: Mapping[str, object]) -> None:
     temporary sibling that is renamed over it: a crash never leaves a half
     row, concurrent writers never lose one, and the file keeps its mode. The
     old lines keep their exact bytes, unless the row brings columns the table
-    lacks: then the header gains them and the old rows get empty cells.
+    lacks: then the header gains them and the old rows get empty cells. A table
+    with an old column name (:data:`RENAMED_RUN_COLUMNS`) gets the value under that name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -343,6 +362,8 @@ def append_run(path: str | Path, row: Mapping[str, object]) -> None:
         fcntl.flock(folder, fcntl.LOCK_EX)
         check_appendable(path, "", tuple(row))
         header = (csv_header(path) if path.exists() else None) or []
+        old_names = {RENAMED_RUN_COLUMNS[name]: name for name in header if name in RENAMED_RUN_COLUMNS}
+        row = {old_names.get(key, key): value for key, value in row.items()}  # a table under its old header keeps it
         added = [name for name in row if name not in header]
         old = path.read_bytes() if path.exists() and header else b""
         if added and old:

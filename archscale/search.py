@@ -140,6 +140,11 @@ def losses_are_relative(fitted: FittedLaw) -> bool:
     return "L_opt" in fitted.law.columns and fitted.reference is None
 
 
+def relative_unit(fitted: FittedLaw) -> str:
+    """What a relative prediction of a conditional law is: ``L / L_opt`` (multiplicative) or ``L - L_opt`` (additive)."""
+    return "L / L_opt" if fitted.law.name == "conditional-mult" else "L - L_opt"
+
+
 def predict_loss(fitted: FittedLaw, shapes: pd.DataFrame, tokens: float) -> np.ndarray:
     """Predicted loss of each shape at ``tokens`` (relative, see :func:`losses_are_relative`).
 
@@ -323,7 +328,7 @@ def apply_measured_throughput(candidates: pd.DataFrame, bench: pd.DataFrame | No
     needed = SHAPE_COLUMNS + ["gpu", "batch_size", "input_len", "output_len", "tokens_per_s"]
     missing = [c for c in needed if c not in bench.columns]
     if missing:
-        raise UserError(f"--bench: the results table needs column {missing[0]!r}")
+        raise UserError(f"--store: the results table needs column {missing[0]!r}")
     rows = bench[(bench["gpu"].astype(str).str.lower() == spec.gpu.name.lower())
                  & (bench["batch_size"] == spec.workload.batch_size)
                  & (bench["input_len"] == spec.workload.input_len)
@@ -456,14 +461,14 @@ def search(
                          "an extrapolation; the best candidates sit at the edge of the range")
     if relative:
         notes.append("the fit has no reference law, so losses are relative to L_opt(N, D) "
-                     f"({'L / L_opt' if fitted.law.name == 'conditional-mult' else 'L - L_opt'}); give --reference for absolute losses")
+                     f"({relative_unit(fitted)}); give --reference for absolute losses")
     for source, column in (("measured", "loss_source"), ("measured", "throughput_source")):
         count = int((candidates[column] == source).sum())
         if count:
-            notes.append(f"{count} candidates use a measured {'loss' if column == 'loss_source' else 'throughput'} instead of the estimate")
+            notes.append(f"{count:,} candidates use a measured {'loss' if column == 'loss_source' else 'throughput'} instead of the estimate")
     unfit = int((~candidates["fits"]).sum())
     if unfit:
-        notes.append(f"{unfit} candidates do not fit in {spec.gpu.name} memory at batch {spec.workload.batch_size} and are not ranked")
+        notes.append(f"{unfit:,} candidates do not fit in {spec.gpu.name} memory at batch {spec.workload.batch_size} and are not ranked")
     picks = select_top_k(candidates[candidates["feasible"]], top_k)
     if len(picks) < top_k:
         notes.append(f"only {len(picks)} distinct shape{'s' if len(picks) != 1 else ''} meet the target loss, "

@@ -14,7 +14,7 @@ both backends back to back per shape, so slow drifts of the shared machine's loa
 alike; the load average is logged before and after each measurement.
 
 Writes ``experiments/results/cpu_vllm/``: ``configs/`` (one config.json per shape), ``bench.sqlite`` (the
-store; not committed), ``cpu_vllm.csv`` (its export, as ``archscale bench --show --out STORE --export FILE``
+store; not committed), ``cpu_vllm.csv`` (its export, as ``archscale bench --show --store STORE --export FILE``
 writes it), ``load.csv`` and ``summary.txt``.
 """
 

@@ -2,7 +2,7 @@
 
 Why bench records: in the store's CSV export format, the published figures are
 read by every bench command as measurements (``archscale bench --show``,
-``archscale bench calibrate --out data/dissertation_throughput.csv``), beside
+``archscale bench calibrate --store data/dissertation_throughput.csv``), beside
 the user's own, with the shape columns of each model filled from the presets.
 
 Units: the tables say "tokens/s" without saying whether prompt tokens count.

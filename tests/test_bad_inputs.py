@@ -124,18 +124,18 @@ def test_fit_out_and_plot_on_one_path(refused):
 
 def test_bench_export_onto_the_store_it_shows(refused, work):
     append_store(work / "store.sqlite")
-    refused("is one of this command's inputs", "bench", "--show", "--out", "store.sqlite", "--export", "store.sqlite")
+    refused("is one of this command's inputs", "bench", "--show", "--store", "store.sqlite", "--export", "store.sqlite")
 
 
 def test_bench_export_to_parquet_name(refused, work):
     append_store(work / "store.sqlite")
-    refused("use a name ending in .csv", "bench", "--show", "--out", "store.sqlite", "--export", "x.parquet")
+    refused("use a name ending in .csv", "bench", "--show", "--store", "store.sqlite", "--export", "x.parquet")
 
 
 def test_bench_calibrate_save_onto_the_store(refused, work):
     append_store(work / "store.sqlite")
-    refused("is one of this command's inputs", "bench", "calibrate", "--out", "store.sqlite", "--gpu", "h100-sxm",
-            "--save", "store.sqlite")
+    refused("is one of this command's inputs", "bench", "calibrate", "--store", "store.sqlite", "--gpu", "h100-sxm",
+            "--out", "store.sqlite")
 
 
 def test_sweep_into_a_runs_table_of_another_schema(refused, tiny_cfg, work):
@@ -159,7 +159,7 @@ def test_train_out_onto_its_config_dir(refused, tiny_cfg):
 
 
 def test_export_onto_its_own_run(refused, tiny_run):
-    refused("is one of this command's inputs", "export", tiny_run / "run", "--hf", tiny_run / "run")
+    refused("is one of this command's inputs", "export", tiny_run / "run", "--out", tiny_run / "run")
 
 
 def test_data_prepare_into_the_folder_holding_its_corpus(refused, work):
@@ -189,7 +189,7 @@ def test_bench_into_a_corrupt_store_measures_nothing(refused, work):
     write_tiny_config(work / "c")
     (work / "store.sqlite").write_bytes(b"this is not a database" * 100)
     refused("is not an SQLite results store", "bench", "c", "--backend", "torch", "--device", "cpu",
-            "--batch-sizes", "1", "--input-len", "8", "--output-len", "4", "--repeats", "1", "--out", "store.sqlite",
+            "--batch-sizes", "1", "--input-len", "8", "--output-len", "4", "--repeats", "1", "--store", "store.sqlite",
             "--no-progress")
 
 
@@ -222,12 +222,12 @@ def test_search_emit_onto_a_file(refused, work):
 def test_bench_store_onto_a_folder(refused, work):
     write_tiny_config(work / "c")
     (work / "store.sqlite").mkdir()
-    refused("is a folder", "bench", "c", "--backend", "roofline", "--gpu", "h100-sxm", "--out", "store.sqlite")
+    refused("is a folder", "bench", "c", "--backend", "roofline", "--gpu", "h100-sxm", "--store", "store.sqlite")
 
 
 def test_export_onto_a_file(refused, tiny_run, work):
     (work / "hf").write_text("mine\n")
-    refused("exists and is a file", "export", tiny_run / "run", "--hf", "hf")
+    refused("exists and is a file", "export", tiny_run / "run", "--out", "hf")
 
 
 def test_data_prepare_out_onto_a_file(refused, work):
@@ -292,7 +292,7 @@ def test_bench_table_shows_noisy_rows_and_search_ignores_them(cli, work):
     workload = {"batch_size": 4, "input_len": 64, "output_len": 16, "repeats": 3, "tp": 1}
     append(work / "s.sqlite", [make_record(TINY, "t", "torch", workload,
                                            {"gpu": "cpu", "tokens_per_s": 4417.0, "tokens_per_s_std": 3767.0})])
-    shown = cli("bench", "--show", "--out", "s.sqlite")
+    shown = cli("bench", "--show", "--store", "s.sqlite")
     assert shown.code == 0 and "noisy: repeats disagree" in shown.out
     assert load_results(work / "s.sqlite", measured_only=True).empty
 
@@ -372,6 +372,13 @@ def test_fit_out_in_one_missing_folder_is_created_and_said(cli, work):
     result = cli("fit", "runs.csv", "--where", "loss < 3.42", "--out", "results/fit.json")
     assert result.code == 0 and (work / "results" / "fit.json").is_file()
     assert "note: created folder results for --out" in result.err
+
+
+def test_one_created_folder_for_two_outputs_is_one_note(cli, work):
+    result = cli("fit", "runs.csv", "--where", "loss < 3.42", "--out", "results/fit.json", "--plot", "results/fit.png")
+    assert result.code == 0 and (work / "results" / "fit.png").is_file()
+    notes = [line for line in result.err.splitlines() if line.startswith("note: created folder")]
+    assert notes == ["note: created folder results for --out and --plot"]
 
 
 # ---- data for the tests above ---------------------------------------------------------------------

@@ -48,7 +48,7 @@ def one_thread():
 def test_torch_backend_measures_two_tiny_configs_on_cpu(cli, tiny_dirs, tmp_path, one_thread):
     store = tmp_path / "bench.sqlite"
     r = cli("bench", *tiny_dirs, "--backend", "torch", "--batch-sizes", "1,4", "--input-len", "16", "--output-len", "8",
-            "--repeats", "2", "--out", store, "--no-progress")
+            "--repeats", "2", "--store", store, "--no-progress")
     assert r.code == 0, r.err
     rows = load_results(store)
     assert len(rows) == 4
@@ -72,14 +72,14 @@ def test_torch_backend_measures_two_tiny_configs_on_cpu(cli, tiny_dirs, tmp_path
 def test_show_json_and_csv_export_read_back(cli, tiny_dirs, tmp_path):
     store = tmp_path / "bench.sqlite"
     assert cli("bench", "llama-3.2-1b", "surefire-1b", "--backend", "roofline", "--gpu", "h100-sxm",
-               "--batch-sizes", "16,64", "--input-len", "4096", "--output-len", "1024", "--out", store).code == 0
-    shown = cli("bench", "--show", "--out", store)
+               "--batch-sizes", "16,64", "--input-len", "4096", "--output-len", "1024", "--store", store).code == 0
+    shown = cli("bench", "--show", "--store", store)
     assert shown.code == 0 and "surefire-1b" in shown.out and "roofline" in shown.out
-    payload = json.loads(cli("bench", "--show", "--out", store, "--json").out)
+    payload = json.loads(cli("bench", "--show", "--store", store, "--json").out)
     assert [row["batch_size"] for row in payload] == [16, 64, 16, 64]
     assert all(row["profile"] == "uncalibrated" for row in payload)  # no h100-sxm profile is shipped
     csv_path = tmp_path / "bench.csv"
-    assert cli("bench", "--show", "--out", store, "--export", csv_path).code == 0
+    assert cli("bench", "--show", "--store", store, "--export", csv_path).code == 0
     from_csv, from_store = load_results(csv_path), load_results(store)
     assert list(from_csv.columns[:len(COLUMNS)]) == list(COLUMNS)
     pd.testing.assert_frame_equal(from_csv[["config_hash", "gpu", "batch_size", "tokens_per_s", "tie_embeddings"]],
@@ -102,7 +102,7 @@ def test_config_that_does_not_fit_is_recorded_and_sweep_continues(cli, tiny_dirs
     huge = write_config(tmp_path / "huge", Architecture(2, 4096, 32, 8, 128, 8192, vocab_size=4_000_000_000))
     store = tmp_path / "bench.sqlite"
     r = cli("bench", huge, tiny_dirs[0], "--backend", "torch", "--batch-sizes", "1", "--input-len", "8",
-            "--output-len", "4", "--repeats", "1", "--out", store, "--no-progress")
+            "--output-len", "4", "--repeats", "1", "--store", store, "--no-progress")
     assert r.code == 0, r.err
     rows = load_results(store)
     assert list(rows["status"]) == ["failed", "ok"]
@@ -111,7 +111,7 @@ def test_config_that_does_not_fit_is_recorded_and_sweep_continues(cli, tiny_dirs
     assert "failed: huge batch 1: needs" in r.err
 
     alone = cli("bench", huge, "--backend", "torch", "--batch-sizes", "1", "--input-len", "8", "--output-len", "4",
-                "--repeats", "1", "--out", store, "--no-progress")
+                "--repeats", "1", "--store", store, "--no-progress")
     assert alone.code == 2 and "every benchmark failed" in alone.err
     assert len(load_results(store)) == 3  # the failure is still recorded
 
@@ -212,7 +212,7 @@ def test_interrupted_cli_run_exits_130_and_keeps_rows(cli, monkeypatch, tmp_path
 
     monkeypatch.setattr(Profile, "estimate", estimate)
     store = tmp_path / "b.sqlite"
-    r = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--batch-sizes", "1,2,4", "--out", store)
+    r = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--batch-sizes", "1,2,4", "--store", store)
     assert r.code == 130 and "interrupted: 1 records appended" in r.err
     assert list(load_results(store)["batch_size"]) == [1]
 
@@ -305,7 +305,7 @@ def _assert_one_line_error(r, store: Path, fragment: str) -> None:
     (["llama-3.2-1b", "--backend", "roofline"], "--backend roofline needs --gpu"),
     (["{tiny}", "--backend", "tensorrt"], "unknown backend 'tensorrt'"),
     (["{tiny}", "--batch-sizes", "16,x"], "--batch-sizes '16,x': expected integers"),
-    (["{tiny}", "--out", "{csv}"], "use a name ending in .sqlite"),
+    (["{tiny}", "--store", "{csv}"], "use a name ending in .sqlite"),
     (["{tiny}", "--input-len", "0"], "--input-len must be a positive integer"),
 ])
 def test_bad_input_is_one_line(cli, tiny_dirs, tmp_path, args, fragment):
@@ -314,8 +314,8 @@ def test_bad_input_is_one_line(cli, tiny_dirs, tmp_path, args, fragment):
     store = tmp_path / "out.sqlite"
     values = {"missing": empty, "tiny": tiny_dirs[0], "csv": tmp_path / "out.csv"}
     args = [a.format(**values) for a in args]
-    if "--out" not in args:
-        args += ["--out", str(store)]
+    if "--store" not in args:
+        args += ["--store", str(store)]
     r = cli("bench", *args, "--no-progress")
     _assert_one_line_error(r, store, fragment)
     assert not (tmp_path / "out.csv").exists()
@@ -323,8 +323,8 @@ def test_bad_input_is_one_line(cli, tiny_dirs, tmp_path, args, fragment):
 
 def test_mode_mistakes_are_one_line(cli, tmp_path):
     store = tmp_path / "s.sqlite"
-    _assert_one_line_error(cli("bench", "--show"), store, "--show needs --out")
-    _assert_one_line_error(cli("bench", "calibrate", "--out", store), store, "calibrate needs --gpu")
-    _assert_one_line_error(cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--save", "x.json"),
-                           store, "--save does not apply")
-    _assert_one_line_error(cli("bench", "--show", "--out", store), store, "no such results file")
+    _assert_one_line_error(cli("bench", "--show"), store, "--show needs --store")
+    _assert_one_line_error(cli("bench", "calibrate", "--store", store), store, "calibrate needs --gpu")
+    _assert_one_line_error(cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--fit", "auto"),
+                           store, "--fit is an option of archscale bench calibrate")
+    _assert_one_line_error(cli("bench", "--show", "--store", store), store, "no such results file")

@@ -220,7 +220,7 @@ def test_calibrate_cli_saves_a_profile_that_bench_and_search_use(cli, tmp_path):
     append(store, synthetic().to_dict("records"))
     append(store, [{**synthetic().iloc[0].to_dict(), "gpu": "a100-40gb"}])  # another device's row is not fitted
     saved = tmp_path / "mine.json"
-    r = cli("bench", "calibrate", "--out", store, "--gpu", "h200", "--holdout", "name == 'olmo-2-1b'", "--save", saved,
+    r = cli("bench", "calibrate", "--store", store, "--gpu", "h200", "--holdout", "name == 'olmo-2-1b'", "--out", saved,
             "--name", "mine-h200")
     assert r.code == 0, r.err
     assert "held-out rows: |error| mean 0.0%" in r.out and "leave one architecture out" in r.out
@@ -252,14 +252,14 @@ def test_bench_and_search_say_which_profile_they_used(cli):
 def test_kv_limited_and_oversized_batches_are_marked(cli, tmp_path):
     store = tmp_path / "est.sqlite"
     r = cli("bench", "llama-3.2-3b", "--backend", "roofline", "--gpu", "a100-40gb", "--batch-sizes", "128",
-            "--input-len", "4096", "--output-len", "1024", "--out", store, "--no-progress")
+            "--input-len", "4096", "--output-len", "1024", "--store", store, "--no-progress")
     assert r.code == 0 and "KV cache holds" in r.out and "waves" in r.out
     row = load_results(store).iloc[0]
     assert 0 < row["concurrency"] < 128 and row["memory_gb"] <= 40 * 2**30 / 1e9  # memory used, not wished for
     small = tmp_path / "small.json"
     small.write_text(json.dumps({"name": "small", "bf16_tflops": 100, "hbm_tb_s": 1, "memory_gb": 4, "interconnect_gb_s": 1}))
     r = cli("bench", "llama-3.2-3b", "--backend", "roofline", "--gpu", "small", "--gpu-file", small, "--batch-sizes", "1",
-            "--out", store, "--no-progress")
+            "--store", store, "--no-progress")
     assert r.code == 2 and "weights alone do not fit" in r.err  # every row failed, and is recorded as such
     assert load_results(store).iloc[-1]["status"] == "failed"
 
@@ -272,12 +272,12 @@ def test_kv_limited_and_oversized_batches_are_marked(cli, tmp_path):
      "fitted on a100-40gb, not h200"),
     (["bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--profile", "nope"], "no such profile file or name"),
     (["bench", "llama-3.2-1b", "--backend", "torch", "--profile", "none"], "--profile applies to --backend roofline only"),
-    (["bench", "calibrate", "--out", str(PUBLISHED), "--gpu", "h200", "--fit", "eta_compute,eta_weights,eta_kv",
+    (["bench", "calibrate", "--store", str(PUBLISHED), "--gpu", "h200", "--fit", "eta_compute,eta_weights,eta_kv",
       "--holdout", "source != 'dissertation Table 6.3' or not name.str.startswith('llama')"], "ended on its upper bound"),
-    (["bench", "calibrate", "--out", str(PUBLISHED), "--gpu", "h200", "--fix", "t_seq"], "--fix 't_seq': expected NAME=NUMBER"),
-    (["bench", "calibrate", "--out", str(PUBLISHED), "--gpu", "l4"], "no measured ok rows"),
-    (["bench", "calibrate", "--out", str(PUBLISHED), "--gpu", "h200", "--save", "p.txt"], "writes a JSON file; use a name ending in .json"),
-    (["bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--fit", "t_seq"], "--fit does not apply to a benchmark run"),
+    (["bench", "calibrate", "--store", str(PUBLISHED), "--gpu", "h200", "--fix", "t_seq"], "--fix 't_seq': expected NAME=NUMBER"),
+    (["bench", "calibrate", "--store", str(PUBLISHED), "--gpu", "l4"], "no measured ok rows"),
+    (["bench", "calibrate", "--store", str(PUBLISHED), "--gpu", "h200", "--out", "p.txt"], "writes a JSON file; use a name ending in .json"),
+    (["bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--fit", "t_seq"], "--fit is an option of archscale bench calibrate"),
     (["search", "--fit", str(DATA / "fits" / "dissertation_1b_mult.json"), "--n", "1e9", "--tokens", "1e11", "--layers", "16",
       "--gpu", "h200", "--profile", "vllm-a100-40gb-bf16"], "fitted on a100-40gb, not h200"),
 ])
@@ -309,7 +309,7 @@ def test_cpu_probe_reads_the_vector_units_and_measures_copy_bandwidth(tmp_path, 
 def test_torch_rows_on_a_cpu_calibrate_a_profile_of_their_own(cli, tmp_path):
     """Before profiles, `bench calibrate` refused CPU rows ("unknown GPU 'cpu'"); a probed device entry makes them usable."""
     device_file = tmp_path / "cpu.json"
-    assert cli("bench", "probe", "--threads", "1", "--save", device_file).code == 0
+    assert cli("bench", "probe", "--threads", "1", "--out", device_file).code == 0
     cpu = load_gpu("cpu", device_file)
     truth = CostTerms(eta_weights=0.4, t_step=2e-3, t_seq=1e-4)
     rows = synthetic(truth, device=cpu, models=("llama-3.2-1b", "surefire-1b", "panda-1b"), batches=(1, 4, 16),
@@ -318,13 +318,13 @@ def test_torch_rows_on_a_cpu_calibrate_a_profile_of_their_own(cli, tmp_path):
     store = tmp_path / "cpu.sqlite"
     append(store, rows.to_dict("records"))
     saved = tmp_path / "torch-cpu.json"
-    r = cli("bench", "calibrate", "--out", store, "--gpu", "cpu", "--gpu-file", device_file, "--engine", "torch",
-            "--kv-cache-gib", "4", "--save", saved)
+    r = cli("bench", "calibrate", "--store", store, "--gpu", "cpu", "--gpu-file", device_file, "--engine", "torch",
+            "--kv-cache-gib", "4", "--out", saved)
     assert r.code == 0, r.err
     profile = load_profile(saved)
     assert (profile.engine, profile.device.name, profile.dtype) == ("torch", "cpu", "float32")
     assert profile.terms.t_seq == pytest.approx(1e-4, rel=1e-3) and profile.settings.kv_cache_gib == 4
-    r = cli("bench", "calibrate", "--out", store, "--gpu", "cpu", "--engine", "torch")
+    r = cli("bench", "calibrate", "--store", store, "--gpu", "cpu", "--engine", "torch")
     assert r.code == 2 and "unknown GPU 'cpu'" in r.err and "bench probe" in r.err
 
 

@@ -8,3 +8,29 @@ def test_unknown_verb_is_a_usage_error(cli):
     result = cli("no-such-verb")
     assert result.code == 2
     assert "Traceback" not in result.err
+
+
+def test_sub_verbs_have_their_own_help(cli, monkeypatch):
+    """`bench calibrate --help` lists calibrate's flags, not the whole of bench (issue 11)."""
+    monkeypatch.setenv("COLUMNS", "200")
+    calibrate = cli("bench", "calibrate", "--help")
+    assert calibrate.code == 0 and "Usage: archscale bench calibrate" in calibrate.out
+    assert "--holdout" in calibrate.out and "--batch-sizes" not in calibrate.out
+    probe = cli("bench", "probe", "--help")
+    assert probe.code == 0 and "--threads" in probe.out and "--holdout" not in probe.out
+    bench = cli("bench", "--help")
+    assert "--batch-sizes" in bench.out and "--holdout" not in bench.out
+
+
+def test_flags_are_listed_without_a_value_type(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    for verb in (["fit"], ["search"], ["bench"], ["bench", "calibrate"], ["train"], ["data", "prepare"]):
+        shown = cli(*verb, "--help")
+        assert shown.code == 0 and "<bool>" not in shown.out, verb
+
+
+def test_a_usage_error_is_one_line_naming_where_help_is(cli):
+    result = cli("fit", "data/x.csv", "--no-such-flag")
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert result.code == 2 and len(lines) == 1
+    assert lines[0].startswith("error: No such option: --no-such-flag") and lines[0].endswith("(see archscale fit --help)")

@@ -116,4 +116,4 @@ def test_a_split_smaller_than_two_sequences_is_refused(corpus, tmp_path):
 
 def test_help_has_an_example(cli):
     result = cli("data", "prepare", "--help")
-    assert result.code == 0 and "Example: archscale data prepare" in result.out
+    assert result.code == 0 and "Examples" in result.out and "archscale data prepare --corpus" in result.out

@@ -76,7 +76,7 @@ def test_corrupt_checkpoint_skips_that_config_and_says_how_to_recover(tmp_path, 
     assert again.code == 0, again.err
     assert [o["status"] for o in json.loads(again.out)] == ["skipped: in runs table", "skipped: in runs table", "trained"]
     table = runs_table(runs)
-    assert len(table) == 3 and table["config_hash"].is_unique
+    assert len(table) == 3 and table["recipe_hash"].is_unique
 
 
 def test_a_crashing_task_is_recorded_with_its_traceback_and_the_study_goes_on(tmp_path):
@@ -123,7 +123,7 @@ def test_local_sweep_job_killed_mid_run_resumes_on_resubmission(tmp_path, data, 
     assert again.code == 0, again.err
     assert [o["status"] for o in json.loads(again.out)] == ["skipped: in runs table", "skipped: in runs table", "resumed"]
     table = runs_table(runs)
-    assert len(table) == 3 and table["config_hash"].is_unique
+    assert len(table) == 3 and table["recipe_hash"].is_unique
     assert table.set_index("name").loc["c", "steps"] == 160  # the whole budget, across the kill
 
 
@@ -201,7 +201,7 @@ def test_no_slurm_client_is_one_line_and_submits_nothing(tmp_path, data, cli, mo
     configs = write_study_configs(tmp_path / "configs")
     result = cli("sweep", configs, "--data", data, "--runs", tmp_path / "runs.csv", "--executor", "slurm")
     assert one_line_error(result) and "`sinfo` is not on PATH" in result.err and "--executor local" in result.err
-    bench = cli("bench", configs / "a", "--out", tmp_path / "b.sqlite", "--executor", "slurm")
+    bench = cli("bench", configs / "a", "--store", tmp_path / "b.sqlite", "--executor", "slurm")
     assert one_line_error(bench) and "no Slurm client here" in bench.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["configs"]
 
@@ -217,7 +217,7 @@ def test_a_second_process_cannot_drive_the_same_study(tmp_path, data, cli):
 
 def test_bench_roofline_is_not_a_study(tmp_path, cli):
     result = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--executor", "local",
-                 "--out", tmp_path / "b.sqlite")
+                 "--store", tmp_path / "b.sqlite")
     assert one_line_error(result) and "drop --executor" in result.err
 
 

@@ -99,7 +99,7 @@ def test_slurm_sweep_job_killed_mid_run_resumes_on_resubmission(cluster, tmp_pat
     assert [o["status"] for o in outcome] == ["skipped: in runs table", "skipped: in runs table", "resumed"]
     assert outcome[2]["job_id"] != job
     table = runs_table(runs)
-    assert len(table) == 3 and table["config_hash"].is_unique
+    assert len(table) == 3 and table["recipe_hash"].is_unique
     assert table.set_index("name").loc["c", "steps"] == 160
 
 
@@ -200,7 +200,7 @@ def test_slurm_refuses_what_the_cluster_cannot_give_and_submits_nothing(cluster,
     before = queue()
     result = cli("sweep", configs, "--data", data, "--runs", tmp_path / "runs.csv", "--executor", "slurm", *flags)
     assert one_line_error(result) and message in result.err, result.err
-    bench = cli("bench", configs / "a", "--out", tmp_path / "b.sqlite", "--executor", "slurm", *flags)
+    bench = cli("bench", configs / "a", "--store", tmp_path / "b.sqlite", "--executor", "slurm", *flags)
     assert one_line_error(bench) and message in bench.err, bench.err
     assert queue() <= before and sorted(p.name for p in tmp_path.iterdir()) == ["configs"]
 

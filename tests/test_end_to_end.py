@@ -52,10 +52,10 @@ def test_fit_search_emit_bench_train_refit(cli, tmp_path, seed_runs, monkeypatch
 
     store = tmp_path / "bench.sqlite"
     benched = cli("bench", configs / "cand-01", configs / "cand-02", "--backend", "torch", "--device", "cpu",
-                  "--batch-sizes", "1,2", "--input-len", "16", "--output-len", "4", "--repeats", "1", "--out", store)
+                  "--batch-sizes", "1,2", "--input-len", "16", "--output-len", "4", "--repeats", "1", "--store", store)
     assert benched.code == 0, benched.err
     estimated = cli("bench", configs / "cand-01", "--backend", "roofline", "--gpu", "h100-sxm", "--batch-sizes", "1,2",
-                    "--input-len", "16", "--output-len", "4", "--out", store)
+                    "--input-len", "16", "--output-len", "4", "--store", store)
     assert estimated.code == 0, estimated.err
     results = load_results(store)
     measured = results[results["backend"] == "torch"]
@@ -96,6 +96,6 @@ def test_shape_with_d_model_not_divisible_by_heads_trains_and_benchmarks(cli, tm
     assert swept.code == 0, swept.err
     assert [o["status"] for o in json.loads(swept.out)] == ["trained"]
     benched = cli("bench", configs / "odd", "--backend", "torch", "--device", "cpu", "--batch-sizes", "2",
-                  "--input-len", "8", "--output-len", "4", "--repeats", "1", "--out", tmp_path / "b.sqlite")
+                  "--input-len", "8", "--output-len", "4", "--repeats", "1", "--store", tmp_path / "b.sqlite")
     assert benched.code == 0, benched.err
     assert (load_results(tmp_path / "b.sqlite")["status"] == "ok").all()

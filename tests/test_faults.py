@@ -129,7 +129,7 @@ def test_read_only_runs_table_folder_is_refused_before_training(cli, tiny_cfg, r
 
 def test_read_only_store_folder_is_refused_before_measuring(cli, tmp_path, readonly_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--out", readonly_dir / "s.sqlite")
+    result = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--store", readonly_dir / "s.sqlite")
     assert_refused(result, f"cannot write in {readonly_dir}")
 
 
@@ -225,7 +225,7 @@ def test_full_disk_before_a_bench_is_refused_before_measuring(cli, tmp_path, tmp
     monkeypatch.chdir(tmp_path)
     disk = tmpfs("disk", "512k")
     store = disk / "s.sqlite"
-    common = ("--backend", "roofline", "--gpu", "h100-sxm", "--out", store, "--no-progress")
+    common = ("--backend", "roofline", "--gpu", "h100-sxm", "--store", store, "--no-progress")
     assert cli("bench", "llama-3.2-1b", *common).code == 0
     filler = fill(disk)
     before = store.read_bytes()
@@ -242,7 +242,7 @@ def test_disk_filling_during_a_bench_keeps_the_records_already_stored(cli, tmp_p
     monkeypatch.chdir(tmp_path)
     disk = tmpfs("disk", "512k")
     store = disk / "s.sqlite"
-    common = ("--backend", "roofline", "--gpu", "h100-sxm", "--out", store, "--no-progress")
+    common = ("--backend", "roofline", "--gpu", "h100-sxm", "--store", store, "--no-progress")
     real_append, fillers = store_module.append, []
 
     def append_then_fill(path, records):  # the disk fills up right after the first record is stored
@@ -280,7 +280,7 @@ def test_corrupt_store_is_refused_before_measuring_and_a_new_store_works(cli, tm
     monkeypatch.chdir(tmp_path)
     store = tmp_path / "s.sqlite"
     for name in ("llama-3.2-1b", "llama-3.2-3b", "qwen3-4b", "qwen2.5-7b"):
-        assert cli("bench", name, "--backend", "roofline", "--gpu", "h100-sxm", "--out", store).code == 0
+        assert cli("bench", name, "--backend", "roofline", "--gpu", "h100-sxm", "--store", store).code == 0
     with sqlite3.connect(store) as connection:  # the append closes cleanly: no WAL file is left to damage instead
         assert connection.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 4
     _damage(damage, store)
@@ -290,12 +290,12 @@ def test_corrupt_store_is_refused_before_measuring_and_a_new_store_works(cli, tm
         raise AssertionError("a benchmark ran although the store was corrupt")
 
     monkeypatch.setattr("archscale.bench.roofline_backend.RooflineBackend.run", measured)
-    result = cli("bench", "surefire-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--out", store)
-    assert_refused(result, f"--out {store}: ")
+    result = cli("bench", "surefire-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--store", store)
+    assert_refused(result, f"--store {store}: ")
     assert "nothing was measured" in result.err and "move it aside" in result.err
     assert snapshot(tmp_path) == before  # the damaged store is left as it was, for recovery tools
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
-    fresh = cli("bench", "surefire-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--out", tmp_path / "new.sqlite",
+    fresh = cli("bench", "surefire-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--store", tmp_path / "new.sqlite",
                 "--json")
     assert fresh.code == 0 and json.loads(fresh.out)[0]["status"] == "ok"

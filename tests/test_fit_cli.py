@@ -26,7 +26,7 @@ def test_fit_holdout_metrics_and_predict_roundtrip(cli, tmp_path):
     result = cli("fit", DATA / "aspect_ratio_morph.csv", "--law", "aspect", "--holdout", "N>=1e9", "--out", out)
     assert result.code == 0, result.err
     assert json.loads(out.read_text())["metrics"]["holdout"]["n"] == 4
-    predicted = cli("predict", out, "--n", "1.44e9", "--d", "2.9e10", "--d-model", "2048", "--layers", "24", "--json")
+    predicted = cli("predict", out, "--n", "1.44e9", "--tokens", "2.9e10", "--d-model", "2048", "--layers", "24", "--json")
     assert predicted.code == 0, predicted.err
     assert 2.7 < json.loads(predicted.out)["loss"] < 3.1
 
@@ -54,18 +54,24 @@ def test_conditional_fit_with_chinchilla_reference_and_predict(cli, tmp_path):
     document = json.loads(out.read_text())
     assert document["reference"]["kind"] == "law" and document["reference"]["law"] == "chinchilla"
     assert set(document["params"]) == {"a0", "a1", "a2", "b0", "b1", "b2"}
-    predicted = cli("predict", out, "--n", "1e9", "--d", "1e11", "--d-model", "2560", "--ratio", "1.07")
+    predicted = cli("predict", out, "--n", "1e9", "--tokens", "1e11", "--d-model", "2560", "--ratio", "1.07")
     assert predicted.code == 0, predicted.err
     assert "predicts loss" in predicted.out
 
 
-def test_predict_with_published_fit_needs_l_opt(cli):
+def test_predict_with_published_fit_is_relative_without_l_opt(cli):
+    """A published conditional fit has no reference law: predict gives L / L_opt (as search ranks), and says so."""
     fit = DATA / "fits" / "dissertation_1b_mult.json"
-    without = cli("predict", fit, "--n", "1e9", "--d", "1e11", "--d-model", "2560", "--ratio", "1.07")
-    assert without.code == 2 and "--l-opt" in without.err
+    without = cli("predict", fit, "--n", "1e9", "--tokens", "1e11", "--d-model", "2560", "--ratio", "1.07")
+    assert without.code == 0, without.err
+    assert "predicts L / L_opt = " in without.out and "give --l-opt" in without.out
+    relative = json.loads(cli("predict", fit, "--n", "1e9", "--d-model", "2560", "--ratio", "1.07", "--json").out)
+    assert relative["loss_units"] == "L / L_opt"
     with_l_opt = cli("predict", fit, "--n", "1e9", "--d-model", "2560", "--ratio", "1.07", "--l-opt", "2.8", "--json")
     assert with_l_opt.code == 0
-    assert json.loads(with_l_opt.out)["optimum"]["r"] == pytest.approx(1.032, rel=0.01)
+    absolute = json.loads(with_l_opt.out)
+    assert absolute["loss_units"] == "nats/token" and absolute["loss"] == pytest.approx(2.8 * relative["loss"])
+    assert absolute["optimum"]["r"] == pytest.approx(1.032, rel=0.01)
 
 
 def _write(tmp_path, rows):

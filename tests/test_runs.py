@@ -93,10 +93,29 @@ def test_concurrent_appends_lose_no_row(tmp_path):
 
 
 def test_appends_keep_earlier_rows_as_written(tmp_path):
-    """A config hash of digits and one 'e' reads as a number: appending must not rewrite it as one (it became inf)."""
+    """A recipe hash of digits and one 'e' reads as a number: appending must not rewrite it as one (it became inf)."""
     path = tmp_path / "runs.csv"
-    append_run(path, {"N": 1e6, "D": 1e8, "loss": 3.0, "config_hash": "859e83011462"})
-    append_run(path, {"N": 2e6, "D": 1e8, "loss": 2.9, "config_hash": "00000000e001"})
-    append_run(path, {"N": 3e6, "D": 1e8, "loss": 2.8, "config_hash": "abc"})
-    assert list(pd.read_csv(path, dtype=str)["config_hash"]) == ["859e83011462", "00000000e001", "abc"]
+    append_run(path, {"N": 1e6, "D": 1e8, "loss": 3.0, "recipe_hash": "859e83011462"})
+    append_run(path, {"N": 2e6, "D": 1e8, "loss": 2.9, "recipe_hash": "00000000e001"})
+    append_run(path, {"N": 3e6, "D": 1e8, "loss": 2.8, "recipe_hash": "abc"})
+    assert list(pd.read_csv(path, dtype=str)["recipe_hash"]) == ["859e83011462", "00000000e001", "abc"]
     assert load_runs(path)["N"].tolist() == [1e6, 2e6, 3e6]
+
+
+def test_a_table_under_the_old_config_hash_header_keeps_it(tmp_path):
+    """Runs tables written before `config_hash` became `recipe_hash` (the mini-study's) are appended to under
+    their own header, and a sweep still finds the recipes they hold."""
+    from archscale.train.sweep import recorded_hashes
+
+    path = tmp_path / "runs.csv"
+    lines = (DATA.parent / "experiments" / "results" / "cpu_mini_study" / "runs.csv").read_text().splitlines()
+    path.write_text("\n".join(lines[:3]) + "\n")
+    old_hashes = set(pd.read_csv(path, dtype=str)["config_hash"])
+    assert recorded_hashes(path) == old_hashes and len(old_hashes) == 2
+    row = pd.read_csv(path).iloc[0].to_dict()
+    del row["config_hash"]
+    append_run(path, {**row, "recipe_hash": "0123456789ab", "run_dir": "/r"})  # the row train writes now
+    assert path.read_text().splitlines()[:3] == lines[:3]  # header and rows unchanged
+    table = pd.read_csv(path, dtype=str)
+    assert "recipe_hash" not in table.columns and table["config_hash"].iloc[-1] == "0123456789ab"
+    assert recorded_hashes(path) == old_hashes | {"0123456789ab"}

@@ -140,7 +140,7 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused_with_the_reason(cli, tmp_p
     config = write_config_dir(tmp_path / "tiny", SHAPES[0])
     store = tmp_path / "out.sqlite"
     for flag in ("bf16", "fp16"):
-        r = cli("bench", config, "--device", "cpu", "--dtype", flag, "--out", store, "--no-progress")
+        r = cli("bench", config, "--device", "cpu", "--dtype", flag, "--store", store, "--no-progress")
         lines = [line for line in r.err.splitlines() if line.strip()]
         assert r.code == 2 and len(lines) == 1 and "Traceback" not in r.err, r.err
         assert f"--dtype {flag} on CPU needs AVX512" in lines[0] and "Old CPU" in lines[0] and "--dtype float32" in lines[0]
@@ -173,7 +173,7 @@ def test_threads_are_used_recorded_in_every_row_and_restored(cli, tmp_path):
     assert [r["threads"] for r in result.records] == [1, 1] and set(seen) == {1}
     assert torch.get_num_threads() == before
     r = cli("bench", config, "--device", "cpu", "--batch-sizes", "1", "--input-len", "8", "--output-len", "3",
-            "--repeats", "1", "--out", tmp_path / "cli.sqlite", "--no-progress", "--json")
+            "--repeats", "1", "--store", tmp_path / "cli.sqlite", "--no-progress", "--json")
     assert r.code == 0, r.err
     assert [row["threads"] for row in json.loads(r.out)] == [torch.get_num_threads()]  # the default is recorded too
 
@@ -184,7 +184,7 @@ def test_threads_are_used_recorded_in_every_row_and_restored(cli, tmp_path):
 ])
 def test_bad_threads_are_one_line(cli, tmp_path, args, fragment):
     config = write_config_dir(tmp_path / "tiny", SHAPES[2])
-    r = cli("bench", config, *args, "--out", tmp_path / "out.sqlite", "--no-progress")
+    r = cli("bench", config, *args, "--store", tmp_path / "out.sqlite", "--no-progress")
     assert r.code == 2 and fragment in r.err and len(r.err.strip().splitlines()) == 1, r.err
     assert not (tmp_path / "out.sqlite").exists()
 
@@ -193,7 +193,7 @@ def test_compile_without_a_cpp_compiler_is_one_line_before_anything_runs(cli, tm
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr("shutil.which", lambda name: None)
     config = write_config_dir(tmp_path / "tiny", SHAPES[2])
-    r = cli("bench", config, "--device", "cpu", "--compile", "--out", tmp_path / "out.sqlite", "--no-progress")
+    r = cli("bench", config, "--device", "cpu", "--compile", "--store", tmp_path / "out.sqlite", "--no-progress")
     assert r.code == 2 and "needs a C++ compiler" in r.err and len(r.err.strip().splitlines()) == 1, r.err
     assert not (tmp_path / "out.sqlite").exists()
     with pytest.raises(UserError, match=r"needs a C\+\+ compiler"):
@@ -260,5 +260,5 @@ def test_compile_flag_overrides_train_json_without_changing_the_recipe(tmp_path,
     assert r.code == 0 and "tokens/s (after 2 warm-up steps, " in r.out, r.out
     from archscale.train.loop import resolve_run
 
-    assert resolve_run(config).config_hash != resolve_run(plain).config_hash  # train.json differs ...
-    assert row["config_hash"] == resolve_run(config).config_hash  # ... but the flag is not part of the recipe
+    assert resolve_run(config).recipe_hash != resolve_run(plain).recipe_hash  # train.json differs ...
+    assert row["recipe_hash"] == resolve_run(config).recipe_hash  # ... but the flag is not part of the recipe

@@ -23,7 +23,7 @@ from archscale.errors import UserError
 from archscale.model import Transformer
 from archscale.runs import REQUIRED, SHAPE, load_runs
 from archscale.train.checkpoint import load_checkpoint
-from archscale.train.config import TrainConfig, config_hash, write_config_dir
+from archscale.train.config import TrainConfig, recipe_hash, write_config_dir
 from archscale.train.data import default_data_dir
 from archscale.train.export import read_safetensors
 from archscale.train.loop import effective_warmup, lr_at, train
@@ -31,7 +31,7 @@ from archscale.train.loop import effective_warmup, lr_at, train
 TINY = Architecture(2, 64, 4, 2, 16, 128, vocab_size=256, name="tiny")
 TINY_TRAIN = TrainConfig(tokens=20_480, seq_len=64, batch_size=8, micro_batch_size=4, lr_max=3e-3, warmup_steps=5,
                          eval_every=20, eval_tokens=4096, checkpoint_every=10, log_every=5)
-ROW_COLUMNS = (*REQUIRED, *SHAPE, "train_loss", "val_loss", "tokens_per_s", "mfu", "config_hash", "run_dir")
+ROW_COLUMNS = (*REQUIRED, *SHAPE, "train_loss", "val_loss", "tokens_per_s", "mfu", "recipe_hash", "run_dir")
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +91,11 @@ def test_lr_schedules():
     assert effective_warmup(short) == 2  # warmup is capped at a tenth of the run
 
 
-def test_config_hash_covers_both_files():
-    base = config_hash(TINY.to_hf_config(), TINY_TRAIN)
-    assert base == config_hash(TINY.to_hf_config(), TINY_TRAIN) and len(base) == 12
-    assert base != config_hash(TINY.to_hf_config(), TINY_TRAIN.replace(seed=1))
-    assert base != config_hash({**TINY.to_hf_config(), "intermediate_size": 96}, TINY_TRAIN)
+def test_recipe_hash_covers_both_files():
+    base = recipe_hash(TINY.to_hf_config(), TINY_TRAIN)
+    assert base == recipe_hash(TINY.to_hf_config(), TINY_TRAIN) and len(base) == 12
+    assert base != recipe_hash(TINY.to_hf_config(), TINY_TRAIN.replace(seed=1))
+    assert base != recipe_hash({**TINY.to_hf_config(), "intermediate_size": 96}, TINY_TRAIN)
 
 
 # ---- bad input: exit 2, one line, nothing written --------------------------------------
@@ -201,7 +201,7 @@ def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, cache):
     whole = train(TINY, cache, tmp_path / "whole", train_config=recipe.replace(micro_batch_size=8), device="cpu", progress=False)
     split = train(TINY, cache, tmp_path / "split", train_config=recipe.replace(micro_batch_size=2), device="cpu", progress=False)
     assert split.val_loss == pytest.approx(whole.val_loss, abs=1e-5)
-    assert split.config_hash != whole.config_hash
+    assert split.recipe_hash != whole.recipe_hash
 
 
 def test_wsd_schedule_and_z_loss_train(tmp_path, cache):
@@ -283,7 +283,7 @@ def test_sweep_trains_each_config_once_and_resumes(tmp_path, cache, cli):
     second = cli("sweep", configs, "--data", cache, "--runs", runs, "--tokens", "8192", "--device", "cpu", "--no-progress")
     assert second.code == 0 and second.out.count("skipped") == 3
     table = load_runs(runs)
-    assert len(table) == 3 and table["config_hash"].is_unique and (table["D"] == 8192).all()
+    assert len(table) == 3 and table["recipe_hash"].is_unique and (table["D"] == 8192).all()
 
 
 def test_sweep_of_a_directory_without_configs(tmp_path, cli):
@@ -303,7 +303,7 @@ def trained_run(tmp_path, cache):
 
 def test_export_writes_hf_llama_names(trained_run, tmp_path, cli):
     arch, run = trained_run
-    result = cli("export", run, "--hf", tmp_path / "hf")
+    result = cli("export", run, "--out", tmp_path / "hf")
     assert result.code == 0, result.err
     tensors = read_safetensors(tmp_path / "hf" / "model.safetensors")
     assert {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", "model.layers.1.self_attn.q_proj.weight",
@@ -340,7 +340,7 @@ def test_export_loads_in_transformers(tmp_path, cache):
 
 
 def test_export_of_a_directory_without_checkpoint(tmp_path, cli):
-    result = cli("export", tmp_path, "--hf", tmp_path / "hf")
+    result = cli("export", tmp_path, "--out", tmp_path / "hf")
     assert one_line_error(result) and "checkpoint.pt" in result.err
 
 

@@ -56,7 +56,7 @@ def read_log(path: Path, event: str) -> list[dict]:
 
 
 def bench(cli, store, *args):
-    return cli("bench", *args, "--backend", "vllm", "--out", store, "--no-progress")
+    return cli("bench", *args, "--backend", "vllm", "--store", store, "--no-progress")
 
 
 # ---- the contract ---------------------------------------------------------------------------
@@ -262,7 +262,7 @@ def test_a_missing_vllm_python_is_one_line(cli, tiny_dirs, tmp_path, monkeypatch
     monkeypatch.setenv(vllm_backend.PYTHON_ENV, str(missing))
     r = bench(cli, store, tiny_dirs[0])
     _assert_one_line_error(r, store, f"$ARCHSCALE_VLLM_PYTHON {missing}: no such Python interpreter")
-    r = cli("bench", tiny_dirs[0], "--backend", "torch", "--vllm-python", sys.executable, "--out", store)
+    r = cli("bench", tiny_dirs[0], "--backend", "torch", "--vllm-python", sys.executable, "--store", store)
     _assert_one_line_error(r, store, "--vllm-python applies to --backend vllm only")
 
 

@@ -46,7 +46,7 @@ def test_real_vllm_measures_a_tiny_config_at_two_batch_sizes_on_one_engine(cli, 
     store = tmp_path / "bench.sqlite"
     r = cli("bench", config, "--backend", "vllm", "--vllm-python", vllm_python, "--batch-sizes", "1,4",
             "--input-len", "32", "--output-len", "8", "--repeats", "2", "--enforce-eager", "--timeout", "600",
-            "--verbose", "--no-progress", "--out", store)
+            "--verbose", "--no-progress", "--store", store)
     assert r.code == 0, r.err[-3000:]
     rows = load_results(store)
     # "noisy" (repeats' std over 20% of the mean) is still a real measurement; a failure is not

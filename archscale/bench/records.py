@@ -101,7 +101,10 @@ def canonical_dtype(name: str) -> str | None:
 
 
 def config_hash(arch: Architecture) -> str:
-    """First 12 hex of the sha256 of the canonical HF config of the shape.
+    """First 12 hex of the sha256 of the canonical HF config of the shape (the bench store's ``config_hash``).
+
+    A shape alone: a runs table's ``recipe_hash`` also covers the training recipe
+    (:func:`archscale.train.config.recipe_hash`).
 
     Hashing :meth:`Architecture.to_hf_config` (sorted keys, no whitespace)
     rather than the file's bytes makes a preset and the ``config.json`` emitted

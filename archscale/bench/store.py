@@ -35,13 +35,13 @@ def check_store_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in SQLITE_SUFFIXES:
         raise UserError(f"{path}: the results store must end in {', '.join(SQLITE_SUFFIXES)} "
-                        "(write CSV with `archscale bench --show --out STORE --export FILE.csv`)")
+                        "(write CSV with `archscale bench --show --store STORE --export FILE.csv`)")
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected an SQLite file")
     return path
 
 
-def check_store(path: str | Path, flag: str = "--out") -> Path:
+def check_store(path: str | Path, flag: str = "--store") -> Path:
     """Before anything is measured: the store is an SQLite file name, and an existing store is readable and valid.
 
     A measurement that cannot be stored is lost, so a corrupt or foreign file is

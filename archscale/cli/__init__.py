@@ -8,17 +8,76 @@ turns :class:`~archscale.errors.UserError` into one line on stderr and exit 2.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from archscale import __version__
 from archscale.errors import UserError
 
+
+def _hide_flag_types(command: Any, ctx: Any) -> None:
+    """Help lists an on/off flag as ``--json``, not ``--json <bool>``: a flag takes no value to describe."""
+    for param in command.get_params(ctx):
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+
+
+def _reflow(text: str | None) -> str | None:
+    """A docstring's paragraphs each on one line: the help's renderer keeps a docstring's line breaks after the first."""
+    if not text:
+        return text
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in inspect.cleandoc(text).split("\n\n"))
+
+
+class Command(TyperCommand):
+    """Every archscale verb: Typer's command, its docstring reflowed and flags shown without a value type in ``--help``."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _hide_flag_types(self, ctx)
+        self.help = _reflow(self.help)
+        super().format_help(ctx, formatter)
+
+
+class Group(TyperGroup):
+    """The verb list. ``bench calibrate`` and ``bench probe`` are commands of their own (own flags, own
+    ``--help``) registered under two-word names, while ``bench SPEC...`` stays one command."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if len(args) > 1 and f"{args[0]} {args[1]}" in self.commands:
+            name = f"{args[0]} {args[1]}"
+            return name, self.commands[name], args[2:]
+        return super().resolve_command(ctx, args)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _hide_flag_types(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+def examples(*lines: str) -> str:
+    """A verb's epilog: its examples, one command a line, runnable from the repository root as written.
+
+    tests/test_documented_path.py runs every one (outputs go to ``out/``, which
+    git ignores); an example that cannot run on a CPU-only machine ends with
+    ``# needs: ...`` saying what it needs, and the test skips it with that reason.
+    """
+    return "Examples (from the repository root; outputs go to out/):\n\n" + "\n\n".join(lines)
+
+
+EMIT_TINY_CONFIGS = ("archscale search --fit experiments/results/cpu_mini_study/cond.json --n 200K --tokens 1.5M --layers 4 "
+                     "--head-dim 16 --vocab 256 --d-multiple 16 --ff-multiple 16 --gqa 1,2 --batch 8 --input-len 64 "
+                     "--output-len 16 --slack 0.02 --top-k 2 --emit out/configs-tiny")
+"""The README's tiny search (the CPU mini-study's law, two shapes a CPU trains in seconds): the first step of the
+examples of the verbs that need config folders (train, sweep, export, bench)."""
+
 app = typer.Typer(
+    cls=Group,
     name="archscale",
     help="Choose an LLM architecture before you pretrain it: fit architecture-aware scaling laws, "
     "search shapes for throughput at a loss target, benchmark and train them.",
@@ -62,6 +121,20 @@ def _register_commands() -> None:
             importlib.import_module(f"{__name__}.{module.name}")
 
 
+def _usage_error(exc: Any) -> str:
+    """A usage error as one line: the message, the verb that owns an unknown flag if another does, where help is."""
+    message = exc.format_message()
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "archscale"
+    option = getattr(exc, "option_name", None)
+    if option and ctx is not None and ctx.parent is not None:
+        owners = [name for name, verb in ctx.parent.command.commands.items()
+                  if any(option in param.opts for param in verb.params)]
+        if 0 < len(owners) <= 3:  # a flag most verbs have (--out) says nothing about where the user meant to be
+            message += f"; {option} is an option of " + ", ".join(f"archscale {name}" for name in owners)
+    return f"{message} (see {command} --help)"
+
+
 def main() -> None:
     """Console-script entry point: run the app; user errors, I/O and memory failures become one line and exit 2.
 
@@ -70,14 +143,16 @@ def main() -> None:
     in the way) or an out-of-memory error as the file, the cause, and what was
     kept and how to continue (:func:`archscale.errors.describe_failure`).
     """
+    from archscale.cli.renames import apply_renames
     from archscale.errors import describe_failure
     from archscale.outputs import created_folders
 
     _register_commands()
     created_folders.clear()
+    args = apply_renames(sys.argv[1:], lambda line: typer.echo(line, err=True))
     try:
         # without standalone mode, a command's typer.Exit(code) comes back as the return value
-        code = app(standalone_mode=False)
+        code = app(args=args, prog_name="archscale", standalone_mode=False)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -90,16 +165,22 @@ def main() -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as exc:
-        # Typer's (vendored click) usage errors know how to print themselves and their exit code (2).
-        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
+        # Typer's (vendored click) usage errors: one line too, with where to look (exit code 2).
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `archscale` or `archscale data` alone: the help
             exc.show()
+            sys.exit(exc.exit_code)
+        if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
+            typer.echo(f"error: {_usage_error(exc)}", err=True)
             sys.exit(exc.exit_code)
         failure = describe_failure(exc)
         if failure is None:
             raise
         typer.echo(f"error: {failure}", err=True)
         sys.exit(2)
+    flags_by_folder: dict[Path, list[str]] = {}  # `--out out/a.json --plot out/a.png`: one note for out/
     for flag, folder in created_folders:
+        flags_by_folder.setdefault(folder, []).append(flag)
+    for folder, flags in flags_by_folder.items():
         if folder.is_dir():
-            typer.echo(f"note: created folder {folder} for {flag}", err=True)
+            typer.echo(f"note: created folder {folder} for {' and '.join(flags)}", err=True)
     sys.exit(code if isinstance(code, int) else 0)

@@ -11,8 +11,8 @@ from rich.table import Table
 
 from archscale.arch import PRESET_SOURCES, PRESETS, Architecture, load_architecture
 from archscale.candidates import generate_candidates
-from archscale.cli import app, console, print_json
-from archscale.cli.options import parse_count, parse_int_list
+from archscale.cli import Command, app, console, examples, print_json
+from archscale.cli.options import COUNT, gpu_help, parse_count, parse_int_list
 from archscale.cost.gpus import load_gpu
 from archscale.cost.profiles import resolve_profile
 from archscale.cost.serving import Workload, check_tensor_parallel
@@ -83,16 +83,16 @@ def _architecture_table(summary: dict) -> Table:
     return table
 
 
-@app.command(
-    "arch",
-    epilog="Examples: archscale arch llama-3.2-1b surefire-1b --context 4096;  "
-    "archscale arch path/to/config.json --json;  archscale arch qwen3-4b --gpu h100-sxm --batch 64.  Presets: " + ", ".join(PRESETS),
-)
+@app.command("arch", cls=Command, epilog=examples(
+    "archscale arch llama-3.2-1b surefire-1b --context 4096",
+    "archscale arch qwen3-4b --gpu h200 --batch 64",
+    "archscale arch llama-3.2-1b --json",
+) + "\n\nPresets: " + ", ".join(PRESETS) + ". A config.json path, or a folder holding one, works too.")
 def arch_command(
     specs: list[str] = typer.Argument(..., help="Preset names (case-insensitive), config.json files or directories holding one."),
     context: int = typer.Option(4096, "--context", help="KV length T for FLOPs/token (Appendix C.2: 2N + 2 L T d_q)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of dicts instead of tables."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="Also estimate serving throughput on this GPU (e.g. h100-sxm)."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help=gpu_help("Also estimate serving throughput on this device")),
     gpu_file: Optional[Path] = typer.Option(None, "--gpu-file", help="JSON/CSV of extra GPUs (name, bf16_tflops, hbm_tb_s, memory_gb, interconnect_gb_s)."),
     batch: int = typer.Option(64, "--batch", help="Estimate: concurrent requests."),
     input_len: int = typer.Option(4096, "--input-len", help="Estimate: prompt tokens per request."),
@@ -151,12 +151,11 @@ def candidates_summary(frame: pd.DataFrame) -> dict:
     return {"count": int(len(frame)), "ranges": ranges, "gqa_values": sorted(int(g) for g in frame["gqa"].unique())}
 
 
-@app.command(
-    "candidates",
-    epilog="Example: archscale candidates --n 1e9 --layers 16 --head-dim 64 --gqa 4,9 --out cands.csv",
-)
+@app.command("candidates", cls=Command, epilog=examples(
+    "archscale candidates --n 1e9 --layers 16 --head-dim 64 --gqa 4,8 --out out/cands.csv",
+))
 def candidates_command(
-    n: str = typer.Option(..., "--n", help="Non-embedding parameter budget, e.g. 1e9 or 975M."),
+    n: str = typer.Option(..., "--n", metavar=COUNT, help="Non-embedding parameter budget, e.g. 1e9 or 975M."),
     layers: int = typer.Option(..., "--layers", help="Number of layers (held fixed)."),
     head_dim: int = typer.Option(..., "--head-dim", help="Per-head width d_head (held fixed)."),
     tolerance: float = typer.Option(0.05, "--tolerance", help="Keep |N/target - 1| <= tolerance."),

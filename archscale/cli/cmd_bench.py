@@ -1,14 +1,16 @@
 """``archscale bench``: measure (torch, vLLM) or estimate (roofline) throughput; show the store; calibrate.
 
-One command, three modes, chosen by the first argument and ``--show``:
+Three commands:
 
-* ``archscale bench SPEC... --backend B``: run a sweep, append records to ``--out``;
-* ``archscale bench --show --out STORE``: print the store;
-* ``archscale bench calibrate --out STORE --gpu KEY``: fit a throughput profile (see
-  :mod:`archscale.bench.calibrate`) for one engine on one device;
-* ``archscale bench probe --save cpu.json``: measure this CPU as a device entry for ``--gpu-file``.
+* ``archscale bench SPEC... --backend B``: run a sweep, append records to ``--store``;
+  ``archscale bench --show --store STORE``: print the store;
+* ``archscale bench calibrate --store STORE --gpu KEY --out PROFILE.json``: fit a throughput
+  profile (see :mod:`archscale.bench.calibrate`) for one engine on one device;
+* ``archscale bench probe --out cpu.json``: measure this CPU as a device entry for ``--gpu-file``.
 
-(A config directory literally named ``calibrate`` is benchmarked as ``./calibrate``.)
+``bench calibrate`` and ``bench probe`` are commands of their own (their own flags and
+``--help``): the root group resolves the two words (:class:`archscale.cli.Group`); a
+config directory literally named ``calibrate`` is benchmarked as ``./calibrate``.
 """
 
 from __future__ import annotations
@@ -23,76 +25,59 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from archscale.cli import app, console, print_json, study
-from archscale.cli.options import parse_assignments, parse_int_list
+from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json, study
+from archscale.cli.options import gpu_help, parse_assignments, parse_int_list
 from archscale.cost.serving import EngineSettings
 from archscale.errors import UserError
 from archscale.files import jsonable
 from archscale.outputs import check_outputs
 
 DEFAULT_STORE = Path("bench.sqlite")
-EPILOG = (
-    "Examples:  "
-    "archscale bench configs/*/ --backend torch --batch-sizes 1,8 --input-len 128 --output-len 64 --out bench.sqlite   "
-    "|  archscale bench configs/*/ --backend vllm --batch-sizes 16,32,64,128 --input-len 4096 --output-len 1024 "
-    "--repeats 5 --out bench.sqlite   "
-    "|  archscale bench llama-3.2-1b surefire-1b --backend roofline --gpu h100-sxm --batch-sizes 16,32,64,128   "
-    "|  archscale bench --show --out bench.sqlite [--json] [--export bench.csv]   "
-    "|  archscale bench calibrate --out data/dissertation_throughput.csv --gpu h200 --engine vllm "
-    "--holdout \"name.str.startswith('surefire')\" --save my-h200.json, then "
-    "archscale bench llama-3.2-1b --backend roofline --gpu h200 --profile my-h200.json"
-)
+STORE_HELP = "Results store (.sqlite/.db), appended to by every run and read by --show, calibrate and search --store."
 
 
-@app.command("bench", epilog=EPILOG)
+@app.command("bench", cls=Command, epilog=examples(
+    EMIT_TINY_CONFIGS,
+    "archscale bench out/configs-tiny/*/ --backend torch --device cpu --batch-sizes 1,8 --input-len 128 --output-len 64 "
+    "--store out/bench.sqlite",
+    "archscale bench llama-3.2-1b surefire-1b --backend roofline --gpu h200 --batch-sizes 16,32,64,128 --store out/bench.sqlite",
+    "archscale bench --show --store out/bench.sqlite --export out/bench.csv",
+    "archscale bench llama-3.2-1b surefire-1b --backend vllm --batch-sizes 16,32,64,128 --input-len 4096 --output-len 1024 "
+    "--repeats 5 --store out/bench.sqlite   # needs: a GPU with vLLM",
+) + "\n\nAlso: archscale bench calibrate (fit a throughput profile to the store), archscale bench probe (this CPU as a device).")
 def bench_command(
-    specs: Optional[list[str]] = typer.Argument(None, help="Config directories, config.json files or preset names; "
-                                                "or the word `calibrate` to fit a throughput profile to the store."),
+    specs: Optional[list[str]] = typer.Argument(None, metavar="SPEC...", help="Config directories, config.json files or preset names."),
     backend: Optional[str] = typer.Option(None, "--backend", help="torch (default: archscale's model, any machine), "
                                           "vllm (one subprocess and engine per config; CPU or GPU) or roofline (analytic; needs --gpu)."),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Comma-separated batch sizes, e.g. 16,32,64,128."),
     input_len: int = typer.Option(128, "--input-len", help="Prompt tokens per request."),
     output_len: int = typer.Option(64, "--output-len", help="Generated tokens per request."),
     repeats: int = typer.Option(3, "--repeats", help="Timed repeats per (config, batch size), after one warm-up."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Results store (.sqlite/.db), appended to. Default "
-                                       "bench.sqlite for torch/vllm; roofline rows are stored only with --out."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="Device key (h100-sxm, a100-40gb, h200, ...): required for "
-                                      "roofline and calibrate; overrides the key read from the CUDA device name."),
+    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP + " Default bench.sqlite for torch/vllm; "
+                                         "roofline rows are stored only with --store."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help=gpu_help("Device key, required for roofline; overrides the key "
+                                                                   "read from the CUDA device name")),
     gpu_file: Optional[Path] = typer.Option(None, "--gpu-file", help="Extra devices (JSON/CSV with the GPU table's fields), e.g. a CPU."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 (default on CUDA), fp16 or float32 (torch on CPU); "
-                                        "with calibrate, which dtype's rows to fit."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 (default on CUDA), fp16 or float32 (torch on CPU)."),
     device: str = typer.Option("auto", "--device", help="torch backend: auto, cpu, cuda or cuda:N."),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree (vllm and roofline)."),
     compile_step: bool = typer.Option(False, "--compile", help="torch backend: torch.compile the model step (dynamic shapes)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per measurement (torch on CPU: "
-                                          "intra-op threads; default torch's own), recorded in every row; probe: "
-                                          "the threads to measure the CPU with."),
+                                          "intra-op threads; default torch's own), recorded in every row (the CPU's "
+                                          "peak at those threads: bench probe --threads)."),
     enforce_eager: bool = typer.Option(False, "--enforce-eager", help="vllm: no CUDA graphs (faster start, slower run)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="roofline: throughput profile (a JSON path or a name; "
                                           "`none` for the uncalibrated roofline). Default: the profile matching --engine, --gpu and dtype."),
-    engine: str = typer.Option("vllm", "--engine", help="roofline and calibrate: the serving engine whose throughput is "
-                               "estimated (vllm, torch, sglang); picks the profile, and the rows calibrate fits."),
-    fit_terms: Optional[str] = typer.Option(None, "--fit", help="calibrate: comma-separated terms to fit (default "
-                                            "eta_weights,t_step,t_seq; also eta_compute, eta_kv, t_layer, t_allreduce), "
-                                            "or `auto`: the set that best predicts each architecture left out of the fit."),
-    fix: Optional[list[str]] = typer.Option(None, "--fix", help="calibrate: hold a term at a value, e.g. --fix eta_kv=0.8."),
-    holdout: Optional[str] = typer.Option(None, "--holdout", help="calibrate: rows to keep out of the fit and score on, "
-                                          "e.g. \"name.str.startswith('surefire')\"."),
-    name: Optional[str] = typer.Option(None, "--name", help="calibrate: the profile's name (default ENGINE-DEVICE-DTYPE)."),
-    memory_fraction: float = typer.Option(0.9, "--memory-fraction", help="calibrate: the engine's share of device memory "
-                                          "(vLLM's gpu_memory_utilization) when the rows were measured."),
-    max_num_seqs: int = typer.Option(256, "--max-num-seqs", help="calibrate: the engine's limit on running sequences."),
-    kv_cache_gib: Optional[float] = typer.Option(None, "--kv-cache-gib", help="calibrate: fixed KV-cache space in GiB "
-                                                 "(vLLM on CPU: VLLM_CPU_KVCACHE_SPACE) instead of a memory share."),
+    engine: str = typer.Option("vllm", "--engine", help="roofline: the serving engine whose throughput is estimated "
+                               "(vllm, torch, sglang); picks the profile."),
     timeout: float = typer.Option(3600.0, "--timeout", help="vllm: seconds a worker may go without progress (engine "
                                   "start, a warm-up, a repeat) before it is killed and recorded as failed."),
     vllm_python: Optional[Path] = typer.Option(None, "--vllm-python", help="vllm: the Python of the environment vLLM is "
                                                "installed in (default $ARCHSCALE_VLLM_PYTHON, else this Python)."),
     seed: int = typer.Option(0, "--seed", help="Seed for random weights and prompts."),
-    show: bool = typer.Option(False, "--show", help="Print the store given by --out (filtered by --backend/--gpu if given)."),
+    show: bool = typer.Option(False, "--show", help="Print the store given by --store (filtered by --backend/--gpu if given)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     export: Optional[Path] = typer.Option(None, "--export", help="With --show: also write the store as CSV here."),
-    save: Optional[Path] = typer.Option(None, "--save", help="With calibrate: write the fitted profile JSON here."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
     verbose: bool = typer.Option(False, "--verbose", help="vllm: echo the workers' logs to stderr."),
     executor: Optional[str] = study.executor_option(None, "as a job of a resumable study (measured rows are skipped; "
@@ -107,47 +92,25 @@ def bench_command(
     wait: bool = study.WAIT,
     status: bool = study.STATUS,
 ) -> None:
-    """Benchmark architectures (torch, vLLM, roofline) into an SQLite store; show it; calibrate a throughput profile."""
+    """Benchmark architectures (torch, vLLM, roofline) into an SQLite store, or show the store."""
     specs = list(specs or [])
-    calibration_only = {"--fit": fit_terms, "--fix": fix or None, "--holdout": holdout, "--name": name,
-                        "--kv-cache-gib": kv_cache_gib, "--save": save,
-                        "--memory-fraction": None if memory_fraction == 0.9 else memory_fraction,
-                        "--max-num-seqs": None if max_num_seqs == 256 else max_num_seqs}
-    if specs and specs[0] == "calibrate":
-        if len(specs) > 1:
-            raise UserError("`archscale bench calibrate` takes no configs (to benchmark a directory named calibrate, write ./calibrate)")
-        _refuse({"--export": export, "--profile": profile}, "calibrate")
-        if backend is not None:
-            raise UserError("calibrate fits the rows of one engine: give it with --engine (not --backend)")
-        check_outputs(("--save", save, "json"), inputs=(out, gpu_file))
-        _calibrate_mode(out, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout, name, save,
-                        EngineSettings(memory_fraction=memory_fraction, max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib),
-                        as_json)
-        return
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads must be a positive integer, got {threads}")
-    if specs and specs[0] == "probe":
-        if len(specs) > 1:
-            raise UserError("`archscale bench probe` takes no configs (to benchmark a directory named probe, write ./probe)")
-        _refuse({k: v for k, v in calibration_only.items() if k != "--save"}, "probe")
-        check_outputs(("--save", save, "json"))
-        _probe_mode(save, gpu or "cpu", dtype, threads, as_json)
-        return
     if show:
         if specs:
             raise UserError("--show prints a store; give it no configs")
-        _refuse({"--profile": profile, **calibration_only}, "--show")
-        check_outputs(("--export", export, "csv"), inputs=(out, gpu_file))
-        _show_mode(out, backend, gpu, gpu_file, export, as_json)
+        _refuse({"--profile": profile}, "--show")
+        check_outputs(("--export", export, "csv"), inputs=(store, gpu_file))
+        _show_mode(store, backend, gpu, gpu_file, export, as_json)
         return
-    _refuse({"--export": export, **calibration_only}, "a benchmark run")
+    _refuse({"--export": export}, "a benchmark run")
+    if not specs:
+        raise UserError("give configs to benchmark (config folders, config.json files or presets), or --show --store STORE")
     if profile is not None and (backend or "torch") != "roofline":
         raise UserError("--profile applies to --backend roofline only (measurements need no profile)")
     if vllm_python is not None and backend != "vllm":
         raise UserError("--vllm-python applies to --backend vllm only")
-    if out is None and (backend or "torch") != "roofline":
-        out = DEFAULT_STORE
-    check_outputs(("--out", out, "store"), inputs=(*specs, gpu_file, profile))
+    if store is None and (backend or "torch") != "roofline":
+        store = DEFAULT_STORE
+    check_outputs(("--store", store, "store"), inputs=(*specs, gpu_file, profile))
     from archscale.bench.sweep import BenchOptions
 
     options = BenchOptions(backend=backend or "torch", batch_sizes=tuple(parse_int_list(batch_sizes, "--batch-sizes")),
@@ -158,9 +121,61 @@ def bench_command(
     if executor is not None or status:  # a study: one job per config (archscale.bench.jobs)
         flags = dict(jobs_dir=jobs_dir, partition=partition, gpus=job_gpus, cpus=job_cpus, mem_gb=job_mem, time=job_time,
                      max_parallel=max_parallel, wait=wait)
-        study.bench_study_mode(specs, executor, status, options, out, flags, progress, as_json)
+        study.bench_study_mode(specs, executor, status, options, store, flags, progress, as_json)
         return
-    _sweep_mode(specs, options, out, as_json, progress)
+    _sweep_mode(specs, options, store, as_json, progress)
+
+
+@app.command("bench calibrate", cls=Command, epilog=examples(
+    "archscale bench calibrate --store data/dissertation_throughput.csv --gpu h200 --engine vllm "
+    "--holdout \"name.str.startswith('surefire')\" --out out/my-h200.json",
+    "archscale bench llama-3.2-1b --backend roofline --gpu h200 --profile out/my-h200.json",
+))
+def calibrate_command(
+    store: Optional[Path] = typer.Option(None, "--store", help="The measured rows (required): a bench store (.sqlite/.db) or a CSV of bench records."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help=gpu_help("The device whose measured rows to fit (required; a CPU needs a --gpu-file "
+                                                        "entry with its peak FLOP/s and bandwidth, see bench probe)")),
+    gpu_file: Optional[Path] = typer.Option(None, "--gpu-file", help="Extra devices (JSON/CSV with the GPU table's fields), e.g. a CPU."),
+    engine: str = typer.Option("vllm", "--engine", help="The serving engine whose rows to fit (vllm, torch, sglang)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Which dtype's rows to fit (bf16, fp16, float32)."),
+    fit_terms: Optional[str] = typer.Option(None, "--fit", help="Comma-separated terms to fit (default "
+                                            "eta_weights,t_step,t_seq; also eta_compute, eta_kv, t_layer, t_allreduce), "
+                                            "or `auto`: the set that best predicts each architecture left out of the fit."),
+    fix: Optional[list[str]] = typer.Option(None, "--fix", metavar="<name=value>", help="Hold a term at a value, e.g. "
+                                            "--fix eta_kv=0.8 (repeatable)."),
+    holdout: Optional[str] = typer.Option(None, "--holdout", help="Rows to keep out of the fit and score on, "
+                                          "e.g. \"name.str.startswith('surefire')\"."),
+    name: Optional[str] = typer.Option(None, "--name", help="The profile's name (default ENGINE-DEVICE-DTYPE)."),
+    memory_fraction: float = typer.Option(0.9, "--memory-fraction", help="The engine's share of device memory "
+                                          "(vLLM's gpu_memory_utilization) when the rows were measured."),
+    max_num_seqs: int = typer.Option(256, "--max-num-seqs", help="The engine's limit on running sequences."),
+    kv_cache_gib: Optional[float] = typer.Option(None, "--kv-cache-gib", help="Fixed KV-cache space in GiB "
+                                                 "(vLLM on CPU: VLLM_CPU_KVCACHE_SPACE) instead of a memory share."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the fitted profile JSON here (use it with --profile, or "
+                                       "put it in a folder listed in $ARCHSCALE_PROFILES)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Fit a throughput profile (the serving model's terms) to measured bench rows of one engine on one device."""
+    check_outputs(("--out", out, "json"), inputs=(store, gpu_file))
+    _calibrate_mode(store, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout, name, out,
+                    EngineSettings(memory_fraction=memory_fraction, max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib),
+                    as_json)
+
+
+@app.command("bench probe", cls=Command, epilog=examples(
+    "archscale bench probe --threads 1 --out out/cpu.json",
+    "archscale arch llama-3.2-1b --gpu cpu --gpu-file out/cpu.json --batch 1 --input-len 128 --output-len 64",
+))
+def probe_command(
+    gpu: str = typer.Option("cpu", "--gpu", help="Name of the device entry written (then used as --gpu NAME --gpu-file FILE)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="The dtype whose matmul rate to measure (default float32)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads to measure the CPU with."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the device entry (a GPU-file JSON) here."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a line."),
+) -> None:
+    """Measure this CPU (peak FLOP/s, copy bandwidth, memory) as a device entry for --gpu-file."""
+    check_outputs(("--out", out, "json"))
+    _probe_mode(out, gpu, dtype, threads, as_json)
 
 
 def _refuse(flags: dict[str, Any], mode: str) -> None:
@@ -223,7 +238,7 @@ def _report_sweep(result, as_json: bool, errors: Console) -> None:
         print_json(_json_rows(frame))
     elif len(frame):
         console.print(_results_table(frame, title=f"{len(frame)} benchmark records"))
-    where = f" to {result.store}" if result.store else " (not stored: no --out)"
+    where = f" to {result.store}" if result.store else " (not stored: no --store)"
     if result.interrupted:
         errors.print(f"interrupted: {len(result.records)} records appended{where} are kept", markup=False, highlight=False)
         raise SystemExit(130)  # not typer.Exit: main() runs the app with standalone_mode=False, which drops its code
@@ -234,11 +249,12 @@ def _report_sweep(result, as_json: bool, errors: Console) -> None:
 
 
 # ---- show ---------------------------------------------------------------------------
-def _show_mode(out, backend, gpu, gpu_file, export, as_json) -> None:
+def _show_mode(store, backend, gpu, gpu_file, export, as_json) -> None:
     from archscale.bench.store import export_csv, load_results
 
-    if out is None:
-        raise UserError("--show needs --out STORE (the .sqlite, .db or .csv to print)")
+    if store is None:
+        raise UserError("--show needs --store STORE (the .sqlite, .db or .csv to print)")
+    out = store
     frame = load_results(out)
     if backend:
         frame = frame[frame["backend"] == backend]
@@ -314,7 +330,7 @@ def _status(row: pd.Series) -> str:
 
 
 # ---- calibrate ----------------------------------------------------------------------
-def _calibrate_mode(out, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout, name, save, settings, as_json) -> None:
+def _calibrate_mode(store, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout, name, save, settings, as_json) -> None:
     from archscale.bench.calibrate import AUTO, DEFAULT_FREE, calibrate
     from archscale.bench.records import canonical_dtype
     from archscale.bench.store import load_results
@@ -322,8 +338,8 @@ def _calibrate_mode(out, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout, 
     from archscale.cost.profiles import save_profile
     from archscale.study import select
 
-    if out is None:
-        raise UserError("calibrate needs --out STORE (the measured results: a bench store or a CSV of records)")
+    if store is None:
+        raise UserError("calibrate needs --store STORE (the measured results: a bench store or a CSV of records)")
     if not gpu:
         raise UserError("calibrate needs --gpu (the device whose measured rows to fit, e.g. h200; "
                         "a CPU needs a --gpu-file entry with its peak FLOP/s and bandwidth)")
@@ -337,10 +353,10 @@ def _calibrate_mode(out, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout, 
         free = tuple(t.strip() for t in fit_terms.split(",") if t.strip())
     fixed = parse_assignments(fix, "--fix")
     device = load_gpu(gpu, gpu_file)
-    results = load_results(out)
+    results = load_results(store)
     mask = select(results, holdout, "--holdout").to_numpy() if holdout else None
     result = calibrate(results, device, engine, canonical_dtype(dtype) if dtype else None, free, fixed, mask,
-                       settings, name, source=str(out))
+                       settings, name, source=str(store))
     if save is not None:
         save_profile(result.profile, save)
     if as_json:

@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from archscale.cli import app, console, print_json
-from archscale.cli.options import format_count, parse_assignments
+from archscale.cli import Command, app, console, examples, print_json
+from archscale.cli.options import COUNT, format_count, parse_assignments, parse_count
 from archscale.errors import UserError
 from archscale.files import write_json
 from archscale.laws import LAWS
@@ -110,7 +110,10 @@ def _print_study(study: Study) -> None:
         console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
-@app.command(epilog="Example: archscale fit data/chinchilla_epoch.csv --where \"loss < 3.42\" --out fit.json --plot fit.png")
+@app.command("fit", cls=Command, epilog=examples(
+    'archscale fit data/chinchilla_epoch.csv --where "loss < 3.42" --out out/fit.json --plot out/fit.png',
+    'archscale fit data/aspect_ratio_morph.csv --law aspect --loss lsq --holdout "N>=1e9" --out out/aspect.json',
+))
 def fit(
     runs: Path = typer.Argument(..., help="Runs table (.csv, .parquet or .jsonl): one row per training run."),
     law: str = typer.Option("auto", "--law", help=f"Law to fit: {', '.join(LAWS)}, or auto: choose by how well each predicts the larger runs."),
@@ -173,42 +176,61 @@ def _bootstrap_bar(samples: int, quiet: bool) -> Iterator[Callable[[int], None] 
         yield lambda n: bar.advance(task, n)
 
 
-@app.command(epilog="Example: archscale predict data/fits/dissertation_1b_mult.json --n 1e9 --d 1e11 --d-model 2560 --ratio 1.07")
+@app.command("predict", cls=Command, epilog=examples(
+    "archscale predict data/fits/dissertation_1b_mult.json --n 1e9 --tokens 1e11 --d-model 2560 --ratio 1.07",
+    "archscale predict experiments/results/plan/chinchilla_huber.json --n 70B --tokens 1.4T",
+))
 def predict(
     fit_file: Path = typer.Argument(..., help="Fit JSON from archscale fit (or a published fit in data/fits)."),
-    n: float = typer.Option(..., "--n", help="Non-embedding parameters N."),
-    d: Optional[float] = typer.Option(None, "--d", help="Training tokens D."),
+    n_text: str = typer.Option(..., "--n", metavar=COUNT, help="Non-embedding parameters N, e.g. 1e9 or 975M."),
+    tokens_text: Optional[str] = typer.Option(None, "--tokens", metavar=COUNT, help="Training tokens D, e.g. 1e11 or 100B."),
     d_model: Optional[int] = typer.Option(None, "--d-model", help="Hidden size (for d/sqrt(N) and the aspect ratio)."),
     layers: Optional[int] = typer.Option(None, "--layers", help="Number of layers (aspect law: R = d_model/layers)."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="MLP-to-attention parameter ratio r (conditional laws)."),
-    l_opt: Optional[float] = typer.Option(None, "--l-opt", help="Reference loss L_opt(N,D) for conditional laws without a reference law."),
+    l_opt: Optional[float] = typer.Option(None, "--l-opt", help="Reference loss L_opt(N,D) for a conditional law "
+                                          "without a reference law (without it, the loss is relative to L_opt)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Predict the loss of one configuration from a fitted law."""
+    """Predict the loss of one configuration from a fitted law.
+
+    A conditional law fitted without a reference law (the published fits in data/fits) predicts the loss relative to L_opt(N, D), as search ranks shapes with it; --l-opt or a fit made with --reference gives an absolute loss.
+    """
+    from archscale.search import losses_are_relative, relative_unit
+
     fitted = load_fit(fit_file)
+    n = parse_count(n_text, "--n")
     row: dict[str, float] = {"N": n}
-    if d is not None:
-        row["D"] = d
+    if tokens_text is not None:
+        row["D"] = parse_count(tokens_text, "--tokens")
     if d_model is not None:
         row["x"] = d_model / math.sqrt(n)
         if layers is not None:
             row["R"] = d_model / layers
     if ratio is not None:
         row["r"] = ratio
+    relative = losses_are_relative(fitted) and l_opt is None
+    if relative:
+        l_opt = 1.0 if fitted.law.name == "conditional-mult" else 0.0  # the factor alone: L / L_opt, or L - L_opt
     needs_reference = "L_opt" in fitted.law.columns and l_opt is None
     needed = [c for c in fitted.law.columns if c != "L_opt"] + (["N", "D"] if needs_reference else [])
-    flags = {"N": "--n", "D": "--d", "x": "--d-model", "R": "--d-model and --layers", "r": "--ratio"}
+    flags = {"N": "--n", "D": "--tokens", "x": "--d-model", "R": "--d-model and --layers", "r": "--ratio"}
     for column in needed:
         if column not in row:
             raise UserError(f"law {fitted.law.name} needs {flags[column]} to predict")
         if not (row[column] > 0 and math.isfinite(row[column])):
             raise UserError(f"{flags[column]} must be a positive number, got {row[column]}")
     value = float(fitted.predict(pd.DataFrame([row]), None if l_opt is None else np.array([l_opt]))[0])
-    result = {"law": fitted.law.name, "inputs": row, "loss": value, "optimum": fitted.optimum() or None}
+    unit = relative_unit(fitted) if relative else "nats/token"
+    result = {"law": fitted.law.name, "inputs": row, "loss": value, "loss_units": unit, "optimum": fitted.optimum() or None}
     if as_json:
         print_json(result)
         return
     inputs = ", ".join(f"{k}={v:.4g}" for k, v in row.items())
-    console.print(f"{fitted.law.name} predicts loss {value:.4f} at {inputs}")
+    if relative:
+        console.print(f"{fitted.law.name} predicts {unit} = {value:.4f} at {inputs}")
+        console.print(f"note: {fitted.source} has no reference law, so the loss is relative to L_opt(N, D); "
+                      "give --l-opt, or a fit made with --reference, for an absolute loss")
+    else:
+        console.print(f"{fitted.law.name} predicts loss {value:.4f} at {inputs}")
     if fitted.optimum():
         console.print("closed-form optimum: " + ", ".join(f"{k}* = {_fmt(v)}" for k, v in fitted.optimum().items()))

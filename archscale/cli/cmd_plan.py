@@ -9,9 +9,9 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from archscale.cli import app, console, print_json
+from archscale.cli import Command, app, console, examples, print_json
 from archscale.outputs import check_outputs
-from archscale.cli.options import format_count, parse_count
+from archscale.cli.options import format_count, gpu_help, parse_count
 from archscale.errors import UserError
 from archscale.files import write_json
 
@@ -118,13 +118,15 @@ def _print_lifetime(plan: Any) -> None:
     console.print(f"next: archscale search --fit <architecture law> --n {best.n:.3g} --tokens {best.d:.3g} ... picks the shape at that N")
 
 
-@app.command("plan", epilog="Examples: archscale plan data/chinchilla_isoflops_epoch.csv --drop-unbracketed --fit chinchilla.json "
-             "--budget 5.76e23 --out plan.json --plot plan.png;  archscale plan --fit chinchilla.json --target-loss 2.1 "
-             "--inference-tokens 1e12,1e13,1e14")
+@app.command("plan", cls=Command, epilog=examples(
+    "archscale plan data/chinchilla_isoflops_epoch.csv --drop-unbracketed --fit experiments/results/plan/chinchilla_huber.json "
+    "--budget 5.76e23 --out out/plan.json --plot out/plan.png",
+    "archscale plan --fit experiments/results/plan/chinchilla_huber.json --target-loss 2.1 --inference-tokens 1T,10T,100T",
+))
 def plan(
     runs: Optional[Path] = typer.Argument(None, help="isoFLOP runs table (columns N, D or C, loss): Approach 2 on its profiles."),
     fit: Optional[Path] = typer.Option(None, "--fit", help="A Chinchilla (or aspect) fit JSON: N*(C) from the law, with intervals when it was fitted with --bootstrap."),
-    budget: Optional[str] = typer.Option(None, "--budget", help="Training budgets C in FLOPs to plan for, e.g. 1e22,5.76e23."),
+    budget: Optional[str] = typer.Option(None, "--budget", metavar="<counts>", help="Training budgets C in FLOPs to plan for, e.g. 1e22,5.76e23."),
     col: Optional[list[str]] = typer.Option(None, "--col", help='Map a file column to a canonical one, e.g. --col C="Training FLOP".'),
     where: Optional[str] = typer.Option(None, "--where", help="Use only rows matching this condition."),
     holdout: Optional[str] = typer.Option(None, "--holdout", help='Hold out whole budgets, e.g. "C >= 3e21": the frontier fitted without them predicts their N*.'),
@@ -134,10 +136,10 @@ def plan(
     resamples: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for Approach 2's intervals (0: none)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     target_loss: Optional[float] = typer.Option(None, "--target-loss", help="Inference-aware optimum: the loss the model must reach (needs --fit)."),
-    inference_tokens: Optional[str] = typer.Option(None, "--inference-tokens", help="Tokens served over the model's life, e.g. 1e12,1e13,1e14."),
+    inference_tokens: Optional[str] = typer.Option(None, "--inference-tokens", metavar="<counts>", help="Tokens served over the model's life, e.g. 1e12,1e13,1e14 or 1T,10T."),
     cost: str = typer.Option("flops", "--cost", help="flops (6ND + 2N per inference token) or gpu-hours (training at --mfu, serving at the cost model's throughput)."),
     mfu: float = typer.Option(0.4, "--mfu", help="Training model-FLOPs utilisation, for --cost gpu-hours."),
-    gpu: str = typer.Option("h100-sxm", "--gpu", help="GPU for --cost gpu-hours (archscale gpus)."),
+    gpu: str = typer.Option("h100-sxm", "--gpu", help=gpu_help("Device for --cost gpu-hours")),
     gpu_file: Optional[Path] = typer.Option(None, "--gpu-file", help="Extra GPUs (JSON or CSV)."),
     tp: int = typer.Option(1, "--tp", min=1, help="Tensor-parallel degree of a serving replica."),
     batch: int = typer.Option(64, "--batch", min=1, help="Concurrent requests in the serving workload."),

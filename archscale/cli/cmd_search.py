@@ -11,8 +11,8 @@ from rich.table import Table
 
 from archscale.arch import load_architecture
 from archscale.bench.store import load_results
-from archscale.cli import app, console, print_json
-from archscale.cli.options import format_count, parse_count, parse_int_list
+from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json
+from archscale.cli.options import COUNT, format_count, gpu_help, parse_count, parse_int_list
 from archscale.cost.gpus import load_gpu
 from archscale.cost.profiles import resolve_profile
 from archscale.cost.serving import Workload
@@ -115,20 +115,22 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
         console.print(f"note: {note}")
 
 
-@app.command("search", epilog="Example: archscale search --fit data/fits/dissertation_1b_mult.json --n 1e9 --tokens 1e11 --layers 16 "
-                    "--head-dim 64 --match llama-3.2-1b --gpu h100-sxm --batch 64 --top-k 3 --emit configs/ --plot pareto.png")
+@app.command("search", cls=Command, epilog=examples(
+    "archscale search --fit data/fits/dissertation_1b_mult.json --n 1e9 --tokens 1e11 --layers 16 --head-dim 64 "
+    "--match llama-3.2-1b --gpu h200 --batch 64 --top-k 3 --emit out/configs-1b --plot out/pareto.png --out out/search.json",
+    EMIT_TINY_CONFIGS,
+))
 def search_command(
     fit: Path = typer.Option(..., "--fit", help="Fit JSON of a conditional or aspect law (archscale fit, or data/fits/*.json)."),
-    n_text: str = typer.Option(..., "--n", help="Non-embedding parameter budget N, e.g. 1e9 or 975M."),
-    tokens_text: str = typer.Option(..., "--tokens", help="Training tokens D, e.g. 1e11 or 100B."),
+    n_text: str = typer.Option(..., "--n", metavar=COUNT, help="Non-embedding parameter budget N, e.g. 1e9 or 975M."),
+    tokens_text: str = typer.Option(..., "--tokens", metavar=COUNT, help="Training tokens D, e.g. 1e11 or 100B."),
     layers: int = typer.Option(..., "--layers", min=1, help="Number of layers (held fixed, as in the paper)."),
     head_dim: int = typer.Option(64, "--head-dim", min=1, help="Per-head width d_head (the paper: 64 up to 1B, 128 from 3B)."),
     match: Optional[str] = typer.Option(None, "--match", help="Target = predicted loss of this architecture (preset or config.json)."),
     target_loss: Optional[float] = typer.Option(None, "--target-loss", help="Target loss in nats/token (needs a fit with a reference law)."),
     slack: Optional[float] = typer.Option(None, "--slack", help="Target = predicted optimum x (1 + slack); the default, 0.01."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Chinchilla fit JSON for L_opt(N,D), giving absolute losses."),
-    gpu: str = typer.Option("h100-sxm", "--gpu", help="GPU key (a100-40gb, a100-80gb, h100-sxm, h100-pcie, h200, l40s, l4) "
-                            "or one from --gpu-file."),
+    gpu: str = typer.Option("h100-sxm", "--gpu", help=gpu_help("Device to serve on")),
     engine: str = typer.Option("vllm", "--engine", help="Serving engine whose throughput is estimated: picks the profile."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Throughput profile (path or name; `none` for the "
                                           "uncalibrated roofline). Default: the one matching --engine, --gpu and bf16."),
@@ -148,7 +150,7 @@ def search_command(
     strict_hf: bool = typer.Option(False, "--strict-hf", help="Only shapes with d_model % n_heads == 0 (transformers' Llama requires it)."),
     confidence: Optional[float] = typer.Option(None, "--confidence", help="Keep only candidates that meet the target under this share of the fit's bootstrap refits, e.g. 0.9 (fit with --bootstrap)."),
     runs: Optional[Path] = typer.Option(None, "--runs", help="Runs table: a measured loss for a candidate's exact shape at this D replaces the prediction."),
-    bench: Optional[Path] = typer.Option(None, "--bench", help="Bench results: a measured throughput for a candidate, GPU and workload replaces the estimate."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Bench results store (archscale bench --store): a measured throughput for a candidate, GPU and workload replaces the estimate."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="How many shapes to select for training."),
     emit: Optional[Path] = typer.Option(None, "--emit", help="Write a trainable config directory per top-k candidate here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write the Pareto-frontier and throughput-vs-batch PNG."),
@@ -157,7 +159,7 @@ def search_command(
 ) -> None:
     """Find the shapes with the highest estimated throughput whose predicted loss meets a target."""
     check_outputs(("--out", out, "json"), ("--plot", plot, "png"), ("--emit", emit, "configs"),
-                  inputs=(fit, reference, match, gpu_file, runs, bench))
+                  inputs=(fit, reference, match, gpu_file, runs, store))
     n, tokens = parse_count(n_text, "--n"), parse_count(tokens_text, "--tokens")
     if not r_min < r_max:
         raise UserError(f"--r-min {r_min} must be below --r-max {r_max}")
@@ -173,7 +175,7 @@ def search_command(
                       strict_hf=strict_hf, d_multiple=d_multiple, ff_multiple=ff_multiple)
     matched = load_architecture(match) if match else None
     run_table = load_runs(runs) if runs else None
-    bench_table = load_results(bench, measured_only=True) if bench else None
+    bench_table = load_results(store, measured_only=True) if store else None
     result = search(fitted, spec, target_loss, matched, slack, top_k, run_table, bench_table, confidence=confidence)
     document = result_document(result, spec)
     if plot:

@@ -9,26 +9,33 @@ from typing import Optional
 
 import typer
 
-from archscale.cli import app, print_json, study
+from archscale.cli import EMIT_TINY_CONFIGS, Command, Group, app, examples, print_json, study
+from archscale.cli.options import COUNT, parse_count
 from archscale.outputs import check_outputs
 
-data_app = typer.Typer(help="Prepare token data for training. Example: archscale data prepare --corpus docs/ --out data/docs",
+data_app = typer.Typer(cls=Group, help="Prepare token data for training (archscale data prepare --help).",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 DEVICE_HELP = "auto (CUDA when present), cpu or cuda."
+TOKENS_HELP = "Token budget, e.g. 2e6, 1.5M or 20B (overrides train.json)."
 
 
-def _tokens(value: Optional[float]) -> Optional[int]:
-    return None if value is None else int(value)
+def _tokens(text: Optional[str]) -> Optional[int]:
+    return None if text is None else int(parse_count(text, "--tokens"))
 
 
-@app.command("train")
+@app.command("train", cls=Command, epilog=examples(
+    EMIT_TINY_CONFIGS,
+    "archscale train out/configs-tiny/cand-01 --tokens 100K --runs out/runs.csv",
+    "torchrun --nproc_per_node 8 -m archscale.train out/configs-tiny/cand-01 --tokens 300M --out out/run-ddp "
+    "--runs out/runs.csv   # needs: 8 GPUs",
+))
 def train_cmd(
     config_dir: Path = typer.Argument(..., help="Config directory: config.json (HF Llama-style) and optional train.json."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared data directory (default: the embedded stdlib corpus, byte tokens)."),
-    tokens: Optional[float] = typer.Option(None, "--tokens", help="Token budget, e.g. 2e6 (overrides train.json)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: CONFIG_DIR/run)."),
+    tokens: Optional[str] = typer.Option(None, "--tokens", metavar=COUNT, help=TOKENS_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help="The run directory it creates (default: CONFIG_DIR/run)."),
     runs: Optional[Path] = typer.Option(None, "--runs", help="Append the finished run's row to this CSV runs table."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for init and data order (overrides train.json)."),
@@ -40,10 +47,7 @@ def train_cmd(
                                                  "(default: train.json's compile, else on CUDA only; CPU needs a C++ compiler)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result row as JSON."),
 ) -> None:
-    """Train one model from a config directory.
-
-    Example: archscale train cfg/ --tokens 2e6 --runs runs.csv
-    """
+    """Train one model from a config directory and append its row to a runs table."""
     from archscale.train.loop import train
 
     check_outputs(("--out", out or config_dir / "run", "dir"), ("--runs", runs, "runs"), inputs=(config_dir, data))
@@ -61,13 +65,19 @@ def train_cmd(
                f"train loss {result.train_loss:.4f}, {speed} tokens/s ({warmup}), MFU {mfu}")
 
 
-@app.command("sweep")
+@app.command("sweep", cls=Command, epilog=examples(
+    EMIT_TINY_CONFIGS,
+    "archscale sweep out/configs-tiny --tokens 100K --runs out/runs.csv",
+    "archscale sweep out/configs-tiny --tokens 100K --runs out/runs.csv --status",
+    "archscale sweep out/configs-tiny --tokens 100K --runs out/runs.csv --executor slurm --partition gpu --job-gpus 8"
+    "   # needs: a Slurm cluster with GPUs",
+))
 def sweep_cmd(
     configs_dir: Path = typer.Argument(..., help="Directory whose subdirectories are config directories."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared data directory (default: the embedded corpus)."),
     runs: Path = typer.Option(..., "--runs", help="CSV runs table: finished recipes are skipped, new rows appended."),
-    tokens: Optional[float] = typer.Option(None, "--tokens", help="Token budget for every run, e.g. 2e6."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Root for run directories (default: each CONFIG/run)."),
+    tokens: Optional[str] = typer.Option(None, "--tokens", metavar=COUNT, help="Token budget for every run, e.g. 2e6 or 1.5M (overrides train.json)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The folder it creates, one run directory per config in it (default: each CONFIG/run)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for every run (overrides train.json)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -85,10 +95,7 @@ def sweep_cmd(
     wait: bool = study.WAIT,
     status: bool = study.STATUS,
 ) -> None:
-    """Train every config directory (in this process, or as local or Slurm jobs); run it again to resume.
-
-    Example: archscale sweep cfgs/ --runs runs.csv --tokens 2e6 [--executor slurm --partition gpu --job-gpus 8]
-    """
+    """Train every config directory (in this process, or as local or Slurm jobs); run it again to resume."""
     from archscale.train.sweep import default_jobs_dir, sweep, sweep_status
 
     check_outputs(("--out", out, "dir"), ("--runs", runs, "runs"), inputs=(configs_dir, data))
@@ -104,7 +111,7 @@ def sweep_cmd(
         outcomes = sweep(configs_dir, data, runs, tokens=_tokens(tokens), out_root=out, seed=seed, device=device,
                          progress=progress and not as_json, dispatch=options, nproc=nproc, on_event=view)
     if as_json:
-        print_json([{"name": o.name, "status": o.status, "run_dir": str(o.run_dir), "config_hash": o.config_hash,
+        print_json([{"name": o.name, "status": o.status, "run_dir": str(o.run_dir), "recipe_hash": o.recipe_hash,
                      "val_loss": o.val_loss, "cause": o.cause, "recovery": o.recovery, "job_id": o.job_id}
                     for o in outcomes])
     else:
@@ -119,34 +126,34 @@ def sweep_cmd(
                  options.jobs_dir, waited=options.wait)
 
 
-@app.command("export")
+@app.command("export", cls=Command, epilog=examples(
+    EMIT_TINY_CONFIGS,
+    "archscale train out/configs-tiny/cand-01 --tokens 100K --out out/run-tiny",
+    "archscale export out/run-tiny --out out/tiny-hf",
+))
 def export_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory (holds checkpoint.pt and config.json)."),
-    hf: Path = typer.Option(..., "--hf", help="Output directory for config.json + model.safetensors."),
+    out: Path = typer.Option(..., "--out", help="The folder it creates: config.json + model.safetensors."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
 ) -> None:
-    """Write a Hugging Face Llama checkpoint (config.json + model.safetensors).
-
-    Example: archscale export cfg/run --hf exported/
-    """
+    """Write a trained run as a Hugging Face Llama checkpoint (config.json + model.safetensors)."""
     from archscale.train.export import export_hf
 
-    check_outputs(("--hf", hf, "dir"), inputs=(run_dir,))
-    path = export_hf(run_dir, hf, dtype=dtype)
+    check_outputs(("--out", out, "dir"), inputs=(run_dir,))
+    path = export_hf(run_dir, out, dtype=dtype)
     typer.echo(f"wrote {path}")
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", cls=Command, epilog=examples(
+    "archscale data prepare --corpus README.md --corpus 'docs/*.md' --out out/tokens",
+))
 def prepare_cmd(
-    corpus: list[str] = typer.Option(..., "--corpus", help="File, directory or glob (repeatable)."),
-    out: Path = typer.Option(..., "--out", help="Output data directory (train.bin, val.bin, meta.json)."),
+    corpus: list[str] = typer.Option(..., "--corpus", metavar="<path>", help="File, directory or glob (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="The data folder it creates (train.bin, val.bin, meta.json)."),
     tokenizer: str = typer.Option("byte", "--tokenizer", help="'byte' (vocab 256) or a local tokenizer.json (needs the tokenizers package)."),
     val_fraction: float = typer.Option(0.05, "--val-fraction", help="Fraction of tokens (the tail) held out for validation."),
 ) -> None:
-    """Tokenize text files into train.bin / val.bin / meta.json.
-
-    Example: archscale data prepare --corpus 'texts/*.txt' --out data/texts
-    """
+    """Tokenize text files into train.bin / val.bin / meta.json."""
     from archscale.train.data import prepare
 
     check_outputs(("--out", out, "data-dir"), inputs=corpus)

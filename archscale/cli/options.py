@@ -8,6 +8,8 @@ import re
 from archscale.errors import UserError
 
 _SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+COUNT = "<count>"
+"""How ``--help`` shows a flag taking a count with an optional suffix (``--n``, ``--tokens``): 1e9, 975M, 1.5B."""
 
 
 def parse_count(text: str, label: str = "--n") -> float:
@@ -58,3 +60,10 @@ def parse_assignments(items: list[str] | None, flag: str, example: str = "t_laye
             raise UserError(f"{flag} {item!r}: expected NAME=NUMBER, e.g. {flag} {example}")
         values[name.strip()] = number
     return values
+
+
+def gpu_help(what: str) -> str:
+    """``--help`` text of a ``--gpu`` flag, listing the devices archscale knows (a --gpu-file adds more)."""
+    from archscale.cost.gpus import GPUS
+
+    return f"{what}: {', '.join(GPUS)}, or a name from --gpu-file."

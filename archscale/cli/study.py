@@ -25,7 +25,7 @@ PANEL = "Jobs (--executor local or slurm)"
 
 # Option objects, shared by `sweep` and `bench` (typer reads them as parameter defaults).
 JOBS_DIR = typer.Option(None, "--jobs-dir", help="Where the study keeps its records, job files and logs "
-                        "(default: beside --runs / --out, e.g. runs.csv.jobs).", rich_help_panel=PANEL)
+                        "(default: beside --runs / --store, e.g. runs.csv.jobs).", rich_help_panel=PANEL)
 PARTITION = typer.Option(None, "--partition", help="Slurm partition (default: the cluster's default).", rich_help_panel=PANEL)
 JOB_GPUS = typer.Option(None, "--job-gpus", help="GPUs per job (slurm: --gpus-per-node; local: disjoint CUDA devices "
                         "per job).", rich_help_panel=PANEL)

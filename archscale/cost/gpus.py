@@ -85,7 +85,7 @@ def load_gpu(name: str, extra_file: str | Path | None = None) -> GPU:
     if key not in table:
         raise UserError(f"unknown GPU {name!r}: known GPUs are {', '.join(table)}"
                         + ("" if extra_file else " (describe another in a --gpu-file, JSON or CSV with fields "
-                           + ", ".join(FIELDS) + "; `archscale bench probe --save cpu.json` writes one for this CPU)"))
+                           + ", ".join(FIELDS) + "; `archscale bench probe --out cpu.json` writes one for this CPU)"))
     return table[key]
 
 

@@ -120,7 +120,7 @@ def load_profile(path: str | Path) -> Profile:
     path = Path(path)
     data = read_json(path)
     if not isinstance(data, dict) or data.get("kind") != KIND:
-        raise UserError(f"{path}: not an archscale throughput profile (write one with `archscale bench calibrate --save`)")
+        raise UserError(f"{path}: not an archscale throughput profile (write one with `archscale bench calibrate --out FILE.json`)")
     try:
         device = gpu_from_record(data["device"], path, 1)
         terms = CostTerms(**{k: float(v) for k, v in data["terms"].items()})
@@ -180,7 +180,7 @@ def resolve_profile(spec: str | Path | None, device: GPU, engine: str = "vllm", 
         if not matches:
             known = ", ".join(sorted({p.name for p in available_profiles()})) or "none"
             raise UserError(f"--profile {text!r}: no such profile file or name (known profiles: {known}; "
-                            "calibrate one with `archscale bench calibrate --save FILE.json`)")
+                            "calibrate one with `archscale bench calibrate --out FILE.json`)")
         profile = matches[0]
     where = profile.path or profile.name
     if profile.device.name != device.name:

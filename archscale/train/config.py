@@ -252,17 +252,19 @@ def canonical_model_json(hf_config: dict[str, Any]) -> str:
     return json.dumps(hf_config, indent=2, sort_keys=True) + "\n"
 
 
-def config_hash(hf_config: dict[str, Any], train_config: TrainConfig) -> str:
+def recipe_hash(hf_config: dict[str, Any], train_config: TrainConfig) -> str:
     """First 12 hex digits of sha256(config.json + train.json) as a run directory stores them.
 
     It identifies a run's full recipe (shape and every training setting,
     overrides included), so a sweep can tell which recipes already have a row.
+    Not the bench store's ``config_hash``, which hashes the shape alone
+    (:func:`archscale.bench.records.config_hash`).
     """
     text = canonical_model_json(hf_config) + train_config.to_json()
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 __all__ = [
-    "TrainConfig", "load_model_config", "load_train_config", "write_config_dir", "config_hash",
+    "TrainConfig", "load_model_config", "load_train_config", "write_config_dir", "recipe_hash",
     "canonical_model_json", "CONFIG_FILE", "TRAIN_FILE", "TABLE_6_1",
 ]

@@ -1,4 +1,4 @@
-"""``archscale export RUN_DIR --hf OUT``: a trained run as a Hugging Face Llama checkpoint.
+"""``archscale export RUN_DIR --out OUT``: a trained run as a Hugging Face Llama checkpoint.
 
 The model's module names already follow ``LlamaForCausalLM``; export adds the
 ``model.`` prefix (the output head stays ``lm_head.weight``, and is left out

@@ -50,12 +50,12 @@ from archscale.arch import Architecture
 from archscale.errors import UserError, add_hint, is_resource_failure, keep_hint
 from archscale.files import write_text
 from archscale.model import Transformer, compile_unavailable
-from archscale.runs import SHAPE, append_run, check_appendable
+from archscale.runs import RENAMED_RUN_COLUMNS, SHAPE, append_run, check_appendable, current_names, recipe_hashes
 from archscale.train.checkpoint import (
     capture_state, checkpoint_path, load_checkpoint, restore_state, rng_state, save_checkpoint, set_rng_state,
 )
 from archscale.train.config import (
-    CONFIG_FILE, TRAIN_FILE, TrainConfig, canonical_model_json, config_hash, load_model_config, load_train_config,
+    CONFIG_FILE, TRAIN_FILE, TrainConfig, canonical_model_json, load_model_config, load_train_config, recipe_hash,
 )
 from archscale.train.data import TokenDataset, default_data_dir, read_meta
 from archscale.train.preflight import check_training_memory
@@ -78,7 +78,7 @@ class RunSpec:
     arch: Architecture
     hf_config: dict[str, Any]
     train_config: TrainConfig
-    config_hash: str
+    recipe_hash: str
     name: str
     source_dir: Path | None = None
 
@@ -94,7 +94,7 @@ class TrainResult:
     val_loss: float
     tokens_per_s: float
     mfu: float | None
-    config_hash: str
+    recipe_hash: str
     row: dict[str, Any] = field(default_factory=dict)
     warmup_steps: int = 0
     warmup_s: float = 0.0
@@ -118,7 +118,7 @@ def resolve_run(config: str | Path | Architecture, train_config: TrainConfig | N
         base = train_config or load_train_config(source_dir, arch)
     cfg = base.replace("--tokens/--seed", tokens=tokens, seed=seed)
     name = arch.name or (source_dir.resolve().name if source_dir else "model")
-    return RunSpec(arch, hf_config, cfg, config_hash(hf_config, cfg), name, source_dir)
+    return RunSpec(arch, hf_config, cfg, recipe_hash(hf_config, cfg), name, source_dir)
 
 
 # ---- distributed ------------------------------------------------------------------
@@ -291,14 +291,15 @@ class Trainer:
         """Everything a resume needs (a collective under FSDP: every rank calls it)."""
         model_state, optimizer_state = capture_state(self.model, self.optimizer)
         return {"model": model_state, "optimizer": optimizer_state, "step": self.step,
-                "rng": rng_state(), "config_hash": self.spec.config_hash, "hf_config": self.spec.hf_config,
+                "rng": rng_state(), "recipe_hash": self.spec.recipe_hash, "hf_config": self.spec.hf_config,
                 "train_config": self.cfg.to_dict(), "last_train_loss": self.last_train_loss,
                 "step_seconds": self.timed_steps}  # so a resume that has no steps left still reports tokens/s
 
     def load(self, state: dict[str, Any]) -> None:
-        if state.get("config_hash") != self.spec.config_hash:
-            raise UserError(f"{checkpoint_path(self.out_dir)}: was written for config {state.get('config_hash')}, "
-                            f"these settings hash to {self.spec.config_hash}; resume with the same config and flags")
+        written_for = state.get("recipe_hash", state.get("config_hash"))  # config_hash: checkpoints before the rename
+        if written_for != self.spec.recipe_hash:
+            raise UserError(f"{checkpoint_path(self.out_dir)}: was written for recipe {written_for}, "
+                            f"these settings hash to {self.spec.recipe_hash}; resume with the same config and flags")
         restore_state(self.model, self.optimizer, state["model"], state["optimizer"])
         self.step = int(state["step"])
         self.last_train_loss = float(state.get("last_train_loss", float("nan")))
@@ -385,12 +386,14 @@ class Trainer:
     def run(self) -> tuple[float, float]:
         """Train from ``self.step`` to the end; return (last train loss, final validation loss)."""
         bar = self._progress_bar(self.cfg.total_steps)
+        finished = False
         try:
             while self.step < self.cfg.total_steps:
                 self._one_step(bar)
+            finished = True
         finally:
             if bar is not None:
-                bar.close()
+                bar.close(keep=finished)  # a failure's one line is not left under a half-drawn bar
         final_val = self.evaluate()
         self._log(final_val, self.tokens_per_s, final=True)
         if not math.isfinite(final_val):
@@ -492,7 +495,10 @@ class ProgressBar:
     def set_postfix(self, **fields: str) -> None:
         self._progress.update(self._task, info=" ".join(f"{k}={v}" for k, v in fields.items()))
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> None:
+        """Stop drawing; ``keep=False`` (a failure) erases the bar so the error line stands alone."""
+        if not keep:
+            self._progress.live.transient = True
         self._progress.stop()
 
 
@@ -593,7 +599,7 @@ def _check_out_dir(out: Path, resume: bool) -> None:
 
 def _same_run(out: Path, spec: RunSpec) -> bool:
     try:
-        return json.loads((out / RESULT_FILE).read_text()).get("config_hash") == spec.config_hash
+        return current_names(json.loads((out / RESULT_FILE).read_text())).get("recipe_hash") == spec.recipe_hash
     except (OSError, json.JSONDecodeError):
         return False
 
@@ -626,9 +632,9 @@ def _result(trainer: Trainer, out: Path, train_loss: float, val_loss: float) -> 
     row.update({column: value for column, value in arch.shape_columns().items() if column in SHAPE})
     row.update({"train_loss": _num(train_loss), "val_loss": val_loss, "tokens_per_s": _num(tps), "mfu": trainer.mfu(tps),
                 "warmup_steps": trainer.warmup_steps, "warmup_s": trainer.warmup_s, "compiled": trainer.compiled,
-                "config_hash": spec.config_hash, "run_dir": str(out.resolve()), "name": spec.name,
+                "recipe_hash": spec.recipe_hash, "run_dir": str(out.resolve()), "name": spec.name,
                 "steps": trainer.cfg.total_steps, "seed": trainer.cfg.seed})
-    return TrainResult(out, trainer.cfg.total_steps, tokens, train_loss, val_loss, tps, row["mfu"], spec.config_hash, row,
+    return TrainResult(out, trainer.cfg.total_steps, tokens, train_loss, val_loss, tps, row["mfu"], spec.recipe_hash, row,
                        trainer.warmup_steps, trainer.warmup_s, trainer.compiled)
 
 
@@ -640,24 +646,24 @@ def _record(result: TrainResult, runs: str | Path | None) -> None:
 
 
 def _has_row(runs: Path, row: dict[str, Any]) -> bool:
-    """Whether ``runs`` already holds this run (same config_hash and run_dir): keeps appends idempotent."""
+    """Whether ``runs`` already holds this run (same recipe_hash and run_dir): keeps appends idempotent."""
     if not runs.exists():
         return False
     import pandas as pd
     try:
-        frame = pd.read_csv(runs, usecols=lambda c: c in ("config_hash", "run_dir"), dtype=str)
+        frame = pd.read_csv(runs, usecols=lambda c: c in ("recipe_hash", *RENAMED_RUN_COLUMNS, "run_dir"), dtype=str)
     except (ValueError, pd.errors.EmptyDataError):
         return False
-    if not {"config_hash", "run_dir"} <= set(frame.columns):
+    if "run_dir" not in frame.columns:
         return False
-    return bool(((frame["config_hash"] == row["config_hash"]) & (frame["run_dir"] == row["run_dir"])).any())
+    return bool(((recipe_hashes(frame) == row["recipe_hash"]) & (frame["run_dir"] == row["run_dir"])).any())
 
 
 def _finished(out: Path, spec: RunSpec, runs: str | Path | None) -> TrainResult:
     """A resumed run that had already finished: report it again (and add a missing row)."""
-    row = json.loads((out / RESULT_FILE).read_text())
+    row = current_names(json.loads((out / RESULT_FILE).read_text()))
     result = TrainResult(out, int(row.get("steps", 0)), int(row["D"]), row.get("train_loss") or float("nan"),
-                         float(row["val_loss"]), row.get("tokens_per_s") or float("nan"), row.get("mfu"), spec.config_hash, row,
+                         float(row["val_loss"]), row.get("tokens_per_s") or float("nan"), row.get("mfu"), spec.recipe_hash, row,
                          int(row.get("warmup_steps") or 0), float(row.get("warmup_s") or 0.0), bool(row.get("compiled")))
     _record(result, runs)
     return result

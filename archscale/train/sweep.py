@@ -47,7 +47,7 @@ class SweepOutcome:
     # "queued" / "running"
     status: str
     run_dir: Path
-    config_hash: str
+    recipe_hash: str
     val_loss: float | None = None
     cause: str | None = None
     recovery: str | None = None
@@ -66,7 +66,7 @@ def config_dirs(configs_dir: str | Path) -> list[Path]:
 
 
 def recorded_hashes(runs: Path) -> set[str]:
-    """Config hashes that already have a row in the runs table."""
+    """Recipe hashes that already have a row in the runs table (under `recipe_hash`, or `config_hash` in older tables)."""
     if not runs.exists():
         return set()
     if runs.is_dir():
@@ -79,7 +79,9 @@ def recorded_hashes(runs: Path) -> set[str]:
         return set()
     except (ValueError, pd.errors.ParserError) as exc:
         raise UserError(f"--runs {runs}: cannot be read as CSV: {str(exc).splitlines()[0]}") from None
-    return set(frame["config_hash"].dropna()) if "config_hash" in frame.columns else set()
+    from archscale.runs import recipe_hashes
+
+    return set(recipe_hashes(frame).dropna())
 
 
 def default_jobs_dir(runs: str | Path) -> Path:
@@ -206,9 +208,9 @@ def sweep_tasks(configs_dir: str | Path, data_dir: str | Path | None, runs: str 
         run_dir = (Path(out_root) / config_dir.name if out_root is not None else config_dir / "run").resolve()
         if run_dir.exists() and not run_dir.is_dir():
             raise UserError(f"{run_dir}: exists and is not a directory (the run directory of {config_dir.name})")
-        finished = ("in runs table" if spec.config_hash in done
+        finished = ("in runs table" if spec.recipe_hash in done
                     else "finished" if (run_dir / RESULT_FILE).exists() else None)
-        key = f"{config_dir.name}-{spec.config_hash}"
+        key = f"{config_dir.name}-{spec.recipe_hash}"
         kwargs = dict(config_dir=str(config_dir.resolve()), data_dir=str(data), run_dir=str(run_dir), runs=str(runs),
                       tokens=tokens, seed=seed, device=device, nproc=nproc, progress=progress)
         tasks.append(Task(key, config_dir.name, train_config, kwargs, finished=finished, lost_recovery=LOST_RECOVERY))
@@ -256,5 +258,5 @@ def _outcome(record: TaskRecord, run_dir: Path, spec: RunSpec) -> SweepOutcome:
             status = "resumed" if record.result.get("resumed") else "trained"
     else:
         status = record.state
-    return SweepOutcome(record.name, status, run_dir, spec.config_hash, record.result.get("val_loss"),
+    return SweepOutcome(record.name, status, run_dir, spec.recipe_hash, record.result.get("val_loss"),
                         record.cause, record.recovery, record.job_id)
