@@ -250,9 +250,19 @@ def throughput_source(result: Any | None) -> str:
     return model.label if model is not None else "estimate"
 
 
+def source_on_device(spec: Any, result: Any | None = None) -> str:
+    """Where the throughputs come from and for which device, naming the device once.
+
+    An uncalibrated roofline's label already names it ("uncalibrated roofline (H100-SXM)"), and so does a
+    profile's name as a rule ("vllm-h200-bf16"); the device is added only where the label lacks it.
+    """
+    source, device = throughput_source(result), spec.gpu.name
+    return source if device.lower() in source.lower() else f"{source}, {device}"
+
+
 def throughput_label(spec: Any, result: Any | None = None) -> str:
     """What the throughput axis measures (one place, so its wording follows where the numbers come from)."""
-    return (f"output tokens/s ({throughput_source(result)}; {spec.gpu.name}, batch {spec.workload.batch_size}, "
+    return (f"output tokens/s ({source_on_device(spec, result)}; batch {spec.workload.batch_size}, "
             f"{spec.workload.input_len} in / {spec.workload.output_len} out)")
 
 
@@ -412,7 +422,7 @@ def _throughput_by_batch(ax: plt.Axes, result: Any, spec: Any, batch_sizes: tupl
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size (concurrent requests)")
     ax.set_ylabel("estimated output tokens/s")
-    ax.set_title(f"{throughput_source(result)} vs batch size, {spec.gpu.name}", fontsize=10)
+    ax.set_title(f"{source_on_device(spec, result)}, by batch size", fontsize=10)
     ax.legend(fontsize=7.5, title=title, title_fontsize=7.5, loc="upper left")
     ax.grid(alpha=0.3)
     ax.yaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
