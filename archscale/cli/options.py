@@ -1,9 +1,11 @@
-"""Parsers for flag values shared by several verbs (budgets with suffixes, integer sets)."""
+"""Flags and parsers shared by several verbs (budgets with suffixes, integer sets, how a runs table is read)."""
 
 from __future__ import annotations
 
 import math
 import re
+
+import typer
 
 from archscale.errors import UserError
 
@@ -67,3 +69,14 @@ def gpu_help(what: str) -> str:
     from archscale.cost.gpus import GPUS
 
     return f"{what}: {', '.join(GPUS)}, or a name from --gpu-file."
+
+
+# ---- how a runs table is read: the same flags, with the same meaning, in `fit` and `plan` ----------------
+# (``--holdout`` is not here: `fit` holds out rows, `plan` whole budgets, so each verb says what it means)
+COLUMN_MAP = typer.Option(None, "--col", help='Map a file column to a canonical one, e.g. --col N="Model Size" or '
+                          '--col C="Training FLOP" (C = training FLOPs, D = C/6N); the file\'s name stays usable in --where.')
+WHERE = typer.Option(None, "--where", help='Use only rows matching this condition, e.g. "loss < 3.42".')
+MIN_TOKENS_PER_PARAM = typer.Option(None, "--min-tokens-per-param", help="Drop runs trained on fewer tokens per "
+                                    "parameter (D/N), e.g. 1 for isoFLOP wings.")
+DROP_INVALID = typer.Option(False, "--drop-invalid", help="Drop rows with a missing or invalid N, D or loss (counted) "
+                            "instead of refusing the file.")
