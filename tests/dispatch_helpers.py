@@ -15,6 +15,7 @@ import pandas as pd
 from archscale.arch import Architecture
 from archscale.bench.store import load_results
 from archscale.train.config import TrainConfig, write_config_dir
+from helpers import write_config
 
 # Tiny recipes: a and b finish in a few steps; c runs long enough (and checkpoints often enough) to be killed mid-run.
 SHORT = TrainConfig(tokens=128 * 6, seq_len=32, batch_size=4, micro_batch_size=4, lr_max=3e-3, warmup_steps=2,
@@ -39,13 +40,7 @@ def write_study_configs(root: Path) -> Path:
 
 
 def write_bench_configs(root: Path) -> list[Path]:
-    dirs = []
-    for arch in (BENCH_SMALL, BENCH_BIG):
-        directory = root / arch.name
-        directory.mkdir(parents=True)
-        (directory / "config.json").write_text(json.dumps(arch.to_hf_config()))
-        dirs.append(directory)
-    return dirs
+    return [write_config(root / arch.name, arch) for arch in (BENCH_SMALL, BENCH_BIG)]
 
 
 def start_cli(*args: Any, cwd: Path | None = None) -> subprocess.Popen:

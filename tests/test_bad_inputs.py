@@ -22,8 +22,8 @@ from archscale.arch import Architecture
 from archscale.bench.records import NOISY_CV, make_record
 from archscale.runs import TRAINED_RUN_COLUMNS, append_run
 from archscale.train.config import TrainConfig, write_config_dir
-from archscale.train.data import default_data_dir
 from conftest import DATA
+from helpers import write_config
 
 TINY = Architecture(2, 64, 4, 2, 16, 128, vocab_size=256, name="tiny")
 TINY_TRAIN = TrainConfig(tokens=2048, seq_len=64, batch_size=8, micro_batch_size=4, lr_max=3e-3, warmup_steps=1,
@@ -69,15 +69,6 @@ def refused(cli, work):
         assert_refused(cli(*args), fragment)
         assert snapshot(work) == before
     return run
-
-
-@pytest.fixture(scope="module")
-def corpus_cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ARCHSCALE_CACHE", str(path))
-        default_data_dir()
-    return path
 
 
 @pytest.fixture
@@ -186,7 +177,7 @@ def test_candidates_a_trillion_parameter_budget(refused):
 
 
 def test_bench_into_a_corrupt_store_measures_nothing(refused, work):
-    write_tiny_config(work / "c")
+    write_config(work / "c", TINY)
     (work / "store.sqlite").write_bytes(b"this is not a database" * 100)
     refused("is not an SQLite results store", "bench", "c", "--backend", "torch", "--device", "cpu",
             "--batch-sizes", "1", "--input-len", "8", "--output-len", "4", "--repeats", "1", "--store", "store.sqlite",
@@ -220,7 +211,7 @@ def test_search_emit_onto_a_file(refused, work):
 
 
 def test_bench_store_onto_a_folder(refused, work):
-    write_tiny_config(work / "c")
+    write_config(work / "c", TINY)
     (work / "store.sqlite").mkdir()
     refused("is a folder", "bench", "c", "--backend", "roofline", "--gpu", "h100-sxm", "--store", "store.sqlite")
 
@@ -387,9 +378,3 @@ def append_store(path: Path) -> None:
 
     workload = {"batch_size": 4, "input_len": 64, "output_len": 16, "repeats": 3, "tp": 1}
     append(path, [make_record(TINY, "t", "torch", workload, {"gpu": "cpu", "tokens_per_s": 4417.0})])
-
-
-def write_tiny_config(directory: Path) -> Path:
-    directory.mkdir()
-    (directory / "config.json").write_text(json.dumps(TINY.to_hf_config()))
-    return directory

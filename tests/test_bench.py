@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import sqlite3
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,31 +16,7 @@ from archscale.bench.records import COLUMNS, config_hash, gpu_key_for_device, ma
 from archscale.bench.store import append, load_results
 from archscale.bench.sweep import BenchOptions, resolve_targets, run_sweep
 from archscale.cost.gpus import load_gpu
-
-TINY_128 = Architecture(2, 128, 4, 2, 32, 256, vocab_size=512)
-TINY_160 = Architecture(2, 160, 6, 2, 32, 256, vocab_size=512)  # 160 % 6 != 0: head_dim is not d_model / heads
-
-
-def write_config(directory: Path, arch: Architecture) -> Path:
-    directory.mkdir(parents=True)
-    (directory / "config.json").write_text(json.dumps(arch.to_hf_config()))
-    return directory
-
-
-@pytest.fixture
-def tiny_dirs(tmp_path):
-    return write_config(tmp_path / "tiny128", TINY_128), write_config(tmp_path / "tiny160", TINY_160)
-
-
-@pytest.fixture
-def one_thread():
-    """Timing tiny models on a shared 2-core machine: one thread avoids OpenMP waiting on a busy core."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from helpers import TINY_128, TINY_160, assert_one_line_error, write_config
 
 
 # ---- torch backend, through the CLI ---------------------------------------------------
@@ -291,14 +266,6 @@ def test_gpu_names_map_to_archscale_keys():
 
 
 # ---- bad input: one line, exit 2, nothing written ---------------------------------------------
-def _assert_one_line_error(r, store: Path, fragment: str) -> None:
-    assert r.code == 2, (r.out, r.err)
-    lines = [line for line in r.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], r.err
-    assert "Traceback" not in r.err
-    assert not store.exists()
-
-
 @pytest.mark.parametrize("args, fragment", [
     (["{missing}"], "no config.json there"),
     (["no-such-preset"], "unknown architecture 'no-such-preset'"),
@@ -317,14 +284,14 @@ def test_bad_input_is_one_line(cli, tiny_dirs, tmp_path, args, fragment):
     if "--store" not in args:
         args += ["--store", str(store)]
     r = cli("bench", *args, "--no-progress")
-    _assert_one_line_error(r, store, fragment)
+    assert_one_line_error(r, store, fragment)
     assert not (tmp_path / "out.csv").exists()
 
 
 def test_mode_mistakes_are_one_line(cli, tmp_path):
     store = tmp_path / "s.sqlite"
-    _assert_one_line_error(cli("bench", "--show"), store, "--show needs --store")
-    _assert_one_line_error(cli("bench", "calibrate", "--store", store), store, "calibrate needs --gpu")
-    _assert_one_line_error(cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--fit", "auto"),
+    assert_one_line_error(cli("bench", "--show"), store, "--show needs --store")
+    assert_one_line_error(cli("bench", "calibrate", "--store", store), store, "calibrate needs --gpu")
+    assert_one_line_error(cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--fit", "auto"),
                            store, "--fit is an option of archscale bench calibrate")
-    _assert_one_line_error(cli("bench", "--show", "--store", store), store, "no such results file")
+    assert_one_line_error(cli("bench", "--show", "--store", store), store, "no such results file")

@@ -19,48 +19,30 @@ import pytest
 
 from archscale.dispatch import DispatchOptions, StudyFolder, Task, run_study
 from archscale.slurm import Resources, _gpus, parse_time_min
-from archscale.train.data import default_data_dir
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dispatch_helpers import (  # noqa: E402
     BENCH_FLAGS, bench_rows, finish, records, running_job, runs_table, start_cli, task_pids, wait_for,
     write_bench_configs, write_study_configs,
 )
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """The embedded corpus prepared once for this module."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ARCHSCALE_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield default_data_dir()
+from helpers import one_line_error  # noqa: E402
 
 
 @pytest.fixture
-def one_thread(monkeypatch):
-    """Tiny models on a shared 2-core machine: one thread each (OpenMP spinning on a busy core is 10x slower)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_thread, monkeypatch):
+    """conftest's one torch thread, and OMP_NUM_THREADS=1 for the job processes a sweep starts (they inherit it)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(previous)
-
-
-def one_line_error(result) -> bool:
-    return result.code == 2 and len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
 
 
 # ---- inline: one corrupt checkpoint no longer stops the sweep ---------------------------------------
-def test_corrupt_checkpoint_skips_that_config_and_says_how_to_recover(tmp_path, data, cli, one_thread):
+def test_corrupt_checkpoint_skips_that_config_and_says_how_to_recover(tmp_path, corpus_data, cli, one_thread):
     configs = write_study_configs(tmp_path / "configs")
     (configs / "c" / "run").mkdir()
     checkpoint = configs / "c" / "run" / "checkpoint.pt"
     checkpoint.write_bytes(b"PK\x03\x04 half a zip file")  # what a copy cut short leaves
     runs = tmp_path / "runs.csv"
 
-    first = cli("sweep", configs, "--data", data, "--runs", runs, "--device", "cpu", "--no-progress", "--tokens", "768", "--json")
+    first = cli("sweep", configs, "--data", corpus_data, "--runs", runs, "--device", "cpu", "--no-progress", "--tokens", "768", "--json")
     assert first.code == 1
     outcome = {o["name"]: o for o in json.loads(first.out)}
     assert outcome["a"]["status"] == outcome["b"]["status"] == "trained"
@@ -72,7 +54,7 @@ def test_corrupt_checkpoint_skips_that_config_and_says_how_to_recover(tmp_path, 
     assert len(runs_table(runs)) == 2
 
     checkpoint.rename(checkpoint.with_suffix(".corrupt"))  # the recovery it printed
-    again = cli("sweep", configs, "--data", data, "--runs", runs, "--device", "cpu", "--no-progress", "--tokens", "768", "--json")
+    again = cli("sweep", configs, "--data", corpus_data, "--runs", runs, "--device", "cpu", "--no-progress", "--tokens", "768", "--json")
     assert again.code == 0, again.err
     assert [o["status"] for o in json.loads(again.out)] == ["skipped: in runs table", "skipped: in runs table", "trained"]
     table = runs_table(runs)
@@ -100,10 +82,10 @@ def _returns(value: int) -> dict:
 
 
 # ---- submitit's local executor: kill one job mid-run, resubmit --------------------------------------
-def test_local_sweep_job_killed_mid_run_resumes_on_resubmission(tmp_path, data, cli, one_thread):
+def test_local_sweep_job_killed_mid_run_resumes_on_resubmission(tmp_path, corpus_data, cli, one_thread):
     configs = write_study_configs(tmp_path / "configs")
     runs, jobs = tmp_path / "runs.csv", tmp_path / "runs.csv.jobs"
-    flags = ("--data", data, "--runs", runs, "--device", "cpu", "--executor", "local", "--max-parallel", "2",
+    flags = ("--data", corpus_data, "--runs", runs, "--device", "cpu", "--executor", "local", "--max-parallel", "2",
              "--job-cpus", "1", "--no-progress")
     sweep = start_cli("sweep", configs, *flags)
     job = wait_for(lambda: running_job(jobs, "c"), "config c to start", process=sweep)
@@ -150,12 +132,12 @@ def test_local_bench_job_killed_between_batch_sizes_measures_only_what_is_missin
     assert sorted(zip(rows["name"], rows["batch_size"])) == [(n, b) for n in ("big", "small") for b in (1, 16, 32)]
 
 
-def test_ctrl_c_stops_local_jobs_and_records_them(tmp_path, data, one_thread):
+def test_ctrl_c_stops_local_jobs_and_records_them(tmp_path, corpus_data, one_thread):
     configs = write_study_configs(tmp_path / "configs")
     for name in ("a", "b"):
         (configs / name).rename(tmp_path / name)
     jobs = tmp_path / "runs.csv.jobs"
-    sweep = start_cli("sweep", configs, "--data", data, "--runs", tmp_path / "runs.csv", "--device", "cpu",
+    sweep = start_cli("sweep", configs, "--data", corpus_data, "--runs", tmp_path / "runs.csv", "--device", "cpu",
                       "--executor", "local", "--no-progress")
     job = wait_for(lambda: running_job(jobs, "c"), "config c to start", process=sweep)
     wait_for(lambda: task_pids(job), "the process of c's job")
@@ -167,13 +149,13 @@ def test_ctrl_c_stops_local_jobs_and_records_them(tmp_path, data, one_thread):
     assert records(jobs)["c"]["state"] == "failed"
 
 
-def test_status_shows_each_config_state(tmp_path, data, cli, one_thread):
+def test_status_shows_each_config_state(tmp_path, corpus_data, cli, one_thread):
     configs = write_study_configs(tmp_path / "configs")
     (configs / "c").rename(tmp_path / "c-later")
     runs = tmp_path / "runs.csv"
-    assert cli("sweep", configs, "--data", data, "--runs", runs, "--device", "cpu", "--no-progress").code == 0
+    assert cli("sweep", configs, "--data", corpus_data, "--runs", runs, "--device", "cpu", "--no-progress").code == 0
     (tmp_path / "c-later").rename(configs / "c")
-    status = cli("sweep", configs, "--data", data, "--runs", runs, "--status", "--json")
+    status = cli("sweep", configs, "--data", corpus_data, "--runs", runs, "--status", "--json")
     assert status.code == 0, status.err
     assert [(r["name"], r["state"]) for r in json.loads(status.out)] == [("a", "done"), ("b", "done"), ("c", "not submitted")]
     assert not (configs / "c" / "run").exists()  # --status ran nothing
@@ -188,29 +170,29 @@ def test_status_shows_each_config_state(tmp_path, data, cli, one_thread):
     (("--executor", "cloud",), "--executor 'cloud': choose inline, local, slurm"),
     (("--executor", "local", "--job-gpus", "2"), "--job-gpus 2 x --max-parallel 1 needs 2 GPUs"),
 ])
-def test_bad_dispatch_flags_are_one_line_and_write_nothing(tmp_path, data, cli, flags, message, monkeypatch):
+def test_bad_dispatch_flags_are_one_line_and_write_nothing(tmp_path, corpus_data, cli, flags, message, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     configs = write_study_configs(tmp_path / "configs")
-    result = cli("sweep", configs, "--data", data, "--runs", tmp_path / "runs.csv", *flags)
+    result = cli("sweep", configs, "--data", corpus_data, "--runs", tmp_path / "runs.csv", *flags)
     assert one_line_error(result) and message in result.err, result.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["configs"]
 
 
-def test_no_slurm_client_is_one_line_and_submits_nothing(tmp_path, data, cli, monkeypatch):
+def test_no_slurm_client_is_one_line_and_submits_nothing(tmp_path, corpus_data, cli, monkeypatch):
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # a machine without sinfo/sbatch
     configs = write_study_configs(tmp_path / "configs")
-    result = cli("sweep", configs, "--data", data, "--runs", tmp_path / "runs.csv", "--executor", "slurm")
+    result = cli("sweep", configs, "--data", corpus_data, "--runs", tmp_path / "runs.csv", "--executor", "slurm")
     assert one_line_error(result) and "`sinfo` is not on PATH" in result.err and "--executor local" in result.err
     bench = cli("bench", configs / "a", "--store", tmp_path / "b.sqlite", "--executor", "slurm")
     assert one_line_error(bench) and "no Slurm client here" in bench.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["configs"]
 
 
-def test_a_second_process_cannot_drive_the_same_study(tmp_path, data, cli):
+def test_a_second_process_cannot_drive_the_same_study(tmp_path, corpus_data, cli):
     configs = write_study_configs(tmp_path / "configs")
     folder = StudyFolder(tmp_path / "runs.csv.jobs")
     with folder.lock():
-        result = cli("sweep", configs, "--data", data, "--runs", tmp_path / "runs.csv", "--no-progress")
+        result = cli("sweep", configs, "--data", corpus_data, "--runs", tmp_path / "runs.csv", "--no-progress")
     assert one_line_error(result) and "another archscale process is running this study" in result.err
     assert not (tmp_path / "runs.csv").exists()
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from archscale.train.data import default_data_dir
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dispatch_helpers import (  # noqa: E402
     BENCH_FLAGS, SHAPES, SHORT, bench_rows, finish, records, running_job, runs_table, start_cli, wait_for,
     write_bench_configs, write_study_configs,
 )
+from helpers import one_line_error  # noqa: E402
 
 JOB = ("--executor", "slurm", "--job-cpus", "1", "--job-mem", "1", "--job-time", "10")
 
@@ -61,27 +61,16 @@ def cluster():
         pytest.skip(problem)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ARCHSCALE_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield default_data_dir()
-
-
-def one_line_error(result) -> bool:
-    return result.code == 2 and len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
-
-
 def queue() -> set[str]:
     done = subprocess.run(["squeue", "--noheader", "--format=%i"], capture_output=True, text=True, check=True)
     return set(done.stdout.split())
 
 
-def test_slurm_sweep_job_killed_mid_run_resumes_on_resubmission(cluster, tmp_path, data, cli, monkeypatch):
+def test_slurm_sweep_job_killed_mid_run_resumes_on_resubmission(cluster, tmp_path, corpus_data, cli, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     configs = write_study_configs(tmp_path / "configs")
     runs, jobs = tmp_path / "runs.csv", tmp_path / "runs.csv.jobs"
-    flags = ("--data", data, "--runs", runs, "--device", "cpu", *JOB, "--no-progress")
+    flags = ("--data", corpus_data, "--runs", runs, "--device", "cpu", *JOB, "--no-progress")
     sweep = start_cli("sweep", configs, *flags)
     job = wait_for(lambda: running_job(jobs, "c"), "config c's job to run", process=sweep)
     wait_for(lambda: (configs / "c" / "run" / "checkpoint.pt").exists(), "c's first checkpoint", process=sweep)
@@ -125,14 +114,14 @@ def test_slurm_bench_job_killed_mid_run_measures_only_what_is_missing(cluster, t
     assert sorted(zip(rows["name"], rows["batch_size"])) == [(n, b) for n in ("big", "small") for b in (1, 16, 32)]
 
 
-def test_slurm_job_signalled_before_its_time_limit_is_requeued_and_resumes(cluster, tmp_path, data, monkeypatch):
+def test_slurm_job_signalled_before_its_time_limit_is_requeued_and_resumes(cluster, tmp_path, corpus_data, monkeypatch):
     """Slurm's warning signal (USR2, sent before a time limit or a pre-emption): submitit requeues the job, same id."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     configs = write_study_configs(tmp_path / "configs")
     shutil.rmtree(configs / "a")
     shutil.rmtree(configs / "b")
     runs, jobs = tmp_path / "runs.csv", tmp_path / "runs.csv.jobs"
-    sweep = start_cli("sweep", configs, "--data", data, "--runs", runs, "--device", "cpu", *JOB, "--no-progress")
+    sweep = start_cli("sweep", configs, "--data", corpus_data, "--runs", runs, "--device", "cpu", *JOB, "--no-progress")
     job = wait_for(lambda: running_job(jobs, "c"), "config c's job to run", process=sweep)
     wait_for(lambda: (configs / "c" / "run" / "checkpoint.pt").exists(), "c's first checkpoint", process=sweep)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
@@ -145,19 +134,19 @@ def test_slurm_job_signalled_before_its_time_limit_is_requeued_and_resumes(clust
     assert runs_table(runs).set_index("name").loc["c", "steps"] == 160
 
 
-def test_slurm_no_wait_then_status_then_the_same_command_attaches(cluster, tmp_path, data, cli, monkeypatch):
+def test_slurm_no_wait_then_status_then_the_same_command_attaches(cluster, tmp_path, corpus_data, cli, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     configs = write_study_configs(tmp_path / "configs")
     shutil.rmtree(configs / "c")
     runs, jobs = tmp_path / "runs.csv", tmp_path / "runs.csv.jobs"
-    flags = ("--data", data, "--runs", runs, "--device", "cpu", *JOB, "--no-progress")
+    flags = ("--data", corpus_data, "--runs", runs, "--device", "cpu", *JOB, "--no-progress")
     submitted = cli("sweep", configs, *flags, "--no-wait", "--json")
     assert submitted.code == 0, submitted.err
     first = {o["name"]: o for o in json.loads(submitted.out)}
     assert {o["status"] for o in first.values()} <= {"queued", "running"} and all(o["job_id"] for o in first.values())
     assert "follow them" in submitted.err
 
-    status = cli("sweep", configs, "--data", data, "--runs", runs, "--status", "--json")
+    status = cli("sweep", configs, "--data", corpus_data, "--runs", runs, "--status", "--json")
     assert status.code == 0, status.err
     assert {r["state"] for r in json.loads(status.out)} <= {"queued", "running", "done"}
 
@@ -166,20 +155,20 @@ def test_slurm_no_wait_then_status_then_the_same_command_attaches(cluster, tmp_p
     after = {o["name"]: o for o in json.loads(attached.out)}
     assert {name: o["job_id"] for name, o in after.items()} == {name: o["job_id"] for name, o in first.items()}
     assert len(runs_table(runs)) == 2
-    done = cli("sweep", configs, "--data", data, "--runs", runs, "--status")
+    done = cli("sweep", configs, "--data", corpus_data, "--runs", runs, "--status")
     assert done.code == 0 and done.out.count("done") == 2
 
 
-def test_slurm_job_with_two_processes_trains_under_torchrun(cluster, tmp_path, data, cli, monkeypatch):
+def test_slurm_job_with_two_processes_trains_under_torchrun(cluster, tmp_path, corpus_data, cli, monkeypatch):
     from archscale.train.config import write_config_dir
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     write_config_dir(tmp_path / "configs" / "a", SHAPES["a"], SHORT)
     runs = tmp_path / "runs.csv"
-    refused = cli("sweep", tmp_path / "configs", "--data", data, "--runs", runs, "--executor", "slurm", "--nproc-per-run", "2")
+    refused = cli("sweep", tmp_path / "configs", "--data", corpus_data, "--runs", runs, "--executor", "slurm", "--nproc-per-run", "2")
     assert one_line_error(refused) and "must be a multiple of micro_batch_size 4 x 2 processes" in refused.err
     write_config_dir(tmp_path / "configs" / "a", SHAPES["a"], replace(SHORT, micro_batch_size=2))
-    result = cli("sweep", tmp_path / "configs", "--data", data, "--runs", runs, "--device", "cpu", "--executor", "slurm",
+    result = cli("sweep", tmp_path / "configs", "--data", corpus_data, "--runs", runs, "--device", "cpu", "--executor", "slurm",
                  "--job-cpus", "2", "--job-mem", "2", "--nproc-per-run", "2", "--no-progress", "--json")
     assert result.code == 0, result.err
     assert [o["status"] for o in json.loads(result.out)] == ["trained"]
@@ -196,22 +185,22 @@ def test_slurm_job_with_two_processes_trains_under_torchrun(cluster, tmp_path, d
     (("--job-gpus", "1"), "--job-gpus 1: nodes in partition debug have no GPUs"),
     (("--partition", "short", "--job-time", "5"), "--job-time 5 min: partition short allows at most 1 min"),
 ])
-def test_slurm_refuses_what_the_cluster_cannot_give_and_submits_nothing(cluster, tmp_path, data, cli, flags, message):
+def test_slurm_refuses_what_the_cluster_cannot_give_and_submits_nothing(cluster, tmp_path, corpus_data, cli, flags, message):
     configs = write_study_configs(tmp_path / "configs")
     before = queue()
-    result = cli("sweep", configs, "--data", data, "--runs", tmp_path / "runs.csv", "--executor", "slurm", *flags)
+    result = cli("sweep", configs, "--data", corpus_data, "--runs", tmp_path / "runs.csv", "--executor", "slurm", *flags)
     assert one_line_error(result) and message in result.err, result.err
     bench = cli("bench", configs / "a", "--store", tmp_path / "b.sqlite", "--executor", "slurm", *flags)
     assert one_line_error(bench) and message in bench.err, bench.err
     assert queue() <= before and sorted(p.name for p in tmp_path.iterdir()) == ["configs"]
 
 
-def test_unreachable_slurm_controller_is_one_line(cluster, tmp_path, data, cli, monkeypatch):
+def test_unreachable_slurm_controller_is_one_line(cluster, tmp_path, corpus_data, cli, monkeypatch):
     conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).read_text()
     gone = tmp_path / "gone.conf"  # the same cluster, but its controller's port has nobody listening
     gone.write_text(conf + "\nSlurmctldPort=9\nMessageTimeout=1\n")
     monkeypatch.setenv("SLURM_CONF", str(gone))
     configs = write_study_configs(tmp_path / "configs")
-    result = cli("sweep", configs, "--data", data, "--runs", tmp_path / "runs.csv", "--executor", "slurm")
+    result = cli("sweep", configs, "--data", corpus_data, "--runs", tmp_path / "runs.csv", "--executor", "slurm")
     assert one_line_error(result) and "cannot reach the Slurm controller" in result.err, result.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["configs", "gone.conf"]

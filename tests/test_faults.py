@@ -29,7 +29,6 @@ import torch
 from archscale.arch import Architecture
 from archscale.runs import TRAINED_RUN_COLUMNS
 from archscale.train.config import TrainConfig, write_config_dir
-from archscale.train.data import default_data_dir
 from conftest import DATA
 from test_bad_inputs import assert_refused, snapshot
 
@@ -38,15 +37,6 @@ TINY_TRAIN = TrainConfig(tokens=4096, seq_len=64, batch_size=8, micro_batch_size
                          eval_every=0, eval_tokens=1024, checkpoint_every=2, log_every=2)
 CHECKPOINT_BYTES = 1_320_292  # TINY's checkpoint.pt (model, AdamW moments, RNG): the full-disk tmpfs is sized from it
 TRAIN = ("--device", "cpu", "--no-progress")
-
-
-@pytest.fixture(scope="module")
-def corpus_cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ARCHSCALE_CACHE", str(path))
-        default_data_dir()
-    return path
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from archscale.errors import UserError
 from archscale.frozen_linear import FrozenLinear, KernelChooser, candidate_kernels
 from archscale.model import Transformer, apply_rope, rope_tables, signed_sin
 from archscale.train.config import TrainConfig, write_config_dir
-from archscale.train.data import default_data_dir
 
 SHAPES = [
     Architecture(2, 160, 6, 2, 32, 256, vocab_size=300),  # GQA, d_model % n_heads != 0
@@ -27,14 +26,6 @@ SHAPES = [
 ]
 NO_BF16_CPU = {"cpu_name": "Old CPU", "avx2": True, "avx512_bf16": False, "amx_bf16": False,
                "avx512_fp16": False, "amx_fp16": False}
-
-
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _decode(model: Transformer, idx: torch.Tensor, **cache) -> torch.Tensor:
@@ -207,14 +198,6 @@ TINY_TRAIN = TrainConfig(tokens=12 * 512, seq_len=64, batch_size=8, micro_batch_
                          eval_every=0, eval_tokens=2048, checkpoint_every=0, log_every=4)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ARCHSCALE_CACHE", str(path))
-        yield default_data_dir()
-
-
 def _train(tmp_path, name, data=None, **kwargs):
     from archscale.train.loop import train
 
@@ -222,7 +205,7 @@ def _train(tmp_path, name, data=None, **kwargs):
     return train(config, data, tmp_path / name, progress=False, device="cpu", **kwargs)
 
 
-def test_first_steps_are_reported_apart_from_steady_tokens_per_s(tmp_path, corpus, monkeypatch, one_thread):
+def test_first_steps_are_reported_apart_from_steady_tokens_per_s(tmp_path, corpus_data, monkeypatch, one_thread):
     """A slow first step (as a compile is) shows in warmup_s, not in tokens/s or MFU."""
     from archscale.train.loop import WARMUP_STEPS, Trainer, train_flops_per_token
 
@@ -235,7 +218,7 @@ def test_first_steps_are_reported_apart_from_steady_tokens_per_s(tmp_path, corpu
         return real_step(self)
 
     monkeypatch.setattr(Trainer, "train_step", slow_first)
-    result = _train(tmp_path, "run", corpus, peak_tflops=1.0)
+    result = _train(tmp_path, "run", corpus_data, peak_tflops=1.0)
     steady_steps = result.steps - WARMUP_STEPS
     steady_seconds = steady_steps * TINY_TRAIN.tokens_per_step / result.tokens_per_s
     assert result.warmup_steps == WARMUP_STEPS and result.warmup_s >= pause
@@ -248,15 +231,15 @@ def test_first_steps_are_reported_apart_from_steady_tokens_per_s(tmp_path, corpu
     assert log[-1]["warmup_steps"] == WARMUP_STEPS
 
 
-def test_compile_flag_overrides_train_json_without_changing_the_recipe(tmp_path, corpus, one_thread, cli):
+def test_compile_flag_overrides_train_json_without_changing_the_recipe(tmp_path, corpus_data, one_thread, cli):
     """``--no-compile`` beats ``compile: true`` in train.json, and the config hash (the recipe) stays the same."""
     config = write_config_dir(tmp_path / "cfg", TINY, TINY_TRAIN.replace(compile=True))
     plain = write_config_dir(tmp_path / "plain", TINY, TINY_TRAIN)
-    r = cli("train", config, "--data", corpus, "--device", "cpu", "--no-compile", "--no-progress", "--json")
+    r = cli("train", config, "--data", corpus_data, "--device", "cpu", "--no-compile", "--no-progress", "--json")
     assert r.code == 0, r.err
     row = json.loads(r.out)
     assert row["compiled"] is False and row["warmup_steps"] == 2 and row["tokens_per_s"] > 0
-    r = cli("train", plain, "--data", corpus, "--device", "cpu", "--no-progress")
+    r = cli("train", plain, "--data", corpus_data, "--device", "cpu", "--no-progress")
     assert r.code == 0 and "tokens/s (after 2 warm-up steps, " in r.out, r.out
     from archscale.train.loop import resolve_run
 

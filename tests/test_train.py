@@ -24,9 +24,9 @@ from archscale.model import Transformer
 from archscale.runs import REQUIRED, SHAPE, load_runs
 from archscale.train.checkpoint import load_checkpoint
 from archscale.train.config import TrainConfig, recipe_hash, write_config_dir
-from archscale.train.data import default_data_dir
 from archscale.train.export import read_safetensors
 from archscale.train.loop import effective_warmup, lr_at, train
+from helpers import one_line_error
 
 TINY = Architecture(2, 64, 4, 2, 16, 128, vocab_size=256, name="tiny")
 TINY_TRAIN = TrainConfig(tokens=20_480, seq_len=64, batch_size=8, micro_batch_size=4, lr_max=3e-3, warmup_steps=5,
@@ -34,23 +34,10 @@ TINY_TRAIN = TrainConfig(tokens=20_480, seq_len=64, batch_size=8, micro_batch_si
 ROW_COLUMNS = (*REQUIRED, *SHAPE, "train_loss", "val_loss", "tokens_per_s", "mfu", "recipe_hash", "run_dir")
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """The embedded corpus prepared once per module into a private cache."""
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ARCHSCALE_CACHE", str(path))
-        yield default_data_dir()
-
-
 @pytest.fixture
-def tiny_cfg(tmp_path, cache, monkeypatch):
-    monkeypatch.setenv("ARCHSCALE_CACHE", str(cache.parents[1]))
+def tiny_cfg(tmp_path, corpus_data):
+    """A tiny config folder; ``corpus_data`` points ARCHSCALE_CACHE at the private corpus, found without --data."""
     return write_config_dir(tmp_path / "tiny", TINY, TINY_TRAIN)
-
-
-def one_line_error(result) -> bool:
-    return result.code == 2 and len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
 
 
 # ---- configuration ---------------------------------------------------------------
@@ -130,9 +117,9 @@ def test_resume_without_checkpoint(tiny_cfg, cli):
     assert not (tiny_cfg / "run").exists()
 
 
-def test_tokenizer_vocab_bigger_than_config_vocab(tmp_path, cache, cli):
+def test_tokenizer_vocab_bigger_than_config_vocab(tmp_path, corpus_data, cli):
     cfg = write_config_dir(tmp_path / "small-vocab", Architecture(2, 64, 4, 2, 16, 128, vocab_size=100), TINY_TRAIN)
-    result = cli("train", cfg, "--data", cache, "--device", "cpu")
+    result = cli("train", cfg, "--data", corpus_data, "--device", "cpu")
     assert one_line_error(result) and "tokenizer vocabulary 256 > config vocab_size 100" in result.err
     assert not (cfg / "run").exists()
 
@@ -169,18 +156,18 @@ def test_cuda_without_a_gpu(tiny_cfg, cli):
 
 
 # ---- learning -------------------------------------------------------------------
-def test_one_million_parameter_model_learns_the_embedded_corpus(tmp_path, cache, cli):
+def test_one_million_parameter_model_learns_the_embedded_corpus(tmp_path, corpus_data, cli):
     """~0.85M parameters, byte vocabulary: validation loss well below the unigram entropy."""
     arch = Architecture(4, 128, 4, 2, 32, 384, vocab_size=256, name="cpu-1m")
     recipe = TrainConfig(tokens=320_000, seq_len=128, batch_size=16, micro_batch_size=16, lr_max=3e-3, warmup_steps=20,
                          eval_every=50, eval_tokens=32_768, checkpoint_every=0, log_every=10)
     cfg = write_config_dir(tmp_path / "cpu-1m", arch, recipe)
     started = time.perf_counter()
-    result = cli("train", cfg, "--data", cache, "--runs", tmp_path / "runs.csv", "--no-progress", "--json")
+    result = cli("train", cfg, "--data", corpus_data, "--runs", tmp_path / "runs.csv", "--no-progress", "--json")
     wall = time.perf_counter() - started
     assert result.code == 0, result.err
     row = json.loads(result.out)
-    tokens = np.concatenate([np.fromfile(cache / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
+    tokens = np.concatenate([np.fromfile(corpus_data / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
     counts = np.bincount(tokens, minlength=256).astype(float)
     p = counts[counts > 0] / counts.sum()
     entropy = float(-(p * np.log(p)).sum())
@@ -196,38 +183,40 @@ def test_one_million_parameter_model_learns_the_embedded_corpus(tmp_path, cache,
     assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in log)
 
 
-def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, cache):
+def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, corpus_data):
     recipe = TINY_TRAIN.replace(tokens=10 * 512, eval_every=0, checkpoint_every=0)
-    whole = train(TINY, cache, tmp_path / "whole", train_config=recipe.replace(micro_batch_size=8), device="cpu", progress=False)
-    split = train(TINY, cache, tmp_path / "split", train_config=recipe.replace(micro_batch_size=2), device="cpu", progress=False)
+    whole = train(TINY, corpus_data, tmp_path / "whole", train_config=recipe.replace(micro_batch_size=8), device="cpu",
+                  progress=False)
+    split = train(TINY, corpus_data, tmp_path / "split", train_config=recipe.replace(micro_batch_size=2), device="cpu",
+                  progress=False)
     assert split.val_loss == pytest.approx(whole.val_loss, abs=1e-5)
     assert split.recipe_hash != whole.recipe_hash
 
 
-def test_wsd_schedule_and_z_loss_train(tmp_path, cache):
+def test_wsd_schedule_and_z_loss_train(tmp_path, corpus_data):
     recipe = TINY_TRAIN.replace(tokens=20 * 512, schedule="wsd", z_loss=1e-4, eval_every=0, checkpoint_every=0)
-    result = train(TINY, cache, tmp_path / "run", train_config=recipe, device="cpu", progress=False)
+    result = train(TINY, corpus_data, tmp_path / "run", train_config=recipe, device="cpu", progress=False)
     assert math.log(256) - 1 > result.val_loss > 0  # it learned something
     lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert lrs[1] == lrs[2] == recipe.lr_max and lrs[-1] == pytest.approx(recipe.lr_max * recipe.lr_min_ratio)
 
 
-def test_divergence_is_reported_and_not_recorded(tmp_path, cache):
+def test_divergence_is_reported_and_not_recorded(tmp_path, corpus_data):
     recipe = TINY_TRAIN.replace(tokens=20 * 512, lr_max=1e6, warmup_steps=0, grad_clip=0, log_every=1, eval_every=0)
     with pytest.raises(UserError, match="diverged"):
-        train(TINY, cache, tmp_path / "run", train_config=recipe, runs=tmp_path / "runs.csv", device="cpu", progress=False)
+        train(TINY, corpus_data, tmp_path / "run", train_config=recipe, runs=tmp_path / "runs.csv", device="cpu", progress=False)
     assert not (tmp_path / "runs.csv").exists() and not (tmp_path / "run" / "result.json").exists()
 
 
 # ---- kill -9 and resume ------------------------------------------------------------
-def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, cache, cli):
+def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, corpus_cache, corpus_data, cli):
     recipe = TINY_TRAIN.replace(tokens=120 * 512, checkpoint_every=10, eval_every=25)  # 120 steps
     cfg = write_config_dir(tmp_path / "cfg", TINY, recipe)
     runs = tmp_path / "runs.csv"
-    flags = ["--data", str(cache), "--runs", str(runs), "--device", "cpu", "--no-progress", "--seed", "3"]
+    flags = ["--data", str(corpus_data), "--runs", str(runs), "--device", "cpu", "--no-progress", "--seed", "3"]
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "ARCHSCALE_CACHE": str(cache.parents[1])}
+    env = {**os.environ, "ARCHSCALE_CACHE": str(corpus_cache)}
     proc = subprocess.Popen([sys.executable, "-m", "archscale", "train", str(cfg), "--out", str(killed), *flags],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
@@ -266,21 +255,21 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, cache, cli)
 
 
 # ---- sweep ------------------------------------------------------------------------
-def test_sweep_trains_each_config_once_and_resumes(tmp_path, cache, cli):
+def test_sweep_trains_each_config_once_and_resumes(tmp_path, corpus_data, cli):
     configs = tmp_path / "configs"
     write_config_dir(configs / "a", TINY, TINY_TRAIN)
     write_config_dir(configs / "b", Architecture(2, 64, 2, 1, 16, 192, vocab_size=256), TINY_TRAIN)
     write_config_dir(configs / "c", Architecture(1, 64, 4, 4, 16, 64, vocab_size=256), TINY_TRAIN)
     (configs / "notes").mkdir()
     # c was trained to the end but crashed before reporting: only its checkpoint remains
-    train(configs / "c", cache, configs / "c" / "run", tokens=8192, device="cpu", progress=False)
+    train(configs / "c", corpus_data, configs / "c" / "run", tokens=8192, device="cpu", progress=False)
     (configs / "c" / "run" / "result.json").unlink()
     runs = tmp_path / "runs.csv"
 
-    first = cli("sweep", configs, "--data", cache, "--runs", runs, "--tokens", "8192", "--device", "cpu", "--no-progress")
+    first = cli("sweep", configs, "--data", corpus_data, "--runs", runs, "--tokens", "8192", "--device", "cpu", "--no-progress")
     assert first.code == 0, first.err
     assert first.out.splitlines()[0].startswith("a: trained") and "b: trained" in first.out and "c: resumed" in first.out
-    second = cli("sweep", configs, "--data", cache, "--runs", runs, "--tokens", "8192", "--device", "cpu", "--no-progress")
+    second = cli("sweep", configs, "--data", corpus_data, "--runs", runs, "--tokens", "8192", "--device", "cpu", "--no-progress")
     assert second.code == 0 and second.out.count("skipped") == 3
     table = load_runs(runs)
     assert len(table) == 3 and table["recipe_hash"].is_unique and (table["D"] == 8192).all()
@@ -294,10 +283,10 @@ def test_sweep_of_a_directory_without_configs(tmp_path, cli):
 
 # ---- export -----------------------------------------------------------------------
 @pytest.fixture
-def trained_run(tmp_path, cache):
+def trained_run(tmp_path, corpus_data):
     arch = Architecture(2, 80, 3, 1, 32, 96, vocab_size=256, name="odd")  # d_model % n_heads != 0
     cfg = write_config_dir(tmp_path / "odd", arch, TINY_TRAIN)
-    train(cfg, cache, tmp_path / "run", tokens=4096, device="cpu", progress=False)
+    train(cfg, corpus_data, tmp_path / "run", tokens=4096, device="cpu", progress=False)
     return arch, tmp_path / "run"
 
 
@@ -322,12 +311,12 @@ def test_export_writes_hf_llama_names(trained_run, tmp_path, cli):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers is not installed")
-def test_export_loads_in_transformers(tmp_path, cache):
+def test_export_loads_in_transformers(tmp_path, corpus_data):
     from transformers import LlamaForCausalLM
 
     arch = Architecture(2, 64, 4, 2, 16, 128, vocab_size=256)  # divisible, which transformers 5 insists on
     cfg = write_config_dir(tmp_path / "cfg", arch, TINY_TRAIN)
-    train(cfg, cache, tmp_path / "run", tokens=4096, device="cpu", progress=False)
+    train(cfg, corpus_data, tmp_path / "run", tokens=4096, device="cpu", progress=False)
     from archscale.train.export import export_hf
 
     export_hf(tmp_path / "run", tmp_path / "hf")
@@ -348,11 +337,11 @@ def test_export_of_a_directory_without_checkpoint(tmp_path, cli):
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun not found")
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_torchrun_two_cpu_ranks_match_one_process(tmp_path, cache, mode):
+def test_torchrun_two_cpu_ranks_match_one_process(tmp_path, corpus_data, mode):
     cfg = write_config_dir(tmp_path / "cfg", TINY, TINY_TRAIN)
-    single = train(cfg, cache, tmp_path / "single", device="cpu", progress=False)
+    single = train(cfg, corpus_data, tmp_path / "single", device="cpu", progress=False)
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "archscale.train.loop", str(cfg), "--data", str(cache), "--out", str(tmp_path / mode),
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "archscale.train.loop", str(cfg), "--data", str(corpus_data), "--out", str(tmp_path / mode),
                "--runs", str(tmp_path / "runs.csv"), "--device", "cpu", "--no-progress", "--json"]
     if mode == "fsdp":
         command.append("--fsdp")

