@@ -275,6 +275,16 @@ def test_noisy_measurement_is_not_ok():
     steady = make_record(TINY, "t", "vllm", workload, {"gpu": "cpu", "tokens_per_s": 4417.0,
                                                        "tokens_per_s_std": 0.9 * NOISY_CV * 4417.0})
     assert steady["status"] == "ok" and steady["error"] is None
+    tolerated = make_record(TINY, "t", "torch", workload, {"gpu": "cpu", "tokens_per_s": 4417.0, "tokens_per_s_std": 3767.0},
+                            max_noise=0.9)  # bench --max-noise 0.9: an 85% scatter is accepted
+    assert tolerated["status"] == "ok"
+
+
+@pytest.mark.parametrize("value", ["0", "-0.1", "inf", "nan"])
+def test_bench_refuses_a_max_noise_that_is_not_a_positive_fraction(refused, work, value):
+    refused("--max-noise must be a positive fraction", "bench", "llama-3.2-1b", "--backend", "torch", "--max-noise", value,
+            "--store", "s.sqlite")
+    assert not (work / "s.sqlite").exists()
 
 
 def test_bench_table_shows_noisy_rows_and_search_ignores_them(cli, work):

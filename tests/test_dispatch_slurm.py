@@ -96,8 +96,7 @@ def test_slurm_bench_job_killed_mid_run_measures_only_what_is_missing(cluster, t
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     small, big = write_bench_configs(tmp_path)
     store, jobs = tmp_path / "bench.sqlite", tmp_path / "bench.sqlite.jobs"
-    # one job at a time: two measurements sharing this 2-core machine scatter enough to be stored as noisy
-    flags = (*BENCH_FLAGS, "--out", store, *JOB, "--max-parallel", "1")
+    flags = (*BENCH_FLAGS, "--out", store, *JOB)
     bench = start_cli("bench", small, big, *flags)
     job = wait_for(lambda: running_job(jobs, "big"), "config big's job to run", process=bench)
     wait_for(lambda: len(bench_rows(store, "big")) >= 1, "big's first row", process=bench)

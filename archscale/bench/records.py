@@ -85,6 +85,7 @@ NOISY_CV = 0.2
 Repeats on a quiet machine agree within a few percent (the tour's CPU rows: 2-5%);
 a std of 85% of the mean says the machine was busy, and such a row must not
 stand in for an estimate (search and calibration use ``ok`` rows only).
+``archscale bench --max-noise`` sets another limit for one run.
 """
 
 DTYPE_ALIASES = {
@@ -189,13 +190,14 @@ def summarize_repeats(totals_s: list[float], tokens_per_repeat: list[int], outpu
 
 
 def make_record(arch: Architecture, source: str, backend: str, workload: Mapping[str, int],
-                measured: Mapping[str, Any]) -> dict[str, Any]:
+                measured: Mapping[str, Any], max_noise: float = NOISY_CV) -> dict[str, Any]:
     """A full record: shape, workload and provenance, overlaid with what the backend measured.
 
     ``workload`` holds ``batch_size, input_len, output_len, repeats, tp``;
     ``measured`` holds the backend's fields (``gpu``, ``tokens_per_s``,
     ``status``, ...). Columns nobody set are None, so every record has every
-    column.
+    column. A measurement whose repeats scatter more than ``max_noise`` (std
+    over mean) is ``noisy`` (:func:`mark_noisy`).
     """
     record: dict[str, Any] = dict.fromkeys(COLUMNS)
     record.update(shape_fields(arch))
@@ -207,23 +209,23 @@ def make_record(arch: Architecture, source: str, backend: str, workload: Mapping
     if unknown:
         raise ValueError(f"unknown record field(s): {', '.join(sorted(unknown))}")
     record.update(measured)
-    mark_noisy(record)
+    mark_noisy(record, max_noise)
     if record["error"] is not None:
         record["error"] = one_line(record["error"])
     return record
 
 
-def mark_noisy(record: dict[str, Any]) -> None:
-    """Turn an ``ok`` record whose repeats disagree (std over :data:`NOISY_CV` of the mean) into ``noisy``, saying why.
+def mark_noisy(record: dict[str, Any], max_noise: float = NOISY_CV) -> None:
+    """Turn an ``ok`` record whose repeats disagree (std over ``max_noise`` of the mean) into ``noisy``, saying why.
 
     Done here, where every backend's record is made, so no backend can report such a row as ``ok``.
     """
     mean, std = record.get("tokens_per_s"), record.get("tokens_per_s_std")
-    if record.get("status") != "ok" or not mean or std is None or not math.isfinite(std) or std <= NOISY_CV * mean:
+    if record.get("status") != "ok" or not mean or std is None or not math.isfinite(std) or std <= max_noise * mean:
         return
     record["status"] = "noisy"
     record["error"] = (f"repeats disagree: std {std:,.0f} is {std / mean:.0%} of the mean {mean:,.0f} tokens/s "
-                       "(a busy machine?); rerun with more --repeats on a quiet machine")
+                       f"(a busy machine?; the limit is {max_noise:.0%}); rerun with more --repeats on a quiet machine")
 
 
 def failed(error: object, **fields: Any) -> dict[str, Any]:

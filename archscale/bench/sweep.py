@@ -11,12 +11,13 @@ already appended.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from archscale.arch import Architecture, load_architecture
-from archscale.bench.records import BACKENDS, canonical_dtype, make_record
+from archscale.bench.records import BACKENDS, NOISY_CV, canonical_dtype, make_record
 from archscale.cost.serving import check_tensor_parallel
 from archscale.errors import UserError, keep_hint
 
@@ -97,6 +98,7 @@ class BenchOptions:
     worker_timeout_s: float = 3600.0
     verbose: bool = False
     vllm_python: Path | None = None
+    max_noise: float = NOISY_CV
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -116,6 +118,8 @@ class BenchOptions:
             raise UserError(f"unknown --dtype {self.dtype!r}: use bf16, fp16 or float32")
         if self.worker_timeout_s <= 0:
             raise UserError(f"--timeout must be positive, got {self.worker_timeout_s}")
+        if not 0 < self.max_noise < math.inf:
+            raise UserError(f"--max-noise must be a positive fraction of the mean (e.g. 0.2 for 20%), got {self.max_noise}")
 
     @property
     def progress_units_per_batch(self) -> int:
@@ -202,7 +206,8 @@ def run_sweep(targets: Sequence[Target], options: BenchOptions, store: str | Pat
     try:
         for target in targets:
             for batch_size, measured in _announced(backend.run(target, hooks.advanced), target, options, hooks):
-                record = make_record(target.arch, target.spec, backend.name, {**workload, "batch_size": batch_size}, measured)
+                record = make_record(target.arch, target.spec, backend.name, {**workload, "batch_size": batch_size}, measured,
+                                     options.max_noise)
                 if store_path is not None:
                     done = len(result.records)
                     with keep_hint(f"{done} record{'s' if done != 1 else ''} measured before this one "

@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json, study
+from archscale.bench.records import NOISY_CV
 from archscale.cli.options import gpu_help, parse_assignments, parse_int_list
 from archscale.cost.serving import EngineSettings
 from archscale.errors import UserError
@@ -53,6 +54,9 @@ def bench_command(
     input_len: int = typer.Option(128, "--input-len", help="Prompt tokens per request."),
     output_len: int = typer.Option(64, "--output-len", help="Generated tokens per request."),
     repeats: int = typer.Option(3, "--repeats", help="Timed repeats per (config, batch size), after one warm-up."),
+    max_noise: float = typer.Option(NOISY_CV, "--max-noise", help="Store a measurement as noisy (kept, but not used by "
+                                    "search or calibrate, and measured again by a resumed study) when its repeats' std "
+                                    "exceeds this fraction of their mean."),
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP + " Default bench.sqlite for torch/vllm; "
                                          "roofline rows are stored only with --store."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help=gpu_help("Device key, required for roofline; overrides the key "
@@ -117,7 +121,7 @@ def bench_command(
                            input_len=input_len, output_len=output_len, repeats=repeats, gpu=gpu, gpu_file=gpu_file,
                            dtype=dtype, device=device, tp=tp, compile=compile_step, threads=threads, enforce_eager=enforce_eager,
                            profile=profile, engine=engine, seed=seed, worker_timeout_s=timeout, verbose=verbose,
-                           vllm_python=vllm_python)
+                           vllm_python=vllm_python, max_noise=max_noise)
     if executor is not None or status:  # a study: one job per config (archscale.bench.jobs)
         flags = dict(jobs_dir=jobs_dir, partition=partition, gpus=job_gpus, cpus=job_cpus, mem_gb=job_mem, time=job_time,
                      max_parallel=max_parallel, wait=wait)
