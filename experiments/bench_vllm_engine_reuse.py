@@ -8,8 +8,11 @@ bench`` calls it; "one engine per batch size" is the same backend given one batc
 starts one worker and one engine per (config, batch size), as the backend did before. The designs are
 interleaved config by config (new then old for the first config, old then new for the second, ...), so that
 a change in the machine's load falls on both; each config's run of each design has its own empty vLLM compile
-cache (``VLLM_CACHE_ROOT``), as a sweep of new shapes would. Prints each design's wall time per config and in
-all, tokens/s per row, the ratio of wall times, and the machine load.
+cache (``VLLM_CACHE_ROOT``), as a sweep of new shapes would. One untimed engine start comes first, so that
+neither design pays for reading vLLM and torch from a cold disk cache (the first worker of a run is otherwise
+10-20 s slower). With ``--rounds R`` the whole comparison repeats R times, the order flipped each round.
+Prints each design's wall time per config and in all, tokens/s per row, the ratio of wall times (in all and per
+round), and the machine load.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output-len", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--enforce-eager", action="store_true", help="Skip vLLM's torch.compile (shorter engine starts).")
+    parser.add_argument("--rounds", type=int, default=1, help="Repeat the comparison, order flipped each round.")
     parser.add_argument("--cores", default=None, help="VLLM_CPU_OMP_THREADS_BIND for every engine (e.g. 1; default vLLM's auto).")
     return parser.parse_args()
 
@@ -81,17 +85,23 @@ def main() -> None:
         if args.cores is not None:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = args.cores
         print(f"before: {load()}")
+        seconds, _ = sweep(targets[:1], BenchOptions(**{**options.__dict__, "batch_sizes": options.batch_sizes[:1]}), True)
+        print(f"warm-up engine start (untimed in the comparison): {seconds:.1f} s ({load()})", flush=True)
         new_s = old_s = 0.0
         new_rows, old_rows = [], []
-        for index, target in enumerate(targets):
-            for per_batch in ((False, True) if index % 2 == 0 else (True, False)):
-                seconds, rows = sweep([target], options, per_batch=per_batch)
-                label = "one engine per batch size" if per_batch else "one engine per config"
-                print(f"{target.label:12s} {label:26s} {seconds:7.1f} s  ({load()})", flush=True)
-                if per_batch:
-                    old_s, old_rows = old_s + seconds, old_rows + rows
-                else:
-                    new_s, new_rows = new_s + seconds, new_rows + rows
+        for round_ in range(args.rounds):
+            round_new = round_old = 0.0
+            for index, target in enumerate(targets):
+                for per_batch in ((False, True) if (index + round_) % 2 == 0 else (True, False)):
+                    seconds, rows = sweep([target], options, per_batch=per_batch)
+                    label = "one engine per batch size" if per_batch else "one engine per config"
+                    print(f"round {round_ + 1}  {target.label:12s} {label:26s} {seconds:7.1f} s  ({load()})", flush=True)
+                    if per_batch:
+                        round_old, old_rows = round_old + seconds, old_rows + rows
+                    else:
+                        round_new, new_rows = round_new + seconds, new_rows + rows
+            print(f"round {round_ + 1}: {round_old:.1f} s / {round_new:.1f} s = {round_old / round_new:.2f}x", flush=True)
+            new_s, old_s = new_s + round_new, old_s + round_old
         print(f"one engine per config:      {new_s:7.1f} s in all")
         print(f"one engine per batch size:  {old_s:7.1f} s in all")
         print(f"speed-up of the sweep (wall time, per batch size / per config): {old_s / new_s:.2f}x")
