@@ -10,7 +10,11 @@ interleaved config by config (new then old for the first config, old then new fo
 a change in the machine's load falls on both; each config's run of each design has its own empty vLLM compile
 cache (``VLLM_CACHE_ROOT``), as a sweep of new shapes would. One untimed engine start comes first, so that
 neither design pays for reading vLLM and torch from a cold disk cache (the first worker of a run is otherwise
-10-20 s slower). With ``--rounds R`` the whole comparison repeats R times, the order flipped each round.
+10-20 s slower). That start also leaves what vLLM learns once per model *class*, not per shape: its inspection
+of ``LlamaForCausalLM`` (``VLLM_CACHE_ROOT/modelinfos``, about 12 s of an engine start here when missing). A
+user's persistent cache holds it after their first vLLM run, so with ``--model-info-cache warm`` (the default)
+every fresh cache starts with a copy of it; ``cold`` leaves it out, so each config's first engine pays it (the
+old design then pays it once per config, not once per engine, which lowers the ratio). With ``--rounds R`` the whole comparison repeats R times, the order flipped each round.
 Prints each design's wall time per config and in all, tokens/s per row, the ratio of wall times (in all and per
 round), and the machine load.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +47,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--enforce-eager", action="store_true", help="Skip vLLM's torch.compile (shorter engine starts).")
     parser.add_argument("--rounds", type=int, default=1, help="Repeat the comparison, order flipped each round.")
+    parser.add_argument("--model-info-cache", choices=("warm", "cold"), default="warm",
+                        help="Start each fresh vLLM cache with the model-class inspection (warm, as a user's cache) or empty.")
     parser.add_argument("--cores", default=None, help="VLLM_CPU_OMP_THREADS_BIND for every engine (e.g. 1; default vLLM's auto).")
     return parser.parse_args()
 
@@ -51,11 +58,17 @@ def load() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
-def sweep(targets, options: BenchOptions, per_batch: bool) -> tuple[float, list[dict]]:
-    """Wall time and records of one design, with a fresh vLLM compile cache."""
+MODEL_INFO = "modelinfos"
+"""The folder of ``VLLM_CACHE_ROOT`` where vLLM keeps its per-model-class inspection (shape-independent)."""
+
+
+def sweep(targets, options: BenchOptions, per_batch: bool, seed_cache: Path | None = None) -> tuple[float, list[dict]]:
+    """Wall time and records of one design, with a fresh vLLM compile cache (holding ``seed_cache``'s model info)."""
     records: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="vllm-cache-") as cache:
         os.environ["VLLM_CACHE_ROOT"] = cache
+        if seed_cache is not None and (seed_cache / MODEL_INFO).is_dir():
+            shutil.copytree(seed_cache / MODEL_INFO, Path(cache) / MODEL_INFO)
         start = time.perf_counter()
         if per_batch:
             for target in targets:
@@ -85,15 +98,24 @@ def main() -> None:
         if args.cores is not None:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = args.cores
         print(f"before: {load()}")
-        seconds, _ = sweep(targets[:1], BenchOptions(**{**options.__dict__, "batch_sizes": options.batch_sizes[:1]}), True)
-        print(f"warm-up engine start (untimed in the comparison): {seconds:.1f} s ({load()})", flush=True)
+        seed_cache = Path(scratch) / "warm-up-cache"
+        os.environ["VLLM_CACHE_ROOT"] = str(seed_cache)
+        start = time.perf_counter()
+        run_sweep(targets[:1], BenchOptions(**{**options.__dict__, "batch_sizes": options.batch_sizes[:1]}))
+        print(f"warm-up engine start (untimed in the comparison): {time.perf_counter() - start:.1f} s ({load()})", flush=True)
+        warm = args.model_info_cache == "warm"
+        if warm and not (seed_cache / MODEL_INFO).is_dir():
+            raise SystemExit(f"the warm-up left no {seed_cache / MODEL_INFO}: this vLLM keeps its model info elsewhere; "
+                             "use --model-info-cache cold")
+        print(f"model-class inspection cache: {args.model_info_cache} in every fresh vLLM cache")
+        seed_cache = seed_cache if warm else None
         new_s = old_s = 0.0
         new_rows, old_rows = [], []
         for round_ in range(args.rounds):
             round_new = round_old = 0.0
             for index, target in enumerate(targets):
                 for per_batch in ((False, True) if (index + round_) % 2 == 0 else (True, False)):
-                    seconds, rows = sweep([target], options, per_batch=per_batch)
+                    seconds, rows = sweep([target], options, per_batch=per_batch, seed_cache=seed_cache)
                     label = "one engine per batch size" if per_batch else "one engine per config"
                     print(f"round {round_ + 1}  {target.label:12s} {label:26s} {seconds:7.1f} s  ({load()})", flush=True)
                     if per_batch:
