@@ -14,8 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from archscale.cli import Command, app, console, examples, print_json
-from archscale.cli.options import COUNT, format_count, parse_assignments, parse_count
-from archscale.cli import options
+from archscale.cli.options import COLUMN_MAP, COUNT, DROP_INVALID, MIN_TOKENS_PER_PARAM, WHERE, format_count, parse_assignments, parse_count
 from archscale.errors import UserError
 from archscale.files import write_json
 from archscale.laws import LAWS
@@ -120,11 +119,11 @@ def fit(
     law: str = typer.Option("auto", "--law", help=f"Law to fit: {', '.join(LAWS)}, or auto: choose by how well each predicts the larger runs."),
     loss: str = typer.Option("auto", "--loss", help="Objective: lsq (Levenberg-Marquardt on loss), huber (on log-loss, delta 1e-3), or auto: choose as for --law."),
     split: str = typer.Option("size", "--split", help="How --law/--loss auto score candidates: fit the smaller sizes N (size) or lower budgets C (budget), predict the rest."),
-    col: Optional[list[str]] = options.COLUMN_MAP,
-    where: Optional[str] = options.WHERE,
+    col: Optional[list[str]] = COLUMN_MAP,
+    where: Optional[str] = WHERE,
     holdout: Optional[str] = typer.Option(None, "--holdout", help='Hold out rows matching this condition and score on them, e.g. "N>=1e9" (never used to choose the form).'),
-    min_tokens_per_param: Optional[float] = options.MIN_TOKENS_PER_PARAM,
-    drop_invalid: bool = options.DROP_INVALID,
+    min_tokens_per_param: Optional[float] = MIN_TOKENS_PER_PARAM,
+    drop_invalid: bool = DROP_INVALID,
     progressive: bool = typer.Option(False, "--progressive", help="Also run the paper's progressive tasks: fit on the k smallest sizes, test on the next."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Chinchilla fit JSON giving L_opt(N,D) for conditional laws (default: best measured loss per (N,D))."),
     fix: Optional[list[str]] = typer.Option(None, "--fix", help="Hold a parameter at a value, e.g. --fix alpha=0.34 (conditional-mult fixes b0=1 by default)."),

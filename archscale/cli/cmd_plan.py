@@ -11,8 +11,7 @@ from rich.table import Table
 
 from archscale.cli import Command, app, console, examples, print_json
 from archscale.outputs import check_outputs
-from archscale.cli.options import format_count, gpu_help, parse_count
-from archscale.cli import options
+from archscale.cli.options import COLUMN_MAP, DROP_INVALID, MIN_TOKENS_PER_PARAM, WHERE, format_count, gpu_help, parse_count
 from archscale.errors import UserError
 from archscale.files import write_json
 
@@ -128,11 +127,11 @@ def plan(
     runs: Optional[Path] = typer.Argument(None, help="isoFLOP runs table (columns N, D or C, loss): Approach 2 on its profiles."),
     fit: Optional[Path] = typer.Option(None, "--fit", help="A Chinchilla (or aspect) fit JSON: N*(C) from the law, with intervals when it was fitted with --bootstrap."),
     budget: Optional[str] = typer.Option(None, "--budget", metavar="<counts>", help="Training budgets C in FLOPs to plan for, e.g. 1e22,5.76e23."),
-    col: Optional[list[str]] = options.COLUMN_MAP,
-    where: Optional[str] = options.WHERE,
+    col: Optional[list[str]] = COLUMN_MAP,
+    where: Optional[str] = WHERE,
     holdout: Optional[str] = typer.Option(None, "--holdout", help='Hold out whole budgets, e.g. "C >= 3e21": the frontier fitted without them predicts their N*.'),
-    min_tokens_per_param: Optional[float] = options.MIN_TOKENS_PER_PARAM,
-    drop_invalid: bool = options.DROP_INVALID,
+    min_tokens_per_param: Optional[float] = MIN_TOKENS_PER_PARAM,
+    drop_invalid: bool = DROP_INVALID,
     drop_unbracketed: bool = typer.Option(False, "--drop-unbracketed", help="Leave out budgets whose parabola's minimum lies outside the sizes they tried (else refused)."),
     resamples: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for Approach 2's intervals (0: none)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
