@@ -137,8 +137,9 @@ def test_ctrl_c_stops_local_jobs_and_records_them(tmp_path, corpus_data, one_thr
     for name in ("a", "b"):
         (configs / name).rename(tmp_path / name)
     jobs = tmp_path / "runs.csv.jobs"
+    # --tokens 10M: c would train for minutes, so under load its job cannot finish before the Ctrl-C arrives
     sweep = start_cli("sweep", configs, "--data", corpus_data, "--runs", tmp_path / "runs.csv", "--device", "cpu",
-                      "--executor", "local", "--no-progress")
+                      "--executor", "local", "--no-progress", "--tokens", "10M")
     job = wait_for(lambda: running_job(jobs, "c"), "config c to start", process=sweep)
     wait_for(lambda: task_pids(job), "the process of c's job")
     sweep.send_signal(signal.SIGINT)
