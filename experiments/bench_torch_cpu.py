@@ -236,15 +236,61 @@ def work_flops(arch, batch: int, input_len: int, output_len: int) -> tuple[float
     return prefill, decode
 
 
+def decode_floor_step_s(arch, batch: int, args: argparse.Namespace, repeats: int = 21) -> tuple[float, float]:
+    """Median seconds a decode step spends on (its weight matmuls, one read of its KV cache), each timed alone.
+
+    Together they are a floor under any float32 decode of this model with
+    torch's kernels: every engine multiplies ``batch`` rows by every weight
+    matrix once a step (q/k/v, o, gate/up, down in each layer, and the LM
+    head), and every attention reads the keys and values of the whole prefix
+    once. Nothing else of a step is timed (no norms, RoPE, softmax or
+    sampling). The weights are read in the order a step reads them (so they
+    come from memory, as in a real step, not from cache), each matmul on the
+    kernel :class:`archscale.frozen_linear.KernelChooser` timed fastest for
+    its shape; the cache is read by a ``sum`` over the prefix at the middle
+    decode position, a plain streaming read.
+    """
+    import torch
+
+    from archscale.bench.torch_backend import build_model
+
+    length = args.input_len + args.output_len // 2
+    with pinned(args.core), torch.inference_mode():
+        model = build_model(arch, args.input_len + args.output_len, torch.device("cpu"), "float32", seed=0)
+        model.allocate_kv_cache(batch, args.input_len + args.output_len)
+        projections = [projection for layer in model.layers
+                       for projection in (layer.self_attn.qkv_frozen, layer.self_attn.o_frozen,
+                                          layer.mlp.gate_up_frozen, layer.mlp.down_frozen)] + [model.head_frozen]
+        inputs = [torch.randn(batch, 1, projection.shape[1]) for projection in projections]
+        caches = [cache.narrow(2, 0, length) for layer in model.layers
+                  for cache in (layer.self_attn.k_cache, layer.self_attn.v_cache)]
+        matmuls, reads = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for projection, x in zip(projections, inputs):
+                projection(x)
+            matmuls.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for cache in caches:
+                cache.sum()
+            reads.append(time.perf_counter() - start)
+        model.free_kv_cache()
+    return statistics.median(matmuls), statistics.median(reads)
+
+
 def prefill_lines(engines: dict, results: dict, configs: dict, args: argparse.Namespace) -> list[str]:
     """Prefill seconds (medians) of archscale and HF, and two bounds on the archscale/HF ratio.
 
     Prefill is the same large matmuls in both engines, near the core's
     float32 peak, so decode is all a faster backend can still move. The bounds
-    say how far: the ratio if archscale's decode cost nothing, and the ratio
+    say how far: the ratio if archscale's decode cost nothing, the ratio
     if its decode ran at its own prefill's FLOP rate (a decode step multiplies
     ``batch`` rows by every weight, the prefill ``batch x input_len``: a
-    decode step runs at the prefill's rate only in the best case).
+    decode step runs at the prefill's rate only in the best case), and the
+    ratio if the faster of the two prefills were followed by decode steps that
+    cost only their weight matmuls and one read of the KV cache
+    (:func:`decode_floor_step_s`, measured here): no float32 backend that runs
+    those matmuls on torch's kernels can beat that.
     """
     lines = []
     for shape, shape_engines in engines.items():
@@ -261,11 +307,17 @@ def prefill_lines(engines: dict, results: dict, configs: dict, args: argparse.Na
             prefill_flops, decode_flops = work_flops(arch, batch, args.input_len, args.output_len)
             rate = prefill_flops / ours_prefill
             at_prefill_rate = ours_prefill + decode_flops / rate
+            matmul_step, cache_read = decode_floor_step_s(arch, batch, args)
+            floor = min(ours_prefill, hf_prefill) + (args.output_len - 1) * (matmul_step + cache_read)
             lines.append(f"{shape:>5} batch {batch:>2}: prefill archscale {ours_prefill:.2f} s of {ours_total:.2f} s "
                          f"({rate / 1e9:.0f} GFLOP/s; decode {decode_flops / (ours_total - ours_prefill) / 1e9:.0f} "
                          f"GFLOP/s), HF (1 new token) {hf_prefill:.2f} s of {hf_total:.2f} s; archscale / HF would be "
                          f"{hf_total / at_prefill_rate:.2f}x with decode at the prefill's FLOP rate, "
-                         f"{hf_total / ours_prefill:.2f}x with a free decode")
+                         f"{hf_total / ours_prefill:.2f}x with a free decode; decode step "
+                         f"{1e3 * (ours_total - ours_prefill) / (args.output_len - 1):.1f} ms, "
+                         f"its weight matmuls alone {1e3 * matmul_step:.1f} ms and reading its KV cache "
+                         f"{1e3 * cache_read:.1f} ms: with only those after the faster prefill, archscale / HF "
+                         f"would be at most {hf_total / floor:.2f}x")
     return lines
 
 
