@@ -34,3 +34,11 @@ def test_a_usage_error_is_one_line_naming_where_help_is(cli):
     lines = [line for line in result.err.splitlines() if line.strip()]
     assert result.code == 2 and len(lines) == 1
     assert lines[0].startswith("error: No such option: --no-such-flag") and lines[0].endswith("(see archscale fit --help)")
+
+
+def test_a_mistyped_flag_names_the_one_flag_it_is_closest_to(cli):
+    typo = cli("fit", "data/x.csv", "--hodlout", "0.2")
+    assert typo.code == 2 and "No such option: --hodlout; did you mean --holdout? (see archscale fit --help)" in typo.err
+    assert "--plot" not in typo.err and "Possible options" not in typo.err  # Click's loose guesses, left out
+    elsewhere = cli("search", "--holdout", "3")  # a real flag of other verbs: say which, not a near name here
+    assert "did you mean" not in elsewhere.err and "--holdout is an option of archscale bench calibrate" in elsewhere.err

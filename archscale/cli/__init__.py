@@ -121,17 +121,37 @@ def _register_commands() -> None:
             importlib.import_module(f"{__name__}.{module.name}")
 
 
+def _closest_option(option: str, possibilities: Any) -> str | None:
+    """The one known flag ``option`` is most likely a typo of, or None when none is close.
+
+    Click lists every loosely similar flag (``--hodlout`` brought ``--out`` and
+    ``--plot`` beside ``--holdout``); one likely answer is what a user can act on.
+    """
+    import difflib
+
+    matches = difflib.get_close_matches(option, list(possibilities or ()), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
 def _usage_error(exc: Any) -> str:
-    """A usage error as one line: the message, the verb that owns an unknown flag if another does, where help is."""
-    message = exc.format_message()
+    """A usage error as one line: the message, where an unknown flag belongs (another verb that has it, or else
+    the closest flag of this verb), where help is."""
     ctx = getattr(exc, "ctx", None)
     command = ctx.command_path if ctx is not None else "archscale"
     option = getattr(exc, "option_name", None)
+    owners = []
     if option and ctx is not None and ctx.parent is not None:
         owners = [name for name, verb in ctx.parent.command.commands.items()
                   if any(option in param.opts for param in verb.params)]
-        if 0 < len(owners) <= 3:  # a flag most verbs have (--out) says nothing about where the user meant to be
-            message += f"; {option} is an option of " + ", ".join(f"archscale {name}" for name in owners)
+    if not getattr(exc, "possibilities", None):
+        message = exc.format_message()
+    else:  # an unknown flag: Click's message without its list of loose guesses
+        message = exc.message
+        closest = None if owners else _closest_option(option, exc.possibilities)
+        if closest is not None:
+            message += f"; did you mean {closest}?"
+    if 0 < len(owners) <= 3:  # a flag most verbs have (--out) says nothing about where the user meant to be
+        message += f"; {option} is an option of " + ", ".join(f"archscale {name}" for name in owners)
     return f"{message} (see {command} --help)"
 
 
