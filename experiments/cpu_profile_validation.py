@@ -49,6 +49,13 @@ per-step time (fitted together they trade off until one hits a bound and is refu
 instead; what differs between the shapes (the KV cache, attention) and the engine's overheads are fitted."""
 
 
+def ranking_words(spearman: float) -> str:
+    """How well a rank correlation tells shapes apart, in words for a figure title."""
+    if spearman < 0.3:
+        return "not told apart"
+    return "partly told apart" if spearman < 0.7 else "told apart"
+
+
 def device_file() -> Path:
     """This CPU at one thread (the measurements use one), probed once and kept with the data."""
     if not DEVICE.exists():
@@ -118,15 +125,30 @@ def plot(results: dict[str, list[Calibration]], path: Path) -> None:
         ax.set_xlabel("measured output tokens/s")
         ax.set_ylabel("predicted output tokens/s (profile fitted on the other half)")
         stats = [score(s) for s in splits]
+        within = np.mean([s['spearman_shapes_per_batch'] for s in stats])
         ax.set_title(f"{engine} on this CPU, held out (mean of both splits):\nmedian |error| "
                      f"{100 * np.mean([s['median_abs_err'] for s in stats]):.1f}%, Spearman over rows "
                      f"{np.mean([s['spearman_rows'] for s in stats]):.2f};\nshapes within one batch size: Spearman "
-                     f"{np.mean([s['spearman_shapes_per_batch'] for s in stats]):.2f} (not told apart)", fontsize=9.5)
+                     f"{within:.2f} ({ranking_words(within)})", fontsize=9.5)
         ax.legend(fontsize=8, loc="upper left")
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def shape_trends(rows) -> str:
+    """Pearson correlation of each shape's mean relative throughput with d_model, heads and d_ff.
+
+    Relative throughput is a row's tokens/s over the mean of its batch size,
+    so every batch size weighs the same; what it says is which way throughput
+    moves with each shape parameter at one budget, which bytes and FLOPs alone
+    (equal across these shapes) cannot say.
+    """
+    relative = rows["tokens_per_s"] / rows.groupby("batch_size")["tokens_per_s"].transform("mean")
+    shapes = rows.assign(relative=relative).groupby(["name", "d_model", "n_heads", "d_ff"])["relative"].mean().reset_index()
+    parts = [f"{column} {np.corrcoef(shapes[column], shapes['relative'])[0, 1]:+.2f}" for column in ("d_model", "n_heads", "d_ff")]
+    return "correlation of a shape's mean relative throughput with " + ", ".join(parts)
 
 
 def main() -> None:
@@ -154,6 +176,7 @@ def main() -> None:
                 f"per batch size {s['spearman_shapes_per_batch']:.3f}; speedup between shapes |error| "
                 f"{s['speedup_mean_abs_points']:.1f} points")
         by_engine[engine] = splits
+        lines.append(f"{engine}: {shape_trends(rows)}")
         verdict = all(score(s)["median_abs_err"] <= TARGETS["median_abs_err"]
                       and score(s)["spearman_rows"] >= TARGETS["spearman"] for s in splits)
         lines.append(f"{engine}: median |error| <= 15% and Spearman >= 0.8 on both held-out halves: "

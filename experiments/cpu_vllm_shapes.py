@@ -130,8 +130,10 @@ def main() -> None:
                   f"load {before:.1f} -> {load_rows[-1]['load_after']:.1f}", flush=True)
     count = export_csv(store, out / "cpu_vllm.csv")
     loads = pd.DataFrame(load_rows)
-    if done and (out / "load.csv").exists():  # a resumed run: keep the earlier measurements' loads
-        loads = pd.concat([pd.read_csv(out / "load.csv"), loads], ignore_index=True)
+    if done and (out / "load.csv").exists():  # a resumed run: keep the loads of the earlier rows it kept
+        earlier = pd.read_csv(out / "load.csv")
+        kept = [(shape, backend) in done for shape, backend in zip(earlier["shape"], earlier["backend"])]
+        loads = pd.concat([earlier[kept], loads], ignore_index=True)
     loads.to_csv(out / "load.csv", index=False)
     write_summary(out, load_results(store), loads, args, time.perf_counter() - started, count)
 
