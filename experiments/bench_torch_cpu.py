@@ -69,7 +69,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="Also measure archscale with --compile.")
     parser.add_argument("--bf16-probe", action="store_true", help="Then measure bf16 (archscale direct, vLLM) at batch 8.")
     parser.add_argument("--json", type=Path, default=None, help="Also write every measurement here.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.json is not None and args.json.is_dir():  # checked before minutes of measuring, not after
+        parser.error(f"--json {args.json}: is a folder; give a file name")
+    if args.json is not None and not args.json.parent.is_dir():
+        parser.error(f"--json {args.json}: {args.json.parent} is not a folder")
+    return args
 
 
 def log(message: str) -> None:
@@ -279,7 +284,7 @@ def decode_floor_step_s(arch, batch: int, args: argparse.Namespace, repeats: int
 
 
 def prefill_lines(engines: dict, results: dict, configs: dict, args: argparse.Namespace) -> list[str]:
-    """Prefill seconds (medians) of archscale and HF, and two bounds on the archscale/HF ratio.
+    """Prefill seconds (medians) of archscale and HF, and three bounds on the archscale/HF ratio.
 
     Prefill is the same large matmuls in both engines, near the core's
     float32 peak, so decode is all a faster backend can still move. The bounds

@@ -14,14 +14,15 @@ neither design pays for reading vLLM and torch from a cold disk cache (the first
 of ``LlamaForCausalLM`` (``VLLM_CACHE_ROOT/modelinfos``, about 12 s of an engine start here when missing). A
 user's persistent cache holds it after their first vLLM run, so with ``--model-info-cache warm`` (the default)
 every fresh cache starts with a copy of it; ``cold`` leaves it out, so each config's first engine pays it (the
-old design then pays it once per config, not once per engine, which lowers the ratio). With ``--rounds R`` the whole comparison repeats R times, the order flipped each round.
-Prints each design's wall time per config and in all, tokens/s per row, the ratio of wall times (in all and per
-round), and the machine load.
+old design then pays it once per config, not once per engine, which lowers the ratio). With ``--rounds R``
+the whole comparison repeats R times, the order flipped each round. Prints each design's wall time per config
+and in all, tokens/s per row, the ratio of wall times (in all and per round), and the machine load.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -73,7 +74,7 @@ def sweep(targets, options: BenchOptions, per_batch: bool, seed_cache: Path | No
         if per_batch:
             for target in targets:
                 for batch in options.batch_sizes:
-                    one = BenchOptions(**{**options.__dict__, "batch_sizes": (batch,)})
+                    one = dataclasses.replace(options, batch_sizes=(batch,))
                     records += run_sweep([target], one).records
         else:
             records = run_sweep(targets, options).records
@@ -101,7 +102,7 @@ def main() -> None:
         seed_cache = Path(scratch) / "warm-up-cache"
         os.environ["VLLM_CACHE_ROOT"] = str(seed_cache)
         start = time.perf_counter()
-        run_sweep(targets[:1], BenchOptions(**{**options.__dict__, "batch_sizes": options.batch_sizes[:1]}))
+        run_sweep(targets[:1], dataclasses.replace(options, batch_sizes=options.batch_sizes[:1]))
         print(f"warm-up engine start (untimed in the comparison): {time.perf_counter() - start:.1f} s ({load()})", flush=True)
         warm = args.model_info_cache == "warm"
         if warm and not (seed_cache / MODEL_INFO).is_dir():

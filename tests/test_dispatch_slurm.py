@@ -137,7 +137,7 @@ def test_slurm_no_wait_then_status_then_the_same_command_attaches(cluster, tmp_p
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     configs = write_study_configs(tmp_path / "configs")
     shutil.rmtree(configs / "c")
-    runs, jobs = tmp_path / "runs.csv", tmp_path / "runs.csv.jobs"
+    runs = tmp_path / "runs.csv"
     flags = ("--data", corpus_data, "--runs", runs, "--device", "cpu", *JOB, "--no-progress")
     submitted = cli("sweep", configs, *flags, "--no-wait", "--json")
     assert submitted.code == 0, submitted.err

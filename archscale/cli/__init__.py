@@ -139,7 +139,7 @@ def _usage_error(exc: Any) -> str:
     ctx = getattr(exc, "ctx", None)
     command = ctx.command_path if ctx is not None else "archscale"
     option = getattr(exc, "option_name", None)
-    owners = []
+    owners: list[str] = []
     if option and ctx is not None and ctx.parent is not None:
         owners = [name for name, verb in ctx.parent.command.commands.items()
                   if any(option in param.opts for param in verb.params)]

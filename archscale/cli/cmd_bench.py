@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json, study
 from archscale.bench.records import NOISY_CV
+from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json, study
 from archscale.cli.options import gpu_help, parse_assignments, parse_int_list
 from archscale.cost.serving import EngineSettings
 from archscale.errors import UserError
