@@ -27,8 +27,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 import archscale
-from archscale.runs import load_runs
-from archscale.study import load_fit, run_study
+from archscale.fit.runs import load_runs
+from archscale.fit.fitted import load_fit
+from archscale.fit.study import run_study
 
 DATA = Path(archscale.__file__).resolve().parents[1] / "data"
 WORK = Path(tempfile.mkdtemp(prefix="archscale-walkthrough-"))
@@ -47,7 +48,7 @@ pd.DataFrame({"huber (replication's objective)": huber.fit.params, "least square
 number. Next, the aspect-ratio law of the dissertation's chapter 5 against Chinchilla, both fitted on runs below
 1B parameters and scored on four held-out 1B runs of different shapes (the paper's Figure 5.8). Ranking those
 four correctly is what matters when choosing a shape."""),
-    ("code", """from archscale.plots import predicted_vs_actual
+    ("code", """from archscale.fit.plots import predicted_vs_actual
 
 aspect_runs = load_runs(DATA / "aspect_ratio_morph.csv")
 selection = "tokens_budget in ['20N', '160N']"
@@ -72,10 +73,10 @@ smaller KV cache per token and serve faster. The search keeps every shape whose 
 LLaMA-3.2-1B's and ranks them by throughput: the dissertation's Eq. 6.4. Throughput here is the serving model with
 the shipped vLLM profile for an H200 (fitted on the dissertation's measured LLaMA-3.2 rows; no GPU needed); measured
 numbers replace it when a bench store has them."""),
-    ("code", """from archscale.arch import load_architecture
-from archscale.cost import Workload, load_gpu, resolve_profile
-from archscale.plots import plot_search
-from archscale.search import SearchSpec, best_at_gqa, search
+    ("code", """from archscale.shapes.architecture import load_architecture
+from archscale.serving import Workload, load_gpu, resolve_profile
+from archscale.search.plots import plot_search
+from archscale.search.constrained import SearchSpec, best_at_gqa, search
 
 h200 = load_gpu("h200")
 spec = SearchSpec(n=1e9, tokens=1e11, n_layers=16, d_head=64, gpu=h200, workload=Workload(64, 4096, 1024),
@@ -102,7 +103,7 @@ measured losses decide between them.
 
 The same search at a budget a CPU can train (0.2M non-embedding parameters, byte-level vocabulary) emits config
 directories: `config.json` (HF Llama-style), `train.json` (the bundled loop's settings) and `candidate.json`."""),
-    ("code", """from archscale.search import emit_configs
+    ("code", """from archscale.search.emit import emit_configs
 
 tiny = SearchSpec(n=2e5, tokens=4e6, n_layers=4, d_head=16, gpu=load_gpu("h100-sxm"), workload=Workload(8, 64, 16),
                   vocab_size=256, gqa_values=(1, 2), d_multiple=16, ff_multiple=16)
@@ -110,7 +111,8 @@ tiny_result = search(published, tiny, slack=0.05, top_k=2)
 configs = emit_configs(tiny_result, tiny, WORK / "configs")
 print([c.name for c in configs], sorted(p.name for p in configs[0].iterdir()))"""),
     ("code", """from archscale.bench.store import load_results
-from archscale.bench.sweep import BenchOptions, resolve_targets, run_sweep
+from archscale.bench.sweep import resolve_targets, run_sweep
+from archscale.bench.types import BenchOptions
 
 targets = resolve_targets([str(c) for c in configs])
 store = WORK / "bench.sqlite"
@@ -134,7 +136,7 @@ runs_csv = WORK / "runs.csv"
 outcome = train(configs[0], out_dir=WORK / "run", tokens=40_000, runs=runs_csv, progress=False)
 print(f"validation loss {outcome.val_loss:.3f} nats/token after {outcome.tokens:,} tokens, {outcome.tokens_per_s:,.0f} tokens/s")
 load_runs(runs_csv)[["N", "D", "loss", "d_model", "n_heads", "d_ff", "r", "x"]]"""),
-    ("md", """One run cannot fit a law; a sweep of shapes can (`archscale sweep`, and `experiments/cpu_mini_study.py`
+    ("md", """One run cannot fit a law; a sweep of shapes can (`archscale sweep`, and `experiments/studies/cpu_mini_study.py`
 for a 16-run study on this CPU). Here the new row joins a table of earlier runs and the conditional law is refit
 on all of them, closing the loop."""),
     ("code", """mini_study = DATA.parent / "experiments" / "results" / "cpu_mini_study" / "runs.csv"

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from archscale.arch import Architecture
+from archscale.shapes.architecture import Architecture
 from archscale.bench.store import load_results
 from archscale.train.config import TrainConfig, write_config_dir
 from helpers import write_config

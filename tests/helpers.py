@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from archscale.arch import Architecture
+from archscale.shapes.architecture import Architecture
 
 # The bench tests' two tiny shapes.
 TINY_128 = Architecture(2, 128, 4, 2, 32, 256, vocab_size=512)

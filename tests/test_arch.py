@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from archscale.arch import PRESETS, Architecture, load_architecture
-from archscale.errors import UserError
+from archscale.shapes.architecture import PRESETS, Architecture, load_architecture
+from archscale.io.errors import UserError
 
 # name: (N_non_embed, r, GQA) as printed in the dissertation (Tables 6.2, 6.5, 6.6; Figures 6.5, 6.8).
 PAPER = {

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from archscale.arch import Architecture
+from archscale.shapes.architecture import Architecture
 from archscale.bench.records import NOISY_CV, make_record
-from archscale.runs import TRAINED_RUN_COLUMNS, append_run
+from archscale.fit.runs import TRAINED_RUN_COLUMNS, append_run
 from archscale.train.config import TrainConfig, write_config_dir
 from conftest import DATA
 from helpers import write_config

@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from archscale.arch import PRESETS, Architecture
+from archscale.shapes.architecture import PRESETS, Architecture
 from archscale.bench import records as records_module
 from archscale.bench.records import COLUMNS, config_hash, gpu_key_for_device, make_record
 from archscale.bench.store import append, load_results
-from archscale.bench.sweep import BenchOptions, resolve_targets, run_sweep
-from archscale.cost.gpus import load_gpu
+from archscale.bench.sweep import resolve_targets, run_sweep
+from archscale.bench.types import BenchOptions
+from archscale.serving.devices import load_gpu
 from helpers import TINY_128, TINY_160, assert_one_line_error, write_config
 
 
@@ -63,7 +64,7 @@ def test_show_json_and_csv_export_read_back(cli, tiny_dirs, tmp_path):
 
 
 def test_roofline_rows_equal_estimate_throughput(tmp_path):
-    from archscale.cost.serving import Workload, estimate_throughput
+    from archscale.serving.estimate import Workload, estimate_throughput
 
     options = BenchOptions(backend="roofline", gpu="h100-sxm", batch_sizes=(16, 128), input_len=4096, output_len=1024)
     result = run_sweep(resolve_targets(["surefire-1b"]), options)
@@ -145,7 +146,7 @@ def test_chunked_prefill_matches_whole_prompt_and_decodes_every_position(one_thr
 
 
 def test_prefill_is_chunked_to_fit_the_workspace():
-    from archscale.bench.torch_backend import memory_needed, prefill_chunk, workspace_budget
+    from archscale.model.memory import memory_needed, prefill_chunk, workspace_budget
 
     arch = PRESETS["llama-3.2-1b"]
     budget = workspace_budget(arch, 128, 4096, 1024, 2, available=79 * 2**30)
@@ -156,7 +157,7 @@ def test_prefill_is_chunked_to_fit_the_workspace():
 
 
 def test_interrupt_keeps_what_was_measured(monkeypatch, tmp_path):
-    from archscale.cost.profiles import Profile
+    from archscale.serving.profiles import Profile
 
     real = Profile.estimate
     calls = []
@@ -175,7 +176,7 @@ def test_interrupt_keeps_what_was_measured(monkeypatch, tmp_path):
 
 
 def test_interrupted_cli_run_exits_130_and_keeps_rows(cli, monkeypatch, tmp_path):
-    from archscale.cost.profiles import Profile
+    from archscale.serving.profiles import Profile
 
     real, calls = Profile.estimate, []
 
@@ -237,7 +238,7 @@ def test_store_rejects_unknown_columns_and_reads_missing_columns(tmp_path):
 
 
 def test_corrupt_store_is_one_line_error(tmp_path):
-    from archscale.errors import UserError
+    from archscale.io.errors import UserError
 
     (tmp_path / "bad.sqlite").write_text("not a database")
     with pytest.raises(UserError, match="not a readable results store"):

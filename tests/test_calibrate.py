@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from archscale.arch import PRESETS
+from archscale.shapes.architecture import PRESETS
 from archscale.bench.calibrate import calibrate
 from archscale.bench.records import BYTES_PER_ELEMENT, make_record
 from archscale.bench.store import append, load_results
-from archscale.cost import CostTerms, EngineSettings, estimate_rows, load_gpu, load_profile, resolve_profile
-from archscale.cost.profiles import ENV_DIRS, SHIPPED_DIR, Profile
-from archscale.errors import UserError
+from archscale.serving import CostTerms, EngineSettings, estimate_rows, load_gpu, load_profile, resolve_profile
+from archscale.serving.profiles import ENV_DIRS, SHIPPED_DIR, Profile
+from archscale.io.errors import UserError
 
 from conftest import DATA
 
@@ -106,7 +106,7 @@ def test_efficiencies_alone_end_on_a_bound_and_are_refused():
 
 
 def test_shipped_profiles_are_what_the_experiment_fits():
-    """data/profiles/*.json are reproducible from data/dissertation_throughput.csv (experiments/table63_profiles.py)."""
+    """data/profiles/*.json are reproducible from data/dissertation_throughput.csv (experiments/reproduce/table63_profiles.py)."""
     results = table_6_3()
     for gpu in (H200, A100):
         shipped = load_profile(SHIPPED_DIR / f"vllm-{gpu.name}-bf16.json")
@@ -190,7 +190,7 @@ def test_a_profile_for_another_device_or_engine_is_refused():
 
 def test_user_profile_directories_come_first(tmp_path, monkeypatch):
     profile = calibrate(synthetic(), H200, name="mine").profile
-    from archscale.cost import save_profile
+    from archscale.serving import save_profile
 
     save_profile(profile, tmp_path / "mine.json")
     monkeypatch.setenv(ENV_DIRS, str(tmp_path))
@@ -290,7 +290,7 @@ def test_bad_input_is_one_line(cli, tmp_path, monkeypatch, args, fragment):
 
 # ---- CPU rows: a device entry from the probe, and a profile of their own --------------------------
 def test_cpu_probe_reads_the_vector_units_and_measures_copy_bandwidth(tmp_path, monkeypatch):
-    from archscale.cost import probe
+    from archscale.serving import probe
 
     assert probe.peak_flops_per_cycle({"avx512f", "avx2", "fma"}) == 64
     assert probe.peak_flops_per_cycle({"avx2", "fma", "avx"}) == 32

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from archscale.arch import PRESETS
-from archscale.candidates import COLUMNS, architecture_from_row, generate_candidates
-from archscale.errors import UserError
+from archscale.shapes.architecture import PRESETS
+from archscale.shapes.candidates import COLUMNS, architecture_from_row, generate_candidates
+from archscale.io.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +192,7 @@ def test_cli_candidates_bad_input_is_one_line(cli, args, message):
 ])
 def test_size_estimate_is_close_to_the_real_count(args, kwargs):
     """The memory pre-check's row estimate (computed without building anything) within 25% of the real count."""
-    from archscale.candidates import _d_model_grid, estimate_size, X_RANGE_DEFAULT
+    from archscale.shapes.candidates import _d_model_grid, estimate_size, X_RANGE_DEFAULT
 
     n, layers, d_head = args
     widths = _d_model_grid(n, None, kwargs.get("d_multiple", 128), X_RANGE_DEFAULT)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from archscale.errors import UserError
+from archscale.io.errors import UserError
 from archscale.train import data as data_mod
 from archscale.train.data import TokenDataset, default_data_dir, prepare
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from archscale.dispatch import DispatchOptions, StudyFolder, Task, run_study
-from archscale.slurm import Resources, _gpus, parse_time_min
+from archscale.jobs.dispatch import DispatchOptions, StudyFolder, Task, run_study
+from archscale.jobs.slurm import Resources, _gpus, parse_time_min
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dispatch_helpers import (  # noqa: E402

@@ -189,8 +189,8 @@ def test_readme_examples_write_only_under_out():
 
 
 def test_readme_tour_shows_what_the_tour_script_printed():
-    """Each line of the README's tour is in the outputs experiments/readme_tour.sh wrote (it takes minutes to
+    """Each line of the README's tour is in the outputs experiments/readme/readme_tour.sh wrote (it takes minutes to
     rerun, so this checks the README against the committed outputs; rerun the script to refresh both)."""
-    done = subprocess.run([sys.executable, str(REPO / "experiments" / "check_readme_tour.py")], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "readme" / "check_readme_tour.py")], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
     assert " 0 mismatches" in done.stdout

@@ -26,8 +26,8 @@ import pandas as pd
 import pytest
 import torch
 
-from archscale.arch import Architecture
-from archscale.runs import TRAINED_RUN_COLUMNS
+from archscale.shapes.architecture import Architecture
+from archscale.fit.runs import TRAINED_RUN_COLUMNS
 from archscale.train.config import TrainConfig, write_config_dir
 from conftest import DATA
 from test_bad_inputs import assert_refused, snapshot
@@ -149,7 +149,7 @@ def test_injected_checkpoint_writer_failure_reads_as_disk_full(cli, tiny_cfg, mo
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", failing_save)
-    monkeypatch.setattr("archscale.files.free_bytes", lambda folder: 0)
+    monkeypatch.setattr("archscale.io.files.free_bytes", lambda folder: 0)
     run = tiny_cfg / "run"
     result = cli("train", tiny_cfg, *TRAIN)
     assert_refused(result, f"{run / 'checkpoint.pt'}: cannot write (disk full")

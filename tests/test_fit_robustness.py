@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from archscale.errors import UserError
-from archscale.fitting import fit_law
+from archscale.io.errors import UserError
+from archscale.fit.fitting import fit_law
 from archscale.laws import get_law
-from archscale.runs import load_runs
-from archscale.study import run_study
+from archscale.fit.runs import load_runs
+from archscale.fit.study import run_study
 from conftest import DATA
 
 # Twelve runs at two sizes and many token counts: the multi-start steps a positive parameter's logarithm past

@@ -4,11 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from archscale.errors import UserError
-from archscale.fitting import fit_law
+from archscale.io.errors import UserError
+from archscale.fit.fitting import fit_law
 from archscale.laws import get_law
-from archscale.runs import load_runs
-from archscale.study import FittedLaw, run_study
+from archscale.fit.runs import load_runs
+from archscale.fit.fitted import FittedLaw
+from archscale.fit.study import run_study
 from conftest import DATA
 
 EPOCH_GRID_OBJECTIVE = 0.00102  # the replication's 4,500-start L-BFGS-B grid (REFERENCE.md section 2)

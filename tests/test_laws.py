@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from archscale.errors import UserError
+from archscale.io.errors import UserError
 from archscale.laws import LAWS, factor_optimum, get_law, u_factor
 
 PAPER_1B = dict(a0=2.697, a1=0.0974, a2=0.0078, b0=0.3870, b1=0.0063, b2=0.0065)

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from archscale.arch import Architecture
-from archscale.errors import UserError
-from archscale.model import Transformer
+from archscale.shapes.architecture import Architecture
+from archscale.io.errors import UserError
+from archscale.model.transformer import Transformer
 
 SHAPES = [
     Architecture(4, 128, 4, 2, 32, 384, vocab_size=256),  # the ~1M CPU model

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from archscale.cost import Workload, load_gpu
-from archscale.inference_optimal import CostModel, Serving, chinchilla_point, inference_aware_optimum
+from archscale.serving import Workload, load_gpu
+from archscale.plan.inference_optimal import CostModel, Serving, chinchilla_point, inference_aware_optimum
 from archscale.laws import get_law
-from archscale.planning import law_allocation
-from archscale.study import FittedLaw
+from archscale.plan.isoflop import law_allocation
+from archscale.fit.fitted import FittedLaw
 from conftest import DATA
 
 ISOFLOPS = DATA / "chinchilla_isoflops_epoch.csv"
@@ -20,13 +20,13 @@ PAPER_A = 0.49  # Chinchilla's Approach 2 on these profiles (its Table 2)
 @pytest.fixture(scope="module")
 def huber_fit(tmp_path_factory):
     """The Huber fit of the Figure 4 points, with bootstrap refits (as a user would make it)."""
-    from archscale.runs import load_runs
-    from archscale.study import run_study
+    from archscale.fit.runs import load_runs
+    from archscale.fit.study import run_study
 
     path = tmp_path_factory.mktemp("fit") / "huber.json"
     frame = load_runs(DATA / "chinchilla_epoch.csv")
     study = run_study(frame, "chinchilla", "huber", where="loss < 3.42", bootstrap_samples=40)
-    from archscale.files import write_json
+    from archscale.io.files import write_json
 
     write_json(path, study.to_json())
     return path

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from archscale.arch import Architecture
+from archscale.shapes.architecture import Architecture
 from archscale.train.config import TrainConfig, write_config_dir
 from archscale.train.data import default_data_dir
 from conftest import DATA

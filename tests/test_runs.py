@@ -6,8 +6,8 @@ import multiprocessing
 import pandas as pd
 import pytest
 
-from archscale.errors import UserError
-from archscale.runs import append_run, load_runs, parse_column_map
+from archscale.io.errors import UserError
+from archscale.fit.runs import append_run, load_runs, parse_column_map
 from conftest import DATA
 
 

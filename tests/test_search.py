@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from archscale.arch import load_architecture
-from archscale.cost.gpus import load_gpu
-from archscale.cost.serving import Workload
-from archscale.search import SearchSpec, best_at_gqa, pareto_mask, search
-from archscale.study import load_fit
+from archscale.shapes.architecture import load_architecture
+from archscale.serving.devices import load_gpu
+from archscale.serving.estimate import Workload
+from archscale.search.constrained import SearchSpec, best_at_gqa, pareto_mask, search
+from archscale.fit.fitted import load_fit
 from archscale.train.config import TrainConfig
 from conftest import DATA
 

@@ -12,9 +12,9 @@ SEARCH = ["--n", "3e8", "--tokens", "6e9", "--layers", "12", "--head-dim", "64",
 @pytest.fixture(scope="module")
 def aspect_fit(tmp_path_factory):
     """The aspect law on the shipped runs, least squares, with 40 bootstrap refits."""
-    from archscale.files import write_json
-    from archscale.runs import load_runs
-    from archscale.study import run_study
+    from archscale.io.files import write_json
+    from archscale.fit.runs import load_runs
+    from archscale.fit.study import run_study
 
     path = tmp_path_factory.mktemp("fit") / "aspect.json"
     write_json(path, run_study(load_runs(DATA / "aspect_ratio_morph.csv"), "aspect", "lsq", bootstrap_samples=40).to_json())

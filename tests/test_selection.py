@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from archscale.laws import get_law
-from archscale.runs import load_runs
-from archscale.selection import forward_folds
-from archscale.study import run_study
+from archscale.fit.runs import load_runs
+from archscale.fit.selection import forward_folds
+from archscale.fit.study import run_study
 from conftest import DATA
 
 EPOCH_GRID_OBJECTIVE = 0.0010182740315  # the 4,500-start grid on the 240 points (experiments/results/chinchilla_replication.json)
@@ -156,8 +156,8 @@ def test_drop_invalid_counts_what_it_dropped(cli, tmp_path):
 
 def test_a_median_fold_score_is_not_decided_by_one_wild_large_run():
     """The robust score the README compares against the default: one large run 25% off moves every mean
-    score by a large amount but barely moves the median ones (experiments/fit_selection_evidence.py)."""
-    from archscale.selection import select_form
+    score by a large amount but barely moves the median ones (experiments/validate/fit_selection_evidence.py)."""
+    from archscale.fit.selection import select_form
 
     clean = contaminated_runs().iloc[[i for i in range(54) if i + 1 not in OUTLIER_ROWS]].reset_index(drop=True)
     clean = clean[clean["D"] >= clean["N"]].reset_index(drop=True)

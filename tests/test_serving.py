@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from archscale.arch import PRESETS, Architecture
-from archscale.candidates import architecture_from_row, generate_candidates
-from archscale.cost import (
+from archscale.shapes.architecture import PRESETS, Architecture
+from archscale.shapes.candidates import architecture_from_row, generate_candidates
+from archscale.serving import (
     GPUS,
     CostTerms,
     EngineSettings,
@@ -21,8 +21,8 @@ from archscale.cost import (
     load_gpu,
     resolve_profile,
 )
-from archscale.cost.serving import LOGIT_BYTES_PER_ENTRY, _sum_max_affine
-from archscale.errors import UserError
+from archscale.serving.estimate import LOGIT_BYTES_PER_ENTRY, _sum_max_affine
+from archscale.io.errors import UserError
 
 PAPER_WORKLOAD = dict(input_len=4096, output_len=1024)  # Table 6.3 and Figures 6.3-6.8
 A100 = load_gpu("a100-40gb")

@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from archscale.arch import Architecture
-from archscale.bench.sweep import BenchOptions, resolve_targets, run_sweep
+from archscale.shapes.architecture import Architecture
+from archscale.bench.sweep import resolve_targets, run_sweep
+from archscale.bench.types import BenchOptions
 from archscale.bench.torch_backend import build_model, cpu_half_precision_problem, generate, resolve_dtype
-from archscale.errors import UserError
-from archscale.frozen_linear import FrozenLinear, KernelChooser, candidate_kernels
-from archscale.model import Transformer, apply_rope, rope_tables, signed_sin
+from archscale.io.errors import UserError
+from archscale.model.frozen_linear import FrozenLinear, KernelChooser, candidate_kernels
+from archscale.model.transformer import Transformer, apply_rope, rope_tables, signed_sin
 from archscale.train.config import TrainConfig, write_config_dir
 
 SHAPES = [

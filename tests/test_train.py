@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 import torch
 
-from archscale.arch import Architecture
-from archscale.errors import UserError
-from archscale.model import Transformer
-from archscale.runs import REQUIRED, SHAPE, load_runs
+from archscale.shapes.architecture import Architecture
+from archscale.io.errors import UserError
+from archscale.model.transformer import Transformer
+from archscale.fit.runs import REQUIRED, SHAPE, load_runs
 from archscale.train.checkpoint import load_checkpoint
 from archscale.train.config import TrainConfig, recipe_hash, write_config_dir
 from archscale.train.export import read_safetensors
@@ -341,7 +341,7 @@ def test_torchrun_two_cpu_ranks_match_one_process(tmp_path, corpus_data, mode):
     cfg = write_config_dir(tmp_path / "cfg", TINY, TINY_TRAIN)
     single = train(cfg, corpus_data, tmp_path / "single", device="cpu", progress=False)
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "archscale.train.loop", str(cfg), "--data", str(corpus_data), "--out", str(tmp_path / mode),
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "archscale.train", str(cfg), "--data", str(corpus_data), "--out", str(tmp_path / mode),
                "--runs", str(tmp_path / "runs.csv"), "--device", "cpu", "--no-progress", "--json"]
     if mode == "fsdp":
         command.append("--fsdp")

@@ -17,7 +17,8 @@ import pytest
 
 from archscale.bench import vllm_backend
 from archscale.bench.store import load_results
-from archscale.bench.sweep import BenchOptions, Hooks, resolve_targets, run_sweep
+from archscale.bench.sweep import Hooks, resolve_targets, run_sweep
+from archscale.bench.types import BenchOptions
 from archscale.bench.vllm_backend import error_line
 from archscale.bench.vllm_worker import default_dtype, format_cpu_list, kv_cache_bytes, peak_concurrency
 from helpers import TINY_128, assert_one_line_error

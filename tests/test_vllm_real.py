@@ -14,11 +14,11 @@ import sys
 
 import pytest
 
-from archscale.arch import Architecture
+from archscale.shapes.architecture import Architecture
 from archscale.bench.store import load_results
 from archscale.bench.vllm_backend import PYTHON_ENV, check_vllm_python, worker_environment
 from archscale.bench.vllm_worker import default_dtype
-from archscale.errors import UserError
+from archscale.io.errors import UserError
 
 TINY = Architecture(2, 128, 4, 2, 32, 256, vocab_size=512, name="tiny")
 

@@ -1,4 +1,8 @@
-"""Benchmark architectures: measured (torch, vLLM) and estimated (roofline) throughput in one store.
+"""Stage: measure. Benchmark architectures: measured (torch, vLLM) and estimated (roofline) throughput in one store.
+
+In: config folders or presets, and how to measure (:class:`BenchOptions`). Out: rows in an SQLite store
+(:mod:`.store`), and from them a calibrated serving profile (:mod:`.calibrate`, written for
+:mod:`archscale.serving.profiles`). The backends meet the sweep only through :mod:`.types`.
 
 Library entry points (all importable from here; loaded on first use so that
 ``import archscale.bench`` and the vLLM worker start without torch or scipy):
@@ -25,10 +29,10 @@ _EXPORTS = {
     "append": "archscale.bench.store",
     "load_results": "archscale.bench.store",
     "export_csv": "archscale.bench.store",
-    "BenchOptions": "archscale.bench.sweep",
+    "BenchOptions": "archscale.bench.types",
     "Hooks": "archscale.bench.sweep",
     "SweepResult": "archscale.bench.sweep",
-    "Target": "archscale.bench.sweep",
+    "Target": "archscale.bench.types",
     "resolve_targets": "archscale.bench.sweep",
     "run_sweep": "archscale.bench.sweep",
     "make_backend": "archscale.bench.sweep",

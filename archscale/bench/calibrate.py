@@ -5,9 +5,9 @@ time per forward pass and a time per running sequence per decode step
 (``DEFAULT_FREE``); the
 other terms stay at their defaults unless ``free`` or ``fixed`` say otherwise.
 Why those three: they are what separates a real engine from the roofline
-(see :mod:`archscale.cost.serving`), and rows at several batch sizes and two or
+(see :mod:`archscale.serving.estimate`), and rows at several batch sizes and two or
 more architectures pin them down. Each free term has bounds
-(:data:`~archscale.cost.serving.TERM_BOUNDS`); the fit minimises
+(:data:`~archscale.serving.estimate.TERM_BOUNDS`); the fit minimises
 ``sum log(estimate / measured)^2`` (relative error, symmetric) with
 :func:`scipy.optimize.least_squares` from a small grid of starts.
 
@@ -36,11 +36,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from archscale.arch import non_embedding_params
+from archscale.shapes.architecture import non_embedding_params
 from archscale.bench.records import BYTES_PER_ELEMENT, MEASURED_BACKENDS, SHAPE_COLUMNS
-from archscale.cost.gpus import GPU
-from archscale.cost.profiles import Profile
-from archscale.cost.serving import (
+from archscale.serving.devices import GPU
+from archscale.serving.profiles import Profile
+from archscale.serving.estimate import (
     TERM_BOUNDS,
     TERM_MEANING,
     TERM_NAMES,
@@ -49,7 +49,7 @@ from archscale.cost.serving import (
     estimate_rows,
     row_estimator,
 )
-from archscale.errors import UserError
+from archscale.io.errors import UserError
 
 DEFAULT_FREE = ("eta_weights", "t_step", "t_seq")
 AUTO = "auto"
@@ -440,8 +440,8 @@ def estimate_ratio(results: pd.DataFrame, gpu_file=None) -> tuple[pd.Series, pd.
     profile matching the row's engine, device and dtype (the uncalibrated
     roofline where there is none), at the row's own shape and workload.
     """
-    from archscale.cost.gpus import load_gpu
-    from archscale.cost.profiles import find_profile
+    from archscale.serving.devices import load_gpu
+    from archscale.serving.profiles import find_profile
 
     ratio = pd.Series(np.nan, index=results.index, dtype=float)
     used = pd.Series(None, index=results.index, dtype=object)

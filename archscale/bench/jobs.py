@@ -1,7 +1,7 @@
 """A benchmark as a study: one job per config, all its batch sizes, rows appended to the store as they land.
 
 ``archscale bench ... --executor inline|local|slurm`` turns the sweep of
-:mod:`archscale.bench.sweep` into tasks of :mod:`archscale.dispatch`, one per
+:mod:`archscale.bench.sweep` into tasks of :mod:`archscale.jobs.dispatch`, one per
 config, so each config's engine starts once and measures every batch size.
 The store is the record of finished work: a (config, batch size) with an
 ``ok`` row for the same backend and workload is not measured again, so
@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from archscale.bench.records import canonical_dtype, config_hash
-from archscale.bench.sweep import BenchOptions, Target, run_sweep
-from archscale.dispatch import DispatchOptions, Task, TaskRecord, run_study, study_status
-from archscale.errors import UserError
+from archscale.bench.sweep import run_sweep
+from archscale.bench.types import BenchOptions, Target
+from archscale.jobs.dispatch import DispatchOptions, Task, TaskRecord, run_study, study_status
+from archscale.io.errors import UserError
 
 LOST_RECOVERY = "run the same command again: batch sizes already in the store are skipped"
 

@@ -3,7 +3,7 @@
 A record is a flat dict (one row of the results store) per (config, backend,
 hardware, workload, batch size). The torch, vLLM and roofline backends all emit
 this same shape so their rows can be compared one for one, and so
-:mod:`archscale.search` can read measured throughput with the shape columns it
+:mod:`archscale.search.constrained` can read measured throughput with the shape columns it
 matches on (``n_layers .. d_ff``) plus ``gpu``, the workload and ``tokens_per_s``.
 
 ``tokens_per_s`` is *total* tokens (prompt + generated) per second of the
@@ -30,7 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from archscale.arch import Architecture
+from archscale.io.errors import one_line
+from archscale.shapes.architecture import Architecture
 
 # (column, SQLite type); the order is the order of tables and CSV exports.
 COLUMN_TYPES: tuple[tuple[str, str], ...] = (
@@ -78,7 +79,6 @@ MEASURED_BACKENDS = ("torch", "vllm", "sglang")
 """Engines whose rows are measurements (sglang rows come from published tables; archscale does not run it)."""
 BACKENDS = ("torch", "vllm", "roofline")
 """What ``archscale bench --backend`` runs; ``roofline`` rows are estimates of the serving model."""
-MAX_ERROR_CHARS = 300
 NOISY_CV = 0.2
 """A measurement whose repeats scatter more than this (std / mean of tokens/s) is stored as ``noisy``, not ``ok``.
 
@@ -144,12 +144,6 @@ def gpu_key_for_device(device_name: str) -> str:
         if re.search(pattern, lowered):
             return key
     return lowered
-
-
-def one_line(message: object) -> str:
-    """An error message as a single, bounded line (the store and the terminal want one)."""
-    text = " ".join(str(message).split())
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
 def package_version(name: str) -> str | None:

@@ -1,4 +1,4 @@
-"""The roofline "backend": the serving model's estimate (:mod:`archscale.cost.serving`) as bench records.
+"""The roofline "backend": the serving model's estimate (:mod:`archscale.serving.estimate`) as bench records.
 
 Why a backend and not just ``archscale arch --gpu``: emitted in the same
 record format, in the same store, the estimate sits row for row beside the
@@ -19,11 +19,11 @@ from typing import Any, Iterator
 import pandas as pd
 
 from archscale.bench.records import BYTES_PER_ELEMENT, canonical_dtype, failed
-from archscale.bench.sweep import BenchOptions, Target, Tick
-from archscale.cost.gpus import load_gpu
-from archscale.cost.profiles import resolve_profile
-from archscale.cost.serving import Workload
-from archscale.errors import UserError
+from archscale.bench.types import BenchOptions, Target, Tick
+from archscale.serving.devices import load_gpu
+from archscale.serving.profiles import resolve_profile
+from archscale.serving.estimate import Workload
+from archscale.io.errors import UserError
 
 
 class RooflineBackend:

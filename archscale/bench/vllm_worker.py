@@ -136,11 +136,11 @@ def peak_concurrency(outputs: list) -> tuple[int, int] | None:
 def kv_cache_bytes(config: dict, max_batch: int, seq_len: int, dtype: str) -> int:
     """Bytes of KV cache for ``max_batch`` sequences of ``seq_len`` tokens, with headroom, for the CPU engine.
 
-    Sized from the shape (``archscale.arch``'s count) so that the largest batch
+    Sized from the shape (``archscale.shapes.architecture``'s count) so that the largest batch
     fits whole: on CPU the alternative, ``gpu_memory_utilization``, reserves a
     share of *all* RAM, which a shared machine cannot give.
     """
-    from archscale.arch import Architecture
+    from archscale.shapes.architecture import Architecture
 
     arch = Architecture.from_hf_config(config)
     element = BYTES_PER_ELEMENT.get(dtype, 2)

@@ -1,9 +1,11 @@
-"""The ``archscale`` command line: a thin Typer layer over the library.
+"""Stage: the command line, a thin Typer layer over the library (it may import every stage; none imports it).
+
+In: argv. Out: tables on the terminal, ``--json``, files through the stages, exit code 0 or 2.
 
 Each verb group lives in its own module under ``archscale.cli`` and registers
 its commands on :data:`app`; none holds logic beyond parsing flags, calling
 the library and printing. :func:`main` is the console-script entry point: it
-turns :class:`~archscale.errors.UserError` into one line on stderr and exit 2.
+turns :class:`~archscale.io.errors.UserError` into one line on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from archscale import __version__
-from archscale.errors import UserError
+from archscale.io.errors import UserError
 
 
 def _hide_flag_types(command: Any, ctx: Any) -> None:
@@ -106,7 +108,7 @@ def _root(
 
 def print_json(payload: Any) -> None:
     """Write a JSON document to stdout (for ``--json``)."""
-    from archscale.files import jsonable
+    from archscale.io.files import jsonable
 
     sys.stdout.write(json.dumps(jsonable(payload), indent=2) + "\n")
 
@@ -161,11 +163,11 @@ def main() -> None:
     This is the one place failures are turned into what the user reads: a
     :class:`UserError` as it is, an ``OSError`` (disk full, read-only, a folder
     in the way) or an out-of-memory error as the file, the cause, and what was
-    kept and how to continue (:func:`archscale.errors.describe_failure`).
+    kept and how to continue (:func:`archscale.io.errors.describe_failure`).
     """
     from archscale.cli.renames import apply_renames
-    from archscale.errors import describe_failure
-    from archscale.outputs import created_folders
+    from archscale.io.errors import describe_failure
+    from archscale.io.outputs import created_folders
 
     _register_commands()
     created_folders.clear()

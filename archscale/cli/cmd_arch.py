@@ -9,16 +9,17 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from archscale.arch import PRESET_SOURCES, PRESETS, Architecture, load_architecture
-from archscale.candidates import generate_candidates
+from archscale.shapes.architecture import PRESET_SOURCES, PRESETS, Architecture, load_architecture
+from archscale.shapes.candidates import generate_candidates
 from archscale.cli import Command, app, console, examples, print_json
-from archscale.cli.options import COUNT, gpu_help, parse_count, parse_int_list
-from archscale.cost.gpus import load_gpu
-from archscale.cost.profiles import resolve_profile
-from archscale.cost.serving import Workload, check_tensor_parallel
-from archscale.errors import UserError
-from archscale.files import atomic_file
-from archscale.outputs import check_outputs
+from archscale.cli.options import COUNT, gpu_help, parse_int_list
+from archscale.io.units import parse_count
+from archscale.serving.devices import load_gpu
+from archscale.serving.profiles import resolve_profile
+from archscale.serving.estimate import Workload, check_tensor_parallel
+from archscale.io.errors import UserError
+from archscale.io.files import atomic_file
+from archscale.io.outputs import check_outputs
 
 def human(value: float, unit: str = "") -> str:
     """973_140_480 -> '973.1M' (tables are read by people; --json keeps exact values)."""

@@ -26,12 +26,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from archscale.bench.records import NOISY_CV
+from archscale.bench.store import STORE
 from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json, study
 from archscale.cli.options import gpu_help, parse_assignments, parse_int_list
-from archscale.cost.serving import EngineSettings
-from archscale.errors import UserError
-from archscale.files import jsonable
-from archscale.outputs import check_outputs
+from archscale.serving.estimate import EngineSettings
+from archscale.io.errors import UserError
+from archscale.io.files import jsonable
+from archscale.io.outputs import check_outputs
 
 DEFAULT_STORE = Path("bench.sqlite")
 STORE_HELP = "Results store (.sqlite/.db), appended to by every run and read by --show, calibrate and search --store."
@@ -114,8 +115,8 @@ def bench_command(
         raise UserError("--vllm-python applies to --backend vllm only")
     if store is None and (backend or "torch") != "roofline":
         store = DEFAULT_STORE
-    check_outputs(("--store", store, "store"), inputs=(*specs, gpu_file, profile))
-    from archscale.bench.sweep import BenchOptions
+    check_outputs(("--store", store, STORE), inputs=(*specs, gpu_file, profile))
+    from archscale.bench.types import BenchOptions
 
     options = BenchOptions(backend=backend or "torch", batch_sizes=tuple(parse_int_list(batch_sizes, "--batch-sizes")),
                            input_len=input_len, output_len=output_len, repeats=repeats, gpu=gpu, gpu_file=gpu_file,
@@ -338,9 +339,9 @@ def _calibrate_mode(store, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout
     from archscale.bench.calibrate import AUTO, DEFAULT_FREE, calibrate
     from archscale.bench.records import canonical_dtype
     from archscale.bench.store import load_results
-    from archscale.cost.gpus import load_gpu
-    from archscale.cost.profiles import save_profile
-    from archscale.study import select
+    from archscale.serving.devices import load_gpu
+    from archscale.serving.profiles import save_profile
+    from archscale.fit.rows import select
 
     if store is None:
         raise UserError("calibrate needs --store STORE (the measured results: a bench store or a CSV of records)")
@@ -431,8 +432,8 @@ def _probe_mode(save: Optional[Path], name: str, dtype: Optional[str], threads: 
     from dataclasses import asdict
 
     from archscale.bench.records import canonical_dtype
-    from archscale.cost.probe import probe_cpu
-    from archscale.files import write_json
+    from archscale.serving.probe import probe_cpu
+    from archscale.io.files import write_json
 
     kind = canonical_dtype(dtype) if dtype else "float32"
     if kind is None:

@@ -14,14 +14,16 @@ from rich.console import Console
 from rich.table import Table
 
 from archscale.cli import Command, app, console, examples, print_json
-from archscale.cli.options import COLUMN_MAP, COUNT, DROP_INVALID, MIN_TOKENS_PER_PARAM, WHERE, format_count, parse_assignments, parse_count
-from archscale.errors import UserError
-from archscale.files import write_json
+from archscale.cli.options import COLUMN_MAP, COUNT, DROP_INVALID, MIN_TOKENS_PER_PARAM, WHERE, parse_assignments
+from archscale.io.units import format_count, parse_count
+from archscale.io.errors import UserError
+from archscale.io.files import write_json
 from archscale.laws import LAWS
-from archscale.hygiene import describe_outliers
-from archscale.outputs import check_outputs
-from archscale.runs import parse_column_map, read_runs
-from archscale.study import Study, load_fit, run_study
+from archscale.fit.hygiene import describe_outliers
+from archscale.io.outputs import check_outputs
+from archscale.fit.runs import parse_column_map, read_runs
+from archscale.fit.fitted import load_fit
+from archscale.fit.study import Study, run_study
 
 
 
@@ -149,7 +151,7 @@ def fit(
     study.hygiene["dropped_invalid"] = table.dropped
     document = study.to_json()
     if plot:
-        from archscale.plots import plot_study
+        from archscale.fit.plots import plot_study
 
         plot_study(study, plot)
     if out:
@@ -195,7 +197,7 @@ def predict(
 
     A conditional law fitted without a reference law (the published fits in data/fits) predicts the loss relative to L_opt(N, D), as search ranks shapes with it; --l-opt or a fit made with --reference gives an absolute loss.
     """
-    from archscale.search import losses_are_relative, relative_unit
+    from archscale.search.constrained import losses_are_relative, relative_unit
 
     fitted = load_fit(fit_file)
     n = parse_count(n_text, "--n")

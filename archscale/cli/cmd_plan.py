@@ -10,10 +10,11 @@ import typer
 from rich.table import Table
 
 from archscale.cli import Command, app, console, examples, print_json
-from archscale.outputs import check_outputs
-from archscale.cli.options import COLUMN_MAP, DROP_INVALID, MIN_TOKENS_PER_PARAM, WHERE, format_count, gpu_help, parse_count
-from archscale.errors import UserError
-from archscale.files import write_json
+from archscale.io.outputs import check_outputs
+from archscale.cli.options import COLUMN_MAP, DROP_INVALID, MIN_TOKENS_PER_PARAM, WHERE, gpu_help
+from archscale.io.units import format_count, parse_count
+from archscale.io.errors import UserError
+from archscale.io.files import write_json
 
 
 def parse_positive_list(text: str | None, flag: str) -> list[float]:
@@ -152,8 +153,8 @@ def plan(
 ) -> None:
     """Plan a training run: N* and D* for a compute budget (from isoFLOP profiles, a fitted law, or both), or the
     inference-aware optimum for a target loss and the tokens the model will serve."""
-    from archscale.planning import isoflop_frontier, law_allocation
-    from archscale.study import load_fit
+    from archscale.plan.isoflop import isoflop_frontier, law_allocation
+    from archscale.fit.fitted import load_fit
 
     budgets = parse_positive_list(budget, "--budget")
     volumes = parse_positive_list(inference_tokens, "--inference-tokens")
@@ -173,7 +174,7 @@ def plan(
     fitted = load_fit(fit) if fit else None
     cost_model = _cost_model(cost, mfu, gpu, gpu_file, tp, batch, input_len, output_len, counts) if lifetime_asked else None
     if lifetime_asked:
-        from archscale.inference_optimal import check_target
+        from archscale.plan.inference_optimal import check_target
 
         check_target(fitted, target_loss)  # before any slow work
     frontier = None
@@ -184,7 +185,7 @@ def plan(
     allocation = law_allocation(fitted, budgets) if fitted is not None and (budgets or runs is not None) else None
     lifetime = None
     if lifetime_asked:
-        from archscale.inference_optimal import inference_aware_optimum
+        from archscale.plan.inference_optimal import inference_aware_optimum
 
         lifetime = inference_aware_optimum(fitted, target_loss, volumes, cost_model)
 
@@ -194,7 +195,7 @@ def plan(
                 "law": allocation.to_json() if allocation else None,
                 "inference_aware": lifetime.to_json() if lifetime else None}
     if plot is not None:
-        from archscale.plots import plot_isoflops
+        from archscale.plan.plots import plot_isoflops
 
         plot_isoflops(frontier, allocation, budgets, plot, title=str(runs))
     if out is not None:
@@ -216,9 +217,9 @@ def plan(
 
 def _isoflop_inputs(runs: Path, col, where, holdout, min_tokens_per_param, drop_invalid):
     """The runs after --where and hygiene, and the mask of held-out runs (whole budgets)."""
-    from archscale.hygiene import drop_undertrained
-    from archscale.runs import parse_column_map, read_runs
-    from archscale.study import select
+    from archscale.fit.hygiene import drop_undertrained
+    from archscale.fit.runs import parse_column_map, read_runs
+    from archscale.fit.rows import select
 
     table = read_runs(runs, parse_column_map(col), drop_invalid=drop_invalid, hint="or drop invalid rows with --drop-invalid")
     frame = table.frame
@@ -232,10 +233,10 @@ def _isoflop_inputs(runs: Path, col, where, holdout, min_tokens_per_param, drop_
 
 def _cost_model(kind: str, mfu: float, gpu: str, gpu_file: Path | None, tp: int, batch: int, input_len: int,
                 output_len: int, counts: str):
-    from archscale.inference_optimal import CostModel, Serving
+    from archscale.plan.inference_optimal import CostModel, Serving
 
     if kind != "gpu-hours":
         return CostModel(kind, mfu)
-    from archscale.cost import Workload, load_gpu
+    from archscale.serving import Workload, load_gpu
 
     return CostModel(kind, mfu, Serving(load_gpu(gpu, gpu_file), Workload(batch, input_len, output_len), tp, counts))

@@ -9,19 +9,21 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from archscale.arch import load_architecture
+from archscale.shapes.architecture import load_architecture
 from archscale.bench.store import load_results
 from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json
-from archscale.cli.options import COUNT, format_count, gpu_help, parse_count, parse_int_list
-from archscale.cost.gpus import load_gpu
-from archscale.cost.profiles import resolve_profile
-from archscale.cost.serving import Workload
-from archscale.errors import UserError
-from archscale.files import write_json
-from archscale.outputs import check_outputs
-from archscale.runs import load_runs
-from archscale.search import SearchResult, SearchSpec, best_at_gqa, emit_configs, search
-from archscale.study import check_reference, load_fit
+from archscale.cli.options import COUNT, gpu_help, parse_int_list
+from archscale.io.units import format_count, parse_count
+from archscale.serving.devices import load_gpu
+from archscale.serving.profiles import resolve_profile
+from archscale.serving.estimate import Workload
+from archscale.io.errors import UserError
+from archscale.io.files import write_json
+from archscale.io.outputs import check_outputs
+from archscale.fit.runs import load_runs
+from archscale.search.constrained import SearchResult, SearchSpec, best_at_gqa, search
+from archscale.search.emit import emit_configs
+from archscale.fit.fitted import check_reference, load_fit
 
 TOP_COLUMNS = ["rank", "d_model", "n_heads", "n_kv_heads", "d_ff", "N", "x", "r", "gqa", "predicted_loss",
                "loss_low", "loss_high", "p_meets_target", "loss_source", "tokens_per_s", "output_tokens_per_s",
@@ -179,7 +181,7 @@ def search_command(
     result = search(fitted, spec, target_loss, matched, slack, top_k, run_table, bench_table, confidence=confidence)
     document = result_document(result, spec)
     if plot:
-        from archscale.plots import plot_search
+        from archscale.search.plots import plot_search
 
         plot_search(result, spec, plot)
     if emit:

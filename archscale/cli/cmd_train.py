@@ -10,8 +10,10 @@ from typing import Optional
 import typer
 
 from archscale.cli import EMIT_TINY_CONFIGS, Command, Group, app, examples, print_json, study
-from archscale.cli.options import COUNT, parse_count
-from archscale.outputs import check_outputs
+from archscale.cli.options import COUNT
+from archscale.io.units import parse_count
+from archscale.fit.runs import RUNS_TABLE
+from archscale.io.outputs import check_outputs
 
 data_app = typer.Typer(cls=Group, help="Prepare token data for training (archscale data prepare --help).",
                        no_args_is_help=True)
@@ -50,7 +52,7 @@ def train_cmd(
     """Train one model from a config directory and append its row to a runs table."""
     from archscale.train.loop import train
 
-    check_outputs(("--out", out or config_dir / "run", "dir"), ("--runs", runs, "runs"), inputs=(config_dir, data))
+    check_outputs(("--out", out or config_dir / "run", "dir"), ("--runs", runs, RUNS_TABLE), inputs=(config_dir, data))
     result = train(config_dir, data, out, tokens=_tokens(tokens), seed=seed, resume=resume, runs=runs, device=device,
                    peak_tflops=peak_tflops, progress=progress, fsdp=fsdp, compile_model=compile_model)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
@@ -98,7 +100,7 @@ def sweep_cmd(
     """Train every config directory (in this process, or as local or Slurm jobs); run it again to resume."""
     from archscale.train.sweep import default_jobs_dir, sweep, sweep_status
 
-    check_outputs(("--out", out, "dir"), ("--runs", runs, "runs"), inputs=(configs_dir, data))
+    check_outputs(("--out", out, "dir"), ("--runs", runs, RUNS_TABLE), inputs=(configs_dir, data))
     options = study.dispatch_options(executor, jobs_dir, default_jobs_dir(runs), partition, job_gpus, job_cpus, job_mem,
                                      job_time, max_parallel, wait)
     if status:

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import math
-import re
 
 import typer
 
-from archscale.errors import UserError
+from archscale.io.errors import UserError
 
-_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 COUNT = "<count>"
 """How ``--help`` shows a flag taking a count with an optional suffix (``--n``, ``--tokens``): 1e9, 975M, 1.5B."""
-
-
-def parse_count(text: str, label: str = "--n") -> float:
-    """``1e9``, ``975M``, ``1.5B``, ``300k`` to a float (a budget is easier to type with a suffix)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)\s*", text)
-    if not match:
-        raise UserError(f"{label} {text!r}: expected a number such as 1e9, 975M or 1.5B")
-    value = float(match.group(1)) * _SUFFIXES.get(match.group(2).lower(), 1.0)
-    if not (math.isfinite(value) and value > 0):
-        raise UserError(f"{label} {text!r}: must be positive")
-    return value
 
 
 def parse_int_list(text: str | None, label: str) -> list[int] | None:
@@ -39,14 +26,6 @@ def parse_int_list(text: str | None, label: str) -> list[int] | None:
     if not values or min(values) <= 0:
         raise UserError(f"{label} {text!r}: expected positive integers")
     return sorted(values)
-
-
-def format_count(n: float) -> str:
-    """A parameter or token count at a glance: 973M, 1.02B, 201K, 1.54T."""
-    for scale, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.0f}"
 
 
 def parse_assignments(items: list[str] | None, flag: str, example: str = "t_layer=0") -> dict[str, float]:
@@ -66,7 +45,7 @@ def parse_assignments(items: list[str] | None, flag: str, example: str = "t_laye
 
 def gpu_help(what: str) -> str:
     """``--help`` text of a ``--gpu`` flag, listing the devices archscale knows (a --gpu-file adds more)."""
-    from archscale.cost.gpus import GPUS
+    from archscale.serving.devices import GPUS
 
     return f"{what}: {', '.join(GPUS)}, or a name from --gpu-file."
 

@@ -17,9 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from archscale.cli import console, print_json
-from archscale.dispatch import EXECUTORS, DispatchOptions, TaskRecord
-from archscale.errors import UserError
-from archscale.slurm import Resources, parse_time_min
+from archscale.jobs.dispatch import EXECUTORS, DispatchOptions, TaskRecord
+from archscale.io.errors import UserError
+from archscale.jobs.slurm import Resources, parse_time_min
 
 PANEL = "Jobs (--executor local or slurm)"
 

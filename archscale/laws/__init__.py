@@ -1,8 +1,13 @@
-"""The registry of scaling laws: one name per law, the same interface for all (see :mod:`.base`)."""
+"""Stage: fit (its vocabulary). Law forms: what a scaling law is (:mod:`.base`), one module per family, and the registry of names.
+
+In: nothing but parameters. Out: :data:`LAWS`, each law with its parameters, bounds, starts, ``predict`` and
+``optimum``. Fitting them to runs is :mod:`archscale.fit`; a new law form is a new module here, added to
+:data:`LAWS`.
+"""
 
 from __future__ import annotations
 
-from archscale.errors import UserError
+from archscale.io.errors import UserError
 from archscale.laws.aspect import Aspect
 from archscale.laws.base import Law, Param
 from archscale.laws.chinchilla import Chinchilla

@@ -1,12 +1,13 @@
-"""Training: a small nanoGPT-style loop for the LLaMA-style :class:`~archscale.model.Transformer`.
+"""Stage: train. Config folders become trained runs, appended to the runs table that ``fit`` reads.
 
-Modules: :mod:`.config` (``train.json`` and config directories), :mod:`.data`
-(``archscale data prepare`` and deterministic batches), :mod:`.loop` (the
-loop, also ``python -m archscale.train.loop`` under torchrun),
-:mod:`.checkpoint`, :mod:`.sweep` and :mod:`.export` (HF safetensors).
+In: config folders (:mod:`.config`: the model's ``config.json`` and the recipe's ``train.json``), a
+tokenised corpus (:mod:`.data`). Out: checkpoints (:mod:`.checkpoint`), a row per run in the runs table
+(:mod:`archscale.fit.runs`), and HF exports (:mod:`.export`). :mod:`.loop` is a small nanoGPT-style loop for
+:class:`~archscale.model.transformer.Transformer` (``python -m archscale.train`` under torchrun);
+:mod:`.sweep` trains many configs through :mod:`archscale.jobs`; :mod:`.preflight` refuses a run that
+cannot fit in memory before step one.
 
-Nothing is imported eagerly: ``python -m archscale.train.loop`` must not find
-``loop`` already imported by its own package.
+Nothing is imported eagerly, so that ``archscale --help`` does not load torch.
 """
 
 from __future__ import annotations

@@ -1,5 +1,11 @@
-"""``python -m archscale.train`` / ``torchrun -m archscale.train``: the training entry point on one or many processes."""
+"""``python -m archscale.train`` / ``torchrun -m archscale.train``: ``archscale train`` on one or many processes.
 
-from archscale.train.loop import main
+An entry file, like :mod:`archscale.__main__`: it sits above every package and hands its arguments to the CLI.
+"""
 
+import sys
+
+from archscale.cli import main
+
+sys.argv = ["archscale", "train", *sys.argv[1:]]
 main()

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from archscale.errors import UserError
-from archscale.files import atomic_file
+from archscale.io.errors import UserError
+from archscale.io.files import atomic_file
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

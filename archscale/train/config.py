@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from archscale.arch import Architecture
-from archscale.errors import UserError
-from archscale.files import read_json, write_json, write_text
+from archscale.shapes.architecture import Architecture
+from archscale.io.errors import UserError
+from archscale.io.files import read_json, write_json, write_text
 
 CONFIG_FILE = "config.json"
 TRAIN_FILE = "train.json"

@@ -36,8 +36,8 @@ from typing import Iterable, Protocol
 import numpy as np
 import torch
 
-from archscale.errors import UserError, add_hint
-from archscale.files import current_umask, write_failure
+from archscale.io.errors import UserError, add_hint
+from archscale.io.files import current_umask, write_failure
 
 META_FILE = "meta.json"
 DEFAULT_CORPUS_BYTES = 4_000_000

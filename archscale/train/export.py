@@ -20,8 +20,8 @@ from typing import Mapping
 
 import torch
 
-from archscale.errors import UserError
-from archscale.files import atomic_file, write_json
+from archscale.io.errors import UserError
+from archscale.io.files import atomic_file, write_json
 from archscale.train.checkpoint import checkpoint_path, load_checkpoint
 from archscale.train.config import CONFIG_FILE
 

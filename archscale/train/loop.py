@@ -35,7 +35,6 @@ import gc
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,11 +45,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from archscale.arch import Architecture
-from archscale.errors import UserError, add_hint, is_resource_failure, keep_hint
-from archscale.files import write_text
-from archscale.model import Transformer, compile_unavailable
-from archscale.runs import RENAMED_RUN_COLUMNS, SHAPE, append_run, check_appendable, current_names, recipe_hashes
+from archscale.shapes.architecture import Architecture
+from archscale.io.errors import UserError, add_hint, is_resource_failure, keep_hint
+from archscale.io.files import write_text
+from archscale.model.transformer import Transformer, compile_unavailable
+from archscale.fit.runs import RENAMED_RUN_COLUMNS, SHAPE, append_run, check_appendable, current_names, recipe_hashes
 from archscale.train.checkpoint import (
     capture_state, checkpoint_path, load_checkpoint, restore_state, rng_state, save_checkpoint, set_rng_state,
 )
@@ -667,17 +666,3 @@ def _finished(out: Path, spec: RunSpec, runs: str | Path | None) -> TrainResult:
                          int(row.get("warmup_steps") or 0), float(row.get("warmup_s") or 0.0), bool(row.get("compiled")))
     _record(result, runs)
     return result
-
-
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m archscale.train.loop CONFIG_DIR [flags]`` (and under torchrun): ``archscale train``."""
-    from archscale.cli import main as cli_main
-
-    sys.argv = ["archscale", "train", *(sys.argv[1:] if argv is None else argv)]
-    cli_main()
-
-
-if __name__ == "__main__":
-    main()

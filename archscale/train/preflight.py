@@ -2,8 +2,8 @@
 
 Without this check a config too large for the machine allocates until it
 crashes or meets the OOM killer, possibly after minutes. The estimate reuses
-the torch bench backend's memory arithmetic (:mod:`archscale.bench.torch_backend`:
-the free memory of the device, the bytes of activations one token leaves per
+the bundled model's memory arithmetic (:mod:`archscale.model.memory`, as the torch
+bench backend does, and :mod:`archscale.io.machine` for the free memory of the device: the bytes of activations one token leaves per
 layer, the allocator slack) and adds what training holds on top: fp32
 weights, their gradients and AdamW's two moments (16 bytes per parameter),
 every layer's activations for one micro batch (kept for the backward pass),
@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from archscale.arch import Architecture
-from archscale.bench.torch_backend import SLACK_BYTES, available_bytes, prefill_bytes_per_token
-from archscale.errors import UserError
+from archscale.shapes.architecture import Architecture
+from archscale.io.machine import available_bytes
+from archscale.model.memory import SLACK_BYTES, prefill_bytes_per_token
+from archscale.io.errors import UserError
 
 STATE_BYTES_PER_PARAM = 4 + 4 + 8
 """fp32 weights, fp32 gradients, AdamW's first and second moments."""

@@ -6,7 +6,7 @@ directory holds ``result.json``; a run directory with a checkpoint is resumed.
 So after a crash, a killed job or a pre-emption the same command picks up
 where it stopped and never duplicates a row.
 
-Each recipe is one task of a study (:mod:`archscale.dispatch`): trained in
+Each recipe is one task of a study (:mod:`archscale.jobs.dispatch`): trained in
 this process one after another (``inline``, the default), or as a job through
 submitit on this machine (``local``) or on Slurm (``slurm``), where a job
 with several processes runs under ``torchrun``. A recipe that fails (a bad
@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from archscale.dispatch import DispatchOptions, Task, TaskRecord, run_study, study_status
-from archscale.errors import UserError
+from archscale.jobs.dispatch import DispatchOptions, Task, TaskRecord, run_study, study_status
+from archscale.io.errors import UserError
 from archscale.train.checkpoint import checkpoint_path
 from archscale.train.config import CONFIG_FILE
-from archscale.runs import check_appendable
+from archscale.fit.runs import check_appendable
 from archscale.train.loop import RESULT_FILE, RunSpec, resolve_run, train
 from archscale.train.preflight import check_recipes_fit
 
@@ -79,7 +79,7 @@ def recorded_hashes(runs: Path) -> set[str]:
         return set()
     except (ValueError, pd.errors.ParserError) as exc:
         raise UserError(f"--runs {runs}: cannot be read as CSV: {str(exc).splitlines()[0]}") from None
-    from archscale.runs import recipe_hashes
+    from archscale.fit.runs import recipe_hashes
 
     return set(recipe_hashes(frame).dropna())
 

@@ -1,0 +1,185 @@
+"""The ``archscale fit --plot`` figure: predicted against measured loss, and each architecture factor of a shape law.
+
+Conventions follow the dissertation's figures: points used for fitting are dots, held-out points are crosses,
+and the identity line marks a perfect prediction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from archscale.io.figures import log_x, plt, save
+from archscale.laws import CONDITIONAL, u_factor
+
+
+FIT_COLOR, HOLDOUT_COLOR = "tab:orange", "tab:purple"
+
+
+def _metric_text(metrics: Mapping[str, Any] | None) -> str:
+    """The fit's scores with the digits ``archscale fit`` prints, so the figure and the table agree."""
+    if not metrics:
+        return ""
+    parts = [f"MSE {metrics['mse']:.3g}"]
+    if metrics.get("r2") is not None:
+        parts.append(f"$R^2$ {metrics['r2']:.4g}")
+    if metrics.get("spearman") is not None:
+        parts.append(f"Spearman {metrics['spearman']:.3g}")
+    parts.append(f"max rel. err {100 * metrics['max_rel_error']:.2f}%")
+    return ", ".join(parts)
+
+
+def predicted_vs_actual(ax: plt.Axes, actual: np.ndarray, predicted: np.ndarray, fit_mask: np.ndarray,
+                        metrics: Mapping[str, Any], title: str,
+                        excluded: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Predicted against measured loss: fit rows as dots, held-out rows as crosses, rows --where left out as rings.
+
+    The scores go in the legend, which is placed where it covers no point.
+    """
+    actual, predicted, fit_mask = map(np.asarray, (actual, predicted, fit_mask))
+    every = [actual, predicted] + (list(excluded) if excluded is not None else [])
+    low = min(float(np.min(v)) for v in every)
+    high = max(float(np.max(v)) for v in every)
+    pad = 0.03 * (high - low or 1)
+    ax.plot([low - pad, high + pad], [low - pad, high + pad], color="0.6", lw=1, ls="--", label="perfect prediction")
+    ax.scatter(actual[fit_mask], predicted[fit_mask], s=18, color=FIT_COLOR,
+               label=f"fit ({fit_mask.sum()})\n{_metric_text(metrics.get('fit'))}")
+    if (~fit_mask).any():
+        ax.scatter(actual[~fit_mask], predicted[~fit_mask], s=50, marker="x", color=HOLDOUT_COLOR,
+                   label=f"held out ({(~fit_mask).sum()})\n{_metric_text(metrics.get('holdout'))}")
+    if excluded is not None and len(excluded[0]):
+        ax.scatter(excluded[0], excluded[1], s=22, facecolors="none", edgecolors="0.45",
+                   label=f"left out by --where ({len(excluded[0])}; not fitted, not scored)")
+    ax.set_xlim(low - pad, high + pad)
+    ax.set_ylim(low - pad, high + pad)
+    ax.set_xlabel("measured loss (nats/token)")
+    ax.set_ylabel("predicted loss (nats/token)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+
+
+def _optimum_marker(ax: plt.Axes, best: float | None, low: float, high: float, symbol: str) -> str:
+    """Draw the factor's minimum: a line when it is on the chart, an arrow to the edge when it is not.
+
+    Returns where the legend fits without covering the curve (a factor that only
+    falls over the runs leaves the lower left empty, one that only rises the lower right).
+    """
+    if best is None or not np.isfinite(best):
+        return "best"
+    if low <= best <= high:
+        ax.axvline(best, color="tab:green", ls=":", lw=1.5, label=f"minimum {symbol}* = {best:.3g}")
+        return "best"
+    right = best > high
+    edge = 0.98 if right else 0.02
+    ax.annotate(f"minimum at {symbol}* = {best:.3g},\noff the chart", xy=(edge, 0.93), xycoords="axes fraction",
+                xytext=(edge - 0.3 if right else edge + 0.3, 0.93), textcoords="axes fraction", fontsize=7,
+                color="tab:green", ha="right" if right else "left", va="center",
+                arrowprops=dict(arrowstyle="->", color="tab:green", lw=1.2))
+    return "lower left" if right else "lower right"
+
+
+def _u_curve_panels(axes: list[plt.Axes], study: Any) -> None:
+    """For conditional laws: each factor's fitted curve over the measured losses with the other factor removed."""
+    law, params = study.fit.law, study.fit.params
+    frame = study.frame
+    inputs = {c: frame[c].to_numpy(float) for c in ("x", "r")}
+    from archscale.fit.fitted import law_inputs
+
+    l_opt = law_inputs(law, frame, study.fitted.reference, study.source)["L_opt"]
+    loss = frame["loss"].to_numpy(float)
+    multiplicative = law.name == "conditional-mult"
+    b0 = params.get("b0", 0.0)
+    factor = {
+        "x": lambda v: u_factor(params["a0"], params["a1"], params["a2"], v),
+        "r": lambda v: u_factor(b0, params["b1"], params["b2"], v),
+    }
+    other = {"x": "r", "r": "x"}
+    labels = {"x": "$d_{model}/\\sqrt{N}$", "r": "$r_{mlp/attn}$"}
+    for ax, column in zip(axes, ("x", "r")):
+        if multiplicative:
+            measured = loss / (l_opt * factor[other[column]](inputs[other[column]]))
+            ylabel = f"loss / ($L_{{opt}}$ x {other[column]}-factor)"
+        else:
+            measured = loss - l_opt - factor[other[column]](inputs[other[column]])
+            ylabel = f"loss - $L_{{opt}}$ - {other[column]}-factor"
+        mask = study.fit_mask
+        ax.scatter(inputs[column][mask], measured[mask], s=14, color=FIT_COLOR, label="fit runs")
+        if (~mask).any():
+            ax.scatter(inputs[column][~mask], measured[~mask], s=40, marker="x", color=HOLDOUT_COLOR, label="held out")
+        low, high = inputs[column].min() * 0.9, inputs[column].max() * 1.1
+        best = study.fitted.optimum().get(column)
+        grid = np.geomspace(low, high, 200)
+        curve = factor[column](grid)
+        ax.plot(grid, curve, color="black", lw=1.5, label="fitted factor")
+        where = _optimum_marker(ax, best, low, high, column)
+        log_x(ax, low, high)
+        ax.set_xlabel(labels[column])
+        ax.set_ylabel(ylabel)
+        inside = best is not None and np.isfinite(best) and low <= best <= high
+        shape = "U-curve" if inside else ("falling" if best is not None and best > high else "rising") + " factor"
+        ax.set_title(f"{shape} in {labels[column]}" + ("" if inside else " (minimum outside these runs)"), fontsize=10)
+        ax.legend(fontsize=7, loc=where)
+        ax.grid(alpha=0.3)
+
+
+def _aspect_panel(ax: plt.Axes, study: Any) -> None:
+    """For the aspect-ratio law: the shape penalty ``1 + eps R^gamma`` over the measured losses with size removed."""
+    law, params, frame = study.fit.law, study.fit.params, study.frame
+    size_term = params["E"] + params["A"] * frame["N"] ** -params["alpha"] + params["B"] * frame["D"] ** -law.beta(params)
+    measured = frame["loss"] / size_term
+    mask = study.fit_mask
+    ax.scatter(frame["R"][mask], measured[mask], s=14, color=FIT_COLOR, label="fit runs")
+    if (~mask).any():
+        ax.scatter(frame["R"][~mask], measured[~mask], s=40, marker="x", color=HOLDOUT_COLOR, label="held out")
+    low, high = frame["R"].min() * 0.9, frame["R"].max() * 1.1
+    grid = np.geomspace(low, high, 200)
+    ax.plot(grid, 1 + params["eps"] * grid ** law.gamma(params), color="black", lw=1.5, label="fitted 1 + eps R^gamma")
+    log_x(ax, low, high)
+    ax.set_xlabel("aspect ratio R = d_model / n_layers")
+    ax.set_ylabel("loss / (E + A N^-alpha + B D^-beta)")
+    ax.set_title("shape penalty in the aspect ratio", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
+def plot_study(study: Any, path: str | Path) -> Path:
+    """The ``archscale fit --plot`` figure: predicted vs actual, plus each architecture factor for shape laws."""
+    law_name = study.fit.law.name
+    extra = 2 if law_name in CONDITIONAL else 1 if law_name.startswith("aspect") else 0
+    fig, axes = plt.subplots(1, 1 + extra, figsize=(6 + 4.5 * extra, 5), squeeze=False)
+    axes = list(axes[0])
+    title = f"{law_name}: {study.fit.law.description}\n({study.fit.objective} fit on {study.fit.n_points} runs)"
+    predicted_vs_actual(axes[0], study.frame["loss"], study.predicted, study.fit_mask, study.metrics, title,
+                        _excluded_points(study))
+    if law_name in CONDITIONAL:
+        _u_curve_panels(axes[1:], study)
+    elif extra:
+        _aspect_panel(axes[1], study)
+    return save(fig, path)
+
+
+def _excluded_points(study: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """(measured, predicted) for the rows ``--where`` left out, or None when there are none or they cannot be predicted.
+
+    Conditional laws with the empirical ``L_opt`` take it per (N, D) level over
+    all rows, so a left-out row is compared with the best run of its level.
+    """
+    import pandas as pd
+
+    from archscale.io.errors import UserError
+    from archscale.fit.fitted import law_inputs
+
+    excluded = getattr(study, "excluded", None)
+    if excluded is None or excluded.empty:
+        return None
+    law = study.fit.law
+    every = pd.concat([study.frame, excluded], ignore_index=True)
+    try:
+        inputs = law_inputs(law, every, study.fitted.reference, study.source)
+    except UserError:  # the left-out rows lack a column the law needs: nothing to place
+        return None
+    predicted = law.predict(study.fit.params, inputs)[len(study.frame):]
+    return excluded["loss"].to_numpy(float), np.asarray(predicted, float)

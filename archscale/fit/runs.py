@@ -1,0 +1,400 @@
+"""The runs table: one row per training run, the input every law fits.
+
+Canonical columns are ``N`` (non-embedding parameters), ``D`` (training
+tokens) and ``loss``; where known, the shape columns ``n_layers``,
+``d_model``, ``n_heads``, ``n_kv_heads``, ``d_head``, ``d_ff`` and ``vocab``.
+The shape descriptors the laws use (``R``, ``r``, ``x = d_model/sqrt(N)``,
+``gqa``) are always *derived* here from the shape, never read from the file,
+so a table cannot carry a ratio that disagrees with its own shape.
+
+Reading validates every row with a pydantic schema and reports the first bad
+cell as one line naming file, row and column (:class:`UserError`).
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from archscale.shapes.architecture import mlp_attention_ratio
+from archscale.io.errors import UserError
+from archscale.io.files import atomic_file
+from archscale.io.outputs import Kind
+
+REQUIRED = ("N", "D", "loss")
+SHAPE = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff", "vocab")
+DERIVED = ("R", "r", "x", "gqa")
+FLOPS_COLUMN = "C"
+
+
+class RunRow(BaseModel):
+    """Schema of one run. Shape fields are optional; when present they must be positive."""
+
+    model_config = ConfigDict(extra="allow")
+
+    N: float
+    D: float
+    loss: float
+    n_layers: int | None = None
+    d_model: int | None = None
+    n_heads: int | None = None
+    n_kv_heads: int | None = None
+    d_head: int | None = None
+    d_ff: int | None = None
+    vocab: int | None = None
+
+    @field_validator("N", "D", "loss")
+    @classmethod
+    def _finite_positive(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        if value <= 0:
+            raise ValueError("must be > 0")
+        return value
+
+    @field_validator(*SHAPE)
+    @classmethod
+    def _positive_int(cls, value: int | None) -> int | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be a positive integer")
+        return value
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read CSV, Parquet or JSON Lines by extension, with a clear error for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a runs table (.csv, .parquet or .jsonl)")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            named = [name for name in csv_header(path) or [] if name.strip()]
+            _refuse_duplicated_columns(pd.DataFrame(columns=named), path)  # pandas would rename the second to X.1
+            return pd.read_csv(path)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if suffix in (".jsonl", ".ndjson"):
+            return pd.read_json(path, lines=True)
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise UserError(f"{path}: cannot be read as {suffix[1:]}: {str(exc).splitlines()[0]}") from None
+    raise UserError(f"{path}: unknown format {suffix or '(no extension)'}; use .csv, .parquet or .jsonl")
+
+
+def parse_column_map(items: list[str] | None) -> dict[str, str]:
+    """Parse ``--col N="Model Size"`` items into ``{"Model Size": "N"}`` (file name -> canonical)."""
+    mapping: dict[str, str] = {}
+    for item in items or []:
+        canonical, sep, source = item.partition("=")
+        canonical, source = canonical.strip(), source.strip().strip("'\"")
+        if not sep or not canonical or not source:
+            raise UserError(f"--col {item!r}: expected CANONICAL=\"file column\", e.g. N=\"Model Size\"")
+        allowed = REQUIRED + SHAPE + (FLOPS_COLUMN,)
+        if canonical not in allowed:
+            raise UserError(f"--col {item!r}: {canonical!r} is not a runs-table column; one of {', '.join(allowed)}")
+        mapping[source] = canonical
+    return mapping
+
+
+def map_columns(frame: pd.DataFrame, column_map: Mapping[str, str]) -> pd.DataFrame:
+    """Copy each mapped file column to its canonical name, keeping the original.
+
+    The file's own names stay usable in ``--where`` and ``--holdout`` (``--col N=params`` then
+    ``--holdout "params >= 1e9"``). A canonical column the file already has is replaced by the mapped one.
+    """
+    targets = list(column_map.values())
+    twice = sorted({canonical for canonical in targets if targets.count(canonical) > 1})
+    if twice:
+        raise UserError(f"--col: column {twice[0]!r} appears twice after mapping "
+                        f"({', '.join(repr(s) for s, c in column_map.items() if c == twice[0])}); map one file column to it")
+    copies = {canonical: frame[source] for source, canonical in column_map.items()}
+    frame = frame.copy()
+    for canonical, values in copies.items():
+        frame[canonical] = values
+    return frame
+
+
+def load_runs(path: str | Path, column_map: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Read, map, validate and derive: the one way a runs table enters archscale.
+
+    ``column_map`` maps file column names to canonical ones. A file may give
+    training FLOPs (canonical ``C``) instead of tokens; then ``D = C / (6 N)``.
+    The first invalid row stops it (:func:`read_runs` can drop invalid rows instead).
+    """
+    return read_runs(path, column_map).frame
+
+
+@dataclass
+class RunsTable:
+    """A loaded runs table and the rows dropped from it (``drop_invalid``), each as "row 7, column 'N': why"."""
+
+    frame: pd.DataFrame
+    dropped: list[str] = field(default_factory=list)
+
+
+def read_runs(path: str | Path, column_map: Mapping[str, str] | None = None, drop_invalid: bool = False,
+              hint: str = "") -> RunsTable:
+    """:func:`load_runs`, optionally dropping invalid rows (missing, non-finite or non-positive values).
+
+    ``hint`` ends the message for an invalid row when rows are not dropped (a verb names its own flag).
+    The frame's index is the 0-based data row of the file, so a row reported later (an outlier, say) can be
+    named as the user sees it in the file even after rows were dropped.
+    """
+    path = Path(path)
+    frame = read_table(path)
+    if column_map:
+        missing = [src for src in column_map if src not in frame.columns]
+        if missing:
+            raise UserError(f"{path}: --col names column {missing[0]!r}, which the file does not have")
+        frame = map_columns(frame, column_map)
+    _refuse_duplicated_columns(frame, path)
+    if "D" not in frame.columns and FLOPS_COLUMN in frame.columns and "N" in frame.columns:
+        _require_numbers(frame, ("N", FLOPS_COLUMN), path)  # else a bad N would be blamed on the derived D
+        frame["D"] = pd.to_numeric(frame[FLOPS_COLUMN], errors="coerce") / (6.0 * pd.to_numeric(frame["N"], errors="coerce"))
+    for column in REQUIRED:
+        if column not in frame.columns:
+            hint = ' (map one with --col D="..." or give training FLOPs with --col C="...")' if column == "D" else f' (map one with --col {column}="...")'
+            raise UserError(f"{path}: missing column {column!r}{hint}")
+    if frame.empty:
+        raise UserError(f"{path}: has no rows")
+    frame = frame.drop(columns=[c for c in DERIVED if c in frame.columns]).reset_index(drop=True)
+    problems = row_problems(frame, stop_at_first=not drop_invalid)
+    if problems and not drop_invalid:
+        index, message = problems[0]
+        raise UserError(f"{path}: row {index + 1}, {message}" + (f" ({hint})" if hint else ""))
+    if len(problems) == len(frame):
+        index, message = problems[0]
+        raise UserError(f"{path}: every row is invalid (row {index + 1}, {message})")
+    dropped = [f"row {index + 1}, {message}" for index, message in problems]
+    return RunsTable(derive(frame.drop(index=[index for index, _ in problems])), dropped)
+
+
+def _refuse_duplicated_columns(frame: pd.DataFrame, path: str | Path) -> None:
+    """Two columns of one name (in the file, or after ``--col``) would make "the" column ambiguous."""
+    duplicated = frame.columns[frame.columns.duplicated()]
+    if len(duplicated):
+        raise UserError(f"{path}: column {duplicated[0]!r} appears twice (in the file or after --col); "
+                        "keep one, or map the other to a new name with --col")
+
+
+def _require_numbers(frame: pd.DataFrame, columns: tuple[str, ...], path: str | Path) -> None:
+    """The first cell of ``columns`` that is not a number, as one line naming row and column."""
+    for column in columns:
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        bad = numbers.isna() & frame[column].notna()
+        if bad.any():
+            index = int(np.flatnonzero(bad.to_numpy())[0])
+            raise UserError(f"{path}: row {index + 1}, column {column!r}: not a number (got {frame[column].iloc[index]!r})")
+
+
+def validate(frame: pd.DataFrame, path: str | Path) -> None:
+    """Check every row against :class:`RunRow`; raise on the first bad cell (1-based data row)."""
+    problems = row_problems(frame.reset_index(drop=True), stop_at_first=True)
+    if problems:
+        index, message = problems[0]
+        raise UserError(f"{path}: row {index + 1}, {message}")
+
+
+def row_problems(frame: pd.DataFrame, stop_at_first: bool = False) -> list[tuple[int, str]]:
+    """(0-based row, "column 'X': what is wrong") for every row that breaks :class:`RunRow`."""
+    columns = [c for c in REQUIRED + SHAPE if c in frame.columns]
+    records = frame[columns].astype(object).where(frame[columns].notna(), None).to_dict("records")
+    problems: list[tuple[int, str]] = []
+    for index, record in zip(frame.index, records):
+        message = _row_problem(record)
+        if message:
+            problems.append((int(index), message))
+            if stop_at_first:
+                break
+    return problems
+
+
+def _row_problem(record: Mapping[str, object]) -> str | None:
+    for column in REQUIRED:
+        if record[column] is None:
+            return f"column {column!r}: value is missing (NaN)"
+    try:
+        RunRow(**record)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        column = error["loc"][0] if error["loc"] else "?"
+        message = error["msg"].removeprefix("Value error, ")
+        return f"column {column!r}: {message}" + ("" if "got" in message else f" (got {record.get(column)!r})")
+    return None
+
+
+def derive(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add ``R``, ``r``, ``x`` and ``gqa`` wherever the shape columns allow."""
+    frame = frame.copy()
+    for column in REQUIRED:
+        frame[column] = frame[column].astype(float)
+    has = set(frame.columns)
+    if {"d_model", "n_layers"} <= has:
+        frame["R"] = frame["d_model"] / frame["n_layers"]
+    if "d_model" in has:
+        frame["x"] = frame["d_model"] / np.sqrt(frame["N"])
+    if {"n_heads", "n_kv_heads"} <= has:
+        frame["gqa"] = frame["n_heads"] / frame["n_kv_heads"]
+    if {"d_model", "n_heads", "n_kv_heads", "d_head", "d_ff"} <= has:
+        frame["r"] = mlp_attention_ratio(*(frame[c] for c in ("d_model", "n_heads", "n_kv_heads", "d_head", "d_ff")))
+    return frame
+
+
+def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str, source: str = "runs table") -> None:
+    """Raise a clear error when a law needs columns the table does not have."""
+    missing = [c for c in columns if c not in frame.columns or frame[c].isna().any()]
+    if not missing:
+        return
+    explain = {
+        "R": "R = d_model/n_layers needs columns d_model and n_layers",
+        "x": "x = d_model/sqrt(N) needs column d_model",
+        "r": "r = MLP/attention parameters needs d_model, n_heads, n_kv_heads, d_head and d_ff",
+    }
+    column = missing[0]
+    raise UserError(f"{source}: {what} needs column {column!r} on every row" + (f" ({explain[column]})" if column in explain else ""))
+
+
+TRAINED_RUN_COLUMNS = (*REQUIRED, *SHAPE, "train_loss", "val_loss", "tokens_per_s", "mfu", "warmup_steps", "warmup_s",
+                       "compiled", "recipe_hash", "run_dir",
+                       "name", "steps", "seed")
+"""The columns of the row ``train`` appends (``archscale.train.loop`` builds it): the canonical runs-table schema."""
+
+RENAMED_RUN_COLUMNS = {"config_hash": "recipe_hash"}
+"""Old runs-table column names and their current ones. ``recipe_hash`` (the hash of a run's config.json and
+train.json) was called ``config_hash``, the name the bench store gives the hash of a shape alone; tables
+written then are still read and appended to under their own header."""
+
+
+def recipe_hashes(frame: pd.DataFrame) -> pd.Series:
+    """The recipe hash of each row of a runs table, under its current or its old column name (empty if neither)."""
+    for column in ("recipe_hash", *[old for old, new in RENAMED_RUN_COLUMNS.items() if new == "recipe_hash"]):
+        if column in frame.columns:
+            return frame[column]
+    return pd.Series([None] * len(frame), index=frame.index, dtype=object)
+
+
+def current_names(row: Mapping[str, object]) -> dict[str, object]:
+    """A row (or a run's result.json) with old column names replaced by the current ones."""
+    return {RENAMED_RUN_COLUMNS.get(key, key): value for key, value in row.items()}
+
+
+def csv_header(path: Path) -> list[str] | None:
+    """The column names on a CSV file's first line (None for an empty file)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return next(csv.reader(handle), None)
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: is not a CSV runs table (not UTF-8 text)") from None
+    except csv.Error as exc:
+        raise UserError(f"{path}: cannot be read as CSV ({exc})") from None
+
+
+def check_appendable(path: str | Path, flag: str = "--runs", columns: tuple[str, ...] = TRAINED_RUN_COLUMNS) -> None:
+    """Refuse, before anything is trained, a runs table a new row with ``columns`` would corrupt.
+
+    A missing or empty file is fine (the row starts it). An existing one must be
+    a CSV whose columns are all among ``columns`` and include ``N``, ``D`` and
+    ``loss``: a table of another schema (``data/chinchilla_epoch.csv``, with
+    ``C`` instead of ``D``) is refused rather than given empty columns. A table
+    of runs-table columns that lacks some of the row's (a hand-made table of
+    shapes and losses) is extended by them: its rows keep their values and get
+    empty cells.
+    """
+    path = Path(path)
+    where = f"{flag} {path}" if flag else str(path)
+    if path.suffix.lower() != ".csv":
+        raise UserError(f"{where}: rows are appended to a CSV runs table; use a name ending in .csv")
+    if path.is_dir():
+        raise UserError(f"{where}: is a folder; give a CSV file name, e.g. {path / 'runs.csv'}")
+    if not path.exists():
+        return
+    header = csv_header(path)
+    if header is None:
+        return
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise UserError(f"{where}: column {duplicated[0]!r} appears more than once in the header; fix the file "
+                        "or append to a new one")
+    foreign = [name for name in header if name not in columns and RENAMED_RUN_COLUMNS.get(name) not in columns]
+    missing = [name for name in REQUIRED if name in columns and name not in header]
+    if foreign or missing:
+        parts = ([f"has {', '.join(foreign[:4])}" + (" ..." if len(foreign) > 4 else "") + ", which train does not write"]
+                 if foreign else []) + ([f"lacks {', '.join(missing)}"] if missing else [])
+        raise UserError(f"{where}: is not a runs table that train appends to (it {' and '.join(parts)}); "
+                        f"nothing was changed: append to a new file such as {path.with_name(path.stem + '-runs.csv')}")
+
+
+def _cell(value: object) -> str:
+    """How one value is written to the CSV (empty for missing numbers, as pandas writes them)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if hasattr(value, "item"):  # numpy scalars
+        return _cell(value.item())
+    return str(value)
+
+
+def append_run(path: str | Path, row: Mapping[str, object]) -> None:
+    """Append one run to a CSV runs table atomically, leaving the rows already there as they were.
+
+    Under an exclusive lock on the table's folder (so no lock file is left
+    behind), the file is checked against the row's columns
+    (:func:`check_appendable`), then copied with the new line added to a
+    temporary sibling that is renamed over it: a crash never leaves a half
+    row, concurrent writers never lose one, and the file keeps its mode. The
+    old lines keep their exact bytes, unless the row brings columns the table
+    lacks: then the header gains them and the old rows get empty cells. A table
+    with an old column name (:data:`RENAMED_RUN_COLUMNS`) gets the value under that name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        check_appendable(path, "", tuple(row))
+        header = (csv_header(path) if path.exists() else None) or []
+        old_names = {RENAMED_RUN_COLUMNS[name]: name for name in header if name in RENAMED_RUN_COLUMNS}
+        row = {old_names.get(key, key): value for key, value in row.items()}  # a table under its old header keeps it
+        added = [name for name in row if name not in header]
+        old = path.read_bytes() if path.exists() and header else b""
+        if added and old:
+            old = _with_columns(path, len(header), added)
+        line = io.StringIO()
+        writer = csv.writer(line, lineterminator="\n")
+        if not old:
+            writer.writerow(list(row))
+        writer.writerow([_cell(row.get(name)) for name in (header + added if old else list(row))])
+        with atomic_file(path, "wb") as out:
+            out.write(old if not old or old.endswith(b"\n") else old + b"\n")
+            out.write(line.getvalue().encode("utf-8"))
+    finally:
+        os.close(folder)  # closing releases the lock
+
+
+def _with_columns(path: Path, width: int, added: list[str]) -> bytes:
+    """The table's text with ``added`` columns after its ``width`` columns: the header named, the rows empty."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    with open(path, newline="", encoding="utf-8") as handle:
+        for index, record in enumerate(csv.reader(handle)):
+            if record:
+                writer.writerow(record + (added if index == 0 else [""] * len(added)))
+    return out.getvalue().encode("utf-8")
+
+
+def _check_runs_output(flag: str, path: Path) -> None:
+    check_appendable(path, flag)
+
+
+RUNS_TABLE = Kind("a CSV runs table", (".csv",), appends=True, check=_check_runs_output)
+"""The runs table as an output (``--runs``): a CSV that ``train`` and ``sweep`` append rows to."""

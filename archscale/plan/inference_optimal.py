@@ -1,0 +1,296 @@
+"""The inference-aware optimum (Sardana et al. 2023, "Beyond Chinchilla-Optimal").
+
+A model that will serve ``D_inf`` tokens over its life costs its training plus its serving. For a target
+loss ``L(N, D) = target`` every ``N`` above the smallest that can reach it has exactly one ``D``
+(``D(N) = (B / (target - E - A N^-alpha))^(1/beta)``), so the optimum is a one-dimensional search over
+``N`` of
+
+    total(N) = training(N, D(N)) + inference(N, D_inf)
+
+Two cost models:
+
+* ``flops``: training ``6 N D``, inference ``2 N D_inf`` (the paper's own accounting);
+* ``gpu-hours``: training ``6 N D / (MFU x peak)``, inference ``D_inf / throughput(N)`` per GPU of the
+  serving replica, with the throughput of a LLaMA-like reference shape at each ``N`` from archscale's cost
+  model (:func:`serving_throughput`, the one call into it). ``search`` at the chosen ``N`` then picks the
+  shape.
+
+With ``D_inf = 0`` the optimum is the Chinchilla point for that loss, in closed form: ``A N^-alpha`` and
+``B D^-beta`` split ``target - E`` in the ratio ``beta : alpha``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from archscale.io.errors import UserError
+from archscale.fit.fitted import FittedLaw
+
+COSTS = ("flops", "gpu-hours")
+SIZE_LAWS = ("chinchilla", "chinchilla-tied")
+SEARCH_DECADES = 6.0  # N is searched from the smallest that reaches the target to 10^6 times it
+GRID_POINTS = 600
+SHAPE_POINTS = 48  # reference shapes over the searched range; log-log interpolation between them
+ASPECT_RATIO = 128  # d_model / n_layers of the reference shapes (LLaMA-3.2-1B and LLaMA-3-8B use 128)
+GQA_GROUP = 4
+
+
+@dataclass
+class Serving:
+    """How inference is costed: the GPU, the workload shape, tensor parallelism, and which tokens count."""
+
+    gpu: Any
+    workload: Any
+    tp: int = 1
+    counts: str = "total"  # total: prompt + generated tokens are D_inf; output: generated tokens only
+    vocab: int = 128256
+
+
+@dataclass
+class CostModel:
+    """``flops``, or ``gpu-hours`` with a training MFU and a :class:`Serving` setup."""
+
+    kind: str = "flops"
+    mfu: float = 0.4
+    serving: Serving | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in COSTS:
+            raise UserError(f"--cost {self.kind!r}: choose one of {', '.join(COSTS)}")
+        if not 0 < self.mfu <= 1:
+            raise UserError(f"--mfu must be a fraction in (0, 1], got {self.mfu}")
+        if self.kind == "gpu-hours" and self.serving is None:
+            raise UserError("--cost gpu-hours needs a GPU and a serving workload")
+
+    @property
+    def unit(self) -> str:
+        return "FLOPs" if self.kind == "flops" else "GPU-hours"
+
+
+@dataclass
+class Optimum:
+    """One point: parameters, tokens, and what it costs."""
+
+    inference_tokens: float
+    n: float
+    d: float
+    training: float
+    inference: float
+
+    @property
+    def total(self) -> float:
+        return self.training + self.inference
+
+    def to_json(self) -> dict[str, float]:
+        return {"inference_tokens": self.inference_tokens, "N": self.n, "D": self.d, "tokens_per_param": self.d / self.n,
+                "training_cost": self.training, "inference_cost": self.inference, "total_cost": self.total}
+
+
+@dataclass
+class LifetimePlan:
+    """The inference-aware optimum per inference volume, beside the Chinchilla point for the same loss."""
+
+    target_loss: float
+    cost: CostModel
+    optima: list[Optimum]
+    chinchilla: list[Optimum]  # the Chinchilla point, costed with the same inference volume
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        serving = self.cost.serving
+        return {
+            "target_loss": self.target_loss,
+            "cost": self.cost.kind, "unit": self.cost.unit,
+            "mfu": self.cost.mfu if self.cost.kind == "gpu-hours" else None,
+            "serving": None if serving is None else {
+                "gpu": serving.gpu.name, "tp": serving.tp, "batch_size": serving.workload.batch_size,
+                "input_len": serving.workload.input_len, "output_len": serving.workload.output_len,
+                "inference_tokens_count": serving.counts, "throughput_source": serving_profile(serving).label},
+            "optima": [o.to_json() for o in self.optima],
+            "chinchilla_point": [o.to_json() for o in self.chinchilla],
+            "savings": [1 - o.total / c.total for o, c in zip(self.optima, self.chinchilla)],
+            "notes": self.notes,
+        }
+
+
+# ---------------------------------------------------------------------------
+# the law's side: which (N, D) reach the target
+# ---------------------------------------------------------------------------
+def _size_params(fitted: FittedLaw) -> tuple[float, float, float, float, float]:
+    if fitted.law.name not in SIZE_LAWS:
+        raise UserError(f"{fitted.source}: the inference-aware optimum needs a Chinchilla fit ({', '.join(SIZE_LAWS)}), "
+                        f"not {fitted.law.name}; fit one with --law chinchilla (or chinchilla-tied)")
+    p = fitted.params
+    return p["E"], p["A"], p["B"], p["alpha"], p["alpha"] if fitted.law.name.endswith("-tied") else p["beta"]
+
+
+def check_target(fitted: FittedLaw, target_loss: float) -> None:
+    """A target at or below the irreducible loss ``E`` is reached by no model, however large."""
+    e = _size_params(fitted)[0]
+    if not (math.isfinite(target_loss) and target_loss > e):
+        raise UserError(f"--target-loss {target_loss:g} is not above the law's irreducible loss E = {e:.4g} "
+                        f"({fitted.source}): no model reaches it; choose a target above {e:.4g}")
+
+
+def tokens_for_loss(fitted: FittedLaw, target_loss: float, n: np.ndarray) -> np.ndarray:
+    """``D(N)`` with ``L(N, D) = target``; infinite where ``N`` alone already misses the target."""
+    e, a_coef, b_coef, alpha, beta = _size_params(fitted)
+    room = target_loss - e - a_coef * np.asarray(n, float) ** -alpha
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(room > 0, (b_coef / np.where(room > 0, room, 1.0)) ** (1 / beta), np.inf)
+
+
+def smallest_size(fitted: FittedLaw, target_loss: float) -> float:
+    """Below this ``N`` no amount of data reaches the target (``A N^-alpha = target - E``)."""
+    e, a_coef, _, alpha, _ = _size_params(fitted)
+    return (a_coef / (target_loss - e)) ** (1 / alpha)
+
+
+def chinchilla_point(fitted: FittedLaw, target_loss: float) -> tuple[float, float]:
+    """The (N, D) of least training compute ``N D`` at the target: the two terms split ``target - E`` as beta : alpha."""
+    check_target(fitted, target_loss)
+    e, a_coef, b_coef, alpha, beta = _size_params(fitted)
+    gap = target_loss - e
+    n = (a_coef / (gap * beta / (alpha + beta))) ** (1 / alpha)
+    d = (b_coef / (gap * alpha / (alpha + beta))) ** (1 / beta)
+    return n, d
+
+
+# ---------------------------------------------------------------------------
+# the cost side
+# ---------------------------------------------------------------------------
+def reference_shapes(sizes: np.ndarray, vocab: int) -> pd.DataFrame:
+    """A LLaMA-like shape per size: ``d_model = 128 n_layers``, GQA 4, SwiGLU ``d_ff`` about ``8/3 d_model``.
+
+    ``N = n_layers (2.5 d^2 + 8 d^2)`` for that layout, so ``n_layers = (N / (10.5 x 128^2))^(1/3)``.
+    ``d_head`` is 64 below 2B parameters and 128 above, as in the dissertation's models.
+    """
+    from archscale.shapes.architecture import non_embedding_params
+
+    rows = []
+    for n in np.asarray(sizes, float):
+        d_head = 64 if n < 2e9 else 128
+        layers = max(2, int(round((n / (10.5 * ASPECT_RATIO**2)) ** (1 / 3))))
+        d_model = max(d_head * GQA_GROUP, int(round(ASPECT_RATIO * layers / (d_head * GQA_GROUP))) * d_head * GQA_GROUP)
+        heads = d_model // d_head
+        d_ff = max(64, int(round(8 * d_model / 3 / 64)) * 64)
+        rows.append(dict(n_layers=layers, d_model=d_model, n_heads=heads, n_kv_heads=heads // GQA_GROUP, d_head=d_head,
+                         d_ff=d_ff, vocab=vocab, tie_embeddings=False))
+    frame = pd.DataFrame(rows)
+    frame["N"] = non_embedding_params(*(frame[c] for c in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff")))
+    return frame
+
+
+def serving_profile(serving: Serving):
+    """The throughput profile for the serving GPU (vLLM, bf16), or the uncalibrated roofline."""
+    from archscale.serving import resolve_profile
+
+    return resolve_profile(None, serving.gpu, "vllm")
+
+
+def serving_throughput(shapes: pd.DataFrame, serving: Serving) -> np.ndarray:
+    """Tokens per second of one serving replica for each shape: the one call into the cost model.
+
+    The estimate comes from the vLLM throughput profile matching the GPU (the uncalibrated roofline where none
+    ships; :func:`serving_source` says which). ``counts`` picks total tokens (prompt + generated) or generated ones.
+    """
+    estimate = serving_profile(serving).estimate(shapes, serving.workload, serving.tp)
+    column = "tokens_per_s" if serving.counts == "total" else "output_tokens_per_s"
+    return estimate[column].to_numpy(float)
+
+
+class _InferenceCost:
+    """Cost of serving ``tokens`` with a model of ``N`` parameters (per the cost model), vectorised over N."""
+
+    def __init__(self, cost: CostModel, low: float, high: float) -> None:
+        self.cost = cost
+        if cost.kind == "gpu-hours":
+            assert cost.serving is not None
+            shapes = reference_shapes(np.geomspace(low, high, SHAPE_POINTS), cost.serving.vocab)
+            shapes = shapes.drop_duplicates(subset="N").sort_values("N")
+            rate = serving_throughput(shapes, cost.serving)
+            self.log_n = np.log(shapes["N"].to_numpy(float))
+            self.log_seconds_per_token = np.where(rate > 0, -np.log(np.where(rate > 0, rate, 1.0)), np.inf)
+            unservable = shapes["N"].to_numpy(float)[rate <= 0]
+            self.unservable_from = float(unservable.min()) if len(unservable) else math.inf
+        else:
+            self.unservable_from = math.inf
+
+    def __call__(self, n: np.ndarray, tokens: float) -> np.ndarray:
+        n = np.asarray(n, float)
+        if self.cost.kind == "flops":
+            return 2.0 * n * tokens
+        log_s = np.interp(np.log(n), self.log_n, self.log_seconds_per_token)
+        # a replica spans tp GPUs: GPU-hours = seconds x tp / 3600
+        return np.exp(log_s) * tokens * self.cost.serving.tp / 3600.0
+
+
+def training_cost(cost: CostModel, n: np.ndarray, d: np.ndarray) -> np.ndarray:
+    flops = 6.0 * np.asarray(n, float) * np.asarray(d, float)
+    if cost.kind == "flops":
+        return flops
+    return flops / (cost.mfu * cost.serving.gpu.flops_per_s) / 3600.0
+
+
+# ---------------------------------------------------------------------------
+# the optimum
+# ---------------------------------------------------------------------------
+def inference_aware_optimum(fitted: FittedLaw, target_loss: float, inference_tokens: Sequence[float],
+                            cost: CostModel | None = None) -> LifetimePlan:
+    """For each inference volume, the (N, D) of least total cost that reaches ``target_loss``."""
+    cost = cost or CostModel()
+    check_target(fitted, target_loss)
+    volumes = [float(v) for v in inference_tokens]
+    if not volumes:
+        raise UserError("--inference-tokens: give at least one inference volume, e.g. 1e12,1e13")
+    for volume in volumes:
+        if not (math.isfinite(volume) and volume > 0):
+            raise UserError(f"--inference-tokens {volume:g}: the tokens served over the model's life must be positive "
+                            "(with none, the optimum is the Chinchilla point: archscale plan --fit FIT --budget C)")
+    low = smallest_size(fitted, target_loss) * (1 + 1e-9)
+    high = low * 10**SEARCH_DECADES
+    grid = np.geomspace(low, high, GRID_POINTS)[1:]
+    tokens = tokens_for_loss(fitted, target_loss, grid)
+    inference = _InferenceCost(cost, grid[0], grid[-1])
+    n_chin, d_chin = chinchilla_point(fitted, target_loss)
+    plan = LifetimePlan(target_loss, cost, [], [])
+    for volume in volumes:
+        plan.optima.append(_minimise(fitted, target_loss, volume, cost, inference, grid, tokens))
+        plan.chinchilla.append(Optimum(volume, n_chin, d_chin, float(training_cost(cost, n_chin, d_chin)),
+                                       float(inference(np.array([n_chin]), volume)[0])))
+    largest = max([o.n for o in plan.optima] + [n_chin])
+    if largest >= 0.5 * inference.unservable_from:
+        plan.notes.append(f"reference shapes from N = {inference.unservable_from:.3g} up do not fit one {cost.serving.gpu.name} "
+                          f"replica (tp {cost.serving.tp}) at batch {cost.serving.workload.batch_size}; their inference cost is "
+                          "infinite here: raise --tp (or lower --batch) to cost them")
+    if any(o.n <= grid[1] or o.n >= grid[-2] for o in plan.optima):
+        plan.notes.append("an optimum sits at the edge of the searched sizes: the cost keeps falling beyond it")
+    return plan
+
+
+def _minimise(fitted: FittedLaw, target_loss: float, volume: float, cost: CostModel, inference: _InferenceCost,
+              grid: np.ndarray, tokens: np.ndarray) -> Optimum:
+    """Grid over log N, then a bounded refinement around the best grid point."""
+    from scipy.optimize import minimize_scalar
+
+    def total(log_n: float) -> float:
+        n = np.array([math.exp(log_n)])
+        d = tokens_for_loss(fitted, target_loss, n)
+        value = training_cost(cost, n, d) + inference(n, volume)
+        return float(value[0]) if np.isfinite(value[0]) else math.inf
+
+    costs = training_cost(cost, grid, tokens) + inference(grid, volume)
+    best = int(np.argmin(np.where(np.isfinite(costs), costs, np.inf)))
+    if not np.isfinite(costs[best]):
+        raise UserError("no size reaches the target at a finite cost with this serving setup; raise --tp or pick another GPU")
+    lo, hi = math.log(grid[max(best - 1, 0)]), math.log(grid[min(best + 1, len(grid) - 1)])
+    refined = minimize_scalar(total, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
+    log_n = refined.x if refined.fun <= costs[best] else math.log(grid[best])
+    n = math.exp(log_n)
+    d = float(tokens_for_loss(fitted, target_loss, np.array([n]))[0])
+    return Optimum(volume, n, d, float(training_cost(cost, n, d)), float(inference(np.array([n]), volume)[0]))

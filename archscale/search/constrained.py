@@ -1,0 +1,486 @@
+"""Loss-constrained throughput search (the dissertation's Eq. 6.4 and Algorithm 5).
+
+Given a parameter budget N, a token budget D and a fitted architecture law:
+
+1. enumerate shapes at that budget (:mod:`archscale.shapes.candidates`);
+2. predict each shape's loss with the law, or take a measured loss from the
+   runs table when one exists for that exact shape and budget;
+3. estimate each shape's serving throughput with the serving model and the
+   calibration profile for the engine and device (the uncalibrated roofline
+   when there is none), or take a measured one from a bench results file when
+   it has that shape, GPU and workload;
+4. keep the shapes whose predicted loss is within the target and whose
+   weights and KV cache fit, rank them by throughput, and report the
+   loss-vs-throughput Pareto frontier and the top-k (predict, rank, select).
+
+The law says nothing about GQA (shapes that differ only in GQA have the same
+``x`` and ``r``, hence the same predicted loss), so GQA variants of one shape
+are kept together: the top-k are distinct shapes, each with its best GQA, and
+its other GQA variants are listed beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from archscale.shapes.architecture import Architecture
+from archscale.shapes.candidates import ROW_BYTES, generate_candidates
+from archscale.serving.devices import GPU
+from archscale.serving.profiles import Profile
+from archscale.serving.estimate import Workload, check_tensor_parallel
+from archscale.io.errors import UserError
+from archscale.laws import CONDITIONAL
+from archscale.fit.fitted import FittedLaw
+
+SHAPE_COLUMNS = ["n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff"]
+SEARCHABLE_LAWS = (*CONDITIONAL, "aspect", "aspect-tied")
+SEARCH_ROW_BYTES = 2 * ROW_BYTES
+"""Search keeps predictions and throughput beside each candidate: about 450 bytes a row at peak (tracemalloc, 1B search)."""
+GQA_NOTE = ("GQA does not enter the fitted law: GQA variants of a shape share its predicted loss; "
+            "measured losses from --runs decide between them where present")
+
+
+@dataclass
+class SearchSpec:
+    """What to search for: the budget, the candidate space and the serving workload."""
+
+    n: float
+    tokens: float
+    n_layers: int
+    d_head: int
+    gpu: GPU
+    workload: Workload
+    tp: int = 1
+    tolerance: float | None = None  # None: 0.05, or 0.02 when losses are relative to L_opt (see search)
+    r_range: tuple[float, float] = (0.5, 5.0)
+    # GQA groups tried; the law cannot judge GQA, so very large groups (MQA) are not tried unless asked for
+    gqa_values: Sequence[int] | None = tuple(range(1, 17))
+    vocab_size: int = 128256
+    tie_embeddings: bool = True
+    strict_hf: bool = False
+    d_multiple: int = 128  # hardware-friendly widths; tiny CPU models want finer steps
+    ff_multiple: int = 64
+    profile: Profile | None = None  # None: the uncalibrated roofline on ``gpu``
+
+    @property
+    def throughput_model(self) -> Profile:
+        """The profile estimates come from (the uncalibrated roofline on ``gpu`` when none was given)."""
+        return self.profile or Profile.uncalibrated(self.gpu)
+
+    def estimate(self, shapes: pd.DataFrame, workload: Workload | None = None) -> pd.DataFrame:
+        return self.throughput_model.estimate(shapes, workload or self.workload, self.tp)
+
+
+@dataclass
+class Target:
+    """The loss constraint ``L <= loss`` and where it came from."""
+
+    loss: float
+    source: str
+    reference: dict[str, Any] | None = None
+
+
+@dataclass
+class SearchResult:
+    candidates: pd.DataFrame
+    target: Target
+    continuous_optimum: dict[str, float]
+    best_discrete: dict[str, Any]
+    top_k: pd.DataFrame
+    relative: bool
+    notes: list[str]
+    throughput_model: Profile | None = None
+
+    def speedup_source(self, row: Any) -> str:
+        """Where a row's speedup over the reference comes from: measurements, or the profile that estimated both."""
+        reference = self.target.reference or {}
+        measured = (getattr(row, "throughput_source", None) == "measured",
+                    reference.get("throughput_source") == "measured")
+        if all(measured):
+            return "measured"
+        if any(measured):
+            return "one measured, one estimated"
+        model = self.throughput_model
+        if model is None or not model.calibrated:
+            return "uncalibrated roofline"
+        error = model.heldout_speedup_points
+        return f"profile {model.name}" + (f" (held-out speedup error {error:.1f} points)" if error is not None else "")
+
+    @property
+    def feasible(self) -> pd.DataFrame:
+        return self.candidates[self.candidates["feasible"]]
+
+    @property
+    def frontier(self) -> pd.DataFrame:
+        return self.candidates[self.candidates["on_frontier"]].sort_values("tokens_per_s")
+
+
+# ---------------------------------------------------------------------------
+# loss
+# ---------------------------------------------------------------------------
+def check_searchable(fitted: FittedLaw) -> None:
+    if fitted.law.name not in SEARCHABLE_LAWS:
+        raise UserError(f"{fitted.source}: search needs an architecture law ({', '.join(SEARCHABLE_LAWS)}), "
+                        f"but this fit is law {fitted.law.name!r}, which cannot tell shapes of one size apart")
+
+
+def losses_are_relative(fitted: FittedLaw) -> bool:
+    """A conditional law without a reference law for ``L_opt`` predicts losses relative to ``L_opt``."""
+    return "L_opt" in fitted.law.columns and fitted.reference is None
+
+
+def relative_unit(fitted: FittedLaw) -> str:
+    """What a relative prediction of a conditional law is: ``L / L_opt`` (multiplicative) or ``L - L_opt`` (additive)."""
+    return "L / L_opt" if fitted.law.name == "conditional-mult" else "L - L_opt"
+
+
+def predict_loss(fitted: FittedLaw, shapes: pd.DataFrame, tokens: float) -> np.ndarray:
+    """Predicted loss of each shape at ``tokens`` (relative, see :func:`losses_are_relative`).
+
+    Without a reference law, a conditional law can still rank shapes: it
+    predicts ``L / L_opt`` (multiplicative) or ``L - L_opt`` (additive),
+    which is what the comparison against a matched architecture needs.
+    """
+    frame = pd.DataFrame({
+        "N": shapes["N"].to_numpy(float),
+        "D": np.full(len(shapes), float(tokens)),
+        "x": shapes["x"].to_numpy(float),
+        "r": shapes["r"].to_numpy(float),
+        "R": (shapes["d_model"] / shapes["n_layers"]).to_numpy(float),
+    })
+    if losses_are_relative(fitted):
+        neutral = 1.0 if fitted.law.name == "conditional-mult" else 0.0
+        return fitted.predict(frame, l_opt=np.full(len(frame), neutral))
+    return fitted.predict(frame)
+
+
+def shape_row(arch: Architecture) -> dict[str, Any]:
+    """One candidate-table row for an architecture (used for the matched reference)."""
+    return {**arch.shape_columns(), "N": arch.n_params_non_embedding, "r": arch.r_mlp_attn, "x": arch.d_over_sqrt_n,
+            "gqa": arch.gqa_group, "R": arch.aspect_ratio}
+
+
+def resolve_target(fitted: FittedLaw, spec: SearchSpec, relative: bool, optimum_loss: float,
+                   target_loss: float | None, match: Architecture | None, slack: float | None) -> Target:
+    """Exactly one of ``--target-loss``, ``--match`` or ``--slack`` sets the constraint (slack 1% by default)."""
+    given = [flag for flag, value in (("--target-loss", target_loss), ("--match", match), ("--slack", slack)) if value is not None]
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(given)} both set the loss target; give only one")
+    if target_loss is not None:
+        if relative:
+            raise UserError(f"--target-loss needs absolute losses, but {fitted.source} has no reference law for L_opt; "
+                            "use --match or --slack, or give --reference chinchilla.json")
+        if not target_loss > 0:
+            raise UserError(f"--target-loss must be positive, got {target_loss}")
+        return Target(float(target_loss), "--target-loss")
+    if match is not None:
+        check_tensor_parallel(match.n_heads, match.n_kv_heads, spec.tp, f"--match {match.name}")
+        row = pd.DataFrame([shape_row(match)])
+        loss = predict_loss(fitted, row, spec.tokens)
+        throughput = spec.estimate(row).iloc[0]
+        reference = {**shape_row(match), "name": match.name, "predicted_loss": float(loss[0]),
+                     "tokens_per_s": float(throughput["tokens_per_s"]),
+                     "output_tokens_per_s": float(throughput["output_tokens_per_s"]), "fits": bool(throughput["fits"]),
+                     "throughput_source": "estimate"}
+        return Target(float(loss[0]), f"--match {match.name}", reference)
+    slack = 0.01 if slack is None else slack
+    if not 0 <= slack < 1:
+        raise UserError(f"--slack must be a fraction in [0, 1), got {slack}")
+    if relative and fitted.law.name == "conditional-add":
+        return Target(optimum_loss + slack, f"--slack {slack} over the predicted optimum (additive, absolute units)")
+    return Target(optimum_loss * (1 + slack), f"--slack {slack:.1%} over the predicted optimum")
+
+
+# ---------------------------------------------------------------------------
+# loss uncertainty: the fit's bootstrap refits carried into the choice
+# ---------------------------------------------------------------------------
+def _with_params(fitted: FittedLaw, params: dict[str, float]) -> FittedLaw:
+    return dataclasses.replace(fitted, params=params, draws=[])
+
+
+def check_confidence(fitted: FittedLaw, confidence: float | None) -> None:
+    """``--confidence`` is a probability, and needs bootstrap refits to have any meaning."""
+    if confidence is None:
+        return
+    if not 0 < confidence < 1:
+        raise UserError(f"--confidence must be a probability between 0 and 1, got {confidence}")
+    if not fitted.draws:
+        raise UserError(f"--confidence needs a fit with bootstrap refits, and {fitted.source} has none: "
+                        "refit with archscale fit ... --bootstrap 200")
+
+
+def meets_target_probability(fitted: FittedLaw, candidates: pd.DataFrame, spec: SearchSpec, target: Target,
+                             target_loss: float | None, match: Architecture | None, slack: float | None) -> np.ndarray:
+    """The share of the fit's bootstrap refits under which each candidate's loss meets the target.
+
+    The target is re-derived under every refit the way it was set: a fixed ``--target-loss`` stays put; a
+    ``--match`` target is the matched architecture's loss under the same refit (the comparison is paired, so
+    what both share cancels); a ``--slack`` target is that refit's own best candidate times ``1 + slack``.
+    A measured loss (``--runs``) is certain: it meets the target or not.
+    """
+    meets = np.zeros(len(candidates))
+    match_row = pd.DataFrame([shape_row(match)]) if match is not None else None
+    for params in fitted.draws:
+        draw = _with_params(fitted, params)
+        losses = predict_loss(draw, candidates, spec.tokens)
+        if target_loss is not None:
+            bar = target.loss
+        elif match_row is not None:
+            bar = float(predict_loss(draw, match_row, spec.tokens)[0])
+        else:
+            bar = _slack_target(draw, float(np.min(losses)), slack)
+        meets += losses <= bar + 1e-12
+    probability = meets / len(fitted.draws)
+    measured = (candidates["loss_source"] == "measured").to_numpy()
+    probability[measured] = (candidates["predicted_loss"].to_numpy()[measured] <= target.loss + 1e-12).astype(float)
+    return probability
+
+
+def _slack_target(fitted: FittedLaw, best: float, slack: float | None) -> float:
+    slack = 0.01 if slack is None else slack
+    if losses_are_relative(fitted) and fitted.law.name == "conditional-add":
+        return best + slack
+    return best * (1 + slack)
+
+
+def loss_intervals(fitted: FittedLaw, shapes: pd.DataFrame, tokens: float) -> tuple[np.ndarray, np.ndarray]:
+    """95% interval of each shape's predicted loss over the fit's bootstrap refits (NaN without refits)."""
+    if not fitted.draws or shapes.empty:
+        return np.full(len(shapes), np.nan), np.full(len(shapes), np.nan)
+    draws = np.array([predict_loss(_with_params(fitted, params), shapes, tokens) for params in fitted.draws])
+    low, high = np.percentile(draws, [2.5, 97.5], axis=0)
+    measured = (shapes["loss_source"] == "measured").to_numpy() if "loss_source" in shapes else np.zeros(len(shapes), bool)
+    low[measured] = high[measured] = shapes["predicted_loss"].to_numpy()[measured]
+    return low, high
+
+
+def loss_feasible(candidates: pd.DataFrame, fitted: FittedLaw, spec: SearchSpec, target: Target, confidence: float | None,
+                  target_loss: float | None, match: Architecture | None, slack: float | None) -> pd.Series:
+    """Whether each candidate's loss meets the target: its prediction, or with ``confidence``, that share of refits."""
+    if confidence is None:
+        return candidates["predicted_loss"] <= target.loss + 1e-12
+    candidates["p_meets_target"] = meets_target_probability(fitted, candidates, spec, target, target_loss, match, slack)
+    return candidates["p_meets_target"] >= confidence
+
+
+def add_loss_intervals(top: pd.DataFrame, fitted: FittedLaw, tokens: float) -> pd.DataFrame:
+    """The picks with the 95% interval of their predicted loss (``loss_low``, ``loss_high``) when the fit has refits."""
+    if fitted.draws and not top.empty:
+        top["loss_low"], top["loss_high"] = loss_intervals(fitted, top, tokens)
+    return top
+
+
+def continuous_optimum(fitted: FittedLaw, spec: SearchSpec) -> dict[str, float]:
+    """The law's closed-form optimum, with the hidden size it implies at this budget."""
+    optimum = fitted.optimum()
+    if "x" in optimum and math.isfinite(optimum["x"]):
+        optimum["d_model"] = optimum["x"] * math.sqrt(spec.n)
+    if optimum and all(math.isfinite(v) for v in optimum.values()) and {"x", "r"} <= set(optimum):
+        frame = pd.DataFrame({"N": [spec.n], "x": [optimum["x"]], "r": [optimum["r"]],
+                              "d_model": [optimum.get("d_model", 0.0)], "n_layers": [spec.n_layers]})
+        loss = predict_loss(fitted, frame, spec.tokens)
+        optimum["predicted_loss"] = float(loss[0])
+    return optimum
+
+
+# ---------------------------------------------------------------------------
+# measurements that replace predictions
+# ---------------------------------------------------------------------------
+def _shape_key(frame: pd.DataFrame) -> pd.Series:
+    """A hashable key per exact shape (tuples of the shape integers)."""
+    return pd.Series(list(zip(*(frame[c].astype("int64") for c in SHAPE_COLUMNS))), index=frame.index)
+
+
+def apply_measured_losses(candidates: pd.DataFrame, runs: pd.DataFrame | None, tokens: float) -> pd.DataFrame:
+    """Replace predicted losses by measured ones for shapes trained at (within 10% of) this token budget."""
+    candidates["loss_source"] = "predicted"
+    if runs is None:
+        return candidates
+    missing = [c for c in SHAPE_COLUMNS if c not in runs.columns]
+    if missing:
+        raise UserError(f"--runs: the runs table needs shape column {missing[0]!r} to match candidates")
+    same_budget = runs[(runs["D"] / tokens - 1).abs() <= 0.10].dropna(subset=SHAPE_COLUMNS)
+    if same_budget.empty:
+        return candidates
+    measured = same_budget.groupby(_shape_key(same_budget))["loss"].min().rename("predicted_loss")
+    return _override(candidates, measured, "loss_source")
+
+
+def apply_measured_throughput(candidates: pd.DataFrame, bench: pd.DataFrame | None, spec: SearchSpec) -> pd.DataFrame:
+    """Use measured tokens/s from a bench results table where it has this shape, GPU and workload.
+
+    ``bench`` holds measurements only (``archscale.bench.store.load_results(path, measured_only=True)``).
+    """
+    candidates["throughput_source"] = "estimate"
+    if bench is None:
+        return candidates
+    needed = SHAPE_COLUMNS + ["gpu", "batch_size", "input_len", "output_len", "tokens_per_s"]
+    missing = [c for c in needed if c not in bench.columns]
+    if missing:
+        raise UserError(f"--store: the results table needs column {missing[0]!r}")
+    rows = bench[(bench["gpu"].astype(str).str.lower() == spec.gpu.name.lower())
+                 & (bench["batch_size"] == spec.workload.batch_size)
+                 & (bench["input_len"] == spec.workload.input_len)
+                 & (bench["output_len"] == spec.workload.output_len)
+                 & bench["tokens_per_s"].notna()].copy()
+    # the same workload fixes the ratio of the two units; a table with only the total still gives the output rate
+    share = spec.workload.output_len / (spec.workload.input_len + spec.workload.output_len)
+    given = rows["output_tokens_per_s"] if "output_tokens_per_s" in rows else pd.Series(np.nan, index=rows.index)
+    rows["output_tokens_per_s"] = given.fillna(rows["tokens_per_s"] * share)
+    if "tp" in rows.columns:
+        rows = rows[rows["tp"] == spec.tp]
+    if rows.empty:
+        return candidates
+    means = rows.groupby(_shape_key(rows))[["tokens_per_s", "output_tokens_per_s"]].mean()
+    return _override(candidates, means, "throughput_source")
+
+
+def _override(candidates: pd.DataFrame, measured: pd.Series | pd.DataFrame, source_column: str) -> pd.DataFrame:
+    """Replace the measured columns by their values for every candidate whose exact shape was measured."""
+    keys = _shape_key(candidates)
+    hit = keys.isin(measured.index)
+    frame = measured.to_frame() if isinstance(measured, pd.Series) else measured
+    for column in frame.columns:
+        candidates.loc[hit, column] = keys[hit].map(frame[column]).to_numpy()
+    candidates.loc[hit, source_column] = "measured"
+    return candidates
+
+
+# ---------------------------------------------------------------------------
+# ranking
+# ---------------------------------------------------------------------------
+def pareto_mask(loss: np.ndarray, throughput: np.ndarray) -> np.ndarray:
+    """Rows no other row beats on both lower loss and higher throughput.
+
+    Sorted fastest first, a row is on the frontier when its loss is lower than
+    that of every faster row: one running minimum, no pairwise comparison.
+    """
+    order = np.lexsort((loss, -throughput))  # fastest first, ties by lower loss
+    sorted_loss = loss[order]
+    best_before = np.concatenate(([np.inf], np.minimum.accumulate(sorted_loss)[:-1]))
+    mask = np.zeros(len(loss), dtype=bool)
+    mask[order] = sorted_loss < best_before
+    return mask
+
+
+def select_top_k(feasible: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The k fastest shape families (d_model and attention width), each at its fastest d_ff and GQA.
+
+    Candidates that differ only in ``d_ff`` by a rounding step, or only in GQA,
+    are one choice for training; listing them as separate top-k entries would
+    hide real alternatives. The GQA variants of each pick are listed beside it.
+    """
+    if feasible.empty:
+        return feasible
+    ranked = feasible.sort_values(["tokens_per_s", "predicted_loss"], ascending=[False, True])
+    family = ranked["d_model"].astype("int64") * 100_000 + ranked["n_heads"] + ranked["n_kv_heads"]
+    best = ranked[~family.duplicated()].head(k).copy()
+    best["gqa_variants"] = [
+        ",".join(str(int(g)) for g in ranked.loc[ranked["shape_id"] == shape, "gqa"]) for shape in best["shape_id"]
+    ]
+    best.insert(0, "rank", range(1, len(best) + 1))
+    return best
+
+
+def nearest_misses(candidates: pd.DataFrame, target: Target, count: int = 3) -> str:
+    """A one-line description of the candidates that come closest to the target."""
+    fitting = candidates[candidates["fits"]] if candidates["fits"].any() else candidates
+    closest = fitting.nsmallest(count, "predicted_loss")
+    parts = [f"d_model {int(r.d_model)}, r {r.r:.2f}, GQA {int(r.gqa)}: loss {r.predicted_loss:.4f} "
+             f"(+{r.predicted_loss - target.loss:.4f})" for r in closest.itertuples()]
+    memory = "" if candidates["fits"].any() else "; no candidate fits in GPU memory at this batch size"
+    return "; ".join(parts) + memory
+
+
+def search(
+    fitted: FittedLaw,
+    spec: SearchSpec,
+    target_loss: float | None = None,
+    match: Architecture | None = None,
+    slack: float | None = None,
+    top_k: int = 3,
+    runs: pd.DataFrame | None = None,
+    bench: pd.DataFrame | None = None,
+    confidence: float | None = None,
+) -> SearchResult:
+    """Solve ``max throughput s.t. predicted loss <= target`` over the candidate shapes.
+
+    With ``confidence`` (and a fit with bootstrap refits) a candidate must meet the target under at least
+    that share of the refits, not just under the point fit.
+    """
+    check_searchable(fitted)
+    check_confidence(fitted, confidence)
+    relative = losses_are_relative(fitted)
+    # Relative losses do not see that a smaller N trains to a higher loss: hold the budget tighter then.
+    tolerance = spec.tolerance if spec.tolerance is not None else (0.02 if relative else 0.05)
+    candidates = generate_candidates(spec.n, spec.n_layers, spec.d_head, tolerance=tolerance,
+                                     r_range=spec.r_range, gqa_values=spec.gqa_values, tp=spec.tp,
+                                     strict_hf=spec.strict_hf, vocab_size=spec.vocab_size, d_multiple=spec.d_multiple,
+                                     ff_multiple=spec.ff_multiple, row_bytes=SEARCH_ROW_BYTES).reset_index(drop=True)
+    candidates["tie_embeddings"] = spec.tie_embeddings
+    candidates["predicted_loss"] = predict_loss(fitted, candidates, spec.tokens)
+    candidates = apply_measured_losses(candidates, runs, spec.tokens)
+    throughput = spec.estimate(candidates)
+    candidates = pd.concat([candidates, throughput], axis=1)
+    candidates = apply_measured_throughput(candidates, bench, spec)
+    # GQA variants of one shape share d_model, d_ff and the attention width n_heads + n_kv_heads
+    candidates["shape_id"] = candidates.groupby(["d_model", "d_ff", candidates["n_heads"] + candidates["n_kv_heads"]]).ngroup()
+
+    optimum = continuous_optimum(fitted, spec)
+    best_index = candidates["predicted_loss"].idxmin()
+    target = resolve_target(fitted, spec, relative, float(candidates.loc[best_index, "predicted_loss"]),
+                            target_loss, match, slack)
+    if target.reference is not None and bench is not None:  # a measured reference beats its estimate too
+        measured = apply_measured_throughput(pd.DataFrame([target.reference]), bench, spec).iloc[0]
+        target.reference.update({k: measured[k] for k in ("tokens_per_s", "output_tokens_per_s", "throughput_source")})
+    candidates["feasible"] = loss_feasible(candidates, fitted, spec, target, confidence, target_loss, match, slack) & candidates["fits"]
+    candidates["on_frontier"] = False
+    fitting = candidates["fits"].to_numpy()
+    frontier = pareto_mask(candidates.loc[fitting, "predicted_loss"].to_numpy(), candidates.loc[fitting, "tokens_per_s"].to_numpy())
+    candidates.loc[candidates.index[fitting][frontier], "on_frontier"] = True
+    if not candidates["feasible"].any():
+        chance = f" with probability {confidence:g}" if confidence is not None else ""
+        raise UserError(f"no candidate meets the target loss {target.loss:.4f} ({target.source}){chance}; "
+                        f"nearest: {nearest_misses(candidates, target)}")
+    notes = [GQA_NOTE]
+    for column, label in (("x", "d_model/sqrt(N)"), ("r", "r")):
+        value, low, high = optimum.get(column), candidates[column].min(), candidates[column].max()
+        if value is not None and math.isfinite(value) and not low <= value <= high:
+            notes.append(f"the law's optimum {label} = {value:.3g} lies outside the candidates ({low:.3g}-{high:.3g}): "
+                         "an extrapolation; the best candidates sit at the edge of the range")
+    if relative:
+        notes.append("the fit has no reference law, so losses are relative to L_opt(N, D) "
+                     f"({relative_unit(fitted)}); give --reference for absolute losses")
+    for source, column in (("measured", "loss_source"), ("measured", "throughput_source")):
+        count = int((candidates[column] == source).sum())
+        if count:
+            notes.append(f"{count:,} candidates use a measured {'loss' if column == 'loss_source' else 'throughput'} instead of the estimate")
+    unfit = int((~candidates["fits"]).sum())
+    if unfit:
+        notes.append(f"{unfit:,} candidates do not fit in {spec.gpu.name} memory at batch {spec.workload.batch_size} and are not ranked")
+    picks = select_top_k(candidates[candidates["feasible"]], top_k)
+    if len(picks) < top_k:
+        notes.append(f"only {len(picks)} distinct shape{'s' if len(picks) != 1 else ''} meet the target loss, "
+                     f"fewer than the {top_k} asked for (--top-k); relax the target for more")
+    return SearchResult(
+        candidates=candidates,
+        target=target,
+        continuous_optimum=optimum,
+        best_discrete=candidates.loc[best_index].to_dict(),
+        top_k=add_loss_intervals(picks, fitted, spec.tokens),
+        relative=relative,
+        notes=notes,
+        throughput_model=spec.throughput_model,
+    )
+
+
+def best_at_gqa(result: SearchResult, gqa: int) -> dict[str, Any] | None:
+    """The lowest-predicted-loss candidate with a given GQA group (the paper's GQA=4 baseline)."""
+    rows = result.candidates[result.candidates["gqa"] == gqa]
+    return None if rows.empty else rows.loc[rows["predicted_loss"].idxmin()].to_dict()

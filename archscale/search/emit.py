@@ -1,0 +1,49 @@
+"""Picks become trainable config folders: ``search --emit DIR`` writes ``cand-01``, ``cand-02``, ... each with
+the model's ``config.json``, a ``train.json`` recipe sized for it, and ``candidate.json`` (why it was picked).
+
+The folders are written to a staging folder first and replace an earlier search's set only when all are
+complete, so an interrupted emit leaves the old set whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
+
+from archscale.io.files import write_json
+from archscale.io.outputs import check_emit_dir, emitted_config_dirs
+from archscale.search.constrained import SearchResult, SearchSpec
+from archscale.shapes.candidates import architecture_from_row
+from archscale.train.config import TrainConfig, write_config_dir
+
+
+def emit_configs(result: SearchResult, spec: SearchSpec, directory: str | Path) -> list[Path]:
+    """Write one trainable config directory per top-k candidate (config.json, train.json, candidate.json)."""
+    directory = Path(directory)
+    check_emit_dir(directory)  # only configs an earlier search emitted may be replaced; they all are (no stale cand-NN)
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".emit-"))
+    written = []
+    try:
+        for row in result.top_k.to_dict("records"):
+            name = f"cand-{int(row['rank']):02d}"
+            arch = dataclasses.replace(architecture_from_row(row), name=name, tie_embeddings=bool(spec.tie_embeddings))
+            write_config_dir(staging / name, arch, TrainConfig.for_model_size(arch.n_params_non_embedding, tokens=int(spec.tokens)))
+            summary = dict(row)
+            summary.update(gpu=spec.gpu.name, batch_size=spec.workload.batch_size, input_len=spec.workload.input_len,
+                           output_len=spec.workload.output_len, target_loss=result.target.loss,
+                           target_source=result.target.source)
+            write_json(staging / name / "candidate.json", summary)
+        stale, _ = emitted_config_dirs(directory)
+        for old in stale:  # every new directory is complete before the old set is removed
+            shutil.rmtree(old)
+        for child in sorted(staging.iterdir()):
+            final = directory / child.name
+            child.replace(final)
+            written.append(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written
+

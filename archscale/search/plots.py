@@ -1,0 +1,211 @@
+"""The ``archscale search --plot`` figure: candidates, the Pareto frontier, the target and the picks, and each
+pick's throughput against batch size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import matplotlib.patches
+import matplotlib.ticker
+import numpy as np
+
+from archscale.io.figures import plt, save, si_count
+
+
+SPEED = "output_tokens_per_s"
+"""The throughput the search figure plots (output tokens/s, as search's table prints it)."""
+
+
+PICK_STYLES = (("tab:green", "D", "-"), ("tab:purple", "s", "--"), ("tab:brown", "^", "-."),
+               ("tab:cyan", "v", ":"), ("tab:olive", "P", "-"), ("tab:pink", "X", "--"))
+"""(colour, marker, line style) of the k-th pick, the same in every panel, so each legend entry matches one mark."""
+
+
+def pick_style(rank: int) -> tuple[str, str, str]:
+    return PICK_STYLES[(rank - 1) % len(PICK_STYLES)]
+
+
+def throughput_source(result: Any | None) -> str:
+    """Where the plotted throughputs come from: the search's profile, or the uncalibrated roofline."""
+    model = getattr(result, "throughput_model", None)
+    return model.label if model is not None else "estimate"
+
+
+def source_on_device(spec: Any, result: Any | None = None) -> str:
+    """Where the throughputs come from and for which device, naming the device once.
+
+    An uncalibrated roofline's label already names it ("uncalibrated roofline (H100-SXM)"), and so does a
+    profile's name as a rule ("vllm-h200-bf16"); the device is added only where the label lacks it.
+    """
+    source, device = throughput_source(result), spec.gpu.name
+    return source if device.lower() in source.lower() else f"{source}, {device}"
+
+
+def throughput_label(spec: Any, result: Any | None = None) -> str:
+    """What the throughput axis measures (one place, so its wording follows where the numbers come from)."""
+    return (f"output tokens/s ({source_on_device(spec, result)}; batch {spec.workload.batch_size}, "
+            f"{spec.workload.input_len} in / {spec.workload.output_len} out)")
+
+
+def _zoom_window(result: Any) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Throughput and loss limits that separate the picks (they often lie within 1% of each other)."""
+    picks = result.top_k
+    x_low, x_high = float(picks[SPEED].min()), float(picks[SPEED].max())
+    width = max(x_high - x_low, 0.01 * x_high)
+    y_low = float(picks["predicted_loss"].min())
+    y_high = max(float(result.target.loss), float(picks["predicted_loss"].max()))
+    height = max(y_high - y_low, 2e-4 * y_high)
+    return (x_low - 0.6 * width, x_high + 0.6 * width), (y_low - 0.6 * height, y_high + 0.4 * height)
+
+
+def _candidate_clouds(ax: plt.Axes, result: Any, counts: bool) -> None:
+    """Candidates that fit in memory (over the target grey, feasible blue), the frontier, the target and reference."""
+    fits = result.candidates["fits"]
+    shown = result.candidates[fits]
+    infeasible, feasible = shown[~shown["feasible"]], shown[shown["feasible"]]
+    unfit = int((~fits).sum())
+    label = (lambda text, n: f"{text} ({n:,})") if counts else (lambda text, n: None)
+    ax.scatter(infeasible[SPEED], infeasible["predicted_loss"], s=3, color="0.8", rasterized=True,
+               label=label("over target", len(infeasible)))
+    ax.scatter(feasible[SPEED], feasible["predicted_loss"], s=3, color="tab:blue", alpha=0.4, rasterized=True,
+               label=label("feasible", len(feasible)))
+    if counts and unfit:
+        ax.plot([], [], " ", label=f"do not fit in GPU memory ({unfit:,}, not drawn)")
+    frontier = result.frontier
+    ax.plot(frontier[SPEED], frontier["predicted_loss"], color="tab:red", lw=2, marker="o", ms=3, zorder=7,
+            label=f"Pareto frontier ({len(frontier)} shape{'s' if len(frontier) != 1 else ''})" if counts else None)
+    ax.axhline(result.target.loss, color="black", ls="--", lw=1,
+               label=f"target loss ({result.target.source})" if counts else "target loss")
+    reference = result.target.reference
+    if reference:
+        ax.scatter([reference[SPEED]], [reference["predicted_loss"]], marker="*", s=250, color="gold",
+                   edgecolor="black", zorder=5, label=f"reference: {reference['name']}" if counts else None)
+
+
+def _picks(ax: plt.Axes, result: Any, labelled: bool) -> None:
+    """The top-k, each in its own colour and marker; with ``labelled``, '#k' beside each and a legend entry."""
+    offsets = ((8, 8), (8, -14), (-24, 8), (-24, -14))
+    for index, row in enumerate(result.top_k.itertuples()):
+        color, marker, _ = pick_style(row.rank)
+        ax.scatter([getattr(row, SPEED)], [row.predicted_loss], marker=marker, s=70 if labelled else 40, color=color,
+                   edgecolor="black", zorder=8,
+                   label=f"#{row.rank}: d={row.d_model}, heads {row.n_heads}/{row.n_kv_heads}, d_ff {row.d_ff}, "
+                         f"r={row.r:.2f}" if labelled else None)
+        if labelled:
+            x_low, x_high = ax.get_xlim()
+            dx, dy = offsets[index % len(offsets)]
+            if getattr(row, SPEED) > x_low + 0.85 * (x_high - x_low):  # near the right edge: label on the left
+                dx = -abs(dx) - 16
+            ax.annotate(f"#{row.rank}", (getattr(row, SPEED), row.predicted_loss), xytext=(dx, dy),
+                        textcoords="offset points", fontsize=9, color=color, fontweight="bold")
+
+
+PICK_SEPARATION = 0.04
+"""Picks closer than this (as a fraction of the overview's axes) would be drawn over each other: they get a zoom panel."""
+
+
+def _picks_overlap(result: Any, x_span: float, y_span: float) -> bool:
+    """Whether two picks would sit within :data:`PICK_SEPARATION` of each other in the overview."""
+    points = np.column_stack([result.top_k[SPEED] / max(x_span, 1e-12),
+                              result.top_k["predicted_loss"] / max(y_span, 1e-12)])
+    if len(points) < 2:
+        return False
+    gaps = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(-1))
+    return bool(gaps[np.triu_indices(len(points), 1)].min() < PICK_SEPARATION)
+
+
+def plot_search(result: Any, spec: Any, path: str | Path, batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)) -> Path:
+    """The ``archscale search --plot`` figure.
+
+    Left: predicted loss against throughput for every candidate that fits in
+    memory (the count of those that do not is in the legend), the feasible set
+    coloured, the Pareto frontier, the target loss, the matched reference and
+    the picks. When the picks lie too close to tell apart there (often within
+    1% of each other), a box marks them and a middle panel enlarges it. Right:
+    estimated throughput against batch size for the picks and the reference
+    (the search's throughput profile at each batch size), each pick in the same
+    colour and marker in every panel. Throughput is output tokens/s, and the
+    axes name the profile behind it.
+    """
+    unit = "loss / $L_{opt}$ (relative)" if result.relative else "predicted loss (nats/token)"
+    frontier = result.frontier
+    low, high = frontier["predicted_loss"].min(), max(result.target.loss, frontier["predicted_loss"].min())
+    span = max(high - low, 1e-4)
+    y_limits = (low - 0.5 * span, high + 2.5 * span)
+    shown = result.candidates.loc[result.candidates["fits"], SPEED]
+    zoom = _picks_overlap(result, float(shown.max() - shown.min()), y_limits[1] - y_limits[0])
+    if zoom:
+        fig, (left, middle, right) = plt.subplots(1, 3, figsize=(19, 5.8), gridspec_kw={"width_ratios": [1.25, 1, 1]})
+    else:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.8))
+
+    _candidate_clouds(left, result, counts=True)
+    _picks(left, result, labelled=not zoom)
+    if zoom:
+        (x_low, x_high), (y_low, y_high) = _zoom_window(result)
+        left.add_patch(matplotlib.patches.Rectangle((x_low, y_low), x_high - x_low, y_high - y_low, fill=False,
+                                                    ec="black", lw=1, zorder=9, label="picks (enlarged in the middle)"))
+    left.set_xlabel(throughput_label(spec, result))
+    left.set_ylabel(unit)
+    left.set_title(f"N = {si_count(spec.n)} non-embedding params, D = {si_count(spec.tokens)} tokens, "
+                   f"{spec.n_layers} layers", fontsize=10)
+    left.set_ylim(*y_limits)
+    left.legend(fontsize=7.5, loc="upper left")
+    left.grid(alpha=0.3)
+    left.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
+
+    if zoom:
+        _candidate_clouds(middle, result, counts=False)
+        middle.set_xlim(x_low, x_high)
+        middle.set_ylim(y_low, y_high)
+        _picks(middle, result, labelled=True)
+        middle.set_xlabel("output tokens/s")
+        middle.set_ylabel(unit)
+        middle.set_title(f"the top {len(result.top_k)} enlarged", fontsize=10)
+        middle.legend(fontsize=7.5, loc="upper left")
+        middle.grid(alpha=0.3)
+        middle.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
+        middle.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
+        middle.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.4f"))
+
+    _throughput_by_batch(right, result, spec, batch_sizes)
+    return save(fig, path)
+
+
+def _throughput_by_batch(ax: plt.Axes, result: Any, spec: Any, batch_sizes: tuple[int, ...]) -> None:
+    """Estimated throughput against batch size for each pick and the reference; says so when the picks coincide."""
+    import pandas as pd
+
+    from archscale.serving.estimate import Workload
+
+    def curve(row: Mapping[str, Any]) -> list[float]:
+        shape = pd.DataFrame([{k: row[k] for k in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff",
+                                                   "vocab", "tie_embeddings")}])
+        return [float(spec.estimate(shape, Workload(b, spec.workload.input_len, spec.workload.output_len)).iloc[0][SPEED])
+                for b in batch_sizes]
+
+    curves = []
+    for index, row in enumerate(result.top_k.itertuples()):
+        color, marker, style = pick_style(row.rank)
+        values = curve(row._asdict())
+        curves.append(values)
+        # later picks drawn smaller on top, so coinciding lines stay visible
+        ax.plot(batch_sizes, values, color=color, marker=marker, ls=style, ms=9 - 2 * min(index, 3), lw=2 - 0.4 * min(index, 2),
+                label=f"#{row.rank}: d={row.d_model}, r={row.r:.2f}, GQA {row.gqa}", zorder=3 + index)
+    reference = result.target.reference
+    if reference:
+        ax.plot(batch_sizes, curve(reference), marker="o", ls="--", color="black", label=f"reference: {reference['name']}")
+    title = None
+    if len(curves) > 1:
+        spread = np.max(np.ptp(np.asarray(curves), axis=0) / np.max(np.asarray(curves), axis=0))
+        if spread < 0.02:
+            title = f"the {len(curves)} picks lie within {max(spread, 0.001):.1%} of each other (lines overlap)"
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size (concurrent requests)")
+    ax.set_ylabel("estimated output tokens/s")
+    ax.set_title(f"{source_on_device(spec, result)}, by batch size", fontsize=10)
+    ax.legend(fontsize=7.5, title=title, title_fontsize=7.5, loc="upper left")
+    ax.grid(alpha=0.3)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))

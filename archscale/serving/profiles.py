@@ -1,0 +1,194 @@
+"""Throughput profiles: the serving model's terms fitted for one (engine, device, dtype), with their evidence.
+
+Why a profile and not a pair of efficiencies: what an engine spends besides
+bytes and FLOPs (per step, per sequence) differs between engines, devices and
+their software, so a calibration holds only for the triple it was measured
+on. A profile carries that triple, the device figures it was fitted against,
+which terms were fitted and which fixed, where the measurements came from, and
+how well it predicted rows it was not fitted on (above all the speedup between
+architectures, which is what ``search`` ranks by). ``search`` and ``bench``
+pick the profile that matches their engine, device and dtype, and say which
+one they used; with none they say the estimate is an uncalibrated roofline.
+A profile for another device is refused, never applied silently.
+
+Where profiles are found: a path given with ``--profile``; otherwise every
+``*.json`` in the directories of ``$ARCHSCALE_PROFILES`` (``:``-separated),
+then the shipped ones in ``data/profiles/`` (fitted on published
+measurements; their ``source`` says which). The first match wins.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from archscale.serving.devices import FIELDS as DEVICE_FIELDS
+from archscale.serving.devices import GPU, gpu_from_record
+from archscale.serving.estimate import CostTerms, EngineSettings, TERM_NAMES, Workload, estimate_throughput_many
+from archscale.io.errors import UserError
+from archscale.io.files import read_json, write_json
+
+KIND = "archscale-throughput-profile"
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "data" / "profiles"
+ENV_DIRS = "ARCHSCALE_PROFILES"
+UNCALIBRATED = "uncalibrated"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A calibrated (or, with ``fitted`` empty, the uncalibrated) serving model for one engine, device and dtype."""
+
+    name: str
+    engine: str
+    device: GPU
+    dtype: str = "bfloat16"
+    terms: CostTerms = field(default_factory=CostTerms)
+    settings: EngineSettings = field(default_factory=EngineSettings)
+    fitted: tuple[str, ...] = ()
+    source: str = ""
+    validation: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @classmethod
+    def uncalibrated(cls, device: GPU, engine: str = "vllm", dtype: str = "bfloat16") -> "Profile":
+        """The roofline with default efficiencies and no overhead terms: optimistic, and labelled so."""
+        return cls(name=UNCALIBRATED, engine=engine, device=device, dtype=dtype,
+                   source="no calibration: roofline with default efficiencies and no per-step or per-sequence time")
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.fitted)
+
+    @property
+    def heldout_speedup_points(self) -> float | None:
+        """Mean |predicted - measured| speedup between architectures on held-out rows, in points (x100)."""
+        for key in ("heldout", "leave_one_architecture_out"):
+            value = (self.validation.get(key) or {}).get("speedup_mean_abs_points")
+            if value is not None:
+                return float(value)
+        return None
+
+    @property
+    def label(self) -> str:
+        """Short name for tables and plot axes."""
+        return f"profile {self.name}" if self.calibrated else f"uncalibrated roofline ({self.device.name})"
+
+    def describe(self) -> str:
+        """One line saying where estimates come from and how far to trust them."""
+        if not self.calibrated:
+            return (f"uncalibrated roofline on {self.device.name}: no {self.engine} profile for this device and dtype, "
+                    "so absolute numbers are optimistic and speedups of KV-saving shapes overstated "
+                    "(calibrate one with `archscale bench calibrate`)")
+        error = self.heldout_speedup_points
+        trust = f"held-out speedup error {error:.1f} points" if error is not None else "no held-out validation"
+        return f"profile {self.name} ({self.engine} on {self.device.name}, {self.dtype}; {trust}; {self.source})"
+
+    def estimate(self, candidates: pd.DataFrame, workload: Workload, tp: int = 1, bytes_per_element: int = 2) -> pd.DataFrame:
+        """:func:`~archscale.serving.estimate.estimate_throughput_many` with this profile's device, terms and settings."""
+        return estimate_throughput_many(candidates, self.device, workload, tp, self.terms, self.settings, bytes_per_element)
+
+    def to_json(self) -> dict[str, Any]:
+        from archscale import __version__
+
+        return {
+            "kind": KIND,
+            "name": self.name,
+            "engine": self.engine,
+            "device": {name: getattr(self.device, name) for name in DEVICE_FIELDS},
+            "dtype": self.dtype,
+            "terms": self.terms.as_dict(),
+            "fitted": list(self.fitted),
+            "settings": self.settings.as_dict(),
+            "throughput_units": "the model predicts both output and total (prompt + generated) tokens/s",
+            "source": self.source,
+            "validation": self.validation,
+            "archscale_version": __version__,
+        }
+
+
+def save_profile(profile: Profile, path: str | Path) -> Path:
+    write_json(path, profile.to_json())
+    return Path(path)
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read a profile JSON, checking every part (a wrong file is one line naming it)."""
+    path = Path(path)
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("kind") != KIND:
+        raise UserError(f"{path}: not an archscale throughput profile (write one with `archscale bench calibrate --out FILE.json`)")
+    try:
+        device = gpu_from_record(data["device"], path, 1)
+        terms = CostTerms(**{k: float(v) for k, v in data["terms"].items()})
+        settings = EngineSettings(**data.get("settings", {}))
+        fitted = tuple(str(t) for t in data.get("fitted", ()))
+        name, engine, dtype = str(data["name"]), str(data["engine"]), str(data.get("dtype", "bfloat16"))
+    except KeyError as exc:
+        raise UserError(f"{path}: profile is missing {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{path}: malformed profile ({exc})") from None
+    unknown = [t for t in fitted if t not in TERM_NAMES]
+    if unknown:
+        raise UserError(f"{path}: unknown fitted term {unknown[0]!r}; terms are {', '.join(TERM_NAMES)}")
+    return Profile(name=name, engine=engine, device=device, dtype=dtype, terms=terms, settings=settings, fitted=fitted,
+                   source=str(data.get("source", "")), validation=dict(data.get("validation") or {}), path=path)
+
+
+def profile_dirs() -> list[Path]:
+    """Where profiles are looked up, in order: ``$ARCHSCALE_PROFILES`` directories, then the shipped ones."""
+    listed = [Path(p).expanduser() for p in os.environ.get(ENV_DIRS, "").split(os.pathsep) if p.strip()]
+    return [*listed, SHIPPED_DIR]
+
+
+def available_profiles() -> list[Profile]:
+    """Every readable profile in :func:`profile_dirs` (an unreadable file there is an error, not skipped)."""
+    found = []
+    for directory in profile_dirs():
+        if directory.is_dir():
+            found += [load_profile(path) for path in sorted(directory.glob("*.json"))]
+    return found
+
+
+def find_profile(engine: str, device: str, dtype: str = "bfloat16") -> Profile | None:
+    """The first profile for exactly this engine, device key and dtype, or None."""
+    for profile in available_profiles():
+        if (profile.engine, profile.device.name, profile.dtype) == (engine, device.lower(), dtype):
+            return profile
+    return None
+
+
+def resolve_profile(spec: str | Path | None, device: GPU, engine: str = "vllm", dtype: str = "bfloat16") -> Profile:
+    """The profile to estimate with: ``spec`` (a path, a profile name, or ``none``), else the matching one, else uncalibrated.
+
+    A profile fitted on another device or engine is refused: its terms describe
+    different hardware or software and would be wrong without saying so. The
+    device figures the profile was fitted against are the ones used.
+    """
+    if spec is None:
+        return find_profile(engine, device.name, dtype) or Profile.uncalibrated(device, engine, dtype)
+    text = str(spec)
+    if text.lower() == "none":
+        return Profile.uncalibrated(device, engine, dtype)
+    if Path(text).expanduser().suffix.lower() == ".json" or Path(text).expanduser().exists():
+        profile = load_profile(Path(text).expanduser())
+    else:
+        matches = [p for p in available_profiles() if p.name == text]
+        if not matches:
+            known = ", ".join(sorted({p.name for p in available_profiles()})) or "none"
+            raise UserError(f"--profile {text!r}: no such profile file or name (known profiles: {known}; "
+                            "calibrate one with `archscale bench calibrate --out FILE.json`)")
+        profile = matches[0]
+    where = profile.path or profile.name
+    if profile.device.name != device.name:
+        raise UserError(f"--profile {where}: fitted on {profile.device.name}, not {device.name}; a profile holds only for "
+                        f"the device it was measured on (use --profile none for the uncalibrated roofline on {device.name})")
+    if profile.engine != engine:
+        raise UserError(f"--profile {where}: fitted for engine {profile.engine!r}, not {engine!r} (give --engine {profile.engine})")
+    if profile.dtype != dtype:
+        raise UserError(f"--profile {where}: fitted for {profile.dtype}, not {dtype}")
+    return profile
+

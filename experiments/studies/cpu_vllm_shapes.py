@@ -1,0 +1,171 @@
+"""Real vLLM on this CPU, and the torch backend beside it, over shapes of one parameter budget: data for a `cpu` profile.
+
+    python experiments/studies/cpu_vllm_shapes.py --vllm-python .venv-vllm/bin/python [--limit 8] [--compile]
+
+Ten LLaMA-style shapes at 20M non-embedding parameters (6 layers, head dim 64, vocabulary 8192), chosen from
+``archscale.shapes.candidates.generate_candidates`` to spread d_model (256-1024), the MLP-to-attention ratio r
+(0.52-4.5) and the GQA group (1-8); each is measured with real vLLM (one engine for all batch sizes) and with
+archscale's torch backend, at the same batch sizes and lengths, in the same dtype (vLLM's default here:
+float32 on a CPU without AVX512_BF16/AMX; the torch backend's CPU default is float32 too), one thread each on
+core 0: vLLM binds its model worker itself (``auto``: core 0, core 1 left to its scheduler; the
+``threads``/``cpu_binding`` columns say so per row), the torch backend runs in this process with one torch
+thread and this process pinned to core 0 while it measures. Shapes are visited in a shuffled (seeded) order,
+both backends back to back per shape, so slow drifts of the shared machine's load fall on both and on shapes
+alike; the load average is logged before and after each measurement.
+
+Writes ``experiments/results/cpu_vllm/``: ``configs/`` (one config.json per shape), ``bench.sqlite`` (the
+store; not committed), ``cpu_vllm.csv`` (its export, as ``archscale bench --show --store STORE --export FILE``
+writes it), ``load.csv`` and ``summary.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from archscale.bench.store import export_csv, load_results
+from archscale.bench.sweep import resolve_targets, run_sweep
+from archscale.bench.types import BenchOptions
+from archscale.shapes.candidates import architecture_from_row, generate_candidates
+
+OUT = Path(__file__).resolve().parents[1] / "results" / "cpu_vllm"
+BUDGET, LAYERS, HEAD_DIM, VOCAB = 2e7, 6, 64, 8192
+TARGETS = [  # (d_model, r wanted, GQA group): narrow to wide, attention-heavy to MLP-heavy, MHA to GQA 8
+    (256, 2.3, 1), (256, 1.7, 8),  # at d_model 256 the budget allows r of about 1.7-2.3 only (16-32 heads)
+    (384, 1.0, 2), (384, 4.5, 4), (512, 0.5, 1), (512, 2.5, 8), (640, 1.5, 4), (768, 4.0, 2), (768, 0.7, 8), (1024, 1.0, 4),
+]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vllm-python", type=Path, default=None, help="Python with vLLM (default $ARCHSCALE_VLLM_PYTHON).")
+    parser.add_argument("--limit", type=int, default=len(TARGETS), help="Measure the first N shapes (at least 8).")
+    parser.add_argument("--batch-sizes", default="1,4,16,32")
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="vLLM with torch.compile (default: eager, "
+                        "which starts each engine ~1-2 min sooner on this machine).")
+    parser.add_argument("--out", type=Path, default=OUT)
+    return parser.parse_args()
+
+
+def pick_shapes(limit: int) -> list:
+    """The candidate nearest each target (r on a log scale, then the budget), as architectures."""
+    table = generate_candidates(BUDGET, LAYERS, HEAD_DIM, tolerance=0.05, vocab_size=VOCAB, gqa_values=[1, 2, 4, 8],
+                                d_model_values=sorted({d for d, _, _ in TARGETS}), strict_hf=True)
+    shapes = []
+    for d_model, r_wanted, group in TARGETS[:limit]:
+        rows = table[(table["d_model"] == d_model) & (table["gqa"] == group)]
+        distance = (rows["r"] / r_wanted).map(math.log).abs() + (rows["N"] / BUDGET - 1).abs()
+        row = rows.loc[distance.idxmin()]
+        arch = architecture_from_row(row)
+        shapes.append(arch.__class__(**{**arch.__dict__, "name": f"d{arch.d_model}-r{row['r']:.2f}-g{group}"}))
+    return shapes
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def measure_torch(target, options: BenchOptions, store: Path) -> None:
+    """The torch backend in this process: one torch thread, pinned to core 0 (as vLLM's worker is)."""
+    import torch
+
+    affinity, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    os.sched_setaffinity(0, {0})
+    torch.set_num_threads(1)
+    try:
+        run_sweep([target], options, store)
+    finally:
+        torch.set_num_threads(threads)
+        os.sched_setaffinity(0, affinity)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.limit < 8:
+        raise SystemExit("--limit: at least 8 shapes (half to fit a profile on, half to predict)")
+    out = args.out
+    store = out / "bench.sqlite"
+    done = measured_pairs(store, len(args.batch_sizes.split(","))) if store.exists() else set()
+    if done:
+        print(f"{store} exists: measuring only the (shape, backend) pairs it lacks", flush=True)
+    shapes = pick_shapes(args.limit)
+    specs = []
+    for arch in shapes:
+        directory = out / "configs" / arch.name
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(arch.to_hf_config(), indent=2) + "\n")
+        specs.append(str(directory))
+    targets = resolve_targets(specs)
+    common = dict(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), input_len=args.input_len,
+                  output_len=args.output_len, repeats=args.repeats)
+    vllm = BenchOptions(backend="vllm", enforce_eager=not args.compile, vllm_python=args.vllm_python,
+                        worker_timeout_s=1800, **common)
+    torch_options = BenchOptions(backend="torch", device="cpu", **common)
+    order = list(range(len(targets)))
+    random.Random(0).shuffle(order)
+    load_rows = []
+    started = time.perf_counter()
+    for step, index in enumerate(order):
+        target = targets[index]
+        for backend, options in (("vllm", vllm), ("torch", torch_options))[:: 1 if step % 2 == 0 else -1]:
+            if (target.label, backend) in done:
+                continue
+            before, t0 = load_average(), time.perf_counter()
+            if backend == "vllm":
+                run_sweep([target], options, store)
+            else:
+                measure_torch(target, options, store)
+            load_rows.append({"shape": target.label, "backend": backend, "seconds": round(time.perf_counter() - t0, 1),
+                              "load_before": before, "load_after": load_average()})
+            print(f"[{time.perf_counter() - started:6.0f} s] {target.label} {backend}: {load_rows[-1]['seconds']} s, "
+                  f"load {before:.1f} -> {load_rows[-1]['load_after']:.1f}", flush=True)
+    count = export_csv(store, out / "cpu_vllm.csv")
+    loads = pd.DataFrame(load_rows)
+    if done and (out / "load.csv").exists():  # a resumed run: keep the loads of the earlier rows it kept
+        earlier = pd.read_csv(out / "load.csv")
+        kept = [(shape, backend) in done for shape, backend in zip(earlier["shape"], earlier["backend"])]
+        loads = pd.concat([earlier[kept], loads], ignore_index=True)
+    loads.to_csv(out / "load.csv", index=False)
+    write_summary(out, load_results(store), loads, args, time.perf_counter() - started, count)
+
+
+def measured_pairs(store: Path, n_batch_sizes: int) -> set[tuple[str, str]]:
+    """(shape name, backend) pairs the store already holds a row for at every batch size."""
+    rows = load_results(store)
+    counts = rows.groupby(["name", "backend"])["batch_size"].nunique()
+    return {pair for pair, count in counts.items() if count >= n_batch_sizes}
+
+
+def write_summary(out: Path, rows: pd.DataFrame, loads: pd.DataFrame, args, seconds: float, count: int) -> None:
+    table = rows.pivot_table(index=["name", "d_model", "n_heads", "n_kv_heads", "d_ff"], columns=["backend", "batch_size"],
+                             values="tokens_per_s").round(0)
+    failed = rows[rows["status"] != "ok"]
+    lines = [f"command: python experiments/studies/cpu_vllm_shapes.py --limit {args.limit} --batch-sizes {args.batch_sizes} "
+             f"--input-len {args.input_len} --output-len {args.output_len} --repeats {args.repeats}"
+             + (" --compile" if args.compile else ""),
+             f"{count} rows ({len(failed)} failed); this run {seconds / 60:.1f} min; load average (1 min) over the "
+             f"measurements: median {loads[['load_before', 'load_after']].stack().median():.1f}, "
+             f"max {loads[['load_before', 'load_after']].stack().max():.1f} on {os.cpu_count()} CPUs",
+             f"vLLM rows: dtype {sorted(set(rows.loc[rows.backend == 'vllm', 'dtype']))}, threads "
+             f"{sorted(set(rows.loc[rows.backend == 'vllm', 'threads'].dropna().astype(int)))}, cores "
+             f"{sorted(set(rows.loc[rows.backend == 'vllm', 'cpu_binding'].dropna()))}; torch rows: dtype "
+             f"{sorted(set(rows.loc[rows.backend == 'torch', 'dtype']))}, 1 thread on core 0",
+             "", "total tokens/s:", table.to_string()]
+    if len(failed):
+        lines += ["", "failed rows:", failed[["name", "backend", "batch_size", "error"]].to_string()]
+    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
