@@ -27,7 +27,8 @@ from archscale.fit.fitted import check_reference, load_fit
 
 TOP_COLUMNS = ["rank", "d_model", "n_heads", "n_kv_heads", "d_ff", "N", "x", "r", "gqa", "predicted_loss",
                "loss_low", "loss_high", "p_meets_target", "loss_source", "tokens_per_s", "output_tokens_per_s",
-               "throughput_source", "memory_gb", "concurrency", "gqa_variants"]
+               "throughput_source", "memory_gb", "concurrency", "gqa_variants", "tie", "extrapolation",
+               "inside_data"]
 
 
 def _records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
@@ -63,8 +64,13 @@ def result_document(result: SearchResult, spec: SearchSpec) -> dict[str, Any]:
         "best_discrete_gqa4": best_at_gqa(result, 4),
         "n_candidates": len(result.candidates),
         "n_feasible": int(result.candidates["feasible"].sum()),
+        "n_ranked": int(result.candidates["ranked"].sum()),
+        "coverage": {"of_fit": result.coverage, "extrapolate": spec.extrapolate,
+                     "rule": "a candidate is ranked only when its coordinates lie within the ranges of the fit's runs "
+                             "(2% slack), unless --extrapolate; extrapolation names what is out"},
+        "tie_rule": None if spec.tie_rule is None else {"tolerance": spec.tie_rule[0], "source": spec.tie_rule[1]},
         "top_k": top,
-        "frontier": _records(result.frontier, TOP_COLUMNS[1:-1]),
+        "frontier": _records(result.frontier, TOP_COLUMNS[1:-4]),
         "notes": result.notes,
     }
 
@@ -77,6 +83,14 @@ def _loss_uncertainty(row: Any) -> str:
     if getattr(row, "p_meets_target", None) is not None and pd.notna(row.p_meets_target):
         text += f" P={row.p_meets_target:.2f}"
     return text
+
+
+def _within_error(speedup: float | None, spec: SearchSpec) -> str:
+    """A speedup smaller than the estimate's held-out error is a tie with the reference, not a win."""
+    rule = spec.tie_rule
+    if speedup is None or rule is None or abs(speedup - 1) > rule[0]:
+        return ""
+    return f"; within {100 * rule[0]:.1f}% ({rule[1]}): a tie with the reference, not a measured gain"
 
 
 def _print(result: SearchResult, spec: SearchSpec) -> None:
@@ -93,26 +107,30 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
     console.print(f"throughput: {result.throughput_model.describe()}")
     table = Table(title=f"top {len(result.top_k)} for training ({spec.gpu.name}, batch {spec.workload.batch_size}, "
                         f"{spec.workload.input_len} in / {spec.workload.output_len} out)")
-    for column in ("rank", "d_model", "heads/kv", "d_ff", "N", "r", "x", "GQA", "loss", "out tok/s", "vs ref", "GQA variants"):
+    outside = bool(result.top_k.get("extrapolation", pd.Series(dtype=str)).astype(bool).any())
+    columns = ["rank", "d_model", "heads/kv", "d_ff", "N", "r", "x", "GQA", "loss", "out tok/s", "vs ref", "GQA variants"]
+    for column in columns + (["outside the fit's runs"] if outside else []):
         table.add_column(column, justify="right")
     for row in result.top_k.itertuples():
         ratio = _speedup(row, reference)
         loss = f"{row.predicted_loss:.4f}" + (" (measured)" if row.loss_source == "measured" else "") + _loss_uncertainty(row)
         speed = f"{row.output_tokens_per_s:,.0f}" + (" (measured)" if row.throughput_source == "measured" else "")
-        table.add_row(str(row.rank), str(row.d_model), f"{row.n_heads}/{row.n_kv_heads}", str(row.d_ff), format_count(row.N),
+        rank = f"{row.rank} tie" if getattr(row, "tie", False) else str(row.rank)
+        table.add_row(rank, str(row.d_model), f"{row.n_heads}/{row.n_kv_heads}", str(row.d_ff), format_count(row.N),
                       f"{row.r:.2f}", f"{row.x:.4f}", str(row.gqa), loss, speed, "-" if ratio is None else f"{ratio:.2f}x",
-                      row.gqa_variants)
+                      row.gqa_variants, *([row.extrapolation or "-"] if outside else []))
     if reference:
         measured = " (measured)" if reference.get("throughput_source") == "measured" else ""
         table.add_row("ref", str(reference["d_model"]), f"{reference['n_heads']}/{reference['n_kv_heads']}", str(reference["d_ff"]),
                       format_count(reference["N"]), f"{reference['r']:.2f}", f"{reference['x']:.4f}", str(reference["gqa"]),
                       f"{reference['predicted_loss']:.4f}", f"{reference['output_tokens_per_s']:,.0f}{measured}", "1.00x",
-                      reference["name"])
+                      reference["name"], *(["-"] if outside else []))
     console.print(table)
     if reference and len(result.top_k):
         first = next(result.top_k.itertuples())
-        console.print(f"top pick vs {reference['name']}: {_speedup(first, reference):.2f}x output tokens/s "
-                      f"(source: {result.speedup_source(first)})")
+        speedup = _speedup(first, reference)
+        console.print(f"top pick vs {reference['name']}: {speedup:.2f}x output tokens/s "
+                      f"(source: {result.speedup_source(first)})" + _within_error(speedup, spec))
     for note in result.notes:
         console.print(f"note: {note}")
 
@@ -153,6 +171,8 @@ def search_command(
     confidence: Optional[float] = typer.Option(None, "--confidence", help="Keep only candidates that meet the target under this share of the fit's bootstrap refits, e.g. 0.9 (fit with --bootstrap)."),
     runs: Optional[Path] = typer.Option(None, "--runs", help="Runs table: a measured loss for a candidate's exact shape at this D replaces the prediction."),
     store: Optional[Path] = typer.Option(None, "--store", help="Bench results store (archscale bench --store): a measured throughput for a candidate, GPU and workload replaces the estimate."),
+    extrapolate: bool = typer.Option(False, "--extrapolate", help="Rank candidates outside the shapes the fit's runs had (its coverage: x, r, GQA, and depth for aspect laws) too, each labelled with what is out. Without it they are counted, not ranked."),
+    tie: Optional[float] = typer.Option(None, "--tie", help="Throughputs within this fraction of the fastest tie (then lower predicted loss first). Default: the profile's held-out speedup error."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="How many shapes to select for training."),
     emit: Optional[Path] = typer.Option(None, "--emit", help="Write a trainable config directory per top-k candidate here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write the Pareto-frontier and throughput-vs-batch PNG."),
@@ -163,6 +183,8 @@ def search_command(
     check_outputs(("--out", out, "json"), ("--plot", plot, "png"), ("--emit", emit, "configs"),
                   inputs=(fit, reference, match, gpu_file, runs, store))
     n, tokens = parse_count(n_text, "--n"), parse_count(tokens_text, "--tokens")
+    if tie is not None and not 0 <= tie < 1:
+        raise UserError(f"--tie must be a fraction in [0, 1) of the fastest throughput, e.g. 0.05, got {tie}")
     if not r_min < r_max:
         raise UserError(f"--r-min {r_min} must be below --r-max {r_max}")
     fitted = load_fit(fit)
@@ -174,7 +196,8 @@ def search_command(
                       profile=resolve_profile(profile, device, engine),
                       workload=Workload(batch, input_len, output_len), tp=tp, tolerance=tolerance, r_range=(r_min, r_max),
                       gqa_values=parse_int_list(gqa, "--gqa"), vocab_size=vocab, tie_embeddings=tie_embeddings,
-                      strict_hf=strict_hf, d_multiple=d_multiple, ff_multiple=ff_multiple)
+                      strict_hf=strict_hf, d_multiple=d_multiple, ff_multiple=ff_multiple, extrapolate=extrapolate,
+                      tie_tolerance=tie)
     matched = load_architecture(match) if match else None
     run_table = load_runs(runs) if runs else None
     bench_table = load_results(store, measured_only=True) if store else None

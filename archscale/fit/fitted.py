@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from archscale.fit.coverage import coverage_from_json
 from archscale.fit.rows import empirical_best
 from archscale.fit.runs import require_columns
 from archscale.io.errors import UserError
@@ -30,6 +31,7 @@ class FittedLaw:
     reference: "FittedLaw | None" = None
     source: str = ""
     draws: list[dict[str, float]] = field(default_factory=list)  # bootstrap refits, for intervals downstream
+    coverage: dict[str, list[float]] | None = None  # [low, high] per shape coordinate its runs had (fit.coverage)
 
     def predict(self, frame: pd.DataFrame | Mapping[str, Any], l_opt: np.ndarray | None = None) -> np.ndarray:
         """Predicted loss for each row; conditional laws need ``L_opt`` from ``l_opt`` or the reference."""
@@ -65,7 +67,8 @@ def fitted_from_json(document: Mapping[str, Any], source: str) -> FittedLaw:
     ref_fit = None
     if isinstance(reference, Mapping) and reference.get("kind") == "law":
         ref_fit = fitted_from_json(reference, f"{source} (reference)")
-    return FittedLaw(law, values, ref_fit, source, _draws_from_json(document.get("bootstrap"), law, source))
+    return FittedLaw(law, values, ref_fit, source, _draws_from_json(document.get("bootstrap"), law, source),
+                     coverage_from_json(document.get("coverage"), source))
 
 
 def _draws_from_json(block: Any, law: Law, source: str) -> list[dict[str, float]]:

@@ -20,6 +20,7 @@ from archscale.io.errors import UserError
 from archscale.io.files import jsonable
 from archscale.fit.fitting import FitResult, bootstrap, evaluate, fit_law
 from archscale.laws import CONDITIONAL, Law, get_law
+from archscale.fit.coverage import coverage_of
 from archscale.fit.fitted import FittedLaw, check_reference, law_inputs
 from archscale.fit.rows import select, size_levels
 
@@ -77,6 +78,7 @@ class Study:
             "form_selection": self.form_selection.to_json() if self.form_selection is not None else None,
             "hygiene": {**self.hygiene, "outliers": self.outliers},
             "bootstrap": self.fit.draws_json(),
+            "coverage": self.fitted.coverage,
             "degenerate": self.fit.degenerate,
             "warnings": self.fit.warnings,
         })
@@ -138,7 +140,8 @@ def run_study(
     study = Study(
         fit=fit,
         fitted=FittedLaw(law, fit.params, reference, source,
-                         [] if fit.draws is None else [dict(zip(law.param_names, row)) for row in fit.draws]),
+                         [] if fit.draws is None else [dict(zip(law.param_names, row)) for row in fit.draws],
+                         coverage_of(frame[~held])),
         frame=frame,
         fit_mask=~held,
         holdout_mask=held,

@@ -36,6 +36,7 @@ from archscale.serving.profiles import Profile
 from archscale.serving.estimate import Workload, check_tensor_parallel
 from archscale.io.errors import UserError
 from archscale.laws import CONDITIONAL
+from archscale.fit.coverage import COORDINATES, describe_coverage, outside_coverage, outside_label, outside_names
 from archscale.fit.fitted import FittedLaw
 
 SHAPE_COLUMNS = ["n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff"]
@@ -44,6 +45,8 @@ SEARCH_ROW_BYTES = 2 * ROW_BYTES
 """Search keeps predictions and throughput beside each candidate: about 450 bytes a row at peak (tracemalloc, 1B search)."""
 GQA_NOTE = ("GQA does not enter the fitted law: GQA variants of a shape share its predicted loss; "
             "measured losses from --runs decide between them where present")
+NO_COVERAGE_NOTE = ("the fit records no coverage (the shapes its runs had), so no candidate can be checked for "
+                    "extrapolation; refit with this version of archscale fit, or add a 'coverage' block to the fit JSON")
 
 
 @dataclass
@@ -67,6 +70,18 @@ class SearchSpec:
     d_multiple: int = 128  # hardware-friendly widths; tiny CPU models want finer steps
     ff_multiple: int = 64
     profile: Profile | None = None  # None: the uncalibrated roofline on ``gpu``
+    extrapolate: bool = False  # rank candidates outside the fit's runs too (each labelled with what is out)
+    tie_tolerance: float | None = None  # None: the profile's held-out speedup error (no ties when it has none)
+
+    @property
+    def tie_rule(self) -> tuple[float, str] | None:
+        """(relative throughput tolerance, where it comes from); None when nothing says how far to trust a gap."""
+        if self.tie_tolerance is not None:
+            return self.tie_tolerance, f"--tie {self.tie_tolerance:g}"
+        error = self.throughput_model.heldout_speedup_points if self.throughput_model.calibrated else None
+        if error is None:
+            return None
+        return error / 100, f"the held-out speedup error of profile {self.throughput_model.name}, {error:.1f} points"
 
     @property
     def throughput_model(self) -> Profile:
@@ -96,6 +111,7 @@ class SearchResult:
     relative: bool
     notes: list[str]
     throughput_model: Profile | None = None
+    coverage: dict[str, list[float]] | None = None  # the fit's, for the output
 
     def speedup_source(self, row: Any) -> str:
         """Where a row's speedup over the reference comes from: measurements, or the profile that estimated both."""
@@ -353,6 +369,71 @@ def _override(candidates: pd.DataFrame, measured: pd.Series | pd.DataFrame, sour
 
 
 # ---------------------------------------------------------------------------
+# where the law has seen runs
+# ---------------------------------------------------------------------------
+def law_coordinates(fitted: FittedLaw) -> tuple[str, ...]:
+    """The coordinates whose range decides whether a candidate lies inside the fit's runs.
+
+    Width (x) and MLP share (r) are the conditional laws' inputs; GQA is no input of theirs, so a law fitted
+    at one GQA says nothing about another; depth counts only for the aspect laws, which see it (R = d/layers).
+    """
+    return ("x", "r", "gqa", "n_layers") if "R" in fitted.law.columns else ("x", "r", "gqa")
+
+
+def mark_coverage(candidates: pd.DataFrame, fitted: FittedLaw) -> pd.DataFrame:
+    """``outside``: per candidate, the bit mask of coordinates outside the fit's runs (0 inside, or no coverage)."""
+    if fitted.coverage:
+        candidates["outside"] = outside_coverage(candidates, fitted.coverage, law_coordinates(fitted))
+    else:
+        candidates["outside"] = np.zeros(len(candidates), dtype=np.int64)
+    return candidates
+
+
+def coverage_notes(candidates: pd.DataFrame, fitted: FittedLaw, extrapolate: bool) -> list[str]:
+    """What lies outside the fit's runs among the feasible candidates, and whether it was ranked."""
+    if not fitted.coverage:
+        return [NO_COVERAGE_NOTE]
+    out = candidates.loc[candidates["feasible"], "outside"].to_numpy()
+    if not out.any():
+        return []
+    counts = [f"{name} {int(((out >> bit) & 1).sum()):,}" for bit, name in enumerate(COORDINATES) if ((out >> bit) & 1).any()]
+    checked = {c: fitted.coverage[c] for c in law_coordinates(fitted) if c in fitted.coverage}
+    what = (f"{int((out > 0).sum()):,} feasible candidates lie outside the fit's runs "
+            f"({describe_coverage(checked)}; out by {', '.join(counts)})")
+    if extrapolate:
+        return [f"{what}: ranked anyway (--extrapolate), each labelled with what is out"]
+    return [f"{what} and are not ranked: the law has not seen them; --extrapolate ranks them, labelled"]
+
+
+def label_extrapolations(picks: pd.DataFrame, fitted: FittedLaw) -> pd.DataFrame:
+    """``extrapolation`` (what is out, "" inside) and ``inside_data`` (the coordinates checked and inside) per pick."""
+    if picks.empty:
+        return picks
+    coverage = fitted.coverage or {}
+    checked = [c for c in law_coordinates(fitted) if c in coverage]
+    labels, inside = [], []
+    for row in picks.to_dict("records"):
+        mask = int(row.get("outside", 0))
+        labels.append(outside_label(row, mask, coverage) if mask else "")
+        inside.append(",".join(c for c in checked if c not in outside_names(mask)))
+    picks["extrapolation"] = labels
+    picks["inside_data"] = inside
+    return picks
+
+
+def reference_note(target: Target, fitted: FittedLaw) -> str | None:
+    """A matched reference outside the fit's runs makes the target loss itself an extrapolation of the law."""
+    reference = target.reference
+    if not reference or not fitted.coverage:
+        return None
+    mask = int(outside_coverage(pd.DataFrame([reference]), fitted.coverage, law_coordinates(fitted))[0])
+    if not mask:
+        return None
+    return (f"the target is the law's prediction for {reference.get('name', 'the reference')}, whose "
+            f"{outside_label(reference, mask, fitted.coverage)} lies outside the fit's runs: the target itself is an extrapolation")
+
+
+# ---------------------------------------------------------------------------
 # ranking
 # ---------------------------------------------------------------------------
 def pareto_mask(loss: np.ndarray, throughput: np.ndarray) -> np.ndarray:
@@ -369,23 +450,51 @@ def pareto_mask(loss: np.ndarray, throughput: np.ndarray) -> np.ndarray:
     return mask
 
 
-def select_top_k(feasible: pd.DataFrame, k: int) -> pd.DataFrame:
+def select_top_k(feasible: pd.DataFrame, k: int, tie: tuple[float, str] | None = None) -> pd.DataFrame:
     """The k fastest shape families (d_model and attention width), each at its fastest d_ff and GQA.
 
     Candidates that differ only in ``d_ff`` by a rounding step, or only in GQA,
     are one choice for training; listing them as separate top-k entries would
     hide real alternatives. The GQA variants of each pick are listed beside it.
+
+    ``tie`` = (tolerance, source): families whose throughput is within ``tolerance`` (relative) of the fastest
+    are a tie, since the estimate cannot order them; within the tie the lowest predicted loss comes first, and
+    ``tie`` marks them. Outside it, the order is by throughput.
     """
     if feasible.empty:
         return feasible
     ranked = feasible.sort_values(["tokens_per_s", "predicted_loss"], ascending=[False, True])
     family = ranked["d_model"].astype("int64") * 100_000 + ranked["n_heads"] + ranked["n_kv_heads"]
-    best = ranked[~family.duplicated()].head(k).copy()
+    families = ranked[~family.duplicated()]
+    tied = np.zeros(len(families), dtype=bool)
+    if tie is not None:
+        fastest = float(families["tokens_per_s"].iloc[0])
+        within = (families["tokens_per_s"] >= fastest * (1 - tie[0])).to_numpy()
+        if within.sum() > 1:  # a tie of one is no tie
+            families = pd.concat([families[within].sort_values(["predicted_loss", "tokens_per_s"], ascending=[True, False]),
+                                  families[~within]])
+            tied = np.sort(within)[::-1]  # the tie now leads
+    best = families.head(k).copy()
+    best["tie"] = tied[: len(best)]
     best["gqa_variants"] = [
         ",".join(str(int(g)) for g in ranked.loc[ranked["shape_id"] == shape, "gqa"]) for shape in best["shape_id"]
     ]
     best.insert(0, "rank", range(1, len(best) + 1))
+    best.attrs["tie_size"] = int(tied.sum())
     return best
+
+
+def tie_note(picks: pd.DataFrame, tie: tuple[float, str] | None) -> str:
+    """One line stating the tie rule and what it did (or why no tie could be judged)."""
+    if tie is None:
+        return ("no tie rule: these throughputs have no held-out error (uncalibrated estimate), so gaps between "
+                "picks are not validated; --tie FRACTION sets one")
+    size = int(picks.attrs.get("tie_size", 0))
+    rule = (f"tie rule: shapes within {100 * tie[0]:.1f}% of the fastest estimated throughput ({tie[1]}) are a tie, "
+            "ordered by lower predicted loss")
+    if size > 1:
+        return f"{rule}; {size} shape families tie for first" + (f" (the first {len(picks)} shown)" if size > len(picks) else "")
+    return f"{rule}; the fastest is ahead of the rest by more than that"
 
 
 def nearest_misses(candidates: pd.DataFrame, target: Target, count: int = 3) -> str:
@@ -440,6 +549,8 @@ def search(
         measured = apply_measured_throughput(pd.DataFrame([target.reference]), bench, spec).iloc[0]
         target.reference.update({k: measured[k] for k in ("tokens_per_s", "output_tokens_per_s", "throughput_source")})
     candidates["feasible"] = loss_feasible(candidates, fitted, spec, target, confidence, target_loss, match, slack) & candidates["fits"]
+    candidates = mark_coverage(candidates, fitted)
+    candidates["ranked"] = candidates["feasible"] & ((candidates["outside"] == 0) | spec.extrapolate)
     candidates["on_frontier"] = False
     fitting = candidates["fits"].to_numpy()
     frontier = pareto_mask(candidates.loc[fitting, "predicted_loss"].to_numpy(), candidates.loc[fitting, "tokens_per_s"].to_numpy())
@@ -448,7 +559,15 @@ def search(
         chance = f" with probability {confidence:g}" if confidence is not None else ""
         raise UserError(f"no candidate meets the target loss {target.loss:.4f} ({target.source}){chance}; "
                         f"nearest: {nearest_misses(candidates, target)}")
-    notes = [GQA_NOTE]
+    if not candidates["ranked"].any():
+        out = coverage_notes(candidates, fitted, False)
+        raise UserError(f"no candidate inside the fit's runs meets the target loss {target.loss:.4f}: "
+                        f"{out[0] if out else 'all lie outside'}; widen what the runs cover, narrow --gqa/--r-min/--r-max "
+                        "to the runs' range, or add --extrapolate")
+    notes = [GQA_NOTE] + coverage_notes(candidates, fitted, spec.extrapolate)
+    note = reference_note(target, fitted)
+    if note:
+        notes.append(note)
     for column, label in (("x", "d_model/sqrt(N)"), ("r", "r")):
         value, low, high = optimum.get(column), candidates[column].min(), candidates[column].max()
         if value is not None and math.isfinite(value) and not low <= value <= high:
@@ -464,7 +583,8 @@ def search(
     unfit = int((~candidates["fits"]).sum())
     if unfit:
         notes.append(f"{unfit:,} candidates do not fit in {spec.gpu.name} memory at batch {spec.workload.batch_size} and are not ranked")
-    picks = select_top_k(candidates[candidates["feasible"]], top_k)
+    picks = label_extrapolations(select_top_k(candidates[candidates["ranked"]], top_k, spec.tie_rule), fitted)
+    notes.append(tie_note(picks, spec.tie_rule))
     if len(picks) < top_k:
         notes.append(f"only {len(picks)} distinct shape{'s' if len(picks) != 1 else ''} meet the target loss, "
                      f"fewer than the {top_k} asked for (--top-k); relax the target for more")
@@ -477,6 +597,7 @@ def search(
         relative=relative,
         notes=notes,
         throughput_model=spec.throughput_model,
+        coverage=fitted.coverage,
     )
 
 

@@ -1,0 +1,115 @@
+"""The range of shapes a fit's runs cover, and which candidates lie outside it.
+
+A law predicts well only where its runs were: a conditional law fitted on GQA-4 runs has no GQA term, so it
+gives every GQA variant of a shape the same loss, and a search that trusts it takes the largest group allowed.
+The fit therefore records, per coordinate, the smallest and largest value its runs had (``coverage`` in the fit
+JSON), and the search labels a candidate outside that box an extrapolation, naming the coordinate.
+
+Coordinates: ``x`` = d_model / sqrt(N), ``r`` = MLP-to-attention ratio, ``gqa`` = query heads per KV head,
+``n_layers`` = depth. A coordinate is recorded only when the runs table has what it needs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from archscale.io.errors import UserError
+
+COORDINATES = {
+    "x": "d_model/sqrt(N)",
+    "r": "r (MLP-to-attention ratio)",
+    "gqa": "GQA (query heads per KV head)",
+    "n_layers": "depth (layers)",
+}
+"""Each coordinate a fit's coverage may record, with the name the output gives it."""
+
+RELATIVE_SLACK = 0.02
+"""A candidate within 2% of a bound is inside: the published tables print x and r to two or three digits."""
+
+
+def coordinates_of(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each coordinate the table holds, directly or from its shape columns."""
+    values: dict[str, np.ndarray] = {}
+    columns = set(frame.columns)
+    if "x" in columns:
+        values["x"] = frame["x"].to_numpy(float)
+    elif {"d_model", "N"} <= columns:
+        values["x"] = frame["d_model"].to_numpy(float) / np.sqrt(frame["N"].to_numpy(float))
+    if "r" in columns:
+        values["r"] = frame["r"].to_numpy(float)
+    if "gqa" in columns:
+        values["gqa"] = frame["gqa"].to_numpy(float)
+    elif {"n_heads", "n_kv_heads"} <= columns:
+        values["gqa"] = frame["n_heads"].to_numpy(float) / frame["n_kv_heads"].to_numpy(float)
+    if "n_layers" in columns:
+        values["n_layers"] = frame["n_layers"].to_numpy(float)
+    return {k: v for k, v in values.items() if np.isfinite(v).any()}
+
+
+def coverage_of(frame: pd.DataFrame) -> dict[str, list[float]]:
+    """``{coordinate: [low, high]}`` over the rows a law was fitted on."""
+    return {name: [float(np.nanmin(v)), float(np.nanmax(v))] for name, v in coordinates_of(frame).items()}
+
+
+def coverage_from_json(block: Any, source: str) -> dict[str, list[float]] | None:
+    """The ``coverage`` block of a fit JSON (None when the fit records none: written before coverage existed)."""
+    if block is None:
+        return None
+    if not isinstance(block, Mapping):
+        raise UserError(f"{source}: 'coverage' must map coordinates ({', '.join(COORDINATES)}) to [low, high]")
+    ranges: dict[str, list[float]] = {}
+    for name, bounds in block.items():
+        if name not in COORDINATES:
+            continue  # provenance text and future coordinates ride along
+        try:
+            low, high = (float(b) for b in bounds)
+        except (TypeError, ValueError):
+            raise UserError(f"{source}: coverage {name!r} must be [low, high], got {bounds!r}") from None
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+            raise UserError(f"{source}: coverage {name!r} must be finite with low <= high, got {bounds!r}")
+        ranges[name] = [low, high]
+    return ranges
+
+
+def outside_coverage(candidates: pd.DataFrame, coverage: Mapping[str, list[float]],
+                     checked: tuple[str, ...] = tuple(COORDINATES)) -> np.ndarray:
+    """Per candidate, a bit mask of the coordinates outside the fit's runs (0 when inside).
+
+    Bit ``i`` stands for the i-th coordinate of :data:`COORDINATES`; :func:`outside_label` spells a mask out.
+    One vectorised comparison per coordinate, so a million candidates cost milliseconds.
+    """
+    values = coordinates_of(candidates)
+    mask = np.zeros(len(candidates), dtype=np.int64)
+    for bit, name in enumerate(COORDINATES):
+        if name not in checked or name not in coverage or name not in values:
+            continue
+        low, high = coverage[name]
+        value = values[name]
+        mask |= (((value < low * (1 - RELATIVE_SLACK)) | (value > high * (1 + RELATIVE_SLACK))) * (1 << bit)).astype(np.int64)
+    return mask
+
+
+def outside_label(row: Mapping[str, Any], mask: int, coverage: Mapping[str, list[float]]) -> str:
+    """``"gqa 16 (runs 4)"``: the coordinates of one candidate that lie outside the fit's runs, "" when none."""
+    values = coordinates_of(pd.DataFrame([dict(row)]))
+    parts = [f"{name} {float(values[name][0]):.3g} (runs {_span(*coverage[name])})"
+             for bit, name in enumerate(COORDINATES) if int(mask) >> bit & 1 and name in values]
+    return "; ".join(parts)
+
+
+def outside_names(mask: int) -> list[str]:
+    """The coordinate names set in a mask."""
+    return [name for bit, name in enumerate(COORDINATES) if int(mask) >> bit & 1]
+
+
+def describe_coverage(coverage: Mapping[str, list[float]]) -> str:
+    """``x 0.042-0.34, r 0.5-4.2, GQA 4`` for an output line."""
+    return ", ".join(f"{'GQA' if name == 'gqa' else name} {_span(*bounds)}" for name, bounds in coverage.items())
+
+
+def _span(low: float, high: float) -> str:
+    return f"{low:.3g}" if low == high else f"{low:.3g}-{high:.3g}"

@@ -1,0 +1,139 @@
+"""Picks a reviewer can defend: the search ranks only what the fit's runs cover, and calls a gap smaller than the
+estimate's own error a tie."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from archscale.fit.coverage import coverage_of, outside_coverage, outside_label
+from archscale.fit.fitted import load_fit
+from archscale.search.constrained import SearchSpec, search
+from archscale.serving.devices import load_gpu
+from archscale.serving.estimate import Workload
+from archscale.serving.profiles import resolve_profile
+from archscale.shapes.architecture import load_architecture
+from conftest import DATA
+from helpers import one_line_error
+
+FIT_1B = DATA / "fits" / "dissertation_1b_mult.json"
+MINI_STUDY_RUNS = DATA.parent / "experiments" / "results" / "cpu_mini_study" / "runs.csv"
+
+
+def h200_spec(**changes) -> SearchSpec:
+    gpu = load_gpu("h200")
+    return SearchSpec(n=1e9, tokens=1e11, n_layers=16, d_head=64, gpu=gpu, workload=Workload(64, 4096, 1024),
+                      profile=resolve_profile(None, gpu, "vllm"), **changes)
+
+
+@pytest.fixture(scope="module")
+def default_1b():
+    return search(load_fit(FIT_1B), h200_spec(), match=load_architecture("llama-3.2-1b"))
+
+
+@pytest.fixture(scope="module")
+def extrapolated_1b():
+    return search(load_fit(FIT_1B), h200_spec(extrapolate=True), match=load_architecture("llama-3.2-1b"))
+
+
+def test_the_published_fit_says_it_has_seen_gqa_4_only():
+    fitted = load_fit(FIT_1B)
+    assert fitted.coverage["gqa"] == [4.0, 4.0]
+    assert fitted.coverage["x"][0] < 0.08 < fitted.coverage["x"][1]  # Panda-1B's optimum is inside
+
+
+def test_by_default_every_pick_is_inside_the_runs_so_none_takes_a_gqa_the_law_never_saw(default_1b):
+    picks = default_1b.top_k
+    assert set(picks["gqa"]) == {4}
+    assert (picks["extrapolation"] == "").all()
+    assert all("gqa" in inside.split(",") for inside in picks["inside_data"])
+    ranked = default_1b.candidates[default_1b.candidates["ranked"]]
+    assert set(ranked["gqa"]) == {4}
+    assert any("not ranked" in note and "gqa" in note for note in default_1b.notes)
+
+
+def test_extrapolate_ranks_the_rest_and_labels_what_is_out(extrapolated_1b):
+    picks = extrapolated_1b.top_k
+    assert (picks["gqa"] > 4).any()  # the law gives large groups the same loss, so they win on speed
+    for gqa, label in zip(picks["gqa"], picks["extrapolation"]):
+        assert (gqa == 4) == (label == "") or "gqa" not in label
+        if gqa != 4:
+            assert f"gqa {gqa}" in label and "(runs 4)" in label
+    assert any("ranked anyway (--extrapolate)" in note for note in extrapolated_1b.notes)
+
+
+def test_a_reference_outside_the_runs_makes_the_target_an_extrapolation(default_1b):
+    # LLaMA-3.2-1B has r 4.8; the published fit's runs reach r 4.2
+    assert any("llama-3.2-1b" in note and "r 4.8" in note and "extrapolation" in note for note in default_1b.notes)
+
+
+def test_ties_are_ordered_by_predicted_loss_and_stated(default_1b):
+    picks = default_1b.top_k
+    tolerance = default_1b.throughput_model.heldout_speedup_points / 100
+    fastest = default_1b.candidates.loc[default_1b.candidates["ranked"], "tokens_per_s"].max()
+    tied = picks[picks["tie"]]
+    assert len(tied) >= 2  # the top shapes are closer than the profile's error
+    assert (tied["tokens_per_s"] >= fastest * (1 - tolerance)).all()
+    assert tied["predicted_loss"].is_monotonic_increasing
+    assert any(note.startswith("tie rule:") and "held-out speedup error" in note for note in default_1b.notes)
+
+
+def test_without_a_tie_tolerance_the_order_is_by_throughput():
+    result = search(load_fit(FIT_1B), h200_spec(tie_tolerance=0.0), match=load_architecture("llama-3.2-1b"))
+    assert not result.top_k["tie"].any()
+    assert result.top_k["tokens_per_s"].is_monotonic_decreasing
+
+
+def test_an_uncalibrated_estimate_says_no_tie_can_be_judged():
+    gpu = load_gpu("l4")
+    spec = SearchSpec(n=1e9, tokens=1e11, n_layers=16, d_head=64, gpu=gpu, workload=Workload(8, 512, 128))
+    result = search(load_fit(FIT_1B), spec)
+    assert any(note.startswith("no tie rule") for note in result.notes)
+
+
+def test_a_fit_records_the_range_its_runs_cover(cli, tmp_path):
+    out = tmp_path / "cond.json"
+    result = cli("fit", str(MINI_STUDY_RUNS), "--law", "conditional-mult", "--loss", "lsq", "--out", str(out))
+    assert result.code == 0, result.err
+    coverage = json.loads(out.read_text())["coverage"]
+    runs = pd.read_csv(MINI_STUDY_RUNS)
+    assert coverage["gqa"] == [1.0, 1.0]  # the mini-study has no GQA
+    assert coverage["n_layers"] == [4.0, 4.0]
+    assert coverage["x"][0] == pytest.approx((runs["d_model"] / runs["N"] ** 0.5).min())
+
+
+def test_coverage_masks_name_each_coordinate_that_is_out():
+    coverage = {"x": [0.05, 0.2], "r": [0.5, 4.0], "gqa": [4.0, 4.0]}
+    shapes = pd.DataFrame({"d_model": [100, 400, 100], "N": [1e6, 1e6, 1e6], "r": [1.0, 1.0, 6.0],
+                           "n_heads": [8, 8, 16], "n_kv_heads": [2, 2, 1]})
+    mask = outside_coverage(shapes, coverage)
+    assert mask[0] == 0
+    assert outside_label(shapes.iloc[1].to_dict(), int(mask[1]), coverage) == "x 0.4 (runs 0.05-0.2)"
+    assert outside_label(shapes.iloc[2].to_dict(), int(mask[2]), coverage) == "r 6 (runs 0.5-4); gqa 16 (runs 4)"
+    assert coverage_of(shapes)["gqa"] == [4.0, 16.0]
+
+
+def test_nothing_inside_the_runs_is_one_line_naming_the_way_out(cli):
+    result = cli("search", "--fit", str(FIT_1B), "--n", "1e9", "--tokens", "1e11", "--layers", "16",
+                 "--gqa", "8,16", "--gpu", "h200", "--batch", "8", "--input-len", "512", "--output-len", "128")
+    assert one_line_error(result), result.err
+    assert "outside the fit's runs" in result.err and "--extrapolate" in result.err and "gqa" in result.err
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1", "nan"])
+def test_a_tie_that_is_not_a_fraction_is_refused(cli, value):
+    result = cli("search", "--fit", str(FIT_1B), "--n", "1e9", "--tokens", "1e11", "--layers", "16", "--tie", value)
+    assert one_line_error(result) and "--tie" in result.err, result.err
+
+
+def test_the_search_json_carries_ties_labels_and_the_rule(cli, tmp_path):
+    out = tmp_path / "search.json"
+    result = cli("search", "--fit", str(FIT_1B), "--n", "1e9", "--tokens", "1e11", "--layers", "16",
+                 "--match", "llama-3.2-1b", "--gpu", "h200", "--extrapolate", "--out", str(out))
+    assert result.code == 0, result.err
+    document = json.loads(out.read_text())
+    assert document["coverage"]["of_fit"]["gqa"] == [4.0, 4.0] and document["coverage"]["extrapolate"] is True
+    assert document["tie_rule"]["tolerance"] == pytest.approx(document["throughput_estimates"]["heldout_speedup_error_points"] / 100)
+    first = document["top_k"][0]
+    assert {"tie", "extrapolation", "inside_data"} <= set(first)
+    assert first["extrapolation"].startswith("gqa")
