@@ -9,7 +9,7 @@ import pytest
 from archscale.fit.coverage import coverage_of, outside_coverage, outside_label
 from archscale.fit.fitted import load_fit
 from archscale.search.constrained import SearchSpec, search
-from archscale.serving.devices import load_gpu
+from archscale.serving.devices import GPU, load_gpu
 from archscale.serving.estimate import Workload
 from archscale.serving.profiles import resolve_profile
 from archscale.shapes.architecture import load_architecture
@@ -18,6 +18,7 @@ from helpers import one_line_error
 
 FIT_1B = DATA / "fits" / "dissertation_1b_mult.json"
 MINI_STUDY_RUNS = DATA.parent / "experiments" / "results" / "cpu_mini_study" / "runs.csv"
+MINI_STUDY_FIT = MINI_STUDY_RUNS.parent / "cond.json"
 
 
 def h200_spec(**changes) -> SearchSpec:
@@ -137,3 +138,31 @@ def test_the_search_json_carries_ties_labels_and_the_rule(cli, tmp_path):
     first = document["top_k"][0]
     assert {"tie", "extrapolation", "inside_data"} <= set(first)
     assert first["extrapolation"].startswith("gqa")
+
+
+def tiny_cpu_spec() -> SearchSpec:
+    """The README's CPU flow: the mini-study's law, tiny shapes, the uncalibrated estimate on this CPU."""
+    cpu = GPU(name="cpu", bf16_tflops=1.0, hbm_tb_s=0.02, memory_gb=16, interconnect_gb_s=10)  # as bench probe writes
+    return SearchSpec(n=2e5, tokens=1.5e6, n_layers=4, d_head=16, gpu=cpu, workload=Workload(8, 64, 16),
+                      vocab_size=256, d_multiple=16, ff_multiple=16, gqa_values=(1, 2))
+
+
+def test_one_measured_shape_is_not_outranked_by_the_raw_estimate_of_its_twin():
+    """The 25x case: a measured CPU throughput beside uncalibrated estimates ranked the estimates first."""
+    fitted = load_fit(MINI_STUDY_FIT)
+    plain = search(fitted, tiny_cpu_spec(), slack=0.02, top_k=2)
+    first = plain.top_k.iloc[0]
+    measured_tps = first["tokens_per_s"] / 25  # what the torch backend measured, about 25x below the roofline
+    share = 16 / (64 + 16)
+    bench = pd.DataFrame([{**{c: int(first[c]) for c in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff")},
+                           "gpu": "cpu", "batch_size": 8, "input_len": 64, "output_len": 16, "tp": 1,
+                           "tokens_per_s": measured_tps, "output_tokens_per_s": measured_tps * share}])
+    result = search(fitted, tiny_cpu_spec(), slack=0.02, top_k=2, bench=bench)
+    ranked = result.candidates[result.candidates["ranked"]]
+    measured = ranked[ranked["throughput_source"] == "measured"]
+    assert len(measured) == 1
+    # on one scale, no estimate beats the measurement by more than the estimate's own ratio between the two shapes
+    estimated_ratio = plain.candidates.loc[plain.candidates["ranked"], "tokens_per_s"].max() / first["tokens_per_s"]
+    assert ranked["tokens_per_s"].max() / measured_tps <= estimated_ratio * (1 + 1e-9)
+    assert ranked["tokens_per_s"].max() < 2 * measured_tps  # not 25x
+    assert any("one scale" in note and "one-point calibration" in note for note in result.notes)

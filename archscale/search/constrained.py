@@ -121,7 +121,7 @@ class SearchResult:
         if all(measured):
             return "measured"
         if any(measured):
-            return "one measured, one estimated"
+            return "one measured, one estimated and scaled to the measurements"
         model = self.throughput_model
         if model is None or not model.calibrated:
             return "uncalibrated roofline"
@@ -357,6 +357,39 @@ def apply_measured_throughput(candidates: pd.DataFrame, bench: pd.DataFrame | No
     return _override(candidates, means, "throughput_source")
 
 
+def measured_scale(candidates: pd.DataFrame, estimated: pd.Series) -> tuple[float, int] | None:
+    """(median measured / estimated tokens/s over the measured shapes, how many), or None when none is measured.
+
+    Estimates and measurements are on different scales (an uncalibrated roofline is 25x a CPU measurement), so
+    ranking them together ranks the source, not the shape. Scaling every estimate by this ratio puts them on the
+    measurements' scale; with one measured shape that is a one-point calibration, and the output says so.
+    """
+    measured = (candidates["throughput_source"] == "measured").to_numpy()
+    if not measured.any():
+        return None
+    ratio = candidates.loc[measured, "tokens_per_s"].to_numpy(float) / estimated[measured].to_numpy(float)
+    ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+    return (float(np.median(ratio)), int(measured.sum())) if len(ratio) else None
+
+
+def scale_estimates(frame: pd.DataFrame, scale: float) -> pd.DataFrame:
+    """Estimated rows (not measured ones) times ``scale``, marked as scaled."""
+    estimated = frame["throughput_source"] == "estimate"
+    for column in ("tokens_per_s", "output_tokens_per_s"):
+        frame.loc[estimated, column] = frame.loc[estimated, column] * scale
+    frame.loc[estimated, "throughput_source"] = "estimate, scaled to measurements"
+    return frame
+
+
+def scale_note(scale: tuple[float, int], spec: SearchSpec) -> str:
+    value, count = scale
+    shapes = f"{count} measured shape{'s' if count != 1 else ''}"
+    caveat = ("; one shape is a one-point calibration: the order among unmeasured shapes is still the estimate's"
+              if count == 1 else "")
+    return (f"measured and estimated throughputs are ranked on one scale: every estimate is multiplied by {value:.3g}, "
+            f"the median measured/estimated ratio of {shapes} on {spec.gpu.name} at this workload{caveat}")
+
+
 def _override(candidates: pd.DataFrame, measured: pd.Series | pd.DataFrame, source_column: str) -> pd.DataFrame:
     """Replace the measured columns by their values for every candidate whose exact shape was measured."""
     keys = _shape_key(candidates)
@@ -537,7 +570,11 @@ def search(
     candidates = apply_measured_losses(candidates, runs, spec.tokens)
     throughput = spec.estimate(candidates)
     candidates = pd.concat([candidates, throughput], axis=1)
+    estimated = candidates["tokens_per_s"].copy()
     candidates = apply_measured_throughput(candidates, bench, spec)
+    scale = measured_scale(candidates, estimated)
+    if scale is not None:
+        candidates = scale_estimates(candidates, scale[0])
     # GQA variants of one shape share d_model, d_ff and the attention width n_heads + n_kv_heads
     candidates["shape_id"] = candidates.groupby(["d_model", "d_ff", candidates["n_heads"] + candidates["n_kv_heads"]]).ngroup()
 
@@ -548,6 +585,8 @@ def search(
     if target.reference is not None and bench is not None:  # a measured reference beats its estimate too
         measured = apply_measured_throughput(pd.DataFrame([target.reference]), bench, spec).iloc[0]
         target.reference.update({k: measured[k] for k in ("tokens_per_s", "output_tokens_per_s", "throughput_source")})
+        if scale is not None and target.reference["throughput_source"] == "estimate":
+            target.reference.update(scale_estimates(pd.DataFrame([target.reference]), scale[0]).iloc[0].to_dict())
     candidates["feasible"] = loss_feasible(candidates, fitted, spec, target, confidence, target_loss, match, slack) & candidates["fits"]
     candidates = mark_coverage(candidates, fitted)
     candidates["ranked"] = candidates["feasible"] & ((candidates["outside"] == 0) | spec.extrapolate)
@@ -565,6 +604,8 @@ def search(
                         f"{out[0] if out else 'all lie outside'}; widen what the runs cover, narrow --gqa/--r-min/--r-max "
                         "to the runs' range, or add --extrapolate")
     notes = [GQA_NOTE] + coverage_notes(candidates, fitted, spec.extrapolate)
+    if scale is not None:
+        notes.append(scale_note(scale, spec))
     note = reference_note(target, fitted)
     if note:
         notes.append(note)
