@@ -18,7 +18,7 @@ from archscale.cli.options import COLUMN_MAP, COUNT, DROP_INVALID, MIN_TOKENS_PE
 from archscale.io.units import format_count, parse_count
 from archscale.io.errors import UserError
 from archscale.io.files import write_json
-from archscale.laws import LAWS
+from archscale.laws import LAWS, MULTIPLICATIVE
 from archscale.fit.hygiene import describe_outliers
 from archscale.io.outputs import check_outputs
 from archscale.fit.runs import parse_column_map, read_runs
@@ -189,6 +189,7 @@ def predict(
     d_model: Optional[int] = typer.Option(None, "--d-model", help="Hidden size (for d/sqrt(N) and the aspect ratio)."),
     layers: Optional[int] = typer.Option(None, "--layers", help="Number of layers (aspect law: R = d_model/layers)."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="MLP-to-attention parameter ratio r (conditional laws)."),
+    gqa: Optional[float] = typer.Option(None, "--gqa", help="GQA group: query heads per KV head (the GQA-aware conditional laws)."),
     l_opt: Optional[float] = typer.Option(None, "--l-opt", help="Reference loss L_opt(N,D) for a conditional law "
                                           "without a reference law (without it, the loss is relative to L_opt)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -210,12 +211,14 @@ def predict(
             row["R"] = d_model / layers
     if ratio is not None:
         row["r"] = ratio
+    if gqa is not None:
+        row["gqa"] = gqa
     relative = losses_are_relative(fitted) and l_opt is None
     if relative:
-        l_opt = 1.0 if fitted.law.name == "conditional-mult" else 0.0  # the factor alone: L / L_opt, or L - L_opt
+        l_opt = 1.0 if fitted.law.name in MULTIPLICATIVE else 0.0  # the factor alone: L / L_opt, or L - L_opt
     needs_reference = "L_opt" in fitted.law.columns and l_opt is None
     needed = [c for c in fitted.law.columns if c != "L_opt"] + (["N", "D"] if needs_reference else [])
-    flags = {"N": "--n", "D": "--tokens", "x": "--d-model", "R": "--d-model and --layers", "r": "--ratio"}
+    flags = {"N": "--n", "D": "--tokens", "x": "--d-model", "R": "--d-model and --layers", "r": "--ratio", "gqa": "--gqa"}
     for column in needed:
         if column not in row:
             raise UserError(f"law {fitted.law.name} needs {flags[column]} to predict")

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from archscale.io.figures import log_x, plt, save
-from archscale.laws import CONDITIONAL, u_factor
+from archscale.laws import CONDITIONAL, MULTIPLICATIVE, u_factor
 
 
 FIT_COLOR, HOLDOUT_COLOR = "tab:orange", "tab:purple"
@@ -90,7 +90,7 @@ def _u_curve_panels(axes: list[plt.Axes], study: Any) -> None:
 
     l_opt = law_inputs(law, frame, study.fitted.reference, study.source)["L_opt"]
     loss = frame["loss"].to_numpy(float)
-    multiplicative = law.name == "conditional-mult"
+    multiplicative = law.name in MULTIPLICATIVE
     b0 = params.get("b0", 0.0)
     factor = {
         "x": lambda v: u_factor(params["a0"], params["a1"], params["a2"], v),

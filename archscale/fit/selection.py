@@ -20,7 +20,7 @@ import pandas as pd
 
 from archscale.io.errors import UserError
 from archscale.fit.fitting import OBJECTIVES, evaluate, fit_law
-from archscale.laws import CONDITIONAL, get_law
+from archscale.laws import CONDITIONAL, GQA_LAWS, get_law
 from archscale.fit.fitted import law_inputs
 from archscale.fit.rows import size_levels
 
@@ -102,13 +102,13 @@ def candidate_forms(frame: pd.DataFrame, law_name: str, objective: str, has_refe
 
 def auto_laws(frame: pd.DataFrame, has_reference: bool) -> list[str]:
     """Chinchilla, tied and free; the aspect laws when every run has a shape; the conditional laws when a
-    reference law gives ``L_opt`` (without one, ``L_opt`` is the best measured run of each size, which would
+    reference law gives ``L_opt``, with their GQA-aware forms when the runs vary GQA (without one, ``L_opt`` is the best measured run of each size, which would
     let a conditional law see the losses it is scored on)."""
     laws = list(SIZE_LAWS)
     if _varies(frame, "R"):
         laws += SHAPE_LAWS
     if has_reference and _varies(frame, "x") and _varies(frame, "r"):
-        laws += CONDITIONAL
+        laws += [law for law in CONDITIONAL if law not in GQA_LAWS or _varies(frame, "gqa")]
     return laws
 
 

@@ -14,6 +14,7 @@ from archscale.laws.chinchilla import Chinchilla
 from archscale.laws.conditional import (
     ConditionalAdditive,
     ConditionalMultiplicative,
+    ConditionalMultiplicativeGQA,
     UCurve,
     factor_optimum,
     u_factor,
@@ -27,13 +28,19 @@ LAWS: dict[str, Law] = {
         Aspect(),
         Aspect(tied=True),
         ConditionalMultiplicative(),
+        ConditionalMultiplicativeGQA("log"),
+        ConditionalMultiplicativeGQA("sat"),
         ConditionalAdditive(),
         UCurve("x"),
         UCurve("r"),
     )
 }
 
-CONDITIONAL = ("conditional-mult", "conditional-add")
+GQA_LAWS = ("conditional-mult-gqa", "conditional-mult-gqa-sat")
+"""Conditional laws with a KV-grouping factor: selection tries them when the runs vary GQA."""
+MULTIPLICATIVE = ("conditional-mult", *GQA_LAWS)
+"""Laws whose prediction is a factor times ``L_opt`` (relative losses are ``L / L_opt``)."""
+CONDITIONAL = (*MULTIPLICATIVE, "conditional-add")
 
 
 def get_law(name: str) -> Law:
@@ -44,4 +51,4 @@ def get_law(name: str) -> Law:
         raise UserError(f"unknown law {name!r}; known laws: {', '.join(LAWS)}") from None
 
 
-__all__ = ["LAWS", "CONDITIONAL", "Law", "Param", "get_law", "factor_optimum", "u_factor"]
+__all__ = ["LAWS", "CONDITIONAL", "GQA_LAWS", "MULTIPLICATIVE", "Law", "Param", "get_law", "factor_optimum", "u_factor"]

@@ -76,6 +76,43 @@ class ConditionalMultiplicative(Law):
         return _shape_collinearity(data)
 
 
+GQA_FACTORS = {
+    "log": ("1 + c log g", lambda c, g: 1.0 + c * np.log(g)),
+    "sat": ("1 + c (1 - 1/g)", lambda c, g: 1.0 + c * (1.0 - 1.0 / g)),
+}
+"""The KV-grouping factor ``h(g)``, ``g`` = query heads per KV head, 1 at multi-head attention (g = 1).
+
+``log`` keeps adding the same penalty per doubling of the group; ``sat`` saturates (going from 8 to 16 costs
+less than 1 to 2), as a KV cache already shared by many heads loses little more. Which one extrapolates is
+for selection to say on the user's runs; neither is fitted unless the runs vary GQA.
+"""
+
+
+class ConditionalMultiplicativeGQA(ConditionalMultiplicative):
+    """``L = (a0 + a1 log x + a2/x)(b0 + b1 log r + b2/r) h(g) L_opt(N, D)``, with ``h`` from :data:`GQA_FACTORS`.
+
+    The dissertation's law has no GQA term (its runs all use GQA 4), so every GQA variant of a shape gets one
+    loss and a search prefers the largest group. ``c`` is fitted from runs that vary GQA at fixed x and r.
+    """
+
+    columns = ("x", "r", "gqa", "L_opt")
+
+    def __init__(self, factor: str = "log") -> None:
+        formula, self._h = GQA_FACTORS[factor]
+        self.name = "conditional-mult-gqa" if factor == "log" else f"conditional-mult-gqa-{factor}"
+        self.description = f"(a0 + a1 log x + a2/x)(b0 + b1 log r + b2/r)({formula}) L_opt"
+        self.params = ConditionalMultiplicative.params + (Param("c", (0.0, 0.01, 0.05)),)
+
+    def predict(self, params: Params, data: Columns) -> np.ndarray:
+        h = self._h(params["c"], np.asarray(data["gqa"], float))
+        return super().predict(params, data) * h
+
+    def collinear_inputs(self, data: Columns) -> str | None:
+        if np.ptp(np.asarray(data["gqa"], float)) == 0:
+            return "every run has the same GQA group, so the GQA factor cannot be fitted"
+        return _shape_collinearity(data)
+
+
 class ConditionalAdditive(Law):
     """``L = (a0 + a1 log x + a2/x) + (b1 log r + b2/r) + L_opt(N, D)``."""
 

@@ -35,7 +35,7 @@ from archscale.serving.devices import GPU
 from archscale.serving.profiles import Profile
 from archscale.serving.estimate import Workload, check_tensor_parallel
 from archscale.io.errors import UserError
-from archscale.laws import CONDITIONAL
+from archscale.laws import CONDITIONAL, MULTIPLICATIVE
 from archscale.fit.coverage import COORDINATES, describe_coverage, outside_coverage, outside_label, outside_names
 from archscale.fit.fitted import FittedLaw
 
@@ -153,7 +153,7 @@ def losses_are_relative(fitted: FittedLaw) -> bool:
 
 def relative_unit(fitted: FittedLaw) -> str:
     """What a relative prediction of a conditional law is: ``L / L_opt`` (multiplicative) or ``L - L_opt`` (additive)."""
-    return "L / L_opt" if fitted.law.name == "conditional-mult" else "L - L_opt"
+    return "L / L_opt" if fitted.law.name in MULTIPLICATIVE else "L - L_opt"
 
 
 def predict_loss(fitted: FittedLaw, shapes: pd.DataFrame, tokens: float) -> np.ndarray:
@@ -169,9 +169,10 @@ def predict_loss(fitted: FittedLaw, shapes: pd.DataFrame, tokens: float) -> np.n
         "x": shapes["x"].to_numpy(float),
         "r": shapes["r"].to_numpy(float),
         "R": (shapes["d_model"] / shapes["n_layers"]).to_numpy(float),
+        "gqa": shapes["gqa"].to_numpy(float),
     })
     if losses_are_relative(fitted):
-        neutral = 1.0 if fitted.law.name == "conditional-mult" else 0.0
+        neutral = 1.0 if fitted.law.name in MULTIPLICATIVE else 0.0
         return fitted.predict(frame, l_opt=np.full(len(frame), neutral))
     return fitted.predict(frame)
 
@@ -299,7 +300,8 @@ def continuous_optimum(fitted: FittedLaw, spec: SearchSpec) -> dict[str, float]:
         optimum["d_model"] = optimum["x"] * math.sqrt(spec.n)
     if optimum and all(math.isfinite(v) for v in optimum.values()) and {"x", "r"} <= set(optimum):
         frame = pd.DataFrame({"N": [spec.n], "x": [optimum["x"]], "r": [optimum["r"]],
-                              "d_model": [optimum.get("d_model", 0.0)], "n_layers": [spec.n_layers]})
+                              "d_model": [optimum.get("d_model", 0.0)], "n_layers": [spec.n_layers],
+                              "gqa": [1.0]})  # a GQA-aware law's factor is 1 at multi-head attention
         loss = predict_loss(fitted, frame, spec.tokens)
         optimum["predicted_loss"] = float(loss[0])
     return optimum
@@ -404,6 +406,15 @@ def _override(candidates: pd.DataFrame, measured: pd.Series | pd.DataFrame, sour
 # ---------------------------------------------------------------------------
 # where the law has seen runs
 # ---------------------------------------------------------------------------
+def gqa_note(fitted: FittedLaw) -> str:
+    """Whether the law can tell GQA variants apart, and from which runs."""
+    if "gqa" not in fitted.law.columns:
+        return GQA_NOTE
+    seen = (fitted.coverage or {}).get("gqa")
+    runs = f" on runs with GQA {seen[0]:.3g}-{seen[1]:.3g}" if seen else ""
+    return f"GQA enters the fitted law ({fitted.law.description}, c = {fitted.params['c']:.3g}{runs})"
+
+
 def law_coordinates(fitted: FittedLaw) -> tuple[str, ...]:
     """The coordinates whose range decides whether a candidate lies inside the fit's runs.
 
@@ -603,7 +614,7 @@ def search(
         raise UserError(f"no candidate inside the fit's runs meets the target loss {target.loss:.4f}: "
                         f"{out[0] if out else 'all lie outside'}; widen what the runs cover, narrow --gqa/--r-min/--r-max "
                         "to the runs' range, or add --extrapolate")
-    notes = [GQA_NOTE] + coverage_notes(candidates, fitted, spec.extrapolate)
+    notes = [gqa_note(fitted)] + coverage_notes(candidates, fitted, spec.extrapolate)
     if scale is not None:
         notes.append(scale_note(scale, spec))
     note = reference_note(target, fitted)
