@@ -11,7 +11,7 @@ from rich.table import Table
 
 from archscale.shapes.architecture import load_architecture
 from archscale.bench.store import load_results
-from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json
+from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json, study
 from archscale.cli.options import COUNT, gpu_help, parse_int_list
 from archscale.io.units import format_count, parse_count
 from archscale.serving.devices import load_gpu
@@ -49,7 +49,8 @@ def result_document(result: SearchResult, spec: SearchSpec) -> dict[str, Any]:
         record["speedup_source"] = result.speedup_source(row)
     model = result.throughput_model
     return {
-        "budget": {"n": spec.n, "tokens": spec.tokens, "n_layers": spec.n_layers, "d_head": spec.d_head},
+        "budget": {"n": spec.n, "tokens": spec.tokens, "n_layers": spec.n_layers, "d_head": spec.d_head,
+                   "vocab_size": spec.vocab_size, "tie_embeddings": spec.tie_embeddings},
         "hardware": {"gpu": spec.gpu.name, "tp": spec.tp},
         "throughput_estimates": {"profile": model.name, "calibrated": model.calibrated, "engine": model.engine,
                                  "description": model.describe(),
@@ -219,3 +220,60 @@ def search_command(
         if path:
             console.print(f"wrote {label}: {path}")
 
+
+
+@app.command("search-gqa", cls=Command, epilog=examples(
+    "archscale search --fit experiments/results/cpu_mini_study/cond.json --n 2e5 --tokens 1.5e6 --layers 4 --head-dim 16 "
+    "--vocab 256 --d-multiple 16 --ff-multiple 16 --gqa 1-8 --extrapolate --batch 8 --input-len 64 --output-len 16 "
+    "--slack 0.02 --out out/search-tiny.json",
+    "archscale search-gqa out/search-tiny.json --proxy-n 2e4 --proxy-tokens 60K --proxy-layers 2 --proxy-head-dim 8 "
+    "--runs out/gqa-runs.csv --out out/gqa-search",
+))
+def search_gqa_command(
+    search_json: Path = typer.Argument(..., help="A search result (archscale search --out FILE.json)."),
+    pick: int = typer.Option(1, "--pick", min=1, help="Which of its picks (rank) to settle."),
+    baseline: Optional[int] = typer.Option(None, "--baseline-gqa", min=1, help="The GQA group the walk starts from and compares to. Default: the largest group the fit's runs had that the shape offers (the dissertation's runs: 4), else 4."),
+    tolerance: float = typer.Option(0.01, "--tolerance", help="A variant whose mean proxy loss exceeds the baseline's by more than this fraction stops the walk."),
+    proxy_n: str = typer.Option(..., "--proxy-n", metavar=COUNT, help="Non-embedding parameters of the trained proxies, e.g. 2e5."),
+    proxy_tokens: str = typer.Option(..., "--proxy-tokens", metavar=COUNT, help="Training tokens per proxy run, e.g. 1.5M."),
+    proxy_layers: int = typer.Option(4, "--proxy-layers", min=1, help="Layers of the proxies."),
+    proxy_head_dim: int = typer.Option(16, "--proxy-head-dim", min=2, help="d_head of the proxies (even)."),
+    proxy_vocab: int = typer.Option(256, "--proxy-vocab", min=1, help="Vocabulary of the proxies (the embedded corpus is bytes: 256)."),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Runs per variant (seeds 0..K-1); the walk compares their means."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared data directory (default: the embedded corpus)."),
+    runs: Path = typer.Option(..., "--runs", help="CSV runs table the proxies append to; variants already in it are not retrained."),
+    out: Path = typer.Option(..., "--out", help="Folder for the variants' configs, runs, decisions.json and gqa_search.json."),
+    executor: str = study.executor_option("inline", "(default inline)"),
+    jobs_dir: Optional[Path] = study.JOBS_DIR,
+    partition: Optional[str] = study.PARTITION,
+    job_gpus: Optional[int] = study.JOB_GPUS,
+    job_cpus: Optional[int] = study.JOB_CPUS,
+    job_mem: Optional[float] = study.JOB_MEM,
+    job_time: Optional[str] = study.JOB_TIME,
+    max_parallel: Optional[int] = study.MAX_PARALLEL,
+    as_json: bool = typer.Option(False, "--json", help="Print the result JSON instead of lines."),
+) -> None:
+    """Settle a pick's GQA by training: its variants, fastest-estimated last, each trained at a proxy budget until
+    one costs more loss than --tolerance over the baseline; the last one within it is confirmed. Resumable."""
+    from archscale.fit.runs import RUNS_TABLE
+    from archscale.search.gqa_local import Proxy, local_gqa_search
+    from archscale.train.sweep import default_jobs_dir
+
+    check_outputs(("--out", out, "dir"), ("--runs", runs, RUNS_TABLE), inputs=(search_json, data))
+    if proxy_head_dim % 2:
+        raise UserError(f"--proxy-head-dim must be even (rotary embeddings rotate pairs), got {proxy_head_dim}")
+    proxy = Proxy(n=parse_count(proxy_n, "--proxy-n"), tokens=int(parse_count(proxy_tokens, "--proxy-tokens")),
+                  n_layers=proxy_layers, d_head=proxy_head_dim, vocab_size=proxy_vocab, seeds=seeds)
+    options = study.dispatch_options(executor, jobs_dir, default_jobs_dir(runs), partition, job_gpus, job_cpus, job_mem,
+                                     job_time, max_parallel, True).checked()
+    echo = (lambda line: None) if as_json else console.print
+    result = local_gqa_search(search_json, out, runs, proxy, rank=pick, baseline=baseline, tolerance=tolerance,
+                              data=data, dispatch=options, echo=echo)
+    if as_json:
+        print_json(result.to_json())
+        return
+    chosen = result.confirmed
+    console.print(f"confirmed: GQA {chosen.gqa} ({chosen.full.n_heads}/{chosen.full.n_kv_heads} heads at full scale), "
+                  f"proxy loss {chosen.loss:.4f} against the baseline's {result.baseline.loss:.4f}; estimated "
+                  f"{chosen.tokens_per_s / result.baseline.tokens_per_s:.2f}x the baseline GQA {result.baseline.gqa}'s throughput")
+    console.print(f"wrote {out / 'gqa_search.json'} and {out / 'decisions.json'}")

@@ -1,0 +1,125 @@
+"""The local GQA search: a pick's GQA variants trained at a proxy budget, the walk's rule, and kill -9 resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+import archscale.search.gqa_local as gqa_local
+from archscale.search.gqa_local import Proxy, local_gqa_search
+from conftest import DATA
+from helpers import one_line_error
+
+MINI_STUDY_FIT = DATA.parent / "experiments" / "results" / "cpu_mini_study" / "cond.json"
+PROXY = ["--proxy-n", "1.5e4", "--proxy-tokens", "30K", "--proxy-layers", "2", "--proxy-head-dim", "8"]
+
+
+@pytest.fixture(scope="module")
+def search_json(tmp_path_factory):
+    """A tiny search whose first pick (d_model 80, 5/1 heads) has GQA variants 1, 2 and 5."""
+    out = tmp_path_factory.mktemp("search") / "search.json"
+    command = [sys.executable, "-m", "archscale", "search", "--fit", str(MINI_STUDY_FIT), "--n", "2e5", "--tokens", "1.5e6",
+               "--layers", "4", "--head-dim", "16", "--vocab", "256", "--d-multiple", "16", "--ff-multiple", "16",
+               "--gqa", "1-8", "--extrapolate", "--batch", "8", "--input-len", "64", "--output-len", "16",
+               "--slack", "0.02", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def fake_training(losses_by_gqa, trained):
+    """Stand-in for training: each variant gets the loss the test says, and the call is counted."""
+    def train(variant, runs, out, data, dispatch, echo):
+        trained.append(variant.gqa)
+        variant.losses = [losses_by_gqa[variant.gqa]]
+    return train
+
+
+@pytest.mark.parametrize("losses, confirmed, tried", [
+    ({1: 2.000, 2: 2.010, 5: 2.030}, 2, [1, 2, 5]),   # GQA 5 costs 1.5% > 1%: the walk stops there, GQA 2 stands
+    ({1: 2.000, 2: 2.030, 5: 2.000}, 1, [1, 2]),      # the first faster variant already fails: the baseline stands
+    ({1: 2.000, 2: 2.005, 5: 2.015}, 5, [1, 2, 5]),   # every variant within 1%: the fastest is confirmed
+])
+def test_the_walk_stops_at_the_first_variant_over_the_tolerance(search_json, tmp_path, monkeypatch, losses, confirmed, tried):
+    trained = []
+    monkeypatch.setattr(gqa_local, "train_variant", fake_training(losses, trained))
+    result = local_gqa_search(search_json, tmp_path / "out", tmp_path / "runs.csv", Proxy(1.5e4, 30_000, 2, 8),
+                              tolerance=0.01, echo=lambda line: None)
+    assert trained == tried
+    assert result.confirmed.gqa == confirmed
+    decisions = json.loads((tmp_path / "out" / "decisions.json").read_text())["decisions"]
+    assert [d["gqa"] for d in decisions] == tried
+    assert all("decision" in d for d in decisions)
+
+
+def test_variants_are_tried_in_order_of_estimated_throughput(search_json, tmp_path, monkeypatch):
+    trained = []
+    monkeypatch.setattr(gqa_local, "train_variant", fake_training({1: 2.0, 2: 2.0, 5: 2.0}, trained))
+    result = local_gqa_search(search_json, tmp_path / "out", tmp_path / "runs.csv", Proxy(1.5e4, 30_000, 2, 8),
+                              echo=lambda line: None)
+    speeds = [v.tokens_per_s for v in result.variants]
+    assert speeds == sorted(speeds) and result.baseline.gqa == 1  # the mini-study's runs are all GQA 1
+    for variant in result.variants:  # each proxy keeps the group it stands for, at one shape
+        assert variant.proxy.gqa_group == variant.gqa
+    assert len({(v.proxy.d_model, v.proxy.d_ff, v.proxy.n_heads + v.proxy.n_kv_heads) for v in result.variants}) == 1
+
+
+def test_real_training_end_to_end_and_a_rerun_retrains_nothing(search_json, tmp_path, cli, one_thread):
+    out, runs = tmp_path / "gqa", tmp_path / "runs.csv"
+    first = cli("search-gqa", str(search_json), *PROXY, "--runs", str(runs), "--out", str(out))
+    assert first.code == 0, first.err
+    assert "confirmed: GQA" in first.out
+    table = pd.read_csv(runs)
+    decided = json.loads((out / "gqa_search.json").read_text())
+    assert len(table) == len(decided["decisions"])  # one trained run per variant tried
+    assert set((table["n_heads"] / table["n_kv_heads"]).astype(int)) == {d["gqa"] for d in decided["decisions"]}
+    again = cli("search-gqa", str(search_json), *PROXY, "--runs", str(runs), "--out", str(out))
+    assert again.code == 0, again.err
+    assert again.out.count("not retrained") == len(decided["decisions"])
+    assert len(pd.read_csv(runs)) == len(table)
+    assert json.loads((out / "gqa_search.json").read_text())["confirmed"] == decided["confirmed"]
+
+
+def test_kill_9_mid_walk_then_rerun_keeps_the_finished_variants(search_json, tmp_path):
+    out, runs = tmp_path / "gqa", tmp_path / "runs.csv"
+    command = [sys.executable, "-m", "archscale", "search-gqa", str(search_json), *PROXY, "--proxy-tokens", "120K",
+               "--runs", str(runs), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    decisions = out / "decisions.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if decisions.exists() and len(json.loads(decisions.read_text())["decisions"]) >= 1:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the walk ended before it could be killed: " + process.stderr.read()
+    time.sleep(1.0)  # into the next variant's training
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = len(pd.read_csv(runs))
+    assert finished >= 1
+    rerun = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "GQA 1: already in" in rerun.stdout  # the baseline was not trained again
+    table = pd.read_csv(runs)
+    assert not table["recipe_hash"].duplicated().any()
+    assert len(table) == len(json.loads(decisions.read_text())["decisions"])
+
+
+def test_a_baseline_the_shape_lacks_is_one_line(search_json, tmp_path, cli):
+    result = cli("search-gqa", str(search_json), *PROXY, "--baseline-gqa", "3", "--runs", str(tmp_path / "r.csv"),
+                 "--out", str(tmp_path / "o"))
+    assert one_line_error(result) and "--baseline-gqa 3" in result.err, result.err
+
+
+def test_a_file_that_is_not_a_search_result_is_one_line(tmp_path, cli):
+    other = tmp_path / "fit.json"
+    other.write_text(MINI_STUDY_FIT.read_text())
+    result = cli("search-gqa", str(other), *PROXY, "--runs", str(tmp_path / "r.csv"), "--out", str(tmp_path / "o"))
+    assert one_line_error(result) and "not a search result" in result.err, result.err
