@@ -111,6 +111,11 @@ def main() -> None:
         if len(other):
             print(f"Tables 6.5/6.6 rows (held out, other architectures and 2k/1k): |error| mean "
                   f"{100 * other['rel_err'].abs().mean():.1f}%, max {100 * other['rel_err'].abs().max():.1f}% over {len(other)} rows")
+        heldout = result.summary["heldout"]
+        print(f"profile's held-out speedup error (the one figure archscale quotes for this profile, in its JSON, search "
+              f"and bench calibrate: mean |predicted - measured| speedup over the {heldout['n_pairs']} pairs of held-out "
+              f"rows at one workload and batch size): {heldout['speedup_mean_abs_points']:.1f} points "
+              f"(max {heldout['speedup_max_abs_points']:.1f}); of which Surefire/LLaMA pairs: {points:.2f} points")
         print(f"efficiencies only, no time terms: {efficiencies_only(results, gpu)}")
         verdicts.append(f"{gpu}: Surefire MAE {mae:.1f}% (target < {mae_target:g}%), speedup error {points:.2f} points "
                         f"(target < {speedup_target:g}): {'met' if mae < mae_target and points < speedup_target else 'NOT met'}")
