@@ -143,7 +143,7 @@ def test_cli_arch_with_gpu_adds_a_throughput_estimate_naming_its_source(cli):
     assert result.code == 0, result.err
     estimate = json.loads(result.out)[0]["throughput"]
     assert estimate["gpu"] == "h100-sxm" and estimate["fits"] is True and estimate["total_tokens_per_s"] > 0
-    assert estimate["profile"] == "uncalibrated"  # no profile ships for the H100
+    assert estimate["profile"] == "vllm-h200-bf16-on-h100-sxm"  # none ships for the H100: the H200's, carried over
     result = cli("arch", "surefire-1b", "--gpu", "h200", "--batch", "32", "--json")
     assert json.loads(result.out)[0]["throughput"]["profile"] == "vllm-h200-bf16"
 

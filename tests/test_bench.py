@@ -47,13 +47,13 @@ def test_torch_backend_measures_two_tiny_configs_on_cpu(cli, tiny_dirs, tmp_path
 
 def test_show_json_and_csv_export_read_back(cli, tiny_dirs, tmp_path):
     store = tmp_path / "bench.sqlite"
-    assert cli("bench", "llama-3.2-1b", "surefire-1b", "--backend", "roofline", "--gpu", "h100-sxm",
+    assert cli("bench", "llama-3.2-1b", "surefire-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--profile", "none",
                "--batch-sizes", "16,64", "--input-len", "4096", "--output-len", "1024", "--store", store).code == 0
     shown = cli("bench", "--show", "--store", store)
     assert shown.code == 0 and "surefire-1b" in shown.out and "roofline" in shown.out
     payload = json.loads(cli("bench", "--show", "--store", store, "--json").out)
     assert [row["batch_size"] for row in payload] == [16, 64, 16, 64]
-    assert all(row["profile"] == "uncalibrated" for row in payload)  # no h100-sxm profile is shipped
+    assert all(row["profile"] == "uncalibrated" for row in payload)  # --profile none
     csv_path = tmp_path / "bench.csv"
     assert cli("bench", "--show", "--store", store, "--export", csv_path).code == 0
     from_csv, from_store = load_results(csv_path), load_results(store)
@@ -66,7 +66,8 @@ def test_show_json_and_csv_export_read_back(cli, tiny_dirs, tmp_path):
 def test_roofline_rows_equal_estimate_throughput(tmp_path):
     from archscale.serving.estimate import Workload, estimate_throughput
 
-    options = BenchOptions(backend="roofline", gpu="h100-sxm", batch_sizes=(16, 128), input_len=4096, output_len=1024)
+    options = BenchOptions(backend="roofline", gpu="h100-sxm", batch_sizes=(16, 128), input_len=4096, output_len=1024,
+                           profile="none")
     result = run_sweep(resolve_targets(["surefire-1b"]), options)
     expected = estimate_throughput(PRESETS["surefire-1b"], load_gpu("h100-sxm"), Workload(128, 4096, 1024))
     assert result.records[1]["tokens_per_s"] == pytest.approx(expected.total_tokens_per_s)

@@ -172,7 +172,9 @@ def test_other_mistakes_are_refused():
 # ---- finding profiles --------------------------------------------------------------------------
 def test_profiles_match_engine_device_and_dtype_only():
     assert resolve_profile(None, H200, "vllm").name == "vllm-h200-bf16"
-    assert not resolve_profile(None, load_gpu("h100-sxm"), "vllm").calibrated  # none shipped for H100
+    # none shipped for H100: the nearest measured device's profile stands in, carried over and saying so
+    assert resolve_profile(None, load_gpu("h100-sxm"), "vllm").transferred_from == "vllm-h200-bf16"
+    assert resolve_profile(None, H200, "vllm").transferred_from is None
     assert not resolve_profile(None, H200, "sglang").calibrated
     assert not resolve_profile(None, H200, "vllm", "float16").calibrated
     assert not resolve_profile("none", H200, "vllm").calibrated
@@ -239,6 +241,9 @@ def test_bench_and_search_say_which_profile_they_used(cli):
             "--output-len", "1024", "--no-progress")
     assert r.code == 0 and "estimates from profile vllm-h200-bf16" in r.out and "is vllm-h200-bf16" in r.out
     r = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--batch-sizes", "64", "--no-progress")
+    assert r.code == 0 and "transferred from profile vllm-h200-bf16" in " ".join(r.out.split())
+    r = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--batch-sizes", "64", "--profile", "none",
+            "--no-progress")
     assert r.code == 0 and "uncalibrated roofline on h100-sxm" in r.out
     r = cli("search", "--fit", DATA / "fits" / "dissertation_1b_mult.json", "--n", "1e9", "--tokens", "1e11", "--layers", "16",
             "--head-dim", "64", "--match", "llama-3.2-1b", "--gpu", "h200", "--batch", "64", "--top-k", "1")

@@ -11,7 +11,7 @@ from archscale.fit.fitted import load_fit
 from archscale.search.constrained import SearchSpec, search
 from archscale.serving.devices import GPU, load_gpu
 from archscale.serving.estimate import Workload
-from archscale.serving.profiles import resolve_profile
+from archscale.serving.profiles import Profile, resolve_profile
 from archscale.shapes.architecture import load_architecture
 from conftest import DATA
 from helpers import one_line_error
@@ -166,3 +166,33 @@ def test_one_measured_shape_is_not_outranked_by_the_raw_estimate_of_its_twin():
     assert ranked["tokens_per_s"].max() / measured_tps <= estimated_ratio * (1 + 1e-9)
     assert ranked["tokens_per_s"].max() < 2 * measured_tps  # not 25x
     assert any("one scale" in note and "one-point calibration" in note for note in result.notes)
+
+
+def test_a_device_without_a_profile_gets_a_transferred_one_with_its_measured_error(cli):
+    result = cli("search", "--fit", str(FIT_1B), "--n", "1e9", "--tokens", "1e11", "--layers", "16", "--match",
+                 "llama-3.2-1b", "--gpu", "h100-sxm", "--batch", "64")
+    assert result.code == 0, result.err
+    text = " ".join(result.out.split())
+    assert "transferred from profile vllm-h200-bf16" in text
+    assert "a100-40gb to h200" in text and "h200 to a100-40gb" in text  # both measured directions are quoted
+    assert "uncalibrated" not in text
+
+
+def test_an_edited_profile_is_refused(cli, tmp_path):
+    document = json.loads((DATA / "profiles" / "vllm-h200-bf16.json").read_text())
+    document["device"]["hbm_tb_s"] = 6.0  # a device block changed after the fit
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(document))
+    result = cli("search", "--fit", str(FIT_1B), "--n", "1e9", "--tokens", "1e11", "--layers", "16", "--gpu", "h200",
+                 "--profile", str(edited))
+    assert one_line_error(result) and "changed after it was fitted" in result.err, result.err
+
+
+def test_a_profile_with_no_measured_transfer_cannot_stand_in_for_another_device():
+    from archscale.io.errors import UserError
+    from archscale.serving.profiles import load_profile
+
+    profile = load_profile(DATA / "profiles" / "vllm-h200-bf16.json")
+    bare = Profile(**{**vars(profile), "validation": {k: v for k, v in profile.validation.items() if k != "transfer"}})
+    with pytest.raises(UserError, match="no measured cross-device error"):
+        bare.transferred(load_gpu("h100-sxm"))

@@ -278,6 +278,22 @@ def _summary(errors: np.ndarray, pairs: pd.DataFrame | None = None) -> dict[str,
     return out
 
 
+def score_profile(profile: Profile, results: pd.DataFrame) -> dict[str, Any]:
+    """How well ``profile`` predicts every measured row of its device (none of them fitted): rows and speedups.
+
+    Used to measure a profile carried to another device (:meth:`Profile.transferred`): fitted on one device,
+    scored on the other's measurements, so the figure is held out by device.
+    """
+    rows = measured_rows(results, profile.device.name, profile.engine, profile.dtype)
+    if rows.empty:
+        raise UserError(f"no measured {profile.engine} rows on {profile.device.name} ({profile.dtype}) to score against")
+    unit = measured_unit(rows, f"rows on {profile.device.name}")
+    frame = _prepare(rows, unit)
+    frame["split"] = "heldout"
+    frame["estimate"] = _predict(frame, profile.device, profile.terms, profile.settings, unit)
+    return _summary(_relative_errors(frame, frame["estimate"].to_numpy()), speedup_pairs(frame, "estimate"))
+
+
 def _leave_one_architecture_out(frame: pd.DataFrame, device: GPU, settings: EngineSettings, free: Sequence[str],
                                 base: CostTerms, unit: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Refit without each architecture and predict it; per-row estimates (NaN where a refit was refused)."""

@@ -19,6 +19,9 @@ measurements; their ``source`` says which). The first match wins.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +67,34 @@ class Profile:
         return bool(self.fitted)
 
     @property
+    def transferred_from(self) -> str | None:
+        """The profile this one was carried over from (another device's), or None for one fitted here."""
+        return (self.validation.get("transferred") or {}).get("from")
+
+    def transferred(self, device: GPU) -> "Profile":
+        """This profile's terms on another device: efficiencies applied to that device's datasheet peaks, time terms
+        (per step, per sequence) kept, since they are the engine's. Its error is the worst measured cross-device error
+        recorded in this profile (``validation.transfer``: a profile fitted on one device, scored on another device's
+        measurements; experiments/validate/profile_transfer.py); without one there is nothing to quote, and the
+        transfer is refused.
+        """
+        measured = self.validation.get("transfer") or {}
+        if not measured:
+            raise UserError(f"profile {self.name} has no measured cross-device error (validation.transfer), so it cannot "
+                            f"stand in for {device.name}; calibrate {device.name} itself, or use --profile none")
+        worst = max(float(entry["speedup_mean_abs_points"]) for entry in measured.values())
+        directions = "; ".join(f"{pair.replace('->', ' to ')} {float(entry['speedup_mean_abs_points']):.1f} points over "
+                               f"{entry['n_pairs']} pairs" for pair, entry in sorted(measured.items()))
+        return dataclasses.replace(
+            self, name=f"{self.name}-on-{device.name}", device=device, path=None,
+            source=(f"transferred from profile {self.name} (fitted on {self.device.name}): its efficiencies on the "
+                    f"{device.name} datasheet peaks, its per-step and per-sequence times kept; measured cross-device "
+                    f"speedup error of a transfer, fitted on one device and scored on the other's rows: {directions}; "
+                    f"trusted to the worst, {worst:.1f} points"),
+            validation={"transferred": {"from": self.name, "from_device": self.device.name},
+                        "heldout": {"speedup_mean_abs_points": worst, "note": "the worst measured cross-device error"}})
+
+    @property
     def heldout_speedup_points(self) -> float | None:
         """Mean |predicted - measured| speedup between architectures on held-out rows, in points (x100)."""
         for key in ("heldout", "leave_one_architecture_out"):
@@ -106,8 +137,19 @@ class Profile:
             "throughput_units": "the model predicts both output and total (prompt + generated) tokens/s",
             "source": self.source,
             "validation": self.validation,
+            "fingerprint": self.fingerprint(),
             "archscale_version": __version__,
         }
+
+    def fingerprint(self) -> str:
+        """A hash of what the fit produced and was fitted against (device, terms, settings, engine, dtype): a file
+        whose device block or terms were edited afterwards no longer matches it, and is refused on loading."""
+        fitted_on = {"engine": self.engine, "dtype": self.dtype, "fitted": list(self.fitted),
+                     "device": {name: float(getattr(self.device, name)) if name != "name" else self.device.name
+                                for name in DEVICE_FIELDS},
+                     "terms": {k: round(float(v), 12) for k, v in self.terms.as_dict().items()},
+                     "settings": self.settings.as_dict()}
+        return hashlib.sha256(json.dumps(fitted_on, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def save_profile(profile: Profile, path: str | Path) -> Path:
@@ -134,8 +176,14 @@ def load_profile(path: str | Path) -> Profile:
     unknown = [t for t in fitted if t not in TERM_NAMES]
     if unknown:
         raise UserError(f"{path}: unknown fitted term {unknown[0]!r}; terms are {', '.join(TERM_NAMES)}")
-    return Profile(name=name, engine=engine, device=device, dtype=dtype, terms=terms, settings=settings, fitted=fitted,
-                   source=str(data.get("source", "")), validation=dict(data.get("validation") or {}), path=path)
+    profile = Profile(name=name, engine=engine, device=device, dtype=dtype, terms=terms, settings=settings, fitted=fitted,
+                      source=str(data.get("source", "")), validation=dict(data.get("validation") or {}), path=path)
+    recorded = data.get("fingerprint")
+    if recorded is not None and recorded != profile.fingerprint():
+        raise UserError(f"{path}: its device, terms or settings were changed after it was fitted (fingerprint "
+                        f"{recorded} != {profile.fingerprint()}), so its validation no longer describes it; refit with "
+                        "`archscale bench calibrate`, or restore the file")
+    return profile
 
 
 def profile_dirs() -> list[Path]:
@@ -161,6 +209,22 @@ def find_profile(engine: str, device: str, dtype: str = "bfloat16") -> Profile |
     return None
 
 
+def transferred_profile(engine: str, device: GPU, dtype: str = "bfloat16") -> Profile | None:
+    """For a device with no profile of its own: the profile of the most similar measured device (nearest in log peak
+    compute and log memory bandwidth) that has a measured cross-device error, carried over; None without one."""
+    import math
+
+    donors = [p for p in available_profiles()
+              if (p.engine, p.dtype) == (engine, dtype) and p.calibrated and p.validation.get("transfer")]
+    if not donors:
+        return None
+
+    def distance(p: Profile) -> float:
+        return (abs(math.log(p.device.bf16_tflops / device.bf16_tflops)) + abs(math.log(p.device.hbm_tb_s / device.hbm_tb_s)))
+
+    return min(donors, key=distance).transferred(device)
+
+
 def resolve_profile(spec: str | Path | None, device: GPU, engine: str = "vllm", dtype: str = "bfloat16") -> Profile:
     """The profile to estimate with: ``spec`` (a path, a profile name, or ``none``), else the matching one, else uncalibrated.
 
@@ -169,7 +233,8 @@ def resolve_profile(spec: str | Path | None, device: GPU, engine: str = "vllm", 
     device figures the profile was fitted against are the ones used.
     """
     if spec is None:
-        return find_profile(engine, device.name, dtype) or Profile.uncalibrated(device, engine, dtype)
+        return (find_profile(engine, device.name, dtype) or transferred_profile(engine, device, dtype)
+                or Profile.uncalibrated(device, engine, dtype))
     text = str(spec)
     if text.lower() == "none":
         return Profile.uncalibrated(device, engine, dtype)
