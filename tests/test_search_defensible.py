@@ -196,3 +196,13 @@ def test_a_profile_with_no_measured_transfer_cannot_stand_in_for_another_device(
     bare = Profile(**{**vars(profile), "validation": {k: v for k, v in profile.validation.items() if k != "transfer"}})
     with pytest.raises(UserError, match="no measured cross-device error"):
         bare.transferred(load_gpu("h100-sxm"))
+
+
+def test_each_speedup_carries_its_interval_over_the_admissible_eta_kv_refits(default_1b):
+    refits = default_1b.throughput_model.validation["eta_kv_range"]["refits"]
+    assert sum(bool(r.get("admissible")) for r in refits) >= 2  # eta_kv is not pinned by the rows: its range is carried
+    reference = default_1b.target.reference["output_tokens_per_s"]
+    for row in default_1b.top_k.itertuples():
+        speedup = row.output_tokens_per_s / reference
+        assert row.speedup_low <= speedup + 1e-9 and speedup <= row.speedup_high + 1e-9
+        assert row.speedup_high > row.speedup_low  # the spread is real, not a point

@@ -415,10 +415,42 @@ def calibrate(results: pd.DataFrame, device: GPU, engine: str = "vllm", dtype: s
         validation["leave_one_architecture_out"] = {**_summary(scored["loao"] / scored["measured"] - 1.0, loao_pairs),
                                                     "refused": refused or None}
         frame.loc[fit_mask, "loao"] = loao
+    if "eta_kv" not in free:
+        validation["eta_kv_range"] = eta_kv_refits(fit_rows, device, settings, free, base, unit, label,
+                                                   validation["fit"]["mean_abs_rel_err"])
     profile = Profile(name=name or f"{engine}-{device.name}-{_short_dtype(dtype)}", engine=engine, device=device,
                       dtype=dtype, terms=terms, settings=settings, fitted=free,
                       source=_describe_source(frame, source), validation=validation)
     return Calibration(profile=profile, rows=frame, speedups=pairs, unit=unit, summary=validation)
+
+
+ETA_KV_RANGE = (0.7, 0.8, 0.9, 1.0)
+"""Values of the KV-cache read efficiency tried when it is held fixed: rows of few architectures rarely pin it."""
+ADMISSIBLE_EXTRA_ERROR = 0.01
+"""A refit at another eta_kv is admissible when its mean |error| on the fitting rows is within 1 point of the fit's."""
+
+
+def eta_kv_refits(fit_rows: pd.DataFrame, device: GPU, settings: EngineSettings, free: Sequence[str], base: CostTerms,
+                  unit: str, label: str, fit_error: float) -> dict[str, Any]:
+    """The free terms refitted with eta_kv held at each of :data:`ETA_KV_RANGE`; the ones that fit the rows about as
+    well are the admissible term sets whose spread ``search`` carries into each speedup's interval.
+
+    eta_kv is fixed because the rows do not determine it (trying to fit it ends on a bound); fixing it silently would
+    hang the headline on a guess, so every value the rows cannot rule out is kept.
+    """
+    refits = []
+    for value in ETA_KV_RANGE:
+        start = replace(base, eta_kv=value)
+        try:
+            terms = _fit_terms(fit_rows, device, settings, free, start, unit, f"{label} (eta_kv {value})")
+        except UserError as exc:
+            refits.append({"eta_kv": value, "refused": str(exc)})
+            continue
+        error = float(np.mean(np.abs(_relative_errors(fit_rows, _predict(fit_rows, device, terms, settings, unit)))))
+        refits.append({"eta_kv": value, "terms": terms.as_dict(), "fit_mean_abs_rel_err": error,
+                       "admissible": bool(error <= fit_error + ADMISSIBLE_EXTRA_ERROR)})
+    return {"rule": f"refit with eta_kv fixed at each value; admissible when the fit's mean |error| grows by at most "
+                    f"{100 * ADMISSIBLE_EXTRA_ERROR:g} point", "refits": refits}
 
 
 def _short_dtype(dtype: str) -> str:

@@ -28,7 +28,7 @@ from archscale.fit.fitted import check_reference, load_fit
 TOP_COLUMNS = ["rank", "d_model", "n_heads", "n_kv_heads", "d_ff", "N", "x", "r", "gqa", "predicted_loss",
                "loss_low", "loss_high", "p_meets_target", "loss_source", "tokens_per_s", "output_tokens_per_s",
                "throughput_source", "memory_gb", "concurrency", "gqa_variants", "tie", "extrapolation",
-               "inside_data"]
+               "inside_data", "speedup_low", "speedup_high"]
 
 
 def _records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
@@ -71,7 +71,7 @@ def result_document(result: SearchResult, spec: SearchSpec) -> dict[str, Any]:
                              "(2% slack), unless --extrapolate; extrapolation names what is out"},
         "tie_rule": None if spec.tie_rule is None else {"tolerance": spec.tie_rule[0], "source": spec.tie_rule[1]},
         "top_k": top,
-        "frontier": _records(result.frontier, TOP_COLUMNS[1:-4]),
+        "frontier": _records(result.frontier, TOP_COLUMNS[1:-6]),
         "notes": result.notes,
     }
 
@@ -84,6 +84,14 @@ def _loss_uncertainty(row: Any) -> str:
     if getattr(row, "p_meets_target", None) is not None and pd.notna(row.p_meets_target):
         text += f" P={row.p_meets_target:.2f}"
     return text
+
+
+def _interval(row: Any) -> str:
+    """`` [1.02-1.09]``: the speedup under every admissible term set of the profile, when it has more than one."""
+    low, high = getattr(row, "speedup_low", None), getattr(row, "speedup_high", None)
+    if low is None or not pd.notna(low):
+        return ""
+    return f" [{low:.2f}-{high:.2f}]"
 
 
 def _within_error(speedup: float | None, spec: SearchSpec) -> str:
@@ -117,8 +125,9 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
         loss = f"{row.predicted_loss:.4f}" + (" (measured)" if row.loss_source == "measured" else "") + _loss_uncertainty(row)
         speed = f"{row.output_tokens_per_s:,.0f}" + (" (measured)" if row.throughput_source == "measured" else "")
         rank = f"{row.rank} tie" if getattr(row, "tie", False) else str(row.rank)
+        versus = "-" if ratio is None else f"{ratio:.2f}x" + _interval(row)
         table.add_row(rank, str(row.d_model), f"{row.n_heads}/{row.n_kv_heads}", str(row.d_ff), format_count(row.N),
-                      f"{row.r:.2f}", f"{row.x:.4f}", str(row.gqa), loss, speed, "-" if ratio is None else f"{ratio:.2f}x",
+                      f"{row.r:.2f}", f"{row.x:.4f}", str(row.gqa), loss, speed, versus,
                       row.gqa_variants, *([row.extrapolation or "-"] if outside else []))
     if reference:
         measured = " (measured)" if reference.get("throughput_source") == "measured" else ""
@@ -130,8 +139,10 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
     if reference and len(result.top_k):
         first = next(result.top_k.itertuples())
         speedup = _speedup(first, reference)
+        spread = _interval(first).strip(" []")
+        spread = f"{spread} over the profile's admissible eta_kv refits; " if spread else ""
         console.print(f"top pick vs {reference['name']}: {speedup:.2f}x output tokens/s "
-                      f"(source: {result.speedup_source(first)})" + _within_error(speedup, spec))
+                      f"({spread}source: {result.speedup_source(first)})" + _within_error(speedup, spec))
     for note in result.notes:
         console.print(f"note: {note}")
 

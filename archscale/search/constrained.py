@@ -528,6 +528,27 @@ def select_top_k(feasible: pd.DataFrame, k: int, tie: tuple[float, str] | None =
     return best
 
 
+def add_speedup_intervals(picks: pd.DataFrame, target: Target, spec: SearchSpec) -> pd.DataFrame:
+    """``speedup_low``/``speedup_high``: each pick's speedup over the reference under every admissible term set of the
+    profile (eta_kv refits that fit its rows about as well). Estimated rows only; a measured pair has no such spread."""
+    model = spec.throughput_model
+    reference = target.reference
+    sets = model.term_sets if model.calibrated else []
+    if picks.empty or not reference or len(sets) < 2:
+        return picks
+    ratios = []
+    for terms in sets:
+        alternative = dataclasses.replace(model, terms=terms)
+        speed = alternative.estimate(picks, spec.workload, spec.tp)["output_tokens_per_s"].to_numpy(float)
+        base = alternative.estimate(pd.DataFrame([reference]), spec.workload, spec.tp)["output_tokens_per_s"].iloc[0]
+        ratios.append(speed / base)
+    ratios = np.array(ratios)
+    estimated = (picks["throughput_source"] != "measured").to_numpy() & (reference.get("throughput_source") != "measured")
+    picks["speedup_low"] = np.where(estimated, ratios.min(axis=0), np.nan)
+    picks["speedup_high"] = np.where(estimated, ratios.max(axis=0), np.nan)
+    return picks
+
+
 def tie_note(picks: pd.DataFrame, tie: tuple[float, str] | None) -> str:
     """One line stating the tie rule and what it did (or why no tie could be judged)."""
     if tie is None:
@@ -636,6 +657,7 @@ def search(
     if unfit:
         notes.append(f"{unfit:,} candidates do not fit in {spec.gpu.name} memory at batch {spec.workload.batch_size} and are not ranked")
     picks = label_extrapolations(select_top_k(candidates[candidates["ranked"]], top_k, spec.tie_rule), fitted)
+    picks = add_speedup_intervals(picks, target, spec)
     notes.append(tie_note(picks, spec.tie_rule))
     if len(picks) < top_k:
         notes.append(f"only {len(picks)} distinct shape{'s' if len(picks) != 1 else ''} meet the target loss, "

@@ -67,6 +67,14 @@ class Profile:
         return bool(self.fitted)
 
     @property
+    def term_sets(self) -> list[CostTerms]:
+        """The fitted terms, then every admissible refit at another eta_kv (``validation.eta_kv_range``): the spread
+        of an estimate over them is the part of its uncertainty that the calibration rows could not pin down."""
+        refits = (self.validation.get("eta_kv_range") or {}).get("refits") or []
+        return [self.terms] + [CostTerms(**{k: float(v) for k, v in r["terms"].items()})
+                               for r in refits if r.get("admissible") and r.get("eta_kv") != self.terms.eta_kv]
+
+    @property
     def transferred_from(self) -> str | None:
         """The profile this one was carried over from (another device's), or None for one fitted here."""
         return (self.validation.get("transferred") or {}).get("from")
@@ -92,7 +100,8 @@ class Profile:
                     f"speedup error of a transfer, fitted on one device and scored on the other's rows: {directions}; "
                     f"trusted to the worst, {worst:.1f} points"),
             validation={"transferred": {"from": self.name, "from_device": self.device.name},
-                        "heldout": {"speedup_mean_abs_points": worst, "note": "the worst measured cross-device error"}})
+                        "heldout": {"speedup_mean_abs_points": worst, "note": "the worst measured cross-device error"},
+                        "eta_kv_range": self.validation.get("eta_kv_range")})
 
     @property
     def heldout_speedup_points(self) -> float | None:
