@@ -206,3 +206,38 @@ def test_each_speedup_carries_its_interval_over_the_admissible_eta_kv_refits(def
         speedup = row.output_tokens_per_s / reference
         assert row.speedup_low <= speedup + 1e-9 and speedup <= row.speedup_high + 1e-9
         assert row.speedup_high > row.speedup_low  # the spread is real, not a point
+
+
+CPU_DEVICE = [{"name": "cpu", "bf16_tflops": 0.17, "hbm_tb_s": 0.033, "memory_gb": 16, "interconnect_gb_s": 1.0}]
+TINY_SEARCH = ["--fit", str(MINI_STUDY_FIT), "--n", "2e5", "--tokens", "1.5e6", "--layers", "4", "--head-dim", "16",
+               "--vocab", "256", "--d-multiple", "16", "--ff-multiple", "16", "--gqa", "1,2", "--batch", "4",
+               "--input-len", "32", "--output-len", "8", "--slack", "0.02", "--top-k", "2", "--gpu", "cpu"]
+
+
+def test_measure_re_ranks_the_picks_on_torch_measurements_and_judges_the_spread(cli, tmp_path, one_thread):
+    device = tmp_path / "cpu.json"
+    device.write_text(json.dumps(CPU_DEVICE))
+    out = tmp_path / "search.json"
+    result = cli("search", *TINY_SEARCH, "--gpu-file", str(device), "--engine", "torch", "--measure", "2", "--out", str(out))
+    assert result.code == 0, result.err
+    measured = json.loads(out.read_text())["measured"]
+    picks = measured["picks"]
+    assert [p["measured_rank"] for p in picks] == [1, 2]  # listed fastest measured first
+    assert picks[0]["measured_output_tokens_per_s"] >= picks[1]["measured_output_tokens_per_s"] > 0
+    assert measured["spread_trusted"] == (measured["spread_error_points"] <= 15)
+    assert ("not trusted" in result.out) != measured["spread_trusted"]
+
+
+def test_measure_with_a_backend_that_only_estimates_is_one_line(cli, tmp_path):
+    device = tmp_path / "cpu.json"
+    device.write_text(json.dumps(CPU_DEVICE))
+    result = cli("search", *TINY_SEARCH, "--gpu-file", str(device), "--engine", "roofline", "--measure", "2")
+    assert one_line_error(result) and "--measure" in result.err, result.err
+
+
+def test_measure_with_vllm_where_it_cannot_run_is_one_line_before_searching(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHSCALE_VLLM_PYTHON", str(tmp_path / "no-python"))
+    device = tmp_path / "cpu.json"
+    device.write_text(json.dumps(CPU_DEVICE))
+    result = cli("search", *TINY_SEARCH, "--gpu-file", str(device), "--engine", "vllm", "--measure", "2")
+    assert one_line_error(result), result.err

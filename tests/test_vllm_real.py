@@ -64,3 +64,25 @@ def test_real_vllm_measures_a_tiny_config_at_two_batch_sizes_on_one_engine(cli, 
     assert set(map(int, re.findall(r"\d+", binding))) <= os.sched_getaffinity(0)
     # one engine for both batch sizes: vLLM logs this line once per engine it starts
     assert r.err.count("Initializing a V1 LLM engine") == 1
+
+
+def test_real_vllm_search_measure_returns_the_measured_fastest_and_judges_the_spread(cli, vllm_python, tmp_path, monkeypatch):
+    """search --measure on real vLLM, at a budget and workload no shipped CPU data covers (a 4-layer 0.2M-parameter
+    search over GQA 1-2, batch 4, 32 in / 8 out): the pick is the measured fastest, and the spread is judged."""
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.setenv(PYTHON_ENV, vllm_python)
+    device = tmp_path / "cpu.json"
+    device.write_text(json.dumps([{"name": "cpu", "bf16_tflops": 0.17, "hbm_tb_s": 0.033, "memory_gb": 16,
+                                   "interconnect_gb_s": 1.0}]))
+    out = tmp_path / "search.json"
+    fit = os.path.join(os.path.dirname(__file__), "..", "experiments", "results", "cpu_mini_study", "cond.json")
+    r = cli("search", "--fit", fit, "--n", "2e5", "--tokens", "1.5e6", "--layers", "4", "--head-dim", "16", "--vocab", "256",
+            "--d-multiple", "16", "--ff-multiple", "16", "--gqa", "1,2", "--batch", "4", "--input-len", "32",
+            "--output-len", "8", "--slack", "0.02", "--top-k", "2", "--gpu", "cpu", "--gpu-file", device,
+            "--engine", "vllm", "--measure", "2", "--enforce-eager", "--out", out)
+    assert r.code == 0, r.err[-3000:]
+    measured = json.loads(out.read_text())["measured"]
+    assert measured["backend"] == "vllm"
+    speeds = [p["measured_output_tokens_per_s"] for p in measured["picks"]]
+    assert speeds[0] == max(speeds) > 0 and measured["picks"][0]["measured_rank"] == 1
+    assert measured["spread_trusted"] or "not trusted" in r.out

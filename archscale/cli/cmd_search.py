@@ -102,6 +102,20 @@ def _within_error(speedup: float | None, spec: SearchSpec) -> str:
     return f"; within {100 * rule[0]:.1f}% ({rule[1]}): a tie with the reference, not a measured gain"
 
 
+def _print_measured(measured: Any) -> None:
+    table = Table(title=f"the top {len(measured.table)} measured ({measured.backend}), fastest first")
+    for column in ("measured rank", "estimated rank", "d_model", "heads/kv", "d_ff", "GQA", "estimated out tok/s",
+                   "measured out tok/s"):
+        table.add_column(column, justify="right")
+    for row in measured.table.itertuples():
+        table.add_row(str(row.measured_rank), str(row.rank), str(row.d_model), f"{row.n_heads}/{row.n_kv_heads}",
+                      str(row.d_ff), str(row.gqa), f"{row.estimated_output_tokens_per_s:,.0f}",
+                      f"{row.measured_output_tokens_per_s:,.0f}")
+    console.print(table)
+    for line in measured.summary():
+        console.print(f"measured: {line}")
+
+
 def _print(result: SearchResult, spec: SearchSpec) -> None:
     optimum = result.continuous_optimum
     if optimum:
@@ -186,6 +200,8 @@ def search_command(
     extrapolate: bool = typer.Option(False, "--extrapolate", help="Rank candidates outside the shapes the fit's runs had (its coverage: x, r, GQA, and depth for aspect laws) too, each labelled with what is out. Without it they are counted, not ranked."),
     tie: Optional[float] = typer.Option(None, "--tie", help="Throughputs within this fraction of the fastest tie (then lower predicted loss first). Default: the profile's held-out speedup error."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="How many shapes to select for training."),
+    measure: Optional[int] = typer.Option(None, "--measure", min=2, help="Measure the top K picks on this machine with --engine (torch, or vllm where it runs), re-rank them on the measurements and say how the order and spread changed."),
+    enforce_eager: bool = typer.Option(False, "--enforce-eager", help="With --measure --engine vllm: run vLLM without compiling (starts in seconds on CPU; the measurement then excludes CUDA graphs/compilation)."),
     emit: Optional[Path] = typer.Option(None, "--emit", help="Write a trainable config directory per top-k candidate here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write the Pareto-frontier and throughput-vs-batch PNG."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the search result as JSON."),
@@ -210,11 +226,24 @@ def search_command(
                       gqa_values=parse_int_list(gqa, "--gqa"), vocab_size=vocab, tie_embeddings=tie_embeddings,
                       strict_hf=strict_hf, d_multiple=d_multiple, ff_multiple=ff_multiple, extrapolate=extrapolate,
                       tie_tolerance=tie)
+    measuring = None
+    if measure is not None:  # checked before the search: a backend that cannot run here is one line, up front
+        from archscale.bench.sweep import make_backend
+        from archscale.search.measure import measure_options
+
+        options = measure_options(spec, engine, enforce_eager=enforce_eager)
+        measuring = (options, make_backend(options))
     matched = load_architecture(match) if match else None
     run_table = load_runs(runs) if runs else None
     bench_table = load_results(store, measured_only=True) if store else None
     result = search(fitted, spec, target_loss, matched, slack, top_k, run_table, bench_table, confidence=confidence)
     document = result_document(result, spec)
+    measured = None
+    if measuring is not None:
+        from archscale.search.measure import measure_picks
+
+        measured = measure_picks(result, measuring[0], measure, store=store, backend=measuring[1])
+        document["measured"] = measured.to_json()
     if plot:
         from archscale.search.plots import plot_search
 
@@ -227,6 +256,8 @@ def search_command(
         print_json(document)
         return
     _print(result, spec)
+    if measured is not None:
+        _print_measured(measured)
     for label, path in (("configs", emit), ("plot", plot), ("result", out)):
         if path:
             console.print(f"wrote {label}: {path}")
