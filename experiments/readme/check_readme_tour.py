@@ -1,4 +1,5 @@
-"""Does README.md's tour show what ``bash experiments/readme/readme_tour.sh`` printed?
+"""Does README.md's tour show what ``bash experiments/readme/readme_tour.sh`` printed (and its "Picks you can defend"
+block what ``bash experiments/readme/readme_search.sh`` printed)?
 
 Run:  python experiments/readme/check_readme_tour.py     (after the tour script; exits 1 on a mismatch)
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TOUR = ROOT / "experiments" / "results" / "tour"
+SEARCH = ROOT / "experiments" / "results" / "search"  # experiments/readme/readme_search.sh
 TRAIN_SPEED = re.compile(r"[\d,.]+ tokens/s \(after \d+ warm-up steps, [\d.]+ s\)")
 
 
@@ -35,15 +37,18 @@ def mask_measured(stem: str, line: str) -> str:
 
 
 def tour_blocks(readme: str) -> list[list[str]]:
-    """The ```text blocks between the tour's heading and the next ``## `` heading."""
-    section = readme.split("\n## A tour", 1)[1].split("\n## ", 1)[0]
-    return [block.split("```", 1)[0].splitlines()[1:] for block in section.split("```text")[1:]]
+    """The ```text blocks of the tour (up to the next ``## `` heading) and of "Picks you can defend"."""
+    blocks = []
+    for heading in ("\n## A tour", "\n### Picks you can defend"):
+        section = readme.split(heading, 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+        blocks += [block.split("```", 1)[0].splitlines()[1:] for block in section.split("```text")[1:]]
+    return blocks
 
 
 def transcripts() -> dict[str, tuple[str, list[str]]]:
     """Each tour file by its command line: (file stem, output lines)."""
     found = {}
-    for path in sorted(TOUR.glob("[0-9][0-9]-*.txt")):
+    for path in [*sorted(TOUR.glob("[0-9][0-9]-*.txt")), *sorted(SEARCH.glob("*.txt"))]:
         lines = path.read_text().splitlines()
         found[" ".join(lines[0].split())] = (path.stem, lines[1:])
     return found

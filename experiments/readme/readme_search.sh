@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The README's "Picks you can defend" outputs: the 1B and 3B searches with default options (H200 profile), and the
+# 1B search with --extrapolate. Each file in experiments/results/search/ starts with the command as the README shows
+# it; python experiments/readme/check_readme_tour.py checks the README's lines against them.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=experiments/results/search
+mkdir -p "$out"
+run() {  # run NAME COMMAND...: the command line, then what it printed
+  local name=$1; shift
+  { echo "\$ $*"; COLUMNS=200 "$@"; } > "$out/$name.txt"
+}
+one_b="--fit data/fits/dissertation_1b_mult.json --n 1e9 --tokens 1e11 --layers 16 --head-dim 64 --match llama-3.2-1b --gpu h200 --batch 64 --input-len 4096 --output-len 1024 --top-k 3"
+# shellcheck disable=SC2086
+run 1b-h200 archscale search $one_b
+# shellcheck disable=SC2086
+run 1b-h200-extrapolate archscale search $one_b --extrapolate
+run 3b-h200 archscale search --fit data/fits/dissertation_3b_from_1b_mult.json --n 2.82e9 --tokens 2.82e11 --layers 28 \
+    --head-dim 128 --match llama-3.2-3b --gpu h200 --batch 64 --input-len 4096 --output-len 1024 --top-k 3
+echo "wrote $out/1b-h200.txt, $out/1b-h200-extrapolate.txt, $out/3b-h200.txt"
