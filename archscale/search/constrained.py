@@ -623,7 +623,8 @@ def search(
     candidates = mark_coverage(candidates, fitted)
     candidates["ranked"] = candidates["feasible"] & ((candidates["outside"] == 0) | spec.extrapolate)
     candidates["on_frontier"] = False
-    fitting = candidates["fits"].to_numpy()
+    # the frontier of what may be ranked: shapes that fit, inside the fit's runs unless --extrapolate
+    fitting = (candidates["fits"] & ((candidates["outside"] == 0) | spec.extrapolate)).to_numpy()
     frontier = pareto_mask(candidates.loc[fitting, "predicted_loss"].to_numpy(), candidates.loc[fitting, "tokens_per_s"].to_numpy())
     candidates.loc[candidates.index[fitting][frontier], "on_frontier"] = True
     if not candidates["feasible"].any():

@@ -64,13 +64,18 @@ def _candidate_clouds(ax: plt.Axes, result: Any, counts: bool) -> None:
     """Candidates that fit in memory (over the target grey, feasible blue), the frontier, the target and reference."""
     fits = result.candidates["fits"]
     shown = result.candidates[fits]
-    infeasible, feasible = shown[~shown["feasible"]], shown[shown["feasible"]]
+    ranked = shown["ranked"] if "ranked" in shown else shown["feasible"]
+    infeasible, feasible = shown[~shown["feasible"]], shown[ranked]
+    outside = shown[shown["feasible"] & ~ranked]
     unfit = int((~fits).sum())
     label = (lambda text, n: f"{text} ({n:,})") if counts else (lambda text, n: None)
     ax.scatter(infeasible[SPEED], infeasible["predicted_loss"], s=3, color="0.8", rasterized=True,
                label=label("over target", len(infeasible)))
+    if len(outside):  # feasible by the law, but where its runs never were: counted, not ranked
+        ax.scatter(outside[SPEED], outside["predicted_loss"], s=3, color="tab:orange", alpha=0.25, rasterized=True,
+                   label=label("feasible, outside the fit's runs (not ranked)", len(outside)))
     ax.scatter(feasible[SPEED], feasible["predicted_loss"], s=3, color="tab:blue", alpha=0.4, rasterized=True,
-               label=label("feasible", len(feasible)))
+               label=label("feasible, inside the fit's runs", len(feasible)) if len(outside) else label("feasible", len(feasible)))
     if counts and unfit:
         ax.plot([], [], " ", label=f"do not fit in GPU memory ({unfit:,}, not drawn)")
     frontier = result.frontier
