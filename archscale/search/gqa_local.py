@@ -126,6 +126,18 @@ def default_baseline(groups: Sequence[int], document: Mapping[str, Any]) -> int:
     return 4 if 4 in groups else min(groups)
 
 
+def search_profile(document: Mapping[str, Any], device: Any) -> Any:
+    """The profile the search estimated with: by name, or the default it resolved to (a transferred one has no file)."""
+    estimates = document.get("throughput_estimates", {})
+    engine, name = str(estimates.get("engine", "vllm")), str(estimates.get("profile", ""))
+    if not estimates.get("calibrated"):
+        return resolve_profile("none", device, engine)
+    profile = resolve_profile(None, device, engine)
+    if profile.name != name:
+        profile = resolve_profile(name, device, engine)
+    return profile
+
+
 def full_scale_variants(pick: Mapping[str, Any], document: Mapping[str, Any],
                         baseline: int | None) -> list[tuple[int, Architecture, float]]:
     """Every GQA group of the pick's shape (n_heads + n_kv_heads fixed), with its estimated throughput, fastest last.
@@ -150,9 +162,7 @@ def full_scale_variants(pick: Mapping[str, Any], document: Mapping[str, Any],
         raise UserError(f"--baseline-gqa {baseline}: the pick's shape ({pick['n_heads']}/{pick['n_kv_heads']} heads) has "
                         f"no such variant; its groups are {', '.join(map(str, sorted(groups)))}")
     device = load_gpu(str(hardware["gpu"]))
-    estimates = document.get("throughput_estimates", {})
-    profile = resolve_profile(estimates.get("profile") if estimates.get("calibrated") else "none", device,
-                              str(estimates.get("engine", "vllm")))
+    profile = search_profile(document, device)
     frame = pd.DataFrame([{**arch.shape_columns(), "N": arch.n_params_non_embedding} for arch in groups.values()])
     speed = profile.estimate(frame, Workload(int(workload["batch_size"]), int(workload["input_len"]),
                                              int(workload["output_len"])), tp)["tokens_per_s"].to_numpy(float)
