@@ -241,3 +241,18 @@ def test_measure_with_vllm_where_it_cannot_run_is_one_line_before_searching(cli,
     device.write_text(json.dumps(CPU_DEVICE))
     result = cli("search", *TINY_SEARCH, "--gpu-file", str(device), "--engine", "vllm", "--measure", "2")
     assert one_line_error(result), result.err
+
+
+def test_a_transferred_profile_that_does_not_name_its_source_is_refused(cli, tmp_path):
+    from archscale.serving.profiles import save_profile, transferred_profile
+
+    carried = transferred_profile("vllm", load_gpu("h100-sxm"))
+    path = save_profile(carried, tmp_path / "h100.json")
+    assert cli("search", "--fit", str(FIT_1B), "--n", "1e9", "--tokens", "1e11", "--layers", "16", "--gpu", "h100-sxm",
+               "--profile", str(path)).code == 0  # a saved transfer names its source: accepted
+    document = json.loads(path.read_text())
+    document["validation"]["transferred"] = {"from": "vllm-h200-bf16"}  # the source device is gone
+    path.write_text(json.dumps(document))
+    result = cli("search", "--fit", str(FIT_1B), "--n", "1e9", "--tokens", "1e11", "--layers", "16", "--gpu", "h100-sxm",
+                 "--profile", str(path))
+    assert one_line_error(result) and "does not name the profile and device" in result.err, result.err

@@ -187,6 +187,11 @@ def load_profile(path: str | Path) -> Profile:
         raise UserError(f"{path}: unknown fitted term {unknown[0]!r}; terms are {', '.join(TERM_NAMES)}")
     profile = Profile(name=name, engine=engine, device=device, dtype=dtype, terms=terms, settings=settings, fitted=fitted,
                       source=str(data.get("source", "")), validation=dict(data.get("validation") or {}), path=path)
+    moved = profile.validation.get("transferred")
+    if moved is not None and not (isinstance(moved, dict) and moved.get("from") and moved.get("from_device")):
+        raise UserError(f"{path}: says it was transferred from another device's profile but does not name the profile "
+                        "and device it came from ('validation.transferred': from, from_device), so its error cannot "
+                        "be quoted; use the source profile's device, or calibrate this device")
     recorded = data.get("fingerprint")
     if recorded is not None and recorded != profile.fingerprint():
         raise UserError(f"{path}: its device, terms or settings were changed after it was fitted (fingerprint "
