@@ -225,9 +225,17 @@ def find_profile(engine: str, device: str, dtype: str = "bfloat16") -> Profile |
 
 def transferred_profile(engine: str, device: GPU, dtype: str = "bfloat16") -> Profile | None:
     """For a device with no profile of its own: the profile of the most similar measured device (nearest in log peak
-    compute and log memory bandwidth) that has a measured cross-device error, carried over; None without one."""
+    compute and log memory bandwidth) that has a measured cross-device error, carried over; None without one.
+
+    Only devices of the built-in table (datasheet GPUs, like those the transfer error was measured between) get one:
+    a device from a --gpu-file, such as this CPU from `bench probe`, keeps the uncalibrated estimate.
+    """
     import math
 
+    from archscale.serving.devices import GPUS
+
+    if device.name not in GPUS:
+        return None
     donors = [p for p in available_profiles()
               if (p.engine, p.dtype) == (engine, dtype) and p.calibrated and p.validation.get("transfer")]
     if not donors:
