@@ -661,7 +661,7 @@ def search(
     picks = add_speedup_intervals(picks, target, spec)
     notes.append(tie_note(picks, spec.tie_rule))
     if len(picks) < top_k:
-        notes.append(f"only {len(picks)} distinct shape{'s' if len(picks) != 1 else ''} meet the target loss, "
+        notes.append(f"only {len(picks)} distinct shape{'s meet' if len(picks) != 1 else ' meets'} the target loss, "
                      f"fewer than the {top_k} asked for (--top-k); relax the target for more")
     return SearchResult(
         candidates=candidates,

@@ -41,7 +41,7 @@ step 02-search-1b archscale search --fit data/fits/dissertation_1b_mult.json --n
 step 03-bench-roofline archscale bench "$WORK/configs-1b/cand-01" llama-3.2-1b --backend roofline --gpu h100-sxm \
   --batch-sizes 16,64,128 --input-len 4096 --output-len 1024 --store "$WORK/bench.sqlite"
 step 04-search-tiny archscale search --fit experiments/results/cpu_mini_study/cond.json --n 2e5 --tokens 1.5e6 --layers 4 --head-dim 16 \
-  --vocab 256 --d-multiple 16 --ff-multiple 16 --gqa 1,2 --batch 8 --input-len 64 --output-len 16 --slack 0.02 --top-k 2 \
+  --vocab 256 --d-multiple 16 --ff-multiple 16 --gqa 1,2 --batch 8 --input-len 64 --output-len 16 --slack 0.05 --top-k 2 \
   --emit "$WORK/configs-tiny"
 step 05-bench-torch archscale bench "$WORK/configs-tiny/cand-01" "$WORK/configs-tiny/cand-02" --backend torch --device cpu \
   --batch-sizes 1,4 --input-len 64 --output-len 16 --repeats 3 --store "$WORK/bench.sqlite"
