@@ -211,7 +211,7 @@ def test_each_speedup_carries_its_interval_over_the_admissible_eta_kv_refits(def
 CPU_DEVICE = [{"name": "cpu", "bf16_tflops": 0.17, "hbm_tb_s": 0.033, "memory_gb": 16, "interconnect_gb_s": 1.0}]
 TINY_SEARCH = ["--fit", str(MINI_STUDY_FIT), "--n", "2e5", "--tokens", "1.5e6", "--layers", "4", "--head-dim", "16",
                "--vocab", "256", "--d-multiple", "16", "--ff-multiple", "16", "--gqa", "1,2", "--batch", "4",
-               "--input-len", "32", "--output-len", "8", "--slack", "0.02", "--top-k", "2", "--gpu", "cpu"]
+               "--input-len", "32", "--output-len", "8", "--slack", "0.05", "--top-k", "2", "--gpu", "cpu"]
 
 
 def test_measure_re_ranks_the_picks_on_torch_measurements_and_judges_the_spread(cli, tmp_path, one_thread):
