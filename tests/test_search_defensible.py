@@ -239,8 +239,8 @@ def test_measure_with_vllm_where_it_cannot_run_is_one_line_before_searching(cli,
     monkeypatch.setenv("ARCHSCALE_VLLM_PYTHON", str(tmp_path / "no-python"))
     device = tmp_path / "cpu.json"
     device.write_text(json.dumps(CPU_DEVICE))
-    result = cli("search", *TINY_SEARCH, "--gpu-file", str(device), "--engine", "vllm", "--measure", "2")
-    assert one_line_error(result), result.err
+    result = cli("search", *TINY_SEARCH, "--gpu-file", str(device), "--engine", "vllm", "--measure", "2", "--strict-hf")
+    assert one_line_error(result) and "no-python" in result.err, result.err
 
 
 def test_a_transferred_profile_that_does_not_name_its_source_is_refused(cli, tmp_path):
@@ -256,3 +256,10 @@ def test_a_transferred_profile_that_does_not_name_its_source_is_refused(cli, tmp
     result = cli("search", "--fit", str(FIT_1B), "--n", "1e9", "--tokens", "1e11", "--layers", "16", "--gpu", "h100-sxm",
                  "--profile", str(path))
     assert one_line_error(result) and "does not name the profile and device" in result.err, result.err
+
+
+def test_measure_with_vllm_without_strict_hf_is_one_line_before_searching(cli, tmp_path):
+    device = tmp_path / "cpu.json"
+    device.write_text(json.dumps(CPU_DEVICE))
+    result = cli("search", *TINY_SEARCH, "--gpu-file", str(device), "--engine", "vllm", "--measure", "2")
+    assert one_line_error(result) and "--strict-hf" in result.err, result.err

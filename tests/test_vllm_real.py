@@ -79,8 +79,8 @@ def test_real_vllm_search_measure_returns_the_measured_fastest_and_judges_the_sp
     fit = os.path.join(os.path.dirname(__file__), "..", "experiments", "results", "cpu_mini_study", "cond.json")
     r = cli("search", "--fit", fit, "--n", "2e5", "--tokens", "1.5e6", "--layers", "4", "--head-dim", "32", "--vocab", "256",
             "--d-multiple", "16", "--ff-multiple", "16", "--gqa", "1,2", "--batch", "4", "--input-len", "32",
-            "--output-len", "8", "--slack", "0.05", "--top-k", "3", "--gpu", "cpu", "--gpu-file", device,
-            "--engine", "vllm", "--measure", "3", "--enforce-eager", "--out", out)
+            "--output-len", "8", "--slack", "0.1", "--top-k", "3", "--gpu", "cpu", "--gpu-file", device,
+            "--strict-hf", "--engine", "vllm", "--measure", "3", "--enforce-eager", "--out", out)
     assert r.code == 0, r.err[-3000:]
     measured = json.loads(out.read_text())["measured"]
     assert measured["backend"] == "vllm"

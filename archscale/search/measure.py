@@ -58,7 +58,7 @@ class MeasuredPicks:
                  "output tokens/s)" + ("; the measured order differs from the estimate's" if self.order_changed
                                         else "; the measured order is the estimate's")]
         spread = (f"fastest/slowest of the {len(self.table)}: estimated {self.estimated_spread:.2f}x, measured "
-                  f"{self.measured_spread:.2f}x ({self.spread_error_points:.0f} points apart)")
+                  f"{self.measured_spread:.2f}x ({self.spread_error_points:.1f} points apart)")
         if self.spread_trusted:
             lines.append(f"{spread}: within {SPREAD_TRUST_POINTS:g} points, so the estimate's speedups hold on this engine")
         else:
@@ -81,6 +81,9 @@ def measure_options(spec: SearchSpec, backend: str, repeats: int = 3, threads: i
     if backend not in MEASURABLE:
         raise UserError(f"--measure needs a backend that measures: --engine torch or vllm, not {backend!r} "
                         "(the roofline estimates, and that is what is being checked)")
+    if backend == "vllm" and not spec.strict_hf:
+        raise UserError("--measure with --engine vllm: vLLM loads only shapes whose d_model is a multiple of n_heads "
+                        "(transformers' rule); add --strict-hf so that every pick can be measured")
     return BenchOptions(backend=backend, batch_sizes=(spec.workload.batch_size,), input_len=spec.workload.input_len,
                         output_len=spec.workload.output_len, repeats=repeats, gpu=spec.gpu.name, tp=spec.tp,
                         threads=threads if backend == "torch" else None, vllm_python=vllm_python,

@@ -23,7 +23,7 @@ Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DDP, or with
 ``--fsdp`` sharded with FSDP2 (``fully_shard`` per block, then the root);
 each rank takes its slice of every global batch, and rank 0 alone writes the
 log, checkpoints, ``result.json`` and the runs-table row. Run it as
-``torchrun --nproc_per_node 8 -m archscale.train.loop CONFIG_DIR --data DIR [--fsdp]``.
+``torchrun --nproc_per_node 8 -m archscale.train CONFIG_DIR --data DIR [--fsdp]``.
 Checkpoints hold full (unsharded) state either way, so a run can be resumed
 with a different number of ranks or without ``--fsdp``.
 """

@@ -137,13 +137,13 @@ def _unreadable(path: Path) -> str | None:
 
 def _torchrun(config_dir: str, data_dir: str, run: Path, runs: str, tokens: int | None, seed: int | None,
               device: str, nproc: int, resume: bool) -> dict[str, Any]:
-    """``torchrun --standalone --nproc_per_node N -m archscale.train.loop ...``: the row, or ``{"error": cause}``.
+    """``torchrun --standalone --nproc_per_node N -m archscale.train ...``: the row, or ``{"error": cause}``.
 
     Its stderr is passed through (to the job's log) and its last lines kept
     for the cause; OpenMP threads are split between the processes.
     """
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "archscale.train.loop", str(config_dir), "--data", str(data_dir), "--out", str(run),
+               "-m", "archscale.train", str(config_dir), "--data", str(data_dir), "--out", str(run),
                "--runs", str(runs), "--device", device, "--no-progress", "--json"]
     command += [flag for flag, value in (("--tokens", tokens), ("--seed", seed)) if value is not None for flag in (flag, str(value))]
     if resume:
