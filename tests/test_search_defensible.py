@@ -178,6 +178,12 @@ def test_a_device_without_a_profile_gets_a_transferred_one_with_its_measured_err
     assert "uncalibrated" not in text
 
 
+def test_the_name_a_transferred_profile_prints_is_accepted_by_profile():
+    printed = resolve_profile(None, load_gpu("h100-sxm"), "vllm")
+    by_name = resolve_profile(printed.name, load_gpu("h100-sxm"), "vllm")
+    assert by_name.name == "vllm-h200-bf16-on-h100-sxm" and by_name.terms == printed.terms
+
+
 def test_an_edited_profile_is_refused(cli, tmp_path):
     document = json.loads((DATA / "profiles" / "vllm-h200-bf16.json").read_text())
     document["device"]["hbm_tb_s"] = 6.0  # a device block changed after the fit

@@ -485,11 +485,12 @@ def estimate_ratio(results: pd.DataFrame, gpu_file=None) -> tuple[pd.Series, pd.
     """measured / estimated total tokens/s for every measured ok row on a known device, and the profile compared with.
 
     What ``bench --show`` prints as "vs estimate": the estimate comes from the
-    profile matching the row's engine, device and dtype (the uncalibrated
-    roofline where there is none), at the row's own shape and workload.
+    profile ``search`` and the roofline backend would use for the row's engine,
+    device and dtype (:func:`~archscale.serving.profiles.resolve_profile`), at the
+    row's own shape and workload.
     """
     from archscale.serving.devices import load_gpu
-    from archscale.serving.profiles import find_profile
+    from archscale.serving.profiles import resolve_profile
 
     ratio = pd.Series(np.nan, index=results.index, dtype=float)
     used = pd.Series(None, index=results.index, dtype=object)
@@ -499,7 +500,7 @@ def estimate_ratio(results: pd.DataFrame, gpu_file=None) -> tuple[pd.Series, pd.
     for (gpu, engine, dtype), rows in results[ok].groupby(["gpu", "backend", "dtype"], dropna=True):
         try:
             device = load_gpu(str(gpu), gpu_file)
-            profile = find_profile(str(engine), device.name, str(dtype)) or Profile.uncalibrated(device, str(engine), str(dtype))
+            profile = resolve_profile(None, device, str(engine), str(dtype))
             frame = _prepare(rows, "total")
         except UserError:
             continue

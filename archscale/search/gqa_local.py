@@ -127,15 +127,10 @@ def default_baseline(groups: Sequence[int], document: Mapping[str, Any]) -> int:
 
 
 def search_profile(document: Mapping[str, Any], device: Any) -> Any:
-    """The profile the search estimated with: by name, or the default it resolved to (a transferred one has no file)."""
+    """The profile the search estimated with, by the name its result records (``none`` for the uncalibrated roofline)."""
     estimates = document.get("throughput_estimates", {})
-    engine, name = str(estimates.get("engine", "vllm")), str(estimates.get("profile", ""))
-    if not estimates.get("calibrated"):
-        return resolve_profile("none", device, engine)
-    profile = resolve_profile(None, device, engine)
-    if profile.name != name:
-        profile = resolve_profile(name, device, engine)
-    return profile
+    name = str(estimates.get("profile", "")) if estimates.get("calibrated") else "none"
+    return resolve_profile(name, device, str(estimates.get("engine", "vllm")))
 
 
 def full_scale_variants(pick: Mapping[str, Any], document: Mapping[str, Any],

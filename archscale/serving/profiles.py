@@ -215,15 +215,16 @@ def available_profiles() -> list[Profile]:
     return found
 
 
-def find_profile(engine: str, device: str, dtype: str = "bfloat16") -> Profile | None:
-    """The first profile for exactly this engine, device key and dtype, or None."""
-    for profile in available_profiles():
+def find_profile(engine: str, device: str, dtype: str = "bfloat16", profiles: list[Profile] | None = None) -> Profile | None:
+    """The first profile for exactly this engine, device key and dtype, or None (``profiles``: already read ones)."""
+    for profile in available_profiles() if profiles is None else profiles:
         if (profile.engine, profile.device.name, profile.dtype) == (engine, device.lower(), dtype):
             return profile
     return None
 
 
-def transferred_profile(engine: str, device: GPU, dtype: str = "bfloat16") -> Profile | None:
+def transferred_profile(engine: str, device: GPU, dtype: str = "bfloat16",
+                        profiles: list[Profile] | None = None) -> Profile | None:
     """For a device with no profile of its own: the profile of the most similar measured device (nearest in log peak
     compute and log memory bandwidth) that has a measured cross-device error, carried over; None without one.
 
@@ -236,7 +237,7 @@ def transferred_profile(engine: str, device: GPU, dtype: str = "bfloat16") -> Pr
 
     if device.name not in GPUS:
         return None
-    donors = [p for p in available_profiles()
+    donors = [p for p in (available_profiles() if profiles is None else profiles)
               if (p.engine, p.dtype) == (engine, dtype) and p.calibrated and p.validation.get("transfer")]
     if not donors:
         return None
@@ -248,24 +249,28 @@ def transferred_profile(engine: str, device: GPU, dtype: str = "bfloat16") -> Pr
 
 
 def resolve_profile(spec: str | Path | None, device: GPU, engine: str = "vllm", dtype: str = "bfloat16") -> Profile:
-    """The profile to estimate with: ``spec`` (a path, a profile name, or ``none``), else the matching one, else uncalibrated.
+    """The profile to estimate with: ``spec`` (a path, a profile name, or ``none``), else the matching one, else one
+    carried over from the most similar measured device (:func:`transferred_profile`), else uncalibrated.
 
     A profile fitted on another device or engine is refused: its terms describe
     different hardware or software and would be wrong without saying so. The
-    device figures the profile was fitted against are the ones used.
+    device figures the profile was fitted against are the ones used. The name a
+    carried-over profile prints (``vllm-h200-bf16-on-h100-sxm``) is accepted as
+    ``spec`` too, so a name copied from an output finds the same profile.
     """
-    if spec is None:
-        return (find_profile(engine, device.name, dtype) or transferred_profile(engine, device, dtype)
-                or Profile.uncalibrated(device, engine, dtype))
-    text = str(spec)
+    text = "" if spec is None else str(spec)
     if text.lower() == "none":
         return Profile.uncalibrated(device, engine, dtype)
-    if Path(text).expanduser().suffix.lower() == ".json" or Path(text).expanduser().exists():
+    if spec is not None and (Path(text).expanduser().suffix.lower() == ".json" or Path(text).expanduser().exists()):
         profile = load_profile(Path(text).expanduser())
     else:
-        matches = [p for p in available_profiles() if p.name == text]
+        profiles = available_profiles()
+        stand_in = find_profile(engine, device.name, dtype, profiles) or transferred_profile(engine, device, dtype, profiles)
+        if spec is None:
+            return stand_in or Profile.uncalibrated(device, engine, dtype)
+        matches = [p for p in profiles if p.name == text] or [p for p in (stand_in,) if p is not None and p.name == text]
         if not matches:
-            known = ", ".join(sorted({p.name for p in available_profiles()})) or "none"
+            known = ", ".join(sorted({p.name for p in profiles})) or "none"
             raise UserError(f"--profile {text!r}: no such profile file or name (known profiles: {known}; "
                             "calibrate one with `archscale bench calibrate --out FILE.json`)")
         profile = matches[0]

@@ -20,8 +20,7 @@ from pathlib import Path
 from archscale.bench.calibrate import score_profile
 from archscale.bench.store import load_results
 from archscale.serving.devices import load_gpu
-from archscale.serving.profiles import Profile, load_profile, save_profile
-from archscale.serving.profiles import transferred_profile
+from archscale.serving.profiles import Profile, load_profile, save_profile, transferred_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = {"a100-40gb": ROOT / "data" / "profiles" / "vllm-a100-40gb-bf16.json",
