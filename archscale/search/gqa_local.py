@@ -39,7 +39,6 @@ from archscale.train.loop import resolve_run
 from archscale.train.sweep import sweep
 
 DECISIONS_FILE = "decisions.json"
-SHAPE_KEYS = ("d_model", "n_heads", "n_kv_heads", "d_ff")
 
 
 @dataclass(frozen=True)
@@ -84,8 +83,8 @@ class LocalSearchResult:
     def to_json(self) -> dict[str, Any]:
         pick = self.confirmed
         return {
-            "confirmed": {"gqa": pick.gqa, **_shape(pick.full), "estimated_tokens_per_s": pick.tokens_per_s,
-                          "proxy": _shape(pick.proxy), "proxy_loss": pick.loss, "proxy_losses": pick.losses},
+            "confirmed": {"gqa": pick.gqa, **pick.full.shape_columns(), "estimated_tokens_per_s": pick.tokens_per_s,
+                          "proxy": pick.proxy.shape_columns(), "proxy_loss": pick.loss, "proxy_losses": pick.losses},
             "baseline": {"gqa": self.baseline.gqa, "proxy_loss": self.baseline.loss, "proxy_losses": self.baseline.losses,
                          "estimated_tokens_per_s": self.baseline.tokens_per_s},
             "speedup_vs_baseline": pick.tokens_per_s / self.baseline.tokens_per_s,
@@ -95,11 +94,6 @@ class LocalSearchResult:
                     "within it is confirmed",
             "decisions": self.decisions,
         }
-
-
-def _shape(arch: Architecture) -> dict[str, int]:
-    return {"n_layers": arch.n_layers, "d_model": arch.d_model, "n_heads": arch.n_heads, "n_kv_heads": arch.n_kv_heads,
-            "d_head": arch.d_head, "d_ff": arch.d_ff}
 
 
 def read_pick(search_json: Path, rank: int) -> tuple[dict[str, Any], dict[str, Any]]:
