@@ -65,3 +65,59 @@ def test_the_search_gives_gqa_variants_different_losses_and_ranks_inside_the_run
         assert one_shape["predicted_loss"].nunique() > 1
     assert result.top_k["gqa"].max() <= 8  # GQA 16 is beyond the runs, so not ranked
     assert any(note.startswith("GQA enters the fitted law") for note in result.notes)
+
+
+# ---------------------------------------------------------------------------
+# may the search trade on GQA? only through a GQA term that predicted the larger runs
+# ---------------------------------------------------------------------------
+def gqa_search(fitted, slack=0.03, **changes):
+    spec = SearchSpec(n=2e8, tokens=4e9, n_layers=12, d_head=64, gpu=load_gpu("h100-sxm"),
+                      workload=Workload(16, 1024, 256), gqa_values=(1, 2, 4, 8, 16), vocab_size=32000,
+                      r_range=(1.0, 4.0), **changes)
+    return search(fitted, spec, slack=slack)
+
+
+def test_a_gqa_term_that_predicts_the_larger_runs_is_traded_on(reference):
+    study = run_study(synthetic_runs(TRUE_C), "conditional-mult-gqa", "lsq", reference=reference)
+    check = study.fitted.gqa
+    assert check.traded and check.mean_abs_error < 0.01 and check.spearman >= 0.8
+    assert check.test_variants == 36 and check.test_runs == 36  # the 2e8 size: 3 x 3 x 4 GQA, one run each
+    result = gqa_search(study.fitted)
+    assert result.gqa.traded and result.gqa.held_at is None
+    assert "passed its held-out check" in result.notes[0]
+
+
+def test_a_noisy_gqa_term_fails_its_check_and_the_search_holds_gqa_at_the_baseline(reference):
+    study = run_study(synthetic_runs(TRUE_C, noise=0.03), "conditional-mult-gqa", "lsq", reference=reference)
+    check = study.fitted.gqa
+    assert not check.traded and check.mean_abs_error > 0.01
+    assert check.baseline == 1.0 and check.runs_by_gqa == {"1": 27, "2": 27, "4": 27, "8": 27}  # a tie: the smallest
+    result = gqa_search(study.fitted)
+    assert set(result.top_k["gqa"]) == {1}
+    assert "failed its held-out check" in result.notes[0] and "search-gqa" in result.notes[0]
+    extrapolated = gqa_search(study.fitted, extrapolate=True)
+    labelled = extrapolated.top_k[extrapolated.top_k["gqa"] > 1]
+    assert not labelled.empty
+    assert all("(held at 1; runs 1-8)" in label for label in labelled["extrapolation"])
+
+
+def test_a_law_without_a_gqa_term_on_runs_that_vary_gqa_holds_it_at_the_most_common_group(reference):
+    runs = synthetic_runs(TRUE_C)
+    runs = pd.concat([runs, runs[runs["gqa"] == 4].assign(loss=lambda f: f["loss"] * 1.0001)])  # GQA 4 most common
+    study = run_study(runs, "conditional-mult", "lsq", reference=reference)
+    assert not study.fitted.gqa.traded and study.fitted.gqa.baseline == 4.0
+    assert "no GQA term" in study.fitted.gqa.reason
+    result = gqa_search(study.fitted)
+    assert set(result.top_k["gqa"]) == {4}  # not the largest group, which a GQA-blind law would make free
+
+
+def test_the_check_travels_in_the_fit_json_and_a_broken_block_is_one_line(reference, tmp_path):
+    from archscale.fit.fitted import fitted_from_json
+    from archscale.io.errors import UserError
+
+    study = run_study(synthetic_runs(TRUE_C, noise=0.03), "conditional-mult-gqa", "lsq", reference=reference)
+    document = study.to_json()
+    again = fitted_from_json(document, "fit.json")
+    assert again.gqa == study.fitted.gqa
+    with pytest.raises(UserError, match=r"fit.json: 'gqa' must hold traded, baseline"):
+        fitted_from_json({**document, "gqa": {"traded": True}}, "fit.json")

@@ -83,6 +83,10 @@ def test_real_training_end_to_end_and_a_rerun_retrains_nothing(search_json, tmp_
     assert again.out.count("not retrained") == len(decided["decisions"])
     assert len(pd.read_csv(runs)) == len(table)
     assert json.loads((out / "gqa_search.json").read_text())["confirmed"] == decided["confirmed"]
+    confirmed = json.loads((out / "confirmed" / "config.json").read_text())  # trainable at full scale
+    assert confirmed["hidden_size"] == decided["confirmed"]["d_model"]
+    assert confirmed["num_attention_heads"] // confirmed["num_key_value_heads"] == decided["confirmed"]["gqa"]
+    assert (out / "confirmed" / "train.json").exists()
 
 
 def test_kill_9_mid_walk_then_rerun_keeps_the_finished_variants(search_json, tmp_path):
@@ -123,3 +127,33 @@ def test_a_file_that_is_not_a_search_result_is_one_line(tmp_path, cli):
     other.write_text(MINI_STUDY_FIT.read_text())
     result = cli("search-gqa", str(other), *PROXY, "--runs", str(tmp_path / "r.csv"), "--out", str(tmp_path / "o"))
     assert one_line_error(result) and "not a search result" in result.err, result.err
+
+
+GQA_STUDY_RUNS = DATA.parent / "experiments" / "results" / "cpu_gqa_study" / "runs.csv"
+
+
+def test_the_gqa_study_fit_fails_its_check_so_the_search_holds_gqa_and_training_settles_it(tmp_path, cli, monkeypatch):
+    """The CPU GQA study's 48 runs: the GQA term misses the larger size's variants (1.68% > 1%), so the search
+    does not trade on it: it ranks GQA 1 only (the groups tie in run count: the smallest) and the walk starts there."""
+    fit = cli("fit", GQA_STUDY_RUNS, "--law", "conditional-mult-gqa", "--loss", "lsq", "--out", tmp_path / "fit.json")
+    assert fit.code == 0, fit.err
+    printed = " ".join(fit.out.split())  # the console wraps long lines
+    assert "GQA in the search: held" in printed and "mean error 1.68% and Spearman 0.81" in printed
+    searched = cli("search", "--fit", tmp_path / "fit.json", "--n", "2e5", "--tokens", "8e5", "--layers", "4",
+                   "--head-dim", "8", "--vocab", "256", "--d-multiple", "16", "--ff-multiple", "16", "--gqa", "1-8",
+                   "--batch", "8", "--input-len", "64", "--output-len", "16", "--slack", "0.02",
+                   "--out", tmp_path / "search.json")
+    assert searched.code == 0, searched.err
+    printed = " ".join(searched.out.split())
+    assert "next: GQA is held at 1" in printed and "archscale search-gqa" in printed
+    document = json.loads((tmp_path / "search.json").read_text())
+    assert document["gqa"]["traded"] is False and document["gqa"]["held_at"] == 1
+    assert {pick["gqa"] for pick in document["top_k"]} == {1}
+    trained = []
+    monkeypatch.setattr(gqa_local, "train_variant", fake_training({1: 2.0, 2: 2.01, 5: 2.1, 8: 2.1}, trained))
+    result = local_gqa_search(tmp_path / "search.json", tmp_path / "gqa", tmp_path / "runs.csv",
+                              Proxy(2e5, 800_000, 4, 8), echo=lambda line: None)
+    assert trained[0] == 1 and result.baseline.gqa == 1  # the walk starts from the held group
+    assert result.confirmed.gqa == 2
+    settled = json.loads((tmp_path / "gqa" / "confirmed" / "candidate.json").read_text())
+    assert settled["gqa"] == 2 and settled["settled_by"].startswith("training")

@@ -98,6 +98,8 @@ def _print_study(study: Study) -> None:
     if optimum:
         console.print("closed-form optimum: " + ", ".join(f"{k}* = {_fmt(v)}" for k, v in optimum.items()))
     console.print(f"objective ({fit.objective}): {fit.objective_value:.10g}, best of {fit.n_starts} starts")
+    if study.fitted.gqa is not None:
+        console.print(f"GQA in the search: {'traded' if study.fitted.gqa.traded else 'held'}; {study.fitted.gqa.reason}")
     hygiene = study.hygiene
     for line in hygiene.get("dropped_invalid", [])[:5]:
         console.print(f"dropped invalid {line}")

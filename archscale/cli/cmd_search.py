@@ -21,7 +21,7 @@ from archscale.io.errors import UserError
 from archscale.io.files import write_json
 from archscale.io.outputs import check_outputs
 from archscale.fit.runs import load_runs
-from archscale.search.constrained import SearchResult, SearchSpec, best_at_gqa, search
+from archscale.search.constrained import SearchResult, SearchSpec, best_at_gqa, held_bounds, search
 from archscale.search.emit import emit_configs
 from archscale.fit.fitted import check_reference, load_fit
 
@@ -69,6 +69,11 @@ def result_document(result: SearchResult, spec: SearchSpec) -> dict[str, Any]:
         "coverage": {"of_fit": result.coverage, "extrapolate": spec.extrapolate,
                      "rule": "a candidate is ranked only when its coordinates lie within the ranges of the fit's runs "
                              "(2% slack), unless --extrapolate; extrapolation names what is out"},
+        "gqa": None if result.gqa is None else {
+            "traded": result.gqa.traded, "held_at": result.gqa.held_at, "runs": result.gqa.runs, "note": result.gqa.note,
+            "rule": "GQA variants are ranked by the law only when its GQA term passed the fit's held-out check; "
+                    "otherwise GQA is held at held_at (other groups are extrapolations) and archscale search-gqa "
+                    "settles it by training"},
         "tie_rule": None if spec.tie_rule is None else {"tolerance": spec.tie_rule[0], "source": spec.tie_rule[1]},
         "top_k": top,
         "frontier": _records(result.frontier, TOP_COLUMNS[1:-6]),
@@ -261,6 +266,10 @@ def search_command(
     for label, path in (("configs", emit), ("plot", plot), ("result", out)):
         if path:
             console.print(f"wrote {label}: {path}")
+    if result.gqa is not None and held_bounds(result.gqa):
+        console.print(f"next: GQA is held at {result.gqa.held_at:g} for want of a checked GQA term; settle it by training: "
+                      f"archscale search-gqa {out or 'SEARCH.json (this search with --out)'} --proxy-n COUNT "
+                      "--proxy-tokens COUNT --seeds 3 --runs RUNS.csv --out DIR")
 
 
 
@@ -274,7 +283,7 @@ def search_command(
 def search_gqa_command(
     search_json: Path = typer.Argument(..., help="A search result (archscale search --out FILE.json)."),
     pick: int = typer.Option(1, "--pick", min=1, help="Which of its picks (rank) to settle."),
-    baseline: Optional[int] = typer.Option(None, "--baseline-gqa", min=1, help="The GQA group the walk starts from and compares to. Default: the largest group the fit's runs had that the shape offers (the dissertation's runs: 4), else 4."),
+    baseline: Optional[int] = typer.Option(None, "--baseline-gqa", min=1, help="The GQA group the walk starts from and compares to. Default: the group the search held GQA at (when its law may not rank GQA), else the largest group the fit's runs had that the shape offers (the dissertation's runs: 4), else 4."),
     tolerance: float = typer.Option(0.01, "--tolerance", help="A variant whose mean proxy loss exceeds the baseline's by more than this fraction stops the walk."),
     proxy_n: str = typer.Option(..., "--proxy-n", metavar=COUNT, help="Non-embedding parameters of the trained proxies, e.g. 2e5."),
     proxy_tokens: str = typer.Option(..., "--proxy-tokens", metavar=COUNT, help="Training tokens per proxy run, e.g. 1.5M."),
@@ -318,4 +327,5 @@ def search_gqa_command(
     console.print(f"confirmed: GQA {chosen.gqa} ({chosen.full.n_heads}/{chosen.full.n_kv_heads} heads at full scale), "
                   f"proxy loss {chosen.loss:.4f} against the baseline's {result.baseline.loss:.4f}; estimated "
                   f"{chosen.tokens_per_s / result.baseline.tokens_per_s:.2f}x the baseline GQA {result.baseline.gqa}'s throughput")
-    console.print(f"wrote {out / 'gqa_search.json'} and {out / 'decisions.json'}")
+    console.print(f"wrote {out / 'gqa_search.json'}, {out / 'decisions.json'} and the confirmed shape's trainable "
+                  f"config {out / 'confirmed'} (archscale train {out / 'confirmed'} --runs RUNS.csv)")

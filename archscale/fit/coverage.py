@@ -93,10 +93,15 @@ def outside_coverage(candidates: pd.DataFrame, coverage: Mapping[str, list[float
     return mask
 
 
-def outside_label(row: Mapping[str, Any], mask: int, coverage: Mapping[str, list[float]]) -> str:
-    """``"gqa 16 (runs 4)"``: the coordinates of one candidate that lie outside the fit's runs, "" when none."""
+def outside_label(row: Mapping[str, Any], mask: int, coverage: Mapping[str, list[float]],
+                  bounds: Mapping[str, str] | None = None) -> str:
+    """``"gqa 16 (runs 4)"``: the coordinates of one candidate that lie outside the fit's runs, "" when none.
+
+    ``bounds`` replaces the ``runs 4`` text of a coordinate whose range is not the runs' (GQA held at one group).
+    """
     values = coordinates_of(pd.DataFrame([dict(row)]))
-    parts = [f"{name} {float(values[name][0]):.3g} (runs {_span(*coverage[name])})"
+    bounds = bounds or {}
+    parts = [f"{name} {float(values[name][0]):.3g} ({bounds.get(name) or 'runs ' + _span(*coverage[name])})"
              for bit, name in enumerate(COORDINATES) if int(mask) >> bit & 1 and name in values]
     return "; ".join(parts)
 

@@ -21,6 +21,7 @@ from archscale.io.files import jsonable
 from archscale.fit.fitting import FitResult, bootstrap, evaluate, fit_law
 from archscale.laws import CONDITIONAL, Law, get_law
 from archscale.fit.coverage import coverage_of
+from archscale.fit.gqa_check import check_gqa
 from archscale.fit.fitted import FittedLaw, check_reference, law_inputs
 from archscale.fit.rows import select, size_levels
 
@@ -79,6 +80,7 @@ class Study:
             "hygiene": {**self.hygiene, "outliers": self.outliers},
             "bootstrap": self.fit.draws_json(),
             "coverage": self.fitted.coverage,
+            "gqa": self.fitted.gqa.to_json() if self.fitted.gqa is not None else None,
             "degenerate": self.fit.degenerate,
             "warnings": self.fit.warnings,
         })
@@ -106,7 +108,7 @@ def run_study(
     smaller runs, predicts the larger ones (:mod:`archscale.fit.selection`); the winner is fitted on every row.
     """
     from archscale.fit.hygiene import drop_undertrained, flag_outliers
-    from archscale.fit.selection import AUTO, candidate_forms, select_form
+    from archscale.fit.selection import AUTO, candidate_forms, extrapolation_split, select_form
 
     if reference is not None:
         check_reference(law_name, reference)
@@ -141,7 +143,10 @@ def run_study(
         fit=fit,
         fitted=FittedLaw(law, fit.params, reference, source,
                          [] if fit.draws is None else [dict(zip(law.param_names, row)) for row in fit.draws],
-                         coverage_of(frame[~held])),
+                         coverage_of(frame[~held]),
+                         check_gqa(frame[~held].reset_index(drop=True), law.columns,
+                                   lambda: predict_larger_runs(law, frame[~held].reset_index(drop=True), reference,
+                                                               objective, fixed, max_evals, source, extrapolation_split))),
         frame=frame,
         fit_mask=~held,
         holdout_mask=held,
@@ -160,6 +165,20 @@ def run_study(
     if progressive:
         study.progressive = progressive_tasks(law, frame[~held].reset_index(drop=True), reference, objective, fixed, source)
     return study
+
+
+def predict_larger_runs(law: Law, frame: pd.DataFrame, reference: FittedLaw | None, objective: str,
+                        fixed: Mapping[str, float] | None, max_evals: int | None, source: str,
+                        split: Callable[[pd.DataFrame, str], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Fit ``law`` on the runs below the largest sizes and predict those: the GQA term's held-out check."""
+    test = split(frame, "size")
+    sizes = frame["N"].to_numpy(float)
+    train = ~test & (sizes < sizes[test].min())
+    inputs = law_inputs(law, frame, reference, source)
+    loss = frame["loss"].to_numpy(float)
+    fit = fit_law(law, {k: v[train] for k, v in inputs.items()}, loss[train], objective, fixed,
+                  max_evals=max_evals, source=f"{source} below N {sizes[test].min():.3g}", quick=True)
+    return test, law.predict(fit.params, {k: v[test] for k, v in inputs.items()})
 
 
 def robust_prediction(fit: FitResult, inputs: Mapping[str, np.ndarray], loss: np.ndarray, max_evals: int | None) -> np.ndarray:

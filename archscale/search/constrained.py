@@ -112,6 +112,7 @@ class SearchResult:
     notes: list[str]
     throughput_model: Profile | None = None
     coverage: dict[str, list[float]] | None = None  # the fit's, for the output
+    gqa: "GqaPolicy | None" = None  # whether GQA was ranked by the law or held at one group
 
     def speedup_source(self, row: Any) -> str:
         """Where a row's speedup over the reference comes from: measurements, or the profile that estimated both."""
@@ -406,13 +407,59 @@ def _override(candidates: pd.DataFrame, measured: pd.Series | pd.DataFrame, sour
 # ---------------------------------------------------------------------------
 # where the law has seen runs
 # ---------------------------------------------------------------------------
-def gqa_note(fitted: FittedLaw) -> str:
-    """Whether the law can tell GQA variants apart, and from which runs."""
-    if "gqa" not in fitted.law.columns:
-        return GQA_NOTE
+@dataclass(frozen=True)
+class GqaPolicy:
+    """Whether the search ranks GQA variants by the law, or holds GQA at one group, and why."""
+
+    traded: bool
+    held_at: float | None  # the one group ranked when not traded (None: nothing known to hold it at)
+    note: str
+    runs: list[float] | None = None  # [low, high] of the groups the fit's runs had
+
+
+def gqa_policy(fitted: FittedLaw) -> GqaPolicy:
+    """The search trades on GQA only through a GQA term that passed the fit's held-out check.
+
+    Otherwise GQA is held at the fit's baseline group (the one most runs had) and other groups are extrapolations,
+    ranked only with ``--extrapolate`` and labelled; ``archscale search-gqa`` settles the group by training.
+    """
     seen = (fitted.coverage or {}).get("gqa")
-    runs = f" on runs with GQA {seen[0]:.3g}-{seen[1]:.3g}" if seen else ""
-    return f"GQA enters the fitted law ({fitted.law.description}, c = {fitted.params['c']:.3g}{runs})"
+    has_term = "gqa" in fitted.law.columns
+    term = (f"GQA enters the fitted law ({fitted.law.description}, c = {fitted.params['c']:.3g}"
+            f"{f' on runs with GQA {seen[0]:.3g}-{seen[1]:.3g}' if seen else ''})" if has_term else "")
+    check = fitted.gqa
+    if check is not None and check.traded:
+        return GqaPolicy(True, None, f"{term}; {check.reason}: the search ranks GQA variants by it", check.spread)
+    settle = "; archscale search-gqa on this search's --out settles the group by training"
+    if check is not None:
+        lead = f"{term}, but " if has_term else ""
+        return GqaPolicy(False, check.baseline, f"{lead}{check.reason}{settle if len(check.runs_by_gqa) > 1 else ''}",
+                         check.spread)
+    if not seen:
+        return GqaPolicy(not has_term, None, term or GQA_NOTE)
+    if has_term or seen[0] != seen[1]:
+        why = "the fit records no held-out check of its GQA term" if has_term else "the law has no GQA term"
+        return GqaPolicy(False, seen[0], f"{term + '; ' if term else ''}{why} (refit with this version of archscale "
+                         f"fit): GQA is held at {seen[0]:.3g}, the smallest group the runs had{settle}", seen)
+    return GqaPolicy(False, seen[0], GQA_NOTE, seen)
+
+
+def ranking_coverage(fitted: FittedLaw, policy: GqaPolicy) -> dict[str, list[float]] | None:
+    """The box a candidate must lie in to be ranked: the fit's runs, with GQA narrowed to the held group."""
+    if not fitted.coverage:
+        return None
+    coverage = dict(fitted.coverage)
+    if policy.held_at is not None and "gqa" in coverage:
+        coverage["gqa"] = [policy.held_at, policy.held_at]
+    return coverage
+
+
+def held_bounds(policy: GqaPolicy) -> dict[str, str]:
+    """``{"gqa": "held at 1; runs 1-8"}`` when GQA is held inside a wider range the runs had."""
+    runs = policy.runs
+    if policy.held_at is None or not runs or runs[0] == runs[1]:
+        return {}
+    return {"gqa": f"held at {policy.held_at:.3g}; runs {runs[0]:.3g}-{runs[1]:.3g}"}
 
 
 def law_coordinates(fitted: FittedLaw) -> tuple[str, ...]:
@@ -424,41 +471,45 @@ def law_coordinates(fitted: FittedLaw) -> tuple[str, ...]:
     return ("x", "r", "gqa", "n_layers") if "R" in fitted.law.columns else ("x", "r", "gqa")
 
 
-def mark_coverage(candidates: pd.DataFrame, fitted: FittedLaw) -> pd.DataFrame:
+def mark_coverage(candidates: pd.DataFrame, fitted: FittedLaw, policy: GqaPolicy) -> pd.DataFrame:
     """``outside``: per candidate, the bit mask of coordinates outside the fit's runs (0 inside, or no coverage)."""
-    if fitted.coverage:
-        candidates["outside"] = outside_coverage(candidates, fitted.coverage, law_coordinates(fitted))
+    coverage = ranking_coverage(fitted, policy)
+    if coverage:
+        candidates["outside"] = outside_coverage(candidates, coverage, law_coordinates(fitted))
     else:
         candidates["outside"] = np.zeros(len(candidates), dtype=np.int64)
     return candidates
 
 
-def coverage_notes(candidates: pd.DataFrame, fitted: FittedLaw, extrapolate: bool) -> list[str]:
+def coverage_notes(candidates: pd.DataFrame, fitted: FittedLaw, extrapolate: bool, policy: GqaPolicy) -> list[str]:
     """What lies outside the fit's runs among the feasible candidates, and whether it was ranked."""
-    if not fitted.coverage:
+    coverage = ranking_coverage(fitted, policy)
+    if not coverage:
         return [NO_COVERAGE_NOTE]
     out = candidates.loc[candidates["feasible"], "outside"].to_numpy()
     if not out.any():
         return []
     counts = [f"{name} {int(((out >> bit) & 1).sum()):,}" for bit, name in enumerate(COORDINATES) if ((out >> bit) & 1).any()]
-    checked = {c: fitted.coverage[c] for c in law_coordinates(fitted) if c in fitted.coverage}
+    checked = {c: coverage[c] for c in law_coordinates(fitted) if c in coverage}
+    held = " held" if held_bounds(policy) else ""
     what = (f"{int((out > 0).sum()):,} feasible candidates lie outside the fit's runs "
-            f"({describe_coverage(checked)}; out by {', '.join(counts)})")
+            f"({describe_coverage(checked)}{held}; out by {', '.join(counts)})")
     if extrapolate:
         return [f"{what}: ranked anyway (--extrapolate), each labelled with what is out"]
-    return [f"{what} and are not ranked: the law has not seen them; --extrapolate ranks them, labelled"]
+    unseen = "the law has not seen them, or may not rank their GQA" if held else "the law has not seen them"
+    return [f"{what} and are not ranked: {unseen}; --extrapolate ranks them, labelled"]
 
 
-def label_extrapolations(picks: pd.DataFrame, fitted: FittedLaw) -> pd.DataFrame:
+def label_extrapolations(picks: pd.DataFrame, fitted: FittedLaw, policy: GqaPolicy) -> pd.DataFrame:
     """``extrapolation`` (what is out, "" inside) and ``inside_data`` (the coordinates checked and inside) per pick."""
     if picks.empty:
         return picks
-    coverage = fitted.coverage or {}
+    coverage = ranking_coverage(fitted, policy) or {}
     checked = [c for c in law_coordinates(fitted) if c in coverage]
     labels, inside = [], []
     for row in picks.to_dict("records"):
         mask = int(row.get("outside", 0))
-        labels.append(outside_label(row, mask, coverage) if mask else "")
+        labels.append(outside_label(row, mask, coverage, held_bounds(policy)) if mask else "")
         inside.append(",".join(c for c in checked if c not in outside_names(mask)))
     picks["extrapolation"] = labels
     picks["inside_data"] = inside
@@ -620,7 +671,8 @@ def search(
         if scale is not None and target.reference["throughput_source"] == "estimate":
             target.reference.update(scale_estimates(pd.DataFrame([target.reference]), scale[0]).iloc[0].to_dict())
     candidates["feasible"] = loss_feasible(candidates, fitted, spec, target, confidence, target_loss, match, slack) & candidates["fits"]
-    candidates = mark_coverage(candidates, fitted)
+    policy = gqa_policy(fitted)
+    candidates = mark_coverage(candidates, fitted, policy)
     candidates["ranked"] = candidates["feasible"] & ((candidates["outside"] == 0) | spec.extrapolate)
     candidates["on_frontier"] = False
     # the frontier of what may be ranked: shapes that fit, inside the fit's runs unless --extrapolate
@@ -632,11 +684,11 @@ def search(
         raise UserError(f"no candidate meets the target loss {target.loss:.4f} ({target.source}){chance}; "
                         f"nearest: {nearest_misses(candidates, target)}")
     if not candidates["ranked"].any():
-        out = coverage_notes(candidates, fitted, False)
+        out = coverage_notes(candidates, fitted, False, policy)
         raise UserError(f"no candidate inside the fit's runs meets the target loss {target.loss:.4f}: "
                         f"{out[0] if out else 'all lie outside'}; widen what the runs cover, narrow --gqa/--r-min/--r-max "
                         "to the runs' range, or add --extrapolate")
-    notes = [gqa_note(fitted)] + coverage_notes(candidates, fitted, spec.extrapolate)
+    notes = [policy.note] + coverage_notes(candidates, fitted, spec.extrapolate, policy)
     if scale is not None:
         notes.append(scale_note(scale, spec))
     note = reference_note(target, fitted)
@@ -657,7 +709,7 @@ def search(
     unfit = int((~candidates["fits"]).sum())
     if unfit:
         notes.append(f"{unfit:,} candidates do not fit in {spec.gpu.name} memory at batch {spec.workload.batch_size} and are not ranked")
-    picks = label_extrapolations(select_top_k(candidates[candidates["ranked"]], top_k, spec.tie_rule), fitted)
+    picks = label_extrapolations(select_top_k(candidates[candidates["ranked"]], top_k, spec.tie_rule), fitted, policy)
     picks = add_speedup_intervals(picks, target, spec)
     notes.append(tie_note(picks, spec.tie_rule))
     if len(picks) < top_k:
@@ -673,6 +725,7 @@ def search(
         notes=notes,
         throughput_model=spec.throughput_model,
         coverage=fitted.coverage,
+        gqa=policy,
     )
 
 

@@ -39,6 +39,7 @@ from archscale.train.loop import resolve_run
 from archscale.train.sweep import sweep
 
 DECISIONS_FILE = "decisions.json"
+CONFIRMED_DIR = "confirmed"  # the confirmed shape at full scale, ready for archscale train
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,14 @@ def read_pick(search_json: Path, rank: int) -> tuple[dict[str, Any], dict[str, A
 
 
 def default_baseline(groups: Sequence[int], document: Mapping[str, Any]) -> int:
-    """The largest group the fit's runs had (its coverage) that the shape offers: the fastest the law vouches for.
+    """Where the walk starts: the group the search held GQA at (its pick's own, when the law may not trade on GQA);
+    else the largest group the fit's runs had that the shape offers, the fastest the law vouches for.
 
-    Without a coverage in the search result, the dissertation's GQA 4 when the shape has it, else its smallest group.
+    Without either in the search result, the dissertation's GQA 4 when the shape has it, else its smallest group.
     """
+    held = (document.get("gqa") or {}).get("held_at")
+    if held is not None and round(float(held)) in groups:
+        return int(round(float(held)))
     seen = ((document.get("coverage") or {}).get("of_fit") or {}).get("gqa")
     if seen:
         inside = [g for g in groups if g <= seen[1] * 1.02]
@@ -282,4 +287,19 @@ def local_gqa_search(search_json: Path, out: Path, runs: Path, proxy: Proxy, *, 
     result = LocalSearchResult(base, variants[: variants.index(stopped_by) + 1] if stopped_by else variants, confirmed,
                                decisions, tolerance, stopped_by)
     write_json(out / "gqa_search.json", result.to_json())
+    write_confirmed_config(result, document, out / CONFIRMED_DIR)
     return result
+
+
+def write_confirmed_config(result: LocalSearchResult, document: Mapping[str, Any], folder: Path) -> Path:
+    """The confirmed variant at full scale as a trainable config folder (what ``search --emit`` writes for a pick):
+    ``config.json``, ``train.json`` at the search's token budget, and ``candidate.json`` with the walk's verdict."""
+    arch = dataclasses.replace(result.confirmed.full, name=f"gqa{result.confirmed.gqa}-confirmed")
+    tokens = int(float(document["budget"]["tokens"]))
+    write_config_dir(folder, arch, TrainConfig.for_model_size(arch.n_params_non_embedding, tokens=tokens))
+    write_json(folder / "candidate.json", {**arch.shape_columns(), "gqa": result.confirmed.gqa,
+                                           "settled_by": "training (archscale search-gqa)",
+                                           "baseline_gqa": result.baseline.gqa, "tolerance": result.tolerance,
+                                           "proxy_loss": result.confirmed.loss, "baseline_proxy_loss": result.baseline.loss,
+                                           "estimated_tokens_per_s": result.confirmed.tokens_per_s})
+    return folder

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from archscale.fit.fitted import load_fit
-from archscale.search.constrained import (SearchSpec, Target, add_speedup_intervals, label_extrapolations, mark_coverage,
+from archscale.search.constrained import (SearchSpec, Target, add_speedup_intervals, gqa_policy, label_extrapolations, mark_coverage,
                                           predict_loss, select_top_k, shape_row)
 from archscale.serving import Workload, load_gpu, resolve_profile
 from archscale.shapes.architecture import Architecture
@@ -45,11 +45,12 @@ def one_run(spec: SearchSpec, fitted, candidates, reference: dict) -> dict[str, 
     frame["throughput_source"] = "estimate"
     times["throughput"] = time.perf_counter()
     frame["feasible"] = (frame["predicted_loss"] <= np.quantile(frame["predicted_loss"], 0.3)) & frame["fits"]
-    frame = mark_coverage(frame, fitted)
+    policy = gqa_policy(fitted)
+    frame = mark_coverage(frame, fitted, policy)
     frame["ranked"] = frame["feasible"] & (frame["outside"] == 0)
     times["coverage"] = time.perf_counter()
     frame["shape_id"] = frame.groupby(["d_model", "d_ff", frame["n_heads"] + frame["n_kv_heads"]]).ngroup()
-    picks = label_extrapolations(select_top_k(frame[frame["ranked"]], 3, spec.tie_rule), fitted)
+    picks = label_extrapolations(select_top_k(frame[frame["ranked"]], 3, spec.tie_rule), fitted, policy)
     times["ties"] = time.perf_counter()
     add_speedup_intervals(picks, Target(1.0, "bench", reference), spec)
     times["intervals"] = time.perf_counter()
