@@ -139,6 +139,8 @@ def test_the_gqa_study_fit_fails_its_check_so_the_search_holds_gqa_and_training_
     assert fit.code == 0, fit.err
     printed = " ".join(fit.out.split())  # the console wraps long lines
     assert "GQA in the search: held" in printed and "mean error 1.68% and Spearman 0.81" in printed
+    predicted = cli("predict", tmp_path / "fit.json", "--n", "2e5", "--d-model", "80", "--ratio", "1.2", "--gqa", "8")
+    assert predicted.code == 0 and "not one the search trades on" in " ".join(predicted.out.split())
     searched = cli("search", "--fit", tmp_path / "fit.json", "--n", "2e5", "--tokens", "8e5", "--layers", "4",
                    "--head-dim", "8", "--vocab", "256", "--d-multiple", "16", "--ff-multiple", "16", "--gqa", "1-8",
                    "--batch", "8", "--input-len", "64", "--output-len", "16", "--slack", "0.02",

@@ -229,6 +229,10 @@ def predict(
     value = float(fitted.predict(pd.DataFrame([row]), None if l_opt is None else np.array([l_opt]))[0])
     unit = relative_unit(fitted) if relative else "nats/token"
     result = {"law": fitted.law.name, "inputs": row, "loss": value, "loss_units": unit, "optimum": fitted.optimum() or None}
+    unchecked = "gqa" in fitted.law.columns and not (fitted.gqa is not None and fitted.gqa.traded)
+    if unchecked:  # the number is printed, but not as something the search would rank on
+        result["gqa_note"] = (fitted.gqa.reason if fitted.gqa is not None
+                              else "the fit records no held-out check of its GQA term")
     if as_json:
         print_json(result)
         return
@@ -239,5 +243,7 @@ def predict(
                       "give --l-opt, or a fit made with --reference, for an absolute loss")
     else:
         console.print(f"{fitted.law.name} predicts loss {value:.4f} at {inputs}")
+    if unchecked:
+        console.print(f"note: the GQA factor is not one the search trades on: {result['gqa_note']}")
     if fitted.optimum():
         console.print("closed-form optimum: " + ", ".join(f"{k}* = {_fmt(v)}" for k, v in fitted.optimum().items()))
