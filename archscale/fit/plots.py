@@ -1,21 +1,58 @@
 """The ``archscale fit --plot`` figure: predicted against measured loss, and each architecture factor of a shape law.
 
 Conventions follow the dissertation's figures: points used for fitting are dots, held-out points are crosses,
-and the identity line marks a perfect prediction.
+and the identity line marks a perfect prediction. The runs ``archscale fit`` flags as outliers are ringed in red
+in every panel, and each panel's labels are the fitted law's own terms.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from archscale.io.figures import log_x, plt, save
-from archscale.laws import CONDITIONAL, MULTIPLICATIVE, u_factor
+from archscale.fit.hygiene import MAX_FLAGGED_SHOWN, OUTLIER_Z
+from archscale.io.figures import log_x, plt, save, settle_legends
+from archscale.laws import CONDITIONAL, MULTIPLICATIVE, Law, u_factor
 
 
-FIT_COLOR, HOLDOUT_COLOR = "tab:orange", "tab:purple"
+FIT_COLOR, HOLDOUT_COLOR, OUTLIER_COLOR = "tab:orange", "tab:purple", "tab:red"
+
+Marked = tuple[np.ndarray, str]
+"""Runs to ring in every panel: a mask over the study's rows and its legend entry (the flagged outliers)."""
+
+
+def law_terms(law: Law) -> list[str]:
+    """The bracketed terms of the fitted law's formula, as its description (and the title) writes them.
+
+    ``(E + A N^-a + B D^-a)(1 + eps R^a)`` gives the size term and the shape penalty; a conditional law gives
+    its x-, r- (and GQA) factors. Panels take their labels from here, so each names the law actually fitted.
+    """
+    return re.findall(r"\(([^()]*)\)", law.description)
+
+
+def flagged_outliers(study: Any) -> Marked | None:
+    """The runs ``archscale fit`` prints as outliers (by file row), as a mask over ``study.frame``, with a legend entry."""
+    outliers = getattr(study, "outliers", None) or []
+    rows = getattr(study, "rows", None)
+    if not outliers or rows is None:
+        return None
+    mask = np.isin(np.asarray(rows), [o["row"] for o in outliers])
+    shown = ", ".join(str(o["row"]) for o in outliers[:MAX_FLAGGED_SHOWN])
+    more = f" and {len(outliers) - MAX_FLAGGED_SHOWN} more" if len(outliers) > MAX_FLAGGED_SHOWN else ""
+    return mask, (f"outlier{'s' if len(outliers) != 1 else ''} (> {OUTLIER_Z:g} robust SD from a Huber fit): "
+                  f"row{'s' if len(outliers) != 1 else ''} {shown}{more}")
+
+
+def _ring(ax: plt.Axes, x: Any, y: Any, marked: Marked | None) -> None:
+    """A red ring around each flagged run, drawn over its dot or cross, with one legend entry."""
+    if marked is None or not marked[0].any():
+        return
+    mask, label = marked
+    ax.scatter(np.asarray(x)[mask], np.asarray(y)[mask], s=110, facecolors="none", edgecolors=OUTLIER_COLOR,
+               linewidths=1.6, zorder=6, clip_on=False, label=label)
 
 
 def _metric_text(metrics: Mapping[str, Any] | None) -> str:
@@ -33,8 +70,9 @@ def _metric_text(metrics: Mapping[str, Any] | None) -> str:
 
 def predicted_vs_actual(ax: plt.Axes, actual: np.ndarray, predicted: np.ndarray, fit_mask: np.ndarray,
                         metrics: Mapping[str, Any], title: str,
-                        excluded: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-    """Predicted against measured loss: fit rows as dots, held-out rows as crosses, rows --where left out as rings.
+                        excluded: tuple[np.ndarray, np.ndarray] | None = None, marked: Marked | None = None) -> None:
+    """Predicted against measured loss: fit rows as dots, held-out rows as crosses, rows --where left out as grey
+    rings, and the ``marked`` rows (the flagged outliers) in red rings.
 
     The scores go in the legend, which is placed where it covers no point.
     """
@@ -52,6 +90,7 @@ def predicted_vs_actual(ax: plt.Axes, actual: np.ndarray, predicted: np.ndarray,
     if excluded is not None and len(excluded[0]):
         ax.scatter(excluded[0], excluded[1], s=22, facecolors="none", edgecolors="0.45",
                    label=f"left out by --where ({len(excluded[0])}; not fitted, not scored)")
+    _ring(ax, actual, predicted, marked)
     ax.set_xlim(low - pad, high + pad)
     ax.set_ylim(low - pad, high + pad)
     ax.set_xlabel("measured loss (nats/token)")
@@ -81,16 +120,18 @@ def _optimum_marker(ax: plt.Axes, best: float | None, low: float, high: float, s
     return "lower left" if right else "lower right"
 
 
-def _u_curve_panels(axes: list[plt.Axes], study: Any) -> None:
-    """For conditional laws: each factor's fitted curve over the measured losses with the other factor removed."""
+def _u_curve_panels(axes: list[plt.Axes], study: Any, marked: Marked | None = None) -> None:
+    """For conditional laws: each factor's fitted curve over the measured losses with every other term removed.
+
+    The other terms are taken out of the study's own prediction, so a GQA law's factor goes too.
+    """
     law, params = study.fit.law, study.fit.params
     frame = study.frame
     inputs = {c: frame[c].to_numpy(float) for c in ("x", "r")}
-    from archscale.fit.fitted import law_inputs
-
-    l_opt = law_inputs(law, frame, study.fitted.reference, study.source)["L_opt"]
-    loss = frame["loss"].to_numpy(float)
+    loss, predicted = frame["loss"].to_numpy(float), np.asarray(study.predicted, float)
     multiplicative = law.name in MULTIPLICATIVE
+    terms = dict(zip(("x", "r"), law_terms(law)))
+    gqa = " x GQA factor" if "gqa" in law.columns else ""
     b0 = params.get("b0", 0.0)
     factor = {
         "x": lambda v: u_factor(params["a0"], params["a1"], params["a2"], v),
@@ -99,21 +140,23 @@ def _u_curve_panels(axes: list[plt.Axes], study: Any) -> None:
     other = {"x": "r", "r": "x"}
     labels = {"x": "$d_{model}/\\sqrt{N}$", "r": "$r_{mlp/attn}$"}
     for ax, column in zip(axes, ("x", "r")):
+        own = factor[column](inputs[column])
         if multiplicative:
-            measured = loss / (l_opt * factor[other[column]](inputs[other[column]]))
-            ylabel = f"loss / ($L_{{opt}}$ x {other[column]}-factor)"
+            measured = loss * own / predicted
+            ylabel = f"loss / ($L_{{opt}}$ x {other[column]}-factor{gqa})"
         else:
-            measured = loss - l_opt - factor[other[column]](inputs[other[column]])
+            measured = loss - predicted + own
             ylabel = f"loss - $L_{{opt}}$ - {other[column]}-factor"
         mask = study.fit_mask
         ax.scatter(inputs[column][mask], measured[mask], s=14, color=FIT_COLOR, label="fit runs")
         if (~mask).any():
             ax.scatter(inputs[column][~mask], measured[~mask], s=40, marker="x", color=HOLDOUT_COLOR, label="held out")
+        _ring(ax, inputs[column], measured, marked)
         low, high = inputs[column].min() * 0.9, inputs[column].max() * 1.1
         best = study.fitted.optimum().get(column)
         grid = np.geomspace(low, high, 200)
         curve = factor[column](grid)
-        ax.plot(grid, curve, color="black", lw=1.5, label="fitted factor")
+        ax.plot(grid, curve, color="black", lw=1.5, label=f"fitted {terms.get(column, column + '-factor')}")
         where = _optimum_marker(ax, best, low, high, column)
         log_x(ax, low, high)
         ax.set_xlabel(labels[column])
@@ -125,40 +168,62 @@ def _u_curve_panels(axes: list[plt.Axes], study: Any) -> None:
         ax.grid(alpha=0.3)
 
 
-def _aspect_panel(ax: plt.Axes, study: Any) -> None:
-    """For the aspect-ratio law: the shape penalty ``1 + eps R^gamma`` over the measured losses with size removed."""
+def _aspect_panel(ax: plt.Axes, study: Any, marked: Marked | None = None) -> None:
+    """For the aspect-ratio laws: the shape penalty over the measured losses with the size term removed.
+
+    Its labels are the fitted law's own terms (``aspect-tied`` ties every exponent to one ``a``).
+    """
     law, params, frame = study.fit.law, study.fit.params, study.frame
-    size_term = params["E"] + params["A"] * frame["N"] ** -params["alpha"] + params["B"] * frame["D"] ** -law.beta(params)
-    measured = frame["loss"] / size_term
+    size_term, penalty = law_terms(law)
+    ratio = frame["R"].to_numpy(float)
+    gamma = law.gamma(params)
+    measured = frame["loss"].to_numpy(float) * (1 + params["eps"] * ratio ** gamma) / np.asarray(study.predicted, float)
     mask = study.fit_mask
-    ax.scatter(frame["R"][mask], measured[mask], s=14, color=FIT_COLOR, label="fit runs")
+    ax.scatter(ratio[mask], measured[mask], s=14, color=FIT_COLOR, label="fit runs")
     if (~mask).any():
-        ax.scatter(frame["R"][~mask], measured[~mask], s=40, marker="x", color=HOLDOUT_COLOR, label="held out")
-    low, high = frame["R"].min() * 0.9, frame["R"].max() * 1.1
+        ax.scatter(ratio[~mask], measured[~mask], s=40, marker="x", color=HOLDOUT_COLOR, label="held out")
+    _ring(ax, ratio, measured, marked)
+    low, high = ratio.min() * 0.9, ratio.max() * 1.1
     grid = np.geomspace(low, high, 200)
-    ax.plot(grid, 1 + params["eps"] * grid ** law.gamma(params), color="black", lw=1.5, label="fitted 1 + eps R^gamma")
+    ax.plot(grid, 1 + params["eps"] * grid ** gamma, color="black", lw=1.5,
+            label=f"fitted {penalty} (eps {params['eps']:.3g}, exponent {gamma:.3g})")
     log_x(ax, low, high)
     ax.set_xlabel("aspect ratio R = d_model / n_layers")
-    ax.set_ylabel("loss / (E + A N^-alpha + B D^-beta)")
-    ax.set_title("shape penalty in the aspect ratio", fontsize=10)
+    ax.set_ylabel(f"loss / ({size_term})")
+    ax.set_title(f"{law.name}: shape penalty {penalty}", fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
 
 
+TITLE_WIDTH = 72
+"""Characters of "law: formula" that fit above the first panel; a longer formula (the GQA laws') gets its own line."""
+
+
 def plot_study(study: Any, path: str | Path) -> Path:
-    """The ``archscale fit --plot`` figure: predicted vs actual, plus each architecture factor for shape laws."""
+    """The ``archscale fit --plot`` figure, written as a PNG."""
+    return save(draw_study(study), path)
+
+
+def draw_study(study: Any) -> plt.Figure:
+    """Predicted vs actual, plus each architecture factor for shape laws, every panel labelled with the law fitted
+    and the flagged outliers ringed."""
     law_name = study.fit.law.name
     extra = 2 if law_name in CONDITIONAL else 1 if law_name.startswith("aspect") else 0
     fig, axes = plt.subplots(1, 1 + extra, figsize=(6 + 4.5 * extra, 5), squeeze=False)
     axes = list(axes[0])
-    title = f"{law_name}: {study.fit.law.description}\n({study.fit.objective} fit on {study.fit.n_points} runs)"
+    formula = f"{law_name}: {study.fit.law.description}"
+    if len(formula) > TITLE_WIDTH:
+        formula = f"{law_name}:\n{study.fit.law.description}"
+    title = f"{formula}\n({study.fit.objective} fit on {study.fit.n_points} runs)"
+    marked = flagged_outliers(study)
     predicted_vs_actual(axes[0], study.frame["loss"], study.predicted, study.fit_mask, study.metrics, title,
-                        _excluded_points(study))
+                        _excluded_points(study), marked)
     if law_name in CONDITIONAL:
-        _u_curve_panels(axes[1:], study)
+        _u_curve_panels(axes[1:], study, marked)
     elif extra:
-        _aspect_panel(axes[1], study)
-    return save(fig, path)
+        _aspect_panel(axes[1], study, marked)
+    settle_legends(fig)
+    return fig
 
 
 def _excluded_points(study: Any) -> tuple[np.ndarray, np.ndarray] | None:

@@ -11,7 +11,7 @@ import matplotlib.patches
 import matplotlib.ticker
 import numpy as np
 
-from archscale.io.figures import plt, save, si_count
+from archscale.io.figures import legend_below, plt, save, settle_legends, si_count
 
 
 SPEED = "output_tokens_per_s"
@@ -107,6 +107,36 @@ def _picks(ax: plt.Axes, result: Any, labelled: bool) -> None:
                         textcoords="offset points", fontsize=9, color=color, fontweight="bold")
 
 
+def clipped_notes(candidates: Any, y_limits: tuple[float, float]) -> list[str]:
+    """What the loss axis leaves out, one note per kind and side ("812 over-target candidates above the axis, not shown").
+
+    The axis is fitted to the frontier and the target, so most over-target candidates of a small search lie above
+    it; drawn points that fall outside say so rather than vanish.
+    """
+    shown = candidates[candidates["fits"]]
+    loss = shown["predicted_loss"].to_numpy(float)
+    notes = []
+    for kind, rows in (("over-target", ~shown["feasible"].to_numpy(bool)), ("feasible", shown["feasible"].to_numpy(bool))):
+        for side, outside in (("above", loss > y_limits[1]), ("below", loss < y_limits[0])):
+            count = int((rows & outside).sum())
+            if count:
+                notes.append(f"{count:,} {kind} candidate{'s' if count != 1 else ''} {side} the axis, not shown")
+    return notes
+
+
+def _visible_speeds(result: Any, y_limits: tuple[float, float]) -> tuple[float, float]:
+    """The throughput axis's range: what the loss axis shows, padded (candidates beyond it, counted in the legend,
+    would otherwise crowd the points that are drawn into a corner)."""
+    shown = result.candidates[result.candidates["fits"]]
+    loss = shown["predicted_loss"]
+    speeds = shown.loc[(loss >= y_limits[0]) & (loss <= y_limits[1]), SPEED].tolist()
+    if result.target.reference:
+        speeds.append(result.target.reference[SPEED])
+    low, high = min(speeds), max(speeds)
+    pad = 0.04 * max(high - low, 1e-3 * high)
+    return low - pad, high + pad
+
+
 PICK_SEPARATION = 0.04
 """Picks closer than this (as a fraction of the overview's axes) would be drawn over each other: they get a zoom panel."""
 
@@ -121,32 +151,43 @@ def _picks_overlap(result: Any, x_span: float, y_span: float) -> bool:
     return bool(gaps[np.triu_indices(len(points), 1)].min() < PICK_SEPARATION)
 
 
-def plot_search(result: Any, spec: Any, path: str | Path, batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)) -> Path:
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+"""Batch sizes of the throughput-by-batch panel (concurrent requests, 1 to 256)."""
+
+
+def plot_search(result: Any, spec: Any, path: str | Path, batch_sizes: tuple[int, ...] = BATCH_SIZES) -> Path:
+    """The ``archscale search --plot`` figure, written as a PNG."""
+    return save(draw_search(result, spec, batch_sizes), path)
+
+
+def draw_search(result: Any, spec: Any, batch_sizes: tuple[int, ...] = BATCH_SIZES) -> plt.Figure:
     """The ``archscale search --plot`` figure.
 
     Left: predicted loss against throughput for every candidate that fits in
     memory (the count of those that do not is in the legend), the feasible set
     coloured, the Pareto frontier, the target loss, the matched reference and
-    the picks. When the picks lie too close to tell apart there (often within
-    1% of each other), a box marks them and a middle panel enlarges it. Right:
-    estimated throughput against batch size for the picks and the reference
-    (the search's throughput profile at each batch size), each pick in the same
-    colour and marker in every panel. Throughput is output tokens/s, and the
-    axes name the profile behind it.
+    the picks; candidates beyond the loss axis are counted in the legend. When
+    the picks lie too close to tell apart there (often within 1% of each
+    other), a box marks them and a middle panel enlarges it. Those panels'
+    legends sit below them, off the data. Right: estimated throughput against
+    batch size for the picks and the reference (the search's throughput profile
+    at each batch size), each pick in the same colour and marker in every
+    panel. Throughput is output tokens/s, and the axes name the profile behind it.
     """
     unit = "loss / $L_{opt}$ (relative)" if result.relative else "predicted loss (nats/token)"
     frontier = result.frontier
     low, high = frontier["predicted_loss"].min(), max(result.target.loss, frontier["predicted_loss"].min())
     span = max(high - low, 1e-4)
     y_limits = (low - 0.5 * span, high + 2.5 * span)
-    shown = result.candidates.loc[result.candidates["fits"], SPEED]
-    zoom = _picks_overlap(result, float(shown.max() - shown.min()), y_limits[1] - y_limits[0])
+    x_limits = _visible_speeds(result, y_limits)
+    zoom = _picks_overlap(result, x_limits[1] - x_limits[0], y_limits[1] - y_limits[0])
     if zoom:
-        fig, (left, middle, right) = plt.subplots(1, 3, figsize=(19, 5.8), gridspec_kw={"width_ratios": [1.25, 1, 1]})
+        fig, (left, middle, right) = plt.subplots(1, 3, figsize=(19, 7), gridspec_kw={"width_ratios": [1.25, 1, 1]})
     else:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.8))
+        fig, (left, right) = plt.subplots(1, 2, figsize=(14, 7))
 
     _candidate_clouds(left, result, counts=True)
+    left.set_xlim(*x_limits)
     _picks(left, result, labelled=not zoom)
     if zoom:
         (x_low, x_high), (y_low, y_high) = _zoom_window(result)
@@ -157,7 +198,9 @@ def plot_search(result: Any, spec: Any, path: str | Path, batch_sizes: tuple[int
     left.set_title(f"N = {si_count(spec.n)} non-embedding params, D = {si_count(spec.tokens)} tokens, "
                    f"{spec.n_layers} layers", fontsize=10)
     left.set_ylim(*y_limits)
-    left.legend(fontsize=7.5, loc="upper left")
+    for note in clipped_notes(result.candidates, y_limits):
+        left.plot([], [], " ", label=note)
+    legend_below(left)
     left.grid(alpha=0.3)
     left.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
 
@@ -169,14 +212,15 @@ def plot_search(result: Any, spec: Any, path: str | Path, batch_sizes: tuple[int
         middle.set_xlabel("output tokens/s")
         middle.set_ylabel(unit)
         middle.set_title(f"the top {len(result.top_k)} enlarged", fontsize=10)
-        middle.legend(fontsize=7.5, loc="upper left")
+        legend_below(middle, ncol=1)
         middle.grid(alpha=0.3)
         middle.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
         middle.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
         middle.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.4f"))
 
     _throughput_by_batch(right, result, spec, batch_sizes)
-    return save(fig, path)
+    settle_legends(fig)
+    return fig
 
 
 def _throughput_by_batch(ax: plt.Axes, result: Any, spec: Any, batch_sizes: tuple[int, ...]) -> None:
