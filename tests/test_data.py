@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 
@@ -117,3 +118,23 @@ def test_a_split_smaller_than_two_sequences_is_refused(corpus, tmp_path):
 def test_help_has_an_example(cli):
     result = cli("data", "prepare", "--help")
     assert result.code == 0 and "Examples" in result.out and "archscale data prepare --corpus" in result.out
+
+
+def test_a_split_that_cannot_be_mapped_for_want_of_memory_says_so(corpus, tmp_path, monkeypatch):
+    """Under memory pressure (a memory limit, many jobs at once) mapping train.bin fails with ENOMEM: that is not
+    a reason to prepare the data again, which a file cut short is."""
+    prepare([str(corpus)], tmp_path / "data")
+
+    def out_of_memory(*args, **kwargs):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(data_mod.np, "memmap", out_of_memory)
+        with pytest.raises(UserError) as excinfo:
+            TokenDataset(tmp_path / "data", "train", seq_len=32)
+    message = str(excinfo.value)
+    assert "cannot map train.bin" in message and "out of memory (the data is fine)" in message
+    assert "prepare the data again" not in message
+    (tmp_path / "data" / "train.bin").write_bytes(b"\0\0")  # cut short: now preparing again is the remedy
+    with pytest.raises(UserError, match="prepare the data again"):
+        TokenDataset(tmp_path / "data", "train", seq_len=32)

@@ -13,10 +13,12 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from archscale.jobs import dispatch
 from archscale.jobs.dispatch import DispatchOptions, StudyFolder, Task, run_study
 from archscale.jobs.slurm import Resources, _gpus, parse_time_min
 
@@ -26,6 +28,8 @@ from dispatch_helpers import (  # noqa: E402
     write_bench_configs, write_study_configs,
 )
 from helpers import one_line_error  # noqa: E402
+
+CPUS = len(os.sched_getaffinity(0))
 
 
 @pytest.fixture
@@ -75,6 +79,37 @@ def test_a_crashing_task_is_recorded_with_its_traceback_and_the_study_goes_on(tm
 
 def _raises() -> dict:
     return {"never": 1 / 0}
+
+
+def _out_of_memory() -> dict:
+    raise MemoryError()
+
+
+def test_a_task_out_of_memory_is_recorded_as_such_with_how_to_give_it_more(tmp_path):
+    [record] = run_study([Task("big-1", "big", _out_of_memory, {})], DispatchOptions(jobs_dir=tmp_path / "jobs"))
+    assert record.state == "failed" and record.cause.startswith("out of memory; ")
+    assert "--max-parallel" in record.recovery and "--job-mem" in record.recovery
+
+
+def _killed_for_memory(vmstat: str) -> dict:
+    """What the kernel's out-of-memory killer does to a job: count one more kill, then SIGKILL it."""
+    Path(vmstat).write_text("nr_free_pages 1024\noom_kill 8\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+    return {}
+
+
+def test_a_local_job_the_oom_killer_ends_is_reported_as_out_of_memory(tmp_path, monkeypatch):
+    """submitit's local controller drops its worker's exit status; the kernel's count of OOM kills tells instead."""
+    vmstat = tmp_path / "vmstat"
+    vmstat.write_text("nr_free_pages 1024\noom_kill 7\n")
+    monkeypatch.setattr(dispatch, "VMSTAT", vmstat)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    options = DispatchOptions(executor="local", jobs_dir=tmp_path / "jobs", poll_s=0.05)
+    [record] = run_study([Task("big-1", "big", _killed_for_memory, {"vmstat": str(vmstat)})], options.checked())
+    assert record.state == "failed"
+    assert record.cause.startswith("the job ended without a result (the kernel's out-of-memory killer ended a process "
+                                   "while it ran, most likely this job: the machine ran out of memory)")
+    assert record.recovery.startswith("run fewer jobs at once (--max-parallel) or smaller configs")
 
 
 def _returns(value: int) -> dict:
@@ -146,8 +181,23 @@ def test_ctrl_c_stops_local_jobs_and_records_them(tmp_path, corpus_data, one_thr
     code, out, err = finish(sweep, timeout=60)
     assert code == 130 and "Traceback" not in err, err
     assert "c: failed" in err and "interrupted (Ctrl-C): the job was stopped" in err and "run the same command again" in err
-    assert not task_pids(job) and not Path(f"/proc/{job}").exists()  # no job left running behind the user's back
+    assert not task_pids(job) and controller_gone(job)  # no job left running behind the user's back
     assert records(jobs)["c"]["state"] == "failed"
+
+
+def controller_gone(pid: str, within_s: float = 10.0) -> bool:
+    """Whether a job's controller process has ended (gone, or a zombie waiting to be reaped), allowing it a few
+    seconds to finish exiting on a loaded machine: what matters is that nothing is left running."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def test_status_shows_each_config_state(tmp_path, corpus_data, cli, one_thread):
@@ -170,6 +220,9 @@ def test_status_shows_each_config_state(tmp_path, corpus_data, cli, one_thread):
     (("--executor", "slurm", "--job-time", "soon"), "--job-time 'soon': expected minutes"),
     (("--executor", "cloud",), "--executor 'cloud': choose inline, local, slurm"),
     (("--executor", "local", "--job-gpus", "2"), "--job-gpus 2 x --max-parallel 1 needs 2 GPUs"),
+    (("--executor", "local", "--job-cpus", "1000"), f"--job-cpus 1000: this machine has {CPUS} CPUs for local jobs"),
+    (("--executor", "local", "--job-cpus", str(CPUS), "--max-parallel", "2"),
+     f"--job-cpus {CPUS} x --max-parallel 2 needs {2 * CPUS} CPUs; this machine has {CPUS}"),
 ])
 def test_bad_dispatch_flags_are_one_line_and_write_nothing(tmp_path, corpus_data, cli, flags, message, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

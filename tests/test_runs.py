@@ -2,6 +2,7 @@
 
 import math
 import multiprocessing
+import re
 
 import pandas as pd
 import pytest
@@ -119,3 +120,37 @@ def test_a_table_under_the_old_config_hash_header_keeps_it(tmp_path):
     table = pd.read_csv(path, dtype=str)
     assert "recipe_hash" not in table.columns and table["config_hash"].iloc[-1] == "0123456789ab"
     assert recorded_hashes(path) == old_hashes | {"0123456789ab"}
+
+
+def _damaged(path, damage: str) -> bytes:
+    """A two-row runs table as ``train`` writes it, then damaged: its last row cut mid-row, a merge left
+    unresolved, or NUL bytes where a crash left a hole."""
+    for loss in (3.0, 2.9):
+        append_run(path, {"N": 1e6, "D": 1e8, "loss": loss, "recipe_hash": "abc", "run_dir": "/runs/a", "seed": 0})
+    header, first, second = path.read_text().splitlines(keepends=True)
+    text = {"cut": header + first + second[:24],  # "1000000.0,100000000.0,2.": the loss cut, the rest gone
+            "conflict": header + "<<<<<<< HEAD\n" + first + "=======\n" + second + ">>>>>>> theirs\n",
+            "nul": header + first + second + "\0" * 12 + "\n"}[damage]
+    path.write_text(text)
+    return path.read_bytes()
+
+
+DAMAGE = [("cut", "row 2 (line 3) has 3 of the header's 6 cells: it was cut short"),
+          ("conflict", "line 2 is a git conflict marker ('<<<<<<< HEAD')"),
+          ("nul", "row 3 (line 4) holds NUL bytes")]
+
+
+@pytest.mark.parametrize("damage, message", DAMAGE, ids=[d for d, _ in DAMAGE])
+def test_a_damaged_table_is_refused_by_readers_and_appenders(tmp_path, damage, message):
+    """pandas reads all three as plausible rows (NaN cells); every reader and appender refuses them instead."""
+    from archscale.fit.runs import check_appendable
+
+    path = tmp_path / "runs.csv"
+    before = _damaged(path, damage)
+    for check in (load_runs, check_appendable):
+        with pytest.raises(UserError, match=re.escape(message)) as excinfo:
+            check(path)
+        assert str(path) in str(excinfo.value)
+    with pytest.raises(UserError, match=re.escape(message)):
+        append_run(path, {"N": 2e6, "D": 1e8, "loss": 2.8, "recipe_hash": "def", "run_dir": "/runs/b", "seed": 0})
+    assert path.read_bytes() == before

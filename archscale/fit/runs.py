@@ -71,7 +71,7 @@ class RunRow(BaseModel):
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read CSV, Parquet or JSON Lines by extension, with a clear error for anything else."""
+    """Read CSV, Parquet or JSON Lines by extension, with a clear error for anything else (or a damaged CSV)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file")
@@ -80,6 +80,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
+            check_intact(path)
             named = [name for name in csv_header(path) or [] if name.strip()]
             _refuse_duplicated_columns(pd.DataFrame(columns=named), path)  # pandas would rename the second to X.1
             return pd.read_csv(path)
@@ -300,6 +301,63 @@ def csv_header(path: Path) -> list[str] | None:
         raise UserError(f"{path}: cannot be read as CSV ({exc})") from None
 
 
+CONFLICT_MARKERS = ("<<<<<<<", "|||||||", "=======", ">>>>>>>")
+"""How the lines git writes into a file it could not merge begin."""
+
+
+def check_intact(path: Path, where: str | None = None) -> None:
+    """Refuse a CSV table damaged in a way pandas would read as plausible rows, naming the first damaged line.
+
+    A row cut short (a write that stopped mid-row) reads as a run with empty
+    cells, git's conflict markers as rows of NaN next to both sides' rows, NUL
+    bytes as cells: ``fit`` would fit them, and ``train`` and ``sweep`` would
+    train for minutes and then append after them, making the damage look like
+    data. So every line is checked before any work, by every reader and appender.
+    A cut inside a table's last cell leaves every row whole and cannot be told
+    from a short value.
+    """
+    where = where or str(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            width: int | None = None
+            rows = 0
+            for record in reader:
+                if not record:
+                    continue  # a blank line, which pandas skips too
+                line = reader.line_num
+                if record[0].startswith(CONFLICT_MARKERS):
+                    raise UserError(f"{where}: line {line} is a git conflict marker ({record[0][:20]!r}): the file is "
+                                    "mid-merge; keep the rows you want, delete the marker lines, then run again")
+                problem = _damage(record, width)
+                if problem:
+                    label = f"line {line} (the header)" if width is None else f"row {rows + 1} (line {line})"
+                    raise UserError(f"{where}: {label} {problem}")
+                if width is None:
+                    width = len(record)
+                else:
+                    rows += 1
+    except UnicodeDecodeError:
+        raise UserError(f"{where}: is not a CSV runs table (not UTF-8 text)") from None
+    except csv.Error as exc:
+        raise UserError(f"{where}: cannot be read as CSV ({exc})") from None
+
+
+def _damage(record: list[str], width: int | None) -> str | None:
+    """What is wrong with one CSV record besides a conflict marker (``width``: the header's cells; None for the
+    header itself), or None."""
+    if any("\0" in cell for cell in record):
+        return ("holds NUL bytes: the file was damaged (a crash or a full disk while it was written); "
+                "delete that line or restore the file from a copy")
+    if width is not None and len(record) < width:
+        return (f"has {len(record)} of the header's {width} cells: it was cut short (a write that stopped mid-row); "
+                "complete or delete it, then run again")
+    if width is not None and len(record) > width:
+        return (f"has {len(record)} cells but the header has {width}: a stray comma or two rows run together; "
+                "fix or delete it, then run again")
+    return None
+
+
 def check_appendable(path: str | Path, flag: str = "--runs", columns: tuple[str, ...] = TRAINED_RUN_COLUMNS) -> None:
     """Refuse, before anything is trained, a runs table a new row with ``columns`` would corrupt.
 
@@ -309,7 +367,8 @@ def check_appendable(path: str | Path, flag: str = "--runs", columns: tuple[str,
     ``C`` instead of ``D``) is refused rather than given empty columns. A table
     of runs-table columns that lacks some of the row's (a hand-made table of
     shapes and losses) is extended by them: its rows keep their values and get
-    empty cells.
+    empty cells. A damaged table (a row cut short, conflict markers, NUL bytes:
+    :func:`check_intact`) is refused too, rather than appended after.
     """
     path = Path(path)
     where = f"{flag} {path}" if flag else str(path)
@@ -319,6 +378,7 @@ def check_appendable(path: str | Path, flag: str = "--runs", columns: tuple[str,
         raise UserError(f"{where}: is a folder; give a CSV file name, e.g. {path / 'runs.csv'}")
     if not path.exists():
         return
+    check_intact(path, where)
     header = csv_header(path)
     if header is None:
         return

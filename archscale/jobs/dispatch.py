@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from archscale.jobs import slurm
-from archscale.io.errors import UserError, one_line
+from archscale.io.errors import UserError, describe_failure, is_out_of_memory, one_line
 from archscale.io.files import read_json, write_json
 from archscale.jobs.slurm import Resources
 
@@ -65,6 +65,10 @@ LOCAL_TIMEOUT_MIN = 7 * 24 * 60
 SLURM_POLL_MAX_S = 5.0
 NO_LIMIT_MIN = 365 * 24 * 60  # a Slurm job's time limit in a partition without one
 RETRY = "fix the cause, then run the same command again (finished configs are skipped)"
+MEMORY_RETRY = ("give each job more memory (fewer jobs at once with --max-parallel, on Slurm --job-mem) or use smaller "
+                "configs, then run the same command again (finished configs are skipped)")
+VMSTAT = Path("/proc/vmstat")
+"""Where Linux counts the processes its out-of-memory killer has killed (``oom_kill``)."""
 
 
 # ---- what a study is made of -----------------------------------------------------------------
@@ -190,6 +194,7 @@ class DispatchOptions:
                 return replace(self, resources=replace(self.resources, time_min=limit))
         elif self.executor == "local":
             _local_gpu_slots(self.resources.gpus, self.parallel_limit or 1)
+            _check_local_cpus(self.resources.cpus, self.parallel_limit or 1)
         return self
 
 
@@ -219,6 +224,10 @@ def run_task(fn: Callable[..., dict[str, Any]], kwargs: Mapping[str, Any], threa
         if type(exc).__name__ == "UncompletedJobError":  # submitit's handler of Slurm's signal before the time limit
             return {"status": "failed", "cause": f"the job reached its time limit ({one_line(exc)})",
                     "recovery": "give jobs more time (--job-time), then run the same command again"}
+        described = describe_failure(exc)  # out of memory, disk full, ...: the one line the CLI would print
+        if described is not None:
+            recovery = MEMORY_RETRY if is_out_of_memory(exc) else RETRY
+            return {"status": "failed", "cause": described, "recovery": recovery}
         text = traceback.format_exc()
         if log is not None:
             Path(log).parent.mkdir(parents=True, exist_ok=True)
@@ -336,6 +345,7 @@ class _Flight:
     job: Any = None  # the submitit job, when this process submitted it
     gpus: tuple[int, ...] = ()  # local GPU slot it holds
     gone_since: float | None = None
+    oom_kills: int | None = None  # the kernel's out-of-memory kill count when this process submitted it (local)
 
 
 class _Runner:
@@ -469,7 +479,8 @@ class _Runner:
             return
         record = TaskRecord(task.key, task.name, "queued" if options.executor == "slurm" else "running",
                             executor=options.executor, job_id=str(job.job_id), log=str(job.paths.stderr))
-        self.flights[task.key] = _Flight(task, record, job, gpus)
+        oom_kills = _oom_kills() if options.executor == "local" else None
+        self.flights[task.key] = _Flight(task, record, job, gpus, oom_kills=oom_kills)
         self._set(record)
 
     def _poll(self) -> bool:
@@ -529,7 +540,7 @@ class _Runner:
         if outcome is not None:  # the job's function raised past run_task (cannot unpickle, SystemExit, ...)
             cause = f"the job raised: {_last_line(str(outcome[1]))}"
         else:
-            how = slurm.ended_state(record.job_id) if record.executor == "slurm" else None
+            how = slurm.ended_state(record.job_id) if record.executor == "slurm" else _local_end(flight)
             last = _last_line(_tail(record.log))
             cause = (f"the job ended without a result ({how or 'killed or crashed'})"
                      + (f"; last log line: {last}" if last else ""))
@@ -538,6 +549,8 @@ class _Runner:
             recovery = f"give jobs more time (--job-time), then {recovery}"
         elif outcome is None and record.executor == "slurm" and how and how.startswith("OUT_OF_MEMORY"):
             recovery = f"give jobs more memory (--job-mem), then {recovery}"
+        elif outcome is None and how == LOCAL_OOM:
+            recovery = f"run fewer jobs at once (--max-parallel) or smaller configs, then {recovery}"
         self._set(replace(record, state="failed", cause=cause, recovery=recovery))
 
     def _interrupted(self) -> None:
@@ -646,6 +659,34 @@ def _read_outcome(folder: Path, job_id: str | None) -> tuple[str, Any] | None:
     return outcome if isinstance(outcome, tuple) and len(outcome) == 2 else None
 
 
+LOCAL_OOM = ("the kernel's out-of-memory killer ended a process while it ran, most likely this job: the machine ran out "
+             "of memory")
+
+
+def _local_end(flight: _Flight) -> str | None:
+    """How a local job that left no result ended, where the machine tells: killed for memory, else None.
+
+    submitit's local controller does not keep its worker's exit status, so the
+    signal that ended it is lost; Linux's count of out-of-memory kills is not.
+    """
+    now = _oom_kills()
+    if flight.oom_kills is not None and now is not None and now > flight.oom_kills:
+        return LOCAL_OOM
+    return None
+
+
+def _oom_kills() -> int | None:
+    """How many processes the kernel's out-of-memory killer has killed since boot (None where it does not say)."""
+    try:
+        for line in VMSTAT.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _local_job_alive(job_id: str | None) -> bool:
     """Whether a local job (its controller's pid) is still running, also one started by an earlier process."""
     if not job_id or not job_id.isdigit():
@@ -687,6 +728,24 @@ def _local_gpu_slots(gpus_per_job: int | None, parallel: int) -> list[tuple[int,
         raise UserError(f"--job-gpus {gpus_per_job} x --max-parallel {parallel} needs {gpus_per_job * parallel} GPUs; "
                         f"this machine shows {len(visible)}")
     return [tuple(visible[i * gpus_per_job:(i + 1) * gpus_per_job]) for i in range(parallel)]
+
+
+def _check_local_cpus(cpus_per_job: int | None, parallel: int) -> None:
+    """Refuse local jobs that ask for more CPUs than this machine has.
+
+    Each local job runs ``cpus_per_job`` torch threads and ``parallel`` jobs
+    run at once, so more threads than CPUs would only make every job slower
+    (and its throughput figures wrong), never give it the CPUs it asked for.
+    """
+    if not cpus_per_job:
+        return
+    have = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cpus_per_job > have:
+        raise UserError(f"--job-cpus {cpus_per_job}: this machine has {have} CPUs for local jobs; "
+                        f"ask for at most {have}")
+    if cpus_per_job * parallel > have:
+        raise UserError(f"--job-cpus {cpus_per_job} x --max-parallel {parallel} needs {cpus_per_job * parallel} CPUs; "
+                        f"this machine has {have}: lower one of them")
 
 
 def _visible_gpus() -> list[int]:

@@ -21,6 +21,8 @@ so a resumed run reads exactly the data an uninterrupted one would.
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import glob
 import hashlib
 import json
@@ -36,10 +38,11 @@ from typing import Iterable, Protocol
 import numpy as np
 import torch
 
-from archscale.io.errors import UserError, add_hint
+from archscale.io.errors import UserError, add_hint, failure_cause, is_out_of_memory
 from archscale.io.files import current_umask, write_failure
 
 META_FILE = "meta.json"
+PREPARED_FILES = ("train.bin", "val.bin", META_FILE)
 DEFAULT_CORPUS_BYTES = 4_000_000
 MIN_SEQ_LEN_AT_PREPARE = 256  # prepare insists on two such sequences (+1 target) per split
 FORMAT_VERSION = 1
@@ -179,8 +182,40 @@ def prepare(corpus: Iterable[str], out_dir: str | Path, tokenizer: str = "byte",
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / META_FILE).exists())):
         raise UserError(f"--out {out_dir}: exists and is not a prepared data directory; choose another --out")
+    refuse_out_in_corpus(corpus, out_dir)
     tok = load_tokenizer(tokenizer)
-    return prepare_files(collect_files(corpus), out_dir, tok, val_fraction, source=" ".join(corpus))
+    files = collect_files(corpus)
+    prepared = [path for path in files if path.name == META_FILE and (path.parent / "train.bin").exists()]
+    if prepared:
+        raise UserError(f"--corpus {' '.join(corpus)}: takes in {prepared[0]}, part of an earlier prepare's output "
+                        f"(prepared data, not text); move {prepared[0].parent} out of the corpus or narrow the corpus")
+    return prepare_files(files, out_dir, tok, val_fraction, source=" ".join(corpus))
+
+
+def refuse_out_in_corpus(corpus: Iterable[str], out_dir: Path) -> None:
+    """Refuse an ``--out`` inside a folder the corpus reads whole: the next prepare of that corpus would take
+    the output's ``meta.json`` for text and tokenize it with the rest."""
+    out = out_dir.resolve()
+    for spec in corpus:
+        root = _corpus_folder(spec)
+        if root is not None and (out == root.resolve() or root.resolve() in out.parents):
+            raise UserError(f"--out {out_dir}: is inside --corpus {spec}, so the next prepare of that corpus would read "
+                            f"this output's {META_FILE} as text; choose an --out outside {root}")
+
+
+def _corpus_folder(spec: str) -> Path | None:
+    """The folder a ``--corpus`` reads whole: a directory, or the fixed part of a recursive glob that matches
+    the names ``prepare`` writes."""
+    if any(ch in spec for ch in "*?["):
+        if "**" not in spec or not any(fnmatch.fnmatch(name, Path(spec).name) for name in PREPARED_FILES):
+            return None  # prepared data a pattern of fixed depth matches is refused once it exists (prepare)
+        fixed = []
+        for part in Path(spec).parts:
+            if any(ch in part for ch in "*?["):
+                break
+            fixed.append(part)
+        return Path(*fixed) if fixed else Path(".")
+    return Path(spec) if Path(spec).is_dir() else None
 
 
 def prepare_files(files: list[Path], out_dir: Path, tok: Tokenizer, val_fraction: float, source: str) -> dict:
@@ -255,6 +290,22 @@ def read_meta(data_dir: str | Path) -> dict:
 
 
 # ---- batches ----------------------------------------------------------------------
+def _unreadable_split(path: Path, exc: OSError | ValueError) -> str:
+    """Why a split cannot be mapped, and the remedy that fits the cause.
+
+    Preparing the data again mends a missing or short file, not a process
+    out of memory (a memory limit, or many jobs at once), which the data
+    has nothing to do with.
+    """
+    if isinstance(exc, OSError) and is_out_of_memory(exc):
+        return (f"cannot map {path.name} ({path.stat().st_size / 1e6:,.0f} MB) into memory: out of memory (the data "
+                "is fine); give this process more memory (raise its memory limit, or run fewer jobs at once "
+                "with --max-parallel), then run again")
+    if isinstance(exc, OSError) and exc.errno != errno.ENOENT:
+        return f"cannot read {path.name} ({failure_cause(exc)}); fix that and run again"
+    return f"cannot read {path.name} ({exc}); prepare the data again (archscale data prepare)"
+
+
 class TokenDataset:
     """One split of a prepared data directory, served as ``(seed, step)``-determined batches."""
 
@@ -271,7 +322,7 @@ class TokenDataset:
         try:
             self.tokens = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r", shape=(self.n_tokens,))
         except (OSError, ValueError) as exc:
-            raise UserError(f"--data {data_dir}: cannot read {split}.bin ({exc}); prepare the data again") from None
+            raise UserError(f"--data {data_dir}: {_unreadable_split(path, exc)}") from None
 
     def offsets(self, seed: int, step: int, count: int) -> np.ndarray:
         """Start positions of the ``count`` sequences of optimizer step ``step``: random, reproducible."""

@@ -35,6 +35,7 @@ import gc
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -524,6 +525,7 @@ def train(config: str | Path | Architecture, data_dir: str | Path | None = None,
     its own default compiles on CUDA only). The result's ``tokens_per_s``
     and ``mfu`` are steady-state figures; ``warmup_s`` holds the first steps.
     """
+    _check_peak_tflops(peak_tflops)
     spec = resolve_run(config, train_config, tokens, seed)
     out = _out_dir(spec, out_dir)
     data = Path(data_dir) if data_dir is not None else default_data_dir()
@@ -549,6 +551,9 @@ def train(config: str | Path | Architecture, data_dir: str | Path | None = None,
         if info.is_main:
             _prepare_out_dir(out, spec, trainer.step)
         trainer._barrier()
+        note = repeat_note(spec.train_config, meta, data)
+        if note and info.is_main:
+            print(note, file=sys.stderr, flush=True)
         train_loss, val_loss = trainer.run()
         result = _result(trainer, out, train_loss, val_loss)
         if info.is_main:
@@ -567,6 +572,30 @@ def train(config: str | Path | Architecture, data_dir: str | Path | None = None,
     finally:
         if info.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _check_peak_tflops(peak_tflops: float | None) -> None:
+    """A peak that is not a positive, finite TFLOP/s would put a negative or infinite MFU in the runs table."""
+    if peak_tflops is not None and not (math.isfinite(peak_tflops) and peak_tflops > 0):
+        raise UserError(f"--peak-tflops {peak_tflops:g}: must be a positive number of TFLOP/s per device (989 for an "
+                        "H100's dense bf16); leave it out to use the datasheet peak of a known GPU")
+
+
+def repeat_note(cfg: TrainConfig, meta: dict[str, Any], data: Path) -> str | None:
+    """A note when the budget is more than one pass over the train split, else None.
+
+    Nothing stops such a run, but its row would enter the runs table as a plain
+    (N, D, loss) point, and scaling laws are fitted on tokens each seen once:
+    repeated tokens are worth less than fresh ones, so the loss is not what D
+    fresh tokens would give.
+    """
+    tokens, n_train = cfg.total_steps * cfg.tokens_per_step, int(meta["n_train"])
+    epochs = tokens / n_train
+    if epochs <= 1:
+        return None
+    return (f"note: {epochs:.3g} epochs of the corpus: {tokens:,} training tokens from a train split of {n_train:,} "
+            f"({data}); repeated tokens are worth less than fresh ones, so this run's loss is not a one-epoch point "
+            "for a scaling fit: give a bigger corpus (--data) or fewer --tokens")
 
 
 def _kept(out: Path) -> str:
