@@ -17,7 +17,8 @@ from archscale.bench.store import append, load_results
 from archscale.bench.sweep import resolve_targets, run_sweep
 from archscale.bench.types import BenchOptions
 from archscale.serving.devices import load_gpu
-from helpers import TINY_128, TINY_160, assert_one_line_error, write_config
+from conftest import DATA
+from helpers import TINY_128, TINY_160, assert_one_line_error, one_line_error, write_config
 
 
 # ---- torch backend, through the CLI ---------------------------------------------------
@@ -297,3 +298,80 @@ def test_mode_mistakes_are_one_line(cli, tmp_path):
     assert_one_line_error(cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--fit", "auto"),
                            store, "--fit is an option of archscale bench calibrate")
     assert_one_line_error(cli("bench", "--show", "--store", store), store, "no such results file")
+
+
+# ---- defaults and spellings shared with search ------------------------------------------------
+def test_default_bench_workload_is_the_one_search_assumes(cli, tmp_path):
+    """A default bench row has the prompt and generated tokens a default search --store looks up (4096/1024)."""
+    store = tmp_path / "s.sqlite"
+    bench = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--store", store, "--json",
+                "--no-progress")
+    search = cli("search", "--fit", DATA / "fits" / "dissertation_1b_mult.json", "--n", "1e9", "--tokens", "1e11",
+                 "--layers", "16", "--match", "llama-3.2-1b", "--gpu", "h200", "--top-k", "1", "--json")
+    assert bench.code == 0 and search.code == 0, bench.err + search.err
+    row, workload = json.loads(bench.out)[0], json.loads(search.out)["workload"]
+    assert (row["input_len"], row["output_len"]) == (workload["input_len"], workload["output_len"]) == (4096, 1024)
+    assert "4096/1024" in cli("bench", "--show", "--store", store).out
+
+
+@pytest.mark.parametrize("spelling", ["bf16", "bfloat16", "BF16"])
+def test_every_dtype_spelling_is_stored_and_shown_as_one(cli, tmp_path, spelling):
+    store = tmp_path / "s.sqlite"
+    r = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--dtype", spelling, "--store", store,
+            "--no-progress")
+    assert r.code == 0, r.err
+    assert list(load_results(store)["dtype"]) == ["bfloat16"]
+    shown = cli("bench", "--show", "--store", store).out
+    assert "│ bfloat16 │" in shown  # the table's dtype cell: the spelling of the store and the profile line
+
+
+def test_dtype_spellings_of_a_csv_are_read_as_one(tmp_path):
+    path = tmp_path / "old.csv"
+    pd.DataFrame([{"backend": "vllm", "dtype": "bf16", "tokens_per_s": 1.0},
+                  {"backend": "vllm", "dtype": "fp32", "tokens_per_s": 1.0}]).to_csv(path, index=False)
+    assert list(load_results(path)["dtype"]) == ["bfloat16", "float32"]
+
+
+# ---- reading a store creates nothing beside it ----------------------------------------------------
+def _stored(cli, store) -> None:
+    assert cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--store", store, "--no-progress").code == 0
+
+
+def test_reading_a_store_leaves_no_wal_or_shm_beside_it(cli, tmp_path):
+    """bench --show, search --store and bench calibrate only read: no -wal or -shm is left, the store is unchanged."""
+    store = tmp_path / "s.sqlite"
+    _stored(cli, store)
+    before = (store.read_bytes(), store.stat().st_mtime_ns)
+    assert cli("bench", "--show", "--store", store).code == 0
+    assert cli("search", "--fit", DATA / "fits" / "dissertation_1b_mult.json", "--n", "1e9", "--tokens", "1e11",
+               "--layers", "16", "--match", "llama-3.2-1b", "--gpu", "h200", "--store", store).code == 0
+    cli("bench", "calibrate", "--store", store, "--gpu", "h200")  # refused (no measured rows): it reads all the same
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sqlite"]
+    assert (store.read_bytes(), store.stat().st_mtime_ns) == before
+
+
+def test_reading_a_damaged_store_leaves_nothing_beside_it(cli, tmp_path):
+    store = tmp_path / "s.sqlite"
+    _stored(cli, store)
+    store.write_bytes(store.read_bytes()[:3000])
+    assert one_line_error(cli("bench", "--show", "--store", store))
+    assert one_line_error(cli("bench", "llama-3.2-3b", "--backend", "roofline", "--gpu", "h200", "--store", store))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sqlite"]
+
+
+def test_a_reader_still_sees_rows_a_running_writer_has_not_folded_in(tmp_path):
+    """With a -wal beside the store (a writer at work), its rows are read through it, and nothing new is left."""
+    store = tmp_path / "s.sqlite"
+    append(store, _rows_for(1, 1))
+    writer = sqlite3.connect(store)
+    try:
+        writer.execute("INSERT INTO results (name, backend, status) VALUES ('late', 'torch', 'ok')")
+        writer.commit()
+        present = sorted(p.name for p in tmp_path.iterdir())
+        assert "s.sqlite-wal" in present
+        assert list(load_results(store)["error"].fillna("late")) == ["w1-0", "late"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == present
+    finally:
+        writer.close()
+    assert list(load_results(store)["error"].fillna("late")) == ["w1-0", "late"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sqlite"]

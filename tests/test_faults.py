@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from archscale.shapes.architecture import Architecture
+from archscale.cli.cmd_train import default_run_dir
 from archscale.fit.runs import TRAINED_RUN_COLUMNS
 from archscale.train.config import TrainConfig, write_config_dir
 from conftest import DATA
@@ -150,7 +151,7 @@ def test_injected_checkpoint_writer_failure_reads_as_disk_full(cli, tiny_cfg, mo
 
     monkeypatch.setattr(torch, "save", failing_save)
     monkeypatch.setattr("archscale.io.files.free_bytes", lambda folder: 0)
-    run = tiny_cfg / "run"
+    run = default_run_dir(tiny_cfg)  # where train puts a run without --out
     result = cli("train", tiny_cfg, *TRAIN)
     assert_refused(result, f"{run / 'checkpoint.pt'}: cannot write (disk full")
     assert "inline_container" not in result.err and f"the last checkpoint in {run} is kept" in result.err
@@ -162,7 +163,7 @@ def test_disk_full_at_the_runs_table_keeps_the_run_and_resume_records_it(cli, ti
     disk = tmpfs("disk", "256k")
     runs = disk / "runs.csv"
     filler = fill(disk)
-    run = tiny_cfg / "run"
+    run = default_run_dir(tiny_cfg)  # where train puts a run without --out
     result = cli("train", tiny_cfg, "--runs", runs, *TRAIN)
     assert_refused(result, f"{runs}: cannot write (disk full")
     assert f"the run is complete in {run}" in result.err and "--resume" in result.err
@@ -289,3 +290,104 @@ def test_corrupt_store_is_refused_before_measuring_and_a_new_store_works(cli, tm
     fresh = cli("bench", "surefire-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--store", tmp_path / "new.sqlite",
                 "--json")
     assert fresh.code == 0 and json.loads(fresh.out)[0]["status"] == "ok"
+
+
+# ---- a full disk leaves nothing new behind, and names the user's path -------------------------------
+def leave_free(folder: Path, free: int) -> Path:
+    """Fill the file system under ``folder`` until ``free`` bytes are left; return the filler."""
+    filler = folder / "filler"
+    info = os.statvfs(folder)
+    with open(filler, "wb") as out:
+        out.write(b"\0" * max(0, info.f_bavail * info.f_frsize - free))
+    return filler
+
+
+@pytest.mark.parametrize("free", [0, 4096, 16384, 40960])
+def test_disk_full_at_a_new_store_leaves_no_file(tmpfs, free):
+    """SQLite fails at different steps as the disk fills (a 0-byte file; a header with -wal and -shm; a rollback
+    that SQLite had already done, which hid the full disk): each time the error is the full disk, naming the store,
+    and the store it was creating is gone."""
+    from archscale.bench.records import make_record
+    from archscale.bench.store import append
+
+    disk = tmpfs("disk", "256k")
+    leave_free(disk, free)
+    workload = {"batch_size": 1, "input_len": 8, "output_len": 4, "repeats": 1, "tp": 1}
+    with pytest.raises(OSError) as failure:
+        append(disk / "s.sqlite", [make_record(TINY, "t", "torch", workload, {"gpu": "cpu", "tokens_per_s": 1.0})])
+    assert failure.value.errno == errno.ENOSPC and failure.value.filename == str(disk / "s.sqlite")
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+def test_a_new_store_on_a_full_disk_is_refused_before_measuring(cli, tmp_path, tmpfs, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    disk = tmpfs("disk", "256k")
+    fill(disk)
+    result = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--store", disk / "s.sqlite")
+    assert_refused(result, f"{disk / 's.sqlite'}: cannot create (disk full")
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+def test_injected_disk_full_at_a_new_store_leaves_no_file_or_folder(cli, tmp_path, monkeypatch):
+    """The store's first append fails after SQLite created the file: no 0-byte store, no folder made for it."""
+    from archscale.bench import store as store_module
+
+    def full(connection):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(store_module, "_ensure_table", full)
+    before = snapshot(tmp_path)
+    result = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h100-sxm", "--store", "new/s.sqlite",
+                 "--no-progress")
+    assert_refused(result, "new/s.sqlite: cannot write (disk full")
+    assert "no record was stored in new/s.sqlite" in result.err
+    assert snapshot(tmp_path) == before
+
+
+def failing_fsync(monkeypatch, at: int = 1) -> None:
+    """The ``at``-th file flushed to disk (and every later one) fails as on a full disk."""
+    real, calls = os.fsync, []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) >= at:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_injected_disk_full_while_emitting_names_the_emit_folder_and_leaves_it_out(cli, tmp_path, monkeypatch):
+    """The error named the staging folder (emit/.emit-XXXX/...) the user never gave, and left an empty emit/."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(DATA / "fits" / "dissertation_1b_mult.json", "fit.json")
+    search = ("search", "--fit", "fit.json", "--n", "1e9", "--tokens", "1e11", "--layers", "16", "--match",
+              "llama-3.2-1b", "--top-k", "2")
+    before = snapshot(tmp_path)
+    failing_fsync(monkeypatch, at=2)  # cand-01's config.json is written, its train.json is not
+    result = cli(*search, "--emit", "emit")
+    assert_refused(result, "emit/cand-01/train.json: cannot write (disk full")
+    assert ".emit-" not in result.err and snapshot(tmp_path) == before
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert cli(*search, "--emit", "emit").code == 0  # an earlier set, then a failing emit over it: the set is kept
+    before = snapshot(tmp_path)
+    failing_fsync(monkeypatch)
+    assert_refused(cli(*search, "--emit", "emit"), "emit/cand-01/config.json: cannot write (disk full")
+    assert snapshot(tmp_path) == before
+
+
+def test_injected_disk_full_while_exporting_leaves_no_folder(cli, tiny_cfg, monkeypatch):
+    """model.safetensors is written, config.json is not: neither stays, nor the hf/ folder made for them."""
+    from archscale.train.loop import train
+
+    train(tiny_cfg, device="cpu", progress=False)
+    before = snapshot(tiny_cfg.parent)
+    failing_fsync(monkeypatch, at=2)
+    result = cli("export", tiny_cfg / "run", "--out", "hf")
+    assert_refused(result, "hf/config.json: cannot write (disk full")
+    assert "nothing was exported" in result.err and snapshot(tiny_cfg.parent) == before
+    monkeypatch.undo()
+    monkeypatch.chdir(tiny_cfg.parent)
+    assert cli("export", tiny_cfg / "run", "--out", "hf").code == 0

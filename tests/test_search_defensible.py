@@ -238,7 +238,9 @@ def test_measure_with_a_backend_that_only_estimates_is_one_line(cli, tmp_path):
     device = tmp_path / "cpu.json"
     device.write_text(json.dumps(CPU_DEVICE))
     result = cli("search", *TINY_SEARCH, "--gpu-file", str(device), "--engine", "roofline", "--measure", "2")
-    assert one_line_error(result) and "--measure" in result.err, result.err
+    assert one_line_error(result) and "--engine 'roofline': unknown serving engine" in result.err, result.err
+    result = cli("search", *TINY_SEARCH, "--gpu-file", str(device), "--engine", "sglang", "--measure", "2")
+    assert one_line_error(result) and "--measure" in result.err, result.err  # an engine, but not one archscale runs
 
 
 def test_measure_with_vllm_where_it_cannot_run_is_one_line_before_searching(cli, tmp_path, monkeypatch):

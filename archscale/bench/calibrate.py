@@ -39,7 +39,7 @@ import pandas as pd
 from archscale.shapes.architecture import non_embedding_params
 from archscale.bench.records import BYTES_PER_ELEMENT, MEASURED_BACKENDS, SHAPE_COLUMNS
 from archscale.serving.devices import GPU
-from archscale.serving.profiles import Profile
+from archscale.serving.profiles import Profile, check_engine
 from archscale.serving.estimate import (
     TERM_BOUNDS,
     TERM_MEANING,
@@ -355,6 +355,7 @@ def calibrate(results: pd.DataFrame, device: GPU, engine: str = "vllm", dtype: s
     ``free="auto"`` chooses the terms with :func:`select_terms` (three or more
     architectures needed in the fitting rows; otherwise the default set).
     """
+    check_engine(engine)
     auto = free == AUTO
     free = DEFAULT_FREE if auto else tuple(dict.fromkeys(free))
     fixed = dict(fixed or {})

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from archscale.io.errors import one_line
+from archscale.io.units import BYTES_PER_ELEMENT, canonical_dtype  # noqa: F401 (the backends import them from here)
 from archscale.shapes.architecture import Architecture
 
 # (column, SQLite type); the order is the order of tables and CSV exports.
@@ -87,19 +88,6 @@ a std of 85% of the mean says the machine was busy, and such a row must not
 stand in for an estimate (search and calibration use ``ok`` rows only).
 ``archscale bench --max-noise`` sets another limit for one run.
 """
-
-DTYPE_ALIASES = {
-    "bf16": "bfloat16", "bfloat16": "bfloat16",
-    "fp16": "float16", "float16": "float16", "half": "float16",
-    "fp32": "float32", "float32": "float32", "float": "float32",
-}
-BYTES_PER_ELEMENT = {"bfloat16": 2, "float16": 2, "float32": 4}
-
-
-def canonical_dtype(name: str) -> str | None:
-    """``bf16`` -> ``bfloat16`` etc.; None for a name archscale does not know."""
-    return DTYPE_ALIASES.get(name.strip().lower())
-
 
 def config_hash(arch: Architecture) -> str:
     """First 12 hex of the sha256 of the canonical HF config of the shape (the bench store's ``config_hash``).

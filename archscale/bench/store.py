@@ -14,10 +14,12 @@ results are committed to git in) into a DataFrame with the columns of
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import pandas as pd
 
@@ -25,10 +27,16 @@ from archscale.bench.records import COLUMN_TYPES, COLUMNS, MEASURED_BACKENDS
 from archscale.io.errors import ACTION_ATTRIBUTE, HINT_ATTRIBUTE, UserError
 from archscale.io.files import NEARLY_FULL_BYTES, atomic_file, free_bytes
 from archscale.io.outputs import Kind
+from archscale.io.units import canonical_dtype
 
 TABLE = "results"
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 BUSY_TIMEOUT_S = 60.0
+SIDE_FILES = ("-wal", "-shm", "-journal")
+"""Files SQLite keeps beside a store while it is open (WAL, its index, a rollback journal)."""
+APPEND_HEADROOM_BYTES = 64 * 1024
+"""Free space an append needs beside the store: the WAL index (32 KiB) and a WAL of a few pages."""
+T = TypeVar("T")
 
 
 def check_store_path(path: str | Path) -> Path:
@@ -43,15 +51,22 @@ def check_store_path(path: str | Path) -> Path:
 
 
 def check_store(path: str | Path, flag: str = "--store") -> Path:
-    """Before anything is measured: the store is an SQLite file name, and an existing store is readable and valid.
+    """Before anything is measured: the store is an SQLite file name, an existing store is readable, undamaged and
+    archscale's, and its disk has room for a row.
 
-    A measurement that cannot be stored is lost, so a corrupt or foreign file is
+    A measurement that cannot be stored is lost, so a corrupt or foreign file, or a full disk, is
     refused up front (with how to continue), not found after the work is done.
     Write permission is the output policy's part (:mod:`archscale.io.outputs`).
     """
     path = check_store_path(path)
-    if not path.exists() or path.stat().st_size == 0:
-        return path
+    if path.exists() and path.stat().st_size > 0:
+        _check_existing_store(path, flag)
+    _check_headroom(path)
+    return path
+
+
+def _check_existing_store(path: Path, flag: str) -> None:
+    """An existing file is an archscale store, readable and undamaged; it is only read (its bytes and mtime stay)."""
     hint = f"nothing was measured; move it aside or give another {flag}"
     try:
         with open(path, "rb") as handle:
@@ -61,12 +76,7 @@ def check_store(path: str | Path, flag: str = "--store") -> Path:
     if magic != b"SQLite format 3\x00":
         raise UserError(f"{flag} {path}: is not an SQLite results store (wrong file header); {hint}")
     try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
-        try:
-            status = connection.execute("PRAGMA quick_check").fetchone()
-            present = {row[1] for row in connection.execute(f"PRAGMA table_info({TABLE})")}
-        finally:
-            connection.close()
+        status, present, foreign = _read_only(path, _inspect)
     except sqlite3.DatabaseError as exc:
         failure = _storage_failure(exc, path)
         if failure is not None:  # a full disk or a read-only folder, not a damaged store
@@ -78,7 +88,77 @@ def check_store(path: str | Path, flag: str = "--store") -> Path:
         raise UserError(f"{flag} {path}: the results store is damaged (integrity check: {status[0] if status else '?'}); {hint}")
     if present and not {"backend", "tokens_per_s", "status"} <= present:
         raise UserError(f"{flag} {path}: has a table {TABLE!r} that is not archscale's results table; {hint}")
-    return path
+    if foreign:
+        raise UserError(f"{flag} {path}: {_foreign_database(foreign)}; nothing was measured and it was left as it "
+                        f"was: give {flag} a new file name or an archscale store")
+
+
+def _inspect(connection: sqlite3.Connection) -> tuple[Any, set[str], list[str]]:
+    """The integrity check's verdict, the results table's columns, and the tables of a database that is not a store."""
+    status = connection.execute("PRAGMA quick_check").fetchone()
+    present = {row[1] for row in connection.execute(f"PRAGMA table_info({TABLE})")}
+    return status, present, _foreign_tables(connection)
+
+
+def _foreign_tables(connection: sqlite3.Connection) -> list[str]:
+    """The tables of a database without archscale's results table (empty for a store, or a database with none)."""
+    tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    return [] if TABLE in tables else [name for name in tables if not name.startswith("sqlite_")]
+
+
+def _foreign_database(tables: list[str]) -> str:
+    shown = ", ".join(tables[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
+    return f"is an SQLite database of something else (tables {shown}), not an archscale results store"
+
+
+def _check_headroom(path: Path) -> None:
+    """A store on a full disk is refused before anything is measured: the measurement could not be stored."""
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), path.parent)
+    free = free_bytes(folder)
+    if free is None or free >= APPEND_HEADROOM_BYTES:
+        return
+    failure = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    setattr(failure, ACTION_ATTRIBUTE, "open" if path.exists() else "create")
+    setattr(failure, HINT_ATTRIBUTE, f"nothing was measured and {path} was left as it was" if path.exists()
+            else "nothing was measured")
+    raise failure
+
+
+def _read_only(path: Path, work: Callable[[sqlite3.Connection], T]) -> T:
+    """``work`` on a connection that only reads ``path`` and creates nothing beside it.
+
+    SQLite opens a WAL store (every store archscale appended to) read-only by creating its -wal and -shm files,
+    which a read-only connection cannot remove again: every read left them beside the store. With no -wal
+    beside it, every committed row is in the file, so the file is read as immutable (no locks, no files), and
+    read again should a writer change it meanwhile. With a -wal (a writer at work, or one killed before its
+    rows reached the file: they are only there) or a rollback journal, it is read through the files already
+    there; where even that fails (a read-only folder without the -shm), the file alone is read.
+    """
+    journals = [Path(f"{path}-wal"), Path(f"{path}-journal")]
+    for _ in range(3):
+        if any(journal.exists() for journal in journals):
+            break
+        before = _signature(path)
+        result = _run(path, "immutable=1", work)
+        if _signature(path) == before:
+            return result
+    try:
+        return _run(path, "mode=ro", work)
+    except sqlite3.OperationalError:
+        return _run(path, "immutable=1", work)
+
+
+def _signature(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_mtime_ns, info.st_size
+
+
+def _run(path: Path, mode: str, work: Callable[[sqlite3.Connection], T]) -> T:
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=BUSY_TIMEOUT_S)
+    try:
+        return work(connection)
+    finally:
+        connection.close()
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -125,7 +205,18 @@ def append(path: str | Path, records: Iterable[Mapping[str, Any]]) -> int:
     if not rows:
         return 0
     path = Path(path)
+    created = [p for p in (path, *(Path(f"{path}{side}") for side in SIDE_FILES), path.parent) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _insert(path, rows)
+    except BaseException:
+        if path in created:
+            _discard_new_store(path, created)
+        raise
+    return len(rows)
+
+
+def _insert(path: Path, rows: list[tuple]) -> None:
     names = ", ".join(f'"{name}"' for name in COLUMNS)
     marks = ", ".join("?" for _ in COLUMNS)
     connection = _connect(path)
@@ -138,13 +229,38 @@ def append(path: str | Path, records: Iterable[Mapping[str, Any]]) -> int:
             connection.executemany(f"INSERT INTO {TABLE} ({names}) VALUES ({marks})", rows)
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            if connection.in_transaction:  # SQLite has already rolled back after a full disk
+                connection.execute("ROLLBACK")
             raise
     except sqlite3.DatabaseError as exc:
         raise _storage_failure(exc, path) or UserError(f"{path}: cannot append to the results store ({exc})") from None
     finally:
         connection.close()
-    return len(rows)
+
+
+def _discard_new_store(path: Path, created: list[Path]) -> None:
+    """After a failed first append, remove the store it created (a 0-byte or table-less file, its -wal, -shm and
+    folder), so a full disk leaves nothing behind; kept if another writer has stored rows in it meanwhile."""
+    wal = Path(f"{path}-wal")
+    try:
+        if wal.exists() and wal.stat().st_size > 0:
+            return  # frames another writer committed may be there
+        if path.stat().st_size > 0 and _read_only(path, _row_count) > 0:
+            return
+    except (OSError, sqlite3.DatabaseError):
+        return
+    for item in created:  # files first, the folder last
+        with contextlib.suppress(OSError):
+            if item.is_dir():
+                item.rmdir()
+            else:
+                item.unlink(missing_ok=True)
+
+
+def _row_count(connection: sqlite3.Connection) -> int:
+    if not connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)).fetchone():
+        return 0
+    return connection.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0]
 
 
 _SQLITE_CAUSES = (("disk is full", errno.ENOSPC), ("readonly database", errno.EROFS), ("disk i/o error", errno.EIO),
@@ -193,31 +309,25 @@ def load_results(path: str | Path, measured_only: bool = False) -> pd.DataFrame:
 
 
 def _read_sqlite(path: Path) -> pd.DataFrame:
-    """Read the table; a store in a read-only directory (WAL needs its -shm file) is opened immutable."""
+    """Read the table without creating anything beside the store (:func:`_read_only`)."""
     try:
-        return _query(path, "mode=ro")
-    except sqlite3.OperationalError:
-        pass  # e.g. cannot create the -shm file next to a WAL store: try again without locking
-    except sqlite3.DatabaseError as exc:
-        raise UserError(f"{path}: not a readable results store ({exc})") from None
-    try:
-        return _query(path, "immutable=1")
+        return _read_only(path, lambda connection: _query(connection, path))
     except sqlite3.DatabaseError as exc:
         raise UserError(f"{path}: not a readable results store ({exc})") from None
 
 
-def _query(path: Path, mode: str) -> pd.DataFrame:
-    connection = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=BUSY_TIMEOUT_S)
+def _query(connection: sqlite3.Connection, path: Path) -> pd.DataFrame:
     try:
         exists = connection.execute("SELECT name FROM sqlite_master WHERE type='table' AND name=?", (TABLE,)).fetchone()
         if not exists:
+            foreign = _foreign_tables(connection)
+            if foreign:
+                raise UserError(f"{path}: {_foreign_database(foreign)}; give a store that archscale bench --store wrote")
             return pd.DataFrame(columns=list(COLUMNS))
         return pd.read_sql_query(f"SELECT * FROM {TABLE} ORDER BY id", connection).drop(columns=["id"])
     except pd.errors.DatabaseError as exc:  # pandas wraps sqlite errors raised inside read_sql_query
         cause = exc.__cause__ if isinstance(exc.__cause__, sqlite3.Error) else None
         raise (cause or sqlite3.DatabaseError(str(exc))) from None
-    finally:
-        connection.close()
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -230,7 +340,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
-    """Every known column present, known columns first, ``tie_embeddings`` as bool."""
+    """Every known column present, known columns first, ``tie_embeddings`` as bool, dtypes by their canonical names."""
     for name in COLUMNS:
         if name not in frame.columns:
             frame[name] = None
@@ -239,6 +349,7 @@ def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
     if len(frame):
         frame["tie_embeddings"] = frame["tie_embeddings"].map(
             lambda v: None if v is None or v != v else str(v).strip().lower() in ("1", "true", "1.0"))
+        frame["dtype"] = frame["dtype"].map(lambda v: canonical_dtype(v) or v if isinstance(v, str) else v)  # bf16 too
     for name, kind in (("tokens_per_s", float), ("output_tokens_per_s", float), ("tokens_per_s_std", float),
                        ("prefill_s", float), ("decode_s", float), ("memory_gb", float)):
         frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(kind)

@@ -111,16 +111,21 @@ def run_sweep(targets: Sequence[Target], options: BenchOptions, store: str | Pat
                 record = make_record(target.arch, target.spec, backend.name, {**workload, "batch_size": batch_size}, measured,
                                      options.max_noise)
                 if store_path is not None:
-                    done = len(result.records)
-                    with keep_hint(f"{done} record{'s' if done != 1 else ''} measured before this one "
-                                   f"{'are' if done != 1 else 'is'} kept in {store_path}; free space or fix the folder, "
-                                   "then rerun for the rest"):
+                    with keep_hint(_kept(len(result.records), store_path)):
                         append(store_path, [record])
                 result.records.append(record)
                 hooks.recorded(record)
     except KeyboardInterrupt:
         result.interrupted = True
     return result
+
+
+def _kept(done: int, store: Path) -> str:
+    """What a failed append leaves: the records stored before it, or none (a new store is not left behind)."""
+    if not done:
+        return f"no record was stored in {store}; free space or fix the folder, then run it again"
+    return (f"{done} record{'s' if done != 1 else ''} measured before this one {'are' if done != 1 else 'is'} kept "
+            f"in {store}; free space or fix the folder, then rerun for the rest")
 
 
 def _announced(rows: Iterator[tuple[int, dict]], target: Target, options: BenchOptions,

@@ -39,11 +39,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from archscale.shapes.architecture import Architecture
-from archscale.bench.records import (BYTES_PER_ELEMENT, canonical_dtype, cpu_model_name, failed, gpu_key_for_device,
-                                     summarize_repeats)
+from archscale.bench.records import BYTES_PER_ELEMENT, cpu_model_name, failed, gpu_key_for_device, summarize_repeats
 from archscale.bench.types import BenchOptions, Target, Tick
 from archscale.io.errors import UserError
 from archscale.io.machine import available_bytes
+from archscale.io.units import parse_dtype
 from archscale.model.memory import SLACK_BYTES, memory_needed, prefill_chunk, workspace_budget
 
 WARMUP_DECODE_STEPS = 4
@@ -98,9 +98,7 @@ def resolve_dtype(name: str | None, device) -> str:
     """bf16 on CUDA and float32 on CPU by default; half precision on CPU only where the CPU has native instructions."""
     if name is None:
         return "bfloat16" if device.type == "cuda" else "float32"
-    dtype = canonical_dtype(name)
-    if dtype is None:
-        raise UserError(f"unknown --dtype {name!r}: use bf16, fp16 or float32")
+    dtype = parse_dtype(name)
     if device.type == "cpu":
         problem = cpu_half_precision_problem(dtype)
         if problem is not None:

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
-from archscale.bench.records import BACKENDS, NOISY_CV, canonical_dtype
+from archscale.bench.records import BACKENDS, NOISY_CV
 from archscale.io.errors import UserError
+from archscale.io.units import parse_dtype
+from archscale.serving.profiles import check_engine
 from archscale.shapes.architecture import Architecture
 
 
@@ -53,8 +55,8 @@ class BenchOptions:
 
     backend: str = "torch"
     batch_sizes: tuple[int, ...] = (1,)
-    input_len: int = 128
-    output_len: int = 64
+    input_len: int = 4096
+    output_len: int = 1024
     repeats: int = 3
     gpu: str | None = None
     gpu_file: Path | None = None
@@ -86,8 +88,8 @@ class BenchOptions:
         if self.threads is not None and self.backend != "torch":
             raise UserError("--threads sets the torch backend's CPU threads; vLLM on CPU takes its threads and cores from "
                             "VLLM_CPU_OMP_THREADS_BIND (e.g. 0-1), and the roofline computes nothing")
-        if self.dtype is not None and canonical_dtype(self.dtype) is None:
-            raise UserError(f"unknown --dtype {self.dtype!r}: use bf16, fp16 or float32")
+        parse_dtype(self.dtype)
+        check_engine(self.engine)
         if self.worker_timeout_s <= 0:
             raise UserError(f"--timeout must be positive, got {self.worker_timeout_s}")
         if not 0 < self.max_noise < math.inf:

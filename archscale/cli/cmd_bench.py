@@ -25,14 +25,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from archscale.bench.records import NOISY_CV
+from archscale.bench.records import BACKENDS, MEASURED_BACKENDS, NOISY_CV
 from archscale.bench.store import STORE
 from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json, study
 from archscale.cli.options import gpu_help, parse_assignments, parse_int_list
 from archscale.serving.estimate import EngineSettings
+from archscale.serving.profiles import check_engine
 from archscale.io.errors import UserError
 from archscale.io.files import jsonable
 from archscale.io.outputs import check_outputs
+from archscale.io.units import DTYPE_HELP, parse_dtype
 
 DEFAULT_STORE = Path("bench.sqlite")
 STORE_HELP = "Results store (.sqlite/.db), appended to by every run and read by --show, calibrate and search --store."
@@ -52,8 +54,9 @@ def bench_command(
     backend: Optional[str] = typer.Option(None, "--backend", help="torch (default: archscale's model, any machine), "
                                           "vllm (one subprocess and engine per config; CPU or GPU) or roofline (analytic; needs --gpu)."),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Comma-separated batch sizes, e.g. 16,32,64,128."),
-    input_len: int = typer.Option(128, "--input-len", help="Prompt tokens per request."),
-    output_len: int = typer.Option(64, "--output-len", help="Generated tokens per request."),
+    input_len: int = typer.Option(4096, "--input-len", help="Prompt tokens per request (the default is search's, so a "
+                                  "default bench row matches a default search --store)."),
+    output_len: int = typer.Option(1024, "--output-len", help="Generated tokens per request."),
     repeats: int = typer.Option(3, "--repeats", help="Timed repeats per (config, batch size), after one warm-up."),
     max_noise: float = typer.Option(NOISY_CV, "--max-noise", help="Store a measurement as noisy (kept, but not used by "
                                     "search or calibrate, and measured again by a resumed study) when its repeats' std "
@@ -63,7 +66,8 @@ def bench_command(
     gpu: Optional[str] = typer.Option(None, "--gpu", help=gpu_help("Device key, required for roofline; overrides the key "
                                                                    "read from the CUDA device name")),
     gpu_file: Optional[Path] = typer.Option(None, "--gpu-file", help="Extra devices (JSON/CSV with the GPU table's fields), e.g. a CPU."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 (default on CUDA), fp16 or float32 (torch on CPU)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=DTYPE_HELP + " Default bfloat16 on CUDA, float32 for "
+                                        "torch on CPU."),
     device: str = typer.Option("auto", "--device", help="torch backend: auto, cpu, cuda or cuda:N."),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree (vllm and roofline)."),
     compile_step: bool = typer.Option(False, "--compile", help="torch backend: torch.compile the model step (dynamic shapes)."),
@@ -87,7 +91,7 @@ def bench_command(
     verbose: bool = typer.Option(False, "--verbose", help="vllm: echo the workers' logs to stderr."),
     executor: Optional[str] = study.executor_option(None, "as a job of a resumable study (measured rows are skipped; "
                                                     "default: no study, measure everything here)"),
-    jobs_dir: Optional[Path] = study.JOBS_DIR,
+    jobs_dir: Optional[Path] = study.STORE_JOBS_DIR,
     partition: Optional[str] = study.PARTITION,
     job_gpus: Optional[int] = study.JOB_GPUS,
     job_cpus: Optional[int] = study.JOB_CPUS,
@@ -99,6 +103,7 @@ def bench_command(
 ) -> None:
     """Benchmark architectures (torch, vLLM, roofline) into an SQLite store, or show the store."""
     specs = list(specs or [])
+    dtype = parse_dtype(dtype)
     if show:
         if specs:
             raise UserError("--show prints a store; give it no configs")
@@ -142,7 +147,7 @@ def calibrate_command(
                                                         "entry with its peak FLOP/s and bandwidth, see bench probe)")),
     gpu_file: Optional[Path] = typer.Option(None, "--gpu-file", help="Extra devices (JSON/CSV with the GPU table's fields), e.g. a CPU."),
     engine: str = typer.Option("vllm", "--engine", help="The serving engine whose rows to fit (vllm, torch, sglang)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="Which dtype's rows to fit (bf16, fp16, float32)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Which dtype's rows to fit: " + DTYPE_HELP),
     fit_terms: Optional[str] = typer.Option(None, "--fit", help="Comma-separated terms to fit (default "
                                             "eta_weights,t_step,t_seq; also eta_compute, eta_kv, t_layer, t_allreduce), "
                                             "or `auto`: the set that best predicts each architecture left out of the fit."),
@@ -162,7 +167,7 @@ def calibrate_command(
 ) -> None:
     """Fit a throughput profile (the serving model's terms) to measured bench rows of one engine on one device."""
     check_outputs(("--out", out, "json"), inputs=(store, gpu_file))
-    _calibrate_mode(store, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout, name, out,
+    _calibrate_mode(store, gpu, gpu_file, check_engine(engine), parse_dtype(dtype), fit_terms, fix, holdout, name, out,
                     EngineSettings(memory_fraction=memory_fraction, max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib),
                     as_json)
 
@@ -173,14 +178,15 @@ def calibrate_command(
 ))
 def probe_command(
     gpu: str = typer.Option("cpu", "--gpu", help="Name of the device entry written (then used as --gpu NAME --gpu-file FILE)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="The dtype whose matmul rate to measure (default float32)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="The dtype whose matmul rate to measure: " + DTYPE_HELP
+                                        + " Default float32."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads to measure the CPU with."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the device entry (a GPU-file JSON) here."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a line."),
 ) -> None:
     """Measure this CPU (peak FLOP/s, copy bandwidth, memory) as a device entry for --gpu-file."""
     check_outputs(("--out", out, "json"))
-    _probe_mode(out, gpu, dtype, threads, as_json)
+    _probe_mode(out, gpu, parse_dtype(dtype) or "float32", threads, as_json)
 
 
 def _refuse(flags: dict[str, Any], mode: str) -> None:
@@ -259,6 +265,9 @@ def _show_mode(store, backend, gpu, gpu_file, export, as_json) -> None:
 
     if store is None:
         raise UserError("--show needs --store STORE (the .sqlite, .db or .csv to print)")
+    known = tuple(dict.fromkeys((*BACKENDS, *MEASURED_BACKENDS)))
+    if backend and backend not in known:
+        raise UserError(f"--backend {backend!r}: unknown backend; a store's rows come from {', '.join(known)}")
     out = store
     frame = load_results(out)
     if backend:
@@ -316,13 +325,10 @@ def _results_table(frame: pd.DataFrame, title: str, gpu_file: Path | None = None
         spread = _number(row["tokens_per_s_std"])
         total = _number(row["tokens_per_s"]) + ("" if spread == "-" else f" ± {spread}")
         table.add_row(str(row["name"] or row.get("source") or "?"), str(row["backend"]), str(row["gpu"]),
-                      SHORT_DTYPES.get(str(row["dtype"]), str(row["dtype"])), str(row["batch_size"]),
+                      str(row["dtype"]), str(row["batch_size"]),
                       f"{row['input_len']}/{row['output_len']}", total, _number(row["output_tokens_per_s"]), versus,
                       _status(row))
     return table
-
-
-SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
 def _status(row: pd.Series) -> str:
@@ -337,7 +343,6 @@ def _status(row: pd.Series) -> str:
 # ---- calibrate ----------------------------------------------------------------------
 def _calibrate_mode(store, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout, name, save, settings, as_json) -> None:
     from archscale.bench.calibrate import AUTO, DEFAULT_FREE, calibrate
-    from archscale.bench.records import canonical_dtype
     from archscale.bench.store import load_results
     from archscale.serving.devices import load_gpu
     from archscale.serving.profiles import save_profile
@@ -348,8 +353,6 @@ def _calibrate_mode(store, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout
     if not gpu:
         raise UserError("calibrate needs --gpu (the device whose measured rows to fit, e.g. h200; "
                         "a CPU needs a --gpu-file entry with its peak FLOP/s and bandwidth)")
-    if dtype is not None and canonical_dtype(dtype) is None:
-        raise UserError(f"unknown --dtype {dtype!r}: use bf16, fp16 or float32")
     if fit_terms is None:
         free = DEFAULT_FREE
     elif fit_terms.strip() == AUTO:
@@ -360,7 +363,7 @@ def _calibrate_mode(store, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout
     device = load_gpu(gpu, gpu_file)
     results = load_results(store)
     mask = select(results, holdout, "--holdout").to_numpy() if holdout else None
-    result = calibrate(results, device, engine, canonical_dtype(dtype) if dtype else None, free, fixed, mask,
+    result = calibrate(results, device, engine, dtype, free, fixed, mask,
                        settings, name, source=str(store))
     if save is not None:
         save_profile(result.profile, save)
@@ -428,16 +431,12 @@ def _print_calibration(result) -> None:
 
 
 # ---- probe --------------------------------------------------------------------------
-def _probe_mode(save: Optional[Path], name: str, dtype: Optional[str], threads: Optional[int], as_json: bool) -> None:
+def _probe_mode(save: Optional[Path], name: str, kind: str, threads: Optional[int], as_json: bool) -> None:
     from dataclasses import asdict
 
-    from archscale.bench.records import canonical_dtype
     from archscale.serving.probe import probe_cpu
     from archscale.io.files import write_json
 
-    kind = canonical_dtype(dtype) if dtype else "float32"
-    if kind is None:
-        raise UserError(f"unknown --dtype {dtype!r}: use bf16, fp16 or float32")
     probe = probe_cpu(name, threads, kind)
     device = probe.device
     if save is not None:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import math
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -118,6 +120,40 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
         if failure is not None:
             raise failure from exc
         raise
+
+
+@contextlib.contextmanager
+def removed_on_failure(folder: str | Path) -> Iterator[Path]:
+    """Create ``folder`` (if missing) for a block that writes into it; if the block fails, remove what it added.
+
+    A write that fails part way (a full disk, above all) must leave nothing new behind: not the folder the
+    output was going to, nor a file finished before the one that failed, so the user's tree is as it was
+    and the next try starts clean. What was in ``folder`` before the block is left alone.
+    """
+    folder = Path(folder)
+    missing = list(itertools.takewhile(lambda p: not p.exists(), (folder, *folder.parents)))  # nearest first
+    before = set() if missing else {entry.name for entry in folder.iterdir()}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
+    except BaseException:
+        _remove_added(folder, before, missing)
+        raise
+
+
+def _remove_added(folder: Path, before: set[str], missing: list[Path]) -> None:
+    """Remove the entries of ``folder`` not in ``before``, then the folders in ``missing`` (created for it)."""
+    with contextlib.suppress(OSError):
+        for entry in list(folder.iterdir()):
+            if entry.name in before:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    for created in missing:
+        with contextlib.suppress(OSError):
+            created.rmdir()
 
 
 def write_text(path: str | Path, text: str) -> None:

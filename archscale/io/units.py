@@ -1,4 +1,9 @@
-"""Counts as people type and read them: ``975M``, ``1.5B``, ``300k`` in; ``973M``, ``1.02B`` out."""
+"""Counts as people type and read them: ``975M``, ``1.5B``, ``300k`` in; ``973M``, ``1.02B`` out; and dtype names.
+
+Dtypes are typed in several spellings (``bf16``, ``bfloat16``); :func:`parse_dtype` turns each into one
+canonical name (torch's: ``bfloat16``, ``float16``, ``float32``, as stores, profiles and Hugging Face
+configs hold them), so every verb accepts the same spellings and prints the same one.
+"""
 
 from __future__ import annotations
 
@@ -27,3 +32,43 @@ def format_count(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.3g}{unit}"
     return f"{n:.0f}"
+
+
+DTYPE_ALIASES = {
+    "bf16": "bfloat16", "bfloat16": "bfloat16",
+    "fp16": "float16", "float16": "float16", "half": "float16",
+    "fp32": "float32", "float32": "float32", "float": "float32",
+}
+DTYPES = ("bfloat16", "float16", "float32")
+"""The canonical dtype names, in the order messages list them."""
+BYTES_PER_ELEMENT = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+def canonical_dtype(name: str) -> str | None:
+    """``bf16`` -> ``bfloat16`` etc.; None for a name archscale does not know."""
+    return DTYPE_ALIASES.get(name.strip().lower())
+
+
+def parse_dtype(text: str | None, flag: str = "--dtype") -> str | None:
+    """``--dtype`` in any accepted spelling as its canonical name (None stays None: the command's default).
+
+    Every verb with a dtype calls this once, where it reads its flags, so ``bf16`` and ``bfloat16`` mean the
+    same everywhere and only the canonical name is stored, compared and printed.
+    """
+    if text is None:
+        return None
+    name = canonical_dtype(text)
+    if name is None:
+        raise UserError(f"{flag} {text!r}: unknown dtype; use {dtype_choices()}")
+    return name
+
+
+def dtype_choices() -> str:
+    """``bfloat16 (bf16), float16 (fp16, half) or float32 (fp32, float)``: the canonical names with their other
+    spellings, for help texts and refusals."""
+    listed = [f"{dtype} ({', '.join(a for a, canon in DTYPE_ALIASES.items() if canon == dtype and a != dtype)})"
+              for dtype in DTYPES]
+    return ", ".join(listed[:-1]) + " or " + listed[-1]
+
+
+DTYPE_HELP = dtype_choices() + "."

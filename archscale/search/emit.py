@@ -12,7 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from archscale.io.files import write_json
+from archscale.io.errors import keep_hint
+from archscale.io.files import removed_on_failure, write_failure, write_json
 from archscale.io.outputs import check_emit_dir, emitted_config_dirs
 from archscale.search.constrained import SearchResult, SearchSpec
 from archscale.shapes.candidates import architecture_from_row
@@ -20,12 +21,33 @@ from archscale.train.config import TrainConfig, write_config_dir
 
 
 def emit_configs(result: SearchResult, spec: SearchSpec, directory: str | Path) -> list[Path]:
-    """Write one trainable config directory per top-k candidate (config.json, train.json, candidate.json)."""
+    """Write one trainable config directory per top-k candidate (config.json, train.json, candidate.json).
+
+    A failed write (a full disk) names the file under ``directory`` it was writing, not the staging folder,
+    and leaves ``directory`` as it was (not even created).
+    """
     directory = Path(directory)
     check_emit_dir(directory)  # only configs an earlier search emitted may be replaced; they all are (no stale cand-NN)
-    directory.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".emit-"))
-    written = []
+    with keep_hint(f"{directory} was left as it was; free space and run the search again"), \
+            removed_on_failure(directory):
+        staging = Path(tempfile.mkdtemp(dir=directory, prefix=".emit-"))
+        try:
+            _write_staged(result, spec, staging, directory)
+            stale, _ = emitted_config_dirs(directory)
+            for old in stale:  # every new directory is complete before the old set is removed
+                shutil.rmtree(old)
+            written = []
+            for child in sorted(staging.iterdir()):
+                final = directory / child.name
+                child.replace(final)
+                written.append(final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return written
+
+
+def _write_staged(result: SearchResult, spec: SearchSpec, staging: Path, directory: Path) -> None:
+    """The config folders, in ``staging``; a failure names the file's place in ``directory``, where the user looks."""
     try:
         for row in result.top_k.to_dict("records"):
             name = f"cand-{int(row['rank']):02d}"
@@ -36,14 +58,9 @@ def emit_configs(result: SearchResult, spec: SearchSpec, directory: str | Path) 
                            output_len=spec.workload.output_len, target_loss=result.target.loss,
                            target_source=result.target.source)
             write_json(staging / name / "candidate.json", summary)
-        stale, _ = emitted_config_dirs(directory)
-        for old in stale:  # every new directory is complete before the old set is removed
-            shutil.rmtree(old)
-        for child in sorted(staging.iterdir()):
-            final = directory / child.name
-            child.replace(final)
-            written.append(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return written
+    except OSError as exc:
+        staged = Path(exc.filename) if exc.filename else None
+        if staged is None or staging not in staged.parents:
+            raise
+        raise write_failure(exc, directory / staged.relative_to(staging)) from exc
 

@@ -39,6 +39,17 @@ KIND = "archscale-throughput-profile"
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "data" / "profiles"
 ENV_DIRS = "ARCHSCALE_PROFILES"
 UNCALIBRATED = "uncalibrated"
+ENGINES = ("vllm", "torch", "sglang")
+"""Serving engines a profile can be for: the two archscale measures with (torch, vLLM), and sglang, whose rows come
+from published tables."""
+
+
+def check_engine(engine: str, flag: str = "--engine") -> str:
+    """Refuse an engine no profile or measured row can be for: a typo would otherwise find no profile and fall back,
+    silently, to the uncalibrated estimate."""
+    if engine not in ENGINES:
+        raise UserError(f"{flag} {engine!r}: unknown serving engine; known engines: {', '.join(ENGINES)}")
+    return engine
 
 
 @dataclass(frozen=True)
@@ -258,6 +269,7 @@ def resolve_profile(spec: str | Path | None, device: GPU, engine: str = "vllm", 
     carried-over profile prints (``vllm-h200-bf16-on-h100-sxm``) is accepted as
     ``spec`` too, so a name copied from an output finds the same profile.
     """
+    check_engine(engine)
     text = "" if spec is None else str(spec)
     if text.lower() == "none":
         return Profile.uncalibrated(device, engine, dtype)

@@ -20,8 +20,10 @@ from typing import Mapping
 
 import torch
 
-from archscale.io.errors import UserError
-from archscale.io.files import atomic_file, write_json
+from archscale.io.errors import UserError, keep_hint
+from archscale.io.files import atomic_file, removed_on_failure, write_json
+from archscale.io.units import parse_dtype
+from archscale.shapes.architecture import Architecture
 from archscale.train.checkpoint import checkpoint_path, load_checkpoint
 from archscale.train.config import CONFIG_FILE
 
@@ -80,20 +82,45 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def require_transformers_loadable(hf_config: Mapping, run_dir: Path) -> None:
+    """Refuse, before writing anything, a checkpoint that neither transformers nor vLLM would load."""
+    arch = Architecture.from_hf_config(hf_config, source=str(run_dir / CONFIG_FILE))
+    if not arch.transformers_loadable:
+        raise UserError(f"{run_dir}: hidden_size {arch.d_model} is not a multiple of num_attention_heads {arch.n_heads}, "
+                        "and transformers (and vLLM, which loads configs through it) refuse such a Llama config, so "
+                        "nothing was exported; for a loadable shape, search with --strict-hf (the default with --emit) "
+                        "and train that")
+
+
+def check_export_dir(out_dir: Path) -> None:
+    """Refuse an ``--out`` that already holds files, as ``train`` refuses one holding a run: an export replaces
+    nothing (a mix of two exports' files would load as neither)."""
+    if out_dir.is_dir():
+        held = sorted(entry.name for entry in out_dir.iterdir())
+        if held:
+            shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+            raise UserError(f"--out {out_dir}: already holds files ({shown}); choose another --out or empty it first")
+
+
 def export_hf(run_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
-    """Export a run's latest checkpoint to ``out_dir`` (``config.json`` + ``model.safetensors``)."""
+    """Export a run's latest checkpoint to ``out_dir`` (``config.json`` + ``model.safetensors``).
+
+    ``out_dir`` is new or empty; a failed write (a full disk) leaves it as it was (:func:`removed_on_failure`).
+    """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if dtype not in ("float32", "bfloat16"):
-        raise UserError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+    dtype = parse_dtype(dtype)
+    check_export_dir(out_dir)
     if not checkpoint_path(run_dir).exists():
         raise UserError(f"{run_dir}: no {checkpoint_path(run_dir).name}; is it a run directory (archscale train --out)?")
     state = load_checkpoint(checkpoint_path(run_dir))
     hf_config = dict(state["hf_config"])
+    require_transformers_loadable(hf_config, run_dir)
     torch_dtype = getattr(torch, dtype)
     tied = bool(hf_config.get("tie_word_embeddings", False))
     tensors = {k: v.to(torch_dtype) for k, v in hf_state_dict(state["model"], tied).items()}
     hf_config["torch_dtype"] = dtype
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_safetensors(out_dir / SAFETENSORS_FILE, tensors, {"format": "pt"})
-    write_json(out_dir / CONFIG_FILE, hf_config)
+    with keep_hint("nothing was exported; free space and run it again"), \
+            removed_on_failure(out_dir):
+        write_safetensors(out_dir / SAFETENSORS_FILE, tensors, {"format": "pt"})
+        write_json(out_dir / CONFIG_FILE, hf_config)
     return out_dir / SAFETENSORS_FILE
