@@ -95,6 +95,22 @@ def test_load_architecture_reads_nested_text_config(tmp_path):
     assert load_architecture(str(path)).n_params_non_embedding == PRESETS["qwen3-4b"].n_params_non_embedding
 
 
+def test_arch_and_train_read_a_multimodal_config_alike(cli, tmp_path, corpus_data):
+    """One reader: the decoder under text_config is what arch counts and what train trains (train once refused it)."""
+    tiny = Architecture(2, 64, 4, 2, 16, 128, vocab_size=256)
+    folder = tmp_path / "vlm"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llava", "vision_config": {"hidden_size": 32},
+                                                    "text_config": tiny.to_hf_config()}))
+    shown = cli("arch", folder, "--json")
+    assert shown.code == 0, shown.err
+    assert json.loads(shown.out)[0]["N_non_embed"] == tiny.n_params_non_embedding
+    trained = cli("train", folder, "--tokens", "2048", "--out", tmp_path / "run", "--device", "cpu", "--no-progress")
+    assert trained.code == 0, trained.err
+    run_config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert run_config["hidden_size"] == 64 and "vision_config" not in run_config  # the decoder's config, as export writes it
+
+
 def test_unknown_preset_lists_known_ones():
     with pytest.raises(UserError, match="unknown architecture 'llama-9'.*panda-1b"):
         load_architecture("llama-9")

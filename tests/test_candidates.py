@@ -208,7 +208,7 @@ def test_an_enumeration_too_big_for_memory_is_refused_before_it_starts():
     tracemalloc.start()
     try:
         with pytest.raises(UserError, match="would build about"):
-            generate_candidates(1e15, 1, 1)
+            generate_candidates(1e15, 1, 2)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

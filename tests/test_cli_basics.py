@@ -42,3 +42,14 @@ def test_a_mistyped_flag_names_the_one_flag_it_is_closest_to(cli):
     assert "--plot" not in typo.err and "Possible options" not in typo.err  # Click's loose guesses, left out
     elsewhere = cli("search", "--holdout", "3")  # a real flag of other verbs: say which, not a near name here
     assert "did you mean" not in elsewhere.err and "--holdout is an option of archscale bench calibrate" in elsewhere.err
+
+
+def test_jobs_dir_help_names_the_output_this_verb_has(cli, monkeypatch):
+    """--jobs-dir sits beside --runs (sweep, search-gqa) or --store (bench); each help names the one its verb has."""
+    monkeypatch.setenv("COLUMNS", "200")
+    for verb, own, other in ((["sweep"], "--runs", "--store"), (["search-gqa"], "--runs", "--store"),
+                             (["bench"], "--store", "--runs")):
+        shown = cli(*verb, "--help")
+        text = " ".join(shown.out.replace("│", " ").split())
+        assert shown.code == 0 and f"(default: beside {own}, e.g." in text, verb
+        assert f"beside {other}" not in text and f"{own} / {other}" not in text and f"{other} / {own}" not in text, verb

@@ -1,6 +1,7 @@
 """Search (Eq. 6.4 / Algorithm 5) with the dissertation's published 1B fit, and its failure modes."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -97,7 +98,8 @@ def test_cli_search_emits_trainable_configs_and_plot(cli, tmp_path):
     assert result.code == 0, result.err
     assert "top 2 for training" in result.out and "llama-3.2-1b" in result.out
     document = json.loads(out.read_text())
-    assert len(document["top_k"]) == 2 and document["best_discrete_gqa4"]["d_model"] == 2560
+    best = document["best_discrete_gqa4"]  # Panda-1B (2560, 72 heads) at GQA 4 without --emit; transformers refuses it
+    assert len(document["top_k"]) == 2 and best["d_model"] % best["n_heads"] == 0
     emitted = sorted(p.name for p in configs.iterdir())
     assert emitted == ["cand-01", "cand-02"]
     arch = load_architecture(str(configs / "cand-01"))
@@ -147,3 +149,29 @@ def test_cli_search_unreachable_target_names_the_nearest_candidates(cli, tmp_pat
                  "--layers", "16", "--target-loss", "1.5")
     assert result.code == 2
     assert "no candidate meets the target loss 1.5000" in result.err and "nearest: d_model" in result.err
+
+
+def test_cli_search_emit_writes_only_configs_transformers_loads(cli, tmp_path):
+    """With --emit the search keeps d_model % n_heads == 0 (transformers 5 refuses the rest) and says how many that
+    removed; --no-strict-hf searches every shape. (The default 1B search's picks were all 28-head shapes at d_model
+    3712-3968, which transformers cannot load.)"""
+    base = ["search", "--fit", FIT_1B, "--n", "1e9", "--tokens", "1e11", "--layers", "16", "--head-dim", "64",
+            "--match", "llama-3.2-1b", "--gpu", "h100-sxm", "--top-k", "3", "--json"]
+    strict = cli(*base, "--emit", tmp_path / "strict")
+    assert strict.code == 0, strict.err
+    document = json.loads(strict.out)
+    configs = [json.loads((tmp_path / "strict" / f"cand-0{i}" / "config.json").read_text()) for i in (1, 2, 3)]
+    assert all(c["hidden_size"] % c["num_attention_heads"] == 0 for c in configs)
+    note = next(n for n in document["notes"] if n.startswith("--emit writes only configs transformers can load"))
+    removed, total = (int(x.replace(",", "")) for x in re.search(r"removed ([\d,]+) of ([\d,]+) candidates", note).groups())
+    assert 0 < removed < total and "--no-strict-hf" in note
+    assert document["n_candidates"] == total - removed
+
+    loose = cli(*base, "--emit", tmp_path / "loose", "--no-strict-hf")
+    assert loose.code == 0, loose.err
+    assert json.loads(loose.out)["n_candidates"] == total
+    assert not any(n.startswith("--emit writes") for n in json.loads(loose.out)["notes"])
+    unstrict = [json.loads((tmp_path / "loose" / f"cand-0{i}" / "config.json").read_text()) for i in (1, 2, 3)]
+    assert any(c["hidden_size"] % c["num_attention_heads"] for c in unstrict)  # what --emit used to write
+    plain = json.loads(cli(*base).out)  # without --emit nothing is written, and every shape is searched
+    assert plain["n_candidates"] == total

@@ -57,3 +57,17 @@ def test_confidence_needs_refits_and_a_probability(cli, tmp_path):
     assert no_draws.code == 2 and "--bootstrap" in no_draws.err and len(no_draws.err.strip().splitlines()) == 1
     bad = cli("search", "--fit", fit, *SEARCH, "--confidence", "1.5")
     assert bad.code == 2 and "--confidence must be a probability" in bad.err
+
+
+def test_confidence_one_keeps_only_candidates_every_refit_agrees_on(cli, aspect_fit):
+    """1 is a share like any other (every refit must meet the target), not "not between 0 and 1"; 0 means nothing."""
+    _, loose = _search(cli, aspect_fit, "--slack", "0.01")
+    target = str(round(min(pick["predicted_loss"] for pick in loose["top_k"]) + 0.004, 4))
+    result, every = _search(cli, aspect_fit, "--target-loss", target, "--confidence", "1", "--tie", "0")
+    assert result.code == 0, result.err
+    assert every["top_k"] and all(pick["p_meets_target"] == 1 for pick in every["top_k"])
+    _, most = _search(cli, aspect_fit, "--target-loss", target, "--confidence", "0.9", "--tie", "0")
+    assert every["n_feasible"] <= most["n_feasible"]
+    zero = cli("search", "--fit", aspect_fit, *SEARCH, "--target-loss", target, "--confidence", "0")
+    assert zero.code == 2 and "--confidence must be a probability in (0, 1]" in zero.err
+    assert len(zero.err.strip().splitlines()) == 1

@@ -9,10 +9,10 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from archscale.shapes.architecture import PRESET_SOURCES, PRESETS, Architecture, load_architecture
+from archscale.shapes.architecture import PRESET_SOURCES, PRESETS, Architecture, load_architecture, require_even_head_dim
 from archscale.shapes.candidates import generate_candidates
 from archscale.cli import Command, app, console, examples, print_json
-from archscale.cli.options import COUNT, gpu_help, parse_int_list
+from archscale.cli.options import COUNT, check_sweep_ranges, gpu_help, parse_int_list
 from archscale.io.units import parse_count
 from archscale.serving.devices import load_gpu
 from archscale.serving.profiles import resolve_profile
@@ -91,21 +91,19 @@ def _architecture_table(summary: dict) -> Table:
 ) + "\n\nPresets: " + ", ".join(PRESETS) + ". A config.json path, or a folder holding one, works too.")
 def arch_command(
     specs: list[str] = typer.Argument(..., help="Preset names (case-insensitive), config.json files or directories holding one."),
-    context: int = typer.Option(4096, "--context", help="KV length T for FLOPs/token (Appendix C.2: 2N + 2 L T d_q)."),
+    context: int = typer.Option(4096, "--context", min=0, help="KV length T for FLOPs/token (Appendix C.2: 2N + 2 L T d_q)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of dicts instead of tables."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help=gpu_help("Also estimate serving throughput on this device")),
     gpu_file: Optional[Path] = typer.Option(None, "--gpu-file", help="JSON/CSV of extra GPUs (name, bf16_tflops, hbm_tb_s, memory_gb, interconnect_gb_s)."),
-    batch: int = typer.Option(64, "--batch", help="Estimate: concurrent requests."),
-    input_len: int = typer.Option(4096, "--input-len", help="Estimate: prompt tokens per request."),
-    output_len: int = typer.Option(1024, "--output-len", help="Estimate: generated tokens per request."),
-    tp: int = typer.Option(1, "--tp", help="Estimate: tensor-parallel degree (must split the query and KV heads)."),
+    batch: int = typer.Option(64, "--batch", min=1, help="Estimate: concurrent requests."),
+    input_len: int = typer.Option(4096, "--input-len", min=1, help="Estimate: prompt tokens per request."),
+    output_len: int = typer.Option(1024, "--output-len", min=1, help="Estimate: generated tokens per request."),
+    tp: int = typer.Option(1, "--tp", min=1, help="Estimate: tensor-parallel degree (must split the query and KV heads)."),
     engine: str = typer.Option("vllm", "--engine", help="Estimate: serving engine whose profile to use."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Estimate: throughput profile (path or name; `none` "
                                           "for the uncalibrated roofline). Default: the one matching --engine and --gpu."),
 ) -> None:
     """Show parameter counts, r, GQA, d/sqrt(N), FLOPs/token and KV bytes/token of architectures."""
-    if context < 0:
-        raise UserError(f"--context must be non-negative, got {context}")
     if profile is not None and not gpu:
         raise UserError("--profile needs --gpu: a profile estimates throughput on a device")
     device = load_gpu(gpu, gpu_file) if gpu else None
@@ -157,27 +155,30 @@ def candidates_summary(frame: pd.DataFrame) -> dict:
 ))
 def candidates_command(
     n: str = typer.Option(..., "--n", metavar=COUNT, help="Non-embedding parameter budget, e.g. 1e9 or 975M."),
-    layers: int = typer.Option(..., "--layers", help="Number of layers (held fixed)."),
-    head_dim: int = typer.Option(..., "--head-dim", help="Per-head width d_head (held fixed)."),
+    layers: int = typer.Option(..., "--layers", min=1, help="Number of layers (held fixed)."),
+    head_dim: int = typer.Option(..., "--head-dim", min=2, help="Per-head width d_head (held fixed; even)."),
     tolerance: float = typer.Option(0.05, "--tolerance", help="Keep |N/target - 1| <= tolerance."),
     r_min: float = typer.Option(0.5, "--r-min", help="Smallest MLP/attention ratio."),
     r_max: float = typer.Option(5.0, "--r-max", help="Largest MLP/attention ratio."),
     x_min: float = typer.Option(0.02, "--x-min", help="Smallest d_model/sqrt(N) swept."),
     x_max: float = typer.Option(0.2, "--x-max", help="Largest d_model/sqrt(N) swept."),
-    d_multiple: int = typer.Option(128, "--d-multiple", help="d_model is a multiple of this."),
-    ff_multiple: int = typer.Option(64, "--ff-multiple", help="d_ff is a multiple of this."),
+    d_multiple: int = typer.Option(128, "--d-multiple", min=1, help="d_model is a multiple of this."),
+    ff_multiple: int = typer.Option(64, "--ff-multiple", min=1, help="d_ff is a multiple of this."),
     gqa: str = typer.Option("1-16", "--gqa", help="Allowed GQA group sizes, e.g. 4, 1,2,4,8 or 1-64."),
-    tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree; must divide the KV heads."),
+    tp: int = typer.Option(1, "--tp", min=1, help="Tensor-parallel degree; must divide the KV heads."),
     strict_hf: bool = typer.Option(False, "--strict-hf", help="Require d_model % n_heads == 0 (transformers' Llama check)."),
-    vocab: int = typer.Option(128256, "--vocab", help="Vocabulary size written to the table."),
+    vocab: int = typer.Option(128256, "--vocab", min=1, help="Vocabulary size written to the table."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the table here (.csv or .parquet)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Enumerate every (d_model, heads, kv heads, d_ff) spending the budget, and summarise them."""
+    require_even_head_dim(head_dim, "--head-dim")
+    check_sweep_ranges(tolerance, r_min, r_max, x_min, x_max)
+    budget, groups = parse_count(n, "--n"), parse_int_list(gqa, "--gqa")
     check_outputs(("--out", out, "table"))
     frame = generate_candidates(
-        parse_count(n), layers, head_dim, tolerance=tolerance, r_range=(r_min, r_max), d_multiple=d_multiple,
-        ff_multiple=ff_multiple, gqa_values=parse_int_list(gqa, "--gqa"), tp=tp, strict_hf=strict_hf,
+        budget, layers, head_dim, tolerance=tolerance, r_range=(r_min, r_max), d_multiple=d_multiple,
+        ff_multiple=ff_multiple, gqa_values=groups, tp=tp, strict_hf=strict_hf,
         vocab_size=vocab, x_range=(x_min, x_max),
     )
     if out is not None:

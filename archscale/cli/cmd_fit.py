@@ -188,8 +188,8 @@ def predict(
     fit_file: Path = typer.Argument(..., help="Fit JSON from archscale fit (or a published fit in data/fits)."),
     n_text: str = typer.Option(..., "--n", metavar=COUNT, help="Non-embedding parameters N, e.g. 1e9 or 975M."),
     tokens_text: Optional[str] = typer.Option(None, "--tokens", metavar=COUNT, help="Training tokens D, e.g. 1e11 or 100B."),
-    d_model: Optional[int] = typer.Option(None, "--d-model", help="Hidden size (for d/sqrt(N) and the aspect ratio)."),
-    layers: Optional[int] = typer.Option(None, "--layers", help="Number of layers (aspect law: R = d_model/layers)."),
+    d_model: Optional[int] = typer.Option(None, "--d-model", min=1, help="Hidden size (for d/sqrt(N) and the aspect ratio)."),
+    layers: Optional[int] = typer.Option(None, "--layers", min=1, help="Number of layers (aspect law: R = d_model/layers)."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="MLP-to-attention parameter ratio r (conditional laws)."),
     gqa: Optional[float] = typer.Option(None, "--gqa", help="GQA group: query heads per KV head (the GQA-aware conditional laws)."),
     l_opt: Optional[float] = typer.Option(None, "--l-opt", help="Reference loss L_opt(N,D) for a conditional law "
@@ -202,6 +202,10 @@ def predict(
     """
     from archscale.search.constrained import losses_are_relative, relative_unit
 
+    for flag, number in (("--ratio", ratio), ("--gqa", gqa), ("--l-opt", l_opt)):
+        if number is not None and not (math.isfinite(number) and number > 0):
+            raise UserError(f"{flag} must be a positive number, got {number:g}"
+                            + ("; L_opt is a loss in nats/token" if flag == "--l-opt" else ""))
     fitted = load_fit(fit_file)
     n = parse_count(n_text, "--n")
     row: dict[str, float] = {"N": n}

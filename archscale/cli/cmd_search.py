@@ -9,10 +9,10 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from archscale.shapes.architecture import load_architecture
+from archscale.shapes.architecture import load_architecture, require_even_head_dim
 from archscale.bench.store import load_results
 from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json, study
-from archscale.cli.options import COUNT, gpu_help, parse_int_list
+from archscale.cli.options import COUNT, check_sweep_ranges, gpu_help, parse_int_list
 from archscale.io.units import format_count, parse_count
 from archscale.serving.devices import load_gpu
 from archscale.serving.profiles import resolve_profile
@@ -24,6 +24,9 @@ from archscale.fit.runs import load_runs
 from archscale.search.constrained import SearchResult, SearchSpec, best_at_gqa, held_bounds, search
 from archscale.search.emit import emit_configs
 from archscale.fit.fitted import check_reference, load_fit
+
+EMIT_STRICT_HF = "--emit writes only configs transformers can load (--strict-hf is on with --emit; --no-strict-hf keeps every shape)"
+"""Why a search with ``--emit`` and neither ``--strict-hf`` nor ``--no-strict-hf`` kept only loadable shapes (its note)."""
 
 TOP_COLUMNS = ["rank", "d_model", "n_heads", "n_kv_heads", "d_ff", "N", "x", "r", "gqa", "predicted_loss",
                "loss_low", "loss_high", "p_meets_target", "loss_source", "tokens_per_s", "output_tokens_per_s",
@@ -176,7 +179,7 @@ def search_command(
     n_text: str = typer.Option(..., "--n", metavar=COUNT, help="Non-embedding parameter budget N, e.g. 1e9 or 975M."),
     tokens_text: str = typer.Option(..., "--tokens", metavar=COUNT, help="Training tokens D, e.g. 1e11 or 100B."),
     layers: int = typer.Option(..., "--layers", min=1, help="Number of layers (held fixed, as in the paper)."),
-    head_dim: int = typer.Option(64, "--head-dim", min=1, help="Per-head width d_head (the paper: 64 up to 1B, 128 from 3B)."),
+    head_dim: int = typer.Option(64, "--head-dim", min=2, help="Per-head width d_head, even (the paper: 64 up to 1B, 128 from 3B)."),
     match: Optional[str] = typer.Option(None, "--match", help="Target = predicted loss of this architecture (preset or config.json)."),
     target_loss: Optional[float] = typer.Option(None, "--target-loss", help="Target loss in nats/token (needs a fit with a reference law)."),
     slack: Optional[float] = typer.Option(None, "--slack", help="Target = predicted optimum x (1 + slack); the default, 0.01."),
@@ -198,7 +201,7 @@ def search_command(
     ff_multiple: int = typer.Option(64, "--ff-multiple", min=1, help="d_ff is a multiple of this."),
     vocab: int = typer.Option(128256, "--vocab", min=1, help="Vocabulary size (embedding and LM head)."),
     tie_embeddings: bool = typer.Option(True, "--tie-embeddings/--untie-embeddings", help="Tie input and output embeddings (LLaMA-3.2 1B/3B do)."),
-    strict_hf: bool = typer.Option(False, "--strict-hf", help="Only shapes with d_model % n_heads == 0 (transformers' Llama requires it)."),
+    strict_hf: Optional[bool] = typer.Option(None, "--strict-hf/--no-strict-hf", help="Only shapes with d_model % n_heads == 0, which transformers (and so vLLM) load. Default: on with --emit, so that every emitted config loads; off otherwise."),
     confidence: Optional[float] = typer.Option(None, "--confidence", help="Keep only candidates that meet the target under this share of the fit's bootstrap refits, e.g. 0.9 (fit with --bootstrap)."),
     runs: Optional[Path] = typer.Option(None, "--runs", help="Runs table: a measured loss for a candidate's exact shape at this D replaces the prediction."),
     store: Optional[Path] = typer.Option(None, "--store", help="Bench results store (archscale bench --store): a measured throughput for a candidate, GPU and workload replaces the estimate."),
@@ -218,8 +221,8 @@ def search_command(
     n, tokens = parse_count(n_text, "--n"), parse_count(tokens_text, "--tokens")
     if tie is not None and not 0 <= tie < 1:
         raise UserError(f"--tie must be a fraction in [0, 1) of the fastest throughput, e.g. 0.05, got {tie}")
-    if not r_min < r_max:
-        raise UserError(f"--r-min {r_min} must be below --r-max {r_max}")
+    require_even_head_dim(head_dim, "--head-dim")
+    check_sweep_ranges(tolerance, r_min, r_max)
     fitted = load_fit(fit)
     if reference is not None:
         fitted.reference = load_fit(reference)
@@ -229,8 +232,9 @@ def search_command(
                       profile=resolve_profile(profile, device, engine),
                       workload=Workload(batch, input_len, output_len), tp=tp, tolerance=tolerance, r_range=(r_min, r_max),
                       gqa_values=parse_int_list(gqa, "--gqa"), vocab_size=vocab, tie_embeddings=tie_embeddings,
-                      strict_hf=strict_hf, d_multiple=d_multiple, ff_multiple=ff_multiple, extrapolate=extrapolate,
-                      tie_tolerance=tie)
+                      strict_hf=emit is not None if strict_hf is None else strict_hf,
+                      strict_hf_reason=EMIT_STRICT_HF if strict_hf is None else "--strict-hf", d_multiple=d_multiple,
+                      ff_multiple=ff_multiple, extrapolate=extrapolate, tie_tolerance=tie)
     measuring = None
     if measure is not None:  # checked before the search: a backend that cannot run here is one line, up front
         from archscale.bench.sweep import make_backend
@@ -311,8 +315,7 @@ def search_gqa_command(
     from archscale.train.sweep import default_jobs_dir
 
     check_outputs(("--out", out, "dir"), ("--runs", runs, RUNS_TABLE), inputs=(search_json, data))
-    if proxy_head_dim % 2:
-        raise UserError(f"--proxy-head-dim must be even (rotary embeddings rotate pairs), got {proxy_head_dim}")
+    require_even_head_dim(proxy_head_dim, "--proxy-head-dim")
     proxy = Proxy(n=parse_count(proxy_n, "--proxy-n"), tokens=int(parse_count(proxy_tokens, "--proxy-tokens")),
                   n_layers=proxy_layers, d_head=proxy_head_dim, vocab_size=proxy_vocab, seeds=seeds)
     options = study.dispatch_options(executor, jobs_dir, default_jobs_dir(runs), partition, job_gpus, job_cpus, job_mem,

@@ -43,6 +43,22 @@ def parse_assignments(items: list[str] | None, flag: str, example: str = "t_laye
     return values
 
 
+def check_sweep_ranges(tolerance: float | None, r_min: float, r_max: float, x_min: float | None = None,
+                       x_max: float | None = None) -> None:
+    """The candidate sweep's ranges, by flag name and before any work (``candidates`` and ``search`` share the flags).
+
+    The library checks them too, in its own names; checking here first means a bad flag is named as typed and
+    costs nothing (no fit read, no output checked).
+    """
+    if tolerance is not None and not 0 <= tolerance < 1:
+        raise UserError(f"--tolerance must be a fraction in [0, 1) of the budget N, e.g. 0.05, got {tolerance:g}")
+    for low_flag, low, high_flag, high in (("--r-min", r_min, "--r-max", r_max), ("--x-min", x_min, "--x-max", x_max)):
+        if low is None or high is None:
+            continue
+        if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+            raise UserError(f"{low_flag} {low:g} and {high_flag} {high:g}: need 0 < {low_flag} <= {high_flag}")
+
+
 def gpu_help(what: str) -> str:
     """``--help`` text of a ``--gpu`` flag, listing the devices archscale knows (a --gpu-file adds more)."""
     from archscale.serving.devices import GPUS

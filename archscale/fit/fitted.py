@@ -61,10 +61,7 @@ def fitted_from_json(document: Mapping[str, Any], source: str) -> FittedLaw:
     missing = [name for name in law.param_names if name not in params]
     if missing:
         raise UserError(f"{source}: law {law.name} needs parameter {missing[0]!r}")
-    try:
-        values = {name: float(params[name]) for name in law.param_names}
-    except (TypeError, ValueError):
-        raise UserError(f"{source}: parameters must be numbers") from None
+    values = {name: _parameter(params[name], name, f"{source}: parameter") for name in law.param_names}
     reference = document.get("reference")
     ref_fit = None
     if isinstance(reference, Mapping) and reference.get("kind") == "law":
@@ -79,12 +76,28 @@ def _draws_from_json(block: Any, law: Law, source: str) -> list[dict[str, float]
         return []
     try:
         names = list(block["names"])
-        draws = [dict(zip(names, map(float, row))) for row in block["draws"]]
-    except (KeyError, TypeError, ValueError):
+        rows = list(block["draws"])
+    except (KeyError, TypeError):
         raise UserError(f"{source}: 'bootstrap' must hold 'names' and 'draws' (rows of numbers)") from None
     if any(name not in names for name in law.param_names):
         raise UserError(f"{source}: the bootstrap refits lack a parameter of law {law.name}")
+    draws = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, (list, tuple)) or len(row) != len(names):
+            raise UserError(f"{source}: bootstrap refit {index + 1} must be a row of {len(names)} numbers")
+        draws.append({name: _parameter(value, name, f"{source}: bootstrap refit {index + 1}, parameter")
+                      for name, value in zip(names, row)})
     return draws
+
+
+def _parameter(value: Any, name: str, where: str) -> float:
+    """A law parameter as read from a fit JSON: a finite number, or the file is refused naming it.
+
+    Python's JSON reader accepts NaN and Infinity; a law with one predicts "loss nan", which looks like an answer.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise UserError(f"{where} {name} must be a finite number, got {value!r}; refit with archscale fit")
+    return float(value)
 
 
 def load_fit(path: str | Path) -> FittedLaw:

@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from archscale.shapes.architecture import Architecture
-from archscale.io.errors import UserError
 from archscale.model.frozen_linear import FrozenLinear, KernelChooser
 
 INIT_STD = 0.02
@@ -292,8 +291,6 @@ class Transformer(nn.Module):
 
     def __init__(self, arch: Architecture, rope_theta: float = 500000.0, norm_eps: float = 1e-5, max_seq_len: int = 2048) -> None:
         super().__init__()
-        if arch.d_head % 2:
-            raise UserError(f"architecture {arch.name or '?'}: d_head={arch.d_head} must be even for rotary embeddings")
         self.arch, self.rope_theta = arch, rope_theta
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.d_model)
         self.layers = nn.ModuleList(Block(arch, norm_eps) for _ in range(arch.n_layers))

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from archscale.shapes.architecture import Architecture
+from archscale.shapes.architecture import Architecture, transformers_loadable
 from archscale.shapes.candidates import ROW_BYTES, generate_candidates
 from archscale.serving.devices import GPU
 from archscale.serving.profiles import Profile
@@ -66,7 +66,8 @@ class SearchSpec:
     gqa_values: Sequence[int] | None = tuple(range(1, 17))
     vocab_size: int = 128256
     tie_embeddings: bool = True
-    strict_hf: bool = False
+    strict_hf: bool = False  # only shapes transformers (and so vLLM) loads: d_model a multiple of n_heads
+    strict_hf_reason: str = "--strict-hf"  # why, as the search's note says it (the CLI: on by default with --emit)
     d_multiple: int = 128  # hardware-friendly widths; tiny CPU models want finer steps
     ff_multiple: int = 64
     profile: Profile | None = None  # None: the uncalibrated roofline on ``gpu``
@@ -223,11 +224,12 @@ def _with_params(fitted: FittedLaw, params: dict[str, float]) -> FittedLaw:
 
 
 def check_confidence(fitted: FittedLaw, confidence: float | None) -> None:
-    """``--confidence`` is a probability, and needs bootstrap refits to have any meaning."""
+    """``--confidence`` is a share of refits in (0, 1] (1: every refit must meet the target), and needs refits."""
     if confidence is None:
         return
-    if not 0 < confidence < 1:
-        raise UserError(f"--confidence must be a probability between 0 and 1, got {confidence}")
+    if not 0 < confidence <= 1:
+        raise UserError(f"--confidence must be a probability in (0, 1]: the share of the fit's bootstrap refits under "
+                        f"which a pick meets the target (1: every refit), got {confidence:g}")
     if not fitted.draws:
         raise UserError(f"--confidence needs a fit with bootstrap refits, and {fitted.source} has none: "
                         "refit with archscale fit ... --bootstrap 200")
@@ -623,6 +625,26 @@ def nearest_misses(candidates: pd.DataFrame, target: Target, count: int = 3) -> 
     return "; ".join(parts) + memory
 
 
+def enumerate_candidates(spec: SearchSpec, tolerance: float) -> tuple[pd.DataFrame, str | None]:
+    """The shapes the search ranks; with ``spec.strict_hf`` only those transformers loads, and a note of how many
+    that removed (the whole set is enumerated either way, so the count is exact)."""
+    candidates = generate_candidates(spec.n, spec.n_layers, spec.d_head, tolerance=tolerance,
+                                     r_range=spec.r_range, gqa_values=spec.gqa_values, tp=spec.tp,
+                                     vocab_size=spec.vocab_size, d_multiple=spec.d_multiple,
+                                     ff_multiple=spec.ff_multiple, row_bytes=SEARCH_ROW_BYTES).reset_index(drop=True)
+    if not spec.strict_hf:
+        return candidates, None
+    loadable = transformers_loadable(candidates["d_model"], candidates["n_heads"])
+    total, kept = len(candidates), int(loadable.sum())
+    if not kept:
+        raise UserError(f"none of the {total:,} candidates for N={spec.n:.4g} has a d_model that is a multiple of n_heads, "
+                        f"which transformers and vLLM need ({spec.strict_hf_reason}); widen --tolerance or the r range, "
+                        "use a smaller --d-multiple, or pass --no-strict-hf")
+    note = (f"{spec.strict_hf_reason}: only shapes whose d_model is a multiple of n_heads were searched (transformers "
+            f"and vLLM refuse the others); that removed {total - kept:,} of {total:,} candidates")
+    return candidates[loadable].reset_index(drop=True), note
+
+
 def search(
     fitted: FittedLaw,
     spec: SearchSpec,
@@ -644,10 +666,7 @@ def search(
     relative = losses_are_relative(fitted)
     # Relative losses do not see that a smaller N trains to a higher loss: hold the budget tighter then.
     tolerance = spec.tolerance if spec.tolerance is not None else (0.02 if relative else 0.05)
-    candidates = generate_candidates(spec.n, spec.n_layers, spec.d_head, tolerance=tolerance,
-                                     r_range=spec.r_range, gqa_values=spec.gqa_values, tp=spec.tp,
-                                     strict_hf=spec.strict_hf, vocab_size=spec.vocab_size, d_multiple=spec.d_multiple,
-                                     ff_multiple=spec.ff_multiple, row_bytes=SEARCH_ROW_BYTES).reset_index(drop=True)
+    candidates, strict_note = enumerate_candidates(spec, tolerance)
     candidates["tie_embeddings"] = spec.tie_embeddings
     candidates["predicted_loss"] = predict_loss(fitted, candidates, spec.tokens)
     candidates = apply_measured_losses(candidates, runs, spec.tokens)
@@ -688,7 +707,8 @@ def search(
         raise UserError(f"no candidate inside the fit's runs meets the target loss {target.loss:.4f}: "
                         f"{out[0] if out else 'all lie outside'}; widen what the runs cover, narrow --gqa/--r-min/--r-max "
                         "to the runs' range, or add --extrapolate")
-    notes = [policy.note] + coverage_notes(candidates, fitted, spec.extrapolate, policy)
+    notes = [strict_note] if strict_note else []
+    notes += [policy.note] + coverage_notes(candidates, fitted, spec.extrapolate, policy)
     if scale is not None:
         notes.append(scale_note(scale, spec))
     note = reference_note(target, fitted)

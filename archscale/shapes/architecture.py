@@ -50,6 +50,25 @@ def mlp_attention_ratio(d_model, n_heads, n_kv_heads, d_head, d_ff):
     return mlp_params_per_layer(d_model, d_ff) / attention_params_per_layer(d_model, n_heads, n_kv_heads, d_head)
 
 
+def transformers_loadable(d_model, n_heads):
+    """Whether transformers loads the shape's config: its Llama config refuses a ``hidden_size`` that is not a
+    multiple of ``num_attention_heads`` even with ``head_dim`` given, and vLLM loads configs through it.
+
+    Works on ints and on numpy arrays or columns alike (``--strict-hf``, search, export all apply this one rule).
+    """
+    return d_model % n_heads == 0
+
+
+def require_even_head_dim(d_head: int, label: str) -> None:
+    """The one rule on a head's width, applied wherever a shape is read (a config, a flag, a preset).
+
+    Rotary embeddings rotate pairs of a head's channels, so archscale's model, vLLM and transformers all need an
+    even ``d_head``: an odd one could be counted and estimated but never trained or served, so it is refused up front.
+    """
+    if d_head % 2:
+        raise UserError(f"{label} {d_head} must be even (rotary embeddings rotate pairs of channels)")
+
+
 @dataclass(frozen=True)
 class Architecture:
     """A decoder-only transformer shape.
@@ -85,6 +104,7 @@ class Architecture:
             raise UserError(
                 f"architecture {self.name or '?'}: n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}"
             )
+        require_even_head_dim(self.d_head, f"architecture {self.name or '?'}: d_head")
 
     # ---- parameter counts -------------------------------------------------
     @property
@@ -147,6 +167,11 @@ class Architecture:
         """Query heads per key/value head."""
         return self.n_heads // self.n_kv_heads
 
+    @property
+    def transformers_loadable(self) -> bool:
+        """See :func:`transformers_loadable`."""
+        return bool(transformers_loadable(self.d_model, self.n_heads))
+
     # ---- inference cost inputs ---------------------------------------------
     def flops_per_token(self, context_len: int) -> float:
         """Non-embedding inference FLOPs for one token attending to ``context_len`` tokens.
@@ -195,34 +220,91 @@ class Architecture:
 
     @classmethod
     def from_hf_config(cls, config: dict, name: str = "", source: str = "config.json") -> "Architecture":
-        """Read the shape from an HF-style config dict (LLaMA, Qwen2/3, OLMo-2, Gemma-2 keys)."""
-        def whole(key: str, default: int | None = None) -> int:
-            """A count from the config: an integer (``2048`` or ``2048.0``), never silently truncated."""
-            if key not in config or (config[key] is None and default is not None):
-                if default is None:
-                    raise UserError(f"{source}: missing key {key!r} (an HF-style config.json needs hidden_size, "
-                                    "intermediate_size, num_hidden_layers, num_attention_heads)")
-                return default
-            value = config[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
-                raise UserError(f"{source}: {key} must be a whole number, got {value!r}")
-            return int(value)
+        """Read the shape from an HF-style config dict (LLaMA, Qwen2/3, OLMo-2, Gemma-2 keys).
 
-        d_model = whole("hidden_size")
-        n_heads = whole("num_attention_heads")
-        if n_heads <= 0:
-            raise UserError(f"{source}: num_attention_heads must be a positive integer, got {n_heads}")
+        Every field read is checked here and a bad one is refused naming ``source`` and the field, because
+        a silent fallback computes the wrong model: ``num_key_value_heads: 0`` is not MHA, ``head_dim: 0``
+        is not hidden/heads, and the string ``"false"`` is not false. Only an absent or null key takes its default
+        (``num_key_value_heads``: MHA; ``head_dim``: hidden/heads; ``tie_word_embeddings``: false)."""
+        d_model = _config_count(config, "hidden_size", source)
+        n_heads = _config_count(config, "num_attention_heads", source)
+        n_kv_heads = _config_count(config, "num_key_value_heads", source, default=n_heads)
+        if n_heads % n_kv_heads:
+            raise UserError(f"{source}: num_key_value_heads {n_kv_heads} does not divide num_attention_heads {n_heads} "
+                            "(each KV head serves a whole group of query heads)")
+        if config.get("head_dim") is None and d_model < n_heads:
+            raise UserError(f"{source}: no head_dim, and hidden_size {d_model} / num_attention_heads {n_heads} is below 1; "
+                            "give head_dim")
+        d_head = _config_count(config, "head_dim", source, default=d_model // n_heads)
+        require_even_head_dim(d_head, f"{source}: head_dim" if config.get("head_dim") is not None
+                              else f"{source}: no head_dim is given, and hidden_size / num_attention_heads =")
+        tie = config.get("tie_word_embeddings")
+        if tie is not None and not isinstance(tie, bool):
+            raise UserError(f"{source}: tie_word_embeddings must be true or false, got {tie!r}")
+        for key in ("rope_theta", "rms_norm_eps"):  # what the training loop reads besides the shape
+            value = config.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value <= 0):
+                raise UserError(f"{source}: {key} must be a positive number, got {value!r}")
+        if config.get("max_position_embeddings") is not None:
+            _config_count(config, "max_position_embeddings", source)
         return cls(
-            n_layers=whole("num_hidden_layers"),
+            n_layers=_config_count(config, "num_hidden_layers", source),
             d_model=d_model,
             n_heads=n_heads,
-            n_kv_heads=whole("num_key_value_heads", n_heads) or n_heads,
-            d_head=whole("head_dim", d_model // n_heads) or d_model // n_heads,
-            d_ff=whole("intermediate_size"),
-            vocab_size=whole("vocab_size", 128256),
-            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+            n_kv_heads=n_kv_heads,
+            d_head=d_head,
+            d_ff=_config_count(config, "intermediate_size", source),
+            vocab_size=_config_count(config, "vocab_size", source, default=128256),
+            tie_embeddings=bool(tie),
             name=name,
         )
+
+
+def _config_count(config: dict, key: str, source: str, default: int | None = None) -> int:
+    """A count from an HF config: a positive whole number (``2048`` or ``2048.0``), never silently truncated.
+
+    An absent or null key takes ``default``; without one it is refused as missing.
+    """
+    value = config.get(key)
+    if value is None:
+        if default is None:
+            raise UserError(f"{source}: missing key {key!r} (an HF-style config.json needs hidden_size, "
+                            "intermediate_size, num_hidden_layers, num_attention_heads)")
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+        raise UserError(f"{source}: {key} must be a whole number, got {value!r}")
+    if value <= 0:
+        raise UserError(f"{source}: {key} must be a positive whole number, got {int(value)}")
+    return int(value)
+
+
+def decoder_config(config: dict) -> dict:
+    """The keys of the decoder: the config itself, or a multimodal config's ``text_config``.
+
+    A multimodal config (a vision-language model) keeps its text model under ``text_config``; the decoder
+    is what archscale counts, trains and serves, so every reader of a config.json takes it from there,
+    with the top level's ``tie_word_embeddings`` when it has one.
+    """
+    text = config.get("text_config")
+    if "hidden_size" in config or not isinstance(text, dict):
+        return config
+    return {**text, "tie_word_embeddings": config.get("tie_word_embeddings", text.get("tie_word_embeddings"))}
+
+
+def read_hf_config(path, name: str) -> tuple[Architecture, dict]:
+    """Read a ``config.json``: its decoder's shape and the decoder's keys, checked (the one reader of config files).
+
+    ``arch``, ``bench``, ``search --match`` and ``train`` all read configs through here, so they accept and
+    refuse the same files.
+    """
+    from archscale.io.files import read_json  # files imports errors only; imported here to keep arch dependency-free
+
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    config = decoder_config(config)
+    return Architecture.from_hf_config(config, name=name, source=str(path)), config
 
 
 # ---- presets ------------------------------------------------------------------
@@ -312,15 +394,7 @@ def load_architecture(spec: str) -> Architecture:
 
 
 def _architecture_from_file(path, name: str) -> Architecture:
-    """Read an HF ``config.json``; multimodal configs keep the decoder under ``text_config``."""
-    from archscale.io.files import read_json  # files imports errors only; imported here to keep arch dependency-free
-
+    """Read an HF ``config.json`` (see :func:`read_hf_config`)."""
     if not path.is_file():
         raise UserError(f"{path}: no config.json there")
-    config = read_json(path)
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    if "hidden_size" not in config and isinstance(config.get("text_config"), dict):
-        config = {**config["text_config"], "tie_word_embeddings": config.get(
-            "tie_word_embeddings", config["text_config"].get("tie_word_embeddings", False))}
-    return Architecture.from_hf_config(config, name=name, source=str(path))
+    return read_hf_config(path, name)[0]

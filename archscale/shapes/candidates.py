@@ -29,7 +29,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from archscale.shapes.architecture import Architecture, mlp_attention_ratio, non_embedding_params
+from archscale.shapes.architecture import (Architecture, mlp_attention_ratio, non_embedding_params, require_even_head_dim,
+                                           transformers_loadable)
 from archscale.io.errors import UserError
 from archscale.io.machine import available_bytes
 
@@ -201,6 +202,7 @@ def _check_arguments(n_target, n_layers, d_head, tolerance, r_range, d_multiple,
                          ("ff_multiple", ff_multiple), ("tp", tp), ("vocab", vocab_size)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
             raise UserError(f"{label} must be a positive integer, got {value!r}")
+    require_even_head_dim(d_head, "d_head")
     if not (0 <= tolerance < 1):
         raise UserError(f"tolerance must be in [0, 1), got {tolerance!r}")
     r_min, r_max = r_range
@@ -313,7 +315,7 @@ def _layouts_per_width(d_models, n_kv, group, n_target, n_layers, d_head, tolera
     d_rows = np.repeat(d_models, counts)
     kv, g = n_kv[pick], group[pick]
     if strict_hf:
-        keep = d_rows % (kv * g) == 0
+        keep = transformers_loadable(d_rows, kv * g)
         d_rows, kv, g = d_rows[keep], kv[keep], g[keep]
     # Order layouts now (d_model, n_heads, n_kv_heads): the d_ff expansion keeps rows of one layout
     # together and ascending, so the final table needs no sort of its own (the costliest step otherwise).

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from archscale.shapes.architecture import Architecture
+from archscale.shapes.architecture import Architecture, read_hf_config
 from archscale.io.errors import UserError
 from archscale.io.files import read_json, write_json, write_text
 
@@ -210,22 +210,13 @@ def _coerce(key: str, value: Any, source: str) -> Any:
 
 # ---- config directories -----------------------------------------------------------
 def load_model_config(config_dir: str | Path) -> tuple[Architecture, dict[str, Any]]:
-    """Read and validate ``config_dir/config.json``: the architecture and the raw HF dict."""
+    """Read and validate ``config_dir/config.json``: the architecture and its decoder's HF dict (``read_hf_config``)."""
     path = Path(config_dir) / CONFIG_FILE
     if not Path(config_dir).is_dir():
         raise UserError(f"{config_dir}: not a directory (expected a config directory with {CONFIG_FILE})")
     if not path.exists():
         raise UserError(f"{path}: no such file (a config directory needs {CONFIG_FILE})")
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    arch = Architecture.from_hf_config(data, name=Path(config_dir).resolve().name, source=str(path))
-    if arch.d_head % 2:
-        raise UserError(f"{path}: head_dim {arch.d_head} must be even (rotary embeddings rotate pairs)")
-    for key in ("rope_theta", "rms_norm_eps"):
-        if key in data and (isinstance(data[key], bool) or not isinstance(data[key], (int, float)) or data[key] <= 0):
-            raise UserError(f"{path}: {key} must be a positive number, got {data[key]!r}")
-    return arch, data
+    return read_hf_config(path, name=Path(config_dir).resolve().name)  # the reader arch and bench use: one rule
 
 
 def load_train_config(config_dir: str | Path, arch: Architecture) -> TrainConfig:
