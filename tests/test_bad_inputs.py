@@ -169,7 +169,7 @@ def test_train_a_model_too_big_for_this_machine(refused, work, corpus_cache, mon
 
 
 def test_candidates_whose_enumeration_would_not_fit_in_memory(refused):
-    refused("would build about", "candidates", "--n", "1e15", "--layers", "1", "--head-dim", "1")
+    refused("would build about", "candidates", "--n", "1e15", "--layers", "1", "--head-dim", "2")
 
 
 def test_candidates_a_trillion_parameter_budget(refused):
@@ -263,6 +263,86 @@ def test_arch_refuses_a_count_that_is_not_whole(refused, work, value, shown):
     refused(f"hidden_size must be a whole number, got {shown}", "arch", "config.json")
 
 
+CONFIG_READERS = {  # every verb that reads a config.json reads it through one reader, with one set of rules
+    "arch": ["arch", "cfg"],
+    "train": ["train", "cfg", "--device", "cpu", "--no-progress"],
+    "bench": ["bench", "cfg", "--backend", "roofline", "--gpu", "h100-sxm", "--store", "s.sqlite"],
+    "search --match": ["search", "--fit", "fit1b.json", "--n", "1e9", "--tokens", "1e11", "--layers", "16",
+                       "--match", "cfg"],
+}
+BAD_FIELDS = [  # (field, value, the refusal): none may fall back to a default or be read as something else
+    ("num_key_value_heads", 0, "num_key_value_heads must be a positive whole number, got 0"),
+    ("head_dim", 0, "head_dim must be a positive whole number, got 0"),
+    ("tie_word_embeddings", "false", "tie_word_embeddings must be true or false, got 'false'"),
+    ("num_hidden_layers", -2, "num_hidden_layers must be a positive whole number, got -2"),
+    ("vocab_size", "256", "vocab_size must be a whole number, got '256'"),
+    ("num_key_value_heads", 3, "num_key_value_heads 3 does not divide num_attention_heads 4"),
+    ("head_dim", 15, "head_dim 15 must be even (rotary embeddings rotate pairs of channels)"),
+    ("rope_theta", -1, "rope_theta must be a positive number, got -1"),
+    ("max_position_embeddings", "8k", "max_position_embeddings must be a whole number, got '8k'"),
+]
+
+
+@pytest.mark.parametrize("verb", CONFIG_READERS)
+@pytest.mark.parametrize("field, value, message", BAD_FIELDS, ids=[f"{f}={v!r}" for f, v, _ in BAD_FIELDS])
+def test_a_config_field_of_the_wrong_type_or_out_of_range_is_refused_naming_file_and_field(
+        refused, work, verb, field, value, message):
+    config = TINY.to_hf_config()
+    config[field] = value
+    (work / "cfg").mkdir()
+    (work / "cfg" / "config.json").write_text(json.dumps(config))
+    refused(f"config.json: {message}", *CONFIG_READERS[verb])
+
+
+@pytest.mark.parametrize("flag, value", [("--batch", "-3"), ("--tp", "0"), ("--context", "-1"), ("--input-len", "0"),
+                                         ("--output-len", "0")])
+def test_arch_checks_its_numbers_before_reading_any_shape(refused, flag, value):
+    """A bad number is named by its flag before the configs are read (--batch -3 without --gpu was accepted)."""
+    refused(f"'{flag}'", "arch", "missing/config.json", flag, value)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--layers", "0", "Invalid value for '--layers'"),
+    ("--head-dim", "15", "--head-dim 15 must be even (rotary embeddings rotate pairs of channels)"),
+    ("--tolerance", "2", "--tolerance must be a fraction in [0, 1)"),
+    ("--x-min", "0", "--x-min 0 and --x-max 0.2: need 0 < --x-min <= --x-max"),
+    ("--r-max", "inf", "--r-min 0.5 and --r-max inf: need 0 < --r-min <= --r-max"),
+    ("--d-multiple", "0", "Invalid value for '--d-multiple'"),
+    ("--vocab", "0", "Invalid value for '--vocab'"),
+])
+def test_candidates_names_a_bad_number_by_its_flag_before_any_work(refused, work, flag, value, message):
+    (work / "notes.txt").write_text("mine\n")
+    refused(message, "candidates", "--n", "1e9", "--layers", "16", "--head-dim", "64", flag, value,
+            "--out", "notes.txt/c.csv")
+
+
+def test_predict_refuses_a_negative_reference_loss(refused):
+    refused("--l-opt must be a positive number, got -1", "predict", "fit1b.json", "--n", "1e9", "--tokens", "1e11",
+            "--d-model", "2560", "--ratio", "1.07", "--l-opt", "-1")
+
+
+@pytest.mark.parametrize("block", ["params", "bootstrap"])
+def test_predict_refuses_a_fit_with_a_nan_parameter(refused, work, block):
+    fit = json.loads((work / "fit1b.json").read_text())
+    if block == "params":
+        fit["params"]["a0"] = float("nan")
+    else:
+        fit["bootstrap"] = {"names": list(fit["params"]), "draws": [list(fit["params"].values()), [float("nan")] * 6]}
+    (work / "nan.json").write_text(json.dumps(fit))  # Python writes NaN, and reads it back, without complaint
+    refused("a0 must be a finite number, got nan", "predict", "nan.json", "--n", "1e9", "--tokens", "1e11",
+            "--d-model", "2560", "--ratio", "1.07")
+
+
+def test_export_refuses_a_shape_transformers_cannot_load(refused, work, corpus_cache, monkeypatch):
+    from archscale.train.loop import train
+
+    monkeypatch.setenv("ARCHSCALE_CACHE", str(corpus_cache))
+    odd = Architecture(2, 80, 3, 1, 32, 96, vocab_size=256, name="odd")  # 80 % 3 != 0: transformers 5 refuses it
+    train(write_config_dir(work / "odd", odd, TINY_TRAIN), device="cpu", progress=False)
+    refused("hidden_size 80 is not a multiple of num_attention_heads 3, and transformers (and vLLM",
+            "export", work / "odd" / "run", "--out", "hf")
+
+
 def test_data_prepare_refuses_an_image_as_corpus(refused, work):
     (work / "fit.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8)
     refused("is not text", "data", "prepare", "--corpus", "fit.png", "--out", "tokens")
@@ -300,7 +380,8 @@ def test_bench_table_shows_noisy_rows_and_search_ignores_them(cli, work):
 
 SEARCH_TINY = ("search", "--fit", str(MINI_STUDY_FIT), "--n", "2e5", "--tokens", "1.5e6", "--layers", "4",
                "--head-dim", "16", "--vocab", "256", "--d-multiple", "16", "--ff-multiple", "16", "--gqa", "1,2",
-               "--batch", "8", "--input-len", "64", "--output-len", "16", "--slack", "0.05")
+               "--batch", "8", "--input-len", "64", "--output-len", "16", "--slack", "0.05",
+               "--no-strict-hf")  # three picks to emit; only one of these shapes loads in transformers
 
 
 def test_search_emit_replaces_an_earlier_set_without_stale_configs(cli, work):
@@ -388,3 +469,203 @@ def append_store(path: Path) -> None:
 
     workload = {"batch_size": 4, "input_len": 64, "output_len": 16, "repeats": 3, "tp": 1}
     append(path, [make_record(TINY, "t", "torch", workload, {"gpu": "cpu", "tokens_per_s": 4417.0})])
+
+
+# ---- every verb that writes: an output onto an input, under a file, of the wrong kind -------------------------
+# (verb, its arguments with OUT where the output goes, the output's file ending or "" for a folder, the input it may
+# not overwrite).
+# `arch` and `predict` write nothing; `bench --show --export` and the runs tables are covered above.
+WRITERS = {
+    "fit": (["fit", "runs.csv", "--out", "OUT"], ".json", "runs.csv"),
+    "fit --plot": (["fit", "runs.csv", "--plot", "OUT"], ".png", "runs.csv"),
+    "plan": (["plan", "runs.csv", "--out", "OUT"], ".json", "runs.csv"),
+    "candidates": (["candidates", "--n", "1e9", "--layers", "16", "--head-dim", "64", "--out", "OUT"], ".csv", None),
+    "search": (["search", "--fit", "fit1b.json", "--n", "1e9", "--tokens", "1e11", "--layers", "16", "--out", "OUT"],
+               ".json", "fit1b.json"),
+    "search --emit": (["search", "--fit", "fit1b.json", "--n", "1e9", "--tokens", "1e11", "--layers", "16",
+                       "--match", "cfg", "--emit", "OUT"], "", "cfg"),
+    "search-gqa": (["search-gqa", "search.json", "--proxy-n", "2e4", "--proxy-tokens", "60K", "--runs", "new-runs.csv",
+                    "--out", "OUT"], "", "search.json"),
+    "bench": (["bench", "cfg/config.json", "--backend", "roofline", "--gpu", "h100-sxm", "--store", "OUT"], ".sqlite",
+              "cfg/config.json"),
+    "bench calibrate": (["bench", "calibrate", "--store", "store.sqlite", "--gpu", "cpu", "--out", "OUT"], ".json",
+                        "store.sqlite"),
+    "bench probe": (["bench", "probe", "--out", "OUT"], ".json", None),
+    "train": (["train", "cfg", "--out", "OUT", "--device", "cpu", "--no-progress"], "", "cfg"),
+    "sweep": (["sweep", "configs", "--runs", "new-runs.csv", "--out", "OUT", "--device", "cpu", "--no-progress"],
+              "", "configs"),
+    "export": (["export", "cfg/run", "--out", "OUT"], "", "cfg/run"),
+    "data prepare": (["data", "prepare", "--corpus", "a.txt", "--out", "OUT"], "", "a.txt"),
+}
+CASES = [(verb, case) for verb, (_, _, source) in WRITERS.items()
+         for case in ("onto an input", "under a file", "of the wrong kind") if source or case != "onto an input"]
+
+
+@pytest.fixture
+def inputs(work):
+    """Every verb's inputs in the scratch folder: a config folder (with a finished-looking run), a store, a search, a text."""
+    write_config(work / "cfg", TINY)
+    (work / "cfg" / "run").mkdir()
+    shutil.copytree(work / "cfg", work / "configs" / "a")
+    append_store(work / "store.sqlite")
+    (work / "search.json").write_text("{}\n")
+    (work / "a.txt").write_text("some text\n" * 200)
+    (work / "notes.txt").write_text("mine\n")
+    return work
+
+
+@pytest.mark.parametrize("verb, case", CASES, ids=[f"{verb}: {case}" for verb, case in CASES])
+def test_every_writer_refuses_a_bad_output(refused, inputs, verb, case):
+    args, suffix, source = WRITERS[verb]
+    output, fragment = {
+        "onto an input": (source, "is one of this command's inputs"),
+        "under a file": ("notes.txt/out" + suffix, "notes.txt is a file, not a folder"),
+        "of the wrong kind": ("out.txt", "use a name ending in") if suffix else ("notes.txt", "exists and is a file"),
+    }[case]
+    refused(fragment, *[output if arg == "OUT" else arg for arg in args])
+
+
+# ---- damaged runs tables, nonsense training flags, a corpus that would read its own output --------------------
+def write_damaged_runs(path: Path, damage: str) -> None:
+    """Two rows as train appends them, then damaged as a killed copy, a merge or a crash leaves a table."""
+    row = {column: 1 for column in TRAINED_RUN_COLUMNS} | {"loss": 4.4, "compiled": False, "recipe_hash": "abc",
+                                                          "run_dir": "/runs/tiny", "name": "tiny"}
+    append_run(path, row)
+    append_run(path, row | {"loss": 4.3})
+    header, first, second = path.read_text().splitlines(keepends=True)
+    path.write_text({"cut mid-row": header + first + second[:9],
+                     "conflict markers": header + "<<<<<<< HEAD\n" + first + "=======\n" + second + ">>>>>>> theirs\n",
+                     "NUL bytes": header + first + second + "\0" * 16}[damage])
+
+
+DAMAGED = {"cut mid-row": "row 2 (line 3) has 4 of the header's 22 cells: it was cut short",
+           "conflict markers": "line 2 is a git conflict marker ('<<<<<<< HEAD')",
+           "NUL bytes": "row 3 (line 4) holds NUL bytes"}
+RUNS_READERS = {  # every verb that reads or appends to a runs table, the damaged one in damaged.csv
+    "train": ["train", "tiny", "--runs", "damaged.csv", "--device", "cpu", "--no-progress"],
+    "sweep": ["sweep", "configs", "--runs", "damaged.csv", "--device", "cpu", "--no-progress"],
+    "fit": ["fit", "damaged.csv"],
+    "search": ["search", "--fit", "fit1b.json", "--n", "1e9", "--tokens", "1e11", "--layers", "16",
+               "--runs", "damaged.csv"],
+    "search-gqa": ["search-gqa", "search.json", "--proxy-n", "2e4", "--proxy-tokens", "60K", "--runs", "damaged.csv",
+                   "--out", "gqa"],
+}
+
+
+@pytest.mark.parametrize("verb", RUNS_READERS)
+@pytest.mark.parametrize("damage", DAMAGED)
+def test_a_damaged_runs_table_is_refused_before_anything_is_trained(refused, tiny_cfg, work, verb, damage):
+    """pandas reads each damage as plausible rows: train and sweep trained for minutes, then appended after it."""
+    shutil.copytree(tiny_cfg, work / "configs" / "tiny")
+    (work / "search.json").write_text("{}\n")
+    write_damaged_runs(work / "damaged.csv", damage)
+    refused(f"damaged.csv: {DAMAGED[damage]}", *RUNS_READERS[verb])
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
+def test_train_refuses_a_peak_tflops_that_is_not_a_positive_number(refused, tiny_cfg, value):
+    refused(f"--peak-tflops {value}: must be a positive number of TFLOP/s per device", "train", tiny_cfg,
+            "--peak-tflops", value, "--runs", "new.csv", "--device", "cpu", "--no-progress")
+
+
+def test_data_prepare_out_inside_its_corpus_folder(refused, work):
+    (work / "texts").mkdir()
+    (work / "texts" / "a.txt").write_text("some text\n" * 2000)
+    refused("--out texts/tokens: is inside --corpus texts, so the next prepare of that corpus would read this output's "
+            "meta.json as text", "data", "prepare", "--corpus", "texts", "--out", "texts/tokens")
+    refused("is inside --corpus texts/**", "data", "prepare", "--corpus", "texts/**", "--out", "texts/tokens")
+
+
+def test_data_prepare_refuses_a_corpus_holding_prepared_data(refused, cli, work):
+    (work / "texts").mkdir()
+    (work / "texts" / "a.txt").write_text("some text\n" * 2000)
+    assert cli("data", "prepare", "--corpus", "texts/a.txt", "--out", "texts/tokens").code == 0  # a file: allowed
+    refused("takes in texts/tokens/meta.json, part of an earlier prepare's output", "data", "prepare", "--corpus", "texts",
+            "--out", "tokens")
+
+
+# ---- the bench store, serving engines, backends, dtypes and export folders ------------------------------------
+def write_foreign_database(path: Path) -> None:
+    """An SQLite database of some other program: a table of its own, no archscale results table."""
+    import sqlite3
+
+    connection = sqlite3.connect(path)
+    with connection:
+        connection.execute("CREATE TABLE people (name TEXT, age INTEGER)")
+        connection.execute("INSERT INTO people VALUES ('ada', 36)")
+    connection.close()
+
+
+def test_bench_into_a_foreign_sqlite_database_measures_nothing(refused, work, monkeypatch):
+    write_foreign_database(work / "other.sqlite")
+    mtime = (work / "other.sqlite").stat().st_mtime_ns
+
+    def measured(*args, **kwargs):
+        raise AssertionError("a benchmark ran although --store is another program's database")
+
+    monkeypatch.setattr("archscale.bench.roofline_backend.RooflineBackend.run", measured)
+    refused("--store other.sqlite: is an SQLite database of something else (tables people), not an archscale results "
+            "store; nothing was measured", "bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200",
+            "--store", "other.sqlite")
+    assert (work / "other.sqlite").stat().st_mtime_ns == mtime  # not even opened for writing
+
+
+STORE_READERS = {
+    "bench --show": ["bench", "--show", "--store", "other.sqlite"],
+    "search --store": ["search", "--fit", "fit1b.json", "--n", "1e9", "--tokens", "1e11", "--layers", "16", "--match",
+                       "llama-3.2-1b", "--gpu", "h200", "--store", "other.sqlite"],
+    "bench calibrate": ["bench", "calibrate", "--store", "other.sqlite", "--gpu", "h200"],
+}
+
+
+@pytest.mark.parametrize("verb", STORE_READERS)
+def test_reading_a_foreign_sqlite_database_is_refused(refused, work, verb):
+    """Read as a store without rows, it printed "no records" or searched on estimates alone."""
+    write_foreign_database(work / "other.sqlite")
+    refused("other.sqlite: is an SQLite database of something else (tables people), not an archscale results store",
+            *STORE_READERS[verb])
+
+
+ENGINE_USERS = {
+    "search": ["search", "--fit", "fit1b.json", "--n", "1e9", "--tokens", "1e11", "--layers", "16", "--match",
+               "llama-3.2-1b", "--gpu", "h200"],
+    "arch": ["arch", "llama-3.2-1b", "--gpu", "h200"],
+    "bench": ["bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--store", "s.sqlite"],
+    "bench calibrate": ["bench", "calibrate", "--store", str(DATA / "dissertation_throughput.csv"), "--gpu", "h200"],
+}
+
+
+@pytest.mark.parametrize("verb", ENGINE_USERS)
+def test_an_unknown_engine_is_refused_with_the_known_ones(refused, verb):
+    """A typo found no profile and fell back, silently, to the uncalibrated estimate."""
+    refused("--engine 'vlm': unknown serving engine; known engines: vllm, torch, sglang", *ENGINE_USERS[verb],
+            "--engine", "vlm")
+
+
+def test_bench_show_refuses_an_unknown_backend(refused, work):
+    """It printed nothing and exited 0, as if the store had no rows of that backend."""
+    append_store(work / "store.sqlite")
+    refused("--backend 'vlm': unknown backend; a store's rows come from torch, vllm, roofline, sglang",
+            "bench", "--show", "--store", "store.sqlite", "--backend", "vlm")
+
+
+DTYPE_USERS = {
+    "bench": ["bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--store", "s.sqlite"],
+    "bench calibrate": ["bench", "calibrate", "--store", str(DATA / "dissertation_throughput.csv"), "--gpu", "h200"],
+    "bench probe": ["bench", "probe", "--out", "cpu.json"],
+    "export": ["export", "no-run", "--out", "hf"],
+}
+
+
+@pytest.mark.parametrize("verb", DTYPE_USERS)
+def test_an_unknown_dtype_is_refused_with_every_spelling_every_verb_accepts(refused, verb):
+    refused("--dtype 'int8': unknown dtype; use bfloat16 (bf16), float16 (fp16, half) or float32 (fp32, float)",
+            *DTYPE_USERS[verb], "--dtype", "int8")
+
+
+def test_export_takes_bench_dtype_spellings_and_refuses_to_overwrite_an_export(refused, cli, tiny_run, work):
+    """export took only bfloat16/float32 (bench: bf16/fp32), and overwrote an earlier export where train refuses."""
+    assert cli("export", tiny_run / "run", "--out", "hf", "--dtype", "bf16").code == 0
+    assert json.loads((work / "hf" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    refused("--out hf: already holds files (config.json, model.safetensors); choose another --out or empty it first",
+            "export", tiny_run / "run", "--out", "hf", "--dtype", "fp32")

@@ -125,6 +125,30 @@ def test_gpu_hours_move_the_same_way_and_use_the_cost_model():
     assert first.training == pytest.approx(6 * first.n * first.d / (0.4 * 989e12) / 3600, rel=1e-6)
 
 
+@pytest.mark.parametrize("tp", [1, 2, 4, 8, 16])
+def test_reference_shapes_are_ones_a_tp_way_replica_serves(tp):
+    """plan invents its serving shapes, so they must be ones --tp splits (it refused its own 36/9 heads at --tp 8)."""
+    from archscale.plan.inference_optimal import reference_shapes
+    from archscale.serving.estimate import check_tensor_parallel
+
+    shapes = reference_shapes(np.geomspace(1e8, 1e12, 48), 128256, tp)
+    check_tensor_parallel(shapes["n_heads"].to_numpy(), shapes["n_kv_heads"].to_numpy(), tp)
+    assert (shapes["n_heads"] % shapes["n_kv_heads"] == 0).all()
+    if tp == 1:  # unchanged without tensor parallelism: GQA 4 exactly
+        assert (shapes["n_heads"] == 4 * shapes["n_kv_heads"]).all()
+
+
+def test_plan_gpu_hours_at_tp_8_as_the_readme_runs_it(cli, tmp_path):
+    fit = tmp_path / "worked.json"
+    fit.write_text(json.dumps({"law": "chinchilla", "params": WORKED.params}))
+    result = cli("plan", "--fit", fit, "--target-loss", "2.1", "--inference-tokens", "1e11,1e13", "--cost", "gpu-hours",
+                 "--gpu", "h100-sxm", "--mfu", "0.4", "--tp", "8", "--batch", "64", "--input-len", "4096",
+                 "--output-len", "1024", "--json")
+    assert result.code == 0, result.err
+    document = json.loads(result.out)["inference_aware"]
+    assert document["serving"]["tp"] == 8 and all(o["inference_cost"] > 0 for o in document["optima"])
+
+
 def test_plan_prints_the_inference_aware_table(cli, tmp_path):
     fit = tmp_path / "worked.json"
     fit.write_text(json.dumps({"law": "chinchilla", "params": WORKED.params}))

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from archscale.shapes.architecture import Architecture
+from archscale.cli.cmd_train import default_run_dir
 from archscale.io.errors import UserError
 from archscale.model.transformer import Transformer
 from archscale.fit.runs import REQUIRED, SHAPE, load_runs
@@ -101,27 +102,27 @@ def test_invalid_model_config(tiny_cfg, cli, change, message):
     (tiny_cfg / "config.json").write_text(json.dumps(config))
     result = cli("train", tiny_cfg, "--device", "cpu")
     assert one_line_error(result) and message in result.err
-    assert not (tiny_cfg / "run").exists()
+    assert not default_run_dir(tiny_cfg).exists()
 
 
 def test_bad_train_json_names_file_and_key(tiny_cfg, cli):
     (tiny_cfg / "train.json").write_text(json.dumps({**TINY_TRAIN.to_dict(), "warmup": 3}))
     result = cli("train", tiny_cfg)
     assert one_line_error(result) and "train.json" in result.err and "'warmup'" in result.err
-    assert not (tiny_cfg / "run").exists()
+    assert not default_run_dir(tiny_cfg).exists()
 
 
 def test_resume_without_checkpoint(tiny_cfg, cli):
     result = cli("train", tiny_cfg, "--resume", "--device", "cpu")
     assert one_line_error(result) and "nothing to resume" in result.err
-    assert not (tiny_cfg / "run").exists()
+    assert not default_run_dir(tiny_cfg).exists()
 
 
 def test_tokenizer_vocab_bigger_than_config_vocab(tmp_path, corpus_data, cli):
     cfg = write_config_dir(tmp_path / "small-vocab", Architecture(2, 64, 4, 2, 16, 128, vocab_size=100), TINY_TRAIN)
     result = cli("train", cfg, "--data", corpus_data, "--device", "cpu")
     assert one_line_error(result) and "tokenizer vocabulary 256 > config vocab_size 100" in result.err
-    assert not (cfg / "run").exists()
+    assert not default_run_dir(cfg).exists()
 
 
 def test_data_too_small_for_seq_len(tiny_cfg, tmp_path, cli):
@@ -130,7 +131,7 @@ def test_data_too_small_for_seq_len(tiny_cfg, tmp_path, cli):
     (tiny_cfg / "train.json").write_text(TINY_TRAIN.replace(seq_len=512).to_json())
     result = cli("train", tiny_cfg, "--data", tmp_path / "small")
     assert one_line_error(result) and "fewer than two sequences" in result.err
-    assert not (tiny_cfg / "run").exists()
+    assert not default_run_dir(tiny_cfg).exists()
 
 
 def test_missing_data_dir(tiny_cfg, tmp_path, cli):
@@ -140,19 +141,30 @@ def test_missing_data_dir(tiny_cfg, tmp_path, cli):
 
 def test_existing_run_is_not_overwritten(tiny_cfg, cli):
     assert cli("train", tiny_cfg, "--device", "cpu", "--no-progress", "--peak-tflops", "0.5").code == 0
-    result = json.loads((tiny_cfg / "run" / "result.json").read_text())
-    assert 0 < result["mfu"] < 1 and result["run_dir"] == str((tiny_cfg / "run").resolve())
-    assert sorted(p.name for p in (tiny_cfg / "run").iterdir()) == [
+    result = json.loads((default_run_dir(tiny_cfg) / "result.json").read_text())
+    assert 0 < result["mfu"] < 1 and result["run_dir"] == str(default_run_dir(tiny_cfg).resolve())
+    assert sorted(p.name for p in default_run_dir(tiny_cfg).iterdir()) == [
         "checkpoint.pt", "config.json", "log.jsonl", "result.json", "train.json"]
     result = cli("train", tiny_cfg, "--device", "cpu")
     assert one_line_error(result) and "--resume" in result.err
+
+
+def test_train_without_out_runs_beside_the_configs_folder(tmp_path, corpus_data, cli):
+    """The run used to go into CONFIG/run, inside the configs folder: a later `search --emit` there refused it, and
+    `sweep` would read the run (it holds a config.json) as one more config."""
+    cfg = write_config_dir(tmp_path / "configs" / "tiny", TINY, TINY_TRAIN)
+    result = cli("train", cfg, "--device", "cpu", "--no-progress")
+    assert result.code == 0, result.err
+    assert (tmp_path / "configs-runs" / "tiny" / "result.json").is_file()
+    assert result.out.startswith(str(tmp_path / "configs-runs" / "tiny"))
+    assert sorted(p.name for p in (tmp_path / "configs").rglob("*")) == ["config.json", "tiny", "train.json"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_a_gpu(tiny_cfg, cli):
     result = cli("train", tiny_cfg, "--device", "cuda")
     assert one_line_error(result) and "no CUDA device" in result.err
-    assert not (tiny_cfg / "run").exists()
+    assert not default_run_dir(tiny_cfg).exists()
 
 
 # ---- learning -------------------------------------------------------------------
@@ -166,6 +178,7 @@ def test_one_million_parameter_model_learns_the_embedded_corpus(tmp_path, corpus
     result = cli("train", cfg, "--data", corpus_data, "--runs", tmp_path / "runs.csv", "--no-progress", "--json")
     wall = time.perf_counter() - started
     assert result.code == 0, result.err
+    assert "epochs of the corpus" not in result.err  # 320K tokens of a 3.8M-token corpus: no token seen twice
     row = json.loads(result.out)
     tokens = np.concatenate([np.fromfile(corpus_data / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
     counts = np.bincount(tokens, minlength=256).astype(float)
@@ -177,10 +190,30 @@ def test_one_million_parameter_model_learns_the_embedded_corpus(tmp_path, corpus
     assert row["N"] == arch.n_params_non_embedding and row["D"] == 157 * 2048 and row["mfu"] is None
     table = load_runs(tmp_path / "runs.csv")
     assert len(table) == 1 and table["loss"].iloc[0] == pytest.approx(row["val_loss"])
-    log = [json.loads(line) for line in (cfg / "run" / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (default_run_dir(cfg) / "log.jsonl").read_text().splitlines()]
     assert log[-1]["final"] and log[-1]["val_loss"] == pytest.approx(row["val_loss"])
     assert [r["step"] for r in log if r["val_loss"] is not None] == [50, 100, 150, 157]
     assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in log)
+
+
+def test_a_budget_beyond_one_epoch_says_how_many_once_before_training(tmp_path, cli, one_thread):
+    """The embedded corpus cut to its first few files: a budget that repeats it is noted, and still trained."""
+    from archscale.train.data import ByteTokenizer, default_corpus_files, prepare_files
+
+    meta = prepare_files(default_corpus_files(max_bytes=20_000), tmp_path / "data", ByteTokenizer(), 0.05, "stdlib")
+    tokens = int(2.4 * meta["n_train"])
+    cfg = write_config_dir(tmp_path / "tiny", TINY, TINY_TRAIN)
+    result = cli("train", cfg, "--data", tmp_path / "data", "--tokens", str(tokens), "--runs", tmp_path / "runs.csv",
+                 "--device", "cpu", "--no-progress")
+    assert result.code == 0, result.err
+    trained = math.ceil(tokens / TINY_TRAIN.tokens_per_step) * TINY_TRAIN.tokens_per_step
+    notes = [line for line in result.err.splitlines() if "epochs of the corpus" in line]
+    assert notes == [f"note: {trained / meta['n_train']:.3g} epochs of the corpus: {trained:,} training tokens from a "
+                     f"train split of {meta['n_train']:,} ({tmp_path / 'data'}); repeated tokens are worth less than "
+                     "fresh ones, so this run's loss is not a one-epoch point for a scaling fit: give a bigger corpus "
+                     "(--data) or fewer --tokens"]
+    assert notes[0].startswith("note: 2.4")
+    assert len(load_runs(tmp_path / "runs.csv")) == 1
 
 
 def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, corpus_data):
@@ -284,8 +317,8 @@ def test_sweep_of_a_directory_without_configs(tmp_path, cli):
 # ---- export -----------------------------------------------------------------------
 @pytest.fixture
 def trained_run(tmp_path, corpus_data):
-    arch = Architecture(2, 80, 3, 1, 32, 96, vocab_size=256, name="odd")  # d_model % n_heads != 0
-    cfg = write_config_dir(tmp_path / "odd", arch, TINY_TRAIN)
+    arch = Architecture(2, 96, 3, 1, 16, 96, vocab_size=256, name="narrow")  # head_dim 16, not d_model / n_heads = 32
+    cfg = write_config_dir(tmp_path / "narrow", arch, TINY_TRAIN)
     train(cfg, corpus_data, tmp_path / "run", tokens=4096, device="cpu", progress=False)
     return arch, tmp_path / "run"
 
@@ -300,7 +333,7 @@ def test_export_writes_hf_llama_names(trained_run, tmp_path, cli):
     assert tensors["model.layers.0.self_attn.k_proj.weight"].shape == (arch.d_kv, arch.d_model)
     assert sum(t.numel() for t in tensors.values()) == arch.n_params_total
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    assert config["head_dim"] == 32 and config["torch_dtype"] == "float32"
+    assert config["head_dim"] == 16 and config["torch_dtype"] == "float32"
 
     model = Transformer(arch)
     model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items()})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,13 +39,74 @@ def _reflow(text: str | None) -> str | None:
     return "\n\n".join(" ".join(paragraph.split()) for paragraph in inspect.cleandoc(text).split("\n\n"))
 
 
+EXAMPLE_STARTS = ("archscale ", "torchrun ")
+SHELL_WORD = re.compile(r"""(?:[^\s'"]+|'[^']*'|"[^"]*")+""")
+CONTINUATION_INDENT = "    "
+
+
+def _example_chunks(command: str) -> list[str]:
+    """The pieces a line may break between: shell words (quotes kept whole), a flag with its value, the trailing comment."""
+    words = SHELL_WORD.findall(command)
+    chunks: list[str] = []
+    for index, word in enumerate(words):
+        if word.startswith("#"):  # a comment: the rest of the line as written
+            chunks.append(command[command.index(word, len(" ".join(words[:index]))):].strip())
+            break
+        if chunks and chunks[-1].startswith("-") and " " not in chunks[-1] and not word.startswith(("-", "#")):
+            chunks[-1] += " " + word
+        else:
+            chunks.append(word)
+    return chunks
+
+
+def shell_lines(command: str, width: int) -> list[str]:
+    """One example as lines a shell reads as one command: broken before ``width`` with `` \\`` continuations.
+
+    Help used to let the terminal renderer wrap examples at any space, so a copied example became several broken
+    commands. Breaks fall only between shell words (a quoted argument stays whole, a flag stays with its value);
+    a piece longer than the width gets a line of its own rather than a break inside it.
+    """
+    lines = [""]
+    for chunk in _example_chunks(command):
+        if lines[-1] and len(lines[-1]) + 1 + len(chunk) + 2 > width:
+            lines[-1] += " \\"
+            lines.append(CONTINUATION_INDENT + chunk)
+        else:
+            lines[-1] += ("" if not lines[-1] else "  " if chunk.startswith("#") else " ") + chunk
+    return lines
+
+
+def print_epilog(epilog: str) -> None:
+    """A verb's epilog below its help: examples as copyable commands (:func:`shell_lines`), other paragraphs wrapped."""
+    from rich.padding import Padding
+    from rich.text import Text
+
+    out = Console(highlight=False)
+    width = max(40, out.width - 2)  # the one-column padding either side, as Typer pads its panels
+    out.print()
+    for paragraph in epilog.split("\n\n"):
+        if paragraph.startswith(EXAMPLE_STARTS):
+            for line in shell_lines(paragraph, width):
+                out.print(" " + line, markup=False, soft_wrap=True)
+        else:
+            out.print(Padding(Text(paragraph), (0, 1)))
+        out.print()
+
+
 class Command(TyperCommand):
-    """Every archscale verb: Typer's command, its docstring reflowed and flags shown without a value type in ``--help``."""
+    """Every archscale verb: Typer's command, its docstring reflowed, flags shown without a value type in ``--help``,
+    and its examples printed as commands one can copy (:func:`print_epilog`), not wrapped like prose."""
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         _hide_flag_types(self, ctx)
         self.help = _reflow(self.help)
-        super().format_help(ctx, formatter)
+        epilog, self.epilog = self.epilog, None
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self.epilog = epilog
+        if epilog:
+            print_epilog(epilog)
 
 
 class Group(TyperGroup):
@@ -74,7 +136,7 @@ def examples(*lines: str) -> str:
 
 EMIT_TINY_CONFIGS = ("archscale search --fit experiments/results/cpu_mini_study/cond.json --n 200K --tokens 1.5M --layers 4 "
                      "--head-dim 16 --vocab 256 --d-multiple 16 --ff-multiple 16 --gqa 1,2 --batch 8 --input-len 64 "
-                     "--output-len 16 --slack 0.05 --top-k 2 --emit out/configs-tiny")
+                     "--output-len 16 --slack 0.1 --top-k 2 --emit out/configs-tiny")
 """The README's tiny search (the CPU mini-study's law, two shapes a CPU trains in seconds): the first step of the
 examples of the verbs that need config folders (train, sweep, export, bench)."""
 

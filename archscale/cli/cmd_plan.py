@@ -98,10 +98,13 @@ def _print_law(law: Any) -> None:
 
 
 def _print_lifetime(plan: Any) -> None:
+    from archscale.plan.inference_optimal import serving_profile
+
     unit = plan.cost.unit
     console.print(f"[bold]inference-aware optimum[/bold] at loss {plan.target_loss:g} ({plan.cost.kind}: training "
                   + ("6ND, inference 2N per token" if plan.cost.kind == "flops" else
-                     f"6ND at MFU {plan.cost.mfu:g} on {plan.cost.serving.gpu.name}, inference at the cost model's throughput") + ")")
+                     f"6ND at MFU {plan.cost.mfu:g} on {plan.cost.serving.gpu.name}, inference at the cost model's throughput, "
+                     f"{serving_profile(plan.cost.serving).label}") + ")")
     table = Table()
     for column in ("inference tokens", "N*", "D*", "D/N", f"training {unit}", f"inference {unit}", f"total {unit}",
                    "Chinchilla point N, D", f"its total {unit}", "saving"):

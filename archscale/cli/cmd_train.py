@@ -11,7 +11,7 @@ import typer
 
 from archscale.cli import EMIT_TINY_CONFIGS, Command, Group, app, examples, print_json, study
 from archscale.cli.options import COUNT
-from archscale.io.units import parse_count
+from archscale.io.units import DTYPE_HELP, parse_count
 from archscale.fit.runs import RUNS_TABLE
 from archscale.io.outputs import check_outputs
 
@@ -27,6 +27,19 @@ def _tokens(text: Optional[str]) -> Optional[int]:
     return None if text is None else int(parse_count(text, "--tokens"))
 
 
+def default_run_dir(config_dir: Path) -> Path:
+    """Where ``train`` puts a run without ``--out``: ``CONFIGS-runs/NAME`` for the config ``CONFIGS/NAME``.
+
+    Beside the configs folder, never inside it: a run directory holds a config.json, so inside the folder it would
+    be one more config to a later ``sweep``, and ``search --emit`` refuses to emit again into a folder holding runs
+    (it did, after the ``train`` example of ``--help``). The path stays as relative as the one given.
+    """
+    config = Path(os.path.normpath(config_dir))
+    if config.name in ("", ".", "..") or config.parent.name in ("", ".", ".."):
+        config = config.resolve()
+    return config.parent.parent / f"{config.parent.name or 'configs'}-runs" / config.name
+
+
 @app.command("train", cls=Command, epilog=examples(
     EMIT_TINY_CONFIGS,
     "archscale train out/configs-tiny/cand-01 --tokens 100K --runs out/runs.csv",
@@ -37,7 +50,9 @@ def train_cmd(
     config_dir: Path = typer.Argument(..., help="Config directory: config.json (HF Llama-style) and optional train.json."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared data directory (default: the embedded stdlib corpus, byte tokens)."),
     tokens: Optional[str] = typer.Option(None, "--tokens", metavar=COUNT, help=TOKENS_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help="The run directory it creates (default: CONFIG_DIR/run)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The run directory it creates (default: beside the configs "
+                                       "folder, CONFIGS-runs/NAME for CONFIGS/NAME: out/configs-tiny/cand-01 trains "
+                                       "into out/configs-tiny-runs/cand-01)."),
     runs: Optional[Path] = typer.Option(None, "--runs", help="Append the finished run's row to this CSV runs table."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for init and data order (overrides train.json)."),
@@ -52,7 +67,8 @@ def train_cmd(
     """Train one model from a config directory and append its row to a runs table."""
     from archscale.train.loop import train
 
-    check_outputs(("--out", out or config_dir / "run", "dir"), ("--runs", runs, RUNS_TABLE), inputs=(config_dir, data))
+    out = out or default_run_dir(config_dir)
+    check_outputs(("--out", out, "dir"), ("--runs", runs, RUNS_TABLE), inputs=(config_dir, data))
     result = train(config_dir, data, out, tokens=_tokens(tokens), seed=seed, resume=resume, runs=runs, device=device,
                    peak_tflops=peak_tflops, progress=progress, fsdp=fsdp, compile_model=compile_model)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
@@ -69,10 +85,10 @@ def train_cmd(
 
 @app.command("sweep", cls=Command, epilog=examples(
     EMIT_TINY_CONFIGS,
-    "archscale sweep out/configs-tiny --tokens 100K --runs out/runs.csv",
-    "archscale sweep out/configs-tiny --tokens 100K --runs out/runs.csv --status",
-    "archscale sweep out/configs-tiny --tokens 100K --runs out/runs.csv --executor slurm --partition gpu --job-gpus 8"
-    "   # needs: a Slurm cluster with GPUs",
+    "archscale sweep out/configs-tiny --tokens 100K --runs out/runs.csv --out out/configs-tiny-runs",
+    "archscale sweep out/configs-tiny --tokens 100K --runs out/runs.csv --out out/configs-tiny-runs --status",
+    "archscale sweep out/configs-tiny --tokens 100K --runs out/runs.csv --out out/configs-tiny-runs --executor slurm "
+    "--partition gpu --job-gpus 8   # needs: a Slurm cluster with GPUs",
 ))
 def sweep_cmd(
     configs_dir: Path = typer.Argument(..., help="Directory whose subdirectories are config directories."),
@@ -136,7 +152,7 @@ def sweep_cmd(
 def export_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory (holds checkpoint.pt and config.json)."),
     out: Path = typer.Option(..., "--out", help="The folder it creates: config.json + model.safetensors."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
 ) -> None:
     """Write a trained run as a Hugging Face Llama checkpoint (config.json + model.safetensors)."""
     from archscale.train.export import export_hf

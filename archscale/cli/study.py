@@ -24,12 +24,19 @@ from archscale.jobs.slurm import Resources, parse_time_min
 PANEL = "Jobs (--executor local or slurm)"
 
 # Option objects, shared by `sweep` and `bench` (typer reads them as parameter defaults).
-JOBS_DIR = typer.Option(None, "--jobs-dir", help="Where the study keeps its records, job files and logs "
-                        "(default: beside --runs / --store, e.g. runs.csv.jobs).", rich_help_panel=PANEL)
+def jobs_dir_option(beside: str, example: str) -> Any:
+    """``--jobs-dir``, its default named by the one output it sits beside on this verb (--runs or --store)."""
+    return typer.Option(None, "--jobs-dir", help="Where the study keeps its records, job files and logs "
+                        f"(default: beside {beside}, e.g. {example}).", rich_help_panel=PANEL)
+
+
+JOBS_DIR = jobs_dir_option("--runs", "runs.csv.jobs")  # sweep and search-gqa: beside the runs table they append to
+STORE_JOBS_DIR = jobs_dir_option("--store", "bench.sqlite.jobs")  # bench: beside the results store
 PARTITION = typer.Option(None, "--partition", help="Slurm partition (default: the cluster's default).", rich_help_panel=PANEL)
 JOB_GPUS = typer.Option(None, "--job-gpus", help="GPUs per job (slurm: --gpus-per-node; local: disjoint CUDA devices "
                         "per job).", rich_help_panel=PANEL)
-JOB_CPUS = typer.Option(None, "--job-cpus", help="CPUs per job (slurm: --cpus-per-task); also caps the job's torch threads.",
+JOB_CPUS = typer.Option(None, "--job-cpus", help="CPUs per job (slurm: --cpus-per-task; local: --job-cpus x --max-parallel "
+                        "at most this machine's CPUs); also caps the job's torch threads.",
                         rich_help_panel=PANEL)
 JOB_MEM = typer.Option(None, "--job-mem", help="Memory per job in GB (slurm: --mem).", rich_help_panel=PANEL)
 JOB_TIME = typer.Option(None, "--job-time", help="Time limit per job: minutes, H:MM:SS or D-HH:MM:SS (slurm default: "

@@ -13,7 +13,9 @@ Two cost models:
 * ``gpu-hours``: training ``6 N D / (MFU x peak)``, inference ``D_inf / throughput(N)`` per GPU of the
   serving replica, with the throughput of a LLaMA-like reference shape at each ``N`` from archscale's cost
   model (:func:`serving_throughput`, the one call into it). ``search`` at the chosen ``N`` then picks the
-  shape.
+  shape. The reference shapes are ones a ``tp``-way replica can serve (vLLM splits whole heads across GPUs):
+  their query heads are a multiple of ``tp`` and of 4, and their KV heads the count nearest GQA 4 that ``tp``
+  splits (:func:`kv_heads_for`), so ``--tp 8`` costs a real layout rather than refusing one ``plan`` invented.
 
 With ``D_inf = 0`` the optimum is the Chinchilla point for that loss, in closed form: ``A N^-alpha`` and
 ``B D^-beta`` split ``target - E`` in the ratio ``beta : alpha``.
@@ -164,22 +166,37 @@ def chinchilla_point(fitted: FittedLaw, target_loss: float) -> tuple[float, floa
 # ---------------------------------------------------------------------------
 # the cost side
 # ---------------------------------------------------------------------------
-def reference_shapes(sizes: np.ndarray, vocab: int) -> pd.DataFrame:
+def kv_heads_for(n_heads: int, tp: int = 1) -> int:
+    """The KV-head count of a reference shape with ``n_heads`` query heads served ``tp``-way: nearest GQA 4.
+
+    vLLM splits KV heads across the ``tp`` GPUs when ``tp`` divides them and replicates them when they divide
+    ``tp``; any other count cannot be served. Among the counts that divide ``n_heads`` (GQA groups are whole)
+    and that ``tp`` splits, this takes the one nearest ``n_heads / 4``, the larger on a tie (more KV cache: it
+    never flatters the throughput). With ``tp = 1`` it is exactly ``n_heads / 4``.
+    """
+    servable = [k for k in range(1, n_heads + 1) if n_heads % k == 0 and (k % tp == 0 or tp % k == 0)]
+    return min(servable, key=lambda k: (abs(k - n_heads / GQA_GROUP), -k))
+
+
+def reference_shapes(sizes: np.ndarray, vocab: int, tp: int = 1) -> pd.DataFrame:
     """A LLaMA-like shape per size: ``d_model = 128 n_layers``, GQA 4, SwiGLU ``d_ff`` about ``8/3 d_model``.
 
     ``N = n_layers (2.5 d^2 + 8 d^2)`` for that layout, so ``n_layers = (N / (10.5 x 128^2))^(1/3)``.
-    ``d_head`` is 64 below 2B parameters and 128 above, as in the dissertation's models.
+    ``d_head`` is 64 below 2B parameters and 128 above, as in the dissertation's models. For a ``tp``-way
+    replica the query heads are a multiple of ``lcm(4, tp)`` (each GPU holds whole heads) and the KV heads
+    :func:`kv_heads_for` gives (GQA 4 where ``tp`` splits it, the nearest group it splits otherwise).
     """
     from archscale.shapes.architecture import non_embedding_params
 
+    head_multiple = math.lcm(GQA_GROUP, tp)
     rows = []
     for n in np.asarray(sizes, float):
         d_head = 64 if n < 2e9 else 128
         layers = max(2, int(round((n / (10.5 * ASPECT_RATIO**2)) ** (1 / 3))))
-        d_model = max(d_head * GQA_GROUP, int(round(ASPECT_RATIO * layers / (d_head * GQA_GROUP))) * d_head * GQA_GROUP)
-        heads = d_model // d_head
+        heads = max(1, int(round(ASPECT_RATIO * layers / (d_head * head_multiple)))) * head_multiple
+        d_model = heads * d_head
         d_ff = max(64, int(round(8 * d_model / 3 / 64)) * 64)
-        rows.append(dict(n_layers=layers, d_model=d_model, n_heads=heads, n_kv_heads=heads // GQA_GROUP, d_head=d_head,
+        rows.append(dict(n_layers=layers, d_model=d_model, n_heads=heads, n_kv_heads=kv_heads_for(heads, tp), d_head=d_head,
                          d_ff=d_ff, vocab=vocab, tie_embeddings=False))
     frame = pd.DataFrame(rows)
     frame["N"] = non_embedding_params(*(frame[c] for c in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff")))
@@ -211,15 +228,31 @@ class _InferenceCost:
         self.cost = cost
         if cost.kind == "gpu-hours":
             assert cost.serving is not None
-            shapes = reference_shapes(np.geomspace(low, high, SHAPE_POINTS), cost.serving.vocab)
+            shapes = reference_shapes(np.geomspace(low, high, SHAPE_POINTS), cost.serving.vocab, cost.serving.tp)
             shapes = shapes.drop_duplicates(subset="N").sort_values("N")
             rate = serving_throughput(shapes, cost.serving)
             self.log_n = np.log(shapes["N"].to_numpy(float))
             self.log_seconds_per_token = np.where(rate > 0, -np.log(np.where(rate > 0, rate, 1.0)), np.inf)
             unservable = shapes["N"].to_numpy(float)[rate <= 0]
             self.unservable_from = float(unservable.min()) if len(unservable) else math.inf
+            self.shapes = shapes
         else:
             self.unservable_from = math.inf
+            self.shapes = None
+
+    def tp_note(self, sizes: Sequence[float]) -> str | None:
+        """How the reference shapes near ``sizes`` were made servable ``tp``-way, when that moved them off GQA 4."""
+        tp = self.cost.serving.tp if self.cost.serving is not None else 1
+        if self.shapes is None or tp == 1:
+            return None
+        near = self.shapes[self.shapes["N"].between(min(sizes) / 1.5, max(sizes) * 1.5)]
+        groups = sorted(set((near["n_heads"] // near["n_kv_heads"]).astype(int)))
+        if not groups or groups == [GQA_GROUP]:
+            return None
+        shown = f"{groups[0]}" if len(groups) == 1 else f"{groups[0]}-{groups[-1]}"
+        return (f"--tp {tp}: the reference shapes give each GPU whole heads (query heads a multiple of {math.lcm(GQA_GROUP, tp)}, "
+                f"KV heads the count nearest GQA {GQA_GROUP} that {tp} GPUs split or replicate), so near these sizes their "
+                f"GQA is {shown}")
 
     def __call__(self, n: np.ndarray, tokens: float) -> np.ndarray:
         n = np.asarray(n, float)
@@ -268,6 +301,9 @@ def inference_aware_optimum(fitted: FittedLaw, target_loss: float, inference_tok
         plan.notes.append(f"reference shapes from N = {inference.unservable_from:.3g} up do not fit one {cost.serving.gpu.name} "
                           f"replica (tp {cost.serving.tp}) at batch {cost.serving.workload.batch_size}; their inference cost is "
                           "infinite here: raise --tp (or lower --batch) to cost them")
+    tp_note = inference.tp_note([o.n for o in plan.optima] + [n_chin])
+    if tp_note:
+        plan.notes.append(tp_note)
     if any(o.n <= grid[1] or o.n >= grid[-2] for o in plan.optima):
         plan.notes.append("an optimum sits at the edge of the searched sizes: the cost keeps falling beyond it")
     return plan

@@ -1,15 +1,18 @@
-"""Does README.md's tour show what ``bash experiments/readme/readme_tour.sh`` printed (and its "Picks you can defend"
-block what ``bash experiments/readme/readme_search.sh`` printed)?
+"""Does every transcript in README.md show what the script that made it printed? The tour's come from
+``bash experiments/readme/readme_tour.sh``, the fit and plan sections' from ``bash experiments/readme/readme_fit_plan.sh``,
+"Picks you can defend" from ``bash experiments/readme/readme_search.sh``.
 
-Run:  python experiments/readme/check_readme_tour.py     (after the tour script; exits 1 on a mismatch)
+Run:  python experiments/readme/check_readme_tour.py     (after those scripts; exits 1 on a mismatch)
 
-Every ```text block of the README's tour section is a trimmed transcript: a ``$ COMMAND`` line must be the
-first line of one of ``experiments/results/tour/NN-*.txt`` (the command exactly as the script ran it), and each
-line under it must be a line of that file's output (a line ending in ``...`` is a line that starts so). Measured
-speeds change from run to run: the torch benchmark's tokens/s cells (``05-bench-torch``) and training's tokens/s
-and warm-up time (``06-train``). Where a line matches only with those masked, it is reported as "measured,
-differs" and is not a mismatch; everything else on the line (losses, steps, shapes) must match. Prints one line per README line checked that is not
-verbatim, and a summary.
+Every ```text block of the README is a trimmed transcript: a ``$ COMMAND`` line must be the first line of one of
+the scripts' ``NN-*.txt`` files (the command exactly as the script ran it), and each line under it must be a line
+of that file's output (a line ending in ``...`` is a line that starts so). A block whose first command ends in
+``# needs: ...`` (the Slurm session) was not made by a script and is left out. Measured speeds change from run to
+run: the torch benchmark's tokens/s cells (and its status, ``noisy`` when the repeats disagree on a busy machine)
+and training's tokens/s and warm-up time. Where a line matches only with
+those masked, it is reported as "measured, differs" and is not a mismatch; everything else on the line (losses,
+steps, shapes) must match. Prints one line per README line checked that is not verbatim, and a summary.
+tests/test_documented_path.py reruns the same commands and checks their fresh output with :func:`shown_in`.
 """
 
 from __future__ import annotations
@@ -19,36 +22,57 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TOUR = ROOT / "experiments" / "results" / "tour"
-SEARCH = ROOT / "experiments" / "results" / "search"  # experiments/readme/readme_search.sh
+RESULTS = ROOT / "experiments" / "results"
+TOUR = RESULTS / "tour"  # experiments/readme/readme_tour.sh
+SEARCH = RESULTS / "search"  # experiments/readme/readme_search.sh
+PLAN = RESULTS / "plan"  # experiments/readme/readme_fit_plan.sh
 TRAIN_SPEED = re.compile(r"[\d,.]+ tokens/s \(after \d+ warm-up steps, [\d.]+ s\)")
+NEEDS = re.compile(r"#\s*needs:\s*(.+)$")
 
 
-def mask_measured(stem: str, line: str) -> str:
-    """``line`` with the figures that are measured in step ``stem`` replaced by ``#``."""
-    if stem == "06-train":
+def mask_measured(command: str, line: str) -> str:
+    """``line`` of what ``command`` printed, with the figures it measured (speeds, times) replaced by ``#``."""
+    if command.startswith("$ archscale train "):
         return TRAIN_SPEED.sub("# tokens/s (warm-up #)", line)
-    if stem == "05-bench-torch" and line.startswith("│"):
-        cells = line.split("│")
-        if len(cells) > 9:  # total tok/s (with its std) and out tok/s
+    if command.startswith("$ archscale bench ") and "--backend torch" in command and line.startswith(("│", "┃")):
+        cells = [cell.strip() for cell in line.split(line[0])]  # column widths follow the measured figures
+        if line[0] == "│" and len(cells) > 10:  # total tok/s (with its std) and out tok/s; noisy repeats make `noisy`
             cells[7], cells[8] = "#", "#"
-        return "│".join(cells)
+            cells[10] = "#" if cells[10] in ("ok", "noisy") else cells[10]
+        return line[0].join(cells)
     return line
 
 
-def tour_blocks(readme: str) -> list[list[str]]:
-    """The ```text blocks of the tour (up to the next ``## `` heading) and of "Picks you can defend"."""
+def readme_blocks(readme: str) -> list[list[str]]:
+    """The README's ```text blocks that are a script's transcripts (lines, ``\\`` continuations joined)."""
     blocks = []
-    for heading in ("\n## A tour", "\n### Picks you can defend"):
-        section = readme.split(heading, 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
-        blocks += [block.split("```", 1)[0].splitlines()[1:] for block in section.split("```text")[1:]]
+    for block in readme.split("```text")[1:]:
+        lines = joined(block.split("```", 1)[0].splitlines()[1:])
+        commands = [line for line in lines if line.startswith("$ ")]
+        if commands and not NEEDS.search(commands[0]):
+            blocks.append(lines)
     return blocks
 
 
+def shown_in(command: str, shown: list[str], output: list[str]) -> tuple[list[str], list[str]]:
+    """Which README lines ``shown`` under ``command`` are not in ``output``: (measured figures that differ, mismatches)."""
+    measured, problems = [], []
+    masked = [mask_measured(command, candidate) for candidate in output]
+    for line in shown:
+        if matches(line, output):
+            continue
+        if mask_measured(command, line) != line and matches(mask_measured(command, line), masked):
+            measured.append(line)
+        else:
+            problems.append(line)
+    return measured, problems
+
+
 def transcripts() -> dict[str, tuple[str, list[str]]]:
-    """Each tour file by its command line: (file stem, output lines)."""
+    """Each script's transcript by its command line: (file stem, output lines)."""
     found = {}
-    for path in [*sorted(TOUR.glob("[0-9][0-9]-*.txt")), *sorted(SEARCH.glob("*.txt"))]:
+    for path in [*sorted(TOUR.glob("[0-9][0-9]-*.txt")), *sorted(SEARCH.glob("*.txt")),
+                 *sorted(PLAN.glob("[0-9][0-9]-*.txt"))]:
         lines = path.read_text().splitlines()
         found[" ".join(lines[0].split())] = (path.stem, lines[1:])
     return found
@@ -71,32 +95,38 @@ def matches(line: str, output: list[str]) -> bool:
     return line in output
 
 
+def transcript_steps(block: list[str]) -> list[tuple[str, list[str]]]:
+    """A README transcript as (``$ COMMAND`` line, the lines shown under it); lines before any command get ``""``."""
+    steps: list[tuple[str, list[str]]] = []
+    for line in block:
+        if line.startswith("$ "):
+            steps.append((" ".join(line.split()), []))
+        elif steps:
+            steps[-1][1].append(line)
+        else:
+            steps.append(("", [line]))
+    return steps
+
+
 def main() -> int:
     known = transcripts()
-    problems, measured, checked = [], [], 0
-    for block in tour_blocks((ROOT / "README.md").read_text()):
-        stem, output = None, []
-        for line in joined(block):
-            if line.startswith("$ "):
-                command = " ".join(line.split())
-                if command not in known:
-                    problems.append(f"no tour file ran: {line}")
-                    stem, output = None, []
-                    continue
+    problems, measured, checked, missed = [], [], 0, 0
+    for block in readme_blocks((ROOT / "README.md").read_text()):
+        for command, shown in transcript_steps(block):
+            if not command:
+                problems += [f"output without a command: {line}" for line in shown]
+            elif command not in known:
+                problems.append(f"no script's transcript ran: {command}")
+            else:
                 stem, output = known[command]
-                continue
-            checked += 1
-            if stem is None:
-                problems.append(f"output without a command: {line}")
-            elif not matches(line, output):
-                masked = [mask_measured(stem, candidate) for candidate in output]
-                if mask_measured(stem, line) != line and matches(mask_measured(stem, line), masked):
-                    measured.append(f"{stem}: measured, differs: {line}")
-                else:
-                    problems.append(f"{stem}: not in its output: {line}")
+                checked += len(shown)
+                differ, missing = shown_in(command, shown, output)
+                measured += [f"{stem}: measured, differs: {line}" for line in differ]
+                problems += [f"{stem}: not in its output: {line}" for line in missing]
+                missed += len(missing)
     for message in measured + problems:
         print(message)
-    print(f"{checked} README tour lines checked: {checked - len(problems) - len(measured)} verbatim, "
+    print(f"{checked} README transcript lines checked: {checked - missed - len(measured)} verbatim, "
           f"{len(measured)} measured figures that differ, {len(problems)} mismatches")
     return 1 if problems else 0
 

@@ -8,7 +8,7 @@ out=experiments/results/search
 mkdir -p "$out"
 run() {  # run NAME COMMAND...: the command line, then what it printed
   local name=$1; shift
-  { echo "\$ $*"; COLUMNS=200 "$@"; } > "$out/$name.txt"
+  { echo "\$ $*"; COLUMNS=160 "$@"; } > "$out/$name.txt"
 }
 one_b="--fit data/fits/dissertation_1b_mult.json --n 1e9 --tokens 1e11 --layers 16 --head-dim 64 --match llama-3.2-1b --gpu h200 --batch 64 --input-len 4096 --output-len 1024 --top-k 3"
 # shellcheck disable=SC2086
