@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -47,14 +49,31 @@ def write_bench_configs(root: Path) -> list[Path]:
 
 
 def start_cli(*args: Any, cwd: Path | None = None) -> subprocess.Popen:
-    """``python -m archscale ARGS`` in the background, one torch thread, output captured."""
+    """``python -m archscale ARGS`` in the background, one torch thread, output captured.
+
+    Ctrl-C reaches the CLI as it would from a terminal: a test run started in the background by a shell (``&``)
+    inherits SIGINT ignored, and Python then never raises KeyboardInterrupt, so the child gets the default back.
+    """
     env = {**os.environ, **ONE_THREAD}
     return subprocess.Popen([sys.executable, "-m", "archscale", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd, start_new_session=True,
+                            preexec_fn=_terminal_sigint)
+
+
+def _terminal_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def finish(process: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
-    out, err = process.communicate(timeout=timeout)
+    """The CLI's exit code and output; one still running after ``timeout`` fails the test and is killed with the
+    jobs it started (its process group), so that it cannot load the machine under the tests that follow."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        raise AssertionError(f"the CLI did not end within {timeout:g} s; its stderr: {err[-3000:]}") from None
     return process.returncode, out, err
 
 
