@@ -37,8 +37,8 @@ def mask_measured(command: str, line: str) -> str:
     if command.startswith("$ archscale bench ") and "--backend torch" in command and line.startswith(("│", "┃")):
         cells = [cell.strip() for cell in line.split(line[0])]  # column widths follow the measured figures
         if line[0] == "│" and len(cells) > 10:  # total tok/s (with its std) and out tok/s; noisy repeats make `noisy`
-            cells[7], cells[8] = "#", "#"
-            cells[10] = "#" if cells[10] in ("ok", "noisy") else cells[10]
+            cells[7], cells[8] = "#", "#"  # (a noisy status says why, wrapped over more lines: its first line counts)
+            cells[10] = "#" if cells[10] == "ok" or cells[10].startswith("noisy") else cells[10]
         return line[0].join(cells)
     return line
 
