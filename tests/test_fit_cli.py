@@ -34,7 +34,8 @@ def test_fit_holdout_metrics_and_predict_roundtrip(cli, tmp_path):
 def test_fit_json_to_stdout(cli):
     result = cli("fit", DATA / "chinchilla_epoch.csv", "--json")
     assert result.code == 0
-    assert json.loads(result.out)["law"] == "chinchilla"
+    document = json.loads(result.out)
+    assert document["law"] == document["form_selection"]["selected"]["law"] and document["params"]
 
 
 def test_conditional_fit_with_chinchilla_reference_and_predict(cli, tmp_path):
@@ -95,7 +96,7 @@ GOOD = {"N": [1e8, 2e8, 4e8, 8e8, 1.6e9, 1e8, 4e8], "D": [2e9, 4e9, 8e9, 1.6e10,
         (lambda p: _write(p, {k: v[:4] for k, v in GOOD.items()}), [], "4 runs cannot fit law chinchilla, which has 5 free parameters"),
         (lambda p: _write(p, GOOD), ["--max-evals", "2"], "did not converge"),
         (lambda p: _write(p, GOOD), ["--law", "aspect"], "needs column 'R'"),
-        (lambda p: _write(p, GOOD), ["--law", "kaplan"], "unknown law 'kaplan'"),
+        (lambda p: _write(p, GOOD), ["--law", "hoffmann"], "unknown law 'hoffmann'"),
         (lambda p: _write(p, GOOD), ["--holdout", "N >>> 3"], "--holdout 'N >>> 3': cannot evaluate"),
         (lambda p: _write(p, GOOD), ["--holdout", "N > 0"], "holds out every row"),
         (lambda p: _write(p, GOOD), ["--loss", "l1"], "--loss 'l1'"),

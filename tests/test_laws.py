@@ -47,4 +47,4 @@ def test_multiplicative_law_optimum_is_where_the_2d_loss_is_lowest():
 
 def test_unknown_law_lists_known_ones():
     with pytest.raises(UserError, match="known laws: chinchilla"):
-        get_law("kaplan")
+        get_law("hoffmann")

@@ -72,19 +72,26 @@ def test_default_fit_on_the_replication_points_prints_the_candidates_and_writes_
     document = json.loads(out.read_text())
     selection = document["form_selection"]
     assert {(c["law"], c["objective"]) for c in selection["candidates"]} == {
-        ("chinchilla", "lsq"), ("chinchilla", "huber"), ("chinchilla-tied", "lsq"), ("chinchilla-tied", "huber")}
-    winner = min(selection["candidates"], key=lambda c: c["score"])
+        ("chinchilla", "lsq"), ("chinchilla", "huber"), ("chinchilla-tied", "lsq"), ("chinchilla-tied", "huber"),
+        ("kaplan", "lsq"), ("kaplan", "huber"), ("farseer", "log-lsq")}
+    assert {c["floor"] for c in selection["candidates"]} == {
+        None, 1.0, 5.0}  # some of the 240 points lie below 1 and 5 tokens per parameter: each floor is tried
+    sound = [c for c in selection["candidates"] if c["score"] is not None and not c["degenerate"]]
+    winner = min(sound, key=lambda c: c["score"])
     assert selection["selected"] == {"law": winner["law"], "objective": winner["objective"]} == {
         "law": document["law"], "objective": document["objective"]}
+    assert selection["min_tokens_per_param"] == winner["floor"]
     assert "form selection by extrapolation" in result.out and "selected" in result.out
     assert len(selection["folds"]) == 2 and all(f["n_test"] > 0 for f in selection["folds"])
 
 
 def test_choosing_only_the_objective_reaches_the_replication_objective(cli, tmp_path):
     out = tmp_path / "fit.json"
-    result = cli("fit", DATA / "chinchilla_epoch.csv", "--where", "loss < 3.42", "--law", "chinchilla", "--out", out)
+    result = cli("fit", DATA / "chinchilla_epoch.csv", "--where", "loss < 3.42", "--law", "chinchilla",
+                 "--min-tokens-per-param", "0", "--out", out)  # every run, as the replication fits them
     assert result.code == 0, result.err
     document = json.loads(out.read_text())
+    assert document["form_selection"]["floors"] == [None] and document["hygiene"]["dropped_undertrained"] == 0
     assert document["objective"] == "huber"
     assert document["objective_value"] <= EPOCH_GRID_OBJECTIVE
 
@@ -92,7 +99,7 @@ def test_choosing_only_the_objective_reaches_the_replication_objective(cli, tmp_
 def test_runs_with_shapes_bring_the_aspect_laws_in_and_one_of_them_wins():
     study = run_study(load_runs(DATA / "aspect_ratio_morph.csv"), holdout="N >= 1e9")
     laws = {c.law for c in study.form_selection.candidates}
-    assert laws == {"chinchilla", "chinchilla-tied", "aspect", "aspect-tied"}
+    assert laws == {"chinchilla", "chinchilla-tied", "kaplan", "farseer", "aspect", "aspect-tied"}
     assert study.fit.law.name.startswith("aspect")
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from archscale.cli import Command, app, console, examples, print_json
-from archscale.cli.options import COLUMN_MAP, COUNT, DROP_INVALID, MIN_TOKENS_PER_PARAM, WHERE, parse_assignments
+from archscale.cli.options import COLUMN_MAP, COUNT, DROP_INVALID, FIT_MIN_TOKENS_PER_PARAM, WHERE, parse_assignments
 from archscale.io.units import format_count, parse_count
 from archscale.io.errors import UserError
 from archscale.io.files import write_json
@@ -23,6 +23,7 @@ from archscale.fit.hygiene import describe_outliers
 from archscale.io.outputs import check_outputs
 from archscale.fit.runs import parse_column_map, read_runs
 from archscale.fit.fitted import load_fit
+from archscale.fit.selection import collapsed
 from archscale.fit.study import Study, run_study
 
 
@@ -43,24 +44,46 @@ def _print_selection(study: Study) -> None:
         folds = "; ".join(f"fold {i + 1}: fit {f.n_train} runs with {unit} < {f.threshold:.3g}, predict the {f.n_test} from there up"
                           for i, f in enumerate(selection.folds))
         console.print(f"form selection by extrapolation ({folds})")
+        if selection.split_reason:
+            console.print(f"split by {'budget C' if selection.split == 'budget' else 'size N'}: {selection.split_reason} "
+                          "(--split sets it)")
+        floors = len(selection.floors) > 1
         table = Table()
-        for column in ("law", "objective", "free params", "score", *[f"fold {i + 1}" for i in range(len(selection.folds))],
-                       "worst run", ""):
+        for column in ("law", "objective", "free params", *(["min D/N"] if floors else []), "score",
+                       *[f"fold {i + 1}" for i in range(len(selection.folds))], "worst run", ""):
             table.add_column(column, justify="left" if column in ("law", "objective", "") else "right")
-        for candidate in sorted(selection.candidates, key=lambda c: (c.score is None, c.score or 0)):
+        for candidate in sorted(selection.candidates, key=lambda c: (c.score is None, collapsed(c), c.score or 0)):
+            floor = [_floor_label(candidate.floor)] if floors else []
             if candidate.score is None:
-                table.add_row(candidate.law, candidate.objective, str(candidate.free_params), "-",
+                table.add_row(candidate.law, candidate.objective, str(candidate.free_params), *floor, "-",
                               *["-" for _ in selection.folds], "-",
                               f"not fitted: {(candidate.error or '').split(': ', 1)[-1][:60]}")
                 continue
-            chosen = candidate.law == selection.law and candidate.objective == selection.objective
-            table.add_row(candidate.law, candidate.objective, str(candidate.free_params), f"{100 * candidate.score:.2f}%",
-                          *[f"{100 * e:.2f}%" for e in candidate.fold_errors], f"{100 * candidate.max_rel_error:.2f}%",
-                          "[bold]selected[/bold]" if chosen else "")
+            chosen = (candidate.law, candidate.objective, candidate.floor) == (selection.law, selection.objective, selection.floor)
+            remark = "[bold]selected[/bold]" if chosen else ""
+            if candidate.degenerate:
+                remark = " ".join(filter(None, [remark, f"degenerate: {_degenerate_label(candidate.degenerate)}"]))
+            table.add_row(candidate.law, candidate.objective, str(candidate.free_params), *floor, f"{100 * candidate.score:.2f}%",
+                          *[f"{100 * e:.2f}%" for e in candidate.fold_errors], f"{100 * candidate.max_rel_error:.2f}%", remark)
         console.print(table)
-        console.print("score: mean relative error on each fold's larger runs, averaged over folds")
+        console.print("score: mean relative error on each fold's larger runs, averaged over folds"
+                      + (f", scored on the runs with D/N >= {selection.tested_floor:g} for every candidate; min D/N: runs "
+                         "trained on fewer tokens per parameter were left out of that candidate's fits" if floors else "")
+                      + ("; a candidate that collapsed a term is chosen only when nothing else could be scored"
+                         if any(collapsed(c) for c in selection.candidates) else ""))
     if selection.note:
         console.print(f"note: {selection.note}")
+    if selection.warning:
+        console.print(f"[yellow]warning:[/yellow] {selection.warning}")
+
+
+def _floor_label(floor: float | None) -> str:
+    return "-" if floor is None else f"{floor:g}"
+
+
+def _degenerate_label(degenerate: dict[str, str]) -> str:
+    """``E collapsed, alpha at its upper bound``: the first words of each reason, for a table cell."""
+    return ", ".join(f"{name} {'collapsed' if 'collapsed' in why else 'at its bound'}" for name, why in degenerate.items())
 
 
 def _print_study(study: Study) -> None:
@@ -106,8 +129,10 @@ def _print_study(study: Study) -> None:
     if len(hygiene.get("dropped_invalid", [])) > 5:
         console.print(f"... {len(hygiene['dropped_invalid'])} invalid rows dropped in all")
     if hygiene.get("dropped_undertrained"):
+        why = (" (the floor form selection chose: the forms fitted without those runs predicted the larger runs best; "
+               "--min-tokens-per-param sets another)" if hygiene.get("floor_chosen_by_selection") else "")
         console.print(f"dropped {hygiene['dropped_undertrained']} runs trained on fewer than "
-                      f"{hygiene['min_tokens_per_param']:g} tokens per parameter")
+                      f"{hygiene['min_tokens_per_param']:g} tokens per parameter{why}")
     if study.outliers:
         console.print(f"[yellow]outliers:[/yellow] {describe_outliers(study.outliers)}")
     for warning in fit.warnings:
@@ -122,11 +147,14 @@ def fit(
     runs: Path = typer.Argument(..., help="Runs table (.csv, .parquet or .jsonl): one row per training run."),
     law: str = typer.Option("auto", "--law", help=f"Law to fit: {', '.join(LAWS)}, or auto: choose by how well each predicts the larger runs."),
     loss: str = typer.Option("auto", "--loss", help="Objective: lsq (Levenberg-Marquardt on loss), huber (on log-loss, delta 1e-3), or auto: choose as for --law."),
-    split: str = typer.Option("size", "--split", help="How --law/--loss auto score candidates: fit the smaller sizes N (size) or lower budgets C (budget), predict the rest."),
+    split: str = typer.Option("auto", "--split", help="How --law/--loss auto score candidates: fit the smaller sizes N (size) or lower budgets C (budget), predict the rest; auto: budget on isoFLOP profiles, else size."),
     col: Optional[list[str]] = COLUMN_MAP,
     where: Optional[str] = WHERE,
     holdout: Optional[str] = typer.Option(None, "--holdout", help='Hold out rows matching this condition and score on them, e.g. "N>=1e9" (never used to choose the form).'),
-    min_tokens_per_param: Optional[float] = MIN_TOKENS_PER_PARAM,
+    min_tokens_per_param: Optional[float] = FIT_MIN_TOKENS_PER_PARAM,
+    n_definition: str = typer.Option("auto", "--n-kind", help="What the N column counts, stored in the fit JSON: "
+                                     "non-embedding, strict (weight matrices only), total, or auto (non-embedding for "
+                                     "archscale train's runs, else unstated)."),
     drop_invalid: bool = DROP_INVALID,
     progressive: bool = typer.Option(False, "--progressive", help="Also run the paper's progressive tasks: fit on the k smallest sizes, test on the next."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Chinchilla fit JSON giving L_opt(N,D) for conditional laws (default: best measured loss per (N,D))."),
@@ -149,7 +177,7 @@ def fit(
         study = run_study(table.frame, law, objective=loss, where=where, holdout=holdout, reference=fitted_reference,
                           fixed=parse_assignments(fix, "--fix", "b0=1"), bootstrap_samples=bootstrap, progressive=progressive,
                           max_evals=max_evals, source=str(runs), progress=progress,
-                          min_tokens_per_param=min_tokens_per_param, split=split)
+                          min_tokens_per_param=min_tokens_per_param, split=split, n_definition=n_definition)
     study.hygiene["dropped_invalid"] = table.dropped
     document = study.to_json()
     if plot:

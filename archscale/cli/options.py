@@ -73,5 +73,8 @@ COLUMN_MAP = typer.Option(None, "--col", help='Map a file column to a canonical 
 WHERE = typer.Option(None, "--where", help='Use only rows matching this condition, e.g. "loss < 3.42".')
 MIN_TOKENS_PER_PARAM = typer.Option(None, "--min-tokens-per-param", help="Drop runs trained on fewer tokens per "
                                     "parameter (D/N), e.g. 1 for isoFLOP wings.")
+FIT_MIN_TOKENS_PER_PARAM = typer.Option(None, "--min-tokens-per-param", help="Drop runs trained on fewer tokens per "
+                                        "parameter (D/N), e.g. 1 for isoFLOP wings; 0 keeps every run. Without it, the "
+                                        "floor (none, 1 or 5) is chosen with the form when some runs lie below 5.")
 DROP_INVALID = typer.Option(False, "--drop-invalid", help="Drop rows with a missing or invalid N, D or loss (counted) "
                             "instead of refusing the file.")

@@ -23,10 +23,10 @@ MAX_FLAGGED_SHOWN = 5
 
 def drop_undertrained(frame: pd.DataFrame, min_tokens_per_param: float | None, source: str) -> tuple[pd.DataFrame, int]:
     """Runs with ``D / N`` below ``min_tokens_per_param`` removed; returns the rest and how many went."""
-    if min_tokens_per_param is None:
+    if min_tokens_per_param is None or min_tokens_per_param == 0:  # 0: keep every run (and choose no floor)
         return frame, 0
     if not (np.isfinite(min_tokens_per_param) and min_tokens_per_param > 0):
-        raise UserError(f"--min-tokens-per-param must be a positive number, got {min_tokens_per_param}")
+        raise UserError(f"--min-tokens-per-param must be a positive number (or 0 to keep every run), got {min_tokens_per_param}")
     keep = (frame["D"] / frame["N"]).to_numpy() >= min_tokens_per_param
     if not keep.any():
         raise UserError(f"--min-tokens-per-param {min_tokens_per_param:g}: drops every run of {source} "
@@ -40,14 +40,16 @@ def flag_outliers(rows: np.ndarray, loss: np.ndarray, predicted: np.ndarray, z_l
     The scale is the MAD of the residuals, which the flagged runs themselves barely move (a standard deviation
     would be inflated by the very runs it should expose). ``rows`` are the runs' 1-based file rows.
     """
-    residual = np.log(np.asarray(predicted, float)) - np.log(np.asarray(loss, float))
-    if len(residual) < 5:
+    with np.errstate(all="ignore"):
+        residual = np.log(np.asarray(predicted, float)) - np.log(np.asarray(loss, float))
+    finite = np.isfinite(residual)
+    if finite.sum() < 5:
         return []
-    centre = float(np.median(residual))
-    scale = MAD_TO_SD * float(np.median(np.abs(residual - centre)))
+    centre = float(np.median(residual[finite]))
+    scale = MAD_TO_SD * float(np.median(np.abs(residual[finite] - centre)))
     if not scale > 0:
         return []
-    z = (residual - centre) / scale
+    z = np.where(finite, (residual - centre) / scale, 0.0)
     flagged = np.flatnonzero(np.abs(z) > z_limit)
     flagged = flagged[np.argsort(-np.abs(z[flagged]))]
     return [{"row": int(rows[i]), "loss": float(loss[i]), "predicted": float(predicted[i]),

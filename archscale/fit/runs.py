@@ -35,6 +35,21 @@ REQUIRED = ("N", "D", "loss")
 SHAPE = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff", "vocab")
 DERIVED = ("R", "r", "x", "gqa")
 FLOPS_COLUMN = "C"
+N_KINDS = {  # what a runs table's N counts: laws fitted on one kind do not predict on another
+    "non-embedding": "every parameter outside the token embedding and output head, norms included (what archscale train records)",
+    "strict": "the non-embedding weight matrices only (attention and MLP; no norms or biases)",
+    "total": "every parameter, embeddings and output head included",
+    "unstated": "the runs table's N as given; the table does not say what it counts (fit --n-kind states it)",
+}
+
+
+def n_kind(frame: pd.DataFrame, stated: str) -> str:
+    """What N counts: the user's ``--n-kind``; ``auto`` is non-embedding for archscale's own runs, else unstated."""
+    if stated not in (*N_KINDS, "auto"):
+        raise UserError(f"--n-kind {stated!r}: choose one of {', '.join(k for k in N_KINDS if k != 'unstated')} or auto")
+    if stated != "auto":
+        return stated
+    return "non-embedding" if "recipe_hash" in frame.columns or "config_hash" in frame.columns else "unstated"
 
 
 class RunRow(BaseModel):

@@ -8,6 +8,18 @@ only the rows it fits. The winner is then refitted on all of them.
 
 Why not the fit's own residuals: a more flexible form always fits the rows it sees at least as well, and on
 published runs it is the one that extrapolates worse (see the README's selection table).
+
+**Wings.** IsoFLOP studies train some models on far fewer tokens than parameters. A law of N and D fitted
+through them bends towards them and misses the larger runs (on published isoFLOP studies, by 12%). When the
+table has such runs, the floor on tokens per parameter below which runs are left out is chosen like the form:
+each form is fitted at each candidate floor (none, 1, 5) and every candidate is scored on the same larger runs,
+those at or above the highest floor, so that no candidate is judged on an easier test.
+
+**Degenerate fits** are marked in the table. One whose fit on some fold collapsed a term to nothing (E at
+zero: a law with no irreducible loss, which predicts loss falling to zero) is chosen only when nothing else
+could be scored. One with an exponent on its bound on some fold still competes (on the 76 aspect runs the
+free aspect law hits alpha's cap on a fold and still predicts the largest runs best), and if it wins the
+selection says so.
 """
 
 from __future__ import annotations
@@ -26,14 +38,17 @@ from archscale.fit.rows import size_levels
 
 AUTO = "auto"
 SPLITS = ("size", "budget")
+MIN_PROFILE_SIZES = 3  # an isoFLOP profile: a budget at which at least this many sizes were trained
 TEST_SHARE = 0.2  # the largest sizes (or budgets) holding at least this share of the runs are predicted
 N_FOLDS = 2  # nested forward folds averaged into a candidate's score (README: why two)
 FOLD_SCORES = ("mean", "median")  # how a fold's relative errors on its larger runs become one number
 FOLD_SCORE = "mean"
-SIZE_LAWS = ("chinchilla", "chinchilla-tied")
+SIZE_LAWS = ("chinchilla", "chinchilla-tied", "kaplan", "farseer")
 SHAPE_LAWS = ("aspect", "aspect-tied")
 FALLBACK_OBJECTIVE = "huber"  # when selection cannot run: the objective that won most often (README)
 FALLBACK_LAW = "chinchilla"
+WING_FLOORS = (1.0, 5.0)  # candidate floors on tokens per parameter (D/N), tried when some runs lie below them
+POOR_SCORE = 0.03  # a best score above this: no form extrapolates well, and the user is told why it may be
 
 
 @dataclass
@@ -43,9 +58,11 @@ class Candidate:
     law: str
     objective: str
     free_params: int
+    floor: float | None = None  # runs with D/N below this were left out of its fits (None: none left out)
     fold_errors: list[float] = field(default_factory=list)  # each fold's relative errors on its test runs, reduced by the fold score
     max_rel_error: float | None = None  # worst run over all folds
     error: str | None = None
+    degenerate: dict[str, str] = field(default_factory=dict)  # parameter -> why, on any fold
 
     @property
     def score(self) -> float | None:
@@ -72,6 +89,15 @@ class Selection:
     law: str
     objective: str
     note: str | None = None
+    floors: list[float | None] = field(default_factory=lambda: [None])  # candidate floors on D/N
+    floor: float | None = None  # the chosen one: runs below it are left out of the fit
+    warning: str | None = None  # no form extrapolates well: what to look at
+    split_reason: str | None = None  # why this split, when it was chosen for the user
+
+    @property
+    def tested_floor(self) -> float | None:
+        """Every candidate is scored on the larger runs at or above this D/N (the highest candidate floor)."""
+        return max((f for f in self.floors if f is not None), default=None)
 
     @property
     def column(self) -> str:
@@ -80,12 +106,18 @@ class Selection:
     def to_json(self) -> dict[str, Any]:
         return {
             "split": self.split,
+            "split_reason": self.split_reason,
             "column": self.column,
             "folds": [vars(f) for f in self.folds],
             "score": "mean relative error on each fold's larger runs, averaged over folds",
             "candidates": [{**vars(c), "score": c.score} for c in self.candidates],
             "selected": {"law": self.law, "objective": self.objective},
+            "min_tokens_per_param": self.floor,
+            "floors": self.floors,
+            "scored_on": (f"runs with D/N >= {self.tested_floor:g} (the highest candidate floor)"
+                          if self.tested_floor is not None else "every larger run"),
             "note": self.note,
+            "warning": self.warning,
         }
 
 
@@ -94,10 +126,8 @@ def candidate_forms(frame: pd.DataFrame, law_name: str, objective: str, has_refe
     if objective != AUTO and objective not in OBJECTIVES:
         raise UserError(f"--loss {objective!r}: choose one of {', '.join(OBJECTIVES)} or auto")
     laws = [law_name] if law_name != AUTO else auto_laws(frame, has_reference)
-    for name in laws:
-        get_law(name)  # an unknown name is one clear line
-    objectives = [objective] if objective != AUTO else list(OBJECTIVES)
-    return [(law, obj) for law in laws for obj in objectives]
+    return [(law, obj) for law in laws
+            for obj in ([objective] if objective != AUTO else get_law(law).selection_objectives)]
 
 
 def auto_laws(frame: pd.DataFrame, has_reference: bool) -> list[str]:
@@ -116,6 +146,27 @@ def _varies(frame: pd.DataFrame, column: str) -> bool:
     return column in frame.columns and bool(frame[column].notna().all()) and frame[column].nunique() > 1
 
 
+def default_split(frame: pd.DataFrame) -> tuple[str, str]:
+    """``budget`` for an isoFLOP design (at least 3 budgets, each with at least 3 sizes), else ``size``; and why.
+
+    On isoFLOP profiles the largest models of every budget are its most under-trained: a split by size would
+    score each form on predicting wings. The question such a study answers is the next budget, so that is what
+    selection predicts.
+    """
+    levels = size_levels(budgets(frame))
+    sizes = [len(np.unique(size_levels(frame["N"].to_numpy(float)[levels == level]))) for level in range(int(levels.max()) + 1)]
+    if len(sizes) >= 3 and min(sizes) >= MIN_PROFILE_SIZES:
+        spread = f"{min(sizes)}" if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}"
+        return "budget", f"the runs form isoFLOP profiles ({len(sizes)} budgets with {spread} sizes each)"
+    return "size", "the runs are not isoFLOP profiles"
+
+
+def wing_floors(frame: pd.DataFrame) -> list[float | None]:
+    """Candidate floors on tokens per parameter: none, and each of :data:`WING_FLOORS` some run lies below."""
+    ratio = (frame["D"] / frame["N"]).to_numpy(float)
+    return [None, *[floor for floor in WING_FLOORS if bool(np.any(ratio < floor))]]
+
+
 def budgets(frame: pd.DataFrame) -> np.ndarray:
     """Training compute of each run: the table's ``C`` where it has one, else ``6 N D``."""
     if "C" in frame.columns and frame["C"].notna().all():
@@ -129,7 +180,7 @@ def extrapolation_split(frame: pd.DataFrame, split: str, share: float = TEST_SHA
     Raises :class:`UserError` when the runs have a single size (or budget): nothing to extrapolate to.
     """
     if split not in SPLITS:
-        raise UserError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+        raise UserError(f"--split {split!r}: choose one of {', '.join(SPLITS)} or auto")
     values = frame["N"].to_numpy(float) if split == "size" else budgets(frame)
     labels = size_levels(values)
     if labels.max() == 0:
@@ -174,8 +225,13 @@ def select_form(
     source: str = "runs table",
     n_folds: int = N_FOLDS,
     fold_score: str = FOLD_SCORE,
+    floors: list[float | None] | None = None,
 ) -> Selection:
-    """Score every form by extrapolation on ``frame`` (the rows to fit, hold-outs already removed)."""
+    """Score every form (at every candidate floor on D/N) by extrapolation on ``frame``, the rows to fit.
+
+    ``floors`` are the candidate floors (:func:`wing_floors`; None: leave no run out). Hold-outs are already
+    removed by the caller.
+    """
     frame = frame.reset_index(drop=True)
     try:
         tests = forward_folds(frame, split, n_folds)
@@ -184,37 +240,95 @@ def select_form(
             raise
         return _fallback(forms, split, f"selection skipped: {exc}, so there is nothing to extrapolate to")
     values = frame["N"].to_numpy(float) if split == "size" else budgets(frame)
+    ratio = (frame["D"] / frame["N"]).to_numpy(float)
+    floors = _testable_floors(list(floors or [None]), tests, ratio)
+    tested = max((f for f in floors if f is not None), default=None)
     folds = []
     for test in tests:
         below = ~test & (values < values[test].min())
-        folds.append((below, test, Fold(float(values[test].min()), int(below.sum()), int(test.sum()))))
+        scored = test if tested is None else test & (ratio >= tested)
+        folds.append((below, scored, Fold(float(values[test].min()), int(below.sum()), int(scored.sum()))))
     loss = frame["loss"].to_numpy(float)
     column = "N" if split == "size" else "C"
-    candidates = [_score(frame, loss, law, objective, folds, reference, fixed, max_evals, f"{source}, fold with {column}",
-                         fold_score)
-                  for law, objective in forms]
+    candidates = []
+    for floor in floors:
+        kept = np.ones(len(frame), dtype=bool) if floor is None else ratio >= floor
+        floor_folds = [(below & kept, test, fold) for below, test, fold in folds]
+        candidates += [_score(frame, loss, law, objective, floor_folds, reference, fixed, max_evals,
+                              f"{source}, fold with {column}", fold_score, floor)
+                       for law, objective in forms]
+    return _choose(candidates, split, [fold for _, _, fold in folds], floors, forms, ratio)
+
+
+def _testable_floors(floors: list[float | None], tests: list[np.ndarray], ratio: np.ndarray) -> list[float | None]:
+    """Drop the highest floors while some fold would have no larger run at or above them to be scored on."""
+    while any(f is not None for f in floors):
+        highest = max(f for f in floors if f is not None)
+        if all(np.any(test & (ratio >= highest)) for test in tests):
+            break
+        floors = [f for f in floors if f != highest]
+    return floors
+
+
+def _choose(candidates: list[Candidate], split: str, folds: list[Fold], floors: list[float | None],
+            forms: list[tuple[str, str]], ratio: np.ndarray) -> Selection:
+    """The best-scoring candidate that is not degenerate; ties go to fewer parameters, then to the lower floor."""
     scored = [c for c in candidates if c.score is not None]
     if not scored:
         selection = _fallback(forms, split, f"no candidate form could be fitted on the smaller runs ({candidates[0].error})")
-        selection.candidates, selection.folds = candidates, [fold for _, _, fold in folds]
+        selection.candidates, selection.folds = candidates, folds
         return selection
-    # ties (to 1e-9) go to the form with fewer free parameters, then to the order the forms were listed
-    best = min(scored, key=lambda c: (round(c.score, 9), c.free_params))
-    return Selection(split, [fold for _, _, fold in folds], candidates, best.law, best.objective)
+    sound = [c for c in scored if not collapsed(c)]
+    note = None
+    if not sound:
+        note = ("every form that could be scored collapsed a term on some fold: the selected one is the best of them, "
+                "and its predictions beyond the runs are not to be trusted")
+    best = min(sound or scored, key=lambda c: (round(c.score, 9), c.free_params, c.floor or 0.0))
+    if best.degenerate and sound:
+        where = "; ".join(f"{name} {why.split(':')[0]}" for name, why in best.degenerate.items())
+        note = f"the selected form was degenerate on a fold ({where}) and still predicted the larger runs best"
+    selection = Selection(split, folds, candidates, best.law, best.objective, note=note, floors=floors, floor=best.floor)
+    if best.score > POOR_SCORE:
+        selection.warning = _poor_extrapolation(best, ratio, floors)
+    return selection
+
+
+def collapsed(candidate: Candidate) -> bool:
+    """A term of the law vanished on some fold (a positive parameter driven to nothing)."""
+    return any("collapsed" in why for why in candidate.degenerate.values())
+
+
+def _poor_extrapolation(best: Candidate, ratio: np.ndarray, floors: list[float | None]) -> str:
+    """Say that no form predicts the larger runs well, and what most often causes it."""
+    head = (f"no candidate form predicts the larger runs within {100 * POOR_SCORE:g}% (the best, {best.law} "
+            f"{best.objective}, misses them by {100 * best.score:.1f}% on average), so predictions beyond these runs are "
+            "not reliable")
+    below = int(np.sum(ratio < 1))
+    if below and len(floors) == 1:
+        return (f"{head}; {below} runs were trained on fewer tokens than parameters (isoFLOP wings): leave them out with "
+                "--min-tokens-per-param 5")
+    if below:
+        return (f"{head}, even with the runs below {max(f for f in floors if f is not None):g} tokens per parameter left out; "
+                "look for larger runs trained differently from the smaller ones, and hold them out with --holdout")
+    return (f"{head}; look for larger runs trained differently from the smaller ones (another dataset, schedule or "
+            "tokenizer), and hold them out with --holdout or leave them out with --where")
 
 
 def _score(frame: pd.DataFrame, loss: np.ndarray, law_name: str, objective: str, folds: list, reference: Any,
-           fixed: Mapping[str, float] | None, max_evals: int | None, source: str, fold_score: str = FOLD_SCORE) -> Candidate:
+           fixed: Mapping[str, float] | None, max_evals: int | None, source: str, fold_score: str = FOLD_SCORE,
+           floor: float | None = None) -> Candidate:
     """Fit one form on each fold's smaller runs and record its errors on the fold's larger ones."""
     law = get_law(law_name)
     n_free = len([p for p in law.params if p.name not in {**law.default_fixed, **(fixed or {})}])
-    candidate = Candidate(law_name, objective, n_free)
+    candidate = Candidate(law_name, objective, n_free, floor)
     worst = 0.0
     try:
         inputs = law_inputs(law, frame, reference, source)
         for train, test, fold in folds:
             fit = fit_law(law, {k: v[train] for k, v in inputs.items()}, loss[train], objective, fixed,
                           max_evals=max_evals, source=f"{source} < {fold.threshold:.3g}", quick=True)
+            for name, why in fit.degenerate.items():
+                candidate.degenerate.setdefault(name, why)
             predicted = law.predict(fit.params, {k: v[test] for k, v in inputs.items()})
             if not np.all(np.isfinite(predicted)):
                 raise UserError("predicts a non-finite loss for a larger run")

@@ -24,6 +24,7 @@ from archscale.fit.coverage import coverage_of
 from archscale.fit.gqa_check import check_gqa
 from archscale.fit.fitted import FittedLaw, check_reference, law_inputs
 from archscale.fit.rows import select, size_levels
+from archscale.fit.runs import N_KINDS, n_kind
 
 
 # ---------------------------------------------------------------------------
@@ -49,6 +50,7 @@ class Study:
     rows: np.ndarray | None = None  # 1-based file row of each run in ``frame``
     outliers: list[dict[str, Any]] = field(default_factory=list)
     hygiene: dict[str, Any] = field(default_factory=dict)
+    n_kind: str = "unstated"  # what the N column counts (archscale.fit.runs.N_KINDS)
 
     def to_json(self) -> dict[str, Any]:
         law = self.fit.law
@@ -73,6 +75,7 @@ class Study:
             "metrics": self.metrics,
             "progressive": self.progressive or None,
             "n_points": self.fit.n_points,
+            "N_definition": {"kind": self.n_kind, "meaning": N_KINDS[self.n_kind]},
             "n_starts": self.fit.n_starts,
             "source": self.source,
             "selection": self.selection,
@@ -100,7 +103,8 @@ def run_study(
     source: str = "runs table",
     progress: Callable[[int], None] | None = None,
     min_tokens_per_param: float | None = None,
-    split: str = "size",
+    split: str = "auto",
+    n_definition: str = "auto",
 ) -> Study:
     """Fit a law on the selected, non-held-out rows and evaluate it everywhere.
 
@@ -108,10 +112,11 @@ def run_study(
     smaller runs, predicts the larger ones (:mod:`archscale.fit.selection`); the winner is fitted on every row.
     """
     from archscale.fit.hygiene import drop_undertrained, flag_outliers
-    from archscale.fit.selection import AUTO, candidate_forms, extrapolation_split, select_form
+    from archscale.fit.selection import AUTO, candidate_forms, default_split, extrapolation_split, select_form, wing_floors
 
     if reference is not None:
         check_reference(law_name, reference)
+    counted = n_kind(frame, n_definition)
     selected = select(frame, where, "--where").to_numpy()
     excluded = frame[~selected].reset_index(drop=True)
     frame = frame[selected]  # the index stays the file's data row, for naming rows (outliers) later
@@ -123,17 +128,33 @@ def run_study(
     held = select(frame, holdout, "--holdout").to_numpy()
     if held.all():
         raise UserError(f"--holdout {holdout!r}: holds out every row of {source}; nothing is left to fit")
+    if holdout is not None and not held.any():
+        raise UserError(f"--holdout {holdout!r}: matches no row of {source}, so nothing would be scored; "
+                        "check the condition against the columns, e.g. \"N >= 1e9\"")
 
     form_selection = None
     if AUTO in (law_name, objective):
         forms = candidate_forms(frame, law_name, objective, reference is not None)
-        form_selection = select_form(frame[~held].reset_index(drop=True), forms, split, reference, fixed, max_evals, source)
+        floors = wing_floors(frame[~held]) if min_tokens_per_param is None else [None]
+        split, split_reason = default_split(frame[~held]) if split == AUTO else (split, None)
+        form_selection = select_form(frame[~held].reset_index(drop=True), forms, split, reference, fixed, max_evals, source,
+                                     floors=floors)
+        form_selection.split_reason = split_reason
         law_name, objective = form_selection.law, form_selection.objective
+        if form_selection.floor is not None:  # the chosen floor acts as --min-tokens-per-param would have
+            min_tokens_per_param = form_selection.floor
+            frame, undertrained = drop_undertrained(frame, form_selection.floor, source)
+            rows, held = rows[frame.index.to_numpy()], held[frame.index.to_numpy()]
+            frame = frame.reset_index(drop=True)
     law = get_law(law_name)
     inputs = law_inputs(law, frame, reference, source)
     loss = frame["loss"].to_numpy(float)
     fit_inputs = {k: v[~held] for k, v in inputs.items()}
     fit = fit_law(law, fit_inputs, loss[~held], objective, fixed, max_evals=max_evals, source=source)
+    if form_selection is not None and fit.degenerate:
+        form_selection.note = "; ".join(filter(None, [form_selection.note, (
+            f"the selected form's fit on all {fit.n_points} runs is degenerate ({', '.join(fit.degenerate)}; see the "
+            "warnings), though it was not on the folds that chose it: its extrapolations are not to be trusted")]))
     if bootstrap_samples:
         fit.ci, fit.draws = bootstrap(law, fit_inputs, loss[~held], fit, bootstrap_samples, progress=progress)
     predicted = law.predict(fit.params, inputs)
@@ -154,12 +175,14 @@ def run_study(
         metrics=metrics,
         reference_kind=None if law.name not in CONDITIONAL else ("law" if reference is not None else "empirical"),
         source=source,
+        n_kind=counted,
         selection={"where": where, "holdout": holdout},
         excluded=excluded,
         form_selection=form_selection,
         rows=rows,
         outliers=flag_outliers(rows[~held], loss[~held], robust_prediction(fit, fit_inputs, loss[~held], max_evals)),
         hygiene={"min_tokens_per_param": min_tokens_per_param, "dropped_undertrained": undertrained,
+                 "floor_chosen_by_selection": form_selection is not None and form_selection.floor is not None,
                  "outliers_judged_by": f"a Huber fit of {law.name} (robust: the runs it judges barely move it)"},
     )
     if progressive:

@@ -11,6 +11,8 @@ from archscale.io.errors import UserError
 from archscale.laws.aspect import Aspect
 from archscale.laws.base import Law, Param
 from archscale.laws.chinchilla import Chinchilla
+from archscale.laws.farseer import Farseer
+from archscale.laws.kaplan import Kaplan
 from archscale.laws.conditional import (
     ConditionalAdditive,
     ConditionalMultiplicative,
@@ -25,6 +27,8 @@ LAWS: dict[str, Law] = {
     for law in (
         Chinchilla(),
         Chinchilla(tied=True),
+        Kaplan(),
+        Farseer(),
         Aspect(),
         Aspect(tied=True),
         ConditionalMultiplicative(),

@@ -46,6 +46,8 @@ class Law:
     params: tuple[Param, ...] = ()
     # parameters held at a value unless the user says otherwise (a gauge, say)
     default_fixed: Mapping[str, float] = {}
+    # the objectives form selection tries for this law (``--loss`` can still name any other)
+    selection_objectives: tuple[str, ...] = ("lsq", "huber")
 
     @property
     def param_names(self) -> tuple[str, ...]:
