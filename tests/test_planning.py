@@ -14,7 +14,6 @@ from archscale.fit.fitted import FittedLaw
 from conftest import DATA
 
 ISOFLOPS = DATA / "chinchilla_isoflops_epoch.csv"
-PAPER_A = 0.49  # Chinchilla's Approach 2 on these profiles (its Table 2)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,7 @@ def test_approach_2_on_the_chinchilla_profiles_in_one_command(cli, tmp_path, hub
     assert result.code == 0, result.err
     document = json.loads(out.read_text())
     approach2 = document["approach2"]
-    assert approach2["a"] == pytest.approx(PAPER_A, abs=0.03)
+    assert 0.462 <= approach2["a"] <= 0.534  # the paper's interval for its 0.49 (Table 2)
     assert approach2["b"] == pytest.approx(1 - approach2["a"])
     low, high = approach2["ci95"]["a"]
     assert low < approach2["a"] < high and high - low < 0.15
@@ -50,7 +49,8 @@ def test_approach_2_on_the_chinchilla_profiles_in_one_command(cli, tmp_path, hub
     assert 0.45 < law["a"] < 0.56 and law["ci95"]["a"] is not None
     n_law, n_approach2 = law["budgets"][0]["N"], approach2["budgets"][0]["N"]
     assert 3e10 < n_approach2 < 1.5e11 and 3e10 < n_law < 1.5e11
-    assert "Approach 2" in result.out and "law N*" in result.out and "a = 0.49" in result.out
+    assert "Approach 2" in result.out and "Approach 3" in result.out and "law (chinchilla)" in result.out
+    assert f"a = {approach2['a']:.3f}" in result.out and "window: the runs within a factor 3 in N" in " ".join(result.out.split())
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -187,11 +187,13 @@ def _profiles(budgets=(1e19, 1e20, 1e21), sizes=5, offset=0.0):
         (lambda p: _isoflop_table(p, _profiles(offset=2.0)), [], "the sizes do not bracket the minimum"),
         (lambda p: _isoflop_table(p, _profiles(offset=2.0)), ["--drop-unbracketed"], "0 budgets locate a minimum"),
         (lambda p: _isoflop_table(p, _profiles()), ["--fit", DATA / "fits" / "dissertation_1b_mult.json", "--budget", "1e22"],
-         "needs a Chinchilla or aspect fit"),
+         "needs a law of N and D"),
         (lambda p: p / "missing.csv", [], "no such file"),
         (lambda p: _isoflop_table(p, _profiles().rename(columns={"loss": "Loss"})), [], "missing column 'loss'"),
         (lambda p: _isoflop_table(p, _profiles()), ["--budget", "-1e22"], "--budget -1e22: must be a positive number"),
         (lambda p: _isoflop_table(p, _profiles()), ["--holdout", "N > 1e9"], "hold out whole budgets"),
+        (lambda p: _isoflop_table(p, _profiles()), ["--window", "1"], "--window 1: give a factor in N above 1"),
+        (lambda p: _isoflop_table(p, _profiles()), ["--window", "wide"], "--window wide: give a factor in N above 1"),
     ],
 )
 def test_plan_bad_isoflop_input(cli, tmp_path, make, args, message):

@@ -10,12 +10,13 @@ turns :class:`~archscale.io.errors.UserError` into one line on stderr and exit 2
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import typer
 from rich.console import Console
@@ -166,6 +167,20 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """archscale: architecture-aware scaling laws and inference-efficient shape search."""
+
+
+@contextlib.contextmanager
+def bootstrap_bar(samples: int, quiet: bool) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar over bootstrap resamples (on stderr, gone when done), or no callback when there is nothing
+    to show (no resamples, or JSON on stdout)."""
+    if not samples or quiet:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("bootstrap", total=samples)
+        yield lambda n: bar.advance(task, n)
 
 
 def print_json(payload: Any) -> None:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from archscale.cli import Command, app, console, examples, print_json
+from archscale.cli import Command, app, bootstrap_bar, console, examples, print_json
 from archscale.cli.options import COLUMN_MAP, COUNT, DROP_INVALID, FIT_MIN_TOKENS_PER_PARAM, WHERE, parse_assignments
 from archscale.io.units import format_count, parse_count
 from archscale.io.errors import UserError
@@ -173,7 +171,7 @@ def fit(
     check_outputs(("--out", out, "json"), ("--plot", plot, "png"), inputs=(runs, reference))
     table = read_runs(runs, parse_column_map(col), drop_invalid=drop_invalid, hint="or drop invalid rows with --drop-invalid")
     fitted_reference = load_fit(reference) if reference else None
-    with _bootstrap_bar(bootstrap, quiet=as_json) as progress:
+    with bootstrap_bar(bootstrap, quiet=as_json) as progress:
         study = run_study(table.frame, law, objective=loss, where=where, holdout=holdout, reference=fitted_reference,
                           fixed=parse_assignments(fix, "--fix", "b0=1"), bootstrap_samples=bootstrap, progressive=progressive,
                           max_evals=max_evals, source=str(runs), progress=progress,
@@ -194,18 +192,6 @@ def fit(
         if path:
             console.print(f"wrote {label}: {path}")
 
-
-@contextlib.contextmanager
-def _bootstrap_bar(samples: int, quiet: bool) -> Iterator[Callable[[int], None] | None]:
-    """A progress bar over bootstrap resamples (on stderr), or no callback when there is nothing to show."""
-    if not samples or quiet:
-        yield None
-        return
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("bootstrap", total=samples)
-        yield lambda n: bar.advance(task, n)
 
 
 @app.command("predict", cls=Command, epilog=examples(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.table import Table
 
-from archscale.cli import Command, app, console, examples, print_json
+from archscale.cli import Command, app, bootstrap_bar, console, examples, print_json
 from archscale.io.outputs import check_outputs
 from archscale.cli.options import COLUMN_MAP, DROP_INVALID, MIN_TOKENS_PER_PARAM, WHERE, gpu_help
 from archscale.io.units import format_count, parse_count
@@ -34,6 +34,21 @@ def parse_positive_list(text: str | None, flag: str) -> list[float]:
     return values
 
 
+def parse_window(text: str) -> float | None:
+    """``--window 3`` (a factor in N around each minimum) or ``--window all`` (every run of a budget: None)."""
+    from archscale.plan.isoflop import check_window
+
+    if text.strip().lower() == "all":
+        return None
+    try:
+        factor = float(text)
+    except ValueError:
+        raise UserError(f"--window {text}: give a factor in N above 1 (e.g. 3: the runs within 3x of each minimum), "
+                        "or all for the whole profile") from None
+    check_window(factor)
+    return factor
+
+
 def _interval(pair: Any, digits: int = 3) -> str:
     return "-" if not pair else f"{pair[0]:.{digits}g}-{pair[1]:.{digits}g}"
 
@@ -42,21 +57,44 @@ def _count_interval(pair: Any) -> str:
     return "-" if not pair else f"{format_count(pair[0])}-{format_count(pair[1])}"
 
 
+def _exponents(result: Any, a_label: str = "a", b_label: str = "b", fixed: str | None = None, count: bool = True) -> str:
+    """``a = ... (95% CI ...), b = ... (...)``: each interval with its note when it has one, or the reason the
+    exponents carry none (a law that fixes them); ``count`` adds how many resamples made the intervals."""
+    if fixed:
+        return f"{a_label} = {result.a:.3f} ({fixed}), {b_label} = {result.b:.3f} (fixed)"
+    ci, notes = result.intervals or {}, result.interval_notes or {}
+    parts = []
+    for name, label in (("a", a_label), ("b", b_label)):
+        pair = ci.get(name)
+        note = f"; {notes[name]}" if notes.get(name) else ""
+        parts.append(f"{label} = {getattr(result, name):.3f} (95% CI {f'{pair[0]:.3f}-{pair[1]:.3f}' if pair else '-'}{note})")
+    return ", ".join(parts) + (f"; {ci['resamples']} bootstrap resamples" if count and ci.get("resamples") else "")
+
+
 def _print_frontier(frontier: Any, source: str) -> None:
-    console.print(f"[bold]Approach 2[/bold] on {source}: per budget a parabola of loss in ln N, then ln N* against ln C")
+    from archscale.plan.isoflop import window_rule
+
+    where = "through all its runs" if frontier.window is None else "near its minimum"
+    console.print(f"[bold]Approach 2[/bold] on {source}: per budget a parabola of loss in ln N {where}, then ln N* against ln C")
+    console.print(f"window: {window_rule(frontier.window)}")
     table = Table()
-    for column in ("budget C", "runs", "sizes", "N tried", "N*", "D*", "loss at N*", ""):
+    for column in ("budget C", "runs", "sizes", "N tried", "fitted", "N fitted", "N*", "D*", "loss at N*", ""):
         table.add_column(column, justify="left" if column == "" else "right")
     for p in frontier.profiles:
         role = {"fit": "", "holdout": "held out", "excluded": "left out: no bracketed minimum"}[p.role]
+        if p.wide and p.role != "excluded":
+            role = ", ".join(filter(None, [role, "wide"]))
+        fitted = p.window_range
         table.add_row(f"{p.budget:.3g}", str(p.n_runs), str(p.n_sizes), f"{format_count(p.n_range[0])}-{format_count(p.n_range[1])}",
+                      str(int(p.fitted.sum())), f"{format_count(fitted[0])}-{format_count(fitted[1])}" if fitted else "-",
                       format_count(p.n_opt) if p.n_opt else "-", format_count(p.d_opt) if p.d_opt else "-",
                       f"{p.loss_opt:.4f}" if p.loss_opt else "-", role)
     console.print(table)
-    ci = frontier.intervals or {}
-    console.print(f"N* ~ C^a with a = {frontier.a:.3f} (95% CI {_interval(ci.get('a'))}); "
-                  f"D* ~ C^b with b = {frontier.b:.3f} (95% CI {_interval(ci.get('b'))})"
-                  + (f"; {ci['resamples']} bootstrap resamples" if ci.get("resamples") else ""))
+    console.print(_exponents(frontier, "N* ~ C^a with a", "D* ~ C^b with b"))
+    message = frontier.wide_message()
+    if message:
+        label = "[yellow]warning:[/yellow]" if frontier.window is None else "note:"
+        console.print(f"{label} {message}")
     for row in frontier.holdout:
         console.print(f"held-out budget C = {row['C']:.3g}: its own minimum N* = {format_count(row['N_opt'])}, the frontier "
                       f"fitted without it predicts {format_count(row['N_predicted'])} ({100 * row['relative_error']:+.1f}%)")
@@ -64,37 +102,69 @@ def _print_frontier(frontier: Any, source: str) -> None:
         console.print(f"note: {note}")
 
 
-def _print_allocations(budgets: list[float], frontier: Any, law: Any) -> None:
-    if not budgets:
+def _print_approach3(result: Any, window: float | None) -> None:
+    runs = "every run of Approach 2's budgets" if window is None else "Approach 2's windows"
+    console.print(f"[bold]Approach 3[/bold]: L = E + A/N^alpha + B/D^beta by variable projection on {result.runs} runs ({runs}; "
+                  "each budget weighs the same)")
+    p = result.params
+    console.print(f"E = {p['E']:.4g}, A = {p['A']:.4g}, B = {p['B']:.4g}, alpha = {p['alpha']:.4f}, beta = {p['beta']:.4f}; "
+                  f"RMS residual {result.rms:.4f}")
+    if result.problem:
+        console.print(f"note: {result.problem}")
+    else:
+        console.print(_exponents(result, "N* ~ C^a with a = beta/(alpha+beta)", "D* ~ C^b with b"))
+    for row in result.holdout:
+        console.print(f"held-out budget C = {row['C']:.3g}: its own (Approach 2) minimum N* = {format_count(row['N_opt'])}, the "
+                      f"surface fitted without it predicts {format_count(row['N_predicted'])} ({100 * row['relative_error']:+.1f}%)")
+    for note in result.notes:
+        console.print(f"note: {note}")
+
+
+NAMES = {"N": "N*", "D": "D*", "loss": "loss"}
+
+
+def _print_allocations(budgets: list[float], sources: list[tuple[str, Any]]) -> None:
+    """One row per budget and route (Approach 2, Approach 3, the law), each interval marked when it has a note;
+    the notes follow the table."""
+    from archscale.plan.intervals import SKEW_MARK
+
+    if not budgets or not sources:
         return
     table = Table(title="compute-optimal allocation at your budgets")
-    table.add_column("budget C", justify="right")
-    if frontier is not None:
-        for column in ("Approach 2 N*", "95% CI", "D*", "95% CI"):
-            table.add_column(column, justify="right")
-    if law is not None:
-        for column in (f"law N* ({law.law})", "95% CI", "D*", "loss", "95% CI"):
-            table.add_column(column, justify="right")
+    for column in ("budget C", "from", "N*", "95% CI", "D*", "95% CI", "loss", "95% CI"):
+        table.add_column(column, justify="left" if column == "from" else "right")
+    footnotes = []
+
+    def cell(label: str, key: str, i: int, text: Callable[[Any], str], result: Any) -> str:
+        pair = ((result.intervals or {}).get(key) or [None] * len(budgets))[i]
+        note = ((result.interval_notes or {}).get(key) or [None] * len(budgets))[i]
+        if note:
+            footnotes.append(f"{SKEW_MARK} {label}, {NAMES[key]} at C = {budgets[i]:.3g}: {note}")
+        return text(pair) + (SKEW_MARK if note else "")
+
     for i, budget in enumerate(budgets):
-        row = [f"{budget:.3g}"]
-        if frontier is not None:
-            ci = frontier.intervals or {}
-            row += [format_count(frontier.n_opt[i]), _count_interval((ci.get("N") or [None] * len(budgets))[i]),
-                    format_count(frontier.d_opt[i]), _count_interval((ci.get("D") or [None] * len(budgets))[i])]
-        if law is not None:
-            ci = law.intervals or {}
-            row += [format_count(law.n_opt[i]), _count_interval((ci.get("N") or [None] * len(budgets))[i]),
-                    format_count(law.d_opt[i]), f"{law.loss[i]:.4f}", _interval((ci.get("loss") or [None] * len(budgets))[i], 4)]
-        table.add_row(*row)
+        for label, result in sources:
+            losses = getattr(result, "loss", None)
+            row = [f"{budget:.3g}", label, format_count(result.n_opt[i]), cell(label, "N", i, _count_interval, result),
+                   format_count(result.d_opt[i]), cell(label, "D", i, _count_interval, result)]
+            if losses:
+                row += [f"{losses[i]:.4f}", cell(label, "loss", i, lambda pair: _interval(pair, 4), result)]
+            else:
+                row += ["-", "-"]
+            table.add_row(*row)
     console.print(table)
+    for line in footnotes:
+        console.print(line)
 
 
 def _print_law(law: Any) -> None:
-    ci = law.intervals or {}
-    console.print(f"[bold]{law.law}[/bold] fit {law.source}: a = beta/(alpha+beta) = {law.a:.3f} (95% CI {_interval(ci.get('a'))}), "
-                  f"b = {law.b:.3f} (95% CI {_interval(ci.get('b'))})")
+    from archscale.plan.isoflop import SEARCHED_LAWS
+
+    label = "a = d ln N*/d ln C" if law.law in SEARCHED_LAWS else "a = beta/(alpha+beta)"
+    console.print(f"[bold]{law.law}[/bold] fit {law.source}: {_exponents(law, label, fixed=law.fixed, count=False)}")
     for note in law.notes:
         console.print(f"note: {note}")
+
 
 
 def _print_lifetime(plan: Any) -> None:
@@ -125,10 +195,11 @@ def _print_lifetime(plan: Any) -> None:
 @app.command("plan", cls=Command, epilog=examples(
     "archscale plan data/chinchilla_isoflops_epoch.csv --drop-unbracketed --fit experiments/results/plan/chinchilla_huber.json "
     "--budget 5.76e23 --out out/plan.json --plot out/plan.png",
+    "archscale plan data/chinchilla_isoflops_epoch.csv --drop-unbracketed --window all --bootstrap 0",
     "archscale plan --fit experiments/results/plan/chinchilla_huber.json --target-loss 2.1 --inference-tokens 1T,10T,100T",
 ))
 def plan(
-    runs: Optional[Path] = typer.Argument(None, help="isoFLOP runs table (columns N, D or C, loss): Approach 2 on its profiles."),
+    runs: Optional[Path] = typer.Argument(None, help="isoFLOP runs table (columns N, D or C, loss): Approaches 2 and 3 on its profiles."),
     fit: Optional[Path] = typer.Option(None, "--fit", help="A Chinchilla (or aspect) fit JSON: N*(C) from the law, with intervals when it was fitted with --bootstrap."),
     budget: Optional[str] = typer.Option(None, "--budget", metavar="<counts>", help="Training budgets C in FLOPs to plan for, e.g. 1e22,5.76e23."),
     col: Optional[list[str]] = COLUMN_MAP,
@@ -137,7 +208,8 @@ def plan(
     min_tokens_per_param: Optional[float] = MIN_TOKENS_PER_PARAM,
     drop_invalid: bool = DROP_INVALID,
     drop_unbracketed: bool = typer.Option(False, "--drop-unbracketed", help="Leave out budgets whose parabola's minimum lies outside the sizes they tried (else refused)."),
-    resamples: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for Approach 2's intervals (0: none)."),
+    window: str = typer.Option("3", "--window", metavar="<factor|all>", help="Approach 2 fits each budget's parabola to the runs within this factor in N of its minimum (at least 5 sizes); all: to every run, as the paper did (biased on wide profiles)."),
+    resamples: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the intervals of Approaches 2 and 3 (0: none)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     target_loss: Optional[float] = typer.Option(None, "--target-loss", help="Inference-aware optimum: the loss the model must reach (needs --fit)."),
     inference_tokens: Optional[str] = typer.Option(None, "--inference-tokens", metavar="<counts>", help="Tokens served over the model's life, e.g. 1e12,1e13,1e14 or 1T,10T."),
@@ -156,10 +228,12 @@ def plan(
 ) -> None:
     """Plan a training run: N* and D* for a compute budget (from isoFLOP profiles, a fitted law, or both), or the
     inference-aware optimum for a target loss and the tokens the model will serve."""
+    from archscale.plan.approach3 import approach3, holdout_rows
     from archscale.plan.isoflop import isoflop_frontier, law_allocation
     from archscale.fit.fitted import load_fit
 
     budgets = parse_positive_list(budget, "--budget")
+    factor = parse_window(window)
     volumes = parse_positive_list(inference_tokens, "--inference-tokens")
     lifetime_asked = target_loss is not None or inference_tokens is not None
     if runs is None and fit is None:
@@ -180,11 +254,14 @@ def plan(
         from archscale.plan.inference_optimal import check_target
 
         check_target(fitted, target_loss)  # before any slow work
-    frontier = None
+    frontier = surface = None
     if runs is not None:
         frame, held = _isoflop_inputs(runs, col, where, holdout, min_tokens_per_param, drop_invalid)
-        frontier = isoflop_frontier(frame, budgets, held, drop_unbracketed=drop_unbracketed, resamples=resamples, seed=seed,
-                                    source=str(runs))
+        with bootstrap_bar(2 * resamples, quiet=as_json) as progress:
+            frontier = isoflop_frontier(frame, budgets, held, drop_unbracketed=drop_unbracketed, resamples=resamples, seed=seed,
+                                        source=str(runs), window=factor, progress=progress)
+            surface = approach3(frame.iloc[frontier.fitted_rows()], budgets, resamples=resamples, seed=seed, progress=progress)
+        surface.holdout = holdout_rows(surface, frontier.holdout)
     allocation = law_allocation(fitted, budgets) if fitted is not None and (budgets or runs is not None) else None
     lifetime = None
     if lifetime_asked:
@@ -195,12 +272,13 @@ def plan(
     document = {"inputs": {"runs": runs, "fit": fit, "budgets": budgets, "where": where, "holdout": holdout,
                            "min_tokens_per_param": min_tokens_per_param},
                 "approach2": frontier.to_json() if frontier else None,
+                "approach3": surface.to_json() if surface else None,
                 "law": allocation.to_json() if allocation else None,
                 "inference_aware": lifetime.to_json() if lifetime else None}
     if plot is not None:
         from archscale.plan.plots import plot_isoflops
 
-        plot_isoflops(frontier, allocation, budgets, plot, title=str(runs))
+        plot_isoflops(frontier, allocation, budgets, plot, title=str(runs), surface=surface)
     if out is not None:
         write_json(out, document)
     if as_json:
@@ -208,9 +286,12 @@ def plan(
         return
     if frontier is not None:
         _print_frontier(frontier, str(runs))
+        _print_approach3(surface, frontier.window)
     if allocation is not None:
         _print_law(allocation)
-    _print_allocations(budgets, frontier, allocation)
+    routes = [("Approach 2", frontier), ("Approach 3", None if surface is None or surface.problem else surface),
+              (f"law ({allocation.law})" if allocation else "", allocation)]
+    _print_allocations(budgets, [(label, result) for label, result in routes if result is not None])
     if lifetime is not None:
         _print_lifetime(lifetime)
     for label, path in (("plan", out), ("plot", plot)):
@@ -226,12 +307,10 @@ def _isoflop_inputs(runs: Path, col, where, holdout, min_tokens_per_param, drop_
 
     table = read_runs(runs, parse_column_map(col), drop_invalid=drop_invalid, hint="or drop invalid rows with --drop-invalid")
     frame = table.frame
-    frame = frame[select(frame, where, "--where").to_numpy()]
-    if frame.empty:
-        raise UserError(f"--where {where!r}: selects no rows of {runs}")
+    frame = frame[select(frame, where, "--where", str(runs)).to_numpy()]
     frame, _ = drop_undertrained(frame, min_tokens_per_param, str(runs))
     frame = frame.reset_index(drop=True)
-    return frame, select(frame, holdout, "--holdout").to_numpy()
+    return frame, select(frame, holdout, "--holdout", str(runs)).to_numpy()
 
 
 def _cost_model(kind: str, mfu: float, gpu: str, gpu_file: Path | None, tp: int, batch: int, input_len: int,

@@ -11,14 +11,15 @@ from archscale.io.figures import plt, save
 from archscale.io.units import format_count
 
 
-def plot_isoflops(frontier: Any, law: Any, budgets: list[float], path: str | Path, title: str = "") -> Path:
+def plot_isoflops(frontier: Any, law: Any, budgets: list[float], path: str | Path, title: str = "", surface: Any = None) -> Path:
     """The ``archscale plan --plot`` figure: isoFLOP profiles and the compute-optimal frontier.
 
-    Left: loss against N for each budget (one colour per budget), the fitted parabolas over the sizes each
-    budget tried, and their minima (stars); held-out budgets drawn with crosses, budgets left out (no
-    bracketed minimum) in grey. Right: N* and D* against C on log axes, the Approach 2 power laws through
-    the minima with their 95% bootstrap band, the extrapolation to the planned budgets (dashed, with the
-    planned points), and the fitted law's N*(C) when one was given.
+    Left: loss against N for each budget (one colour per budget), the fitted parabolas over the runs each was
+    fitted to (filled points; hollow ones lie outside the window near the minimum), and their minima (stars);
+    held-out budgets drawn with crosses, budgets left out (no bracketed minimum) in grey. Right: N* and D*
+    against C on log axes, the Approach 2 power laws through the minima with their 95% bootstrap band, the
+    extrapolation to the planned budgets (dashed, with the planned points), Approach 3's N*(C) and D*(C)
+    (dash-dot) and the fitted law's (dotted) when there are.
     """
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6.6))
     used = [p for p in frontier.profiles if p.role != "excluded"]
@@ -29,15 +30,19 @@ def plot_isoflops(frontier: Any, law: Any, budgets: list[float], path: str | Pat
         runs_n, runs_loss = profile.runs
         marker = "x" if profile.role == "holdout" else "o"
         label = f"C = {profile.budget:.2g}" + {"fit": "", "holdout": " (held out)", "excluded": " (left out: no bracketed minimum)"}[profile.role]
-        left.scatter(runs_n, runs_loss, s=16, marker=marker, color=colour, alpha=0.85, label=label)
-        if np.all(np.isfinite(profile.coefficients)):
-            grid = np.geomspace(*profile.n_range, 100)
-            c2, c1, c0 = profile.coefficients
-            left.plot(grid, c2 * np.log(grid) ** 2 + c1 * np.log(grid) + c0, color=colour, lw=1.2,
-                      ls="--" if profile.role == "excluded" else "-")
+        inside = profile.fitted
+        left.scatter(runs_n[inside], runs_loss[inside], s=16, marker=marker, color=colour, alpha=0.85, label=label)
+        if (~inside).any():
+            left.scatter(runs_n[~inside], runs_loss[~inside], s=16, marker=marker, facecolors="none" if marker == "o" else colour,
+                         edgecolors=colour, alpha=0.6, lw=0.8)
+        if profile.parabola is not None:
+            grid = np.geomspace(*profile.window_range, 100)
+            left.plot(grid, profile.parabola(np.log(grid)), color=colour, lw=1.2, ls="--" if profile.role == "excluded" else "-")
         if profile.n_opt is not None:
             left.scatter([profile.n_opt], [profile.loss_opt], marker="*", s=160, color=colour, edgecolor="black", zorder=5)
     left.scatter([], [], marker="*", s=120, color="white", edgecolor="black", label="parabola minimum N*")
+    if any((~p.fitted).any() for p in frontier.profiles):
+        left.scatter([], [], marker="o", s=16, facecolors="none", edgecolors="black", label="outside the window near the minimum")
     left.set_xscale("log")
     left.set_xlabel("parameters N")
     left.set_ylabel("loss (nats/token)")
@@ -88,6 +93,13 @@ def plot_isoflops(frontier: Any, law: Any, budgets: list[float], path: str | Pat
     if lines:
         right.text(0.98, 0.03, "planned (diamonds), Approach 2, 95% CI:\n" + "\n".join(lines), transform=right.transAxes,
                    fontsize=8, ha="right", va="bottom", bbox=dict(boxstyle="round", facecolor="white", alpha=0.9))
+    if surface is not None and not surface.problem:
+        grid = np.geomspace(span_low, span_high, 100)
+        n_surface, d_surface = surface.curve(grid)
+        band = (surface.intervals or {}).get("a")
+        text = f", 95% CI {band[0]:.3f}-{band[1]:.3f}" if band else ""
+        right.plot(grid, n_surface, color="tab:purple", lw=1.4, ls="-.", label=f"Approach 3: N* ~ C^{surface.a:.3f}{text}")
+        right.plot(grid, d_surface, color="tab:brown", lw=1.4, ls="-.", label=f"Approach 3: D* ~ C^{surface.b:.3f}")
     if law is not None:
         grid = np.geomspace(span_low, span_high, 100)
         n_law, d_law = law.curve(grid)
@@ -98,7 +110,7 @@ def plot_isoflops(frontier: Any, law: Any, budgets: list[float], path: str | Pat
     right.set_xlim(span_low, span_high)
     right.set_xlabel("training compute C (FLOPs); dashed: extrapolation beyond the profiles")
     right.set_ylabel("compute-optimal parameters N* and tokens D*")
-    right.set_title("compute-optimal frontier (points: each profile's minimum; bars: 95% bootstrap interval)", fontsize=10)
+    right.set_title("compute-optimal frontier\n(points: each profile's minimum; bars: 95% bootstrap interval)", fontsize=10)
     right.legend(fontsize=8, loc="upper left")
     right.grid(alpha=0.3, which="both")
     return save(fig, path)
