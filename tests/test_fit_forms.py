@@ -149,7 +149,9 @@ def test_when_no_form_extrapolates_the_fit_says_so_and_names_what_to_check(cli, 
 
 def test_a_holdout_that_matches_no_row_is_refused(cli):
     result = cli("fit", DATA / "aspect_ratio_morph.csv", "--holdout", "N >= 1e12")
-    assert one_line_error(result) and "--holdout 'N >= 1e12': matches no row" in result.err
+    assert one_line_error(result) and "--holdout 'N >= 1e12': matches no rows" in result.err
+    plan = cli("plan", DATA / "chinchilla_isoflops_epoch.csv", "--drop-unbracketed", "--holdout", "C >= 1e30")
+    assert one_line_error(plan) and "--holdout 'C >= 1e30': matches no rows" in plan.err
 
 
 def test_log_least_squares_is_an_objective_a_user_can_ask_for(cli):

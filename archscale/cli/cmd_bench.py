@@ -362,7 +362,7 @@ def _calibrate_mode(store, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout
     fixed = parse_assignments(fix, "--fix")
     device = load_gpu(gpu, gpu_file)
     results = load_results(store)
-    mask = select(results, holdout, "--holdout").to_numpy() if holdout else None
+    mask = select(results, holdout, "--holdout", str(store)).to_numpy() if holdout else None
     result = calibrate(results, device, engine, dtype, free, fixed, mask,
                        settings, name, source=str(store))
     if save is not None:

@@ -15,8 +15,13 @@ from archscale.io.errors import UserError
 SIZE_TOLERANCE = 0.10  # runs within 10% of each other's N (or D) belong to one size level
 
 
-def select(frame: pd.DataFrame, expression: str | None, flag: str) -> pd.Series:
-    """Boolean mask of rows matching a pandas query expression (``--where``, ``--holdout``)."""
+def select(frame: pd.DataFrame, expression: str | None, flag: str, source: str | None = None) -> pd.Series:
+    """Boolean mask of rows matching a pandas query expression (``--where``, ``--holdout``).
+
+    With ``source`` (the file's name), a condition that matches no row is refused: a ``--where`` that keeps
+    nothing, or a ``--holdout`` that would hold nothing out and so score nothing, is a typo far more often
+    than an intent, and going on would print a result that silently answers another question.
+    """
     if not expression:
         return pd.Series(False, index=frame.index) if flag == "--holdout" else pd.Series(True, index=frame.index)
     try:
@@ -26,6 +31,9 @@ def select(frame: pd.DataFrame, expression: str | None, flag: str) -> pd.Series:
                         f"columns are {', '.join(map(str, frame.columns))}") from None
     if not isinstance(mask, pd.Series) or mask.dtype != bool:
         raise UserError(f"{flag} {expression!r}: must be a true/false condition such as \"N>=1e9\"")
+    if source is not None and not mask.any():
+        raise UserError(f"{flag} {expression!r}: {'selects' if flag == '--where' else 'matches'} no rows of {source}; "
+                        f"check the condition against the columns ({', '.join(map(str, frame.columns))})")
     return mask
 
 

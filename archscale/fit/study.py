@@ -117,25 +117,22 @@ def run_study(
     if reference is not None:
         check_reference(law_name, reference)
     counted = n_kind(frame, n_definition)
-    selected = select(frame, where, "--where").to_numpy()
+    selected = select(frame, where, "--where", source).to_numpy()
     excluded = frame[~selected].reset_index(drop=True)
     frame = frame[selected]  # the index stays the file's data row, for naming rows (outliers) later
-    if frame.empty:
-        raise UserError(f"--where {where!r}: selects no rows of {source}")
     frame, undertrained = drop_undertrained(frame, min_tokens_per_param, source)
     rows = frame.index.to_numpy() + 1 if pd.api.types.is_integer_dtype(frame.index) else np.arange(1, len(frame) + 1)
     frame = frame.reset_index(drop=True)
-    held = select(frame, holdout, "--holdout").to_numpy()
+    held = select(frame, holdout, "--holdout", source).to_numpy()
     if held.all():
         raise UserError(f"--holdout {holdout!r}: holds out every row of {source}; nothing is left to fit")
-    if holdout is not None and not held.any():
-        raise UserError(f"--holdout {holdout!r}: matches no row of {source}, so nothing would be scored; "
-                        "check the condition against the columns, e.g. \"N >= 1e9\"")
 
     form_selection = None
     if AUTO in (law_name, objective):
         forms = candidate_forms(frame, law_name, objective, reference is not None)
-        floors = wing_floors(frame[~held]) if min_tokens_per_param is None else [None]
+        # wings distort laws of N and D; a conditional law divides by L_opt of each (N, D), which absorbs them
+        relative = any("L_opt" in get_law(name).columns for name, _ in forms)
+        floors = wing_floors(frame[~held]) if min_tokens_per_param is None and not relative else [None]
         split, split_reason = default_split(frame[~held]) if split == AUTO else (split, None)
         form_selection = select_form(frame[~held].reset_index(drop=True), forms, split, reference, fixed, max_evals, source,
                                      floors=floors)
