@@ -25,7 +25,8 @@ step() {  # step NAME COMMAND...: print the command, run it, keep both
 
 step 01-fit-default archscale fit data/chinchilla_epoch.csv --where "loss < 3.42"
 step 02-fit-no-options archscale fit data/chinchilla_epoch.csv
-step 03-fit-chinchilla archscale fit data/chinchilla_epoch.csv --where "loss < 3.42" --law chinchilla --bootstrap 200 --out "$WORK/chinchilla_huber.json"
+step 03-fit-chinchilla archscale fit data/chinchilla_epoch.csv --where "loss < 3.42" --law chinchilla --min-tokens-per-param 0 \
+  --bootstrap 200 --out "$WORK/chinchilla_huber.json"
 step 04-fit-aspect archscale fit data/aspect_ratio_morph.csv --holdout "N >= 1e9"
 step 05-plan-isoflops archscale plan data/chinchilla_isoflops_epoch.csv --drop-unbracketed --fit "$WORK/chinchilla_huber.json" \
   --budget 5.76e23,1e24 --out "$WORK/plan.json" --plot "$WORK/plan.png"
@@ -34,5 +35,6 @@ step 07-plan-wings archscale plan data/chinchilla_isoflops_epoch.csv --min-token
 step 08-plan-inference archscale plan --fit "$WORK/chinchilla_huber.json" --target-loss 2.0 --inference-tokens 1e11,1e12,1e13,1e14
 step 09-plan-inference-gpu archscale plan --fit "$WORK/chinchilla_huber.json" --target-loss 2.0 --inference-tokens 1e11,1e12,1e13,1e14 \
   --cost gpu-hours --gpu h100-sxm --mfu 0.4 --tp 8 --batch 64 --input-len 4096 --output-len 1024
+step 10-plan-whole-profile archscale plan data/chinchilla_isoflops_epoch.csv --drop-unbracketed --window all --bootstrap 0
 cp "$WORK/chinchilla_huber.json" "$WORK/plan.json" "$WORK/plan.png" "$OUT/"
 echo "outputs in $OUT"
