@@ -255,3 +255,19 @@ def test_plan_reads_a_farseer_fit_by_searching_each_budget(cli, tmp_path):
     assert all(losses[1] < losses[0] and losses[1] < losses[2] for losses in along)  # a minimum along the budget
     printed = cli("plan", "--fit", fit, "--budget", "1e22")
     assert "a = d ln N*/d ln C" in printed.out and "found by search" in printed.out
+
+
+def test_a_plan_past_the_fitted_runs_says_it_extrapolates_and_how_far(cli, tmp_path):
+    fit = tmp_path / "fit.json"
+    assert cli("fit", DATA / "chinchilla_epoch.csv", "--law", "chinchilla", "--loss", "huber", "--min-tokens-per-param", "0",
+               "--out", fit).code == 0
+    size_range = json.loads(fit.read_text())["size_range"]
+    assert size_range["N"][1] == pytest.approx(16.2e9, rel=0.05)  # the largest of the 245 Figure 4 runs
+    inside = cli("plan", "--fit", fit, "--budget", "1e21")
+    assert inside.code == 0 and "extrapolation past the fitted runs" not in inside.out
+    beyond = cli("plan", "--fit", fit, "--budget", "5.76e23", "--json")
+    note = next(n for n in json.loads(beyond.out)["law"]["notes"] if "extrapolation" in n)
+    n_star = json.loads(beyond.out)["law"]["budgets"][0]["N"]
+    assert f"{n_star / size_range['N'][1]:.3g}x the largest its runs had" in note
+    lifetime = cli("plan", "--fit", fit, "--target-loss", "1.95", "--inference-tokens", "1e12")
+    assert "extrapolation past the fitted runs" in lifetime.out

@@ -232,3 +232,33 @@ def test_plan_refuses_to_write_over_its_input(cli, tmp_path):
     result = cli("plan", runs, "--out", runs)
     assert result.code == 2 and "is one of this command's inputs" in result.err
     assert pd.read_csv(runs).shape == _profiles().shape  # untouched
+
+
+def test_the_numeric_route_of_the_inference_aware_optimum_matches_the_closed_form(monkeypatch):
+    """Laws with no closed form (Kaplan, Farseer) are solved by bisection and search: on a Chinchilla law that
+    route must land where the closed form does."""
+    from archscale.plan import inference_optimal
+
+    fitted = FittedLaw(get_law("chinchilla"), dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28), source="test")
+    closed = inference_aware_optimum(fitted, 2.0, [1e12, 1e14])
+    closed_point = chinchilla_point(fitted, 2.0)
+    monkeypatch.setattr(inference_optimal, "SEARCHED_LAWS", ("chinchilla",))
+    searched = inference_aware_optimum(fitted, 2.0, [1e12, 1e14])
+    assert chinchilla_point(fitted, 2.0) == pytest.approx(closed_point, rel=1e-6)
+    for a, b in zip(closed.optima, searched.optima):
+        assert (b.n, b.d) == pytest.approx((a.n, a.d), rel=1e-5)
+
+
+def test_plan_takes_a_farseer_fit_to_the_inference_aware_optimum(cli, tmp_path):
+    fit = tmp_path / "farseer.json"
+    assert cli("fit", DATA / "chinchilla_epoch.csv", "--law", "farseer", "--out", fit).code == 0
+    result = cli("plan", "--fit", fit, "--target-loss", "2.0", "--inference-tokens", "1e12,1e14", "--json")
+    assert result.code == 0, result.err
+    optima = json.loads(result.out)["inference_aware"]["optima"]
+    params = json.loads(fit.read_text())["params"]
+    reached = get_law("farseer").predict(params, {"N": np.array([o["N"] for o in optima]), "D": np.array([o["D"] for o in optima])})
+    assert reached == pytest.approx(2.0, rel=1e-6)  # each optimum lies on the target's contour
+    assert optima[1]["N"] < optima[0]["N"]  # more inference: a smaller model trained longer
+    floor = float(get_law("farseer").predict(params, {"N": np.array([1e40]), "D": np.array([1e40])})[0])
+    low = cli("plan", "--fit", fit, "--target-loss", f"{0.99 * floor:.6g}", "--inference-tokens", "1e12")
+    assert low.code == 2 and "unlimited parameters and data" in low.err

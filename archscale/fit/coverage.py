@@ -118,3 +118,50 @@ def describe_coverage(coverage: Mapping[str, list[float]]) -> str:
 
 def _span(low: float, high: float) -> str:
     return f"{low:.3g}" if low == high else f"{low:.3g}-{high:.3g}"
+
+
+SIZE_COLUMNS = {"N": "parameters", "D": "tokens"}
+"""The scale columns a fit's ``size_range`` records, with the word the output uses."""
+
+
+def size_range_of(frame: pd.DataFrame) -> dict[str, list[float]]:
+    """``{"N": [low, high], "D": [low, high]}`` over the runs a law was fitted on."""
+    return {name: [float(frame[name].min()), float(frame[name].max())] for name in SIZE_COLUMNS if name in frame.columns}
+
+
+def size_range_from_json(block: Any, source: str) -> dict[str, list[float]] | None:
+    """The ``size_range`` block of a fit JSON (None when the fit records none)."""
+    if block is None:
+        return None
+    if not isinstance(block, Mapping):
+        raise UserError(f"{source}: 'size_range' must map N and D to [low, high]")
+    ranges: dict[str, list[float]] = {}
+    for name in SIZE_COLUMNS:
+        if name not in block:
+            continue
+        try:
+            low, high = (float(b) for b in block[name])
+        except (TypeError, ValueError):
+            raise UserError(f"{source}: size_range {name!r} must be [low, high], got {block[name]!r}") from None
+        if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+            raise UserError(f"{source}: size_range {name!r} must be positive and finite with low <= high, got {block[name]!r}")
+        ranges[name] = [low, high]
+    return ranges
+
+
+def beyond_sizes(size_range: Mapping[str, list[float]] | None, sizes: Any, tokens: Any) -> str | None:
+    """A note when planned sizes or token counts lie past the largest runs a law was fitted on, else None.
+
+    A law's N*(C) or inference-aware optimum far past its runs is an extrapolation, and the output says so with
+    how far (``4.5x the largest run's``), so that no number is read as measured.
+    """
+    if not size_range:
+        return None
+    parts = []
+    for name, values in (("N", sizes), ("D", tokens)):
+        finite = np.asarray([v for v in np.atleast_1d(values) if v is not None and np.isfinite(v)], float)
+        if name in size_range and len(finite) and finite.max() > size_range[name][1] * (1 + RELATIVE_SLACK):
+            high = size_range[name][1]
+            parts.append(f"{SIZE_COLUMNS[name]} up to {finite.max():.3g}, {finite.max() / high:.3g}x the largest its runs had "
+                         f"({high:.3g})")
+    return ("extrapolation past the fitted runs: " + "; ".join(parts)) if parts else None

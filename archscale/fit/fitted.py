@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from archscale.fit.coverage import coverage_from_json
+from archscale.fit.coverage import coverage_from_json, size_range_from_json
 from archscale.fit.gqa_check import GqaCheck, gqa_check_from_json
 from archscale.fit.rows import empirical_best
 from archscale.fit.runs import require_columns
@@ -34,6 +34,7 @@ class FittedLaw:
     draws: list[dict[str, float]] = field(default_factory=list)  # bootstrap refits, for intervals downstream
     coverage: dict[str, list[float]] | None = None  # [low, high] per shape coordinate its runs had (fit.coverage)
     gqa: GqaCheck | None = None  # whether the search may trade on GQA, and why (fit.gqa_check)
+    size_range: dict[str, list[float]] | None = None  # [low, high] of N and D over its runs: past it, plans extrapolate
 
     def predict(self, frame: pd.DataFrame | Mapping[str, Any], l_opt: np.ndarray | None = None) -> np.ndarray:
         """Predicted loss for each row; conditional laws need ``L_opt`` from ``l_opt`` or the reference."""
@@ -67,7 +68,8 @@ def fitted_from_json(document: Mapping[str, Any], source: str) -> FittedLaw:
     if isinstance(reference, Mapping) and reference.get("kind") == "law":
         ref_fit = fitted_from_json(reference, f"{source} (reference)")
     return FittedLaw(law, values, ref_fit, source, _draws_from_json(document.get("bootstrap"), law, source),
-                     coverage_from_json(document.get("coverage"), source), gqa_check_from_json(document.get("gqa"), source))
+                     coverage_from_json(document.get("coverage"), source), gqa_check_from_json(document.get("gqa"), source),
+                     size_range_from_json(document.get("size_range"), source))
 
 
 def _draws_from_json(block: Any, law: Law, source: str) -> list[dict[str, float]]:

@@ -20,7 +20,7 @@ from archscale.io.errors import UserError
 from archscale.io.files import jsonable
 from archscale.fit.fitting import FitResult, bootstrap, evaluate, fit_law
 from archscale.laws import CONDITIONAL, Law, get_law
-from archscale.fit.coverage import coverage_of
+from archscale.fit.coverage import coverage_of, size_range_of
 from archscale.fit.gqa_check import check_gqa
 from archscale.fit.fitted import FittedLaw, check_reference, law_inputs
 from archscale.fit.rows import select, size_levels
@@ -83,6 +83,7 @@ class Study:
             "hygiene": {**self.hygiene, "outliers": self.outliers},
             "bootstrap": self.fit.draws_json(),
             "coverage": self.fitted.coverage,
+            "size_range": self.fitted.size_range,
             "gqa": self.fitted.gqa.to_json() if self.fitted.gqa is not None else None,
             "degenerate": self.fit.degenerate,
             "warnings": self.fit.warnings,
@@ -164,7 +165,8 @@ def run_study(
                          coverage_of(frame[~held]),
                          check_gqa(frame[~held].reset_index(drop=True), law.columns,
                                    lambda: predict_larger_runs(law, frame[~held].reset_index(drop=True), reference,
-                                                               objective, fixed, max_evals, source, extrapolation_split))),
+                                                               objective, fixed, max_evals, source, extrapolation_split)),
+                         size_range_of(frame[~held])),
         frame=frame,
         fit_mask=~held,
         holdout_mask=held,

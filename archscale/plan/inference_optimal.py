@@ -19,6 +19,10 @@ Two cost models:
 
 With ``D_inf = 0`` the optimum is the Chinchilla point for that loss, in closed form: ``A N^-alpha`` and
 ``B D^-beta`` split ``target - E`` in the ratio ``beta : alpha``.
+
+Laws of N and D with no closed form (Kaplan, Farseer: ``fit``'s default may choose them) take the same route
+numerically: ``D(N)`` by bisection in ``ln D`` (loss falls with D), the smallest ``N`` by bisection on the loss
+at unlimited data, the Chinchilla point by minimising ``N D(N)``.
 """
 
 from __future__ import annotations
@@ -31,10 +35,14 @@ import numpy as np
 import pandas as pd
 
 from archscale.io.errors import UserError
+from archscale.fit.coverage import beyond_sizes
 from archscale.fit.fitted import FittedLaw
 
 COSTS = ("flops", "gpu-hours")
-SIZE_LAWS = ("chinchilla", "chinchilla-tied")
+SIZE_LAWS = ("chinchilla", "chinchilla-tied")  # closed forms
+SEARCHED_LAWS = ("kaplan", "farseer")  # laws of N and D solved numerically
+UNLIMITED = 1e40  # "as many tokens (or parameters) as you like", for a law's limit
+BISECTIONS = 200  # halvings of a ln-range of about 90: far below float resolution
 SEARCH_DECADES = 6.0  # N is searched from the smallest that reaches the target to 10^6 times it
 GRID_POINTS = 600
 SHAPE_POINTS = 48  # reference shapes over the searched range; log-log interpolation between them
@@ -125,14 +133,39 @@ class LifetimePlan:
 # ---------------------------------------------------------------------------
 def _size_params(fitted: FittedLaw) -> tuple[float, float, float, float, float]:
     if fitted.law.name not in SIZE_LAWS:
-        raise UserError(f"{fitted.source}: the inference-aware optimum needs a Chinchilla fit ({', '.join(SIZE_LAWS)}), "
-                        f"not {fitted.law.name}; fit one with --law chinchilla (or chinchilla-tied)")
+        raise UserError(f"{fitted.source}: the inference-aware optimum needs a law of N and D "
+                        f"({', '.join(SIZE_LAWS + SEARCHED_LAWS)}), not {fitted.law.name}; fit one with --law chinchilla")
     p = fitted.params
     return p["E"], p["A"], p["B"], p["alpha"], p["alpha"] if fitted.law.name.endswith("-tied") else p["beta"]
 
 
+def _searched(fitted: FittedLaw) -> bool:
+    return fitted.law.name in SEARCHED_LAWS
+
+
+def _loss(fitted: FittedLaw, n: np.ndarray, d: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return fitted.law.predict(fitted.params, {"N": np.asarray(n, float), "D": np.asarray(d, float)})
+
+
+def _bisect(decreasing, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Where ``decreasing(x)`` crosses zero between ``low`` and ``high`` (elementwise; ``x`` in logs)."""
+    low, high = np.array(low, float), np.array(high, float)
+    for _ in range(BISECTIONS):
+        middle = 0.5 * (low + high)
+        above = decreasing(middle) > 0
+        low, high = np.where(above, middle, low), np.where(above, high, middle)
+    return 0.5 * (low + high)
+
+
 def check_target(fitted: FittedLaw, target_loss: float) -> None:
     """A target at or below the irreducible loss ``E`` is reached by no model, however large."""
+    if _searched(fitted):
+        floor = float(_loss(fitted, np.array([UNLIMITED]), np.array([UNLIMITED]))[0])
+        if not (math.isfinite(target_loss) and target_loss > floor):
+            raise UserError(f"--target-loss {target_loss:g} is not above the loss {fitted.law.name} reaches with unlimited "
+                            f"parameters and data ({floor:.4g}, {fitted.source}): choose a target above it")
+        return
     e = _size_params(fitted)[0]
     if not (math.isfinite(target_loss) and target_loss > e):
         raise UserError(f"--target-loss {target_loss:g} is not above the law's irreducible loss E = {e:.4g} "
@@ -141,6 +174,11 @@ def check_target(fitted: FittedLaw, target_loss: float) -> None:
 
 def tokens_for_loss(fitted: FittedLaw, target_loss: float, n: np.ndarray) -> np.ndarray:
     """``D(N)`` with ``L(N, D) = target``; infinite where ``N`` alone already misses the target."""
+    if _searched(fitted):
+        n = np.asarray(n, float)
+        reachable = _loss(fitted, n, np.full(n.shape, UNLIMITED)) < target_loss
+        log_d = _bisect(lambda u: _loss(fitted, n, np.exp(u)) - target_loss, np.zeros(n.shape), np.full(n.shape, math.log(UNLIMITED)))
+        return np.where(reachable, np.exp(log_d), np.inf)
     e, a_coef, b_coef, alpha, beta = _size_params(fitted)
     room = target_loss - e - a_coef * np.asarray(n, float) ** -alpha
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -149,6 +187,9 @@ def tokens_for_loss(fitted: FittedLaw, target_loss: float, n: np.ndarray) -> np.
 
 def smallest_size(fitted: FittedLaw, target_loss: float) -> float:
     """Below this ``N`` no amount of data reaches the target (``A N^-alpha = target - E``)."""
+    if _searched(fitted):
+        return float(np.exp(_bisect(lambda u: _loss(fitted, np.exp(u), np.full(np.shape(u), UNLIMITED)) - target_loss,
+                                    np.zeros(1), np.full(1, math.log(UNLIMITED))))[0])
     e, a_coef, _, alpha, _ = _size_params(fitted)
     return (a_coef / (target_loss - e)) ** (1 / alpha)
 
@@ -156,11 +197,28 @@ def smallest_size(fitted: FittedLaw, target_loss: float) -> float:
 def chinchilla_point(fitted: FittedLaw, target_loss: float) -> tuple[float, float]:
     """The (N, D) of least training compute ``N D`` at the target: the two terms split ``target - E`` as beta : alpha."""
     check_target(fitted, target_loss)
+    if _searched(fitted):
+        return _least_compute(fitted, target_loss)
     e, a_coef, b_coef, alpha, beta = _size_params(fitted)
     gap = target_loss - e
     n = (a_coef / (gap * beta / (alpha + beta))) ** (1 / alpha)
     d = (b_coef / (gap * alpha / (alpha + beta))) ** (1 / beta)
     return n, d
+
+
+def _least_compute(fitted: FittedLaw, target_loss: float) -> tuple[float, float]:
+    """The (N, D) of least ``N D`` on the target's contour, by a grid over ``ln N`` then a bounded refinement."""
+    from scipy.optimize import minimize_scalar
+
+    low = smallest_size(fitted, target_loss) * (1 + 1e-9)
+    grid = np.geomspace(low, low * 10**SEARCH_DECADES, GRID_POINTS)[1:]
+    compute = grid * tokens_for_loss(fitted, target_loss, grid)
+    best = int(np.argmin(compute))
+    bounds = (math.log(grid[max(best - 1, 0)]), math.log(grid[min(best + 1, len(grid) - 1)]))
+    refined = minimize_scalar(lambda u: float(math.exp(u) * tokens_for_loss(fitted, target_loss, np.array([math.exp(u)]))[0]),
+                              bounds=bounds, method="bounded", options={"xatol": 1e-10})
+    n = math.exp(refined.x)
+    return n, float(tokens_for_loss(fitted, target_loss, np.array([n]))[0])
 
 
 # ---------------------------------------------------------------------------
@@ -304,6 +362,9 @@ def inference_aware_optimum(fitted: FittedLaw, target_loss: float, inference_tok
     tp_note = inference.tp_note([o.n for o in plan.optima] + [n_chin])
     if tp_note:
         plan.notes.append(tp_note)
+    beyond = beyond_sizes(fitted.size_range, [o.n for o in plan.optima] + [n_chin], [o.d for o in plan.optima] + [d_chin])
+    if beyond:
+        plan.notes.append(f"{fitted.law.name} law: {beyond}")
     if any(o.n <= grid[1] or o.n >= grid[-2] for o in plan.optima):
         plan.notes.append("an optimum sits at the edge of the searched sizes: the cost keeps falling beyond it")
     return plan
