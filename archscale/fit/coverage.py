@@ -57,20 +57,25 @@ def coverage_of(frame: pd.DataFrame) -> dict[str, list[float]]:
 
 def coverage_from_json(block: Any, source: str) -> dict[str, list[float]] | None:
     """The ``coverage`` block of a fit JSON (None when the fit records none: written before coverage existed)."""
+    return _ranges_from_json(block, "coverage", tuple(COORDINATES), source)
+
+
+def _ranges_from_json(block: Any, key: str, names: tuple[str, ...], source: str) -> dict[str, list[float]] | None:
+    """``{name: [low, high]}`` from a fit JSON block, each checked (finite, low <= high); other keys ride along."""
     if block is None:
         return None
     if not isinstance(block, Mapping):
-        raise UserError(f"{source}: 'coverage' must map coordinates ({', '.join(COORDINATES)}) to [low, high]")
+        raise UserError(f"{source}: {key!r} must map {', '.join(names)} to [low, high]")
     ranges: dict[str, list[float]] = {}
-    for name, bounds in block.items():
-        if name not in COORDINATES:
-            continue  # provenance text and future coordinates ride along
+    for name in names:
+        if name not in block:
+            continue
         try:
-            low, high = (float(b) for b in bounds)
+            low, high = (float(b) for b in block[name])
         except (TypeError, ValueError):
-            raise UserError(f"{source}: coverage {name!r} must be [low, high], got {bounds!r}") from None
+            raise UserError(f"{source}: {key} {name!r} must be [low, high], got {block[name]!r}") from None
         if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-            raise UserError(f"{source}: coverage {name!r} must be finite with low <= high, got {bounds!r}")
+            raise UserError(f"{source}: {key} {name!r} must be finite with low <= high, got {block[name]!r}")
         ranges[name] = [low, high]
     return ranges
 
@@ -131,22 +136,7 @@ def size_range_of(frame: pd.DataFrame) -> dict[str, list[float]]:
 
 def size_range_from_json(block: Any, source: str) -> dict[str, list[float]] | None:
     """The ``size_range`` block of a fit JSON (None when the fit records none)."""
-    if block is None:
-        return None
-    if not isinstance(block, Mapping):
-        raise UserError(f"{source}: 'size_range' must map N and D to [low, high]")
-    ranges: dict[str, list[float]] = {}
-    for name in SIZE_COLUMNS:
-        if name not in block:
-            continue
-        try:
-            low, high = (float(b) for b in block[name])
-        except (TypeError, ValueError):
-            raise UserError(f"{source}: size_range {name!r} must be [low, high], got {block[name]!r}") from None
-        if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
-            raise UserError(f"{source}: size_range {name!r} must be positive and finite with low <= high, got {block[name]!r}")
-        ranges[name] = [low, high]
-    return ranges
+    return _ranges_from_json(block, "size_range", tuple(SIZE_COLUMNS), source)
 
 
 def beyond_sizes(size_range: Mapping[str, list[float]] | None, sizes: Any, tokens: Any) -> str | None:
