@@ -178,3 +178,4 @@ def test_archscale_runs_count_non_embedding_parameters(cli, tmp_path):
     frame.to_csv(runs, index=False)
     result = cli("fit", runs, "--law", "chinchilla", "--loss", "lsq", "--json")
     assert json.loads(result.out)["N_definition"]["kind"] == "non-embedding"
+

@@ -21,7 +21,6 @@ from archscale.fit.hygiene import describe_outliers
 from archscale.io.outputs import check_outputs
 from archscale.fit.runs import parse_column_map, read_runs
 from archscale.fit.fitted import load_fit
-from archscale.fit.selection import collapsed
 from archscale.fit.study import Study, run_study
 
 
@@ -50,7 +49,7 @@ def _print_selection(study: Study) -> None:
         for column in ("law", "objective", "free params", *(["min D/N"] if floors else []), "score",
                        *[f"fold {i + 1}" for i in range(len(selection.folds))], "worst run", ""):
             table.add_column(column, justify="left" if column in ("law", "objective", "") else "right")
-        for candidate in sorted(selection.candidates, key=lambda c: (c.score is None, collapsed(c), c.score or 0)):
+        for candidate in sorted(selection.candidates, key=lambda c: (c.score is None, bool(c.degenerate), c.score or 0)):
             floor = [_floor_label(candidate.floor)] if floors else []
             if candidate.score is None:
                 table.add_row(candidate.law, candidate.objective, str(candidate.free_params), *floor, "-",
@@ -67,8 +66,8 @@ def _print_selection(study: Study) -> None:
         console.print("score: mean relative error on each fold's larger runs, averaged over folds"
                       + (f", scored on the runs with D/N >= {selection.tested_floor:g} for every candidate; min D/N: runs "
                          "trained on fewer tokens per parameter were left out of that candidate's fits" if floors else "")
-                      + ("; a candidate that collapsed a term is chosen only when nothing else could be scored"
-                         if any(collapsed(c) for c in selection.candidates) else ""))
+                      + ("; a degenerate candidate is chosen only when nothing else could be scored"
+                         if any(c.degenerate for c in selection.candidates) else ""))
     if selection.note:
         console.print(f"note: {selection.note}")
     if selection.warning:

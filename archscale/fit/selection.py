@@ -15,11 +15,9 @@ table has such runs, the floor on tokens per parameter below which runs are left
 each form is fitted at each candidate floor (none, 1, 5) and every candidate is scored on the same larger runs,
 those at or above the highest floor, so that no candidate is judged on an easier test.
 
-**Degenerate fits** are marked in the table. One whose fit on some fold collapsed a term to nothing (E at
-zero: a law with no irreducible loss, which predicts loss falling to zero) is chosen only when nothing else
-could be scored. One with an exponent on its bound on some fold still competes (on the 76 aspect runs the
-free aspect law hits alpha's cap on a fold and still predicts the largest runs best), and if it wins the
-selection says so.
+**Degenerate fits** (a term collapsed to nothing, such as E at zero, which predicts loss falling to zero; an
+exponent on its bound) have stopped being the law they name. Such a candidate is marked in the table and chosen
+only when nothing else could be scored.
 """
 
 from __future__ import annotations
@@ -278,24 +276,16 @@ def _choose(candidates: list[Candidate], split: str, folds: list[Fold], floors: 
         selection = _fallback(forms, split, f"no candidate form could be fitted on the smaller runs ({candidates[0].error})")
         selection.candidates, selection.folds = candidates, folds
         return selection
-    sound = [c for c in scored if not collapsed(c)]
+    sound = [c for c in scored if not c.degenerate]
     note = None
     if not sound:
-        note = ("every form that could be scored collapsed a term on some fold: the selected one is the best of them, "
-                "and its predictions beyond the runs are not to be trusted")
+        note = ("every form that could be scored was degenerate on some fold (a term collapsed, or an exponent on its "
+                "bound): the selected one is the best of them, and its predictions beyond the runs are not to be trusted")
     best = min(sound or scored, key=lambda c: (round(c.score, 9), c.free_params, c.floor or 0.0))
-    if best.degenerate and sound:
-        where = "; ".join(f"{name} {why.split(':')[0]}" for name, why in best.degenerate.items())
-        note = f"the selected form was degenerate on a fold ({where}) and still predicted the larger runs best"
     selection = Selection(split, folds, candidates, best.law, best.objective, note=note, floors=floors, floor=best.floor)
     if best.score > POOR_SCORE:
         selection.warning = _poor_extrapolation(best, ratio, floors)
     return selection
-
-
-def collapsed(candidate: Candidate) -> bool:
-    """A term of the law vanished on some fold (a positive parameter driven to nothing)."""
-    return any("collapsed" in why for why in candidate.degenerate.values())
 
 
 def _poor_extrapolation(best: Candidate, ratio: np.ndarray, floors: list[float | None]) -> str:
