@@ -142,3 +142,18 @@ def test_search_plot_legends_cover_no_point_and_clipped_candidates_are_counted(c
     assert above > 0
     notes = [t for t in texts(left) if "above the axis, not shown" in t]
     assert notes == [f"{above:,} over-target candidates above the axis, not shown"]
+
+
+def test_the_fit_plot_shows_the_runs_the_chosen_floor_left_out(cli, tmp_path, drawn):
+    """Wings left out by the floor selection chose are drawn (hollow triangles), not silently gone."""
+    figures = drawn(archscale.fit.plots, "draw_study")
+    out = tmp_path / "fit.json"
+    result = cli("fit", DATA / "chinchilla_isoflops_epoch.csv", "--out", out, "--plot", tmp_path / "fit.png")
+    assert result.code == 0, result.err
+    hygiene = json.loads(out.read_text())["hygiene"]
+    (ax,) = figures[0].axes
+    label = f"left out: D/N below {hygiene['min_tokens_per_param']:g} ({hygiene['dropped_undertrained']}; not fitted, not scored)"
+    assert label in texts(ax)
+    wings = next(c for c in ax.collections if c.get_label() == label)
+    assert len(wings.get_offsets()) == hygiene["dropped_undertrained"] > 0
+    assert points_under_legend(ax) == 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -70,14 +70,15 @@ def _metric_text(metrics: Mapping[str, Any] | None) -> str:
 
 def predicted_vs_actual(ax: plt.Axes, actual: np.ndarray, predicted: np.ndarray, fit_mask: np.ndarray,
                         metrics: Mapping[str, Any], title: str,
-                        excluded: tuple[np.ndarray, np.ndarray] | None = None, marked: Marked | None = None) -> None:
-    """Predicted against measured loss: fit rows as dots, held-out rows as crosses, rows --where left out as grey
-    rings, and the ``marked`` rows (the flagged outliers) in red rings.
+                        excluded: Sequence[tuple[np.ndarray, np.ndarray, str, str]] = (), marked: Marked | None = None) -> None:
+    """Predicted against measured loss: fit rows as dots, held-out rows as crosses, rows left out (``excluded``:
+    measured, predicted, label and marker per group: by --where, below the floor on tokens per parameter) as grey
+    hollow markers, and the ``marked`` rows (the flagged outliers) in red rings.
 
     The scores go in the legend, which is placed where it covers no point.
     """
     actual, predicted, fit_mask = map(np.asarray, (actual, predicted, fit_mask))
-    every = [actual, predicted] + (list(excluded) if excluded is not None else [])
+    every = [actual, predicted] + [values for group in excluded for values in group[:2]]
     low = min(float(np.min(v)) for v in every)
     high = max(float(np.max(v)) for v in every)
     pad = 0.03 * (high - low or 1)
@@ -87,9 +88,9 @@ def predicted_vs_actual(ax: plt.Axes, actual: np.ndarray, predicted: np.ndarray,
     if (~fit_mask).any():
         ax.scatter(actual[~fit_mask], predicted[~fit_mask], s=50, marker="x", color=HOLDOUT_COLOR,
                    label=f"held out ({(~fit_mask).sum()})\n{_metric_text(metrics.get('holdout'))}")
-    if excluded is not None and len(excluded[0]):
-        ax.scatter(excluded[0], excluded[1], s=22, facecolors="none", edgecolors="0.45",
-                   label=f"left out by --where ({len(excluded[0])}; not fitted, not scored)")
+    for measured, estimated, label, marker in excluded:
+        ax.scatter(measured, estimated, s=22, marker=marker, facecolors="none", edgecolors="0.45",
+                   label=f"{label} ({len(measured)}; not fitted, not scored)")
     _ring(ax, actual, predicted, marked)
     ax.set_xlim(low - pad, high + pad)
     ax.set_ylim(low - pad, high + pad)
@@ -226,8 +227,9 @@ def draw_study(study: Any) -> plt.Figure:
     return fig
 
 
-def _excluded_points(study: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """(measured, predicted) for the rows ``--where`` left out, or None when there are none or they cannot be predicted.
+def _excluded_points(study: Any) -> list[tuple[np.ndarray, np.ndarray, str, str]]:
+    """(measured, predicted, label) for the rows ``--where`` left out and for those below the floor on tokens per
+    parameter, each group only when it has rows the law can predict.
 
     Conditional laws with the empirical ``L_opt`` take it per (N, D) level over
     all rows, so a left-out row is compared with the best run of its level.
@@ -237,14 +239,18 @@ def _excluded_points(study: Any) -> tuple[np.ndarray, np.ndarray] | None:
     from archscale.io.errors import UserError
     from archscale.fit.fitted import law_inputs
 
-    excluded = getattr(study, "excluded", None)
-    if excluded is None or excluded.empty:
-        return None
-    law = study.fit.law
-    every = pd.concat([study.frame, excluded], ignore_index=True)
-    try:
-        inputs = law_inputs(law, every, study.fitted.reference, study.source)
-    except UserError:  # the left-out rows lack a column the law needs: nothing to place
-        return None
-    predicted = law.predict(study.fit.params, inputs)[len(study.frame):]
-    return excluded["loss"].to_numpy(float), np.asarray(predicted, float)
+    floor = study.hygiene.get("min_tokens_per_param")
+    groups = [(getattr(study, "excluded", None), "left out by --where", "o"),
+              (getattr(study, "undertrained", None), f"left out: D/N below {floor:g}" if floor else "", "^")]
+    law, points = study.fit.law, []
+    for rows, label, marker in groups:
+        if rows is None or rows.empty:
+            continue
+        every = pd.concat([study.frame, rows], ignore_index=True)
+        try:
+            inputs = law_inputs(law, every, study.fitted.reference, study.source)
+        except UserError:  # the left-out rows lack a column the law needs: nothing to place
+            continue
+        predicted = law.predict(study.fit.params, inputs)[len(study.frame):]
+        points.append((rows["loss"].to_numpy(float), np.asarray(predicted, float), label, marker))
+    return points

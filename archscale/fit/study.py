@@ -46,6 +46,7 @@ class Study:
     source: str = ""
     selection: dict[str, Any] = field(default_factory=dict)
     excluded: pd.DataFrame | None = None  # rows --where left out (the plot shows them, greyed)
+    undertrained: pd.DataFrame | None = None  # rows below the floor on tokens per parameter (plotted apart)
     form_selection: Any = None  # archscale.fit.selection.Selection when the form was chosen by extrapolation
     rows: np.ndarray | None = None  # 1-based file row of each run in ``frame``
     outliers: list[dict[str, Any]] = field(default_factory=list)
@@ -121,7 +122,9 @@ def run_study(
     selected = select(frame, where, "--where", source).to_numpy()
     excluded = frame[~selected].reset_index(drop=True)
     frame = frame[selected]  # the index stays the file's data row, for naming rows (outliers) later
+    below = frame
     frame, undertrained = drop_undertrained(frame, min_tokens_per_param, source)
+    below = below.loc[below.index.difference(frame.index)]
     rows = frame.index.to_numpy() + 1 if pd.api.types.is_integer_dtype(frame.index) else np.arange(1, len(frame) + 1)
     frame = frame.reset_index(drop=True)
     held = select(frame, holdout, "--holdout", source).to_numpy()
@@ -141,7 +144,9 @@ def run_study(
         law_name, objective = form_selection.law, form_selection.objective
         if form_selection.floor is not None:  # the chosen floor acts as --min-tokens-per-param would have
             min_tokens_per_param = form_selection.floor
-            frame, undertrained = drop_undertrained(frame, form_selection.floor, source)
+            kept, undertrained = drop_undertrained(frame, form_selection.floor, source)
+            below = frame.loc[frame.index.difference(kept.index)]
+            frame = kept
             rows, held = rows[frame.index.to_numpy()], held[frame.index.to_numpy()]
             frame = frame.reset_index(drop=True)
     law = get_law(law_name)
@@ -177,6 +182,7 @@ def run_study(
         n_kind=counted,
         selection={"where": where, "holdout": holdout},
         excluded=excluded,
+        undertrained=below.reset_index(drop=True),
         form_selection=form_selection,
         rows=rows,
         outliers=flag_outliers(rows[~held], loss[~held], robust_prediction(fit, fit_inputs, loss[~held], max_evals)),
