@@ -143,7 +143,7 @@ def _print_study(study: Study) -> None:
 def fit(
     runs: Path = typer.Argument(..., help="Runs table (.csv, .parquet or .jsonl): one row per training run."),
     law: str = typer.Option("auto", "--law", help=f"Law to fit: {', '.join(LAWS)}, or auto: choose by how well each predicts the larger runs."),
-    loss: str = typer.Option("auto", "--loss", help="Objective: lsq (Levenberg-Marquardt on loss), huber (on log-loss, delta 1e-3), or auto: choose as for --law."),
+    loss: str = typer.Option("auto", "--loss", help="Objective: lsq (Levenberg-Marquardt on loss), huber (on log-loss, delta 1e-3), log-lsq (least squares on log-loss), or auto: choose as for --law (each law has its own: lsq and huber; Farseer log-lsq)."),
     split: str = typer.Option("auto", "--split", help="How --law/--loss auto score candidates: fit the smaller sizes N (size) or lower budgets C (budget), predict the rest; auto: budget on isoFLOP profiles, else size."),
     col: Optional[list[str]] = COLUMN_MAP,
     where: Optional[str] = WHERE,
