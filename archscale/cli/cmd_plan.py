@@ -158,7 +158,7 @@ def _print_allocations(budgets: list[float], sources: list[tuple[str, Any]]) -> 
 
 
 def _print_law(law: Any) -> None:
-    from archscale.plan.isoflop import SEARCHED_LAWS
+    from archscale.plan.numeric_optimum import SEARCHED_LAWS
 
     label = "a = d ln N*/d ln C" if law.law in SEARCHED_LAWS else "a = beta/(alpha+beta)"
     console.print(f"[bold]{law.law}[/bold] fit {law.source}: {_exponents(law, label, fixed=law.fixed, count=False)}")

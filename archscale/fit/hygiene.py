@@ -21,17 +21,17 @@ MAD_TO_SD = 1.4826  # the MAD of a normal sample times this estimates its standa
 MAX_FLAGGED_SHOWN = 5
 
 
-def drop_undertrained(frame: pd.DataFrame, min_tokens_per_param: float | None, source: str) -> tuple[pd.DataFrame, int]:
-    """Runs with ``D / N`` below ``min_tokens_per_param`` removed; returns the rest and how many went."""
+def drop_undertrained(frame: pd.DataFrame, min_tokens_per_param: float | None, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Runs with ``D / N`` below ``min_tokens_per_param`` removed; returns the rest and the runs that went."""
     if min_tokens_per_param is None or min_tokens_per_param == 0:  # 0: keep every run (and choose no floor)
-        return frame, 0
+        return frame, frame.iloc[:0]
     if not (np.isfinite(min_tokens_per_param) and min_tokens_per_param > 0):
         raise UserError(f"--min-tokens-per-param must be a positive number (or 0 to keep every run), got {min_tokens_per_param}")
     keep = (frame["D"] / frame["N"]).to_numpy() >= min_tokens_per_param
     if not keep.any():
         raise UserError(f"--min-tokens-per-param {min_tokens_per_param:g}: drops every run of {source} "
                         f"(the largest D/N is {float((frame['D'] / frame['N']).max()):.3g})")
-    return frame[keep], int((~keep).sum())
+    return frame[keep], frame[~keep]
 
 
 def flag_outliers(rows: np.ndarray, loss: np.ndarray, predicted: np.ndarray, z_limit: float = OUTLIER_Z) -> list[dict[str, Any]]:

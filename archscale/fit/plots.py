@@ -228,8 +228,8 @@ def draw_study(study: Any) -> plt.Figure:
 
 
 def _excluded_points(study: Any) -> list[tuple[np.ndarray, np.ndarray, str, str]]:
-    """(measured, predicted, label) for the rows ``--where`` left out and for those below the floor on tokens per
-    parameter, each group only when it has rows the law can predict.
+    """(measured, predicted, label, marker) for the rows ``--where`` left out and for those below the floor on tokens
+    per parameter, each group only when it has rows the law can predict.
 
     Conditional laws with the empirical ``L_opt`` take it per (N, D) level over
     all rows, so a left-out row is compared with the best run of its level.

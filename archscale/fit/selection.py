@@ -95,7 +95,7 @@ class Selection:
     @property
     def tested_floor(self) -> float | None:
         """Every candidate is scored on the larger runs at or above this D/N (the highest candidate floor)."""
-        return max((f for f in self.floors if f is not None), default=None)
+        return highest_floor(self.floors)
 
     @property
     def column(self) -> str:
@@ -151,7 +151,7 @@ def default_split(frame: pd.DataFrame) -> tuple[str, str]:
     score each form on predicting wings. The question such a study answers is the next budget, so that is what
     selection predicts.
     """
-    levels = size_levels(budgets(frame))
+    levels = budget_groups(frame)
     sizes = [len(np.unique(size_levels(frame["N"].to_numpy(float)[levels == level]))) for level in range(int(levels.max()) + 1)]
     if len(sizes) >= 3 and min(sizes) >= MIN_PROFILE_SIZES:
         spread = f"{min(sizes)}" if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}"
@@ -170,6 +170,16 @@ def budgets(frame: pd.DataFrame) -> np.ndarray:
     if "C" in frame.columns and frame["C"].notna().all():
         return frame["C"].to_numpy(float)
     return 6.0 * frame["N"].to_numpy(float) * frame["D"].to_numpy(float)
+
+
+def budget_groups(frame: pd.DataFrame) -> np.ndarray:
+    """Label runs by training budget: runs within 10% of one another's ``C`` (or ``6 N D``) share one."""
+    return size_levels(budgets(frame))
+
+
+def highest_floor(floors: list[float | None]) -> float | None:
+    """The highest candidate floor on D/N (None: no floor among them)."""
+    return max((f for f in floors if f is not None), default=None)
 
 
 def extrapolation_split(frame: pd.DataFrame, split: str, share: float = TEST_SHARE) -> np.ndarray:
@@ -240,7 +250,7 @@ def select_form(
     values = frame["N"].to_numpy(float) if split == "size" else budgets(frame)
     ratio = (frame["D"] / frame["N"]).to_numpy(float)
     floors = _testable_floors(list(floors or [None]), tests, ratio)
-    tested = max((f for f in floors if f is not None), default=None)
+    tested = highest_floor(floors)
     folds = []
     for test in tests:
         below = ~test & (values < values[test].min())
@@ -260,11 +270,10 @@ def select_form(
 
 def _testable_floors(floors: list[float | None], tests: list[np.ndarray], ratio: np.ndarray) -> list[float | None]:
     """Drop the highest floors while some fold would have no larger run at or above them to be scored on."""
-    while any(f is not None for f in floors):
-        highest = max(f for f in floors if f is not None)
-        if all(np.any(test & (ratio >= highest)) for test in tests):
-            break
+    highest = highest_floor(floors)
+    while highest is not None and not all(np.any(test & (ratio >= highest)) for test in tests):
         floors = [f for f in floors if f != highest]
+        highest = highest_floor(floors)
     return floors
 
 
@@ -298,7 +307,7 @@ def _poor_extrapolation(best: Candidate, ratio: np.ndarray, floors: list[float |
         return (f"{head}; {below} runs were trained on fewer tokens than parameters (isoFLOP wings): leave them out with "
                 "--min-tokens-per-param 5")
     if below:
-        return (f"{head}, even with the runs below {max(f for f in floors if f is not None):g} tokens per parameter left out; "
+        return (f"{head}, even with the runs below {highest_floor(floors):g} tokens per parameter left out; "
                 "look for larger runs trained differently from the smaller ones, and hold them out with --holdout")
     return (f"{head}; look for larger runs trained differently from the smaller ones (another dataset, schedule or "
             "tokenizer), and hold them out with --holdout or leave them out with --where")

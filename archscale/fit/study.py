@@ -122,9 +122,7 @@ def run_study(
     selected = select(frame, where, "--where", source).to_numpy()
     excluded = frame[~selected].reset_index(drop=True)
     frame = frame[selected]  # the index stays the file's data row, for naming rows (outliers) later
-    below = frame
-    frame, undertrained = drop_undertrained(frame, min_tokens_per_param, source)
-    below = below.loc[below.index.difference(frame.index)]
+    frame, below = drop_undertrained(frame, min_tokens_per_param, source)
     rows = frame.index.to_numpy() + 1 if pd.api.types.is_integer_dtype(frame.index) else np.arange(1, len(frame) + 1)
     frame = frame.reset_index(drop=True)
     held = select(frame, holdout, "--holdout", source).to_numpy()
@@ -144,9 +142,7 @@ def run_study(
         law_name, objective = form_selection.law, form_selection.objective
         if form_selection.floor is not None:  # the chosen floor acts as --min-tokens-per-param would have
             min_tokens_per_param = form_selection.floor
-            kept, undertrained = drop_undertrained(frame, form_selection.floor, source)
-            below = frame.loc[frame.index.difference(kept.index)]
-            frame = kept
+            frame, below = drop_undertrained(frame, form_selection.floor, source)
             rows, held = rows[frame.index.to_numpy()], held[frame.index.to_numpy()]
             frame = frame.reset_index(drop=True)
     law = get_law(law_name)
@@ -186,7 +182,7 @@ def run_study(
         form_selection=form_selection,
         rows=rows,
         outliers=flag_outliers(rows[~held], loss[~held], robust_prediction(fit, fit_inputs, loss[~held], max_evals)),
-        hygiene={"min_tokens_per_param": min_tokens_per_param, "dropped_undertrained": undertrained,
+        hygiene={"min_tokens_per_param": min_tokens_per_param, "dropped_undertrained": len(below),
                  "floor_chosen_by_selection": form_selection is not None and form_selection.floor is not None,
                  "outliers_judged_by": f"a Huber fit of {law.name} (robust: the runs it judges barely move it)"},
     )

@@ -37,10 +37,10 @@ import pandas as pd
 from archscale.io.errors import UserError
 from archscale.fit.coverage import beyond_sizes
 from archscale.fit.fitted import FittedLaw
+from archscale.plan.numeric_optimum import SEARCHED_LAWS, law_loss, minimum_on_grid
 
 COSTS = ("flops", "gpu-hours")
-SIZE_LAWS = ("chinchilla", "chinchilla-tied")  # closed forms
-SEARCHED_LAWS = ("kaplan", "farseer")  # laws of N and D solved numerically
+SIZE_LAWS = ("chinchilla", "chinchilla-tied")  # closed forms; SEARCHED_LAWS are solved numerically
 UNLIMITED = 1e40  # "as many tokens (or parameters) as you like", for a law's limit
 BISECTIONS = 200  # halvings of a ln-range of about 90: far below float resolution
 SEARCH_DECADES = 6.0  # N is searched from the smallest that reaches the target to 10^6 times it
@@ -144,8 +144,7 @@ def _searched(fitted: FittedLaw) -> bool:
 
 
 def _loss(fitted: FittedLaw, n: np.ndarray, d: np.ndarray) -> np.ndarray:
-    with np.errstate(all="ignore"):
-        return fitted.law.predict(fitted.params, {"N": np.asarray(n, float), "D": np.asarray(d, float)})
+    return law_loss(fitted.law, fitted.params, n, d)
 
 
 def _bisect(decreasing, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -208,16 +207,11 @@ def chinchilla_point(fitted: FittedLaw, target_loss: float) -> tuple[float, floa
 
 def _least_compute(fitted: FittedLaw, target_loss: float) -> tuple[float, float]:
     """The (N, D) of least ``N D`` on the target's contour, by a grid over ``ln N`` then a bounded refinement."""
-    from scipy.optimize import minimize_scalar
-
     low = smallest_size(fitted, target_loss) * (1 + 1e-9)
     grid = np.geomspace(low, low * 10**SEARCH_DECADES, GRID_POINTS)[1:]
     compute = grid * tokens_for_loss(fitted, target_loss, grid)
-    best = int(np.argmin(compute))
-    bounds = (math.log(grid[max(best - 1, 0)]), math.log(grid[min(best + 1, len(grid) - 1)]))
-    refined = minimize_scalar(lambda u: float(math.exp(u) * tokens_for_loss(fitted, target_loss, np.array([math.exp(u)]))[0]),
-                              bounds=bounds, method="bounded", options={"xatol": 1e-10})
-    n = math.exp(refined.x)
+    n = math.exp(minimum_on_grid(lambda u: float(math.exp(u) * tokens_for_loss(fitted, target_loss, np.array([math.exp(u)]))[0]),
+                                 np.log(grid), compute))
     return n, float(tokens_for_loss(fitted, target_loss, np.array([n]))[0])
 
 
@@ -373,8 +367,6 @@ def inference_aware_optimum(fitted: FittedLaw, target_loss: float, inference_tok
 def _minimise(fitted: FittedLaw, target_loss: float, volume: float, cost: CostModel, inference: _InferenceCost,
               grid: np.ndarray, tokens: np.ndarray) -> Optimum:
     """Grid over log N, then a bounded refinement around the best grid point."""
-    from scipy.optimize import minimize_scalar
-
     def total(log_n: float) -> float:
         n = np.array([math.exp(log_n)])
         d = tokens_for_loss(fitted, target_loss, n)
@@ -382,12 +374,8 @@ def _minimise(fitted: FittedLaw, target_loss: float, volume: float, cost: CostMo
         return float(value[0]) if np.isfinite(value[0]) else math.inf
 
     costs = training_cost(cost, grid, tokens) + inference(grid, volume)
-    best = int(np.argmin(np.where(np.isfinite(costs), costs, np.inf)))
-    if not np.isfinite(costs[best]):
+    if not np.any(np.isfinite(costs)):
         raise UserError("no size reaches the target at a finite cost with this serving setup; raise --tp or pick another GPU")
-    lo, hi = math.log(grid[max(best - 1, 0)]), math.log(grid[min(best + 1, len(grid) - 1)])
-    refined = minimize_scalar(total, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
-    log_n = refined.x if refined.fun <= costs[best] else math.log(grid[best])
-    n = math.exp(log_n)
+    n = math.exp(minimum_on_grid(total, np.log(grid), costs))
     d = float(tokens_for_loss(fitted, target_loss, np.array([n]))[0])
     return Optimum(volume, n, d, float(training_cost(cost, n, d)), float(inference(np.array([n]), volume)[0]))

@@ -33,15 +33,15 @@ import numpy as np
 import pandas as pd
 
 from archscale.io.errors import UserError
-from archscale.fit.selection import budgets as run_budgets
+from archscale.fit.selection import budget_groups, budgets as run_budgets
 from archscale.fit.fitted import FittedLaw
-from archscale.fit.rows import size_levels
+from archscale.laws import get_law
 from archscale.io.units import format_count
 from archscale.fit.coverage import beyond_sizes
 from archscale.plan.intervals import interval, interval_notes
+from archscale.plan.numeric_optimum import SEARCHED_LAWS, local_exponent, numeric_optimum
 
 CLOSED_FORM_LAWS = ("chinchilla", "chinchilla-tied", "aspect", "aspect-tied")  # N*(C) = G (C/6)^a exactly
-SEARCHED_LAWS = ("kaplan", "farseer")  # N*(C) by search along each budget (archscale.plan.numeric_optimum)
 PLANNABLE_LAWS = (*CLOSED_FORM_LAWS, *SEARCHED_LAWS)
 MIN_SIZES = 3  # a parabola needs three sizes
 MIN_BUDGETS = 3  # a line through fewer budgets has no interval worth the name
@@ -107,12 +107,10 @@ def _law_optimum(law_name: str, params: dict[str, float], budgets: np.ndarray) -
     A law with no closed form is searched along each budget; its ``a`` is the slope of ``ln N*`` against
     ``ln C`` at the geometric middle of the budgets (such a law need not give a power law)."""
     if law_name in SEARCHED_LAWS:
-        from archscale.laws import get_law
-        from archscale.plan.numeric_optimum import local_exponent, numeric_optimum
-
-        n_opt, d_opt, loss = numeric_optimum(get_law(law_name), params, budgets)
+        law = get_law(law_name)
+        n_opt, d_opt, loss = numeric_optimum(law, params, budgets)
         middle = float(np.exp(np.mean(np.log(budgets)))) if len(budgets) else 1e21
-        return local_exponent(get_law(law_name), params, middle), n_opt, d_opt, loss
+        return local_exponent(law, params, middle), n_opt, d_opt, loss
     alpha = params["alpha"]
     beta = params["alpha"] if law_name.endswith("-tied") else params["beta"]
     a = beta / (alpha + beta)
@@ -400,11 +398,6 @@ class IsoflopFrontier:
             "holdout": self.holdout or None,
             "notes": self.notes,
         }
-
-
-def budget_groups(frame: pd.DataFrame) -> np.ndarray:
-    """Label runs by training budget: runs within 10% of one another's ``C`` (or ``6 N D``) share one."""
-    return size_levels(run_budgets(frame))
 
 
 def _line(budgets: np.ndarray, n_opt: np.ndarray) -> tuple[float, float]:
