@@ -11,10 +11,11 @@ import pytest
 
 from archscale.shapes.architecture import PRESETS
 from archscale.bench.calibrate import calibrate
-from archscale.bench.records import BYTES_PER_ELEMENT, make_record
+from archscale.io.units import BYTES_PER_ELEMENT
+from archscale.bench.records import make_record
 from archscale.bench.store import append, load_results
 from archscale.serving import CostTerms, EngineSettings, estimate_rows, load_gpu, load_profile, resolve_profile
-from archscale.serving.profiles import ENV_DIRS, SHIPPED_DIR, Profile
+from archscale.serving.profiles import ENV_DIRS, SHIPPED_DIR
 from archscale.io.errors import UserError
 
 from conftest import DATA

@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 from archscale.shapes.architecture import non_embedding_params
-from archscale.bench.records import BYTES_PER_ELEMENT, MEASURED_BACKENDS, SHAPE_COLUMNS
+from archscale.io.units import BYTES_PER_ELEMENT
+from archscale.bench.records import MEASURED_BACKENDS, SHAPE_COLUMNS
 from archscale.serving.devices import GPU
 from archscale.serving.profiles import Profile, check_engine
 from archscale.serving.estimate import (

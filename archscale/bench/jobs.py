@@ -17,7 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from archscale.bench.records import canonical_dtype, config_hash
+from archscale.io.units import canonical_dtype
+from archscale.bench.records import config_hash
 from archscale.bench.sweep import run_sweep
 from archscale.bench.types import BenchOptions, Target
 from archscale.jobs.dispatch import DispatchOptions, Task, TaskRecord, run_study, study_status

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from archscale.io.errors import one_line
-from archscale.io.units import BYTES_PER_ELEMENT, canonical_dtype  # noqa: F401 (the backends import them from here)
 from archscale.shapes.architecture import Architecture
 
 # (column, SQLite type); the order is the order of tables and CSV exports.

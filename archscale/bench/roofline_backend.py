@@ -18,7 +18,8 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from archscale.bench.records import BYTES_PER_ELEMENT, canonical_dtype, failed
+from archscale.io.units import BYTES_PER_ELEMENT, canonical_dtype
+from archscale.bench.records import failed
 from archscale.bench.types import BenchOptions, Target, Tick
 from archscale.serving.devices import load_gpu
 from archscale.serving.profiles import resolve_profile

@@ -39,11 +39,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from archscale.shapes.architecture import Architecture
-from archscale.bench.records import BYTES_PER_ELEMENT, cpu_model_name, failed, gpu_key_for_device, summarize_repeats
+from archscale.bench.records import cpu_model_name, failed, gpu_key_for_device, summarize_repeats
 from archscale.bench.types import BenchOptions, Target, Tick
 from archscale.io.errors import UserError
 from archscale.io.machine import available_bytes
-from archscale.io.units import parse_dtype
+from archscale.io.units import BYTES_PER_ELEMENT, parse_dtype
 from archscale.model.memory import SLACK_BYTES, memory_needed, prefill_chunk, workspace_budget
 
 WARMUP_DECODE_STEPS = 4

@@ -39,7 +39,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterator
 
-from archscale.bench.records import canonical_dtype, failed, gpu_key_for_device
+from archscale.io.units import canonical_dtype
+from archscale.bench.records import failed, gpu_key_for_device
 from archscale.bench.types import BenchOptions, Target, Tick
 from archscale.io.errors import UserError
 

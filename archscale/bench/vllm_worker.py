@@ -50,7 +50,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from archscale.bench.records import BYTES_PER_ELEMENT, cpu_model_name, package_version, summarize_repeats
+from archscale.io.units import BYTES_PER_ELEMENT
+from archscale.bench.records import cpu_model_name, package_version, summarize_repeats
 
 WARMUP_OUTPUT_TOKENS = 16
 KV_BLOCK_TOKENS = 128
