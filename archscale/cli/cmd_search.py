@@ -28,7 +28,7 @@ from archscale.fit.fitted import check_reference, load_fit
 EMIT_STRICT_HF = "--emit writes only configs transformers can load (--strict-hf is on with --emit; --no-strict-hf keeps every shape)"
 """Why a search with ``--emit`` and neither ``--strict-hf`` nor ``--no-strict-hf`` kept only loadable shapes (its note)."""
 
-TOP_COLUMNS = ["rank", "d_model", "n_heads", "n_kv_heads", "d_ff", "N", "x", "r", "gqa", "predicted_loss",
+TOP_COLUMNS = ["rank", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "N", "x", "r", "gqa", "predicted_loss",
                "loss_low", "loss_high", "p_meets_target", "loss_source", "tokens_per_s", "output_tokens_per_s",
                "throughput_source", "memory_gb", "concurrency", "gqa_variants", "tie", "extrapolation",
                "inside_data", "speedup_low", "speedup_high"]
@@ -52,7 +52,9 @@ def result_document(result: SearchResult, spec: SearchSpec) -> dict[str, Any]:
         record["speedup_source"] = result.speedup_source(row)
     model = result.throughput_model
     return {
-        "budget": {"n": spec.n, "tokens": spec.tokens, "n_layers": spec.n_layers, "d_head": spec.d_head,
+        # one depth: an integer, as before; several: the list (each pick carries its own n_layers)
+        "budget": {"n": spec.n, "tokens": spec.tokens,
+                   "n_layers": spec.layers[0] if len(spec.layers) == 1 else list(spec.layers), "d_head": spec.d_head,
                    "vocab_size": spec.vocab_size, "tie_embeddings": spec.tie_embeddings},
         "hardware": {"gpu": spec.gpu.name, "tp": spec.tp},
         "throughput_estimates": {"profile": model.name, "calibrated": model.calibrated, "engine": model.engine,
@@ -130,7 +132,9 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
         parts = [f"{k} = {v:.4g}" for k, v in optimum.items()]
         console.print("continuous optimum (closed form): " + ", ".join(parts))
     best = result.best_discrete
-    console.print(f"best discrete candidate (lowest predicted loss): d_model {best['d_model']}, heads {best['n_heads']}/{best['n_kv_heads']}, "
+    deep = len(spec.layers) > 1  # depths vary: every shape says its own
+    depth = f"{best['n_layers']} layers, " if deep else ""
+    console.print(f"best discrete candidate (lowest predicted loss): {depth}d_model {best['d_model']}, heads {best['n_heads']}/{best['n_kv_heads']}, "
                   f"d_ff {best['d_ff']}, r {best['r']:.3f}, x {best['x']:.4f}, loss {best['predicted_loss']:.4f}")
     console.print(f"target loss {result.target.loss:.4f} from {result.target.source}; "
                   f"{int(result.candidates['feasible'].sum()):,} of {len(result.candidates):,} candidates feasible")
@@ -139,7 +143,7 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
     table = Table(title=f"top {len(result.top_k)} for training ({spec.gpu.name}, batch {spec.workload.batch_size}, "
                         f"{spec.workload.input_len} in / {spec.workload.output_len} out)")
     outside = bool(result.top_k.get("extrapolation", pd.Series(dtype=str)).astype(bool).any())
-    columns = ["rank", "d_model", "heads/kv", "d_ff", "N", "r", "x", "GQA", "loss", "out tok/s", "vs ref", "GQA variants"]
+    columns = ["rank"] + (["layers"] if deep else []) + ["d_model", "heads/kv", "d_ff", "N", "r", "x", "GQA", "loss", "out tok/s", "vs ref", "GQA variants"]
     for column in columns + (["outside the fit's runs"] if outside else []):
         table.add_column(column, justify="right")
     for row in result.top_k.itertuples():
@@ -148,13 +152,13 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
         speed = f"{row.output_tokens_per_s:,.0f}" + (" (measured)" if row.throughput_source == "measured" else "")
         rank = f"{row.rank} tie" if getattr(row, "tie", False) else str(row.rank)
         versus = "-" if ratio is None else f"{ratio:.2f}x" + _interval(row)
-        table.add_row(rank, str(row.d_model), f"{row.n_heads}/{row.n_kv_heads}", str(row.d_ff), format_count(row.N),
-                      f"{row.r:.2f}", f"{row.x:.4f}", str(row.gqa), loss, speed, versus,
+        table.add_row(rank, *([str(row.n_layers)] if deep else []), str(row.d_model), f"{row.n_heads}/{row.n_kv_heads}",
+                      str(row.d_ff), format_count(row.N), f"{row.r:.2f}", f"{row.x:.4f}", str(row.gqa), loss, speed, versus,
                       row.gqa_variants, *([row.extrapolation or "-"] if outside else []))
     if reference:
         measured = " (measured)" if reference.get("throughput_source") == "measured" else ""
-        table.add_row("ref", str(reference["d_model"]), f"{reference['n_heads']}/{reference['n_kv_heads']}", str(reference["d_ff"]),
-                      format_count(reference["N"]), f"{reference['r']:.2f}", f"{reference['x']:.4f}", str(reference["gqa"]),
+        table.add_row("ref", *([str(reference["n_layers"])] if deep else []), str(reference["d_model"]),
+                      f"{reference['n_heads']}/{reference['n_kv_heads']}", str(reference["d_ff"]), format_count(reference["N"]), f"{reference['r']:.2f}", f"{reference['x']:.4f}", str(reference["gqa"]),
                       f"{reference['predicted_loss']:.4f}", f"{reference['output_tokens_per_s']:,.0f}{measured}", "1.00x",
                       reference["name"], *(["-"] if outside else []))
     console.print(table)
@@ -178,7 +182,9 @@ def search_command(
     fit: Path = typer.Option(..., "--fit", help="Fit JSON of a conditional or aspect law (archscale fit, or data/fits/*.json)."),
     n_text: str = typer.Option(..., "--n", metavar=COUNT, help="Non-embedding parameter budget N, e.g. 1e9 or 975M."),
     tokens_text: str = typer.Option(..., "--tokens", metavar=COUNT, help="Training tokens D, e.g. 1e11 or 100B."),
-    layers: int = typer.Option(..., "--layers", min=1, help="Number of layers (held fixed, as in the paper)."),
+    layers: str = typer.Option(..., "--layers", help="Number of layers, held fixed as in the paper (16), or depths whose "
+                               "shapes compete in one ranking (8,12,16,24 or 8-12); a law that cannot see depth "
+                               "ranks several only with --extrapolate."),
     head_dim: int = typer.Option(64, "--head-dim", min=2, help="Per-head width d_head, even (the paper: 64 up to 1B, 128 from 3B)."),
     match: Optional[str] = typer.Option(None, "--match", help="Target = predicted loss of this architecture (preset or config.json)."),
     target_loss: Optional[float] = typer.Option(None, "--target-loss", help="Target loss in nats/token (needs a fit with a reference law)."),
@@ -228,7 +234,7 @@ def search_command(
         fitted.reference = load_fit(reference)
         check_reference(fitted.law, fitted.reference)
     device = load_gpu(gpu, gpu_file)
-    spec = SearchSpec(n=n, tokens=tokens, n_layers=layers, d_head=head_dim, gpu=device,
+    spec = SearchSpec(n=n, tokens=tokens, n_layers=parse_int_list(layers, "--layers"), d_head=head_dim, gpu=device,
                       profile=resolve_profile(profile, device, engine),
                       workload=Workload(batch, input_len, output_len), tp=tp, tolerance=tolerance, r_range=(r_min, r_max),
                       gqa_values=parse_int_list(gqa, "--gqa"), vocab_size=vocab, tie_embeddings=tie_embeddings,

@@ -30,13 +30,14 @@ import numpy as np
 import pandas as pd
 
 from archscale.shapes.architecture import Architecture, transformers_loadable
-from archscale.shapes.candidates import ROW_BYTES, generate_candidates
+from archscale.shapes.candidates import ROW_BYTES, generate_candidates_at_depths
 from archscale.serving.devices import GPU
 from archscale.serving.profiles import Profile
 from archscale.serving.estimate import Workload, check_tensor_parallel
 from archscale.io.errors import UserError
 from archscale.laws import CONDITIONAL, MULTIPLICATIVE
-from archscale.fit.coverage import COORDINATES, describe_coverage, outside_coverage, outside_label, outside_names
+from archscale.fit.coverage import (COORDINATES, _span, describe_coverage, outside_coverage, outside_label,
+                                    outside_names)
 from archscale.fit.fitted import FittedLaw
 
 SHAPE_COLUMNS = ["n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff"]
@@ -55,7 +56,7 @@ class SearchSpec:
 
     n: float
     tokens: float
-    n_layers: int
+    n_layers: int | Sequence[int]  # one depth, or several whose shapes compete in one ranking (``layers``)
     d_head: int
     gpu: GPU
     workload: Workload
@@ -73,6 +74,17 @@ class SearchSpec:
     profile: Profile | None = None  # None: the uncalibrated roofline on ``gpu``
     extrapolate: bool = False  # rank candidates outside the fit's runs too (each labelled with what is out)
     tie_tolerance: float | None = None  # None: the profile's held-out speedup error (no ties when it has none)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The depths searched, ascending (one for the paper's search at a fixed depth)."""
+        depths = [self.n_layers] if isinstance(self.n_layers, (int, np.integer)) else self.n_layers
+        return tuple(sorted({int(depth) for depth in depths}))
+
+    @property
+    def layers_label(self) -> str:
+        """``16`` or ``8,12,16,24``: the depths as ``--layers`` takes them, for messages and titles."""
+        return ",".join(map(str, self.layers))
 
     @property
     def tie_rule(self) -> tuple[float, str] | None:
@@ -297,16 +309,23 @@ def add_loss_intervals(top: pd.DataFrame, fitted: FittedLaw, tokens: float) -> p
 
 
 def continuous_optimum(fitted: FittedLaw, spec: SearchSpec) -> dict[str, float]:
-    """The law's closed-form optimum, with the hidden size it implies at this budget."""
+    """The law's closed-form optimum, with the hidden size it implies at this budget.
+
+    Its loss is predicted at each searched depth; with several depths and a law that sees depth, the optimum is
+    the one at the best depth and says which (``n_layers``). A law blind to depth predicts one loss at all.
+    """
     optimum = fitted.optimum()
     if "x" in optimum and math.isfinite(optimum["x"]):
         optimum["d_model"] = optimum["x"] * math.sqrt(spec.n)
     if optimum and all(math.isfinite(v) for v in optimum.values()) and {"x", "r"} <= set(optimum):
-        frame = pd.DataFrame({"N": [spec.n], "x": [optimum["x"]], "r": [optimum["r"]],
-                              "d_model": [optimum.get("d_model", 0.0)], "n_layers": [spec.n_layers],
-                              "gqa": [1.0]})  # a GQA-aware law's factor is 1 at multi-head attention
+        depths = spec.layers
+        frame = pd.DataFrame({"N": spec.n, "x": optimum["x"], "r": optimum["r"], "d_model": optimum.get("d_model", 0.0),
+                              "n_layers": list(depths), "gqa": 1.0})  # a GQA-aware law's factor is 1 at multi-head attention
         loss = predict_loss(fitted, frame, spec.tokens)
-        optimum["predicted_loss"] = float(loss[0])
+        best = int(np.argmin(loss))
+        optimum["predicted_loss"] = float(loss[best])
+        if len(depths) > 1 and sees_depth(fitted):
+            optimum["n_layers"] = float(depths[best])
     return optimum
 
 
@@ -470,48 +489,110 @@ def law_coordinates(fitted: FittedLaw) -> tuple[str, ...]:
     Width (x) and MLP share (r) are the conditional laws' inputs; GQA is no input of theirs, so a law fitted
     at one GQA says nothing about another; depth counts only for the aspect laws, which see it (R = d/layers).
     """
-    return ("x", "r", "gqa", "n_layers") if "R" in fitted.law.columns else ("x", "r", "gqa")
+    return ("x", "r", "gqa", "n_layers") if sees_depth(fitted) else ("x", "r", "gqa")
 
 
-def mark_coverage(candidates: pd.DataFrame, fitted: FittedLaw, policy: GqaPolicy) -> pd.DataFrame:
-    """``outside``: per candidate, the bit mask of coordinates outside the fit's runs (0 inside, or no coverage)."""
+def sees_depth(fitted: FittedLaw) -> bool:
+    """Whether the law's prediction changes with depth (the aspect laws, through R = d/layers)."""
+    return "R" in fitted.law.columns
+
+
+def fit_depths(fitted: FittedLaw) -> str:
+    """``4 layers``, ``4-8 layers``, or that the fit records none: the depth(s) of the fit's runs, for messages."""
+    seen = (fitted.coverage or {}).get("n_layers")
+    return f"{_span(*seen)} layers" if seen else "no depth recorded in the fit"
+
+
+def depth_blind(fitted: FittedLaw, depths: Sequence[int]) -> bool:
+    """A law that cannot see depth asked to compare several: each depth but the fit's own is an extrapolation.
+
+    One depth keeps the paper's use (a conditional law fitted at one depth, searched at the target's).
+    """
+    return not sees_depth(fitted) and len(depths) > 1
+
+
+def check_depths(fitted: FittedLaw, spec: SearchSpec) -> None:
+    """Several depths with a law blind to depth are ranked only with ``--extrapolate``, each labelled."""
+    if depth_blind(fitted, spec.layers) and not spec.extrapolate:
+        raise UserError(f"--layers {spec.layers_label}: law {fitted.law.name} cannot tell depths apart (its runs had "
+                        f"{fit_depths(fitted)}): it gives shapes of one x and r the same loss at every depth; add "
+                        "--extrapolate to rank other depths as extrapolations, or give one depth")
+
+
+def depth_bounds(fitted: FittedLaw, depths: Sequence[int]) -> dict[str, str]:
+    """``{"n_layers": "law cannot see depth; runs 4"}`` for a depth-blind search's labels."""
+    if not depth_blind(fitted, depths):
+        return {}
+    seen = (fitted.coverage or {}).get("n_layers")
+    return {"n_layers": "law cannot see depth" + (f"; runs {_span(*seen)}" if seen else "")}
+
+
+def _outside_depth(candidates: pd.DataFrame, fitted: FittedLaw, depths: Sequence[int]) -> np.ndarray:
+    """The depth bit for every candidate of a depth-blind search whose depth is not the one the fit's runs had."""
+    if not depth_blind(fitted, depths):
+        return np.zeros(len(candidates), dtype=np.int64)
+    seen = (fitted.coverage or {}).get("n_layers")
+    depth = candidates["n_layers"].to_numpy()
+    other = np.ones(len(candidates), bool) if not seen or seen[0] != seen[1] else depth != seen[0]
+    return other.astype(np.int64) << list(COORDINATES).index("n_layers")
+
+
+def checked_coordinates(fitted: FittedLaw, depths: Sequence[int]) -> tuple[str, ...]:
+    """The coordinates a candidate is checked on: the law's, and depth as well when a depth-blind law compares several."""
+    coordinates = law_coordinates(fitted)
+    return coordinates + ("n_layers",) if depth_blind(fitted, depths) and "n_layers" not in coordinates else coordinates
+
+
+def mark_coverage(candidates: pd.DataFrame, fitted: FittedLaw, policy: GqaPolicy,
+                  depths: Sequence[int] = ()) -> pd.DataFrame:
+    """``outside``: per candidate, the bit mask of coordinates outside the fit's runs (0 inside, or no coverage).
+
+    ``depths``: the depths searched; with several and a law blind to depth, every depth but the fit's is out.
+    """
     coverage = ranking_coverage(fitted, policy)
     if coverage:
         candidates["outside"] = outside_coverage(candidates, coverage, law_coordinates(fitted))
     else:
         candidates["outside"] = np.zeros(len(candidates), dtype=np.int64)
+    candidates["outside"] |= _outside_depth(candidates, fitted, depths)
     return candidates
 
 
-def coverage_notes(candidates: pd.DataFrame, fitted: FittedLaw, extrapolate: bool, policy: GqaPolicy) -> list[str]:
+def coverage_notes(candidates: pd.DataFrame, fitted: FittedLaw, extrapolate: bool, policy: GqaPolicy,
+                   depths: Sequence[int] = ()) -> list[str]:
     """What lies outside the fit's runs among the feasible candidates, and whether it was ranked."""
     coverage = ranking_coverage(fitted, policy)
+    blind = [f"law {fitted.law.name} cannot tell depths apart (its runs had {fit_depths(fitted)}): at each x and r "
+             "it predicts one loss for every depth, so depths other than its runs' are ranked by throughput "
+             "alone, labelled"] if depth_blind(fitted, depths) else []
     if not coverage:
-        return [NO_COVERAGE_NOTE]
+        return [NO_COVERAGE_NOTE] + blind
     out = candidates.loc[candidates["feasible"], "outside"].to_numpy()
     if not out.any():
-        return []
+        return blind
     counts = [f"{name} {int(((out >> bit) & 1).sum()):,}" for bit, name in enumerate(COORDINATES) if ((out >> bit) & 1).any()]
-    checked = {c: coverage[c] for c in law_coordinates(fitted) if c in coverage}
+    checked = {c: coverage[c] for c in checked_coordinates(fitted, depths) if c in coverage}
     held = " held" if held_bounds(policy) else ""
     what = (f"{int((out > 0).sum()):,} feasible candidates lie outside the fit's runs "
             f"({describe_coverage(checked)}{held}; out by {', '.join(counts)})")
     if extrapolate:
-        return [f"{what}: ranked anyway (--extrapolate), each labelled with what is out"]
+        return [f"{what}: ranked anyway (--extrapolate), each labelled with what is out"] + blind
     unseen = "the law has not seen them, or may not rank their GQA" if held else "the law has not seen them"
-    return [f"{what} and are not ranked: {unseen}; --extrapolate ranks them, labelled"]
+    return [f"{what} and are not ranked: {unseen}; --extrapolate ranks them, labelled"] + blind
 
 
-def label_extrapolations(picks: pd.DataFrame, fitted: FittedLaw, policy: GqaPolicy) -> pd.DataFrame:
+def label_extrapolations(picks: pd.DataFrame, fitted: FittedLaw, policy: GqaPolicy,
+                         depths: Sequence[int] = ()) -> pd.DataFrame:
     """``extrapolation`` (what is out, "" inside) and ``inside_data`` (the coordinates checked and inside) per pick."""
     if picks.empty:
         return picks
     coverage = ranking_coverage(fitted, policy) or {}
-    checked = [c for c in law_coordinates(fitted) if c in coverage]
+    checked = [c for c in checked_coordinates(fitted, depths) if c in coverage]
+    bounds = {**held_bounds(policy), **depth_bounds(fitted, depths)}
     labels, inside = [], []
     for row in picks.to_dict("records"):
         mask = int(row.get("outside", 0))
-        labels.append(outside_label(row, mask, coverage, held_bounds(policy)) if mask else "")
+        labels.append(outside_label(row, mask, coverage, bounds) if mask else "")
         inside.append(",".join(c for c in checked if c not in outside_names(mask)))
     picks["extrapolation"] = labels
     picks["inside_data"] = inside
@@ -548,7 +629,7 @@ def pareto_mask(loss: np.ndarray, throughput: np.ndarray) -> np.ndarray:
 
 
 def select_top_k(feasible: pd.DataFrame, k: int, tie: tuple[float, str] | None = None) -> pd.DataFrame:
-    """The k fastest shape families (d_model and attention width), each at its fastest d_ff and GQA.
+    """The k fastest shape families (depth, d_model and attention width), each at its fastest d_ff and GQA.
 
     Candidates that differ only in ``d_ff`` by a rounding step, or only in GQA,
     are one choice for training; listing them as separate top-k entries would
@@ -561,7 +642,9 @@ def select_top_k(feasible: pd.DataFrame, k: int, tie: tuple[float, str] | None =
     if feasible.empty:
         return feasible
     ranked = feasible.sort_values(["tokens_per_s", "predicted_loss"], ascending=[False, True])
-    family = ranked["d_model"].astype("int64") * 100_000 + ranked["n_heads"] + ranked["n_kv_heads"]
+    # one family: depth, width and attention width (GQA variants and d_ff steps of one shape are one choice)
+    family = pd.Series(list(zip(ranked["n_layers"], ranked["d_model"], ranked["n_heads"] + ranked["n_kv_heads"])),
+                       index=ranked.index)
     families = ranked[~family.duplicated()]
     tied = np.zeros(len(families), dtype=bool)
     if tie is not None:
@@ -625,24 +708,27 @@ def nearest_misses(candidates: pd.DataFrame, target: Target, count: int = 3) -> 
     return "; ".join(parts) + memory
 
 
-def enumerate_candidates(spec: SearchSpec, tolerance: float) -> tuple[pd.DataFrame, str | None]:
-    """The shapes the search ranks; with ``spec.strict_hf`` only those transformers loads, and a note of how many
-    that removed (the whole set is enumerated either way, so the count is exact)."""
-    candidates = generate_candidates(spec.n, spec.n_layers, spec.d_head, tolerance=tolerance,
-                                     r_range=spec.r_range, gqa_values=spec.gqa_values, tp=spec.tp,
-                                     vocab_size=spec.vocab_size, d_multiple=spec.d_multiple,
-                                     ff_multiple=spec.ff_multiple, row_bytes=SEARCH_ROW_BYTES).reset_index(drop=True)
+def enumerate_candidates(spec: SearchSpec, tolerance: float) -> tuple[pd.DataFrame, list[str]]:
+    """The shapes the search ranks, at every depth of ``spec.layers``; with ``spec.strict_hf`` only those
+    transformers loads. Notes: the depths left out for want of a shape, and how many strict_hf removed (the
+    whole set is enumerated either way, so the count is exact)."""
+    candidates, left_out = generate_candidates_at_depths(
+        spec.n, spec.layers, spec.d_head, tolerance=tolerance, r_range=spec.r_range, gqa_values=spec.gqa_values,
+        tp=spec.tp, vocab_size=spec.vocab_size, d_multiple=spec.d_multiple, ff_multiple=spec.ff_multiple,
+        row_bytes=SEARCH_ROW_BYTES)
+    candidates = candidates.reset_index(drop=True)
+    notes = [f"--layers {depth}: left out, no candidate at this depth ({why})" for depth, why in left_out.items()]
     if not spec.strict_hf:
-        return candidates, None
+        return candidates, notes
     loadable = transformers_loadable(candidates["d_model"], candidates["n_heads"])
     total, kept = len(candidates), int(loadable.sum())
     if not kept:
         raise UserError(f"none of the {total:,} candidates for N={spec.n:.4g} has a d_model that is a multiple of n_heads, "
                         f"which transformers and vLLM need ({spec.strict_hf_reason}); widen --tolerance or the r range, "
                         "use a smaller --d-multiple, or pass --no-strict-hf")
-    note = (f"{spec.strict_hf_reason}: only shapes whose d_model is a multiple of n_heads were searched (transformers "
-            f"and vLLM refuse the others); that removed {total - kept:,} of {total:,} candidates")
-    return candidates[loadable].reset_index(drop=True), note
+    notes.append(f"{spec.strict_hf_reason}: only shapes whose d_model is a multiple of n_heads were searched "
+                 f"(transformers and vLLM refuse the others); that removed {total - kept:,} of {total:,} candidates")
+    return candidates[loadable].reset_index(drop=True), notes
 
 
 def search(
@@ -663,10 +749,11 @@ def search(
     """
     check_searchable(fitted)
     check_confidence(fitted, confidence)
+    check_depths(fitted, spec)
     relative = losses_are_relative(fitted)
     # Relative losses do not see that a smaller N trains to a higher loss: hold the budget tighter then.
     tolerance = spec.tolerance if spec.tolerance is not None else (0.02 if relative else 0.05)
-    candidates, strict_note = enumerate_candidates(spec, tolerance)
+    candidates, notes = enumerate_candidates(spec, tolerance)
     candidates["tie_embeddings"] = spec.tie_embeddings
     candidates["predicted_loss"] = predict_loss(fitted, candidates, spec.tokens)
     candidates = apply_measured_losses(candidates, runs, spec.tokens)
@@ -678,7 +765,8 @@ def search(
     if scale is not None:
         candidates = scale_estimates(candidates, scale[0])
     # GQA variants of one shape share d_model, d_ff and the attention width n_heads + n_kv_heads
-    candidates["shape_id"] = candidates.groupby(["d_model", "d_ff", candidates["n_heads"] + candidates["n_kv_heads"]]).ngroup()
+    candidates["shape_id"] = candidates.groupby(["n_layers", "d_model", "d_ff",
+                                                 candidates["n_heads"] + candidates["n_kv_heads"]]).ngroup()
 
     optimum = continuous_optimum(fitted, spec)
     best_index = candidates["predicted_loss"].idxmin()
@@ -691,7 +779,7 @@ def search(
             target.reference.update(scale_estimates(pd.DataFrame([target.reference]), scale[0]).iloc[0].to_dict())
     candidates["feasible"] = loss_feasible(candidates, fitted, spec, target, confidence, target_loss, match, slack) & candidates["fits"]
     policy = gqa_policy(fitted)
-    candidates = mark_coverage(candidates, fitted, policy)
+    candidates = mark_coverage(candidates, fitted, policy, spec.layers)
     candidates["ranked"] = candidates["feasible"] & ((candidates["outside"] == 0) | spec.extrapolate)
     candidates["on_frontier"] = False
     # the frontier of what may be ranked: shapes that fit, inside the fit's runs unless --extrapolate
@@ -703,17 +791,20 @@ def search(
         raise UserError(f"no candidate meets the target loss {target.loss:.4f} ({target.source}){chance}; "
                         f"nearest: {nearest_misses(candidates, target)}")
     if not candidates["ranked"].any():
-        out = coverage_notes(candidates, fitted, False, policy)
+        out = coverage_notes(candidates, fitted, False, policy, spec.layers)
         raise UserError(f"no candidate inside the fit's runs meets the target loss {target.loss:.4f}: "
                         f"{out[0] if out else 'all lie outside'}; widen what the runs cover, narrow --gqa/--r-min/--r-max "
                         "to the runs' range, or add --extrapolate")
-    notes = [strict_note] if strict_note else []
-    notes += [policy.note] + coverage_notes(candidates, fitted, spec.extrapolate, policy)
+    notes += [policy.note] + coverage_notes(candidates, fitted, spec.extrapolate, policy, spec.layers)
     if scale is not None:
         notes.append(scale_note(scale, spec))
     note = reference_note(target, fitted)
     if note:
         notes.append(note)
+    if optimum and len(spec.layers) > 1:
+        notes.append(f"the continuous optimum is the law's at the best of the depths searched ({optimum['n_layers']:g} layers)"
+                     if "n_layers" in optimum else
+                     f"the continuous optimum is the same at every depth searched: law {fitted.law.name} does not see depth")
     for column, label in (("x", "d_model/sqrt(N)"), ("r", "r")):
         value, low, high = optimum.get(column), candidates[column].min(), candidates[column].max()
         if value is not None and math.isfinite(value) and not low <= value <= high:
@@ -729,7 +820,8 @@ def search(
     unfit = int((~candidates["fits"]).sum())
     if unfit:
         notes.append(f"{unfit:,} candidates do not fit in {spec.gpu.name} memory at batch {spec.workload.batch_size} and are not ranked")
-    picks = label_extrapolations(select_top_k(candidates[candidates["ranked"]], top_k, spec.tie_rule), fitted, policy)
+    picks = label_extrapolations(select_top_k(candidates[candidates["ranked"]], top_k, spec.tie_rule), fitted, policy,
+                                 spec.layers)
     picks = add_speedup_intervals(picks, target, spec)
     notes.append(tie_note(picks, spec.tie_rule))
     if len(picks) < top_k:

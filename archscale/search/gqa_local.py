@@ -132,6 +132,19 @@ def search_profile(document: Mapping[str, Any], device: Any) -> Any:
     return resolve_profile(name, device, str(estimates.get("engine", "vllm")))
 
 
+def pick_depth(pick: Mapping[str, Any], budget: Mapping[str, Any]) -> int:
+    """The pick's own depth; a search JSON written before depth could vary has it only in its budget block."""
+    if pick.get("n_layers") is not None:
+        return int(pick["n_layers"])
+    depth = budget.get("n_layers")
+    if isinstance(depth, (list, tuple)):
+        if len(depth) != 1:
+            raise UserError(f"the search searched depths {depth} but its pick records none; rerun the search with "
+                            "this version of archscale search --out")
+        depth = depth[0]
+    return int(depth)
+
+
 def full_scale_variants(pick: Mapping[str, Any], document: Mapping[str, Any],
                         baseline: int | None) -> list[tuple[int, Architecture, float]]:
     """Every GQA group of the pick's shape (n_heads + n_kv_heads fixed), with its estimated throughput, fastest last.
@@ -140,13 +153,14 @@ def full_scale_variants(pick: Mapping[str, Any], document: Mapping[str, Any],
     """
     budget, hardware, workload = document["budget"], document["hardware"], document["workload"]
     width = int(pick["n_heads"]) + int(pick["n_kv_heads"])
+    depth = pick_depth(pick, budget)
     tp = int(hardware.get("tp", 1))
     shapes = []
     for n_kv in range(1, width):
         n_heads = width - n_kv
         if n_heads % n_kv or n_kv % tp:
             continue
-        shapes.append(Architecture(int(budget["n_layers"]), int(pick["d_model"]), n_heads, n_kv, int(budget["d_head"]),
+        shapes.append(Architecture(depth, int(pick["d_model"]), n_heads, n_kv, int(budget["d_head"]),
                                    int(pick["d_ff"]), int(budget.get("vocab_size", 128256)),
                                    bool(budget.get("tie_embeddings", True))))
     groups = {arch.gqa_group: arch for arch in shapes}

@@ -32,7 +32,7 @@ MEASURABLE = ("torch", "vllm")
 class MeasuredPicks:
     """The K picks with their estimated and measured throughput, both ranks, and the verdict on the spread."""
 
-    table: pd.DataFrame  # rank (estimated), measured_rank, shape columns, estimated and measured output tokens/s
+    table: pd.DataFrame  # rank (estimated), measured_rank, shape columns (n_layers too: picks may differ in depth), estimated and measured output tokens/s
     backend: str
     spearman: float | None
     estimated_spread: float
@@ -106,7 +106,7 @@ def measure_picks(result: SearchResult, options: BenchOptions, count: int, store
     if failed:
         raise UserError(f"--measure: {failed[0]['name']} could not be measured ({failed[0].get('error')}); the search "
                         "result stands without measurements")
-    table = picks[["rank", "d_model", "n_heads", "n_kv_heads", "d_ff", "gqa", "output_tokens_per_s"]].rename(
+    table = picks[["rank", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "gqa", "output_tokens_per_s"]].rename(
         columns={"output_tokens_per_s": "estimated_output_tokens_per_s"}).reset_index(drop=True)
     table["measured_output_tokens_per_s"] = [float(measured[f"rank-{int(r)}"]["output_tokens_per_s"]) for r in table["rank"]]
     table["measured_rank"] = table["measured_output_tokens_per_s"].rank(ascending=False, method="first").astype(int)

@@ -196,7 +196,7 @@ def draw_search(result: Any, spec: Any, batch_sizes: tuple[int, ...] = BATCH_SIZ
     left.set_xlabel(throughput_label(spec, result))
     left.set_ylabel(unit)
     left.set_title(f"N = {si_count(spec.n)} non-embedding params, D = {si_count(spec.tokens)} tokens, "
-                   f"{spec.n_layers} layers", fontsize=10)
+                   f"{spec.layers_label} layers", fontsize=10)
     left.set_ylim(*y_limits)
     for note in clipped_notes(result.candidates, y_limits):
         left.plot([], [], " ", label=note)

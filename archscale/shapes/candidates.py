@@ -23,8 +23,9 @@ rows take tens of milliseconds.
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -108,6 +109,46 @@ def generate_candidates(
     return frame
 
 
+def generate_candidates_at_depths(n_target: float, layers: Iterable[int], d_head: int, row_bytes: int = ROW_BYTES,
+                                  **options: Any) -> tuple[pd.DataFrame, dict[int, str]]:
+    """The union of :func:`generate_candidates` over several depths, and why each depth left out had no shape.
+
+    Shapes of every depth compete in one table, each row with its own ``n_layers``. The memory check is made
+    once for the union (the rows of all depths are held together) before any depth is built; each depth then
+    checks only its own head layouts, which are dropped before the next depth. A depth with no candidate (too
+    deep for the budget, nothing within tolerance) is left out with its reason, so that the caller can say so;
+    when no depth has one, the first depth's reason is raised. One depth is exactly :func:`generate_candidates`.
+
+    ``options`` are :func:`generate_candidates`' keyword arguments.
+    """
+    depths = sorted({int(depth) for depth in layers})
+    if len(depths) == 1:
+        return generate_candidates(n_target, depths[0], d_head, row_bytes=row_bytes, **options), {}
+    _check_fits_in_memory(_union_size(n_target, depths, d_head, options), row_bytes, n_target, depths, d_head)
+    frames, left_out = [], {}
+    for depth in depths:
+        try:
+            frames.append(generate_candidates(n_target, depth, d_head, row_bytes=0, **options))  # rows checked above
+        except UserError as exc:
+            left_out[depth] = str(exc)
+    if not frames:
+        raise UserError(next(iter(left_out.values())))
+    return pd.concat(frames, ignore_index=True), left_out
+
+
+def _union_size(n_target: float, depths: Sequence[int], d_head: int, options: Mapping[str, Any]) -> tuple[float, float]:
+    """(rows of all depths together, head-layout pairs of the largest depth's step) for the memory check."""
+    bound = inspect.signature(generate_candidates).bind(n_target, depths[0], d_head, **options)
+    bound.apply_defaults()
+    a = bound.arguments
+    _check_arguments(n_target, depths[0], d_head, a["tolerance"], a["r_range"], a["d_multiple"], a["ff_multiple"],
+                     a["tp"], a["vocab_size"])
+    d_models = _d_model_grid(n_target, a["d_model_values"], a["d_multiple"], a["x_range"])
+    sizes = [estimate_size(n_target, depth, d_head, d_models, a["tolerance"], a["r_range"], a["ff_multiple"],
+                           a["gqa_values"], a["tp"]) for depth in depths]
+    return sum(rows for rows, _ in sizes), max(pairs for _, pairs in sizes)
+
+
 def architecture_from_row(row: Mapping) -> Architecture:
     """Build the :class:`Architecture` of one candidate row (a Series or a dict).
 
@@ -176,9 +217,12 @@ def estimate_size(n_target: float, n_layers: int, d_head: int, d_models: np.ndar
     return rows, pairs
 
 
-def _check_fits_in_memory(size: tuple[float, float], row_bytes: int, n_target: float, n_layers: int,
+def _check_fits_in_memory(size: tuple[float, float], row_bytes: int, n_target: float, n_layers: int | Sequence[int],
                           d_head: int) -> None:
-    """Refuse an enumeration whose estimate exceeds the memory available now (a budget typo, a tiny d_head)."""
+    """Refuse an enumeration whose estimate exceeds the memory available now (a budget typo, a tiny d_head).
+
+    ``n_layers``: one depth, or the depths of a union (:func:`generate_candidates_at_depths`), for the message.
+    """
     from types import SimpleNamespace
 
     rows, pairs = size
@@ -186,7 +230,8 @@ def _check_fits_in_memory(size: tuple[float, float], row_bytes: int, n_target: f
     available = available_bytes(SimpleNamespace(type="cpu"))  # no torch import for a CPU-only question
     if available is None or needed <= available:
         return
-    layers = f"{n_layers} layer{'s' if n_layers != 1 else ''}"
+    depths = [n_layers] if isinstance(n_layers, (int, np.integer)) else list(n_layers)
+    layers = f"{', '.join(map(str, depths))} layer{'s' if depths != [1] else ''}"
     raise UserError(f"N={n_target:.4g} with {layers} and d_head {d_head}: enumerating its candidates would "
                     f"build about {rows:.3g} shapes (~{needed / 1e9:,.0f} GB), more than the {available / 1e9:.1f} GB "
                     "of memory available; narrow the sweep: more --layers, a larger --head-dim, fewer --gqa values, "

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The README's "Picks you can defend" outputs: the 1B and 3B searches with default options (H200 profile), and the
-# 1B search with --extrapolate. Each file in experiments/results/search/ starts with the command as the README shows
-# it; python experiments/readme/check_readme_tour.py checks the README's lines against them.
+# The README's "Picks you can defend" outputs: the 1B and 3B searches with default options (H200 profile), the
+# 1B search with --extrapolate, and a search over four depths with the aspect law. Each file in
+# experiments/results/search/ starts with the command as the README shows it; python
+# experiments/readme/check_readme_tour.py checks the README's lines against them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=experiments/results/search
@@ -17,4 +18,9 @@ run 1b-h200 archscale search $one_b
 run 1b-h200-extrapolate archscale search $one_b --extrapolate
 run 3b-h200 archscale search --fit data/fits/dissertation_3b_from_1b_mult.json --n 2.82e9 --tokens 2.82e11 --layers 28 \
     --head-dim 128 --match llama-3.2-3b --gpu h200 --batch 64 --input-len 4096 --output-len 1024 --top-k 3
-echo "wrote $out/1b-h200.txt, $out/1b-h200-extrapolate.txt, $out/3b-h200.txt"
+# depth as a search dimension: the aspect law (it sees depth) fitted on the shipped aspect-ratio runs, then one search
+# over four depths at 300M, inside those runs
+run aspect-fit archscale fit data/aspect_ratio_morph.csv --law aspect --loss lsq --out out/aspect.json
+run depths-h200 archscale search --fit out/aspect.json --n 3e8 --tokens 6e9 --layers 8,12,16,24 --head-dim 64 --gqa 4 \
+    --gpu h200 --top-k 5 --tie 0
+echo "wrote $out/1b-h200.txt, $out/1b-h200-extrapolate.txt, $out/3b-h200.txt, $out/aspect-fit.txt, $out/depths-h200.txt"
