@@ -48,6 +48,7 @@ from archscale.serving.estimate import (
     CostTerms,
     EngineSettings,
     estimate_rows,
+    latency_column,
     row_estimator,
 )
 from archscale.io.errors import UserError
@@ -71,6 +72,10 @@ AT_BOUND = 1e-3
 FLAT_DIRECTION = 1e-6
 """Smallest/largest singular value of the scaled Jacobian below which the terms are not all determined."""
 UNITS = {"output": "output tokens/s", "total": "total (prompt + generated) tokens/s"}
+FITTED_LATENCY = ("tpot", "ttft")
+"""Latency figures a calibration fits beside throughput, where the rows carry them."""
+LATENCY_FIT_STATISTIC = 50
+"""The statistic of each latency the fit matches: the median request, which a few stragglers do not move."""
 ARCH_KEY = [*SHAPE_COLUMNS, "vocab", "tie_embeddings"]
 
 
@@ -130,6 +135,9 @@ def _prepare(rows: pd.DataFrame, unit: str) -> pd.DataFrame:
     frame["tie_embeddings"] = frame["tie_embeddings"].fillna(False).astype(bool)
     frame["bytes_per_element"] = frame["dtype"].map(lambda d: BYTES_PER_ELEMENT.get(str(d), 2))
     frame["measured"] = pd.to_numeric(frame["output_tokens_per_s" if unit == "output" else "tokens_per_s"])
+    for metric in FITTED_LATENCY:  # rows from before latency was recorded, or a backend without it, have none
+        column = latency_column(metric, LATENCY_FIT_STATISTIC)
+        frame[f"measured_{metric}"] = pd.to_numeric(frame[column], errors="coerce") if column in frame else np.nan
     frame["n_params"] = non_embedding_params(*(frame[c].astype("int64") for c in SHAPE_COLUMNS))
     frame["arch"] = frame.groupby(ARCH_KEY, sort=False).ngroup()
     frame["arch_name"] = frame.groupby("arch")["name"].transform(lambda s: str(s.dropna().iloc[0]) if s.notna().any() else "?")
@@ -168,14 +176,17 @@ def _fit_terms(frame: pd.DataFrame, device: GPU, settings: EngineSettings, free:
     scale = np.array([TERM_SCALE[t] for t in free])
     low = np.array([TERM_BOUNDS[t][0] for t in free]) / scale
     high = np.array([TERM_BOUNDS[t][1] for t in free]) / scale
-    measured = frame["measured"].to_numpy(float)
-    estimate, column = row_estimator(frame, device, settings), _column(unit)
+    targets = _fit_targets(frame, unit)
+    estimate = row_estimator(frame, device, settings, with_latency=len(targets) > 1)
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        terms = _terms(dict(zip(free, x * scale)), base)
-        with np.errstate(all="ignore"):
-            ratio = estimate(terms)[column] / measured
-        return np.where(np.isfinite(ratio) & (ratio > 0), np.log(np.maximum(ratio, 1e-300)), 50.0)
+        predicted = estimate(_terms(dict(zip(free, x * scale)), base))
+        parts = []
+        for column, (rows, measured) in targets.items():
+            with np.errstate(all="ignore"):
+                ratio = np.asarray(predicted[column])[rows] / measured
+            parts.append(np.where(np.isfinite(ratio) & (ratio > 0), np.log(np.maximum(ratio, 1e-300)), 50.0))
+        return np.concatenate(parts)
 
     starts = [np.clip(np.array(start) / scale, low, high) for start in itertools.product(*(START_GRID[t] for t in free))]
     starts.sort(key=lambda x0: float(np.sum(residuals(x0) ** 2)))
@@ -189,6 +200,18 @@ def _fit_terms(frame: pd.DataFrame, device: GPU, settings: EngineSettings, free:
     _check_determined(best.jac, free, source)
     _check_inside_bounds(best.x, low, high, free, source)
     return _terms(dict(zip(free, best.x * scale)), base)
+
+
+def _fit_targets(frame: pd.DataFrame, unit: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """What the fit matches: every row's throughput, and each latency (:data:`FITTED_LATENCY`) on the rows that
+    measured it, as {estimate column: (row positions, measured values)}; each enters as log(estimate / measured)."""
+    targets = {_column(unit): (np.arange(len(frame)), frame["measured"].to_numpy(float))}
+    for metric in FITTED_LATENCY:
+        measured = frame[f"measured_{metric}"].to_numpy(float)
+        rows = np.flatnonzero(np.isfinite(measured) & (measured > 0))
+        if len(rows):
+            targets[latency_column(metric, LATENCY_FIT_STATISTIC)] = (rows, measured[rows])
+    return targets
 
 
 def _jacobian(function, x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -409,6 +432,9 @@ def calibrate(results: pd.DataFrame, device: GPU, engine: str = "vllm", dtype: s
         validation["term_selection"] = selection or "fewer than 3 architectures to choose by: default terms"
     if (~fit_mask).any():
         validation["heldout"] = _summary(frame.loc[~fit_mask, "rel_err"], pairs[pairs["split"] == "heldout"])
+    latency = latency_errors(frame, estimate_rows(frame, device, terms, settings), fit_mask)
+    if latency:
+        validation["latency"] = latency
     if fit_rows["arch"].nunique() >= 2:
         loao, refused = _leave_one_architecture_out(frame[fit_mask].reset_index(drop=True), device, settings, free, base, unit)
         loao_frame = frame[fit_mask].reset_index(drop=True).assign(loao=loao)
@@ -424,6 +450,31 @@ def calibrate(results: pd.DataFrame, device: GPU, engine: str = "vllm", dtype: s
                       dtype=dtype, terms=terms, settings=settings, fitted=free,
                       source=_describe_source(frame, source), validation=validation)
     return Calibration(profile=profile, rows=frame, speedups=pairs, unit=unit, summary=validation)
+
+
+REPORTED_LATENCY = tuple((metric, statistic) for metric in FITTED_LATENCY for statistic in (50, 99))
+"""Latency figures whose error a calibration reports, per split (the fit matches only the medians)."""
+
+
+def latency_errors(rows: pd.DataFrame, predicted: pd.DataFrame, fit_mask: np.ndarray) -> dict[str, Any]:
+    """Relative error of predicted TPOT and TTFT (median and p99 over requests) on the rows that measured them,
+    per split: {"fit"|"heldout": {"tpot_ms_p50": {n_rows, median_abs_rel_err, max_abs_rel_err}, ...}}; empty
+    when no row measured latency."""
+    report: dict[str, Any] = {}
+    for split, mask in (("fit", fit_mask), ("heldout", ~fit_mask)):
+        for metric, statistic in REPORTED_LATENCY:
+            column = latency_column(metric, statistic)
+            if column not in rows:
+                continue
+            measured = pd.to_numeric(rows[column], errors="coerce").to_numpy(float)
+            usable = mask & np.isfinite(measured) & (measured > 0)
+            if not usable.any():
+                continue
+            errors = np.abs(predicted[column].to_numpy(float)[usable] / measured[usable] - 1.0)
+            report.setdefault(split, {})[column] = {"n_rows": int(usable.sum()),
+                                                    "median_abs_rel_err": float(np.median(errors)),
+                                                    "max_abs_rel_err": float(errors.max())}
+    return report
 
 
 ETA_KV_RANGE = (0.7, 0.8, 0.9, 1.0)

@@ -1,7 +1,8 @@
 """Stage: serving cost. How fast a shape serves on a device, before or after measuring it.
 
 In: an :class:`~archscale.shapes.architecture.Architecture`, a device (:mod:`.devices`) and a workload.
-Out: throughput estimates from the serving model (:mod:`.estimate`), with terms calibrated per engine and
+Out: throughput and latency (TTFT, TPOT) estimates from the serving model (:mod:`.estimate`), also at the most
+requests a latency limit allows, with terms calibrated per engine and
 device in a profile (:mod:`.profiles`, fitted by :mod:`archscale.bench.calibrate`). :mod:`.probe` times
 this CPU's matmul and memory bandwidth for a CPU device entry.
 
@@ -13,12 +14,14 @@ from archscale.serving.profiles import Profile, find_profile, load_profile, reso
 from archscale.serving.estimate import (
     CostTerms,
     EngineSettings,
+    LatencyLimits,
     ThroughputEstimate,
     Workload,
     check_tensor_parallel,
     estimate_rows,
     estimate_throughput,
     estimate_throughput_many,
+    estimate_under_limits,
 )
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "GPUS",
     "CostTerms",
     "EngineSettings",
+    "LatencyLimits",
     "Profile",
     "ThroughputEstimate",
     "Workload",
@@ -33,6 +37,7 @@ __all__ = [
     "estimate_rows",
     "estimate_throughput",
     "estimate_throughput_many",
+    "estimate_under_limits",
     "find_profile",
     "gpu_table",
     "load_gpu",

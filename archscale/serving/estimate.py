@@ -47,12 +47,25 @@ submitted together. For ``c`` sequences running at once:
 Output: total (prompt + generated) and output tokens/s of the whole batch.
 Published vLLM figures are usually one of the two without saying which;
 archscale always names the unit (docs/throughput-units.md).
+
+**Latency** (what serving engineers limit): every estimate also carries
+TTFT, TPOT and ITL per request (mean, p50, p90, p99, in ms), the columns a
+measured bench row has. Request ``j`` of a wave gets its first token when the
+prefill pass holding the end of its prompt completes; its first outputs then
+wait on the remaining prefill passes (vLLM runs decodes of finished prompts
+in the same passes as the remaining chunks), the rest on decode steps; later
+waves queue behind earlier ones (:class:`_Wave`, :func:`_latency_columns`).
+**Under a limit** (:class:`LatencyLimits`, e.g. TPOT p99 <= 40 ms) a shape
+serves at the most requests that meet it (:func:`max_concurrency`, a
+vectorised bisection over the batch), and :func:`estimate_under_limits`
+gives its throughput there: the operating point ``search --tpot-ms`` ranks by.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -95,9 +108,15 @@ class CostTerms:
     are llm-analysis's (0.7 for compute, 0.9 for memory). The times are
     what engines spend besides bytes and FLOPs; an uncalibrated estimate has
     none of them, which is why it is optimistic. ``t_allreduce`` defaults to
-    40 us, the latency that reproduces Databricks' measured bandwidth
-    utilisation of Llama-2-70B on A100s (55% at TP4, 38% at TP8, quoted in the
-    tensor-parallel report; ``experiments/reproduce/allreduce_latency.py``).
+    102 us: the least-squares fit of this model (its other terms
+    uncalibrated) to Databricks' measured bandwidth utilisation of
+    Llama-2-70B (bf16, 138 GB of weights by archscale's count) at batch 1 on
+    A100-40GB, 55% at TP4 and 38% at TP8, as the tensor-parallel report quotes
+    them (99 us from TP4 alone, 106 us from TP8 alone;
+    ``experiments/reproduce/allreduce_latency.py``). It is an effective cost
+    per all-reduce, everything tensor parallelism adds that the model has no
+    other term for, not a NCCL latency; an earlier 40 us came from the
+    report's 71.34 GB, which halves the weights.
     """
 
     eta_compute: float = 0.7
@@ -106,7 +125,7 @@ class CostTerms:
     t_step: float = 0.0
     t_seq: float = 0.0
     t_layer: float = 0.0
-    t_allreduce: float = 40e-6
+    t_allreduce: float = 102e-6
 
     def __post_init__(self) -> None:
         for name, (low, high) in TERM_BOUNDS.items():
@@ -259,12 +278,13 @@ def estimate_rows(rows: pd.DataFrame, gpu: GPU, terms: CostTerms = CostTerms(),
     ``output_len``, and optionally ``tp`` (default 1) and ``bytes_per_element``
     (default 2). One vectorised evaluation for all rows.
     """
-    estimate = row_estimator(rows, gpu, engine)(terms)
+    estimate = row_estimator(rows, gpu, engine, with_latency=True)(terms)
     return pd.DataFrame(estimate, index=rows.index)
 
 
-def row_estimator(rows: pd.DataFrame, gpu: GPU, engine: EngineSettings = EngineSettings()):
-    """:func:`estimate_rows` with the rows read once: a function of the terms alone, for a fit to call thousands of times."""
+def row_estimator(rows: pd.DataFrame, gpu: GPU, engine: EngineSettings = EngineSettings(), with_latency: bool = False):
+    """:func:`estimate_rows` with the rows read once: a function of the terms alone, for a fit to call thousands of times
+    (the latency columns only when asked: they are most of the cost)."""
     shape = _shape_arrays(rows)
     column = lambda name, default: (rows[name].to_numpy(dtype=np.float64) if name in rows  # noqa: E731
                                     else np.full(len(rows), float(default)))
@@ -277,7 +297,7 @@ def row_estimator(rows: pd.DataFrame, gpu: GPU, engine: EngineSettings = EngineS
             check_tensor_parallel(shape["n_heads"][rows_at].astype(np.int64), shape["n_kv_heads"][rows_at].astype(np.int64), int(tp))
 
     def estimate(terms: CostTerms) -> dict[str, np.ndarray]:
-        return _estimate(shape, runs, gpu, terms, engine, with_bound=False)
+        return _estimate(shape, runs, gpu, terms, engine, with_bound=False, with_latency=with_latency)
 
     return estimate
 
@@ -295,21 +315,26 @@ class _RowWorkload:
 
 
 def _estimate(shape: dict, runs: _RowWorkload, gpu: GPU, terms: CostTerms, engine: EngineSettings,
-              with_bound: bool = True) -> dict:
-    """The model on arrays: memory and concurrency, waves, prefill and decode, tokens/s (and, if asked, the bound)."""
-    cost = _per_gpu_costs(shape, runs.tp, runs.bytes_per_element)
+              with_bound: bool = True, with_latency: bool = True, statistics: tuple = (), cost: dict | None = None) -> dict:
+    """The model on arrays: memory and concurrency, waves, prefill and decode, tokens/s (and, if asked, the bound
+    and the latency columns: every statistic, or only ``statistics``). ``cost``: :func:`_per_gpu_costs` if already
+    computed for these rows."""
+    cost = _per_gpu_costs(shape, runs.tp, runs.bytes_per_element) if cost is None else cost
     memory = _memory(cost, gpu, runs, engine)
     concurrency = memory["concurrency"]
     full_waves, remainder = np.divmod(runs.batch, np.maximum(concurrency, 1))
+    full_waves = np.broadcast_to(full_waves, np.shape(concurrency))
+    remainder = np.broadcast_to(remainder, np.shape(concurrency))
     phases = _batch_times(cost, concurrency, gpu, runs, terms, engine)
     prefill, decode = full_waves * phases["prefill"], full_waves * phases["decode"]
-    capped = np.flatnonzero(np.broadcast_to(remainder, np.shape(concurrency)) > 0)
+    last_wave = {key: np.zeros(np.shape(concurrency)) for key in ("prefill", "decode", "passes")}
+    capped = np.flatnonzero(remainder > 0)
     if len(capped):  # a last, smaller wave where the KV cache capped concurrency (only those rows: cheap at 10^6)
-        rest = _batch_times(_take(cost, capped), np.broadcast_to(remainder, np.shape(concurrency))[capped], gpu,
+        rest = _batch_times(_take(cost, capped), remainder[capped], gpu,
                             _RowWorkload(**_take(runs.__dict__, capped)), terms, engine)
-        prefill, decode = prefill.copy(), decode.copy()
-        prefill[capped] += rest["prefill"]
-        decode[capped] += rest["decode"]
+        for key in last_wave:
+            last_wave[key][capped] = rest[key]
+        prefill, decode = prefill + last_wave["prefill"], decode + last_wave["decode"]
     total = prefill + decode
     active = concurrency >= 1
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -327,6 +352,10 @@ def _estimate(shape: dict, runs: _RowWorkload, gpu: GPU, terms: CostTerms, engin
     }
     if with_bound:
         estimate["bound"] = _decode_bound(cost, concurrency, gpu, runs, terms)
+    if with_latency:
+        waves = _Waves(concurrency=np.asarray(concurrency, dtype=np.float64), full=full_waves.astype(np.float64),
+                       remainder=remainder.astype(np.float64), full_phases=phases, last_phases=last_wave)
+        estimate.update(_latency_columns(waves, runs, engine, statistics or LATENCY_STATISTICS))
     return estimate
 
 
@@ -446,7 +475,8 @@ def _batch_times(cost, concurrency, gpu: GPU, runs: _RowWorkload, terms: CostTer
     per_step = _pass_overhead(cost, c, gpu, terms) + c * terms.t_seq
     decode = _sum_max_affine(*_decode_lines(cost, c, gpu, terms), runs.input_len + 1, steps) + steps * per_step
     active = c > 0
-    return {"prefill": np.where(active, prefill, 0.0), "decode": np.where(active, decode, 0.0)}
+    return {"prefill": np.where(active, prefill, 0.0), "decode": np.where(active, decode, 0.0),
+            "passes": np.where(active, passes, 0.0)}
 
 
 def _prefill_roofline(cost, c, passes, input_len, gpu: GPU, terms: CostTerms) -> np.ndarray:
@@ -479,23 +509,320 @@ def _sum_affine(a, b, first, count):
 def _sum_max_affine(a1, b1, a2, b2, first, count) -> np.ndarray:
     """Exact ``sum_{s=first}^{first+count-1} max(a1 + b1 s, a2 + b2 s)``, elementwise over arrays.
 
-    The difference of two affine functions changes sign at most once, so line
-    1 wins on a prefix or a suffix of the range; find its length, then add two
-    arithmetic series.
+    It is line 2's sum plus ``(a1 - a2) + (b1 - b2) s`` over the steps where
+    line 1 is higher. The difference of two affine functions changes sign at
+    most once, so those steps are a prefix or a suffix of the range: find its
+    length, then add arithmetic series (``first`` and ``count`` may be scalars,
+    and are not broadcast, which keeps this cheap at 10^6 rows).
     """
-    a1, b1, a2, b2, first, count = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64)
-                                                         for v in (a1, b1, a2, b2, first, count)))
+    first, count = np.asarray(first, dtype=np.float64), np.maximum(np.asarray(count, dtype=np.float64), 0.0)
     last = first + count - 1
-    da, db = a1 - a2, b1 - b2
+    da, db = np.subtract(a1, a2, dtype=np.float64), np.subtract(b1, b2, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        root = -da / db
-    # Count of steps where line 1 wins, and whether they form the suffix (db > 0) or the prefix (db <= 0).
-    wins_suffix = db > 0
-    start = np.clip(np.ceil(np.where(wins_suffix, root, 0.0)), first, last + 1)
-    stop = np.clip(np.floor(np.where(wins_suffix, 0.0, root)), first - 1, last)
-    stop = np.where(db == 0, np.where(da >= 0, last, first - 1), stop)
-    line1_count = np.where(wins_suffix, last + 1 - start, stop - first + 1)
-    line1_first = np.where(wins_suffix, start, first)
-    line2_first = np.where(wins_suffix, first, first + line1_count)
-    return (_sum_affine(a1, b1, line1_first, line1_count)
-            + _sum_affine(a2, b2, line2_first, count - line1_count))
+        root = -da / db  # line 1 is higher above the root when db > 0, below it when db < 0
+    rising = db > 0
+    start = np.where(rising, np.clip(np.ceil(root), first, last + 1), first)
+    stop = np.where(rising, last, np.clip(np.floor(root), first - 1, last))
+    flat = db == 0
+    if flat.any():
+        start, stop = np.where(flat, first, start), np.where(flat, np.where(da > 0, last, first - 1), stop)
+    wins = stop - start + 1
+    return _sum_affine(a2, b2, first, count) + wins * da + db * (start + stop) * wins / 2.0
+
+
+# ---- latency -----------------------------------------------------------------------
+LATENCY_PERCENTILES = (50, 90, 99)
+"""The percentiles every bench row and estimate carries (with the mean), as vLLM's serving benchmark reports them."""
+LATENCY_METRICS = ("ttft", "tpot", "itl")
+"""Time to first token, time per output token after the first, and the gaps between consecutive output tokens."""
+
+
+def latency_column(metric: str, statistic: str | int) -> str:
+    """Column name of one latency figure, in milliseconds: ``ttft_ms_p99``, ``tpot_ms_mean`` (the bench rows' names)."""
+    return f"{metric}_ms_{statistic if statistic == 'mean' else f'p{statistic}'}"
+
+
+LATENCY_COLUMNS = tuple(latency_column(metric, statistic) for metric in LATENCY_METRICS
+                        for statistic in ("mean", *LATENCY_PERCENTILES))
+"""Every latency column of a bench row and an estimate, in milliseconds."""
+
+
+LATENCY_STATISTICS: tuple[str | int, ...] = ("mean", *LATENCY_PERCENTILES)
+
+
+def parse_statistic(text: str, flag: str = "--percentile") -> str | int:
+    """``p99`` -> 99, ``mean`` -> "mean"; a statistic the bench rows do not carry is refused in one line."""
+    value = str(text).strip().lower()
+    if value == "mean":
+        return "mean"
+    if value.startswith("p") and value[1:].isdigit() and int(value[1:]) in LATENCY_PERCENTILES:
+        return int(value[1:])
+    known = ", ".join(f"p{p}" for p in LATENCY_PERCENTILES)
+    raise UserError(f"{flag} {text!r}: not a measured statistic; bench rows and estimates carry {known} and mean")
+
+
+@dataclass(frozen=True)
+class LatencyLimits:
+    """What a deployment must meet: TPOT and/or TTFT at most so many milliseconds, at one statistic over requests.
+
+    MLPerf's interactive Llama-2-70B scenario, for example, is p99 TTFT <= 450 ms and p99 TPOT <= 40 ms.
+    """
+
+    tpot_ms: float | None = None
+    ttft_ms: float | None = None
+    statistic: str | int = 99
+
+    def __post_init__(self) -> None:
+        if self.tpot_ms is None and self.ttft_ms is None:
+            raise UserError("a latency limit needs --tpot-ms and/or --ttft-ms")
+        for flag, value in (("--tpot-ms", self.tpot_ms), ("--ttft-ms", self.ttft_ms)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise UserError(f"{flag} must be a positive number of milliseconds, got {value!r}")
+        if self.statistic not in LATENCY_STATISTICS:
+            parse_statistic(str(self.statistic))
+
+    @property
+    def statistic_label(self) -> str:
+        return "mean" if self.statistic == "mean" else f"p{self.statistic}"
+
+    def describe(self) -> str:
+        parts = [f"{name} {self.statistic_label} <= {value:g} ms"
+                 for name, value in (("TPOT", self.tpot_ms), ("TTFT", self.ttft_ms)) if value is not None]
+        return " and ".join(parts)
+
+    def met(self, frame: pd.DataFrame) -> np.ndarray:
+        """Which rows of an estimate or bench table meet the limits (a missing figure does not)."""
+        ok = np.ones(len(frame), dtype=bool)
+        for metric, limit in (("tpot", self.tpot_ms), ("ttft", self.ttft_ms)):
+            if limit is not None:
+                ok &= (frame[latency_column(metric, self.statistic)].to_numpy(dtype=float) <= limit)
+        return ok
+
+
+def max_concurrency(candidates: pd.DataFrame, gpu: GPU, workload: Workload, limits: LatencyLimits, tp: int = 1,
+                    terms: CostTerms = CostTerms(), engine: EngineSettings = EngineSettings(),
+                    bytes_per_element: int = 2) -> np.ndarray:
+    """Per row, the most requests ``c`` (at most ``workload.batch_size`` and what the KV cache holds) that, submitted
+    together as ``bench`` measures them, meet ``limits``; 0 where not even one request does.
+
+    TTFT and TPOT grow with ``c`` (more prompts to prefill before the last one, more sequences per decode step), so
+    a bisection over ``c`` finds the largest that passes: about ``log2(batch)`` vectorised evaluations of the model
+    over all rows, no loop over rows or batch sizes.
+    """
+    shape = _shape_arrays(candidates)
+    if len(candidates):
+        check_tensor_parallel(shape["n_heads"].astype(np.int64), shape["n_kv_heads"].astype(np.int64), tp)
+    return _max_concurrency(shape, gpu, workload, limits, tp, terms, engine, bytes_per_element)[0]
+
+
+def _max_concurrency(shape: dict, gpu: GPU, workload: Workload, limits: LatencyLimits, tp: int, terms: CostTerms,
+                     engine: EngineSettings, bytes_per_element: float) -> tuple[np.ndarray, dict]:
+    """:func:`max_concurrency` on shape arrays already read; also the per-GPU costs it computed, for reuse."""
+    runs = _RowWorkload(batch=np.float64(workload.batch_size), input_len=np.float64(workload.input_len),
+                        output_len=np.float64(workload.output_len), tp=np.float64(tp),
+                        bytes_per_element=np.float64(bytes_per_element))
+    cost = _per_gpu_costs(shape, runs.tp, runs.bytes_per_element)
+    capacity = _memory(cost, gpu, runs, engine)["concurrency"].astype(np.float64)
+
+    def meets(c: np.ndarray) -> np.ndarray:
+        wave = _Wave.of(c, _batch_times(cost, c, gpu, runs, terms, engine), runs, engine)
+        ok = np.ones(np.shape(c), dtype=bool)
+        if limits.tpot_ms is not None:  # one output token has no TPOT: nothing to limit
+            ok &= np.nan_to_num(wave.tpot_at(limits.statistic) * 1e3, nan=0.0) <= limits.tpot_ms
+        if limits.ttft_ms is not None:
+            ok &= wave.ttft_at(limits.statistic) * 1e3 <= limits.ttft_ms
+        return ok
+
+    low, high = np.zeros_like(capacity), capacity  # invariant: low meets (0 trivially), high + 1 does not
+    while (open_rows := low < high).any():
+        middle = np.where(open_rows, np.ceil((low + high) / 2.0), high)
+        ok = meets(np.maximum(middle, 1.0))
+        low = np.where(open_rows & ok, middle, low)
+        high = np.where(open_rows & ~ok, middle - 1.0, high)
+    return low.astype(np.int64), cost
+
+
+def estimate_under_limits(candidates: pd.DataFrame, gpu: GPU, workload: Workload, limits: LatencyLimits, tp: int = 1,
+                          terms: CostTerms = CostTerms(), engine: EngineSettings = EngineSettings(),
+                          bytes_per_element: int = 2) -> pd.DataFrame:
+    """:func:`estimate_throughput_many` at each row's own operating point: the batch of :func:`max_concurrency`.
+
+    Rows that cannot meet the limits even alone are estimated at one request (so their nearest miss can be shown)
+    and have ``meets_limits`` False. ``operating_batch`` is the batch each row was estimated at.
+    """
+    shape = _shape_arrays(candidates)
+    if len(candidates):
+        check_tensor_parallel(shape["n_heads"].astype(np.int64), shape["n_kv_heads"].astype(np.int64), tp)
+    chosen, cost = _max_concurrency(shape, gpu, workload, limits, tp, terms, engine, bytes_per_element)
+    batch = np.maximum(chosen, 1).astype(np.float64)
+    runs = _RowWorkload(batch=batch, input_len=np.float64(workload.input_len), output_len=np.float64(workload.output_len),
+                        tp=np.float64(tp), bytes_per_element=np.float64(bytes_per_element))
+    frame = pd.DataFrame(_estimate(shape, runs, gpu, terms, engine, with_bound=False, cost=cost,
+                                   statistics=(limits.statistic,)), index=candidates.index)
+    frame["operating_batch"] = batch.astype(np.int64)
+    frame["meets_limits"] = chosen >= 1
+    return frame
+
+
+@dataclass(frozen=True)
+class _Waves:
+    """How a batch ran: ``full`` waves of ``concurrency`` sequences, then one of ``remainder``, with each kind's
+    prefill and decode seconds and prefill passes."""
+
+    concurrency: np.ndarray
+    full: np.ndarray
+    remainder: np.ndarray
+    full_phases: dict
+    last_phases: dict
+
+
+@dataclass(frozen=True)
+class _Wave:
+    """Per-request timing inside one wave of ``size`` sequences submitted together.
+
+    Request ``j`` (in submission order) gets its first token when the prefill
+    pass that holds the end of its prompt completes, pass ``ceil((j + 1)
+    input_len / chunk)``. It then decodes, and as vLLM's chunked prefill runs
+    the decodes of finished prompts in the same forward passes as the
+    remaining prompt chunks, its first ``P - pass_j`` output tokens each wait
+    for a prefill pass rather than a decode step. So early requests have the
+    shortest TTFT and the longest TPOT. Passes and decode steps each take the
+    wave's average time; an engine without chunked prefill is a wave of one
+    pass (all prompts in it).
+    """
+
+    size: np.ndarray
+    passes: np.ndarray
+    pass_s: np.ndarray
+    step_s: np.ndarray
+    steps: np.ndarray
+    input_len: np.ndarray
+    chunk: float
+
+    @classmethod
+    def of(cls, size, phases: dict, runs: "_RowWorkload", engine: EngineSettings) -> "_Wave":
+        passes = np.maximum(phases["passes"], 1.0)
+        steps = np.asarray(runs.output_len - 1, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step_s = np.where(steps > 0, phases["decode"] / np.maximum(steps, 1.0), np.nan)
+        return cls(size=np.asarray(size, dtype=np.float64), passes=passes, pass_s=phases["prefill"] / passes,
+                   step_s=step_s, steps=steps, input_len=np.asarray(runs.input_len, dtype=np.float64),
+                   chunk=float(engine.prefill_chunk_tokens))
+
+    @property
+    def seconds(self) -> np.ndarray:
+        return self.passes * self.pass_s + np.where(self.steps > 0, self.steps * np.nan_to_num(self.step_s), 0.0)
+
+    def pass_of(self, request) -> np.ndarray:
+        """The prefill pass (1-based) in which request ``request`` (0-based) finishes its prompt."""
+        return np.clip(np.ceil((np.asarray(request, dtype=np.float64) + 1.0) * self.input_len / self.chunk), 1.0, self.passes)
+
+    @cached_property
+    def mean_pass(self) -> np.ndarray:
+        """Mean of :meth:`pass_of` over the wave's requests, exactly: ``sum_j ceil((j + 1) a / m) / size``."""
+        size = np.maximum(np.broadcast_to(self.size, np.shape(self.passes)), 1.0).astype(np.int64)
+        prompt = np.broadcast_to(self.input_len, size.shape).astype(np.int64)
+        chunk = np.full(size.shape, int(self.chunk), dtype=np.int64)
+        total = _floor_sum(size, chunk, prompt, prompt + chunk - 1)
+        return np.clip(total / size, 1.0, self.passes)
+
+    def ttft(self, request) -> np.ndarray:
+        return self.pass_of(request) * self.pass_s
+
+    def tpot_given_pass(self, finished_pass) -> np.ndarray:
+        """TPOT of a request whose prompt ends in pass ``finished_pass``: its first outputs wait on prefill passes."""
+        overlap = np.minimum(self.passes - finished_pass, self.steps)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (overlap * self.pass_s + (self.steps - overlap) * self.step_s) / self.steps
+
+    def rank(self, percentile: float) -> np.ndarray:
+        """0-based nearest-rank position of the ``percentile``-th request of this wave."""
+        return np.maximum(np.ceil(percentile / 100.0 * self.size) - 1.0, 0.0)
+
+    def ttft_at(self, statistic: str | int) -> np.ndarray:
+        """TTFT (s) of this wave alone: its mean, or its ``statistic``-th percentile over requests."""
+        if statistic == "mean":
+            return self.mean_pass * self.pass_s
+        return self.ttft(self.rank(float(statistic)))
+
+    def tpot_at(self, statistic: str | int) -> np.ndarray:
+        """TPOT (s) of this wave: mean, or percentile (TPOT falls with a request's position, so the p-th percentile is
+        the request that many places from the end)."""
+        if statistic == "mean":
+            return self.tpot_given_pass(self.mean_pass)
+        return self.tpot_given_pass(self.pass_of(np.maximum(self.size, 1.0) - 1.0 - self.rank(float(statistic))))
+
+    def mixed_share(self) -> np.ndarray:
+        """Share of this wave's inter-token gaps that are prefill passes rather than decode steps."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.steps > 0, np.minimum(self.passes - self.mean_pass, self.steps) / self.steps, 0.0)
+
+
+def _latency_columns(waves: _Waves, runs: "_RowWorkload", engine: EngineSettings,
+                     statistics: tuple = LATENCY_STATISTICS) -> dict[str, np.ndarray]:
+    """TTFT, TPOT and ITL (ms): mean and :data:`LATENCY_PERCENTILES` over the batch's requests, as a bench row has them.
+
+    Requests of later waves queue behind the earlier waves (their TTFT adds the
+    earlier waves' time). Percentiles are nearest-rank over the requests; TPOT
+    and ITL percentiles are those of a full wave (of the only wave when the
+    whole batch ran at once). Rows where nothing fits get NaN.
+    """
+    full = _Wave.of(waves.concurrency, waves.full_phases, runs, engine)
+    last = _Wave.of(waves.remainder, waves.last_phases, runs, engine)
+    batch = waves.full * waves.concurrency + waves.remainder
+    active = waves.concurrency >= 1
+    columns: dict[str, np.ndarray] = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        chosen = _select_wave(waves.full >= 1, full, last)
+        for p in (p for p in LATENCY_PERCENTILES if p in statistics):
+            rank = np.maximum(np.ceil(p / 100.0 * batch) - 1.0, 0.0)
+            wave = np.minimum(np.floor(rank / np.maximum(waves.concurrency, 1.0)), waves.full)
+            in_last = wave >= waves.full
+            position = rank - wave * waves.concurrency
+            ttft = wave * full.seconds + np.where(in_last, last.ttft(position), full.ttft(position))
+            tpot = chosen.tpot_at(p)
+            gaps = (chosen.pass_s, chosen.step_s)
+            slow_share = np.where(gaps[0] >= gaps[1], chosen.mixed_share(), 1.0 - chosen.mixed_share())
+            itl = np.where(p / 100.0 > 1.0 - slow_share, np.maximum(*gaps), np.minimum(*gaps))
+            for metric, value in (("ttft", ttft), ("tpot", tpot), ("itl", itl)):
+                columns[latency_column(metric, p)] = np.where(active, value * 1e3, np.nan)
+    if "mean" not in statistics:
+        return columns
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_ttft = (waves.concurrency * full.seconds * waves.full * (waves.full - 1.0) / 2.0
+                     + waves.full * waves.concurrency * full.ttft_at("mean")
+                     + waves.remainder * (waves.full * full.seconds + last.ttft_at("mean"))) / batch
+        tpot_full, tpot_last = full.tpot_at("mean"), last.tpot_at("mean")
+        mean_tpot = (waves.full * waves.concurrency * np.nan_to_num(tpot_full)
+                     + waves.remainder * np.nan_to_num(tpot_last)) / batch
+        mean_tpot = np.where(np.asarray(runs.output_len) > 1, mean_tpot, np.nan)
+    columns[latency_column("ttft", "mean")] = np.where(active, mean_ttft * 1e3, np.nan)
+    columns[latency_column("tpot", "mean")] = np.where(active, mean_tpot * 1e3, np.nan)
+    # every request has output_len - 1 gaps, so the mean over pooled gaps is the mean TPOT
+    columns[latency_column("itl", "mean")] = columns[latency_column("tpot", "mean")]
+    return columns
+
+
+def _select_wave(use_full: np.ndarray, full: _Wave, last: _Wave) -> _Wave:
+    """Per row, the full wave's timing where there is one, else the last (only) wave's."""
+    pick = lambda a, b: np.where(use_full, a, b)  # noqa: E731
+    return _Wave(size=pick(full.size, last.size), passes=pick(full.passes, last.passes), pass_s=pick(full.pass_s, last.pass_s),
+                 step_s=pick(full.step_s, last.step_s), steps=full.steps, input_len=full.input_len, chunk=full.chunk)
+
+
+def _floor_sum(n: np.ndarray, m: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``sum_{i=0}^{n-1} floor((a i + b) / m)`` elementwise for non-negative integer arrays, in O(log m) vector passes
+    (the Euclid-like reduction of AtCoder's ``floor_sum``): the exact mean prefill pass of a wave without a loop
+    over its requests."""
+    n, m, a, b = (np.array(v, dtype=np.int64, copy=True) for v in np.broadcast_arrays(n, m, a, b))
+    total = np.zeros(n.shape, dtype=np.float64)
+    live = n > 0
+    while live.any():
+        whole_a, whole_b = np.where(live, a // m, 0), np.where(live, b // m, 0)
+        total += n * (n - 1) / 2.0 * whole_a + n * whole_b
+        a, b = np.where(live, a % m, a), np.where(live, b % m, b)
+        top = a * n + b
+        live &= top >= m
+        n, b = np.where(live, top // m, n), np.where(live, top % m, b)
+        m, a = np.where(live, a, m), np.where(live, m, a)
+    return total

@@ -31,7 +31,15 @@ import pandas as pd
 
 from archscale.serving.devices import FIELDS as DEVICE_FIELDS
 from archscale.serving.devices import GPU, gpu_from_record
-from archscale.serving.estimate import CostTerms, EngineSettings, TERM_NAMES, Workload, estimate_throughput_many
+from archscale.serving.estimate import (
+    TERM_NAMES,
+    CostTerms,
+    EngineSettings,
+    LatencyLimits,
+    Workload,
+    estimate_throughput_many,
+    estimate_under_limits,
+)
 from archscale.io.errors import UserError
 from archscale.io.files import read_json, write_json
 
@@ -39,9 +47,10 @@ KIND = "archscale-throughput-profile"
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "data" / "profiles"
 ENV_DIRS = "ARCHSCALE_PROFILES"
 UNCALIBRATED = "uncalibrated"
-ENGINES = ("vllm", "torch", "sglang")
-"""Serving engines a profile can be for: the two archscale measures with (torch, vLLM), and sglang, whose rows come
-from published tables."""
+ENGINES = ("vllm", "torch", "sglang", "hf")
+"""Serving engines a profile can be for: the two archscale measures with (torch, vLLM), and sglang and hf (Hugging Face
+transformers ``generate``, eager and launch-bound at batch 1, so unlike any of the others), whose rows come from
+published tables."""
 
 
 def check_engine(engine: str, flag: str = "--engine") -> str:
@@ -141,6 +150,13 @@ class Profile:
     def estimate(self, candidates: pd.DataFrame, workload: Workload, tp: int = 1, bytes_per_element: int = 2) -> pd.DataFrame:
         """:func:`~archscale.serving.estimate.estimate_throughput_many` with this profile's device, terms and settings."""
         return estimate_throughput_many(candidates, self.device, workload, tp, self.terms, self.settings, bytes_per_element)
+
+    def estimate_under_limits(self, candidates: pd.DataFrame, workload: Workload, limits: LatencyLimits, tp: int = 1,
+                              bytes_per_element: int = 2) -> pd.DataFrame:
+        """:func:`~archscale.serving.estimate.estimate_under_limits` with this profile: each row at the most requests
+        (up to ``workload.batch_size``) that meet ``limits``."""
+        return estimate_under_limits(candidates, self.device, workload, limits, tp, self.terms, self.settings,
+                                     bytes_per_element)
 
     def to_json(self) -> dict[str, Any]:
         from archscale import __version__

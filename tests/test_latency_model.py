@@ -1,0 +1,114 @@
+"""The serving model's latency: TTFT, TPOT and ITL per request, and the operating point under latency limits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from archscale.io.errors import UserError
+from archscale.serving import EngineSettings, LatencyLimits, Workload, estimate_under_limits, load_gpu
+from archscale.serving.estimate import (
+    LATENCY_COLUMNS,
+    CostTerms,
+    _floor_sum,
+    estimate_throughput_many,
+    max_concurrency,
+    parse_statistic,
+)
+from archscale.shapes.architecture import PRESETS
+from archscale.shapes.candidates import generate_candidates
+
+H200 = load_gpu("h200")
+TERMS = CostTerms(eta_weights=0.5, t_step=1.3e-3, t_seq=4e-5)
+LLAMA_1B = pd.DataFrame([PRESETS["llama-3.2-1b"].shape_columns()])
+
+
+def estimate(frame, batch, input_len=4096, output_len=1024, engine=EngineSettings()):
+    return estimate_throughput_many(frame, H200, Workload(batch, input_len, output_len), terms=TERMS, engine=engine).iloc[0]
+
+
+def test_every_estimate_carries_the_latency_columns_a_bench_row_has():
+    row = estimate(LLAMA_1B, 16)
+    assert all(np.isfinite(row[c]) and row[c] > 0 for c in LATENCY_COLUMNS)
+    assert row["ttft_ms_p50"] <= row["ttft_ms_p90"] <= row["ttft_ms_p99"]
+
+
+def test_one_request_spends_its_prefill_before_the_first_token_and_the_decode_after():
+    row = estimate(LLAMA_1B, 1, input_len=128, output_len=256)
+    assert row["ttft_ms_mean"] == pytest.approx(row["prefill_s"] * 1e3)
+    assert row["tpot_ms_mean"] == pytest.approx(row["decode_s"] * 1e3 / 255)
+    assert row["tpot_ms_p99"] == pytest.approx(row["tpot_ms_mean"]) and row["itl_ms_p99"] == pytest.approx(row["tpot_ms_mean"])
+
+
+def test_chunked_prefill_spreads_first_tokens_over_passes_and_slows_early_requests_decode():
+    """8 prompts of 4096 tokens in passes of 8192: request j finishes its prompt in pass ceil((j+1)/2), so the
+    median request waits 2 of 4 passes and the last all 4; the first request decodes through 3 prefill passes."""
+    row = estimate(LLAMA_1B, 8)
+    pass_ms = row["prefill_s"] * 1e3 / 4
+    assert row["ttft_ms_p50"] == pytest.approx(2 * pass_ms)
+    assert row["ttft_ms_p99"] == pytest.approx(4 * pass_ms)
+    assert row["ttft_ms_mean"] == pytest.approx(2.5 * pass_ms)  # mean of 1,1,2,2,3,3,4,4
+    step_ms = row["decode_s"] * 1e3 / 1023
+    assert row["tpot_ms_p99"] == pytest.approx((3 * pass_ms + 1020 * step_ms) / 1023)
+    assert row["tpot_ms_p50"] < row["tpot_ms_p99"]
+
+
+def test_requests_beyond_the_kv_cache_queue_behind_whole_waves():
+    engine = EngineSettings(kv_cache_gib=2.0)
+    one_wave = estimate(LLAMA_1B, 64, engine=engine)
+    capacity = int(one_wave["concurrency"])
+    assert 1 <= capacity < 64
+    waves = estimate(LLAMA_1B, 4 * capacity, engine=engine)
+    single = estimate(LLAMA_1B, capacity, engine=engine)
+    wave_s = single["prefill_s"] + single["decode_s"]
+    assert waves["ttft_ms_p99"] == pytest.approx(3 * wave_s * 1e3 + single["ttft_ms_p99"])
+    assert waves["tpot_ms_p50"] == pytest.approx(single["tpot_ms_p50"])
+
+
+def test_floor_sum_is_exact():
+    rng = np.random.default_rng(0)
+    n, a, m = rng.integers(1, 200, 300), rng.integers(1, 5000, 300), rng.integers(1, 5000, 300)
+    brute = [sum(-(-(j * aa) // mm) for j in range(1, nn + 1)) for nn, aa, mm in zip(n, a, m)]
+    assert np.array_equal(_floor_sum(n, m, a, a + m - 1), np.array(brute, dtype=float))
+
+
+def test_the_operating_point_is_the_largest_batch_that_meets_the_limit():
+    shapes = generate_candidates(1e9, 16, 64, tolerance=0.05, gqa_values=(1, 4, 8)).sample(40, random_state=0)
+    workload, limits = Workload(128, 1024, 256), LatencyLimits(tpot_ms=12.0, ttft_ms=900.0)
+    chosen = max_concurrency(shapes, H200, workload, limits, terms=TERMS)
+    assert (chosen >= 1).all() and (chosen < 128).any()
+    for row, c in zip(shapes.itertuples(index=False), chosen):
+        frame = pd.DataFrame([row._asdict()])
+        at = estimate_throughput_many(frame, H200, Workload(int(c), 1024, 256), terms=TERMS).iloc[0]
+        assert at["tpot_ms_p99"] <= 12.0 and at["ttft_ms_p99"] <= 900.0
+        if c < 128:
+            over = estimate_throughput_many(frame, H200, Workload(int(c) + 1, 1024, 256), terms=TERMS).iloc[0]
+            assert over["tpot_ms_p99"] > 12.0 or over["ttft_ms_p99"] > 900.0
+    limited = estimate_under_limits(shapes, H200, workload, limits, terms=TERMS)
+    assert (limited["operating_batch"].to_numpy() == chosen).all() and limited["meets_limits"].all()
+
+
+def test_a_limit_no_request_can_meet_is_marked_not_met():
+    limited = estimate_under_limits(LLAMA_1B, H200, Workload(64, 4096, 1024), LatencyLimits(tpot_ms=0.01), terms=TERMS)
+    assert not limited["meets_limits"].iloc[0] and limited["operating_batch"].iloc[0] == 1
+
+
+@pytest.mark.parametrize("text, expected", [("p99", 99), ("P50", 50), ("mean", "mean"), ("p90", 90)])
+def test_statistics_bench_rows_carry_are_accepted(text, expected):
+    assert parse_statistic(text) == expected
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"tpot_ms": -1.0}, "--tpot-ms must be a positive"),
+    ({}, "needs --tpot-ms and/or --ttft-ms"),
+    ({"ttft_ms": float("nan")}, "--ttft-ms must be a positive"),
+])
+def test_bad_limits_are_one_line(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        LatencyLimits(**kwargs)
+
+
+def test_a_percentile_no_row_carries_is_refused():
+    with pytest.raises(UserError, match="--percentile 'p95': not a measured statistic; .* p50, p90, p99 and mean"):
+        parse_statistic("p95")
