@@ -31,3 +31,23 @@ def assert_one_line_error(result, store: Path, fragment: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.err
     assert "Traceback" not in result.err
     assert not store.exists()
+
+
+def assert_plausible_latencies(rows) -> None:
+    """Measured bench rows carry TTFT and TPOT (and ITL where timed) with p50 <= p90 <= p99, all positive, and no
+    longer than a repeat could have lasted: at most the slowest repeat's seconds, which the row bounds (a repeat's
+    tokens/s is at most ``std * (repeats - 1) / sqrt(repeats)`` below the mean of the repeats')."""
+    import math
+
+    assert len(rows)
+    for _, row in rows.iterrows():
+        for metric in ("ttft", "tpot", "itl"):
+            values = [row[f"{metric}_ms_{statistic}"] for statistic in ("p50", "p90", "p99")]
+            if metric == "itl" and math.isnan(values[0]):
+                continue  # a backend that cannot time each step leaves ITL percentiles out
+            assert 0 < values[0] <= values[1] <= values[2] and row[f"{metric}_ms_mean"] > 0, (metric, values)
+        slowest_rate = row["tokens_per_s"] - row["tokens_per_s_std"] * (row["repeats"] - 1) / math.sqrt(row["repeats"])
+        repeat_tokens = row["batch_size"] * row["input_len"] + row["output_tokens"]
+        longest_repeat_ms = 1e3 * repeat_tokens / slowest_rate if slowest_rate > 0 else math.inf
+        assert row["ttft_ms_p99"] < longest_repeat_ms
+        assert row["tpot_ms_p99"] * (row["output_len"] - 1) < longest_repeat_ms

@@ -12,13 +12,14 @@ import pytest
 
 from archscale.shapes.architecture import PRESETS, Architecture
 from archscale.bench import records as records_module
-from archscale.bench.records import COLUMNS, config_hash, gpu_key_for_device, make_record
+from archscale.bench.records import COLUMN_TYPES, COLUMNS, LATENCY_COLUMNS, config_hash, gpu_key_for_device, \
+    latency_fields, make_record
 from archscale.bench.store import append, load_results
 from archscale.bench.sweep import resolve_targets, run_sweep
 from archscale.bench.types import BenchOptions
 from archscale.serving.devices import load_gpu
 from conftest import DATA
-from helpers import TINY_128, TINY_160, assert_one_line_error, one_line_error, write_config
+from helpers import TINY_128, TINY_160, assert_one_line_error, assert_plausible_latencies, one_line_error, write_config
 
 
 # ---- torch backend, through the CLI ---------------------------------------------------
@@ -44,6 +45,13 @@ def test_torch_backend_measures_two_tiny_configs_on_cpu(cli, tiny_dirs, tmp_path
     assert rows.loc[0, "config_hash"] == config_hash(TINY_128) != rows.loc[2, "config_hash"]
     assert rows["torch_version"].notna().all() and rows["timestamp"].notna().all()
     assert "tiny160" in r.out and "appended 4 records" in r.err
+    # latency: the batch prefills together (TTFT = prefill), then decodes a token a step; each step timed on CPU
+    assert_plausible_latencies(rows)
+    assert np.allclose(rows["ttft_ms_mean"], 1e3 * rows["prefill_s"])
+    assert np.allclose(rows["tpot_ms_mean"], 1e3 * rows["decode_s"] / 7)
+    assert (rows["itl_ms_mean"] <= rows["tpot_ms_mean"] * (1 + 1e-9)).all()  # the steps, without the final sync
+    shown = cli("bench", "--show", "--store", store).out
+    assert "TTFT p50/p99 ms" in shown and "TPOT p50/p99 ms" in shown and "tiny160" in shown
 
 
 def test_show_json_and_csv_export_read_back(cli, tiny_dirs, tmp_path):
@@ -64,6 +72,34 @@ def test_show_json_and_csv_export_read_back(cli, tiny_dirs, tmp_path):
                                   check_dtype=False)
 
 
+def test_latency_fields_are_milliseconds_with_linear_percentiles():
+    fields = latency_fields([0.1, 0.2, 0.3, 0.4], [0.010, 0.030], None, itl_mean_s=0.02)
+    assert list(fields) == list(LATENCY_COLUMNS)
+    ttft = [fields[f"ttft_ms_{s}"] for s in ("mean", "p50", "p90", "p99")]
+    assert ttft == pytest.approx([250.0, 250.0, 370.0, 397.0])  # linear: p90 sits 0.7 of the way from 300 to 400
+    assert [fields[f"tpot_ms_{s}"] for s in ("mean", "p50", "p99")] == pytest.approx([20.0, 20.0, 29.8])
+    # no gaps timed: the ITL mean given is kept, its percentiles are not invented
+    assert fields["itl_ms_mean"] == pytest.approx(20.0) and fields["itl_ms_p50"] is None and fields["itl_ms_p99"] is None
+    gaps = latency_fields(None, [], [0.001, 0.002, 0.003], itl_mean_s=99.0)
+    assert all(gaps[f"{m}_ms_{s}"] is None for m in ("ttft", "tpot") for s in ("mean", "p50", "p90", "p99"))
+    assert gaps["itl_ms_mean"] == pytest.approx(2.0) and gaps["itl_ms_p90"] == pytest.approx(2.8)  # measured gaps win
+
+
+def test_torch_latencies_share_the_batch_and_leave_untimed_steps_out():
+    from archscale.bench.torch_backend import Timing, batch_latencies
+
+    timed = [Timing(0.5, 0.3, 8, (0.1, 0.1, 0.1)), Timing(0.7, 0.6, 8, (0.1, 0.2, 0.3))]
+    fields = batch_latencies(2, 4, timed)
+    assert fields["ttft_ms_p50"] == pytest.approx(600.0) and fields["ttft_ms_mean"] == pytest.approx(600.0)
+    assert fields["tpot_ms_mean"] == pytest.approx(150.0)  # (0.3 + 0.6) / 2 repeats / 3 gaps
+    assert fields["itl_ms_mean"] == pytest.approx(150.0) and fields["itl_ms_p99"] == pytest.approx(300.0)
+    untimed = batch_latencies(2, 4, [Timing(0.5, 0.3, 8), Timing(0.7, 0.6, 8)])  # CUDA: no sync per step
+    assert untimed["itl_ms_mean"] == pytest.approx(150.0) and untimed["itl_ms_p50"] is None
+    one_token = batch_latencies(2, 1, [Timing(0.5, 0.0, 2, ())])
+    assert one_token["ttft_ms_mean"] == pytest.approx(500.0)
+    assert one_token["tpot_ms_mean"] is None and one_token["itl_ms_mean"] is None  # one token: no gap to time
+
+
 def test_roofline_rows_equal_estimate_throughput(tmp_path):
     from archscale.serving.estimate import Workload, estimate_throughput
 
@@ -73,6 +109,18 @@ def test_roofline_rows_equal_estimate_throughput(tmp_path):
     expected = estimate_throughput(PRESETS["surefire-1b"], load_gpu("h100-sxm"), Workload(128, 4096, 1024))
     assert result.records[1]["tokens_per_s"] == pytest.approx(expected.total_tokens_per_s)
     assert result.records[1]["decode_s"] == pytest.approx(expected.decode_s)
+
+
+def test_roofline_rows_carry_the_models_latency_in_the_measured_columns():
+    from archscale.serving.estimate import Workload, estimate_throughput_many
+
+    options = BenchOptions(backend="roofline", gpu="h100-sxm", batch_sizes=(1, 32), input_len=2048, output_len=256,
+                           profile="none")
+    record = run_sweep(resolve_targets(["surefire-1b"]), options).records[1]
+    frame = pd.DataFrame([PRESETS["surefire-1b"].shape_columns()])
+    expected = estimate_throughput_many(frame, load_gpu("h100-sxm"), Workload(32, 2048, 256)).iloc[0]
+    assert all(record[c] == pytest.approx(float(expected[c])) for c in LATENCY_COLUMNS)
+    assert record["ttft_ms_p50"] < record["ttft_ms_p99"]  # 32 prompts of 2048 tokens take 8 prefill passes
 
 
 # ---- failures are records, and the sweep goes on --------------------------------------
@@ -101,10 +149,10 @@ def test_out_of_memory_during_a_run_is_recorded(monkeypatch, tmp_path, one_threa
 
     real_generate = torch_backend.generate
 
-    def generate(step, prompts, output_len, chunk, synchronize):
+    def generate(step, prompts, output_len, chunk, synchronize, time_steps=False):
         if prompts.shape[0] == 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
-        return real_generate(step, prompts, output_len, chunk, synchronize)
+        return real_generate(step, prompts, output_len, chunk, synchronize, time_steps)
 
     monkeypatch.setattr(torch_backend, "generate", generate)
     ticks = []
@@ -116,6 +164,8 @@ def test_out_of_memory_during_a_run_is_recorded(monkeypatch, tmp_path, one_threa
     result = run_sweep(resolve_targets([str(tmp_path / "c")]), options, tmp_path / "b.db", Hooks(advanced=ticks.append))
     assert result.records[0]["status"] == "failed" and result.records[1]["status"] in ("ok", "noisy")  # noisy: busy machine
     assert result.records[0]["error"].startswith("out of memory during the run: CUDA out of memory")
+    assert all(result.records[0][name] is None for name in LATENCY_COLUMNS)
+    assert result.records[1]["ttft_ms_p50"] > 0
     assert sum(ticks) == 4  # the progress bar still reaches its total
     assert len(load_results(tmp_path / "b.db")) == 2
 
@@ -140,8 +190,10 @@ def test_chunked_prefill_matches_whole_prompt_and_decodes_every_position(one_thr
     with torch.inference_mode():
         for chunk_size in (20, 8):
             model.allocate_kv_cache(3, 32)
-            _, _, count = generate(recording(chunk_size), prompts, 6, chunk_size, lambda: None)
-            assert count == 3 * 6
+            timing = generate(recording(chunk_size), prompts, 6, chunk_size, lambda: None, time_steps=True)
+            assert timing.tokens == 3 * 6
+            # one time per decode step (the first token comes from the prefill), within the decode's time
+            assert len(timing.step_s) == 5 and min(timing.step_s) > 0 and sum(timing.step_s) <= timing.decode_s
     assert [(s, n) for c, s, n in calls if c == 8] == [(0, 8), (8, 8), (16, 4), (20, 1), (21, 1), (22, 1), (23, 1), (24, 1)]
     whole, chunked = tokens[20], tokens[8][2:]  # from the last prefill call on, the same tokens
     assert all(torch.equal(a, b) for a, b in zip(whole, chunked))
@@ -237,6 +289,37 @@ def test_store_rejects_unknown_columns_and_reads_missing_columns(tmp_path):
     pd.DataFrame([{"n_layers": 16, "d_model": 2048, "gpu": "h100-sxm", "tokens_per_s": 5.0}]).to_csv(csv_path, index=False)
     frame = load_results(csv_path)
     assert list(frame.columns) == list(COLUMNS) and frame.loc[0, "tokens_per_s"] == 5.0
+
+
+def test_a_store_written_before_the_latency_columns_is_read_and_appended_to(cli, tmp_path):
+    """An older store has no latency columns: its rows read with them missing, and a new row adds them."""
+    store = tmp_path / "old.sqlite"
+    old_columns = [(name, kind) for name, kind in COLUMN_TYPES if name not in LATENCY_COLUMNS]
+    old_row = make_record(TINY_128, "tiny", "torch", {"batch_size": 1, "input_len": 8, "output_len": 4, "repeats": 1,
+                                                      "tp": 1}, {"gpu": "cpu", "tokens_per_s": 2.0})
+    with sqlite3.connect(store) as connection:
+        connection.execute("CREATE TABLE results (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                           + ", ".join(f'"{name}" {kind}' for name, kind in old_columns) + ")")
+        connection.execute(f"INSERT INTO results ({', '.join(name for name, _ in old_columns)}) VALUES "
+                           f"({', '.join('?' for _ in old_columns)})", [old_row[name] for name, _ in old_columns])
+    connection.close()
+    old = load_results(store)
+    assert list(old.columns) == list(COLUMNS) and old.loc[0, "tokens_per_s"] == 2.0
+    assert old.loc[0, list(LATENCY_COLUMNS)].isna().all()
+    shown = cli("bench", "--show", "--store", store)
+    assert shown.code == 0 and "tiny" in shown.out and "TTFT" not in shown.out  # no row has latency: no column
+
+    new_row = {**old_row, **latency_fields([0.01], [0.002], [0.002]), "tokens_per_s": 3.0}
+    append(store, [new_row])
+    rows = load_results(store)
+    assert list(rows["tokens_per_s"]) == [2.0, 3.0]
+    assert rows.loc[0, list(LATENCY_COLUMNS)].isna().all()
+    assert rows.loc[1, "ttft_ms_p50"] == pytest.approx(10.0) and rows.loc[1, "tpot_ms_p99"] == pytest.approx(2.0)
+    shown = cli("bench", "--show", "--store", store).out
+    assert "TTFT p50/p99 ms" in shown and "10.0 / 10.0" in shown and "2.00 / 2.00" in shown
+    csv_path = tmp_path / "old.csv"
+    pd.DataFrame([{"n_layers": 16, "gpu": "h100-sxm", "tokens_per_s": 5.0}]).to_csv(csv_path, index=False)
+    assert load_results(csv_path).loc[0, list(LATENCY_COLUMNS)].isna().all()
 
 
 def test_corrupt_store_is_one_line_error(tmp_path):

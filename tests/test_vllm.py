@@ -20,7 +20,8 @@ from archscale.bench.store import load_results
 from archscale.bench.sweep import Hooks, resolve_targets, run_sweep
 from archscale.bench.types import BenchOptions
 from archscale.bench.vllm_backend import error_line
-from archscale.bench.vllm_worker import default_dtype, format_cpu_list, kv_cache_bytes, peak_concurrency
+from archscale.bench.records import LATENCY_COLUMNS
+from archscale.bench.vllm_worker import LatencySamples, default_dtype, format_cpu_list, kv_cache_bytes, peak_concurrency
 from helpers import TINY_128, assert_one_line_error
 
 FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm"
@@ -125,8 +126,44 @@ def test_a_batch_vllm_did_not_run_together_is_a_failure(cli, fake_vllm, tiny_dir
     assert list(rows["status"]) == ["ok", "failed"]
     assert rows.loc[1, "error"] == ("vLLM did not run the 4 requests as one batch (repeat 1: 4 requests returned, "
                                     "at most 2 running at once, 0 preemptions)")
-    assert np.isnan(rows.loc[1, "tokens_per_s"])
+    assert np.isnan(rows.loc[1, "tokens_per_s"]) and rows.loc[1, list(LATENCY_COLUMNS)].isna().all()
     assert "failed: tiny128 batch 4: vLLM did not run the 4 requests as one batch" in r.err
+    assert rows.loc[0, "ttft_ms_p50"] > 0  # the batch that ran as one keeps its latency
+
+
+def test_latencies_come_from_the_engine_timestamps_of_the_timed_repeats(cli, fake_vllm, tiny_dirs, tmp_path):
+    """The fake stamps request i's first token i+1 ms after all were queued, its last 0.5 s after it was scheduled,
+    with gaps growing 1:2:3:4 between its 5 tokens; each of the 2 repeats gives the same 4 requests."""
+    store = tmp_path / "bench.sqlite"
+    r = bench(cli, store, tiny_dirs[0], "--batch-sizes", "4", "--input-len", "8", "--output-len", "5", "--repeats", "2")
+    assert r.code == 0, r.err
+    row = load_results(store).iloc[0]
+    # TTFT, from the earliest queued stamp: 1, 2, 3, 4 ms twice (the warm-up's requests are not among them)
+    assert [row[f"ttft_ms_{s}"] for s in ("mean", "p50", "p90", "p99")] == pytest.approx([2.5, 2.5, 4.0, 4.0])
+    tpot = [(500 - (i + 1)) / 4 for i in range(4)]  # (last - first) / (5 - 1) per request
+    assert row["tpot_ms_mean"] == pytest.approx(np.mean(tpot)) and row["tpot_ms_p99"] == pytest.approx(max(tpot), rel=1e-3)
+    gaps = [(500 - (i + 1)) * k / 10 for i in range(4) for k in (1, 2, 3, 4)]  # the engine's per-token gaps, pooled
+    assert row["itl_ms_mean"] == pytest.approx(row["tpot_ms_mean"])  # every request has as many gaps
+    assert row["itl_ms_p50"] == pytest.approx(np.percentile(gaps * 2, 50)) and row["itl_ms_p99"] > 3 * row["itl_ms_p50"] / 2
+
+
+def test_latency_samples_use_one_clock_and_leave_out_what_was_not_timed():
+    # arrival_time is the frontend's wall clock: ignored; the engine's queued stamps give the arrival
+    outputs = [_Output(10.0, 12.0, first_token_ts=10.5, queued_ts=9.9, tokens=3, arrival_time=1.7e9),
+               _Output(10.0, 12.5, first_token_ts=10.9, queued_ts=10.0, tokens=3, arrival_time=1.7e9)]
+    samples = LatencySamples()
+    samples.add(outputs, [0.7, 0.8, 0.8, 0.8])
+    fields = samples.fields()
+    assert fields["ttft_ms_p50"] == pytest.approx(800.0) and fields["ttft_ms_mean"] == pytest.approx(800.0)
+    assert fields["tpot_ms_mean"] == pytest.approx(775.0) and fields["itl_ms_p50"] == pytest.approx(800.0)
+    untimed = LatencySamples()
+    untimed.add(outputs, None)  # no gaps recorded: the mean still holds (decode spans over gaps), no percentiles
+    untimed.add(outputs, [0.7, 0.8])  # gaps that do not number one per token are not trusted either
+    assert untimed.fields()["itl_ms_mean"] == pytest.approx(775.0) and untimed.fields()["itl_ms_p50"] is None
+    unstamped = LatencySamples()
+    unstamped.add(outputs, None)
+    unstamped.add([_Output()], None)  # one repeat without engine stats: no latency at all
+    assert unstamped.fields() == {}
 
 
 # ---- failures are records; the sweep goes on -------------------------------------------------
@@ -265,13 +302,20 @@ def test_cuda_builds_of_torchvision_beside_cpu_torch_are_refused(cli, fake_vllm,
 
 # ---- the worker's pieces ------------------------------------------------------------------------
 class _Stats:
-    def __init__(self, scheduled_ts, last_token_ts, num_preemptions=0):
+    def __init__(self, scheduled_ts, last_token_ts, num_preemptions=0, first_token_ts=0.0, queued_ts=0.0, arrival_time=0.0):
         self.scheduled_ts, self.last_token_ts, self.num_preemptions = scheduled_ts, last_token_ts, num_preemptions
+        self.first_token_ts, self.queued_ts, self.arrival_time = first_token_ts, queued_ts, arrival_time
+
+
+class _Completion:
+    def __init__(self, tokens):
+        self.token_ids = list(range(tokens))
 
 
 class _Output:
-    def __init__(self, *stats):
-        self.metrics = _Stats(*stats) if stats else None
+    def __init__(self, *stats, tokens=1, **stamps):
+        self.metrics = _Stats(*stats, **stamps) if stats else None
+        self.outputs = [_Completion(tokens)]
 
 
 def test_peak_concurrency_reads_overlap_and_preemptions():

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 
+import numpy as np
 import pytest
 
 from archscale.shapes.architecture import Architecture
@@ -19,6 +20,7 @@ from archscale.bench.store import load_results
 from archscale.bench.vllm_backend import PYTHON_ENV, check_vllm_python, worker_environment
 from archscale.bench.vllm_worker import default_dtype
 from archscale.io.errors import UserError
+from helpers import assert_plausible_latencies
 
 TINY = Architecture(2, 128, 4, 2, 32, 256, vocab_size=512, name="tiny")
 
@@ -64,6 +66,11 @@ def test_real_vllm_measures_a_tiny_config_at_two_batch_sizes_on_one_engine(cli, 
     assert set(map(int, re.findall(r"\d+", binding))) <= os.sched_getaffinity(0)
     # one engine for both batch sizes: vLLM logs this line once per engine it starts
     assert r.err.count("Initializing a V1 LLM engine") == 1
+    # latency from the engine's own stamps: TTFT and TPOT per request, and ITL from its per-token gaps, which
+    # (one per decode token of each request) the worker's stat logger received
+    assert_plausible_latencies(rows)
+    assert rows["itl_ms_p50"].notna().all()
+    assert np.allclose(rows["itl_ms_mean"], rows["tpot_ms_mean"], rtol=1e-6)  # equal output lengths: the same mean
 
 
 def test_real_vllm_search_measure_returns_the_measured_fastest_and_judges_the_spread(cli, vllm_python, tmp_path, monkeypatch):

@@ -17,6 +17,10 @@ measuring process computed with (torch intra-op threads, or vLLM's CPU worker
 threads); None where it does not apply (GPU runs, estimates). ``cpu_binding`` is the CPU
 cores those threads were bound to (``0-3``; ranks of a multi-process engine
 joined by ``|``), as vLLM's CPU backend pins its model workers.
+
+``ttft_ms_*``, ``tpot_ms_*`` and ``itl_ms_*`` (:data:`LATENCY_COLUMNS`) are per-request latencies in
+milliseconds, with vLLM's benchmark definitions (:func:`latency_fields`); None where a backend did not measure
+them. Each backend's docstring says how it times them.
 """
 
 from __future__ import annotations
@@ -28,10 +32,14 @@ import platform
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from archscale.io.errors import one_line
+from archscale.serving.estimate import LATENCY_COLUMNS, LATENCY_METRICS, LATENCY_PERCENTILES, latency_column
 from archscale.shapes.architecture import Architecture
+
+# ``ttft_ms_mean, ttft_ms_p50, ..., itl_ms_p99``: milliseconds, None where not measured (:func:`latency_fields`); one
+# list for measured rows and the serving model's estimates, so they compare column for column.
 
 # (column, SQLite type); the order is the order of tables and CSV exports.
 COLUMN_TYPES: tuple[tuple[str, str], ...] = (
@@ -62,6 +70,7 @@ COLUMN_TYPES: tuple[tuple[str, str], ...] = (
     ("tokens_per_s_std", "REAL"),
     ("prefill_s", "REAL"),
     ("decode_s", "REAL"),
+    *((name, "REAL") for name in LATENCY_COLUMNS),
     ("output_tokens", "INTEGER"),
     ("memory_gb", "REAL"),
     ("concurrency", "INTEGER"),
@@ -170,6 +179,35 @@ def summarize_repeats(totals_s: list[float], tokens_per_repeat: list[int], outpu
     }
 
 
+def latency_fields(ttft_s: Sequence[float] | None, tpot_s: Sequence[float] | None, itl_s: Sequence[float] | None,
+                   itl_mean_s: float | None = None) -> dict[str, float | None]:
+    """The :data:`LATENCY_COLUMNS` (milliseconds) from per-request TTFTs, per-request TPOTs and pooled ITL gaps (seconds).
+
+    vLLM's benchmark definitions, so a measured row reads like ``vllm bench serve`` output:
+    TTFT = a request's first output token time - its arrival; TPOT = (last token time - first token time) /
+    (output tokens - 1) per request; ITL = the gaps between consecutive output tokens of a request, pooled over
+    requests. Each metric gets its mean and its 50th, 90th and 99th percentiles (``np.percentile``, linear
+    interpolation). A metric given as None or empty is None in every statistic: not measured is not zero.
+
+    ``itl_mean_s`` is the ITL mean where the gaps themselves were not timed: a request's gaps sum to its
+    decode span (last - first token time), so the pooled mean is exactly the summed spans over the summed
+    gaps, known without per-token times; the ITL percentiles stay None. Given ``itl_s``, it is ignored.
+    """
+    import numpy as np
+
+    fields: dict[str, float | None] = dict.fromkeys(LATENCY_COLUMNS)
+    for metric, values in zip(LATENCY_METRICS, (ttft_s, tpot_s, itl_s)):
+        if values is None or len(values) == 0:
+            continue
+        milliseconds = 1e3 * np.asarray(values, dtype=float)
+        fields[latency_column(metric, "mean")] = float(milliseconds.mean())
+        for statistic, value in zip(LATENCY_PERCENTILES, np.percentile(milliseconds, LATENCY_PERCENTILES)):
+            fields[latency_column(metric, statistic)] = float(value)
+    if fields["itl_ms_mean"] is None and itl_mean_s is not None:
+        fields["itl_ms_mean"] = 1e3 * itl_mean_s
+    return fields
+
+
 def make_record(arch: Architecture, source: str, backend: str, workload: Mapping[str, int],
                 measured: Mapping[str, Any], max_noise: float = NOISY_CV) -> dict[str, Any]:
     """A full record: shape, workload and provenance, overlaid with what the backend measured.
@@ -210,9 +248,9 @@ def mark_noisy(record: dict[str, Any], max_noise: float = NOISY_CV) -> None:
 
 
 def failed(error: object, **fields: Any) -> dict[str, Any]:
-    """The measured part of a failed benchmark: status ``failed`` and a one-line error."""
+    """The measured part of a failed benchmark: status ``failed``, a one-line error, and no throughput or latency."""
     return {**fields, "status": "failed", "error": one_line(error),
-            "tokens_per_s": None, "output_tokens_per_s": None, "tokens_per_s_std": None}
+            "tokens_per_s": None, "output_tokens_per_s": None, "tokens_per_s_std": None, **dict.fromkeys(LATENCY_COLUMNS)}
 
 
 def cpu_model_name() -> str:

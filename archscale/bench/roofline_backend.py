@@ -9,7 +9,8 @@ so a calibrated estimate is never mistaken for the default one, and
 ``concurrency`` says how many sequences the engine could run at once: a batch
 whose KV cache does not fit runs in waves, which real engines do rather than
 fail, and the row says so. A model whose weights alone do not fit is a failed
-row.
+row. Rows carry the model's TTFT, TPOT and ITL predictions in the measured
+rows' latency columns, so estimate and measurement compare column for column.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from archscale.bench.records import failed
 from archscale.bench.types import BenchOptions, Target, Tick
 from archscale.serving.devices import load_gpu
 from archscale.serving.profiles import resolve_profile
-from archscale.serving.estimate import Workload
+from archscale.serving.estimate import LATENCY_COLUMNS, Workload
 from archscale.io.errors import UserError
 
 
@@ -64,6 +65,7 @@ class RooflineBackend:
                 "output_tokens": batch * options.output_len,
                 "memory_gb": float(row["memory_used_gb"]),
                 "concurrency": int(row["concurrency"]),
+                **{column: float(row[column]) for column in LATENCY_COLUMNS},
                 "status": "ok",
             }
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import pandas as pd
 
-from archscale.bench.records import COLUMN_TYPES, COLUMNS, MEASURED_BACKENDS
+from archscale.bench.records import COLUMN_TYPES, COLUMNS, LATENCY_COLUMNS, MEASURED_BACKENDS
 from archscale.io.errors import ACTION_ATTRIBUTE, HINT_ATTRIBUTE, UserError
 from archscale.io.files import NEARLY_FULL_BYTES, atomic_file, free_bytes
 from archscale.io.outputs import Kind
@@ -350,9 +350,9 @@ def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
         frame["tie_embeddings"] = frame["tie_embeddings"].map(
             lambda v: None if v is None or v != v else str(v).strip().lower() in ("1", "true", "1.0"))
         frame["dtype"] = frame["dtype"].map(lambda v: canonical_dtype(v) or v if isinstance(v, str) else v)  # bf16 too
-    for name, kind in (("tokens_per_s", float), ("output_tokens_per_s", float), ("tokens_per_s_std", float),
-                       ("prefill_s", float), ("decode_s", float), ("memory_gb", float)):
-        frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(kind)
+    for name in ("tokens_per_s", "output_tokens_per_s", "tokens_per_s_std", "prefill_s", "decode_s", "memory_gb",
+                 *LATENCY_COLUMNS):  # a column an older store lacks is all NaN, a float like the rest
+        frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(float)
     return frame
 
 

@@ -16,6 +16,15 @@ steps, feeding back the greedy argmax, so every sequence produces
 ``output_len`` tokens, as vLLM with ``ignore_eos`` does. Time is taken with
 ``perf_counter`` after ``torch.cuda.synchronize()`` on CUDA.
 
+Latency (:func:`archscale.bench.records.latency_fields`), from the same clock: the batch prefills together, so
+every request's TTFT is the prefill's time (from the start of the repeat to its first tokens) and its TPOT
+the decode time over ``output_len - 1``. The ITL gaps are the decode steps' times, each counted once per
+request of the batch (every request gets one token a step). On CPU a step has finished when it returns, so
+each is timed by ``perf_counter`` as it ends. On CUDA the loop synchronises only before and after the
+decode: a synchronisation per step would stall the queue of launched kernels and slow the very tokens/s
+measured, and without one a step's time is its launch time, not its work. So on CUDA the ITL percentiles
+are None and the ITL mean is the decode time over ``output_len - 1`` (what the pooled gaps' mean is).
+
 On CPU the model runs on its frozen inference weights (stacked projections,
 each on the kernel that timed fastest for its shape; see
 :mod:`archscale.model.frozen_linear`), with ``--threads`` intra-op threads (recorded
@@ -39,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from archscale.shapes.architecture import Architecture
-from archscale.bench.records import cpu_model_name, failed, gpu_key_for_device, summarize_repeats
+from archscale.bench.records import cpu_model_name, failed, gpu_key_for_device, latency_fields, summarize_repeats
 from archscale.bench.types import BenchOptions, Target, Tick
 from archscale.io.errors import UserError
 from archscale.io.machine import available_bytes
@@ -159,12 +168,28 @@ def build_model(arch: Architecture, max_len: int, device, dtype_name: str, seed:
     return model.eval()
 
 
-def generate(step: Callable, prompts, output_len: int, chunk: int, synchronize: Callable[[], None]) -> tuple[float, float, int]:
-    """Prefill ``prompts`` (batch x input_len) then decode; returns (prefill s, decode s, output tokens).
+@dataclass(frozen=True)
+class Timing:
+    """One timed prefill and decode of a batch: seconds of each, output tokens, and each decode step's seconds.
+
+    ``step_s`` is None where the steps were not timed one by one (on CUDA: see the module docstring).
+    """
+
+    prefill_s: float
+    decode_s: float
+    tokens: int
+    step_s: tuple[float, ...] | None = None
+
+
+def generate(step: Callable, prompts, output_len: int, chunk: int, synchronize: Callable[[], None],
+             time_steps: bool = False) -> Timing:
+    """Prefill ``prompts`` (batch x input_len) then decode; the phases' seconds and the output tokens.
 
     The first output token comes from the prefill logits; ``output_len - 1``
     decode steps follow. Tokens are gathered on the device and counted after
-    the clock stops, so counting costs no synchronisation.
+    the clock stops, so counting costs no synchronisation. ``time_steps``
+    reads the clock as each decode step returns, which times the step only
+    where it has finished by then (a CPU).
     """
     import torch
 
@@ -178,13 +203,32 @@ def generate(step: Callable, prompts, output_len: int, chunk: int, synchronize: 
     generated = [token]
     synchronize()
     prefilled = time.perf_counter()
+    stepped = [prefilled]
     for position in range(input_len, input_len + output_len - 1):
         token = step(token, position)[:, -1].argmax(-1, keepdim=True)
         generated.append(token)
+        if time_steps:
+            stepped.append(time.perf_counter())
     synchronize()
     done = time.perf_counter()
     tokens = torch.cat(generated, dim=1)
-    return prefilled - start, done - prefilled, int(tokens.numel())
+    step_s = tuple(end - begin for begin, end in zip(stepped, stepped[1:])) if time_steps else None
+    return Timing(prefilled - start, done - prefilled, int(tokens.numel()), step_s)
+
+
+def batch_latencies(batch: int, output_len: int, timings: list[Timing]) -> dict[str, float | None]:
+    """The latency columns of ``timings`` (repeats of one batch), each request of a batch counted once.
+
+    Every request of a batch shares its prefill and its decode steps, so each repeat's TTFT, TPOT and step
+    times stand for ``batch`` requests (and ITL gaps) alike.
+    """
+    gaps = output_len - 1
+    ttft = [t.prefill_s for t in timings for _ in range(batch)]
+    tpot = [t.decode_s / gaps for t in timings for _ in range(batch)] if gaps else None
+    timed = gaps > 0 and all(t.step_s is not None for t in timings)
+    itl = [s for t in timings for s in (t.step_s or ()) for _ in range(batch)] if timed else None
+    itl_mean = sum(t.decode_s for t in timings) / (gaps * len(timings)) if gaps else None
+    return latency_fields(ttft, tpot, itl, itl_mean_s=itl_mean)
 
 
 @dataclass
@@ -316,7 +360,8 @@ class TorchBackend:
         chunk = self._chunk(arch, batch, run.available)
         generator = torch.Generator(self.device).manual_seed(options.seed + batch)
         done = 0
-        timings: list[tuple[float, float, int]] = []
+        timings: list[Timing] = []
+        time_steps = self.device.type == "cpu"
         try:
             with torch.inference_mode():
                 run.model.allocate_kv_cache(batch, options.input_len + options.output_len, freeze=not run.compiled)
@@ -326,7 +371,7 @@ class TorchBackend:
                 generate(run.step, warmup, min(options.output_len, WARMUP_DECODE_STEPS + 1), chunk, self._synchronize)
                 for _ in range(options.repeats):
                     prompts = self._prompts(batch, arch, generator)
-                    timings.append(generate(run.step, prompts, options.output_len, chunk, self._synchronize))
+                    timings.append(generate(run.step, prompts, options.output_len, chunk, self._synchronize, time_steps))
                     done += 1
                     tick(1)
         except (RuntimeError, MemoryError) as exc:
@@ -343,17 +388,18 @@ class TorchBackend:
         return self._torch.randint(0, arch.vocab_size, (batch, self.options.input_len), device=self.device,
                                    generator=generator)
 
-    def _summary(self, batch: int, timings: list[tuple[float, float, int]], fields: dict[str, Any]) -> dict[str, Any]:
+    def _summary(self, batch: int, timings: list[Timing], fields: dict[str, Any]) -> dict[str, Any]:
         options = self.options
-        totals = [prefill + decode for prefill, decode, _ in timings]
-        outputs = [count for _, _, count in timings]
+        totals = [t.prefill_s + t.decode_s for t in timings]
+        outputs = [t.tokens for t in timings]
         measured = summarize_repeats(totals, [batch * options.input_len + n for n in outputs], outputs)
         memory = (self._torch.cuda.max_memory_allocated(self.device) / 1e9) if self.device.type == "cuda" else None
         return {
             **fields,
             **measured,
-            "prefill_s": sum(t[0] for t in timings) / len(timings),
-            "decode_s": sum(t[1] for t in timings) / len(timings),
+            "prefill_s": sum(t.prefill_s for t in timings) / len(timings),
+            "decode_s": sum(t.decode_s for t in timings) / len(timings),
+            **batch_latencies(batch, options.output_len, timings),
             "output_tokens": round(sum(outputs) / len(outputs)),
             "memory_gb": memory,
             "status": "ok",

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from archscale.io.units import canonical_dtype
-from archscale.bench.records import failed, gpu_key_for_device
+from archscale.bench.records import LATENCY_COLUMNS, failed, gpu_key_for_device
 from archscale.bench.types import BenchOptions, Target, Tick
 from archscale.io.errors import UserError
 
@@ -243,7 +243,8 @@ class VllmBackend:
 
     def _fields(self, measured: dict[str, Any], facts: dict[str, Any], log: list[str]) -> dict[str, Any]:
         """The record fields: what the worker measured, the engine's facts, the GPU key."""
-        keep = {"tokens_per_s", "output_tokens_per_s", "tokens_per_s_std", "output_tokens", "dtype", "status", "error"}
+        keep = {"tokens_per_s", "output_tokens_per_s", "tokens_per_s_std", "output_tokens", "dtype", "status", "error",
+                *LATENCY_COLUMNS}
         fields = {k: v for k, v in measured.items() if k in keep}
         fields.update({k: facts[k] for k in ("device_name", "torch_version", "vllm_version", "threads", "cpu_binding",
                                              "dtype") if k in facts})

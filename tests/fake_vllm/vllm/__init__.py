@@ -10,9 +10,15 @@ and behaves as the real engine does where archscale depends on it:
 * at most ``max_num_seqs`` requests run at once (capped further by
   ``FAKE_VLLM_MAX_RUNNING``, as a KV cache too small would); the rest wait
   for a slot, so a batch larger than that runs in waves;
-* ``RequestOutput.metrics`` carries engine timestamps (``scheduled_ts``,
-  ``last_token_ts``) and ``num_preemptions`` only when the engine logs stats
-  (``disable_log_stats=False``), as vLLM's does;
+* ``RequestOutput.metrics`` carries engine timestamps (``queued_ts``,
+  ``scheduled_ts``, ``first_token_ts``, ``last_token_ts``) and
+  ``num_preemptions`` only when the engine logs stats
+  (``disable_log_stats=False``), as vLLM's does: all requests are queued at
+  once, request ``i`` gets its first token ``i + 1`` ms after it is scheduled,
+  and its last 0.5 s after; with stats on, ``llm_engine.logger_manager.stat_loggers``
+  is a list whose loggers get each step's ``inter_token_latencies_iter``, the
+  gaps between a request's tokens growing step by step (gap k is k times gap 1)
+  and summing to its decode span;
 * ``collective_rpc(name)`` calls ``name`` on the ``worker_extension_cls``
   given to ``LLM`` (one rank per ``tensor_parallel_size``), in this process.
 
@@ -74,11 +80,33 @@ class _Completion:
 
 
 class _Stats:
-    def __init__(self, scheduled_ts: float, last_token_ts: float) -> None:
+    def __init__(self, queued_ts: float, scheduled_ts: float, first_token_ts: float, last_token_ts: float) -> None:
+        self.queued_ts = queued_ts
         self.scheduled_ts = scheduled_ts
-        self.first_token_ts = scheduled_ts + 0.001
+        self.first_token_ts = first_token_ts
         self.last_token_ts = last_token_ts
         self.num_preemptions = 0
+
+
+class _IterationStats:
+    def __init__(self, gaps: list[float]) -> None:
+        self.inter_token_latencies_iter = gaps
+
+
+class _LoggerManager:
+    def __init__(self) -> None:
+        self.stat_loggers: list = []
+
+
+class _Engine:
+    def __init__(self, stats: bool) -> None:
+        self.logger_manager = _LoggerManager() if stats else None
+
+
+def _gaps(first: float, last: float, tokens: int) -> list[float]:
+    """``tokens - 1`` gaps growing step by step (gap k is k times the first) that sum to ``last - first``."""
+    steps = range(1, tokens)
+    return [(last - first) * k / sum(steps) for k in steps]
 
 
 class _RequestOutput:
@@ -94,6 +122,7 @@ class LLM:
         with open(config_path, encoding="utf-8") as handle:
             self.config = json.load(handle)
         self.kwargs = kwargs
+        self.llm_engine = _Engine(stats=not kwargs.get("disable_log_stats", True))
         _log({"event": "init", "kwargs": kwargs, "config": self.config, "pid": os.getpid(), "env": {
             k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "VLLM_NO_USAGE_STATS")}})
         mode = _mode(self.config)
@@ -113,6 +142,17 @@ class LLM:
         worker = extension.__new__(extension)
         _log({"event": "collective_rpc", "method": method})
         return [getattr(worker, method)(*args, **(kwargs or {})) for _ in range(self.kwargs.get("tensor_parallel_size", 1))]
+
+    def _report_gaps(self, outputs: list) -> None:
+        """Each decode step's gaps to the stat loggers, as the engine reports them step by step."""
+        if self.llm_engine.logger_manager is None:
+            return
+        per_request = [_gaps(o.metrics.first_token_ts, o.metrics.last_token_ts, len(o.outputs[0].token_ids))
+                       for o in outputs]
+        for step in range(max(map(len, per_request), default=0)):
+            stats = _IterationStats([gaps[step] for gaps in per_request if step < len(gaps)])
+            for logger in self.llm_engine.logger_manager.stat_loggers:
+                logger.record(None, stats, mm_cache_stats=None, engine_idx=0)
 
     def generate(self, prompts, sampling_params, use_tqdm: bool = True):
         mode = _mode(self.config, len(prompts))
@@ -139,8 +179,10 @@ class LLM:
                 raise ValueError("prompt too long or token id out of range")
             produced = sampling_params.max_tokens - (1 if mode == "short" else 0)
             wave = index // slots  # requests beyond the free slots wait for a whole earlier wave to finish
-            metrics = _Stats(start + wave, start + wave + 0.5) if stats else None
+            scheduled = start + wave
+            metrics = _Stats(start, scheduled, scheduled + 0.001 * (index + 1), scheduled + 0.5) if stats else None
             outputs.append(_RequestOutput(list(ids), [i % vocab for i in range(produced)], metrics))
+        self._report_gaps(outputs)
         _log({"event": "generate", "n_prompts": len(prompts), "prompt_lengths": sorted({len(p["prompt_token_ids"]) for p in prompts}),
               "first_tokens": [p["prompt_token_ids"][0] for p in prompts], "sampling": sampling_params.kwargs,
               "use_tqdm": use_tqdm, "pid": os.getpid()})
