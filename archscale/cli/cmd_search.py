@@ -16,13 +16,14 @@ from archscale.cli.options import COUNT, check_sweep_ranges, gpu_help, parse_int
 from archscale.io.units import format_count, parse_count
 from archscale.serving.devices import load_gpu
 from archscale.serving.profiles import resolve_profile
-from archscale.serving.estimate import Workload
+from archscale.serving.estimate import LatencyLimits, Workload, latency_column, parse_statistic
 from archscale.io.errors import UserError
 from archscale.io.files import write_json
 from archscale.io.outputs import check_outputs
 from archscale.fit.runs import load_runs
 from archscale.search.constrained import SearchResult, SearchSpec, best_at_gqa, held_bounds, search
 from archscale.search.emit import emit_configs
+from archscale.search.latency_limited import format_ms
 from archscale.fit.fitted import check_reference, load_fit
 
 EMIT_STRICT_HF = "--emit writes only configs transformers can load (--strict-hf is on with --emit; --no-strict-hf keeps every shape)"
@@ -31,7 +32,8 @@ EMIT_STRICT_HF = "--emit writes only configs transformers can load (--strict-hf 
 TOP_COLUMNS = ["rank", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "N", "x", "r", "gqa", "predicted_loss",
                "loss_low", "loss_high", "p_meets_target", "loss_source", "tokens_per_s", "output_tokens_per_s",
                "throughput_source", "memory_gb", "concurrency", "gqa_variants", "tie", "extrapolation",
-               "inside_data", "speedup_low", "speedup_high"]
+               "inside_data", "speedup_low", "speedup_high", "operating_batch", "meets_limits",
+               *(f"{metric}_ms_{statistic}" for metric in ("ttft", "tpot") for statistic in ("mean", "p50", "p90", "p99"))]
 
 
 def _records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
@@ -63,6 +65,11 @@ def result_document(result: SearchResult, spec: SearchSpec) -> dict[str, Any]:
                                  "units": "tokens_per_s counts prompt + generated tokens; output_tokens_per_s generated only"},
         "workload": {"batch_size": spec.workload.batch_size, "input_len": spec.workload.input_len,
                      "output_len": spec.workload.output_len},
+        "latency_limits": None if spec.limits is None else {
+            "tpot_ms": spec.limits.tpot_ms, "ttft_ms": spec.limits.ttft_ms, "statistic": spec.limits.statistic_label,
+            "rule": "each shape is ranked at the most requests (up to batch_size), submitted together, whose TTFT and "
+                    "TPOT at the statistic meet the limits; its throughput is the estimate at that batch",
+            "comparison": result.limit_comparison},
         "loss_units": "relative to L_opt" if result.relative else "nats/token",
         "target": {"loss": result.target.loss, "source": result.target.source, "reference": result.target.reference},
         "continuous_optimum": result.continuous_optimum,
@@ -126,6 +133,15 @@ def _print_measured(measured: Any) -> None:
         console.print(f"measured: {line}")
 
 
+def _served_cells(row: dict[str, Any], limits: LatencyLimits | None) -> list[str]:
+    """The operating point's cells under a latency limit: requests at once, TPOT and TTFT (none without a limit)."""
+    if limits is None:
+        return []
+    met = "" if row.get("meets_limits", True) else " (misses)"
+    return [f"{int(row['operating_batch'])}{met}"] + [format_ms(float(row[latency_column(m, limits.statistic)]))
+                                                      for m in ("tpot", "ttft")]
+
+
 def _print(result: SearchResult, spec: SearchSpec) -> None:
     optimum = result.continuous_optimum
     if optimum:
@@ -140,10 +156,15 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
                   f"{int(result.candidates['feasible'].sum()):,} of {len(result.candidates):,} candidates feasible")
     reference = result.target.reference
     console.print(f"throughput: {result.throughput_model.describe()}")
-    table = Table(title=f"top {len(result.top_k)} for training ({spec.gpu.name}, batch {spec.workload.batch_size}, "
+    limits = spec.limits
+    batch = (f"at most {spec.workload.batch_size} requests meeting {limits.describe()}" if limits is not None
+             else f"batch {spec.workload.batch_size}")
+    table = Table(title=f"top {len(result.top_k)} for training ({spec.gpu.name}, {batch}, "
                         f"{spec.workload.input_len} in / {spec.workload.output_len} out)")
     outside = bool(result.top_k.get("extrapolation", pd.Series(dtype=str)).astype(bool).any())
-    columns = ["rank"] + (["layers"] if deep else []) + ["d_model", "heads/kv", "d_ff", "N", "r", "x", "GQA", "loss", "out tok/s", "vs ref", "GQA variants"]
+    served = ["batch", f"TPOT {limits.statistic_label} ms", f"TTFT {limits.statistic_label} ms"] if limits is not None else []
+    columns = (["rank"] + (["layers"] if deep else []) + ["d_model", "heads/kv", "d_ff", "N", "r", "x", "GQA", "loss"]
+               + served + ["out tok/s", "vs ref", "GQA variants"])
     for column in columns + (["outside the fit's runs"] if outside else []):
         table.add_column(column, justify="right")
     for row in result.top_k.itertuples():
@@ -153,13 +174,15 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
         rank = f"{row.rank} tie" if getattr(row, "tie", False) else str(row.rank)
         versus = "-" if ratio is None else f"{ratio:.2f}x" + _interval(row)
         table.add_row(rank, *([str(row.n_layers)] if deep else []), str(row.d_model), f"{row.n_heads}/{row.n_kv_heads}",
-                      str(row.d_ff), format_count(row.N), f"{row.r:.2f}", f"{row.x:.4f}", str(row.gqa), loss, speed, versus,
+                      str(row.d_ff), format_count(row.N), f"{row.r:.2f}", f"{row.x:.4f}", str(row.gqa), loss,
+                      *_served_cells(row._asdict(), limits), speed, versus,
                       row.gqa_variants, *([row.extrapolation or "-"] if outside else []))
     if reference:
         measured = " (measured)" if reference.get("throughput_source") == "measured" else ""
         table.add_row("ref", *([str(reference["n_layers"])] if deep else []), str(reference["d_model"]),
                       f"{reference['n_heads']}/{reference['n_kv_heads']}", str(reference["d_ff"]), format_count(reference["N"]), f"{reference['r']:.2f}", f"{reference['x']:.4f}", str(reference["gqa"]),
-                      f"{reference['predicted_loss']:.4f}", f"{reference['output_tokens_per_s']:,.0f}{measured}", "1.00x",
+                      f"{reference['predicted_loss']:.4f}", *_served_cells(reference, limits),
+                      f"{reference['output_tokens_per_s']:,.0f}{measured}", "1.00x",
                       reference["name"], *(["-"] if outside else []))
     console.print(table)
     if reference and len(result.top_k):
@@ -196,9 +219,12 @@ def search_command(
                                           "uncalibrated roofline). Default: the one matching --engine, --gpu and bf16."),
     gpu_file: Optional[Path] = typer.Option(None, "--gpu-file", help="Extra GPUs (JSON or CSV with the GPU table's fields)."),
     tp: int = typer.Option(1, "--tp", min=1, help="Tensor-parallel degree; it must divide the KV heads."),
-    batch: int = typer.Option(64, "--batch", min=1, help="Concurrent requests in the serving workload."),
+    batch: int = typer.Option(64, "--batch", min=1, help="Concurrent requests in the serving workload; with --tpot-ms/--ttft-ms, the most a shape may run."),
     input_len: int = typer.Option(4096, "--input-len", min=1, help="Prompt tokens per request."),
     output_len: int = typer.Option(1024, "--output-len", min=1, help="Generated tokens per request."),
+    tpot_ms: Optional[float] = typer.Option(None, "--tpot-ms", help="Latency limit: time per output token, ms (e.g. 40, MLPerf's interactive limit). Each shape is ranked at the most requests up to --batch that meet it."),
+    ttft_ms: Optional[float] = typer.Option(None, "--ttft-ms", help="Latency limit: time to first token, ms (e.g. 450)."),
+    percentile: str = typer.Option("p99", "--percentile", help="Which requests the limits hold for: p50, p90, p99 (the statistics bench rows carry) or mean."),
     tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Keep shapes within this fraction of N. Default 0.05, or 0.02 when the fit has no reference law (then a smaller N is not penalised, so the budget is held tighter)."),
     r_min: float = typer.Option(0.5, "--r-min", help="Smallest MLP-to-attention ratio (the paper fits 0.5-5)."),
     r_max: float = typer.Option(5.0, "--r-max", help="Largest MLP-to-attention ratio."),
@@ -234,7 +260,13 @@ def search_command(
         fitted.reference = load_fit(reference)
         check_reference(fitted.law, fitted.reference)
     device = load_gpu(gpu, gpu_file)
-    spec = SearchSpec(n=n, tokens=tokens, n_layers=parse_int_list(layers, "--layers"), d_head=head_dim, gpu=device,
+    statistic = parse_statistic(percentile, "--percentile")
+    limits = None
+    if tpot_ms is not None or ttft_ms is not None:
+        limits = LatencyLimits(tpot_ms=tpot_ms, ttft_ms=ttft_ms, statistic=statistic)
+    elif percentile != "p99":
+        raise UserError("--percentile sets which requests a latency limit holds for; give --tpot-ms and/or --ttft-ms too")
+    spec = SearchSpec(n=n, tokens=tokens, n_layers=parse_int_list(layers, "--layers"), d_head=head_dim, gpu=device, limits=limits,
                       profile=resolve_profile(profile, device, engine),
                       workload=Workload(batch, input_len, output_len), tp=tp, tolerance=tolerance, r_range=(r_min, r_max),
                       gqa_values=parse_int_list(gqa, "--gqa"), vocab_size=vocab, tie_embeddings=tie_embeddings,

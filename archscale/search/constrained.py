@@ -33,7 +33,8 @@ from archscale.shapes.architecture import Architecture, transformers_loadable
 from archscale.shapes.candidates import ROW_BYTES, generate_candidates_at_depths
 from archscale.serving.devices import GPU
 from archscale.serving.profiles import Profile
-from archscale.serving.estimate import Workload, check_tensor_parallel
+from archscale.serving.estimate import LatencyLimits, Workload, check_tensor_parallel, latency_column
+from archscale.search.latency_limited import add_fixed_batch, check_some_meet, comparison_note, operating_point
 from archscale.io.errors import UserError
 from archscale.laws import CONDITIONAL, MULTIPLICATIVE
 from archscale.fit.coverage import (COORDINATES, _span, describe_coverage, outside_coverage, outside_label,
@@ -46,6 +47,8 @@ SEARCH_ROW_BYTES = 2 * ROW_BYTES
 """Search keeps predictions and throughput beside each candidate: about 450 bytes a row at peak (tracemalloc, 1B search)."""
 GQA_NOTE = ("GQA does not enter the fitted law: GQA variants of a shape share its predicted loss; "
             "measured losses from --runs decide between them where present")
+LIMITED_STORE_NOTE = ("--store measurements are not used under a latency limit: they are at fixed batches, and each shape "
+                      "runs at its own batch here; the ranking is the estimate's")
 NO_COVERAGE_NOTE = ("the fit records no coverage (the shapes its runs had), so no candidate can be checked for "
                     "extrapolation; refit with this version of archscale fit, or add a 'coverage' block to the fit JSON")
 
@@ -72,6 +75,7 @@ class SearchSpec:
     d_multiple: int = 128  # hardware-friendly widths; tiny CPU models want finer steps
     ff_multiple: int = 64
     profile: Profile | None = None  # None: the uncalibrated roofline on ``gpu``
+    limits: LatencyLimits | None = None  # rank at each shape's most requests (up to the batch) that meet these
     extrapolate: bool = False  # rank candidates outside the fit's runs too (each labelled with what is out)
     tie_tolerance: float | None = None  # None: the profile's held-out speedup error (no ties when it has none)
 
@@ -102,7 +106,12 @@ class SearchSpec:
         return self.profile or Profile.uncalibrated(self.gpu)
 
     def estimate(self, shapes: pd.DataFrame, workload: Workload | None = None) -> pd.DataFrame:
+        """Estimates at a fixed batch (``workload``'s, default the search's)."""
         return self.throughput_model.estimate(shapes, workload or self.workload, self.tp)
+
+    def serve(self, shapes: pd.DataFrame, profile: Profile | None = None) -> pd.DataFrame:
+        """Estimates at the operating point the search ranks by: the fixed batch, or under ``limits`` each shape's own."""
+        return operating_point(profile or self.throughput_model, shapes, self.workload, self.tp, self.limits)
 
 
 @dataclass
@@ -126,6 +135,7 @@ class SearchResult:
     throughput_model: Profile | None = None
     coverage: dict[str, list[float]] | None = None  # the fit's, for the output
     gqa: "GqaPolicy | None" = None  # whether GQA was ranked by the law or held at one group
+    limit_comparison: dict[str, Any] | None = None  # under a latency limit: its pick beside the fixed batch's, and why
 
     def speedup_source(self, row: Any) -> str:
         """Where a row's speedup over the reference comes from: measurements, or the profile that estimated both."""
@@ -214,11 +224,15 @@ def resolve_target(fitted: FittedLaw, spec: SearchSpec, relative: bool, optimum_
         check_tensor_parallel(match.n_heads, match.n_kv_heads, spec.tp, f"--match {match.name}")
         row = pd.DataFrame([shape_row(match)])
         loss = predict_loss(fitted, row, spec.tokens)
-        throughput = spec.estimate(row).iloc[0]
+        throughput = spec.serve(row).iloc[0]
         reference = {**shape_row(match), "name": match.name, "predicted_loss": float(loss[0]),
                      "tokens_per_s": float(throughput["tokens_per_s"]),
                      "output_tokens_per_s": float(throughput["output_tokens_per_s"]), "fits": bool(throughput["fits"]),
                      "throughput_source": "estimate"}
+        if spec.limits is not None:
+            reference.update(operating_batch=int(throughput["operating_batch"]),
+                             meets_limits=bool(throughput["meets_limits"]),
+                             **{c: float(throughput[c]) for c in limit_columns(spec.limits)})
         return Target(float(loss[0]), f"--match {match.name}", reference)
     slack = 0.01 if slack is None else slack
     if not 0 <= slack < 1:
@@ -675,8 +689,8 @@ def add_speedup_intervals(picks: pd.DataFrame, target: Target, spec: SearchSpec)
     ratios = []
     for terms in sets:
         alternative = dataclasses.replace(model, terms=terms)
-        speed = alternative.estimate(picks, spec.workload, spec.tp)["output_tokens_per_s"].to_numpy(float)
-        base = alternative.estimate(pd.DataFrame([reference]), spec.workload, spec.tp)["output_tokens_per_s"].iloc[0]
+        speed = spec.serve(picks, alternative)["output_tokens_per_s"].to_numpy(float)
+        base = spec.serve(pd.DataFrame([reference]), alternative)["output_tokens_per_s"].iloc[0]
         ratios.append(speed / base)
     ratios = np.array(ratios)
     estimated = (picks["throughput_source"] != "measured").to_numpy() & (reference.get("throughput_source") != "measured")
@@ -757,8 +771,13 @@ def search(
     candidates["tie_embeddings"] = spec.tie_embeddings
     candidates["predicted_loss"] = predict_loss(fitted, candidates, spec.tokens)
     candidates = apply_measured_losses(candidates, runs, spec.tokens)
-    throughput = spec.estimate(candidates)
+    throughput = spec.serve(candidates)
     candidates = pd.concat([candidates, throughput], axis=1)
+    if spec.limits is not None:
+        candidates = add_fixed_batch(candidates, spec.throughput_model, spec.workload, spec.tp, spec.limits)
+        if bench is not None:
+            notes.append(LIMITED_STORE_NOTE)
+            bench = None
     estimated = candidates["tokens_per_s"].copy()
     candidates = apply_measured_throughput(candidates, bench, spec)
     scale = measured_scale(candidates, estimated)
@@ -777,13 +796,19 @@ def search(
         target.reference.update({k: measured[k] for k in ("tokens_per_s", "output_tokens_per_s", "throughput_source")})
         if scale is not None and target.reference["throughput_source"] == "estimate":
             target.reference.update(scale_estimates(pd.DataFrame([target.reference]), scale[0]).iloc[0].to_dict())
-    candidates["feasible"] = loss_feasible(candidates, fitted, spec, target, confidence, target_loss, match, slack) & candidates["fits"]
+    candidates["feasible_loss"] = loss_feasible(candidates, fitted, spec, target, confidence, target_loss, match, slack)
+    candidates["feasible"] = candidates["feasible_loss"] & candidates["fits"]
+    if spec.limits is not None:
+        check_some_meet(candidates, spec.limits, spec.workload)
+        candidates["feasible"] &= candidates["meets_limits"]
     policy = gqa_policy(fitted)
     candidates = mark_coverage(candidates, fitted, policy, spec.layers)
     candidates["ranked"] = candidates["feasible"] & ((candidates["outside"] == 0) | spec.extrapolate)
     candidates["on_frontier"] = False
     # the frontier of what may be ranked: shapes that fit, inside the fit's runs unless --extrapolate
     fitting = (candidates["fits"] & ((candidates["outside"] == 0) | spec.extrapolate)).to_numpy()
+    if spec.limits is not None:
+        fitting = fitting & candidates["meets_limits"].to_numpy()
     frontier = pareto_mask(candidates.loc[fitting, "predicted_loss"].to_numpy(), candidates.loc[fitting, "tokens_per_s"].to_numpy())
     candidates.loc[candidates.index[fitting][frontier], "on_frontier"] = True
     if not candidates["feasible"].any():
@@ -819,7 +844,13 @@ def search(
             notes.append(f"{count:,} candidates use a measured {'loss' if column == 'loss_source' else 'throughput'} instead of the estimate")
     unfit = int((~candidates["fits"]).sum())
     if unfit:
-        notes.append(f"{unfit:,} candidates do not fit in {spec.gpu.name} memory at batch {spec.workload.batch_size} and are not ranked")
+        at = "even serving one request" if spec.limits is not None else f"at batch {spec.workload.batch_size}"
+        notes.append(f"{unfit:,} candidates do not fit in {spec.gpu.name} memory {at} and are not ranked")
+    if spec.limits is not None:
+        missed = int((candidates["feasible_loss"] & candidates["fits"] & ~candidates["meets_limits"]).sum())
+        notes.append(f"ranked at each shape's operating point: the most requests (up to --batch {spec.workload.batch_size}) "
+                     f"that meet {spec.limits.describe()}, submitted together as bench measures them"
+                     + (f"; {missed:,} shapes that meet the loss target cannot meet the limit even alone" if missed else ""))
     picks = label_extrapolations(select_top_k(candidates[candidates["ranked"]], top_k, spec.tie_rule), fitted, policy,
                                  spec.layers)
     picks = add_speedup_intervals(picks, target, spec)
@@ -827,6 +858,10 @@ def search(
     if len(picks) < top_k:
         notes.append(f"only {len(picks)} distinct shape{'s meet' if len(picks) != 1 else ' meets'} the target loss, "
                      f"fewer than the {top_k} asked for (--top-k); relax the target for more")
+    comparison = None
+    if spec.limits is not None:
+        comparison = compare_with_fixed_batch(candidates, picks, spec)
+        notes.append(comparison["note"])
     return SearchResult(
         candidates=candidates,
         target=target,
@@ -838,7 +873,39 @@ def search(
         throughput_model=spec.throughput_model,
         coverage=fitted.coverage,
         gqa=policy,
+        limit_comparison=comparison,
     )
+
+
+def compare_with_fixed_batch(candidates: pd.DataFrame, picks: pd.DataFrame, spec: SearchSpec) -> dict[str, Any]:
+    """The pick the search would make at the fixed batch with no limit (same loss target, coverage and tie rule),
+    beside the pick under the limit: whether they differ, and the batch each can run."""
+    assert spec.limits is not None
+    eligible = candidates[candidates["feasible_loss"] & candidates["fixed_fits"]
+                          & ((candidates["outside"] == 0) | spec.extrapolate)]
+    fixed = None
+    if not eligible.empty:
+        ranked = eligible.assign(tokens_per_s=eligible["fixed_tokens_per_s"])
+        fixed = candidates.loc[select_top_k(ranked, 1, spec.tie_rule).index[0]].to_dict()
+    limited = picks.iloc[0].to_dict()
+    changed = fixed is not None and any(limited[k] != fixed[k] for k in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff"))
+    keep = [*SHAPE_COLUMNS, "r", "gqa", "operating_batch", "tokens_per_s", "output_tokens_per_s", "meets_limits",
+            "fixed_tokens_per_s", "fixed_output_tokens_per_s", "fixed_meets_limits", *limit_columns(spec.limits),
+            *(f"fixed_{c}" for c in limit_columns(spec.limits))]
+    return {"limits": spec.limits.describe(), "changed": bool(changed),
+            "under_limit": {k: _plain(limited[k]) for k in keep},
+            "fixed_batch": None if fixed is None else {k: _plain(fixed[k]) for k in keep},
+            "note": comparison_note(limited, fixed, spec.limits, spec.workload, spec.tie_rule)}
+
+
+def limit_columns(limits: LatencyLimits) -> list[str]:
+    """The latency columns a limit is judged on (TPOT and TTFT at its statistic)."""
+    return [latency_column(metric, limits.statistic) for metric in ("tpot", "ttft")]
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python ones, for JSON."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def best_at_gqa(result: SearchResult, gqa: int) -> dict[str, Any] | None:

@@ -45,7 +45,10 @@ def source_on_device(spec: Any, result: Any | None = None) -> str:
 
 def throughput_label(spec: Any, result: Any | None = None) -> str:
     """What the throughput axis measures (one place, so its wording follows where the numbers come from)."""
-    return (f"output tokens/s ({source_on_device(spec, result)}; batch {spec.workload.batch_size}, "
+    limits = getattr(spec, "limits", None)
+    batch = (f"batch {spec.workload.batch_size}" if limits is None
+             else f"at most {spec.workload.batch_size} requests meeting {limits.describe()}")
+    return (f"output tokens/s ({source_on_device(spec, result)}; {batch}, "
             f"{spec.workload.input_len} in / {spec.workload.output_len} out)")
 
 
@@ -181,10 +184,11 @@ def draw_search(result: Any, spec: Any, batch_sizes: tuple[int, ...] = BATCH_SIZ
     y_limits = (low - 0.5 * span, high + 2.5 * span)
     x_limits = _visible_speeds(result, y_limits)
     zoom = _picks_overlap(result, x_limits[1] - x_limits[0], y_limits[1] - y_limits[0])
-    if zoom:
-        fig, (left, middle, right) = plt.subplots(1, 3, figsize=(19, 7), gridspec_kw={"width_ratios": [1.25, 1, 1]})
-    else:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(14, 7))
+    limited = getattr(spec, "limits", None) is not None
+    ratios = [1.25] + ([1] if zoom else []) + [1] + ([1.1] if limited else [])
+    fig, axes = plt.subplots(1, len(ratios), figsize=(6.5 * len(ratios) + 1, 7), gridspec_kw={"width_ratios": ratios})
+    left, right = axes[0], axes[2 if zoom else 1]
+    middle = axes[1] if zoom else None
 
     _candidate_clouds(left, result, counts=True)
     left.set_xlim(*x_limits)
@@ -219,8 +223,46 @@ def draw_search(result: Any, spec: Any, batch_sizes: tuple[int, ...] = BATCH_SIZ
         middle.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.4f"))
 
     _throughput_by_batch(right, result, spec, batch_sizes)
+    if limited:
+        _per_user_per_device(axes[-1], result, spec, batch_sizes)
     settle_legends(fig)
     return fig
+
+
+def _per_user_per_device(ax: plt.Axes, result: Any, spec: Any, batch_sizes: tuple[int, ...]) -> None:
+    """Output tokens/s per user (1000 / TPOT) against output tokens/s per device as the batch grows, for each pick and
+    the reference, with the TPOT limit and each shape's operating point: the curve serving engineers read."""
+    from archscale.search.latency_limited import user_device_curve
+
+    limits, label = spec.limits, spec.limits.statistic_label
+    batches = np.unique(np.concatenate([np.asarray(batch_sizes), [spec.workload.batch_size]]))
+    batches = batches[batches <= spec.workload.batch_size]
+    shapes = [(f"#{row.rank}: d={row.d_model}, r={row.r:.2f}, GQA {row.gqa}", row._asdict(), pick_style(row.rank))
+              for row in result.top_k.itertuples()]
+    if result.target.reference:
+        reference = result.target.reference
+        shapes.append((f"reference: {reference['name']}", reference, ("black", "o", "--")))
+    for index, (name, row, (color, marker, style)) in enumerate(shapes):
+        curve = user_device_curve(spec.throughput_model, row, spec.workload, spec.tp, limits.statistic, batches)
+        ax.plot(curve["per_user"], curve["per_device"], color=color, marker=marker, ls=style, ms=7 - min(index, 3),
+                lw=1.6, label=name, zorder=3 + index)
+        if "operating_batch" in row and bool(row.get("meets_limits", True)):
+            point = user_device_curve(spec.throughput_model, row, spec.workload, spec.tp, limits.statistic,
+                                      np.array([int(row["operating_batch"])]))
+            ax.scatter(point["per_user"], point["per_device"], s=160, facecolors="none", edgecolors=color, lw=2,
+                       zorder=10)
+    ax.plot([], [], "o", mfc="none", mec="gray", ms=11, label="operating point (most requests meeting the limit)")
+    if limits.tpot_ms is not None:
+        ax.axvline(1e3 / limits.tpot_ms, color="crimson", ls=":", lw=1.5,
+                   label=f"TPOT {label} <= {limits.tpot_ms:g} ms (right of the line)")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"output tokens/s per user (1000 / TPOT {label} in ms)")
+    ax.set_ylabel(f"output tokens/s per {spec.gpu.name} (replica / --tp {spec.tp})")
+    ax.set_title(f"per user against per device, batch 1 to {spec.workload.batch_size}", fontsize=10)
+    ax.legend(fontsize=7.5, loc="upper right")
+    ax.grid(alpha=0.3, which="both")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
 
 
 def _throughput_by_batch(ax: plt.Axes, result: Any, spec: Any, batch_sizes: tuple[int, ...]) -> None:

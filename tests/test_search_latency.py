@@ -1,0 +1,108 @@
+"""``archscale search --tpot-ms/--ttft-ms``: each shape ranked at the most requests that meet a latency limit.
+
+The shipped 1B law (data/fits/dissertation_1b_mult.json) on the shipped H200 profile: at a fixed batch of 256 the
+fastest shape runs TPOT p99 above 15 ms; under "TPOT p99 <= 15 ms" a different, wider shape serves more.
+"""
+
+import json
+
+import matplotlib
+import pytest
+
+from conftest import DATA
+from helpers import one_line_error
+
+matplotlib.use("Agg")
+
+BASE = ["--fit", str(DATA / "fits" / "dissertation_1b_mult.json"), "--n", "1e9", "--tokens", "1e11", "--layers", "16",
+        "--head-dim", "64", "--match", "llama-3.2-1b", "--gpu", "h200"]
+
+
+def _search(cli, *args):
+    result = cli("search", *BASE, *args, "--json")
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+def test_a_tpot_limit_changes_the_pick_and_says_why(cli):
+    limited = _search(cli, "--batch", "256", "--tpot-ms", "15")
+    fixed = _search(cli, "--batch", "256")
+    comparison = limited["latency_limits"]["comparison"]
+    assert comparison["changed"]
+    pick, fixed_pick = comparison["under_limit"], comparison["fixed_batch"]
+    # the fixed-batch pick is what the search without the limit picks, and it misses the limit at that batch
+    top = fixed["top_k"][0]
+    assert (fixed_pick["d_model"], fixed_pick["d_ff"], fixed_pick["n_kv_heads"]) == (top["d_model"], top["d_ff"], top["n_kv_heads"])
+    assert not fixed_pick["fixed_meets_limits"] and fixed_pick["fixed_tpot_ms_p99"] > 15
+    # under the limit both run fewer requests; the pick meets it and serves more than the fixed pick there
+    assert pick["tpot_ms_p99"] <= 15 and pick["operating_batch"] < 256
+    assert fixed_pick["operating_batch"] < pick["operating_batch"]
+    assert pick["output_tokens_per_s"] > fixed_pick["output_tokens_per_s"]
+    for row in limited["top_k"]:
+        assert row["meets_limits"] and row["tpot_ms_p99"] <= 15
+    note = next(n for n in limited["notes"] if n.startswith("the latency limit changes the pick"))
+    assert "Why: under the limit the fixed-batch pick runs only" in note
+
+
+def test_the_table_shows_each_picks_batch_and_latency(cli):
+    result = cli("search", *BASE, "--batch", "256", "--tpot-ms", "15")
+    assert result.code == 0, result.err
+    assert "at most 256 requests meeting TPOT p99 <= 15 ms" in result.out
+    assert "TPOT p99 ms" in result.out and "TTFT p99 ms" in result.out
+    assert "the latency limit changes the pick" in result.out
+
+
+def test_a_loose_limit_keeps_the_fixed_batch_pick(cli):
+    limited = _search(cli, "--batch", "64", "--tpot-ms", "1000")
+    comparison = limited["latency_limits"]["comparison"]
+    assert not comparison["changed"]
+    assert comparison["under_limit"]["operating_batch"] == 64
+    assert any(n.startswith("under TPOT p99 <= 1000 ms the pick is the same") for n in limited["notes"])
+
+
+def test_a_ttft_limit_at_the_median_caps_the_batch(cli):
+    limited = _search(cli, "--batch", "256", "--ttft-ms", "500", "--percentile", "p50")
+    for row in limited["top_k"]:
+        assert row["ttft_ms_p50"] <= 500 and row["operating_batch"] < 256
+    assert limited["latency_limits"]["statistic"] == "p50"
+
+
+def test_a_limit_no_candidate_can_meet_lists_the_nearest_misses(cli):
+    result = cli("search", *BASE, "--tpot-ms", "0.5")
+    assert result.code == 2 and one_line_error(result)
+    assert "meets TPOT p99 <= 0.5 ms even serving one request" in result.err
+    assert "nearest: d_model" in result.err and "relax the limit" in result.err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tpot-ms", "40", "--percentile", "p95"], "--percentile 'p95': not a measured statistic"),
+    (["--percentile", "p50"], "--percentile sets which requests a latency limit holds for"),
+    (["--tpot-ms", "-3"], "--tpot-ms must be a positive number of milliseconds"),
+])
+def test_bad_latency_flags_are_one_line(cli, args, message):
+    result = cli("search", *BASE, *args)
+    assert result.code == 2 and one_line_error(result), result.err
+    assert message in result.err
+
+
+def test_the_figure_gains_the_per_user_per_device_panel(cli, tmp_path):
+    path = tmp_path / "pareto.png"
+    result = cli("search", *BASE, "--batch", "256", "--tpot-ms", "15", "--plot", str(path))
+    assert result.code == 0, result.err
+    assert path.stat().st_size > 0
+    from archscale.fit.fitted import load_fit
+    from archscale.search.constrained import SearchSpec, search
+    from archscale.search.plots import draw_search
+    from archscale.serving import LatencyLimits, Workload, load_gpu, resolve_profile
+    from archscale.shapes.architecture import PRESETS
+
+    gpu = load_gpu("h200")
+    spec = SearchSpec(n=1e9, tokens=1e11, n_layers=16, d_head=64, gpu=gpu, workload=Workload(256, 4096, 1024),
+                      profile=resolve_profile(None, gpu), limits=LatencyLimits(tpot_ms=15))
+    figure = draw_search(search(load_fit(DATA / "fits" / "dissertation_1b_mult.json"), spec, match=PRESETS["llama-3.2-1b"]), spec)
+    panel = figure.axes[-1]
+    assert panel.get_xlabel() == "output tokens/s per user (1000 / TPOT p99 in ms)"
+    assert panel.get_ylabel().startswith("output tokens/s per h200")
+    labels = [text.get_text() for text in panel.get_legend().get_texts()]
+    assert any(label.startswith("#1:") for label in labels) and "reference: llama-3.2-1b" in labels
+    assert "TPOT p99 <= 15 ms (right of the line)" in labels
