@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from archscale.io.errors import one_line
+from archscale.serving.profiles import ENGINES
 from archscale.serving.estimate import LATENCY_COLUMNS, LATENCY_METRICS, LATENCY_PERCENTILES, latency_column
 from archscale.shapes.architecture import Architecture
 
@@ -84,8 +85,9 @@ COLUMN_TYPES: tuple[tuple[str, str], ...] = (
 )
 COLUMNS: tuple[str, ...] = tuple(name for name, _ in COLUMN_TYPES)
 SHAPE_COLUMNS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff")
-MEASURED_BACKENDS = ("torch", "vllm", "sglang")
-"""Engines whose rows are measurements (sglang rows come from published tables; archscale does not run it)."""
+MEASURED_BACKENDS = ENGINES
+"""Engines whose rows are measurements: the serving engines profiles are for (sglang and hf rows come from published
+tables; archscale runs torch and vLLM). One list, so a new engine is both measurable and calibratable."""
 BACKENDS = ("torch", "vllm", "roofline")
 """What ``archscale bench --backend`` runs; ``roofline`` rows are estimates of the serving model."""
 NOISY_CV = 0.2
