@@ -220,7 +220,8 @@ def draw_search(result: Any, spec: Any, batch_sizes: tuple[int, ...] = BATCH_SIZ
         middle.grid(alpha=0.3)
         middle.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
         middle.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
-        middle.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.4f"))
+        decimals = max(4, int(np.ceil(-np.log10(max(y_high - y_low, 1e-12)))) + 1)  # ticks that differ
+        middle.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter(f"%.{decimals}f"))
 
     _throughput_by_batch(right, result, spec, batch_sizes)
     if limited:
@@ -262,7 +263,9 @@ def _per_user_per_device(ax: plt.Axes, result: Any, spec: Any, batch_sizes: tupl
     ax.legend(fontsize=7.5, loc="upper right")
     ax.grid(alpha=0.3, which="both")
     ax.yaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
 
 
 def _throughput_by_batch(ax: plt.Axes, result: Any, spec: Any, batch_sizes: tuple[int, ...]) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's "Picks you can defend" outputs: the 1B and 3B searches with default options (H200 profile), the
-# 1B search with --extrapolate, and a search over four depths with the aspect law. Each file in
+# 1B search with --extrapolate, a search over four depths with the aspect law, and the 1B search under a TPOT limit. Each file in
 # experiments/results/search/ starts with the command as the README shows it; python
 # experiments/readme/check_readme_tour.py checks the README's lines against them.
 set -euo pipefail
@@ -23,4 +23,8 @@ run 3b-h200 archscale search --fit data/fits/dissertation_3b_from_1b_mult.json -
 run aspect-fit archscale fit data/aspect_ratio_morph.csv --law aspect --loss lsq --out out/aspect.json
 run depths-h200 archscale search --fit out/aspect.json --n 3e8 --tokens 6e9 --layers 8,12,16,24 --head-dim 64 --gqa 4 \
     --gpu h200 --top-k 5 --tie 0
-echo "wrote $out/1b-h200.txt, $out/1b-h200-extrapolate.txt, $out/3b-h200.txt, $out/aspect-fit.txt, $out/depths-h200.txt"
+# serving at a latency limit: the 1B law with up to 256 requests, each shape at the most that keep TPOT p99 <= 15 ms
+run 1b-h200-tpot archscale search --fit data/fits/dissertation_1b_mult.json --n 1e9 --tokens 1e11 --layers 16 --head-dim 64 \
+    --match llama-3.2-1b --gpu h200 --batch 256 --input-len 4096 --output-len 1024 --top-k 3 --tpot-ms 15 \
+    --plot "$out/1b-h200-tpot.png"
+echo "wrote $out/1b-h200-tpot.txt and .png, $out/1b-h200.txt, $out/1b-h200-extrapolate.txt, $out/3b-h200.txt, $out/aspect-fit.txt, $out/depths-h200.txt"
