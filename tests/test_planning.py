@@ -212,7 +212,7 @@ def test_plan_bad_isoflop_input(cli, tmp_path, make, args, message):
         (["--target-loss", "2.1", "--inference-tokens", "-1e12"], "--inference-tokens -1e12: must be a positive number"),
         (["--target-loss", "2.1", "--inference-tokens", "0"], "--inference-tokens 0: must be a positive number"),
         (["--target-loss", "2.1"], "needs --fit, --target-loss and --inference-tokens together"),
-        (["--target-loss", "2.1", "--inference-tokens", "1e12", "--cost", "dollars"], "--cost 'dollars'"),
+        (["--target-loss", "2.1", "--inference-tokens", "1e12", "--cost", "euros"], "--cost 'euros'"),
         ([], "give --budget C"),
     ],
 )

@@ -11,12 +11,13 @@ from rich.table import Table
 
 from archscale.cli import Command, app, bootstrap_bar, console, examples, print_json
 from archscale.io.outputs import check_outputs
-from archscale.cli.options import COLUMN_MAP, DROP_INVALID, MIN_TOKENS_PER_PARAM, WHERE, gpu_help
+from archscale.cli.options import (COLUMN_MAP, DROP_INVALID, GPU_PRICE, MIN_TOKENS_PER_PARAM, PERCENTILE, TPOT_MS, TTFT_MS,
+                                   WHERE, gpu_help, latency_limits)
 from archscale.io.units import format_count, parse_count
 from archscale.io.errors import UserError
 from archscale.io.files import write_json
 
-
+# the price and latency flags (search can take the same ones, with the same meaning)
 def parse_positive_list(text: str | None, flag: str) -> list[float]:
     """``"1e22,5.76e23"`` or ``"1T,10T"`` to floats; zero or a negative value is one clear line."""
     if text is None:
@@ -167,22 +168,31 @@ def _print_law(law: Any) -> None:
 
 
 
-def _print_lifetime(plan: Any) -> None:
+def _cost_header(cost: Any) -> str:
+    """The plan's cost accounting in words: what training and inference are counted as, and how serving runs."""
     from archscale.plan.inference_optimal import serving_profile
 
+    if cost.kind == "flops":
+        return "flops: training 6ND, inference 2N per token"
+    serving = cost.serving
+    price = f" at ${cost.usd_per_gpu_hour:g} per GPU-hour" if cost.kind == "dollars" else ""
+    return (f"{cost.kind}{price}: training 6ND at MFU {cost.mfu:g} on {serving.gpu.name}, inference at the cost model's "
+            f"throughput, {serving_profile(serving).label}; {serving.operating_point()} per tp-{serving.tp} replica")
+
+
+def _print_lifetime(plan: Any) -> None:
     unit = plan.cost.unit
-    console.print(f"[bold]inference-aware optimum[/bold] at loss {plan.target_loss:g} ({plan.cost.kind}: training "
-                  + ("6ND, inference 2N per token" if plan.cost.kind == "flops" else
-                     f"6ND at MFU {plan.cost.mfu:g} on {plan.cost.serving.gpu.name}, inference at the cost model's throughput, "
-                     f"{serving_profile(plan.cost.serving).label}") + ")")
+    limited = plan.cost.serving is not None and plan.cost.serving.limits is not None
+    console.print(f"[bold]inference-aware optimum[/bold] at loss {plan.target_loss:g} ({_cost_header(plan.cost)})")
     table = Table()
-    for column in ("inference tokens", "N*", "D*", "D/N", f"training {unit}", f"inference {unit}", f"total {unit}",
-                   "Chinchilla point N, D", f"its total {unit}", "saving"):
+    for column in ("inference tokens", "N*", "D*", "D/N", *(("requests at once",) if limited else ()), f"training {unit}",
+                   f"inference {unit}", f"total {unit}", "Chinchilla point N, D", f"its total {unit}", "saving"):
         table.add_column(column, justify="right")
     for optimum, chinchilla in zip(plan.optima, plan.chinchilla):
         saving = 1 - optimum.total / chinchilla.total if math.isfinite(chinchilla.total) else float("nan")
         table.add_row(f"{optimum.inference_tokens:.3g}", format_count(optimum.n), format_count(optimum.d),
-                      f"{optimum.d / optimum.n:.0f}", f"{optimum.training:.3g}", f"{optimum.inference:.3g}", f"{optimum.total:.3g}",
+                      f"{optimum.d / optimum.n:.0f}", *((str(optimum.operating_batch),) if limited else ()),
+                      f"{optimum.training:.3g}", f"{optimum.inference:.3g}", f"{optimum.total:.3g}",
                       f"{format_count(chinchilla.n)}, {format_count(chinchilla.d)}", f"{chinchilla.total:.3g}",
                       f"{100 * saving:.1f}%" if math.isfinite(saving) else "-")
     console.print(table)
@@ -197,6 +207,8 @@ def _print_lifetime(plan: Any) -> None:
     "--budget 5.76e23 --out out/plan.json --plot out/plan.png",
     "archscale plan data/chinchilla_isoflops_epoch.csv --drop-unbracketed --window all --bootstrap 0",
     "archscale plan --fit experiments/results/plan/chinchilla_huber.json --target-loss 2.1 --inference-tokens 1T,10T,100T",
+    "archscale plan --fit experiments/results/plan/chinchilla_huber.json --target-loss 2.1 --inference-tokens 1T,10T "
+    "--cost dollars --gpu h100-sxm --gpu-price 2.5 --tpot-ms 40",
 ))
 def plan(
     runs: Optional[Path] = typer.Argument(None, help="isoFLOP runs table (columns N, D or C, loss): Approaches 2 and 3 on its profiles."),
@@ -213,10 +225,14 @@ def plan(
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     target_loss: Optional[float] = typer.Option(None, "--target-loss", help="Inference-aware optimum: the loss the model must reach (needs --fit)."),
     inference_tokens: Optional[str] = typer.Option(None, "--inference-tokens", metavar="<counts>", help="Tokens served over the model's life, e.g. 1e12,1e13,1e14 or 1T,10T."),
-    cost: str = typer.Option("flops", "--cost", help="flops (6ND + 2N per inference token) or gpu-hours (training at --mfu, serving at the cost model's throughput)."),
-    mfu: float = typer.Option(0.4, "--mfu", help="Training model-FLOPs utilisation, for --cost gpu-hours."),
-    gpu: str = typer.Option("h100-sxm", "--gpu", help=gpu_help("Device for --cost gpu-hours")),
-    gpu_file: Optional[Path] = typer.Option(None, "--gpu-file", help="Extra GPUs (JSON or CSV)."),
+    cost: str = typer.Option("flops", "--cost", help="flops (6ND + 2N per inference token), gpu-hours (training at --mfu, serving at the cost model's throughput) or dollars (those GPU-hours at --gpu-price)."),
+    mfu: float = typer.Option(0.4, "--mfu", help="Training model-FLOPs utilisation, for --cost gpu-hours or dollars."),
+    gpu: str = typer.Option("h100-sxm", "--gpu", help=gpu_help("Device for --cost gpu-hours or dollars")),
+    gpu_file: Optional[Path] = typer.Option(None, "--gpu-file", help="Extra GPUs (JSON or CSV), optionally with a usd_per_hour price each."),
+    gpu_price: Optional[float] = GPU_PRICE,
+    tpot_ms: Optional[float] = TPOT_MS,
+    ttft_ms: Optional[float] = TTFT_MS,
+    percentile: Optional[str] = PERCENTILE,
     tp: int = typer.Option(1, "--tp", min=1, help="Tensor-parallel degree of a serving replica."),
     batch: int = typer.Option(64, "--batch", min=1, help="Concurrent requests in the serving workload."),
     input_len: int = typer.Option(4096, "--input-len", min=1, help="Prompt tokens per request."),
@@ -248,8 +264,14 @@ def plan(
         raise UserError(f"--inference-counts {counts!r}: choose total or output")
     check_outputs(("--out", out, "json"), ("--plot", plot, "png"), inputs=(runs, fit, gpu_file))
 
+    check_cost_flags(cost, gpu_price, tpot_ms, ttft_ms, percentile)
     fitted = load_fit(fit) if fit else None
-    cost_model = _cost_model(cost, mfu, gpu, gpu_file, tp, batch, input_len, output_len, counts) if lifetime_asked else None
+    cost_model = None
+    if lifetime_asked:
+        from archscale.serving import Workload
+
+        cost_model = _cost_model(cost, mfu, gpu, gpu_file, gpu_price, tp, Workload(batch, input_len, output_len), counts,
+                                 latency_limits(tpot_ms, ttft_ms, percentile))
     if lifetime_asked:
         from archscale.plan.inference_optimal import check_target
 
@@ -313,12 +335,28 @@ def _isoflop_inputs(runs: Path, col, where, holdout, min_tokens_per_param, drop_
     return frame, select(frame, holdout, "--holdout", str(runs)).to_numpy()
 
 
-def _cost_model(kind: str, mfu: float, gpu: str, gpu_file: Path | None, tp: int, batch: int, input_len: int,
-                output_len: int, counts: str):
-    from archscale.plan.inference_optimal import CostModel, Serving
+def check_cost_flags(cost: str, gpu_price: float | None, tpot_ms: float | None, ttft_ms: float | None,
+                     percentile: str | None) -> None:
+    """A price or latency flag that the chosen --cost would ignore is refused: a plan that silently left out the
+    user's limit would answer a question they did not ask."""
+    from archscale.plan.inference_optimal import GPU_COSTS
 
-    if kind != "gpu-hours":
+    if gpu_price is not None and cost != "dollars":
+        raise UserError(f"--gpu-price prices GPU-hours in dollars: use it with --cost dollars, not --cost {cost}")
+    limit_flags = [flag for flag, value in (("--tpot-ms", tpot_ms), ("--ttft-ms", ttft_ms)) if value is not None]
+    if limit_flags and cost not in GPU_COSTS:
+        raise UserError(f"{limit_flags[0]} limits serving latency: use it with --cost gpu-hours or dollars, not --cost {cost}")
+
+
+def _cost_model(kind: str, mfu: float, gpu: str, gpu_file: Path | None, gpu_price: float | None, tp: int, workload: Any,
+                counts: str, limits: Any):
+    from archscale.plan.inference_optimal import GPU_COSTS, CostModel, Serving
+
+    if kind not in GPU_COSTS:
         return CostModel(kind, mfu)
-    from archscale.serving import Workload, load_gpu
+    from archscale.serving import load_gpu
+    from archscale.serving.price import resolve_price
 
-    return CostModel(kind, mfu, Serving(load_gpu(gpu, gpu_file), Workload(batch, input_len, output_len), tp, counts))
+    device = load_gpu(gpu, gpu_file)
+    price = resolve_price(gpu_price, device) if kind == "dollars" else None
+    return CostModel(kind, mfu, Serving(device, workload, tp, counts, limits=limits), usd_per_gpu_hour=price)

@@ -8,6 +8,18 @@ import typer
 
 from archscale.io.errors import UserError
 
+GPU_PRICE = typer.Option(None, "--gpu-price", metavar="<usd>", help="US dollars per GPU-hour: costs in dollars (plan "
+                         "--cost dollars; search and bench --show: dollars per million output tokens). Default: the "
+                         "usd_per_hour of the GPU in --gpu-file; archscale ships no prices.")
+TPOT_MS = typer.Option(None, "--tpot-ms", metavar="<ms>", help="Latency limit: time per output token after the first, in ms, at "
+                       "--percentile (e.g. 40, MLPerf's interactive Llama-2-70B limit); each shape is served at the most "
+                       "requests up to --batch that meet it.")
+TTFT_MS = typer.Option(None, "--ttft-ms", metavar="<ms>", help="Latency limit: time to first token, in ms, at --percentile (e.g. 450); "
+                       "with --tpot-ms, both must hold.")
+PERCENTILE = typer.Option(None, "--percentile", metavar="<statistic>", help="The statistic over requests the latency limits hold for: p50, p90, "
+                          "p99 or mean (default p99).")
+
+
 COUNT = "<count>"
 """How ``--help`` shows a flag taking a count with an optional suffix (``--n``, ``--tokens``): 1e9, 975M, 1.5B."""
 
@@ -78,3 +90,17 @@ FIT_MIN_TOKENS_PER_PARAM = typer.Option(None, "--min-tokens-per-param", help="Dr
                                         "floor (none, 1 or 5) is chosen with the form when some runs lie below 5.")
 DROP_INVALID = typer.Option(False, "--drop-invalid", help="Drop rows with a missing or invalid N, D or loss (counted) "
                             "instead of refusing the file.")
+
+
+def latency_limits(tpot_ms: float | None, ttft_ms: float | None, percentile: str | None):
+    """The limits ``--tpot-ms``/``--ttft-ms``/``--percentile`` give (None without a limit; the statistic defaults to
+    p99); a --percentile with no limit to apply it to is refused, not ignored."""
+    from archscale.serving import LatencyLimits
+    from archscale.serving.estimate import parse_statistic
+
+    statistic = parse_statistic(percentile or "p99", "--percentile")
+    if tpot_ms is None and ttft_ms is None:
+        if percentile is not None:
+            raise UserError("--percentile picks the statistic of a latency limit: give --tpot-ms and/or --ttft-ms with it")
+        return None
+    return LatencyLimits(tpot_ms=tpot_ms, ttft_ms=ttft_ms, statistic=statistic)

@@ -7,15 +7,23 @@ loss ``L(N, D) = target`` every ``N`` above the smallest that can reach it has e
 
     total(N) = training(N, D(N)) + inference(N, D_inf)
 
-Two cost models:
+Three cost models:
 
 * ``flops``: training ``6 N D``, inference ``2 N D_inf`` (the paper's own accounting);
 * ``gpu-hours``: training ``6 N D / (MFU x peak)``, inference ``D_inf / throughput(N)`` per GPU of the
   serving replica, with the throughput of a LLaMA-like reference shape at each ``N`` from archscale's cost
-  model (:func:`serving_throughput`, the one call into it). ``search`` at the chosen ``N`` then picks the
+  model (:func:`serving_estimate`, the one call into it). ``search`` at the chosen ``N`` then picks the
   shape. The reference shapes are ones a ``tp``-way replica can serve (vLLM splits whole heads across GPUs):
   their query heads are a multiple of ``tp`` and of 4, and their KV heads the count nearest GQA 4 that ``tp``
-  splits (:func:`kv_heads_for`), so ``--tp 8`` costs a real layout rather than refusing one ``plan`` invented.
+  splits (:func:`kv_heads_for`), so ``--tp 8`` costs a real layout rather than refusing one ``plan`` invented;
+* ``dollars``: the GPU-hours at a price per GPU-hour (``--gpu-price``, or a ``--gpu-file``'s ``usd_per_hour``).
+  One price for training and serving makes it a constant factor: the optimum's ``N`` and ``D`` are those of
+  ``gpu-hours``, and only the unit a reader budgets in changes.
+
+Serving runs the workload's ``batch_size`` requests at once, or, under latency limits (:class:`Serving`'s
+``limits``), each reference shape at the most requests up to that batch that meet them: a tighter limit lowers
+the throughput of large shapes most (their decode steps are slowest), so it raises inference cost and moves
+the optimum to smaller ``N``.
 
 With ``D_inf = 0`` the optimum is the Chinchilla point for that loss, in closed form: ``A N^-alpha`` and
 ``B D^-beta`` split ``target - E`` in the ratio ``beta : alpha``.
@@ -29,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,8 +46,14 @@ from archscale.io.errors import UserError
 from archscale.fit.coverage import beyond_sizes
 from archscale.fit.fitted import FittedLaw
 from archscale.plan.numeric_optimum import SEARCHED_LAWS, law_loss, minimum_on_grid
+from archscale.serving.price import check_price
 
-COSTS = ("flops", "gpu-hours")
+if TYPE_CHECKING:
+    from archscale.serving.estimate import LatencyLimits
+
+COSTS = ("flops", "gpu-hours", "dollars")
+GPU_COSTS = ("gpu-hours", "dollars")  # costs that run on a GPU, so need a serving setup
+UNITS = {"flops": "FLOPs", "gpu-hours": "GPU-hours", "dollars": "USD"}
 SIZE_LAWS = ("chinchilla", "chinchilla-tied")  # closed forms; SEARCHED_LAWS are solved numerically
 UNLIMITED = 1e40  # "as many tokens (or parameters) as you like", for a law's limit
 BISECTIONS = 200  # halvings of a ln-range of about 90: far below float resolution
@@ -52,34 +66,65 @@ GQA_GROUP = 4
 
 @dataclass
 class Serving:
-    """How inference is costed: the GPU, the workload shape, tensor parallelism, and which tokens count."""
+    """How inference is costed: the GPU, the workload shape, tensor parallelism, which tokens count, and the
+    latency limits a replica must meet (None: every shape serves the workload's whole batch at once)."""
 
     gpu: Any
     workload: Any
     tp: int = 1
     counts: str = "total"  # total: prompt + generated tokens are D_inf; output: generated tokens only
     vocab: int = 128256
+    limits: LatencyLimits | None = None
+
+    def operating_point(self) -> str:
+        """How each reference shape is served, in words: the plan's header and JSON say it."""
+        batch = self.workload.batch_size
+        if self.limits is None:
+            return f"serving {batch} requests at once"
+        return f"serving at the most requests up to {batch} with {self.limits.describe()}"
+
+    def limits_json(self) -> dict[str, Any] | None:
+        if self.limits is None:
+            return None
+        return {"tpot_ms": self.limits.tpot_ms, "ttft_ms": self.limits.ttft_ms, "statistic": self.limits.statistic_label}
 
 
 @dataclass
 class CostModel:
-    """``flops``, or ``gpu-hours`` with a training MFU and a :class:`Serving` setup."""
+    """``flops``; ``gpu-hours`` with a training MFU and a :class:`Serving` setup; or ``dollars``: those GPU-hours
+    at ``usd_per_gpu_hour``."""
 
     kind: str = "flops"
     mfu: float = 0.4
     serving: Serving | None = None
+    usd_per_gpu_hour: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in COSTS:
             raise UserError(f"--cost {self.kind!r}: choose one of {', '.join(COSTS)}")
         if not 0 < self.mfu <= 1:
             raise UserError(f"--mfu must be a fraction in (0, 1], got {self.mfu}")
-        if self.kind == "gpu-hours" and self.serving is None:
-            raise UserError("--cost gpu-hours needs a GPU and a serving workload")
+        if self.kind in GPU_COSTS and self.serving is None:
+            raise UserError(f"--cost {self.kind} needs a GPU and a serving workload")
+        if self.kind == "dollars" and self.usd_per_gpu_hour is None:
+            raise UserError(f"--cost dollars needs a price: give --gpu-price (US dollars per GPU-hour), or a usd_per_hour "
+                            f"for {self.serving.gpu.name} in a --gpu-file")
+        if self.usd_per_gpu_hour is not None:
+            self.usd_per_gpu_hour = check_price(self.usd_per_gpu_hour, "--gpu-price")
 
     @property
     def unit(self) -> str:
-        return "FLOPs" if self.kind == "flops" else "GPU-hours"
+        return UNITS[self.kind]
+
+    @property
+    def on_gpus(self) -> bool:
+        """Whether costs are GPU time (in hours or dollars) rather than FLOPs."""
+        return self.kind in GPU_COSTS
+
+    @property
+    def per_gpu_hour(self) -> float:
+        """What one GPU-hour counts as in this unit: its price for dollars, 1 for GPU-hours."""
+        return self.usd_per_gpu_hour if self.kind == "dollars" else 1.0
 
 
 @dataclass
@@ -91,14 +136,16 @@ class Optimum:
     d: float
     training: float
     inference: float
+    operating_batch: int | None = None  # under latency limits: requests the reference shape nearest N serves at once
 
     @property
     def total(self) -> float:
         return self.training + self.inference
 
-    def to_json(self) -> dict[str, float]:
+    def to_json(self) -> dict[str, Any]:
         return {"inference_tokens": self.inference_tokens, "N": self.n, "D": self.d, "tokens_per_param": self.d / self.n,
-                "training_cost": self.training, "inference_cost": self.inference, "total_cost": self.total}
+                "training_cost": self.training, "inference_cost": self.inference, "total_cost": self.total,
+                "operating_batch": self.operating_batch}
 
 
 @dataclass
@@ -116,14 +163,17 @@ class LifetimePlan:
         return {
             "target_loss": self.target_loss,
             "cost": self.cost.kind, "unit": self.cost.unit,
-            "mfu": self.cost.mfu if self.cost.kind == "gpu-hours" else None,
+            "mfu": self.cost.mfu if self.cost.on_gpus else None,
+            "usd_per_gpu_hour": self.cost.usd_per_gpu_hour if self.cost.kind == "dollars" else None,
             "serving": None if serving is None else {
                 "gpu": serving.gpu.name, "tp": serving.tp, "batch_size": serving.workload.batch_size,
                 "input_len": serving.workload.input_len, "output_len": serving.workload.output_len,
-                "inference_tokens_count": serving.counts, "throughput_source": serving_profile(serving).label},
+                "inference_tokens_count": serving.counts, "throughput_source": serving_profile(serving).label,
+                "limits": serving.limits_json(), "operating_point": serving.operating_point()},
             "optima": [o.to_json() for o in self.optima],
             "chinchilla_point": [o.to_json() for o in self.chinchilla],
-            "savings": [1 - o.total / c.total for o, c in zip(self.optima, self.chinchilla)],
+            "savings": [1 - o.total / c.total if math.isfinite(c.total) else None  # an unservable Chinchilla point
+                        for o, c in zip(self.optima, self.chinchilla)],
             "notes": self.notes,
         }
 
@@ -262,15 +312,40 @@ def serving_profile(serving: Serving):
     return resolve_profile(None, serving.gpu, "vllm")
 
 
-def serving_throughput(shapes: pd.DataFrame, serving: Serving) -> np.ndarray:
-    """Tokens per second of one serving replica for each shape: the one call into the cost model.
+def serving_estimate(shapes: pd.DataFrame, serving: Serving) -> pd.DataFrame:
+    """The cost model's estimate for each shape on one replica: the one call into it.
 
-    The estimate comes from the vLLM throughput profile matching the GPU (the uncalibrated roofline where none
-    ships; :func:`serving_source` says which). ``counts`` picks total tokens (prompt + generated) or generated ones.
+    From the vLLM throughput profile matching the GPU (the uncalibrated roofline where none ships;
+    :func:`serving_profile` says which): at the workload's whole batch, or under ``serving.limits`` at each shape's
+    own operating point (the most requests up to the batch that meet them, ``operating_batch``; ``meets_limits``
+    False where not even one request does).
     """
-    estimate = serving_profile(serving).estimate(shapes, serving.workload, serving.tp)
+    profile = serving_profile(serving)
+    if serving.limits is None:
+        return profile.estimate(shapes, serving.workload, serving.tp)
+    return profile.estimate_under_limits(shapes, serving.workload, serving.limits, serving.tp)
+
+
+def serving_rate(estimate: pd.DataFrame, serving: Serving) -> np.ndarray:
+    """Tokens per second of each estimated shape (``counts``: total or generated tokens); 0 where the shape cannot be
+    served: its weights do not fit, or it misses the latency limits even serving one request alone."""
     column = "tokens_per_s" if serving.counts == "total" else "output_tokens_per_s"
-    return estimate[column].to_numpy(float)
+    rate = estimate[column].to_numpy(float)
+    if "meets_limits" in estimate:
+        rate = np.where(estimate["meets_limits"].to_numpy(bool), rate, 0.0)
+    return rate
+
+
+def serving_throughput(shapes: pd.DataFrame, serving: Serving) -> np.ndarray:
+    """Tokens per second of one serving replica for each shape (0 where it cannot be served)."""
+    return serving_rate(serving_estimate(shapes, serving), serving)
+
+
+def _fits(shapes: pd.DataFrame, serving: Serving) -> bool:
+    """Whether the engine, set up for the workload, holds at least one sequence of each shape: when a shape that fits
+    cannot be served under latency limits, the limits are why. (The estimate under limits cannot say: it estimates
+    a shape that misses them at one request, where the engine's memory reserve differs from the workload's.)"""
+    return bool((serving_profile(serving).estimate(shapes, serving.workload, serving.tp)["concurrency"] >= 1).all())
 
 
 class _InferenceCost:
@@ -278,19 +353,45 @@ class _InferenceCost:
 
     def __init__(self, cost: CostModel, low: float, high: float) -> None:
         self.cost = cost
-        if cost.kind == "gpu-hours":
+        self.unservable_from = math.inf
+        self.too_slow = False  # whether the first unservable shape fits but misses the latency limits
+        self.shapes = None
+        if cost.on_gpus:
             assert cost.serving is not None
             shapes = reference_shapes(np.geomspace(low, high, SHAPE_POINTS), cost.serving.vocab, cost.serving.tp)
-            shapes = shapes.drop_duplicates(subset="N").sort_values("N")
-            rate = serving_throughput(shapes, cost.serving)
+            shapes = shapes.drop_duplicates(subset="N").sort_values("N").reset_index(drop=True)
+            estimate = serving_estimate(shapes, cost.serving)
+            rate = serving_rate(estimate, cost.serving)
             self.log_n = np.log(shapes["N"].to_numpy(float))
             self.log_seconds_per_token = np.where(rate > 0, -np.log(np.where(rate > 0, rate, 1.0)), np.inf)
-            unservable = shapes["N"].to_numpy(float)[rate <= 0]
-            self.unservable_from = float(unservable.min()) if len(unservable) else math.inf
+            unservable = np.flatnonzero(rate <= 0)
+            if len(unservable):
+                first = unservable[0]  # shapes are sorted by N
+                self.unservable_from = float(shapes["N"].iloc[first])
+                self.too_slow = cost.serving.limits is not None and _fits(shapes.iloc[[first]], cost.serving)
+            if "operating_batch" in estimate:
+                shapes["operating_batch"] = np.where(rate > 0, estimate["operating_batch"].to_numpy(), 0)
             self.shapes = shapes
-        else:
-            self.unservable_from = math.inf
-            self.shapes = None
+
+    def operating_batch(self, n: float) -> int | None:
+        """Under latency limits, the requests served at once by the reference shape nearest ``n`` (in log N)."""
+        if self.shapes is None or "operating_batch" not in self.shapes:
+            return None
+        return int(self.shapes["operating_batch"].iloc[int(np.argmin(np.abs(self.log_n - math.log(n))))])
+
+    def unservable_note(self) -> str:
+        """Why the largest reference shapes cost without end, and what to change."""
+        serving = self.cost.serving
+        replica = f"one {serving.gpu.name} replica (tp {serving.tp})"
+        if self.too_slow:
+            return (f"reference shapes from N = {self.unservable_from:.3g} up miss {serving.limits.describe()} on {replica} "
+                    "even serving one request alone; their inference cost is infinite here: relax the limit or raise --tp")
+        if serving.limits is not None:  # estimated at one request: the weights alone do not fit
+            return (f"reference shapes from N = {self.unservable_from:.3g} up do not fit {replica} even serving one "
+                    "request; their inference cost is infinite here: raise --tp to cost them")
+        return (f"reference shapes from N = {self.unservable_from:.3g} up do not fit {replica} at batch "
+                f"{serving.workload.batch_size}; their inference cost is infinite here: raise --tp (or lower --batch) "
+                "to cost them")
 
     def tp_note(self, sizes: Sequence[float]) -> str | None:
         """How the reference shapes near ``sizes`` were made servable ``tp``-way, when that moved them off GQA 4."""
@@ -311,15 +412,16 @@ class _InferenceCost:
         if self.cost.kind == "flops":
             return 2.0 * n * tokens
         log_s = np.interp(np.log(n), self.log_n, self.log_seconds_per_token)
-        # a replica spans tp GPUs: GPU-hours = seconds x tp / 3600
-        return np.exp(log_s) * tokens * self.cost.serving.tp / 3600.0
+        # a replica spans tp GPUs: GPU-hours = seconds x tp / 3600 (then at the price per GPU-hour for dollars)
+        return np.exp(log_s) * tokens * self.cost.serving.tp / 3600.0 * self.cost.per_gpu_hour
 
 
 def training_cost(cost: CostModel, n: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``6 N D`` FLOPs, or the GPU-hours they take at ``cost.mfu`` of the GPU's peak (at its price for dollars)."""
     flops = 6.0 * np.asarray(n, float) * np.asarray(d, float)
     if cost.kind == "flops":
         return flops
-    return flops / (cost.mfu * cost.serving.gpu.flops_per_s) / 3600.0
+    return flops / (cost.mfu * cost.serving.gpu.flops_per_s) / 3600.0 * cost.per_gpu_hour
 
 
 # ---------------------------------------------------------------------------
@@ -347,12 +449,10 @@ def inference_aware_optimum(fitted: FittedLaw, target_loss: float, inference_tok
     for volume in volumes:
         plan.optima.append(_minimise(fitted, target_loss, volume, cost, inference, grid, tokens))
         plan.chinchilla.append(Optimum(volume, n_chin, d_chin, float(training_cost(cost, n_chin, d_chin)),
-                                       float(inference(np.array([n_chin]), volume)[0])))
+                                       float(inference(np.array([n_chin]), volume)[0]), inference.operating_batch(n_chin)))
     largest = max([o.n for o in plan.optima] + [n_chin])
     if largest >= 0.5 * inference.unservable_from:
-        plan.notes.append(f"reference shapes from N = {inference.unservable_from:.3g} up do not fit one {cost.serving.gpu.name} "
-                          f"replica (tp {cost.serving.tp}) at batch {cost.serving.workload.batch_size}; their inference cost is "
-                          "infinite here: raise --tp (or lower --batch) to cost them")
+        plan.notes.append(inference.unservable_note())
     tp_note = inference.tp_note([o.n for o in plan.optima] + [n_chin])
     if tp_note:
         plan.notes.append(tp_note)
@@ -375,7 +475,11 @@ def _minimise(fitted: FittedLaw, target_loss: float, volume: float, cost: CostMo
 
     costs = training_cost(cost, grid, tokens) + inference(grid, volume)
     if not np.any(np.isfinite(costs)):
-        raise UserError("no size reaches the target at a finite cost with this serving setup; raise --tp or pick another GPU")
-    n = math.exp(minimum_on_grid(total, np.log(grid), costs))
+        relax = ", relax the latency limit" if cost.serving is not None and cost.serving.limits is not None else ""
+        raise UserError(f"no size reaches the target at a finite cost with this serving setup; raise --tp{relax} "
+                        "or pick another GPU")
+    with np.errstate(invalid="ignore"):  # the refinement may probe sizes past the servable ones (an infinite cost)
+        n = math.exp(minimum_on_grid(total, np.log(grid), costs))
     d = float(tokens_for_loss(fitted, target_loss, np.array([n]))[0])
-    return Optimum(volume, n, d, float(training_cost(cost, n, d)), float(inference(np.array([n]), volume)[0]))
+    return Optimum(volume, n, d, float(training_cost(cost, n, d)), float(inference(np.array([n]), volume)[0]),
+                   inference.operating_batch(n))

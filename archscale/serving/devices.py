@@ -5,7 +5,8 @@ decimal units as the datasheets print them (memory: see :class:`GPU`). The
 serving model (:mod:`archscale.serving.estimate`) scales them by efficiencies a
 calibration profile fits, and a profile carries the figures it was fitted
 against, so it is never applied to another device. A user adds or overrides GPUs with a JSON or CSV file of the same
-fields (:func:`load_gpu`'s ``extra_file``).
+fields (:func:`load_gpu`'s ``extra_file``), optionally with a price per GPU-hour (``usd_per_hour``): the table
+itself carries none, as prices vary by provider and date (:mod:`archscale.serving.price`).
 
 Sources: NVIDIA A100 datasheet (SXM: 312 TFLOP/s bf16, 1,555 GB/s for 40GB,
 2,039 GB/s for 80GB, NVLink 600 GB/s); H100 datasheet (SXM 989 TFLOP/s, 3.35
@@ -19,11 +20,12 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from archscale.io.errors import UserError
 from archscale.io.files import read_json
+from archscale.serving.price import PRICE_FIELD, check_price
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class GPU:
         interconnect_gb_s: GPU-to-GPU bandwidth, GB/s (NVLink, else PCIe): the
             bandwidth part of a tensor-parallel all-reduce (its latency is a
             cost term, ``t_allreduce``).
+        usd_per_hour: what one GPU-hour costs, in US dollars, when a --gpu-file gives it; None otherwise. Not a
+            physical figure: it is left out of :data:`FIELDS` (so of a profile's device block and fingerprint) and
+            of equality (a priced H100 is the same device as the built-in one).
     """
 
     name: str
@@ -47,6 +52,7 @@ class GPU:
     hbm_tb_s: float
     memory_gb: float
     interconnect_gb_s: float
+    usd_per_hour: float | None = field(default=None, compare=False)
 
     @property
     def flops_per_s(self) -> float:
@@ -75,7 +81,8 @@ GPUS: dict[str, GPU] = {
     )
 }
 
-FIELDS = tuple(f.name for f in fields(GPU))
+FIELDS = ("name", "bf16_tflops", "hbm_tb_s", "memory_gb", "interconnect_gb_s")
+"""The physical fields: what every GPU entry needs and what a profile records of its device (a price is neither)."""
 
 
 def load_gpu(name: str, extra_file: str | Path | None = None) -> GPU:
@@ -85,7 +92,8 @@ def load_gpu(name: str, extra_file: str | Path | None = None) -> GPU:
     if key not in table:
         raise UserError(f"unknown GPU {name!r}: known GPUs are {', '.join(table)}"
                         + ("" if extra_file else " (describe another in a --gpu-file, JSON or CSV with fields "
-                           + ", ".join(FIELDS) + "; `archscale bench probe --out cpu.json` writes one for this CPU)"))
+                           + ", ".join(FIELDS) + f", optionally {PRICE_FIELD}; `archscale bench probe --out cpu.json` "
+                           "writes one for this CPU)"))
     return table[key]
 
 
@@ -99,7 +107,11 @@ def gpu_table(extra_file: str | Path | None = None) -> dict[str, GPU]:
 
 
 def read_gpu_file(path: str | Path) -> list[GPU]:
-    """Read GPUs from JSON (a list of objects, one object, or ``{name: {fields}}``) or CSV with a header."""
+    """Read GPUs from JSON (a list of objects, one object, or ``{name: {fields}}``) or CSV with a header.
+
+    An entry of a built-in name with a price and none of the physical fields prices that GPU (a file of
+    ``name,usd_per_hour`` rows is a price list), so a user need not restate datasheet figures to give a price.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such GPU file")
@@ -110,7 +122,28 @@ def read_gpu_file(path: str | Path) -> list[GPU]:
         records = _csv_records(path)
     else:
         raise UserError(f"{path}: GPU file must end in .json or .csv")
-    return [gpu_from_record(record, path, i) for i, record in enumerate(records, start=1)]
+    return [_priced_builtin(record, path) or gpu_from_record(record, path, i) for i, record in enumerate(records, start=1)]
+
+
+def _priced_builtin(record, path: Path) -> GPU | None:
+    """A built-in GPU with the record's price, when the record gives a built-in name and a price only; else None."""
+    if not isinstance(record, dict) or any(_given(record.get(f)) for f in FIELDS[1:]):
+        return None
+    key = str(record.get("name", "")).strip().lower()
+    if key not in GPUS or not _given(record.get(PRICE_FIELD)):
+        return None
+    return replace(GPUS[key], usd_per_hour=_price(record, path, key))
+
+
+def _given(value) -> bool:
+    """A field is given unless absent, JSON null or an empty CSV cell."""
+    return value not in (None, "")
+
+
+def _price(record: dict, path: Path, name: str) -> float | None:
+    """The entry's optional ``usd_per_hour``, checked: one line naming the file, the GPU and the field."""
+    value = record.get(PRICE_FIELD)
+    return check_price(value, f"{path}: GPU {name!r}: {PRICE_FIELD}") if _given(value) else None
 
 
 def _json_records(path: Path) -> list[dict]:
@@ -134,10 +167,10 @@ def _csv_records(path: Path) -> list[dict]:
 
 
 def gpu_from_record(record, path: Path, index: int) -> GPU:
-    """Validate one record: every field present, numbers finite and positive."""
+    """Validate one record: every physical field present, numbers finite and positive; a price optional."""
     if not isinstance(record, dict) or "_bad" in record:
         raise UserError(f"{path}: GPU entry {index} is not an object with fields {', '.join(FIELDS)}")
-    missing = [f for f in FIELDS if record.get(f) in (None, "")]
+    missing = [f for f in FIELDS if not _given(record.get(f))]
     if missing:
         raise UserError(f"{path}: GPU entry {index} is missing {', '.join(missing)}")
     values = {"name": str(record["name"]).strip().lower()}
@@ -149,5 +182,5 @@ def gpu_from_record(record, path: Path, index: int) -> GPU:
         if not (math.isfinite(value) and value > 0):
             raise UserError(f"{path}: GPU {values['name']!r}: {field_name} must be positive, got {value!r}")
         values[field_name] = value
-    return GPU(**values)
+    return GPU(**values, usd_per_hour=_price(record, path, values["name"]))
 
