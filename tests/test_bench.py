@@ -458,3 +458,21 @@ def test_a_reader_still_sees_rows_a_running_writer_has_not_folded_in(tmp_path):
         writer.close()
     assert list(load_results(store)["error"].fillna("late")) == ["w1-0", "late"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sqlite"]
+
+
+
+def test_show_prices_rows_by_hand_and_refuses_one_price_for_several_devices(cli, tmp_path):
+    store = tmp_path / "bench.sqlite"
+    for gpu in ("h200", "a100-40gb"):
+        assert cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", gpu, "--batch-sizes", "1,64", "--tp", "2",
+                   "--store", store, "--no-progress").code == 0
+    shown = cli("bench", "--show", "--store", store, "--gpu", "h200", "--gpu-price", "3", "--json")
+    assert shown.code == 0, shown.err
+    for row in json.loads(shown.out):  # $3 x 2 GPUs / 3600 s / output tokens/s x 1e6
+        assert row["usd_per_m_output"] == pytest.approx(3 * 2 / 3600 / row["output_tokens_per_s"] * 1e6)
+    table = cli("bench", "--show", "--store", store, "--gpu", "h200", "--gpu-price", "3")
+    assert "$/M out" in table.out
+    both = cli("bench", "--show", "--store", store, "--gpu-price", "3")
+    assert both.code == 2 and "--gpu-price prices one device, but the rows shown are on a100-40gb, h200" in both.err
+    run = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--gpu-price", "3")
+    assert run.code == 2 and "--gpu-price" in run.err

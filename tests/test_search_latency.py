@@ -76,7 +76,7 @@ def test_a_limit_no_candidate_can_meet_lists_the_nearest_misses(cli):
 
 @pytest.mark.parametrize("args, message", [
     (["--tpot-ms", "40", "--percentile", "p95"], "--percentile 'p95': not a measured statistic"),
-    (["--percentile", "p50"], "--percentile sets which requests a latency limit holds for"),
+    (["--percentile", "p50"], "--percentile picks the statistic of a latency limit"),
     (["--tpot-ms", "-3"], "--tpot-ms must be a positive number of milliseconds"),
 ])
 def test_bad_latency_flags_are_one_line(cli, args, message):
@@ -106,3 +106,19 @@ def test_the_figure_gains_the_per_user_per_device_panel(cli, tmp_path):
     labels = [text.get_text() for text in panel.get_legend().get_texts()]
     assert any(label.startswith("#1:") for label in labels) and "reference: llama-3.2-1b" in labels
     assert "TPOT p99 <= 15 ms (right of the line)" in labels
+
+
+def test_search_prices_each_shape_at_its_operating_point_by_hand(cli):
+    """$3.50 per GPU-hour, a 2-GPU replica: dollars per million output tokens = 3.50 x 2 / 3600 / (tokens/s) x 1e6."""
+    limited = _search(cli, "--batch", "256", "--tpot-ms", "15", "--gpu-price", "3.5", "--tp", "2")
+    for row in limited["top_k"]:
+        assert row["usd_per_m_output"] == pytest.approx(3.5 * 2 / 3600 / row["output_tokens_per_s"] * 1e6)
+    reference = limited["target"]["reference"]
+    assert reference["usd_per_m_output"] == pytest.approx(7.0 / 3600 / reference["output_tokens_per_s"] * 1e6)
+    shown = cli("search", *BASE, "--gpu-price", "3.5")
+    assert "$/M out" in shown.out and "dollars per million output tokens at $3.5 per GPU-hour" in shown.out
+
+
+def test_a_negative_price_is_one_line(cli):
+    result = cli("search", *BASE, "--gpu-price", "-1")
+    assert one_line_error(result) and "--gpu-price must be a positive price in US dollars per GPU-hour" in result.err

@@ -28,8 +28,9 @@ from rich.table import Table
 from archscale.bench.records import BACKENDS, MEASURED_BACKENDS, NOISY_CV
 from archscale.bench.store import STORE
 from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json, study
-from archscale.cli.options import gpu_help, parse_assignments, parse_int_list
+from archscale.cli.options import GPU_PRICE, gpu_help, parse_assignments, parse_int_list
 from archscale.serving.estimate import EngineSettings
+from archscale.serving.price import format_usd
 from archscale.serving.profiles import check_engine
 from archscale.io.errors import UserError
 from archscale.io.files import jsonable
@@ -87,6 +88,7 @@ def bench_command(
     show: bool = typer.Option(False, "--show", help="Print the store given by --store (filtered by --backend/--gpu if given)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     export: Optional[Path] = typer.Option(None, "--export", help="With --show: also write the store as CSV here."),
+    gpu_price: Optional[float] = GPU_PRICE,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
     verbose: bool = typer.Option(False, "--verbose", help="vllm: echo the workers' logs to stderr."),
     executor: Optional[str] = study.executor_option(None, "as a job of a resumable study (measured rows are skipped; "
@@ -109,9 +111,9 @@ def bench_command(
             raise UserError("--show prints a store; give it no configs")
         _refuse({"--profile": profile}, "--show")
         check_outputs(("--export", export, "csv"), inputs=(store, gpu_file))
-        _show_mode(store, backend, gpu, gpu_file, export, as_json)
+        _show_mode(store, backend, gpu, gpu_file, export, as_json, gpu_price)
         return
-    _refuse({"--export": export}, "a benchmark run")
+    _refuse({"--export": export, "--gpu-price": gpu_price}, "a benchmark run")
     if not specs:
         raise UserError("give configs to benchmark (config folders, config.json files or presets), or --show --store STORE")
     if profile is not None and (backend or "torch") != "roofline":
@@ -260,7 +262,7 @@ def _report_sweep(result, as_json: bool, errors: Console) -> None:
 
 
 # ---- show ---------------------------------------------------------------------------
-def _show_mode(store, backend, gpu, gpu_file, export, as_json) -> None:
+def _show_mode(store, backend, gpu, gpu_file, export, as_json, gpu_price=None) -> None:
     from archscale.bench.store import export_csv, load_results
 
     if store is None:
@@ -274,6 +276,7 @@ def _show_mode(store, backend, gpu, gpu_file, export, as_json) -> None:
         frame = frame[frame["backend"] == backend]
     if gpu:
         frame = frame[frame["gpu"].astype(str).str.lower() == gpu.lower()]
+    frame = _priced(frame, gpu_price, gpu_file)
     if export is not None:
         count = export_csv(out, export)
         Console(stderr=True).print(f"wrote {count} rows to {export}", markup=False, highlight=False)
@@ -285,6 +288,37 @@ def _show_mode(store, backend, gpu, gpu_file, export, as_json) -> None:
         return
     console.print(_results_table(frame.reset_index(drop=True), title=f"{out}: {len(frame)} records", gpu_file=gpu_file,
                                  latency=True))
+
+
+def _priced(frame: pd.DataFrame, gpu_price: float | None, gpu_file: Path | None) -> pd.DataFrame:
+    """Rows with ``usd_per_m_output``: dollars per million output tokens of a replica (``tp`` GPUs) at each row's
+    throughput, at ``--gpu-price`` or the row device's ``usd_per_hour`` from --gpu-file; unchanged without a price.
+
+    One --gpu-price prices one device: on a store of several it is refused unless --gpu picks one (a price for an
+    H200 is not a price for this CPU)."""
+    from archscale.serving.devices import gpu_table
+    from archscale.serving.price import check_price, usd_per_million_tokens
+
+    devices = sorted(set(frame["gpu"].dropna().astype(str).str.lower()))
+    if gpu_price is not None:
+        check_price(gpu_price, "--gpu-price")
+        if len(devices) > 1:
+            raise UserError(f"--gpu-price prices one device, but the rows shown are on {', '.join(devices)}; "
+                            "pick one with --gpu, or give each a usd_per_hour in --gpu-file")
+        prices = {name: gpu_price for name in devices}
+    else:
+        table = gpu_table(gpu_file) if gpu_file is not None else {}
+        prices = {name: table[name].usd_per_hour for name in devices if name in table and table[name].usd_per_hour}
+    if not prices:
+        return frame
+    frame = frame.copy()
+    per_row = frame["gpu"].astype(str).str.lower().map(prices).to_numpy(float)
+    tp = pd.to_numeric(frame["tp"], errors="coerce").fillna(1).to_numpy(float)
+    rate = pd.to_numeric(frame["output_tokens_per_s"], errors="coerce").to_numpy(float)
+    # usd/hour x tp GPUs / 3600 / tokens/s x 1e6, per row (each row its own price and tp): the price module's formula
+    unit = usd_per_million_tokens(rate, 1.0, 1)
+    frame["usd_per_m_output"] = per_row * tp * unit
+    return frame
 
 
 def _json_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -320,9 +354,10 @@ def _results_table(frame: pd.DataFrame, title: str, gpu_file: Path | None = None
     ratio, compared = estimate_ratio(frame, gpu_file)
     shown = [(header, prefix) for header, prefix in LATENCY_SHOWN
              if latency and frame[[f"{prefix}_p50", f"{prefix}_p99"]].notna().any().any()]
+    priced = "usd_per_m_output" in frame and frame["usd_per_m_output"].notna().any()
     table = Table(title=title)
     headers = ("name", "backend", "gpu", "dtype", "batch", "in/out", "total tok/s", "out tok/s",
-               *(header for header, _ in shown), "vs estimate", "status")
+               *(header for header, _ in shown), *(["$/M out"] if priced else []), "vs estimate", "status")
     for column in headers:
         table.add_column(column, justify="left" if column in ("name", "backend", "gpu", "dtype", "status", "vs estimate")
                          else "right", no_wrap=column in ("in/out", "total tok/s", "vs estimate",
@@ -339,7 +374,8 @@ def _results_table(frame: pd.DataFrame, title: str, gpu_file: Path | None = None
         table.add_row(str(row["name"] or row.get("source") or "?"), str(row["backend"]), str(row["gpu"]),
                       str(row["dtype"]), str(row["batch_size"]),
                       f"{row['input_len']}/{row['output_len']}", total, _number(row["output_tokens_per_s"]),
-                      *(_percentiles(row, prefix) for _, prefix in shown), versus, _status(row))
+                      *(_percentiles(row, prefix) for _, prefix in shown),
+                      *([format_usd(float(row["usd_per_m_output"]))] if priced else []), versus, _status(row))
     return table
 
 

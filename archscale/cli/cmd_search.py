@@ -12,11 +12,13 @@ from rich.table import Table
 from archscale.shapes.architecture import load_architecture, require_even_head_dim
 from archscale.bench.store import load_results
 from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json, study
-from archscale.cli.options import COUNT, check_sweep_ranges, gpu_help, parse_int_list
+from archscale.cli.options import (COUNT, GPU_PRICE, PERCENTILE, TPOT_MS, TTFT_MS, check_sweep_ranges, gpu_help,
+                                   latency_limits, parse_int_list)
 from archscale.io.units import format_count, parse_count
 from archscale.serving.devices import load_gpu
+from archscale.serving.price import format_usd, resolve_price
 from archscale.serving.profiles import resolve_profile
-from archscale.serving.estimate import LatencyLimits, Workload, latency_column, parse_statistic
+from archscale.serving.estimate import LatencyLimits, Workload, latency_column
 from archscale.io.errors import UserError
 from archscale.io.files import write_json
 from archscale.io.outputs import check_outputs
@@ -32,7 +34,7 @@ EMIT_STRICT_HF = "--emit writes only configs transformers can load (--strict-hf 
 TOP_COLUMNS = ["rank", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "N", "x", "r", "gqa", "predicted_loss",
                "loss_low", "loss_high", "p_meets_target", "loss_source", "tokens_per_s", "output_tokens_per_s",
                "throughput_source", "memory_gb", "concurrency", "gqa_variants", "tie", "extrapolation",
-               "inside_data", "speedup_low", "speedup_high", "operating_batch", "meets_limits",
+               "inside_data", "speedup_low", "speedup_high", "operating_batch", "meets_limits", "usd_per_m_output",
                *(f"{metric}_ms_{statistic}" for metric in ("ttft", "tpot") for statistic in ("mean", "p50", "p90", "p99"))]
 
 
@@ -142,6 +144,13 @@ def _served_cells(row: dict[str, Any], limits: LatencyLimits | None) -> list[str
                                                       for m in ("tpot", "ttft")]
 
 
+def _dollar_cells(row: dict[str, Any], spec: SearchSpec) -> list[str]:
+    """Dollars per million output tokens, with a price (none without one)."""
+    if spec.usd_per_gpu_hour is None:
+        return []
+    return [format_usd(float(row["usd_per_m_output"]))]
+
+
 def _print(result: SearchResult, spec: SearchSpec) -> None:
     optimum = result.continuous_optimum
     if optimum:
@@ -164,7 +173,7 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
     outside = bool(result.top_k.get("extrapolation", pd.Series(dtype=str)).astype(bool).any())
     served = ["batch", f"TPOT {limits.statistic_label} ms", f"TTFT {limits.statistic_label} ms"] if limits is not None else []
     columns = (["rank"] + (["layers"] if deep else []) + ["d_model", "heads/kv", "d_ff", "N", "r", "x", "GQA", "loss"]
-               + served + ["out tok/s", "vs ref", "GQA variants"])
+               + served + ["out tok/s"] + (["$/M out"] if spec.usd_per_gpu_hour is not None else []) + ["vs ref", "GQA variants"])
     for column in columns + (["outside the fit's runs"] if outside else []):
         table.add_column(column, justify="right")
     for row in result.top_k.itertuples():
@@ -175,14 +184,14 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
         versus = "-" if ratio is None else f"{ratio:.2f}x" + _interval(row)
         table.add_row(rank, *([str(row.n_layers)] if deep else []), str(row.d_model), f"{row.n_heads}/{row.n_kv_heads}",
                       str(row.d_ff), format_count(row.N), f"{row.r:.2f}", f"{row.x:.4f}", str(row.gqa), loss,
-                      *_served_cells(row._asdict(), limits), speed, versus,
+                      *_served_cells(row._asdict(), limits), speed, *_dollar_cells(row._asdict(), spec), versus,
                       row.gqa_variants, *([row.extrapolation or "-"] if outside else []))
     if reference:
         measured = " (measured)" if reference.get("throughput_source") == "measured" else ""
         table.add_row("ref", *([str(reference["n_layers"])] if deep else []), str(reference["d_model"]),
                       f"{reference['n_heads']}/{reference['n_kv_heads']}", str(reference["d_ff"]), format_count(reference["N"]), f"{reference['r']:.2f}", f"{reference['x']:.4f}", str(reference["gqa"]),
                       f"{reference['predicted_loss']:.4f}", *_served_cells(reference, limits),
-                      f"{reference['output_tokens_per_s']:,.0f}{measured}", "1.00x",
+                      f"{reference['output_tokens_per_s']:,.0f}{measured}", *_dollar_cells(reference, spec), "1.00x",
                       reference["name"], *(["-"] if outside else []))
     console.print(table)
     if reference and len(result.top_k):
@@ -222,9 +231,10 @@ def search_command(
     batch: int = typer.Option(64, "--batch", min=1, help="Concurrent requests in the serving workload; with --tpot-ms/--ttft-ms, the most a shape may run."),
     input_len: int = typer.Option(4096, "--input-len", min=1, help="Prompt tokens per request."),
     output_len: int = typer.Option(1024, "--output-len", min=1, help="Generated tokens per request."),
-    tpot_ms: Optional[float] = typer.Option(None, "--tpot-ms", help="Latency limit: time per output token, ms (e.g. 40, MLPerf's interactive limit). Each shape is ranked at the most requests up to --batch that meet it."),
-    ttft_ms: Optional[float] = typer.Option(None, "--ttft-ms", help="Latency limit: time to first token, ms (e.g. 450)."),
-    percentile: str = typer.Option("p99", "--percentile", help="Which requests the limits hold for: p50, p90, p99 (the statistics bench rows carry) or mean."),
+    tpot_ms: Optional[float] = TPOT_MS,
+    ttft_ms: Optional[float] = TTFT_MS,
+    percentile: Optional[str] = PERCENTILE,
+    gpu_price: Optional[float] = GPU_PRICE,
     tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Keep shapes within this fraction of N. Default 0.05, or 0.02 when the fit has no reference law (then a smaller N is not penalised, so the budget is held tighter)."),
     r_min: float = typer.Option(0.5, "--r-min", help="Smallest MLP-to-attention ratio (the paper fits 0.5-5)."),
     r_max: float = typer.Option(5.0, "--r-max", help="Largest MLP-to-attention ratio."),
@@ -260,13 +270,9 @@ def search_command(
         fitted.reference = load_fit(reference)
         check_reference(fitted.law, fitted.reference)
     device = load_gpu(gpu, gpu_file)
-    statistic = parse_statistic(percentile, "--percentile")
-    limits = None
-    if tpot_ms is not None or ttft_ms is not None:
-        limits = LatencyLimits(tpot_ms=tpot_ms, ttft_ms=ttft_ms, statistic=statistic)
-    elif percentile != "p99":
-        raise UserError("--percentile sets which requests a latency limit holds for; give --tpot-ms and/or --ttft-ms too")
+    limits = latency_limits(tpot_ms, ttft_ms, percentile)
     spec = SearchSpec(n=n, tokens=tokens, n_layers=parse_int_list(layers, "--layers"), d_head=head_dim, gpu=device, limits=limits,
+                      usd_per_gpu_hour=resolve_price(gpu_price, device),
                       profile=resolve_profile(profile, device, engine),
                       workload=Workload(batch, input_len, output_len), tp=tp, tolerance=tolerance, r_range=(r_min, r_max),
                       gqa_values=parse_int_list(gqa, "--gqa"), vocab_size=vocab, tie_embeddings=tie_embeddings,

@@ -32,6 +32,7 @@ import pandas as pd
 from archscale.shapes.architecture import Architecture, transformers_loadable
 from archscale.shapes.candidates import ROW_BYTES, generate_candidates_at_depths
 from archscale.serving.devices import GPU
+from archscale.serving.price import usd_per_million_tokens
 from archscale.serving.profiles import Profile
 from archscale.serving.estimate import LatencyLimits, Workload, check_tensor_parallel, latency_column
 from archscale.search.latency_limited import add_fixed_batch, check_some_meet, comparison_note, operating_point
@@ -76,6 +77,7 @@ class SearchSpec:
     ff_multiple: int = 64
     profile: Profile | None = None  # None: the uncalibrated roofline on ``gpu``
     limits: LatencyLimits | None = None  # rank at each shape's most requests (up to the batch) that meet these
+    usd_per_gpu_hour: float | None = None  # a GPU's price: each shape's dollars per million output tokens at its operating point
     extrapolate: bool = False  # rank candidates outside the fit's runs too (each labelled with what is out)
     tie_tolerance: float | None = None  # None: the profile's held-out speedup error (no ties when it has none)
 
@@ -851,6 +853,14 @@ def search(
         notes.append(f"ranked at each shape's operating point: the most requests (up to --batch {spec.workload.batch_size}) "
                      f"that meet {spec.limits.describe()}, submitted together as bench measures them"
                      + (f"; {missed:,} shapes that meet the loss target cannot meet the limit even alone" if missed else ""))
+    if spec.usd_per_gpu_hour is not None:
+        candidates["usd_per_m_output"] = usd_per_million_tokens(candidates["output_tokens_per_s"].to_numpy(float),
+                                                                spec.usd_per_gpu_hour, spec.tp)
+        if target.reference is not None:
+            target.reference["usd_per_m_output"] = float(usd_per_million_tokens(
+                target.reference["output_tokens_per_s"], spec.usd_per_gpu_hour, spec.tp))
+        notes.append(f"dollars per million output tokens at ${spec.usd_per_gpu_hour:g} per GPU-hour x {spec.tp} GPU"
+                     f"{'s' if spec.tp > 1 else ''} per replica, at each shape's throughput above")
     picks = label_extrapolations(select_top_k(candidates[candidates["ranked"]], top_k, spec.tie_rule), fitted, policy,
                                  spec.layers)
     picks = add_speedup_intervals(picks, target, spec)
