@@ -1,3 +1,6 @@
+import pytest
+
+
 def test_version(cli):
     result = cli("--version")
     assert result.code == 0
@@ -53,3 +56,11 @@ def test_jobs_dir_help_names_the_output_this_verb_has(cli, monkeypatch):
         text = " ".join(shown.out.replace("│", " ").split())
         assert shown.code == 0 and f"(default: beside {own}, e.g." in text, verb
         assert f"beside {other}" not in text and f"{own} / {other}" not in text and f"{other} / {own}" not in text, verb
+
+
+@pytest.mark.parametrize("count, shown", [(999.6e6, "1B"), (973e6, "973M"), (1.024e9, "1.02B"), (999.5e3, "1M"),
+                                          (1.5e15, "1,500T"), (999.4, "999")])
+def test_counts_round_into_the_next_unit_instead_of_printing_an_exponent(count, shown):
+    from archscale.io.units import format_count
+
+    assert format_count(count) == shown

@@ -112,3 +112,4 @@ def test_bad_limits_are_one_line(kwargs, message):
 def test_a_percentile_no_row_carries_is_refused():
     with pytest.raises(UserError, match="--percentile 'p95': not a measured statistic; .* p50, p90, p99 and mean"):
         parse_statistic("p95")
+

@@ -29,8 +29,9 @@ def parse_count(text: str, label: str = "--n") -> float:
 def format_count(n: float) -> str:
     """A parameter or token count at a glance: 973M, 1.02B, 201K, 1.54T."""
     for scale, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}"
+        if float(f"{n:.3g}") >= scale:  # compare the rounded figure: 999.6M to 3 figures is 1B, not "1e+03M"
+            value = float(f"{n:.3g}") / scale
+            return (f"{value:.3g}" if value < 1000 else f"{value:,.0f}") + unit  # 1,500T, not 1.5e+03T
     return f"{n:.0f}"
 
 
