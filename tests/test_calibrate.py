@@ -64,6 +64,35 @@ def test_calibration_recovers_the_terms_that_made_the_rows():
     assert result.profile.fitted == ("eta_weights", "t_step", "t_seq") and result.profile.calibrated
 
 
+def test_latency_rows_are_fitted_with_throughput_and_their_held_out_error_reported():
+    """Rows whose throughput says one thing and whose latency another: the fit weighs both, and reports the latency
+    error per split. Here the rows are the model at TRUTH, with every measured TPOT 20% above it on the held-out
+    architecture: the fit (on the others) is untouched and the held-out TPOT error is 1/1.2 off exactly."""
+    rows = synthetic()
+    predicted = estimate_rows(rows.assign(bytes_per_element=2), H200, TRUTH)
+    for column in ("tpot_ms_p50", "tpot_ms_p99", "ttft_ms_p50", "ttft_ms_p99"):
+        rows[column] = predicted[column]
+    held = (rows["name"] == "surefire-1b").to_numpy()
+    rows.loc[held, ["tpot_ms_p50", "tpot_ms_p99"]] *= 1.2
+    result = calibrate(rows, H200, holdout=held)
+    assert result.profile.terms.t_seq == pytest.approx(TRUTH.t_seq, rel=1e-4)
+    latency = result.summary["latency"]
+    assert latency["fit"]["tpot_ms_p50"]["median_abs_rel_err"] < 1e-6
+    assert latency["fit"]["ttft_ms_p99"]["n_rows"] == int((~held).sum())
+    assert latency["heldout"]["tpot_ms_p50"]["median_abs_rel_err"] == pytest.approx(1 - 1 / 1.2, rel=1e-6)
+    assert latency["heldout"]["ttft_ms_p50"]["median_abs_rel_err"] < 1e-6
+
+
+def test_latency_pulls_the_fit_where_throughput_alone_would_not():
+    """Throughput rows at TRUTH, TPOT rows 3% slower everywhere: with the latency rows the fit moves off TRUTH
+    (it balances both), without them it recovers TRUTH exactly."""
+    rows = synthetic()
+    predicted = estimate_rows(rows.assign(bytes_per_element=2), H200, TRUTH)
+    rows["tpot_ms_p50"] = predicted["tpot_ms_p50"] * 1.03
+    moved = calibrate(rows, H200).profile.terms
+    assert abs(moved.t_seq / TRUTH.t_seq - 1) > 0.01 or abs(moved.t_step / TRUTH.t_step - 1) > 0.01
+
+
 def test_holdout_rows_are_not_fitted_and_are_scored(tmp_path):
     rows = synthetic()
     rows.loc[rows["name"] == "surefire-1b", "output_tokens_per_s"] *= 1.10  # held-out rows 10% faster than the model

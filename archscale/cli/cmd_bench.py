@@ -485,6 +485,12 @@ def _print_calibration(result) -> None:
             line += (f"; speedup between same-size architectures: |error| mean {summary['speedup_mean_abs_points']:.1f} "
                      f"points, max {summary['speedup_max_abs_points']:.1f} ({summary['n_pairs']} pairs)")
         console.print(line)
+    for split, label in (("fit", "fitted rows"), ("heldout", "held-out rows")):
+        latency = (result.summary.get("latency") or {}).get(split)
+        if latency:
+            console.print(f"latency on {label}: " + "; ".join(
+                f"{column.replace('_ms_', ' ').upper()} median |error| {100 * entry['median_abs_rel_err']:.1f}%, max "
+                f"{100 * entry['max_abs_rel_err']:.1f}% ({entry['n_rows']} rows)" for column, entry in latency.items()))
     before = result.summary["uncalibrated_fit"]
     console.print(f"uncalibrated roofline on the fitted rows: |error| mean {100 * before['mean_abs_rel_err']:.1f}%, "
                   f"max {100 * before['max_abs_rel_err']:.1f}%")
