@@ -11,14 +11,19 @@ Everything here is per GPU: a replica of ``tp`` GPUs costs ``tp`` times the hour
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from archscale.io.errors import UserError
 
-if TYPE_CHECKING:  # devices imports this module for its price check; a runtime import back would be circular
-    from archscale.serving.devices import GPU
+
+class PricedDevice(Protocol):
+    """What a price is read from: a device's name and its optional price (a :class:`~archscale.serving.devices.GPU`;
+    named by shape, not imported, because devices imports this module to check the prices it reads)."""
+
+    name: str
+    usd_per_hour: float | None
 
 PRICE_UNIT = "US dollars per GPU-hour"
 PRICE_FIELD = "usd_per_hour"
@@ -39,7 +44,7 @@ def check_price(value: float, label: str) -> float:
     return price
 
 
-def resolve_price(flag_value: float | None, gpu: GPU, flag: str = "--gpu-price") -> float | None:
+def resolve_price(flag_value: float | None, gpu: PricedDevice, flag: str = "--gpu-price") -> float | None:
     """The price to cost ``gpu`` at: ``flag_value`` when given (it overrides a file's price), else the device's own
     ``usd_per_hour`` from a --gpu-file, else None (the caller says a price is needed where it needs one)."""
     if flag_value is not None:
