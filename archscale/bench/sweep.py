@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from archscale.shapes.architecture import Architecture, load_architecture
+from archscale.shapes.architecture import Architecture, load_architecture, require_serving_modelled
 from archscale.bench.records import make_record
 from archscale.bench.types import Backend, BenchOptions, Target, Tick
 from archscale.serving.estimate import check_tensor_parallel
@@ -23,8 +23,11 @@ from archscale.io.errors import UserError, keep_hint
 
 
 def check_targets(targets: Sequence[Target], options: "BenchOptions") -> None:
-    """Refuse, before anything is measured, a shape the tensor-parallel degree cannot split."""
+    """Refuse, before anything is measured, a shape the tensor-parallel degree cannot split, or one no backend here
+    serves as what it is (experts, latent attention, a sliding window: torch would run a dense model, the serving
+    model would cost one, and vLLM rows could not be calibrated or compared)."""
     for target in targets:
+        require_serving_modelled(target.arch.shape_columns(), target.label)
         check_tensor_parallel(target.arch.n_heads, target.arch.n_kv_heads, options.tp, target.label)
 
 

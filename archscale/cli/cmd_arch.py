@@ -9,7 +9,8 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from archscale.shapes.architecture import PRESET_SOURCES, PRESETS, Architecture, load_architecture, require_even_head_dim
+from archscale.shapes.architecture import (PRESET_SOURCES, PRESETS, Architecture, load_architecture, require_even_head_dim,
+                                           require_serving_modelled)
 from archscale.shapes.candidates import generate_candidates
 from archscale.cli import Command, app, console, examples, print_json
 from archscale.cli.options import COUNT, check_sweep_ranges, gpu_help, parse_int_list
@@ -30,43 +31,90 @@ def human(value: float, unit: str = "") -> str:
 
 
 def architecture_summary(arch: Architecture, context: int, source: str = "") -> dict:
-    """Everything ``arch`` reports about one shape, as plain numbers (the --json payload)."""
-    return {
+    """Everything ``arch`` reports about one shape, as plain numbers (the --json payload).
+
+    ``N_total`` counts every expert, ``N_active`` what one token uses (equal for a dense shape); FLOPs per token
+    are active. ``r_mlp_attn`` and ``d_over_sqrt_N`` describe dense shapes (the laws' coordinates) and are null
+    for a Mixture of Experts. With a sliding window, ``kv_bytes_at_context_bf16`` is one sequence's cache at
+    ``context`` (the window's layers hold at most the window)."""
+    moe = arch.is_moe
+    summary = {
         "name": arch.name,
         "source": source,
         **arch.shape_columns(),
         "N_non_embed": arch.n_params_non_embedding,
         "N_embed": arch.n_params_embedding,
         "N_total": arch.n_params_total,
-        "r_mlp_attn": arch.r_mlp_attn,
+        "N_active_non_embed": arch.n_params_active_non_embedding,
+        "N_active": arch.n_params_active,
+        "r_mlp_attn": None if moe else arch.r_mlp_attn,
         "gqa": arch.gqa_group,
-        "d_over_sqrt_N": arch.d_over_sqrt_n,
+        "d_over_sqrt_N": None if moe else arch.d_over_sqrt_n,
         "aspect_ratio": arch.aspect_ratio,
         "context": context,
         "flops_per_token": arch.flops_per_token(context),
         "kv_bytes_per_token_bf16": arch.kv_cache_bytes_per_token(2),
     }
+    if arch.n_sliding_layers:
+        summary["kv_bytes_at_context_bf16"] = arch.kv_cache_bytes(context, 2)
+    return summary
+
+
+def _shape_line(summary: dict) -> str:
+    """The shape in one line: the dense block, then experts, latent attention and a window when present."""
+    moe = summary.get("n_experts", 0) > 1
+    dense_ff = (f", d_ff {summary['d_ff']}" if not moe else
+                f", {summary['first_dense_layers']} dense layer(s) first (d_ff {summary['d_ff']})"
+                if summary["first_dense_layers"] else "")
+    line = (f"{summary['n_layers']} layers, d_model {summary['d_model']}, heads {summary['n_heads']}/"
+            f"{summary['n_kv_heads']} kv x {summary['d_head']}{dense_ff}, vocab {summary['vocab']}"
+            + (" (tied)" if summary["tie_embeddings"] else ""))
+    if moe:
+        line += (f"; MoE {summary['n_experts']} experts, top-{summary['experts_per_token']}, "
+                 f"expert d_ff {summary['expert_d_ff']}")
+        if summary["n_shared_experts"]:
+            line += (f", {summary['n_shared_experts']} shared x {summary['shared_expert_d_ff']}"
+                     + (" (gated)" if summary["shared_expert_gate"] else ""))
+    if summary.get("kv_lora_rank"):
+        line += (f"; latent attention: kv rank {summary['kv_lora_rank']} + rope {summary['qk_rope_head_dim']} "
+                 f"cached, q rank {summary['q_lora_rank'] or 'full'}, v {summary['v_head_dim']}")
+    if summary.get("n_sliding_layers"):
+        line += f"; sliding window {summary['sliding_window']} on {summary['n_sliding_layers']} layers"
+    return line
 
 
 def _architecture_table(summary: dict) -> Table:
     table = Table(title=f"{summary['name']}  ({summary['source']})", show_header=False)
     table.add_column("quantity")
     table.add_column("value", justify="right")
-    shape = (f"{summary['n_layers']} layers, d_model {summary['d_model']}, heads {summary['n_heads']}/"
-             f"{summary['n_kv_heads']} kv x {summary['d_head']}, d_ff {summary['d_ff']}, vocab {summary['vocab']}"
-             + (" (tied)" if summary["tie_embeddings"] else ""))
+    moe = summary.get("n_experts", 0) > 1
+    dense_only = "n/a (a dense-shape descriptor)"
+    kv = summary["kv_bytes_per_token_bf16"]
     rows = [
-        ("shape", shape),
-        ("N non-embedding", f"{human(summary['N_non_embed'])}  ({summary['N_non_embed']:,})"),
+        ("shape", _shape_line(summary)),
+        ("N non-embedding" + (" (every expert)" if moe else ""),
+         f"{human(summary['N_non_embed'])}  ({summary['N_non_embed']:,})"),
         ("N embedding", f"{human(summary['N_embed'])}  ({summary['N_embed']:,})"),
         ("N total", f"{human(summary['N_total'])}  ({summary['N_total']:,})"),
-        ("r = MLP / attention", f"{summary['r_mlp_attn']:.3f}"),
-        ("GQA (query heads per KV head)", str(summary["gqa"])),
-        ("d_model / sqrt(N)", f"{summary['d_over_sqrt_N']:.4f}"),
-        ("aspect ratio d_model / n_layers", f"{summary['aspect_ratio']:.1f}"),
-        (f"FLOPs / token at context {summary['context']}", human(summary["flops_per_token"], "FLOP")),
-        ("KV cache / token (bf16)", f"{summary['kv_bytes_per_token_bf16']:,} B ({summary['kv_bytes_per_token_bf16'] / 1024:.1f} KiB)"),
     ]
+    if moe:
+        rows.append(("N active per token (non-embedding)",
+                     f"{human(summary['N_active'])}  ({human(summary['N_active_non_embed'])})"))
+    rows += [
+        ("r = MLP / attention", dense_only if moe else f"{summary['r_mlp_attn']:.3f}"),
+        ("GQA (query heads per KV head)", str(summary["gqa"])),
+        ("d_model / sqrt(N)", dense_only if moe else f"{summary['d_over_sqrt_N']:.4f}"),
+        ("aspect ratio d_model / n_layers", f"{summary['aspect_ratio']:.1f}"),
+        (f"FLOPs / token at context {summary['context']}" + (" (active)" if moe else ""),
+         human(summary["flops_per_token"], "FLOP")),
+        ("KV cache / token (bf16)" + (" (latent + rope key)" if summary.get("kv_lora_rank") else "")
+         + (", full-attention layers" if summary.get("n_sliding_layers") else ""),
+         f"{kv:,} B ({kv / 1024:.1f} KiB)"),
+    ]
+    if "kv_bytes_at_context_bf16" in summary:
+        at = summary["kv_bytes_at_context_bf16"]
+        rows.append((f"KV cache / sequence at context {summary['context']} (window layers hold "
+                     f"<= {summary['sliding_window']} tokens)", f"{at:,} B ({at / 2**20:.1f} MiB)"))
     estimate = summary.get("throughput")
     if estimate:
         rows += [
@@ -112,6 +160,8 @@ def arch_command(
     architectures = [load_architecture(spec) for spec in specs]
     for arch, spec in zip(architectures, specs):
         check_tensor_parallel(arch.n_heads, arch.n_kv_heads, tp, arch.name or spec)
+        if chosen:
+            require_serving_modelled(arch.shape_columns(), f"{arch.name or spec} --gpu")
     summaries = []
     for arch, spec in zip(architectures, specs):
         source = PRESET_SOURCES[arch.name] if PRESETS.get(arch.name) is arch else spec

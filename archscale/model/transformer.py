@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archscale.io.errors import UserError
 from archscale.shapes.architecture import Architecture
 from archscale.model.frozen_linear import FrozenLinear, KernelChooser
 
@@ -291,6 +292,9 @@ class Transformer(nn.Module):
 
     def __init__(self, arch: Architecture, rope_theta: float = 500000.0, norm_eps: float = 1e-5, max_seq_len: int = 2048) -> None:
         super().__init__()
+        if not arch.is_dense_llama:  # never build a dense model for a shape it is not (training, the torch backend)
+            raise UserError(f"{arch.name or 'architecture'}: the bundled model is a dense LLaMA with full attention; "
+                            "it cannot represent experts, latent attention or a sliding window")
         self.arch, self.rope_theta = arch, rope_theta
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.d_model)
         self.layers = nn.ModuleList(Block(arch, norm_eps) for _ in range(arch.n_layers))

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from archscale.shapes.architecture import Architecture, transformers_loadable
+from archscale.shapes.architecture import Architecture, require_serving_modelled, transformers_loadable
 from archscale.shapes.candidates import ROW_BYTES, generate_candidates_at_depths
 from archscale.serving.devices import GPU
 from archscale.serving.price import usd_per_million_tokens
@@ -766,6 +766,8 @@ def search(
     check_searchable(fitted)
     check_confidence(fitted, confidence)
     check_depths(fitted, spec)
+    if match is not None:  # a dense law and the dense serving model: an MoE/MLA/windowed reference is refused up front
+        require_serving_modelled(match.shape_columns(), f"--match {match.name}")
     relative = losses_are_relative(fitted)
     # Relative losses do not see that a smaller N trains to a higher loss: hold the budget tighter then.
     tolerance = spec.tolerance if spec.tolerance is not None else (0.02 if relative else 0.05)

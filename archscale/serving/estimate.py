@@ -70,7 +70,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from archscale.shapes.architecture import Architecture, non_embedding_params
+from archscale.shapes.architecture import Architecture, non_embedding_params, require_serving_modelled
 from archscale.serving.devices import GPU
 from archscale.io.errors import UserError
 
@@ -230,6 +230,7 @@ def check_tensor_parallel(n_heads, n_kv_heads, tp: int, label: str = "") -> None
 def estimate_throughput(arch: Architecture, gpu: GPU, workload: Workload, tp: int = 1, terms: CostTerms = CostTerms(),
                         engine: EngineSettings = EngineSettings(), bytes_per_element: int = 2) -> ThroughputEstimate:
     """Throughput of one architecture (the vectorised model on a one-row frame)."""
+    require_serving_modelled(arch.shape_columns(), arch.name or "architecture")
     check_tensor_parallel(arch.n_heads, arch.n_kv_heads, tp, arch.name or "architecture")
     frame = pd.DataFrame([arch.shape_columns()])
     row = estimate_throughput_many(frame, gpu, workload, tp, terms, engine, bytes_per_element).iloc[0]
@@ -365,7 +366,11 @@ def _take(arrays: dict, rows: np.ndarray) -> dict:
 
 
 def _shape_arrays(candidates: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Pull the shape columns out as float64 arrays (the parameter count exactly, via int64)."""
+    """Pull the shape columns out as float64 arrays (the parameter count exactly, via int64).
+
+    Every entry point reads its rows here, so a row this model would cost as a dense Llama (MoE, latent attention,
+    a sliding window: :func:`~archscale.shapes.architecture.require_serving_modelled`) is refused here."""
+    require_serving_modelled(candidates, "serving estimate")
     needed = ["n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff"]
     vocab_column = "vocab" if "vocab" in candidates else "vocab_size"
     missing = [c for c in needed + [vocab_column] if c not in candidates]

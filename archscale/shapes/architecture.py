@@ -8,7 +8,11 @@ parameter-count function in the project.
 
 Shape conventions (the dissertation's Chapter 6): RMSNorm, RoPE, SwiGLU MLP,
 grouped-query attention, and a per-head width ``d_head`` that is independent of
-``d_model / n_heads`` (heads are added or removed to move ``r``).
+``d_model / n_heads`` (heads are added or removed to move ``r``). Optional fields
+describe what real models add (Mixture-of-Experts layers, DeepSeek's latent
+attention, sliding windows); a shape without them is the dense block above, and
+the bundled model trains only that. Config files are read (and written) by
+:mod:`archscale.shapes.hf_config`.
 """
 
 from __future__ import annotations
@@ -16,16 +20,41 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from archscale.io.errors import UserError
 
 
-def attention_params_per_layer(d_model, n_heads, n_kv_heads, d_head):
+def _pick(condition, if_true, if_false):
+    """``if_true`` where ``condition`` holds, else ``if_false``: a plain ``if`` on ints, ``np.where`` on arrays.
+
+    The counts below serve one shape (ints, exact) and candidate columns (numpy arrays) alike.
+    """
+    if any(isinstance(value, np.ndarray) or hasattr(value, "to_numpy") for value in (condition, if_true, if_false)):
+        return np.where(condition, if_true, if_false)
+    return if_true if condition else if_false
+
+
+def attention_params_per_layer(d_model, n_heads, n_kv_heads, d_head, kv_lora_rank=0, q_lora_rank=0,
+                               qk_rope_head_dim=0, v_head_dim=0):
     """Q and O (``2 d n_heads d_head``) plus K and V (``2 d n_kv_heads d_head``); no biases.
 
-    Works on ints and on numpy arrays alike, so the candidate sweep, the
-    roofline and the runs table use this very formula.
+    With multi-head latent attention (``kv_lora_rank`` > 0, DeepSeek-V2/V3) the keys and values come from a
+    cached latent instead: ``d (kv_lora_rank + qk_rope_head_dim)`` down, ``kv_lora_rank n_heads (d_head -
+    qk_rope_head_dim + v_head_dim)`` up (``d_head`` is the query/key width, nope + rope), queries through a rank
+    ``q_lora_rank`` pair of matrices when it is set, and ``n_heads v_head_dim d`` out. The latent's own norms
+    (``kv_lora_rank`` and ``q_lora_rank`` gains) are left out, like every norm beyond the two per block.
+
+    Works on ints and on numpy arrays alike, so the candidate sweep, the roofline and the runs table use this
+    very formula.
     """
-    return 2 * d_model * d_head * (n_heads + n_kv_heads)
+    standard = 2 * d_model * d_head * (n_heads + n_kv_heads)
+    if not np.any(kv_lora_rank):
+        return standard
+    query = _pick(q_lora_rank > 0, d_model * q_lora_rank + q_lora_rank * n_heads * d_head, d_model * n_heads * d_head)
+    latent = (query + d_model * (kv_lora_rank + qk_rope_head_dim)
+              + kv_lora_rank * n_heads * (d_head - qk_rope_head_dim + v_head_dim) + n_heads * v_head_dim * d_model)
+    return _pick(kv_lora_rank > 0, latent, standard)
 
 
 def mlp_params_per_layer(d_model, d_ff):
@@ -33,16 +62,46 @@ def mlp_params_per_layer(d_model, d_ff):
     return 3 * d_model * d_ff
 
 
-def non_embedding_params(n_layers, d_model, n_heads, n_kv_heads, d_head, d_ff):
+def moe_params_per_layer(d_model, routed, n_experts, expert_d_ff, n_shared_experts=0, shared_expert_d_ff=0,
+                         shared_expert_gate=False):
+    """One Mixture-of-Experts layer: ``routed`` SwiGLU experts of width ``expert_d_ff``, the always-on shared experts,
+    the router (``d x n_experts``) and, Qwen2-MoE style, the shared expert's sigmoid gate (``d x 1``).
+
+    ``routed`` is ``n_experts`` for the total and ``experts_per_token`` for what one token uses; the router and the
+    shared experts run for every token either way.
+    """
+    return (routed * mlp_params_per_layer(d_model, expert_d_ff)
+            + n_shared_experts * mlp_params_per_layer(d_model, shared_expert_d_ff)
+            + d_model * n_experts + d_model * shared_expert_gate)
+
+
+def non_embedding_params(n_layers, d_model, n_heads, n_kv_heads, d_head, d_ff, *, n_experts=0, experts_per_token=0,
+                         expert_d_ff=0, n_shared_experts=0, shared_expert_d_ff=0, shared_expert_gate=False,
+                         first_dense_layers=0, kv_lora_rank=0, q_lora_rank=0, qk_rope_head_dim=0, v_head_dim=0,
+                         active=False):
     """Every parameter outside the embedding and output head: the one parameter count in archscale.
 
     Includes the two RMSNorm weight vectors per block and the final norm
     (``2 d`` per layer + ``d``): negligible for the ratios, but included so it
     equals what the PyTorch model counts.
+
+    A Mixture-of-Experts shape (``n_experts`` > 1) has ``first_dense_layers`` dense layers (``d_ff`` wide) and
+    MoE layers after them (:func:`moe_params_per_layer`); ``active=True`` counts what one token uses
+    (``experts_per_token`` routed experts) instead of every expert. A dense shape is the default, and gives the
+    same number either way.
     """
-    per_layer = (attention_params_per_layer(d_model, n_heads, n_kv_heads, d_head)
-                 + mlp_params_per_layer(d_model, d_ff) + 2 * d_model)
-    return n_layers * per_layer + d_model
+    attention = attention_params_per_layer(d_model, n_heads, n_kv_heads, d_head, kv_lora_rank, q_lora_rank,
+                                           qk_rope_head_dim, v_head_dim)
+    dense_mlp = mlp_params_per_layer(d_model, d_ff)
+    per_layer = attention + dense_mlp + 2 * d_model
+    dense = n_layers * per_layer + d_model
+    if not np.any(n_experts > 1):
+        return dense
+    moe_layers = (n_layers - first_dense_layers) * (n_experts > 1)  # each swaps its dense MLP for the MoE one
+    routed = experts_per_token if active else n_experts
+    moe = moe_params_per_layer(d_model, routed, n_experts, expert_d_ff, n_shared_experts, shared_expert_d_ff,
+                               shared_expert_gate)
+    return dense + moe_layers * (moe - dense_mlp)
 
 
 def mlp_attention_ratio(d_model, n_heads, n_kv_heads, d_head, d_ff):
@@ -69,6 +128,37 @@ def require_even_head_dim(d_head: int, label: str) -> None:
         raise UserError(f"{label} {d_head} must be even (rotary embeddings rotate pairs of channels)")
 
 
+# The optional fields of a shape beyond the dense Llama block, with their dense value: a shape column only when set
+# (so a dense shape's columns, records and hashes are what they always were).
+MOE_FIELDS = ("n_experts", "experts_per_token", "expert_d_ff", "n_shared_experts", "shared_expert_d_ff",
+              "shared_expert_gate", "first_dense_layers")
+LATENT_FIELDS = ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "v_head_dim")
+WINDOW_FIELDS = ("sliding_window", "n_sliding_layers")
+
+# What the serving model (and so bench's roofline, search and arch --gpu) cannot cost yet: (column, dense value, why).
+_SERVING_UNMODELLED = (
+    ("n_experts", 1, "MoE serving cost is not modelled yet"),
+    ("kv_lora_rank", 0, "latent-attention (MLA) serving cost is not modelled yet"),
+    ("n_sliding_layers", 0, "the serving model has no sliding-window KV cache yet"),
+)
+
+
+def require_serving_modelled(columns, label: str) -> None:
+    """Refuse, in one line, a shape (an Architecture's :meth:`~Architecture.shape_columns`, or a table of them) that
+    the serving model would cost as a dense full-attention Llama: MoE, latent attention, a sliding window.
+
+    Estimating such a shape as dense would be silently wrong (every expert read as if active, or none; the KV cache
+    of MLA 7x too large; a window's cache as if unbounded), so until those costs are modelled it is refused.
+    """
+    for column, dense_value, why in _SERVING_UNMODELLED:
+        if column not in columns:
+            continue
+        values = np.atleast_1d(np.asarray(columns[column]))
+        offending = np.flatnonzero(values > dense_value)
+        if len(offending):
+            raise UserError(f"{label}: {why} ({column} {int(values[offending[0]])})")
+
+
 @dataclass(frozen=True)
 class Architecture:
     """A decoder-only transformer shape.
@@ -78,11 +168,29 @@ class Architecture:
         d_model: hidden size (residual stream width).
         n_heads: number of query heads.
         n_kv_heads: number of key/value heads (GQA); must divide ``n_heads``.
-        d_head: width of one head, query and key/value alike.
-        d_ff: SwiGLU intermediate size (gate, up and down projections).
+        d_head: width of one head, query and key/value alike (with latent attention: the query/key width,
+            nope + rope dims).
+        d_ff: SwiGLU intermediate size (gate, up and down projections) of the dense layers.
         vocab_size: tokenizer vocabulary; only the embedding count uses it.
         tie_embeddings: whether the output projection shares the input embedding.
         name: a label for tables and plots.
+
+    Mixture of Experts (all 0 for a dense shape; ``n_experts`` 0 or 1 is dense):
+        n_experts: routed experts E per MoE layer.
+        experts_per_token: routed experts k each token uses (1 <= k <= E).
+        expert_d_ff: each routed expert's SwiGLU width.
+        n_shared_experts, shared_expert_d_ff: always-on experts (Qwen-MoE, DeepSeek) and each one's width.
+        shared_expert_gate: Qwen2-MoE's sigmoid gate on the shared expert (``d x 1`` per MoE layer).
+        first_dense_layers: layers before the first MoE layer, with the dense ``d_ff`` MLP (DeepSeek's
+            ``first_k_dense_replace``). With none, ``d_ff`` is unused and is set to ``expert_d_ff``, so two
+            shapes that differ only there are one shape.
+
+    Multi-head latent attention (DeepSeek; all 0 otherwise): ``kv_lora_rank`` (the cached latent's width),
+    ``q_lora_rank`` (0: full-rank queries), ``qk_rope_head_dim`` (the rotary part of ``d_head``, cached beside the
+    latent), ``v_head_dim``; ``n_kv_heads`` equals ``n_heads``.
+
+    Sliding-window attention: ``n_sliding_layers`` of the layers attend to (and cache) only the last
+    ``sliding_window`` tokens. Parameters are unaffected; FLOPs and the KV cache at a context are.
     """
 
     n_layers: int
@@ -94,17 +202,104 @@ class Architecture:
     vocab_size: int = 128256
     tie_embeddings: bool = False
     name: str = ""
+    n_experts: int = 0
+    experts_per_token: int = 0
+    expert_d_ff: int = 0
+    n_shared_experts: int = 0
+    shared_expert_d_ff: int = 0
+    shared_expert_gate: bool = False
+    first_dense_layers: int = 0
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    sliding_window: int = 0
+    n_sliding_layers: int = 0
 
     def __post_init__(self) -> None:
+        label = f"architecture {self.name or '?'}"
         for field_name in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff", "vocab_size"):
             value = getattr(self, field_name)
             if not isinstance(value, (int,)) or isinstance(value, bool) or value <= 0:
-                raise UserError(f"architecture {self.name or '?'}: {field_name} must be a positive integer, got {value!r}")
+                raise UserError(f"{label}: {field_name} must be a positive integer, got {value!r}")
+        for field_name in MOE_FIELDS + LATENT_FIELDS + WINDOW_FIELDS:
+            value = getattr(self, field_name)
+            if field_name == "shared_expert_gate":
+                if not isinstance(value, bool):
+                    raise UserError(f"{label}: shared_expert_gate must be true or false, got {value!r}")
+            elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise UserError(f"{label}: {field_name} must be a whole number >= 0, got {value!r}")
         if self.n_heads % self.n_kv_heads:
-            raise UserError(
-                f"architecture {self.name or '?'}: n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}"
-            )
-        require_even_head_dim(self.d_head, f"architecture {self.name or '?'}: d_head")
+            raise UserError(f"{label}: n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}")
+        require_even_head_dim(self.d_head, f"{label}: d_head")
+        self._check_experts(label)
+        self._check_latent(label)
+        self._check_window(label)
+        if self.is_moe and not self.first_dense_layers:
+            object.__setattr__(self, "d_ff", self.expert_d_ff)  # unused without dense layers: one spelling
+
+    def _check_experts(self, label: str) -> None:
+        """k <= E, every width positive, at least one MoE layer; no expert field on a dense shape."""
+        if self.experts_per_token > max(self.n_experts, 1):
+            raise UserError(f"{label}: experts_per_token {self.experts_per_token} exceeds n_experts {self.n_experts} "
+                            "(each token picks k of the E routed experts: k <= E)")
+        if not self.is_moe:
+            stray = [f for f in MOE_FIELDS[2:] if getattr(self, f)]
+            if stray:
+                raise UserError(f"{label}: {stray[0]} is set but n_experts is {self.n_experts} (a dense shape; "
+                                "give n_experts > 1 for a Mixture of Experts)")
+            return
+        if self.experts_per_token < 1:
+            raise UserError(f"{label}: experts_per_token must be at least 1 with n_experts {self.n_experts}")
+        if self.expert_d_ff < 1:
+            raise UserError(f"{label}: expert_d_ff must be a positive integer with n_experts {self.n_experts}")
+        if self.n_shared_experts and self.shared_expert_d_ff < 1:
+            raise UserError(f"{label}: shared_expert_d_ff must be a positive integer with n_shared_experts "
+                            f"{self.n_shared_experts}")
+        if not self.n_shared_experts and (self.shared_expert_d_ff or self.shared_expert_gate):
+            raise UserError(f"{label}: shared_expert_d_ff / shared_expert_gate need n_shared_experts >= 1")
+        if self.first_dense_layers >= self.n_layers:
+            raise UserError(f"{label}: first_dense_layers {self.first_dense_layers} leaves no MoE layer of "
+                            f"{self.n_layers}")
+
+    def _check_latent(self, label: str) -> None:
+        """Latent attention needs its rope and value widths, and one KV head per query head."""
+        if not self.kv_lora_rank:
+            stray = [f for f in LATENT_FIELDS[1:] if getattr(self, f)]
+            if stray:
+                raise UserError(f"{label}: {stray[0]} is set without kv_lora_rank (latent attention)")
+            return
+        if not 0 < self.qk_rope_head_dim < self.d_head or self.qk_rope_head_dim % 2:
+            raise UserError(f"{label}: qk_rope_head_dim {self.qk_rope_head_dim} must be even and within d_head "
+                            f"{self.d_head} (the query/key width is nope + rope)")
+        if self.v_head_dim < 1:
+            raise UserError(f"{label}: v_head_dim must be a positive integer with kv_lora_rank {self.kv_lora_rank}")
+        if self.n_kv_heads != self.n_heads:
+            raise UserError(f"{label}: latent attention has one key/value head per query head, got n_kv_heads "
+                            f"{self.n_kv_heads} for n_heads {self.n_heads}")
+
+    def _check_window(self, label: str) -> None:
+        """A window needs layers that use it, and at most every layer does."""
+        if bool(self.sliding_window) != bool(self.n_sliding_layers):
+            raise UserError(f"{label}: sliding_window {self.sliding_window} and n_sliding_layers "
+                            f"{self.n_sliding_layers} must be both set or both 0")
+        if self.n_sliding_layers > self.n_layers:
+            raise UserError(f"{label}: n_sliding_layers {self.n_sliding_layers} exceeds n_layers {self.n_layers}")
+
+    # ---- what kind of shape -------------------------------------------------
+    @property
+    def is_moe(self) -> bool:
+        """Whether the shape routes tokens among experts (``n_experts`` > 1)."""
+        return self.n_experts > 1
+
+    @property
+    def is_dense_llama(self) -> bool:
+        """No experts, no latent attention, no sliding window: the bundled model's (and a Llama config's) family."""
+        return not (self.is_moe or self.kv_lora_rank or self.n_sliding_layers)
+
+    def _count_arguments(self) -> dict:
+        """The optional fields, as :func:`non_embedding_params` takes them."""
+        return {name: getattr(self, name) for name in MOE_FIELDS + LATENT_FIELDS}
 
     # ---- parameter counts -------------------------------------------------
     @property
@@ -119,16 +314,26 @@ class Architecture:
 
     @property
     def attention_params_per_layer(self) -> int:
-        return attention_params_per_layer(self.d_model, self.n_heads, self.n_kv_heads, self.d_head)
+        return attention_params_per_layer(self.d_model, self.n_heads, self.n_kv_heads, self.d_head, self.kv_lora_rank,
+                                          self.q_lora_rank, self.qk_rope_head_dim, self.v_head_dim)
 
     @property
     def mlp_params_per_layer(self) -> int:
+        """A dense layer's MLP (``3 d d_ff``); an MoE layer's is :func:`moe_params_per_layer`."""
         return mlp_params_per_layer(self.d_model, self.d_ff)
 
     @property
     def n_params_non_embedding(self) -> int:
-        """See :func:`non_embedding_params`."""
-        return non_embedding_params(self.n_layers, self.d_model, self.n_heads, self.n_kv_heads, self.d_head, self.d_ff)
+        """Every non-embedding parameter, every expert included (see :func:`non_embedding_params`)."""
+        return int(non_embedding_params(self.n_layers, self.d_model, self.n_heads, self.n_kv_heads, self.d_head,
+                                        self.d_ff, **self._count_arguments()))
+
+    @property
+    def n_params_active_non_embedding(self) -> int:
+        """Non-embedding parameters one token uses: k routed experts, the shared experts, the router, attention and
+        the dense layers. Equal to :attr:`n_params_non_embedding` for a dense shape."""
+        return int(non_embedding_params(self.n_layers, self.d_model, self.n_heads, self.n_kv_heads, self.d_head,
+                                        self.d_ff, **self._count_arguments(), active=True))
 
     @property
     def n_params_embedding(self) -> int:
@@ -140,17 +345,30 @@ class Architecture:
     def n_params_total(self) -> int:
         return self.n_params_non_embedding + self.n_params_embedding
 
+    @property
+    def n_params_active(self) -> int:
+        """Parameters per token, embedding tables included (how Mixtral's 12.9B and Qwen3-30B-A3B's 3.3B count)."""
+        return self.n_params_active_non_embedding + self.n_params_embedding
+
     def shape_columns(self) -> dict:
-        """The shape as runs-table / candidate-table / bench-store columns (one spelling everywhere)."""
-        return {"n_layers": self.n_layers, "d_model": self.d_model, "n_heads": self.n_heads,
-                "n_kv_heads": self.n_kv_heads, "d_head": self.d_head, "d_ff": self.d_ff,
-                "vocab": self.vocab_size, "tie_embeddings": bool(self.tie_embeddings)}
+        """The shape as runs-table / candidate-table / bench-store columns (one spelling everywhere).
+
+        The MoE, latent-attention and sliding-window columns appear only when set, so a dense shape's columns are
+        the dense Llama ones and every table that reads them reads what it always did."""
+        columns = {"n_layers": self.n_layers, "d_model": self.d_model, "n_heads": self.n_heads,
+                   "n_kv_heads": self.n_kv_heads, "d_head": self.d_head, "d_ff": self.d_ff,
+                   "vocab": self.vocab_size, "tie_embeddings": bool(self.tie_embeddings)}
+        for group, present in ((MOE_FIELDS, self.is_moe), (LATENT_FIELDS, self.kv_lora_rank),
+                               (WINDOW_FIELDS, self.n_sliding_layers)):
+            if present:
+                columns.update({name: getattr(self, name) for name in group})
+        return columns
 
     # ---- the shape descriptors the laws use -------------------------------
     @property
     def r_mlp_attn(self) -> float:
-        """MLP parameters over attention parameters (the paper's ``r``)."""
-        return mlp_attention_ratio(self.d_model, self.n_heads, self.n_kv_heads, self.d_head, self.d_ff)
+        """MLP parameters over attention parameters (the paper's ``r``; a dense-shape descriptor)."""
+        return self.mlp_params_per_layer / self.attention_params_per_layer
 
     @property
     def d_over_sqrt_n(self) -> float:
@@ -173,18 +391,39 @@ class Architecture:
         return bool(transformers_loadable(self.d_model, self.n_heads))
 
     # ---- inference cost inputs ---------------------------------------------
+    def attended_positions(self, context_len: int) -> int:
+        """Cached positions one token attends to, summed over layers: ``context_len`` in a full-attention layer,
+        at most ``sliding_window`` in a sliding one."""
+        window = min(context_len, self.sliding_window) if self.n_sliding_layers else context_len
+        return (self.n_layers - self.n_sliding_layers) * context_len + self.n_sliding_layers * window
+
     def flops_per_token(self, context_len: int) -> float:
         """Non-embedding inference FLOPs for one token attending to ``context_len`` tokens.
 
-        The dissertation's Appendix C.2: ``2 N_non_embed + 2 n_layers T d_q``.
+        The dissertation's Appendix C.2: ``2 N_non_embed + 2 n_layers T d_q``, with ``N`` the active parameters
+        (k routed experts, not all of them) and ``n_layers T`` the positions attended (a sliding layer attends to
+        at most its window).
         (That convention counts the score product ``q K^T``; the weighted sum
         over values is of the same size and left out, as the paper does.)
         """
-        return 2.0 * self.n_params_non_embedding + 2.0 * self.n_layers * context_len * self.d_q
+        return 2.0 * self.n_params_active_non_embedding + 2.0 * self.attended_positions(context_len) * self.d_q
 
     def kv_cache_bytes_per_token(self, bytes_per_element: int = 2) -> int:
-        """Bytes of K and V cached per token across all layers."""
-        return 2 * self.n_layers * self.d_kv * bytes_per_element
+        """Bytes cached per token across all layers: K and V per KV head, or, with latent attention, the one
+        ``kv_lora_rank`` latent plus the ``qk_rope_head_dim`` rotary key (what DeepSeek's MLA caches).
+
+        Per token of a full-attention cache: a sliding layer holds at most its window, see
+        :meth:`kv_cache_bytes`."""
+        return self.n_layers * self._kv_elements_per_layer_token * bytes_per_element
+
+    def kv_cache_bytes(self, context_len: int, bytes_per_element: int = 2) -> int:
+        """Bytes one sequence of ``context_len`` tokens caches: sliding layers keep only their window."""
+        return self.attended_positions(context_len) * self._kv_elements_per_layer_token * bytes_per_element
+
+    @property
+    def _kv_elements_per_layer_token(self) -> int:
+        """Elements one layer caches per token: K and V of each KV head, or MLA's latent plus its rotary key."""
+        return (self.kv_lora_rank + self.qk_rope_head_dim) if self.kv_lora_rank else 2 * self.d_kv
 
     def weight_bytes(self, bytes_per_element: int = 2) -> int:
         """Bytes of every weight, embeddings included (what a server holds)."""
@@ -192,119 +431,25 @@ class Architecture:
 
     # ---- Hugging Face config.json ---------------------------------------------
     def to_hf_config(self, max_position_embeddings: int = 8192, rope_theta: float = 500000.0) -> dict:
-        """An HF ``LlamaConfig``-style dict; ``head_dim`` is written explicitly.
+        """An HF config dict of this shape: ``LlamaConfig`` style for a dense shape (``head_dim`` written
+        explicitly), the Mixtral, Qwen2-MoE, DeepSeek-V2, Mistral or Qwen2 layout for the others
+        (:func:`archscale.shapes.hf_config.write_hf_config`).
 
         transformers 5 refuses a Llama config whose ``hidden_size`` is not a
         multiple of ``num_attention_heads`` even with ``head_dim`` given; vLLM and
         archscale's own model read ``head_dim`` and accept it.
         """
-        return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": self.d_model,
-            "intermediate_size": self.d_ff,
-            "num_hidden_layers": self.n_layers,
-            "num_attention_heads": self.n_heads,
-            "num_key_value_heads": self.n_kv_heads,
-            "head_dim": self.d_head,
-            "vocab_size": self.vocab_size,
-            "tie_word_embeddings": self.tie_embeddings,
-            "max_position_embeddings": max_position_embeddings,
-            "rms_norm_eps": 1e-5,
-            "rope_theta": rope_theta,
-            "hidden_act": "silu",
-            "attention_bias": False,
-            "mlp_bias": False,
-            "torch_dtype": "bfloat16",
-        }
+        from archscale.shapes.hf_config import write_hf_config
+
+        return write_hf_config(self, max_position_embeddings, rope_theta)
 
     @classmethod
     def from_hf_config(cls, config: dict, name: str = "", source: str = "config.json") -> "Architecture":
-        """Read the shape from an HF-style config dict (LLaMA, Qwen2/3, OLMo-2, Gemma-2 keys).
+        """Read the shape from an HF-style config dict: read right or refused (:func:`archscale.shapes.hf_config.
+        architecture_from_config`, the one reader)."""
+        from archscale.shapes.hf_config import architecture_from_config
 
-        Every field read is checked here and a bad one is refused naming ``source`` and the field, because
-        a silent fallback computes the wrong model: ``num_key_value_heads: 0`` is not MHA, ``head_dim: 0``
-        is not hidden/heads, and the string ``"false"`` is not false. Only an absent or null key takes its default
-        (``num_key_value_heads``: MHA; ``head_dim``: hidden/heads; ``tie_word_embeddings``: false)."""
-        d_model = _config_count(config, "hidden_size", source)
-        n_heads = _config_count(config, "num_attention_heads", source)
-        n_kv_heads = _config_count(config, "num_key_value_heads", source, default=n_heads)
-        if n_heads % n_kv_heads:
-            raise UserError(f"{source}: num_key_value_heads {n_kv_heads} does not divide num_attention_heads {n_heads} "
-                            "(each KV head serves a whole group of query heads)")
-        if config.get("head_dim") is None and d_model < n_heads:
-            raise UserError(f"{source}: no head_dim, and hidden_size {d_model} / num_attention_heads {n_heads} is below 1; "
-                            "give head_dim")
-        d_head = _config_count(config, "head_dim", source, default=d_model // n_heads)
-        require_even_head_dim(d_head, f"{source}: head_dim" if config.get("head_dim") is not None
-                              else f"{source}: no head_dim is given, and hidden_size / num_attention_heads =")
-        tie = config.get("tie_word_embeddings")
-        if tie is not None and not isinstance(tie, bool):
-            raise UserError(f"{source}: tie_word_embeddings must be true or false, got {tie!r}")
-        for key in ("rope_theta", "rms_norm_eps"):  # what the training loop reads besides the shape
-            value = config.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value) or value <= 0):
-                raise UserError(f"{source}: {key} must be a positive number, got {value!r}")
-        if config.get("max_position_embeddings") is not None:
-            _config_count(config, "max_position_embeddings", source)
-        return cls(
-            n_layers=_config_count(config, "num_hidden_layers", source),
-            d_model=d_model,
-            n_heads=n_heads,
-            n_kv_heads=n_kv_heads,
-            d_head=d_head,
-            d_ff=_config_count(config, "intermediate_size", source),
-            vocab_size=_config_count(config, "vocab_size", source, default=128256),
-            tie_embeddings=bool(tie),
-            name=name,
-        )
-
-
-def _config_count(config: dict, key: str, source: str, default: int | None = None) -> int:
-    """A count from an HF config: a positive whole number (``2048`` or ``2048.0``), never silently truncated.
-
-    An absent or null key takes ``default``; without one it is refused as missing.
-    """
-    value = config.get(key)
-    if value is None:
-        if default is None:
-            raise UserError(f"{source}: missing key {key!r} (an HF-style config.json needs hidden_size, "
-                            "intermediate_size, num_hidden_layers, num_attention_heads)")
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
-        raise UserError(f"{source}: {key} must be a whole number, got {value!r}")
-    if value <= 0:
-        raise UserError(f"{source}: {key} must be a positive whole number, got {int(value)}")
-    return int(value)
-
-
-def decoder_config(config: dict) -> dict:
-    """The keys of the decoder: the config itself, or a multimodal config's ``text_config``.
-
-    A multimodal config (a vision-language model) keeps its text model under ``text_config``; the decoder
-    is what archscale counts, trains and serves, so every reader of a config.json takes it from there,
-    with the top level's ``tie_word_embeddings`` when it has one.
-    """
-    text = config.get("text_config")
-    if "hidden_size" in config or not isinstance(text, dict):
-        return config
-    return {**text, "tie_word_embeddings": config.get("tie_word_embeddings", text.get("tie_word_embeddings"))}
-
-
-def read_hf_config(path, name: str) -> tuple[Architecture, dict]:
-    """Read a ``config.json``: its decoder's shape and the decoder's keys, checked (the one reader of config files).
-
-    ``arch``, ``bench``, ``search --match`` and ``train`` all read configs through here, so they accept and
-    refuse the same files.
-    """
-    from archscale.io.files import read_json  # files imports errors only; imported here to keep arch dependency-free
-
-    config = read_json(path)
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    config = decoder_config(config)
-    return Architecture.from_hf_config(config, name=name, source=str(path)), config
+        return architecture_from_config(config, name=name, source=source)
 
 
 # ---- presets ------------------------------------------------------------------
@@ -312,7 +457,10 @@ def read_hf_config(path, name: str) -> tuple[Architecture, dict]:
 # PRESET_SOURCES), and the dissertation's own models (Table 6.2 / 6.5 / 6.6).
 # Only what Architecture models is kept: Qwen2.5's q/k/v biases, Qwen3's and
 # OLMo-2's q/k norms and Gemma-2's extra norms and soft-capping are left out, so
-# their parameter counts here are off by well under 0.1%.
+# their parameter counts here are off by well under 0.1%. Experts, latent
+# attention and Gemma-2's sliding window (every other layer, from layer 0) are
+# kept; tests/test_real_configs.py reads each real config.json and checks it
+# gives the preset, and the published parameter counts.
 #
 # The dissertation's Panda/Surefire models are "LLaMA-3.2 style" with the
 # LLaMA-3.2 tokenizer (128256); like LLaMA-3.2-1B/3B we assume tied embeddings
@@ -324,9 +472,9 @@ def read_hf_config(path, name: str) -> tuple[Architecture, dict]:
 # Surefire-3B: h+kv = 48 with GQA 7: 42/6.
 
 def _preset(name: str, n_layers: int, d_model: int, n_heads: int, n_kv_heads: int, d_head: int, d_ff: int,
-            vocab_size: int, tie_embeddings: bool) -> Architecture:
+            vocab_size: int, tie_embeddings: bool, **optional: int) -> Architecture:
     return Architecture(n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, d_head=d_head,
-                        d_ff=d_ff, vocab_size=vocab_size, tie_embeddings=tie_embeddings, name=name)
+                        d_ff=d_ff, vocab_size=vocab_size, tie_embeddings=tie_embeddings, name=name, **optional)
 
 
 PRESETS: dict[str, Architecture] = {
@@ -342,7 +490,17 @@ PRESETS: dict[str, Architecture] = {
         _preset("qwen3-1.7b", 28, 2048, 16, 8, 128, 6144, 151936, True),
         _preset("qwen3-4b", 36, 2560, 32, 8, 128, 9728, 151936, True),
         _preset("olmo-2-1b", 16, 2048, 32, 32, 64, 8192, 100352, False),
-        _preset("gemma-2-2b", 26, 2304, 8, 4, 256, 9216, 256000, True),
+        _preset("gemma-2-2b", 26, 2304, 8, 4, 256, 9216, 256000, True, sliding_window=4096, n_sliding_layers=13),
+        _preset("gemma-2-9b", 42, 3584, 16, 8, 256, 14336, 256000, True, sliding_window=4096, n_sliding_layers=21),
+        _preset("mixtral-8x7b", 32, 4096, 32, 8, 128, 14336, 32000, False,
+                n_experts=8, experts_per_token=2, expert_d_ff=14336),
+        _preset("qwen3-30b-a3b", 48, 2048, 32, 4, 128, 768, 151936, False,
+                n_experts=128, experts_per_token=8, expert_d_ff=768),
+        _preset("olmoe-1b-7b", 16, 2048, 16, 16, 128, 1024, 50304, False,
+                n_experts=64, experts_per_token=8, expert_d_ff=1024),
+        _preset("deepseek-v2-lite", 27, 2048, 16, 16, 192, 10944, 102400, False,
+                n_experts=64, experts_per_token=6, expert_d_ff=1408, n_shared_experts=2, shared_expert_d_ff=1408,
+                first_dense_layers=1, kv_lora_rank=512, qk_rope_head_dim=64, v_head_dim=128),
         _preset("panda-1b", 16, 2560, 72, 18, 64, 4096, 128256, True),
         _preset("surefire-1b", 16, 2560, 36, 4, 64, 6144, 128256, True),
         _preset("panda-3b", 28, 4096, 36, 12, 128, 4096, 128256, True),
@@ -362,6 +520,11 @@ PRESET_SOURCES: dict[str, str] = {
     "qwen3-4b": "hf:Qwen/Qwen3-4B",
     "olmo-2-1b": "hf:allenai/OLMo-2-0425-1B",
     "gemma-2-2b": "hf:google/gemma-2-2b",
+    "gemma-2-9b": "hf:google/gemma-2-9b",
+    "mixtral-8x7b": "hf:mistralai/Mixtral-8x7B-v0.1",
+    "qwen3-30b-a3b": "hf:Qwen/Qwen3-30B-A3B",
+    "olmoe-1b-7b": "hf:allenai/OLMoE-1B-7B-0924",
+    "deepseek-v2-lite": "hf:deepseek-ai/DeepSeek-V2-Lite",
     "panda-1b": "dissertation Table 6.2",
     "surefire-1b": "dissertation Table 6.2",
     "panda-3b": "dissertation Table 6.2",
@@ -394,7 +557,9 @@ def load_architecture(spec: str) -> Architecture:
 
 
 def _architecture_from_file(path, name: str) -> Architecture:
-    """Read an HF ``config.json`` (see :func:`read_hf_config`)."""
+    """Read an HF ``config.json`` (see :func:`archscale.shapes.hf_config.read_hf_config`)."""
+    from archscale.shapes.hf_config import read_hf_config
+
     if not path.is_file():
         raise UserError(f"{path}: no config.json there")
     return read_hf_config(path, name)[0]

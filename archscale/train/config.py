@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from archscale.shapes.architecture import Architecture, read_hf_config
+from archscale.shapes.architecture import Architecture
+from archscale.shapes.hf_config import read_hf_config, require_bundled_model
 from archscale.io.errors import UserError
 from archscale.io.files import read_json, write_json, write_text
 
@@ -210,13 +211,18 @@ def _coerce(key: str, value: Any, source: str) -> Any:
 
 # ---- config directories -----------------------------------------------------------
 def load_model_config(config_dir: str | Path) -> tuple[Architecture, dict[str, Any]]:
-    """Read and validate ``config_dir/config.json``: the architecture and its decoder's HF dict (``read_hf_config``)."""
+    """Read and validate ``config_dir/config.json``: the architecture and its decoder's HF dict (``read_hf_config``,
+    the reader arch and bench use: one rule), refusing what the bundled model cannot train
+    (:func:`~archscale.shapes.hf_config.require_bundled_model`: experts, latent attention, a sliding window,
+    RoPE scaling, biases, another activation, another family's norms)."""
     path = Path(config_dir) / CONFIG_FILE
     if not Path(config_dir).is_dir():
         raise UserError(f"{config_dir}: not a directory (expected a config directory with {CONFIG_FILE})")
     if not path.exists():
         raise UserError(f"{path}: no such file (a config directory needs {CONFIG_FILE})")
-    return read_hf_config(path, name=Path(config_dir).resolve().name)  # the reader arch and bench use: one rule
+    arch, hf_config = read_hf_config(path, name=Path(config_dir).resolve().name)
+    require_bundled_model(hf_config, arch, str(path))
+    return arch, hf_config
 
 
 def load_train_config(config_dir: str | Path, arch: Architecture) -> TrainConfig:

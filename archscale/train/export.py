@@ -24,6 +24,7 @@ from archscale.io.errors import UserError, keep_hint
 from archscale.io.files import atomic_file, removed_on_failure, write_json
 from archscale.io.units import parse_dtype
 from archscale.shapes.architecture import Architecture
+from archscale.shapes.hf_config import require_bundled_model
 from archscale.train.checkpoint import checkpoint_path, load_checkpoint
 from archscale.train.config import CONFIG_FILE
 
@@ -82,14 +83,20 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def require_transformers_loadable(hf_config: Mapping, run_dir: Path) -> None:
-    """Refuse, before writing anything, a checkpoint that neither transformers nor vLLM would load."""
-    arch = Architecture.from_hf_config(hf_config, source=str(run_dir / CONFIG_FILE))
+def require_transformers_loadable(hf_config: Mapping, run_dir: Path) -> Architecture:
+    """Refuse, before writing anything, a checkpoint that neither transformers nor vLLM would load as the model it
+    names: a shape transformers' Llama refuses, or a config whose model the bundled Llama is not (experts, RoPE
+    scaling, biases, ...: :func:`~archscale.shapes.hf_config.require_bundled_model`; a run trained before train
+    refused them still holds one)."""
+    source = str(run_dir / CONFIG_FILE)
+    arch = Architecture.from_hf_config(hf_config, source=source)
+    require_bundled_model(dict(hf_config), arch, source)
     if not arch.transformers_loadable:
         raise UserError(f"{run_dir}: hidden_size {arch.d_model} is not a multiple of num_attention_heads {arch.n_heads}, "
                         "and transformers (and vLLM, which loads configs through it) refuse such a Llama config, so "
                         "nothing was exported; for a loadable shape, search with --strict-hf (the default with --emit) "
                         "and train that")
+    return arch
 
 
 def check_export_dir(out_dir: Path) -> None:
@@ -114,9 +121,9 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, dtype: str = "float32") 
         raise UserError(f"{run_dir}: no {checkpoint_path(run_dir).name}; is it a run directory (archscale train --out)?")
     state = load_checkpoint(checkpoint_path(run_dir))
     hf_config = dict(state["hf_config"])
-    require_transformers_loadable(hf_config, run_dir)
+    arch = require_transformers_loadable(hf_config, run_dir)
     torch_dtype = getattr(torch, dtype)
-    tied = bool(hf_config.get("tie_word_embeddings", False))
+    tied = arch.tie_embeddings  # the config's, or its model type's default: what the reader counted
     tensors = {k: v.to(torch_dtype) for k, v in hf_state_dict(state["model"], tied).items()}
     hf_config["torch_dtype"] = dtype
     with keep_hint("nothing was exported; free space and run it again"), \
