@@ -206,13 +206,13 @@ def test_a_sliding_window_is_noted_in_arch_and_refused_by_the_serving_model(cli)
                         "the serving model has no sliding-window KV cache yet (n_sliding_layers 21)")
 
 
-def test_bench_refuses_an_moe_config_on_every_backend_and_stores_nothing(cli, tmp_path):
+def test_bench_torch_refuses_an_moe_config_and_stores_nothing(cli, tmp_path):
+    """The torch backend does not measure MoE shapes: an MoE config is refused before anything runs (roofline and
+    vLLM cost and measure it: tests/test_serving_moe.py)."""
     store = tmp_path / "s.sqlite"
-    for backend in ("roofline", "torch", "vllm"):  # refused before anything runs: torch would measure a dense model
-        result = cli("bench", CONFIGS / "mixtral-8x7b.json", "--backend", backend, "--gpu", "h100-sxm",
-                     "--store", store, "--no-progress")
-        refused_in_one_line(result, "MoE serving cost is not modelled yet (n_experts 8)")
-        assert not store.exists()
+    result = cli("bench", CONFIGS / "mixtral-8x7b.json", "--backend", "torch", "--store", store, "--no-progress")
+    refused_in_one_line(result, "--backend torch does not measure Mixture-of-Experts shapes")
+    assert not store.exists()
 
 
 def test_search_refuses_an_moe_reference(cli, tmp_path):
@@ -222,7 +222,7 @@ def test_search_refuses_an_moe_reference(cli, tmp_path):
 
 
 @pytest.mark.parametrize("name, changes, fragment", [
-    ("mixtral-8x7b", {}, "num_local_experts 8: Mixture-of-Experts layers"),
+    ("qwen3-30b-a3b", {}, "model_type qwen3_moe"),  # Mixtral itself trains now (tests/test_train_moe.py)
     ("llama-3.1-8b", {}, "rope_scaling (llama3): RoPE scaling"),
     ("llama-3.1-8b", {"rope_scaling": None, "attention_bias": True}, "attention_bias True: biases"),
     ("qwen2.5-7b", {}, "model_type qwen2: its q, k and v projections have biases"),
@@ -281,8 +281,11 @@ def test_export_refuses_a_run_whose_config_the_bundled_model_is_not(cli, tmp_pat
 
 
 
-def test_the_bundled_model_cannot_be_built_for_an_moe_shape():
+def test_the_bundled_model_cannot_be_built_for_a_shape_it_is_not():
+    """Shared experts, latent attention, a sliding window: refused before any weight is allocated (routed experts
+    alone, as in Mixtral, it builds: tests/test_train_moe.py)."""
     from archscale.model.transformer import Transformer
 
-    with pytest.raises(UserError, match="cannot represent experts, latent attention or a sliding window"):
-        Transformer(PRESETS["mixtral-8x7b"])
+    for name in ("deepseek-v2-lite", "gemma-2-9b"):
+        with pytest.raises(UserError):
+            Transformer(PRESETS[name])

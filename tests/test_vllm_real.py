@@ -23,6 +23,8 @@ from archscale.io.errors import UserError
 from helpers import assert_plausible_latencies
 
 TINY = Architecture(2, 128, 4, 2, 32, 256, vocab_size=512, name="tiny")
+TINY_MOE = Architecture(2, 128, 4, 2, 32, 128, vocab_size=512, n_experts=4, experts_per_token=2, expert_d_ff=128,
+                        name="tiny-moe")
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,30 @@ def test_real_vllm_measures_a_tiny_config_at_two_batch_sizes_on_one_engine(cli, 
     assert_plausible_latencies(rows)
     assert rows["itl_ms_p50"].notna().all()
     assert np.allclose(rows["itl_ms_mean"], rows["tpot_ms_mean"], rtol=1e-6)  # equal output lengths: the same mean
+
+
+def test_real_vllm_measures_a_tiny_moe_config_through_bench(cli, vllm_python, tmp_path, monkeypatch):
+    """A Mixtral-style config (4 experts, top-2), as archscale writes it, served by vLLM with dummy weights at two
+    batch sizes on one engine; the rows carry the experts, so the serving model and calibration cost them as MoE."""
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    config = tmp_path / "tiny-moe"
+    config.mkdir()
+    hf = TINY_MOE.to_hf_config()
+    assert (hf["model_type"], hf["num_local_experts"], hf["num_experts_per_tok"]) == ("mixtral", 4, 2)
+    (config / "config.json").write_text(json.dumps(hf))
+    store = tmp_path / "bench.sqlite"
+    r = cli("bench", config, "--backend", "vllm", "--vllm-python", vllm_python, "--batch-sizes", "1,4",
+            "--input-len", "32", "--output-len", "8", "--repeats", "2", "--enforce-eager", "--timeout", "600",
+            "--verbose", "--no-progress", "--store", store)
+    assert r.code == 0, r.err[-3000:]
+    rows = load_results(store)
+    assert rows["status"].isin(["ok", "noisy"]).all(), list(rows["error"])
+    assert list(rows["batch_size"]) == [1, 4] and list(rows["output_tokens"]) == [8, 32]
+    assert (rows["tokens_per_s"] > 0).all() and set(rows["backend"]) == {"vllm"} and set(rows["gpu"]) == {"cpu"}
+    assert (rows["n_experts"].tolist(), rows["experts_per_token"].tolist(), rows["expert_d_ff"].tolist()) == (
+        [4, 4], [2, 2], [128, 128])
+    assert r.err.count("Initializing a V1 LLM engine") == 1
+    assert_plausible_latencies(rows)
 
 
 def test_real_vllm_search_measure_returns_the_measured_fastest_and_judges_the_spread(cli, vllm_python, tmp_path, monkeypatch):

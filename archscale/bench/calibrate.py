@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from archscale.shapes.architecture import non_embedding_params
+from archscale.shapes.architecture import MOE_FIELDS, non_embedding_params
 from archscale.io.units import BYTES_PER_ELEMENT
 from archscale.bench.records import MEASURED_BACKENDS, SHAPE_COLUMNS
 from archscale.serving.devices import GPU
@@ -57,6 +57,7 @@ DEFAULT_FREE = ("eta_weights", "t_step", "t_seq")
 AUTO = "auto"
 CANDIDATE_FREE = (
     DEFAULT_FREE,
+    ("eta_compute", "t_step"),
     ("eta_compute", "eta_weights", "t_step", "t_seq"),
     ("eta_weights", "eta_kv", "t_step", "t_seq"),
     ("eta_compute", "eta_weights", "eta_kv", "t_step", "t_seq"),
@@ -76,7 +77,7 @@ FITTED_LATENCY = ("tpot", "ttft")
 """Latency figures a calibration fits beside throughput, where the rows carry them."""
 LATENCY_FIT_STATISTIC = 50
 """The statistic of each latency the fit matches: the median request, which a few stragglers do not move."""
-ARCH_KEY = [*SHAPE_COLUMNS, "vocab", "tie_embeddings"]
+ARCH_KEY = [*SHAPE_COLUMNS, *MOE_FIELDS, "vocab", "tie_embeddings"]
 
 
 @dataclass
@@ -138,7 +139,12 @@ def _prepare(rows: pd.DataFrame, unit: str) -> pd.DataFrame:
     for metric in FITTED_LATENCY:  # rows from before latency was recorded, or a backend without it, have none
         column = latency_column(metric, LATENCY_FIT_STATISTIC)
         frame[f"measured_{metric}"] = pd.to_numeric(frame[column], errors="coerce") if column in frame else np.nan
-    frame["n_params"] = non_embedding_params(*(frame[c].astype("int64") for c in SHAPE_COLUMNS))
+    for column in MOE_FIELDS:  # a dense row has none (empty cells, or no column in an older store): 0
+        frame[column] = (pd.to_numeric(frame[column], errors="coerce") if column in frame else pd.Series(
+            np.nan, index=frame.index)).fillna(0).astype("int64")
+    # active parameters: what MoE shapes are compared at (equal to the total for a dense shape)
+    frame["n_params"] = non_embedding_params(*(frame[c].astype("int64") for c in SHAPE_COLUMNS),
+                                             **{c: frame[c] for c in MOE_FIELDS}, active=True)
     frame["arch"] = frame.groupby(ARCH_KEY, sort=False).ngroup()
     frame["arch_name"] = frame.groupby("arch")["name"].transform(lambda s: str(s.dropna().iloc[0]) if s.notna().any() else "?")
     return frame
@@ -321,7 +327,16 @@ def score_profile(profile: Profile, results: pd.DataFrame) -> dict[str, Any]:
 def _leave_one_architecture_out(frame: pd.DataFrame, device: GPU, settings: EngineSettings, free: Sequence[str],
                                 base: CostTerms, unit: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Refit without each architecture and predict it; per-row estimates (NaN where a refit was refused)."""
-    estimates = np.full(len(frame), np.nan)
+    predicted, refused = _left_out_predictions(frame, device, settings, free, base, unit)
+    return predicted[_column(unit)].to_numpy(float), refused
+
+
+def _left_out_predictions(frame: pd.DataFrame, device: GPU, settings: EngineSettings, free: Sequence[str],
+                          base: CostTerms, unit: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Every fitted quantity (throughput, and latency where rows carry it) of each architecture, predicted by a fit
+    without it: a frame on ``frame``'s rows (NaN where a refit was refused), and the refusals."""
+    columns = list(_fit_targets(frame, unit))
+    predicted = pd.DataFrame(np.nan, index=frame.index, columns=columns)
     refused: dict[str, str] = {}
     for arch in frame["arch"].unique():
         left_out = (frame["arch"] == arch).to_numpy()
@@ -331,8 +346,19 @@ def _leave_one_architecture_out(frame: pd.DataFrame, device: GPU, settings: Engi
         except UserError as exc:
             refused[name] = str(exc)
             continue
-        estimates[left_out] = _predict(frame[left_out], device, terms, settings, unit)
-    return estimates, refused
+        estimate = estimate_rows(frame[left_out], device, terms, settings)
+        predicted.loc[left_out, columns] = estimate[columns].to_numpy(float)
+    return predicted, refused
+
+
+def _selection_error(frame: pd.DataFrame, predicted: pd.DataFrame, unit: str) -> float:
+    """How well left-out predictions match: the mean |relative error| of each fitted quantity (throughput, and each
+    latency the rows measured), averaged over the quantities, so a profile is chosen for everything it will predict."""
+    errors = []
+    for column, (rows, measured) in _fit_targets(frame, unit).items():
+        values = predicted[column].to_numpy(float)[rows]
+        errors.append(float(np.mean(np.abs(values / measured - 1.0))))
+    return float(np.mean(errors))
 
 
 def select_terms(frame: pd.DataFrame, device: GPU, settings: EngineSettings, base: CostTerms, unit: str,
@@ -342,22 +368,28 @@ def select_terms(frame: pd.DataFrame, device: GPU, settings: EngineSettings, bas
 
     Every candidate set is refitted without each architecture in turn and
     scored on that architecture's rows (fitting rows only: held-out rows stay
-    unseen). The set with the lowest mean error wins; one whose fit is refused
+    unseen): the mean |error| of its throughput and, where the rows measured
+    them, of its median TPOT and TTFT, averaged over those quantities, since a
+    profile is used for all of them. The set with the lowest error wins; one whose fit is refused
     (a bound, an undetermined term) for any architecture is not eligible. Why:
     which overheads an engine shows differs between engines and devices (a CPU
     is compute-bound in prefill, a GPU's decode is not), and the data should
     say which terms it supports, as ``fit`` chooses a law's form.
     """
     table = []
+    tried: set[tuple[str, ...]] = set()
     for free in candidates:
         free = tuple(t for t in free if t not in fixed)
+        if free in tried or not free:  # two sets that differ only in fixed terms are one set
+            continue
+        tried.add(free)
         try:
             _fit_terms(frame, device, settings, free, base, unit, "all architectures")
-            estimates, refused = _leave_one_architecture_out(frame, device, settings, free, base, unit)
+            predicted, refused = _left_out_predictions(frame, device, settings, free, base, unit)
         except UserError as exc:
             table.append({"terms": list(free), "loao_mean_abs_rel_err": None, "refused": str(exc)})
             continue
-        error = float(np.mean(np.abs(estimates / frame["measured"].to_numpy(float) - 1))) if not refused else None
+        error = _selection_error(frame, predicted, unit) if not refused else None
         table.append({"terms": list(free), "loao_mean_abs_rel_err": error,
                       "refused": "; ".join(f"{arch}: {why}" for arch, why in refused.items()) or None})
     eligible = [row for row in table if row["loao_mean_abs_rel_err"] is not None]

@@ -35,9 +35,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from archscale.io.errors import one_line
-from archscale.serving.profiles import ENGINES
-from archscale.serving.estimate import LATENCY_COLUMNS, LATENCY_METRICS, LATENCY_PERCENTILES, latency_column
-from archscale.shapes.architecture import Architecture
+from archscale.io.vocabulary import ENGINES, LATENCY_COLUMNS, LATENCY_METRICS, LATENCY_PERCENTILES, latency_column
+from archscale.shapes.architecture import MOE_FIELDS, Architecture
 
 # ``ttft_ms_mean, ttft_ms_p50, ..., itl_ms_p99``: milliseconds, None where not measured (:func:`latency_fields`); one
 # list for measured rows and the serving model's estimates, so they compare column for column.
@@ -55,6 +54,7 @@ COLUMN_TYPES: tuple[tuple[str, str], ...] = (
     ("d_ff", "INTEGER"),
     ("vocab", "INTEGER"),
     ("tie_embeddings", "INTEGER"),
+    *((name, "INTEGER") for name in MOE_FIELDS),  # empty for a dense shape (Architecture.shape_columns)
     ("backend", "TEXT"),
     ("gpu", "TEXT"),
     ("device_name", "TEXT"),

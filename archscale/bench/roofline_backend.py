@@ -24,7 +24,8 @@ from archscale.bench.records import failed
 from archscale.bench.types import BenchOptions, Target, Tick
 from archscale.serving.devices import load_gpu
 from archscale.serving.profiles import resolve_profile
-from archscale.serving.estimate import LATENCY_COLUMNS, Workload
+from archscale.io.vocabulary import LATENCY_COLUMNS
+from archscale.serving.estimate import Workload
 from archscale.io.errors import UserError
 
 

@@ -15,19 +15,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from archscale.shapes.architecture import Architecture, load_architecture, require_serving_modelled
+from archscale.shapes.architecture import Architecture, load_architecture
 from archscale.bench.records import make_record
 from archscale.bench.types import Backend, BenchOptions, Target, Tick
-from archscale.serving.estimate import check_tensor_parallel
+from archscale.serving.estimate import check_tensor_parallel, require_serving_costed
 from archscale.io.errors import UserError, keep_hint
 
 
 def check_targets(targets: Sequence[Target], options: "BenchOptions") -> None:
-    """Refuse, before anything is measured, a shape the tensor-parallel degree cannot split, or one no backend here
-    serves as what it is (experts, latent attention, a sliding window: torch would run a dense model, the serving
-    model would cost one, and vLLM rows could not be calibrated or compared)."""
+    """Refuse, before anything is measured, a shape the tensor-parallel degree cannot split, or one the backend would
+    run or cost as another model: latent attention and sliding windows everywhere (the serving model costs them as
+    a dense full-attention Llama, so vLLM rows of them could not be calibrated or compared), and experts on torch:
+    the bundled model trains Mixtral-style experts, but its measured decode path (frozen CPU kernels, a per-expert
+    gather) is not a serving engine's, and nothing has checked its MoE timings. vLLM measures MoE configs and the
+    serving model costs them."""
     for target in targets:
-        require_serving_modelled(target.arch.shape_columns(), target.label)
+        if options.backend == "torch" and target.arch.is_moe:
+            raise UserError(f"{target.label}: --backend torch does not measure Mixture-of-Experts shapes "
+                            f"(n_experts {target.arch.n_experts}): its decode path is the bundled dense model's; "
+                            "measure it with --backend vllm or estimate it with --backend roofline")
+        require_serving_costed(target.arch.shape_columns(), target.label)
         check_tensor_parallel(target.arch.n_heads, target.arch.n_kv_heads, options.tp, target.label)
 
 

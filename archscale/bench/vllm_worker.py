@@ -251,13 +251,13 @@ def kv_cache_bytes(config: dict, max_batch: int, seq_len: int, dtype: str) -> in
 
     Sized from the shape (``archscale.shapes.architecture``'s count) so that the largest batch
     fits whole: on CPU the alternative, ``gpu_memory_utilization``, reserves a
-    share of *all* RAM, which a shared machine cannot give. A shape the serving model does not cost yet (MoE,
-    latent attention, a sliding window) is refused here too, so no measurement of one is stored as a dense row.
+    share of *all* RAM, which a shared machine cannot give. Experts change the weights, not the KV cache; what
+    bench does not measure (latent attention, a sliding window) the parent refused before starting this worker
+    (:func:`archscale.bench.sweep.check_targets`; the check needs pandas, which vLLM's environment lacks).
     """
-    from archscale.shapes.architecture import Architecture, require_serving_modelled
+    from archscale.shapes.architecture import Architecture
 
     arch = Architecture.from_hf_config(config)
-    require_serving_modelled(arch.shape_columns(), "config.json")
     element = BYTES_PER_ELEMENT.get(dtype, 2)
     tokens = max_batch * math.ceil(seq_len / KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS
     return max(KV_MIN_BYTES, int(KV_HEADROOM * tokens * arch.kv_cache_bytes_per_token(element)))

@@ -9,15 +9,14 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from archscale.shapes.architecture import (PRESET_SOURCES, PRESETS, Architecture, load_architecture, require_even_head_dim,
-                                           require_serving_modelled)
+from archscale.shapes.architecture import PRESET_SOURCES, PRESETS, Architecture, load_architecture, require_even_head_dim
 from archscale.shapes.candidates import generate_candidates
 from archscale.cli import Command, app, console, examples, print_json
 from archscale.cli.options import COUNT, check_sweep_ranges, gpu_help, parse_int_list
 from archscale.io.units import parse_count
 from archscale.serving.devices import load_gpu
 from archscale.serving.profiles import resolve_profile
-from archscale.serving.estimate import Workload, check_tensor_parallel
+from archscale.serving.estimate import Workload, check_tensor_parallel, require_serving_costed
 from archscale.io.errors import UserError
 from archscale.io.files import atomic_file
 from archscale.io.outputs import check_outputs
@@ -161,7 +160,7 @@ def arch_command(
     for arch, spec in zip(architectures, specs):
         check_tensor_parallel(arch.n_heads, arch.n_kv_heads, tp, arch.name or spec)
         if chosen:
-            require_serving_modelled(arch.shape_columns(), f"{arch.name or spec} --gpu")
+            require_serving_costed(arch.shape_columns(), f"{arch.name or spec} --gpu")
     summaries = []
     for arch, spec in zip(architectures, specs):
         source = PRESET_SOURCES[arch.name] if PRESETS.get(arch.name) is arch else spec

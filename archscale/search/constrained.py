@@ -380,6 +380,8 @@ def apply_measured_throughput(candidates: pd.DataFrame, bench: pd.DataFrame | No
     missing = [c for c in needed if c not in bench.columns]
     if missing:
         raise UserError(f"--store: the results table needs column {missing[0]!r}")
+    if "n_experts" in bench:  # search's candidates are dense: an MoE row with the same dense columns is another model
+        bench = bench[pd.to_numeric(bench["n_experts"], errors="coerce").fillna(0) <= 1]
     rows = bench[(bench["gpu"].astype(str).str.lower() == spec.gpu.name.lower())
                  & (bench["batch_size"] == spec.workload.batch_size)
                  & (bench["input_len"] == spec.workload.input_len)

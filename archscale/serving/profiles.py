@@ -41,16 +41,14 @@ from archscale.serving.estimate import (
     estimate_under_limits,
 )
 from archscale.io.errors import UserError
+from archscale.io.vocabulary import ENGINES
 from archscale.io.files import read_json, write_json
 
 KIND = "archscale-throughput-profile"
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "data" / "profiles"
 ENV_DIRS = "ARCHSCALE_PROFILES"
 UNCALIBRATED = "uncalibrated"
-ENGINES = ("vllm", "torch", "sglang", "hf")
-"""Serving engines a profile can be for: the two archscale measures with (torch, vLLM), and sglang and hf (Hugging Face
-transformers ``generate``, eager and launch-bound at batch 1, so unlike any of the others), whose rows come from
-published tables."""
+
 
 
 def check_engine(engine: str, flag: str = "--engine") -> str:

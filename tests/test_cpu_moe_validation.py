@@ -1,0 +1,78 @@
+"""Real vLLM on a CPU over MoE shapes of one active budget: a profile fitted on half the shapes predicts the other half
+(experiments/validate/cpu_moe_validation.py on the committed experiments/results/cpu_vllm_moe/ data).
+
+The expected figures are what the script printed (validation.txt there); the bounds are half a point either way (0.01
+for rank correlations), so a change to the serving model or the calibration that moves a held-out prediction, better
+or worse, fails here and the recorded figures (validation.txt, the folder's README) must be brought up to date.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+
+from archscale.serving.devices import load_gpu
+
+from conftest import DATA
+
+SCRIPTS = DATA.parent / "experiments" / "validate"
+CSV = DATA.parent / "experiments" / "results" / "cpu_vllm_moe" / "cpu_vllm_moe.csv"
+TOLERANCE = 0.005  # half a point of median |relative error|
+RANK_TOLERANCE = 0.01
+MEASURED = {  # per fitting half: the terms chosen and the held-out figures, as validation.txt records them
+    "the validation": {
+        "A": {"terms": ("eta_compute", "t_step", "t_seq"), "median_abs_err": 0.0902, "spearman_rows": 0.9705,
+              "spearman_within_batch": 0.6845, "tpot_ms_p50": 0.1800, "ttft_ms_p50": 0.0400},
+        "B": {"terms": ("eta_compute", "t_step", "t_seq"), "median_abs_err": 0.0920, "spearman_rows": 0.9757,
+              "spearman_within_batch": 0.7534, "tpot_ms_p50": 0.1408, "ttft_ms_p50": 0.0511},
+    },
+    "the dense procedure": {
+        "A": {"terms": ("t_step", "t_seq"), "median_abs_err": 0.2683, "spearman_rows": 0.9742,
+              "spearman_within_batch": 0.6973, "tpot_ms_p50": 0.2676, "ttft_ms_p50": 0.5773},
+        "B": {"terms": ("t_step", "t_seq"), "median_abs_err": 0.2279, "spearman_rows": 0.9845,
+              "spearman_within_batch": 0.8872, "tpot_ms_p50": 0.1821, "ttft_ms_p50": 0.5809},
+    },
+}
+
+pytestmark = pytest.mark.skipif(not CSV.exists(), reason=f"{CSV.name} not present (made by experiments/studies/cpu_vllm_moe.py)")
+
+
+@pytest.fixture(scope="module")
+def script():
+    """The validation script as a module (it imports its sibling validations, so their folder is on the path)."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        yield importlib.import_module("cpu_moe_validation")
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
+@pytest.fixture(scope="module")
+def figures(script):
+    """Both procedures' held-out figures per half, from one run of each."""
+    rows = script.vllm_rows(CSV)
+    device = load_gpu("cpu", script.DEVICE)
+    return {label: {split.name: script.figures(split) for split in script.validate(rows, device, fixed)}
+            for label, fixed in script.PROCEDURES.items()}
+
+
+@pytest.mark.parametrize("label", list(MEASURED))
+@pytest.mark.parametrize("half", ["A", "B"])
+def test_held_out_moe_shapes_stay_as_measured(figures, label, half):
+    got, expected = figures[label][half], MEASURED[label][half]
+    assert got["terms"] == expected["terms"]
+    for name, value in expected.items():
+        if name != "terms":
+            tolerance = RANK_TOLERANCE if name.startswith("spearman") else TOLERANCE
+            assert got[name] == pytest.approx(value, abs=tolerance), name
+
+
+def test_the_halves_alternate_in_e_and_k_and_every_shape_was_measured_at_every_batch(script):
+    rows = script.vllm_rows(CSV)
+    first, _ = script.halves(rows)
+    assert sorted(map(tuple, rows.loc[first, script.ROUTING].drop_duplicates().to_numpy())) == [
+        (4, 1), (8, 1), (8, 4), (16, 2)]
+    assert all(sorted(group) == [1, 4, 16, 32] for _, group in rows.groupby("name")["batch_size"])
+    assert rows["name"].nunique() == 8 and set(rows["dtype"]) == {"bfloat16"}
