@@ -1,6 +1,7 @@
 """Real vLLM on this CPU, and the torch backend beside it, over shapes of one parameter budget: data for a `cpu` profile.
 
     python experiments/studies/cpu_vllm_shapes.py --vllm-python .venv-vllm/bin/python [--limit 8] [--compile]
+        [--backends vllm] [--input-len 320 --out experiments/results/cpu_vllm_latency]
 
 Ten LLaMA-style shapes at 20M non-embedding parameters (6 layers, head dim 64, vocabulary 8192), chosen from
 ``archscale.shapes.candidates.generate_candidates`` to spread d_model (256-1024), the MLP-to-attention ratio r
@@ -41,6 +42,7 @@ TARGETS = [  # (d_model, r wanted, GQA group): narrow to wide, attention-heavy t
     (256, 2.3, 1), (256, 1.7, 8),  # at d_model 256 the budget allows r of about 1.7-2.3 only (16-32 heads)
     (384, 1.0, 2), (384, 4.5, 4), (512, 0.5, 1), (512, 2.5, 8), (640, 1.5, 4), (768, 4.0, 2), (768, 0.7, 8), (1024, 1.0, 4),
 ]
+BACKENDS = ("vllm", "torch")
 
 
 def parse_args() -> argparse.Namespace:
@@ -53,8 +55,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="vLLM with torch.compile (default: eager, "
                         "which starts each engine ~1-2 min sooner on this machine).")
+    parser.add_argument("--backends", type=parse_backends, default=BACKENDS,
+                        help="Comma-separated subset of vllm,torch to measure (default both): vllm alone measures the "
+                             "engine's latency at longer prompts in the time both would take at short ones.")
     parser.add_argument("--out", type=Path, default=OUT)
     return parser.parse_args()
+
+
+def parse_backends(text: str) -> tuple[str, ...]:
+    """``"vllm"`` -> ``("vllm",)``; kept in :data:`BACKENDS` order so the alternation per shape stays as it was."""
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = sorted(names - set(BACKENDS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown backend(s) {', '.join(unknown) or '(none given)'}; "
+                                         f"choose from {','.join(BACKENDS)}")
+    return tuple(name for name in BACKENDS if name in names)
 
 
 def pick_shapes(limit: int) -> list:
@@ -118,7 +133,7 @@ def main() -> None:
     for step, index in enumerate(order):
         target = targets[index]
         for backend, options in (("vllm", vllm), ("torch", torch_options))[:: 1 if step % 2 == 0 else -1]:
-            if (target.label, backend) in done:
+            if (target.label, backend) in done or backend not in args.backends:
                 continue
             before, t0 = load_average(), time.perf_counter()
             if backend == "vllm":
@@ -152,14 +167,16 @@ def write_summary(out: Path, rows: pd.DataFrame, loads: pd.DataFrame, args, seco
     failed = rows[rows["status"] != "ok"]
     lines = [f"command: python experiments/studies/cpu_vllm_shapes.py --limit {args.limit} --batch-sizes {args.batch_sizes} "
              f"--input-len {args.input_len} --output-len {args.output_len} --repeats {args.repeats}"
-             + (" --compile" if args.compile else ""),
+             + (" --compile" if args.compile else "")
+             + (f" --backends {','.join(args.backends)}" if args.backends != BACKENDS else ""),
              f"{count} rows ({len(failed)} failed); this run {seconds / 60:.1f} min; load average (1 min) over the "
              f"measurements: median {loads[['load_before', 'load_after']].stack().median():.1f}, "
              f"max {loads[['load_before', 'load_after']].stack().max():.1f} on {os.cpu_count()} CPUs",
              f"vLLM rows: dtype {sorted(set(rows.loc[rows.backend == 'vllm', 'dtype']))}, threads "
              f"{sorted(set(rows.loc[rows.backend == 'vllm', 'threads'].dropna().astype(int)))}, cores "
-             f"{sorted(set(rows.loc[rows.backend == 'vllm', 'cpu_binding'].dropna()))}; torch rows: dtype "
-             f"{sorted(set(rows.loc[rows.backend == 'torch', 'dtype']))}, 1 thread on core 0",
+             f"{sorted(set(rows.loc[rows.backend == 'vllm', 'cpu_binding'].dropna()))}"
+             + (f"; torch rows: dtype {sorted(set(rows.loc[rows.backend == 'torch', 'dtype']))}, 1 thread on core 0"
+                if (rows.backend == "torch").any() else ""),
              "", "total tokens/s:", table.to_string()]
     if len(failed):
         lines += ["", "failed rows:", failed[["name", "backend", "batch_size", "error"]].to_string()]
