@@ -286,6 +286,14 @@ TRAINED_RUN_COLUMNS = (*REQUIRED, *SHAPE, "train_loss", "val_loss", "tokens_per_
                        "name", "steps", "seed")
 """The columns of the row ``train`` appends (``archscale.train.loop`` builds it): the canonical runs-table schema."""
 
+MOE_RUN_COLUMNS = ("n_experts", "experts_per_token", "expert_d_ff", "N_active")
+"""What a Mixture-of-Experts run's row adds after the shape columns: E, k, each routed expert's width, and the
+non-embedding parameters one token uses (``N`` counts every expert). A dense run's row has none of them, so it is
+what it always was; in a table holding both, dense rows leave these cells empty."""
+
+APPENDED_RUN_COLUMNS = (*TRAINED_RUN_COLUMNS, *MOE_RUN_COLUMNS)
+"""Every column ``train`` may append: what a runs table it appends to may hold."""
+
 RENAMED_RUN_COLUMNS = {"config_hash": "recipe_hash"}
 """Old runs-table column names and their current ones. ``recipe_hash`` (the hash of a run's config.json and
 train.json) was called ``config_hash``, the name the bench store gives the hash of a shape alone; tables
@@ -373,7 +381,7 @@ def _damage(record: list[str], width: int | None) -> str | None:
     return None
 
 
-def check_appendable(path: str | Path, flag: str = "--runs", columns: tuple[str, ...] = TRAINED_RUN_COLUMNS) -> None:
+def check_appendable(path: str | Path, flag: str = "--runs", columns: tuple[str, ...] = APPENDED_RUN_COLUMNS) -> None:
     """Refuse, before anything is trained, a runs table a new row with ``columns`` would corrupt.
 
     A missing or empty file is fine (the row starts it). An existing one must be
@@ -436,7 +444,7 @@ def append_run(path: str | Path, row: Mapping[str, object]) -> None:
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
-        check_appendable(path, "", tuple(row))
+        check_appendable(path, "", tuple(dict.fromkeys((*row, *MOE_RUN_COLUMNS))))  # a dense row beside MoE rows
         header = (csv_header(path) if path.exists() else None) or []
         old_names = {RENAMED_RUN_COLUMNS[name]: name for name in header if name in RENAMED_RUN_COLUMNS}
         row = {old_names.get(key, key): value for key, value in row.items()}  # a table under its old header keeps it

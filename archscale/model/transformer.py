@@ -2,7 +2,9 @@
 
 RMSNorm, rotary position embeddings, grouped-query attention through
 ``F.scaled_dot_product_attention`` and a SwiGLU MLP, no biases: the shape
-family of the dissertation's Chapter 6. It is built from an
+family of the dissertation's Chapter 6. A Mixture-of-Experts shape swaps each
+layer's MLP for Mixtral's sparse block (:class:`MoE`: a router picks ``k`` of
+``E`` SwiGLU experts per token); nothing else changes. It is built from an
 :class:`~archscale.shapes.architecture.Architecture`, and its parameter count equals
 :attr:`Architecture.n_params_total` exactly (a test checks it), so the sizes in
 the scaling-law tables are the sizes that get trained.
@@ -10,7 +12,8 @@ the scaling-law tables are the sizes that get trained.
 Module names follow Hugging Face's ``LlamaForCausalLM`` (``embed_tokens``,
 ``layers.{i}.self_attn.q_proj``, ``input_layernorm``, ...), and RoPE uses HF's
 "rotate half" layout, so exporting is a renaming (``model.`` prefix) and
-nothing more. ``d_head`` is independent of ``d_model / n_heads``.
+nothing more (an MoE layer's stacked experts are split into Mixtral's
+per-expert matrices on export). ``d_head`` is independent of ``d_model / n_heads``.
 
 Two paths: ``forward(idx, targets)`` for training (causal attention over the
 whole sequence), and ``allocate_kv_cache`` + ``forward_step(idx, start_pos)``
@@ -40,6 +43,7 @@ from torch import nn
 
 from archscale.io.errors import UserError
 from archscale.shapes.architecture import Architecture
+from archscale.shapes.hf_config import bundled_model_refusal
 from archscale.model.frozen_linear import FrozenLinear, KernelChooser
 
 INIT_STD = 0.02
@@ -256,12 +260,115 @@ class MLP(nn.Module):
         self.gate_up_frozen = chooser.freeze([self.gate_proj.weight * norm_gain, self.up_proj.weight * norm_gain], rows)
         self.down_frozen = chooser.freeze([self.down_proj.weight], rows)
 
+    def unfreeze(self) -> None:
+        self.gate_up_frozen = self.down_frozen = None
+
     def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
         if frozen and self.gate_up_frozen is not None and self.down_frozen is not None:
             gate_up = self.gate_up_frozen(x)  # a temporary: computed on in place
             hidden = F.silu(gate_up[..., : self.d_ff], inplace=True).mul_(gate_up[..., self.d_ff :])
             return self.down_frozen(hidden)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Experts(nn.Module):
+    """``E`` SwiGLU experts of width ``expert_d_ff``, stacked: ``gate_proj`` and ``up_proj`` ``(E, F, d)``,
+    ``down_proj`` ``(E, d, F)`` (expert ``e``'s matrices are row ``e``, laid out as ``nn.Linear`` weights).
+
+    Stacked rather than ``E`` modules so that every step gives each tensor a gradient, whichever experts the
+    batch reached (DDP needs every parameter to take part), and so the loop over experts indexes one tensor.
+    """
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        shape = (arch.n_experts, arch.expert_d_ff, arch.d_model)
+        self.gate_proj = nn.Parameter(torch.empty(shape))
+        self.up_proj = nn.Parameter(torch.empty(shape))
+        self.down_proj = nn.Parameter(torch.empty(arch.n_experts, arch.d_model, arch.expert_d_ff))
+
+    def forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``sum_j weights[t, j] * expert_{chosen[t, j]}(x[t])`` for every token row ``t`` of ``x`` ``(T, d)``.
+
+        The ``T k`` (token, expert) pairs are sorted by expert and gathered once, each expert multiplies its
+        contiguous slice (three matmuls), and the weighted outputs are added back to their tokens in one
+        ``index_add``: the work of ``k`` dense MLPs of width ``F`` per token, not ``E`` of them.
+        """
+        k = chosen.shape[1]
+        if not len(x):
+            return torch.zeros_like(x)
+        flat = chosen.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=self.gate_proj.shape[0]).tolist()
+        tokens = order // k
+        gathered = x[tokens]
+        outputs, start = [], 0
+        for expert, count in enumerate(counts):
+            if count:
+                rows = gathered[start : start + count]
+                hidden = F.silu(F.linear(rows, self.gate_proj[expert])) * F.linear(rows, self.up_proj[expert])
+                outputs.append(F.linear(hidden, self.down_proj[expert]))
+                start += count
+        weighted = torch.cat(outputs) * weights.reshape(-1)[order, None]
+        return torch.zeros_like(x).index_add(0, tokens, weighted.to(x.dtype))
+
+
+class MoE(nn.Module):
+    """Mixtral's sparse MoE block: a linear router (``gate``, ``d -> E``), softmax over the ``E`` experts in
+    float32, the top ``k`` kept and renormalised to sum to one, then the chosen experts' outputs weighted by them.
+
+    This is transformers' ``MixtralSparseMoeBlock`` (router ``MixtralTopKRouter``) step for step, so an export
+    computes the same function; ``gate`` keeps Mixtral's name for the router. Router jitter noise is not applied
+    (``train`` refuses a config that asks for it).
+    """
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        self.top_k = arch.experts_per_token
+        self.gate = nn.Linear(arch.d_model, arch.n_experts, bias=False)
+        self.experts = Experts(arch)
+        self.norm_gain: torch.Tensor | None = None
+
+    def freeze(self, chooser: KernelChooser, rows: int, norm_gain: torch.Tensor) -> None:
+        """The frozen inference path normalises without the gain; keep a copy to apply here (experts are not
+        stacked or repacked: which rows each expert gets changes every step)."""
+        self.norm_gain = norm_gain.detach().clone()
+
+    def unfreeze(self) -> None:
+        self.norm_gain = None
+
+    def forward(self, x: torch.Tensor, frozen: bool = False,
+                route: bool = False) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Route each position of ``x`` ``(..., d)``; with ``route``, also return ``(probabilities, chosen
+        experts)``, ``(T, E)`` and ``(T, k)``, for the load-balancing loss (returned, not stored: FSDP and
+        ``torch.compile`` see plain outputs)."""
+        if frozen and self.norm_gain is not None:
+            x = x * self.norm_gain
+        flat = x.reshape(-1, x.shape[-1])
+        probs = torch.softmax(self.gate(flat).float(), dim=-1)
+        top_weights, chosen = torch.topk(probs, self.top_k, dim=-1)
+        top_weights = top_weights / top_weights.sum(dim=-1, keepdim=True)
+        out = self.experts(flat, chosen, top_weights).view_as(x)
+        return (out, (probs, chosen)) if route else out
+
+
+def load_balancing_loss(routing: list[tuple[torch.Tensor, torch.Tensor]], n_experts: int) -> torch.Tensor:
+    """Switch Transformer's auxiliary loss ``E * sum_i f_i P_i``, as transformers' ``load_balancing_loss_func``
+    computes it for Mixtral: ``f_i`` the fraction of (token, slot) routings that chose expert ``i`` and ``P_i`` its
+    mean router probability, both pooled over every MoE layer's tokens.
+
+    ``f`` counts all ``k`` slots, so it sums to ``k``: a perfectly even router scores ``k`` (not 1), and a router
+    that sends every token to the same experts scores up to ``E``. Only ``P`` carries a gradient.
+    """
+    device = routing[0][0].device
+    counts = torch.zeros(n_experts, dtype=torch.float32, device=device)
+    prob_sums = torch.zeros(n_experts, dtype=torch.float32, device=device)
+    rows = 0
+    for probs, chosen in routing:
+        flat = chosen.reshape(-1)
+        counts = counts.scatter_add(0, flat, torch.ones_like(flat, dtype=torch.float32))
+        prob_sums = prob_sums + probs.sum(dim=0)
+        rows += probs.shape[0]
+    return n_experts * torch.sum((counts / rows) * (prob_sums / rows))
 
 
 class Block(nn.Module):
@@ -272,29 +379,35 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(arch.d_model, norm_eps)
         self.self_attn = Attention(arch)
         self.post_attention_layernorm = RMSNorm(arch.d_model, norm_eps)
-        self.mlp = MLP(arch)
+        self.mlp = MoE(arch) if arch.is_moe else MLP(arch)
 
     def freeze(self, chooser: KernelChooser, rows: int) -> None:
         """Frozen attention and MLP weights, each with its norm's gain folded in."""
         self.self_attn.freeze(chooser, rows, self.input_layernorm.weight)
         self.mlp.freeze(chooser, rows, self.post_attention_layernorm.weight)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int | None = None,
+                route: bool = False) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``route`` (an MoE layer, training) also returns the router's output (see :meth:`MoE.forward`)."""
         if start_pos is not None and self.self_attn.qkv_frozen is not None:  # gains live in the frozen weights
             x = x + self.self_attn(self.input_layernorm.normalize(x), cos, sin, start_pos)
             return x.add_(self.mlp(self.post_attention_layernorm.normalize(x), frozen=True))
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, start_pos)
+        if route:
+            out, routing = self.mlp(self.post_attention_layernorm(x), route=True)
+            return x + out, routing
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class Transformer(nn.Module):
-    """A decoder-only LLaMA-style language model of a given :class:`Architecture`."""
+    """A decoder-only LLaMA-style language model of a given :class:`Architecture`, dense or Mixtral-style MoE."""
 
     def __init__(self, arch: Architecture, rope_theta: float = 500000.0, norm_eps: float = 1e-5, max_seq_len: int = 2048) -> None:
         super().__init__()
-        if not arch.is_dense_llama:  # never build a dense model for a shape it is not (training, the torch backend)
-            raise UserError(f"{arch.name or 'architecture'}: the bundled model is a dense LLaMA with full attention; "
-                            "it cannot represent experts, latent attention or a sliding window")
+        refusal = bundled_model_refusal(arch)
+        if refusal:  # never build another model than the shape (training, the torch backend)
+            raise UserError(f"{arch.name or 'architecture'}: {refusal}; the bundled model is a LLaMA with full "
+                            "attention and, optionally, Mixtral-style routed experts, and cannot represent it")
         self.arch, self.rope_theta = arch, rope_theta
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.d_model)
         self.layers = nn.ModuleList(Block(arch, norm_eps) for _ in range(arch.n_layers))
@@ -308,14 +421,17 @@ class Transformer(nn.Module):
         self.apply(self._init_weights)
         residual_std = INIT_STD / math.sqrt(2 * arch.n_layers)
         for name, param in self.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
+            if name.endswith(("o_proj.weight", "down_proj.weight", "experts.down_proj")):
                 nn.init.normal_(param, mean=0.0, std=residual_std)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        """normal(0, 0.02) for every matrix (nanoGPT); norms stay at one."""
+        """normal(0, 0.02) for every matrix (nanoGPT), each expert's included; norms stay at one."""
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+        elif isinstance(module, Experts):
+            for param in module.parameters():
+                nn.init.normal_(param, mean=0.0, std=INIT_STD)
 
     def _set_rope(self, length: int, device: torch.device | None = None) -> None:
         cos, sin = rope_tables(self.arch.d_head, length, self.rope_theta, device)
@@ -336,16 +452,31 @@ class Transformer(nn.Module):
             total -= self.arch.n_params_embedding
         return total
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits ``(B, T, vocab)`` and, given targets, the mean next-token cross-entropy in nats."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                balance: bool = False) -> tuple[torch.Tensor, ...]:
+        """Logits ``(B, T, vocab)`` and, given targets, the mean next-token cross-entropy in nats (else None).
+
+        ``balance=True`` (an MoE shape) adds a third element, the load-balancing loss of this forward's routing
+        (:func:`load_balancing_loss`); it is an argument of ``forward`` so that DDP and ``torch.compile`` see it,
+        and each layer returns its routing rather than storing it, so that FSDP's per-block wrapping passes it on.
+        """
+        if balance and not self.arch.is_moe:
+            raise ValueError("balance=True needs a Mixture-of-Experts shape (this model routes nothing)")
         cos, sin = self._rope(0, idx.shape[1])
         x = self.embed_tokens(idx)
+        routing = []
         for layer in self.layers:
-            x = layer(x, cos, sin)
+            if balance:
+                x, routed = layer(x, cos, sin, route=True)
+                routing.append(routed)
+            else:
+                x = layer(x, cos, sin)
         logits = self.lm_head(self.norm(x))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        if balance:
+            return logits, loss, load_balancing_loss(routing, self.arch.n_experts)
         return logits, loss
 
     # ---- inference with a preallocated KV cache ---------------------------------
@@ -389,7 +520,7 @@ class Transformer(nn.Module):
     def _unfreeze(self) -> None:
         for layer in self.layers:
             layer.self_attn.qkv_frozen = layer.self_attn.o_frozen = None
-            layer.mlp.gate_up_frozen = layer.mlp.down_frozen = None
+            layer.mlp.unfreeze()
         self.head_frozen, self.kernels = None, None
 
     @torch.no_grad()

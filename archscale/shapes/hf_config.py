@@ -67,7 +67,7 @@ _GEMMA = "Gemma scales the embedding by sqrt(hidden_size), normalises with (1 + 
 FAMILIES: dict[str, Family] = {
     "llama": Family(mha_default=True),
     "mistral": Family(window="all_4096"),
-    "mixtral": Family(experts="mixtral", window="all", differs="experts"),
+    "mixtral": Family(experts="mixtral", window="all"),
     "qwen2": Family(window="qwen", differs="its q, k and v projections have biases"),
     "qwen3": Family(window="qwen", head_dim=128, differs=_QK_NORMS),
     "qwen2_moe": Family(experts="qwen2_moe", window="refused", differs="experts and q/k/v biases"),
@@ -383,35 +383,64 @@ def _config_count(config: dict, key: str, source: str, default: int | None = Non
 
 # ---- what the bundled model trains -----------------------------------------------------------------------------
 def require_bundled_model(config: dict, arch: Architecture, source: str) -> None:
-    """Refuse, naming the field, a config archscale's bundled Llama cannot be (``train`` and ``export``).
+    """Refuse, naming the field, a config archscale's bundled model cannot be (``train`` and ``export``).
 
-    The bundled model is a dense Llama block: RMSNorm, plain RoPE at the config's ``rope_theta``, a SwiGLU (silu)
-    MLP, no biases, full attention. Training anything else would train another model than the config names, and
-    export would write a checkpoint that loads with missing or random weights.
+    The bundled model is a Llama block: RMSNorm, plain RoPE at the config's ``rope_theta``, a SwiGLU (silu) MLP or,
+    Mixtral style, ``k`` of ``E`` routed SwiGLU experts, no biases, full attention. Training anything else would
+    train another model than the config names, and export would write a checkpoint that loads with missing or
+    random weights.
     """
     model_type, family = family_of(config, source)
     reason = (_structure_refusal(config, arch, family) or _forward_refusal(config)
               or (f"model_type {model_type}: {family.differs}" if family.differs else None))
     if reason:
-        raise UserError(f"{source}: {reason}; the bundled model is a dense Llama without it (RMSNorm, plain RoPE, "
-                        "silu SwiGLU, no biases, full attention), so train and export refuse the config (arch "
-                        "reads it)")
+        raise UserError(f"{source}: {reason}; the bundled model is a Llama without it (RMSNorm, plain RoPE, "
+                        "silu SwiGLU or Mixtral-style routed experts, no biases, full attention), so train and export "
+                        "refuse the config (arch reads it)")
     for key in ("rope_theta", "rms_norm_eps"):  # the bundled model's defaults (500000, 1e-5) are not transformers'
         if config.get(key) is None:
             raise UserError(f"{source}: no {key}: give it, since the bundled model's default and transformers' "
                             f"{model_type} default differ and the exported model would not be the trained one")
 
 
-def _structure_refusal(config: dict, arch: Architecture, family: Family) -> str | None:
-    """Experts, latent attention or a sliding window: what the Architecture itself carries."""
-    if arch.is_moe:
-        key = {"mixtral": "num_local_experts", "deepseek": "n_routed_experts"}.get(family.experts or "", "num_experts")
-        return f"{key} {arch.n_experts}: Mixture-of-Experts layers (not trained by archscale yet)"
+def bundled_model_refusal(arch: Architecture) -> str | None:
+    """What of ``arch`` the bundled model cannot represent, in the Architecture's field names; None if nothing.
+
+    One rule for the model itself (:class:`~archscale.model.transformer.Transformer` refuses to be built as another
+    shape) and for ``train``/``export`` (:func:`require_bundled_model`, which names the config's keys instead).
+    Routed experts are represented; shared experts and dense layers before the MoE layers are not, because no
+    config layout archscale exports holds them without another forward pass (Qwen2-MoE's q/k/v biases and
+    unnormalised top-k weights, Qwen3-MoE's q/k norms, DeepSeek's latent attention).
+    """
+    if arch.n_shared_experts:
+        return f"n_shared_experts {arch.n_shared_experts}: shared experts"
+    if arch.first_dense_layers:
+        return f"first_dense_layers {arch.first_dense_layers}: dense layers before the Mixture-of-Experts layers"
     if arch.kv_lora_rank:
         return f"kv_lora_rank {arch.kv_lora_rank}: latent attention"
     if arch.n_sliding_layers:
         return (f"sliding_window {arch.sliding_window} on {arch.n_sliding_layers} of {arch.n_layers} layers: "
                 "sliding-window attention")
+    return None
+
+
+_CONFIG_SPELLING = {  # Architecture field -> the key a family's config.json spells it with
+    "qwen2_moe": {"n_shared_experts": "shared_expert_intermediate_size", "first_dense_layers": "mlp_only_layers"},
+    "qwen3_moe": {"first_dense_layers": "mlp_only_layers"},
+    "deepseek": {"first_dense_layers": "first_k_dense_replace"},
+}
+
+
+def _structure_refusal(config: dict, arch: Architecture, family: Family) -> str | None:
+    """Shared experts, dense layers first, latent attention, a sliding window (what the Architecture itself
+    carries), or a router setting the loop does not apply, in the config's own key names."""
+    reason = bundled_model_refusal(arch)
+    if reason:
+        key = _CONFIG_SPELLING.get(family.experts or "", {}).get(reason.partition(" ")[0])
+        return f"{key} {config.get(key)!r}: {reason.partition(': ')[2]}" if key else reason
+    jitter = config.get("router_jitter_noise")
+    if arch.is_moe and jitter:
+        return f"router_jitter_noise {jitter!r}: router input noise while training (the loop adds none)"
     return None
 
 

@@ -36,6 +36,10 @@ TABLE_6_1: tuple[tuple[float, int, float], ...] = (
 )
 TINY_LIMIT = 20e6
 TOKENS_PER_PARAM = 100  # "all trained on 100 N tokens"
+ROUTER_AUX_LOSS_COEF = 0.01
+"""The load-balancing loss's weight for an MoE run whose config.json gives no ``router_aux_loss_coef``: Switch
+Transformer's 1e-2 (OLMoE trains with it too). transformers' config classes default to 1e-3, so the run's
+config.json, and its export, always carry the value trained with."""
 
 
 @dataclass
@@ -213,7 +217,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
 def load_model_config(config_dir: str | Path) -> tuple[Architecture, dict[str, Any]]:
     """Read and validate ``config_dir/config.json``: the architecture and its decoder's HF dict (``read_hf_config``,
     the reader arch and bench use: one rule), refusing what the bundled model cannot train
-    (:func:`~archscale.shapes.hf_config.require_bundled_model`: experts, latent attention, a sliding window,
+    (:func:`~archscale.shapes.hf_config.require_bundled_model`: shared experts, latent attention, a sliding window,
     RoPE scaling, biases, another activation, another family's norms)."""
     path = Path(config_dir) / CONFIG_FILE
     if not Path(config_dir).is_dir():
@@ -223,6 +227,24 @@ def load_model_config(config_dir: str | Path) -> tuple[Architecture, dict[str, A
     arch, hf_config = read_hf_config(path, name=Path(config_dir).resolve().name)
     require_bundled_model(hf_config, arch, str(path))
     return arch, hf_config
+
+
+def with_router_aux_loss_coef(hf_config: dict[str, Any], arch: Architecture, source: str) -> dict[str, Any]:
+    """An MoE run's config with ``router_aux_loss_coef`` (the load-balancing loss's weight) set and checked.
+
+    The weight lives in config.json, where Mixtral's config keeps it, so that it is part of the recipe hash and an
+    export tells transformers to train on with the same weight. Absent, it is :data:`ROUTER_AUX_LOSS_COEF`, written
+    in so that the run's config.json says what was trained. A dense config is returned as it is.
+    """
+    if not arch.is_moe:
+        return hf_config
+    value = hf_config.get("router_aux_loss_coef")
+    if value is None:
+        return {**hf_config, "router_aux_loss_coef": ROUTER_AUX_LOSS_COEF}
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise UserError(f"{source}: router_aux_loss_coef must be a number >= 0 (the load-balancing loss's weight; "
+                        f"0 turns it off), got {value!r}")
+    return hf_config
 
 
 def load_train_config(config_dir: str | Path, arch: Architecture) -> TrainConfig:
@@ -263,5 +285,6 @@ def recipe_hash(hf_config: dict[str, Any], train_config: TrainConfig) -> str:
 
 __all__ = [
     "TrainConfig", "load_model_config", "load_train_config", "write_config_dir", "recipe_hash",
-    "canonical_model_json", "CONFIG_FILE", "TRAIN_FILE", "TABLE_6_1",
+    "canonical_model_json", "with_router_aux_loss_coef", "CONFIG_FILE", "TRAIN_FILE", "TABLE_6_1",
+    "ROUTER_AUX_LOSS_COEF",
 ]

@@ -1,9 +1,12 @@
-"""``archscale export RUN_DIR --out OUT``: a trained run as a Hugging Face Llama checkpoint.
+"""``archscale export RUN_DIR --out OUT``: a trained run as a Hugging Face Llama (or Mixtral) checkpoint.
 
 The model's module names already follow ``LlamaForCausalLM``; export adds the
 ``model.`` prefix (the output head stays ``lm_head.weight``, and is left out
 when tied, as transformers saves it) and writes ``config.json`` plus
-``model.safetensors``.
+``model.safetensors``. An MoE run is written as Mixtral checkpoints on the Hub
+are: ``block_sparse_moe.gate`` for the router and ``block_sparse_moe.experts.{j}.w1/w2/w3``
+(gate, down, up) per expert, split from the model's stacked expert tensors;
+transformers (which fuses them on load) and vLLM both read that layout.
 
 The safetensors format is small enough to write by hand (8-byte little-endian
 header length, a JSON header of name -> dtype/shape/byte range, then the raw
@@ -33,13 +36,25 @@ _DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", t
 _FROM_NAME = {name: dtype for dtype, name in _DTYPES.items()}
 
 
+MIXTRAL_EXPERT_NAMES = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
+"""archscale's stacked expert tensors -> the names of Mixtral's per-expert matrices."""
+
+
 def hf_state_dict(state: Mapping[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:
-    """archscale parameter names -> HF Llama names (``model.`` prefix, ``lm_head`` as is)."""
+    """archscale parameter names -> HF Llama names (``model.`` prefix, ``lm_head`` as is); an MoE layer's router
+    and stacked experts -> Mixtral's ``block_sparse_moe`` names, one matrix per expert."""
     out = {}
     for name, tensor in state.items():
         if name == "lm_head.weight":
             if not tied:
                 out[name] = tensor
+        elif ".mlp.experts." in name:  # layers.{i}.mlp.experts.gate_proj, (E, F, d)
+            block, _, kind = name.rpartition(".experts.")
+            moe = block.removesuffix(".mlp") + ".block_sparse_moe"
+            for expert, matrix in enumerate(tensor.unbind(0)):
+                out[f"model.{moe}.experts.{expert}.{MIXTRAL_EXPERT_NAMES[kind]}.weight"] = matrix
+        elif name.endswith(".mlp.gate.weight"):  # the router
+            out[f"model.{name.removesuffix('.mlp.gate.weight')}.block_sparse_moe.gate.weight"] = tensor
         else:
             out[f"model.{name}"] = tensor
     return out
@@ -85,8 +100,8 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 def require_transformers_loadable(hf_config: Mapping, run_dir: Path) -> Architecture:
     """Refuse, before writing anything, a checkpoint that neither transformers nor vLLM would load as the model it
-    names: a shape transformers' Llama refuses, or a config whose model the bundled Llama is not (experts, RoPE
-    scaling, biases, ...: :func:`~archscale.shapes.hf_config.require_bundled_model`; a run trained before train
+    names: a shape transformers' Llama refuses, or a config whose model the bundled model is not (shared experts,
+    RoPE scaling, biases, ...: :func:`~archscale.shapes.hf_config.require_bundled_model`; a run trained before train
     refused them still holds one)."""
     source = str(run_dir / CONFIG_FILE)
     arch = Architecture.from_hf_config(hf_config, source=source)
@@ -97,6 +112,36 @@ def require_transformers_loadable(hf_config: Mapping, run_dir: Path) -> Architec
                         "nothing was exported; for a loadable shape, search with --strict-hf (the default with --emit) "
                         "and train that")
     return arch
+
+
+def require_checkpoint_is_config(weights: Mapping[str, torch.Tensor], hf_config: Mapping, arch: Architecture,
+                                 run_dir: Path) -> None:
+    """Refuse a checkpoint whose tensors are not the model its config describes (names and shapes), before writing.
+
+    A run's config is saved beside its weights, so they agree unless one was edited: a config changed to
+    Mixtral's over a dense run's weights would otherwise export as a model with no experts to load.
+    """
+    from archscale.model.transformer import Transformer
+
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        expected = {name: tuple(t.shape) for name, t in Transformer(arch, max_seq_len=1).state_dict().items()}
+    held = {name: tuple(t.shape) for name, t in weights.items()}
+    if held == expected:
+        return
+    missing = sorted(set(expected) - set(held))
+    extra = sorted(set(held) - set(expected))
+    resized = sorted(name for name in set(held) & set(expected) if held[name] != expected[name])
+    detail = (f"it lacks {missing[0]}" if missing else f"it has {extra[0]}, which the config's model has not" if extra
+              else f"{resized[0]} is {held[resized[0]]}, the config's model has {expected[resized[0]]}")
+    shape = (f"{_experts_key(hf_config)} {arch.n_experts}, num_experts_per_tok {arch.experts_per_token}"
+             if arch.is_moe else "a dense model")
+    raise UserError(f"{run_dir}: the checkpoint's weights are not the model its config describes ({shape}): {detail}; "
+                    "nothing was exported (was the run's config edited? export the run as it was trained)")
+
+
+def _experts_key(hf_config: Mapping) -> str:
+    """The config's spelling of the expert count."""
+    return "num_local_experts" if "num_local_experts" in hf_config else "num_experts"
 
 
 def check_export_dir(out_dir: Path) -> None:
@@ -122,6 +167,7 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, dtype: str = "float32") 
     state = load_checkpoint(checkpoint_path(run_dir))
     hf_config = dict(state["hf_config"])
     arch = require_transformers_loadable(hf_config, run_dir)
+    require_checkpoint_is_config(state["model"], hf_config, arch, run_dir)
     torch_dtype = getattr(torch, dtype)
     tied = arch.tie_embeddings  # the config's, or its model type's default: what the reader counted
     tensors = {k: v.to(torch_dtype) for k, v in hf_state_dict(state["model"], tied).items()}

@@ -3,7 +3,8 @@
 nanoGPT-style and deliberately small: AdamW (fused where the build has it)
 with weight decay on 2-D weights only, linear warmup then cosine (or WSD)
 decay to ``lr_min_ratio * lr_max``, gradient clipping, optional z-loss,
-gradient accumulation, bf16 autocast on CUDA, periodic validation, a JSONL
+for a Mixture-of-Experts shape the router's load-balancing loss (weighted
+by config.json's ``router_aux_loss_coef``), gradient accumulation, bf16 autocast on CUDA, periodic validation, a JSONL
 log, atomic checkpoints and an exact ``--resume``.
 
 Throughput is reported for the steady state: the first ``WARMUP_STEPS``
@@ -50,12 +51,15 @@ from archscale.shapes.architecture import Architecture
 from archscale.io.errors import UserError, add_hint, is_resource_failure, keep_hint
 from archscale.io.files import write_text
 from archscale.model.transformer import Transformer, compile_unavailable
-from archscale.fit.runs import RENAMED_RUN_COLUMNS, SHAPE, append_run, check_appendable, current_names, recipe_hashes
+from archscale.fit.runs import (
+    MOE_RUN_COLUMNS, RENAMED_RUN_COLUMNS, SHAPE, append_run, check_appendable, current_names, recipe_hashes,
+)
 from archscale.train.checkpoint import (
     capture_state, checkpoint_path, load_checkpoint, restore_state, rng_state, save_checkpoint, set_rng_state,
 )
 from archscale.train.config import (
     CONFIG_FILE, TRAIN_FILE, TrainConfig, canonical_model_json, load_model_config, load_train_config, recipe_hash,
+    with_router_aux_loss_coef,
 )
 from archscale.train.data import TokenDataset, default_data_dir, read_meta
 from archscale.train.preflight import check_training_memory
@@ -106,16 +110,19 @@ def resolve_run(config: str | Path | Architecture, train_config: TrainConfig | N
     """Read a config directory (or take an Architecture), apply overrides, hash the result.
 
     Precedence: explicit ``train_config`` > ``train.json`` > defaults for the
-    size; then ``tokens``/``seed`` overrides on top.
+    size; then ``tokens``/``seed`` overrides on top. An MoE shape's config gets its load-balancing weight
+    (:func:`~archscale.train.config.with_router_aux_loss_coef`), which the hash covers.
     """
     source_dir = None
     if isinstance(config, Architecture):
-        arch, hf_config = config, config.to_hf_config()
+        arch, hf_config, source = config, config.to_hf_config(), f"architecture {config.name or '?'}"
         base = train_config or TrainConfig.for_model_size(arch.n_params_non_embedding)
     else:
         source_dir = Path(config)
         arch, hf_config = load_model_config(source_dir)
+        source = str(source_dir / CONFIG_FILE)
         base = train_config or load_train_config(source_dir, arch)
+    hf_config = with_router_aux_loss_coef(hf_config, arch, source)
     cfg = base.replace("--tokens/--seed", tokens=tokens, seed=seed)
     name = arch.name or (source_dir.resolve().name if source_dir else "model")
     return RunSpec(arch, hf_config, cfg, recipe_hash(hf_config, cfg), name, source_dir)
@@ -193,8 +200,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = True) -> to
 
 
 def train_flops_per_token(arch: Architecture, seq_len: int) -> float:
-    """``6 N + 12 L H Q T``: N counts every matmul weight (non-embedding plus the output head)."""
-    n_matmul = arch.n_params_non_embedding + arch.vocab_size * arch.d_model
+    """``6 N + 12 L H Q T``: N counts every matmul weight a token uses (non-embedding plus the output head; with
+    experts, the ``k`` it is routed to and the router, not all ``E``)."""
+    n_matmul = arch.n_params_active_non_embedding + arch.vocab_size * arch.d_model
     return 6.0 * n_matmul + 12.0 * arch.n_layers * arch.n_heads * arch.d_head * seq_len
 
 
@@ -236,6 +244,9 @@ class Trainer:
         self.resumed_step_seconds: list[float] = []  # the checkpoint's session, reported when this one has no steps
         self._window: list[float] = [0, 0.0]  # tokens and seconds since the last log line
         self.last_train_loss = float("nan")
+        self.balance_coef = float(spec.hf_config.get("router_aux_loss_coef", 0.0)) if spec.arch.is_moe else None
+        self.step_balance = torch.zeros(())  # this step's mean load-balancing loss (MoE only)
+        self.last_balance_loss = float("nan")
         self.peak = peak_tflops if peak_tflops is not None else detect_peak_tflops(device)
         self.flops_per_token = train_flops_per_token(spec.arch, self.cfg.seq_len)
         self.compiled = self._should_compile(compile_model)
@@ -293,7 +304,8 @@ class Trainer:
         return {"model": model_state, "optimizer": optimizer_state, "step": self.step,
                 "rng": rng_state(), "recipe_hash": self.spec.recipe_hash, "hf_config": self.spec.hf_config,
                 "train_config": self.cfg.to_dict(), "last_train_loss": self.last_train_loss,
-                "step_seconds": self.timed_steps}  # so a resume that has no steps left still reports tokens/s
+                "step_seconds": self.timed_steps,  # so a resume that has no steps left still reports tokens/s
+                **({"last_balance_loss": self.last_balance_loss} if self.balance_coef is not None else {})}
 
     def load(self, state: dict[str, Any]) -> None:
         written_for = state.get("recipe_hash", state.get("config_hash"))  # config_hash: checkpoints before the rename
@@ -303,6 +315,7 @@ class Trainer:
         restore_state(self.model, self.optimizer, state["model"], state["optimizer"])
         self.step = int(state["step"])
         self.last_train_loss = float(state.get("last_train_loss", float("nan")))
+        self.last_balance_loss = float(state.get("last_balance_loss", float("nan")))
         self.resumed_step_seconds = [float(x) for x in state.get("step_seconds", [])]
         set_rng_state(state["rng"])
 
@@ -325,27 +338,46 @@ class Trainer:
             yield self.train_data.fetch(mine[i * self.cfg.micro_batch_size : (i + 1) * self.cfg.micro_batch_size], self.device)
 
     def train_step(self) -> torch.Tensor:
-        """Forward/backward over the micro batches, clip, step; returns the mean cross-entropy."""
+        """Forward/backward over the micro batches, clip, step; returns the mean cross-entropy.
+
+        The loss minimised adds the z-loss (when set) and, for an MoE shape, ``router_aux_loss_coef`` times the
+        load-balancing loss, whose mean over the micro batches is kept in ``step_balance`` for the log.
+        """
         lr = lr_at(self.step, self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=self.device)
+        balance_total = torch.zeros((), device=self.device)
         for i, (x, y) in enumerate(self.micro_batches(self.step)):
             last = i == self.accum - 1
             with self._grad_sync(last):
                 with self.autocast():
-                    logits, ce = self.runner(x, y)
-                    loss = ce
-                    if self.cfg.z_loss > 0:
-                        loss = loss + self.cfg.z_loss * torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+                    loss, ce, balance = self._loss(x, y)
                 (loss / self.accum).backward()
             total += ce.detach()
+            if balance is not None:
+                balance_total += balance.detach()
+        self.step_balance = balance_total / self.accum
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return total / self.accum
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(loss to minimise, cross-entropy, load-balancing loss or None) of one micro batch."""
+        balance = None
+        if self.balance_coef is None:
+            logits, ce = self.runner(x, y)
+        else:
+            logits, ce, balance = self.runner(x, y, balance=True)
+        loss = ce
+        if self.cfg.z_loss > 0:
+            loss = loss + self.cfg.z_loss * torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+        if balance is not None and self.balance_coef:
+            loss = loss + self.balance_coef * balance
+        return loss, ce, balance
 
     def _grad_sync(self, last: bool) -> contextlib.AbstractContextManager:
         """Reduce gradients across ranks only on the last micro batch of a step."""
@@ -412,6 +444,8 @@ class Trainer:
         if log_now or is_last or self.progress:
             exact = log_now or is_last  # a value every rank agrees on (an all-reduce) vs. rank 0's own
             self.last_train_loss = self._mean_across_ranks(loss) if exact else float(loss)
+            if exact and self.balance_coef is not None:
+                self.last_balance_loss = self._mean_across_ranks(self.step_balance)
             if exact and not math.isfinite(self.last_train_loss):
                 raise UserError(f"training diverged at step {self.step} (train loss {self.last_train_loss}); "
                                 f"lower lr_max or raise warmup_steps in {TRAIN_FILE}")
@@ -467,6 +501,8 @@ class Trainer:
         record = {"step": self.step, "tokens": self.step * self.cfg.tokens_per_step, "train_loss": _num(self.last_train_loss),
                   "val_loss": val_loss, "lr": lr_at(max(0, self.step - 1), self.cfg),
                   "tokens_per_s": _num(tokens_per_s), "mfu": self.mfu(tokens_per_s)}
+        if self.balance_coef is not None:  # MoE: the router's load-balancing loss (k when perfectly even)
+            record["balance_loss"] = _num(self.last_balance_loss)
         if final:
             record.update(final=True, warmup_steps=self.warmup_steps, warmup_s=self.warmup_s, compiled=self.compiled)
         with open(self.out_dir / LOG_FILE, "a") as out:
@@ -658,6 +694,9 @@ def _result(trainer: Trainer, out: Path, train_loss: float, val_loss: float) -> 
     tps = trainer.tokens_per_s
     row: dict[str, Any] = {"N": arch.n_params_non_embedding, "D": tokens, "loss": val_loss}
     row.update({column: value for column, value in arch.shape_columns().items() if column in SHAPE})
+    if arch.is_moe:  # a dense row stays as it was
+        moe = {**arch.shape_columns(), "N_active": arch.n_params_active_non_embedding}
+        row.update({column: moe[column] for column in MOE_RUN_COLUMNS})
     row.update({"train_loss": _num(train_loss), "val_loss": val_loss, "tokens_per_s": _num(tps), "mfu": trainer.mfu(tps),
                 "warmup_steps": trainer.warmup_steps, "warmup_s": trainer.warmup_s, "compiled": trainer.compiled,
                 "recipe_hash": spec.recipe_hash, "run_dir": str(out.resolve()), "name": spec.name,
