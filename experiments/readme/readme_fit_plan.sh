@@ -36,5 +36,7 @@ step 08-plan-inference archscale plan --fit "$WORK/chinchilla_huber.json" --targ
 step 09-plan-inference-gpu archscale plan --fit "$WORK/chinchilla_huber.json" --target-loss 2.0 --inference-tokens 1e11,1e12,1e13,1e14 \
   --cost gpu-hours --gpu h100-sxm --mfu 0.4 --tp 8 --batch 64 --input-len 4096 --output-len 1024
 step 10-plan-whole-profile archscale plan data/chinchilla_isoflops_epoch.csv --drop-unbracketed --window all --bootstrap 0
+step 11-plan-inference-dollars archscale plan --fit "$WORK/chinchilla_huber.json" --target-loss 2.0 \
+  --inference-tokens 1e11,1e12,1e13,1e14 --cost dollars --gpu-price 2.5 --tp 8 --tpot-ms 25
 cp "$WORK/chinchilla_huber.json" "$WORK/plan.json" "$WORK/plan.png" "$OUT/"
 echo "outputs in $OUT"
