@@ -12,7 +12,8 @@ PAPER_1B = dict(a0=2.697, a1=0.0974, a2=0.0078, b0=0.3870, b1=0.0063, b2=0.0065)
 
 def test_every_law_has_a_start_grid_and_predicts_finite_values():
     data = {"N": np.array([1e8, 1e9]), "D": np.array([2e9, 2e10]), "R": np.array([64.0, 128.0]),
-            "x": np.array([0.06, 0.09]), "r": np.array([1.0, 3.0]), "gqa": np.array([1.0, 4.0]), "L_opt": np.array([3.0, 2.7])}
+            "x": np.array([0.06, 0.09]), "r": np.array([1.0, 3.0]), "gqa": np.array([1.0, 4.0]), "L_opt": np.array([3.0, 2.7]),
+            "G": np.array([1.0, 8.0]), "N_active": np.array([3e7, 1e8]), "expansion": np.array([1.0, 8.0])}
     for law in LAWS.values():
         params = {p.name: p.grid[0] for p in law.params}
         assert np.all(np.isfinite(law.predict(params, data))), law.name

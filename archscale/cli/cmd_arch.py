@@ -11,6 +11,8 @@ from rich.table import Table
 
 from archscale.shapes.architecture import PRESET_SOURCES, PRESETS, Architecture, load_architecture, require_even_head_dim
 from archscale.shapes.candidates import generate_candidates
+from archscale.shapes.moe_candidates import (DENSE_FF_PER_D_MODEL, EXPERTS_DEFAULT, GRANULARITY_DEFAULT, TOP_K_DEFAULT,
+                                             generate_moe_candidates)
 from archscale.cli import Command, app, console, examples, print_json
 from archscale.cli.options import COUNT, check_sweep_ranges, gpu_help, parse_int_list
 from archscale.io.units import parse_count
@@ -191,28 +193,44 @@ def _write_table(frame: pd.DataFrame, out: Path) -> None:
 
 
 def candidates_summary(frame: pd.DataFrame) -> dict:
-    """Count and per-column ranges of a candidate table (what the command prints)."""
-    ranges = {
-        column: [frame[column].min().item(), frame[column].max().item()]
-        for column in ("d_model", "n_heads", "n_kv_heads", "d_ff", "N", "r", "x", "gqa")
-    }
-    return {"count": int(len(frame)), "ranges": ranges, "gqa_values": sorted(int(g) for g in frame["gqa"].unique())}
+    """Count and per-column ranges of a candidate table (what the command prints); an MoE table adds its active
+    count and routing columns, and the E, k and G values present."""
+    moe = "N_active" in frame
+    columns = ("d_model", "n_heads", "n_kv_heads", "d_ff", "N") + (("N_active",) if moe else ()) + ("r", "x", "gqa")
+    ranges = {column: [frame[column].min().item(), frame[column].max().item()] for column in columns}
+    summary = {"count": int(len(frame)), "ranges": ranges, "gqa_values": sorted(int(g) for g in frame["gqa"].unique())}
+    if moe:
+        summary |= {f"{column}_values": sorted(int(v) for v in frame[column].unique())
+                    for column in ("n_experts", "experts_per_token", "G")}
+    return summary
+
+
+def _listed(values) -> str:
+    """A default grid as --help shows it (``4,8,16``), written from the library's own defaults."""
+    return ",".join(map(str, values))
 
 
 @app.command("candidates", cls=Command, epilog=examples(
     "archscale candidates --n 1e9 --layers 16 --head-dim 64 --gqa 4,8 --out out/cands.csv",
+    "archscale candidates --n-active 1e9 --n-total 7e9 --experts 16,32,64 --top-k 1,2,4 --granularity 1,2,4 "
+    "--layers 16 --head-dim 128 --out out/moe.csv",
 ))
 def candidates_command(
-    n: str = typer.Option(..., "--n", metavar=COUNT, help="Non-embedding parameter budget, e.g. 1e9 or 975M."),
+    n: Optional[str] = typer.Option(None, "--n", metavar=COUNT, help="Non-embedding parameter budget of a dense shape, e.g. 1e9 or 975M."),
     layers: int = typer.Option(..., "--layers", min=1, help="Number of layers (held fixed)."),
     head_dim: int = typer.Option(..., "--head-dim", min=2, help="Per-head width d_head (held fixed; even)."),
-    tolerance: float = typer.Option(0.05, "--tolerance", help="Keep |N/target - 1| <= tolerance."),
-    r_min: float = typer.Option(0.5, "--r-min", help="Smallest MLP/attention ratio."),
+    n_active: Optional[str] = typer.Option(None, "--n-active", metavar=COUNT, help="Mixture of Experts: budget for the non-embedding parameters one token uses (k experts), e.g. 1e9."),
+    n_total: Optional[str] = typer.Option(None, "--n-total", metavar=COUNT, help="Mixture of Experts: budget for every non-embedding parameter (all experts), e.g. 7e9; with --n-active, rows meet both."),
+    experts: Optional[str] = typer.Option(None, "--experts", help=f"Mixture of Experts: routed experts E per layer, e.g. 8,16 (default {_listed(EXPERTS_DEFAULT)})."),
+    top_k: Optional[str] = typer.Option(None, "--top-k", help=f"Mixture of Experts: experts k each token uses, k <= E, e.g. 1,2 (default {_listed(TOP_K_DEFAULT)})."),
+    granularity: Optional[str] = typer.Option(None, "--granularity", help=f"Mixture of Experts: G = {DENSE_FF_PER_D_MODEL} d_model / expert width (Krajewski et al. 2024), e.g. 1,2,4 (default {_listed(GRANULARITY_DEFAULT)})."),
+    tolerance: float = typer.Option(0.05, "--tolerance", help="Keep |N/target - 1| <= tolerance (each budget given)."),
+    r_min: float = typer.Option(0.5, "--r-min", help="Smallest MLP/attention ratio (MoE: the k active experts' MLP)."),
     r_max: float = typer.Option(5.0, "--r-max", help="Largest MLP/attention ratio."),
-    x_min: float = typer.Option(0.02, "--x-min", help="Smallest d_model/sqrt(N) swept."),
+    x_min: float = typer.Option(0.02, "--x-min", help="Smallest d_model/sqrt(N) swept (MoE: N active)."),
     x_max: float = typer.Option(0.2, "--x-max", help="Largest d_model/sqrt(N) swept."),
     d_multiple: int = typer.Option(128, "--d-multiple", min=1, help="d_model is a multiple of this."),
-    ff_multiple: int = typer.Option(64, "--ff-multiple", min=1, help="d_ff is a multiple of this."),
+    ff_multiple: Optional[int] = typer.Option(None, "--ff-multiple", min=1, help="d_ff is a multiple of this (dense; default 64)."),
     gqa: str = typer.Option("1-16", "--gqa", help="Allowed GQA group sizes, e.g. 4, 1,2,4,8 or 1-64."),
     tp: int = typer.Option(1, "--tp", min=1, help="Tensor-parallel degree; must divide the KV heads."),
     strict_hf: bool = typer.Option(False, "--strict-hf", help="Require d_model % n_heads == 0 (transformers' Llama check)."),
@@ -220,16 +238,29 @@ def candidates_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Write the table here (.csv or .parquet)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Enumerate every (d_model, heads, kv heads, d_ff) spending the budget, and summarise them."""
+    """Enumerate every (d_model, heads, kv heads, d_ff) spending the budget, and summarise them.
+
+    With --n-active and/or --n-total, Mixture-of-Experts shapes instead: every E, k and G of --experts, --top-k and
+    --granularity with each head layout whose counts meet the budgets.
+    """
     require_even_head_dim(head_dim, "--head-dim")
     check_sweep_ranges(tolerance, r_min, r_max, x_min, x_max)
-    budget, groups = parse_count(n, "--n"), parse_int_list(gqa, "--gqa")
+    moe_flags = [flag for flag, value in (("--n-active", n_active), ("--n-total", n_total), ("--experts", experts),
+                                          ("--top-k", top_k), ("--granularity", granularity)) if value is not None]
+    groups = parse_int_list(gqa, "--gqa")
+    sweep = dict(tolerance=tolerance, r_range=(r_min, r_max), d_multiple=d_multiple, gqa_values=groups, tp=tp,
+                 strict_hf=strict_hf, vocab_size=vocab, x_range=(x_min, x_max))
+    if moe_flags:
+        run = _moe_sweep(n, n_active, n_total, experts, top_k, granularity, ff_multiple, moe_flags, layers, head_dim)
+    else:
+        if n is None:
+            raise UserError("give the budget: --n COUNT for dense shapes, or --n-active/--n-total COUNT for a "
+                            "Mixture of Experts")
+        budget = parse_count(n, "--n")
+        dense = {} if ff_multiple is None else {"ff_multiple": ff_multiple}  # the library's default otherwise
+        run = lambda **options: generate_candidates(budget, layers, head_dim, **dense, **options)  # noqa: E731
     check_outputs(("--out", out, "table"))
-    frame = generate_candidates(
-        budget, layers, head_dim, tolerance=tolerance, r_range=(r_min, r_max), d_multiple=d_multiple,
-        ff_multiple=ff_multiple, gqa_values=groups, tp=tp, strict_hf=strict_hf,
-        vocab_size=vocab, x_range=(x_min, x_max),
-    )
+    frame = run(**sweep)
     if out is not None:
         _write_table(frame, out)
     summary = candidates_summary(frame) | {"out": str(out) if out else None}
@@ -239,17 +270,43 @@ def candidates_command(
     _print_candidates_summary(summary)
 
 
+def _moe_sweep(n, n_active, n_total, experts, top_k, granularity, ff_multiple, moe_flags, layers, head_dim):
+    """The MoE enumeration the flags ask for, every flag read before any work (a callable taking the shared sweep).
+
+    ``--n`` and ``--ff-multiple`` are refused, not ignored: the budgets are --n-active/--n-total, and an expert's
+    width follows from --granularity."""
+    if n is not None:
+        raise UserError(f"--n is a dense budget; with {moe_flags[0]} give --n-active (what one token uses) and/or "
+                        "--n-total (every expert) instead")
+    if ff_multiple is not None:
+        raise UserError(f"--ff-multiple sets a dense d_ff; with {moe_flags[0]} the expert width is "
+                        f"{DENSE_FF_PER_D_MODEL} d_model / --granularity: drop --ff-multiple")
+    active = parse_count(n_active, "--n-active") if n_active is not None else None
+    total = parse_count(n_total, "--n-total") if n_total is not None else None
+    grids = {name: parse_int_list(text, flag) for name, text, flag in (
+        ("experts", experts, "--experts"), ("top_k", top_k, "--top-k"), ("granularity", granularity, "--granularity"))
+        if text is not None}
+    return lambda **options: generate_moe_candidates(active, total, n_layers=layers, d_head=head_dim,  # noqa: E731
+                                                     **grids, **options)
+
+
 def _print_candidates_summary(summary: dict) -> None:
     table = Table(title=f"{summary['count']:,} candidates" + (f" -> {summary['out']}" if summary["out"] else ""))
     table.add_column("column")
     table.add_column("min", justify="right")
     table.add_column("max", justify="right")
+    moe = "N_active" in summary["ranges"]
     for column, (low, high) in summary["ranges"].items():
         fmt = (lambda v: f"{v:.4g}") if isinstance(low, float) else (lambda v: f"{v:,}")
-        table.add_row(column, fmt(low), fmt(high))
+        label = {"N": "N total (every expert)", "N_active": "N active (k experts)", "d_ff": "d_ff (expert)"}.get(
+            column, column) if moe else column
+        table.add_row(label, fmt(low), fmt(high))
     console.print(table)
-    groups = summary["gqa_values"]
-    shown = ", ".join(map(str, groups[:20])) + (f", ... ({len(groups)} values)" if len(groups) > 20 else "")
-    console.print(f"GQA groups present: {shown}")
+    for key, what in (("gqa_values", "GQA groups"), ("n_experts_values", "Experts E"),
+                      ("experts_per_token_values", "Top-k"), ("G_values", "Granularity G")):
+        if key in summary:
+            values = summary[key]
+            shown = ", ".join(map(str, values[:20])) + (f", ... ({len(values)} values)" if len(values) > 20 else "")
+            console.print(f"{what} present: {shown}")
     if not summary["out"]:
         console.print("(no --out given: table not written)")

@@ -27,13 +27,14 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from archscale.shapes.architecture import mlp_attention_ratio
+from archscale.shapes.moe_candidates import dense_reference_d_ff
 from archscale.io.errors import UserError
 from archscale.io.files import atomic_file
 from archscale.io.outputs import Kind
 
 REQUIRED = ("N", "D", "loss")
 SHAPE = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff", "vocab")
-DERIVED = ("R", "r", "x", "gqa")
+DERIVED = ("R", "r", "x", "gqa", "G", "expansion")
 FLOPS_COLUMN = "C"
 N_KINDS = {  # what a runs table's N counts: laws fitted on one kind do not predict on another
     "non-embedding": "every parameter outside the token embedding and output head, norms included (what archscale train records)",
@@ -251,7 +252,7 @@ def _row_problem(record: Mapping[str, object]) -> str | None:
 
 
 def derive(frame: pd.DataFrame) -> pd.DataFrame:
-    """Add ``R``, ``r``, ``x`` and ``gqa`` wherever the shape columns allow."""
+    """Add ``R``, ``r``, ``x`` and ``gqa`` (and the MoE laws' ``G`` and ``expansion``) wherever the columns allow."""
     frame = frame.copy()
     for column in REQUIRED:
         frame[column] = frame[column].astype(float)
@@ -264,7 +265,27 @@ def derive(frame: pd.DataFrame) -> pd.DataFrame:
         frame["gqa"] = frame["n_heads"] / frame["n_kv_heads"]
     if {"d_model", "n_heads", "n_kv_heads", "d_head", "d_ff"} <= has:
         frame["r"] = mlp_attention_ratio(*(frame[c] for c in ("d_model", "n_heads", "n_kv_heads", "d_head", "d_ff")))
+    if "n_experts" in has:
+        _derive_moe(frame, has)
     return frame
+
+
+def _derive_moe(frame: pd.DataFrame, has: set[str]) -> None:
+    """The MoE laws' inputs (:mod:`archscale.laws.moe`), in place: ``expansion``, ``G`` and dense rows' ``N_active``.
+
+    A dense row of a mixed table (``n_experts`` empty) is E = 1 with every parameter active, so the joint law
+    (Ludziejewski et al. 2025) fits dense and MoE runs together; it has no granularity, so ``G`` stays empty there
+    and the granularity law (fitted on MoE runs only) refuses it by name.
+    """
+    experts = pd.to_numeric(frame["n_experts"], errors="coerce")
+    dense = experts.isna()
+    if "experts_per_token" in has:
+        routed = experts / pd.to_numeric(frame["experts_per_token"], errors="coerce")
+        frame["expansion"] = routed.where(~dense, 1.0)
+    if {"d_model", "expert_d_ff"} <= has:
+        frame["G"] = dense_reference_d_ff(frame["d_model"]) / pd.to_numeric(frame["expert_d_ff"], errors="coerce")
+    if "N_active" in has:
+        frame["N_active"] = pd.to_numeric(frame["N_active"], errors="coerce").where(~dense, frame["N"])
 
 
 def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str, source: str = "runs table") -> None:
@@ -276,8 +297,15 @@ def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str, so
         "R": "R = d_model/n_layers needs columns d_model and n_layers",
         "x": "x = d_model/sqrt(N) needs column d_model",
         "r": "r = MLP/attention parameters needs d_model, n_heads, n_kv_heads, d_head and d_ff",
+        "G": "granularity G = 4 d_model / expert_d_ff needs d_model and expert_d_ff: MoE runs only, leave dense ones "
+             "out with --where",
+        "expansion": "expansion = n_experts / experts_per_token needs both columns on every MoE row",
+        "N_active": "the non-embedding parameters one token uses, a column of MoE runs",
     }
     column = missing[0]
+    if column in MOE_LAW_COLUMNS and not any(c in frame.columns for c in MOE_RUN_COLUMNS):
+        raise UserError(f"{source}: {what} is a Mixture-of-Experts law and these runs are dense (no "
+                        f"{', '.join(MOE_RUN_COLUMNS)} column); fit a dense law such as chinchilla, or add MoE runs")
     raise UserError(f"{source}: {what} needs column {column!r} on every row" + (f" ({explain[column]})" if column in explain else ""))
 
 
@@ -290,6 +318,9 @@ MOE_RUN_COLUMNS = ("n_experts", "experts_per_token", "expert_d_ff", "N_active")
 """What a Mixture-of-Experts run's row adds after the shape columns: E, k, each routed expert's width, and the
 non-embedding parameters one token uses (``N`` counts every expert). A dense run's row has none of them, so it is
 what it always was; in a table holding both, dense rows leave these cells empty."""
+
+MOE_LAW_COLUMNS = ("G", "expansion", "N_active")
+"""What the MoE laws read beyond N and D (:mod:`archscale.laws.moe`): derived from :data:`MOE_RUN_COLUMNS`."""
 
 APPENDED_RUN_COLUMNS = (*TRAINED_RUN_COLUMNS, *MOE_RUN_COLUMNS)
 """Every column ``train`` may append: what a runs table it appends to may hold."""

@@ -43,6 +43,8 @@ FOLD_SCORES = ("mean", "median")  # how a fold's relative errors on its larger r
 FOLD_SCORE = "mean"
 SIZE_LAWS = ("chinchilla", "chinchilla-tied", "kaplan", "farseer")
 SHAPE_LAWS = ("aspect", "aspect-tied")
+MOE_CANDIDATES = (("moe-granularity", "G"), ("moe-joint", "expansion"))
+"""Each MoE law and the derived column (archscale.fit.runs) that must vary, and be known on every run, to try it."""
 FALLBACK_OBJECTIVE = "huber"  # when selection cannot run: the objective that won most often (README)
 FALLBACK_LAW = "chinchilla"
 WING_FLOORS = (1.0, 5.0)  # candidate floors on tokens per parameter (D/N), tried when some runs lie below them
@@ -137,6 +139,7 @@ def auto_laws(frame: pd.DataFrame, has_reference: bool) -> list[str]:
         laws += SHAPE_LAWS
     if has_reference and _varies(frame, "x") and _varies(frame, "r"):
         laws += [law for law in CONDITIONAL if law not in GQA_LAWS or _varies(frame, "gqa")]
+    laws += [law for law, column in MOE_CANDIDATES if _varies(frame, column)]
     return laws
 
 

@@ -13,6 +13,7 @@ from archscale.laws.base import Law, Param
 from archscale.laws.chinchilla import Chinchilla
 from archscale.laws.farseer import Farseer
 from archscale.laws.kaplan import Kaplan
+from archscale.laws.moe import MOE_LAWS, Granularity, Joint
 from archscale.laws.conditional import (
     ConditionalAdditive,
     ConditionalMultiplicative,
@@ -37,6 +38,8 @@ LAWS: dict[str, Law] = {
         ConditionalAdditive(),
         UCurve("x"),
         UCurve("r"),
+        Granularity(),
+        Joint(),
     )
 }
 
@@ -55,4 +58,4 @@ def get_law(name: str) -> Law:
         raise UserError(f"unknown law {name!r}; known laws: {', '.join(LAWS)}") from None
 
 
-__all__ = ["LAWS", "CONDITIONAL", "GQA_LAWS", "MULTIPLICATIVE", "Law", "Param", "get_law", "factor_optimum", "u_factor"]
+__all__ = ["LAWS", "CONDITIONAL", "GQA_LAWS", "MOE_LAWS", "MULTIPLICATIVE", "Law", "Param", "get_law", "factor_optimum", "u_factor"]
