@@ -26,5 +26,6 @@ run depths-h200 archscale search --fit out/aspect.json --n 3e8 --tokens 6e9 --la
 # serving at a latency limit: the 1B law with up to 256 requests, each shape at the most that keep TPOT p99 <= 15 ms
 run 1b-h200-tpot archscale search --fit data/fits/dissertation_1b_mult.json --n 1e9 --tokens 1e11 --layers 16 --head-dim 64 \
     --match llama-3.2-1b --gpu h200 --batch 256 --input-len 4096 --output-len 1024 --top-k 3 --tpot-ms 15 \
-    --plot "$out/1b-h200-tpot.png"
+    --plot out/1b-h200-tpot.png
+cp out/1b-h200-tpot.png "$out/1b-h200-tpot.png"  # kept with the transcript, so the figure can be opened from the repo
 echo "wrote $out/1b-h200-tpot.txt and .png, $out/1b-h200.txt, $out/1b-h200-extrapolate.txt, $out/3b-h200.txt, $out/aspect-fit.txt, $out/depths-h200.txt"
