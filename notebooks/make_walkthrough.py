@@ -73,7 +73,7 @@ smaller KV cache per token and serve faster. The search keeps every shape whose 
 LLaMA-3.2-1B's and ranks them by throughput: the dissertation's Eq. 6.4. Throughput here is the serving model with
 the shipped vLLM profile for an H200 (fitted on the dissertation's measured LLaMA-3.2 rows; no GPU needed); measured
 numbers replace it when a bench store has them."""),
-    ("code", """from archscale.shapes.architecture import load_architecture
+    ("code", """from archscale.shapes.hf_config import load_architecture
 from archscale.serving import Workload, load_gpu, resolve_profile
 from archscale.search.plots import plot_search
 from archscale.search.constrained import SearchSpec, best_at_gqa, search

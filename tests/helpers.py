@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from archscale.shapes.architecture import Architecture
+from archscale.shapes.hf_config import write_hf_config
 
 # The bench tests' two tiny shapes.
 TINY_128 = Architecture(2, 128, 4, 2, 32, 256, vocab_size=512)
@@ -15,7 +16,7 @@ TINY_160 = Architecture(2, 160, 6, 2, 32, 256, vocab_size=512)  # 160 % 6 != 0: 
 def write_config(directory: Path, arch: Architecture) -> Path:
     """``directory/config.json``: ``arch`` as a Hugging Face config, as bench and search read one."""
     directory.mkdir(parents=True)
-    (directory / "config.json").write_text(json.dumps(arch.to_hf_config()))
+    (directory / "config.json").write_text(json.dumps(write_hf_config(arch)))
     return directory
 
 

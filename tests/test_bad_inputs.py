@@ -22,6 +22,7 @@ from archscale.shapes.architecture import Architecture
 from archscale.bench.records import NOISY_CV, make_record
 from archscale.fit.runs import TRAINED_RUN_COLUMNS, append_run
 from archscale.train.config import TrainConfig, write_config_dir
+from archscale.shapes.hf_config import write_hf_config
 from conftest import DATA
 from helpers import write_config
 
@@ -257,7 +258,7 @@ def test_fit_two_columns_mapped_to_one(refused, work):
 
 @pytest.mark.parametrize("value, shown", [(80.5, "80.5"), ("abc", "'abc'"), (1e400, "inf")])
 def test_arch_refuses_a_count_that_is_not_whole(refused, work, value, shown):
-    config = TINY.to_hf_config()
+    config = write_hf_config(TINY)
     config["hidden_size"] = value
     (work / "config.json").write_text(json.dumps(config))
     refused(f"hidden_size must be a whole number, got {shown}", "arch", "config.json")
@@ -287,7 +288,7 @@ BAD_FIELDS = [  # (field, value, the refusal): none may fall back to a default o
 @pytest.mark.parametrize("field, value, message", BAD_FIELDS, ids=[f"{f}={v!r}" for f, v, _ in BAD_FIELDS])
 def test_a_config_field_of_the_wrong_type_or_out_of_range_is_refused_naming_file_and_field(
         refused, work, verb, field, value, message):
-    config = TINY.to_hf_config()
+    config = write_hf_config(TINY)
     config[field] = value
     (work / "cfg").mkdir()
     (work / "cfg" / "config.json").write_text(json.dumps(config))

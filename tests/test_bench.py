@@ -18,6 +18,7 @@ from archscale.bench.store import append, load_results
 from archscale.bench.sweep import resolve_targets, run_sweep
 from archscale.bench.types import BenchOptions
 from archscale.serving.devices import load_gpu
+from archscale.shapes.hf_config import write_hf_config
 from conftest import DATA
 from helpers import TINY_128, TINY_160, assert_one_line_error, assert_plausible_latencies, one_line_error, write_config
 
@@ -160,7 +161,7 @@ def test_out_of_memory_during_a_run_is_recorded(monkeypatch, tmp_path, one_threa
 
     options = BenchOptions(backend="torch", device="cpu", batch_sizes=(2, 3), input_len=8, output_len=4, repeats=2)
     (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "config.json").write_text(json.dumps(TINY_128.to_hf_config()))
+    (tmp_path / "c" / "config.json").write_text(json.dumps(write_hf_config(TINY_128)))
     result = run_sweep(resolve_targets([str(tmp_path / "c")]), options, tmp_path / "b.db", Hooks(advanced=ticks.append))
     assert result.records[0]["status"] == "failed" and result.records[1]["status"] in ("ok", "noisy")  # noisy: busy machine
     assert result.records[0]["error"].startswith("out of memory during the run: CUDA out of memory")

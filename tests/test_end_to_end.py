@@ -13,6 +13,7 @@ import pytest
 from archscale.bench.store import load_results
 from archscale.shapes.candidates import generate_candidates
 from archscale.laws import get_law
+from archscale.shapes.hf_config import load_architecture
 
 TRUE_LAW = dict(a0=1.04, a1=0.038, a2=0.0031, b0=1.0, b1=0.016, b2=0.017)
 
@@ -80,7 +81,7 @@ def test_fit_search_emit_bench_train_refit(cli, tmp_path, seed_runs, monkeypatch
 def test_shape_with_d_model_not_divisible_by_heads_trains_and_benchmarks(cli, tmp_path, monkeypatch):
     """Search may emit shapes like Surefire-1B (2560 / 36 heads): written with an explicit head_dim, they must
     load in the bundled trainer, the torch bench backend and a sweep, whatever transformers thinks of them."""
-    from archscale.shapes.architecture import Architecture, load_architecture
+    from archscale.shapes.architecture import Architecture
     from archscale.train.config import TrainConfig, write_config_dir
 
     monkeypatch.setenv("ARCHSCALE_CACHE", str(tmp_path / "cache"))

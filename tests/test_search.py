@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from archscale.shapes.architecture import load_architecture
 from archscale.serving.devices import load_gpu
 from archscale.serving.estimate import Workload
 from archscale.search.constrained import SearchSpec, best_at_gqa, pareto_mask, search
 from archscale.fit.fitted import load_fit
 from archscale.train.config import TrainConfig
+from archscale.shapes.hf_config import load_architecture
 from conftest import DATA
 
 FIT_1B = DATA / "fits" / "dissertation_1b_mult.json"

@@ -12,7 +12,7 @@ from archscale.search.constrained import SearchSpec, search
 from archscale.serving.devices import GPU, load_gpu
 from archscale.serving.estimate import Workload
 from archscale.serving.profiles import Profile, resolve_profile
-from archscale.shapes.architecture import load_architecture
+from archscale.shapes.hf_config import load_architecture
 from conftest import DATA
 from helpers import one_line_error
 

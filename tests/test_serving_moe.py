@@ -19,6 +19,7 @@ from archscale.io.errors import UserError
 from archscale.serving import CostTerms, Workload, estimate_throughput_many, load_gpu
 from archscale.serving.estimate import _per_gpu_costs, _shape_arrays, expected_distinct_experts
 from archscale.shapes.architecture import PRESETS, Architecture
+from archscale.shapes.hf_config import write_hf_config
 from helpers import one_line_error
 
 H100 = load_gpu("h100-sxm")
@@ -97,7 +98,7 @@ def test_an_moe_row_with_k_above_e_is_refused_naming_both():
 
 
 def test_bench_roofline_refuses_a_config_with_k_above_e_in_one_line(cli, tmp_path):
-    config = {**PRESETS["mixtral-8x7b"].to_hf_config(), "num_experts_per_tok": 9}
+    config = {**write_hf_config(PRESETS["mixtral-8x7b"]), "num_experts_per_tok": 9}
     (tmp_path / "config.json").write_text(json.dumps(config))
     store = tmp_path / "s.sqlite"
     result = cli("bench", tmp_path, "--backend", "roofline", "--gpu", "h200", "--store", store, "--no-progress")

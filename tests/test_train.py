@@ -27,6 +27,7 @@ from archscale.train.checkpoint import load_checkpoint
 from archscale.train.config import TrainConfig, recipe_hash, write_config_dir
 from archscale.train.export import read_safetensors
 from archscale.train.loop import effective_warmup, lr_at, train
+from archscale.shapes.hf_config import write_hf_config
 from helpers import one_line_error
 
 TINY = Architecture(2, 64, 4, 2, 16, 128, vocab_size=256, name="tiny")
@@ -80,10 +81,10 @@ def test_lr_schedules():
 
 
 def test_recipe_hash_covers_both_files():
-    base = recipe_hash(TINY.to_hf_config(), TINY_TRAIN)
-    assert base == recipe_hash(TINY.to_hf_config(), TINY_TRAIN) and len(base) == 12
-    assert base != recipe_hash(TINY.to_hf_config(), TINY_TRAIN.replace(seed=1))
-    assert base != recipe_hash({**TINY.to_hf_config(), "intermediate_size": 96}, TINY_TRAIN)
+    base = recipe_hash(write_hf_config(TINY), TINY_TRAIN)
+    assert base == recipe_hash(write_hf_config(TINY), TINY_TRAIN) and len(base) == 12
+    assert base != recipe_hash(write_hf_config(TINY), TINY_TRAIN.replace(seed=1))
+    assert base != recipe_hash({**write_hf_config(TINY), "intermediate_size": 96}, TINY_TRAIN)
 
 
 # ---- bad input: exit 2, one line, nothing written --------------------------------------

@@ -28,6 +28,7 @@ from archscale.train.checkpoint import checkpoint_path, load_checkpoint, save_ch
 from archscale.train.config import ROUTER_AUX_LOSS_COEF, TrainConfig, write_config_dir
 from archscale.train.export import export_hf, read_safetensors
 from archscale.train.loop import train
+from archscale.shapes.hf_config import write_hf_config
 from helpers import one_line_error
 
 MOE = Architecture(2, 64, 4, 2, 16, 96, vocab_size=256, name="tiny-moe", n_experts=4, experts_per_token=2,
@@ -126,7 +127,7 @@ def test_moe_trains_logs_its_balance_loss_and_records_moe_columns(tmp_path, corp
 
 def test_the_balance_weight_comes_from_config_json_and_is_hashed(tmp_path, corpus_data):
     recipe = RECIPE.replace(tokens=2048, eval_every=0)
-    config = MOE.to_hf_config()
+    config = write_hf_config(MOE)
     runs = {}
     for coef in (0.0, 1.0):
         folder = write_config_dir(tmp_path / f"coef-{coef}", MOE, recipe)
@@ -145,7 +146,7 @@ def test_the_balance_weight_comes_from_config_json_and_is_hashed(tmp_path, corpu
 ])
 def test_train_refuses_moe_configs_the_bundled_model_is_not(tmp_path, cli, changes, fragment):
     folder = write_config_dir(tmp_path / "cfg", MOE, RECIPE)
-    (folder / "config.json").write_text(json.dumps({**MOE.to_hf_config(), **changes}))
+    (folder / "config.json").write_text(json.dumps({**write_hf_config(MOE), **changes}))
     result = cli("train", folder, "--device", "cpu", "--no-progress", "--out", tmp_path / "run")
     assert one_line_error(result) and fragment in result.err, result.err
     assert not (tmp_path / "run").exists()
@@ -214,7 +215,7 @@ def test_export_refuses_a_moe_run_whose_config_says_dense(moe_run, tmp_path, cli
     run = tmp_path / "run"
     run.mkdir()
     state = load_checkpoint(checkpoint_path(moe_run))
-    state["hf_config"] = DENSE.to_hf_config()
+    state["hf_config"] = write_hf_config(DENSE)
     save_checkpoint(checkpoint_path(run), state)
     result = cli("export", run, "--out", tmp_path / "hf")
     assert one_line_error(result) and "the checkpoint's weights are not the model its config describes" in result.err

@@ -22,6 +22,7 @@ from archscale.bench.types import BenchOptions
 from archscale.bench.vllm_backend import error_line
 from archscale.bench.records import LATENCY_COLUMNS
 from archscale.bench.vllm_worker import LatencySamples, default_dtype, format_cpu_list, kv_cache_bytes, peak_concurrency
+from archscale.shapes.hf_config import write_hf_config
 from helpers import TINY_128, assert_one_line_error
 
 FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm"
@@ -327,7 +328,7 @@ def test_peak_concurrency_reads_overlap_and_preemptions():
 
 
 def test_cpu_kv_cache_holds_the_largest_batch():
-    config = TINY_128.to_hf_config()
+    config = write_hf_config(TINY_128)
     per_token = TINY_128.kv_cache_bytes_per_token(2)  # 2 layers x 2 (K, V) x 2 heads x 32 x 2 bytes = 512
     assert per_token == 512
     assert kv_cache_bytes(config, 4, 100, "bfloat16") == 64 * 2**20  # tiny: the floor

@@ -20,6 +20,7 @@ from archscale.bench.store import load_results
 from archscale.bench.vllm_backend import PYTHON_ENV, check_vllm_python, worker_environment
 from archscale.bench.vllm_worker import default_dtype
 from archscale.io.errors import UserError
+from archscale.shapes.hf_config import write_hf_config
 from helpers import assert_plausible_latencies
 
 TINY = Architecture(2, 128, 4, 2, 32, 256, vocab_size=512, name="tiny")
@@ -46,7 +47,7 @@ def test_real_vllm_measures_a_tiny_config_at_two_batch_sizes_on_one_engine(cli, 
     monkeypatch.delenv("PYTHONPATH", raising=False)
     config = tmp_path / "tiny"
     config.mkdir()
-    (config / "config.json").write_text(json.dumps(TINY.to_hf_config()))
+    (config / "config.json").write_text(json.dumps(write_hf_config(TINY)))
     store = tmp_path / "bench.sqlite"
     r = cli("bench", config, "--backend", "vllm", "--vllm-python", vllm_python, "--batch-sizes", "1,4",
             "--input-len", "32", "--output-len", "8", "--repeats", "2", "--enforce-eager", "--timeout", "600",
@@ -81,7 +82,7 @@ def test_real_vllm_measures_a_tiny_moe_config_through_bench(cli, vllm_python, tm
     monkeypatch.delenv("PYTHONPATH", raising=False)
     config = tmp_path / "tiny-moe"
     config.mkdir()
-    hf = TINY_MOE.to_hf_config()
+    hf = write_hf_config(TINY_MOE)
     assert (hf["model_type"], hf["num_local_experts"], hf["num_experts_per_tok"]) == ("mixtral", 4, 2)
     (config / "config.json").write_text(json.dumps(hf))
     store = tmp_path / "bench.sqlite"

@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 from archscale.io.errors import one_line
 from archscale.io.vocabulary import ENGINES, LATENCY_COLUMNS, LATENCY_METRICS, LATENCY_PERCENTILES, latency_column
 from archscale.shapes.architecture import MOE_FIELDS, Architecture
+from archscale.shapes.hf_config import write_hf_config
 
 # ``ttft_ms_mean, ttft_ms_p50, ..., itl_ms_p99``: milliseconds, None where not measured (:func:`latency_fields`); one
 # list for measured rows and the serving model's estimates, so they compare column for column.
@@ -105,11 +106,11 @@ def config_hash(arch: Architecture) -> str:
     A shape alone: a runs table's ``recipe_hash`` also covers the training recipe
     (:func:`archscale.train.config.recipe_hash`).
 
-    Hashing :meth:`Architecture.to_hf_config` (sorted keys, no whitespace)
+    Hashing :func:`~archscale.shapes.hf_config.write_hf_config` (sorted keys, no whitespace)
     rather than the file's bytes makes a preset and the ``config.json`` emitted
     for the same shape hash alike, whatever incidental keys the file carries.
     """
-    text = json.dumps(arch.to_hf_config(), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(write_hf_config(arch), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 

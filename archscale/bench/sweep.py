@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from archscale.shapes.architecture import Architecture, load_architecture
+from archscale.shapes.architecture import Architecture
 from archscale.bench.records import make_record
 from archscale.bench.types import Backend, BenchOptions, Target, Tick
 from archscale.serving.estimate import check_tensor_parallel, require_serving_costed
 from archscale.io.errors import UserError, keep_hint
+from archscale.shapes.hf_config import load_architecture, write_hf_config
 
 
 def check_targets(targets: Sequence[Target], options: "BenchOptions") -> None:
@@ -55,7 +56,7 @@ def _hf_config(spec: str, arch: Architecture) -> dict:
         path = path / "config.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))  # load_architecture has already parsed it
-    return arch.to_hf_config()  # a preset
+    return write_hf_config(arch)  # a preset
 
 
 def make_backend(options: BenchOptions) -> Backend:

@@ -255,9 +255,9 @@ def kv_cache_bytes(config: dict, max_batch: int, seq_len: int, dtype: str) -> in
     bench does not measure (latent attention, a sliding window) the parent refused before starting this worker
     (:func:`archscale.bench.sweep.check_targets`; the check needs pandas, which vLLM's environment lacks).
     """
-    from archscale.shapes.architecture import Architecture
+    from archscale.shapes.hf_config import architecture_from_config
 
-    arch = Architecture.from_hf_config(config)
+    arch = architecture_from_config(config)
     element = BYTES_PER_ELEMENT.get(dtype, 2)
     tokens = max_batch * math.ceil(seq_len / KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS
     return max(KV_MIN_BYTES, int(KV_HEADROOM * tokens * arch.kv_cache_bytes_per_token(element)))

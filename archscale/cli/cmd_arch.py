@@ -9,7 +9,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from archscale.shapes.architecture import PRESET_SOURCES, PRESETS, Architecture, load_architecture, require_even_head_dim
+from archscale.shapes.architecture import PRESET_SOURCES, PRESETS, Architecture, require_even_head_dim
 from archscale.shapes.candidates import generate_candidates
 from archscale.shapes.moe_candidates import (DENSE_FF_PER_D_MODEL, EXPERTS_DEFAULT, GRANULARITY_DEFAULT, TOP_K_DEFAULT,
                                              generate_moe_candidates)
@@ -22,6 +22,7 @@ from archscale.serving.estimate import Workload, check_tensor_parallel, require_
 from archscale.io.errors import UserError
 from archscale.io.files import atomic_file
 from archscale.io.outputs import check_outputs
+from archscale.shapes.hf_config import load_architecture
 
 def human(value: float, unit: str = "") -> str:
     """973_140_480 -> '973.1M' (tables are read by people; --json keeps exact values)."""

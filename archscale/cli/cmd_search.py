@@ -9,7 +9,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from archscale.shapes.architecture import load_architecture, require_even_head_dim
+from archscale.shapes.architecture import require_even_head_dim
 from archscale.bench.store import load_results
 from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json, study
 from archscale.cli.options import (COUNT, GPU_PRICE, PERCENTILE, TPOT_MS, TTFT_MS, check_sweep_ranges, gpu_help,
@@ -27,6 +27,7 @@ from archscale.search.constrained import SearchResult, SearchSpec, best_at_gqa, 
 from archscale.search.emit import emit_configs
 from archscale.search.latency_limited import format_ms
 from archscale.fit.fitted import check_reference, load_fit
+from archscale.shapes.hf_config import load_architecture
 
 EMIT_STRICT_HF = "--emit writes only configs transformers can load (--strict-hf is on with --emit; --no-strict-hf keeps every shape)"
 """Why a search with ``--emit`` and neither ``--strict-hf`` nor ``--no-strict-hf`` kept only loadable shapes (its note)."""

@@ -22,6 +22,7 @@ from archscale.bench.types import BenchOptions, Target
 from archscale.io.errors import UserError
 from archscale.search.constrained import SearchResult, SearchSpec
 from archscale.shapes.candidates import architecture_from_row
+from archscale.shapes.hf_config import write_hf_config
 
 SPREAD_TRUST_POINTS = 15.0
 """The estimated fastest/slowest ratio of the measured picks may differ from the measured one by this many points."""
@@ -99,7 +100,7 @@ def measure_picks(result: SearchResult, options: BenchOptions, count: int, store
     targets = []
     for row in picks.to_dict("records"):
         arch = architecture_from_row({**row, "name": f"rank-{int(row['rank'])}"})
-        targets.append(Target(spec=arch.name, arch=arch, hf_config=arch.to_hf_config()))
+        targets.append(Target(spec=arch.name, arch=arch, hf_config=write_hf_config(arch)))
     records = run_sweep(targets, options, store=store, backend=backend).records
     measured = {r["name"]: r for r in records if r.get("status") in ("ok", "noisy")}
     failed = [r for r in records if r.get("status") == "failed"]

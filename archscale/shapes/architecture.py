@@ -429,28 +429,6 @@ class Architecture:
         """Bytes of every weight, embeddings included (what a server holds)."""
         return self.n_params_total * bytes_per_element
 
-    # ---- Hugging Face config.json ---------------------------------------------
-    def to_hf_config(self, max_position_embeddings: int = 8192, rope_theta: float = 500000.0) -> dict:
-        """An HF config dict of this shape: ``LlamaConfig`` style for a dense shape (``head_dim`` written
-        explicitly), the Mixtral, Qwen2-MoE, DeepSeek-V2, Mistral or Qwen2 layout for the others
-        (:func:`archscale.shapes.hf_config.write_hf_config`).
-
-        transformers 5 refuses a Llama config whose ``hidden_size`` is not a
-        multiple of ``num_attention_heads`` even with ``head_dim`` given; vLLM and
-        archscale's own model read ``head_dim`` and accept it.
-        """
-        from archscale.shapes.hf_config import write_hf_config
-
-        return write_hf_config(self, max_position_embeddings, rope_theta)
-
-    @classmethod
-    def from_hf_config(cls, config: dict, name: str = "", source: str = "config.json") -> "Architecture":
-        """Read the shape from an HF-style config dict: read right or refused (:func:`archscale.shapes.hf_config.
-        architecture_from_config`, the one reader)."""
-        from archscale.shapes.hf_config import architecture_from_config
-
-        return architecture_from_config(config, name=name, source=source)
-
 
 # ---- presets ------------------------------------------------------------------
 # Public configs, copied from each model's Hugging Face ``config.json`` (repo in
@@ -530,36 +508,3 @@ PRESET_SOURCES: dict[str, str] = {
     "panda-3b": "dissertation Table 6.2",
     "surefire-3b": "dissertation Table 6.2",
 }
-
-
-def load_architecture(spec: str) -> Architecture:
-    """Resolve a preset name (case-insensitive), a ``config.json`` path, or a directory holding one.
-
-    Paths win over preset names only when they exist, so a stray file called
-    ``panda-1b`` in the working directory is read rather than shadowed; any
-    other spec that looks like a path (has a separator or ends in ``.json``)
-    and does not exist is reported as a missing file rather than as an unknown
-    preset, which would be a confusing message.
-    """
-    from pathlib import Path
-
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return _architecture_from_file(path / "config.json", name=path.name)
-    if path.is_file():
-        return _architecture_from_file(path, name=path.parent.name if path.name == "config.json" else path.stem)
-    key = spec.strip().lower()
-    if key in PRESETS:
-        return PRESETS[key]
-    if "/" in spec or "\\" in spec or spec.lower().endswith(".json"):
-        raise UserError(f"{spec}: no such file or directory (expected a config.json or a directory holding one)")
-    raise UserError(f"unknown architecture {spec!r}: give a config.json path or one of {', '.join(PRESETS)}")
-
-
-def _architecture_from_file(path, name: str) -> Architecture:
-    """Read an HF ``config.json`` (see :func:`archscale.shapes.hf_config.read_hf_config`)."""
-    from archscale.shapes.hf_config import read_hf_config
-
-    if not path.is_file():
-        raise UserError(f"{path}: no config.json there")
-    return read_hf_config(path, name)[0]

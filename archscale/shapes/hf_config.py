@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from archscale.io.errors import UserError
-from archscale.shapes.architecture import Architecture, require_even_head_dim
+from archscale.shapes.architecture import PRESETS, Architecture, require_even_head_dim
 
 LLAMA = "llama"
 
@@ -533,3 +533,34 @@ def _deepseek_layout(arch: Architecture, label: str) -> dict:
                       moe_intermediate_size=arch.expert_d_ff, n_shared_experts=arch.n_shared_experts or None,
                       first_k_dense_replace=arch.first_dense_layers, moe_layer_freq=1, topk_method="greedy")
     return layout
+
+
+def load_architecture(spec: str) -> Architecture:
+    """Resolve a preset name (case-insensitive), a ``config.json`` path, or a directory holding one.
+
+    Paths win over preset names only when they exist, so a stray file called
+    ``panda-1b`` in the working directory is read rather than shadowed; any
+    other spec that looks like a path (has a separator or ends in ``.json``)
+    and does not exist is reported as a missing file rather than as an unknown
+    preset, which would be a confusing message.
+    """
+    from pathlib import Path
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _architecture_from_file(path / "config.json", name=path.name)
+    if path.is_file():
+        return _architecture_from_file(path, name=path.parent.name if path.name == "config.json" else path.stem)
+    key = spec.strip().lower()
+    if key in PRESETS:
+        return PRESETS[key]
+    if "/" in spec or "\\" in spec or spec.lower().endswith(".json"):
+        raise UserError(f"{spec}: no such file or directory (expected a config.json or a directory holding one)")
+    raise UserError(f"unknown architecture {spec!r}: give a config.json path or one of {', '.join(PRESETS)}")
+
+
+def _architecture_from_file(path, name: str) -> Architecture:
+    """Read an HF ``config.json`` (see :func:`read_hf_config`)."""
+    if not path.is_file():
+        raise UserError(f"{path}: no config.json there")
+    return read_hf_config(path, name)[0]

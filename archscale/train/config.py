@@ -2,7 +2,7 @@
 
 A config directory, as ``archscale search --emit`` writes it, holds
 ``config.json`` (HF ``LlamaConfig``-style, from
-:meth:`Architecture.to_hf_config`) and optionally ``train.json`` (a
+:func:`archscale.shapes.hf_config.write_hf_config`) and optionally ``train.json`` (a
 :class:`TrainConfig`). Without ``train.json`` the defaults follow the
 dissertation's Table 6.1 for the nearest model size (:meth:`TrainConfig.for_model_size`).
 """
@@ -21,6 +21,7 @@ from archscale.shapes.architecture import Architecture
 from archscale.shapes.hf_config import read_hf_config, require_bundled_model
 from archscale.io.errors import UserError
 from archscale.io.files import read_json, write_json, write_text
+from archscale.shapes.hf_config import write_hf_config
 
 CONFIG_FILE = "config.json"
 TRAIN_FILE = "train.json"
@@ -259,7 +260,7 @@ def write_config_dir(path: str | Path, arch: Architecture, train_config: TrainCo
     """Write a config directory (``config.json``, and ``train.json`` when given); for tests and scripts."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    write_json(path / CONFIG_FILE, arch.to_hf_config())
+    write_json(path / CONFIG_FILE, write_hf_config(arch))
     if train_config is not None:
         train_config.validate()
         train_config.save(path / TRAIN_FILE)

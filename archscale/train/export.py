@@ -30,6 +30,7 @@ from archscale.shapes.architecture import Architecture
 from archscale.shapes.hf_config import require_bundled_model
 from archscale.train.checkpoint import checkpoint_path, load_checkpoint
 from archscale.train.config import CONFIG_FILE
+from archscale.shapes.hf_config import architecture_from_config
 
 SAFETENSORS_FILE = "model.safetensors"
 _DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64", torch.int32: "I32"}
@@ -104,7 +105,7 @@ def require_transformers_loadable(hf_config: Mapping, run_dir: Path) -> Architec
     RoPE scaling, biases, ...: :func:`~archscale.shapes.hf_config.require_bundled_model`; a run trained before train
     refused them still holds one)."""
     source = str(run_dir / CONFIG_FILE)
-    arch = Architecture.from_hf_config(hf_config, source=source)
+    arch = architecture_from_config(hf_config, source=source)
     require_bundled_model(dict(hf_config), arch, source)
     if not arch.transformers_loadable:
         raise UserError(f"{run_dir}: hidden_size {arch.d_model} is not a multiple of num_attention_heads {arch.n_heads}, "

@@ -63,6 +63,7 @@ from archscale.train.config import (
 )
 from archscale.train.data import TokenDataset, default_data_dir, read_meta
 from archscale.train.preflight import check_training_memory
+from archscale.shapes.hf_config import write_hf_config
 
 LOG_FILE = "log.jsonl"
 RESULT_FILE = "result.json"
@@ -115,7 +116,7 @@ def resolve_run(config: str | Path | Architecture, train_config: TrainConfig | N
     """
     source_dir = None
     if isinstance(config, Architecture):
-        arch, hf_config, source = config, config.to_hf_config(), f"architecture {config.name or '?'}"
+        arch, hf_config, source = config, write_hf_config(config), f"architecture {config.name or '?'}"
         base = train_config or TrainConfig.for_model_size(arch.n_params_non_embedding)
     else:
         source_dir = Path(config)

@@ -53,6 +53,7 @@ from archscale.bench.types import BenchOptions, Target
 from archscale.serving.devices import GPUS, GPU  # noqa: E402
 from archscale.serving.profiles import resolve_profile  # noqa: E402
 from archscale.serving.estimate import Workload, estimate_throughput  # noqa: E402
+from archscale.shapes.hf_config import write_hf_config
 
 MODELS = ("llama-3.2-1b", "surefire-1b")
 BATCHES = (16, 32, 64, 128)
@@ -162,7 +163,7 @@ def measure_hf(arch: Architecture, batch: int, input_len: int, output_len: int, 
     import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    keys = {k: v for k, v in arch.to_hf_config(max_position_embeddings=max(8192, input_len + output_len)).items()
+    keys = {k: v for k, v in write_hf_config(arch, max_position_embeddings=max(8192, input_len + output_len)).items()
             if k not in ("architectures", "model_type", "torch_dtype")}
     config = LlamaConfig(**keys)
     torch.manual_seed(seed)
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{planner.remaining:.0f} s left")
         options = BenchOptions(backend="torch", device="cuda", batch_sizes=(batch,), input_len=args.input_len,
                                output_len=args.output_len, repeats=chosen, compile=args.compile, gpu=gpu_key)
-        result = run_sweep([Target(spec=name, arch=arch, hf_config=arch.to_hf_config())], options, store)
+        result = run_sweep([Target(spec=name, arch=arch, hf_config=write_hf_config(arch))], options, store)
         records += result.records
         row = result.records[-1]
         if row["status"] == "ok":

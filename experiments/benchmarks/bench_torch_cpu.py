@@ -46,6 +46,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from archscale.shapes.hf_config import write_hf_config
 
 SHAPES = {
     # ~3.4M parameters (3.1M non-embedding), GQA 2
@@ -207,7 +208,7 @@ def write_configs(root: Path, names: list[str]):
     made = {}
     for name in names:
         arch = Architecture(**SHAPES[name], name=name)
-        config = arch.to_hf_config()
+        config = write_hf_config(arch)
         config["torch_dtype"] = "float32"
         (root / name).mkdir()
         (root / name / "config.json").write_text(json.dumps(config, indent=1))

@@ -33,6 +33,7 @@ from pathlib import Path
 from archscale.shapes.architecture import Architecture
 from archscale.bench.sweep import resolve_targets, run_sweep
 from archscale.bench.types import BenchOptions
+from archscale.shapes.hf_config import write_hf_config
 
 CONFIGS = {  # two small LLaMA-style shapes (vLLM needs d_model divisible by the heads)
     "d256-h4kv2": Architecture(4, 256, 4, 2, 64, 704, vocab_size=8192, name="d256-h4kv2"),
@@ -89,7 +90,7 @@ def main() -> None:
         for name, arch in CONFIGS.items():
             directory = Path(scratch) / name
             directory.mkdir()
-            (directory / "config.json").write_text(json.dumps(arch.to_hf_config()))
+            (directory / "config.json").write_text(json.dumps(write_hf_config(arch)))
             specs.append(str(directory))
         targets = resolve_targets(specs)
         options = BenchOptions(backend="vllm", batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),

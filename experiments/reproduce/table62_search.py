@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from archscale.shapes.architecture import load_architecture
 from archscale.serving.devices import load_gpu
 from archscale.serving.profiles import resolve_profile
 from archscale.serving.estimate import Workload
 from archscale.search.constrained import SearchSpec, best_at_gqa, predict_loss, search, shape_row
 from archscale.fit.fitted import load_fit
+from archscale.shapes.hf_config import load_architecture
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU, WORKLOAD = load_gpu("h200"), Workload(64, 4096, 1024)

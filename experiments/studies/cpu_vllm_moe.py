@@ -37,6 +37,7 @@ from archscale.bench.store import export_csv, load_results
 from archscale.bench.sweep import resolve_targets, run_sweep
 from archscale.bench.types import BenchOptions
 from archscale.shapes.architecture import Architecture
+from archscale.shapes.hf_config import write_hf_config
 
 from cpu_vllm_shapes import load_average, measured_pairs
 
@@ -111,7 +112,7 @@ def main() -> None:
     for arch in moe_shapes():
         directory = out / "configs" / arch.name
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(arch.to_hf_config(), indent=2) + "\n")
+        (directory / "config.json").write_text(json.dumps(write_hf_config(arch), indent=2) + "\n")
         specs.append(str(directory))
     targets = resolve_targets(specs)
     options = BenchOptions(backend="vllm", enforce_eager=not args.compile, vllm_python=args.vllm_python,

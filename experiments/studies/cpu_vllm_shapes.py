@@ -35,6 +35,7 @@ from archscale.bench.store import export_csv, load_results
 from archscale.bench.sweep import resolve_targets, run_sweep
 from archscale.bench.types import BenchOptions
 from archscale.shapes.candidates import architecture_from_row, generate_candidates
+from archscale.shapes.hf_config import write_hf_config
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "cpu_vllm"
 BUDGET, LAYERS, HEAD_DIM, VOCAB = 2e7, 6, 64, 8192
@@ -118,7 +119,7 @@ def main() -> None:
     for arch in shapes:
         directory = out / "configs" / arch.name
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(arch.to_hf_config(), indent=2) + "\n")
+        (directory / "config.json").write_text(json.dumps(write_hf_config(arch), indent=2) + "\n")
         specs.append(str(directory))
     targets = resolve_targets(specs)
     common = dict(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), input_len=args.input_len,
