@@ -83,7 +83,7 @@ def bench_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 def twins(rows: pd.DataFrame, model: str) -> np.ndarray:
     """Rows of the same architecture as ``model`` (itself included): what calibrate counts as one architecture."""
-    key = rows[ARCH_KEY].astype(str).agg("|".join, axis=1)
+    key = rows.reindex(columns=ARCH_KEY).fillna(0).astype(str).agg("|".join, axis=1)  # absent MoE fields: dense
     return (key == key[rows["name"] == model].iloc[0]).to_numpy()
 
 
