@@ -393,8 +393,15 @@ def _frame(n_layers, d, n_heads, n_kv, d_head, ff, vocab_size, n_target, toleran
     r = mlp_attention_ratio(d, n_heads, n_kv, d_head, ff)
     keep = (np.abs(n / n_target - 1.0) <= tolerance) & (r >= r_range[0]) & (r <= r_range[1])
     d, n_heads, n_kv, ff, n, r = d[keep], n_heads[keep], n_kv[keep], ff[keep], n[keep], r[keep]
-    size = d.size
-    frame = pd.DataFrame({
+    # already ordered by d_model, n_heads, n_kv_heads, d_ff (see _layouts_per_width)
+    return pd.DataFrame(shape_columns(n_layers, d, n_heads, n_kv, d_head, ff, vocab_size, n, r, n), copy=False)
+
+
+def shape_columns(n_layers: int, d, n_heads, n_kv, d_head: int, ff, vocab_size: int, n, r, n_for_x) -> dict:
+    """A candidate table's columns from its arrays: the shape, N, and the descriptors the laws read (``x`` from
+    ``n_for_x``: N for a dense shape, the active N for an MoE one). One spelling for dense and MoE tables."""
+    size = np.size(d)
+    return {
         "n_layers": np.full(size, n_layers, dtype=np.int64),
         "d_model": d,
         "n_heads": n_heads,
@@ -404,8 +411,7 @@ def _frame(n_layers, d, n_heads, n_kv, d_head, ff, vocab_size, n_target, toleran
         "vocab": np.full(size, vocab_size, dtype=np.int64),
         "N": n,
         "r": r,
-        "x": d / np.sqrt(n),
+        "x": d / np.sqrt(n_for_x),
         "gqa": n_heads // n_kv,
         "R": d / n_layers,
-    })
-    return frame  # already ordered by d_model, n_heads, n_kv_heads, d_ff (see _layouts_per_width)
+    }

@@ -25,7 +25,7 @@ import pandas as pd
 from archscale.io.errors import UserError
 from archscale.shapes.architecture import non_embedding_params, transformers_loadable
 from archscale.shapes.candidates import (COLUMNS, ROW_BYTES, X_RANGE_DEFAULT, _check_arguments, _check_fits_in_memory,
-                                         _d_model_grid, _head_layouts, _ranges)
+                                         _d_model_grid, _head_layouts, _ranges, shape_columns)
 
 MOE_COLUMNS = COLUMNS + ("N_active", "n_experts", "experts_per_token", "expert_d_ff", "G")
 """The dense columns (``N`` is the total, every expert counted; ``d_ff`` is the expert width, as an
@@ -224,20 +224,8 @@ def _frame(n_layers, d_head, vocab_size, d, n_heads, n_kv, e_count, k, g, n_acti
         keep &= transformers_loadable(d, n_heads)
     d, n_heads, n_kv, e_count, k, g = d[keep], n_heads[keep], n_kv[keep], e_count[keep], k[keep], g[keep]
     expert_ff, total, active, r = expert_ff[keep], total[keep], active[keep], r[keep]
-    size = d.size
     return pd.DataFrame({
-        "n_layers": np.full(size, n_layers, dtype=np.int64),
-        "d_model": d,
-        "n_heads": n_heads,
-        "n_kv_heads": n_kv,
-        "d_head": np.full(size, d_head, dtype=np.int64),
-        "d_ff": expert_ff,
-        "vocab": np.full(size, vocab_size, dtype=np.int64),
-        "N": total,
-        "r": r,
-        "x": d / np.sqrt(active),
-        "gqa": n_heads // n_kv,
-        "R": d / n_layers,
+        **shape_columns(n_layers, d, n_heads, n_kv, d_head, expert_ff, vocab_size, total, r, active),
         "N_active": active,
         "n_experts": e_count,
         "experts_per_token": k,
