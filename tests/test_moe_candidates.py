@@ -169,3 +169,18 @@ def test_cli_bad_input_is_one_line(cli, tmp_path, args, message):
     assert len(result.err.strip().splitlines()) == 1
     assert "Traceback" not in result.err + result.out
     assert not out.exists()
+
+
+def test_an_moe_candidate_row_builds_the_moe_architecture_it_describes_not_a_dense_one():
+    """architecture_from_row is how emit, measure and search-gqa turn a row into a model: an MoE row must keep its
+    experts (the same total and active counts as the row), and a dense row in a mixed table (empty cells) stays dense."""
+    from archscale.shapes.candidates import architecture_from_row
+
+    rows = generate_moe_candidates(n_active=2e8, n_layers=8, d_head=64, experts=(8,), top_k=(2,), granularity=(2,))
+    row = rows.iloc[0]
+    arch = architecture_from_row(row)
+    assert (arch.n_experts, arch.experts_per_token, arch.expert_d_ff) == (8, 2, int(row["expert_d_ff"]))
+    assert arch.n_params_non_embedding == int(row["N"]) and "-e8k2" in arch.name
+    dense = pd.Series({**{k: row[k] for k in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff")},
+                       "n_experts": float("nan"), "experts_per_token": float("nan")})
+    assert architecture_from_row(dense).is_dense_llama

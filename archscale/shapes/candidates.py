@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from archscale.shapes.architecture import (Architecture, mlp_attention_ratio, non_embedding_params, require_even_head_dim,
+from archscale.shapes.architecture import (MOE_FIELDS, Architecture, mlp_attention_ratio, non_embedding_params, require_even_head_dim,
                                            transformers_loadable)
 from archscale.io.errors import UserError
 from archscale.io.machine import available_bytes
@@ -164,10 +164,25 @@ def architecture_from_row(row: Mapping) -> Architecture:
                     n_kv_heads=int(row["n_kv_heads"]), d_head=int(row["d_head"]), d_ff=int(row["d_ff"]))
     except KeyError as exc:
         raise UserError(f"candidate row has no {exc.args[0]!r} column") from None
+    experts = _expert_fields(get)
     name = get("name") or (f"L{arch['n_layers']}-d{arch['d_model']}-h{arch['n_heads']}kv{arch['n_kv_heads']}"
-                           f"-ff{arch['d_ff']}")
-    return Architecture(**arch, vocab_size=int(get("vocab", get("vocab_size", 128256))),
+                           f"-ff{arch['d_ff']}" + (f"-e{experts['n_experts']}k{experts['experts_per_token']}" if experts else ""))
+    return Architecture(**arch, **experts, vocab_size=int(get("vocab", get("vocab_size", 128256))),
                         tie_embeddings=bool(get("tie_embeddings", False)), name=str(name))
+
+
+def _expert_fields(get) -> dict:
+    """A row's Mixture-of-Experts fields (an MoE candidate or run row), none for a dense row: an MoE row is never
+    built as the dense shape its other columns describe. Empty cells (a table mixing dense and MoE rows) are dense."""
+    def number(key):
+        value = get(key)
+        return 0 if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+    if number("n_experts") <= 1:
+        return {}
+    fields = {key: int(number(key)) for key in MOE_FIELDS if key != "shared_expert_gate"}
+    fields["shared_expert_gate"] = bool(number("shared_expert_gate"))
+    return fields
 
 
 # ---- how big the enumeration will be, before it starts -------------------------------
