@@ -14,7 +14,7 @@ from archscale.shapes.candidates import generate_candidates
 from archscale.shapes.moe_candidates import (DENSE_FF_PER_D_MODEL, EXPERTS_DEFAULT, GRANULARITY_DEFAULT, TOP_K_DEFAULT,
                                              generate_moe_candidates)
 from archscale.cli import Command, app, console, examples, print_json
-from archscale.cli.options import COUNT, check_sweep_ranges, gpu_help, parse_int_list
+from archscale.cli.options import COUNT, check_sweep_ranges, gpu_help, parse_granularity, parse_int_list
 from archscale.io.units import parse_count
 from archscale.serving.devices import load_gpu
 from archscale.serving.profiles import resolve_profile
@@ -224,7 +224,7 @@ def candidates_command(
     n_total: Optional[str] = typer.Option(None, "--n-total", metavar=COUNT, help="Mixture of Experts: budget for every non-embedding parameter (all experts), e.g. 7e9; with --n-active, rows meet both."),
     experts: Optional[str] = typer.Option(None, "--experts", help=f"Mixture of Experts: routed experts E per layer, e.g. 8,16 (default {_listed(EXPERTS_DEFAULT)})."),
     top_k: Optional[str] = typer.Option(None, "--top-k", help=f"Mixture of Experts: experts k each token uses, k <= E, e.g. 1,2 (default {_listed(TOP_K_DEFAULT)})."),
-    granularity: Optional[str] = typer.Option(None, "--granularity", help=f"Mixture of Experts: G = {DENSE_FF_PER_D_MODEL} d_model / expert width (Krajewski et al. 2024), e.g. 1,2,4 (default {_listed(GRANULARITY_DEFAULT)})."),
+    granularity: Optional[str] = typer.Option(None, "--granularity", help=f"Mixture of Experts: G = {DENSE_FF_PER_D_MODEL} d_model / expert width (Krajewski et al. 2024), e.g. 1,2,4 or 4/3 (default {_listed(GRANULARITY_DEFAULT)})."),
     tolerance: float = typer.Option(0.05, "--tolerance", help="Keep |N/target - 1| <= tolerance (each budget given)."),
     r_min: float = typer.Option(0.5, "--r-min", help="Smallest MLP/attention ratio (MoE: the k active experts' MLP)."),
     r_max: float = typer.Option(5.0, "--r-max", help="Largest MLP/attention ratio."),
@@ -285,8 +285,9 @@ def _moe_sweep(n, n_active, n_total, experts, top_k, granularity, ff_multiple, m
     active = parse_count(n_active, "--n-active") if n_active is not None else None
     total = parse_count(n_total, "--n-total") if n_total is not None else None
     grids = {name: parse_int_list(text, flag) for name, text, flag in (
-        ("experts", experts, "--experts"), ("top_k", top_k, "--top-k"), ("granularity", granularity, "--granularity"))
-        if text is not None}
+        ("experts", experts, "--experts"), ("top_k", top_k, "--top-k")) if text is not None}
+    if granularity is not None:
+        grids["granularity"] = parse_granularity(granularity)
     return lambda **options: generate_moe_candidates(active, total, n_layers=layers, d_head=head_dim,  # noqa: E731
                                                      **grids, **options)
 

@@ -42,7 +42,7 @@ def _print_selection(study: Study) -> None:
                           for i, f in enumerate(selection.folds))
         console.print(f"form selection by extrapolation ({folds})")
         if selection.split_reason:
-            console.print(f"split by {'budget C' if selection.split == 'budget' else 'size N'}: {selection.split_reason} "
+            console.print(f"split by {'budget C' if selection.split == 'budget' else 'size ' + selection.size_column}: {selection.split_reason} "
                           "(--split sets it)")
         floors = len(selection.floors) > 1
         table = Table()

@@ -12,7 +12,7 @@ from rich.table import Table
 from archscale.shapes.architecture import require_even_head_dim
 from archscale.bench.store import load_results
 from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json, study
-from archscale.cli.options import (COUNT, GPU_PRICE, PERCENTILE, TPOT_MS, TTFT_MS, check_sweep_ranges, gpu_help,
+from archscale.cli.options import (COUNT, GPU_PRICE, PERCENTILE, TPOT_MS, TTFT_MS, check_sweep_ranges, gpu_help, parse_granularity,
                                    latency_limits, parse_int_list)
 from archscale.io.units import format_count, parse_count
 from archscale.serving.devices import load_gpu
@@ -28,6 +28,8 @@ from archscale.search.emit import emit_configs
 from archscale.search.latency_limited import format_ms
 from archscale.fit.fitted import check_reference, load_fit
 from archscale.shapes.hf_config import load_architecture
+from archscale.shapes.moe_candidates import EXPERTS_DEFAULT, GRANULARITY_DEFAULT, TOP_K_DEFAULT
+from archscale.search.families import ExpertGrid, FamilyResult, family_document, is_family_law, search_families
 
 EMIT_STRICT_HF = "--emit writes only configs transformers can load (--strict-hf is on with --emit; --no-strict-hf keeps every shape)"
 """Why a search with ``--emit`` and neither ``--strict-hf`` nor ``--no-strict-hf`` kept only loadable shapes (its note)."""
@@ -256,9 +258,15 @@ def search_command(
     emit: Optional[Path] = typer.Option(None, "--emit", help="Write a trainable config directory per top-k candidate here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write the Pareto-frontier and throughput-vs-batch PNG."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the search result as JSON."),
+    experts: Optional[str] = typer.Option(None, "--experts", help=f"With a law that predicts dense and MoE runs (moe-joint): the routed experts E tried, e.g. 8,16,32 (default {','.join(map(str, EXPERTS_DEFAULT))})."),
+    experts_per_token: Optional[str] = typer.Option(None, "--experts-per-token", help=f"With moe-joint: the experts k each token uses, e.g. 1,2 (default {','.join(map(str, TOP_K_DEFAULT))})."),
+    granularity: Optional[str] = typer.Option(None, "--granularity", help=f"With moe-joint: G = 4 d_model / expert width, e.g. 1,2 or 4/3 (default {','.join(map(str, GRANULARITY_DEFAULT))})."),
     as_json: bool = typer.Option(False, "--json", help="Print the result JSON instead of tables."),
 ) -> None:
-    """Find the shapes with the highest estimated throughput whose predicted loss meets a target."""
+    """Find the shapes with the highest estimated throughput whose predicted loss meets a target.
+
+    With a law that predicts dense and MoE runs alike (moe-joint), dense and Mixture-of-Experts shapes at one
+    active budget (--n) compete, and the output says which family won and by how much."""
     check_outputs(("--out", out, "json"), ("--plot", plot, "png"), ("--emit", emit, "configs"),
                   inputs=(fit, reference, match, gpu_file, runs, store))
     n, tokens = parse_count(n_text, "--n"), parse_count(tokens_text, "--tokens")
@@ -267,6 +275,19 @@ def search_command(
     require_even_head_dim(head_dim, "--head-dim")
     check_sweep_ranges(tolerance, r_min, r_max)
     fitted = load_fit(fit)
+    expert_flags = {"--experts": experts, "--experts-per-token": experts_per_token, "--granularity": granularity}
+    if is_family_law(fitted):
+        refused = {"--plot": plot, "--emit": emit, "--measure": measure, "--runs": runs, "--store": store,
+                   "--confidence": confidence, "--reference": reference}
+        for flag, value in refused.items():
+            if value is not None:
+                raise UserError(f"{flag} is not available in a dense and MoE search ({fit} is law "
+                                f"{fitted.law.name}); run it without {flag}")
+    else:
+        for flag, value in expert_flags.items():
+            if value is not None:
+                raise UserError(f"{flag} needs a law that predicts MoE runs (moe-joint, e.g. "
+                                f"data/fits/ludziejewski2025_joint.json); {fit} is law {fitted.law.name}, dense only")
     if reference is not None:
         fitted.reference = load_fit(reference)
         check_reference(fitted.law, fitted.reference)
@@ -280,6 +301,13 @@ def search_command(
                       strict_hf=emit is not None if strict_hf is None else strict_hf,
                       strict_hf_reason=EMIT_STRICT_HF if strict_hf is None else "--strict-hf", d_multiple=d_multiple,
                       ff_multiple=ff_multiple, extrapolate=extrapolate, tie_tolerance=tie)
+    if is_family_law(fitted):
+        grid = ExpertGrid(parse_int_list(experts, "--experts") or EXPERTS_DEFAULT,
+                          parse_int_list(experts_per_token, "--experts-per-token") or TOP_K_DEFAULT,
+                          parse_granularity(granularity) or GRANULARITY_DEFAULT)
+        _family_search(fitted, spec, grid, target_loss, load_architecture(match) if match else None, slack, top_k,
+                       out, as_json)
+        return
     measuring = None
     if measure is not None:  # checked before the search: a backend that cannot run here is one line, up front
         from archscale.bench.sweep import make_backend
@@ -320,6 +348,49 @@ def search_command(
                       f"archscale search-gqa {out or 'SEARCH.json (this search with --out)'} --proxy-n COUNT "
                       "--proxy-tokens COUNT --seeds 3 --runs RUNS.csv --out DIR")
 
+
+
+def _family_search(fitted: Any, spec: SearchSpec, grid: ExpertGrid, target_loss: float | None, match: Any,
+                   slack: float | None, top_k: int, out: Path | None, as_json: bool) -> None:
+    result = search_families(fitted, spec, grid, target_loss, match, slack, top_k)
+    document = family_document(result, spec, fitted, grid)
+    if out:
+        write_json(out, document)
+    if as_json:
+        print_json(document)
+        return
+    _print_families(result, spec, fitted)
+    if out:
+        console.print(f"wrote result: {out}")
+
+
+def _print_families(result: FamilyResult, spec: SearchSpec, fitted: Any) -> None:
+    """The picks of each family, the verdict, and the sources of every number."""
+    console.print(f"target loss {result.target:.4f} from {result.target_source}; loss: law {fitted.law.name} "
+                  f"({fitted.source})")
+    console.print(f"throughput: {spec.throughput_model.describe()}")
+    limits = spec.limits
+    batch = (f"at most {spec.workload.batch_size} requests meeting {limits.describe()}" if limits is not None
+             else f"batch {spec.workload.batch_size}")
+    table = Table(title=f"fastest of each family at {format_count(spec.n)} active ({spec.gpu.name}, {batch}, "
+                        f"{spec.workload.input_len} in / {spec.workload.output_len} out)")
+    dollars = spec.usd_per_gpu_hour is not None
+    columns = ["family", "rank", "d_model", "heads/kv", "FFN / expert", "E", "k", "N active", "N total", "r", "loss",
+               "out tok/s", "memory GB"] + (["$/M out"] if dollars else []) + ["outside the fit's runs"]
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in result.picks.to_dict("records"):
+        moe = row["family"] == "MoE"
+        table.add_row(row["family"], str(row["rank"]), str(row["d_model"]), f"{row['n_heads']}/{row['n_kv_heads']}",
+                      str(row["d_ff"]), str(row["n_experts"]) if moe else "-", str(row["experts_per_token"]) if moe else "-",
+                      format_count(row["N_active"]), format_count(row["N"]), f"{row['r']:.2f}",
+                      f"{row['predicted_loss']:.4f}", f"{row['output_tokens_per_s']:,.0f}", f"{row['memory_gb']:.1f}",
+                      *([format_usd(float(row["usd_per_m_output"]))] if dollars else []), row["extrapolation"] or "-")
+    console.print(table)
+    if result.winner is not None:
+        console.print(f"verdict: {result.winner['verdict']}")
+    for note in result.notes:
+        console.print(f"note: {note}")
 
 
 @app.command("search-gqa", cls=Command, epilog=examples(

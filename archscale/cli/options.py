@@ -24,6 +24,22 @@ COUNT = "<count>"
 """How ``--help`` shows a flag taking a count with an optional suffix (``--n``, ``--tokens``): 1e9, 975M, 1.5B."""
 
 
+def parse_granularity(text: str | None, label: str = "--granularity") -> list[float] | None:
+    """``"1,2,4"`` or ``"4/3,2"`` to sorted positive granularities (a fraction: experts wider than d_ff / 1)."""
+    if text is None:
+        return None
+    values: set[float] = set()
+    try:
+        for part in text.split(","):
+            top, slash, bottom = part.strip().partition("/")
+            values.add(float(top) / float(bottom) if slash else float(top))
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"{label} {text!r}: expected numbers or fractions such as 1,2,4 or 4/3") from None
+    if not values or min(values) <= 0 or not all(math.isfinite(v) for v in values):
+        raise UserError(f"{label} {text!r}: expected positive numbers")
+    return sorted(values)
+
+
 def parse_int_list(text: str | None, label: str) -> list[int] | None:
     """``"4"``, ``"1,2,4,8"`` or ``"1-16"`` to a sorted list of positive integers; None stays None."""
     if text is None:

@@ -6,7 +6,10 @@ The fit therefore records, per coordinate, the smallest and largest value its ru
 JSON), and the search labels a candidate outside that box an extrapolation, naming the coordinate.
 
 Coordinates: ``x`` = d_model / sqrt(N), ``r`` = MLP-to-attention ratio, ``gqa`` = query heads per KV head,
-``n_layers`` = depth. A coordinate is recorded only when the runs table has what it needs.
+``n_layers`` = depth; for Mixture-of-Experts runs also ``expansion`` = E / k (1 for a dense run), ``experts_per_token``
+= k (1 for a dense run) and ``G`` = the granularity (MoE rows only); ``q_width`` = n_heads d_head / d_model, the
+attention's width against the residual stream's (1 in a standard Llama). A coordinate is recorded only when the runs
+table has what it needs.
 """
 
 from __future__ import annotations
@@ -18,12 +21,17 @@ import numpy as np
 import pandas as pd
 
 from archscale.io.errors import UserError
+from archscale.shapes.moe_candidates import dense_reference_d_ff
 
 COORDINATES = {
     "x": "d_model/sqrt(N)",
     "r": "r (MLP-to-attention ratio)",
     "gqa": "GQA (query heads per KV head)",
     "n_layers": "depth (layers)",
+    "expansion": "expansion E/k (routed experts per expert a token uses)",
+    "experts_per_token": "experts per token k",
+    "G": "granularity G (4 d_model / expert width)",
+    "q_width": "query width n_heads d_head / d_model",
 }
 """Each coordinate a fit's coverage may record, with the name the output gives it."""
 
@@ -47,7 +55,32 @@ def coordinates_of(frame: pd.DataFrame) -> dict[str, np.ndarray]:
         values["gqa"] = frame["n_heads"].to_numpy(float) / frame["n_kv_heads"].to_numpy(float)
     if "n_layers" in columns:
         values["n_layers"] = frame["n_layers"].to_numpy(float)
+    if {"n_heads", "d_head", "d_model"} <= columns:
+        values["q_width"] = (frame["n_heads"].to_numpy(float) * frame["d_head"].to_numpy(float)
+                             / frame["d_model"].to_numpy(float))
+    values.update(_expert_coordinates(frame))
     return {k: v for k, v in values.items() if np.isfinite(v).any()}
+
+
+def _expert_coordinates(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """``expansion``, ``experts_per_token`` and ``G`` of a table with an ``n_experts`` column (dense rows: E = k = 1,
+    no G), as the joint MoE law reads them (:func:`archscale.fit.runs.derive`)."""
+    if "n_experts" not in frame.columns:
+        return {}
+    experts = pd.to_numeric(frame["n_experts"], errors="coerce").to_numpy(float)
+    dense = ~(experts > 1)
+    values: dict[str, np.ndarray] = {}
+    if "experts_per_token" in frame.columns:
+        k = pd.to_numeric(frame["experts_per_token"], errors="coerce").to_numpy(float)
+        values["experts_per_token"] = np.where(dense, 1.0, k)
+        values["expansion"] = np.where(dense, 1.0, experts / np.where(dense, 1.0, k))
+    if "G" in frame.columns:
+        values["G"] = np.where(dense, np.nan, pd.to_numeric(frame["G"], errors="coerce").to_numpy(float))
+    elif {"d_model", "expert_d_ff"} <= set(frame.columns):
+        width = pd.to_numeric(frame["expert_d_ff"], errors="coerce").to_numpy(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values["G"] = np.where(dense, np.nan, dense_reference_d_ff(frame["d_model"].to_numpy(float)) / width)
+    return values
 
 
 def coverage_of(frame: pd.DataFrame) -> dict[str, list[float]]:

@@ -16,7 +16,7 @@ import pandas as pd
 from archscale.fit.coverage import coverage_from_json, size_range_from_json
 from archscale.fit.gqa_check import GqaCheck, gqa_check_from_json
 from archscale.fit.rows import empirical_best
-from archscale.fit.runs import require_columns
+from archscale.fit.runs import N_KINDS, require_columns
 from archscale.io.errors import UserError
 from archscale.io.files import read_json
 from archscale.laws import CONDITIONAL, Law, get_law
@@ -35,6 +35,7 @@ class FittedLaw:
     coverage: dict[str, list[float]] | None = None  # [low, high] per shape coordinate its runs had (fit.coverage)
     gqa: GqaCheck | None = None  # whether the search may trade on GQA, and why (fit.gqa_check)
     size_range: dict[str, list[float]] | None = None  # [low, high] of N and D over its runs: past it, plans extrapolate
+    n_kind: str = "unstated"  # what its N counts (archscale.fit.runs.N_KINDS): "total" includes the embeddings
 
     def predict(self, frame: pd.DataFrame | Mapping[str, Any], l_opt: np.ndarray | None = None) -> np.ndarray:
         """Predicted loss for each row; conditional laws need ``L_opt`` from ``l_opt`` or the reference."""
@@ -69,7 +70,16 @@ def fitted_from_json(document: Mapping[str, Any], source: str) -> FittedLaw:
         ref_fit = fitted_from_json(reference, f"{source} (reference)")
     return FittedLaw(law, values, ref_fit, source, _draws_from_json(document.get("bootstrap"), law, source),
                      coverage_from_json(document.get("coverage"), source), gqa_check_from_json(document.get("gqa"), source),
-                     size_range_from_json(document.get("size_range"), source))
+                     size_range_from_json(document.get("size_range"), source), _n_kind(document, source))
+
+
+def _n_kind(document: Mapping[str, Any], source: str) -> str:
+    """What the fit's N counts, from its ``N_definition`` (``unstated`` when it has none)."""
+    block = document.get("N_definition")
+    kind = block.get("kind", "unstated") if isinstance(block, Mapping) else "unstated"
+    if kind not in N_KINDS:
+        raise UserError(f"{source}: N_definition kind {kind!r} is none of {', '.join(N_KINDS)}")
+    return str(kind)
 
 
 def _draws_from_json(block: Any, law: Law, source: str) -> list[dict[str, float]]:

@@ -43,7 +43,7 @@ FOLD_SCORES = ("mean", "median")  # how a fold's relative errors on its larger r
 FOLD_SCORE = "mean"
 SIZE_LAWS = ("chinchilla", "chinchilla-tied", "kaplan", "farseer")
 SHAPE_LAWS = ("aspect", "aspect-tied")
-MOE_CANDIDATES = (("moe-granularity", "G"), ("moe-joint", "expansion"))
+MOE_CANDIDATES = (("moe-granularity", "G"), ("moe-joint", "expansion"), ("moe-joint-fixed-exponents", "expansion"))
 """Each MoE law and the derived column (archscale.fit.runs) that must vary, and be known on every run, to try it."""
 FALLBACK_OBJECTIVE = "huber"  # when selection cannot run: the objective that won most often (README)
 FALLBACK_LAW = "chinchilla"
@@ -93,6 +93,7 @@ class Selection:
     floor: float | None = None  # the chosen one: runs below it are left out of the fit
     warning: str | None = None  # no form extrapolates well: what to look at
     split_reason: str | None = None  # why this split, when it was chosen for the user
+    size_column: str = "N"  # what a size split orders runs by: N_active on a table with MoE runs (see sizes)
 
     @property
     def tested_floor(self) -> float | None:
@@ -101,7 +102,7 @@ class Selection:
 
     @property
     def column(self) -> str:
-        return "N" if self.split == "size" else "C"
+        return self.size_column if self.split == "size" else "C"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -155,24 +156,41 @@ def default_split(frame: pd.DataFrame) -> tuple[str, str]:
     selection predicts.
     """
     levels = budget_groups(frame)
-    sizes = [len(np.unique(size_levels(frame["N"].to_numpy(float)[levels == level]))) for level in range(int(levels.max()) + 1)]
-    if len(sizes) >= 3 and min(sizes) >= MIN_PROFILE_SIZES:
-        spread = f"{min(sizes)}" if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}"
-        return "budget", f"the runs form isoFLOP profiles ({len(sizes)} budgets with {spread} sizes each)"
+    counts = [len(np.unique(size_levels(sizes(frame)[levels == level]))) for level in range(int(levels.max()) + 1)]
+    if len(counts) >= 3 and min(counts) >= MIN_PROFILE_SIZES:
+        spread = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+        return "budget", f"the runs form isoFLOP profiles ({len(counts)} budgets with {spread} sizes each)"
     return "size", "the runs are not isoFLOP profiles"
 
 
 def wing_floors(frame: pd.DataFrame) -> list[float | None]:
     """Candidate floors on tokens per parameter: none, and each of :data:`WING_FLOORS` some run lies below."""
-    ratio = (frame["D"] / frame["N"]).to_numpy(float)
+    ratio = frame["D"].to_numpy(float) / sizes(frame)
     return [None, *[floor for floor in WING_FLOORS if bool(np.any(ratio < floor))]]
 
 
+def sizes(frame: pd.DataFrame) -> np.ndarray:
+    """The size selection extrapolates in: ``N_active`` on a table with Mixture-of-Experts runs, else ``N``.
+
+    An MoE run's ``N`` counts every expert, most of which a token never uses: an 8-expert model of a small
+    active size would otherwise sit among the large dense runs and be scored as one. A token's compute and the
+    joint law's size axis are the active count (a dense row's is its ``N``, :func:`archscale.fit.runs.derive`).
+    """
+    if "N_active" in frame.columns and frame["N_active"].notna().all():
+        return frame["N_active"].to_numpy(float)
+    return frame["N"].to_numpy(float)
+
+
+def size_label(frame: pd.DataFrame) -> str:
+    """How :func:`sizes` names its column in messages and the fit JSON."""
+    return "N_active" if "N_active" in frame.columns and frame["N_active"].notna().all() else "N"
+
+
 def budgets(frame: pd.DataFrame) -> np.ndarray:
-    """Training compute of each run: the table's ``C`` where it has one, else ``6 N D``."""
+    """Training compute of each run: the table's ``C`` where it has one, else ``6 N D`` (``N`` active, for MoE)."""
     if "C" in frame.columns and frame["C"].notna().all():
         return frame["C"].to_numpy(float)
-    return 6.0 * frame["N"].to_numpy(float) * frame["D"].to_numpy(float)
+    return 6.0 * sizes(frame) * frame["D"].to_numpy(float)
 
 
 def budget_groups(frame: pd.DataFrame) -> np.ndarray:
@@ -192,10 +210,11 @@ def extrapolation_split(frame: pd.DataFrame, split: str, share: float = TEST_SHA
     """
     if split not in SPLITS:
         raise UserError(f"--split {split!r}: choose one of {', '.join(SPLITS)} or auto")
-    values = frame["N"].to_numpy(float) if split == "size" else budgets(frame)
+    values = sizes(frame) if split == "size" else budgets(frame)
     labels = size_levels(values)
     if labels.max() == 0:
-        raise UserError(f"every run has the same {'size N' if split == 'size' else 'compute budget C'} (within 10%)")
+        what = f"size {size_label(frame)}" if split == "size" else "compute budget C"
+        raise UserError(f"every run has the same {what} (within 10%)")
     test = np.zeros(len(values), dtype=bool)
     level = int(labels.max())
     while test.sum() < share * len(values) and level > 0:
@@ -250,8 +269,8 @@ def select_form(
         if str(exc).startswith("--split"):
             raise
         return _fallback(forms, split, f"selection skipped: {exc}, so there is nothing to extrapolate to")
-    values = frame["N"].to_numpy(float) if split == "size" else budgets(frame)
-    ratio = (frame["D"] / frame["N"]).to_numpy(float)
+    values = sizes(frame) if split == "size" else budgets(frame)
+    ratio = frame["D"].to_numpy(float) / sizes(frame)
     floors = _testable_floors(list(floors or [None]), tests, ratio)
     tested = highest_floor(floors)
     folds = []
@@ -260,7 +279,7 @@ def select_form(
         scored = test if tested is None else test & (ratio >= tested)
         folds.append((below, scored, Fold(float(values[test].min()), int(below.sum()), int(scored.sum()))))
     loss = frame["loss"].to_numpy(float)
-    column = "N" if split == "size" else "C"
+    column = size_label(frame) if split == "size" else "C"
     candidates = []
     for floor in floors:
         kept = np.ones(len(frame), dtype=bool) if floor is None else ratio >= floor
@@ -268,7 +287,9 @@ def select_form(
         candidates += [_score(frame, loss, law, objective, floor_folds, reference, fixed, max_evals,
                               f"{source}, fold with {column}", fold_score, floor)
                        for law, objective in forms]
-    return _choose(candidates, split, [fold for _, _, fold in folds], floors, forms, ratio)
+    selection = _choose(candidates, split, [fold for _, _, fold in folds], floors, forms, ratio)
+    selection.size_column = size_label(frame)
+    return selection
 
 
 def _testable_floors(floors: list[float | None], tests: list[np.ndarray], ratio: np.ndarray) -> list[float | None]:

@@ -13,7 +13,7 @@ from archscale.laws.base import Law, Param
 from archscale.laws.chinchilla import Chinchilla
 from archscale.laws.farseer import Farseer
 from archscale.laws.kaplan import Kaplan
-from archscale.laws.moe import MOE_LAWS, Granularity, Joint
+from archscale.laws.moe import MOE_LAWS, Granularity, Joint, JointFixedExponents
 from archscale.laws.conditional import (
     ConditionalAdditive,
     ConditionalMultiplicative,
@@ -40,6 +40,7 @@ LAWS: dict[str, Law] = {
         UCurve("r"),
         Granularity(),
         Joint(),
+        JointFixedExponents(),
     )
 }
 

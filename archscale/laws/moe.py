@@ -16,6 +16,10 @@ parameters are the paper's table verbatim (``data/fits/krajewski2024_granularity
   (``alpha, beta < 0``), not written ``A / N^alpha`` as the dense laws here are. A dense run is ``E = 1``, so
   one fit covers dense and MoE runs. ``E_start`` and ``E_max`` are held at the paper's values unless ``--fix``
   says otherwise: a handful of expert counts cannot place the transform's two knees.
+* ``moe-joint-fixed-exponents`` -- the same form with the exponents' slopes in ``ln Ê`` (``gamma``, ``zeta``)
+  held at 0: ``a Ê^delta N_active^alpha + b Ê^omega D^beta + c``, a Chinchilla law whose two amplitudes scale
+  as powers of the expert count. Seven free parameters instead of nine: what a study of two or three active
+  sizes can pin down (the paper's own gamma and zeta are 0.0098 and -0.0259, small against alpha and beta).
 
 The runs columns they read are derived in :func:`archscale.fit.runs.derive`: ``G`` (MoE rows) and
 ``expansion`` (``n_experts / experts_per_token``, 1 on dense rows), the latter being the paper's ``E`` for its
@@ -30,7 +34,7 @@ import numpy as np
 
 from archscale.laws.base import Columns, Law, Param, Params, geometric_mean, n_and_d_collinear
 
-MOE_LAWS = ("moe-granularity", "moe-joint")
+MOE_LAWS = ("moe-granularity", "moe-joint", "moe-joint-fixed-exponents")
 """The MoE law names: they need MoE runs (the columns :data:`MOE_LAW_COLUMNS` names)."""
 
 EXPONENT_GRID = (0.1, 0.3)
@@ -136,3 +140,11 @@ class Joint(Law):
             return (f"every run is {kind}, so the expert terms (delta, gamma, omega, zeta) cannot be fitted; "
                     "add runs with other expert counts, or fit chinchilla")
         return n_and_d_collinear({"N": data["N_active"], "D": data["D"]})
+
+
+class JointFixedExponents(Joint):
+    """The joint law with exponents that do not move with the expert count (gamma = zeta = 0 by default)."""
+
+    name = "moe-joint-fixed-exponents"
+    description = "a Ê^delta N_active^alpha + b Ê^omega D^beta + c"
+    default_fixed = {**Joint.default_fixed, "gamma": 0.0, "zeta": 0.0}

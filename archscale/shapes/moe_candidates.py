@@ -62,7 +62,7 @@ def generate_moe_candidates(
     d_head: int,
     experts: Iterable[int] = EXPERTS_DEFAULT,
     top_k: Iterable[int] = TOP_K_DEFAULT,
-    granularity: Iterable[int] = GRANULARITY_DEFAULT,
+    granularity: Iterable[float] = GRANULARITY_DEFAULT,
     tolerance: float = 0.05,
     r_range: tuple[float, float] = (0.5, 5.0),
     d_model_values: Sequence[int] | None = None,
@@ -149,23 +149,36 @@ def _positive_grid(values: Iterable[int], label: str, smallest: int = 1) -> np.n
     return grid
 
 
+def _granularity_grid(values: Iterable[float]) -> np.ndarray:
+    """A user's G list as sorted distinct positive numbers (a fraction such as 4/3 is allowed: G = 4/3 makes each
+    expert 3 d_model wide, the dense MLP of Ludziejewski et al. 2025)."""
+    try:
+        grid = np.unique(np.asarray(list(values), dtype=np.float64))
+    except (TypeError, ValueError):
+        raise UserError(f"--granularity must be numbers, got {values!r}") from None
+    if grid.size == 0 or not np.all(np.isfinite(grid)) or (grid <= 0).any():
+        raise UserError(f"--granularity must be positive numbers, got {list(values)!r}")
+    return grid
+
+
 def _groups(d_models: np.ndarray, experts, top_k, granularity) -> tuple[np.ndarray, ...]:
     """(d_model, E, k, G) of every group, d_model outermost (so the table comes out ordered), k <= E only."""
     e_grid = _positive_grid(experts, "--experts", smallest=2)
     k_grid = _positive_grid(top_k, "--top-k")
-    g_grid = _positive_grid(granularity, "--granularity")
+    g_grid = _granularity_grid(granularity)
     too_many = k_grid[k_grid > e_grid.max()]
     if too_many.size:
         raise UserError(f"--top-k {', '.join(map(str, too_many))} exceeds every --experts value "
                         f"({', '.join(map(str, e_grid))}): each token picks k of the E routed experts, so k <= E; "
                         "drop that k or add a larger E")
     reference = dense_reference_d_ff(d_models)
-    whole = reference[:, None] % g_grid[None, :] == 0
+    widths = reference[:, None] / g_grid[None, :]
+    whole = np.isclose(widths, np.rint(widths), rtol=0, atol=1e-6)
     if not whole.all():
         width, column = np.argwhere(~whole)[0]
-        raise UserError(f"--granularity {g_grid[column]} does not divide the dense width {DENSE_FF_PER_D_MODEL} x "
+        raise UserError(f"--granularity {g_grid[column]:g} does not divide the dense width {DENSE_FF_PER_D_MODEL} x "
                         f"d_model {int(d_models[width])}: the expert width d_ff/G would not be whole; use a power of "
-                        "two or a --d-multiple it divides")
+                        "two, a fraction such as 4/3 whose numerator divides it, or a --d-multiple it divides")
     e, k = np.meshgrid(e_grid, k_grid, indexing="ij")
     keep = k <= e
     e, k = np.repeat(e[keep], g_grid.size), np.repeat(k[keep], g_grid.size)
@@ -211,7 +224,7 @@ def _attention_window(units, d, e_count, k, g, n_active, n_total, n_layers, d_he
 def _frame(n_layers, d_head, vocab_size, d, n_heads, n_kv, e_count, k, g, n_active, n_total, tolerance, r_range,
            strict_hf) -> pd.DataFrame:
     """Exact integer counts (the one count, total and active), the descriptors, and the final filters."""
-    expert_ff = dense_reference_d_ff(d) // g
+    expert_ff = np.rint(dense_reference_d_ff(d) / g).astype(np.int64)
     routing = dict(n_experts=e_count, experts_per_token=k, expert_d_ff=expert_ff)
     total = non_embedding_params(n_layers, d, n_heads, n_kv, d_head, expert_ff, **routing)
     active = non_embedding_params(n_layers, d, n_heads, n_kv, d_head, expert_ff, **routing, active=True)

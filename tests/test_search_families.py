@@ -1,0 +1,140 @@
+"""Dense and MoE shapes in one search: the published joint law, its coverage, memory, the verdict and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from archscale.fit.fitted import load_fit
+from archscale.fit.selection import extrapolation_split, sizes
+from archscale.laws.moe import e_hat
+from archscale.search.families import DENSE, MOE, decide_winner, law_sizes
+from archscale.serving.devices import load_gpu
+from helpers import one_line_error
+
+JOINT = "data/fits/ludziejewski2025_joint.json"
+# the README's search: 1B active at 16 layers on H200, the law's own vocabulary (GPT-2, untied), at 20B tokens
+BASE = ("search", "--fit", JOINT, "--n", "1e9", "--tokens", "2e10", "--layers", "16", "--head-dim", "64",
+        "--vocab", "50257", "--untie-embeddings", "--gpu", "h200", "--batch", "64", "--experts", "2,4,8,16,32",
+        "--experts-per-token", "1,2", "--granularity", "4/3,2")
+
+
+@pytest.fixture(scope="module")
+def document(tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from archscale.cli import _register_commands, app
+
+    _register_commands()
+    out = tmp_path_factory.mktemp("families") / "search.json"
+    result = CliRunner().invoke(app, [*BASE, "--target-loss", "2.555", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text())
+
+
+def test_the_search_returns_a_pick_of_each_family_inside_the_laws_runs(document):
+    picks = pd.DataFrame(document["picks"])
+    assert set(picks["family"]) == {DENSE, MOE}
+    assert (picks["extrapolation"] == "").all()  # every pick is a shape the law's runs had: MHA, r 2.25, top-1
+    assert (picks["gqa"] == 1).all() and np.allclose(picks["r"], 2.25, rtol=0.02)
+    moe = picks[picks["family"] == MOE]
+    assert (moe["experts_per_token"] == 1).all() and (moe["n_experts"] <= 32).all()
+    assert (picks["predicted_loss"] <= 2.555).all()
+
+
+def test_every_pick_fits_the_device_with_its_total_weights(document):
+    picks = pd.DataFrame(document["picks"])
+    assert (picks["memory_gb"] <= load_gpu("h200").memory_gb).all()
+    moe = picks[picks["family"] == MOE]
+    assert (moe["N"] > 1.5 * moe["N_active"]).all()  # the memory counted every expert, not the active ones
+
+
+def test_the_output_names_the_source_of_each_number_and_the_winner(document):
+    assert document["loss"]["source"] == JOINT and document["loss"]["N_kind"] == "total"
+    assert document["throughput_estimates"]["profile"] == "vllm-h200-bf16"
+    winner = document["winner"]
+    assert winner["winner"] in (DENSE, MOE, None) and "x" in winner["verdict"]
+    dense = [p for p in document["picks"] if p["family"] == DENSE][0]
+    moe = [p for p in document["picks"] if p["family"] == MOE][0]
+    assert winner["moe_over_dense"] == pytest.approx(moe["output_tokens_per_s"] / dense["output_tokens_per_s"])
+
+
+def test_more_experts_at_one_active_size_predict_a_lower_loss(document):
+    moe = pd.DataFrame([p for p in document["picks"] if p["family"] == MOE])
+    by_experts = moe.groupby("n_experts")["predicted_loss"].min().sort_index()
+    assert by_experts.is_monotonic_decreasing and len(by_experts) > 1
+
+
+def test_the_law_counts_the_embeddings_its_published_fit_counts():
+    fitted = load_fit(JOINT)
+    row = pd.DataFrame({"N_active": [9.0e8], "d_model": [2048], "vocab": [50257], "tie_embeddings": [False]})
+    n = 9.0e8 + 2 * 2048 * 50257
+    assert law_sizes(fitted, row)[0] == pytest.approx(n)
+    p = fitted.params
+    log_e = np.log(e_hat(np.array([1.0]), p["E_start"], p["E_max"]))[0]
+    by_hand = (p["a"] * np.exp(p["delta"] * log_e) * n ** (p["alpha"] + p["gamma"] * log_e)
+               + p["b"] * np.exp(p["omega"] * log_e) * 2e10 ** (p["beta"] + p["zeta"] * log_e) + p["c"])
+    predicted = fitted.predict(pd.DataFrame({"N_active": [n], "D": [2e10], "expansion": [1.0]}))[0]
+    assert predicted == pytest.approx(by_hand)
+
+
+def test_extrapolate_ranks_shapes_the_law_has_not_seen_and_labels_them(cli, tmp_path):
+    out = tmp_path / "x.json"
+    result = cli(*BASE, "--target-loss", "2.555", "--extrapolate", "--out", out)
+    assert result.code == 0, result.err
+    picks = pd.DataFrame(json.loads(out.read_text())["picks"])
+    labelled = picks[picks["extrapolation"] != ""]
+    assert len(labelled) and labelled["extrapolation"].str.contains("runs").all()
+
+
+def test_a_target_no_shape_meets_is_one_line(cli):
+    result = cli(*BASE, "--target-loss", "1.0")
+    assert one_line_error(result) and "no dense or MoE candidate meets the target loss 1.0000" in result.err
+
+
+def test_a_tie_within_the_profiles_error_names_no_winner():
+    picks = pd.DataFrame({"family": [DENSE, MOE], "rank": [1, 1], "output_tokens_per_s": [1000.0, 1030.0]})
+
+    class Spec:
+        tie_rule = (0.048, "the profile's held-out error")
+
+    verdict = decide_winner(picks, Spec())
+    assert verdict["winner"] is None and verdict["verdict"].startswith("a tie")
+    picks.loc[1, "output_tokens_per_s"] = 1500.0
+    assert decide_winner(picks, Spec())["winner"] == MOE
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (("--experts", "2", "--experts-per-token", "4"), "--top-k 4 exceeds every --experts value"),
+    (("--granularity", "3"), "--granularity 3 does not divide"),
+    (("--granularity", "a/b"), "--granularity 'a/b'"),
+    (("--plot", "out/x.png"), "--plot is not available in a dense and MoE search"),
+])
+def test_bad_family_input_is_one_line(cli, flags, fragment):
+    args = list(BASE)
+    for flag in ("--experts", "--experts-per-token", "--granularity"):  # the test's own value replaces BASE's
+        if flag in flags:
+            index = args.index(flag)
+            del args[index:index + 2]
+    result = cli(*args, *flags, "--target-loss", "2.6")
+    assert one_line_error(result) and fragment in result.err, result.err
+
+
+def test_expert_flags_with_a_dense_law_are_one_line(cli):
+    result = cli("search", "--fit", "data/fits/dissertation_1b_mult.json", "--n", "1e9", "--tokens", "1e11",
+                 "--layers", "16", "--experts", "8")
+    assert one_line_error(result) and "--experts needs a law that predicts MoE runs" in result.err
+
+
+def test_selection_orders_moe_runs_by_their_active_size():
+    """An 8-expert model of a small active size is not among the large runs it would be by its total count."""
+    frame = pd.DataFrame({"N": [1e6, 4e6, 1.5e6, 2e6, 8e6, 6e6], "N_active": [1e6, 1e6, 1.5e6, 2e6, 2e6, 6e6],
+                          "D": [1e7] * 6})
+    assert list(sizes(frame)) == list(frame["N_active"])
+    test = extrapolation_split(frame, "size")
+    # the largest active sizes are predicted, the dense and the MoE run of 2e6 active together; by total count
+    # the 8e6-total MoE run would have been predicted without its dense peer (2e6 total)
+    assert sorted(frame.loc[test, "N_active"]) == [2e6, 2e6, 6e6] and test[3] and test[4]
