@@ -96,13 +96,15 @@ def test_a_target_no_shape_meets_is_one_line(cli):
 
 
 def test_a_tie_within_the_profiles_error_names_no_winner():
-    picks = pd.DataFrame({"family": [DENSE, MOE], "rank": [1, 1], "output_tokens_per_s": [1000.0, 1030.0]})
+    picks = pd.DataFrame({"family": [DENSE, MOE], "rank": [1, 1], "output_tokens_per_s": [1000.0, 1030.0],
+                          "predicted_loss": [2.55, 2.53]})
 
     class Spec:
         tie_rule = (0.048, "the profile's held-out error")
 
     verdict = decide_winner(picks, Spec())
-    assert verdict["winner"] is None and verdict["verdict"].startswith("a tie")
+    assert verdict["winner"] is None and verdict["verdict"].startswith("a tie on throughput")
+    assert "MoE predicts the lower loss (2.5300 against 2.5500)" in verdict["verdict"]
     picks.loc[1, "output_tokens_per_s"] = 1500.0
     assert decide_winner(picks, Spec())["winner"] == MOE
 

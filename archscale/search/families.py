@@ -184,7 +184,10 @@ def decide_winner(picks: pd.DataFrame, spec: SearchSpec) -> dict[str, Any] | Non
         verdict = (f"{winner} is {margin:.2f}x faster by an uncalibrated estimate with no held-out error: a direction, "
                    "not a validated gap")
     elif tied:
-        verdict = f"a tie: {margin:.2f}x is within {100 * rule[0]:.1f}% ({rule[1]})"
+        lower = min((dense, moe), key=lambda row: row["predicted_loss"])
+        verdict = (f"a tie on throughput: {margin:.2f}x is within {100 * rule[0]:.1f}% ({rule[1]}); at that speed "
+                   f"{lower['family']} predicts the lower loss ({min(dense['predicted_loss'], moe['predicted_loss']):.4f} "
+                   f"against {max(dense['predicted_loss'], moe['predicted_loss']):.4f})")
     else:
         verdict = f"{winner} wins: {margin:.2f}x the other family's output tokens/s, beyond {100 * rule[0]:.1f}% ({rule[1]})"
     return {"winner": None if tied else winner, "moe_over_dense": ratio, "verdict": verdict}
@@ -256,6 +259,10 @@ def family_notes(candidates: pd.DataFrame, fitted: FittedLaw, coverage: dict[str
             own = candidates.loc[rankable & (candidates["family"] == family), "predicted_loss"]
             best = f"; its lowest predicted loss there is {own.min():.4f}" if len(own) else "; none of its shapes may be ranked"
             notes.append(f"no {family} shape meets the target among those that fit and lie inside the fit's runs{best}")
+    if (picks["family"] == MOE).any():
+        notes.append("MoE throughput is the profile's estimate with the expert weights each step reads (the distinct "
+                     "experts a batch routes to); unless the profile was calibrated on MoE shapes, its held-out error "
+                     "is a floor on the MoE estimates' error, not a bound")
     if spec.limits is not None:
         notes.append(f"ranked at each shape's operating point: the most requests (up to --batch "
                      f"{spec.workload.batch_size}) that meet {spec.limits.describe()}")
