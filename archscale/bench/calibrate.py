@@ -63,11 +63,23 @@ CANDIDATE_FREE = (
     ("eta_compute", "eta_weights", "eta_kv", "t_step", "t_seq"),
 )
 """The term sets ``free="auto"`` chooses from, by leave-one-architecture-out error on the fitting rows."""
+EXPERT_TERM = "t_expert_gb"
+
+
+def candidate_sets(frame: pd.DataFrame) -> tuple[tuple[str, ...], ...]:
+    """The sets ``auto`` tries on these rows: :data:`CANDIDATE_FREE`, and on MoE rows each also with the serial
+    expert-read term (whether experts cost time beyond the roofline is for the data to say, engine by engine)."""
+    experts = pd.to_numeric(frame["n_experts"], errors="coerce") if "n_experts" in frame.columns else None
+    if experts is None or not bool((experts > 1).any()):
+        return CANDIDATE_FREE
+    return CANDIDATE_FREE + tuple((*terms, EXPERT_TERM) for terms in CANDIDATE_FREE)
+
+
 TERM_SCALE = {"eta_compute": 0.1, "eta_weights": 0.1, "eta_kv": 0.1, "t_step": 1e-3, "t_seq": 1e-5, "t_layer": 1e-5,
-              "t_allreduce": 1e-5}
+              "t_allreduce": 1e-5, "t_expert_gb": 1e-2}
 """Typical size of each term: the optimiser's units, and the yardstick for "at a bound"."""
 START_GRID = {"eta_compute": (0.3, 0.8), "eta_weights": (0.4, 0.9), "eta_kv": (0.4, 0.9), "t_step": (3e-4, 3e-3), "t_seq": (3e-6, 3e-5),
-              "t_layer": (1e-6, 3e-5), "t_allreduce": (5e-6, 5e-5)}
+              "t_layer": (1e-6, 3e-5), "t_allreduce": (5e-6, 5e-5), "t_expert_gb": (0.01, 0.1)}
 AT_BOUND = 1e-3
 """A fitted term closer to a bound than this many of its TERM_SCALE units counts as on the bound."""
 FLAT_DIRECTION = 1e-6
@@ -446,7 +458,8 @@ def calibrate(results: pd.DataFrame, device: GPU, engine: str = "vllm", dtype: s
 
     selection = None
     if auto and fit_rows["arch"].nunique() >= 3:
-        free, selection = select_terms(fit_rows.reset_index(drop=True), device, settings, base, unit, tuple(fixed))
+        free, selection = select_terms(fit_rows.reset_index(drop=True), device, settings, base, unit, tuple(fixed),
+                                       candidate_sets(fit_rows))
     terms = _fit_terms(fit_rows, device, settings, free, base, unit, label)
     uncalibrated = Profile.uncalibrated(device, engine, dtype)
     frame["uncalibrated"] = _predict(frame, device, uncalibrated.terms, settings, unit)

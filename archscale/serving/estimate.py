@@ -131,6 +131,10 @@ class CostTerms:
     per all-reduce, everything tensor parallelism adds that the model has no
     other term for, not a NCCL latency; an earlier 40 us came from the
     report's 71.34 GB, which halves the weights.
+
+    ``t_expert_gb`` is the seconds each GB of routed expert weights a pass reads adds *after* the roofline's max:
+    0 (the default) puts the experts inside it, as a GPU overlaps them with compute; an engine whose MoE kernel
+    streams the experts group by group (vLLM's CPU grouped GEMM) pays for them on top. It is fitted only on MoE rows.
     """
 
     eta_compute: float = 0.7
@@ -140,6 +144,7 @@ class CostTerms:
     t_seq: float = 0.0
     t_layer: float = 0.0
     t_allreduce: float = 102e-6
+    t_expert_gb: float = 0.0
 
     def __post_init__(self) -> None:
         for name, (low, high) in TERM_BOUNDS.items():
@@ -159,6 +164,7 @@ TERM_BOUNDS: dict[str, tuple[float, float]] = {
     "t_seq": (0.0, 0.01),
     "t_layer": (0.0, 0.01),
     "t_allreduce": (0.0, 0.01),
+    "t_expert_gb": (0.0, 10.0),
 }
 TERM_MEANING: dict[str, str] = {
     "eta_compute": "fraction of peak FLOP/s reached (prefill, and decode where it is compute-bound)",
@@ -168,6 +174,7 @@ TERM_MEANING: dict[str, str] = {
     "t_seq": "seconds per running sequence per decode step (per-request bookkeeping and sampling)",
     "t_layer": "seconds per layer per forward pass (kernel launch gaps)",
     "t_allreduce": "seconds of latency per tensor-parallel all-reduce",
+    "t_expert_gb": "seconds per GB of routed expert weights a pass reads, beyond the roofline (MoE rows only)",
 }
 TERM_NAMES = tuple(f.name for f in fields(CostTerms))
 
@@ -540,10 +547,21 @@ def _pass_overhead(cost, tokens_per_pass, gpu: GPU, terms: CostTerms) -> np.ndar
 
 def _weights_read(cost, tokens) -> np.ndarray:
     """Weight bytes one forward pass of ``tokens`` tokens reads: the dense parts, and each distinct routed expert."""
+    return cost["weight_read_bytes"] + _routed_expert_bytes(cost, tokens)
+
+
+def _routed_expert_bytes(cost, tokens) -> np.ndarray | float:
+    """Bytes of routed expert weights one pass of ``tokens`` tokens reads (0 for a dense row)."""
     if not np.any(cost["expert_read_bytes"]):
-        return cost["weight_read_bytes"]
-    touched = expected_distinct_experts(cost["n_experts"], cost["experts_per_token"], tokens)
-    return cost["weight_read_bytes"] + cost["expert_read_bytes"] * touched
+        return 0.0
+    return cost["expert_read_bytes"] * expected_distinct_experts(cost["n_experts"], cost["experts_per_token"], tokens)
+
+
+def _serial_expert_seconds(cost, tokens, terms: CostTerms) -> np.ndarray | float:
+    """``t_expert_gb`` times the routed expert GB one pass of ``tokens`` reads: what the experts cost beyond the max."""
+    if not terms.t_expert_gb:
+        return 0.0
+    return terms.t_expert_gb * _routed_expert_bytes(cost, tokens) / 1e9
 
 
 def _decode_lines(cost, c, gpu: GPU, terms: CostTerms):
@@ -563,13 +581,23 @@ def _batch_times(cost, concurrency, gpu: GPU, runs: _RowWorkload, terms: CostTer
     prompt_tokens = c * runs.input_len
     passes = np.ceil(prompt_tokens / engine.prefill_chunk_tokens)
     prefill = (_prefill_roofline(cost, c, passes, runs.input_len, engine.prefill_chunk_tokens, gpu, terms)
-               + passes * _pass_overhead(cost, np.minimum(prompt_tokens, engine.prefill_chunk_tokens), gpu, terms))
+               + passes * _pass_overhead(cost, np.minimum(prompt_tokens, engine.prefill_chunk_tokens), gpu, terms)
+               + _prefill_expert_seconds(cost, c, passes, runs.input_len, engine.prefill_chunk_tokens, terms))
     steps = runs.output_len - 1  # the first output token is sampled from the prefill
-    per_step = _pass_overhead(cost, c, gpu, terms) + c * terms.t_seq
+    per_step = _pass_overhead(cost, c, gpu, terms) + c * terms.t_seq + _serial_expert_seconds(cost, c, terms)
     decode = _sum_max_affine(*_decode_lines(cost, c, gpu, terms), runs.input_len + 1, steps) + steps * per_step
     active = c > 0
     return {"prefill": np.where(active, prefill, 0.0), "decode": np.where(active, decode, 0.0),
             "passes": np.where(active, passes, 0.0)}
+
+
+def _prefill_expert_seconds(cost, c, passes, input_len, chunk: int, terms: CostTerms) -> np.ndarray | float:
+    """``t_expert_gb`` over the prefill's passes: full passes of ``chunk`` tokens, then the rest."""
+    if not terms.t_expert_gb:
+        return 0.0
+    full = np.maximum(passes - 1.0, 0.0)
+    last = np.maximum(c * input_len - full * chunk, 0.0)
+    return full * _serial_expert_seconds(cost, float(chunk), terms) + _serial_expert_seconds(cost, last, terms)
 
 
 def _prefill_roofline(cost, c, passes, input_len, chunk: int, gpu: GPU, terms: CostTerms) -> np.ndarray:

@@ -177,13 +177,21 @@ class Profile:
 
     def fingerprint(self) -> str:
         """A hash of what the fit produced and was fitted against (device, terms, settings, engine, dtype): a file
-        whose device block or terms were edited afterwards no longer matches it, and is refused on loading."""
+        whose device block or terms were edited afterwards no longer matches it, and is refused on loading.
+
+        A term added to the model later (:data:`TERMS_ADDED_LATER`) counts only when it is not 0: a profile fitted
+        before it existed had it at 0, and keeps the fingerprint it was written with."""
         fitted_on = {"engine": self.engine, "dtype": self.dtype, "fitted": list(self.fitted),
                      "device": {name: float(getattr(self.device, name)) if name != "name" else self.device.name
                                 for name in DEVICE_FIELDS},
-                     "terms": {k: round(float(v), 12) for k, v in self.terms.as_dict().items()},
+                     "terms": {k: round(float(v), 12) for k, v in self.terms.as_dict().items()
+                               if not (k in TERMS_ADDED_LATER and v == 0.0)},
                      "settings": self.settings.as_dict()}
         return hashlib.sha256(json.dumps(fitted_on, sort_keys=True).encode()).hexdigest()[:16]
+
+
+TERMS_ADDED_LATER = ("t_expert_gb",)
+"""Cost terms the model gained after profiles were shipped; at 0 they leave a profile's fingerprint as it was."""
 
 
 def save_profile(profile: Profile, path: str | Path) -> Path:

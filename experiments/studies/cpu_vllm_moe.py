@@ -20,6 +20,11 @@ two cores, vLLM's model worker and engine loop take both, and one other job slow
 
 Writes ``experiments/results/cpu_vllm_moe/``: ``configs/`` (one config.json per shape), ``bench.sqlite`` (the
 store; not committed), ``cpu_vllm_moe.csv`` (its export), ``load.csv`` and ``summary.txt``.
+
+``--set fresh`` measures a second set, made after the serving model's serial expert term was chosen on the first,
+so that the first set's profile can be scored on shapes nothing was designed on: another width and active budget
+(d_model 512, 8 query and 2 KV heads, 2048 active MLP width: 22.8M active), and E and k the first set did not have
+(:data:`FRESH_SHAPES`). It writes ``experiments/results/cpu_vllm_moe_fresh/`` the same way.
 """
 
 from __future__ import annotations
@@ -42,11 +47,16 @@ from archscale.shapes.hf_config import write_hf_config
 from cpu_vllm_shapes import load_average, measured_pairs
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "cpu_vllm_moe"
+FRESH_OUT = OUT.with_name("cpu_vllm_moe_fresh")
 LAYERS, D_MODEL, HEADS, KV_HEADS, HEAD_DIM, VOCAB = 6, 384, 6, 2, 64, 8192
 ACTIVE_WIDTH = 1536
 """k x expert_d_ff: the routed MLP width one token goes through, the same in every shape (one active budget)."""
 SHAPES = ((4, 1), (4, 2), (8, 1), (8, 2), (8, 4), (16, 1), (16, 2), (16, 4))
 """(E, k) of each shape, sorted as the validation splits them (every other one in each half)."""
+FRESH_GEOMETRY = (6, 512, 8, 2, 64, 8192, 2048)
+"""(layers, d_model, heads, KV heads, d_head, vocabulary, k x expert width) of the fresh set."""
+FRESH_SHAPES = ((2, 1), (6, 2), (12, 1), (12, 3), (24, 2), (32, 4))
+"""(E, k) of the fresh set: E 2, 6, 12, 24, 32 and k 3 appear in no shape of the first."""
 QUIET_LOAD, QUIET_WAIT_S, QUIET_TIMEOUT_S = 1.2, 30, 600
 QUIET_BUSY_CORES, BUSY_SAMPLE_S = 0.3, 5.0
 """Between shapes nothing of this study runs, so more than 0.3 busy cores over 5 s is another job: wait for it. (The
@@ -61,15 +71,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output-len", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="vLLM with torch.compile (default: eager).")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--set", choices=("main", "fresh"), default="main", dest="shape_set",
+                        help="main: the eight shapes the model was validated on; fresh: six shapes measured after it")
+    parser.add_argument("--out", type=Path, default=None, help="Default: results/cpu_vllm_moe (or _fresh).")
     return parser.parse_args()
 
 
-def moe_shapes() -> list[Architecture]:
-    """The study's shapes, named ``e{E}-k{k}-f{expert_d_ff}``."""
-    return [Architecture(LAYERS, D_MODEL, HEADS, KV_HEADS, HEAD_DIM, ACTIVE_WIDTH // k, vocab_size=VOCAB,
-                         n_experts=experts, experts_per_token=k, expert_d_ff=ACTIVE_WIDTH // k,
-                         name=f"e{experts}-k{k}-f{ACTIVE_WIDTH // k}") for experts, k in SHAPES]
+def moe_shapes(shape_set: str = "main") -> list[Architecture]:
+    """The study's shapes, named ``e{E}-k{k}-f{expert_d_ff}`` (``d{d_model}-`` first in the fresh set)."""
+    if shape_set == "fresh":
+        layers, d_model, heads, kv, d_head, vocab, width = FRESH_GEOMETRY
+        pairs, prefix = FRESH_SHAPES, f"d{d_model}-"
+    else:
+        layers, d_model, heads, kv, d_head, vocab, width = LAYERS, D_MODEL, HEADS, KV_HEADS, HEAD_DIM, VOCAB, ACTIVE_WIDTH
+        pairs, prefix = SHAPES, ""
+    return [Architecture(layers, d_model, heads, kv, d_head, width // k, vocab_size=vocab, n_experts=experts,
+                         experts_per_token=k, expert_d_ff=width // k, name=f"{prefix}e{experts}-k{k}-f{width // k}")
+            for experts, k in pairs]
 
 
 def wait_until_quiet() -> float:
@@ -105,11 +123,11 @@ def wait_for_other_jobs() -> float:
 
 def main() -> None:
     args = parse_args()
-    out = args.out
+    out = args.out or (FRESH_OUT if args.shape_set == "fresh" else OUT)
     store = out / "bench.sqlite"
     done = measured_pairs(store, len(args.batch_sizes.split(","))) if store.exists() else set()
     specs = []
-    for arch in moe_shapes():
+    for arch in moe_shapes(args.shape_set):
         directory = out / "configs" / arch.name
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "config.json").write_text(json.dumps(write_hf_config(arch), indent=2) + "\n")
@@ -150,7 +168,8 @@ def write_summary(out: Path, rows: pd.DataFrame, loads: pd.DataFrame, args, seco
     """What ran, on what, under which load, and the measured throughput and latency per shape and batch size."""
     loads_seen = loads[["load_before", "load_after"]].stack()
     failed = rows[rows["status"] != "ok"]
-    lines = [f"command: python experiments/studies/cpu_vllm_moe.py --batch-sizes {args.batch_sizes} --input-len "
+    chosen = f" --set {args.shape_set}" if args.shape_set != "main" else ""
+    lines = [f"command: python experiments/studies/cpu_vllm_moe.py{chosen} --batch-sizes {args.batch_sizes} --input-len "
              f"{args.input_len} --output-len {args.output_len} --repeats {args.repeats}" + (" --compile" if args.compile else ""),
              f"{count} rows ({len(failed)} failed); this run {seconds / 60:.1f} min; load average (1 min) at the start "
              f"{start_load:.2f}, over the measurements median {loads_seen.median():.1f}, max {loads_seen.max():.1f} "
