@@ -154,6 +154,14 @@ def _dollar_cells(row: dict[str, Any], spec: SearchSpec) -> list[str]:
     return [format_usd(float(row["usd_per_m_output"]))]
 
 
+def _serving_label(spec: SearchSpec) -> str:
+    """``h200, batch 64, 4096 in / 1024 out`` (or the limits a shape's batch must meet): a result table's title."""
+    limits = spec.limits
+    batch = (f"at most {spec.workload.batch_size} requests meeting {limits.describe()}" if limits is not None
+             else f"batch {spec.workload.batch_size}")
+    return f"{spec.gpu.name}, {batch}, {spec.workload.input_len} in / {spec.workload.output_len} out"
+
+
 def _print(result: SearchResult, spec: SearchSpec) -> None:
     optimum = result.continuous_optimum
     if optimum:
@@ -169,10 +177,7 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
     reference = result.target.reference
     console.print(f"throughput: {result.throughput_model.describe()}")
     limits = spec.limits
-    batch = (f"at most {spec.workload.batch_size} requests meeting {limits.describe()}" if limits is not None
-             else f"batch {spec.workload.batch_size}")
-    table = Table(title=f"top {len(result.top_k)} for training ({spec.gpu.name}, {batch}, "
-                        f"{spec.workload.input_len} in / {spec.workload.output_len} out)")
+    table = Table(title=f"top {len(result.top_k)} for training ({_serving_label(spec)})")
     outside = bool(result.top_k.get("extrapolation", pd.Series(dtype=str)).astype(bool).any())
     served = ["batch", f"TPOT {limits.statistic_label} ms", f"TTFT {limits.statistic_label} ms"] if limits is not None else []
     columns = (["rank"] + (["layers"] if deep else []) + ["d_model", "heads/kv", "d_ff", "N", "r", "x", "GQA", "loss"]
@@ -369,11 +374,7 @@ def _print_families(result: FamilyResult, spec: SearchSpec, fitted: Any) -> None
     console.print(f"target loss {result.target:.4f} from {result.target_source}; loss: law {fitted.law.name} "
                   f"({fitted.source})")
     console.print(f"throughput: {spec.throughput_model.describe()}")
-    limits = spec.limits
-    batch = (f"at most {spec.workload.batch_size} requests meeting {limits.describe()}" if limits is not None
-             else f"batch {spec.workload.batch_size}")
-    table = Table(title=f"fastest of each family at {format_count(spec.n)} active ({spec.gpu.name}, {batch}, "
-                        f"{spec.workload.input_len} in / {spec.workload.output_len} out)")
+    table = Table(title=f"fastest of each family at {format_count(spec.n)} active ({_serving_label(spec)})")
     dollars = spec.usd_per_gpu_hour is not None
     columns = ["family", "rank", "d_model", "heads/kv", "FFN / expert", "E", "k", "N active", "N total", "r", "loss",
                "out tok/s", "memory GB"] + (["$/M out"] if dollars else []) + ["outside the fit's runs"]

@@ -15,8 +15,6 @@ Run:  python experiments/studies/cpu_gqa_study.py            (about 35 minutes o
 
 from __future__ import annotations
 
-import argparse
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +26,10 @@ from archscale.fit.fitting import evaluate, fit_law
 from archscale.fit.runs import load_runs
 from archscale.io.figures import plt, save
 from archscale.laws import get_law
-from archscale.jobs.dispatch import DispatchOptions
-from archscale.jobs.slurm import Resources
 from archscale.shapes.architecture import Architecture
 from archscale.train.config import TrainConfig, write_config_dir
-from archscale.train.data import default_data_dir
-from archscale.train.sweep import sweep
+
+from training_study import study_main
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "experiments" / "results" / "cpu_gqa_study"
@@ -60,19 +56,6 @@ def write_configs(configs: Path, tokens_scale: float) -> int:
                     write_config_dir(configs / name, arch, train)
                     count += 1
     return count
-
-
-def train_all(work: Path, runs: Path, tokens_scale: float, parallel: int) -> None:
-    configs = work / "configs"
-    print(f"{write_configs(configs, tokens_scale)} configs under {configs}")
-    dispatch = DispatchOptions(executor="local", jobs_dir=work / "jobs", resources=Resources(cpus=1),
-                               max_parallel=parallel).checked()
-    start = time.perf_counter()
-    outcomes = sweep(configs, default_data_dir(), runs, out_root=work / "runs", echo=print, progress=False,
-                     dispatch=dispatch)
-    print(f"sweep: {sum(o.status in ('trained', 'resumed') for o in outcomes)} trained, "
-          f"{sum(o.status.startswith('skipped') for o in outcomes)} skipped, "
-          f"{(time.perf_counter() - start) / 60:.1f} min")
 
 
 def variants(frame: pd.DataFrame) -> pd.DataFrame:
@@ -181,19 +164,7 @@ def analyse(runs: Path, results: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a tenth of the tokens per run (smoke run, not committed)")
-    parser.add_argument("--analyse", action="store_true", help="skip training; analyse the committed runs.csv")
-    parser.add_argument("--parallel", type=int, default=2, help="training jobs at once (one thread each)")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/archscale_cpu_gqa_study"),
-                        help="scratch folder for configs, jobs and run directories")
-    args = parser.parse_args()
-    results = args.work / "results" if args.quick else RESULTS
-    results.mkdir(parents=True, exist_ok=True)
-    runs = results / "runs.csv"
-    if not args.analyse:
-        train_all(args.work, runs, 0.1 if args.quick else 1.0, args.parallel)
-    analyse(runs, results)
+    study_main(__doc__.splitlines()[0], RESULTS, Path("/tmp/archscale_cpu_gqa_study"), write_configs, analyse)
 
 
 if __name__ == "__main__":
