@@ -9,6 +9,7 @@ store holding both kinds has, gives exactly its dense numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -57,6 +58,24 @@ def test_a_decode_step_reads_the_dense_parts_once_and_the_experts_the_batch_touc
         assert estimate(MOE, batch)["decode_s"] == pytest.approx(seconds, rel=1e-12)
     # one sequence reads exactly the active weights, however many experts the memory holds
     assert (MOE.n_params_non_embedding - ROUTED + 4 * 2 * EXPERT) == MOE.n_params_active_non_embedding
+
+
+def test_the_serial_expert_term_adds_the_routed_bytes_each_pass_reads_and_leaves_dense_rows_alone():
+    """t_expert_gb: seconds per GB of routed experts a pass reads, added after the roofline's max (a CPU grouped GEMM
+    streams its experts). A decode step at batch b pays it on the distinct experts b tokens touch; a prefill of one
+    pass on those its prompt tokens touch."""
+    rate = 0.05
+    serial = dataclasses.replace(BARE, t_expert_gb=rate)
+    for batch in (1, 4, 64):
+        base = estimate(MOE, batch)
+        frame = pd.DataFrame([MOE.shape_columns()])
+        added = estimate_throughput_many(frame, H100, Workload(batch, 1, 2), 1, serial).iloc[0]
+        step_bytes = 4 * 8 * (1 - 0.75 ** batch) * EXPERT * 2  # distinct experts of 4 layers, bf16
+        assert added["decode_s"] - base["decode_s"] == pytest.approx(rate * step_bytes / 1e9, rel=1e-9)
+        assert added["prefill_s"] - base["prefill_s"] == pytest.approx(rate * step_bytes / 1e9, rel=1e-9)
+    dense = pd.DataFrame([DENSE.shape_columns()])
+    pd.testing.assert_series_equal(estimate_throughput_many(dense, H100, Workload(16, 128, 32), 1, serial).iloc[0],
+                                   estimate(DENSE, 16, input_len=128, output_len=32), check_exact=True)
 
 
 def test_memory_holds_every_expert_and_prefill_computes_only_the_active_ones():
