@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Iterator
 
 from archscale.shapes.architecture import Architecture
 from archscale.shapes.hf_config import write_hf_config
@@ -52,3 +56,14 @@ def assert_plausible_latencies(rows) -> None:
         longest_repeat_ms = 1e3 * repeat_tokens / slowest_rate if slowest_rate > 0 else math.inf
         assert row["ttft_ms_p99"] < longest_repeat_ms
         assert row["tpot_ms_p99"] * (row["output_len"] - 1) < longest_repeat_ms
+
+
+def validation_script(name: str) -> Iterator[ModuleType]:
+    """A script of experiments/validate as a module, with its folder on the path while it is used (the scripts
+    import their siblings); for a module-scoped fixture to ``yield from``."""
+    folder = str(Path(__file__).resolve().parents[1] / "experiments" / "validate")
+    sys.path.insert(0, folder)
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(folder)

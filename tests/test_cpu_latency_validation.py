@@ -8,8 +8,6 @@ the recorded figures (validation.txt, the folder's README) must be brought up to
 
 from __future__ import annotations
 
-import importlib
-import sys
 
 import pandas as pd
 import pytest
@@ -17,8 +15,8 @@ import pytest
 from archscale.serving.devices import load_gpu
 
 from conftest import DATA
+from helpers import validation_script
 
-SCRIPTS = DATA.parent / "experiments" / "validate"
 CSV = DATA.parent / "experiments" / "results" / "cpu_vllm_latency" / "cpu_vllm.csv"
 TOLERANCE = 0.005  # half a point of median |relative error|
 MEASURED = {  # per fitting half: the terms chosen and the held-out figures, as validation.txt records them
@@ -41,12 +39,8 @@ pytestmark = pytest.mark.skipif(not CSV.exists(), reason=f"{CSV.name} not presen
 
 @pytest.fixture(scope="module")
 def script():
-    """The validation script as a module (it imports its sibling cpu_profile_validation.py, so their folder is on the path)."""
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        yield importlib.import_module("cpu_latency_validation")
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    """The validation script as a module."""
+    yield from validation_script("cpu_latency_validation")
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,14 @@ or worse, fails here and the recorded figures (validation.txt, the folder's READ
 
 from __future__ import annotations
 
-import importlib
-import sys
 
 import pytest
 
 from archscale.serving.devices import load_gpu
 
 from conftest import DATA
+from helpers import validation_script
 
-SCRIPTS = DATA.parent / "experiments" / "validate"
 CSV = DATA.parent / "experiments" / "results" / "cpu_vllm_moe" / "cpu_vllm_moe.csv"
 TOLERANCE = 0.005  # half a point of median |relative error|
 RANK_TOLERANCE = 0.01
@@ -41,12 +39,8 @@ pytestmark = pytest.mark.skipif(not CSV.exists(), reason=f"{CSV.name} not presen
 
 @pytest.fixture(scope="module")
 def script():
-    """The validation script as a module (it imports its sibling validations, so their folder is on the path)."""
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        yield importlib.import_module("cpu_moe_validation")
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    """The validation script as a module."""
+    yield from validation_script("cpu_moe_validation")
 
 
 @pytest.fixture(scope="module")
