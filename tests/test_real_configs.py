@@ -221,7 +221,7 @@ def test_bench_torch_refuses_an_moe_config_and_stores_nothing(cli, tmp_path):
 def test_search_refuses_an_moe_reference(cli, tmp_path):
     result = cli("search", "--fit", FIT_1B, "--n", "1e9", "--tokens", "1e11", "--layers", "16", "--head-dim", "64",
                  "--match", CONFIGS / "qwen3-30b-a3b.json")
-    refused_in_one_line(result, "--match qwen3-30b-a3b: MoE serving cost is not modelled yet (n_experts 128)")
+    refused_in_one_line(result, "--match qwen3-30b-a3b: a Mixture-of-Experts reference needs a law that predicts MoE runs")
 
 
 @pytest.mark.parametrize("name, changes, fragment", [

@@ -13,7 +13,8 @@ from archscale.fit.selection import extrapolation_split, sizes
 from archscale.laws.moe import e_hat
 from archscale.search.families import DENSE, MOE, decide_winner, law_sizes
 from archscale.serving.devices import load_gpu
-from helpers import one_line_error
+from archscale.shapes.architecture import Architecture
+from helpers import one_line_error, write_config
 
 JOINT = "data/fits/ludziejewski2025_joint.json"
 # the README's search: 1B active at 16 layers on H200, the law's own vocabulary (GPT-2, untied), at 20B tokens
@@ -140,3 +141,27 @@ def test_selection_orders_moe_runs_by_their_active_size():
     # the largest active sizes are predicted, the dense and the MoE run of 2e6 active together; by total count
     # the 8e6-total MoE run would have been predicted without its dense peer (2e6 total)
     assert sorted(frame.loc[test, "N_active"]) == [2e6, 2e6, 6e6] and test[3] and test[4]
+
+
+def test_match_sets_the_target_to_the_reference_predicted_loss(cli, tmp_path):
+    """A dense reference of the law's own shape: its predicted loss is the target, and it is reported beside the picks."""
+    reference = Architecture(16, 2176, 34, 34, 64, 6528, vocab_size=50257, tie_embeddings=False, name="joint-dense")
+    out = tmp_path / "m.json"
+    result = cli(*BASE, "--match", write_config(tmp_path / "joint-dense", reference), "--out", out)
+    assert result.code == 0, result.err
+    document = json.loads(out.read_text())
+    target = document["target"]
+    assert target["source"] == "--match joint-dense" and target["reference"]["family"] == DENSE
+    assert all(p["predicted_loss"] <= target["loss"] + 1e-12 for p in document["picks"])
+    fitted = load_fit(JOINT)
+    n = reference.n_params_active_non_embedding + 2 * 2176 * 50257
+    assert target["loss"] == pytest.approx(fitted.predict(pd.DataFrame({"N_active": [n], "D": [2e10],
+                                                                        "expansion": [1.0]}))[0])
+
+
+def test_an_moe_reference_with_a_dense_law_is_one_line(cli, tmp_path):
+    moe = Architecture(4, 512, 8, 8, 64, 1024, vocab_size=1000, n_experts=8, experts_per_token=2, expert_d_ff=1024,
+                       name="tiny-moe")
+    result = cli("search", "--fit", "data/fits/dissertation_1b_mult.json", "--n", "1e9", "--tokens", "1e11",
+                 "--layers", "16", "--match", write_config(tmp_path / "moe", moe))
+    assert one_line_error(result) and "needs a law that predicts MoE runs" in result.err

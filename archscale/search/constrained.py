@@ -768,7 +768,11 @@ def search(
     check_searchable(fitted)
     check_confidence(fitted, confidence)
     check_depths(fitted, spec)
-    if match is not None:  # a dense law and the dense serving model: an MoE/MLA/windowed reference is refused up front
+    if match is not None:  # a dense law: an MoE reference, or one the serving model cannot cost, is refused up front
+        if match.is_moe:
+            raise UserError(f"--match {match.name}: a Mixture-of-Experts reference needs a law that predicts MoE runs "
+                            f"(moe-joint, e.g. data/fits/ludziejewski2025_joint.json); {fitted.source} is law "
+                            f"{fitted.law.name}, dense only")
         require_serving_modelled(match.shape_columns(), f"--match {match.name}")
     relative = losses_are_relative(fitted)
     # Relative losses do not see that a smaller N trains to a higher loss: hold the budget tighter then.

@@ -28,7 +28,7 @@ from archscale.fit.fitted import FittedLaw
 from archscale.io.errors import UserError
 from archscale.search.constrained import SearchSpec, enumerate_candidates, limit_columns
 from archscale.serving.price import usd_per_million_tokens
-from archscale.shapes.architecture import Architecture
+from archscale.shapes.architecture import Architecture, require_serving_modelled
 from archscale.shapes.moe_candidates import dense_reference_d_ff, generate_moe_candidates
 
 FAMILY_COORDINATES = ("r", "gqa", "q_width", "expansion", "experts_per_token", "G")
@@ -108,8 +108,10 @@ def enumerate_families(spec: SearchSpec, grid: ExpertGrid, tolerance: float) -> 
     return frame, notes
 
 
-def _match_row(match: Architecture, spec: SearchSpec) -> pd.DataFrame:
+def _match_row(match: Architecture) -> pd.DataFrame:
+    """The ``--match`` architecture as a candidate row of its family (refused if the serving model cannot cost it)."""
     columns = match.shape_columns()
+    require_serving_modelled(columns, f"--match {match.name}")
     moe = match.n_experts > 1
     return pd.DataFrame([{"n_experts": 0, "experts_per_token": 0, "expert_d_ff": 0, **columns,
                           "N": match.n_params_non_embedding, "N_active": match.n_params_active_non_embedding,
@@ -129,7 +131,7 @@ def resolve_family_target(fitted: FittedLaw, spec: SearchSpec, candidates: pd.Da
             raise UserError(f"--target-loss must be positive, got {target_loss}")
         return float(target_loss), "--target-loss", None
     if match is not None:
-        row = _match_row(match, spec)
+        row = _match_row(match)
         loss = float(predict_family_loss(fitted, row, spec)[0])
         served = spec.serve(row).iloc[0]
         reference = {**row.iloc[0].to_dict(), "name": match.name, "predicted_loss": loss,

@@ -390,9 +390,8 @@ def _take(arrays: dict, rows: np.ndarray) -> dict:
 def require_serving_costed(columns, label: str) -> None:
     """Refuse, in one line, a shape (an Architecture's ``shape_columns()``, or a table of them) this model would cost
     as something else: latent attention and sliding windows
-    (:func:`~archscale.shapes.architecture.require_serving_modelled`'s refusals, less experts, which this model costs).
-    """
-    require_serving_modelled({name: columns[name] for name in columns if name not in MOE_FIELDS}, label)
+    (:func:`~archscale.shapes.architecture.require_serving_modelled`)."""
+    require_serving_modelled(columns, label)
 
 
 def expected_distinct_experts(n_experts, experts_per_token, tokens):

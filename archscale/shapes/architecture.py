@@ -137,7 +137,6 @@ WINDOW_FIELDS = ("sliding_window", "n_sliding_layers")
 
 # What the serving model (and so bench's roofline, search and arch --gpu) cannot cost yet: (column, dense value, why).
 _SERVING_UNMODELLED = (
-    ("n_experts", 1, "MoE serving cost is not modelled yet"),
     ("kv_lora_rank", 0, "latent-attention (MLA) serving cost is not modelled yet"),
     ("n_sliding_layers", 0, "the serving model has no sliding-window KV cache yet"),
 )
@@ -145,10 +144,10 @@ _SERVING_UNMODELLED = (
 
 def require_serving_modelled(columns, label: str) -> None:
     """Refuse, in one line, a shape (an Architecture's :meth:`~Architecture.shape_columns`, or a table of them) that
-    the serving model would cost as a dense full-attention Llama: MoE, latent attention, a sliding window.
+    the serving model would cost as a full-attention Llama: latent attention, a sliding window (experts it costs).
 
-    Estimating such a shape as dense would be silently wrong (every expert read as if active, or none; the KV cache
-    of MLA 7x too large; a window's cache as if unbounded), so until those costs are modelled it is refused.
+    Estimating such a shape so would be silently wrong (the KV cache of MLA 7x too large; a window's cache as if
+    unbounded), so until those costs are modelled it is refused.
     """
     for column, dense_value, why in _SERVING_UNMODELLED:
         if column not in columns:
