@@ -114,7 +114,7 @@ def test_a_tie_within_the_profiles_error_names_no_winner():
     (("--experts", "2", "--experts-per-token", "4"), "--top-k 4 exceeds every --experts value"),
     (("--granularity", "3"), "--granularity 3 does not divide"),
     (("--granularity", "a/b"), "--granularity 'a/b'"),
-    (("--plot", "out/x.png"), "--plot is not available in a dense and MoE search"),
+    (("--emit", "out/configs-moe"), "--emit is not available in a dense and MoE search"),
 ])
 def test_bad_family_input_is_one_line(cli, flags, fragment):
     args = list(BASE)
@@ -165,3 +165,32 @@ def test_an_moe_reference_with_a_dense_law_is_one_line(cli, tmp_path):
     result = cli("search", "--fit", "data/fits/dissertation_1b_mult.json", "--n", "1e9", "--tokens", "1e11",
                  "--layers", "16", "--match", write_config(tmp_path / "moe", moe))
     assert one_line_error(result) and "needs a law that predicts MoE runs" in result.err
+
+
+def test_plot_draws_each_familys_shapes_frontier_target_and_picks(cli, tmp_path):
+    from PIL import Image
+
+    png = tmp_path / "families.png"
+    result = cli(*BASE, "--target-loss", "2.555", "--plot", png)
+    assert result.code == 0, result.err
+    assert f"wrote plot: {png}" in " ".join(result.out.split()) and Image.open(png).size[0] > 800
+
+
+def test_the_figure_labels_every_pick_and_names_its_throughput_source():
+    from archscale.search.constrained import SearchSpec
+    from archscale.search.families import ExpertGrid, search_families
+    from archscale.search.plots import draw_families
+    from archscale.serving.estimate import Workload
+    from archscale.serving.profiles import resolve_profile
+
+    gpu = load_gpu("h200")
+    spec = SearchSpec(n=1e9, tokens=2e10, n_layers=16, d_head=64, gpu=gpu, workload=Workload(64, 4096, 1024),
+                      vocab_size=50257, tie_embeddings=False, profile=resolve_profile(None, gpu, "vllm"))
+    result = search_families(load_fit(JOINT), spec, ExpertGrid((2, 4, 8), (1,), (4 / 3,)), target_loss=2.555)
+    figure = draw_families(result, spec)
+    ax = figure.axes[0]
+    labels = {text.get_text() for text in ax.texts}
+    assert labels == {"dense #1", "E2 k1 #1", "E4 k1 #2", "E8 k1 #3"}
+    assert "vllm-h200-bf16" in ax.get_xlabel()
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert any(entry.startswith("target 2.5550") for entry in legend) and "MoE frontier" in legend

@@ -303,3 +303,53 @@ def _throughput_by_batch(ax: plt.Axes, result: Any, spec: Any, batch_sizes: tupl
     ax.legend(fontsize=7.5, title=title, title_fontsize=7.5, loc="upper left")
     ax.grid(alpha=0.3)
     ax.yaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
+
+
+FAMILY_COLOURS = {"dense": "tab:blue", "MoE": "tab:orange"}
+"""Each family's colour in the dense and MoE figure: its candidates and its picks."""
+FRONTIER_COLOURS = {"dense": "navy", "MoE": "saddlebrown"}
+"""Each family's frontier, darker than its cloud so that it shows on top of it."""
+PICK_OFFSETS = ((9, 7), (9, -14), (-64, 7), (-64, -14))
+"""Where the k-th pick's label sits (points), so that picks close together keep their labels apart."""
+
+
+def plot_families(result: Any, spec: Any, path: str | Path) -> Path:
+    """The dense and MoE search's figure (``search --plot`` with a joint law), written as a PNG."""
+    return save(draw_families(result, spec), path)
+
+
+def draw_families(result: Any, spec: Any) -> plt.Figure:
+    """Predicted loss against throughput for the shapes each family may rank (they fit, and lie inside the fit's runs
+    unless --extrapolate), each family's Pareto frontier, the target, and the picks labelled by family and experts."""
+    from archscale.search.constrained import pareto_mask
+
+    candidates = result.candidates
+    rankable = candidates[candidates["fits"] & ((candidates["outside"] == 0) | spec.extrapolate)]
+    fig, ax = plt.subplots(figsize=(8.5, 5.6))
+    for family, colour in FAMILY_COLOURS.items():
+        rows = rankable[rankable["family"] == family]
+        if rows.empty:
+            continue
+        ax.scatter(rows[SPEED], rows["predicted_loss"], s=9, color=colour, alpha=0.35,
+                   label=f"{family}: {len(rows):,} shapes that may be ranked")
+        front = rows[pareto_mask(rows["predicted_loss"].to_numpy(), rows[SPEED].to_numpy())].sort_values(SPEED)
+        ax.plot(front[SPEED], front["predicted_loss"], color=FRONTIER_COLOURS[family], linewidth=1.4, zorder=5,
+                label=f"{family} frontier")
+    ax.axhline(result.target, color="black", linestyle="--", linewidth=1,
+               label=f"target {result.target:.4f} ({result.target_source})")
+    for row in result.picks.to_dict("records"):
+        colour, moe = FAMILY_COLOURS[row["family"]], row["family"] == "MoE"
+        ax.scatter([row[SPEED]], [row["predicted_loss"]], marker="D" if moe else "o", s=70, color=colour,
+                   edgecolor="black", zorder=8)
+        name = f"E{int(row['n_experts'])} k{int(row['experts_per_token'])}" if moe else "dense"
+        ax.annotate(f"{name} #{row['rank']}", (row[SPEED], row["predicted_loss"]),
+                    xytext=PICK_OFFSETS[(int(row["rank"]) - 1) % len(PICK_OFFSETS)], textcoords="offset points",
+                    fontsize=8, color=FRONTIER_COLOURS[row["family"]], fontweight="bold", zorder=9,
+                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.8, "linewidth": 0})
+    ax.set_xlabel(throughput_label(spec, spec))  # the spec carries the profile the estimates came from
+    ax.set_ylabel("predicted loss (nats/token, the law's units)")
+    ax.set_title(f"dense and MoE at {si_count(spec.n)} active, {si_count(spec.tokens)} tokens: picks are the fastest "
+                 "that meet the target", fontsize=10)
+    ax.grid(alpha=0.3)
+    legend_below(ax, ncol=2)
+    return fig

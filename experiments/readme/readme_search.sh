@@ -31,5 +31,7 @@ cp out/1b-h200-tpot.png "$out/1b-h200-tpot.png"  # kept with the transcript, so 
 # dense against Mixture of Experts at 1B active: the published joint law, in its own vocabulary (GPT-2, untied)
 run 1b-active-h200-moe archscale search --fit data/fits/ludziejewski2025_joint.json --n 1e9 --tokens 2e10 --layers 16 \
     --head-dim 64 --vocab 50257 --untie-embeddings --gpu h200 --batch 64 --input-len 4096 --output-len 1024 \
-    --experts 2,4,8,16,32 --experts-per-token 1,2 --granularity 4/3,2 --target-loss 2.555 --top-k 3
-echo "wrote $out/1b-active-h200-moe.txt, $out/1b-h200-tpot.txt and .png, $out/1b-h200.txt, $out/1b-h200-extrapolate.txt, $out/3b-h200.txt, $out/aspect-fit.txt, $out/depths-h200.txt"
+    --experts 2,4,8,16,32 --experts-per-token 1,2 --granularity 4/3,2 --target-loss 2.555 --top-k 3 \
+    --plot out/1b-active-h200-moe.png
+cp out/1b-active-h200-moe.png "$out/1b-active-h200-moe.png"
+echo "wrote $out/1b-active-h200-moe.txt and .png, $out/1b-h200-tpot.txt and .png, $out/1b-h200.txt, $out/1b-h200-extrapolate.txt, $out/3b-h200.txt, $out/aspect-fit.txt, $out/depths-h200.txt"
