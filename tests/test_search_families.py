@@ -194,3 +194,15 @@ def test_the_figure_labels_every_pick_and_names_its_throughput_source():
     assert "vllm-h200-bf16" in ax.get_xlabel()
     legend = [text.get_text() for text in ax.get_legend().get_texts()]
     assert any(entry.startswith("target 2.5550") for entry in legend) and "MoE frontier" in legend
+
+
+def test_under_a_tpot_limit_each_pick_meets_it_and_costs_what_its_throughput_says(cli, tmp_path):
+    out = tmp_path / "limited.json"
+    result = cli(*BASE, "--target-loss", "2.555", "--batch", "256", "--tpot-ms", "15", "--gpu-price", "3.5",
+                 "--out", out)
+    assert result.code == 0, result.err
+    assert "$/M" in result.out  # the price column (the batch and latency columns are checked in the JSON)
+    picks = json.loads(out.read_text())["picks"]
+    for pick in picks:
+        assert pick["meets_limits"] and pick["tpot_ms_p99"] <= 15 and 1 <= pick["operating_batch"] <= 256
+        assert pick["usd_per_m_output"] == pytest.approx(3.5 / (pick["output_tokens_per_s"] * 3600) * 1e6)

@@ -381,8 +381,10 @@ def _print_families(result: FamilyResult, spec: SearchSpec, fitted: Any) -> None
     console.print(f"throughput: {spec.throughput_model.describe()}")
     table = Table(title=f"fastest of each family at {format_count(spec.n)} active ({_serving_label(spec)})")
     dollars = spec.usd_per_gpu_hour is not None
+    limits = spec.limits
+    served = ["batch", f"TPOT {limits.statistic_label} ms", f"TTFT {limits.statistic_label} ms"] if limits is not None else []
     columns = ["family", "rank", "d_model", "heads/kv", "FFN / expert", "E", "k", "N active", "N total", "r", "loss",
-               "out tok/s", "memory GB"] + (["$/M out"] if dollars else []) + ["outside the fit's runs"]
+               *served, "out tok/s", "memory GB"] + (["$/M out"] if dollars else []) + ["outside the fit's runs"]
     for column in columns:
         table.add_column(column, justify="right")
     for row in result.picks.to_dict("records"):
@@ -390,7 +392,8 @@ def _print_families(result: FamilyResult, spec: SearchSpec, fitted: Any) -> None
         table.add_row(row["family"], str(row["rank"]), str(row["d_model"]), f"{row['n_heads']}/{row['n_kv_heads']}",
                       str(row["d_ff"]), str(row["n_experts"]) if moe else "-", str(row["experts_per_token"]) if moe else "-",
                       format_count(row["N_active"]), format_count(row["N"]), f"{row['r']:.2f}",
-                      f"{row['predicted_loss']:.4f}", f"{row['output_tokens_per_s']:,.0f}", f"{row['memory_gb']:.1f}",
+                      f"{row['predicted_loss']:.4f}", *_served_cells(row, limits), f"{row['output_tokens_per_s']:,.0f}",
+                      f"{row['memory_gb']:.1f}",
                       *([format_usd(float(row["usd_per_m_output"]))] if dollars else []), row["extrapolation"] or "-")
     console.print(table)
     if result.winner is not None:
