@@ -114,7 +114,7 @@ def test_a_tie_within_the_profiles_error_names_no_winner():
     (("--experts", "2", "--experts-per-token", "4"), "--top-k 4 exceeds every --experts value"),
     (("--granularity", "3"), "--granularity 3 does not divide"),
     (("--granularity", "a/b"), "--granularity 'a/b'"),
-    (("--emit", "out/configs-moe"), "--emit is not available in a dense and MoE search"),
+    (("--measure", "2"), "--measure is not available in a dense and MoE search"),
 ])
 def test_bad_family_input_is_one_line(cli, flags, fragment):
     args = list(BASE)
@@ -206,3 +206,22 @@ def test_under_a_tpot_limit_each_pick_meets_it_and_costs_what_its_throughput_say
     for pick in picks:
         assert pick["meets_limits"] and pick["tpot_ms_p99"] <= 15 and 1 <= pick["operating_batch"] <= 256
         assert pick["usd_per_m_output"] == pytest.approx(3.5 / (pick["output_tokens_per_s"] * 3600) * 1e6)
+
+
+def test_emit_writes_a_trainable_config_per_pick_and_an_moe_pick_trains(cli, tmp_path, corpus_data):
+    """Search dense and MoE at a tiny budget, emit the picks, train the MoE one: the runs row records its experts."""
+    configs, runs = tmp_path / "configs", tmp_path / "runs.csv"
+    result = cli("search", "--fit", JOINT, "--n", "2.4e5", "--tokens", "2e4", "--layers", "2", "--head-dim", "16",
+                 "--vocab", "256", "--d-multiple", "16", "--ff-multiple", "16", "--gpu", "h200", "--batch", "8",
+                 "--input-len", "64", "--output-len", "16", "--experts", "2,4", "--experts-per-token", "1",
+                 "--granularity", "4/3", "--slack", "0.08", "--top-k", "1", "--emit", configs)
+    assert result.code == 0, result.err
+    assert "extrapolation below the fitted runs" in " ".join(result.out.split())  # 240K active: far below 79M
+    picked = {path.name: json.loads((path / "candidate.json").read_text()) for path in configs.iterdir()}
+    assert {(p["family"], p["rank"]) for p in picked.values()} == {(DENSE, 1), (MOE, 1)}
+    moe_dir = next(configs / name for name, p in picked.items() if p["family"] == MOE)
+    assert json.loads((moe_dir / "config.json").read_text())["model_type"] == "mixtral"
+    trained = cli("train", moe_dir, "--runs", runs, "--out", tmp_path / "run")
+    assert trained.code == 0, trained.err
+    row = pd.read_csv(runs).iloc[-1]
+    assert row["n_experts"] == picked[moe_dir.name]["n_experts"] and row["N_active"] < row["N"]

@@ -282,7 +282,7 @@ def search_command(
     fitted = load_fit(fit)
     expert_flags = {"--experts": experts, "--experts-per-token": experts_per_token, "--granularity": granularity}
     if is_family_law(fitted):
-        refused = {"--emit": emit, "--measure": measure, "--runs": runs, "--store": store,
+        refused = {"--measure": measure, "--runs": runs, "--store": store,
                    "--confidence": confidence, "--reference": reference}
         for flag, value in refused.items():
             if value is not None:
@@ -311,7 +311,7 @@ def search_command(
                           parse_int_list(experts_per_token, "--experts-per-token") or TOP_K_DEFAULT,
                           parse_granularity(granularity) or GRANULARITY_DEFAULT)
         _family_search(fitted, spec, grid, target_loss, load_architecture(match) if match else None, slack, top_k,
-                       out, plot, as_json)
+                       out, plot, emit, as_json)
         return
     measuring = None
     if measure is not None:  # checked before the search: a backend that cannot run here is one line, up front
@@ -356,20 +356,26 @@ def search_command(
 
 
 def _family_search(fitted: Any, spec: SearchSpec, grid: ExpertGrid, target_loss: float | None, match: Any,
-                   slack: float | None, top_k: int, out: Path | None, plot: Path | None, as_json: bool) -> None:
+                   slack: float | None, top_k: int, out: Path | None, plot: Path | None, emit: Path | None,
+                   as_json: bool) -> None:
     result = search_families(fitted, spec, grid, target_loss, match, slack, top_k)
     document = family_document(result, spec, fitted, grid)
     if plot:
         from archscale.search.plots import plot_families
 
         plot_families(result, spec, plot)
+    if emit:
+        from archscale.search.emit import emit_rows
+
+        picks = result.picks.to_dict("records")
+        document["emitted"] = [str(p) for p in emit_rows(picks, spec, result.target, result.target_source, emit)]
     if out:
         write_json(out, document)
     if as_json:
         print_json(document)
         return
     _print_families(result, spec, fitted)
-    for label, path in (("plot", plot), ("result", out)):
+    for label, path in (("configs", emit), ("plot", plot), ("result", out)):
         if path:
             console.print(f"wrote {label}: {path}")
 
