@@ -225,3 +225,9 @@ def test_emit_writes_a_trainable_config_per_pick_and_an_moe_pick_trains(cli, tmp
     assert trained.code == 0, trained.err
     row = pd.read_csv(runs).iloc[-1]
     assert row["n_experts"] == picked[moe_dir.name]["n_experts"] and row["N_active"] < row["N"]
+
+
+def test_the_granularity_law_is_refused_with_the_law_that_can_search(cli):
+    result = cli("search", "--fit", "data/fits/krajewski2024_granularity.json", "--n", "1e9", "--tokens", "1e11",
+                 "--layers", "16")
+    assert one_line_error(result) and "search with a joint law (moe-joint" in result.err

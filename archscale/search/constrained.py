@@ -167,6 +167,10 @@ class SearchResult:
 # loss
 # ---------------------------------------------------------------------------
 def check_searchable(fitted: FittedLaw) -> None:
+    if "G" in fitted.law.columns:  # the granularity law: MoE runs only, no dense form, no term for E
+        raise UserError(f"{fitted.source}: law {fitted.law.name} predicts MoE runs at one expansion rate only (no dense "
+                        "form, no term for the number of experts), so it cannot rank dense against MoE shapes; search "
+                        "with a joint law (moe-joint, e.g. data/fits/ludziejewski2025_joint.json)")
     if fitted.law.name not in SEARCHABLE_LAWS:
         raise UserError(f"{fitted.source}: search needs an architecture law ({', '.join(SEARCHABLE_LAWS)}), "
                         f"but this fit is law {fitted.law.name!r}, which cannot tell shapes of one size apart")
