@@ -556,11 +556,9 @@ def _routed_expert_bytes(cost, tokens) -> np.ndarray | float:
     return cost["expert_read_bytes"] * expected_distinct_experts(cost["n_experts"], cost["experts_per_token"], tokens)
 
 
-def _serial_expert_seconds(cost, tokens, terms: CostTerms) -> np.ndarray | float:
-    """``t_expert_gb`` times the routed expert GB one pass of ``tokens`` reads: what the experts cost beyond the max."""
-    if not terms.t_expert_gb:
-        return 0.0
-    return terms.t_expert_gb * _routed_expert_bytes(cost, tokens) / 1e9
+def _serial_expert_seconds(expert_bytes, terms: CostTerms) -> np.ndarray | float:
+    """``t_expert_gb`` times the routed expert GB read: what the experts cost beyond the roofline's max."""
+    return terms.t_expert_gb * expert_bytes / 1e9 if terms.t_expert_gb else 0.0
 
 
 def _decode_lines(cost, c, gpu: GPU, terms: CostTerms):
@@ -579,39 +577,37 @@ def _batch_times(cost, concurrency, gpu: GPU, runs: _RowWorkload, terms: CostTer
     c = np.asarray(concurrency, dtype=np.float64)
     prompt_tokens = c * runs.input_len
     passes = np.ceil(prompt_tokens / engine.prefill_chunk_tokens)
-    prefill = (_prefill_roofline(cost, c, passes, runs.input_len, engine.prefill_chunk_tokens, gpu, terms)
+    prefill_experts = _prefill_expert_bytes(cost, c, passes, runs.input_len, engine.prefill_chunk_tokens)
+    prefill = (_prefill_roofline(cost, c, passes, runs.input_len, prefill_experts, gpu, terms)
                + passes * _pass_overhead(cost, np.minimum(prompt_tokens, engine.prefill_chunk_tokens), gpu, terms)
-               + _prefill_expert_seconds(cost, c, passes, runs.input_len, engine.prefill_chunk_tokens, terms))
+               + _serial_expert_seconds(prefill_experts, terms))
     steps = runs.output_len - 1  # the first output token is sampled from the prefill
-    per_step = _pass_overhead(cost, c, gpu, terms) + c * terms.t_seq + _serial_expert_seconds(cost, c, terms)
+    per_step = (_pass_overhead(cost, c, gpu, terms) + c * terms.t_seq
+                + _serial_expert_seconds(_routed_expert_bytes(cost, c), terms))
     decode = _sum_max_affine(*_decode_lines(cost, c, gpu, terms), runs.input_len + 1, steps) + steps * per_step
     active = c > 0
     return {"prefill": np.where(active, prefill, 0.0), "decode": np.where(active, decode, 0.0),
             "passes": np.where(active, passes, 0.0)}
 
 
-def _prefill_expert_seconds(cost, c, passes, input_len, chunk: int, terms: CostTerms) -> np.ndarray | float:
-    """``t_expert_gb`` over the prefill's passes: full passes of ``chunk`` tokens, then the rest."""
-    if not terms.t_expert_gb:
+def _prefill_expert_bytes(cost, c, passes, input_len, chunk: int) -> np.ndarray | float:
+    """Routed expert bytes the prefill reads: the experts each pass touches, over full passes of ``chunk`` tokens,
+    then the rest (0 for a dense row)."""
+    if not np.any(cost["expert_read_bytes"]):
         return 0.0
     full = np.maximum(passes - 1.0, 0.0)
     last = np.maximum(c * input_len - full * chunk, 0.0)
-    return full * _serial_expert_seconds(cost, float(chunk), terms) + _serial_expert_seconds(cost, last, terms)
+    return full * _routed_expert_bytes(cost, float(chunk)) + _routed_expert_bytes(cost, last)
 
 
-def _prefill_roofline(cost, c, passes, input_len, chunk: int, gpu: GPU, terms: CostTerms) -> np.ndarray:
-    """All prompts through the model: FLOPs in closed form over positions; weights read once per pass (the routed
-    experts each pass touches: full passes of ``chunk`` tokens, then the rest)."""
+def _prefill_roofline(cost, c, passes, input_len, expert_bytes, gpu: GPU, terms: CostTerms) -> np.ndarray:
+    """All prompts through the model: FLOPs in closed form over positions; the dense weights read once per pass,
+    and ``expert_bytes`` of routed experts (:func:`_prefill_expert_bytes`)."""
     flops_rate, weights_rate, kv_rate = _rates(gpu, terms)
     flops = c * (input_len * cost["flops_per_token"]
                  + cost["flops_per_context"] * input_len * (input_len - 1) / 2.0
                  + cost["flops_lm_head"])
-    weights = passes * cost["weight_read_bytes"]
-    if np.any(cost["expert_read_bytes"]):
-        full = np.maximum(passes - 1.0, 0.0)
-        last = np.maximum(c * input_len - full * chunk, 0.0)
-        touched = lambda tokens: expected_distinct_experts(cost["n_experts"], cost["experts_per_token"], tokens)  # noqa: E731
-        weights = weights + cost["expert_read_bytes"] * (full * touched(float(chunk)) + touched(last))
+    weights = passes * cost["weight_read_bytes"] + expert_bytes
     traffic = weights / weights_rate + c * input_len * cost["kv_bytes"] / kv_rate
     return np.maximum(flops / flops_rate, traffic)
 
