@@ -62,6 +62,14 @@ def coordinates_of(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return {k: v for k, v in values.items() if np.isfinite(v).any()}
 
 
+def expansion_of(frame: pd.DataFrame) -> np.ndarray:
+    """E / k per row, 1 for a dense row (``n_experts`` empty, 0 or 1): the joint MoE law's expert count."""
+    experts = pd.to_numeric(frame["n_experts"], errors="coerce").to_numpy(float)
+    moe = experts > 1
+    k = pd.to_numeric(frame["experts_per_token"], errors="coerce").to_numpy(float)
+    return np.where(moe, experts / np.where(moe, k, 1.0), 1.0)
+
+
 def _expert_coordinates(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """``expansion``, ``experts_per_token`` and ``G`` of a table with an ``n_experts`` column (dense rows: E = k = 1,
     no G), as the joint MoE law reads them (:func:`archscale.fit.runs.derive`)."""
@@ -73,7 +81,7 @@ def _expert_coordinates(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     if "experts_per_token" in frame.columns:
         k = pd.to_numeric(frame["experts_per_token"], errors="coerce").to_numpy(float)
         values["experts_per_token"] = np.where(dense, 1.0, k)
-        values["expansion"] = np.where(dense, 1.0, experts / np.where(dense, 1.0, k))
+        values["expansion"] = expansion_of(frame)
     if "G" in frame.columns:
         values["G"] = np.where(dense, np.nan, pd.to_numeric(frame["G"], errors="coerce").to_numpy(float))
     elif {"d_model", "expert_d_ff"} <= set(frame.columns):

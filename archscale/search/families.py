@@ -23,8 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from archscale.fit.coverage import (COORDINATES, RELATIVE_SLACK, beyond_sizes, describe_coverage, outside_coverage,
-                                    outside_label)
+from archscale.fit.coverage import (COORDINATES, RELATIVE_SLACK, beyond_sizes, describe_coverage, expansion_of,
+                                    outside_coverage, outside_label)
 from archscale.fit.fitted import FittedLaw
 from archscale.io.errors import UserError
 from archscale.search.constrained import SearchSpec, enumerate_candidates, limit_columns
@@ -79,16 +79,9 @@ def law_sizes(fitted: FittedLaw, frame: pd.DataFrame) -> np.ndarray:
     return active + frame["d_model"].to_numpy(float) * frame["vocab"].to_numpy(float) * copies
 
 
-def expansion(frame: pd.DataFrame) -> np.ndarray:
-    """E / k per shape, 1 for a dense one (the joint law's E)."""
-    experts = frame["n_experts"].to_numpy(float)
-    moe = experts > 1
-    return np.where(moe, experts / np.where(moe, frame["experts_per_token"].to_numpy(float), 1.0), 1.0)
-
-
 def predict_family_loss(fitted: FittedLaw, frame: pd.DataFrame, spec: SearchSpec) -> np.ndarray:
     inputs = pd.DataFrame({"N_active": law_sizes(fitted, frame),
-                           "D": np.full(len(frame), float(spec.tokens)), "expansion": expansion(frame)})
+                           "D": np.full(len(frame), float(spec.tokens)), "expansion": expansion_of(frame)})
     return fitted.predict(inputs)
 
 
