@@ -9,6 +9,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Iterator
 
+import pytest
+
 from archscale.shapes.architecture import Architecture
 from archscale.shapes.hf_config import write_hf_config
 
@@ -67,3 +69,13 @@ def validation_script(name: str) -> Iterator[ModuleType]:
         yield importlib.import_module(name)
     finally:
         sys.path.remove(folder)
+
+
+def assert_figures_as_recorded(got, expected, tolerance: float = 0.005, rank_tolerance: float = 0.01) -> None:
+    """A validation's figures as its recorded output (validation.txt) gives them: the same terms chosen, each error
+    within ``tolerance`` (half a point) and each rank correlation (a name with ``spearman``) within ``rank_tolerance``."""
+    assert got["terms"] == expected["terms"]
+    for name, value in expected.items():
+        if name != "terms":
+            allowed = rank_tolerance if "spearman" in name else tolerance
+            assert got[name] == pytest.approx(value, abs=allowed), name

@@ -15,7 +15,7 @@ import pytest
 from archscale.serving.devices import load_gpu
 
 from conftest import DATA
-from helpers import validation_script
+from helpers import assert_figures_as_recorded, validation_script
 
 CSV = DATA.parent / "experiments" / "results" / "cpu_vllm_latency" / "cpu_vllm.csv"
 TOLERANCE = 0.005  # half a point of median |relative error|
@@ -56,11 +56,7 @@ def figures(script):
 @pytest.mark.parametrize("label", list(MEASURED))
 @pytest.mark.parametrize("half", ["A", "B"])
 def test_held_out_latency_and_throughput_stay_as_measured(figures, label, half):
-    got, expected = figures[label][half], MEASURED[label][half]
-    assert got["terms"] == expected["terms"]
-    for name, value in expected.items():
-        if name != "terms":
-            assert got[name] == pytest.approx(value, abs=TOLERANCE if name != "tpot_spearman_within_batch" else 0.01), name
+    assert_figures_as_recorded(figures[label][half], MEASURED[label][half], TOLERANCE)
 
 
 def test_the_prefill_chunk_is_vllm_cpus_and_the_long_prompts_span_passes(script):

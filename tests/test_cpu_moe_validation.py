@@ -14,7 +14,7 @@ import pytest
 from archscale.serving.devices import load_gpu
 
 from conftest import DATA
-from helpers import validation_script
+from helpers import assert_figures_as_recorded, validation_script
 
 CSV = DATA.parent / "experiments" / "results" / "cpu_vllm_moe" / "cpu_vllm_moe.csv"
 TOLERANCE = 0.005  # half a point of median |relative error|
@@ -65,12 +65,7 @@ def figures(script):
 @pytest.mark.parametrize("label", list(MEASURED))
 @pytest.mark.parametrize("half", ["A", "B"])
 def test_held_out_moe_shapes_stay_as_measured(figures, label, half):
-    got, expected = figures[label][half], MEASURED[label][half]
-    assert got["terms"] == expected["terms"]
-    for name, value in expected.items():
-        if name != "terms":
-            tolerance = RANK_TOLERANCE if name.startswith("spearman") else TOLERANCE
-            assert got[name] == pytest.approx(value, abs=tolerance), name
+    assert_figures_as_recorded(figures[label][half], MEASURED[label][half], TOLERANCE, RANK_TOLERANCE)
 
 
 def test_the_halves_alternate_in_e_and_k_and_every_shape_was_measured_at_every_batch(script):
@@ -91,9 +86,5 @@ def test_the_fresh_set_is_predicted_as_measured(script, variant):
     rows, fresh = script.vllm_rows(CSV), script.vllm_rows(FRESH_CSV)
     split = script.fresh_split(rows, fresh, load_gpu("cpu", script.DEVICE), {**script.PROCEDURES["the validation"], **extra})
     got = script.figures(split)
-    assert got["terms"] == expected["terms"]
-    for name, value in expected.items():
-        if name != "terms":
-            tolerance = RANK_TOLERANCE if name.startswith("spearman") else TOLERANCE
-            assert got[name] == pytest.approx(value, abs=tolerance), name
+    assert_figures_as_recorded(got, expected, TOLERANCE, RANK_TOLERANCE)
     assert got["median_abs_err"] <= 0.15 and got["spearman_within_batch"] < 0.8

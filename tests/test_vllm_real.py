@@ -43,17 +43,23 @@ def vllm_python() -> str:
     return python
 
 
-def test_real_vllm_measures_a_tiny_config_at_two_batch_sizes_on_one_engine(cli, vllm_python, tmp_path, monkeypatch):
-    monkeypatch.delenv("PYTHONPATH", raising=False)
-    config = tmp_path / "tiny"
+def bench_on_real_vllm(cli, vllm_python, folder, name: str, hf_config: dict):
+    """``archscale bench`` of ``hf_config`` (in ``folder/name``) on real vLLM at batch 1 and 4 (32 in / 8 out, 2 repeats, eager):
+    the command's result and the rows it stored."""
+    config = folder / name
     config.mkdir()
-    (config / "config.json").write_text(json.dumps(write_hf_config(TINY)))
-    store = tmp_path / "bench.sqlite"
+    (config / "config.json").write_text(json.dumps(hf_config))
+    store = folder / "bench.sqlite"
     r = cli("bench", config, "--backend", "vllm", "--vllm-python", vllm_python, "--batch-sizes", "1,4",
             "--input-len", "32", "--output-len", "8", "--repeats", "2", "--enforce-eager", "--timeout", "600",
             "--verbose", "--no-progress", "--store", store)
     assert r.code == 0, r.err[-3000:]
-    rows = load_results(store)
+    return r, load_results(store)
+
+
+def test_real_vllm_measures_a_tiny_config_at_two_batch_sizes_on_one_engine(cli, vllm_python, tmp_path, monkeypatch):
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    r, rows = bench_on_real_vllm(cli, vllm_python, tmp_path, "tiny", write_hf_config(TINY))
     # "noisy" (repeats' std over 20% of the mean) is still a real measurement; a failure is not
     assert rows["status"].isin(["ok", "noisy"]).all(), list(rows["error"])
     assert list(rows["batch_size"]) == [1, 4] and list(rows["output_tokens"]) == [8, 32]
@@ -80,17 +86,9 @@ def test_real_vllm_measures_a_tiny_moe_config_through_bench(cli, vllm_python, tm
     """A Mixtral-style config (4 experts, top-2), as archscale writes it, served by vLLM with dummy weights at two
     batch sizes on one engine; the rows carry the experts, so the serving model and calibration cost them as MoE."""
     monkeypatch.delenv("PYTHONPATH", raising=False)
-    config = tmp_path / "tiny-moe"
-    config.mkdir()
     hf = write_hf_config(TINY_MOE)
     assert (hf["model_type"], hf["num_local_experts"], hf["num_experts_per_tok"]) == ("mixtral", 4, 2)
-    (config / "config.json").write_text(json.dumps(hf))
-    store = tmp_path / "bench.sqlite"
-    r = cli("bench", config, "--backend", "vllm", "--vllm-python", vllm_python, "--batch-sizes", "1,4",
-            "--input-len", "32", "--output-len", "8", "--repeats", "2", "--enforce-eager", "--timeout", "600",
-            "--verbose", "--no-progress", "--store", store)
-    assert r.code == 0, r.err[-3000:]
-    rows = load_results(store)
+    r, rows = bench_on_real_vllm(cli, vllm_python, tmp_path, "tiny-moe", hf)
     assert rows["status"].isin(["ok", "noisy"]).all(), list(rows["error"])
     assert list(rows["batch_size"]) == [1, 4] and list(rows["output_tokens"]) == [8, 32]
     assert (rows["tokens_per_s"] > 0).all() and set(rows["backend"]) == {"vllm"} and set(rows["gpu"]) == {"cpu"}

@@ -128,16 +128,20 @@ def validate(rows: pd.DataFrame, device: GPU, free=AUTO, fixed: dict | None = No
     its terms too (``--fit auto``, :data:`FIXED`)."""
     settings = engine_settings(rows)
     first, second = halves(rows)
-    splits = []
-    for name, heldout in (("A", second), ("B", first)):
-        result = calibrate(rows, device, ENGINE, free=free, fixed=FIXED if fixed is None else fixed, holdout=heldout,
-                           settings=settings, source=f"{DATA.name} half {name}")
-        held = result.rows[result.rows["split"] == "heldout"]
-        predicted = estimate_rows(held, device, result.profile.terms, settings)
-        columns = {f"measured_{c}": pd.to_numeric(held[c], errors="coerce") for c in LATENCY}
-        columns.update({f"predicted_{c}": predicted[c] for c in LATENCY})
-        splits.append(Split(name, result, held.assign(**columns)))
-    return splits
+    return [heldout_split(name, rows, heldout, device, settings, free, FIXED if fixed is None else fixed,
+                          f"{DATA.name} half {name}") for name, heldout in (("A", second), ("B", first))]
+
+
+def heldout_split(name: str, rows: pd.DataFrame, heldout: np.ndarray, device: GPU, settings: EngineSettings, free,
+                  fixed: dict, source: str) -> Split:
+    """Calibrate a vLLM profile on the rows outside ``heldout`` and predict those inside it: each held-out row with
+    its measured and predicted latencies (the one procedure every CPU validation here scores)."""
+    result = calibrate(rows, device, ENGINE, free=free, fixed=fixed, holdout=heldout, settings=settings, source=source)
+    held = result.rows[result.rows["split"] == "heldout"]
+    predicted = estimate_rows(held, device, result.profile.terms, settings)
+    columns = {f"measured_{c}": pd.to_numeric(held[c], errors="coerce") for c in LATENCY}
+    columns.update({f"predicted_{c}": predicted[c] for c in LATENCY})
+    return Split(name, result, held.assign(**columns))
 
 
 def split_lines(split: Split) -> list[str]:

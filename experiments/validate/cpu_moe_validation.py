@@ -38,12 +38,11 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 import cpu_latency_validation as latency
-from archscale.bench.calibrate import AUTO, calibrate
-from archscale.bench.store import load_results
+from archscale.bench.calibrate import AUTO
 from archscale.io.units import BYTES_PER_ELEMENT
 from archscale.serving.devices import GPU, load_gpu
 import archscale.serving.estimate as estimate_module
-from archscale.serving.estimate import estimate_rows, expected_distinct_experts
+from archscale.serving.estimate import expected_distinct_experts
 from cpu_profile_validation import FIXED, score
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "cpu_vllm_moe"
@@ -68,9 +67,8 @@ def device_file(dtype: str) -> Path:
 
 
 def vllm_rows(path: Path = DATA) -> pd.DataFrame:
-    """The ok vLLM rows of the study's export."""
-    results = load_results(path)
-    return results[(results["backend"] == ENGINE) & (results["status"] == "ok")].reset_index(drop=True)
+    """The ok vLLM rows of the study's export (``cpu_latency_validation.vllm_rows``, with this study's default)."""
+    return latency.vllm_rows(path)
 
 
 def halves(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -85,16 +83,8 @@ def validate(rows: pd.DataFrame, device: GPU, fixed: dict[str, float]) -> list[l
     """Calibrate on half A and predict half B, then the reverse; each held-out row with its predicted latencies."""
     settings = latency.engine_settings(rows)
     first, second = halves(rows)
-    splits = []
-    for name, heldout in (("A", second), ("B", first)):
-        result = calibrate(rows, device, ENGINE, free=AUTO, fixed=fixed, holdout=heldout, settings=settings,
-                           source=f"{DATA.name} half {name}")
-        held = result.rows[result.rows["split"] == "heldout"]
-        predicted = estimate_rows(held, device, result.profile.terms, settings)
-        columns = {f"measured_{c}": pd.to_numeric(held[c], errors="coerce") for c in latency.LATENCY}
-        columns.update({f"predicted_{c}": predicted[c] for c in latency.LATENCY})
-        splits.append(latency.Split(name, result, held.assign(**columns)))
-    return splits
+    return [latency.heldout_split(name, rows, heldout, device, settings, AUTO, fixed, f"{DATA.name} half {name}")
+            for name, heldout in (("A", second), ("B", first))]
 
 
 def figures(split: latency.Split) -> dict:
@@ -195,14 +185,8 @@ def fresh_split(rows: pd.DataFrame, fresh: pd.DataFrame, device: GPU, fixed: dic
     """The profile calibrated on every row of ``rows`` (``--fit auto`` with ``fixed``), predicting ``fresh``."""
     both = pd.concat([rows, fresh], ignore_index=True)
     heldout = np.r_[np.zeros(len(rows), bool), np.ones(len(fresh), bool)]
-    settings = latency.engine_settings(rows)
-    result = calibrate(both, device, ENGINE, free=AUTO, fixed=fixed, holdout=heldout, settings=settings,
-                       source="all eight shapes, predicting the fresh set")
-    held = result.rows[result.rows["split"] == "heldout"]
-    predicted = estimate_rows(held, device, result.profile.terms, settings)
-    columns = {f"measured_{c}": pd.to_numeric(held[c], errors="coerce") for c in latency.LATENCY}
-    columns.update({f"predicted_{c}": predicted[c] for c in latency.LATENCY})
-    return latency.Split("A+B (all eight)", result, held.assign(**columns))
+    return latency.heldout_split("A+B (all eight)", both, heldout, device, latency.engine_settings(rows), AUTO, fixed,
+                                 "all eight shapes, predicting the fresh set")
 
 
 def fresh_lines(rows: pd.DataFrame, device: GPU) -> list[str]:
