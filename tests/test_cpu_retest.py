@@ -1,0 +1,68 @@
+"""Real vLLM on this CPU against itself: each CPU serving study measured again in a later session
+(experiments/validate/cpu_retest.py on the committed experiments/results/*_retest/ data).
+
+The expected figures are what the script printed (experiments/results/cpu_retest.txt). They back the closing
+verdicts of issues 21 and 22: the dense study's TPOT p50 differs between sessions by more than the 10% the model is
+asked for, and the fresh MoE set's sessions do not agree with each other on the order of shapes within a batch
+size to the 0.8 the model is asked for. A change to the data or to the comparison that moves them fails here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from archscale.serving.devices import load_gpu
+
+from helpers import validation_script
+
+TOLERANCE = 0.05  # points of median |difference| %, as the report rounds them
+RANK_TOLERANCE = 0.01
+ENGINE_AGAINST_ITSELF = {  # study (by its committed folder): median |retest / committed - 1| % and Spearman
+    "cpu_vllm_latency": {("throughput", "median |diff| %"): 11.15, ("TPOT p50", "median |diff| %"): 13.56,
+                         ("TTFT p50", "median |diff| %"): 9.28, ("throughput", "Spearman mean"): 0.63,
+                         ("throughput", "rho b1"): 0.14, ("TPOT p50", "rho b1"): 0.27},
+    "cpu_vllm_moe": {("throughput", "median |diff| %"): 4.23, ("TPOT p50", "median |diff| %"): 6.66,
+                     ("throughput", "Spearman mean"): 0.86, ("throughput", "rho b1"): 0.64},
+    "cpu_vllm_moe_fresh": {("throughput", "median |diff| %"): 2.94, ("TPOT p50", "median |diff| %"): 5.13,
+                           ("throughput", "Spearman mean"): 0.60, ("throughput", "rho b1"): 0.03},
+}
+
+
+@pytest.fixture(scope="module")
+def script():
+    yield from validation_script("cpu_retest")
+
+
+def study(script, folder: str):
+    found = [s for s in script.STUDIES if s.committed.parent.name == folder]
+    if not found[0].retest.exists():
+        pytest.skip(f"{found[0].retest} not present (made by the command in its folder's README)")
+    return found[0]
+
+
+@pytest.mark.parametrize("folder", list(ENGINE_AGAINST_ITSELF))
+def test_the_engine_agrees_with_itself_as_recorded(script, folder):
+    chosen = study(script, folder)
+    committed, retest = (script.latency.vllm_rows(path) for path in (chosen.committed, chosen.retest))
+    pairs = script.paired(committed, retest)
+    assert len(pairs) == len(committed) == len(retest), "every row was measured in both sessions"
+    agreement = script.agreement_table(pairs)
+    for (column, statistic), expected in ENGINE_AGAINST_ITSELF[folder].items():
+        allowed = TOLERANCE if "%" in statistic else RANK_TOLERANCE
+        assert agreement.loc[column, statistic] == pytest.approx(expected, abs=allowed), (column, statistic)
+
+
+def test_the_dense_tpot_target_is_below_what_the_engine_reproduces(script):
+    """Issue 21's TPOT p50 target (10% on held-out shapes) against the dense study's two sessions: they differ by
+    more than 10%; and a profile calibrated on half the shapes of one session predicts the other half's shapes in
+    the other session as the report records (TPOT p50 21.6%, throughput 15.2%: short of the target there too)."""
+    chosen = study(script, "cpu_vllm_latency")
+    committed, retest = (script.latency.vllm_rows(path) for path in (chosen.committed, chosen.retest))
+    agreement = script.agreement_table(script.paired(committed, retest))
+    assert agreement.loc["TPOT p50", "median |diff| %"] > 10.0
+    device = load_gpu("cpu", chosen.device)
+    first, _ = chosen.halves(committed)
+    split = script.model_split(committed, retest, chosen, device, first, "A", "committed -> retest")
+    got = script.model_figures(split)
+    assert got["TPOT p50"] == pytest.approx(0.2160, abs=0.005)
+    assert got["throughput"] == pytest.approx(0.1515, abs=0.005)
