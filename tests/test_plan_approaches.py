@@ -271,3 +271,18 @@ def test_a_plan_past_the_fitted_runs_says_it_extrapolates_and_how_far(cli, tmp_p
     assert f"{n_star / size_range['N'][1]:.3g}x the largest its runs had" in note
     lifetime = cli("plan", "--fit", fit, "--target-loss", "1.95", "--inference-tokens", "1e12")
     assert "extrapolation past the fitted runs" in lifetime.out
+
+
+def test_a_plan_below_the_fitted_runs_says_it_extrapolates_too(cli, tmp_path):
+    """A budget whose N* lies under the smallest run is as much an extrapolation as one past the largest."""
+    fit = tmp_path / "fit.json"
+    assert cli("fit", DATA / "chinchilla_epoch.csv", "--law", "chinchilla", "--loss", "huber", "--min-tokens-per-param", "0",
+               "--out", fit).code == 0
+    low = json.loads(fit.read_text())["size_range"]["N"][0]
+    below = cli("plan", "--fit", fit, "--budget", "1e15", "--json")
+    assert below.code == 0, below.err
+    plan = json.loads(below.out)["law"]
+    n_star = plan["budgets"][0]["N"]
+    assert n_star < low
+    note = next(n for n in plan["notes"] if "extrapolation below the fitted runs" in n)
+    assert f"{low / n_star:.3g}x below the smallest its runs had" in note

@@ -103,6 +103,28 @@ def test_a_fit_records_the_range_its_runs_cover(cli, tmp_path):
     assert coverage["x"][0] == pytest.approx((runs["d_model"] / runs["N"] ** 0.5).min())
 
 
+@pytest.mark.parametrize("budget, word", [(("--n", "7B", "--tokens", "140B", "--layers", "24", "--gqa", "4"), "past"),
+                                          (("--n", "30M", "--tokens", "300M", "--layers", "6", "--gqa", "1"), "below")])
+def test_a_budget_outside_the_runs_sizes_is_called_an_extrapolation(cli, tmp_path, budget, word):
+    """The aspect law fitted on the shipped runs (78M-1.67B parameters, 1.6B-49B tokens), searched at 7B parameters
+    and 140B tokens, and at 30M and 300M: each pick's loss is the law's beyond its runs, and the notes say how far."""
+    fit = tmp_path / "aspect.json"
+    assert cli("fit", str(DATA / "aspect_ratio_morph.csv"), "--law", "aspect", "--loss", "lsq", "--out", str(fit)).code == 0
+    low, high = json.loads(fit.read_text())["size_range"]["N"]
+    result = cli("search", "--fit", str(fit), *budget, "--json")
+    assert result.code == 0, result.err
+    document = json.loads(result.out)
+    note = next(n for n in document["notes"] if f"extrapolation {word} the fitted runs" in n)
+    sizes = [pick["N"] for pick in document["top_k"]]
+    if word == "past":
+        assert f"parameters up to {max(sizes):.3g}, {max(sizes) / high:.3g}x the largest its runs had" in note
+    else:
+        assert f"parameters down to {min(sizes):.3g}, {low / min(sizes):.3g}x below the smallest its runs had" in note
+    assert "tokens" in note  # both budgets' tokens are outside the runs' too
+    inside = cli("search", "--fit", str(fit), "--n", "500M", "--tokens", "10B", "--layers", "12", "--gqa", "1", "--json")
+    assert not [n for n in json.loads(inside.out)["notes"] if "fitted runs" in n]
+
+
 def test_coverage_masks_name_each_coordinate_that_is_out():
     coverage = {"x": [0.05, 0.2], "r": [0.5, 4.0], "gqa": [4.0, 4.0]}
     shapes = pd.DataFrame({"d_model": [100, 400, 100], "N": [1e6, 1e6, 1e6], "r": [1.0, 1.0, 6.0],

@@ -180,19 +180,50 @@ def size_range_from_json(block: Any, source: str) -> dict[str, list[float]] | No
     return _ranges_from_json(block, "size_range", tuple(SIZE_COLUMNS), source)
 
 
-def beyond_sizes(size_range: Mapping[str, list[float]] | None, sizes: Any, tokens: Any) -> str | None:
+def beyond_sizes(size_range: Mapping[str, list[float]] | None, sizes: Any, tokens: Any,
+                 size_word: str = SIZE_COLUMNS["N"]) -> str | None:
     """A note when planned sizes or token counts lie past the largest runs a law was fitted on, else None.
 
     A law's N*(C) or inference-aware optimum far past its runs is an extrapolation, and the output says so with
-    how far (``4.5x the largest run's``), so that no number is read as measured.
+    how far (``4.5x the largest run's``), so that no number is read as measured. ``size_word`` names N as the law
+    counts it (``active parameters`` for an MoE law).
     """
-    if not size_range:
-        return None
     parts = []
-    for name, values in (("N", sizes), ("D", tokens)):
-        finite = np.asarray([v for v in np.atleast_1d(values) if v is not None and np.isfinite(v)], float)
-        if name in size_range and len(finite) and finite.max() > size_range[name][1] * (1 + RELATIVE_SLACK):
-            high = size_range[name][1]
-            parts.append(f"{SIZE_COLUMNS[name]} up to {finite.max():.3g}, {finite.max() / high:.3g}x the largest its runs had "
-                         f"({high:.3g})")
+    for name, word, values in _size_values(size_range, sizes, tokens, size_word):
+        high = size_range[name][1]
+        if values.max() > high * (1 + RELATIVE_SLACK):
+            parts.append(f"{word} up to {values.max():.3g}, {values.max() / high:.3g}x the largest its runs had ({high:.3g})")
     return ("extrapolation past the fitted runs: " + "; ".join(parts)) if parts else None
+
+
+def below_sizes(size_range: Mapping[str, list[float]] | None, sizes: Any, tokens: Any,
+                size_word: str = SIZE_COLUMNS["N"]) -> str | None:
+    """A note when sizes or token counts lie below the smallest runs a law was fitted on, else None: a prediction
+    there is as much an extrapolation as one past the largest (a law's power terms are steepest there)."""
+    parts = []
+    for name, word, values in _size_values(size_range, sizes, tokens, size_word):
+        low = size_range[name][0]
+        if values.min() < low * (1 - RELATIVE_SLACK):
+            parts.append(f"{word} down to {values.min():.3g}, {low / values.min():.3g}x below the smallest its runs had "
+                         f"({low:.3g})")
+    return ("extrapolation below the fitted runs: " + "; ".join(parts)) if parts else None
+
+
+def outside_sizes(size_range: Mapping[str, list[float]] | None, sizes: Any, tokens: Any,
+                  size_word: str = SIZE_COLUMNS["N"]) -> list[str]:
+    """The notes of :func:`beyond_sizes` and :func:`below_sizes` that apply (none inside the runs' range)."""
+    return [note for note in (beyond_sizes(size_range, sizes, tokens, size_word),
+                              below_sizes(size_range, sizes, tokens, size_word)) if note]
+
+
+def _size_values(size_range: Mapping[str, list[float]] | None, sizes: Any, tokens: Any,
+                 size_word: str) -> list[tuple[str, str, np.ndarray]]:
+    """(column, word, finite values) for N and D where the fit records a range and there is a value to check."""
+    if not size_range:
+        return []
+    out = []
+    for name, word, values in (("N", size_word, sizes), ("D", SIZE_COLUMNS["D"], tokens)):
+        finite = np.asarray([v for v in np.atleast_1d(values) if v is not None and np.isfinite(v) and v > 0], float)
+        if name in size_range and len(finite):
+            out.append((name, word, finite))
+    return out

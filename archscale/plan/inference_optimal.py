@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from archscale.io.errors import UserError
-from archscale.fit.coverage import beyond_sizes
+from archscale.fit.coverage import outside_sizes
 from archscale.fit.fitted import FittedLaw
 from archscale.plan.numeric_optimum import SEARCHED_LAWS, law_loss, minimum_on_grid
 from archscale.serving.price import check_price
@@ -450,15 +450,14 @@ def inference_aware_optimum(fitted: FittedLaw, target_loss: float, inference_tok
         plan.optima.append(_minimise(fitted, target_loss, volume, cost, inference, grid, tokens))
         plan.chinchilla.append(Optimum(volume, n_chin, d_chin, float(training_cost(cost, n_chin, d_chin)),
                                        float(inference(np.array([n_chin]), volume)[0]), inference.operating_batch(n_chin)))
-    largest = max([o.n for o in plan.optima] + [n_chin])
-    if largest >= 0.5 * inference.unservable_from:
+    sizes = [o.n for o in plan.optima] + [n_chin]
+    if max(sizes) >= 0.5 * inference.unservable_from:
         plan.notes.append(inference.unservable_note())
-    tp_note = inference.tp_note([o.n for o in plan.optima] + [n_chin])
+    tp_note = inference.tp_note(sizes)
     if tp_note:
         plan.notes.append(tp_note)
-    beyond = beyond_sizes(fitted.size_range, [o.n for o in plan.optima] + [n_chin], [o.d for o in plan.optima] + [d_chin])
-    if beyond:
-        plan.notes.append(f"{fitted.law.name} law: {beyond}")
+    plan.notes += [f"{fitted.law.name} law: {note}"
+                   for note in outside_sizes(fitted.size_range, sizes, [o.d for o in plan.optima] + [d_chin])]
     if any(o.n <= grid[1] or o.n >= grid[-2] for o in plan.optima):
         plan.notes.append("an optimum sits at the edge of the searched sizes: the cost keeps falling beyond it")
     return plan

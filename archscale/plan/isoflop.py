@@ -37,7 +37,7 @@ from archscale.fit.selection import budget_groups, budgets as run_budgets
 from archscale.fit.fitted import FittedLaw
 from archscale.laws import get_law
 from archscale.io.units import format_count
-from archscale.fit.coverage import beyond_sizes
+from archscale.fit.coverage import outside_sizes
 from archscale.plan.intervals import interval, interval_notes
 from archscale.plan.numeric_optimum import SEARCHED_LAWS, local_exponent, numeric_optimum
 
@@ -136,9 +136,7 @@ def law_allocation(fitted: FittedLaw, budgets: Sequence[float]) -> LawAllocation
     if name.startswith("aspect"):
         notes.append("the aspect law's shape factor (1 + eps R^gamma) does not move N* or D*; the loss shown is its "
                      "size part E + A/N^alpha + B/D^beta, before the shape penalty")
-    beyond = beyond_sizes(fitted.size_range, n_opt, d_opt)
-    if beyond:
-        notes.append(f"{fitted.law.name} law: {beyond}")
+    notes += [f"{fitted.law.name} law: {note}" for note in outside_sizes(fitted.size_range, n_opt, d_opt)]
     result = LawAllocation(name, fitted.source, a, 1 - a, list(grid), list(n_opt), list(d_opt), list(loss),
                            params=dict(fitted.params), fixed=TIED_FIXED if name.endswith("-tied") else None, notes=notes)
     if fitted.draws:

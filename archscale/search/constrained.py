@@ -39,7 +39,7 @@ from archscale.search.latency_limited import add_fixed_batch, check_some_meet, c
 from archscale.io.errors import UserError
 from archscale.laws import CONDITIONAL, MULTIPLICATIVE
 from archscale.fit.coverage import (COORDINATES, _span, describe_coverage, outside_coverage, outside_label,
-                                    outside_names)
+                                    outside_names, outside_sizes)
 from archscale.fit.fitted import FittedLaw
 
 SHAPE_COLUMNS = ["n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff"]
@@ -876,6 +876,7 @@ def search(
     picks = label_extrapolations(select_top_k(candidates[candidates["ranked"]], top_k, spec.tie_rule), fitted, policy,
                                  spec.layers)
     picks = add_speedup_intervals(picks, target, spec)
+    notes += outside_sizes(fitted.size_range, picks["N"].to_numpy(float), [spec.tokens])
     notes.append(tie_note(picks, spec.tie_rule))
     if len(picks) < top_k:
         notes.append(f"only {len(picks)} distinct shape{'s meet' if len(picks) != 1 else ' meets'} the target loss, "

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from archscale.fit.coverage import (COORDINATES, RELATIVE_SLACK, beyond_sizes, describe_coverage, expansion_of,
+from archscale.fit.coverage import (COORDINATES, describe_coverage, expansion_of, outside_sizes,
                                     outside_coverage, outside_label)
 from archscale.fit.fitted import FittedLaw
 from archscale.io.errors import UserError
@@ -239,14 +239,7 @@ def family_notes(candidates: pd.DataFrame, fitted: FittedLaw, coverage: dict[str
                      "apart, so within a family the pick is by throughput alone, on no loss evidence")
     notes.append(f"law {fitted.law.name} sees the active size, tokens and E/k only: within a family, shapes that meet "
                  "the target are ordered by throughput")
-    sizes = law_sizes(fitted, picks)
-    past = beyond_sizes({"N": fitted.size_range["N"], "D": fitted.size_range["D"]} if fitted.size_range else None,
-                        sizes, [spec.tokens])
-    if past:
-        notes.append(past)
-    below = below_sizes(fitted, sizes, spec.tokens)
-    if below:
-        notes.append(below)
+    notes += outside_sizes(fitted.size_range, law_sizes(fitted, picks), [spec.tokens], "active parameters")
     unfit = int((~candidates["fits"]).sum())
     if unfit:
         by_family = candidates.loc[~candidates["fits"], "family"].value_counts()
@@ -266,20 +259,6 @@ def family_notes(candidates: pd.DataFrame, fitted: FittedLaw, coverage: dict[str
         notes.append(f"ranked at each shape's operating point: the most requests (up to --batch "
                      f"{spec.workload.batch_size}) that meet {spec.limits.describe()}")
     return notes
-
-
-def below_sizes(fitted: FittedLaw, sizes: np.ndarray, tokens: float) -> str | None:
-    """A note when the picks' sizes (as the law counts them) or the tokens lie below the smallest the fit's runs had:
-    a prediction there is an extrapolation as much as one past the largest."""
-    if not fitted.size_range:
-        return None
-    parts = []
-    for name, values, word in (("N", sizes, "active parameters"), ("D", [tokens], "tokens")):
-        low = fitted.size_range.get(name, [0.0])[0]
-        smallest = float(np.min(values)) if len(values) else low
-        if smallest < low * (1 - RELATIVE_SLACK):
-            parts.append(f"{word} down to {smallest:.3g}, {low / smallest:.3g}x below the smallest its runs had ({low:.3g})")
-    return ("extrapolation below the fitted runs: " + "; ".join(parts)) if parts else None
 
 
 def family_document(result: FamilyResult, spec: SearchSpec, fitted: FittedLaw, grid: ExpertGrid) -> dict[str, Any]:
