@@ -14,6 +14,10 @@ thread and this process pinned to core 0 while it measures. Shapes are visited i
 both backends back to back per shape, so slow drifts of the shared machine's load fall on both and on shapes
 alike; the load average is logged before and after each measurement.
 
+``--set fresh`` measures ten other shapes (:data:`FRESH_TARGETS`: 8 layers, 30M non-embedding parameters, d_model
+320-896), chosen after the serving model's latency terms were settled on ``cpu_vllm_latency/``, so that a profile
+can be scored on shapes nothing was designed on; it writes ``experiments/results/cpu_vllm_latency_fresh/``.
+
 Writes ``experiments/results/cpu_vllm/``: ``configs/`` (one config.json per shape), ``bench.sqlite`` (the
 store; not committed), ``cpu_vllm.csv`` (its export, as ``archscale bench --show --store STORE --export FILE``
 writes it), ``load.csv`` and ``summary.txt``.
@@ -43,6 +47,14 @@ TARGETS = [  # (d_model, r wanted, GQA group): narrow to wide, attention-heavy t
     (256, 2.3, 1), (256, 1.7, 8),  # at d_model 256 the budget allows r of about 1.7-2.3 only (16-32 heads)
     (384, 1.0, 2), (384, 4.5, 4), (512, 0.5, 1), (512, 2.5, 8), (640, 1.5, 4), (768, 4.0, 2), (768, 0.7, 8), (1024, 1.0, 4),
 ]
+FRESH_BUDGET, FRESH_LAYERS = 3e7, 8
+FRESH_TARGETS = [  # a second set, measured after the latency model was settled on the first (``--set fresh``)
+    (320, 2.0, 2), (320, 1.5, 4), (448, 3.0, 1), (448, 0.8, 8), (576, 1.2, 2), (576, 3.5, 8), (704, 2.0, 1),
+    (704, 0.6, 4), (896, 1.0, 2), (896, 3.0, 4),
+]
+"""(d_model, r wanted, GQA group) of the fresh set: 8 layers at 30M non-embedding parameters, d_model values the
+first set does not have."""
+FRESH_OUT = OUT.with_name("cpu_vllm_latency_fresh")
 BACKENDS = ("vllm", "torch")
 
 
@@ -59,7 +71,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backends", type=parse_backends, default=BACKENDS,
                         help="Comma-separated subset of vllm,torch to measure (default both): vllm alone measures the "
                              "engine's latency at longer prompts in the time both would take at short ones.")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--set", choices=("main", "fresh"), default="main", dest="shape_set",
+                        help="main: ten 6-layer 20M shapes; fresh: ten 8-layer 30M shapes (FRESH_TARGETS), measured "
+                             "after the latency model was settled on the first")
+    parser.add_argument("--out", type=Path, default=None, help="Default: results/cpu_vllm (fresh: cpu_vllm_latency_fresh).")
     return parser.parse_args()
 
 
@@ -73,14 +88,15 @@ def parse_backends(text: str) -> tuple[str, ...]:
     return tuple(name for name in BACKENDS if name in names)
 
 
-def pick_shapes(limit: int) -> list:
+def pick_shapes(limit: int, shape_set: str = "main") -> list:
     """The candidate nearest each target (r on a log scale, then the budget), as architectures."""
-    table = generate_candidates(BUDGET, LAYERS, HEAD_DIM, tolerance=0.05, vocab_size=VOCAB, gqa_values=[1, 2, 4, 8],
-                                d_model_values=sorted({d for d, _, _ in TARGETS}), strict_hf=True)
+    budget, layers, targets = (FRESH_BUDGET, FRESH_LAYERS, FRESH_TARGETS) if shape_set == "fresh" else (BUDGET, LAYERS, TARGETS)
+    table = generate_candidates(budget, layers, HEAD_DIM, tolerance=0.05, vocab_size=VOCAB, gqa_values=[1, 2, 4, 8],
+                                d_model_values=sorted({d for d, _, _ in targets}), strict_hf=True)
     shapes = []
-    for d_model, r_wanted, group in TARGETS[:limit]:
+    for d_model, r_wanted, group in targets[:limit]:
         rows = table[(table["d_model"] == d_model) & (table["gqa"] == group)]
-        distance = (rows["r"] / r_wanted).map(math.log).abs() + (rows["N"] / BUDGET - 1).abs()
+        distance = (rows["r"] / r_wanted).map(math.log).abs() + (rows["N"] / budget - 1).abs()
         row = rows.loc[distance.idxmin()]
         arch = architecture_from_row(row)
         shapes.append(arch.__class__(**{**arch.__dict__, "name": f"d{arch.d_model}-r{row['r']:.2f}-g{group}"}))
@@ -109,12 +125,12 @@ def main() -> None:
     args = parse_args()
     if args.limit < 8:
         raise SystemExit("--limit: at least 8 shapes (half to fit a profile on, half to predict)")
-    out = args.out
+    out = args.out or (FRESH_OUT if args.shape_set == "fresh" else OUT)
     store = out / "bench.sqlite"
     done = measured_pairs(store, len(args.batch_sizes.split(","))) if store.exists() else set()
     if done:
         print(f"{store} exists: measuring only the (shape, backend) pairs it lacks", flush=True)
-    shapes = pick_shapes(args.limit)
+    shapes = pick_shapes(args.limit, args.shape_set)
     specs = []
     for arch in shapes:
         directory = out / "configs" / arch.name
@@ -168,7 +184,7 @@ def write_summary(out: Path, rows: pd.DataFrame, loads: pd.DataFrame, args, seco
     failed = rows[rows["status"] != "ok"]
     lines = [f"command: python experiments/studies/cpu_vllm_shapes.py --limit {args.limit} --batch-sizes {args.batch_sizes} "
              f"--input-len {args.input_len} --output-len {args.output_len} --repeats {args.repeats}"
-             + (" --compile" if args.compile else "")
+             + (" --compile" if args.compile else "") + (f" --set {args.shape_set}" if args.shape_set != "main" else "")
              + (f" --backends {','.join(args.backends)}" if args.backends != BACKENDS else ""),
              f"{count} rows ({len(failed)} failed); this run {seconds / 60:.1f} min; load average (1 min) over the "
              f"measurements: median {loads[['load_before', 'load_after']].stack().median():.1f}, "
