@@ -70,3 +70,38 @@ def test_the_prefill_chunk_is_vllm_cpus_and_the_long_prompts_span_passes(script)
     widest = rows[rows["batch_size"] == 32]
     assert (widest["input_len"] * 32 > 2 * settings.prefill_chunk_tokens).all()
     assert (widest["ttft_ms_p50"] < 0.9 * widest["ttft_ms_p99"]).all()
+
+
+FRESH_CSV = CSV.parent.with_name("cpu_vllm_latency_fresh") / "cpu_vllm.csv"
+FRESH_MEASURED = {  # the fresh set (measured after both procedures were committed), halves of it, as recorded
+    "validation": {
+        "A": {"terms": ("t_step", "t_seq"), "tpot_ms_p50": 0.256, "ttft_ms_p50": 0.240, "ttft_ms_p99": 0.233,
+              "throughput": 0.082},
+        "B": {"terms": ("eta_kv", "t_step", "t_seq"), "tpot_ms_p50": 0.074, "ttft_ms_p50": 0.326, "ttft_ms_p99": 0.323,
+              "throughput": 0.291},
+    },
+    "compute efficiency fitted": {
+        "A": {"terms": ("eta_compute", "t_step"), "tpot_ms_p50": 0.144, "ttft_ms_p50": 0.174, "ttft_ms_p99": 0.189,
+              "throughput": 0.120},
+        "B": {"terms": ("eta_compute", "t_step"), "tpot_ms_p50": 0.129, "ttft_ms_p50": 0.067, "ttft_ms_p99": 0.063,
+              "throughput": 0.095},
+    },
+}
+
+
+@pytest.mark.skipif(not FRESH_CSV.exists(), reason="the fresh set is not present (cpu_vllm_shapes.py --set fresh)")
+@pytest.mark.parametrize("label", list(FRESH_MEASURED))
+def test_the_fresh_set_is_predicted_as_recorded(script, label):
+    """Shapes measured after the procedures were settled: with the compute efficiency fitted, TTFT (p50 and p99)
+    is within the 20% target on both halves and TPOT p50 is not within 10%; with the efficiencies fixed, TTFT is
+    missed on both (the folder's README)."""
+    rows = script.vllm_rows(FRESH_CSV)
+    device = load_gpu("cpu", script.DEVICE)
+    free, fixed = (script.AUTO, script.FIXED) if label == "validation" else (script.VARIANT_FREE, script.VARIANT_FIXED)
+    got = {split.name: split.figures() for split in script.validate(rows, device, free=free, fixed=fixed)}
+    for half, expected in FRESH_MEASURED[label].items():
+        assert_figures_as_recorded({k: got[half][k] for k in expected}, expected, TOLERANCE)
+    ttft_met = all(got[h][c] <= 0.20 for h in "AB" for c in ("ttft_ms_p50", "ttft_ms_p99"))
+    assert ttft_met == (label == "compute efficiency fitted")
+    if label == "compute efficiency fitted":
+        assert all(got[h]["tpot_ms_p50"] > 0.10 for h in "AB")
