@@ -19,15 +19,36 @@ SLACK_BYTES = 0.5e9
 """Allocator fragmentation and small tensors outside the estimate."""
 
 
-def prefill_bytes_per_token(arch: Architecture, input_len: int, element: int, masked: bool) -> int:
+def prefill_bytes_per_token(arch: Architecture, input_len: int, element: int, masked: bool,
+                            over_layers: str = "widest") -> int:
     """Transient bytes per prompt token during prefill: activations and masked scores (logits: last position only).
 
     A chunk after the first needs an explicit mask, and SDPA may then fall
     back to a kernel that materialises ``n_heads x input_len`` fp32 scores.
+    ``over_layers`` is :func:`mlp_activation_bytes`'s: ``widest`` for a transient, ``mean`` for what every layer keeps.
     """
-    activations = (4 * arch.d_model + 2 * arch.d_q + 2 * arch.d_kv + 3 * arch.d_ff) * element
+    activations = (4 * arch.d_model + 2 * arch.d_q + 2 * arch.d_kv) * element
     scores = arch.n_heads * input_len * 4 if masked else 0
-    return activations + scores
+    return int(activations + mlp_activation_bytes(arch, element, over_layers) + scores)
+
+
+def mlp_activation_bytes(arch: Architecture, element: int, over_layers: str = "widest") -> float:
+    """Bytes one token leaves in a layer's MLP: SwiGLU's gate, up and product, 3 x the width it passes through.
+
+    An MoE token passes through ``k`` routed experts (and the shared ones), not one: ``3 (k expert_d_ff + shared
+    widths)``, plus the ``k`` copies of the token the experts gather and return (``2 k d_model``) and the router's
+    float32 probabilities over ``E``. Dense layers before the first MoE layer keep ``3 d_ff``. ``widest``: the
+    largest layer (a transient, one layer at a time); ``mean``: the mean over layers (training keeps every layer's).
+    """
+    dense = 3 * arch.d_ff * element
+    if not arch.is_moe:
+        return float(dense)
+    k = arch.experts_per_token
+    width = k * arch.expert_d_ff + arch.n_shared_experts * arch.shared_expert_d_ff
+    moe = (3 * width + 2 * k * arch.d_model) * element + 4 * arch.n_experts
+    if over_layers == "widest":
+        return float(max(moe, dense) if arch.first_dense_layers else moe)
+    return (arch.first_dense_layers * dense + (arch.n_layers - arch.first_dense_layers) * moe) / arch.n_layers
 
 
 def prefill_chunk(arch: Architecture, batch: int, input_len: int, element: int, budget: int) -> int:

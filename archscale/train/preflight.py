@@ -42,7 +42,7 @@ def training_memory(arch: Architecture, micro_batch: int, seq_len: int, autocast
     """Lower-bound bytes for training ``arch`` on one rank (``shards`` > 1: FSDP splits the states)."""
     element = 2 if autocast_bf16 else 4
     states = arch.n_params_total * STATE_BYTES_PER_PARAM // max(1, shards)
-    per_token = arch.n_layers * prefill_bytes_per_token(arch, seq_len, element, masked=False)
+    per_token = arch.n_layers * prefill_bytes_per_token(arch, seq_len, element, masked=False, over_layers="mean")
     activations = micro_batch * seq_len * per_token
     logits = 2 * micro_batch * seq_len * arch.vocab_size * 4
     return TrainingMemory(int(states), int(activations), int(logits))
