@@ -121,8 +121,13 @@ def test_a_budget_outside_the_runs_sizes_is_called_an_extrapolation(cli, tmp_pat
     else:
         assert f"parameters down to {min(sizes):.3g}, {low / min(sizes):.3g}x below the smallest its runs had" in note
     assert "tokens" in note  # both budgets' tokens are outside the runs' too
-    inside = cli("search", "--fit", str(fit), "--n", "500M", "--tokens", "10B", "--layers", "12", "--gqa", "1", "--json")
-    assert not [n for n in json.loads(inside.out)["notes"] if "fitted runs" in n]
+    runs = f"(runs {low:.3g}-{high:.3g})"
+    assert all(f"N {pick['N']:.3g} {runs}" in pick["extrapolation"] and "; D " in pick["extrapolation"]
+               for pick in document["top_k"])  # each pick says so too
+    inside = json.loads(cli("search", "--fit", str(fit), "--n", "500M", "--tokens", "10B", "--layers", "12", "--gqa", "1",
+                            "--json").out)
+    assert not [n for n in inside["notes"] if "fitted runs" in n]
+    assert all(pick["extrapolation"] == "" for pick in inside["top_k"])
 
 
 def test_coverage_masks_name_each_coordinate_that_is_out():

@@ -214,9 +214,12 @@ def test_emit_writes_a_trainable_config_per_pick_and_an_moe_pick_trains(cli, tmp
     result = cli("search", "--fit", JOINT, "--n", "2.4e5", "--tokens", "2e4", "--layers", "2", "--head-dim", "16",
                  "--vocab", "256", "--d-multiple", "16", "--ff-multiple", "16", "--gpu", "h200", "--batch", "8",
                  "--input-len", "64", "--output-len", "16", "--experts", "2,4", "--experts-per-token", "1",
-                 "--granularity", "4/3", "--slack", "0.08", "--top-k", "1", "--emit", configs)
+                 "--granularity", "4/3", "--slack", "0.08", "--top-k", "1", "--emit", configs,
+                 "--out", tmp_path / "search.json")
     assert result.code == 0, result.err
     assert "extrapolation below the fitted runs" in " ".join(result.out.split())  # 240K active: far below 79M
+    labels = [pick["extrapolation"] for pick in json.loads((tmp_path / "search.json").read_text())["picks"]]
+    assert all(label.startswith("N ") and "(runs 7.9e+07-2.7e+09)" in label for label in labels)  # each pick too
     picked = {path.name: json.loads((path / "candidate.json").read_text()) for path in configs.iterdir()}
     assert {(p["family"], p["rank"]) for p in picked.values()} == {(DENSE, 1), (MOE, 1)}
     moe_dir = next(configs / name for name, p in picked.items() if p["family"] == MOE)

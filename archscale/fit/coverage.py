@@ -216,6 +216,18 @@ def outside_sizes(size_range: Mapping[str, list[float]] | None, sizes: Any, toke
                               below_sizes(size_range, sizes, tokens, size_word)) if note]
 
 
+def size_label(size_range: Mapping[str, list[float]] | None, n: float, tokens: float) -> str:
+    """``"N 7.19e+09 (runs 7.77e+07-1.67e+09)"``: a pick's size and tokens where they lie outside the fit's runs, in
+    :func:`outside_label`'s words, "" when inside (so a pick's label names every way its loss is extrapolated)."""
+    parts = []
+    for name, _, values in _size_values(size_range, [n], [tokens], "N"):
+        low, high = size_range[name]
+        value = float(values[0])
+        if not low * (1 - RELATIVE_SLACK) <= value <= high * (1 + RELATIVE_SLACK):
+            parts.append(f"{name} {value:.3g} (runs {_span(low, high)})")
+    return "; ".join(parts)
+
+
 def _size_values(size_range: Mapping[str, list[float]] | None, sizes: Any, tokens: Any,
                  size_word: str) -> list[tuple[str, str, np.ndarray]]:
     """(column, word, finite values) for N and D where the fit records a range and there is a value to check."""

@@ -39,7 +39,7 @@ from archscale.search.latency_limited import add_fixed_batch, check_some_meet, c
 from archscale.io.errors import UserError
 from archscale.laws import CONDITIONAL, MULTIPLICATIVE
 from archscale.fit.coverage import (COORDINATES, _span, describe_coverage, outside_coverage, outside_label,
-                                    outside_names, outside_sizes)
+                                    outside_names, outside_sizes, size_label)
 from archscale.fit.fitted import FittedLaw
 
 SHAPE_COLUMNS = ["n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff"]
@@ -604,8 +604,9 @@ def coverage_notes(candidates: pd.DataFrame, fitted: FittedLaw, extrapolate: boo
 
 
 def label_extrapolations(picks: pd.DataFrame, fitted: FittedLaw, policy: GqaPolicy,
-                         depths: Sequence[int] = ()) -> pd.DataFrame:
-    """``extrapolation`` (what is out, "" inside) and ``inside_data`` (the coordinates checked and inside) per pick."""
+                         depths: Sequence[int] = (), tokens: float | None = None) -> pd.DataFrame:
+    """``extrapolation`` (what is out, "" inside: shape coordinates, then size and ``tokens`` past or below the
+    fit's runs) and ``inside_data`` (the shape coordinates checked and inside) per pick."""
     if picks.empty:
         return picks
     coverage = ranking_coverage(fitted, policy) or {}
@@ -614,7 +615,9 @@ def label_extrapolations(picks: pd.DataFrame, fitted: FittedLaw, policy: GqaPoli
     labels, inside = [], []
     for row in picks.to_dict("records"):
         mask = int(row.get("outside", 0))
-        labels.append(outside_label(row, mask, coverage, bounds) if mask else "")
+        shape = outside_label(row, mask, coverage, bounds) if mask else ""
+        size = size_label(fitted.size_range, row["N"], tokens) if tokens is not None else ""
+        labels.append("; ".join(part for part in (shape, size) if part))
         inside.append(",".join(c for c in checked if c not in outside_names(mask)))
     picks["extrapolation"] = labels
     picks["inside_data"] = inside
@@ -874,7 +877,7 @@ def search(
         notes.append(f"dollars per million output tokens at ${spec.usd_per_gpu_hour:g} per GPU-hour x {spec.tp} GPU"
                      f"{'s' if spec.tp > 1 else ''} per replica, at each shape's throughput above")
     picks = label_extrapolations(select_top_k(candidates[candidates["ranked"]], top_k, spec.tie_rule), fitted, policy,
-                                 spec.layers)
+                                 spec.layers, spec.tokens)
     picks = add_speedup_intervals(picks, target, spec)
     notes += outside_sizes(fitted.size_range, picks["N"].to_numpy(float), [spec.tokens])
     notes.append(tie_note(picks, spec.tie_rule))

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from archscale.fit.coverage import (COORDINATES, describe_coverage, expansion_of, outside_sizes,
+from archscale.fit.coverage import (COORDINATES, describe_coverage, expansion_of, outside_sizes, size_label,
                                     outside_coverage, outside_label)
 from archscale.fit.fitted import FittedLaw
 from archscale.io.errors import UserError
@@ -211,8 +211,11 @@ def search_families(fitted: FittedLaw, spec: SearchSpec, grid: ExpertGrid, targe
         raise UserError(f"no candidate inside the fit's runs ({describe_coverage(coverage)}) meets the target loss "
                         f"{target:.4f}: add --extrapolate to rank shapes the law has not seen, labelled")
     picks = top_per_family(candidates[candidates["ranked"]], top_k)
-    picks["extrapolation"] = [outside_label(row, int(row["outside"]), coverage) if int(row["outside"]) else ""
-                              for row in picks.to_dict("records")]
+    sizes = law_sizes(fitted, picks)
+    picks["extrapolation"] = ["; ".join(part for part in (
+        outside_label(row, int(row["outside"]), coverage) if int(row["outside"]) else "",
+        size_label(fitted.size_range, size, spec.tokens)) if part)
+        for row, size in zip(picks.to_dict("records"), sizes)]
     if spec.usd_per_gpu_hour is not None:
         picks["usd_per_m_output"] = usd_per_million_tokens(picks["output_tokens_per_s"].to_numpy(float),
                                                            spec.usd_per_gpu_hour, spec.tp)
