@@ -44,7 +44,7 @@ from archscale.bench.types import BenchOptions
 from archscale.shapes.architecture import Architecture
 from archscale.shapes.hf_config import write_hf_config
 
-from cpu_vllm_shapes import load_average, measured_pairs
+from cpu_vllm_shapes import load_average, measured_pairs, wait_for_other_jobs, wait_until_quiet
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "cpu_vllm_moe"
 FRESH_OUT = OUT.with_name("cpu_vllm_moe_fresh")
@@ -57,12 +57,6 @@ FRESH_GEOMETRY = (6, 512, 8, 2, 64, 8192, 2048)
 """(layers, d_model, heads, KV heads, d_head, vocabulary, k x expert width) of the fresh set."""
 FRESH_SHAPES = ((2, 1), (6, 2), (12, 1), (12, 3), (24, 2), (32, 4))
 """(E, k) of the fresh set: E 2, 6, 12, 24, 32 and k 3 appear in no shape of the first."""
-QUIET_LOAD, QUIET_WAIT_S, QUIET_TIMEOUT_S = 1.2, 30, 600
-QUIET_BUSY_CORES, BUSY_SAMPLE_S = 0.3, 5.0
-"""Between shapes nothing of this study runs, so more than 0.3 busy cores over 5 s is another job: wait for it. (The
-load average cannot tell: the shape just measured keeps it above 1 for a minute.)"""
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vllm-python", type=Path, default=None, help="Python with vLLM (default $ARCHSCALE_VLLM_PYTHON).")
@@ -88,37 +82,6 @@ def moe_shapes(shape_set: str = "main") -> list[Architecture]:
     return [Architecture(layers, d_model, heads, kv, d_head, width // k, vocab_size=vocab, n_experts=experts,
                          experts_per_token=k, expert_d_ff=width // k, name=f"{prefix}e{experts}-k{k}-f{width // k}")
             for experts, k in pairs]
-
-
-def wait_until_quiet() -> float:
-    """Wait while other jobs keep the machine busy (the load is logged, not hidden); the load when measuring starts."""
-    waited = 0
-    while (load := load_average()) > QUIET_LOAD and waited < QUIET_TIMEOUT_S:
-        print(f"load {load:.2f} > {QUIET_LOAD}: waiting {QUIET_WAIT_S} s", flush=True)
-        time.sleep(QUIET_WAIT_S)
-        waited += QUIET_WAIT_S
-    return load
-
-
-def busy_cores(seconds: float = BUSY_SAMPLE_S) -> float:
-    """Cores kept busy over the next ``seconds`` (``/proc/stat``: all time but idle and I/O wait), by anything."""
-    def sample() -> tuple[int, int]:
-        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        return sum(values), values[3] + values[4]
-    total0, idle0 = sample()
-    time.sleep(seconds)
-    total1, idle1 = sample()
-    return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / max(total1 - total0, 1))
-
-
-def wait_for_other_jobs() -> float:
-    """Before each shape: wait (up to 10 min) while another job keeps more than :data:`QUIET_BUSY_CORES` busy."""
-    waited = 0.0
-    while (busy := busy_cores()) > QUIET_BUSY_CORES and waited < QUIET_TIMEOUT_S:
-        print(f"{busy:.2f} cores busy with other jobs: waiting {QUIET_WAIT_S} s", flush=True)
-        time.sleep(QUIET_WAIT_S)
-        waited += QUIET_WAIT_S + BUSY_SAMPLE_S
-    return busy
 
 
 def main() -> None:

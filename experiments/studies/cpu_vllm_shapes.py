@@ -12,7 +12,10 @@ core 0: vLLM binds its model worker itself (``auto``: core 0, core 1 left to its
 ``threads``/``cpu_binding`` columns say so per row), the torch backend runs in this process with one torch
 thread and this process pinned to core 0 while it measures. Shapes are visited in a shuffled (seeded) order,
 both backends back to back per shape, so slow drifts of the shared machine's load fall on both and on shapes
-alike; the load average is logged before and after each measurement.
+alike; the load average is logged before and after each measurement. Before measuring, the run waits (30 s at a
+time, up to 10 min) while the 1-minute load average is above 1.2, and before each measurement while another job
+keeps more than 0.3 cores busy (:func:`wait_for_other_jobs`; the quiet-machine protocol, shared with
+``cpu_vllm_moe.py``; the first two dense sets and the dense retest were measured before it was added here).
 
 ``--set fresh`` measures ten other shapes (:data:`FRESH_TARGETS`: 8 layers, 30M non-embedding parameters, d_model
 320-896), chosen after the serving model's latency terms were settled on ``cpu_vllm_latency/``, so that a profile
@@ -56,6 +59,10 @@ FRESH_TARGETS = [  # a second set, measured after the latency model was settled 
 first set does not have."""
 FRESH_OUT = OUT.with_name("cpu_vllm_latency_fresh")
 BACKENDS = ("vllm", "torch")
+QUIET_LOAD, QUIET_WAIT_S, QUIET_TIMEOUT_S = 1.2, 30, 600
+QUIET_BUSY_CORES, BUSY_SAMPLE_S = 0.3, 5.0
+"""Between shapes nothing of this study runs, so more than 0.3 busy cores over 5 s is another job: wait for it. (The
+load average cannot tell: the shape just measured keeps it above 1 for a minute.)"""
 
 
 def parse_args() -> argparse.Namespace:
@@ -107,6 +114,37 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def wait_until_quiet() -> float:
+    """Wait while other jobs keep the machine busy (the load is logged, not hidden); the load when measuring starts."""
+    waited = 0
+    while (load := load_average()) > QUIET_LOAD and waited < QUIET_TIMEOUT_S:
+        print(f"load {load:.2f} > {QUIET_LOAD}: waiting {QUIET_WAIT_S} s", flush=True)
+        time.sleep(QUIET_WAIT_S)
+        waited += QUIET_WAIT_S
+    return load
+
+
+def busy_cores(seconds: float = BUSY_SAMPLE_S) -> float:
+    """Cores kept busy over the next ``seconds`` (``/proc/stat``: all time but idle and I/O wait), by anything."""
+    def sample() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(values), values[3] + values[4]
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / max(total1 - total0, 1))
+
+
+def wait_for_other_jobs() -> float:
+    """Before each shape: wait (up to 10 min) while another job keeps more than :data:`QUIET_BUSY_CORES` busy."""
+    waited = 0.0
+    while (busy := busy_cores()) > QUIET_BUSY_CORES and waited < QUIET_TIMEOUT_S:
+        print(f"{busy:.2f} cores busy with other jobs: waiting {QUIET_WAIT_S} s", flush=True)
+        time.sleep(QUIET_WAIT_S)
+        waited += QUIET_WAIT_S + BUSY_SAMPLE_S
+    return busy
+
+
 def measure_torch(target, options: BenchOptions, store: Path) -> None:
     """The torch backend in this process: one torch thread, pinned to core 0 (as vLLM's worker is)."""
     import torch
@@ -145,6 +183,8 @@ def main() -> None:
     torch_options = BenchOptions(backend="torch", device="cpu", **common)
     order = list(range(len(targets)))
     random.Random(0).shuffle(order)
+    start_load = wait_until_quiet()
+    print(f"measuring at load {start_load:.2f}", flush=True)
     load_rows = []
     started = time.perf_counter()
     for step, index in enumerate(order):
@@ -152,13 +192,14 @@ def main() -> None:
         for backend, options in (("vllm", vllm), ("torch", torch_options))[:: 1 if step % 2 == 0 else -1]:
             if (target.label, backend) in done or backend not in args.backends:
                 continue
+            busy = wait_for_other_jobs()
             before, t0 = load_average(), time.perf_counter()
             if backend == "vllm":
                 run_sweep([target], options, store)
             else:
                 measure_torch(target, options, store)
             load_rows.append({"shape": target.label, "backend": backend, "seconds": round(time.perf_counter() - t0, 1),
-                              "load_before": before, "load_after": load_average()})
+                              "busy_cores_before": round(busy, 2), "load_before": before, "load_after": load_average()})
             print(f"[{time.perf_counter() - started:6.0f} s] {target.label} {backend}: {load_rows[-1]['seconds']} s, "
                   f"load {before:.1f} -> {load_rows[-1]['load_after']:.1f}", flush=True)
     count = export_csv(store, out / "cpu_vllm.csv")
@@ -168,7 +209,7 @@ def main() -> None:
         kept = [(shape, backend) in done for shape, backend in zip(earlier["shape"], earlier["backend"])]
         loads = pd.concat([earlier[kept], loads], ignore_index=True)
     loads.to_csv(out / "load.csv", index=False)
-    write_summary(out, load_results(store), loads, args, time.perf_counter() - started, count)
+    write_summary(out, load_results(store), loads, args, time.perf_counter() - started, count, start_load)
 
 
 def measured_pairs(store: Path, n_batch_sizes: int) -> set[tuple[str, str]]:
@@ -178,7 +219,8 @@ def measured_pairs(store: Path, n_batch_sizes: int) -> set[tuple[str, str]]:
     return {pair for pair, count in counts.items() if count >= n_batch_sizes}
 
 
-def write_summary(out: Path, rows: pd.DataFrame, loads: pd.DataFrame, args, seconds: float, count: int) -> None:
+def write_summary(out: Path, rows: pd.DataFrame, loads: pd.DataFrame, args, seconds: float, count: int,
+                  start_load: float) -> None:
     table = rows.pivot_table(index=["name", "d_model", "n_heads", "n_kv_heads", "d_ff"], columns=["backend", "batch_size"],
                              values="tokens_per_s").round(0)
     failed = rows[rows["status"] != "ok"]
@@ -188,7 +230,9 @@ def write_summary(out: Path, rows: pd.DataFrame, loads: pd.DataFrame, args, seco
              + (f" --backends {','.join(args.backends)}" if args.backends != BACKENDS else ""),
              f"{count} rows ({len(failed)} failed); this run {seconds / 60:.1f} min; load average (1 min) over the "
              f"measurements: median {loads[['load_before', 'load_after']].stack().median():.1f}, "
-             f"max {loads[['load_before', 'load_after']].stack().max():.1f} on {os.cpu_count()} CPUs",
+             f"max {loads[['load_before', 'load_after']].stack().max():.1f} on {os.cpu_count()} CPUs; at the start "
+             f"{start_load:.2f}; cores busy with other jobs before each measurement: at most "
+             f"{loads['busy_cores_before'].max():.2f}",
              f"vLLM rows: dtype {sorted(set(rows.loc[rows.backend == 'vllm', 'dtype']))}, threads "
              f"{sorted(set(rows.loc[rows.backend == 'vllm', 'threads'].dropna().astype(int)))}, cores "
              f"{sorted(set(rows.loc[rows.backend == 'vllm', 'cpu_binding'].dropna()))}"
