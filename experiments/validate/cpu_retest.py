@@ -11,6 +11,8 @@ Inputs (each a study's export, written by the command in its folder's README):
 
 * ``cpu_vllm_latency/cpu_vllm.csv`` and ``cpu_vllm_latency_retest/cpu_vllm.csv``: the ten ~20M dense shapes at batch
   1-32, 320 in / 32 out (``cpu_latency_validation.py``'s data, issue 21's TPOT and TTFT targets);
+* ``cpu_vllm_latency_retest_quiet/cpu_vllm.csv``: the same ten shapes a third time, with the study's quiet-machine
+  protocol (no other job running), compared with each earlier session;
 * ``cpu_vllm_moe/`` and ``cpu_vllm_moe_retest/``: the eight MoE shapes of 13.0M active parameters;
 * ``cpu_vllm_moe_fresh/`` and ``cpu_vllm_moe_fresh_retest/``: the six fresh MoE shapes
   (``cpu_moe_validation.py``'s data, issue 22's throughput and within-batch rank targets).
@@ -67,6 +69,12 @@ class Study:
 STUDIES = (
     Study("dense, ten ~20M shapes (issue 21: TPOT p50 <= 10%, TTFT p50 <= 20%)",
           RESULTS / "cpu_vllm_latency" / "cpu_vllm.csv", RESULTS / "cpu_vllm_latency_retest" / "cpu_vllm.csv",
+          latency.DEVICE, latency.halves, latency.FIXED),
+    Study("dense, a third session on a quiet machine, against the first",
+          RESULTS / "cpu_vllm_latency" / "cpu_vllm.csv", RESULTS / "cpu_vllm_latency_retest_quiet" / "cpu_vllm.csv",
+          latency.DEVICE, latency.halves, latency.FIXED),
+    Study("dense, the third session (quiet machine) against the second (no other job either)",
+          RESULTS / "cpu_vllm_latency_retest" / "cpu_vllm.csv", RESULTS / "cpu_vllm_latency_retest_quiet" / "cpu_vllm.csv",
           latency.DEVICE, latency.halves, latency.FIXED),
     Study("MoE, eight 13.0M-active shapes (issue 22: throughput <= 15%, within-batch Spearman >= 0.8)",
           moe.DATA, RESULTS / "cpu_vllm_moe_retest" / "cpu_vllm_moe.csv", moe.DEVICE, moe.halves,
