@@ -1,10 +1,11 @@
 """Real vLLM on this CPU against itself: each CPU serving study measured again in a later session
-(experiments/validate/cpu_retest.py on the committed experiments/results/*_retest/ data).
+(experiments/validate/cpu_retest.py on the committed experiments/results/*_retest*/ data).
 
 The expected figures are what the script printed (experiments/results/cpu_retest.txt). They back the closing
-verdicts of issues 21 and 22: the dense study's TPOT p50 differs between sessions by more than the 10% the model is
-asked for, and the fresh MoE set's sessions do not agree with each other on the order of shapes within a batch
-size to the 0.8 the model is asked for. A change to the data or to the comparison that moves them fails here.
+verdicts of issues 21 and 22: once the session's common shift is divided out, the dense study's first session
+differs from the later ones by about 10% in TPOT p50 shape by shape, while two quiet sessions agree within 5% (so
+on quiet data a 10% TPOT target is within reach of a model, and the miss is the model's); and the fresh MoE set's
+sessions do not agree on the order of shapes within a batch size to the 0.8 asked of the model.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ TOLERANCE = 0.05  # points of median |difference| %, as the report rounds them
 RANK_TOLERANCE = 0.01
 ENGINE_AGAINST_ITSELF = {  # study (by its committed folder): median |retest / committed - 1| % and Spearman
     "cpu_vllm_latency": {("throughput", "median |diff| %"): 11.15, ("TPOT p50", "median |diff| %"): 13.56,
+                         ("TPOT p50", "less shift %"): 11.28,
                          ("TTFT p50", "median |diff| %"): 9.28, ("throughput", "Spearman mean"): 0.63,
                          ("throughput", "rho b1"): 0.14, ("TPOT p50", "rho b1"): 0.27},
     "cpu_vllm_latency_retest": {("throughput", "median |diff| %"): 10.77, ("TPOT p50", "median |diff| %"): 12.94,
+                                ("TPOT p50", "less shift %"): 4.30, ("throughput", "less shift %"): 3.90,
                                 ("throughput", "Spearman mean"): 0.85},  # the third session (quiet) vs the second
     "cpu_vllm_moe": {("throughput", "median |diff| %"): 4.23, ("TPOT p50", "median |diff| %"): 6.66,
                      ("throughput", "Spearman mean"): 0.86, ("throughput", "rho b1"): 0.64},
@@ -54,17 +57,19 @@ def test_the_engine_agrees_with_itself_as_recorded(script, folder):
         assert agreement.loc[column, statistic] == pytest.approx(expected, abs=allowed), (column, statistic)
 
 
-def test_the_dense_tpot_target_is_below_what_the_engine_reproduces(script):
-    """Issue 21's TPOT p50 target (10% on held-out shapes) against the dense study's two sessions: they differ by
-    more than 10%; and a profile calibrated on half the shapes of one session predicts the other half's shapes in
-    the other session as the report records (TPOT p50 21.6%, throughput 15.2%: short of the target there too)."""
+def test_quiet_sessions_agree_shape_by_shape_so_the_dense_tpot_miss_is_the_models(script):
+    """Issue 21's TPOT p50 target (10% on held-out shapes) against the dense study's sessions. The sessions differ by
+    more than 10% in TPOT p50, but mostly by a shift of the whole session, which a calibration inside one session
+    absorbs: shape by shape, the two quiet sessions agree within 5%, the first (loaded) session is 11% from the
+    second. A profile calibrated on half the shapes of the first session predicts the other half's shapes in the
+    second session as the report records (TPOT p50 21.6%, throughput 15.2%)."""
     chosen = study(script, "cpu_vllm_latency")
     committed, retest = (script.latency.vllm_rows(path) for path in (chosen.committed, chosen.retest))
     agreement = script.agreement_table(script.paired(committed, retest))
-    assert agreement.loc["TPOT p50", "median |diff| %"] > 10.0
-    quiet = study(script, "cpu_vllm_latency_retest")  # no other job in either session: still more than 10% apart
+    assert agreement.loc["TPOT p50", "median |diff| %"] > 10.0 and agreement.loc["TPOT p50", "less shift %"] > 10.0
+    quiet = study(script, "cpu_vllm_latency_retest")
     later = script.agreement_table(script.paired(*(script.latency.vllm_rows(p) for p in (quiet.committed, quiet.retest))))
-    assert later.loc["TPOT p50", "median |diff| %"] > 10.0
+    assert later.loc["TPOT p50", "median |diff| %"] > 10.0 and later.loc["TPOT p50", "less shift %"] < 5.0
     device = load_gpu("cpu", chosen.device)
     first, _ = chosen.halves(committed)
     split = script.model_split(committed, retest, chosen, device, first, "A", "committed -> retest")
