@@ -219,13 +219,14 @@ def search_families(fitted: FittedLaw, spec: SearchSpec, grid: ExpertGrid, targe
     if spec.usd_per_gpu_hour is not None:
         picks["usd_per_m_output"] = usd_per_million_tokens(picks["output_tokens_per_s"].to_numpy(float),
                                                            spec.usd_per_gpu_hour, spec.tp)
-    notes += family_notes(candidates, fitted, coverage, spec, picks)
+    notes += family_notes(candidates, fitted, coverage, spec, picks, sizes)
     return FamilyResult(candidates, picks, target, source, decide_winner(picks, spec), notes, reference)
 
 
 def family_notes(candidates: pd.DataFrame, fitted: FittedLaw, coverage: dict[str, list[float]], spec: SearchSpec,
-                 picks: pd.DataFrame) -> list[str]:
-    """What decided the answer and what it rests on: coverage, memory, sizes past the fit, missing families."""
+                 picks: pd.DataFrame, sizes: np.ndarray) -> list[str]:
+    """What decided the answer and what it rests on: coverage, memory, sizes outside the fit's runs (``sizes``: the
+    picks' sizes as the law counts them, :func:`law_sizes`), missing families."""
     notes = []
     feasible = candidates["feasible"]
     if coverage:
@@ -242,7 +243,7 @@ def family_notes(candidates: pd.DataFrame, fitted: FittedLaw, coverage: dict[str
                      "apart, so within a family the pick is by throughput alone, on no loss evidence")
     notes.append(f"law {fitted.law.name} sees the active size, tokens and E/k only: within a family, shapes that meet "
                  "the target are ordered by throughput")
-    notes += outside_sizes(fitted.size_range, law_sizes(fitted, picks), [spec.tokens], "active parameters")
+    notes += outside_sizes(fitted.size_range, sizes, [spec.tokens], "active parameters")
     unfit = int((~candidates["fits"]).sum())
     if unfit:
         by_family = candidates.loc[~candidates["fits"], "family"].value_counts()
