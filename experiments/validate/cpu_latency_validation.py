@@ -147,6 +147,15 @@ def heldout_split(name: str, rows: pd.DataFrame, heldout: np.ndarray, device: GP
     return Split(name, result, held.assign(**columns))
 
 
+def fit_then_predict(name: str, fitting: pd.DataFrame, scored: pd.DataFrame, device: GPU, settings: EngineSettings,
+                     free, fixed: dict, source: str) -> Split:
+    """:func:`heldout_split` with the rows to calibrate on and the rows to predict given apart (another set, another
+    session): the calibration sees only ``fitting``."""
+    rows = pd.concat([fitting, scored], ignore_index=True)
+    heldout = np.r_[np.zeros(len(fitting), bool), np.ones(len(scored), bool)]
+    return heldout_split(name, rows, heldout, device, settings, free, fixed, source)
+
+
 def split_lines(split: Split) -> list[str]:
     """One split's report: terms, held-out errors overall and per batch size, measured against predicted latencies."""
     figures = split.figures()
@@ -261,10 +270,8 @@ def fresh_lines(rows: pd.DataFrame, device: GPU) -> list[str]:
         lines += ["", f"{label} (free {free if free != AUTO else '--fit auto'}, fixed {fixed}), halves of the fresh set:"]
         for split in halves_splits:
             lines += split_lines(split)
-        both = pd.concat([rows, fresh], ignore_index=True)
-        heldout = np.r_[np.zeros(len(rows), bool), np.ones(len(fresh), bool)]
-        across = heldout_split("all ten first-set shapes", both, heldout, device, settings, free, fixed,
-                               "the first set, predicting the fresh set")
+        across = fit_then_predict("all ten first-set shapes", rows, fresh, device, settings, free, fixed,
+                                  "the first set, predicting the fresh set")
         f = across.figures()
         lines += ["  calibrated on all ten first-set shapes, predicting every fresh row: "
                   + ", ".join(f"{c.replace('_ms_', ' ')} {100 * f[c]:.1f}%" for c in LATENCY)

@@ -183,10 +183,8 @@ def resolvable_spearman(split: latency.Split) -> tuple[float, list[int]]:
 
 def fresh_split(rows: pd.DataFrame, fresh: pd.DataFrame, device: GPU, fixed: dict[str, float]) -> latency.Split:
     """The profile calibrated on every row of ``rows`` (``--fit auto`` with ``fixed``), predicting ``fresh``."""
-    both = pd.concat([rows, fresh], ignore_index=True)
-    heldout = np.r_[np.zeros(len(rows), bool), np.ones(len(fresh), bool)]
-    return latency.heldout_split("A+B (all eight)", both, heldout, device, latency.engine_settings(rows), AUTO, fixed,
-                                 "all eight shapes, predicting the fresh set")
+    return latency.fit_then_predict("A+B (all eight)", rows, fresh, device, latency.engine_settings(rows), AUTO, fixed,
+                                    "all eight shapes, predicting the fresh set")
 
 
 def fresh_lines(rows: pd.DataFrame, device: GPU) -> list[str]:

@@ -138,12 +138,10 @@ def model_split(fit_rows: pd.DataFrame, scored_rows: pd.DataFrame, study: Study,
     """The study's validation calibrated on the shapes of ``fit_half`` in ``fit_rows``, predicting the other shapes'
     rows of ``scored_rows`` (the calibration never sees them)."""
     fit_shapes = set(fit_rows.loc[fit_half, "name"])
-    fitting = fit_rows[fit_rows["name"].isin(fit_shapes)]
-    scored = scored_rows[~scored_rows["name"].isin(fit_shapes)]
-    both = pd.concat([fitting, scored], ignore_index=True)
-    heldout = np.r_[np.zeros(len(fitting), bool), np.ones(len(scored), bool)]
-    return latency.heldout_split(name, both, heldout, device, latency.engine_settings(fit_rows), latency.AUTO,
-                                 study.fixed, f"{study.committed.parent.name} half {name}, {session}")
+    return latency.fit_then_predict(name, fit_rows[fit_rows["name"].isin(fit_shapes)],
+                                    scored_rows[~scored_rows["name"].isin(fit_shapes)], device,
+                                    latency.engine_settings(fit_rows), latency.AUTO, study.fixed,
+                                    f"{study.committed.parent.name} half {name}, {session}")
 
 
 def model_figures(split: latency.Split) -> dict[str, float]:
