@@ -58,6 +58,7 @@ AUTO = "auto"
 CANDIDATE_FREE = (
     DEFAULT_FREE,
     ("eta_compute", "t_step"),
+    ("eta_compute", "eta_kv", "t_step"),
     ("eta_compute", "eta_weights", "t_step", "t_seq"),
     ("eta_weights", "eta_kv", "t_step", "t_seq"),
     ("eta_compute", "eta_weights", "eta_kv", "t_step", "t_seq"),
