@@ -105,3 +105,29 @@ def test_the_fresh_set_is_predicted_as_recorded(script, label):
     assert ttft_met == (label == "compute efficiency fitted")
     if label == "compute efficiency fitted":
         assert all(got[h]["tpot_ms_p50"] > 0.10 for h in "AB")
+
+
+QUIET_CSV = CSV.parent.with_name("cpu_vllm_latency_fresh_quiet") / "cpu_vllm.csv"
+QUIET_MEASURED = {  # the fresh set's quiet session, by the procedure committed before it was measured, as recorded
+    "A": {"terms": ("eta_kv", "t_step", "t_seq"), "tpot_ms_p50": 0.088, "tpot_ms_p99": 0.337, "ttft_ms_p50": 0.063,
+          "ttft_ms_p99": 0.098, "throughput": 0.041},
+    "B": {"terms": ("eta_compute", "eta_kv", "t_step"), "tpot_ms_p50": 0.041, "tpot_ms_p99": 0.333,
+          "ttft_ms_p50": 0.056, "ttft_ms_p99": 0.061, "throughput": 0.038},
+}
+
+
+@pytest.mark.skipif(not QUIET_CSV.exists(), reason="the fresh set's quiet session is not present")
+def test_the_quiet_fresh_session_meets_the_median_targets_and_misses_p99_tpot(script):
+    """The test the procedure was committed for before the session was measured (``JUDGED``: --fit auto, only the
+    weight-read efficiency fixed): on held-out halves TPOT p50 is within 10% and TTFT p50 and p99 within 20%; TPOT
+    p99 is missed by 3x (requests reach the engine one after another, which the model does not represent)."""
+    label, free, fixed = script.JUDGED
+    assert (free, fixed) == (script.AUTO, script.VARIANT_FIXED)
+    rows = script.vllm_rows(QUIET_CSV)
+    device = load_gpu("cpu", script.DEVICE)
+    got = {split.name: split.figures() for split in script.validate(rows, device, free=free, fixed=fixed)}
+    for half, expected in QUIET_MEASURED.items():
+        assert_figures_as_recorded({k: got[half][k] for k in expected}, expected, TOLERANCE)
+    assert all(got[h]["tpot_ms_p50"] <= 0.10 for h in "AB")
+    assert all(got[h][c] <= 0.20 for h in "AB" for c in ("ttft_ms_p50", "ttft_ms_p99"))
+    assert all(got[h]["tpot_ms_p99"] > 0.30 for h in "AB")

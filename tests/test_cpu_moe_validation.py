@@ -27,8 +27,8 @@ MEASURED = {  # per fitting half: the terms chosen and the held-out figures, as 
               "spearman_rows": 0.9824, "spearman_within_batch": 0.8000, "tpot_ms_p50": 0.0686, "ttft_ms_p50": 0.0513},
     },
     "the dense procedure": {
-        "A": {"terms": ("t_step", "t_seq"), "median_abs_err": 0.2683, "spearman_rows": 0.9742,
-              "spearman_within_batch": 0.6973, "tpot_ms_p50": 0.2676, "ttft_ms_p50": 0.5773},
+        "A": {"terms": ("eta_kv", "t_step"), "median_abs_err": 0.2645, "spearman_rows": 0.9742,
+              "spearman_within_batch": 0.6973, "tpot_ms_p50": 0.2569, "ttft_ms_p50": 0.5774},
         "B": {"terms": ("t_step", "t_seq"), "median_abs_err": 0.2279, "spearman_rows": 0.9845,
               "spearman_within_batch": 0.8872, "tpot_ms_p50": 0.1821, "ttft_ms_p50": 0.5809},
     },
@@ -38,9 +38,9 @@ FRESH = {  # the fresh set (cpu_vllm_moe_fresh/), predicted by a profile calibra
     "with the serial expert term": ({}, {"terms": ("eta_compute", "t_step", "t_seq", "t_expert_gb"),
                                          "median_abs_err": 0.0987, "spearman_rows": 0.9817,
                                          "spearman_within_batch": 0.7571, "tpot_ms_p50": 0.1484, "ttft_ms_p50": 0.0638}),
-    "without it": ({"t_expert_gb": 0.0}, {"terms": ("eta_compute", "t_step", "t_seq"), "median_abs_err": 0.0631,
-                                          "spearman_rows": 0.9728, "spearman_within_batch": 0.7869,
-                                          "tpot_ms_p50": 0.1422, "ttft_ms_p50": 0.0788}),
+    "without it": ({"t_expert_gb": 0.0}, {"terms": ("eta_compute", "eta_kv", "t_step"), "median_abs_err": 0.0332,
+                                          "spearman_rows": 0.9833, "spearman_within_batch": 0.8382,
+                                          "tpot_ms_p50": 0.1047, "ttft_ms_p50": 0.0857}),
 }
 FRESH_CSV = CSV.parent.with_name("cpu_vllm_moe_fresh") / "cpu_vllm_moe.csv"
 
@@ -81,10 +81,25 @@ def test_the_halves_alternate_in_e_and_k_and_every_shape_was_measured_at_every_b
 @pytest.mark.parametrize("variant", list(FRESH))
 def test_the_fresh_set_is_predicted_as_measured(script, variant):
     """Shapes measured after the model was settled: the throughput error stays under 15% with or without the serial
-    expert term, and the within-batch ranking stays short of 0.8 (the write-up's verdict)."""
+    expert term. With it (the validation's procedure) the within-batch ranking stays short of 0.8 (the write-up's
+    verdict); without it, since ``--fit auto`` may choose (eta_compute, eta_kv, t_step), it reaches 0.84 here, but
+    the same variant ranks the eight shapes' held-out halves at 0.70 / 0.75 (test below), so no procedure meets
+    0.8 on every held-out test."""
     extra, expected = FRESH[variant]
     rows, fresh = script.vllm_rows(CSV), script.vllm_rows(FRESH_CSV)
     split = script.fresh_split(rows, fresh, load_gpu("cpu", script.DEVICE), {**script.PROCEDURES["the validation"], **extra})
     got = script.figures(split)
     assert_figures_as_recorded(got, expected, TOLERANCE, RANK_TOLERANCE)
-    assert got["median_abs_err"] <= 0.15 and got["spearman_within_batch"] < 0.8
+    assert got["median_abs_err"] <= 0.15
+    assert (got["spearman_within_batch"] >= 0.8) == (variant == "without it")
+
+
+def test_without_the_serial_term_the_eight_shapes_are_ranked_short_of_the_target(script):
+    """The variant that ranks the fresh set at 0.84 (serial expert term held at 0) ranks the eight shapes' held-out
+    halves at 0.70 / 0.75: dropping the term would trade one held-out test for the other, so the validation keeps
+    it to --fit auto's choice."""
+    rows = script.vllm_rows(CSV)
+    device = load_gpu("cpu", script.DEVICE)
+    splits = script.validate(rows, device, {**script.PROCEDURES["the validation"], "t_expert_gb": 0.0})
+    within = [script.figures(split)["spearman_within_batch"] for split in splits]
+    assert within == pytest.approx([0.697, 0.753], abs=RANK_TOLERANCE)

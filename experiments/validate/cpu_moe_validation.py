@@ -199,6 +199,7 @@ def fresh_lines(rows: pd.DataFrame, device: GPU) -> list[str]:
     without = fresh_split(rows, fresh, device, {**PROCEDURES["the validation"], "t_expert_gb": 0.0})
     w = figures(without)
     w_resolvable, w_kept = resolvable_spearman(without)
+    halves_without = validate(rows, device, {**PROCEDURES["the validation"], "t_expert_gb": 0.0})
     return ["", f"the fresh set ({len(fresh)} rows, {fresh['name'].nunique()} shapes, measured after the model was settled; "
                 f"d_model {int(fresh['d_model'].iloc[0])}, E {sorted(set(fresh['n_experts'].astype(int)))}, "
                 f"k {sorted(set(fresh['experts_per_token'].astype(int)))}), predicted by the profile calibrated on all "
@@ -211,6 +212,9 @@ def fresh_lines(rows: pd.DataFrame, device: GPU) -> list[str]:
             f"({', '.join(f'batch {b} {v:.2f}' for b, v in spearman_per_batch(without).items())}), {w_resolvable:.2f} "
             f"where it ranks (batch {', '.join(map(str, w_kept)) or 'none'}); TPOT p50 median |error| "
             f"{100 * w['tpot_ms_p50']:.1f}%",
+            "  the same variant on the eight shapes' halves (A / B held out): Spearman within a batch size "
+            + " / ".join(f"{figures(s)['spearman_within_batch']:.2f}" for s in halves_without)
+            + ", throughput median |error| " + " / ".join(f"{100 * figures(s)['median_abs_err']:.1f}%" for s in halves_without),
             f"fresh set: throughput median |error| {100 * f['median_abs_err']:.1f}% against <= "
             f"{100 * TARGETS['median_abs_err']:.0f}%: {'met' if f['median_abs_err'] <= TARGETS['median_abs_err'] else 'NOT met'}; "
             f"Spearman within a batch size {f['spearman_within_batch']:.2f} (all batch sizes), {resolvable:.2f} (where "

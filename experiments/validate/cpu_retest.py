@@ -14,6 +14,8 @@ Inputs (each a study's export, written by the command in its folder's README):
   1-32, 320 in / 32 out (``cpu_latency_validation.py``'s data, issue 21's TPOT and TTFT targets);
 * ``cpu_vllm_latency_retest_quiet/cpu_vllm.csv``: the same ten shapes a third time, with the study's quiet-machine
   protocol (no other job running), compared with each earlier session;
+* ``cpu_vllm_latency_fresh/`` and ``cpu_vllm_latency_fresh_quiet/``: the ten fresh 30M dense shapes, first measured
+  at a load of 1.5, then again with the quiet protocol;
 * ``cpu_vllm_moe/`` and ``cpu_vllm_moe_retest/``: the eight MoE shapes of 13.0M active parameters;
 * ``cpu_vllm_moe_fresh/`` and ``cpu_vllm_moe_fresh_retest/``: the six fresh MoE shapes
   (``cpu_moe_validation.py``'s data, issue 22's throughput and within-batch rank targets).
@@ -78,6 +80,8 @@ STUDIES = (
     Study("dense, the third session (quiet machine) against the second (no other job either)",
           RESULTS / "cpu_vllm_latency_retest" / "cpu_vllm.csv", RESULTS / "cpu_vllm_latency_retest_quiet" / "cpu_vllm.csv",
           latency.DEVICE, latency.halves, latency.FIXED),
+    Study("dense fresh, ten 30M 8-layer shapes: the second session (quiet protocol) against the first (loaded)",
+          latency.FRESH, latency.FRESH_QUIET, latency.DEVICE, latency.halves, latency.FIXED),
     Study("MoE, eight 13.0M-active shapes (issue 22: throughput <= 15%, within-batch Spearman >= 0.8)",
           moe.DATA, RESULTS / "cpu_vllm_moe_retest" / "cpu_vllm_moe.csv", moe.DEVICE, moe.halves,
           moe.PROCEDURES["the validation"]),
