@@ -40,6 +40,11 @@ from archscale.train.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "experiments" / "results" / "cpu_mini_study"
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as the committed results name it: repository-relative inside the repository, so they name no machine."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 SIZES = {"S": (2.0e5, 1_500_000), "M": (6.0e5, 2_000_000)}  # N target -> training tokens
 LAYERS, D_HEAD, GQA = 4, 16, 1
 X_SWEEP = (0.08, 0.12, 0.18, 0.27)
@@ -98,7 +103,7 @@ def main() -> None:
     training_min = float((frame["D"] / frame["tokens_per_s"]).sum() / 60)
     lines = [f"runs: {len(frame)} ({', '.join(f'{count} at {size}' for size, count in counts.items())}); "
              f"their training took {training_min:.1f} min at the tokens/s each run logged"]
-    study = run_study(frame, "conditional-mult", "lsq", progressive=True, source=str(runs))
+    study = run_study(frame, "conditional-mult", "lsq", progressive=True, source=shown_path(runs))
     write_json(results / "cond.json", study.to_json())
     plot_study(study, results / "cond.png")
     optimum = study.fitted.optimum()

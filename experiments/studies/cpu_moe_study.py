@@ -130,10 +130,10 @@ def default_fit(runs: Path, results: Path) -> list[str]:
     """What `archscale fit` says with the large size's MoE runs held out and nothing else given."""
     out = results / "fit_auto.json"
     out.unlink(missing_ok=True)  # archscale never overwrites; this study's own output is rewritten on each analysis
-    command = [sys.executable, "-m", "archscale", "fit", str(runs), "--holdout", HOLDOUT, "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "160"})
-    text = (done.stdout + done.stderr).strip()
     shown = [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in (runs, out)]
+    command = [sys.executable, "-m", "archscale", "fit", shown[0], "--holdout", HOLDOUT, "--out", shown[1]]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "COLUMNS": "160"})
+    text = (done.stdout + done.stderr).strip()
     (results / "fit_auto.txt").write_text(f'$ archscale fit {shown[0]} --holdout "{HOLDOUT}" --out {shown[1]}\n{text}\n')
     return [f"archscale fit, large MoE runs held out, no other option (exit {done.returncode}): see fit_auto.txt"]
 
