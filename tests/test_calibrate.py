@@ -374,3 +374,26 @@ def test_fit_auto_chooses_the_terms_that_predict_left_out_architectures():
     assert "ended on its upper bound" in table[("eta_weights", "t_step", "t_seq")]["refused"]  # not eligible, and why
     assert result.profile.fitted == ("eta_compute", "eta_weights", "t_step", "t_seq")  # the smallest set that fits
     assert result.summary["heldout"]["max_abs_rel_err"] < 1e-4  # the held-out architecture, never seen by the choice
+
+
+def test_calibrate_takes_the_engine_prefill_chunk_and_staggered_arrival_and_the_profile_keeps_them(cli, tmp_path):
+    """Rows made by an engine with passes of 4,096 tokens that starts on the first prompt alone (vLLM's offline LLM on
+    a CPU): calibrated with those settings, the terms come back exactly and the profile carries the settings to every
+    later estimate; with the defaults (8,192, all prompts at once), the same rows fit worse. A chunk of 0 is one line."""
+    vllm_cpu = EngineSettings(prefill_chunk_tokens=4096, first_prompt_alone=True)
+    rows = synthetic(TRUTH, batches=(4, 16, 64), workloads=((320, 32), (1024, 64)), settings=vllm_cpu)
+    store = tmp_path / "rows.sqlite"
+    append(store, rows.to_dict("records"))
+    saved = tmp_path / "vllm-cpu-like.json"
+    r = cli("bench", "calibrate", "--store", store, "--gpu", "h200", "--prefill-chunk", "4096", "--first-prompt-alone",
+            "--out", saved)
+    assert r.code == 0, r.err
+    profile = load_profile(saved)
+    assert (profile.settings.prefill_chunk_tokens, profile.settings.first_prompt_alone) == (4096, True)
+    for name in ("eta_weights", "t_step", "t_seq"):
+        assert getattr(profile.terms, name) == pytest.approx(getattr(TRUTH, name), rel=1e-4), name
+    matched = calibrate(rows, H200, settings=vllm_cpu).summary["fit"]["max_abs_rel_err"]
+    default = calibrate(rows, H200).summary["fit"]["max_abs_rel_err"]
+    assert matched < 1e-5 < default
+    r = cli("bench", "calibrate", "--store", store, "--gpu", "h200", "--prefill-chunk", "0")
+    _one_line(r, "--prefill-chunk must be a positive number of tokens, got 0")

@@ -163,6 +163,11 @@ def calibrate_command(
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", help="The engine's limit on running sequences."),
     kv_cache_gib: Optional[float] = typer.Option(None, "--kv-cache-gib", help="Fixed KV-cache space in GiB "
                                                  "(vLLM on CPU: VLLM_CPU_KVCACHE_SPACE) instead of a memory share."),
+    prefill_chunk: int = typer.Option(8192, "--prefill-chunk", help="Prompt tokens per prefill pass the rows ran with "
+                                      "(vLLM's max_num_batched_tokens: 8192 on GPU, 4096 on CPU)."),
+    first_prompt_alone: bool = typer.Option(False, "--first-prompt-alone", help="The requests reached the engine one "
+                                            "after another and it started on the first alone (vLLM's offline LLM; "
+                                            "shows as TPOT p99 well above p50 when all prompts fit one pass)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the fitted profile JSON here (use it with --profile, or "
                                        "put it in a folder listed in $ARCHSCALE_PROFILES)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
@@ -170,8 +175,17 @@ def calibrate_command(
     """Fit a throughput profile (the serving model's terms) to measured bench rows of one engine on one device."""
     check_outputs(("--out", out, "json"), inputs=(store, gpu_file))
     _calibrate_mode(store, gpu, gpu_file, check_engine(engine), parse_dtype(dtype), fit_terms, fix, holdout, name, out,
-                    EngineSettings(memory_fraction=memory_fraction, max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib),
+                    engine_settings(memory_fraction, max_num_seqs, kv_cache_gib, prefill_chunk, first_prompt_alone),
                     as_json)
+
+
+def engine_settings(memory_fraction: float, max_num_seqs: int, kv_cache_gib: Optional[float], prefill_chunk: int,
+                    first_prompt_alone: bool) -> EngineSettings:
+    """The engine settings the calibrated rows ran with, each bad flag one line naming it."""
+    if prefill_chunk < 1:
+        raise UserError(f"--prefill-chunk must be a positive number of tokens, got {prefill_chunk}")
+    return EngineSettings(memory_fraction=memory_fraction, max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib,
+                          prefill_chunk_tokens=prefill_chunk, first_prompt_alone=first_prompt_alone)
 
 
 @app.command("bench probe", cls=Command, epilog=examples(

@@ -68,6 +68,9 @@ prefill pass holding the end of its prompt completes; its first outputs then
 wait on the remaining prefill passes (vLLM runs decodes of finished prompts
 in the same passes as the remaining chunks), the rest on decode steps; later
 waves queue behind earlier ones (:class:`_Wave`, :func:`_latency_columns`).
+Where the engine starts on the first request before the others arrive
+(:attr:`EngineSettings.first_prompt_alone`), the first prompt has passes of
+its own.
 **Under a limit** (:class:`LatencyLimits`, e.g. TPOT p99 <= 40 ms) a shape
 serves at the most requests that meet it (:func:`max_concurrency`, a
 vectorised bisection over the batch), and :func:`estimate_under_limits`
@@ -187,6 +190,16 @@ class EngineSettings:
     passes of 8,192 tokens, and 1 GiB outside the weights and KV cache (CUDA
     context, CUDA graphs, allocator slack). ``kv_cache_gib`` fixes the KV
     space instead (vLLM's CPU backend takes it from ``VLLM_CPU_KVCACHE_SPACE``).
+
+    ``first_prompt_alone``: the requests reach the engine one after another,
+    and it starts the first prefill before the others are there, so the first
+    prompt gets passes of its own and the first request's decode then waits on
+    every other prompt's passes. vLLM's offline ``LLM`` hands requests to its
+    engine core one by one; on this project's CPU measurements that shows as
+    TTFT mean below p50 and TPOT p99 at 1.85x p50 at batch 4, where all prompts
+    fit one pass (``experiments/results/cpu_vllm_latency/README.md``). Off by
+    default (every prompt there at the start), as the GPU throughput rows
+    shipped here carry no per-request timings to tell.
     """
 
     memory_fraction: float = 0.9
@@ -194,6 +207,16 @@ class EngineSettings:
     prefill_chunk_tokens: int = 8192
     reserved_gib: float = 1.0
     kv_cache_gib: float | None = None
+    first_prompt_alone: bool = False
+
+    def prefill_shift(self, input_len) -> np.ndarray:
+        """Prompt tokens the first prefill pass leaves empty: none when all prompts are there at the start; with
+        ``first_prompt_alone`` (requests reach the engine one after another, and it starts on the first before the
+        rest arrive) the rest of the first prompt's last pass, so the other prompts start on a pass of their own."""
+        chunk = float(self.prefill_chunk_tokens)
+        if not self.first_prompt_alone:
+            return np.zeros_like(np.asarray(input_len, dtype=np.float64))
+        return np.ceil(np.asarray(input_len, dtype=np.float64) / chunk) * chunk - input_len
 
     def __post_init__(self) -> None:
         if not 0 < self.memory_fraction <= 1:
@@ -576,8 +599,9 @@ def _batch_times(cost, concurrency, gpu: GPU, runs: _RowWorkload, terms: CostTer
     """Prefill and decode seconds for ``concurrency`` sequences run together (0 sequences take 0 s)."""
     c = np.asarray(concurrency, dtype=np.float64)
     prompt_tokens = c * runs.input_len
-    passes = np.ceil(prompt_tokens / engine.prefill_chunk_tokens)
-    prefill_experts = _prefill_expert_bytes(cost, c, passes, runs.input_len, engine.prefill_chunk_tokens)
+    shift = engine.prefill_shift(runs.input_len)
+    passes = np.ceil((prompt_tokens + shift) / engine.prefill_chunk_tokens)
+    prefill_experts = _prefill_expert_bytes(cost, c, passes, runs.input_len, engine.prefill_chunk_tokens, shift)
     prefill = (_prefill_roofline(cost, c, passes, runs.input_len, prefill_experts, gpu, terms)
                + passes * _pass_overhead(cost, np.minimum(prompt_tokens, engine.prefill_chunk_tokens), gpu, terms)
                + _serial_expert_seconds(prefill_experts, terms))
@@ -590,14 +614,20 @@ def _batch_times(cost, concurrency, gpu: GPU, runs: _RowWorkload, terms: CostTer
             "passes": np.where(active, passes, 0.0)}
 
 
-def _prefill_expert_bytes(cost, c, passes, input_len, chunk: int) -> np.ndarray | float:
+def _prefill_expert_bytes(cost, c, passes, input_len, chunk: int, shift=0.0) -> np.ndarray | float:
     """Routed expert bytes the prefill reads: the experts each pass touches, over full passes of ``chunk`` tokens,
-    then the rest (0 for a dense row)."""
+    then the rest (0 for a dense row). With a ``shift`` (:meth:`EngineSettings.prefill_shift`) the first prompt's
+    last pass holds only ``chunk - shift`` tokens: the layout is that of ``shift`` more tokens, less those."""
     if not np.any(cost["expert_read_bytes"]):
         return 0.0
     full = np.maximum(passes - 1.0, 0.0)
-    last = np.maximum(c * input_len - full * chunk, 0.0)
-    return full * _routed_expert_bytes(cost, float(chunk)) + _routed_expert_bytes(cost, last)
+    last = np.maximum(c * input_len + shift - full * chunk, 0.0)
+    first_prompt_ends_before_last = np.ceil(np.asarray(input_len, dtype=np.float64) / chunk) < passes
+    partial = np.where(first_prompt_ends_before_last,
+                       _routed_expert_bytes(cost, last) - _routed_expert_bytes(cost, float(chunk))
+                       + _routed_expert_bytes(cost, chunk - shift),
+                       _routed_expert_bytes(cost, np.maximum(last - shift, 0.0)))
+    return full * _routed_expert_bytes(cost, float(chunk)) + partial
 
 
 def _prefill_roofline(cost, c, passes, input_len, expert_bytes, gpu: GPU, terms: CostTerms) -> np.ndarray:
@@ -805,6 +835,8 @@ class _Wave:
     steps: np.ndarray
     input_len: np.ndarray
     chunk: float
+    shift: np.ndarray
+    """Empty tokens of the first pass (:meth:`EngineSettings.prefill_shift`): pass ``k`` ends at ``k chunk - shift``."""
 
     @classmethod
     def of(cls, size, phases: dict, runs: "_RowWorkload", engine: EngineSettings) -> "_Wave":
@@ -814,7 +846,7 @@ class _Wave:
             step_s = np.where(steps > 0, phases["decode"] / np.maximum(steps, 1.0), np.nan)
         return cls(size=np.asarray(size, dtype=np.float64), passes=passes, prefill_s=phases["prefill"],
                    step_s=step_s, steps=steps, input_len=np.asarray(runs.input_len, dtype=np.float64),
-                   chunk=float(engine.prefill_chunk_tokens))
+                   chunk=float(engine.prefill_chunk_tokens), shift=engine.prefill_shift(runs.input_len))
 
     @property
     def pass_s(self) -> np.ndarray:
@@ -831,12 +863,13 @@ class _Wave:
 
     def pass_end(self, finished_pass) -> np.ndarray:
         """Seconds from the wave's start to the end of prefill pass ``finished_pass``: its share of the prompt tokens."""
-        done = np.minimum(np.asarray(finished_pass, dtype=np.float64) * self.chunk, self.prompt_tokens)
+        done = np.minimum(np.asarray(finished_pass, dtype=np.float64) * self.chunk - self.shift, self.prompt_tokens)
         return self.prefill_s * done / self.prompt_tokens
 
     def pass_of(self, request) -> np.ndarray:
         """The prefill pass (1-based) in which request ``request`` (0-based) finishes its prompt."""
-        return np.clip(np.ceil((np.asarray(request, dtype=np.float64) + 1.0) * self.input_len / self.chunk), 1.0, self.passes)
+        ends_at = (np.asarray(request, dtype=np.float64) + 1.0) * self.input_len + self.shift
+        return np.clip(np.ceil(ends_at / self.chunk), 1.0, self.passes)
 
     @cached_property
     def mean_pass(self) -> np.ndarray:
@@ -844,7 +877,8 @@ class _Wave:
         size = np.maximum(np.broadcast_to(self.size, np.shape(self.passes)), 1.0).astype(np.int64)
         prompt = np.broadcast_to(self.input_len, size.shape).astype(np.int64)
         chunk = np.full(size.shape, int(self.chunk), dtype=np.int64)
-        total = _floor_sum(size, chunk, prompt, prompt + chunk - 1)
+        shift = np.broadcast_to(self.shift, size.shape).astype(np.int64)
+        total = _floor_sum(size, chunk, prompt, prompt + shift + chunk - 1)
         return np.clip(total / size, 1.0, self.passes)
 
     def ttft(self, request) -> np.ndarray:
@@ -855,8 +889,10 @@ class _Wave:
         """Mean TTFT over the wave, exactly: every request ends at its pass's share of the tokens, and those finishing
         in the last pass end with the whole prefill (``min(P_j chunk, tokens)``)."""
         size = np.maximum(self.size, 1.0)
-        finishing_last = np.clip(size - np.floor((self.passes - 1.0) * self.chunk / self.input_len), 0.0, size)
-        done = self.chunk * self.mean_pass * size - (self.passes * self.chunk - self.prompt_tokens) * finishing_last
+        before_last = np.floor(((self.passes - 1.0) * self.chunk - self.shift) / self.input_len)
+        finishing_last = np.clip(size - before_last, 0.0, size)
+        done = ((self.chunk * self.mean_pass - self.shift) * size
+                - (self.passes * self.chunk - self.shift - self.prompt_tokens) * finishing_last)
         return self.prefill_s * done / size / self.prompt_tokens
 
     def tpot_given_pass(self, finished_pass) -> np.ndarray:
@@ -942,7 +978,8 @@ def _select_wave(use_full: np.ndarray, full: _Wave, last: _Wave) -> _Wave:
     pick = lambda a, b: np.where(use_full, a, b)  # noqa: E731
     return _Wave(size=pick(full.size, last.size), passes=pick(full.passes, last.passes),
                  prefill_s=pick(full.prefill_s, last.prefill_s),
-                 step_s=pick(full.step_s, last.step_s), steps=full.steps, input_len=full.input_len, chunk=full.chunk)
+                 step_s=pick(full.step_s, last.step_s), steps=full.steps, input_len=full.input_len, chunk=full.chunk,
+                 shift=full.shift)
 
 
 def _floor_sum(n: np.ndarray, m: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -179,19 +179,24 @@ class Profile:
         """A hash of what the fit produced and was fitted against (device, terms, settings, engine, dtype): a file
         whose device block or terms were edited afterwards no longer matches it, and is refused on loading.
 
-        A term added to the model later (:data:`TERMS_ADDED_LATER`) counts only when it is not 0: a profile fitted
-        before it existed had it at 0, and keeps the fingerprint it was written with."""
+        A term added to the model later (:data:`TERMS_ADDED_LATER`) counts only when it is not 0, and a setting added
+        later (:data:`SETTINGS_ADDED_LATER`) only away from its old behaviour: a profile fitted before either existed
+        keeps the fingerprint it was written with."""
         fitted_on = {"engine": self.engine, "dtype": self.dtype, "fitted": list(self.fitted),
                      "device": {name: float(getattr(self.device, name)) if name != "name" else self.device.name
                                 for name in DEVICE_FIELDS},
                      "terms": {k: round(float(v), 12) for k, v in self.terms.as_dict().items()
                                if not (k in TERMS_ADDED_LATER and v == 0.0)},
-                     "settings": self.settings.as_dict()}
+                     "settings": {k: v for k, v in self.settings.as_dict().items()
+                                  if not (k in SETTINGS_ADDED_LATER and v == SETTINGS_ADDED_LATER[k])}}
         return hashlib.sha256(json.dumps(fitted_on, sort_keys=True).encode()).hexdigest()[:16]
 
 
 TERMS_ADDED_LATER = ("t_expert_gb",)
 """Cost terms the model gained after profiles were shipped; at 0 they leave a profile's fingerprint as it was."""
+SETTINGS_ADDED_LATER = {"first_prompt_alone": False}
+"""Engine settings the model gained after profiles were shipped, with the value every earlier profile had: at it
+they leave a profile's fingerprint as it was."""
 
 
 def save_profile(profile: Profile, path: str | Path) -> Path:
