@@ -20,6 +20,8 @@ keeps more than 0.3 cores busy (:func:`wait_for_other_jobs`; the quiet-machine p
 ``--set fresh`` measures ten other shapes (:data:`FRESH_TARGETS`: 8 layers, 30M non-embedding parameters, d_model
 320-896), chosen after the serving model's latency terms were settled on ``cpu_vllm_latency/``, so that a profile
 can be scored on shapes nothing was designed on; it writes ``experiments/results/cpu_vllm_latency_fresh/``.
+``--set third`` measures ten more (:data:`THIRD_TARGETS`: 10 layers, 30M, d_model 352-800), chosen after the engine's
+staggered admission of requests was modelled, for the same reason; it writes ``cpu_vllm_latency_third/``.
 
 Writes ``experiments/results/cpu_vllm/``: ``configs/`` (one config.json per shape), ``bench.sqlite`` (the
 store; not committed), ``cpu_vllm.csv`` (its export, as ``archscale bench --show --store STORE --export FILE``
@@ -58,6 +60,17 @@ FRESH_TARGETS = [  # a second set, measured after the latency model was settled 
 """(d_model, r wanted, GQA group) of the fresh set: 8 layers at 30M non-embedding parameters, d_model values the
 first set does not have."""
 FRESH_OUT = OUT.with_name("cpu_vllm_latency_fresh")
+THIRD_BUDGET, THIRD_LAYERS = 3e7, 10
+THIRD_TARGETS = [  # a third set, measured after the engine's staggered admission was modelled (``--set third``)
+    (352, 2.5, 2), (352, 1.2, 8), (480, 0.7, 4), (480, 3.5, 2), (544, 1.5, 1), (544, 2.5, 4), (672, 1.0, 8),
+    (672, 4.0, 1), (800, 0.8, 2), (800, 2.0, 8),
+]
+"""(d_model, r wanted, GQA group) of the third set: 10 layers at 30M non-embedding parameters, d_model values
+neither earlier set has. Chosen and committed, with the validation that scores it, before it was measured."""
+THIRD_OUT = OUT.with_name("cpu_vllm_latency_third")
+SETS = {"main": (BUDGET, LAYERS, TARGETS, OUT), "fresh": (FRESH_BUDGET, FRESH_LAYERS, FRESH_TARGETS, FRESH_OUT),
+        "third": (THIRD_BUDGET, THIRD_LAYERS, THIRD_TARGETS, THIRD_OUT)}
+"""Each shape set: its budget, depth, targets and default output folder."""
 BACKENDS = ("vllm", "torch")
 QUIET_LOAD, QUIET_WAIT_S, QUIET_TIMEOUT_S = 1.2, 30, 600
 QUIET_BUSY_CORES, BUSY_SAMPLE_S = 0.3, 5.0
@@ -78,10 +91,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backends", type=parse_backends, default=BACKENDS,
                         help="Comma-separated subset of vllm,torch to measure (default both): vllm alone measures the "
                              "engine's latency at longer prompts in the time both would take at short ones.")
-    parser.add_argument("--set", choices=("main", "fresh"), default="main", dest="shape_set",
+    parser.add_argument("--set", choices=tuple(SETS), default="main", dest="shape_set",
                         help="main: ten 6-layer 20M shapes; fresh: ten 8-layer 30M shapes (FRESH_TARGETS), measured "
-                             "after the latency model was settled on the first")
-    parser.add_argument("--out", type=Path, default=None, help="Default: results/cpu_vllm (fresh: cpu_vllm_latency_fresh).")
+                             "after the latency model was settled on the first; third: ten 10-layer 30M shapes "
+                             "(THIRD_TARGETS), measured after the staggered admission was modelled")
+    parser.add_argument("--out", type=Path, default=None, help="Default: results/cpu_vllm (fresh: "
+                        "cpu_vllm_latency_fresh, third: cpu_vllm_latency_third).")
     return parser.parse_args()
 
 
@@ -97,7 +112,7 @@ def parse_backends(text: str) -> tuple[str, ...]:
 
 def pick_shapes(limit: int, shape_set: str = "main") -> list:
     """The candidate nearest each target (r on a log scale, then the budget), as architectures."""
-    budget, layers, targets = (FRESH_BUDGET, FRESH_LAYERS, FRESH_TARGETS) if shape_set == "fresh" else (BUDGET, LAYERS, TARGETS)
+    budget, layers, targets, _ = SETS[shape_set]
     table = generate_candidates(budget, layers, HEAD_DIM, tolerance=0.05, vocab_size=VOCAB, gqa_values=[1, 2, 4, 8],
                                 d_model_values=sorted({d for d, _, _ in targets}), strict_hf=True)
     shapes = []
@@ -163,7 +178,7 @@ def main() -> None:
     args = parse_args()
     if args.limit < 8:
         raise SystemExit("--limit: at least 8 shapes (half to fit a profile on, half to predict)")
-    out = args.out or (FRESH_OUT if args.shape_set == "fresh" else OUT)
+    out = args.out or SETS[args.shape_set][3]
     store = out / "bench.sqlite"
     done = measured_pairs(store, len(args.batch_sizes.split(","))) if store.exists() else set()
     if done:
