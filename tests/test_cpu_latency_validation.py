@@ -131,3 +131,30 @@ def test_the_quiet_fresh_session_meets_the_median_targets_and_misses_p99_tpot(sc
     assert all(got[h]["tpot_ms_p50"] <= 0.10 for h in "AB")
     assert all(got[h][c] <= 0.20 for h in "AB" for c in ("ttft_ms_p50", "ttft_ms_p99"))
     assert all(got[h]["tpot_ms_p99"] > 0.30 for h in "AB")
+
+
+THIRD_CSV = CSV.parent.with_name("cpu_vllm_latency_third") / "cpu_vllm.csv"
+THIRD_MEASURED = {  # the third set, by the judged procedure with the staggered admission, as recorded
+    "A": {"terms": ("t_step", "t_seq"), "tpot_ms_p50": 0.104, "tpot_ms_p99": 0.112, "ttft_ms_p50": 0.092,
+          "ttft_ms_p99": 0.071, "throughput": 0.059},
+    "B": {"terms": ("eta_compute", "eta_kv", "t_step", "t_seq"), "tpot_ms_p50": 0.079, "tpot_ms_p99": 0.067,
+          "ttft_ms_p50": 0.058, "ttft_ms_p99": 0.080, "throughput": 0.037},
+}
+
+
+@pytest.mark.skipif(not THIRD_CSV.exists(), reason="the third set is not present (cpu_vllm_shapes.py --set third)")
+def test_the_staggered_admission_predicts_tpot_p99_on_shapes_measured_after_it(script):
+    """The third set, chosen and scored by a validation committed before it was measured: with the engine's staggered
+    admission (``first_prompt_alone``) the held-out TPOT p99 error falls from about 30% to 7-11%; TTFT stays within
+    20%; TPOT p50 is within 10% on one half and 10.4% on the other, so the TPOT target is still not met on both."""
+    label, free, fixed = script.JUDGED
+    rows = script.vllm_rows(THIRD_CSV)
+    device = load_gpu("cpu", script.DEVICE)
+    assert script.STAGGERED is True
+    staggered = {s.name: s.figures() for s in script.validate(rows, device, free=free, fixed=fixed, first_prompt_alone=True)}
+    together = {s.name: s.figures() for s in script.validate(rows, device, free=free, fixed=fixed)}
+    for half, expected in THIRD_MEASURED.items():
+        assert_figures_as_recorded({k: staggered[half][k] for k in expected}, expected, TOLERANCE)
+    assert all(together[h]["tpot_ms_p99"] > 0.25 > 0.12 > staggered[h]["tpot_ms_p99"] for h in "AB")
+    assert all(staggered[h][c] <= 0.20 for h in "AB" for c in ("ttft_ms_p50", "ttft_ms_p99"))
+    assert staggered["A"]["tpot_ms_p50"] > 0.10 >= staggered["B"]["tpot_ms_p50"]
