@@ -158,3 +158,22 @@ def test_the_staggered_admission_predicts_tpot_p99_on_shapes_measured_after_it(s
     assert all(together[h]["tpot_ms_p99"] > 0.25 > 0.12 > staggered[h]["tpot_ms_p99"] for h in "AB")
     assert all(staggered[h][c] <= 0.20 for h in "AB" for c in ("ttft_ms_p50", "ttft_ms_p99"))
     assert staggered["A"]["tpot_ms_p50"] > 0.10 >= staggered["B"]["tpot_ms_p50"]
+
+
+THIRD_RETEST_CSV = THIRD_CSV.parent.with_name("cpu_vllm_latency_third_retest") / "cpu_vllm.csv"
+
+
+@pytest.mark.skipif(not THIRD_RETEST_CSV.exists(), reason="the third set's second session is not present")
+def test_the_third_sets_second_session_meets_tpot_p50_and_the_setting_still_halves_p99(script):
+    """The same test on a second session of the third set (which agrees with the first within 2.4% shape by shape):
+    TPOT p50 within 10% on both halves, TTFT within 20%, TPOT p99 13.8% / 6.5% against 23.2% / 30.1% without the
+    staggered admission."""
+    label, free, fixed = script.JUDGED
+    rows = script.vllm_rows(THIRD_RETEST_CSV)
+    device = load_gpu("cpu", script.DEVICE)
+    on = [s.figures() for s in script.validate(rows, device, free=free, fixed=fixed, first_prompt_alone=True)]
+    off = [s.figures() for s in script.validate(rows, device, free=free, fixed=fixed)]
+    assert [f["tpot_ms_p50"] for f in on] == pytest.approx([0.083, 0.069], abs=TOLERANCE)
+    assert [f["tpot_ms_p99"] for f in on] == pytest.approx([0.138, 0.065], abs=TOLERANCE)
+    assert [f["tpot_ms_p99"] for f in off] == pytest.approx([0.232, 0.301], abs=TOLERANCE)
+    assert all(f["ttft_ms_p50"] <= 0.20 and f["ttft_ms_p99"] <= 0.20 for f in on)

@@ -80,6 +80,8 @@ set's loaded session, where every procedure missed TPOT on half A; the quiet ses
 THIRD = RESULTS.with_name("cpu_vllm_latency_third") / "cpu_vllm.csv"
 """The third set (``cpu_vllm_shapes.py --set third``): ten 10-layer 30M shapes, chosen and committed with
 :data:`STAGGERED` before they were measured."""
+THIRD_RETEST = THIRD.parent.with_name("cpu_vllm_latency_third_retest") / "cpu_vllm.csv"
+"""The third set measured a second time, after the first session was scored: the same test on another session."""
 STAGGERED = True
 """The engine setting the third set is judged with: ``first_prompt_alone`` (vLLM's offline ``LLM`` hands requests to
 its engine core one after another, so the first prompt is prefilled alone and the first request's decode waits on
@@ -349,7 +351,15 @@ def staggered_lines(device: GPU) -> list[str]:
     splits = validate(third, device, free=free, fixed=fixed, first_prompt_alone=STAGGERED)
     for split in splits:
         lines += split_lines(split)
-    return lines + [f"  third set, {line}" for line in verdict_lines(splits)]
+    lines += [f"  third set, {line}" for line in verdict_lines(splits)]
+    if THIRD_RETEST.exists():
+        again = vllm_rows(THIRD_RETEST)
+        lines += ["", f"the third set measured a second time ({THIRD_RETEST.parent.name}, same command and protocol), "
+                      "scored the same way:",
+                  f"  {THIRD_RETEST.parent.name}: " + staggered_figures(again, device, free, fixed),
+                  *(f"  third set, second session, {line}" for line in verdict_lines(
+                      validate(again, device, free=free, fixed=fixed, first_prompt_alone=STAGGERED)))]
+    return lines
 
 
 def staggered_figures(rows: pd.DataFrame, device: GPU, free, fixed: dict) -> str:

@@ -16,6 +16,8 @@ Inputs (each a study's export, written by the command in its folder's README):
   protocol (no other job running), compared with each earlier session;
 * ``cpu_vllm_latency_fresh/`` and ``cpu_vllm_latency_fresh_quiet/``: the ten fresh 30M dense shapes, first measured
   at a load of 1.5, then again with the quiet protocol;
+* ``cpu_vllm_latency_third/`` and ``cpu_vllm_latency_third_retest/``: the ten third-set 10-layer shapes, both
+  sessions with the quiet protocol;
 * ``cpu_vllm_moe/`` and ``cpu_vllm_moe_retest/``: the eight MoE shapes of 13.0M active parameters;
 * ``cpu_vllm_moe_fresh/`` and ``cpu_vllm_moe_fresh_retest/``: the six fresh MoE shapes
   (``cpu_moe_validation.py``'s data, issue 22's throughput and within-batch rank targets).
@@ -82,6 +84,9 @@ STUDIES = (
           latency.DEVICE, latency.halves, latency.FIXED),
     Study("dense fresh, ten 30M 8-layer shapes: the second session (quiet protocol) against the first (loaded)",
           latency.FRESH, latency.FRESH_QUIET, latency.DEVICE, latency.halves, latency.FIXED),
+    Study("dense third set, ten 30M 10-layer shapes: a second session (quiet protocol) against the first",
+          latency.THIRD, RESULTS / "cpu_vllm_latency_third_retest" / "cpu_vllm.csv", latency.DEVICE, latency.halves,
+          latency.FIXED),
     Study("MoE, eight 13.0M-active shapes (issue 22: throughput <= 15%, within-batch Spearman >= 0.8)",
           moe.DATA, RESULTS / "cpu_vllm_moe_retest" / "cpu_vllm_moe.csv", moe.DEVICE, moe.halves,
           moe.PROCEDURES["the validation"]),
