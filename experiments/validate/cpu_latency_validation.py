@@ -24,6 +24,12 @@ it: what the measured distributions look like per batch size beside what the pre
 the probe's matmul rate vLLM's prefill reaches, and the same validation with the compute efficiency fitted
 (:data:`VARIANT_FREE`), added after the misses to show how much of them the fixed efficiency explains.
 
+Then the later tests, each scored by rules committed before its data was measured: how the procedure
+:data:`JUDGED` was chosen on this set's three sessions; the fresh set (``cpu_vllm_latency_fresh/``), its loaded
+session and its quiet one (:data:`FRESH_QUIET`, judged by :data:`JUDGED`); the engine's staggered admission
+(:data:`STAGGERED`) on every session above, in-sample; and the third set (:data:`THIRD`, judged by :data:`JUDGED`
+with :data:`STAGGERED`) and its second session (:data:`THIRD_RETEST`). About 3.5 minutes on two cores.
+
     python experiments/validate/cpu_latency_validation.py
 """
 
