@@ -194,3 +194,36 @@ def test_one_pass_of_prompts_becomes_two_when_the_first_arrives_alone():
     single_alone = estimate(LLAMA_1B, 1, input_len=320, output_len=32,
                             engine=EngineSettings(prefill_chunk_tokens=4096, first_prompt_alone=True))
     assert single_alone["ttft_ms_p99"] == pytest.approx(single["ttft_ms_p99"])
+
+
+@pytest.mark.parametrize("batch,input_len,chunk", [(4, 320, 4096), (32, 320, 4096), (5, 5000, 4096), (1, 700, 512)])
+def test_routed_expert_reads_follow_the_passes_the_first_prompt_alone_makes(batch, input_len, chunk):
+    """An MoE prefill reads, per pass, the experts that pass's tokens touch: with the first prompt alone the passes
+    hold other token counts, and the expert bytes are the sum over the pass-by-pass layout."""
+    from archscale.serving.estimate import _per_gpu_costs, _prefill_expert_bytes, _routed_expert_bytes, _shape_arrays
+
+    olmoe = pd.DataFrame([PRESETS["olmoe-1b-7b"].shape_columns()])
+    cost = _per_gpu_costs(_shape_arrays(olmoe), 1, 2.0)
+    engine = EngineSettings(prefill_chunk_tokens=chunk, first_prompt_alone=True)
+    shift = engine.prefill_shift(input_len)
+    passes = np.ceil((batch * input_len + shift) / chunk)
+    tokens_per_pass, filled = [], 0
+    for request in range(batch):
+        left = input_len
+        while left:
+            if not tokens_per_pass or filled == chunk or (request == 1 and filled and left == input_len):
+                tokens_per_pass.append(0)
+                filled = 0
+            take = min(left, chunk - filled)
+            tokens_per_pass[-1] += take
+            filled += take
+            left -= take
+    assert len(tokens_per_pass) == passes
+    expected = sum(float(np.squeeze(_routed_expert_bytes(cost, float(t)))) for t in tokens_per_pass)
+    got = _prefill_expert_bytes(cost, float(batch), passes, input_len, chunk, shift)
+    assert float(np.squeeze(got)) == pytest.approx(expected)
+
+
+def test_a_profile_setting_that_is_not_true_or_false_is_one_line():
+    with pytest.raises(UserError, match="first_prompt_alone must be true or false, got 'yes'"):
+        EngineSettings(first_prompt_alone="yes")

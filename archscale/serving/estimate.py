@@ -213,10 +213,11 @@ class EngineSettings:
         """Prompt tokens the first prefill pass leaves empty: none when all prompts are there at the start; with
         ``first_prompt_alone`` (requests reach the engine one after another, and it starts on the first before the
         rest arrive) the rest of the first prompt's last pass, so the other prompts start on a pass of their own."""
-        chunk = float(self.prefill_chunk_tokens)
+        prompt = np.asarray(input_len, dtype=np.float64)
         if not self.first_prompt_alone:
-            return np.zeros_like(np.asarray(input_len, dtype=np.float64))
-        return np.ceil(np.asarray(input_len, dtype=np.float64) / chunk) * chunk - input_len
+            return np.zeros_like(prompt)
+        chunk = float(self.prefill_chunk_tokens)
+        return np.ceil(prompt / chunk) * chunk - prompt
 
     def __post_init__(self) -> None:
         if not 0 < self.memory_fraction <= 1:
@@ -225,6 +226,8 @@ class EngineSettings:
             raise UserError("max_num_seqs and prefill_chunk_tokens must be positive integers")
         if self.reserved_gib < 0 or (self.kv_cache_gib is not None and not self.kv_cache_gib > 0):
             raise UserError("reserved_gib must be >= 0 and kv_cache_gib positive when given")
+        if not isinstance(self.first_prompt_alone, (bool, np.bool_)):
+            raise UserError(f"first_prompt_alone must be true or false, got {self.first_prompt_alone!r}")
 
     def as_dict(self) -> dict:
         return asdict(self)
