@@ -397,3 +397,35 @@ def test_calibrate_takes_the_engine_prefill_chunk_and_staggered_arrival_and_the_
     assert matched < 1e-5 < default
     r = cli("bench", "calibrate", "--store", store, "--gpu", "h200", "--prefill-chunk", "0")
     _one_line(r, "--prefill-chunk must be a positive number of tokens, got 0")
+
+
+def test_calibrate_takes_the_engine_settings_the_rows_recorded(cli, tmp_path):
+    """Rows that recorded their engine's prefill chunk and that it started on the first request alone (as `archscale
+    bench --backend vllm` records them) calibrate with those settings without a flag, and say so; a flag overrides
+    them; rows that recorded different prefill chunks are one line naming the column and the flag."""
+    vllm_cpu = EngineSettings(prefill_chunk_tokens=4096, first_prompt_alone=True)
+    rows = synthetic(TRUTH, batches=(4, 16, 64), workloads=((320, 32), (1024, 64)), settings=vllm_cpu)
+    rows["prefill_chunk_tokens"] = 4096
+    rows["first_prompt_alone"] = np.where(rows["batch_size"] == 4, 0.5, 1.0)  # a race: half the repeats at batch 4
+    store = tmp_path / "rows.sqlite"
+    append(store, rows.to_dict("records"))
+    saved = tmp_path / "from-rows.json"
+    r = cli("bench", "calibrate", "--store", store, "--gpu", "h200", "--out", saved)
+    assert r.code == 0, r.err
+    said = " ".join(r.out.split())
+    assert "engine settings as the rows recorded them: prefill_chunk_tokens 4096 (recorded in 24 of the 24 rows)" in said
+    assert "first_prompt_alone True (the engine started on the first request alone in some repeat of 24 of the 24" in said
+    profile = load_profile(saved)
+    assert (profile.settings.prefill_chunk_tokens, profile.settings.first_prompt_alone) == (4096, True)
+    assert profile.terms.t_step == pytest.approx(TRUTH.t_step, rel=1e-4)
+    overridden = tmp_path / "overridden.json"
+    r = cli("bench", "calibrate", "--store", store, "--gpu", "h200", "--all-prompts-at-once", "--out", overridden)
+    assert r.code == 0, r.err
+    assert load_profile(overridden).settings.first_prompt_alone is False
+    mixed = rows.copy()
+    mixed.loc[mixed["batch_size"] == 4, "prefill_chunk_tokens"] = 8192
+    mixed_store = tmp_path / "mixed.sqlite"
+    append(mixed_store, mixed.to_dict("records"))
+    r = cli("bench", "calibrate", "--store", mixed_store, "--gpu", "h200")
+    _one_line(r, "the rows recorded prefill_chunk_tokens 4096, 8192")
+    assert "--prefill-chunk" in r.err

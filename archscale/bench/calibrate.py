@@ -119,6 +119,47 @@ def measured_rows(results: pd.DataFrame, device: str, engine: str | None = None,
     return results[keep].reset_index(drop=True)
 
 
+ROW_SETTINGS = {"prefill_chunk_tokens": "--prefill-chunk", "first_prompt_alone": "--first-prompt-alone"}
+"""Engine settings a bench row records (:mod:`archscale.bench.records`), with the flag that gives each by hand."""
+
+
+def settings_from_rows(rows: pd.DataFrame, settings: EngineSettings, given: Mapping[str, Any]) -> tuple[EngineSettings, list[str]]:
+    """The engine settings to calibrate with: each of :data:`ROW_SETTINGS` as ``given`` (a flag's value, None when
+    not given), else from the rows, else ``settings``' own; and a line per setting the rows decided.
+
+    The prefill chunk is the engine's configuration: rows that recorded different values are one line naming the
+    column and the flag to pass. Whether the engine started on the first request alone is a race the rows record
+    as a share of repeats: the profile models it where most rows that recorded it saw it at least once, since one
+    such repeat sets the p99 TPOT of the requests it pools."""
+    chosen, notes = {}, []
+    for column, flag in ROW_SETTINGS.items():
+        if given.get(column) is not None:
+            chosen[column] = given[column]
+            continue
+        recorded = _recorded_numbers(rows[column]) if column in rows.columns else pd.Series(dtype=float)
+        if recorded.empty:
+            continue
+        if column == "first_prompt_alone":
+            seen = int((recorded > 0).sum())
+            chosen[column] = 2 * seen >= len(recorded)
+            notes.append(f"first_prompt_alone {chosen[column]} (the engine started on the first request alone in "
+                         f"some repeat of {seen} of the {len(recorded)} rows that could tell)")
+            continue
+        values = sorted(set(recorded.astype(int)))
+        if len(values) > 1:
+            raise UserError(f"the rows recorded {column} {', '.join(map(str, values))}: one profile models one engine "
+                            f"setting; calibrate them apart (--holdout), or give {flag} to decide")
+        chosen[column] = values[0]
+        notes.append(f"{column} {values[0]} (recorded in {len(recorded)} of the {len(rows)} rows)")
+    return replace(settings, **chosen), notes
+
+
+def _recorded_numbers(column: pd.Series) -> pd.Series:
+    """A recorded setting as numbers, empty cells dropped (a CSV export may spell a flag True/False)."""
+    text = column.astype("string").str.strip().str.lower().replace({"true": "1", "false": "0"})
+    return pd.to_numeric(text, errors="coerce").dropna()
+
+
 def measured_unit(rows: pd.DataFrame, source: str) -> str:
     """``output`` when every row gives output tokens/s, else ``total`` when every row gives total; mixed is refused."""
     output = pd.to_numeric(rows["output_tokens_per_s"], errors="coerce") > 0

@@ -18,6 +18,13 @@ threads); None where it does not apply (GPU runs, estimates). ``cpu_binding`` is
 cores those threads were bound to (``0-3``; ranks of a multi-process engine
 joined by ``|``), as vLLM's CPU backend pins its model workers.
 
+``prefill_chunk_tokens`` and ``first_prompt_alone`` say how the engine scheduled the prompts, the two settings
+``bench calibrate`` needs to model latency (:class:`~archscale.serving.estimate.EngineSettings`): the prompt tokens
+per prefill pass, read off the engine's scheduler, and the share of timed repeats in which the engine started on the
+first request alone, before the others were scheduled, from the engine's own timestamps (None for one request, or
+where a backend does not say). On vLLM it is a race between the client handing over requests and the engine's
+first pass: measured here on a CPU at 4 prompts of 320 tokens, one repeat of two started alone.
+
 ``ttft_ms_*``, ``tpot_ms_*`` and ``itl_ms_*`` (:data:`LATENCY_COLUMNS`) are per-request latencies in
 milliseconds, with vLLM's benchmark definitions (:func:`latency_fields`); None where a backend did not measure
 them. Each backend's docstring says how it times them.
@@ -76,6 +83,8 @@ COLUMN_TYPES: tuple[tuple[str, str], ...] = (
     ("output_tokens", "INTEGER"),
     ("memory_gb", "REAL"),
     ("concurrency", "INTEGER"),
+    ("prefill_chunk_tokens", "INTEGER"),
+    ("first_prompt_alone", "REAL"),
     ("profile", "TEXT"),
     ("status", "TEXT"),
     ("error", "TEXT"),

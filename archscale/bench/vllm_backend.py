@@ -244,10 +244,10 @@ class VllmBackend:
     def _fields(self, measured: dict[str, Any], facts: dict[str, Any], log: list[str]) -> dict[str, Any]:
         """The record fields: what the worker measured, the engine's facts, the GPU key."""
         keep = {"tokens_per_s", "output_tokens_per_s", "tokens_per_s_std", "output_tokens", "dtype", "status", "error",
-                *LATENCY_COLUMNS}
+                "first_prompt_alone", *LATENCY_COLUMNS}
         fields = {k: v for k, v in measured.items() if k in keep}
         fields.update({k: facts[k] for k in ("device_name", "torch_version", "vllm_version", "threads", "cpu_binding",
-                                             "dtype") if k in facts})
+                                             "dtype", "prefill_chunk_tokens") if k in facts})
         device = facts.get("device")
         fields["gpu"] = self.options.gpu or ("cpu" if device == "cpu" else
                                              gpu_key_for_device(facts["device_name"]) if facts.get("device_name") else None)

@@ -318,6 +318,38 @@ def platform_facts(vllm_module: Any) -> dict[str, Any]:
     return {**facts, "device": "cuda", "device_name": current_platform.get_device_name(0)}
 
 
+def prefill_chunk(llm: Any) -> dict[str, Any]:
+    """The prompt tokens the engine puts in one prefill pass (``max_num_batched_tokens`` of its scheduler config), or
+    nothing where this vLLM keeps it elsewhere."""
+    scheduler = getattr(getattr(getattr(llm, "llm_engine", None), "vllm_config", None), "scheduler_config", None)
+    tokens = getattr(scheduler, "max_num_batched_tokens", None)
+    return {"prefill_chunk_tokens": int(tokens)} if isinstance(tokens, int) and tokens > 0 else {}
+
+
+def started_alone(outputs: list) -> bool | None:
+    """Whether the engine started on the first request alone: no other request was scheduled before the first one
+    scheduled had its first token (vLLM's offline ``LLM`` hands requests to its engine core one after another, and
+    the core may run a pass before the rest are there). From the engine core's own timestamps; None for one request
+    or where they are missing."""
+    stamps = []
+    for output in outputs:
+        stats = getattr(output, "metrics", None)
+        scheduled, first = getattr(stats, "scheduled_ts", 0.0), getattr(stats, "first_token_ts", 0.0)
+        if not scheduled or not first:
+            return None
+        stamps.append((scheduled, first))
+    if len(stamps) < 2:
+        return None
+    stamps.sort()
+    return stamps[1][0] >= stamps[0][1]
+
+
+def share(observations: list[bool | None]) -> float | None:
+    """The share of repeats that saw it, over those that could tell; None when none could."""
+    known = [bool(seen) for seen in observations if seen is not None]
+    return sum(known) / len(known) if known else None
+
+
 def cpu_threads(llm: Any) -> dict[str, Any]:
     """The OpenMP threads and cores of the CPU engine's model workers (ranks joined by ``|``)."""
     ranks = llm.collective_rpc("archscale_cpu_threads")
@@ -364,7 +396,7 @@ def measure_batch(llm: Any, batch: int, args: argparse.Namespace, vocab: int, em
 
     llm.generate(prompts(0), sampling(min(args.output_len, WARMUP_OUTPUT_TOKENS)), use_tqdm=False)
     emit("warmed_up", batch=batch)
-    seconds, totals, generated, short = [], [], [], []
+    seconds, totals, generated, short, alone = [], [], [], [], []
     latencies = LatencySamples()
     for repeat in range(1, args.repeats + 1):
         batch_prompts = prompts(repeat)
@@ -374,6 +406,7 @@ def measure_batch(llm: Any, batch: int, args: argparse.Namespace, vocab: int, em
         outputs = llm.generate(batch_prompts, sampling(args.output_len), use_tqdm=False)
         seconds.append(time.perf_counter() - start)
         latencies.add(outputs, recorder.take() if recorder is not None else None)
+        alone.append(started_alone(outputs))
         prompt_tokens, output_tokens = count_tokens(outputs, args.input_len)
         totals.append(prompt_tokens + output_tokens)
         generated.append(output_tokens)
@@ -384,7 +417,7 @@ def measure_batch(llm: Any, batch: int, args: argparse.Namespace, vocab: int, em
                          f"{preempted} preemptions")
         emit("repeat", batch=batch, repeat=repeat)
     measured = {**summarize_repeats(seconds, totals, generated), "output_tokens": round(sum(generated) / len(generated)),
-                **latencies.fields(), "status": "ok", "error": None}
+                **latencies.fields(), "first_prompt_alone": share(alone), "status": "ok", "error": None}
     if short:
         measured.update(status="failed", error=f"vLLM did not run the {batch} requests as one batch ({short[0]})")
     return measured
@@ -409,7 +442,7 @@ def run(args: argparse.Namespace, emit: Emit) -> int:
     started = time.perf_counter()
     try:
         llm = start_engine(args, config, on_cpu=facts["device"] == "cpu")
-        threads = cpu_threads(llm) if facts["device"] == "cpu" else {}
+        threads = {**(cpu_threads(llm) if facts["device"] == "cpu" else {}), **prefill_chunk(llm)}
         recorder = attach_gap_recorder(llm)
     except Exception as exc:
         traceback.print_exc()

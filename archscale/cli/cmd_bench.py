@@ -163,11 +163,13 @@ def calibrate_command(
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", help="The engine's limit on running sequences."),
     kv_cache_gib: Optional[float] = typer.Option(None, "--kv-cache-gib", help="Fixed KV-cache space in GiB "
                                                  "(vLLM on CPU: VLLM_CPU_KVCACHE_SPACE) instead of a memory share."),
-    prefill_chunk: int = typer.Option(8192, "--prefill-chunk", help="Prompt tokens per prefill pass the rows ran with "
-                                      "(vLLM's max_num_batched_tokens: 8192 on GPU, 4096 on CPU)."),
-    first_prompt_alone: bool = typer.Option(False, "--first-prompt-alone", help="The requests reached the engine one "
-                                            "after another and it started on the first alone (vLLM's offline LLM; "
-                                            "shows as TPOT p99 well above p50 when all prompts fit one pass)."),
+    prefill_chunk: Optional[int] = typer.Option(None, "--prefill-chunk", help="Prompt tokens per prefill pass the rows "
+                                                "ran with (vLLM's max_num_batched_tokens). Default: what the rows "
+                                                "recorded (archscale bench --backend vllm records it), else 8192."),
+    first_prompt_alone: Optional[bool] = typer.Option(None, "--first-prompt-alone/--all-prompts-at-once", help="Whether "
+                                                      "the engine started on the first request alone, the others "
+                                                      "arriving after (vLLM's offline LLM). Default: what the rows "
+                                                      "recorded, else all at once."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the fitted profile JSON here (use it with --profile, or "
                                        "put it in a folder listed in $ARCHSCALE_PROFILES)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
@@ -175,17 +177,15 @@ def calibrate_command(
     """Fit a throughput profile (the serving model's terms) to measured bench rows of one engine on one device."""
     check_outputs(("--out", out, "json"), inputs=(store, gpu_file))
     _calibrate_mode(store, gpu, gpu_file, check_engine(engine), parse_dtype(dtype), fit_terms, fix, holdout, name, out,
-                    engine_settings(memory_fraction, max_num_seqs, kv_cache_gib, prefill_chunk, first_prompt_alone),
-                    as_json)
+                    EngineSettings(memory_fraction=memory_fraction, max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib),
+                    as_json, {"prefill_chunk_tokens": positive_chunk(prefill_chunk), "first_prompt_alone": first_prompt_alone})
 
 
-def engine_settings(memory_fraction: float, max_num_seqs: int, kv_cache_gib: Optional[float], prefill_chunk: int,
-                    first_prompt_alone: bool) -> EngineSettings:
-    """The engine settings the calibrated rows ran with, each bad flag one line naming it."""
-    if prefill_chunk < 1:
+def positive_chunk(prefill_chunk: Optional[int]) -> Optional[int]:
+    """``--prefill-chunk`` as given (None: not given), a value below 1 refused in one line."""
+    if prefill_chunk is not None and prefill_chunk < 1:
         raise UserError(f"--prefill-chunk must be a positive number of tokens, got {prefill_chunk}")
-    return EngineSettings(memory_fraction=memory_fraction, max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib,
-                          prefill_chunk_tokens=prefill_chunk, first_prompt_alone=first_prompt_alone)
+    return prefill_chunk
 
 
 @app.command("bench probe", cls=Command, epilog=examples(
@@ -415,8 +415,9 @@ def _status(row: pd.Series) -> str:
 
 
 # ---- calibrate ----------------------------------------------------------------------
-def _calibrate_mode(store, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout, name, save, settings, as_json) -> None:
-    from archscale.bench.calibrate import AUTO, DEFAULT_FREE, calibrate
+def _calibrate_mode(store, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout, name, save, settings, as_json,
+                    given_settings) -> None:
+    from archscale.bench.calibrate import AUTO, DEFAULT_FREE, calibrate, measured_rows, settings_from_rows
     from archscale.bench.store import load_results
     from archscale.serving.devices import load_gpu
     from archscale.serving.profiles import save_profile
@@ -437,6 +438,7 @@ def _calibrate_mode(store, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout
     device = load_gpu(gpu, gpu_file)
     results = load_results(store)
     mask = select(results, holdout, "--holdout", str(store)).to_numpy() if holdout else None
+    settings, from_rows = settings_from_rows(measured_rows(results, gpu, engine, dtype), settings, given_settings)
     result = calibrate(results, device, engine, dtype, free, fixed, mask,
                        settings, name, source=str(store))
     if save is not None:
@@ -445,6 +447,8 @@ def _calibrate_mode(store, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout
         print_json({"profile": result.profile.to_json(), "rows": _json_rows(result.rows.drop(columns=["_heldout"])),
                     "speedups": _json_rows(result.speedups)})
         return
+    if from_rows:
+        console.print("engine settings as the rows recorded them: " + "; ".join(from_rows))
     _print_calibration(result)
     if save is not None:
         console.print(f"saved profile to {save} (use it with --profile {save}, or put it in a directory listed in "
