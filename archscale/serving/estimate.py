@@ -197,9 +197,12 @@ class EngineSettings:
     every other prompt's passes. vLLM's offline ``LLM`` hands requests to its
     engine core one by one; on this project's CPU measurements that shows as
     TTFT mean below p50 and TPOT p99 at 1.85x p50 at batch 4, where all prompts
-    fit one pass (``experiments/results/cpu_vllm_latency/README.md``). Off by
-    default (every prompt there at the start), as the GPU throughput rows
-    shipped here carry no per-request timings to tell.
+    fit one pass (``experiments/results/cpu_vllm_latency/README.md``). It is a
+    race between handing over the requests and the engine's first pass: vLLM
+    bench rows record how often the engine started alone
+    (:mod:`archscale.bench.records`), and ``bench calibrate`` reads it there.
+    Off by default (every prompt there at the start), as the GPU throughput
+    rows shipped here carry no per-request timings to tell.
     """
 
     memory_fraction: float = 0.9
