@@ -28,7 +28,7 @@ Then the later tests, each scored by rules committed before its data was measure
 :data:`JUDGED` was chosen on this set's three sessions; the fresh set (``cpu_vllm_latency_fresh/``), its loaded
 session and its quiet one (:data:`FRESH_QUIET`, judged by :data:`JUDGED`); the engine's staggered admission
 (:data:`STAGGERED`) on every session above, in-sample; and the third set (:data:`THIRD`, judged by :data:`JUDGED`
-with :data:`STAGGERED`) and its second session (:data:`THIRD_RETEST`). About 3.5 minutes on two cores.
+with :data:`STAGGERED`) and its second session (:data:`THIRD_RETEST`). About 3 minutes on two cores.
 
     python experiments/validate/cpu_latency_validation.py
 """
@@ -36,8 +36,10 @@ with :data:`STAGGERED`) and its second session (:data:`THIRD_RETEST`). About 3.5
 from __future__ import annotations
 
 import json
+from functools import cache
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -94,9 +96,10 @@ its engine core one after another, so the first prompt is prefilled alone and th
 the others' passes). Added after every set above missed TPOT p99 by 25-45%, which is the pattern it explains
 (``../results/cpu_vllm_latency/README.md``, "why" 3); on the sets above it is in-sample, on the third set the
 test. Judged there with :data:`JUDGED`'s terms against TPOT p50 and p99 <= 10%, TTFT p50 and p99 <= 20%."""
-FIRST_SET_SESSIONS = {"first (loaded)": DATA,
-                      "second (no other job)": RESULTS.with_name("cpu_vllm_latency_retest") / "cpu_vllm.csv",
-                      "third (quiet protocol)": RESULTS.with_name("cpu_vllm_latency_retest_quiet") / "cpu_vllm.csv"}
+RETEST = RESULTS.with_name("cpu_vllm_latency_retest") / "cpu_vllm.csv"
+RETEST_QUIET = RESULTS.with_name("cpu_vllm_latency_retest_quiet") / "cpu_vllm.csv"
+"""This set measured a second time (no other job running) and a third (the quiet-machine protocol)."""
+FIRST_SET_SESSIONS = {"first (loaded)": DATA, "second (no other job)": RETEST, "third (quiet protocol)": RETEST_QUIET}
 PROBES = 3
 KV_CACHE_GIB = 4.0
 """As in cpu_profile_validation.py: large enough that every batch runs as one wave, as vLLM ran it (checked per
@@ -269,16 +272,17 @@ def prefill_rate_line(split: Split, device: GPU) -> str:
             f"{single['tpot_ms_p50'].max():.1f} ms a decode step) bounds")
 
 
-def auto_refusal(rows: pd.DataFrame, device: GPU) -> str:
-    """What ``--fit auto`` makes of the rows when the compute efficiency is left to it: the variant's evidence."""
+def auto_refusal(device: GPU) -> str:
+    """What ``--fit auto`` makes of this set's rows when the compute efficiency is left to it (:data:`JUDGED`'s
+    procedure): the variant's evidence."""
     try:
-        terms = [split.figures()["terms"] for split in validate(rows, device, fixed=VARIANT_FIXED)]
+        terms = [split.figures()["terms"] for split in session_splits(DATA, JUDGED[0], device, False)]
     except UserError as exc:
         return f"refused on half A: {exc}"
     return f"terms {terms}"
 
 
-def verdict_lines(splits: list[Split]) -> list[str]:
+def verdict_lines(splits: Sequence[Split]) -> list[str]:
     """Each latency column against its target on both held-out halves."""
     lines = []
     for column in LATENCY:
@@ -309,17 +313,18 @@ def fresh_lines(rows: pd.DataFrame, device: GPU) -> list[str]:
         lines += ["", f"the fresh set, {path.parent.name} ({len(fresh)} rows, {fresh['name'].nunique()} shapes, "
                       f"{int(fresh['n_layers'].iloc[0])} layers, d_model {int(fresh['d_model'].min())}-"
                       f"{int(fresh['d_model'].max())}), {title}"]
-        lines += procedure_lines(rows, fresh, device)
+        lines += procedure_lines(rows, path, device)
     return lines
 
 
-def procedure_lines(first_set: pd.DataFrame, fresh: pd.DataFrame, device: GPU) -> list[str]:
+def procedure_lines(first_set: pd.DataFrame, path: Path, device: GPU) -> list[str]:
     """One fresh session scored by each of :data:`PROCEDURES`: its halves, the first set predicting all of it, and
     the verdict on the halves."""
+    fresh = vllm_rows(path)
     settings = engine_settings(fresh)
     lines = []
     for label, free, fixed in PROCEDURES:
-        halves_splits = validate(fresh, device, free=free, fixed=fixed)
+        halves_splits = session_splits(path, label, device, False)
         lines += ["", f"{label} (free {free if free != AUTO else '--fit auto'}, fixed {fixed}), halves of the fresh set:"]
         for split in halves_splits:
             lines += split_lines(split)
@@ -333,11 +338,20 @@ def procedure_lines(first_set: pd.DataFrame, fresh: pd.DataFrame, device: GPU) -
     return lines
 
 
+@cache
+def session_splits(path: Path, procedure: str, device: GPU, first_prompt_alone: bool) -> tuple[Split, ...]:
+    """One session's halves (:func:`validate`) under the procedure of :data:`PROCEDURES` labelled ``procedure``:
+    each (session, procedure, setting) is calibrated once, however many parts of the report quote it (every argument
+    positional and given, so that one call is one cache key)."""
+    _, free, fixed = next(entry for entry in PROCEDURES if entry[0] == procedure)
+    return tuple(validate(vllm_rows(path), device, free=free, fixed=fixed, first_prompt_alone=first_prompt_alone))
+
+
 def staggered_lines(device: GPU) -> list[str]:
     """The judged procedure with and without :data:`STAGGERED` on every dense session: in-sample on the sessions
     above (the setting was added after their TPOT p99 misses), then the third set, measured after it was committed,
     with the verdict."""
-    label, free, fixed = JUDGED
+    label = JUDGED[0]
     command = ("python experiments/studies/cpu_vllm_shapes.py --set third --backends vllm --limit 10 "
                "--batch-sizes 1,4,16,32 --input-len 320 --output-len 32")
     sessions = {**FIRST_SET_SESSIONS, "fresh, loaded": FRESH, "fresh, quiet": FRESH_QUIET}
@@ -346,32 +360,31 @@ def staggered_lines(device: GPU) -> list[str]:
              "  on the sessions above, in-sample for the setting (added after their TPOT p99 misses):"]
     for session, path in sessions.items():
         if path.exists():
-            lines.append(f"  {session} ({path.parent.name}): " + staggered_figures(vllm_rows(path), device, free, fixed))
+            lines.append(f"  {session} ({path.parent.name}): " + staggered_figures(path, device))
     if not THIRD.exists():
         return lines + [f"  third set: {THIRD.parent.name} not measured ({command})"]
     third = vllm_rows(THIRD)
     lines += ["", f"the third set, {THIRD.parent.name} ({len(third)} rows, {third['name'].nunique()} shapes, "
                   f"{int(third['n_layers'].iloc[0])} layers, d_model {int(third['d_model'].min())}-"
                   f"{int(third['d_model'].max())}), measured after the setting was committed: the test",
-              f"  {THIRD.parent.name}: " + staggered_figures(third, device, free, fixed)]
-    splits = validate(third, device, free=free, fixed=fixed, first_prompt_alone=STAGGERED)
+              f"  {THIRD.parent.name}: " + staggered_figures(THIRD, device)]
+    splits = session_splits(THIRD, label, device, STAGGERED)
     for split in splits:
         lines += split_lines(split)
     lines += [f"  third set, {line}" for line in verdict_lines(splits)]
     if THIRD_RETEST.exists():
-        again = vllm_rows(THIRD_RETEST)
         lines += ["", f"the third set measured a second time ({THIRD_RETEST.parent.name}, same command and protocol), "
                       "scored the same way:",
-                  f"  {THIRD_RETEST.parent.name}: " + staggered_figures(again, device, free, fixed),
-                  *(f"  third set, second session, {line}" for line in verdict_lines(
-                      validate(again, device, free=free, fixed=fixed, first_prompt_alone=STAGGERED)))]
+                  f"  {THIRD_RETEST.parent.name}: " + staggered_figures(THIRD_RETEST, device),
+                  *(f"  third set, second session, {line}"
+                    for line in verdict_lines(session_splits(THIRD_RETEST, label, device, STAGGERED)))]
     return lines
 
 
-def staggered_figures(rows: pd.DataFrame, device: GPU, free, fixed: dict) -> str:
-    """One session's held-out latency errors with the staggered admission, and without it in brackets."""
-    on, off = ([split.figures() for split in validate(rows, device, free=free, fixed=fixed, first_prompt_alone=alone)]
-               for alone in (True, False))
+def staggered_figures(path: Path, device: GPU) -> str:
+    """One session's held-out latency errors by :data:`JUDGED` with the staggered admission, and without it in
+    brackets."""
+    on, off = ([split.figures() for split in session_splits(path, JUDGED[0], device, alone)] for alone in (True, False))
     return ", ".join(f"{c.replace('_ms_', ' ')} {' / '.join(f'{100 * f[c]:.1f}%' for f in on)} "
                      f"({' / '.join(f'{100 * f[c]:.1f}%' for f in off)})" for c in LATENCY)
 
@@ -379,13 +392,13 @@ def staggered_figures(rows: pd.DataFrame, device: GPU, free, fixed: dict) -> str
 def design_lines(device: GPU) -> list[str]:
     """The evidence :data:`JUDGED` was chosen on: the first set's three sessions, each split in halves and scored
     by it (TPOT and TTFT p50, the target's figures)."""
-    label, free, fixed = JUDGED
+    label = JUDGED[0]
     lines = ["", f"how the procedure '{label}' was chosen: the first set's three sessions, halves A / B held out"]
     for session, path in FIRST_SET_SESSIONS.items():
         if not path.exists():
             lines.append(f"  {session}: {path.parent.name} not measured")
             continue
-        figures = [split.figures() for split in validate(vllm_rows(path), device, free=free, fixed=fixed)]
+        figures = [split.figures() for split in session_splits(path, label, device, False)]
         lines.append(f"  {session} ({path.parent.name}): " + ", ".join(
             f"{c.replace('_ms_', ' ')} {' / '.join(f'{100 * f[c]:.1f}%' for f in figures)}"
             for c in ("tpot_ms_p50", "ttft_ms_p50")) + f"; terms {' / '.join('+'.join(f['terms']) for f in figures)}")
@@ -412,7 +425,7 @@ def main() -> None:
               f"added after the misses above, changing none of them: the compute efficiency fitted, not fixed (terms "
               f"{', '.join(VARIANT_FREE)}, fixed {VARIANT_FIXED}; --fit auto cannot choose it: every candidate set "
               f"it has keeps t_seq, and with the compute efficiency free t_seq ends on its bound 0)"]
-    lines.append(f"  with --fit auto and only {VARIANT_FIXED} fixed: {auto_refusal(rows, device)}")
+    lines.append(f"  with --fit auto and only {VARIANT_FIXED} fixed: {auto_refusal(device)}")
     for split in validate(rows, device, free=VARIANT_FREE, fixed=VARIANT_FIXED):
         lines += split_lines(split)
     lines += design_lines(device)
