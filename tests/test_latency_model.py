@@ -129,25 +129,29 @@ def test_a_partly_full_last_pass_takes_its_share_of_the_prefill():
     assert row["ttft_ms_mean"] == pytest.approx(expected * row["prefill_s"] * 1e3)
 
 
-def first_prompt_alone_brute(batch: int, input_len: int, chunk: int) -> tuple[list[int], list[int], int]:
-    """Per request, the pass its prompt ends in and the prompt tokens done by then, laying the tokens out pass by
-    pass as the engine does when the first prompt is prefilled before the others arrive; and the number of passes."""
-    passes, pass_of, done_by_pass, filled, total = [], [], [], 0, 0
+def first_prompt_alone_layout(batch: int, input_len: int, chunk: int) -> tuple[list[int], list[int]]:
+    """The prompt tokens of each prefill pass, and the pass each request's prompt ends in (1-based), laying the
+    tokens out pass by pass as the engine does when the first prompt is prefilled before the others arrive."""
+    tokens_per_pass, pass_of, filled = [], [], 0
     for request in range(batch):
         left = input_len
         while left:
-            if not passes or filled == chunk or (request == 1 and len(passes) == -(-input_len // chunk)):
-                passes.append(0)
+            if not tokens_per_pass or filled == chunk or (request == 1 and left == input_len):
+                tokens_per_pass.append(0)
                 filled = 0
             take = min(left, chunk - filled)
+            tokens_per_pass[-1] += take
             filled += take
-            passes[-1] += take
             left -= take
-            total += take
-        pass_of.append(len(passes))
-    cumulative = np.cumsum(passes)
-    done_by_pass = [int(cumulative[p - 1]) for p in pass_of]
-    return pass_of, done_by_pass, len(passes)
+        pass_of.append(len(tokens_per_pass))
+    return tokens_per_pass, pass_of
+
+
+def first_prompt_alone_brute(batch: int, input_len: int, chunk: int) -> tuple[list[int], list[int], int]:
+    """Per request, the pass its prompt ends in and the prompt tokens done by then; and the number of passes."""
+    tokens_per_pass, pass_of = first_prompt_alone_layout(batch, input_len, chunk)
+    cumulative = np.cumsum(tokens_per_pass)
+    return pass_of, [int(cumulative[p - 1]) for p in pass_of], len(tokens_per_pass)
 
 
 @pytest.mark.parametrize("batch,input_len,chunk", [(4, 320, 4096), (32, 320, 4096), (16, 4096, 8192),
@@ -207,17 +211,7 @@ def test_routed_expert_reads_follow_the_passes_the_first_prompt_alone_makes(batc
     engine = EngineSettings(prefill_chunk_tokens=chunk, first_prompt_alone=True)
     shift = engine.prefill_shift(input_len)
     passes = np.ceil((batch * input_len + shift) / chunk)
-    tokens_per_pass, filled = [], 0
-    for request in range(batch):
-        left = input_len
-        while left:
-            if not tokens_per_pass or filled == chunk or (request == 1 and filled and left == input_len):
-                tokens_per_pass.append(0)
-                filled = 0
-            take = min(left, chunk - filled)
-            tokens_per_pass[-1] += take
-            filled += take
-            left -= take
+    tokens_per_pass, _ = first_prompt_alone_layout(batch, input_len, chunk)
     assert len(tokens_per_pass) == passes
     expected = sum(float(np.squeeze(_routed_expert_bytes(cost, float(t)))) for t in tokens_per_pass)
     got = _prefill_expert_bytes(cost, float(batch), passes, input_len, chunk, shift)
