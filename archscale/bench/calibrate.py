@@ -119,39 +119,36 @@ def measured_rows(results: pd.DataFrame, device: str, engine: str | None = None,
     return results[keep].reset_index(drop=True)
 
 
-ROW_SETTINGS = {"prefill_chunk_tokens": "--prefill-chunk", "first_prompt_alone": "--first-prompt-alone"}
-"""Engine settings a bench row records (:mod:`archscale.bench.records`), with the flag that gives each by hand."""
-
-
 def settings_from_rows(rows: pd.DataFrame, settings: EngineSettings, given: Mapping[str, Any]) -> tuple[EngineSettings, list[str]]:
-    """The engine settings to calibrate with: each of :data:`ROW_SETTINGS` as ``given`` (a flag's value, None when
-    not given), else from the rows, else ``settings``' own; and a line per setting the rows decided.
-
-    The prefill chunk is the engine's configuration: rows that recorded different values are one line naming the
-    column and the flag to pass. Whether the engine started on the first request alone is a race the rows record
-    as a share of repeats: the profile models it where most rows that recorded it saw it at least once, since one
-    such repeat sets the p99 TPOT of the requests it pools."""
+    """The engine settings to calibrate with: the prefill chunk and whether the engine started on the first request
+    alone, each as ``given`` (a flag's value, None when not given), else as the rows recorded it
+    (:mod:`archscale.bench.records`), else ``settings``' own; and a line per setting the rows decided."""
     chosen, notes = {}, []
-    for column, flag in ROW_SETTINGS.items():
+    for column, from_rows in (("prefill_chunk_tokens", _recorded_chunk), ("first_prompt_alone", _recorded_alone)):
+        recorded = _recorded_numbers(rows[column]) if column in rows.columns else pd.Series(dtype=float)
         if given.get(column) is not None:
             chosen[column] = given[column]
-            continue
-        recorded = _recorded_numbers(rows[column]) if column in rows.columns else pd.Series(dtype=float)
-        if recorded.empty:
-            continue
-        if column == "first_prompt_alone":
-            seen = int((recorded > 0).sum())
-            chosen[column] = 2 * seen >= len(recorded)
-            notes.append(f"first_prompt_alone {chosen[column]} (the engine started on the first request alone in "
-                         f"some repeat of {seen} of the {len(recorded)} rows that could tell)")
-            continue
-        values = sorted(set(recorded.astype(int)))
-        if len(values) > 1:
-            raise UserError(f"the rows recorded {column} {', '.join(map(str, values))}: one profile models one engine "
-                            f"setting; calibrate them apart (--holdout), or give {flag} to decide")
-        chosen[column] = values[0]
-        notes.append(f"{column} {values[0]} (recorded in {len(recorded)} of the {len(rows)} rows)")
+        elif not recorded.empty:
+            chosen[column], note = from_rows(recorded, len(rows))
+            notes.append(f"{column} {chosen[column]} ({note})")
     return replace(settings, **chosen), notes
+
+
+def _recorded_chunk(recorded: pd.Series, n_rows: int) -> tuple[int, str]:
+    """The engine's configured prefill pass: rows that recorded different ones are one line naming the flag."""
+    values = sorted(set(recorded.astype(int)))
+    if len(values) > 1:
+        raise UserError(f"the rows recorded prefill_chunk_tokens {', '.join(map(str, values))}: one profile models one "
+                        "engine setting; calibrate them apart (--holdout), or give --prefill-chunk to decide")
+    return values[0], f"recorded in {len(recorded)} of the {n_rows} rows"
+
+
+def _recorded_alone(recorded: pd.Series, n_rows: int) -> tuple[bool, str]:
+    """Whether to model the first request alone: a race the rows record as a share of repeats, modelled where most
+    rows that recorded it saw it at least once, since one such repeat sets the p99 TPOT of the requests it pools."""
+    seen = int((recorded > 0).sum())
+    return 2 * seen >= len(recorded), (f"the engine started on the first request alone in some repeat of {seen} of "
+                                       f"the {len(recorded)} rows that could tell")
 
 
 def _recorded_numbers(column: pd.Series) -> pd.Series:
