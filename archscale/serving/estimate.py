@@ -628,12 +628,14 @@ def _prefill_expert_bytes(cost, c, passes, input_len, chunk: int, shift=0.0) -> 
         return 0.0
     full = np.maximum(passes - 1.0, 0.0)
     last = np.maximum(c * input_len + shift - full * chunk, 0.0)
+    per_full_pass = _routed_expert_bytes(cost, float(chunk))
+    if not np.any(shift):  # every prompt there at the start: the common case, and the search's hot path
+        return full * per_full_pass + _routed_expert_bytes(cost, last)
     first_prompt_ends_before_last = np.ceil(np.asarray(input_len, dtype=np.float64) / chunk) < passes
     partial = np.where(first_prompt_ends_before_last,
-                       _routed_expert_bytes(cost, last) - _routed_expert_bytes(cost, float(chunk))
-                       + _routed_expert_bytes(cost, chunk - shift),
+                       _routed_expert_bytes(cost, last) - per_full_pass + _routed_expert_bytes(cost, chunk - shift),
                        _routed_expert_bytes(cost, np.maximum(last - shift, 0.0)))
-    return full * _routed_expert_bytes(cost, float(chunk)) + partial
+    return full * per_full_pass + partial
 
 
 def _prefill_roofline(cost, c, passes, input_len, expert_bytes, gpu: GPU, terms: CostTerms) -> np.ndarray:
