@@ -63,6 +63,27 @@ def test_the_chinchilla_isoflop_profiles_top_budget_within_three_percent_with_no
     assert study.metrics["holdout"]["max_rel_error"] < 0.03
 
 
+def test_a_floor_that_leaves_no_fold_fit_different_adds_no_rows(cli, tmp_path):
+    """The only run below 1 token per parameter is among the largest, which every fold predicts and no fold fits:
+    at either floor each candidate would fit the same runs and score the same, so the table lists it once."""
+    rng = np.random.default_rng(0)
+    rows = [dict(N=n, D=n * tpp) for n in np.geomspace(5e7, 2e9, 6) for tpp in (10, 20, 40)]
+    rows.append(dict(N=2e9, D=1e9))  # D/N 0.5, at the top size
+    frame = pd.DataFrame(rows)
+    frame["loss"] = get_law("chinchilla").predict(KNOWN, frame) * (1 + rng.normal(0, 0.002, len(frame)))
+    runs = tmp_path / "runs.csv"
+    frame.to_csv(runs, index=False)
+    table = load_runs(runs)
+    assert wing_floors(table) == [None, 1.0, 5.0]
+    selection = select_form(table, candidate_forms(table, "auto", "auto", False), "size", floors=wing_floors(table))
+    assert {candidate.floor for candidate in selection.candidates} == {None}
+    keys = [(candidate.law, candidate.objective) for candidate in selection.candidates]
+    assert len(keys) == len(set(keys))
+    result = cli("fit", runs)
+    assert result.code == 0, result.err
+    assert "min D/N" not in result.out and "scored on the runs with D/N >= 5 for every candidate" in result.out
+
+
 def test_tables_without_wings_try_no_floor_and_split_by_size():
     frame = load_runs(DATA / "aspect_ratio_morph.csv")
     assert wing_floors(frame) == [None]

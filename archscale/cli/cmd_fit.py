@@ -44,7 +44,8 @@ def _print_selection(study: Study) -> None:
         if selection.split_reason:
             console.print(f"split by {'budget C' if selection.split == 'budget' else 'size ' + selection.size_column}: {selection.split_reason} "
                           "(--split sets it)")
-        floors = len(selection.floors) > 1
+        floors = len({candidate.floor for candidate in selection.candidates}) > 1
+        tested = selection.tested_floor
         table = Table()
         for column in ("law", "objective", "free params", *(["min D/N"] if floors else []), "score",
                        *[f"fold {i + 1}" for i in range(len(selection.folds))], "worst run", ""):
@@ -54,7 +55,7 @@ def _print_selection(study: Study) -> None:
             if candidate.score is None:
                 table.add_row(candidate.law, candidate.objective, str(candidate.free_params), *floor, "-",
                               *["-" for _ in selection.folds], "-",
-                              f"not fitted: {(candidate.error or '').split(': ', 1)[-1][:60]}")
+                              f"not fitted: {_unfitted_reason(candidate.error)}")
                 continue
             chosen = (candidate.law, candidate.objective, candidate.floor) == (selection.law, selection.objective, selection.floor)
             remark = "[bold]selected[/bold]" if chosen else ""
@@ -64,14 +65,21 @@ def _print_selection(study: Study) -> None:
                           *[f"{100 * e:.2f}%" for e in candidate.fold_errors], f"{100 * candidate.max_rel_error:.2f}%", remark)
         console.print(table)
         console.print("score: mean relative error on each fold's larger runs, averaged over folds"
-                      + (f", scored on the runs with D/N >= {selection.tested_floor:g} for every candidate; min D/N: runs "
-                         "trained on fewer tokens per parameter were left out of that candidate's fits" if floors else "")
+                      + (f", scored on the runs with D/N >= {tested:g} for every candidate" if tested is not None else "")
+                      + ("; min D/N: runs trained on fewer tokens per parameter were left out of that candidate's fits"
+                         if floors else "")
                       + ("; a degenerate candidate is chosen only when nothing else could be scored"
                          if any(c.degenerate for c in selection.candidates) else ""))
     if selection.note:
         console.print(f"note: {selection.note}")
     if selection.warning:
         console.print(f"[yellow]warning:[/yellow] {selection.warning}")
+
+
+def _unfitted_reason(error: str | None) -> str:
+    """Why a candidate could not be fitted, without the source and law its row already names."""
+    reason = (error or "").split(": ", 1)[-1]
+    return reason.split("is not identifiable from these runs: ", 1)[-1] if "not identifiable" in reason else reason
 
 
 def _floor_label(floor: float | None) -> str:

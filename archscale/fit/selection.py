@@ -281,9 +281,14 @@ def select_form(
     loss = frame["loss"].to_numpy(float)
     column = size_label(frame) if split == "size" else "C"
     candidates = []
+    fitted_sets: set[tuple[bytes, ...]] = set()
     for floor in floors:
         kept = np.ones(len(frame), dtype=bool) if floor is None else ratio >= floor
         floor_folds = [(below & kept, test, fold) for below, test, fold in folds]
+        fitted = tuple(np.packbits(train).tobytes() for train, _, _ in floor_folds)
+        if fitted in fitted_sets:
+            continue  # its runs below the floor are all in some fold's test: it would repeat a lower floor's scores
+        fitted_sets.add(fitted)
         candidates += [_score(frame, loss, law, objective, floor_folds, reference, fixed, max_evals,
                               f"{source}, fold with {column}", fold_score, floor)
                        for law, objective in forms]
