@@ -103,3 +103,32 @@ def test_without_the_serial_term_the_eight_shapes_are_ranked_short_of_the_target
     splits = script.validate(rows, device, {**script.PROCEDURES["the validation"], "t_expert_gb": 0.0})
     within = [script.figures(split)["spearman_within_batch"] for split in splits]
     assert within == pytest.approx([0.697, 0.753], abs=RANK_TOLERANCE)
+
+
+ORDERS = {"A": (17.8, 5, 24), "B": (11.3, 4, 24)}  # stated speedup error (points), pairs the model orders, pairs in all
+
+
+@pytest.mark.parametrize("half", ["A", "B"])
+def test_every_order_the_model_claims_beyond_its_stated_error_is_measured_so_in_both_sessions(script, half):
+    """The search's tie rule on held-out shapes: where the estimates of two shapes at one batch size differ by more
+    than the profile's leave-one-shape-out speedup error (fitting rows only), the shapes are measured in that order,
+    in the first session and in the retest; the other pairs are ties, and at batch 1 all of them are."""
+    rows, retest = script.vllm_rows(CSV), script.retest_rows(script.RETEST)
+    split = {s.name: s for s in script.validate(rows, load_gpu("cpu", script.DEVICE), script.PROCEDURES["the validation"])}[half]
+    error, claimed, total = ORDERS[half]
+    assert 100 * script.stated_error(split) == pytest.approx(error, abs=0.1)
+    pairs = script.ordered_pairs(split, retest)
+    ordered = pairs[pairs["ordered"]]
+    assert (len(ordered), len(pairs)) == (claimed, total)
+    assert ordered["as_measured"].all() and ordered["as_retested"].all()
+    assert not pairs.query("batch == 1")["ordered"].any()
+
+
+@pytest.mark.skipif(not FRESH_CSV.exists(), reason="the fresh set is not present (cpu_vllm_moe.py --set fresh)")
+def test_on_the_fresh_set_every_claimed_order_holds_in_both_sessions(script):
+    rows, fresh = script.vllm_rows(CSV), script.vllm_rows(FRESH_CSV)
+    split = script.fresh_split(rows, fresh, load_gpu("cpu", script.DEVICE), script.PROCEDURES["the validation"])
+    pairs = script.ordered_pairs(split, script.retest_rows(script.FRESH_RETEST))
+    ordered = pairs[pairs["ordered"]]
+    assert (len(ordered), len(pairs)) == (24, 60)
+    assert ordered["as_measured"].all() and ordered["as_retested"].all()

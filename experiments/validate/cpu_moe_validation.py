@@ -49,6 +49,9 @@ RESULTS = Path(__file__).resolve().parents[1] / "results" / "cpu_vllm_moe"
 DATA, DEVICE = RESULTS / "cpu_vllm_moe.csv", RESULTS / "cpu_device.json"
 FRESH = RESULTS.with_name("cpu_vllm_moe_fresh") / "cpu_vllm_moe.csv"
 """The fresh set (``cpu_vllm_moe.py --set fresh``): measured after the model was settled on the eight shapes here."""
+RETEST = RESULTS.with_name("cpu_vllm_moe_retest") / "cpu_vllm_moe.csv"
+FRESH_RETEST = RESULTS.with_name("cpu_vllm_moe_fresh_retest") / "cpu_vllm_moe.csv"
+"""Both sets measured again in a later session with the same commands (``cpu_retest.py`` compares the sessions)."""
 ENGINE = "vllm"
 ROUTING = ["n_experts", "experts_per_token"]
 TARGETS = {"median_abs_err": 0.15, "spearman_within_batch": 0.8}
@@ -158,27 +161,63 @@ def heldout_table(split: latency.Split) -> pd.DataFrame:
     }).sort_values(["batch", "E", "k"])
 
 
-def split_report(split: latency.Split) -> list[str]:
-    """One split: the latency report of cpu_latency_validation.py, the throughput figures, every held-out row."""
+def split_report(split: latency.Split, retest: pd.DataFrame | None = None) -> list[str]:
+    """One split: the latency report of cpu_latency_validation.py, the throughput figures, the pairs of shapes the
+    model orders (checked against ``retest`` too, a later session's rows, where given), every held-out row."""
     f = figures(split)
     return [*latency.split_lines(split),
             f"  throughput, held out: median |error| {100 * f['median_abs_err']:.1f}% (uncalibrated roofline "
             f"{100 * f['uncalibrated_median_abs_err']:.0f}%), Spearman over rows {f['spearman_rows']:.3f}, "
             f"within a batch size (mean over batch sizes) {f['spearman_within_batch']:.3f}: "
             + ", ".join(f"batch {b} {value:.2f}" for b, value in spearman_per_batch(split).items()),
+            pairs_line(split, retest),
             "  held-out rows:", *("    " + line for line in heldout_table(split).to_string(index=False).splitlines())]
 
 
-def resolvable_spearman(split: latency.Split) -> tuple[float, list[int]]:
-    """Mean within-batch Spearman over the batch sizes where the model ranks at all: its predictions there spread by
-    more than the split's held-out median |error| (below that they are a tie, as the search treats them); and those
-    batch sizes."""
+def stated_error(split: latency.Split) -> float:
+    """The profile's speedup error as a search would quote it, relative: leave-one-shape-out on the fitting rows only
+    (no held-out row enters it). The search calls shapes whose estimates differ by less than this a tie."""
+    return float(split.result.summary["leave_one_architecture_out"]["speedup_mean_abs_points"]) / 100
+
+
+def ordered_pairs(split: latency.Split, retest: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every pair of held-out shapes at one batch size: the faster by the model, whether the model orders them at all
+    (the slower estimate below the faster's by more than :func:`stated_error`, the search's tie rule), and whether
+    the measurement puts them in that order (and the retest session, where one is given), and whether the measured
+    throughputs themselves differ by more than that error."""
     held = split.result.rows[split.result.rows["split"] == "heldout"]
-    error = figures(split)["median_abs_err"]
-    per_batch = spearman_per_batch(split)
-    kept = [int(b) for b, group in held.groupby("batch_size")
-            if group["estimate"].max() / group["estimate"].min() - 1 > error]
-    return (float(np.mean([per_batch[b] for b in kept])) if kept else float("nan")), kept
+    tolerance = stated_error(split)
+    again = None if retest is None else retest.set_index(["name", "batch_size"])["output_tokens_per_s"]
+    records = []
+    for batch, group in held.groupby("batch_size"):
+        group = group.sort_values("estimate", ascending=False)
+        for i, faster in enumerate(group.itertuples()):
+            for slower in list(group.itertuples())[i + 1:]:
+                record = {"batch": int(batch), "faster": faster.arch_name, "slower": slower.arch_name,
+                          "ordered": bool(slower.estimate < faster.estimate * (1 - tolerance)),
+                          "as_measured": bool(faster.measured > slower.measured),
+                          "measured_apart": bool(min(faster.measured, slower.measured)
+                                                 < max(faster.measured, slower.measured) * (1 - tolerance))}
+                if again is not None:
+                    record["as_retested"] = bool(again[(faster.arch_name, batch)] > again[(slower.arch_name, batch)])
+                records.append(record)
+    return pd.DataFrame(records)
+
+
+def pairs_line(split: latency.Split, retest: pd.DataFrame | None = None) -> str:
+    """How many of the pairs the model orders come out in that order, per session; how many it calls a tie, and how
+    many of those the measurement puts further apart than the stated error."""
+    pairs = ordered_pairs(split, retest)
+    ordered, ties = pairs[pairs["ordered"]], pairs[~pairs["ordered"]]
+    per_batch = ", ".join(f"batch {batch} {int(group['as_measured'].sum())}/{len(group)}"
+                          for batch, group in ordered.groupby("batch"))
+    again = (f"; in the retest session {int(ordered['as_retested'].sum())} of {len(ordered)}"
+             if "as_retested" in ordered else "")
+    return (f"  pairs of held-out shapes the model orders at one batch size (estimates apart by more than its stated "
+            f"speedup error, {100 * stated_error(split):.1f}%, leave-one-shape-out on the fitting rows: the search's "
+            f"tie rule): {len(ordered)} of {len(pairs)}, {int(ordered['as_measured'].sum())} of them in the measured "
+            f"order ({per_batch or 'none'}){again}; the other {len(ties)} it calls a tie, of which "
+            f"{int(ties['measured_apart'].sum())} measured further apart than that")
 
 
 def fresh_split(rows: pd.DataFrame, fresh: pd.DataFrame, device: GPU, fixed: dict[str, float]) -> latency.Split:
@@ -195,30 +234,39 @@ def fresh_lines(rows: pd.DataFrame, device: GPU) -> list[str]:
     fresh = vllm_rows(FRESH)
     split = fresh_split(rows, fresh, device, PROCEDURES["the validation"])
     f = figures(split)
-    resolvable, kept = resolvable_spearman(split)
     without = fresh_split(rows, fresh, device, {**PROCEDURES["the validation"], "t_expert_gb": 0.0})
     w = figures(without)
-    w_resolvable, w_kept = resolvable_spearman(without)
     halves_without = validate(rows, device, {**PROCEDURES["the validation"], "t_expert_gb": 0.0})
     return ["", f"the fresh set ({len(fresh)} rows, {fresh['name'].nunique()} shapes, measured after the model was settled; "
                 f"d_model {int(fresh['d_model'].iloc[0])}, E {sorted(set(fresh['n_experts'].astype(int)))}, "
                 f"k {sorted(set(fresh['experts_per_token'].astype(int)))}), predicted by the profile calibrated on all "
                 "eight shapes above (the validation's procedure):",
-            *split_report(split),
-            f"  within-batch Spearman over the batch sizes whose predictions spread by more than the held-out median "
-            f"|error| (batch {', '.join(map(str, kept)) or 'none'}): {resolvable:.2f}",
+            *split_report(split, retest_rows(FRESH_RETEST)),
             f"  without the serial expert term (t_expert_gb held at 0; terms {', '.join(w['terms'])}): throughput "
             f"median |error| {100 * w['median_abs_err']:.1f}%, Spearman within a batch size {w['spearman_within_batch']:.2f} "
-            f"({', '.join(f'batch {b} {v:.2f}' for b, v in spearman_per_batch(without).items())}), {w_resolvable:.2f} "
-            f"where it ranks (batch {', '.join(map(str, w_kept)) or 'none'}); TPOT p50 median |error| "
+            f"({', '.join(f'batch {b} {v:.2f}' for b, v in spearman_per_batch(without).items())}); TPOT p50 median |error| "
             f"{100 * w['tpot_ms_p50']:.1f}%",
             "  the same variant on the eight shapes' halves (A / B held out): Spearman within a batch size "
             + " / ".join(f"{figures(s)['spearman_within_batch']:.2f}" for s in halves_without)
             + ", throughput median |error| " + " / ".join(f"{100 * figures(s)['median_abs_err']:.1f}%" for s in halves_without),
             f"fresh set: throughput median |error| {100 * f['median_abs_err']:.1f}% against <= "
             f"{100 * TARGETS['median_abs_err']:.0f}%: {'met' if f['median_abs_err'] <= TARGETS['median_abs_err'] else 'NOT met'}; "
-            f"Spearman within a batch size {f['spearman_within_batch']:.2f} (all batch sizes), {resolvable:.2f} (where "
-            f"the model ranks) against >= {TARGETS['spearman_within_batch']}"]
+            f"Spearman within a batch size {f['spearman_within_batch']:.2f} against >= {TARGETS['spearman_within_batch']}; "
+            + orders_verdict([split])]
+
+
+def retest_rows(path: Path) -> pd.DataFrame | None:
+    """A later session's rows of the same shapes, or None where it was not measured."""
+    return vllm_rows(path) if path.exists() else None
+
+
+def orders_verdict(splits: list[latency.Split]) -> str:
+    """Of the pairs the model orders beyond its stated error, how many the measurement confirms, per split."""
+    counts = []
+    for split in splits:
+        ordered = ordered_pairs(split).query("ordered")
+        counts.append(f"{int(ordered['as_measured'].sum())} of {len(ordered)}")
+    return f"pairs the model orders, in the measured order: {' / '.join(counts)}"
 
 
 def verdict_lines(splits: list[latency.Split]) -> list[str]:
@@ -249,12 +297,9 @@ def main() -> None:
         splits = kept_splits[label] = validate(rows, device, fixed)
         lines += ["", f"{label}: --fit auto, fixed {fixed}"]
         for split in splits:
-            lines += split_report(split)
+            lines += split_report(split, retest_rows(RETEST))
         verdicts += [f"{label}, {line}" for line in verdict_lines(splits)]
-    resolvable = [resolvable_spearman(split) for split in kept_splits["the validation"]]
-    verdicts.append("the validation, Spearman within a batch size over the batch sizes whose predictions spread by more "
-                    "than the held-out median |error|: " + " / ".join(f"{value:.2f} (batch {', '.join(map(str, kept))})"
-                                                                 for value, kept in resolvable))
+    verdicts.append(f"the validation, {orders_verdict(kept_splits['the validation'])} (halves A / B)")
     lines += fresh_lines(rows, device)
     lines += ["", "the distinct-experts term against its alternatives (the validation's procedure; halves A / B):",
               *ablation_lines(rows, device), "",

@@ -84,10 +84,10 @@ STUDIES = (
     Study("dense third set, ten 30M 10-layer shapes: a second session (quiet protocol) against the first",
           latency.THIRD, latency.THIRD_RETEST, latency.DEVICE, latency.halves, latency.FIXED),
     Study("MoE, eight 13.0M-active shapes (issue 22: throughput <= 15%, within-batch Spearman >= 0.8)",
-          moe.DATA, RESULTS / "cpu_vllm_moe_retest" / "cpu_vllm_moe.csv", moe.DEVICE, moe.halves,
+          moe.DATA, moe.RETEST, moe.DEVICE, moe.halves,
           moe.PROCEDURES["the validation"]),
     Study("MoE fresh, six 22.8M-active shapes (as above)",
-          moe.FRESH, RESULTS / "cpu_vllm_moe_fresh_retest" / "cpu_vllm_moe.csv", moe.DEVICE, moe.halves,
+          moe.FRESH, moe.FRESH_RETEST, moe.DEVICE, moe.halves,
           moe.PROCEDURES["the validation"]),
 )
 
