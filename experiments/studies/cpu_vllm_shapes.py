@@ -22,6 +22,9 @@ keeps more than 0.3 cores busy (:func:`wait_for_other_jobs`; the quiet-machine p
 can be scored on shapes nothing was designed on; it writes ``experiments/results/cpu_vllm_latency_fresh/``.
 ``--set third`` measures ten more (:data:`THIRD_TARGETS`: 10 layers, 30M, d_model 352-800), chosen after the engine's
 staggered admission of requests was modelled, for the same reason; it writes ``cpu_vllm_latency_third/``.
+``--set fourth`` measures ten more (:data:`FOURTH_TARGETS`: 12 layers, 30M, d_model 416-736), chosen after the bench
+rows began to record the engine's settings, so that ``bench calibrate`` reading them off the rows is tested on shapes
+nothing was designed on; it writes ``cpu_vllm_latency_fourth/``.
 
 Writes ``experiments/results/cpu_vllm/``: ``configs/`` (one config.json per shape), ``bench.sqlite`` (the
 store; not committed), ``cpu_vllm.csv`` (its export, as ``archscale bench --show --store STORE --export FILE``
@@ -68,8 +71,17 @@ THIRD_TARGETS = [  # a third set, measured after the engine's staggered admissio
 """(d_model, r wanted, GQA group) of the third set: 10 layers at 30M non-embedding parameters, d_model values
 neither earlier set has. Chosen and committed, with the validation that scores it, before it was measured."""
 THIRD_OUT = OUT.with_name("cpu_vllm_latency_third")
+FOURTH_BUDGET, FOURTH_LAYERS = 3e7, 12
+FOURTH_TARGETS = [  # a fourth set, measured after the rows began to record the engine's settings (``--set fourth``)
+    (416, 2.5, 2), (416, 1.0, 8), (464, 3.0, 1), (464, 1.5, 4), (608, 0.8, 2), (608, 2.0, 8), (656, 1.2, 4),
+    (656, 0.7, 1), (736, 0.5, 8), (736, 0.6, 2),
+]
+"""(d_model, r wanted, GQA group) of the fourth set: 12 layers at 30M non-embedding parameters, a depth and d_model
+values no earlier set has. Chosen and committed, with the validation that scores it, before it was measured."""
+FOURTH_OUT = OUT.with_name("cpu_vllm_latency_fourth")
 SETS = {"main": (BUDGET, LAYERS, TARGETS, OUT), "fresh": (FRESH_BUDGET, FRESH_LAYERS, FRESH_TARGETS, FRESH_OUT),
-        "third": (THIRD_BUDGET, THIRD_LAYERS, THIRD_TARGETS, THIRD_OUT)}
+        "third": (THIRD_BUDGET, THIRD_LAYERS, THIRD_TARGETS, THIRD_OUT),
+        "fourth": (FOURTH_BUDGET, FOURTH_LAYERS, FOURTH_TARGETS, FOURTH_OUT)}
 """Each shape set: its budget, depth, targets and default output folder."""
 BACKENDS = ("vllm", "torch")
 QUIET_LOAD, QUIET_WAIT_S, QUIET_TIMEOUT_S = 1.2, 30, 600
@@ -94,9 +106,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--set", choices=tuple(SETS), default="main", dest="shape_set",
                         help="main: ten 6-layer 20M shapes; fresh: ten 8-layer 30M shapes (FRESH_TARGETS), measured "
                              "after the latency model was settled on the first; third: ten 10-layer 30M shapes "
-                             "(THIRD_TARGETS), measured after the staggered admission was modelled")
+                             "(THIRD_TARGETS), measured after the staggered admission was modelled; fourth: ten "
+                             "12-layer 30M shapes (FOURTH_TARGETS), measured after the rows recorded the engine's "
+                             "settings")
     parser.add_argument("--out", type=Path, default=None, help="Default: results/cpu_vllm (fresh: "
-                        "cpu_vllm_latency_fresh, third: cpu_vllm_latency_third).")
+                        "cpu_vllm_latency_fresh, third: cpu_vllm_latency_third, fourth: cpu_vllm_latency_fourth).")
     return parser.parse_args()
 
 

@@ -28,7 +28,8 @@ Then the later tests, each scored by rules committed before its data was measure
 :data:`JUDGED` was chosen on this set's three sessions; the fresh set (``cpu_vllm_latency_fresh/``), its loaded
 session and its quiet one (:data:`FRESH_QUIET`, judged by :data:`JUDGED`); the engine's staggered admission
 (:data:`STAGGERED`) on every session above, in-sample; and the third set (:data:`THIRD`, judged by :data:`JUDGED`
-with :data:`STAGGERED`) and its second session (:data:`THIRD_RETEST`). About 3 minutes on two cores.
+with :data:`STAGGERED`) and its second session (:data:`THIRD_RETEST`); the fourth set (:data:`FOURTH`, judged by
+:data:`JUDGED` with the engine settings its rows recorded). About 3 minutes on two cores.
 
     python experiments/validate/cpu_latency_validation.py
 """
@@ -45,7 +46,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from archscale.bench.calibrate import AUTO, Calibration, calibrate, format_term
+from archscale.bench.calibrate import AUTO, Calibration, calibrate, format_term, settings_from_rows
 from archscale.bench.store import load_results
 from archscale.io.errors import UserError
 from archscale.serving.devices import GPU, load_gpu
@@ -90,6 +91,12 @@ THIRD = RESULTS.with_name("cpu_vllm_latency_third") / "cpu_vllm.csv"
 :data:`STAGGERED` before they were measured."""
 THIRD_RETEST = THIRD.parent.with_name("cpu_vllm_latency_third_retest") / "cpu_vllm.csv"
 """The third set measured a second time, after the first session was scored: the same test on another session."""
+FOURTH = RESULTS.with_name("cpu_vllm_latency_fourth") / "cpu_vllm.csv"
+"""The fourth set (``cpu_vllm_shapes.py --set fourth``): ten 12-layer 30M shapes, chosen and committed with
+:func:`fourth_lines` before they were measured. Judged with :data:`JUDGED`'s terms and the engine settings as
+``archscale bench calibrate`` reads them off the rows (:func:`archscale.bench.calibrate.settings_from_rows`: the
+prefill chunk and whether the engine started on the first request alone, which these rows are the first to record),
+against TPOT p50 and p99 <= 10%, TTFT p50 and p99 <= 20%, on both halves."""
 STAGGERED = True
 """The engine setting the third set is judged with: ``first_prompt_alone`` (vLLM's offline ``LLM`` hands requests to
 its engine core one after another, so the first prompt is prefilled alone and the first request's decode waits on
@@ -381,6 +388,28 @@ def staggered_lines(device: GPU) -> list[str]:
     return lines
 
 
+def fourth_lines(device: GPU) -> list[str]:
+    """The fourth set, scored by :data:`JUDGED` with the engine settings the rows recorded, as ``bench calibrate``
+    reads them, with the verdict."""
+    command = ("python experiments/studies/cpu_vllm_shapes.py --set fourth --backends vllm --limit 10 "
+               "--batch-sizes 1,4,16,32 --input-len 320 --output-len 32")
+    if not FOURTH.exists():
+        return ["", f"fourth set: {FOURTH.parent.name} not measured ({command})"]
+    rows = vllm_rows(FOURTH)
+    recorded, notes = settings_from_rows(rows, engine_settings(rows), {})
+    if recorded.prefill_chunk_tokens != engine_settings(rows).prefill_chunk_tokens:
+        raise SystemExit(f"{FOURTH.parent.name}: the rows recorded prefill passes of {recorded.prefill_chunk_tokens} "
+                         f"tokens, not the {engine_settings(rows).prefill_chunk_tokens} this validation assumes")
+    splits = session_splits(FOURTH, JUDGED[0], device, recorded.first_prompt_alone)
+    lines = ["", f"the fourth set, {FOURTH.parent.name} ({len(rows)} rows, {rows['name'].nunique()} shapes, "
+                 f"{int(rows['n_layers'].iloc[0])} layers, d_model {int(rows['d_model'].min())}-"
+                 f"{int(rows['d_model'].max())}), measured after this scoring was committed: the procedure "
+                 f"'{JUDGED[0]}' with the engine settings as the rows recorded them: {'; '.join(notes) or 'none recorded'}"]
+    for split in splits:
+        lines += split_lines(split)
+    return lines + [f"  fourth set, {line}" for line in verdict_lines(splits)]
+
+
 def staggered_figures(path: Path, device: GPU) -> str:
     """One session's held-out latency errors by :data:`JUDGED` with the staggered admission, and without it in
     brackets."""
@@ -431,6 +460,7 @@ def main() -> None:
     lines += design_lines(device)
     lines += fresh_lines(rows, device)
     lines += staggered_lines(device)
+    lines += fourth_lines(device)
     text = "\n".join(lines)
     print(text)
     (RESULTS / "validation.txt").write_text(text + "\n")
