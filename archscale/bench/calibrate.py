@@ -77,10 +77,11 @@ def candidate_sets(frame: pd.DataFrame) -> tuple[tuple[str, ...], ...]:
 
 
 TERM_SCALE = {"eta_compute": 0.1, "eta_weights": 0.1, "eta_kv": 0.1, "t_step": 1e-3, "t_seq": 1e-5, "t_layer": 1e-5,
-              "t_allreduce": 1e-5, "t_expert_gb": 1e-2}
+              "t_allreduce": 1e-5, "t_expert_gb": 1e-2, "t_attn_gflop": 1e-3}
 """Typical size of each term: the optimiser's units, and the yardstick for "at a bound"."""
 START_GRID = {"eta_compute": (0.3, 0.8), "eta_weights": (0.4, 0.9), "eta_kv": (0.4, 0.9), "t_step": (3e-4, 3e-3), "t_seq": (3e-6, 3e-5),
-              "t_layer": (1e-6, 3e-5), "t_allreduce": (5e-6, 5e-5), "t_expert_gb": (0.01, 0.1)}
+              "t_layer": (1e-6, 3e-5), "t_allreduce": (5e-6, 5e-5), "t_expert_gb": (0.01, 0.1),
+              "t_attn_gflop": (0.003, 0.03)}
 AT_BOUND = 1e-3
 """A fitted term closer to a bound than this many of its TERM_SCALE units counts as on the bound."""
 FLAT_DIRECTION = 1e-6

@@ -138,6 +138,12 @@ class CostTerms:
     ``t_expert_gb`` is the seconds each GB of routed expert weights a pass reads adds *after* the roofline's max:
     0 (the default) puts the experts inside it, as a GPU overlaps them with compute; an engine whose MoE kernel
     streams the experts group by group (vLLM's CPU grouped GEMM) pays for them on top. It is fitted only on MoE rows.
+
+    ``t_attn_gflop`` is the seconds each GFLOP of decode attention over the context (``q K^T`` and the sum over V,
+    which grow with the query heads, the depth and the context) adds *after* the roofline's max: 0 (the default)
+    puts that work inside it at ``eta_compute``; an engine that runs its attention kernel apart from the matrix
+    products, at its own lower rate, pays for it on top. No calibration chooses it unless asked (``bench calibrate
+    --fit`` with the term named).
     """
 
     eta_compute: float = 0.7
@@ -148,6 +154,7 @@ class CostTerms:
     t_layer: float = 0.0
     t_allreduce: float = 102e-6
     t_expert_gb: float = 0.0
+    t_attn_gflop: float = 0.0
 
     def __post_init__(self) -> None:
         for name, (low, high) in TERM_BOUNDS.items():
@@ -168,6 +175,7 @@ TERM_BOUNDS: dict[str, tuple[float, float]] = {
     "t_layer": (0.0, 0.01),
     "t_allreduce": (0.0, 0.01),
     "t_expert_gb": (0.0, 10.0),
+    "t_attn_gflop": (0.0, 1.0),
 }
 TERM_MEANING: dict[str, str] = {
     "eta_compute": "fraction of peak FLOP/s reached (prefill, and decode where it is compute-bound)",
@@ -178,6 +186,7 @@ TERM_MEANING: dict[str, str] = {
     "t_layer": "seconds per layer per forward pass (kernel launch gaps)",
     "t_allreduce": "seconds of latency per tensor-parallel all-reduce",
     "t_expert_gb": "seconds per GB of routed expert weights a pass reads, beyond the roofline (MoE rows only)",
+    "t_attn_gflop": "seconds per GFLOP of decode attention over the context, beyond the roofline",
 }
 TERM_NAMES = tuple(f.name for f in fields(CostTerms))
 
@@ -590,6 +599,14 @@ def _serial_expert_seconds(expert_bytes, terms: CostTerms) -> np.ndarray | float
     return terms.t_expert_gb * expert_bytes / 1e9 if terms.t_expert_gb else 0.0
 
 
+def _serial_attention_seconds(cost, c, first, steps, terms: CostTerms) -> np.ndarray | float:
+    """``t_attn_gflop`` times the GFLOP of attention over the context that decode steps ``first`` .. ``first + steps
+    - 1`` compute for ``c`` sequences: what that attention costs beyond the roofline's max."""
+    if not terms.t_attn_gflop:
+        return 0.0
+    return terms.t_attn_gflop * c * cost["flops_per_context"] * _sum_affine(0.0, 1.0, first, steps) / 1e9
+
+
 def _decode_lines(cost, c, gpu: GPU, terms: CostTerms):
     """Roofline seconds of decode step ``s`` as two lines: compute ``a_c + b_c s`` and memory ``a_m + b_m s``."""
     flops_rate, weights_rate, kv_rate = _rates(gpu, terms)
@@ -614,7 +631,8 @@ def _batch_times(cost, concurrency, gpu: GPU, runs: _RowWorkload, terms: CostTer
     steps = runs.output_len - 1  # the first output token is sampled from the prefill
     per_step = (_pass_overhead(cost, c, gpu, terms) + c * terms.t_seq
                 + _serial_expert_seconds(_routed_expert_bytes(cost, c), terms))
-    decode = _sum_max_affine(*_decode_lines(cost, c, gpu, terms), runs.input_len + 1, steps) + steps * per_step
+    decode = (_sum_max_affine(*_decode_lines(cost, c, gpu, terms), runs.input_len + 1, steps) + steps * per_step
+              + _serial_attention_seconds(cost, c, runs.input_len + 1, steps, terms))
     active = c > 0
     return {"prefill": np.where(active, prefill, 0.0), "decode": np.where(active, decode, 0.0),
             "passes": np.where(active, passes, 0.0)}

@@ -192,7 +192,7 @@ class Profile:
         return hashlib.sha256(json.dumps(fitted_on, sort_keys=True).encode()).hexdigest()[:16]
 
 
-TERMS_ADDED_LATER = ("t_expert_gb",)
+TERMS_ADDED_LATER = ("t_expert_gb", "t_attn_gflop")
 """Cost terms the model gained after profiles were shipped; at 0 they leave a profile's fingerprint as it was."""
 SETTINGS_ADDED_LATER = {"first_prompt_alone": False}
 """Engine settings the model gained after profiles were shipped, with the value every earlier profile had: at it

@@ -25,6 +25,8 @@ staggered admission of requests was modelled, for the same reason; it writes ``c
 ``--set fourth`` measures ten more (:data:`FOURTH_TARGETS`: 12 layers, 30M, d_model 416-736), chosen after the bench
 rows began to record the engine's settings, so that ``bench calibrate`` reading them off the rows is tested on shapes
 nothing was designed on; it writes ``cpu_vllm_latency_fourth/``.
+``--set fifth`` measures ten more (:data:`FIFTH_TARGETS`: 14 layers, 30M, d_model 432-688), chosen after the serial
+decode-attention term was designed on the earlier sets; it writes ``cpu_vllm_latency_fifth/``.
 
 Writes ``experiments/results/cpu_vllm/``: ``configs/`` (one config.json per shape), ``bench.sqlite`` (the
 store; not committed), ``cpu_vllm.csv`` (its export, as ``archscale bench --show --store STORE --export FILE``
@@ -79,9 +81,18 @@ FOURTH_TARGETS = [  # a fourth set, measured after the rows began to record the 
 """(d_model, r wanted, GQA group) of the fourth set: 12 layers at 30M non-embedding parameters, a depth and d_model
 values no earlier set has. Chosen and committed, with the validation that scores it, before it was measured."""
 FOURTH_OUT = OUT.with_name("cpu_vllm_latency_fourth")
+FIFTH_BUDGET, FIFTH_LAYERS = 3e7, 14
+FIFTH_TARGETS = [  # a fifth set, measured after the serial decode-attention term was designed (``--set fifth``)
+    (432, 3.0, 2), (432, 1.2, 4), (496, 2.0, 8), (496, 0.8, 1), (560, 2.5, 4), (560, 1.0, 2), (624, 1.5, 1),
+    (624, 0.6, 8), (688, 0.7, 4), (688, 0.4, 2),
+]
+"""(d_model, r wanted, GQA group) of the fifth set: 14 layers at 30M non-embedding parameters, a depth and d_model
+values no earlier set has. Chosen and committed, with the validation that scores it, before it was measured."""
+FIFTH_OUT = OUT.with_name("cpu_vllm_latency_fifth")
 SETS = {"main": (BUDGET, LAYERS, TARGETS, OUT), "fresh": (FRESH_BUDGET, FRESH_LAYERS, FRESH_TARGETS, FRESH_OUT),
         "third": (THIRD_BUDGET, THIRD_LAYERS, THIRD_TARGETS, THIRD_OUT),
-        "fourth": (FOURTH_BUDGET, FOURTH_LAYERS, FOURTH_TARGETS, FOURTH_OUT)}
+        "fourth": (FOURTH_BUDGET, FOURTH_LAYERS, FOURTH_TARGETS, FOURTH_OUT),
+        "fifth": (FIFTH_BUDGET, FIFTH_LAYERS, FIFTH_TARGETS, FIFTH_OUT)}
 """Each shape set: its budget, depth, targets and default output folder."""
 BACKENDS = ("vllm", "torch")
 QUIET_LOAD, QUIET_WAIT_S, QUIET_TIMEOUT_S = 1.2, 30, 600
@@ -108,9 +119,10 @@ def parse_args() -> argparse.Namespace:
                              "after the latency model was settled on the first; third: ten 10-layer 30M shapes "
                              "(THIRD_TARGETS), measured after the staggered admission was modelled; fourth: ten "
                              "12-layer 30M shapes (FOURTH_TARGETS), measured after the rows recorded the engine's "
-                             "settings")
+                             "settings; fifth: ten 14-layer 30M shapes (FIFTH_TARGETS), measured after the "
+                             "serial decode-attention term was designed")
     parser.add_argument("--out", type=Path, default=None, help="Default: results/cpu_vllm (fresh: "
-                        "cpu_vllm_latency_fresh, third: cpu_vllm_latency_third, fourth: cpu_vllm_latency_fourth).")
+                        "cpu_vllm_latency_fresh, third: cpu_vllm_latency_third, fourth: cpu_vllm_latency_fourth, fifth: cpu_vllm_latency_fifth).")
     return parser.parse_args()
 
 
