@@ -204,3 +204,33 @@ def test_the_fourth_set_read_its_engine_settings_off_the_rows_and_misses_tpot_p5
     assert [f["ttft_ms_p50"] for f in on] == pytest.approx([0.058, 0.046], abs=TOLERANCE)
     assert all(f["ttft_ms_p99"] <= 0.08 for f in on)
     assert on[0]["tpot_ms_p50"] > 0.10 >= on[1]["tpot_ms_p50"]
+
+
+FIFTH_CSV = CSV.parent.with_name("cpu_vllm_latency_fifth") / "cpu_vllm.csv"
+
+
+@pytest.mark.skipif(not FIFTH_CSV.exists(), reason="the fifth set is not present (cpu_vllm_shapes.py --set fifth)")
+def test_the_serial_decode_attention_beats_the_judged_procedure_on_the_fifth_set_but_misses_tpot_p50(script):
+    """The fifth set, scored by the procedure designed after the fourth set's miss (the serial decode-attention term
+    free), committed before the set was measured: TPOT p50 9.3% / 15.8% against 10.9% / 17.3% by the earlier
+    procedure on the same halves, TTFT within 7%; the 10% TPOT target is missed on half B."""
+    device = load_gpu("cpu", script.DEVICE)
+    attention = [s.figures() for s in script.attention_splits(script.FIFTH, device, True)]
+    judged = [s.figures() for s in script.session_splits(script.FIFTH, script.JUDGED[0], device, True)]
+    assert all("t_attn_gflop" in f["terms"] for f in attention)
+    assert [f["tpot_ms_p50"] for f in attention] == pytest.approx([0.093, 0.158], abs=TOLERANCE)
+    assert [f["tpot_ms_p99"] for f in attention] == pytest.approx([0.132, 0.098], abs=TOLERANCE)
+    assert [f["tpot_ms_p50"] for f in judged] == pytest.approx([0.109, 0.173], abs=TOLERANCE)
+    assert all(a["tpot_ms_p50"] < j["tpot_ms_p50"] for a, j in zip(attention, judged))
+    assert all(f["ttft_ms_p50"] <= 0.07 and f["ttft_ms_p99"] <= 0.07 for f in attention)
+    assert attention[1]["tpot_ms_p50"] > 0.10
+
+
+def test_the_attention_procedure_was_refused_on_one_half_of_the_set_it_was_designed_after(script):
+    """In-sample, on the fourth set: 10.6% on half A and a one-line refusal on half B (eta_kv on its bound), which the
+    validation reports as a miss rather than dropping."""
+    if not script.FOURTH.exists():
+        pytest.skip("the fourth set is not present")
+    halves = script.attention_splits(script.FOURTH, load_gpu("cpu", script.DEVICE), True)
+    assert halves[0].figures()["tpot_ms_p50"] == pytest.approx(0.106, abs=TOLERANCE)
+    assert isinstance(halves[1], str) and halves[1].startswith("refused") and "eta_kv" in halves[1]

@@ -221,3 +221,18 @@ def test_routed_expert_reads_follow_the_passes_the_first_prompt_alone_makes(batc
 def test_a_profile_setting_that_is_not_true_or_false_is_one_line():
     with pytest.raises(UserError, match="first_prompt_alone must be true or false, got 'yes'"):
         EngineSettings(first_prompt_alone="yes")
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_serial_decode_attention_adds_its_gflop_at_its_rate_and_leaves_the_prefill(batch):
+    """``t_attn_gflop``: each decode step at context s computes ``4 L h d_head s`` FLOPs of attention per sequence
+    (Llama-3.2-1B: 16 layers, 32 query heads of 64); the term adds that many GFLOP times its rate, summed over the
+    255 steps from context 129 to 383, after the roofline's max, and nothing to the prefill."""
+    frame, workload = LLAMA_1B, Workload(batch, 128, 256)
+    plain = estimate_throughput_many(frame, H200, workload, terms=TERMS).iloc[0]
+    serial = estimate_throughput_many(frame, H200, workload, terms=CostTerms(**{**TERMS.as_dict(), "t_attn_gflop": 0.02})).iloc[0]
+    flops_per_context = 4 * 16 * 32 * 64
+    gflop = batch * flops_per_context * sum(range(129, 129 + 255)) / 1e9
+    assert serial["decode_s"] - plain["decode_s"] == pytest.approx(0.02 * gflop, rel=1e-9)
+    assert serial["prefill_s"] == pytest.approx(plain["prefill_s"], rel=1e-12)
+    assert serial["tpot_ms_mean"] > plain["tpot_ms_mean"]

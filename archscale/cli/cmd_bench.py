@@ -151,7 +151,8 @@ def calibrate_command(
     engine: str = typer.Option("vllm", "--engine", help="The serving engine whose rows to fit (vllm, torch, sglang)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Which dtype's rows to fit: " + DTYPE_HELP),
     fit_terms: Optional[str] = typer.Option(None, "--fit", help="Comma-separated terms to fit (default "
-                                            "eta_weights,t_step,t_seq; also eta_compute, eta_kv, t_layer, t_allreduce), "
+                                            "eta_weights,t_step,t_seq; also eta_compute, eta_kv, t_layer, t_allreduce, t_expert_gb, "
+                                            "t_attn_gflop), "
                                             "or `auto`: the set that best predicts each architecture left out of the fit."),
     fix: Optional[list[str]] = typer.Option(None, "--fix", metavar="<name=value>", help="Hold a term at a value, e.g. "
                                             "--fix eta_kv=0.8 (repeatable)."),

@@ -102,9 +102,9 @@ ATTENTION = ("eta_compute, eta_kv, t_step and the serial decode attention",
              ("eta_compute", "eta_kv", "t_step", "t_attn_gflop"), {"eta_weights": FIXED["eta_weights"]})
 """The procedure the fifth set is judged on, designed after the fourth set missed TPOT p50: decode attention over
 the context paid after the roofline's max (``t_attn_gflop``), with the compute and KV-read efficiencies and the
-per-pass time, the weight-read efficiency held at the probe's rate. Why: on the quiet sessions the judged
-procedure's TPOT residuals rise with the attention GFLOP a step computes, at a like slope on each (14-17 ms per
-GFLOP). Chosen on the five quiet sessions (:func:`attention_design_lines`, in-sample): TPOT p50 within 7.5% on the
+per-pass time, the weight-read efficiency held at the probe's rate. Why: an exploratory look at the judged
+procedure's in-sample TPOT residuals on the quiet sessions found them growing with the attention work a step does
+over the context. Chosen on the five quiet sessions (:func:`attention_design_lines`, in-sample): TPOT p50 within 7.5% on the
 eight halves of the first four, 10.6% on the fourth set's half A, and refused on its half B (eta_kv on its bound).
 A refused half counts as a miss."""
 FIFTH = RESULTS.with_name("cpu_vllm_latency_fifth") / "cpu_vllm.csv"
@@ -434,6 +434,15 @@ def attention_design_lines(device: GPU) -> list[str]:
                     for session, path in sessions.items() if path.exists()]
 
 
+def shape_errors_line(split: Split) -> str:
+    """The held-out TPOT p50 error of each shape, signed, averaged over its batch sizes: which shapes the profile
+    over- or under-predicts."""
+    error = split.heldout["predicted_tpot_ms_p50"] / split.heldout["measured_tpot_ms_p50"] - 1
+    per_shape = error.groupby(split.heldout["arch_name"]).mean()
+    return ("  held-out TPOT p50 error per shape (signed, mean over batch sizes): "
+            + ", ".join(f"{name} {100 * value:+.0f}%" for name, value in per_shape.items()))
+
+
 def fifth_lines(device: GPU) -> list[str]:
     """The fifth set, scored by :data:`ATTENTION` with the engine settings the rows recorded (and by :data:`JUDGED`
     beside it), with the verdict."""
@@ -454,7 +463,8 @@ def fifth_lines(device: GPU) -> list[str]:
                   f"{int(rows['d_model'].max())}), measured after this scoring was committed: the procedure "
                   f"'{ATTENTION[0]}' with the engine settings as the rows recorded them: {'; '.join(notes) or 'none recorded'}"]
     for split in splits:
-        lines += [f"half {'AB'[splits.index(split)]}: {split}"] if isinstance(split, str) else split_lines(split)
+        lines += [f"half {'AB'[splits.index(split)]}: {split}"] if isinstance(split, str) else [
+            *split_lines(split), shape_errors_line(split)]
     lines.append(f"  for comparison, the procedure '{JUDGED[0]}': {attention_figures(judged)}")
     for column in LATENCY:
         target = TARGETS[column.split("_")[0]]
@@ -484,7 +494,7 @@ def fourth_lines(device: GPU) -> list[str]:
                  f"{int(rows['d_model'].max())}), measured after this scoring was committed: the procedure "
                  f"'{JUDGED[0]}' with the engine settings as the rows recorded them: {'; '.join(notes) or 'none recorded'}"]
     for split in splits:
-        lines += split_lines(split)
+        lines += [*split_lines(split), shape_errors_line(split)]
     return lines + [f"  fourth set, {line}" for line in verdict_lines(splits)]
 
 
