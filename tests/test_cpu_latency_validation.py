@@ -163,16 +163,19 @@ def test_the_staggered_admission_predicts_tpot_p99_on_shapes_measured_after_it(s
 THIRD_RETEST_CSV = THIRD_CSV.parent.with_name("cpu_vllm_latency_third_retest") / "cpu_vllm.csv"
 
 
+def judged_with_and_without_staggering(script, path):
+    """The judged procedure's held-out figures on one session, per half: with the staggered admission, and without."""
+    device = load_gpu("cpu", script.DEVICE)
+    return ([split.figures() for split in script.session_splits(path, script.JUDGED[0], device, alone)]
+            for alone in (True, False))
+
+
 @pytest.mark.skipif(not THIRD_RETEST_CSV.exists(), reason="the third set's second session is not present")
 def test_the_third_sets_second_session_meets_tpot_p50_and_the_setting_still_halves_p99(script):
     """The same test on a second session of the third set (which agrees with the first within 2.4% shape by shape):
     TPOT p50 within 10% on both halves, TTFT within 20%, TPOT p99 13.8% / 6.5% against 23.2% / 30.1% without the
     staggered admission."""
-    label, free, fixed = script.JUDGED
-    rows = script.vllm_rows(THIRD_RETEST_CSV)
-    device = load_gpu("cpu", script.DEVICE)
-    on = [s.figures() for s in script.validate(rows, device, free=free, fixed=fixed, first_prompt_alone=True)]
-    off = [s.figures() for s in script.validate(rows, device, free=free, fixed=fixed)]
+    on, off = judged_with_and_without_staggering(script, THIRD_RETEST_CSV)
     assert [f["tpot_ms_p50"] for f in on] == pytest.approx([0.083, 0.069], abs=TOLERANCE)
     assert [f["tpot_ms_p99"] for f in on] == pytest.approx([0.138, 0.065], abs=TOLERANCE)
     assert [f["tpot_ms_p99"] for f in off] == pytest.approx([0.232, 0.301], abs=TOLERANCE)
@@ -194,10 +197,7 @@ def test_the_fourth_set_read_its_engine_settings_off_the_rows_and_misses_tpot_p5
     recorded, notes = settings_from_rows(rows, script.engine_settings(rows), {})
     assert (recorded.prefill_chunk_tokens, recorded.first_prompt_alone) == (4096, True)
     assert any("27 of the 30 rows" in note for note in notes)
-    label, free, fixed = script.JUDGED
-    device = load_gpu("cpu", script.DEVICE)
-    on = [s.figures() for s in script.validate(rows, device, free=free, fixed=fixed, first_prompt_alone=True)]
-    off = [s.figures() for s in script.validate(rows, device, free=free, fixed=fixed)]
+    on, off = judged_with_and_without_staggering(script, FOURTH_CSV)
     assert [f["tpot_ms_p50"] for f in on] == pytest.approx([0.133, 0.097], abs=TOLERANCE)
     assert [f["tpot_ms_p99"] for f in on] == pytest.approx([0.128, 0.079], abs=TOLERANCE)
     assert [f["tpot_ms_p99"] for f in off] == pytest.approx([0.295, 0.392], abs=TOLERANCE)
