@@ -302,15 +302,17 @@ def auto_refusal(device: GPU) -> str:
     return f"terms {terms}"
 
 
-def verdict_lines(splits: Sequence[Split]) -> list[str]:
-    """Each latency column against its target on both held-out halves."""
+def verdict_lines(splits: Sequence[Split | str]) -> list[str]:
+    """Each latency column against its target on both held-out halves (a half whose calibration was refused, given
+    as its refusal, is a miss)."""
     lines = []
     for column in LATENCY:
         target = TARGETS[column.split("_")[0]]
-        errors = [split.figures()[column] for split in splits]
-        met = all(error <= target for error in errors)
-        lines.append(f"{column}: held-out median |error| {' / '.join(f'{100 * e:.1f}%' for e in errors)} "
-                     f"(halves A / B) against <= {100 * target:.0f}%: {'met' if met else 'NOT met'}")
+        errors = [None if isinstance(split, str) else split.figures()[column] for split in splits]
+        met = all(error is not None and error <= target for error in errors)
+        shown = " / ".join("refused" if error is None else f"{100 * error:.1f}%" for error in errors)
+        lines.append(f"{column}: held-out median |error| {shown} (halves A / B) against <= {100 * target:.0f}%: "
+                     f"{'met' if met else 'NOT met'}")
     return lines
 
 
@@ -462,18 +464,10 @@ def fifth_lines(device: GPU) -> list[str]:
                   f"{int(rows['n_layers'].iloc[0])} layers, d_model {int(rows['d_model'].min())}-"
                   f"{int(rows['d_model'].max())}), measured after this scoring was committed: the procedure "
                   f"'{ATTENTION[0]}' with the engine settings as the rows recorded them: {'; '.join(notes) or 'none recorded'}"]
-    for split in splits:
-        lines += [f"half {'AB'[splits.index(split)]}: {split}"] if isinstance(split, str) else [
-            *split_lines(split), shape_errors_line(split)]
+    for half, split in zip("AB", splits):
+        lines += [f"half {half}: {split}"] if isinstance(split, str) else [*split_lines(split), shape_errors_line(split)]
     lines.append(f"  for comparison, the procedure '{JUDGED[0]}': {attention_figures(judged)}")
-    for column in LATENCY:
-        target = TARGETS[column.split("_")[0]]
-        errors = [None if isinstance(split, str) else split.figures()[column] for split in splits]
-        met = all(error is not None and error <= target for error in errors)
-        shown = " / ".join("refused" if error is None else f"{100 * error:.1f}%" for error in errors)
-        lines.append(f"  fifth set, {column}: held-out median |error| {shown} (halves A / B) against "
-                     f"<= {100 * target:.0f}%: {'met' if met else 'NOT met'}")
-    return lines
+    return lines + [f"  fifth set, {line}" for line in verdict_lines(splits)]
 
 
 def fourth_lines(device: GPU) -> list[str]:
