@@ -429,3 +429,13 @@ def test_calibrate_takes_the_engine_settings_the_rows_recorded(cli, tmp_path):
     r = cli("bench", "calibrate", "--store", mixed_store, "--gpu", "h200")
     _one_line(r, "the rows recorded prefill_chunk_tokens 4096, 8192")
     assert "--prefill-chunk" in r.err
+
+
+def test_terms_print_in_their_units_and_rates_say_per_what():
+    from archscale.bench.calibrate import format_term
+
+    assert format_term("eta_kv", 0.2851) == "0.285"
+    assert format_term("t_step", 0.0104) == "10.4 ms" and format_term("t_seq", 9.82e-5) == "98.2 us"
+    assert format_term("t_expert_gb", 0.055) == "55 ms per GB"
+    assert format_term("t_attn_gflop", 0.0256) == "25.6 ms per GFLOP"
+    assert format_term("t_attn_gflop", 0.0) == "0"

@@ -607,13 +607,18 @@ def term_table(profile: Profile) -> list[dict[str, Any]]:
              "bounds": TERM_BOUNDS[name], "meaning": TERM_MEANING[name]} for name in TERM_NAMES]
 
 
+PER_UNIT = {"t_expert_gb": "GB", "t_attn_gflop": "GFLOP"}
+"""Terms that are times per amount of work, and the amount: printed as "55 ms per GB", not as a bare time."""
+
+
 def format_term(name: str, value: float) -> str:
-    """Efficiencies as fractions, times in ms or us."""
+    """Efficiencies as fractions, times in ms or us (per GB or GFLOP for the terms that are rates)."""
     if name.startswith("eta"):
         return f"{value:.3f}"
     if value == 0 or not math.isfinite(value):
         return "0"
-    return f"{value * 1e3:.3g} ms" if value >= 1e-3 else f"{value * 1e6:.3g} us"
+    time = f"{value * 1e3:.3g} ms" if value >= 1e-3 else f"{value * 1e6:.3g} us"
+    return f"{time} per {PER_UNIT[name]}" if name in PER_UNIT else time
 
 
 # ---------------------------------------------------------------------------
