@@ -4,6 +4,7 @@ The shipped 1B law (data/fits/dissertation_1b_mult.json) on the shipped H200 pro
 fastest shape runs TPOT p99 above 15 ms; under "TPOT p99 <= 15 ms" a different, wider shape serves more.
 """
 
+import dataclasses
 import json
 
 import matplotlib
@@ -122,3 +123,25 @@ def test_search_prices_each_shape_at_its_operating_point_by_hand(cli):
 def test_a_negative_price_is_one_line(cli):
     result = cli("search", *BASE, "--gpu-price", "-1")
     assert one_line_error(result) and "--gpu-price must be a positive price in US dollars per GPU-hour" in result.err
+
+
+def test_the_search_says_how_far_the_latencies_it_ranks_by_were_checked(cli):
+    """A limit ranks by predicted TPOT and TTFT: with the shipped H200 profile, fitted on throughput rows only, the
+    note says their error is unmeasured; a profile calibrated with latency quotes its median errors."""
+    limited = _search(cli, "--batch", "256", "--tpot-ms", "15")
+    note = next(n for n in limited["notes"] if n.startswith("ranked at each shape's operating point"))
+    assert "vllm-h200-bf16 was calibrated on throughput alone" in note and "no measured error" in note
+
+
+def test_a_profile_calibrated_with_latency_quotes_its_latency_errors():
+    from archscale.serving.profiles import Profile, load_profile
+
+    shipped = load_profile(DATA / "profiles" / "vllm-h200-bf16.json")
+    latency = {"fit": {"tpot_ms_p50": {"n_rows": 20, "median_abs_rel_err": 0.091, "max_abs_rel_err": 0.3}},
+               "heldout": {"tpot_ms_p50": {"n_rows": 8, "median_abs_rel_err": 0.038, "max_abs_rel_err": 0.12},
+                           "ttft_ms_p50": {"n_rows": 8, "median_abs_rel_err": 0.031, "max_abs_rel_err": 0.08}}}
+    checked = dataclasses.replace(shipped, validation={**shipped.validation, "latency": latency})
+    assert checked.latency_trust().endswith("median |error| on held-out rows: TPOT p50 3.8%, TTFT p50 3.1%")
+    without_heldout = dataclasses.replace(checked, validation={"latency": {"fit": latency["fit"]}})
+    assert "on the rows it was fitted on: TPOT p50 9.1%" in without_heldout.latency_trust()
+    assert "never compared with a measurement" in Profile.uncalibrated(shipped.device).latency_trust()

@@ -35,7 +35,8 @@ from archscale.serving.devices import GPU
 from archscale.serving.price import usd_per_million_tokens
 from archscale.serving.profiles import Profile
 from archscale.serving.estimate import LatencyLimits, Workload, check_tensor_parallel, latency_column
-from archscale.search.latency_limited import add_fixed_batch, check_some_meet, comparison_note, operating_point
+from archscale.search.latency_limited import (add_fixed_batch, check_some_meet, comparison_note, operating_point,
+                                              operating_point_note)
 from archscale.io.errors import UserError
 from archscale.laws import CONDITIONAL, MULTIPLICATIVE
 from archscale.fit.coverage import (COORDINATES, _span, describe_coverage, outside_coverage, outside_label,
@@ -865,8 +866,7 @@ def search(
         notes.append(f"{unfit:,} candidates do not fit in {spec.gpu.name} memory {at} and are not ranked")
     if spec.limits is not None:
         missed = int((candidates["feasible_loss"] & candidates["fits"] & ~candidates["meets_limits"]).sum())
-        notes.append(f"ranked at each shape's operating point: the most requests (up to --batch {spec.workload.batch_size}) "
-                     f"that meet {spec.limits.describe()}, submitted together as bench measures them"
+        notes.append(operating_point_note(spec)
                      + (f"; {missed:,} shapes that meet the loss target cannot meet the limit even alone" if missed else ""))
     if spec.usd_per_gpu_hour is not None:
         candidates["usd_per_m_output"] = usd_per_million_tokens(candidates["output_tokens_per_s"].to_numpy(float),

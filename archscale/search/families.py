@@ -28,6 +28,7 @@ from archscale.fit.coverage import (COORDINATES, describe_coverage, expansion_of
 from archscale.fit.fitted import FittedLaw
 from archscale.io.errors import UserError
 from archscale.search.constrained import SearchSpec, enumerate_candidates, limit_columns
+from archscale.search.latency_limited import operating_point_note
 from archscale.serving.price import usd_per_million_tokens
 from archscale.shapes.architecture import Architecture, require_serving_modelled
 from archscale.shapes.moe_candidates import dense_reference_d_ff, generate_moe_candidates
@@ -260,8 +261,7 @@ def family_notes(candidates: pd.DataFrame, fitted: FittedLaw, coverage: dict[str
                      "experts a batch routes to); unless the profile was calibrated on MoE shapes, its held-out error "
                      "is a floor on the MoE estimates' error, not a bound")
     if spec.limits is not None:
-        notes.append(f"ranked at each shape's operating point: the most requests (up to --batch "
-                     f"{spec.workload.batch_size}) that meet {spec.limits.describe()}")
+        notes.append(operating_point_note(spec))
     return notes
 
 

@@ -27,6 +27,13 @@ from archscale.serving.profiles import Profile
 SHAPE_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff", "vocab", "tie_embeddings")
 
 
+def operating_point_note(spec: Any) -> str:
+    """The note every search under a limit prints: how it ranks, and how far the latencies it ranks by were checked."""
+    return (f"ranked at each shape's operating point: the most requests (up to --batch {spec.workload.batch_size}) "
+            f"that meet {spec.limits.describe()}, submitted together as bench measures them; "
+            f"{spec.throughput_model.latency_trust()}")
+
+
 def operating_point(profile: Profile, shapes: pd.DataFrame, workload: Workload, tp: int,
                     limits: LatencyLimits | None) -> pd.DataFrame:
     """The estimate a search ranks by: at ``workload.batch_size`` requests, or under ``limits`` at the most requests

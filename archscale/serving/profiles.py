@@ -130,6 +130,23 @@ class Profile:
                 return float(value)
         return None
 
+    def latency_trust(self) -> str:
+        """How far this profile's TPOT and TTFT predictions were checked: the median |error| on the rows it was
+        calibrated with latency on (held-out rows where it had them), or that nothing measured it."""
+        if not self.calibrated:
+            return f"{self.label}: its TPOT and TTFT were never compared with a measurement"
+        latency = self.validation.get("latency") or {}
+        split = "heldout" if latency.get("heldout") else "fit"
+        figures = latency.get(split) or {}
+        shown = [f"{column.split('_')[0].upper()} {column.split('_')[-1]} {100 * figures[column]['median_abs_rel_err']:.1f}%"
+                 for column in ("tpot_ms_p50", "tpot_ms_p99", "ttft_ms_p50") if column in figures]
+        if not shown:
+            return (f"{self.label} was calibrated on throughput alone: its TPOT and TTFT, and so each operating point, "
+                    "are the serving model's predictions with no measured error (calibrate on bench rows that carry "
+                    "latency to measure it)")
+        where = "held-out rows" if split == "heldout" else "the rows it was fitted on"
+        return f"{self.label}'s latency, median |error| on {where}: {', '.join(shown)}"
+
     @property
     def label(self) -> str:
         """Short name for tables and plot axes."""
