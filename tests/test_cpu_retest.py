@@ -31,6 +31,8 @@ ENGINE_AGAINST_ITSELF = {  # study (by its committed folder): median |retest / c
                                ("TTFT p50", "median |diff| %"): 5.28, ("throughput", "Spearman mean"): 0.61},
     "cpu_vllm_latency_third": {("TPOT p50", "median |diff| %"): 4.20, ("TPOT p50", "less shift %"): 2.44,
                                ("TTFT p50", "median |diff| %"): 3.25, ("throughput", "Spearman mean"): 0.82},
+    "cpu_vllm_latency_fifth": {("TPOT p50", "median |diff| %"): 11.20, ("TPOT p50", "less shift %"): 6.86,
+                               ("TTFT p50", "median |diff| %"): 7.67, ("throughput", "Spearman mean"): 0.57},
     "cpu_vllm_moe": {("throughput", "median |diff| %"): 4.23, ("TPOT p50", "median |diff| %"): 6.66,
                      ("throughput", "Spearman mean"): 0.86, ("throughput", "rho b1"): 0.64},
     "cpu_vllm_moe_fresh": {("throughput", "median |diff| %"): 2.94, ("TPOT p50", "median |diff| %"): 5.13,

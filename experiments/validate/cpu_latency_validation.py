@@ -110,6 +110,8 @@ A refused half counts as a miss."""
 FIFTH = RESULTS.with_name("cpu_vllm_latency_fifth") / "cpu_vllm.csv"
 """The fifth set (``cpu_vllm_shapes.py --set fifth``): ten 14-layer 30M shapes, chosen and committed with
 :data:`ATTENTION` before they were measured, judged with the engine settings its rows record."""
+FIFTH_RETEST = FIFTH.parent.with_name("cpu_vllm_latency_fifth_retest") / "cpu_vllm.csv"
+"""The fifth set measured a second time, after the first session was scored: how much of its scatter is noise."""
 STAGGERED = True
 """The engine setting the third set is judged with: ``first_prompt_alone`` (vLLM's offline ``LLM`` hands requests to
 its engine core one after another, so the first prompt is prefilled alone and the first request's decode waits on
@@ -467,7 +469,13 @@ def fifth_lines(device: GPU) -> list[str]:
     for half, split in zip("AB", splits):
         lines += [f"half {half}: {split}"] if isinstance(split, str) else [*split_lines(split), shape_errors_line(split)]
     lines.append(f"  for comparison, the procedure '{JUDGED[0]}': {attention_figures(judged)}")
-    return lines + [f"  fifth set, {line}" for line in verdict_lines(splits)]
+    lines += [f"  fifth set, {line}" for line in verdict_lines(splits)]
+    if FIFTH_RETEST.exists():
+        again = attention_splits(FIFTH_RETEST, device, recorded.first_prompt_alone)
+        lines += ["", f"the fifth set measured a second time ({FIFTH_RETEST.parent.name}, same command and protocol), "
+                      f"scored the same way: {attention_figures(again)}",
+                  *(f"  fifth set, second session, {line}" for line in verdict_lines(again))]
+    return lines
 
 
 def fourth_lines(device: GPU) -> list[str]:

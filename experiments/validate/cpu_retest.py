@@ -83,6 +83,8 @@ STUDIES = (
           latency.FRESH, latency.FRESH_QUIET, latency.DEVICE, latency.halves, latency.FIXED),
     Study("dense third set, ten 30M 10-layer shapes: a second session (quiet protocol) against the first",
           latency.THIRD, latency.THIRD_RETEST, latency.DEVICE, latency.halves, latency.FIXED),
+    Study("dense fifth set, ten 30M 14-layer shapes: a second session (quiet protocol) against the first",
+          latency.FIFTH, latency.FIFTH_RETEST, latency.DEVICE, latency.halves, latency.FIXED),
     Study("MoE, eight 13.0M-active shapes (issue 22: throughput <= 15%, within-batch Spearman >= 0.8)",
           moe.DATA, moe.RETEST, moe.DEVICE, moe.halves,
           moe.PROCEDURES["the validation"]),
