@@ -192,6 +192,9 @@ def test_other_mistakes_are_refused():
         calibrate(rows, H200, free=("eta",))
     with pytest.raises(UserError, match="both fitted .* and fixed"):
         calibrate(rows, H200, fixed={"t_seq": 0.0})
+    # a held value out of its bounds names the flag and the range, not only the term
+    with pytest.raises(UserError, match=r"^--fix eta_kv=-1: eta_kv must be in \[0.02, 1\]; give a value"):
+        calibrate(rows, H200, free=("eta_compute",), fixed={"eta_kv": -1.0})
     two_dtypes = pd.concat([rows, rows.assign(dtype="float16")], ignore_index=True)
     with pytest.raises(UserError, match="several dtypes .* --dtype"):
         calibrate(two_dtypes, H200)

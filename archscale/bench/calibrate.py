@@ -476,6 +476,10 @@ def calibrate(results: pd.DataFrame, device: GPU, engine: str = "vllm", dtype: s
     free = tuple(t for t in free if t not in fixed)
     if not free:
         raise UserError("nothing to fit: give at least one term with --fit that is not fixed with --fix")
+    for name, value in fixed.items():
+        low, high = TERM_BOUNDS[name]
+        if not (math.isfinite(value) and low <= value <= high):
+            raise UserError(f"--fix {name}={value:g}: {name} must be in [{low:g}, {high:g}]; give a value in that range")
     base = CostTerms(**fixed)
     mask = np.zeros(len(results), bool) if holdout is None else np.asarray(holdout, bool)
     selected = results.assign(_heldout=mask)
