@@ -654,6 +654,12 @@ def pareto_mask(loss: np.ndarray, throughput: np.ndarray) -> np.ndarray:
     return mask
 
 
+def within_tie(throughput: Any, fastest: Any, tolerance: float) -> Any:
+    """True where ``throughput`` is within ``tolerance`` (relative) of ``fastest``: closer than the estimate's stated
+    error, so the estimate cannot order them. The search's tie rule, and the rule its validation scores by."""
+    return throughput >= fastest * (1 - tolerance)
+
+
 def select_top_k(feasible: pd.DataFrame, k: int, tie: tuple[float, str] | None = None) -> pd.DataFrame:
     """The k fastest shape families (depth, d_model and attention width), each at its fastest d_ff and GQA.
 
@@ -675,7 +681,7 @@ def select_top_k(feasible: pd.DataFrame, k: int, tie: tuple[float, str] | None =
     tied = np.zeros(len(families), dtype=bool)
     if tie is not None:
         fastest = float(families["tokens_per_s"].iloc[0])
-        within = (families["tokens_per_s"] >= fastest * (1 - tie[0])).to_numpy()
+        within = within_tie(families["tokens_per_s"], fastest, tie[0]).to_numpy()
         if within.sum() > 1:  # a tie of one is no tie
             families = pd.concat([families[within].sort_values(["predicted_loss", "tokens_per_s"], ascending=[True, False]),
                                   families[~within]])

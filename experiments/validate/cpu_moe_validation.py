@@ -40,6 +40,7 @@ from scipy.stats import spearmanr
 import cpu_latency_validation as latency
 from archscale.bench.calibrate import AUTO
 from archscale.io.units import BYTES_PER_ELEMENT
+from archscale.search.constrained import within_tie
 from archscale.serving.devices import GPU, load_gpu
 import archscale.serving.estimate as estimate_module
 from archscale.serving.estimate import expected_distinct_experts
@@ -190,14 +191,14 @@ def ordered_pairs(split: latency.Split, retest: pd.DataFrame | None = None) -> p
     again = None if retest is None else retest.set_index(["name", "batch_size"])["output_tokens_per_s"]
     records = []
     for batch, group in held.groupby("batch_size"):
-        group = group.sort_values("estimate", ascending=False)
-        for i, faster in enumerate(group.itertuples()):
-            for slower in list(group.itertuples())[i + 1:]:
+        shapes = list(group.sort_values("estimate", ascending=False).itertuples())
+        for i, faster in enumerate(shapes):
+            for slower in shapes[i + 1:]:
                 record = {"batch": int(batch), "faster": faster.arch_name, "slower": slower.arch_name,
-                          "ordered": bool(slower.estimate < faster.estimate * (1 - tolerance)),
+                          "ordered": not within_tie(slower.estimate, faster.estimate, tolerance),
                           "as_measured": bool(faster.measured > slower.measured),
-                          "measured_apart": bool(min(faster.measured, slower.measured)
-                                                 < max(faster.measured, slower.measured) * (1 - tolerance))}
+                          "measured_apart": not within_tie(min(faster.measured, slower.measured),
+                                                           max(faster.measured, slower.measured), tolerance)}
                 if again is not None:
                     record["as_retested"] = bool(again[(faster.arch_name, batch)] > again[(slower.arch_name, batch)])
                 records.append(record)
@@ -293,11 +294,12 @@ def main() -> None:
              f"{device.bf16_tflops * 1e3:.0f} GFLOP/s, {device.hbm_tb_s * 1e3:.1f} GB/s ({DEVICE.name})",
              "split: shapes sorted by (E, k), every other one in half A"]
     verdicts, kept_splits = [], {}
+    retest = retest_rows(RETEST)
     for label, fixed in PROCEDURES.items():
         splits = kept_splits[label] = validate(rows, device, fixed)
         lines += ["", f"{label}: --fit auto, fixed {fixed}"]
         for split in splits:
-            lines += split_report(split, retest_rows(RETEST))
+            lines += split_report(split, retest)
         verdicts += [f"{label}, {line}" for line in verdict_lines(splits)]
     verdicts.append(f"the validation, {orders_verdict(kept_splits['the validation'])} (halves A / B)")
     lines += fresh_lines(rows, device)
