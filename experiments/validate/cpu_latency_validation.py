@@ -447,6 +447,20 @@ def shape_errors_line(split: Split) -> str:
             + ", ".join(f"{name} {100 * value:+.0f}%" for name, value in per_shape.items()))
 
 
+def recorded_settings(path: Path) -> tuple[EngineSettings, list[str]]:
+    """The engine settings a session's rows recorded, as ``bench calibrate`` reads them
+    (:func:`archscale.bench.calibrate.settings_from_rows`), with its notes. A session whose rows recorded another
+    prefill pass than the one :func:`engine_settings` assumes is refused: its profile would be scored against a
+    workload it did not run."""
+    rows = vllm_rows(path)
+    assumed = engine_settings(rows)
+    recorded, notes = settings_from_rows(rows, assumed, {})
+    if recorded.prefill_chunk_tokens != assumed.prefill_chunk_tokens:
+        raise SystemExit(f"{path.parent.name}: the rows recorded prefill passes of {recorded.prefill_chunk_tokens} "
+                         f"tokens, not the {assumed.prefill_chunk_tokens} this validation assumes")
+    return recorded, notes
+
+
 def fifth_lines(device: GPU) -> list[str]:
     """The fifth set, scored by :data:`ATTENTION` with the engine settings the rows recorded (and by :data:`JUDGED`
     beside it), with the verdict."""
@@ -456,10 +470,7 @@ def fifth_lines(device: GPU) -> list[str]:
     if not FIFTH.exists():
         return lines + ["", f"fifth set: {FIFTH.parent.name} not measured ({command})"]
     rows = vllm_rows(FIFTH)
-    recorded, notes = settings_from_rows(rows, engine_settings(rows), {})
-    if recorded.prefill_chunk_tokens != engine_settings(rows).prefill_chunk_tokens:
-        raise SystemExit(f"{FIFTH.parent.name}: the rows recorded prefill passes of {recorded.prefill_chunk_tokens} "
-                         f"tokens, not the {engine_settings(rows).prefill_chunk_tokens} this validation assumes")
+    recorded, notes = recorded_settings(FIFTH)
     splits = attention_splits(FIFTH, device, recorded.first_prompt_alone)
     judged = session_splits(FIFTH, JUDGED[0], device, recorded.first_prompt_alone)
     lines += ["", f"the fifth set, {FIFTH.parent.name} ({len(rows)} rows, {rows['name'].nunique()} shapes, "
@@ -486,10 +497,7 @@ def fourth_lines(device: GPU) -> list[str]:
     if not FOURTH.exists():
         return ["", f"fourth set: {FOURTH.parent.name} not measured ({command})"]
     rows = vllm_rows(FOURTH)
-    recorded, notes = settings_from_rows(rows, engine_settings(rows), {})
-    if recorded.prefill_chunk_tokens != engine_settings(rows).prefill_chunk_tokens:
-        raise SystemExit(f"{FOURTH.parent.name}: the rows recorded prefill passes of {recorded.prefill_chunk_tokens} "
-                         f"tokens, not the {engine_settings(rows).prefill_chunk_tokens} this validation assumes")
+    recorded, notes = recorded_settings(FOURTH)
     splits = session_splits(FOURTH, JUDGED[0], device, recorded.first_prompt_alone)
     lines = ["", f"the fourth set, {FOURTH.parent.name} ({len(rows)} rows, {rows['name'].nunique()} shapes, "
                  f"{int(rows['n_layers'].iloc[0])} layers, d_model {int(rows['d_model'].min())}-"
