@@ -114,7 +114,7 @@ def test_a_tie_within_the_profiles_error_names_no_winner():
     (("--experts", "2", "--experts-per-token", "4"), "--top-k 4 exceeds every --experts value"),
     (("--granularity", "3"), "--granularity 3 does not divide"),
     (("--granularity", "a/b"), "--granularity 'a/b'"),
-    (("--measure", "2"), "--measure is not available in a dense and MoE search"),
+    (("--store", "bench.sqlite"), "--store is not available in a dense and MoE search"),
 ])
 def test_bad_family_input_is_one_line(cli, flags, fragment):
     args = list(BASE)
@@ -234,3 +234,75 @@ def test_the_granularity_law_is_refused_with_the_law_that_can_search(cli):
     result = cli("search", "--fit", "data/fits/krajewski2024_granularity.json", "--n", "1e9", "--tokens", "1e11",
                  "--layers", "16")
     assert one_line_error(result) and "search with a joint law (moe-joint" in result.err
+
+
+# ---- --measure: the measurements decide the family ------------------------------------------------------------------
+MOE_STUDY_FIT = "experiments/results/cpu_moe_study/fit_auto.json"
+CPU_DEVICE = [{"name": "cpu", "bf16_tflops": 0.17, "hbm_tb_s": 0.033, "memory_gb": 16, "interconnect_gb_s": 1.0}]
+TINY_FAMILIES = ("search", "--fit", MOE_STUDY_FIT, "--n", "7e5", "--tokens", "2e6", "--layers", "4", "--head-dim", "32",
+                 "--vocab", "256", "--gpu", "cpu", "--batch", "4", "--input-len", "32", "--output-len", "8",
+                 "--experts", "2,4", "--experts-per-token", "1", "--d-multiple", "32", "--ff-multiple", "32",
+                 "--target-loss", "1.95", "--top-k", "2", "--extrapolate", "--strict-hf")
+
+
+class StandInEngine:
+    """A measuring backend that returns set throughputs: MoE shapes at ``moe`` output tokens/s, dense at ``dense``,
+    each with a ``spread`` (std over mean) across its repeats."""
+
+    name = "vllm"
+
+    def __init__(self, dense: float, moe: float, spread: float):
+        self.speeds, self.spread, self.measured = {DENSE: dense, MOE: moe}, spread, []
+
+    def run(self, target, tick):
+        family = MOE if target.arch.n_experts else DENSE
+        self.measured.append((target.spec, family))
+        speed = self.speeds[family]
+        tick(1)
+        yield 4, {"gpu": "cpu", "tokens_per_s": speed * 5, "output_tokens_per_s": speed,
+                  "tokens_per_s_std": speed * 5 * self.spread, "output_tokens": 32, "status": "ok"}
+
+
+def measured_search(cli, tmp_path, monkeypatch, engine: StandInEngine, *extra: str):
+    from archscale.bench.types import BenchOptions
+    from archscale.cli import cmd_search
+
+    options = BenchOptions(backend="vllm", batch_sizes=(4,), input_len=32, output_len=8, repeats=3, gpu="cpu")
+    monkeypatch.setattr(cmd_search, "_measuring", lambda spec, name, eager: (options, engine))
+    device = tmp_path / "cpu.json"
+    device.write_text(json.dumps(CPU_DEVICE))
+    out = tmp_path / "search.json"
+    result = cli(*TINY_FAMILIES, "--gpu-file", device, "--engine", "vllm", "--measure", "1", "--out", out, *extra)
+    return result, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_measure_decides_the_family_on_the_measurements_against_the_estimate(cli, tmp_path, monkeypatch):
+    """The estimate (uncalibrated on this CPU) says dense is 1.10x faster; the stand-in engine measures MoE 1.5x faster
+    with 2% scatter: the measured winner is MoE, and the output says the estimate named the other family."""
+    engine = StandInEngine(dense=400.0, moe=600.0, spread=0.02)
+    result, document = measured_search(cli, tmp_path, monkeypatch, engine)
+    assert result.code == 0, result.err
+    assert sorted(family for _, family in engine.measured) == sorted([DENSE, MOE])  # the first pick of each family, once
+    measured = document["measured"]
+    assert document["winner"]["winner"] == DENSE  # what the estimate said
+    assert measured["winner"] == MOE and measured["moe_over_dense"] == pytest.approx(1.5)
+    assert measured["estimate_agrees"] is False
+    text = " ".join(result.out.split())  # the console wraps long lines
+    assert "MoE is faster as measured: 1.50x" in text and "the estimate named the other family" in text
+
+
+def test_a_measured_gap_within_the_repeats_scatter_is_a_tie(cli, tmp_path, monkeypatch):
+    """The same 1.5x with 25% scatter per row: 2 standard deviations of the difference allow 2.0x, so it is a tie as
+    measured, and the estimate's winner is called unconfirmed."""
+    result, document = measured_search(cli, tmp_path, monkeypatch, StandInEngine(dense=400.0, moe=600.0, spread=0.25))
+    assert result.code == 0, result.err
+    assert document["measured"]["winner"] is None
+    text = " ".join(result.out.split())  # the console wraps long lines
+    assert "a tie as measured" in text and "the measurements cannot confirm" in text
+
+
+def test_measure_in_a_family_search_with_the_torch_engine_is_one_line_up_front(cli, tmp_path):
+    device = tmp_path / "cpu.json"
+    device.write_text(json.dumps(CPU_DEVICE))
+    result = cli(*TINY_FAMILIES, "--gpu-file", device, "--engine", "torch", "--measure", "1")
+    assert one_line_error(result) and "does not measure Mixture-of-Experts" in result.err and "--engine vllm" in result.err

@@ -258,7 +258,7 @@ def search_command(
     extrapolate: bool = typer.Option(False, "--extrapolate", help="Rank candidates outside the shapes the fit's runs had (its coverage: x, r, GQA, and depth for aspect laws) too, each labelled with what is out. Without it they are counted, not ranked."),
     tie: Optional[float] = typer.Option(None, "--tie", help="Throughputs within this fraction of the fastest tie (then lower predicted loss first). Default: the profile's held-out speedup error."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="How many shapes to select for training."),
-    measure: Optional[int] = typer.Option(None, "--measure", min=2, help="Measure the top K picks on this machine with --engine (torch, or vllm where it runs), re-rank them on the measurements and say how the order and spread changed."),
+    measure: Optional[int] = typer.Option(None, "--measure", min=1, help="Measure the top K picks on this machine with --engine (torch, or vllm where it runs), re-rank them on the measurements and say how the order and spread changed; in a dense and MoE search, the top K of each family, and the measurements decide the family."),
     enforce_eager: bool = typer.Option(False, "--enforce-eager", help="With --measure --engine vllm: run vLLM without compiling (starts in seconds on CPU; the measurement then excludes CUDA graphs/compilation)."),
     emit: Optional[Path] = typer.Option(None, "--emit", help="Write a trainable config directory per top-k candidate here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write the Pareto-frontier and throughput-vs-batch PNG."),
@@ -282,8 +282,7 @@ def search_command(
     fitted = load_fit(fit)
     expert_flags = {"--experts": experts, "--experts-per-token": experts_per_token, "--granularity": granularity}
     if is_family_law(fitted):
-        refused = {"--measure": measure, "--runs": runs, "--store": store,
-                   "--confidence": confidence, "--reference": reference}
+        refused = {"--runs": runs, "--store": store, "--confidence": confidence, "--reference": reference}
         for flag, value in refused.items():
             if value is not None:
                 raise UserError(f"{flag} is not available in a dense and MoE search ({fit} is law "
@@ -310,16 +309,14 @@ def search_command(
         grid = ExpertGrid(parse_int_list(experts, "--experts") or EXPERTS_DEFAULT,
                           parse_int_list(experts_per_token, "--experts-per-token") or TOP_K_DEFAULT,
                           parse_granularity(granularity) or GRANULARITY_DEFAULT)
+        if measure is not None and engine == "torch":
+            raise UserError("--measure with --engine torch: the bundled torch backend does not measure Mixture-of-Experts "
+                            "shapes; measure a dense and MoE search with --engine vllm --strict-hf")
+        measuring = _measuring(spec, engine, enforce_eager) if measure is not None else None
         _family_search(fitted, spec, grid, target_loss, load_architecture(match) if match else None, slack, top_k,
-                       out, plot, emit, as_json)
+                       out, plot, emit, as_json, (measure, *measuring) if measuring else None)
         return
-    measuring = None
-    if measure is not None:  # checked before the search: a backend that cannot run here is one line, up front
-        from archscale.bench.sweep import make_backend
-        from archscale.search.measure import measure_options
-
-        options = measure_options(spec, engine, enforce_eager=enforce_eager)
-        measuring = (options, make_backend(options))
+    measuring = _measuring(spec, engine, enforce_eager) if measure is not None else None
     matched = load_architecture(match) if match else None
     run_table = load_runs(runs) if runs else None
     bench_table = load_results(store, measured_only=True) if store else None
@@ -355,11 +352,30 @@ def search_command(
 
 
 
+def _measuring(spec: SearchSpec, engine: str, enforce_eager: bool) -> tuple[Any, Any]:
+    """``--measure``'s options and backend, checked before the search: a backend that cannot run here is one line,
+    up front."""
+    from archscale.bench.sweep import make_backend
+    from archscale.search.measure import measure_options
+
+    options = measure_options(spec, engine, enforce_eager=enforce_eager)
+    return options, make_backend(options)
+
+
 def _family_search(fitted: Any, spec: SearchSpec, grid: ExpertGrid, target_loss: float | None, match: Any,
                    slack: float | None, top_k: int, out: Path | None, plot: Path | None, emit: Path | None,
-                   as_json: bool) -> None:
+                   as_json: bool, measuring: tuple[int, Any, Any] | None = None) -> None:
+    """The dense-and-MoE search; with ``measuring`` (count, options, backend), the first ``count`` picks of each
+    family measured and the family decided on the measurements."""
     result = search_families(fitted, spec, grid, target_loss, match, slack, top_k)
     document = family_document(result, spec, fitted, grid)
+    measured = None
+    if measuring is not None:
+        from archscale.search.measure import measure_families
+
+        count, options, backend = measuring
+        measured = measure_families(result, options, count, backend=backend)
+        document["measured"] = measured.to_json()
     if plot:
         from archscale.search.plots import plot_families
 
@@ -375,9 +391,27 @@ def _family_search(fitted: Any, spec: SearchSpec, grid: ExpertGrid, target_loss:
         print_json(document)
         return
     _print_families(result, spec, fitted)
+    if measured is not None:
+        _print_measured_families(measured)
     for label, path in (("configs", emit), ("plot", plot), ("result", out)):
         if path:
             console.print(f"wrote {label}: {path}")
+
+
+def _print_measured_families(measured: Any) -> None:
+    table = Table(title=f"the picks of each family measured ({measured.backend})")
+    for column in ("family", "estimated rank", "d_model", "heads/kv", "FFN / expert", "E", "k", "estimated out tok/s",
+                   "measured out tok/s", "repeats' spread"):
+        table.add_column(column, justify="right")
+    for row in measured.table.to_dict("records"):
+        moe = row["family"] == "MoE"
+        spread = "-" if pd.isna(row["relative_spread"]) else f"{100 * row['relative_spread']:.1f}%"
+        table.add_row(row["family"], str(row["rank"]), str(row["d_model"]), f"{row['n_heads']}/{row['n_kv_heads']}",
+                      str(row["d_ff"]), str(row["n_experts"]) if moe else "-", str(row["experts_per_token"]) if moe else "-",
+                      f"{row['estimated_output_tokens_per_s']:,.0f}", f"{row['measured_output_tokens_per_s']:,.0f}", spread)
+    console.print(table)
+    for line in measured.summary():
+        console.print(f"measured: {line}")
 
 
 def _print_families(result: FamilyResult, spec: SearchSpec, fitted: Any) -> None:

@@ -5,6 +5,10 @@ The estimate decides which K shapes are worth measuring; the measurements decide
 *spread* (fastest over slowest of the K) can be trusted is judged on the spot: within :data:`SPREAD_TRUST_POINTS`
 of the measured spread it is, beyond it the output says the estimate compresses or stretches differences on this
 engine, so its ranking beyond the measured K should be read as an order, not as speedups.
+
+In a dense-and-MoE search the K picks of each family are measured, and the measurements decide the family: the
+fastest measured of each, their ratio, and whether that gap is beyond the repeats' own scatter
+(:data:`NOISE_SIGMAS`); the estimate's verdict is printed beside it, agreeing or not.
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ from archscale.bench.sweep import run_sweep
 from archscale.bench.types import BenchOptions, Target
 from archscale.io.errors import UserError
 from archscale.search.constrained import SearchResult, SearchSpec
+from archscale.search.families import DENSE, MOE, FamilyResult
 from archscale.shapes.candidates import architecture_from_row
 from archscale.shapes.hf_config import write_hf_config
 
 SPREAD_TRUST_POINTS = 15.0
 """The estimated fastest/slowest ratio of the measured picks may differ from the measured one by this many points."""
 MEASURABLE = ("torch", "vllm")
+NOISE_SIGMAS = 2.0
+"""Two measured throughputs differ when their log ratio exceeds this many standard deviations of the difference,
+each row's relative spread over its repeats (``tokens_per_s_std / tokens_per_s``) taken as its own."""
 
 
 @dataclass
@@ -94,22 +102,16 @@ def measure_options(spec: SearchSpec, backend: str, repeats: int = 3, threads: i
 def measure_picks(result: SearchResult, options: BenchOptions, count: int, store: Path | None = None,
                   backend: Any = None) -> MeasuredPicks:
     """Measure the first ``count`` picks (``backend``: an already constructed one, so it was checked up front)."""
+    if count < 2:
+        raise UserError(f"--measure {count}: measuring compares the picks, so it needs at least 2; give --measure 2 or "
+                        "more (a dense and MoE search measures K of each family, so 1 is enough there)")
     picks = result.top_k.head(count)
     if len(picks) < 2:
         raise UserError(f"--measure {count}: only {len(picks)} pick to measure; ask for at least 2 (--top-k)")
-    targets = []
-    for row in picks.to_dict("records"):
-        arch = architecture_from_row({**row, "name": f"rank-{int(row['rank'])}"})
-        targets.append(Target(spec=arch.name, arch=arch, hf_config=write_hf_config(arch)))
-    records = run_sweep(targets, options, store=store, backend=backend).records
-    measured = {r["name"]: r for r in records if r.get("status") in ("ok", "noisy")}
-    failed = [r for r in records if r.get("status") == "failed"]
-    if failed:
-        raise UserError(f"--measure: {failed[0]['name']} could not be measured ({failed[0].get('error')}); the search "
-                        "result stands without measurements")
     table = picks[["rank", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "gqa", "output_tokens_per_s"]].rename(
         columns={"output_tokens_per_s": "estimated_output_tokens_per_s"}).reset_index(drop=True)
-    table["measured_output_tokens_per_s"] = [float(measured[f"rank-{int(r)}"]["output_tokens_per_s"]) for r in table["rank"]]
+    measured = measure_rows(picks, [f"rank-{int(r)}" for r in picks["rank"]], options, store, backend)
+    table["measured_output_tokens_per_s"] = measured["output_tokens_per_s"].to_numpy()
     table["measured_rank"] = table["measured_output_tokens_per_s"].rank(ascending=False, method="first").astype(int)
     estimated = table["estimated_output_tokens_per_s"].to_numpy(float)
     observed = table["measured_output_tokens_per_s"].to_numpy(float)
@@ -118,3 +120,115 @@ def measure_picks(result: SearchResult, options: BenchOptions, count: int, store
     fastest, slowest = int(np.argmax(observed)), int(np.argmin(observed))
     return MeasuredPicks(table.sort_values("measured_rank").reset_index(drop=True), options.backend, rho,
                          estimated[fastest] / estimated[slowest], observed[fastest] / observed[slowest])
+
+
+def measure_rows(rows: pd.DataFrame, labels: list[str], options: BenchOptions, store: Path | None = None,
+                 backend: Any = None) -> pd.DataFrame:
+    """Each candidate row built as its architecture (named by ``labels``) and measured in one sweep: its output
+    tokens/s and the relative spread of its repeats, in the rows' order. A shape that fails is one line: the search
+    result stands without measurements."""
+    targets = []
+    for row, label in zip(rows.to_dict("records"), labels):
+        arch = architecture_from_row({**row, "name": label})
+        targets.append(Target(spec=arch.name, arch=arch, hf_config=write_hf_config(arch)))
+    records = run_sweep(targets, options, store=store, backend=backend).records
+    failed = [r for r in records if r.get("status") == "failed"]
+    if failed:
+        raise UserError(f"--measure: {failed[0]['name']} could not be measured ({failed[0].get('error')}); the search "
+                        "result stands without measurements")
+    measured = {r["name"]: r for r in records if r.get("status") in ("ok", "noisy")}
+    missing = [label for label in labels if label not in measured]
+    if missing:
+        raise UserError(f"--measure: {missing[0]} gave no measurement (interrupted?); the search result stands without "
+                        "measurements")
+    spread = [_relative_spread(measured[label]) for label in labels]
+    return pd.DataFrame({"output_tokens_per_s": [float(measured[label]["output_tokens_per_s"]) for label in labels],
+                         "relative_spread": spread})
+
+
+def _relative_spread(record: dict) -> float:
+    """The repeats' standard deviation over their mean throughput (NaN with one repeat: no spread to judge by)."""
+    mean, std = record.get("tokens_per_s"), record.get("tokens_per_s_std")
+    if not mean or std is None or not np.isfinite(std) or int(record.get("repeats") or 1) < 2:
+        return float("nan")
+    return float(std) / float(mean)
+
+
+@dataclass
+class MeasuredFamilies:
+    """The measured picks of each family, the family the measurements favour, and whether the estimate agreed."""
+
+    table: pd.DataFrame  # family, rank (the estimate's, within its family), shape, estimated and measured tokens/s
+    backend: str
+    estimated_verdict: dict[str, Any] | None
+
+    def best(self, family: str) -> pd.Series:
+        rows = self.table[self.table["family"] == family]
+        return rows.loc[rows["measured_output_tokens_per_s"].idxmax()]
+
+    @property
+    def moe_over_dense(self) -> float:
+        return float(self.best(MOE)["measured_output_tokens_per_s"] / self.best(DENSE)["measured_output_tokens_per_s"])
+
+    @property
+    def noise_bound(self) -> float | None:
+        """How far apart (log ratio) the two fastest must be to differ beyond their repeats' scatter; None when a
+        row had a single repeat."""
+        spreads = np.array([self.best(DENSE)["relative_spread"], self.best(MOE)["relative_spread"]], float)
+        return None if np.isnan(spreads).any() else float(NOISE_SIGMAS * np.sqrt((spreads ** 2).sum()))
+
+    @property
+    def winner(self) -> str | None:
+        """The faster family as measured, or None where the gap is within the repeats' scatter."""
+        bound = self.noise_bound
+        ratio = self.moe_over_dense
+        if bound is not None and abs(np.log(ratio)) <= bound:
+            return None
+        return MOE if ratio > 1 else DENSE
+
+    @property
+    def estimate_agrees(self) -> bool | None:
+        """Whether the estimate's verdict names the measured winner (None: the estimate called a tie)."""
+        said = None if self.estimated_verdict is None else self.estimated_verdict.get("winner")
+        if said is None:
+            return None
+        return said == self.winner
+
+    def summary(self) -> list[str]:
+        ratio, bound, winner = self.moe_over_dense, self.noise_bound, self.winner
+        scatter = ("no repeat scatter to judge the gap by (one repeat): a direction" if bound is None else
+                   f"gaps up to {100 * (np.exp(bound) - 1):.1f}% are within the repeats' scatter ({NOISE_SIGMAS:g} "
+                   "standard deviations)")
+        measured = (f"a tie as measured: MoE/dense {ratio:.2f}x, within the scatter" if bound is not None and winner is None
+                    else f"{winner} is faster as measured: {max(ratio, 1 / ratio):.2f}x the other family's best")
+        estimate = self.estimated_verdict["verdict"] if self.estimated_verdict else "no verdict (one family had no pick)"
+        agreement = {True: "the estimate named the same family", False: "the estimate named the other family",
+                     None: "the estimate called it a tie"}[self.estimate_agrees]
+        if winner is None and self.estimate_agrees is None:
+            agreement = "the estimate called it a tie too"
+        elif winner is None:
+            agreement = "the estimate named a winner the measurements cannot confirm"
+        return [f"{measured}; {scatter}", f"estimate: {estimate}; {agreement}"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backend": self.backend, "picks": self.table.to_dict("records"), "moe_over_dense": self.moe_over_dense,
+                "winner": self.winner, "noise_bound_log": self.noise_bound, "estimate_agrees": self.estimate_agrees,
+                "rule": f"the fastest measured of each family; apart when their log ratio exceeds {NOISE_SIGMAS:g} "
+                        "standard deviations of the difference (each row's repeats' relative spread)"}
+
+
+def measure_families(result: FamilyResult, options: BenchOptions, count: int, backend: Any = None) -> MeasuredFamilies:
+    """Measure the first ``count`` picks of each family and decide the family on the measurements."""
+    picks = result.picks[result.picks["rank"] <= count]
+    missing = [family for family in (DENSE, MOE) if not (picks["family"] == family).any()]
+    if missing:
+        raise UserError(f"--measure: the search has no {missing[0]} pick to measure, so the measurements cannot decide "
+                        "between the families; widen the search (--experts, --experts-per-token, --target-loss)")
+    columns = ["family", "rank", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "n_experts", "experts_per_token"]
+    table = picks[columns + ["output_tokens_per_s"]].rename(
+        columns={"output_tokens_per_s": "estimated_output_tokens_per_s"}).reset_index(drop=True)
+    labels = [f"{family.lower()}-rank-{int(rank)}" for family, rank in zip(table["family"], table["rank"])]
+    measured = measure_rows(picks, labels, options, backend=backend)
+    table["measured_output_tokens_per_s"] = measured["output_tokens_per_s"].to_numpy()
+    table["relative_spread"] = measured["relative_spread"].to_numpy()
+    return MeasuredFamilies(table, options.backend, result.winner)
