@@ -114,7 +114,7 @@ def test_a_tie_within_the_profiles_error_names_no_winner():
     (("--experts", "2", "--experts-per-token", "4"), "--top-k 4 exceeds every --experts value"),
     (("--granularity", "3"), "--granularity 3 does not divide"),
     (("--granularity", "a/b"), "--granularity 'a/b'"),
-    (("--store", "bench.sqlite"), "--store is not available in a dense and MoE search"),
+    (("--confidence", "0.9"), "--confidence is not available in a dense and MoE search"),
 ])
 def test_bad_family_input_is_one_line(cli, flags, fragment):
     args = list(BASE)
@@ -306,3 +306,46 @@ def test_measure_in_a_family_search_with_the_torch_engine_is_one_line_up_front(c
     device.write_text(json.dumps(CPU_DEVICE))
     result = cli(*TINY_FAMILIES, "--gpu-file", device, "--engine", "torch", "--measure", "1")
     assert one_line_error(result) and "does not measure Mixture-of-Experts" in result.err and "--engine vllm" in result.err
+
+
+def test_measured_picks_stored_by_measure_rank_as_measured_in_the_next_search(cli, tmp_path, monkeypatch):
+    """--measure with --store appends the measurements; the same search with --store (nothing measured now) then
+    ranks those shapes on them, matched on the whole shape with its experts, and puts the other estimates on the
+    measurements' scale, saying so."""
+    store = tmp_path / "bench.sqlite"
+    result, first = measured_search(cli, tmp_path, monkeypatch, StandInEngine(dense=400.0, moe=600.0, spread=0.02),
+                                    "--store", str(store))
+    assert result.code == 0, result.err and store.exists()
+    device = tmp_path / "cpu.json"
+    again = cli(*TINY_FAMILIES, "--gpu-file", device, "--store", store, "--out", tmp_path / "again.json")
+    assert again.code == 0, again.err
+    picks = pd.DataFrame(json.loads((tmp_path / "again.json").read_text())["picks"])
+    moe_pick = picks[(picks["family"] == MOE) & (picks["rank"] == 1)].iloc[0]
+    assert moe_pick["throughput_source"] == "measured" and moe_pick["output_tokens_per_s"] == pytest.approx(600.0)
+    assert (picks.loc[picks["throughput_source"] != "measured", "throughput_source"] == "estimate, scaled to measurements").all()
+    text = " ".join(again.out.split())
+    # both measured shapes were found again, experts and all; the dense one (400) now ranks below scaled estimates
+    assert "2 candidates use a measured throughput" in text and "600 (measured)" in text
+    assert "measured and estimated throughputs are ranked on one scale" in text
+
+
+def test_a_trained_moe_shape_takes_its_measured_loss(cli, tmp_path):
+    """--runs: a run of the MoE pick's exact shape at this token budget replaces its predicted loss; a dense run with
+    the same dense columns would not (the expert layout is part of the shape)."""
+    device = tmp_path / "cpu.json"
+    device.write_text(json.dumps(CPU_DEVICE))
+    out = tmp_path / "first.json"
+    assert cli(*TINY_FAMILIES, "--gpu-file", device, "--out", out).code == 0
+    moe = next(p for p in json.loads(out.read_text())["picks"] if p["family"] == MOE and p["rank"] == 1)
+    shape = {c: moe[c] for c in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff")}
+    runs = pd.DataFrame([{**shape, "N": moe["N"], "D": 2e6, "loss": 1.80, "n_experts": moe["n_experts"],
+                          "experts_per_token": moe["experts_per_token"], "expert_d_ff": moe["expert_d_ff"]},
+                         {**shape, "N": moe["N_active"], "D": 2e6, "loss": 1.10}])  # dense, same dense columns
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    result = cli(*TINY_FAMILIES, "--gpu-file", device, "--runs", tmp_path / "runs.csv", "--out", tmp_path / "second.json")
+    assert result.code == 0, result.err
+    candidates = pd.DataFrame(json.loads((tmp_path / "second.json").read_text())["picks"])
+    again = candidates[(candidates["family"] == MOE) & (candidates["d_model"] == moe["d_model"])
+                       & (candidates["n_heads"] == moe["n_heads"]) & (candidates["n_experts"] == moe["n_experts"])]
+    assert list(again["loss_source"]) == ["measured"] and list(again["predicted_loss"]) == [pytest.approx(1.80)]
+    assert (candidates.loc[candidates["family"] == DENSE, "predicted_loss"] != 1.10).all()

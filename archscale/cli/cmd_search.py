@@ -282,7 +282,7 @@ def search_command(
     fitted = load_fit(fit)
     expert_flags = {"--experts": experts, "--experts-per-token": experts_per_token, "--granularity": granularity}
     if is_family_law(fitted):
-        refused = {"--runs": runs, "--store": store, "--confidence": confidence, "--reference": reference}
+        refused = {"--confidence": confidence, "--reference": reference}
         for flag, value in refused.items():
             if value is not None:
                 raise UserError(f"{flag} is not available in a dense and MoE search ({fit} is law "
@@ -313,13 +313,14 @@ def search_command(
             raise UserError("--measure with --engine torch: the bundled torch backend does not measure Mixture-of-Experts "
                             "shapes; measure a dense and MoE search with --engine vllm --strict-hf")
         measuring = _measuring(spec, engine, enforce_eager) if measure is not None else None
+        measured_inputs = (load_runs(runs) if runs else None, _bench_table(store, measure))
         _family_search(fitted, spec, grid, target_loss, load_architecture(match) if match else None, slack, top_k,
-                       out, plot, emit, as_json, (measure, *measuring) if measuring else None)
+                       out, plot, emit, as_json, measured_inputs, (measure, *measuring) if measuring else None, store)
         return
     measuring = _measuring(spec, engine, enforce_eager) if measure is not None else None
     matched = load_architecture(match) if match else None
     run_table = load_runs(runs) if runs else None
-    bench_table = load_results(store, measured_only=True) if store else None
+    bench_table = _bench_table(store, measure)
     result = search(fitted, spec, target_loss, matched, slack, top_k, run_table, bench_table, confidence=confidence)
     document = result_document(result, spec)
     measured = None
@@ -352,6 +353,14 @@ def search_command(
 
 
 
+def _bench_table(store: Path | None, measure: int | None) -> pd.DataFrame | None:
+    """The measured rows of ``--store``; a store that does not exist yet is one ``--measure`` will start (nothing
+    measured in it so far), else a missing file is refused as any input is."""
+    if store is None or (measure is not None and not Path(store).exists()):
+        return None
+    return load_results(store, measured_only=True)
+
+
 def _measuring(spec: SearchSpec, engine: str, enforce_eager: bool) -> tuple[Any, Any]:
     """``--measure``'s options and backend, checked before the search: a backend that cannot run here is one line,
     up front."""
@@ -364,17 +373,20 @@ def _measuring(spec: SearchSpec, engine: str, enforce_eager: bool) -> tuple[Any,
 
 def _family_search(fitted: Any, spec: SearchSpec, grid: ExpertGrid, target_loss: float | None, match: Any,
                    slack: float | None, top_k: int, out: Path | None, plot: Path | None, emit: Path | None,
-                   as_json: bool, measuring: tuple[int, Any, Any] | None = None) -> None:
-    """The dense-and-MoE search; with ``measuring`` (count, options, backend), the first ``count`` picks of each
-    family measured and the family decided on the measurements."""
-    result = search_families(fitted, spec, grid, target_loss, match, slack, top_k)
+                   as_json: bool, measured_inputs: tuple[Any, Any] = (None, None),
+                   measuring: tuple[int, Any, Any] | None = None, store: Path | None = None) -> None:
+    """The dense-and-MoE search, with the measured losses and throughputs of ``measured_inputs`` (the runs and bench
+    tables); with ``measuring`` (count, options, backend), the first ``count`` picks of each family measured (into
+    ``store`` where given) and the family decided on the measurements."""
+    runs, bench = measured_inputs
+    result = search_families(fitted, spec, grid, target_loss, match, slack, top_k, runs, bench)
     document = family_document(result, spec, fitted, grid)
     measured = None
     if measuring is not None:
         from archscale.search.measure import measure_families
 
         count, options, backend = measuring
-        measured = measure_families(result, options, count, backend=backend)
+        measured = measure_families(result, options, count, store=store, backend=backend)
         document["measured"] = measured.to_json()
     if plot:
         from archscale.search.plots import plot_families
@@ -432,7 +444,9 @@ def _print_families(result: FamilyResult, spec: SearchSpec, fitted: Any) -> None
         table.add_row(row["family"], str(row["rank"]), str(row["d_model"]), f"{row['n_heads']}/{row['n_kv_heads']}",
                       str(row["d_ff"]), str(row["n_experts"]) if moe else "-", str(row["experts_per_token"]) if moe else "-",
                       format_count(row["N_active"]), format_count(row["N"]), f"{row['r']:.2f}",
-                      f"{row['predicted_loss']:.4f}", *_served_cells(row, limits), f"{row['output_tokens_per_s']:,.0f}",
+                      f"{row['predicted_loss']:.4f}" + (" (measured)" if row.get("loss_source") == "measured" else ""),
+                      *_served_cells(row, limits),
+                      f"{row['output_tokens_per_s']:,.0f}" + (" (measured)" if row.get("throughput_source") == "measured" else ""),
                       f"{row['memory_gb']:.1f}",
                       *([format_usd(float(row["usd_per_m_output"]))] if dollars else []), row["extrapolation"] or "-")
     console.print(table)

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from archscale.shapes.architecture import Architecture, require_serving_modelled, transformers_loadable
+from archscale.shapes.architecture import MOE_FIELDS, Architecture, require_serving_modelled, transformers_loadable
 from archscale.shapes.candidates import ROW_BYTES, generate_candidates_at_depths
 from archscale.serving.devices import GPU
 from archscale.serving.price import usd_per_million_tokens
@@ -354,8 +354,14 @@ def continuous_optimum(fitted: FittedLaw, spec: SearchSpec) -> dict[str, float]:
 # measurements that replace predictions
 # ---------------------------------------------------------------------------
 def _shape_key(frame: pd.DataFrame) -> pd.Series:
-    """A hashable key per exact shape (tuples of the shape integers)."""
-    return pd.Series(list(zip(*(frame[c].astype("int64") for c in SHAPE_COLUMNS))), index=frame.index)
+    """A hashable key per exact shape: the shape integers and the expert layout, all 0 for a dense shape (a table
+    without expert columns, or a row with at most one expert), so that a dense candidate never takes the measurement
+    of an MoE model with the same dense columns, nor an MoE candidate another expert layout's."""
+    experts = {c: (pd.to_numeric(frame[c], errors="coerce").fillna(0).astype("int64") if c in frame.columns
+                   else pd.Series(0, index=frame.index, dtype="int64")) for c in MOE_FIELDS}
+    dense = experts["n_experts"] <= 1
+    columns = [frame[c].astype("int64") for c in SHAPE_COLUMNS] + [experts[c].where(~dense, 0) for c in MOE_FIELDS]
+    return pd.Series(list(zip(*columns)), index=frame.index)
 
 
 def apply_measured_losses(candidates: pd.DataFrame, runs: pd.DataFrame | None, tokens: float) -> pd.DataFrame:
@@ -385,8 +391,6 @@ def apply_measured_throughput(candidates: pd.DataFrame, bench: pd.DataFrame | No
     missing = [c for c in needed if c not in bench.columns]
     if missing:
         raise UserError(f"--store: the results table needs column {missing[0]!r}")
-    if "n_experts" in bench:  # search's candidates are dense: an MoE row with the same dense columns is another model
-        bench = bench[pd.to_numeric(bench["n_experts"], errors="coerce").fillna(0) <= 1]
     rows = bench[(bench["gpu"].astype(str).str.lower() == spec.gpu.name.lower())
                  & (bench["batch_size"] == spec.workload.batch_size)
                  & (bench["input_len"] == spec.workload.input_len)
@@ -435,6 +439,16 @@ def scale_note(scale: tuple[float, int], spec: SearchSpec) -> str:
               if count == 1 else "")
     return (f"measured and estimated throughputs are ranked on one scale: every estimate is multiplied by {value:.3g}, "
             f"the median measured/estimated ratio of {shapes} on {spec.gpu.name} at this workload{caveat}")
+
+
+def measured_count_notes(candidates: pd.DataFrame) -> list[str]:
+    """How many candidates took a measured loss (``--runs``) or throughput (``--store``) instead of the estimate."""
+    notes = []
+    for column, what in (("loss_source", "loss"), ("throughput_source", "throughput")):
+        count = int((candidates[column] == "measured").sum()) if column in candidates else 0
+        if count:
+            notes.append(f"{count:,} candidates use a measured {what} instead of the estimate")
+    return notes
 
 
 def _override(candidates: pd.DataFrame, measured: pd.Series | pd.DataFrame, source_column: str) -> pd.DataFrame:
@@ -862,10 +876,7 @@ def search(
     if relative:
         notes.append("the fit has no reference law, so losses are relative to L_opt(N, D) "
                      f"({relative_unit(fitted)}); give --reference for absolute losses")
-    for source, column in (("measured", "loss_source"), ("measured", "throughput_source")):
-        count = int((candidates[column] == source).sum())
-        if count:
-            notes.append(f"{count:,} candidates use a measured {'loss' if column == 'loss_source' else 'throughput'} instead of the estimate")
+    notes += measured_count_notes(candidates)
     unfit = int((~candidates["fits"]).sum())
     if unfit:
         at = "even serving one request" if spec.limits is not None else f"at batch {spec.workload.batch_size}"

@@ -27,7 +27,9 @@ from archscale.fit.coverage import (COORDINATES, describe_coverage, expansion_of
                                     outside_coverage, outside_label)
 from archscale.fit.fitted import FittedLaw
 from archscale.io.errors import UserError
-from archscale.search.constrained import SearchSpec, enumerate_candidates, limit_columns
+from archscale.search.constrained import (LIMITED_STORE_NOTE, SearchSpec, apply_measured_losses,
+                                          apply_measured_throughput, enumerate_candidates, limit_columns,
+                                          measured_count_notes, measured_scale, scale_estimates, scale_note)
 from archscale.search.latency_limited import operating_point_note
 from archscale.serving.price import usd_per_million_tokens
 from archscale.shapes.architecture import Architecture, require_serving_modelled
@@ -191,13 +193,32 @@ def decide_winner(picks: pd.DataFrame, spec: SearchSpec) -> dict[str, Any] | Non
 
 
 def search_families(fitted: FittedLaw, spec: SearchSpec, grid: ExpertGrid, target_loss: float | None = None,
-                    match: Architecture | None = None, slack: float | None = None, top_k: int = 3) -> FamilyResult:
-    """``max throughput s.t. predicted loss <= target`` over dense and MoE shapes at one active budget."""
+                    match: Architecture | None = None, slack: float | None = None, top_k: int = 3,
+                    runs: pd.DataFrame | None = None, bench: pd.DataFrame | None = None) -> FamilyResult:
+    """``max throughput s.t. predicted loss <= target`` over dense and MoE shapes at one active budget.
+
+    As in the dense search, a measured loss (``runs``: a shape trained at this budget) replaces the prediction and a
+    measured throughput (``bench``: this shape, device and workload) the estimate, matched on the whole shape,
+    expert layout included; the other estimates are put on the measurements' scale."""
     tolerance = spec.tolerance if spec.tolerance is not None else 0.05
     candidates, notes = enumerate_families(spec, grid, tolerance)
     candidates["predicted_loss"] = predict_family_loss(fitted, candidates, spec)
+    candidates = apply_measured_losses(candidates, runs, spec.tokens)
     candidates = pd.concat([candidates, spec.serve(candidates)], axis=1)
+    if spec.limits is not None and bench is not None:
+        notes.append(LIMITED_STORE_NOTE)
+        bench = None
+    estimated = candidates["tokens_per_s"].copy()
+    candidates = apply_measured_throughput(candidates, bench, spec)
+    scale = measured_scale(candidates, estimated)
+    if scale is not None:
+        candidates = scale_estimates(candidates, scale[0])
+        notes.append(scale_note(scale, spec))
+    notes += measured_count_notes(candidates)
     target, source, reference = resolve_family_target(fitted, spec, candidates, target_loss, match, slack)
+    if reference is not None:  # the reference on the candidates' footing: measured where they are, else scaled
+        row = apply_measured_throughput(pd.DataFrame([reference]), bench, spec)
+        reference = (scale_estimates(row, scale[0]) if scale is not None else row).iloc[0].to_dict()
     candidates["feasible_loss"] = candidates["predicted_loss"] <= target
     candidates["feasible"] = candidates["feasible_loss"] & candidates["fits"]
     if spec.limits is not None:
@@ -269,8 +290,8 @@ def family_document(result: FamilyResult, spec: SearchSpec, fitted: FittedLaw, g
     """The JSON of a dense and MoE search (``--out``, ``--json``)."""
     model = spec.throughput_model
     columns = ["family", "rank", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff", "n_experts",
-               "experts_per_token", "expert_d_ff", "G", "N", "N_active", "r", "gqa", "predicted_loss", "tokens_per_s",
-               "output_tokens_per_s", "memory_gb", "concurrency", "extrapolation", "usd_per_m_output",
+               "experts_per_token", "expert_d_ff", "G", "N", "N_active", "r", "gqa", "predicted_loss", "loss_source",
+               "tokens_per_s", "output_tokens_per_s", "throughput_source", "memory_gb", "concurrency", "extrapolation", "usd_per_m_output",
                "operating_batch", "meets_limits", *(limit_columns(spec.limits) if spec.limits is not None else [])]
     picks = result.picks[[c for c in columns if c in result.picks.columns]]
     return {

@@ -217,8 +217,10 @@ class MeasuredFamilies:
                         "standard deviations of the difference (each row's repeats' relative spread)"}
 
 
-def measure_families(result: FamilyResult, options: BenchOptions, count: int, backend: Any = None) -> MeasuredFamilies:
-    """Measure the first ``count`` picks of each family and decide the family on the measurements."""
+def measure_families(result: FamilyResult, options: BenchOptions, count: int, store: Path | None = None,
+                     backend: Any = None) -> MeasuredFamilies:
+    """Measure the first ``count`` picks of each family (appended to ``store`` where given, so that a later search
+    with ``--store`` ranks them as measured) and decide the family on the measurements."""
     picks = result.picks[result.picks["rank"] <= count]
     missing = [family for family in (DENSE, MOE) if not (picks["family"] == family).any()]
     if missing:
@@ -228,7 +230,7 @@ def measure_families(result: FamilyResult, options: BenchOptions, count: int, ba
     table = picks[columns + ["output_tokens_per_s"]].rename(
         columns={"output_tokens_per_s": "estimated_output_tokens_per_s"}).reset_index(drop=True)
     labels = [f"{family.lower()}-rank-{int(rank)}" for family, rank in zip(table["family"], table["rank"])]
-    measured = measure_rows(picks, labels, options, backend=backend)
+    measured = measure_rows(picks, labels, options, store, backend)
     table["measured_output_tokens_per_s"] = measured["output_tokens_per_s"].to_numpy()
     table["relative_spread"] = measured["relative_spread"].to_numpy()
     return MeasuredFamilies(table, options.backend, result.winner)
