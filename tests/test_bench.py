@@ -427,9 +427,11 @@ def test_reading_a_store_leaves_no_wal_or_shm_beside_it(cli, tmp_path):
     _stored(cli, store)
     before = (store.read_bytes(), store.stat().st_mtime_ns)
     assert cli("bench", "--show", "--store", store).code == 0
-    assert cli("search", "--fit", DATA / "fits" / "dissertation_1b_mult.json", "--n", "1e9", "--tokens", "1e11",
-               "--layers", "16", "--match", "llama-3.2-1b", "--gpu", "h200", "--store", store).code == 0
-    cli("bench", "calibrate", "--store", store, "--gpu", "h200")  # refused (no measured rows): it reads all the same
+    # search and calibrate refuse it (roofline rows only: nothing measured), having read it all the same
+    searched = cli("search", "--fit", DATA / "fits" / "dissertation_1b_mult.json", "--n", "1e9", "--tokens", "1e11",
+                   "--layers", "16", "--match", "llama-3.2-1b", "--gpu", "h200", "--store", store)
+    assert one_line_error(searched) and "is a successful torch or vLLM measurement (backends: roofline)" in searched.err
+    cli("bench", "calibrate", "--store", store, "--gpu", "h200")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sqlite"]
     assert (store.read_bytes(), store.stat().st_mtime_ns) == before
 

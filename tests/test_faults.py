@@ -112,6 +112,17 @@ def test_read_only_folder_is_refused_before_fitting_and_another_out_recovers(cli
     assert cli("fit", "runs.csv", "--where", "loss < 3.42", "--out", "fit.json").code == 0
 
 
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux's /sys")
+def test_a_folder_the_permission_bits_allow_but_the_kernel_refuses_is_refused_before_any_output(cli, tmp_path):
+    """/sys passes root's permission check and refuses every new file: the output policy tries a file, so a
+    search with --out there stops before its --plot (another folder) is drawn, naming the flag."""
+    plot = tmp_path / "search.png"
+    result = cli("search", "--fit", DATA / "fits" / "dissertation_1b_mult.json", "--n", "1e9", "--tokens", "1e11",
+                 "--layers", "16", "--match", "llama-3.2-1b", "--out", "/sys/search.json", "--plot", plot)
+    assert_refused(result, "--out: cannot write in /sys")
+    assert not plot.exists()
+
+
 def test_read_only_runs_table_folder_is_refused_before_training(cli, tiny_cfg, readonly_dir):
     before = snapshot(tiny_cfg.parent)
     assert_refused(cli("train", tiny_cfg, "--runs", readonly_dir / "runs.csv", *TRAIN), f"cannot write in {readonly_dir}")

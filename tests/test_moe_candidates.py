@@ -127,6 +127,23 @@ def test_bad_input_raises_user_error(kwargs, message):
         generate_moe_candidates(**{"n_layers": 16, "d_head": 128} | kwargs)
 
 
+def test_a_refusal_names_the_calling_commands_flags():
+    """search spells the experts-per-token grid --experts-per-token and has no width-range flag: its refusals say so
+    (candidates' say --top-k and --x-min)."""
+    from archscale.shapes.moe_candidates import SEARCH_FLAGS
+
+    unreachable = dict(n_active=1e8, experts=(64,), top_k=(8,), granularity=(1,), n_layers=16, d_head=128)
+    with pytest.raises(UserError) as candidates_says:
+        generate_moe_candidates(**unreachable)
+    assert "a smaller --top-k" in str(candidates_says.value) and "a smaller --x-min" in str(candidates_says.value)
+    with pytest.raises(UserError) as search_says:
+        generate_moe_candidates(**unreachable, flags=SEARCH_FLAGS)
+    assert "a smaller --experts-per-token" in str(search_says.value) and "--x-min" not in str(search_says.value)
+    assert "--top-k" not in str(search_says.value)
+    with pytest.raises(UserError, match=r"^--experts-per-token 8 exceeds every --experts value \(4\)"):
+        generate_moe_candidates(n_active=1e9, experts=(4,), top_k=(8,), n_layers=16, d_head=128, flags=SEARCH_FLAGS)
+
+
 # ---- CLI ----------------------------------------------------------------------------
 def test_cli_writes_the_moe_table_with_total_and_active_n(cli, tmp_path):
     out = tmp_path / "moe.csv"

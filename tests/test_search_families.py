@@ -111,7 +111,7 @@ def test_a_tie_within_the_profiles_error_names_no_winner():
 
 
 @pytest.mark.parametrize("flags, fragment", [
-    (("--experts", "2", "--experts-per-token", "4"), "--top-k 4 exceeds every --experts value"),
+    (("--experts", "2", "--experts-per-token", "4"), "--experts-per-token 4 exceeds every --experts value"),
     (("--granularity", "3"), "--granularity 3 does not divide"),
     (("--granularity", "a/b"), "--granularity 'a/b'"),
     (("--confidence", "0.9"), "--confidence is not available in a dense and MoE search"),

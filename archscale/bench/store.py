@@ -330,13 +330,24 @@ def _query(connection: sqlite3.Connection, path: Path) -> pd.DataFrame:
         raise (cause or sqlite3.DatabaseError(str(exc))) from None
 
 
+RECORD_COLUMNS = ("tokens_per_s",)
+"""What a CSV of bench records cannot lack: the measurement (a hand-made table may carry little else)."""
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV export of bench records; another table (a runs table, an empty file) is refused, not read as none."""
     try:
-        return pd.read_csv(path)
+        frame = pd.read_csv(path)
     except pd.errors.EmptyDataError:
-        return pd.DataFrame(columns=list(COLUMNS))
+        raise UserError(f"{path}: is empty, not an export of bench records; give a store or CSV that "
+                        "`archscale bench --store` wrote") from None
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise UserError(f"{path}: cannot be read as CSV: {str(exc).splitlines()[0]}") from None
+    missing = [column for column in RECORD_COLUMNS if column not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: has no column {missing[0]!r}, so it holds no bench records (a runs table?); give "
+                        "a store or CSV that `archscale bench --store` wrote")
+    return frame
 
 
 def _normalise(frame: pd.DataFrame) -> pd.DataFrame:

@@ -358,7 +358,14 @@ def _bench_table(store: Path | None, measure: int | None) -> pd.DataFrame | None
     measured in it so far), else a missing file is refused as any input is."""
     if store is None or (measure is not None and not Path(store).exists()):
         return None
-    return load_results(store, measured_only=True)
+    rows = load_results(store)
+    measured = load_results(store, measured_only=True)
+    if len(rows) and measured.empty:
+        backends = ", ".join(sorted(set(rows["backend"].dropna().astype(str)))) or "none recorded"
+        raise UserError(f"--store {store}: none of its {len(rows)} rows is a successful torch or vLLM measurement "
+                        f"(backends: {backends}), so it has nothing to replace an estimate with; measure with "
+                        "`archscale bench --backend torch|vllm --store`, or leave out --store")
+    return measured
 
 
 def _measuring(spec: SearchSpec, engine: str, enforce_eager: bool) -> tuple[Any, Any]:

@@ -37,11 +37,12 @@ from __future__ import annotations
 import glob
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
 
-from archscale.io.errors import UserError
+from archscale.io.errors import UserError, failure_cause
 
 PathLike = Union[str, Path]
 OutputSpec = tuple[str, Optional[PathLike], Union[str, "Kind"]]
@@ -194,17 +195,37 @@ def _missing_folders(flag: str, path: Path) -> list[Path]:
 
 
 def _require_writable(flag: str, target: Path, what: str) -> None:
-    """``target`` (a folder to write in, or a file to append to) must be writable by this process."""
+    """``target`` (a folder to write in, or a file to append to) must be writable by this process.
+
+    The permission bits are not the answer for every process: root passes them everywhere, and a kernel file
+    system (``/sys``, ``/proc``) refuses what they allow. So a folder is tried: a file created in it and removed."""
     if os.access(target, os.W_OK | (os.X_OK if what == "folder" else 0)):
-        return
-    try:
-        read_only = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
-    except OSError:
-        read_only = False
-    cause = "read-only file system" if read_only else "permission denied"
+        cause = _write_probe(target) if what == "folder" else None
+        if cause is None:
+            return
+    else:
+        try:
+            read_only = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        cause = "read-only file system" if read_only else "permission denied"
     if what == "folder":
         raise UserError(f"{flag}: cannot write in {target} ({cause}); choose another path")
     raise UserError(f"{flag} {target}: cannot be written ({cause}); choose another path")
+
+
+def _write_probe(folder: Path) -> str | None:
+    """Create and remove an empty file in ``folder``: None when that works, else the plain cause."""
+    try:
+        handle, name = tempfile.mkstemp(dir=folder, prefix=".archscale-write-check-")
+    except OSError as exc:
+        return failure_cause(exc)
+    os.close(handle)
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
+    return None
 
 
 # ---- the --emit folder ---------------------------------------------------------------

@@ -36,7 +36,7 @@ def emit_rows(rows: Sequence[Mapping[str, Any]], spec: SearchSpec, target_loss: 
     """
     directory = Path(directory)
     check_emit_dir(directory)  # only configs an earlier search emitted may be replaced; they all are (no stale cand-NN)
-    with keep_hint(f"{directory} was left as it was; free space and run the search again"), \
+    with keep_hint(f"{directory} was left as it was; fix that and run the search again"), \
             removed_on_failure(directory):
         staging = Path(tempfile.mkdtemp(dir=directory, prefix=".emit-"))
         try:

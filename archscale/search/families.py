@@ -33,7 +33,7 @@ from archscale.search.constrained import (LIMITED_STORE_NOTE, SearchSpec, apply_
 from archscale.search.latency_limited import operating_point_note
 from archscale.serving.price import usd_per_million_tokens
 from archscale.shapes.architecture import Architecture, require_serving_modelled
-from archscale.shapes.moe_candidates import dense_reference_d_ff, generate_moe_candidates
+from archscale.shapes.moe_candidates import SEARCH_FLAGS, dense_reference_d_ff, generate_moe_candidates
 
 FAMILY_COORDINATES = ("r", "gqa", "q_width", "expansion", "experts_per_token", "G")
 """What a candidate of either family is checked on against the fit's runs (the law itself reads only the expansion)."""
@@ -98,7 +98,8 @@ def enumerate_families(spec: SearchSpec, grid: ExpertGrid, tolerance: float) -> 
     moe = generate_moe_candidates(spec.n, None, n_layers=spec.layers[0], d_head=spec.d_head, experts=grid.experts,
                                   top_k=grid.experts_per_token, granularity=grid.granularity, tolerance=tolerance,
                                   r_range=spec.r_range, d_multiple=spec.d_multiple, gqa_values=spec.gqa_values,
-                                  tp=spec.tp, strict_hf=spec.strict_hf, vocab_size=spec.vocab_size)
+                                  tp=spec.tp, strict_hf=spec.strict_hf, vocab_size=spec.vocab_size,
+                                  flags=SEARCH_FLAGS)
     moe = moe.assign(family=MOE)
     frame = pd.concat([dense, moe], ignore_index=True)
     frame["tie_embeddings"] = spec.tie_embeddings

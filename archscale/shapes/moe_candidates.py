@@ -17,6 +17,7 @@ default to that).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -54,6 +55,20 @@ def dense_reference_d_ff(d_model):
     return DENSE_FF_PER_D_MODEL * d_model
 
 
+@dataclass(frozen=True)
+class MoeFlags:
+    """The caller's names for what a refusal asks the user to change (``candidates`` and ``search`` spell the
+    experts-per-token grid differently, and only ``candidates`` sweeps the width range by flag)."""
+
+    top_k: str = "--top-k"
+    narrower: str | None = "a smaller --x-min"
+    wider: str | None = "a larger --x-max"
+
+
+SEARCH_FLAGS = MoeFlags(top_k="--experts-per-token", narrower=None, wider=None)
+"""``archscale search``'s names: its widths come from the budget, with no flag for their range."""
+
+
 def generate_moe_candidates(
     n_active: float | None = None,
     n_total: float | None = None,
@@ -73,6 +88,7 @@ def generate_moe_candidates(
     vocab_size: int = 128256,
     x_range: tuple[float, float] = X_RANGE_DEFAULT,
     row_bytes: int = ROW_BYTES,
+    flags: MoeFlags = MoeFlags(),
 ) -> pd.DataFrame:
     """Every MoE shape whose active and/or total non-embedding count is within ``tolerance`` of its budget.
 
@@ -88,6 +104,7 @@ def generate_moe_candidates(
             with what a token computes.
         gqa_values, tp, strict_hf, vocab_size, row_bytes: as in
             :func:`~archscale.shapes.candidates.generate_candidates`.
+        flags: the calling command's flag names, for the refusals (:class:`MoeFlags`).
 
     Returns:
         A DataFrame with :data:`MOE_COLUMNS`, ordered by d_model, n_experts, experts_per_token, G, then attention
@@ -101,7 +118,7 @@ def generate_moe_candidates(
     budget = _check_budgets(n_active, n_total)
     _check_arguments(budget, n_layers, d_head, tolerance, r_range, d_multiple, 1, tp, vocab_size)
     d_models = _d_model_grid(budget, d_model_values, d_multiple, x_range)
-    d, e_count, k, g = _groups(d_models, experts, top_k, granularity)
+    d, e_count, k, g = _groups(d_models, experts, top_k, granularity, flags.top_k)
     kv, group = _head_layouts(budget, n_layers, d_head, int(d_models.min()), tolerance, r_range[0], gqa_values, tp)
     units = kv * (group + 1)
     first, counts = _attention_window(units, d, e_count, k, g, n_active, n_total, n_layers, d_head, tolerance,
@@ -117,7 +134,7 @@ def generate_moe_candidates(
                                                   experts=experts, top_k=top_k, granularity=granularity,
                                                   d_model_values=d_model_values, d_multiple=d_multiple,
                                                   gqa_values=gqa_values, tp=tp, strict_hf=strict_hf,
-                                                  x_range=x_range)))
+                                                  x_range=x_range, flags=flags)))
     return frame
 
 
@@ -161,14 +178,14 @@ def _granularity_grid(values: Iterable[float]) -> np.ndarray:
     return grid
 
 
-def _groups(d_models: np.ndarray, experts, top_k, granularity) -> tuple[np.ndarray, ...]:
+def _groups(d_models: np.ndarray, experts, top_k, granularity, top_k_flag: str = "--top-k") -> tuple[np.ndarray, ...]:
     """(d_model, E, k, G) of every group, d_model outermost (so the table comes out ordered), k <= E only."""
     e_grid = _positive_grid(experts, "--experts", smallest=2)
-    k_grid = _positive_grid(top_k, "--top-k")
+    k_grid = _positive_grid(top_k, top_k_flag)
     g_grid = _granularity_grid(granularity)
     too_many = k_grid[k_grid > e_grid.max()]
     if too_many.size:
-        raise UserError(f"--top-k {', '.join(map(str, too_many))} exceeds every --experts value "
+        raise UserError(f"{top_k_flag} {', '.join(map(str, too_many))} exceeds every --experts value "
                         f"({', '.join(map(str, e_grid))}): each token picks k of the E routed experts, so k <= E; "
                         "drop that k or add a larger E")
     reference = dense_reference_d_ff(d_models)
@@ -271,11 +288,14 @@ def _no_candidate_message(d, e_count, k, g, n_active, n_total, n_layers, d_head,
             break
         smallest, largest = np.nanmin(low), np.nanmax(high)
         if budget * (1 + tolerance) < smallest or budget * (1 - tolerance) > largest:
+            flags = options.get("flags", MoeFlags())
             experts_hint = "/--experts" if routed is e_count else ""
-            hint = (f"a larger --granularity (narrower experts), a smaller --top-k{experts_hint}, fewer --layers or a "
-                    "smaller --x-min" if budget < smallest else
-                    f"a smaller --granularity (wider experts), a larger --top-k{experts_hint}, more --layers or a "
-                    "larger --x-max")
+            smaller = budget < smallest
+            turns = [f"a {'larger' if smaller else 'smaller'} --granularity ({'narrower' if smaller else 'wider'} experts)",
+                     f"a {'smaller' if smaller else 'larger'} {flags.top_k}{experts_hint}",
+                     f"{'fewer' if smaller else 'more'} --layers", flags.narrower if smaller else flags.wider]
+            turns = [turn for turn in turns if turn]
+            hint = ", ".join(turns[:-1]) + f" or {turns[-1]}"
             return (f"no MoE shape reaches {label}={budget:.4g}: with expert width {DENSE_FF_PER_D_MODEL} d_model / G "
                     f"for G in {sorted(set(g.tolist()))}, these experts, top-k, widths and r range reach {label} "
                     f"{smallest:.4g} to {largest:.4g}; try {hint}")

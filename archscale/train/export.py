@@ -173,7 +173,7 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, dtype: str = "float32") 
     tied = arch.tie_embeddings  # the config's, or its model type's default: what the reader counted
     tensors = {k: v.to(torch_dtype) for k, v in hf_state_dict(state["model"], tied).items()}
     hf_config["torch_dtype"] = dtype
-    with keep_hint("nothing was exported; free space and run it again"), \
+    with keep_hint("nothing was exported; fix that and run it again"), \
             removed_on_failure(out_dir):
         write_safetensors(out_dir / SAFETENSORS_FILE, tensors, {"format": "pt"})
         write_json(out_dir / CONFIG_FILE, hf_config)
