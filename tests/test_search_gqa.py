@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import archscale.search.gqa_local as gqa_local
+from archscale.io.errors import UserError
 from archscale.search.gqa_local import Proxy, local_gqa_search
 from conftest import DATA
 from helpers import one_line_error
@@ -67,6 +68,23 @@ def test_variants_are_tried_in_order_of_estimated_throughput(search_json, tmp_pa
     for variant in result.variants:  # each proxy keeps the group it stands for, at one shape
         assert variant.proxy.gqa_group == variant.gqa
     assert len({(v.proxy.d_model, v.proxy.d_ff, v.proxy.n_heads + v.proxy.n_kv_heads) for v in result.variants}) == 1
+
+
+def test_a_rerun_with_other_proxy_flags_into_the_same_out_is_refused_before_training(search_json, tmp_path, monkeypatch):
+    """The same --out with another proxy size would find the first walk's configs, and its runs in the runs table,
+    and read them as its own; it is refused, naming the folder, and nothing is trained or rewritten."""
+    trained = []
+    monkeypatch.setattr(gqa_local, "train_variant", fake_training({1: 2.0, 2: 2.0, 5: 2.0}, trained))
+    out = tmp_path / "out"
+    local_gqa_search(search_json, out, tmp_path / "runs.csv", Proxy(1.5e4, 30_000, 2, 8), echo=lambda line: None)
+    written = {path: path.read_bytes() for path in out.rglob("*.json") if path.name != "decisions.json"}
+    trained.clear()
+    with pytest.raises(UserError, match=r"holds a proxy config from an earlier search-gqa with other flags"):
+        local_gqa_search(search_json, out, tmp_path / "runs.csv", Proxy(2e4, 60_000, 2, 8), echo=lambda line: None)
+    assert trained == [] and {path: path.read_bytes() for path in written} == written
+    # the same flags again resume the walk
+    local_gqa_search(search_json, out, tmp_path / "runs.csv", Proxy(1.5e4, 30_000, 2, 8), echo=lambda line: None)
+    assert trained == [1, 2, 5]
 
 
 def test_real_training_end_to_end_and_a_rerun_retrains_nothing(search_json, tmp_path, cli, one_thread):

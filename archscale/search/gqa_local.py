@@ -34,7 +34,8 @@ from archscale.serving.estimate import Workload
 from archscale.serving.profiles import resolve_profile
 from archscale.shapes.architecture import Architecture
 from archscale.shapes.candidates import generate_candidates
-from archscale.train.config import TrainConfig, write_config_dir
+from archscale.shapes.hf_config import write_hf_config
+from archscale.train.config import CONFIG_FILE, TrainConfig, recipe_hash, write_config_dir
 from archscale.train.loop import resolve_run
 from archscale.train.sweep import sweep
 
@@ -212,18 +213,30 @@ def plan_variants(pick: Mapping[str, Any], document: Mapping[str, Any], proxy: P
 
 
 def write_variant_configs(variants: Sequence[Variant], out: Path, proxy: Proxy) -> None:
-    """``out/configs/NN-gqaG/NN-gqaG-sK``: one config folder per variant and seed (a folder per variant for the sweep)."""
+    """``out/configs/NN-gqaG/NN-gqaG-sK``: one config folder per variant and seed (a folder per variant for the sweep).
+
+    A folder an earlier run of this command wrote is reused when it holds the same recipe (a resumed walk), and
+    refused, before anything is written or trained, when it holds another (other proxy flags, another pick): its
+    runs would otherwise be read as this walk's."""
+    planned = []
     for index, variant in enumerate(variants):
         folder = out / "configs" / f"{index:02d}-gqa{variant.gqa}"
-        variant.config_dirs = []
         for seed in range(proxy.seeds):
             arch = dataclasses.replace(variant.proxy, name=f"{folder.name}-s{seed}")
             train = TrainConfig.for_model_size(arch.n_params_non_embedding, tokens=proxy.tokens)
             train.seed = seed
             target = folder / f"{folder.name}-s{seed}"  # unique run-directory names across variants
-            if not (target / "config.json").exists():
-                write_config_dir(target, arch, train)
-            variant.config_dirs.append(target)
+            if (target / CONFIG_FILE).exists() and resolve_run(target).recipe_hash != recipe_hash(write_hf_config(arch), train):
+                raise UserError(f"--out {out}: {target} holds a proxy config from an earlier search-gqa with other "
+                                "flags (another proxy size, tokens, depth or pick), whose runs would be read as this "
+                                "walk's; give a new --out (or rerun with the earlier flags to resume it)")
+            planned.append((variant, target, arch, train))
+    for variant in variants:
+        variant.config_dirs = []
+    for variant, target, arch, train in planned:
+        if not (target / CONFIG_FILE).exists():
+            write_config_dir(target, arch, train)
+        variant.config_dirs.append(target)
 
 
 def _losses(runs: Path, config_dirs: Sequence[Path]) -> list[float] | None:
