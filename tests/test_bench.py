@@ -45,7 +45,7 @@ def test_torch_backend_measures_two_tiny_configs_on_cpu(cli, tiny_dirs, tmp_path
     assert rows.loc[2, "d_model"] == 160 and rows.loc[2, "n_heads"] == 6 and rows.loc[2, "d_head"] == 32
     assert rows.loc[0, "config_hash"] == config_hash(TINY_128) != rows.loc[2, "config_hash"]
     assert rows["torch_version"].notna().all() and rows["timestamp"].notna().all()
-    assert "tiny160" in r.out and "appended 4 records" in r.err
+    assert "tiny160" in r.out and "appended 4 records to" in r.err
     # latency: the batch prefills together (TTFT = prefill), then decodes a token a step; each step timed on CPU
     assert_plausible_latencies(rows)
     assert np.allclose(rows["ttft_ms_mean"], 1e3 * rows["prefill_s"])
@@ -244,7 +244,7 @@ def test_interrupted_cli_run_exits_130_and_keeps_rows(cli, monkeypatch, tmp_path
     monkeypatch.setattr(Profile, "estimate", estimate)
     store = tmp_path / "b.sqlite"
     r = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--batch-sizes", "1,2,4", "--store", store)
-    assert r.code == 130 and "interrupted: 1 records appended" in r.err
+    assert r.code == 130 and "interrupted: 1 records appended to" in r.err
     assert list(load_results(store)["batch_size"]) == [1]
 
 

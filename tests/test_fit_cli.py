@@ -75,6 +75,20 @@ def test_predict_with_published_fit_is_relative_without_l_opt(cli):
     assert absolute["optimum"]["r"] == pytest.approx(1.032, rel=0.01)
 
 
+def test_predict_past_the_fits_runs_says_it_is_an_extrapolation(cli):
+    """Chinchilla at 70B / 1.4T from the replication's fit (runs up to 16.2B parameters, 318B tokens): the number is
+    printed with a warning of how far past the runs it lies, as plan does; inside them, no warning."""
+    fit = DATA.parent / "experiments" / "results" / "plan" / "chinchilla_huber.json"
+    far = cli("predict", fit, "--n", "70B", "--tokens", "1.4T")
+    assert far.code == 0, far.err
+    text = " ".join(far.out.split())
+    assert "warning: extrapolation past the fitted runs: parameters up to 7e+10, 4.33x the largest its runs had" in text
+    assert "tokens up to 1.4e+12, 4.41x" in text
+    assert json.loads(cli("predict", fit, "--n", "70B", "--tokens", "1.4T", "--json").out)["extrapolation"]
+    near = cli("predict", fit, "--n", "1B", "--tokens", "20B")
+    assert near.code == 0 and "extrapolation" not in near.out
+
+
 def _write(tmp_path, rows):
     path = tmp_path / "runs.csv"
     pd.DataFrame(rows).to_csv(path, index=False)

@@ -91,7 +91,7 @@ def test_real_training_end_to_end_and_a_rerun_retrains_nothing(search_json, tmp_
     out, runs = tmp_path / "gqa", tmp_path / "runs.csv"
     first = cli("search-gqa", str(search_json), *PROXY, "--runs", str(runs), "--out", str(out))
     assert first.code == 0, first.err
-    assert "confirmed: GQA" in first.out
+    assert "confirmed: GQA" in first.out and "one seed per variant" in " ".join(first.out.split())
     table = pd.read_csv(runs)
     decided = json.loads((out / "gqa_search.json").read_text())
     assert len(table) == len(decided["decisions"])  # one trained run per variant tried

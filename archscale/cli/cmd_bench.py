@@ -266,12 +266,15 @@ def _report_sweep(result, as_json: bool, errors: Console) -> None:
         print_json(_json_rows(frame))
     elif len(frame):
         console.print(_results_table(frame, title=f"{len(frame)} benchmark records"))
-    where = f" to {result.store}" if result.store else " (not stored: no --store)"
+    count = f"{len(result.records)} records"
+    done = f"appended {count} to {result.store}" if result.store else f"{count}, not stored (no --store)"
     if result.interrupted:
-        errors.print(f"interrupted: {len(result.records)} records appended{where} are kept", markup=False, highlight=False)
+        kept = f"{count} appended to {result.store} are kept" if result.store else done
+        errors.print(f"interrupted: {kept}", markup=False, highlight=False)
         raise SystemExit(130)  # not typer.Exit: main() runs the app with standalone_mode=False, which drops its code
     noisy = f", {result.n_noisy} noisy (not used by search or calibrate)" if result.n_noisy else ""
-    errors.print(f"appended {len(result.records)} records{where}, {result.n_failed} failed{noisy}", markup=False, highlight=False)
+    errors.print(f"{done}, {result.n_failed} failed{noisy}", markup=False, highlight=False)
+    where = f" to {result.store}" if result.store else " (not stored: no --store)"
     if result.records and result.n_failed == len(result.records):
         raise UserError(f"every benchmark failed ({len(result.records)} recorded{where})")
 

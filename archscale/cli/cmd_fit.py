@@ -221,6 +221,7 @@ def predict(
 
     A conditional law fitted without a reference law (the published fits in data/fits) predicts the loss relative to L_opt(N, D), as search ranks shapes with it; --l-opt or a fit made with --reference gives an absolute loss.
     """
+    from archscale.fit.coverage import outside_sizes
     from archscale.search.constrained import losses_are_relative, relative_unit
 
     for flag, number in (("--ratio", ratio), ("--gqa", gqa), ("--l-opt", l_opt)):
@@ -258,6 +259,9 @@ def predict(
     if unchecked:  # the number is printed, but not as something the search would rank on
         result["gqa_note"] = (fitted.gqa.reason if fitted.gqa is not None
                               else "the fit records no held-out check of its GQA term")
+    extrapolation = outside_sizes(fitted.size_range, n, row.get("D"))
+    if extrapolation:
+        result["extrapolation"] = extrapolation
     if as_json:
         print_json(result)
         return
@@ -268,6 +272,8 @@ def predict(
                       "give --l-opt, or a fit made with --reference, for an absolute loss")
     else:
         console.print(f"{fitted.law.name} predicts loss {value:.4f} at {inputs}")
+    for note in extrapolation:
+        console.print(f"warning: {note}")
     if unchecked:
         console.print(f"note: the GQA factor is not one the search trades on: {result['gqa_note']}")
     if fitted.optimum():

@@ -228,7 +228,7 @@ def search_command(
     head_dim: int = typer.Option(64, "--head-dim", min=2, help="Per-head width d_head, even (the paper: 64 up to 1B, 128 from 3B)."),
     match: Optional[str] = typer.Option(None, "--match", help="Target = predicted loss of this architecture (preset or config.json)."),
     target_loss: Optional[float] = typer.Option(None, "--target-loss", help="Target loss in nats/token (needs a fit with a reference law)."),
-    slack: Optional[float] = typer.Option(None, "--slack", help="Target = predicted optimum x (1 + slack); the default, 0.01."),
+    slack: Optional[float] = typer.Option(None, "--slack", help="Target = predicted optimum x (1 + slack), the optimum being the lowest predicted loss of any candidate (the 'best discrete candidate' line, not the law's closed-form optimum); the default, 0.01."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Chinchilla fit JSON for L_opt(N,D), giving absolute losses."),
     gpu: str = typer.Option("h100-sxm", "--gpu", help=gpu_help("Device to serve on")),
     engine: str = typer.Option("vllm", "--engine", help="Serving engine whose throughput is estimated: picks the profile."),
@@ -468,7 +468,7 @@ def _print_families(result: FamilyResult, spec: SearchSpec, fitted: Any) -> None
     "--vocab 256 --d-multiple 16 --ff-multiple 16 --gqa 1-8 --extrapolate --batch 8 --input-len 64 --output-len 16 "
     "--slack 0.02 --out out/search-tiny.json",
     "archscale search-gqa out/search-tiny.json --proxy-n 2e4 --proxy-tokens 60K --proxy-layers 2 --proxy-head-dim 8 "
-    "--runs out/gqa-runs.csv --out out/gqa-search",
+    "--runs out/gqa-runs.csv --out out/gqa-search-20k",
 ))
 def search_gqa_command(
     search_json: Path = typer.Argument(..., help="A search result (archscale search --out FILE.json)."),
@@ -516,5 +516,8 @@ def search_gqa_command(
     console.print(f"confirmed: GQA {chosen.gqa} ({chosen.full.n_heads}/{chosen.full.n_kv_heads} heads at full scale), "
                   f"proxy loss {chosen.loss:.4f} against the baseline's {result.baseline.loss:.4f}; estimated "
                   f"{chosen.tokens_per_s / result.baseline.tokens_per_s:.2f}x the baseline GQA {result.baseline.gqa}'s throughput")
+    if seeds == 1:
+        console.print("note: one seed per variant: a loss difference smaller than the seed-to-seed scatter, which one "
+                      "seed cannot measure, decides the walk all the same; --seeds 3 compares means and shows the scatter")
     console.print(f"wrote {out / 'gqa_search.json'}, {out / 'decisions.json'} and the confirmed shape's trainable "
                   f"config {out / 'confirmed'} (archscale train {out / 'confirmed'} --runs RUNS.csv)")
