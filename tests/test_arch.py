@@ -192,3 +192,18 @@ def test_cli_arch_malformed_config_is_one_line(cli, tmp_path):
     assert str(path) in result.err and "not valid JSON" in result.err
     assert len(result.err.strip().splitlines()) == 1
     assert "Traceback" not in result.err
+
+
+@pytest.mark.parametrize("key, value", [("hidden_size", 10**30), ("vocab_size", 10**19)])
+def test_a_size_past_any_model_is_one_line_not_an_overflow(cli, tmp_path, key, value):
+    """A config with a size no model has (a typo, a corrupted file) was read, then overflowed 64-bit arithmetic in
+    the serving model or the results store with a traceback; it is refused where it is read, naming the size."""
+    config = {"model_type": "llama", "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "intermediate_size": 256, "vocab_size": 512, key: value}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    for args in (("arch", tmp_path, "--gpu", "h200"),
+                 ("bench", tmp_path, "--backend", "roofline", "--gpu", "h200", "--store", tmp_path / "b.sqlite")):
+        result = cli(*args)
+        assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+        assert "is larger than any model" in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "b.sqlite").exists()

@@ -313,8 +313,8 @@ def test_arch_checks_its_numbers_before_reading_any_shape(refused, flag, value):
 ])
 def test_candidates_names_a_bad_number_by_its_flag_before_any_work(refused, work, flag, value, message):
     (work / "notes.txt").write_text("mine\n")
-    refused(message, "candidates", "--n", "1e9", "--layers", "16", "--head-dim", "64", flag, value,
-            "--out", "notes.txt/c.csv")
+    base = {"--n": "1e9", "--layers": "16", "--head-dim": "64", flag: value}  # the flag under test replaces its default
+    refused(message, "candidates", *(item for pair in base.items() for item in pair), "--out", "notes.txt/c.csv")
 
 
 def test_predict_refuses_a_negative_reference_loss(refused):
@@ -670,3 +670,18 @@ def test_export_takes_bench_dtype_spellings_and_refuses_to_overwrite_an_export(r
     assert json.loads((work / "hf" / "config.json").read_text())["torch_dtype"] == "bfloat16"
     refused("--out hf: already holds files (config.json, model.safetensors); choose another --out or empty it first",
             "export", tiny_run / "run", "--out", "hf", "--dtype", "fp32")
+
+
+@pytest.mark.parametrize("fragment, args", [
+    ("--budget is given twice (--budget 1e22, then --budget 1e23)",
+     ("plan", "--fit", str(DATA.parent / "experiments" / "results" / "plan" / "chinchilla_huber.json"),
+      "--budget", "1e22", "--budget", "1e23")),
+    ("--layers is given twice (--layers 8, then --layers 16)",
+     ("search", "--fit", str(DATA / "fits" / "dissertation_1b_mult.json"), "--n", "1e9", "--tokens", "1e11",
+      "--layers", "8", "--layers=16")),
+    ("--fix alpha is given twice (0.3, then 0.4)",
+     ("fit", str(DATA / "chinchilla_epoch.csv"), "--law", "chinchilla", "--fix", "alpha=0.3", "--fix", "alpha=0.4")),
+])
+def test_a_single_valued_flag_given_twice_is_refused_not_silently_the_last(refused, fragment, args):
+    """The parser kept the last value and dropped the first without a word: plan planned one budget of two."""
+    refused(fragment, *args)

@@ -98,6 +98,10 @@ class Command(TyperCommand):
     """Every archscale verb: Typer's command, its docstring reflowed, flags shown without a value type in ``--help``,
     and its examples printed as commands one can copy (:func:`print_epilog`), not wrapped like prose."""
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        _refuse_repeated_options(self, args)
+        return super().parse_args(ctx, args)
+
     def format_help(self, ctx: Any, formatter: Any) -> None:
         _hide_flag_types(self, ctx)
         self.help = _reflow(self.help)
@@ -108,6 +112,38 @@ class Command(TyperCommand):
             self.epilog = epilog
         if epilog:
             print_epilog(epilog)
+
+
+def _refuse_repeated_options(command: Any, args: list[str]) -> None:
+    """A flag that takes one value, given twice, is refused: the parser would keep the last and drop the first
+    without a word (``plan --budget 1e22 --budget 1e23`` planned 1e23 alone). Repeatable flags (``--fix``) and
+    on/off switches are left to the parser."""
+    single = {}
+    for param in command.params:
+        if getattr(param, "param_type_name", "") != "option" or getattr(param, "multiple", False) \
+                or getattr(param, "is_flag", False) or getattr(param, "count", False):
+            continue
+        for name in (*param.opts, *getattr(param, "secondary_opts", ())):
+            single[name] = param
+    seen: dict[str, tuple[str, str]] = {}
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            break
+        name, has_value, value = arg.partition("=")
+        param = single.get(name) if arg.startswith("-") else None
+        if param is None:
+            index += 1
+            continue
+        value = value if has_value else (args[index + 1] if index + 1 < len(args) else "")
+        if param.name in seen:
+            first_name, first_value = seen[param.name]
+            raise UserError(f"{name} is given twice ({first_name} {first_value}, then {name} {value}); it takes one "
+                            "value, and the first would be dropped without a word: give it once (a flag that takes "
+                            "several values takes them comma-separated)")
+        seen[param.name] = (name, value)
+        index += 1 if has_value else 2
 
 
 class Group(TyperGroup):

@@ -67,6 +67,9 @@ def parse_assignments(items: list[str] | None, flag: str, example: str = "t_laye
             sep = ""
         if not sep or not name.strip() or not math.isfinite(number):
             raise UserError(f"{flag} {item!r}: expected NAME=NUMBER, e.g. {flag} {example}")
+        if name.strip() in values:
+            raise UserError(f"{flag} {name.strip()} is given twice ({values[name.strip()]:g}, then {number:g}); give "
+                            "each name once")
         values[name.strip()] = number
     return values
 

@@ -135,6 +135,17 @@ MOE_FIELDS = ("n_experts", "experts_per_token", "expert_d_ff", "n_shared_experts
 LATENT_FIELDS = ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "v_head_dim")
 WINDOW_FIELDS = ("sliding_window", "n_sliding_layers")
 
+MAX_DIMENSION = 2**31 - 1
+"""The largest size of any one dimension archscale takes: far past any model, and what the serving model's and the
+results store's 64-bit arithmetic can hold once sizes are multiplied together."""
+
+
+def _require_representable(label: str, field_name: str, value: int) -> None:
+    if value > MAX_DIMENSION:
+        raise UserError(f"{label}: {field_name} {value:.3g} is larger than any model (at most {MAX_DIMENSION:,}); "
+                        "check the config's value")
+
+
 # What the serving model (and so bench's roofline, search and arch --gpu) cannot cost yet: (column, dense value, why).
 _SERVING_UNMODELLED = (
     ("kv_lora_rank", 0, "latent-attention (MLA) serving cost is not modelled yet"),
@@ -221,6 +232,7 @@ class Architecture:
             value = getattr(self, field_name)
             if not isinstance(value, (int,)) or isinstance(value, bool) or value <= 0:
                 raise UserError(f"{label}: {field_name} must be a positive integer, got {value!r}")
+            _require_representable(label, field_name, value)
         for field_name in MOE_FIELDS + LATENT_FIELDS + WINDOW_FIELDS:
             value = getattr(self, field_name)
             if field_name == "shared_expert_gate":
@@ -228,6 +240,8 @@ class Architecture:
                     raise UserError(f"{label}: shared_expert_gate must be true or false, got {value!r}")
             elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise UserError(f"{label}: {field_name} must be a whole number >= 0, got {value!r}")
+            else:
+                _require_representable(label, field_name, value)
         if self.n_heads % self.n_kv_heads:
             raise UserError(f"{label}: n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}")
         require_even_head_dim(self.d_head, f"{label}: d_head")
