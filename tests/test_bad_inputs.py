@@ -685,3 +685,9 @@ def test_export_takes_bench_dtype_spellings_and_refuses_to_overwrite_an_export(r
 def test_a_single_valued_flag_given_twice_is_refused_not_silently_the_last(refused, fragment, args):
     """The parser kept the last value and dropped the first without a word: plan planned one budget of two."""
     refused(fragment, *args)
+
+
+def test_fit_refuses_a_fixed_parameter_outside_its_bounds(refused):
+    """--fix alpha=-1 was fitted, with only a warning that A collapsed: the law's alpha is a positive exponent."""
+    refused("--fix alpha=-1: law chinchilla's alpha lies in (0, 3]", "fit", str(DATA / "chinchilla_epoch.csv"),
+            "--law", "chinchilla", "--loss", "lsq", "--fix", "alpha=-1")
