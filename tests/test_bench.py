@@ -126,7 +126,7 @@ def test_roofline_rows_carry_the_models_latency_in_the_measured_columns():
 
 # ---- failures are records, and the sweep goes on --------------------------------------
 def test_config_that_does_not_fit_is_recorded_and_sweep_continues(cli, tiny_dirs, tmp_path, one_thread):
-    huge = write_config(tmp_path / "huge", Architecture(2, 4096, 32, 8, 128, 8192, vocab_size=4_000_000_000))
+    huge = write_config(tmp_path / "huge", Architecture(2, 4096, 32, 8, 128, 8192, vocab_size=2_000_000_000))
     store = tmp_path / "bench.sqlite"
     r = cli("bench", huge, tiny_dirs[0], "--backend", "torch", "--batch-sizes", "1", "--input-len", "8",
             "--output-len", "4", "--repeats", "1", "--store", store, "--no-progress")

@@ -442,3 +442,14 @@ def test_terms_print_in_their_units_and_rates_say_per_what():
     assert format_term("t_expert_gb", 0.055) == "55 ms per GB"
     assert format_term("t_attn_gflop", 0.0256) == "25.6 ms per GFLOP"
     assert format_term("t_attn_gflop", 0.0) == "0"
+
+
+@pytest.mark.parametrize("flag, value, fragment", [
+    ("--memory-fraction", "1.5", "--memory-fraction must be in (0, 1]"),
+    ("--kv-cache-gib", "-4", "--kv-cache-gib must be a positive number of GiB"),
+    ("--max-num-seqs", "0", "'--max-num-seqs'"),
+])
+def test_calibrates_engine_settings_are_named_by_their_flags(cli, tmp_path, flag, value, fragment):
+    """They were refused in the model's own names (reserved_gib, max_num_seqs), one of them a flag the user never set."""
+    result = cli("bench", "calibrate", "--store", tmp_path / "none.sqlite", "--gpu", "h200", flag, value)
+    assert result.code == 2 and fragment in result.err and len(result.err.strip().splitlines()) == 1, result.err

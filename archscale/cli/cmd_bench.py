@@ -161,7 +161,7 @@ def calibrate_command(
     name: Optional[str] = typer.Option(None, "--name", help="The profile's name (default ENGINE-DEVICE-DTYPE)."),
     memory_fraction: float = typer.Option(0.9, "--memory-fraction", help="The engine's share of device memory "
                                           "(vLLM's gpu_memory_utilization) when the rows were measured."),
-    max_num_seqs: int = typer.Option(256, "--max-num-seqs", help="The engine's limit on running sequences."),
+    max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1, help="The engine's limit on running sequences."),
     kv_cache_gib: Optional[float] = typer.Option(None, "--kv-cache-gib", help="Fixed KV-cache space in GiB "
                                                  "(vLLM on CPU: VLLM_CPU_KVCACHE_SPACE) instead of a memory share."),
     prefill_chunk: Optional[int] = typer.Option(None, "--prefill-chunk", help="Prompt tokens per prefill pass the rows "
@@ -177,6 +177,10 @@ def calibrate_command(
 ) -> None:
     """Fit a throughput profile (the serving model's terms) to measured bench rows of one engine on one device."""
     check_outputs(("--out", out, "json"), inputs=(store, gpu_file))
+    if not (math.isfinite(memory_fraction) and 0 < memory_fraction <= 1):
+        raise UserError(f"--memory-fraction must be in (0, 1], the engine's share of device memory, got {memory_fraction:g}")
+    if kv_cache_gib is not None and not (math.isfinite(kv_cache_gib) and kv_cache_gib > 0):
+        raise UserError(f"--kv-cache-gib must be a positive number of GiB, got {kv_cache_gib:g}")
     _calibrate_mode(store, gpu, gpu_file, check_engine(engine), parse_dtype(dtype), fit_terms, fix, holdout, name, out,
                     EngineSettings(memory_fraction=memory_fraction, max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib),
                     as_json, {"prefill_chunk_tokens": positive_chunk(prefill_chunk), "first_prompt_alone": first_prompt_alone})
