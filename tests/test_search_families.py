@@ -193,13 +193,17 @@ def test_the_figure_labels_every_pick_and_names_its_throughput_source():
     assert labels == {"dense #1", "E2 k1 #1", "E4 k1 #2", "E8 k1 #3"}
     assert "vllm-h200-bf16" in ax.get_xlabel()
     legend = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert any(entry.startswith("target 2.5550") for entry in legend) and "MoE frontier" in legend
+    assert any(entry.startswith("target 2.5550") for entry in legend)
+    assert any(entry.startswith("MoE frontier (") for entry in legend)
+    dense = next(entry for entry in legend if entry.startswith("dense frontier ("))  # its span said, however short
+    assert "tok/s)" in dense
 
 
 def test_under_a_tpot_limit_each_pick_meets_it_and_costs_what_its_throughput_says(cli, tmp_path):
     out = tmp_path / "limited.json"
-    result = cli(*BASE, "--target-loss", "2.555", "--batch", "256", "--tpot-ms", "15", "--gpu-price", "3.5",
-                 "--out", out)
+    base = list(BASE)
+    base[base.index("--batch") + 1] = "256"  # the largest concurrency each pick may run at
+    result = cli(*base, "--target-loss", "2.555", "--tpot-ms", "15", "--gpu-price", "3.5", "--out", out)
     assert result.code == 0, result.err
     assert "$/M" in result.out  # the price column (the batch and latency columns are checked in the JSON)
     picks = json.loads(out.read_text())["picks"]

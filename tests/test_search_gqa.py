@@ -109,8 +109,8 @@ def test_real_training_end_to_end_and_a_rerun_retrains_nothing(search_json, tmp_
 
 def test_kill_9_mid_walk_then_rerun_keeps_the_finished_variants(search_json, tmp_path):
     out, runs = tmp_path / "gqa", tmp_path / "runs.csv"
-    command = [sys.executable, "-m", "archscale", "search-gqa", str(search_json), *PROXY, "--proxy-tokens", "120K",
-               "--runs", str(runs), "--out", str(out)]
+    longer = [("120K" if previous == "--proxy-tokens" else item) for previous, item in zip(["", *PROXY], PROXY)]
+    command = [sys.executable, "-m", "archscale", "search-gqa", str(search_json), *longer, "--runs", str(runs), "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                start_new_session=True)

@@ -333,8 +333,12 @@ def draw_families(result: Any, spec: Any) -> plt.Figure:
         ax.scatter(rows[SPEED], rows["predicted_loss"], s=9, color=colour, alpha=0.35,
                    label=f"{family}: {len(rows):,} shapes that may be ranked")
         front = rows[pareto_mask(rows["predicted_loss"].to_numpy(), rows[SPEED].to_numpy())].sort_values(SPEED)
+        low, high = front[SPEED].min(), front[SPEED].max()
+        span = f"{low:,.0f}" if len(front) == 1 else f"{low:,.0f}-{high:,.0f}"
+        # the shapes marked too: a frontier of one shape, or of a few close together, is otherwise hidden by a pick
         ax.plot(front[SPEED], front["predicted_loss"], color=FRONTIER_COLOURS[family], linewidth=1.4, zorder=5,
-                label=f"{family} frontier")
+                marker="s", markersize=3,
+                label=f"{family} frontier ({len(front)} shape{'s' if len(front) != 1 else ''}, {span} tok/s)")
     ax.axhline(result.target, color="black", linestyle="--", linewidth=1,
                label=f"target {result.target:.4f} ({result.target_source})")
     for row in result.picks.to_dict("records"):
