@@ -691,3 +691,9 @@ def test_fit_refuses_a_fixed_parameter_outside_its_bounds(refused):
     """--fix alpha=-1 was fitted, with only a warning that A collapsed: the law's alpha is a positive exponent."""
     refused("--fix alpha=-1: law chinchilla's alpha lies in (0, 3]", "fit", str(DATA / "chinchilla_epoch.csv"),
             "--law", "chinchilla", "--loss", "lsq", "--fix", "alpha=-1")
+
+
+@pytest.mark.parametrize("flag", ["--where", "--holdout"])
+def test_an_empty_condition_is_refused_not_read_as_none(refused, flag):
+    """--where "" (an unset shell variable, say) fitted every row as if no condition had been given."""
+    refused(f"{flag} is empty: give a condition", "fit", str(DATA / "chinchilla_epoch.csv"), flag, "")

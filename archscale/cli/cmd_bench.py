@@ -445,7 +445,7 @@ def _calibrate_mode(store, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout
     fixed = parse_assignments(fix, "--fix")
     device = load_gpu(gpu, gpu_file)
     results = load_results(store)
-    mask = select(results, holdout, "--holdout", str(store)).to_numpy() if holdout else None
+    mask = select(results, holdout, "--holdout", str(store)).to_numpy() if holdout is not None else None
     settings, from_rows = settings_from_rows(measured_rows(results, gpu, engine, dtype), settings, given_settings)
     result = calibrate(results, device, engine, dtype, free, fixed, mask,
                        settings, name, source=str(store))

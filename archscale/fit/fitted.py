@@ -58,7 +58,10 @@ def fitted_from_json(document: Mapping[str, Any], source: str) -> FittedLaw:
     """Rebuild a :class:`FittedLaw` from its JSON form, checking every parameter is there."""
     if not isinstance(document, Mapping) or "law" not in document or "params" not in document:
         raise UserError(f"{source}: not an archscale fit file (needs 'law' and 'params')")
-    law = get_law(str(document["law"]))
+    try:
+        law = get_law(str(document["law"]))
+    except UserError as exc:
+        raise UserError(f"{source}: {exc} (written by another version of archscale, or edited?)") from None
     params = document["params"]
     missing = [name for name in law.param_names if name not in params]
     if missing:

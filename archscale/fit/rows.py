@@ -22,7 +22,9 @@ def select(frame: pd.DataFrame, expression: str | None, flag: str, source: str |
     nothing, or a ``--holdout`` that would hold nothing out and so score nothing, is a typo far more often
     than an intent, and going on would print a result that silently answers another question.
     """
-    if not expression:
+    if expression is not None and not expression.strip():
+        raise UserError(f"{flag} is empty: give a condition such as \"N>=1e9\", or leave {flag} out")
+    if expression is None:
         return pd.Series(False, index=frame.index) if flag == "--holdout" else pd.Series(True, index=frame.index)
     try:
         mask = frame.eval(expression)
