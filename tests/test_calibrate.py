@@ -261,6 +261,9 @@ def test_calibrate_cli_saves_a_profile_that_bench_and_search_use(cli, tmp_path):
     assert "held-out rows: |error| mean 0.0%" in r.out and "leave one architecture out" in r.out
     assert "t_seq" in r.out and "fitted" in r.out and f"saved profile to {saved}" in r.out
     assert load_profile(saved).name == "mine-h200"
+    unnamed = tmp_path / "my-h200.json"  # without --name, the file's name: not the shipped vllm-h200-bf16's
+    assert cli("bench", "calibrate", "--store", store, "--gpu", "h200", "--out", unnamed).code == 0
+    assert load_profile(unnamed).name == "my-h200"
     r = cli("bench", "surefire-1b", "--backend", "roofline", "--gpu", "h200", "--batch-sizes", "32", "--input-len", "4096",
             "--output-len", "1024", "--profile", saved, "--json")
     assert r.code == 0, r.err

@@ -158,7 +158,9 @@ def calibrate_command(
                                             "--fix eta_kv=0.8 (repeatable)."),
     holdout: Optional[str] = typer.Option(None, "--holdout", help="Rows to keep out of the fit and score on, "
                                           "e.g. \"name.str.startswith('surefire')\"."),
-    name: Optional[str] = typer.Option(None, "--name", help="The profile's name (default ENGINE-DEVICE-DTYPE)."),
+    name: Optional[str] = typer.Option(None, "--name", help="The profile's name (default: the --out file's name "
+                                       "without .json, so that it is not mistaken for a shipped profile; without --out, "
+                                       "ENGINE-DEVICE-DTYPE)."),
     memory_fraction: float = typer.Option(0.9, "--memory-fraction", help="The engine's share of device memory "
                                           "(vLLM's gpu_memory_utilization) when the rows were measured."),
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1, help="The engine's limit on running sequences."),
@@ -181,6 +183,7 @@ def calibrate_command(
         raise UserError(f"--memory-fraction must be in (0, 1], the engine's share of device memory, got {memory_fraction:g}")
     if kv_cache_gib is not None and not (math.isfinite(kv_cache_gib) and kv_cache_gib > 0):
         raise UserError(f"--kv-cache-gib must be a positive number of GiB, got {kv_cache_gib:g}")
+    name = name or (out.stem if out is not None else None)
     _calibrate_mode(store, gpu, gpu_file, check_engine(engine), parse_dtype(dtype), fit_terms, fix, holdout, name, out,
                     EngineSettings(memory_fraction=memory_fraction, max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib),
                     as_json, {"prefill_chunk_tokens": positive_chunk(prefill_chunk), "first_prompt_alone": first_prompt_alone})
