@@ -408,6 +408,22 @@ def apply_measured_throughput(candidates: pd.DataFrame, bench: pd.DataFrame | No
     return _override(candidates, means, "throughput_source")
 
 
+def use_measured_throughput(candidates: pd.DataFrame, bench: pd.DataFrame | None, spec: SearchSpec,
+                            notes: list[str]) -> tuple[pd.DataFrame, tuple[float, int] | None, pd.DataFrame | None]:
+    """The measured throughputs of ``bench`` in place of the estimates, and every other estimate on their scale
+    (:func:`measured_scale`); returns the candidates, the scale, and the bench rows still in use: under a latency
+    limit none, since measurements are at fixed batches and each shape runs at its own (``notes`` says so)."""
+    if spec.limits is not None and bench is not None:
+        notes.append(LIMITED_STORE_NOTE)
+        bench = None
+    estimated = candidates["tokens_per_s"].copy()
+    candidates = apply_measured_throughput(candidates, bench, spec)
+    scale = measured_scale(candidates, estimated)
+    if scale is not None:
+        candidates = scale_estimates(candidates, scale[0])
+    return candidates, scale, bench
+
+
 def measured_scale(candidates: pd.DataFrame, estimated: pd.Series) -> tuple[float, int] | None:
     """(median measured / estimated tokens/s over the measured shapes, how many), or None when none is measured.
 
@@ -813,14 +829,7 @@ def search(
     candidates = pd.concat([candidates, throughput], axis=1)
     if spec.limits is not None:
         candidates = add_fixed_batch(candidates, spec.throughput_model, spec.workload, spec.tp, spec.limits)
-        if bench is not None:
-            notes.append(LIMITED_STORE_NOTE)
-            bench = None
-    estimated = candidates["tokens_per_s"].copy()
-    candidates = apply_measured_throughput(candidates, bench, spec)
-    scale = measured_scale(candidates, estimated)
-    if scale is not None:
-        candidates = scale_estimates(candidates, scale[0])
+    candidates, scale, bench = use_measured_throughput(candidates, bench, spec, notes)
     # GQA variants of one shape share d_model, d_ff and the attention width n_heads + n_kv_heads
     candidates["shape_id"] = candidates.groupby(["n_layers", "d_model", "d_ff",
                                                  candidates["n_heads"] + candidates["n_kv_heads"]]).ngroup()

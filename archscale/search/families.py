@@ -27,9 +27,9 @@ from archscale.fit.coverage import (COORDINATES, describe_coverage, expansion_of
                                     outside_coverage, outside_label)
 from archscale.fit.fitted import FittedLaw
 from archscale.io.errors import UserError
-from archscale.search.constrained import (LIMITED_STORE_NOTE, SearchSpec, apply_measured_losses,
-                                          apply_measured_throughput, enumerate_candidates, limit_columns,
-                                          measured_count_notes, measured_scale, scale_estimates, scale_note)
+from archscale.search.constrained import (SearchSpec, apply_measured_losses, apply_measured_throughput,
+                                          enumerate_candidates, limit_columns, measured_count_notes, scale_estimates,
+                                          scale_note, use_measured_throughput)
 from archscale.search.latency_limited import operating_point_note
 from archscale.serving.price import usd_per_million_tokens
 from archscale.shapes.architecture import Architecture, require_serving_modelled
@@ -206,14 +206,8 @@ def search_families(fitted: FittedLaw, spec: SearchSpec, grid: ExpertGrid, targe
     candidates["predicted_loss"] = predict_family_loss(fitted, candidates, spec)
     candidates = apply_measured_losses(candidates, runs, spec.tokens)
     candidates = pd.concat([candidates, spec.serve(candidates)], axis=1)
-    if spec.limits is not None and bench is not None:
-        notes.append(LIMITED_STORE_NOTE)
-        bench = None
-    estimated = candidates["tokens_per_s"].copy()
-    candidates = apply_measured_throughput(candidates, bench, spec)
-    scale = measured_scale(candidates, estimated)
+    candidates, scale, bench = use_measured_throughput(candidates, bench, spec, notes)
     if scale is not None:
-        candidates = scale_estimates(candidates, scale[0])
         notes.append(scale_note(scale, spec))
     notes += measured_count_notes(candidates)
     target, source, reference = resolve_family_target(fitted, spec, candidates, target_loss, match, slack)
