@@ -301,6 +301,7 @@ def test_a_measured_gap_within_the_repeats_scatter_is_a_tie(cli, tmp_path, monke
     result, document = measured_search(cli, tmp_path, monkeypatch, StandInEngine(dense=400.0, moe=600.0, spread=0.25))
     assert result.code == 0, result.err
     assert document["measured"]["winner"] is None
+    assert document["measured"]["estimate_agrees"] is None  # neither agrees nor disagrees: the measurement cannot tell
     text = " ".join(result.out.split())  # the console wraps long lines
     assert "a tie as measured" in text and "the measurements cannot confirm" in text
 

@@ -187,28 +187,35 @@ class MeasuredFamilies:
         return MOE if ratio > 1 else DENSE
 
     @property
+    def estimated_winner(self) -> str | None:
+        """The family the estimate's verdict named (None: it called a tie, or had no verdict)."""
+        return None if self.estimated_verdict is None else self.estimated_verdict.get("winner")
+
+    @property
     def estimate_agrees(self) -> bool | None:
-        """Whether the estimate's verdict names the measured winner (None: the estimate called a tie)."""
-        said = None if self.estimated_verdict is None else self.estimated_verdict.get("winner")
-        if said is None:
+        """Whether the estimate named the family the measurements favour; None when either calls it a tie."""
+        if self.estimated_winner is None or self.winner is None:
             return None
-        return said == self.winner
+        return self.estimated_winner == self.winner
+
+    def agreement(self) -> str:
+        """The estimate's verdict against the measured one, in words."""
+        said, winner = self.estimated_winner, self.winner
+        if said is None:
+            return "the estimate called it a tie too" if winner is None else "the estimate called it a tie"
+        if winner is None:
+            return "the estimate named a winner the measurements cannot confirm"
+        return "the estimate named the same family" if said == winner else "the estimate named the other family"
 
     def summary(self) -> list[str]:
         ratio, bound, winner = self.moe_over_dense, self.noise_bound, self.winner
         scatter = ("no repeat scatter to judge the gap by (one repeat): a direction" if bound is None else
                    f"gaps up to {100 * (np.exp(bound) - 1):.1f}% are within the repeats' scatter ({NOISE_SIGMAS:g} "
                    "standard deviations)")
-        measured = (f"a tie as measured: MoE/dense {ratio:.2f}x, within the scatter" if bound is not None and winner is None
+        measured = (f"a tie as measured: MoE/dense {ratio:.2f}x, within the scatter" if winner is None
                     else f"{winner} is faster as measured: {max(ratio, 1 / ratio):.2f}x the other family's best")
         estimate = self.estimated_verdict["verdict"] if self.estimated_verdict else "no verdict (one family had no pick)"
-        agreement = {True: "the estimate named the same family", False: "the estimate named the other family",
-                     None: "the estimate called it a tie"}[self.estimate_agrees]
-        if winner is None and self.estimate_agrees is None:
-            agreement = "the estimate called it a tie too"
-        elif winner is None:
-            agreement = "the estimate named a winner the measurements cannot confirm"
-        return [f"{measured}; {scatter}", f"estimate: {estimate}; {agreement}"]
+        return [f"{measured}; {scatter}", f"estimate: {estimate}; {self.agreement()}"]
 
     def to_json(self) -> dict[str, Any]:
         return {"backend": self.backend, "picks": self.table.to_dict("records"), "moe_over_dense": self.moe_over_dense,
