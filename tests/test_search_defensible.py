@@ -270,6 +270,14 @@ def test_measure_with_a_backend_that_only_estimates_is_one_line(cli, tmp_path):
     assert one_line_error(result) and "--measure" in result.err, result.err  # an engine, but not one archscale runs
 
 
+def test_measure_under_a_latency_limit_is_one_line(cli, tmp_path):
+    device = tmp_path / "cpu.json"
+    device.write_text(json.dumps(CPU_DEVICE))
+    result = cli("search", *TINY_SEARCH, "--gpu-file", str(device), "--engine", "torch", "--measure", "2",
+                 "--tpot-ms", "50")
+    assert one_line_error(result) and "each runs at its own operating batch" in result.err, result.err
+
+
 def test_measure_with_vllm_where_it_cannot_run_is_one_line_before_searching(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHSCALE_VLLM_PYTHON", str(tmp_path / "no-python"))
     device = tmp_path / "cpu.json"

@@ -354,3 +354,12 @@ def test_a_trained_moe_shape_takes_its_measured_loss(cli, tmp_path):
                        & (candidates["n_heads"] == moe["n_heads"]) & (candidates["n_experts"] == moe["n_experts"])]
     assert list(again["loss_source"]) == ["measured"] and list(again["predicted_loss"]) == [pytest.approx(1.80)]
     assert (candidates.loc[candidates["family"] == DENSE, "predicted_loss"] != 1.10).all()
+
+
+def test_measure_under_a_latency_limit_is_one_line(cli, tmp_path):
+    """Under a TPOT limit each pick runs at its own batch; --measure measures all at --batch, so it is refused rather
+    than compare the picks at a batch the ranking did not use."""
+    device = tmp_path / "cpu.json"
+    device.write_text(json.dumps(CPU_DEVICE))
+    result = cli(*TINY_FAMILIES, "--gpu-file", device, "--engine", "vllm", "--measure", "1", "--tpot-ms", "50")
+    assert one_line_error(result) and "--measure with a latency limit" in result.err, result.err

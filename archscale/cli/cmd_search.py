@@ -374,6 +374,10 @@ def _measuring(spec: SearchSpec, engine: str, enforce_eager: bool) -> tuple[Any,
     from archscale.bench.sweep import make_backend
     from archscale.search.measure import measure_options
 
+    if spec.limits is not None:
+        raise UserError("--measure with a latency limit (--tpot-ms/--ttft-ms): it measures every pick at one batch "
+                        f"(--batch {spec.workload.batch_size}), while under the limit each runs at its own operating "
+                        "batch; measure without the limit, or bench each pick at the operating_batch --out records")
     options = measure_options(spec, engine, enforce_eager=enforce_eager)
     return options, make_backend(options)
 
