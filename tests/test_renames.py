@@ -57,7 +57,7 @@ def test_bench_calibrate_out_store_is_now_store(cli, work):
 
 
 def test_bench_calibrate_save_is_now_out(cli, work):
-    args = ["bench", "calibrate", "--store", str(PUBLISHED_THROUGHPUT), "--gpu", "h200"]
+    args = ["bench", "calibrate", "--store", str(PUBLISHED_THROUGHPUT), "--gpu", "h200", "--name", "mine"]  # named: else each takes its file name
     old_and_new(cli, [*args, "--save", "old.json"], [*args, "--out", "new.json"], "bench calibrate --save` is now `--out`")
     assert (work / "old.json").read_bytes() == (work / "new.json").read_bytes()
 
