@@ -50,6 +50,7 @@ from archscale.serving.estimate import (
     estimate_rows,
     latency_column,
     row_estimator,
+    term_out_of_bounds,
 )
 from archscale.io.errors import UserError
 
@@ -477,9 +478,9 @@ def calibrate(results: pd.DataFrame, device: GPU, engine: str = "vllm", dtype: s
     if not free:
         raise UserError("nothing to fit: give at least one term with --fit that is not fixed with --fix")
     for name, value in fixed.items():
-        low, high = TERM_BOUNDS[name]
-        if not (math.isfinite(value) and low <= value <= high):
-            raise UserError(f"--fix {name}={value:g}: {name} must be in [{low:g}, {high:g}]; give a value in that range")
+        problem = term_out_of_bounds(name, value)
+        if problem:
+            raise UserError(f"--fix {name}={value:g}: {problem}; give a value in that range")
     base = CostTerms(**fixed)
     mask = np.zeros(len(results), bool) if holdout is None else np.asarray(holdout, bool)
     selected = results.assign(_heldout=mask)

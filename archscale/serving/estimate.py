@@ -82,6 +82,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -157,10 +158,11 @@ class CostTerms:
     t_attn_gflop: float = 0.0
 
     def __post_init__(self) -> None:
-        for name, (low, high) in TERM_BOUNDS.items():
+        for name in TERM_BOUNDS:
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
-                raise UserError(f"cost term {name} must be in [{low:g}, {high:g}], got {value!r}")
+            problem = term_out_of_bounds(name, value)
+            if problem:
+                raise UserError(f"cost term {problem}, got {value!r}")
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -177,6 +179,16 @@ TERM_BOUNDS: dict[str, tuple[float, float]] = {
     "t_expert_gb": (0.0, 10.0),
     "t_attn_gflop": (0.0, 1.0),
 }
+
+
+def term_out_of_bounds(name: str, value: Any) -> str | None:
+    """``"NAME must be in [LOW, HIGH]"`` when ``value`` is not a finite number within the term's bounds, else None."""
+    low, high = TERM_BOUNDS[name]
+    if isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high:
+        return None
+    return f"{name} must be in [{low:g}, {high:g}]"
+
+
 TERM_MEANING: dict[str, str] = {
     "eta_compute": "fraction of peak FLOP/s reached (prefill, and decode where it is compute-bound)",
     "eta_weights": "fraction of peak bandwidth reached reading the weights and logits",
