@@ -244,11 +244,9 @@ def fit_law(
         raise UserError(f"--fix {unknown[0]}: law {law.name} has no parameter {unknown[0]!r} ({', '.join(law.param_names)})")
     for param in law.params:
         value = fixed.get(param.name)
-        low = 0.0 if param.positive else param.min
-        if value is not None and not ((value > low if param.positive else value >= low) and value <= param.max):
-            span = f"{'(' if param.positive else '['}{low:g}, {param.max:g}]"
-            raise UserError(f"--fix {param.name}={value:g}: law {law.name}'s {param.name} lies in {span}; give a value "
-                            "in that range")
+        if value is not None and not param.admits(value):
+            raise UserError(f"--fix {param.name}={value:g}: law {law.name}'s {param.name} lies in {param.span}; give a "
+                            "value in that range")
     problem = _Problem(law, data, loss, objective, fixed)
     _check_fixable(problem)
     n_free = len(problem.free)

@@ -11,6 +11,7 @@ units a reader expects.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -35,6 +36,21 @@ class Param:
     positive: bool = False
     min: float = -np.inf
     max: float = np.inf
+
+    @property
+    def span(self) -> str:
+        """The values the fitter may give it, as an interval: ``(0, 3]`` for a positive one, ``[-1, 1]``."""
+        if self.positive and self.min <= 0:
+            return f"(0, {self.max:g}]"
+        return f"[{max(self.min, 0.0) if self.positive else self.min:g}, {self.max:g}]"
+
+    def admits(self, value: float) -> bool:
+        """Whether ``value`` lies in :attr:`span` (a positive parameter is fitted as its log, so never 0)."""
+        if not math.isfinite(value) or value > self.max:
+            return False
+        if self.positive:
+            return value > 0 and value >= self.min
+        return value >= self.min
 
 
 class Law:
