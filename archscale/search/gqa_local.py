@@ -226,17 +226,17 @@ def write_variant_configs(variants: Sequence[Variant], out: Path, proxy: Proxy) 
             train = TrainConfig.for_model_size(arch.n_params_non_embedding, tokens=proxy.tokens)
             train.seed = seed
             target = folder / f"{folder.name}-s{seed}"  # unique run-directory names across variants
-            if (target / CONFIG_FILE).exists() and resolve_run(target).recipe_hash != recipe_hash(write_hf_config(arch), train):
+            written = (target / CONFIG_FILE).exists()
+            if written and resolve_run(target).recipe_hash != recipe_hash(write_hf_config(arch), train):
                 raise UserError(f"--out {out}: {target} holds a proxy config from an earlier search-gqa with other "
                                 "flags (another proxy size, tokens, depth or pick), whose runs would be read as this "
                                 "walk's; give a new --out (or rerun with the earlier flags to resume it)")
-            planned.append((variant, target, arch, train))
+            planned.append((variant, target, None if written else (arch, train)))
     for variant in variants:
-        variant.config_dirs = []
-    for variant, target, arch, train in planned:
-        if not (target / CONFIG_FILE).exists():
-            write_config_dir(target, arch, train)
-        variant.config_dirs.append(target)
+        variant.config_dirs = [target for owner, target, _ in planned if owner is variant]
+    for _, target, new in planned:
+        if new is not None:
+            write_config_dir(target, *new)
 
 
 def _losses(runs: Path, config_dirs: Sequence[Path]) -> list[float] | None:
