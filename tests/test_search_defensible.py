@@ -270,6 +270,21 @@ def test_measure_with_a_backend_that_only_estimates_is_one_line(cli, tmp_path):
     assert one_line_error(result) and "--measure" in result.err, result.err  # an engine, but not one archscale runs
 
 
+def test_measure_into_a_store_that_cannot_be_written_is_refused_before_measuring(cli, tmp_path, monkeypatch):
+    """--measure appends to --store: an output, checked up front. A store under a file was found only after the
+    picks were measured, and the measurements were lost."""
+    import archscale.search.measure as measure_module
+
+    device = tmp_path / "cpu.json"
+    device.write_text(json.dumps(CPU_DEVICE))
+    (tmp_path / "afile").write_text("mine\n")
+    monkeypatch.setattr(measure_module, "run_sweep", lambda *a, **k: pytest.fail("measured before the store was checked"))
+    result = cli("search", *TINY_SEARCH, "--gpu-file", str(device), "--engine", "torch", "--measure", "2",
+                 "--store", str(tmp_path / "afile" / "m.sqlite"))
+    assert one_line_error(result) and "--store" in result.err and "is a file, not a folder" in result.err, result.err
+    assert (tmp_path / "afile").read_text() == "mine\n"
+
+
 def test_measure_under_a_latency_limit_is_one_line(cli, tmp_path):
     device = tmp_path / "cpu.json"
     device.write_text(json.dumps(CPU_DEVICE))

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from archscale.shapes.architecture import require_even_head_dim
-from archscale.bench.store import load_results
+from archscale.bench.store import STORE, load_results
 from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json, study
 from archscale.cli.options import (COUNT, GPU_PRICE, PERCENTILE, TPOT_MS, TTFT_MS, check_sweep_ranges, gpu_help, parse_granularity,
                                    latency_limits, parse_int_list)
@@ -272,8 +272,10 @@ def search_command(
 
     With a law that predicts dense and MoE runs alike (moe-joint), dense and Mixture-of-Experts shapes at one
     active budget (--n) compete, and the output says which family won and by how much."""
+    measured_into = store if measure is not None else None  # --measure appends to --store: an output then
     check_outputs(("--out", out, "json"), ("--plot", plot, "png"), ("--emit", emit, "configs"),
-                  inputs=(fit, reference, match, gpu_file, runs, store))
+                  ("--store", measured_into, STORE),
+                  inputs=(fit, reference, match, gpu_file, runs, None if measured_into else store))
     n, tokens = parse_count(n_text, "--n"), parse_count(tokens_text, "--tokens")
     if tie is not None and not 0 <= tie < 1:
         raise UserError(f"--tie must be a fraction in [0, 1) of the fastest throughput, e.g. 0.05, got {tie}")
