@@ -537,11 +537,9 @@ def noise_lines(device: GPU) -> list[str]:
         if not (first.exists() and second.exists()):
             continue
         rows = sessions_mean(first, second)
-        settings = engine_settings(rows, STAGGERED)
-        a, b = halves(rows)
-        split_figures = [heldout_split(half, rows, held, device, settings, free, fixed, f"{name} averaged").figures()
-                         for half, held in (("A", b), ("B", a))]
-        every_row = fit_then_predict("all", rows, rows, device, settings, free, fixed, f"{name} averaged").figures()
+        split_figures = [split.figures() for split in validate(rows, device, free, fixed, STAGGERED)]
+        every_row = fit_then_predict("all", rows, rows, device, engine_settings(rows, STAGGERED), free, fixed,
+                                     f"{name} averaged").figures()
         lines.append(f"  {name} set, two sessions averaged, '{label}': held-out TPOT p50 "
                      + " / ".join(f"{100 * f['tpot_ms_p50']:.1f}%" for f in split_figures)
                      + f" (halves A / B); fitted on every row, TPOT p50 {100 * every_row['tpot_ms_p50']:.1f}%")
