@@ -539,7 +539,7 @@ def write_damaged_runs(path: Path, damage: str) -> None:
                      "NUL bytes": header + first + second + "\0" * 16}[damage])
 
 
-DAMAGED = {"cut mid-row": "row 2 (line 3) has 4 of the header's 22 cells: it was cut short",
+DAMAGED = {"cut mid-row": "row 2 (line 3) has 4 of the header's 23 cells: it was cut short",
            "conflict markers": "line 2 is a git conflict marker ('<<<<<<< HEAD')",
            "NUL bytes": "row 3 (line 4) holds NUL bytes"}
 RUNS_READERS = {  # every verb that reads or appends to a runs table, the damaged one in damaged.csv

@@ -101,6 +101,20 @@ def test_appends_keep_earlier_rows_as_written(tmp_path):
     append_run(path, {"N": 3e6, "D": 1e8, "loss": 2.8, "recipe_hash": "abc"})
     assert list(pd.read_csv(path, dtype=str)["recipe_hash"]) == ["859e83011462", "00000000e001", "abc"]
     assert load_runs(path)["N"].tolist() == [1e6, 2e6, 3e6]
+    assert load_runs(path)["recipe_hash"].tolist() == ["859e83011462", "00000000e001", "abc"]  # read as text too
+
+
+def test_a_hash_of_digits_is_read_as_text_in_every_format(tmp_path):
+    """A digest that looks like a number (all digits, or digits around one 'e') would be read as one, and then match
+    no run: search-gqa would find its finished proxies missing, and refuse."""
+    hashes = ["012345678901", "12e456789012", "0a1b2c3d4e5f"]
+    frame = pd.DataFrame({"N": [1e6] * 3, "D": [1e8] * 3, "loss": [3.0, 2.9, 2.8], "recipe_hash": hashes,
+                          "data_hash": hashes[::-1]})
+    frame.to_csv(tmp_path / "runs.csv", index=False)
+    frame.to_json(tmp_path / "runs.jsonl", orient="records", lines=True)
+    for name in ("runs.csv", "runs.jsonl"):
+        table = load_runs(tmp_path / name)
+        assert table["recipe_hash"].tolist() == hashes and table["data_hash"].tolist() == hashes[::-1], name
 
 
 def test_a_table_under_the_old_config_hash_header_keeps_it(tmp_path):
@@ -112,14 +126,14 @@ def test_a_table_under_the_old_config_hash_header_keeps_it(tmp_path):
     lines = (DATA.parent / "experiments" / "results" / "cpu_mini_study" / "runs.csv").read_text().splitlines()
     path.write_text("\n".join(lines[:3]) + "\n")
     old_hashes = set(pd.read_csv(path, dtype=str)["config_hash"])
-    assert recorded_hashes(path) == old_hashes and len(old_hashes) == 2
+    assert recorded_hashes(path) == {(h, None) for h in old_hashes} and len(old_hashes) == 2
     row = pd.read_csv(path).iloc[0].to_dict()
     del row["config_hash"]
     append_run(path, {**row, "recipe_hash": "0123456789ab", "run_dir": "/r"})  # the row train writes now
     assert path.read_text().splitlines()[:3] == lines[:3]  # header and rows unchanged
     table = pd.read_csv(path, dtype=str)
     assert "recipe_hash" not in table.columns and table["config_hash"].iloc[-1] == "0123456789ab"
-    assert recorded_hashes(path) == old_hashes | {"0123456789ab"}
+    assert recorded_hashes(path) == {(h, None) for h in old_hashes | {"0123456789ab"}}
 
 
 def _damaged(path, damage: str) -> bytes:

@@ -309,6 +309,36 @@ def test_sweep_trains_each_config_once_and_resumes(tmp_path, corpus_data, cli):
     assert len(table) == 3 and table["recipe_hash"].is_unique and (table["D"] == 8192).all()
 
 
+def test_a_recipe_trained_on_other_data_is_another_run(tmp_path, corpus_data, cli):
+    """The same recipe on another corpus is a new point for the fit: the sweep trains it rather than skipping it as
+    'in runs table', each row names its data, and neither a sweep nor a resume takes the first data's run dir for it."""
+    corpus = tmp_path / "texts"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(400)))
+    other = tmp_path / "other-data"
+    assert cli("data", "prepare", "--corpus", corpus, "--out", other).code == 0
+    configs = tmp_path / "configs"
+    write_config_dir(configs / "a", TINY, TINY_TRAIN)
+    runs = tmp_path / "runs.csv"
+    flags = ("--runs", runs, "--tokens", "4096", "--device", "cpu", "--no-progress")
+
+    first = cli("sweep", configs, "--data", corpus_data, *flags)
+    assert first.code == 0 and "a: trained" in first.out, first.err
+    same_run_dir = cli("sweep", configs, "--data", other, *flags)  # configs/a/run holds the first data's run
+    assert one_line_error(same_run_dir) and "on other data" in same_run_dir.err and "--out" in same_run_dir.err
+    second = cli("sweep", configs, "--data", other, *flags, "--out", tmp_path / "other-runs")
+    assert second.code == 0 and "a: trained" in second.out, second.err
+    again = cli("sweep", configs, "--data", other, *flags, "--out", tmp_path / "other-runs")
+    assert again.code == 0 and "a: skipped" in again.out, again.err
+    table = load_runs(runs)
+    assert len(table) == 2 and table["recipe_hash"].nunique() == 1 and table["data_hash"].nunique() == 2
+    assert table["loss"].nunique() == 2
+
+    resumed = cli("train", configs / "a", "--data", other, "--out", configs / "a" / "run", "--tokens", "4096",
+                  "--device", "cpu", "--no-progress", "--resume")
+    assert one_line_error(resumed) and "trained on other data" in resumed.err
+
+
 def test_sweep_of_a_directory_without_configs(tmp_path, cli):
     (tmp_path / "empty").mkdir()
     result = cli("sweep", tmp_path / "empty", "--runs", tmp_path / "runs.csv")

@@ -86,6 +86,11 @@ class RunRow(BaseModel):
         return value
 
 
+HASH_COLUMNS = ("recipe_hash", "config_hash", "data_hash")
+"""Columns of hex digests, read as text: a digest of digits alone (``012345678901``) or digits around one ``e``
+(``12e456789012``) would otherwise be read as a number, and no longer match the run it names."""
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read CSV, Parquet or JSON Lines by extension, with a clear error for anything else (or a damaged CSV)."""
     path = Path(path)
@@ -99,11 +104,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
             check_intact(path)
             named = [name for name in csv_header(path) or [] if name.strip()]
             _refuse_duplicated_columns(pd.DataFrame(columns=named), path)  # pandas would rename the second to X.1
-            return pd.read_csv(path)
+            return pd.read_csv(path, dtype={name: str for name in HASH_COLUMNS})
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
         if suffix in (".jsonl", ".ndjson"):
-            return pd.read_json(path, lines=True)
+            return pd.read_json(path, lines=True, dtype={name: str for name in HASH_COLUMNS})
     except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise UserError(f"{path}: cannot be read as {suffix[1:]}: {str(exc).splitlines()[0]}") from None
     raise UserError(f"{path}: unknown format {suffix or '(no extension)'}; use .csv, .parquet or .jsonl")
@@ -310,7 +315,7 @@ def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str, so
 
 
 TRAINED_RUN_COLUMNS = (*REQUIRED, *SHAPE, "train_loss", "val_loss", "tokens_per_s", "mfu", "warmup_steps", "warmup_s",
-                       "compiled", "recipe_hash", "run_dir",
+                       "compiled", "recipe_hash", "data_hash", "run_dir",
                        "name", "steps", "seed")
 """The columns of the row ``train`` appends (``archscale.train.loop`` builds it): the canonical runs-table schema."""
 

@@ -36,6 +36,7 @@ from archscale.shapes.architecture import Architecture
 from archscale.shapes.candidates import generate_candidates
 from archscale.shapes.hf_config import write_hf_config
 from archscale.train.config import CONFIG_FILE, TrainConfig, recipe_hash, write_config_dir
+from archscale.train.data import data_fingerprint, default_data_dir, read_meta
 from archscale.train.loop import resolve_run
 from archscale.train.sweep import sweep
 
@@ -239,14 +240,17 @@ def write_variant_configs(variants: Sequence[Variant], out: Path, proxy: Proxy) 
             write_config_dir(target, *new)
 
 
-def _losses(runs: Path, config_dirs: Sequence[Path]) -> list[float] | None:
-    """The runs table's loss of each config, or None when any is missing (not trained yet)."""
+def _losses(runs: Path, config_dirs: Sequence[Path], data_hash: str) -> list[float] | None:
+    """The runs table's loss of each config trained on this data, or None when any is missing (not trained yet).
+    A row that names no data (written before rows did) counts as this data's."""
     if not runs.exists():
         return None
     frame = load_runs(runs)
     column = "recipe_hash" if "recipe_hash" in frame.columns else "config_hash"
     if column not in frame.columns:
         return None
+    if "data_hash" in frame.columns:
+        frame = frame[frame["data_hash"].isna() | (frame["data_hash"].astype(str) == data_hash)]
     by_hash = frame.groupby(frame[column].astype(str))["loss"].last()
     hashes = [resolve_run(d).recipe_hash for d in config_dirs]
     if not all(h in by_hash.index for h in hashes):
@@ -257,11 +261,12 @@ def _losses(runs: Path, config_dirs: Sequence[Path]) -> list[float] | None:
 def train_variant(variant: Variant, runs: Path, out: Path, data: Path | None, dispatch: DispatchOptions | None,
                   echo: Callable[[str], None]) -> None:
     """Train the variant's seeds not yet in the runs table (a rerun skips them), then read their losses."""
-    losses = _losses(runs, variant.config_dirs)
+    data_hash = data_fingerprint(read_meta(data if data is not None else default_data_dir()))
+    losses = _losses(runs, variant.config_dirs, data_hash)
     if losses is None:
         sweep(variant.config_dirs[0].parent, data, runs, out_root=out / "runs", echo=echo, progress=False,
               dispatch=dispatch)
-        losses = _losses(runs, variant.config_dirs)
+        losses = _losses(runs, variant.config_dirs, data_hash)
     else:
         echo(f"GQA {variant.gqa}: already in {runs}, not retrained")
     if losses is None:

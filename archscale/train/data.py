@@ -276,6 +276,21 @@ def _tokenize_into(files: list[Path], tmp: Path, tok: Tokenizer, val_fraction: f
     return meta
 
 
+DATA_IDENTITY = ("format", "tokenizer", "vocab_size", "dtype", "n_tokens", "n_train", "n_val", "val_fraction", "n_files")
+"""The meta fields that say what a model trains on. ``source`` (the corpus as the user typed it) is left out, so
+the same corpus prepared again, from another working folder, is the same data."""
+
+
+def data_fingerprint(meta: dict) -> str:
+    """First 12 hex digits of a hash of what a data directory holds (:data:`DATA_IDENTITY`).
+
+    A run's row carries it beside its recipe hash: the same recipe trained on another corpus is another run, and a
+    sweep or a resume must not take one for the other.
+    """
+    identity = {key: meta.get(key) for key in DATA_IDENTITY}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def read_meta(data_dir: str | Path) -> dict:
     """Read and check a data directory's ``meta.json``."""
     path = Path(data_dir) / META_FILE

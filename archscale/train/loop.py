@@ -61,7 +61,7 @@ from archscale.train.config import (
     CONFIG_FILE, TRAIN_FILE, TrainConfig, canonical_model_json, load_model_config, load_train_config, recipe_hash,
     with_router_aux_loss_coef,
 )
-from archscale.train.data import TokenDataset, default_data_dir, read_meta
+from archscale.train.data import TokenDataset, data_fingerprint, default_data_dir, read_meta
 from archscale.train.preflight import check_training_memory
 from archscale.shapes.hf_config import write_hf_config
 
@@ -225,6 +225,7 @@ class Trainer:
         self.spec, self.cfg, self.out_dir, self.device, self.info = spec, spec.train_config, out_dir, device, info
         self.progress = progress and info.is_main
         self.train_data = TokenDataset(data_dir, "train", self.cfg.seq_len)
+        self.data_dir, self.data_hash = data_dir, data_fingerprint(read_meta(data_dir))
         self.val_data = TokenDataset(data_dir, "val", self.cfg.seq_len)
         per_rank = self.cfg.batch_size // info.world
         if self.cfg.batch_size % (info.world * self.cfg.micro_batch_size):
@@ -303,7 +304,8 @@ class Trainer:
         """Everything a resume needs (a collective under FSDP: every rank calls it)."""
         model_state, optimizer_state = capture_state(self.model, self.optimizer)
         return {"model": model_state, "optimizer": optimizer_state, "step": self.step,
-                "rng": rng_state(), "recipe_hash": self.spec.recipe_hash, "hf_config": self.spec.hf_config,
+                "rng": rng_state(), "recipe_hash": self.spec.recipe_hash, "data_hash": self.data_hash,
+                "hf_config": self.spec.hf_config,
                 "train_config": self.cfg.to_dict(), "last_train_loss": self.last_train_loss,
                 "step_seconds": self.timed_steps,  # so a resume that has no steps left still reports tokens/s
                 **({"last_balance_loss": self.last_balance_loss} if self.balance_coef is not None else {})}
@@ -313,6 +315,11 @@ class Trainer:
         if written_for != self.spec.recipe_hash:
             raise UserError(f"{checkpoint_path(self.out_dir)}: was written for recipe {written_for}, "
                             f"these settings hash to {self.spec.recipe_hash}; resume with the same config and flags")
+        trained_on = state.get("data_hash")  # absent in checkpoints written before runs named their data
+        if trained_on is not None and trained_on != self.data_hash:
+            raise UserError(f"--data {self.data_dir}: {checkpoint_path(self.out_dir)} was trained on other data "
+                            f"(data hash {trained_on}, this data {self.data_hash}); resume with the --data it started "
+                            "with, or train on this data in a new --out")
         restore_state(self.model, self.optimizer, state["model"], state["optimizer"])
         self.step = int(state["step"])
         self.last_train_loss = float(state.get("last_train_loss", float("nan")))
@@ -573,7 +580,7 @@ def train(config: str | Path | Architecture, data_dir: str | Path | None = None,
     _check_out_dir(out, resume)
     if runs is not None:
         check_appendable(runs)  # a row that cannot be appended is refused now, not after training
-    if resume and (out / RESULT_FILE).exists() and _same_run(out, spec):
+    if resume and (out / RESULT_FILE).exists() and _same_run(out, spec, data_fingerprint(meta)):
         with keep_hint(f"the run is complete in {out}: fix the cause and rerun with --resume to record its row"):
             return _finished(out, spec, runs)
     info = init_distributed("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -662,11 +669,14 @@ def _check_out_dir(out: Path, resume: bool) -> None:
         raise UserError(f"--out {out}: already holds a run; pass --resume to continue it or choose another --out")
 
 
-def _same_run(out: Path, spec: RunSpec) -> bool:
+def _same_run(out: Path, spec: RunSpec, data_hash: str) -> bool:
+    """Whether ``out`` holds this recipe's finished run on this data (a result written before rows named their
+    data counts as this data's)."""
     try:
-        return current_names(json.loads((out / RESULT_FILE).read_text())).get("recipe_hash") == spec.recipe_hash
+        row = current_names(json.loads((out / RESULT_FILE).read_text()))
     except (OSError, json.JSONDecodeError):
         return False
+    return row.get("recipe_hash") == spec.recipe_hash and row.get("data_hash") in (None, data_hash)
 
 
 def _prepare_out_dir(out: Path, spec: RunSpec, step: int) -> None:
@@ -700,8 +710,8 @@ def _result(trainer: Trainer, out: Path, train_loss: float, val_loss: float) -> 
         row.update({column: moe[column] for column in MOE_RUN_COLUMNS})
     row.update({"train_loss": _num(train_loss), "val_loss": val_loss, "tokens_per_s": _num(tps), "mfu": trainer.mfu(tps),
                 "warmup_steps": trainer.warmup_steps, "warmup_s": trainer.warmup_s, "compiled": trainer.compiled,
-                "recipe_hash": spec.recipe_hash, "run_dir": str(out.resolve()), "name": spec.name,
-                "steps": trainer.cfg.total_steps, "seed": trainer.cfg.seed})
+                "recipe_hash": spec.recipe_hash, "data_hash": trainer.data_hash, "run_dir": str(out.resolve()),
+                "name": spec.name, "steps": trainer.cfg.total_steps, "seed": trainer.cfg.seed})
     return TrainResult(out, trainer.cfg.total_steps, tokens, train_loss, val_loss, tps, row["mfu"], spec.recipe_hash, row,
                        trainer.warmup_steps, trainer.warmup_s, trainer.compiled)
 

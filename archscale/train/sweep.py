@@ -65,8 +65,11 @@ def config_dirs(configs_dir: str | Path) -> list[Path]:
     return found
 
 
-def recorded_hashes(runs: Path) -> set[str]:
-    """Recipe hashes that already have a row in the runs table (under `recipe_hash`, or `config_hash` in older tables)."""
+def recorded_hashes(runs: Path) -> set[tuple[str, str | None]]:
+    """(recipe hash, data hash) of each row of the runs table: the runs it already holds.
+
+    The recipe hash is read under ``recipe_hash`` or, in older tables, ``config_hash``; the data hash is None for a
+    row written before rows named their data (:func:`has_row_for`)."""
     if not runs.exists():
         return set()
     if runs.is_dir():
@@ -81,7 +84,16 @@ def recorded_hashes(runs: Path) -> set[str]:
         raise UserError(f"--runs {runs}: cannot be read as CSV: {str(exc).splitlines()[0]}") from None
     from archscale.fit.runs import recipe_hashes
 
-    return set(recipe_hashes(frame).dropna())
+    recipes = recipe_hashes(frame)
+    data = frame["data_hash"] if "data_hash" in frame.columns else pd.Series([None] * len(frame), index=frame.index)
+    return {(recipe, None if pd.isna(trained_on) else trained_on) for recipe, trained_on in zip(recipes, data)
+            if not pd.isna(recipe)}
+
+
+def has_row_for(done: set[tuple[str, str | None]], recipe: str, data: str) -> bool:
+    """Whether the runs table holds this recipe trained on this data. A row that names no data (written before rows
+    did) counts as this data's, as it always has: such a table cannot tell."""
+    return (recipe, data) in done or (recipe, None) in done
 
 
 def default_jobs_dir(runs: str | Path) -> Path:
@@ -182,7 +194,7 @@ def sweep_tasks(configs_dir: str | Path, data_dir: str | Path | None, runs: str 
     Nothing is written here: a bad config, data directory, runs table or flag
     stops the sweep before any job is submitted.
     """
-    from archscale.train.data import default_data_dir, read_meta
+    from archscale.train.data import data_fingerprint, default_data_dir, read_meta
 
     if device not in DEVICES:
         raise UserError(f"--device must be {', '.join(DEVICES)}, got {device!r}")
@@ -194,7 +206,8 @@ def sweep_tasks(configs_dir: str | Path, data_dir: str | Path | None, runs: str 
     check_appendable(runs)
     check_recipes_fit(specs, device)
     data = (Path(data_dir) if data_dir is not None else default_data_dir()).resolve()
-    vocab = int(read_meta(data)["vocab_size"])
+    meta = read_meta(data)
+    vocab, data_hash = int(meta["vocab_size"]), data_fingerprint(meta)
     done = recorded_hashes(runs)
     tasks, where = [], {}
     for config_dir, spec in zip(dirs, specs):
@@ -208,7 +221,8 @@ def sweep_tasks(configs_dir: str | Path, data_dir: str | Path | None, runs: str 
         run_dir = (Path(out_root) / config_dir.name if out_root is not None else config_dir / "run").resolve()
         if run_dir.exists() and not run_dir.is_dir():
             raise UserError(f"{run_dir}: exists and is not a directory (the run directory of {config_dir.name})")
-        finished = ("in runs table" if spec.recipe_hash in done
+        _refuse_other_data(run_dir, config_dir, data, data_hash)
+        finished = ("in runs table" if has_row_for(done, spec.recipe_hash, data_hash)
                     else "finished" if (run_dir / RESULT_FILE).exists() else None)
         key = f"{config_dir.name}-{spec.recipe_hash}"
         kwargs = dict(config_dir=str(config_dir.resolve()), data_dir=str(data), run_dir=str(run_dir), runs=str(runs),
@@ -216,6 +230,17 @@ def sweep_tasks(configs_dir: str | Path, data_dir: str | Path | None, runs: str 
         tasks.append(Task(key, config_dir.name, train_config, kwargs, finished=finished, lost_recovery=LOST_RECOVERY))
         where[key] = (run_dir, spec)
     return tasks, where
+
+
+def _refuse_other_data(run_dir: Path, config_dir: Path, data: Path, data_hash: str) -> None:
+    """A run directory whose finished run was trained on other data is not this sweep's to resume or report."""
+    try:
+        trained_on = json.loads((run_dir / RESULT_FILE).read_text()).get("data_hash")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return  # no finished run there (or one the resume will judge)
+    if trained_on not in (None, data_hash):
+        raise UserError(f"{run_dir}: holds {config_dir.name}'s run on other data (data hash {trained_on}; --data {data} "
+                        f"is {data_hash}); give --out-root a new folder for this data's runs")
 
 
 def sweep(configs_dir: str | Path, data_dir: str | Path | None, runs: str | Path, *, tokens: int | None = None,
