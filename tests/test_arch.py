@@ -165,6 +165,16 @@ def test_cli_arch_with_gpu_adds_a_throughput_estimate_naming_its_source(cli):
     assert json.loads(result.out)[0]["throughput"]["profile"] == "vllm-h200-bf16"
 
 
+def test_a_batch_above_the_engines_max_num_seqs_fits_and_runs_in_waves(cli):
+    """vLLM runs at most max_num_seqs (256) requests at once; a larger batch that memory holds is served in waves,
+    not refused as out of memory (search refused every shape at --batch 257 for this reason)."""
+    estimate = json.loads(cli("arch", "llama-3.2-1b", "--gpu", "h200", "--batch", "600", "--input-len", "512",
+                              "--output-len", "128", "--json").out)[0]["throughput"]
+    assert estimate["fits"] is True and estimate["concurrency"] == 256
+    table = cli("arch", "llama-3.2-1b", "--gpu", "h200", "--batch", "600", "--input-len", "512", "--output-len", "128")
+    assert "waves of 256, the engine's max_num_seqs" in " ".join(table.out.split())
+
+
 def test_cli_arch_help_has_an_example(cli):
     result = cli("arch", "--help")
     assert result.code == 0
@@ -175,6 +185,8 @@ def test_cli_arch_help_has_an_example(cli):
     (("arch", "no-such-model"), "unknown architecture 'no-such-model'"),
     (("arch", "llama-3.2-1b", "--gpu", "tpu-v9"), "unknown GPU 'tpu-v9'"),
     (("arch", "missing/config.json"), "no such file"),
+    (("arch", "llama-3.2-1b", "--batch", "6000"), "--batch needs --gpu"),  # was silently ignored
+    (("arch", "llama-3.2-1b", "--profile", "none"), "--profile needs --gpu"),
 ])
 def test_cli_arch_bad_input_is_one_line(cli, args, message):
     result = cli(*args)

@@ -119,6 +119,11 @@ def test_cli_search_emits_trainable_configs_and_plot(cli, tmp_path):
         (["--target-loss", "2.8"], "needs absolute losses"),
         (["--reference", DATA / "fits" / "dissertation_3b_from_1b_mult.json"], "must be a chinchilla fit"),
         (["--gqa", "four"], "--gqa 'four'"),
+        (["--gqa", "4096"], "--gqa 4096: no such group fits N=1e+09"),  # no shape has that many query heads per KV head
+        (["--match", "llama-3.2-1b", "--gpu", "h200", "--batch", "100000"],  # memory, not the loss target, is why
+         "--batch 100000: no candidate holds the whole batch"),
+        (["--match", "llama-3.2-1b", "--gpu", "h200", "--batch", "100000", "--tpot-ms", "40", "--input-len", "50000000"],
+         "even serving one request"),
         (["--r-min", "5", "--r-max", "1"], "--r-min"),
         (["--tokens", "-5"], "--tokens '-5'"),
     ],
@@ -175,3 +180,14 @@ def test_cli_search_emit_writes_only_configs_transformers_loads(cli, tmp_path):
     assert any(c["hidden_size"] % c["num_attention_heads"] for c in unstrict)  # what --emit used to write
     plain = json.loads(cli(*base).out)  # without --emit nothing is written, and every shape is searched
     assert plain["n_candidates"] == total
+
+
+def test_a_batch_above_max_num_seqs_is_searched_not_refused(cli, tmp_path):
+    """--batch 300 exceeds vLLM's max_num_seqs (256): shapes whose KV cache holds the batch are served in two
+    waves and ranked. Every shape was refused as not fitting in memory before."""
+    out = tmp_path / "s.json"
+    result = cli("search", "--fit", FIT_1B, "--n", "1e9", "--tokens", "1e11", "--layers", "16", "--gpu", "h200",
+                 "--batch", "300", "--input-len", "1024", "--output-len", "256", "--out", out)
+    assert result.code == 0, result.err
+    pick = json.loads(out.read_text())["top_k"][0]
+    assert pick["concurrency"] == 256 and pick["output_tokens_per_s"] > 0  # two waves: 256, then 44

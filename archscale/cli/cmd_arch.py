@@ -14,7 +14,7 @@ from archscale.shapes.candidates import generate_candidates
 from archscale.shapes.moe_candidates import (DENSE_FF_PER_D_MODEL, EXPERTS_DEFAULT, GRANULARITY_DEFAULT, TOP_K_DEFAULT,
                                              generate_moe_candidates)
 from archscale.cli import Command, app, console, examples, print_json
-from archscale.cli.options import COUNT, check_sweep_ranges, gpu_help, parse_granularity, parse_int_list
+from archscale.cli.options import COUNT, check_sweep_ranges, given_on_command_line, gpu_help, parse_granularity, parse_int_list
 from archscale.io.units import parse_count
 from archscale.serving.devices import load_gpu
 from archscale.serving.profiles import resolve_profile
@@ -125,7 +125,9 @@ def _architecture_table(summary: dict) -> Table:
              f"{estimate['output_tokens_per_s']:,.0f} output tok/s, {estimate['total_tokens_per_s']:,.0f} total tok/s"),
             ("  memory for the whole batch / used / concurrency",
              f"{estimate['memory_gb']:.1f} GB / {estimate['memory_used_gb']:.1f} GB / {estimate['concurrency']}"
-             + ("" if estimate["fits"] else " (KV cache full: the batch runs in waves)")),
+             + (f" (the KV cache cannot hold the whole batch: it runs in waves of {estimate['concurrency']})"
+                if not estimate["fits"] else f" (waves of {estimate['concurrency']}, the engine's max_num_seqs)"
+                if estimate["concurrency"] < estimate["batch_size"] else "")),
             ("  prefill / decode / decode bound",
              f"{estimate['prefill_s']:.2f} s / {estimate['decode_s']:.2f} s / {estimate['bound']}"),
         ]
@@ -140,6 +142,7 @@ def _architecture_table(summary: dict) -> Table:
     "archscale arch llama-3.2-1b --json",
 ) + "\n\nPresets: " + ", ".join(PRESETS) + ". A config.json path, or a folder holding one, works too.")
 def arch_command(
+    ctx: typer.Context,
     specs: list[str] = typer.Argument(..., help="Preset names (case-insensitive), config.json files or directories holding one."),
     context: int = typer.Option(4096, "--context", min=0, help="KV length T for FLOPs/token (Appendix C.2: 2N + 2 L T d_q)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of dicts instead of tables."),
@@ -154,8 +157,10 @@ def arch_command(
                                           "for the uncalibrated roofline). Default: the one matching --engine and --gpu."),
 ) -> None:
     """Show parameter counts, r, GQA, d/sqrt(N), FLOPs/token and KV bytes/token of architectures."""
-    if profile is not None and not gpu:
-        raise UserError("--profile needs --gpu: a profile estimates throughput on a device")
+    estimate_only = given_on_command_line(ctx, "profile", "batch", "input_len", "output_len", "engine")  # --tp alone checks the heads split
+    if estimate_only and not gpu:
+        raise UserError(f"{estimate_only[0]} needs --gpu: it sets the serving estimate, which runs on a device "
+                        "(add --gpu h200, or leave it out)")
     device = load_gpu(gpu, gpu_file) if gpu else None
     chosen = resolve_profile(profile, device, engine) if device else None
     workload = Workload(batch, input_len, output_len) if device else None

@@ -90,6 +90,13 @@ def check_sweep_ranges(tolerance: float | None, r_min: float, r_max: float, x_mi
             raise UserError(f"{low_flag} {low:g} and {high_flag} {high:g}: need 0 < {low_flag} <= {high_flag}")
 
 
+def given_on_command_line(ctx: typer.Context, *names: str) -> list[str]:
+    """The flags among ``names`` (parameter names) the user typed, as ``--flag``: a default looks the same as a
+    value given, and a flag whose only use is missing its partner must be refused, not silently ignored."""
+    return [f"--{name.replace('_', '-')}" for name in names
+            if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+
+
 def gpu_help(what: str) -> str:
     """``--help`` text of a ``--gpu`` flag, listing the devices archscale knows (a --gpu-file adds more)."""
     from archscale.serving.devices import GPUS

@@ -760,14 +760,29 @@ def tie_note(picks: pd.DataFrame, tie: tuple[float, str] | None) -> str:
     return f"{rule}; the fastest is ahead of the rest by more than that"
 
 
+def refuse_if_none_fits(candidates: pd.DataFrame, spec: SearchSpec) -> None:
+    """When no shape fits in device memory at all, that is the reason nothing can be ranked: say so, naming the
+    flags that set it, rather than a loss target that some shapes meet."""
+    if candidates["fits"].any():
+        return
+    device = f"{spec.gpu.name} x{spec.tp}" if spec.tp > 1 else spec.gpu.name
+    room = f"{spec.gpu.memory_gb * spec.tp:,.0f} GiB"  # the datasheet's figure, which is GiB (GPU's docstring)
+    least = f"{candidates['memory_gb'].min() * 1e9 / 2**30:,.0f} GiB"
+    if spec.limits is not None:
+        raise UserError(f"no candidate fits in {device} memory ({room}) even serving one request of "
+                        f"{spec.workload.input_len}+{spec.workload.output_len} tokens (the least any needs: {least}); "
+                        "give a device with more memory (--gpu), raise --tp, or shorten --input-len/--output-len")
+    raise UserError(f"--batch {spec.workload.batch_size}: no candidate holds the whole batch of "
+                    f"{spec.workload.input_len}+{spec.workload.output_len}-token requests in {device} memory ({room}; "
+                    f"the least any needs: {least}); lower --batch, raise --tp, or shorten --input-len/--output-len")
+
+
 def nearest_misses(candidates: pd.DataFrame, target: Target, count: int = 3) -> str:
     """A one-line description of the candidates that come closest to the target."""
-    fitting = candidates[candidates["fits"]] if candidates["fits"].any() else candidates
-    closest = fitting.nsmallest(count, "predicted_loss")
+    closest = candidates[candidates["fits"]].nsmallest(count, "predicted_loss")
     parts = [f"d_model {int(r.d_model)}, r {r.r:.2f}, GQA {int(r.gqa)}: loss {r.predicted_loss:.4f} "
-             f"(+{r.predicted_loss - target.loss:.4f})" for r in closest.itertuples()]
-    memory = "" if candidates["fits"].any() else "; no candidate fits in GPU memory at this batch size"
-    return "; ".join(parts) + memory
+             f"({r.predicted_loss - target.loss:+.4f})" for r in closest.itertuples()]
+    return "; ".join(parts)
 
 
 def enumerate_candidates(spec: SearchSpec, tolerance: float) -> tuple[pd.DataFrame, list[str]]:
@@ -843,6 +858,7 @@ def search(
         target.reference.update({k: measured[k] for k in ("tokens_per_s", "output_tokens_per_s", "throughput_source")})
         if scale is not None and target.reference["throughput_source"] == "estimate":
             target.reference.update(scale_estimates(pd.DataFrame([target.reference]), scale[0]).iloc[0].to_dict())
+    refuse_if_none_fits(candidates, spec)
     candidates["feasible_loss"] = loss_feasible(candidates, fitted, spec, target, confidence, target_loss, match, slack)
     candidates["feasible"] = candidates["feasible_loss"] & candidates["fits"]
     if spec.limits is not None:

@@ -28,8 +28,8 @@ from archscale.fit.coverage import (COORDINATES, describe_coverage, expansion_of
 from archscale.fit.fitted import FittedLaw
 from archscale.io.errors import UserError
 from archscale.search.constrained import (SearchSpec, apply_measured_losses, apply_measured_throughput,
-                                          enumerate_candidates, limit_columns, measured_count_notes, scale_estimates,
-                                          scale_note, use_measured_throughput)
+                                          enumerate_candidates, limit_columns, measured_count_notes,
+                                          refuse_if_none_fits, scale_estimates, scale_note, use_measured_throughput)
 from archscale.search.latency_limited import operating_point_note
 from archscale.serving.price import usd_per_million_tokens
 from archscale.shapes.architecture import Architecture, require_serving_modelled
@@ -220,6 +220,7 @@ def search_families(fitted: FittedLaw, spec: SearchSpec, grid: ExpertGrid, targe
         candidates["feasible"] &= candidates["meets_limits"]
     candidates, coverage = mark_family_coverage(candidates, fitted)
     candidates["ranked"] = candidates["feasible"] & ((candidates["outside"] == 0) | spec.extrapolate)
+    refuse_if_none_fits(candidates, spec)
     if not candidates["feasible"].any():
         raise UserError(f"no dense or MoE candidate meets the target loss {target:.4f} ({source}) and fits in "
                         f"{spec.gpu.name} memory; the lowest predicted loss is {candidates['predicted_loss'].min():.4f}: "

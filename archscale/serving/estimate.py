@@ -572,7 +572,8 @@ def _memory(cost, gpu: GPU, runs: _RowWorkload, engine: EngineSettings) -> dict[
     return {
         "needed": needed * cost["tp"],
         "used": np.where(concurrency > 0, fixed + concurrency * kv_per_sequence, fixed) * cost["tp"],
-        "fits": concurrency >= runs.batch,
+        # the KV cache holds the whole batch at once; a batch above max_num_seqs still fits, and runs in waves of it
+        "fits": max_sequences >= runs.batch,
         "concurrency": concurrency,
     }
 

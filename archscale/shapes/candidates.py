@@ -338,6 +338,10 @@ def _head_layouts(n_target, n_layers, d_head, d_min, tolerance, r_min, gqa_value
         if allowed.size == 0 or (allowed <= 0).any():
             raise UserError(f"GQA values must be positive integers, got {list(gqa_values)!r}")
         keep = np.isin(g, allowed)
+        if not keep.any() and g.size:
+            raise UserError(f"--gqa {','.join(map(str, allowed))}: no such group fits N={n_target:.4g} with {n_layers} "
+                            f"layers and d_head {d_head}: above {int(g.max())} query heads per KV head, attention alone "
+                            "exceeds the budget; give smaller groups, or a larger --n")
         kv, g = kv[keep], g[keep]
     order = np.argsort(kv * (g + 1), kind="stable")
     return kv[order], g[order]
