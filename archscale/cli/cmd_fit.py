@@ -25,6 +25,18 @@ from archscale.fit.study import Study, run_study
 
 
 
+def _negative_r2(values: dict) -> str:
+    """A note for an R^2 below zero, which reads as a fit worse than useless: it is often a few runs of nearly
+    equal loss (the held-out 1B runs), whose spread is smaller than small errors. ``{label}`` is left to fill."""
+    r2, mse = values.get("r2"), values.get("mse")
+    if r2 is None or mse is None or not math.isfinite(r2) or r2 >= 0:
+        return ""
+    spread = math.sqrt(mse / (1 - r2))  # R^2 = 1 - MSE / variance
+    return (f"note: R^2 {r2:.3g} on the {{label}} rows: their losses spread by {spread:.3g} (standard deviation), less "
+            f"than the errors ({math.sqrt(mse):.3g} root mean square); R^2 scores the errors against that spread, "
+            "not against the loss, so read the relative errors beside it")
+
+
 def _fmt(value: float | None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
@@ -122,6 +134,9 @@ def _print_study(study: Study) -> None:
                         f"{100 * values['max_rel_error']:.2f}%", f"{100 * values['mean_rel_error']:.2f}%",
                         _fmt(values["spearman"], 3))
     console.print(metrics)
+    for label, values in rows:
+        if values and _negative_r2(values):
+            console.print(_negative_r2(values).format(label=label.split(":")[0]))
     optimum = fit.law.optimum(fit.params)
     if optimum:
         console.print("closed-form optimum: " + ", ".join(f"{k}* = {_fmt(v)}" for k, v in optimum.items()))
