@@ -55,8 +55,8 @@ def bench_command(
     backend: Optional[str] = typer.Option(None, "--backend", help="torch (default: archscale's model, any machine), "
                                           "vllm (one subprocess and engine per config; CPU or GPU) or roofline (analytic; needs --gpu)."),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Comma-separated batch sizes, e.g. 16,32,64,128."),
-    input_len: int = typer.Option(4096, "--input-len", help="Prompt tokens per request (the default is search's, so a "
-                                  "default bench row matches a default search --store)."),
+    input_len: int = typer.Option(4096, "--input-len", help="Prompt tokens per request (the default is search's: with "
+                                  "--batch-sizes 64, search's default batch, a row is one a default search --store uses)."),
     output_len: int = typer.Option(1024, "--output-len", help="Generated tokens per request."),
     repeats: int = typer.Option(3, "--repeats", help="Timed repeats per (config, batch size), after one warm-up."),
     max_noise: float = typer.Option(NOISY_CV, "--max-noise", help="Store a measurement as noisy (kept, but not used by "
