@@ -402,3 +402,50 @@ def test_injected_disk_full_while_exporting_leaves_no_folder(cli, tiny_cfg, monk
     monkeypatch.undo()
     monkeypatch.chdir(tiny_cfg.parent)
     assert cli("export", tiny_cfg / "run", "--out", "hf").code == 0
+
+
+def _full_disk_at_the_result(write_json):
+    """``write_json`` as it runs when the disk fills while it writes: its flush to disk fails with ENOSPC."""
+    def write(path, document):
+        real_fsync = os.fsync
+
+        def no_space(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        os.fsync = no_space
+        try:
+            write_json(path, document)
+        finally:
+            os.fsync = real_fsync
+    return write
+
+
+def test_a_search_whose_last_output_fails_leaves_none_of_its_outputs(cli, tmp_path, monkeypatch):
+    """The plot and the emitted configs are written before the result JSON; a full disk at the JSON used to leave
+    them behind, a plot and configs of a search that reported failure. Now none of them is left."""
+    import archscale.cli.cmd_search as cmd_search
+
+    monkeypatch.setattr(cmd_search, "write_json", _full_disk_at_the_result(cmd_search.write_json))
+    out = tmp_path / "out"
+    result = cli("search", "--fit", DATA / "fits" / "dissertation_1b_mult.json", "--n", "1e9", "--tokens", "1e11",
+                 "--layers", "16", "--top-k", "2", "--out", out / "search.json", "--plot", out / "pareto.png",
+                 "--emit", out / "configs")
+    assert_refused(result, "search.json: cannot write (disk full")
+    assert "removed what it had written (--plot, --emit); fix that and run the command again" in result.err
+    assert not out.exists()  # the folder the policy created for them goes too, once empty
+    monkeypatch.undo()
+    assert cli("search", "--fit", DATA / "fits" / "dissertation_1b_mult.json", "--n", "1e9", "--tokens", "1e11",
+               "--layers", "16", "--top-k", "2", "--out", out / "search.json").code == 0
+
+
+def test_a_fit_whose_result_fails_keeps_a_plot_that_was_there_and_says_so(cli, tmp_path, monkeypatch):
+    import archscale.cli.cmd_fit as cmd_fit
+
+    monkeypatch.chdir(tmp_path)
+    Path("fit.png").write_bytes(b"an earlier plot")
+    monkeypatch.setattr(cmd_fit, "write_json", _full_disk_at_the_result(cmd_fit.write_json))
+    result = cli("fit", DATA / "chinchilla_epoch.csv", "--law", "chinchilla", "--where", "loss < 3.42",
+                 "--out", "fit.json", "--plot", "fit.png")
+    assert_refused(result, "fit.json: cannot write (disk full")
+    assert "; --plot fit.png existed before and may have been replaced; fix that" in result.err
+    assert Path("fit.png").exists() and not Path("fit.json").exists()

@@ -18,7 +18,7 @@ from archscale.io.errors import UserError
 from archscale.io.files import write_json
 from archscale.laws import LAWS, MULTIPLICATIVE
 from archscale.fit.hygiene import describe_outliers
-from archscale.io.outputs import check_outputs
+from archscale.io.outputs import check_outputs, written_together
 from archscale.fit.runs import parse_column_map, read_runs
 from archscale.fit.fitted import load_fit
 from archscale.fit.study import Study, run_study
@@ -200,12 +200,13 @@ def fit(
                           min_tokens_per_param=min_tokens_per_param, split=split, n_definition=n_definition)
     study.hygiene["dropped_invalid"] = table.dropped
     document = study.to_json()
-    if plot:
-        from archscale.fit.plots import plot_study
+    with written_together(("--plot", plot), ("--out", out)):
+        if plot:
+            from archscale.fit.plots import plot_study
 
-        plot_study(study, plot)
-    if out:
-        write_json(out, document)
+            plot_study(study, plot)
+        if out:
+            write_json(out, document)
     if as_json:
         print_json(document)
         return

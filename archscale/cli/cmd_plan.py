@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from archscale.cli import Command, app, bootstrap_bar, console, examples, print_json
-from archscale.io.outputs import check_outputs
+from archscale.io.outputs import check_outputs, written_together
 from archscale.cli.options import (COLUMN_MAP, DROP_INVALID, GPU_PRICE, MIN_TOKENS_PER_PARAM, PERCENTILE, TPOT_MS, TTFT_MS,
                                    WHERE, gpu_help, latency_limits)
 from archscale.io.units import format_count, parse_count
@@ -297,12 +297,13 @@ def plan(
                 "approach3": surface.to_json() if surface else None,
                 "law": allocation.to_json() if allocation else None,
                 "inference_aware": lifetime.to_json() if lifetime else None}
-    if plot is not None:
-        from archscale.plan.plots import plot_isoflops
+    with written_together(("--plot", plot), ("--out", out)):
+        if plot is not None:
+            from archscale.plan.plots import plot_isoflops
 
-        plot_isoflops(frontier, allocation, budgets, plot, title=str(runs), surface=surface)
-    if out is not None:
-        write_json(out, document)
+            plot_isoflops(frontier, allocation, budgets, plot, title=str(runs), surface=surface)
+        if out is not None:
+            write_json(out, document)
     if as_json:
         print_json(document)
         return

@@ -21,7 +21,7 @@ from archscale.serving.profiles import resolve_profile
 from archscale.serving.estimate import LatencyLimits, Workload, latency_column
 from archscale.io.errors import UserError
 from archscale.io.files import write_json
-from archscale.io.outputs import check_outputs
+from archscale.io.outputs import check_outputs, written_together
 from archscale.fit.runs import load_runs
 from archscale.search.constrained import SearchResult, SearchSpec, best_at_gqa, held_bounds, search
 from archscale.search.emit import emit_configs
@@ -331,14 +331,15 @@ def search_command(
 
         measured = measure_picks(result, measuring[0], measure, store=store, backend=measuring[1])
         document["measured"] = measured.to_json()
-    if plot:
-        from archscale.search.plots import plot_search
+    with written_together(("--plot", plot), ("--emit", emit), ("--out", out)):
+        if plot:
+            from archscale.search.plots import plot_search
 
-        plot_search(result, spec, plot)
-    if emit:
-        document["emitted"] = [str(p) for p in emit_configs(result, spec, emit)]
-    if out:
-        write_json(out, document)
+            plot_search(result, spec, plot)
+        if emit:
+            document["emitted"] = [str(p) for p in emit_configs(result, spec, emit)]
+        if out:
+            write_json(out, document)
     if as_json:
         print_json(document)
         return
@@ -401,17 +402,18 @@ def _family_search(fitted: Any, spec: SearchSpec, grid: ExpertGrid, target_loss:
         count, options, backend = measuring
         measured = measure_families(result, options, count, store=store, backend=backend)
         document["measured"] = measured.to_json()
-    if plot:
-        from archscale.search.plots import plot_families
+    with written_together(("--plot", plot), ("--emit", emit), ("--out", out)):
+        if plot:
+            from archscale.search.plots import plot_families
 
-        plot_families(result, spec, plot)
-    if emit:
-        from archscale.search.emit import emit_rows
+            plot_families(result, spec, plot)
+        if emit:
+            from archscale.search.emit import emit_rows
 
-        picks = result.picks.to_dict("records")
-        document["emitted"] = [str(p) for p in emit_rows(picks, spec, result.target, result.target_source, emit)]
-    if out:
-        write_json(out, document)
+            picks = result.picks.to_dict("records")
+            document["emitted"] = [str(p) for p in emit_rows(picks, spec, result.target, result.target_source, emit)]
+        if out:
+            write_json(out, document)
     if as_json:
         print_json(document)
         return

@@ -34,15 +34,17 @@ imports nothing above it.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
-from archscale.io.errors import UserError, failure_cause
+from archscale.io.errors import UserError, add_hint, failure_cause
 
 PathLike = Union[str, Path]
 OutputSpec = tuple[str, Optional[PathLike], Union[str, "Kind"]]
@@ -108,6 +110,43 @@ def check_outputs(*outputs: OutputSpec, inputs: Iterable[PathLike | None] = ()) 
         _check_target(flag, path, kind)
         if kind.check is not None:
             kind.check(flag, path)
+
+
+@contextlib.contextmanager
+def written_together(*outputs: tuple[str, Optional[PathLike]]) -> Iterator[None]:
+    """A command's outputs, (flag, path or None), appear together or not at all.
+
+    Each file is written atomically on its own, but a command that writes a plot, then configs, then its result
+    can fail between them (a full disk) and leave the first without the last. A failure inside this block removes
+    every output that did not exist before it, and the folder the policy created for them when it is left empty;
+    an output that existed before may already have been replaced, and the message says which.
+    """
+    given = [(flag, Path(path)) for flag, path in outputs if path is not None and str(path) != ""]
+    new = [(flag, path) for flag, path in given if not path.exists()]
+    earlier = [f"{flag} {path}" for flag, path in given if path.exists()]
+    try:
+        yield
+    except BaseException as exc:
+        removed = [flag for flag, path in new if _remove(path)]
+        for _, folder in created_folders:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: an output's own folder, not the user's
+        said = [f"removed what it had written ({', '.join(removed)})"] if removed else []
+        said += [f"{', '.join(earlier)} existed before and may have been replaced"] if earlier else []
+        add_hint(exc, "; ".join(said + ["fix that and run the command again"]))
+        raise
+
+
+def _remove(path: Path) -> bool:
+    """Remove an output file or folder; whether there was one."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def _kind(name: str | Kind) -> Kind:
