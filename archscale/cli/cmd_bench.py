@@ -179,13 +179,11 @@ def calibrate_command(
 ) -> None:
     """Fit a throughput profile (the serving model's terms) to measured bench rows of one engine on one device."""
     check_outputs(("--out", out, "json"), inputs=(store, gpu_file))
-    if not (math.isfinite(memory_fraction) and 0 < memory_fraction <= 1):
-        raise UserError(f"--memory-fraction must be in (0, 1], the engine's share of device memory, got {memory_fraction:g}")
-    if kv_cache_gib is not None and not (math.isfinite(kv_cache_gib) and kv_cache_gib > 0):
-        raise UserError(f"--kv-cache-gib must be a positive number of GiB, got {kv_cache_gib:g}")
+    engine_settings = {"memory_fraction": memory_fraction, "max_num_seqs": max_num_seqs, "kv_cache_gib": kv_cache_gib}
+    EngineSettings.refuse_bad_values(engine_settings, {name: f"--{name.replace('_', '-')}" for name in engine_settings})
     name = name or (out.stem if out is not None else None)
     _calibrate_mode(store, gpu, gpu_file, check_engine(engine), parse_dtype(dtype), fit_terms, fix, holdout, name, out,
-                    EngineSettings(memory_fraction=memory_fraction, max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib),
+                    EngineSettings(**engine_settings),
                     as_json, {"prefill_chunk_tokens": positive_chunk(prefill_chunk), "first_prompt_alone": first_prompt_alone})
 
 

@@ -82,7 +82,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -203,6 +203,21 @@ TERM_MEANING: dict[str, str] = {
 TERM_NAMES = tuple(f.name for f in fields(CostTerms))
 
 
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_ENGINE_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "memory_fraction": (lambda v: _finite(v) and 0 < v <= 1, "in (0, 1], the engine's share of device memory"),
+    "max_num_seqs": (lambda v: _finite(v) and int(v) == v and v >= 1, "a positive integer, the most sequences at once"),
+    "prefill_chunk_tokens": (lambda v: _finite(v) and int(v) == v and v >= 1, "a positive number of tokens"),
+    "reserved_gib": (lambda v: _finite(v) and v >= 0, "a number of GiB >= 0"),
+    "kv_cache_gib": (lambda v: v is None or (_finite(v) and v > 0), "a positive number of GiB"),
+    "first_prompt_alone": (lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
+}
+"""What each :class:`EngineSettings` field admits, and how to say so."""
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """How the serving engine is configured: read off the engine, not fitted.
@@ -244,14 +259,17 @@ class EngineSettings:
         return np.ceil(prompt / chunk) * chunk - prompt
 
     def __post_init__(self) -> None:
-        if not 0 < self.memory_fraction <= 1:
-            raise UserError(f"memory fraction must be in (0, 1], got {self.memory_fraction!r}")
-        if int(self.max_num_seqs) < 1 or int(self.prefill_chunk_tokens) < 1:
-            raise UserError("max_num_seqs and prefill_chunk_tokens must be positive integers")
-        if self.reserved_gib < 0 or (self.kv_cache_gib is not None and not self.kv_cache_gib > 0):
-            raise UserError("reserved_gib must be >= 0 and kv_cache_gib positive when given")
-        if not isinstance(self.first_prompt_alone, (bool, np.bool_)):
-            raise UserError(f"first_prompt_alone must be true or false, got {self.first_prompt_alone!r}")
+        self.refuse_bad_values(self.as_dict())
+
+    @staticmethod
+    def refuse_bad_values(values: dict, labels: dict[str, str] | None = None) -> None:
+        """One line for the first value out of its range, named by ``labels`` (the CLI's flags; by default the
+        field names a profile JSON uses): the one rule for every way settings are given."""
+        for name, value in values.items():
+            admits, expected = _ENGINE_RULES[name]
+            if not admits(value):
+                label = (labels or {}).get(name, name)
+                raise UserError(f"{label} must be {expected}, got {value!r}")
 
     def as_dict(self) -> dict:
         return asdict(self)
