@@ -321,3 +321,31 @@ def test_measure_with_vllm_without_strict_hf_is_one_line_before_searching(cli, t
     device.write_text(json.dumps(CPU_DEVICE))
     result = cli("search", *TINY_SEARCH, "--gpu-file", str(device), "--engine", "vllm", "--measure", "2")
     assert one_line_error(result) and "--strict-hf" in result.err, result.err
+
+
+def test_the_slack_is_taken_over_the_lowest_loss_the_law_has_seen():
+    """When the lowest predicted loss lies outside the fit's runs (here: runs narrowed to x >= 0.1, past the law's
+    optimum x 0.08), --slack is taken over the lowest inside them, and the target line says so; with --extrapolate
+    it is taken over the lowest of all."""
+    import dataclasses
+
+    fitted = load_fit(FIT_1B)
+    narrowed = dataclasses.replace(fitted, coverage={**fitted.coverage, "x": [0.1, fitted.coverage["x"][1]]})
+    result = search(narrowed, h200_spec())
+    candidates = result.candidates
+    inside = candidates["outside"] == 0
+    lowest_inside = candidates.loc[inside, "predicted_loss"].min()
+    assert candidates["predicted_loss"].min() < lowest_inside  # the lowest of all is outside
+    assert result.target.loss == pytest.approx(lowest_inside * 1.01)
+    assert "inside the fit's runs (the lowest of all lies outside them)" in result.target.source
+    assert result.best_discrete["predicted_loss"] == candidates["predicted_loss"].min()  # still shown as it is
+    extrapolated = search(narrowed, h200_spec(extrapolate=True))
+    assert extrapolated.target.loss == pytest.approx(candidates["predicted_loss"].min() * 1.01)
+    assert extrapolated.target.source == "--slack 1.0% over the predicted optimum"
+
+
+def test_the_lowest_loss_shown_is_a_gqa_variant_the_law_has_seen():
+    """GQA variants of one shape tie on predicted loss (the law has no GQA term); the one shown as the lowest is the
+    GQA the fit's runs had, not whichever variant comes first."""
+    result = search(load_fit(FIT_1B), h200_spec())
+    assert result.best_discrete["gqa"] == 4 and result.target.source == "--slack 1.0% over the predicted optimum"

@@ -228,7 +228,7 @@ def search_command(
     head_dim: int = typer.Option(64, "--head-dim", min=2, help="Per-head width d_head, even (the paper: 64 up to 1B, 128 from 3B)."),
     match: Optional[str] = typer.Option(None, "--match", help="Target = predicted loss of this architecture (preset or config.json)."),
     target_loss: Optional[float] = typer.Option(None, "--target-loss", help="Target loss in nats/token (needs a fit with a reference law)."),
-    slack: Optional[float] = typer.Option(None, "--slack", help="Target = predicted optimum x (1 + slack), the optimum being the lowest predicted loss of any candidate (the 'best discrete candidate' line, not the law's closed-form optimum); the default, 0.01."),
+    slack: Optional[float] = typer.Option(None, "--slack", help="Target = predicted optimum x (1 + slack), the optimum being the lowest predicted loss of any candidate inside the fit's runs, or of all with --extrapolate (the 'best discrete candidate' line when it is inside; not the law's closed-form optimum); the default, 0.01."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Chinchilla fit JSON for L_opt(N,D), giving absolute losses."),
     gpu: str = typer.Option("h100-sxm", "--gpu", help=gpu_help("Device to serve on")),
     engine: str = typer.Option("vllm", "--engine", help="Serving engine whose throughput is estimated: picks the profile."),

@@ -215,8 +215,11 @@ def shape_row(arch: Architecture) -> dict[str, Any]:
 
 
 def resolve_target(fitted: FittedLaw, spec: SearchSpec, relative: bool, optimum_loss: float,
-                   target_loss: float | None, match: Architecture | None, slack: float | None) -> Target:
-    """Exactly one of ``--target-loss``, ``--match`` or ``--slack`` sets the constraint (slack 1% by default)."""
+                   target_loss: float | None, match: Architecture | None, slack: float | None,
+                   optimum_label: str = "the predicted optimum") -> Target:
+    """Exactly one of ``--target-loss``, ``--match`` or ``--slack`` sets the constraint (slack 1% by default).
+
+    ``optimum_loss`` is what the slack is taken over, and ``optimum_label`` says what it is."""
     given = [flag for flag, value in (("--target-loss", target_loss), ("--match", match), ("--slack", slack)) if value is not None]
     if len(given) > 1:
         raise UserError(f"{' and '.join(given)} both set the loss target; give only one")
@@ -245,8 +248,8 @@ def resolve_target(fitted: FittedLaw, spec: SearchSpec, relative: bool, optimum_
     if not 0 <= slack < 1:
         raise UserError(f"--slack must be a fraction in [0, 1), got {slack}")
     if relative and fitted.law.name == "conditional-add":
-        return Target(optimum_loss + slack, f"--slack {slack} over the predicted optimum (additive, absolute units)")
-    return Target(optimum_loss * (1 + slack), f"--slack {slack:.1%} over the predicted optimum")
+        return Target(optimum_loss + slack, f"--slack {slack} over {optimum_label} (additive, absolute units)")
+    return Target(optimum_loss * (1 + slack), f"--slack {slack:.1%} over {optimum_label}")
 
 
 # ---------------------------------------------------------------------------
@@ -274,10 +277,12 @@ def meets_target_probability(fitted: FittedLaw, candidates: pd.DataFrame, spec: 
 
     The target is re-derived under every refit the way it was set: a fixed ``--target-loss`` stays put; a
     ``--match`` target is the matched architecture's loss under the same refit (the comparison is paired, so
-    what both share cancels); a ``--slack`` target is that refit's own best candidate times ``1 + slack``.
+    what both share cancels); a ``--slack`` target is that refit's own best candidate (of :func:`slack_pool`)
+    times ``1 + slack``.
     A measured loss (``--runs``) is certain: it meets the target or not.
     """
     meets = np.zeros(len(candidates))
+    pool = slack_pool(candidates, spec.extrapolate)
     match_row = pd.DataFrame([shape_row(match)]) if match is not None else None
     for params in fitted.draws:
         draw = _with_params(fitted, params)
@@ -287,7 +292,7 @@ def meets_target_probability(fitted: FittedLaw, candidates: pd.DataFrame, spec: 
         elif match_row is not None:
             bar = float(predict_loss(draw, match_row, spec.tokens)[0])
         else:
-            bar = _slack_target(draw, float(np.min(losses)), slack)
+            bar = _slack_target(draw, float(np.min(losses[pool])), slack)
         meets += losses <= bar + 1e-12
     probability = meets / len(fitted.draws)
     measured = (candidates["loss_source"] == "measured").to_numpy()
@@ -760,6 +765,30 @@ def tie_note(picks: pd.DataFrame, tie: tuple[float, str] | None) -> str:
     return f"{rule}; the fastest is ahead of the rest by more than that"
 
 
+def lowest_losses(candidates: pd.DataFrame, extrapolate: bool) -> tuple[Any, Any, str]:
+    """The candidate of lowest predicted loss (an inside one where several tie, as GQA variants the law cannot tell
+    apart do), the candidate ``--slack`` is taken over, and how to name that one.
+
+    The slack base is the lowest predicted loss, unless it lies outside the fit's runs and they may not be ranked
+    (no ``--extrapolate``): then the lowest inside them. A target set by an extrapolated loss would hold what may
+    be ranked to a loss the law has not seen, and could refuse every shape it has seen."""
+    losses, inside = candidates["predicted_loss"], candidates["outside"] == 0
+    best = losses.idxmin()
+    if inside.any() and losses[inside].min() <= losses[best]:
+        best = losses[inside].idxmin()
+    base = losses[slack_pool(candidates, extrapolate)].idxmin()
+    if losses[base] <= losses[best]:
+        return best, best, "the predicted optimum"
+    return best, base, "the lowest predicted loss inside the fit's runs (the lowest of all lies outside them)"
+
+
+def slack_pool(candidates: pd.DataFrame, extrapolate: bool) -> np.ndarray:
+    """The candidates ``--slack`` takes its base over: those inside the fit's runs, unless ``--extrapolate`` ranks
+    the rest too (or none is inside); the bootstrap refits of ``--confidence`` take theirs over the same."""
+    inside = (candidates["outside"] == 0).to_numpy()
+    return inside if inside.any() and not extrapolate else np.ones(len(candidates), dtype=bool)
+
+
 def refuse_if_none_fits(candidates: pd.DataFrame, spec: SearchSpec) -> None:
     """When no shape fits in device memory at all, that is the reason nothing can be ranked: say so, naming the
     flags that set it, rather than a loss target that some shapes meet."""
@@ -850,9 +879,11 @@ def search(
                                                  candidates["n_heads"] + candidates["n_kv_heads"]]).ngroup()
 
     optimum = continuous_optimum(fitted, spec)
-    best_index = candidates["predicted_loss"].idxmin()
-    target = resolve_target(fitted, spec, relative, float(candidates.loc[best_index, "predicted_loss"]),
-                            target_loss, match, slack)
+    policy = gqa_policy(fitted)
+    candidates = mark_coverage(candidates, fitted, policy, spec.layers)
+    best_index, base_index, base_label = lowest_losses(candidates, spec.extrapolate)
+    target = resolve_target(fitted, spec, relative, float(candidates.loc[base_index, "predicted_loss"]),
+                            target_loss, match, slack, base_label)
     if target.reference is not None and bench is not None:  # a measured reference beats its estimate too
         measured = apply_measured_throughput(pd.DataFrame([target.reference]), bench, spec).iloc[0]
         target.reference.update({k: measured[k] for k in ("tokens_per_s", "output_tokens_per_s", "throughput_source")})
@@ -864,8 +895,6 @@ def search(
     if spec.limits is not None:
         check_some_meet(candidates, spec.limits, spec.workload)
         candidates["feasible"] &= candidates["meets_limits"]
-    policy = gqa_policy(fitted)
-    candidates = mark_coverage(candidates, fitted, policy, spec.layers)
     candidates["ranked"] = candidates["feasible"] & ((candidates["outside"] == 0) | spec.extrapolate)
     candidates["on_frontier"] = False
     # the frontier of what may be ranked: shapes that fit, inside the fit's runs unless --extrapolate

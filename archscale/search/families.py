@@ -28,7 +28,7 @@ from archscale.fit.coverage import (COORDINATES, describe_coverage, expansion_of
 from archscale.fit.fitted import FittedLaw
 from archscale.io.errors import UserError
 from archscale.search.constrained import (SearchSpec, apply_measured_losses, apply_measured_throughput,
-                                          enumerate_candidates, limit_columns, measured_count_notes,
+                                          enumerate_candidates, limit_columns, lowest_losses, measured_count_notes,
                                           refuse_if_none_fits, scale_estimates, scale_note, use_measured_throughput)
 from archscale.search.latency_limited import operating_point_note
 from archscale.serving.price import usd_per_million_tokens
@@ -139,8 +139,11 @@ def resolve_family_target(fitted: FittedLaw, spec: SearchSpec, candidates: pd.Da
     slack = 0.01 if slack is None else slack
     if not 0 <= slack < 1:
         raise UserError(f"--slack must be a fraction in [0, 1), got {slack}")
-    best = float(candidates["predicted_loss"].min())
-    return best * (1 + slack), f"--slack {slack:.1%} over the lowest predicted loss of any candidate ({best:.4f})", None
+    _, base, label = lowest_losses(candidates, spec.extrapolate)  # needs the coverage marks (mark_family_coverage)
+    best = float(candidates.loc[base, "predicted_loss"])
+    if label == "the predicted optimum":
+        label = "the lowest predicted loss of any candidate"
+    return best * (1 + slack), f"--slack {slack:.1%} over {label} ({best:.4f})", None
 
 
 def mark_family_coverage(candidates: pd.DataFrame, fitted: FittedLaw) -> tuple[pd.DataFrame, dict[str, list[float]]]:
@@ -210,6 +213,7 @@ def search_families(fitted: FittedLaw, spec: SearchSpec, grid: ExpertGrid, targe
     if scale is not None:
         notes.append(scale_note(scale, spec))
     notes += measured_count_notes(candidates)
+    candidates, coverage = mark_family_coverage(candidates, fitted)
     target, source, reference = resolve_family_target(fitted, spec, candidates, target_loss, match, slack)
     if reference is not None:  # the reference on the candidates' footing: measured where they are, else scaled
         row = apply_measured_throughput(pd.DataFrame([reference]), bench, spec)
@@ -218,7 +222,6 @@ def search_families(fitted: FittedLaw, spec: SearchSpec, grid: ExpertGrid, targe
     candidates["feasible"] = candidates["feasible_loss"] & candidates["fits"]
     if spec.limits is not None:
         candidates["feasible"] &= candidates["meets_limits"]
-    candidates, coverage = mark_family_coverage(candidates, fitted)
     candidates["ranked"] = candidates["feasible"] & ((candidates["outside"] == 0) | spec.extrapolate)
     refuse_if_none_fits(candidates, spec)
     if not candidates["feasible"].any():
