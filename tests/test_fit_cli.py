@@ -143,3 +143,27 @@ def test_predict_bad_input(cli, tmp_path):
     fit = DATA / "fits" / "dissertation_1b_mult.json"
     result = cli("predict", fit, "--n", "1e9", "--l-opt", "2.8")
     assert result.code == 2 and "--d-model" in result.err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("data/fits/krajewski2024_granularity.json", "--n", "1e9", "--tokens", "1e11"),
+     "law moe-granularity is a Mixture-of-Experts law (it reads G)"),  # was a KeyError traceback
+    (("data/fits/dissertation_1b_mult.json", "--n", "1e9", "--tokens", "1e11", "--d-model", "2560", "--ratio", "1",
+      "--gqa", "64"), "--gqa: law conditional-mult does not read it"),  # was echoed beside an unchanged loss
+    (("experiments/results/plan/chinchilla_huber.json", "--n", "70B", "--tokens", "1.4T", "--d-model", "8192"),
+     "--d-model: law chinchilla does not read it"),
+])
+def test_predict_refuses_what_the_law_cannot_use(cli, args, fragment):
+    root = DATA.parent
+    result = cli("predict", root / args[0], *args[1:])
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1 and fragment in result.err, result.err
+
+
+def test_predict_says_when_the_shape_lies_outside_the_fits_runs(cli):
+    """search would not rank a shape the law has not seen; predict prints its number, and says so."""
+    fit = DATA / "fits" / "dissertation_1b_mult.json"
+    outside = cli("predict", fit, "--n", "1e9", "--tokens", "1e11", "--d-model", "16", "--ratio", "20", "--json")
+    notes = json.loads(outside.out)["extrapolation"]
+    assert any("x 0.000506 (runs 0.042-0.34); r 20 (runs 0.5-4.2)" in note for note in notes)
+    inside = cli("predict", fit, "--n", "1e9", "--tokens", "1e11", "--d-model", "2560", "--ratio", "1.07", "--json")
+    assert "extrapolation" not in json.loads(inside.out)

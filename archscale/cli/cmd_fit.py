@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,44 @@ from archscale.fit.runs import parse_column_map, read_runs
 from archscale.fit.fitted import load_fit
 from archscale.fit.study import Study, run_study
 
+
+
+PREDICT_FLAG_COLUMNS = {"--d-model": ("x", "R"), "--layers": ("R",), "--ratio": ("r",), "--gqa": ("gqa",),
+                        "--l-opt": ("L_opt",)}
+"""The law inputs each of predict's shape flags sets: a flag none of whose inputs the law reads changes nothing."""
+
+
+def _refuse_unread_flags(fitted: Any, given: dict[str, Any]) -> None:
+    """A flag the law does not read would be echoed beside a prediction it did not change; and a law that reads
+    inputs predict has no flag for (the MoE laws' G, E/k, N_active) cannot be given them here."""
+    reads = set(fitted.law.columns)
+    moe = [column for column in ("G", "expansion", "N_active") if column in reads]
+    if moe:
+        raise UserError(f"law {fitted.law.name} is a Mixture-of-Experts law (it reads {', '.join(moe)}), and predict "
+                        "takes dense shapes: rank MoE shapes with archscale search --experts E --experts-per-token K "
+                        "(see archscale search --help)")
+    for flag, value in given.items():
+        if value is not None and not reads & set(PREDICT_FLAG_COLUMNS[flag]):
+            raise UserError(f"{flag}: law {fitted.law.name} does not read it (its inputs: "
+                            f"{', '.join(fitted.law.columns)}), so it would not change the prediction; drop it")
+
+
+def _outside_shape(fitted: Any, row: dict[str, float], layers: int | None) -> list[str]:
+    """The shape coordinates given that lie outside the fit's runs, as search labels them (empty when inside, or
+    when the fit records no coverage)."""
+    from archscale.fit.coverage import outside_coverage, outside_label
+    from archscale.search.constrained import law_coordinates, sees_depth
+
+    given = {name: row[name] for name in ("x", "r", "gqa") if name in row}
+    if layers is not None and sees_depth(fitted):
+        given["n_layers"] = float(layers)
+    if not fitted.coverage or not given:
+        return []
+    mask = int(outside_coverage(pd.DataFrame([given]), fitted.coverage, law_coordinates(fitted))[0])
+    if not mask:
+        return []
+    return [f"the shape lies outside the fit's runs: {outside_label(given, mask, fitted.coverage)}; the law has not "
+            "seen it (search ranks such shapes only with --extrapolate)"]
 
 
 def _negative_r2(values: dict) -> str:
@@ -245,6 +283,8 @@ def predict(
             raise UserError(f"{flag} must be a positive number, got {number:g}"
                             + ("; L_opt is a loss in nats/token" if flag == "--l-opt" else ""))
     fitted = load_fit(fit_file)
+    _refuse_unread_flags(fitted, {"--d-model": d_model, "--layers": layers, "--ratio": ratio, "--gqa": gqa,
+                                  "--l-opt": l_opt})
     n = parse_count(n_text, "--n")
     row: dict[str, float] = {"N": n}
     if tokens_text is not None:
@@ -275,7 +315,7 @@ def predict(
     if unchecked:  # the number is printed, but not as something the search would rank on
         result["gqa_note"] = (fitted.gqa.reason if fitted.gqa is not None
                               else "the fit records no held-out check of its GQA term")
-    extrapolation = outside_sizes(fitted.size_range, n, row.get("D"))
+    extrapolation = outside_sizes(fitted.size_range, n, row.get("D")) + _outside_shape(fitted, row, layers)
     if extrapolation:
         result["extrapolation"] = extrapolation
     if as_json:
