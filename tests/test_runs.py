@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from archscale.io.errors import UserError
-from archscale.fit.runs import append_run, load_runs, parse_column_map
+from archscale.fit.runs import append_run, load_runs, parse_column_map, read_runs
 from conftest import DATA
 
 
@@ -168,3 +168,19 @@ def test_a_damaged_table_is_refused_by_readers_and_appenders(tmp_path, damage, m
     with pytest.raises(UserError, match=re.escape(message)):
         append_run(path, {"N": 2e6, "D": 1e8, "loss": 2.8, "recipe_hash": "def", "run_dir": "/runs/b", "seed": 0})
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("value, fragment", [("abc", "not a number (got 'abc')"),
+                                             ("-1", "must be a positive finite number (got -1.0)"),
+                                             ("inf", "must be a positive finite number (got inf)"),
+                                             ("", "value is missing (NaN)")])
+def test_a_bad_training_flops_cell_names_its_row(tmp_path, value, fragment):
+    """C names a run's isoFLOP budget. Text in it stopped fit and plan in a traceback, and one empty cell made plan
+    drop the column for every run (6ND instead) without a word."""
+    frame = pd.read_csv(DATA / "chinchilla_isoflops_epoch.csv", dtype=str)
+    frame.loc[3, "C"] = value
+    path = tmp_path / "isoflops.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(UserError, match=re.escape("row 4, column 'C': ") + ".*" + re.escape(fragment)):
+        load_runs(path)
+    assert len(read_runs(path, drop_invalid=True).frame) == len(frame) - 1

@@ -230,7 +230,7 @@ def validate(frame: pd.DataFrame, path: str | Path) -> None:
 
 def row_problems(frame: pd.DataFrame, stop_at_first: bool = False) -> list[tuple[int, str]]:
     """(0-based row, "column 'X': what is wrong") for every row that breaks :class:`RunRow`."""
-    columns = [c for c in REQUIRED + SHAPE if c in frame.columns]
+    columns = [c for c in (*REQUIRED, *SHAPE, FLOPS_COLUMN) if c in frame.columns]
     records = frame[columns].astype(object).where(frame[columns].notna(), None).to_dict("records")
     problems: list[tuple[int, str]] = []
     for index, record in zip(frame.index, records):
@@ -246,6 +246,11 @@ def _row_problem(record: Mapping[str, object]) -> str | None:
     for column in REQUIRED:
         if record[column] is None:
             return f"column {column!r}: value is missing (NaN)"
+    record = dict(record)
+    if FLOPS_COLUMN in record:
+        problem = _flops_problem(record.pop(FLOPS_COLUMN))
+        if problem:
+            return problem
     try:
         RunRow(**record)
     except ValidationError as exc:
@@ -256,10 +261,24 @@ def _row_problem(record: Mapping[str, object]) -> str | None:
     return None
 
 
+def _flops_problem(value: object) -> str | None:
+    """What is wrong with one run's training FLOPs, if anything. ``C`` names the isoFLOP budget a run belongs to:
+    a missing cell would silently drop the column for every run, and text would stop a fit in a traceback."""
+    if value is None:
+        return f"column {FLOPS_COLUMN!r}: value is missing (NaN); give every run's training FLOPs, or drop the column"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return f"column {FLOPS_COLUMN!r}: not a number (got {value!r})"
+    if not (math.isfinite(number) and number > 0):
+        return f"column {FLOPS_COLUMN!r}: training FLOPs must be a positive finite number (got {value!r})"
+    return None
+
+
 def derive(frame: pd.DataFrame) -> pd.DataFrame:
     """Add ``R``, ``r``, ``x`` and ``gqa`` (and the MoE laws' ``G`` and ``expansion``) wherever the columns allow."""
     frame = frame.copy()
-    for column in REQUIRED:
+    for column in [*REQUIRED, *([FLOPS_COLUMN] if FLOPS_COLUMN in frame.columns else [])]:
         frame[column] = frame[column].astype(float)
     has = set(frame.columns)
     if {"d_model", "n_layers"} <= has:
