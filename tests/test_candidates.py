@@ -213,3 +213,9 @@ def test_an_enumeration_too_big_for_memory_is_refused_before_it_starts():
     finally:
         tracemalloc.stop()
     assert peak < 50e6  # the enumeration itself once tried to allocate 79.5 GiB here
+
+
+def test_a_budget_past_any_model_is_one_line_not_an_allocation_failure():
+    """--n 1e300 reached numpy's arange as a grid of 1e149 widths ("Maximum allowed size exceeded")."""
+    with pytest.raises(UserError, match=r"N=1e\+300 \(--n, or --n-active for MoE\): its widths reach d_model "):
+        generate_candidates(1e300, 16, 64)

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from archscale.shapes.architecture import (MOE_FIELDS, Architecture, mlp_attention_ratio, non_embedding_params, require_even_head_dim,
+from archscale.shapes.architecture import (MAX_DIMENSION, MOE_FIELDS, Architecture, mlp_attention_ratio, non_embedding_params, require_even_head_dim,
                                            transformers_loadable)
 from archscale.io.errors import UserError
 from archscale.io.machine import available_bytes
@@ -314,6 +314,10 @@ def _d_model_grid(n_target: float, d_model_values, d_multiple: int, x_range: tup
     if not (0 < x_lo <= x_hi):
         raise UserError(f"x range must satisfy 0 < x_min <= x_max, got [{x_lo}, {x_hi}]")
     root = math.sqrt(n_target)
+    if x_hi * root > MAX_DIMENSION:  # the widths would pass any model's, and their grid any memory
+        raise UserError(f"N={n_target:.3g} (--n, or --n-active for MoE): its widths reach d_model "
+                        f"{x_hi * root:.3g} at x {x_hi:g}, past the largest dimension archscale counts "
+                        f"({MAX_DIMENSION:,}); give a budget below {(MAX_DIMENSION / x_hi) ** 2:.3g}")
     lo = max(d_multiple, math.ceil(x_lo * root / d_multiple) * d_multiple)
     hi = max(lo, math.floor(x_hi * root / d_multiple) * d_multiple)
     return np.arange(lo, hi + 1, d_multiple, dtype=np.int64)
