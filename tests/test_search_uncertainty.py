@@ -71,3 +71,14 @@ def test_confidence_one_keeps_only_candidates_every_refit_agrees_on(cli, aspect_
     zero = cli("search", "--fit", aspect_fit, *SEARCH, "--target-loss", target, "--confidence", "0")
     assert zero.code == 2 and "--confidence must be a probability in (0, 1]" in zero.err
     assert len(zero.err.strip().splitlines()) == 1
+
+
+def test_a_low_confidence_never_admits_a_shape_whose_own_prediction_misses(cli, aspect_fit):
+    """--confidence narrows the point search: at 0.05 a shape met by a few refits but missed by its own prediction
+    was ranked, so the feasible set grew past the search without --confidence."""
+    _, loose = _search(cli, aspect_fit, "--slack", "0.01")
+    target = str(round(min(pick["predicted_loss"] for pick in loose["top_k"]) + 0.004, 4))
+    _, point = _search(cli, aspect_fit, "--target-loss", target, "--tie", "0")
+    _, low = _search(cli, aspect_fit, "--target-loss", target, "--confidence", "0.05", "--tie", "0")
+    assert low["n_feasible"] <= point["n_feasible"]
+    assert all(pick["predicted_loss"] <= float(target) for pick in low["top_k"])

@@ -320,11 +320,13 @@ def loss_intervals(fitted: FittedLaw, shapes: pd.DataFrame, tokens: float) -> tu
 
 def loss_feasible(candidates: pd.DataFrame, fitted: FittedLaw, spec: SearchSpec, target: Target, confidence: float | None,
                   target_loss: float | None, match: Architecture | None, slack: float | None) -> pd.Series:
-    """Whether each candidate's loss meets the target: its prediction, or with ``confidence``, that share of refits."""
+    """Whether each candidate's loss meets the target: its prediction, and with ``confidence`` that share of refits
+    too. ``--confidence`` only narrows: a low share (0.1) must not admit a shape whose own prediction misses."""
+    meets = candidates["predicted_loss"] <= target.loss + 1e-12
     if confidence is None:
-        return candidates["predicted_loss"] <= target.loss + 1e-12
+        return meets
     candidates["p_meets_target"] = meets_target_probability(fitted, candidates, spec, target, target_loss, match, slack)
-    return candidates["p_meets_target"] >= confidence
+    return meets & (candidates["p_meets_target"] >= confidence)
 
 
 def add_loss_intervals(top: pd.DataFrame, fitted: FittedLaw, tokens: float) -> pd.DataFrame:
