@@ -219,3 +219,15 @@ def test_a_size_past_any_model_is_one_line_not_an_overflow(cli, tmp_path, key, v
         assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
         assert "is larger than any model" in result.err and "Traceback" not in result.err
     assert not (tmp_path / "b.sqlite").exists()
+
+
+@pytest.mark.parametrize("args, reason", [
+    (("mixtral-8x7b", "--gpu", "l4", "--batch", "1"), "weights alone do not fit: 1 x l4 (24 GiB)"),
+    (("llama-3.2-1b", "--gpu", "h200", "--input-len", "1000000000"), "one request of 1,000,001,024 tokens does not fit"),
+])
+def test_an_estimate_that_serves_no_request_says_why(cli, args, reason):
+    """It printed 0 output tok/s, "waves of 0" and inf s, and blamed the KV cache when the weights alone did not fit."""
+    estimate = json.loads(cli("arch", *args, "--json").out)[0]["throughput"]
+    assert estimate["concurrency"] == 0 and reason in estimate["no_request_fits"]
+    table = " ".join(cli("arch", *args).out.split())
+    assert "serves no request" in table and "waves of 0" not in table

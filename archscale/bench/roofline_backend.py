@@ -25,7 +25,7 @@ from archscale.bench.types import BenchOptions, Target, Tick
 from archscale.serving.devices import load_gpu
 from archscale.serving.profiles import resolve_profile
 from archscale.io.vocabulary import LATENCY_COLUMNS
-from archscale.serving.estimate import Workload
+from archscale.serving.estimate import Workload, why_nothing_runs
 from archscale.io.errors import UserError
 
 
@@ -52,10 +52,10 @@ class RooflineBackend:
                                    BYTES_PER_ELEMENT[self.dtype_name]).iloc[0]
             tick(1)
             if row["concurrency"] < 1:
-                yield batch, failed(f"weights alone do not fit: {options.tp} x {profile.device.name} "
-                                    f"({options.tp * profile.device.memory_gb:.0f} GiB) at memory fraction "
-                                    f"{profile.settings.memory_fraction:g}", memory_gb=float(row["memory_used_gb"]),
-                                    concurrency=0, **fields)
+                workload = Workload(batch, options.input_len, options.output_len)
+                yield batch, failed(why_nothing_runs(float(row["memory_used_gb"]), profile.device, options.tp,
+                                                     profile.settings, workload),
+                                    memory_gb=float(row["memory_used_gb"]), concurrency=0, **fields)
                 continue
             yield batch, {
                 **fields,

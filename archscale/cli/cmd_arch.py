@@ -18,7 +18,7 @@ from archscale.cli.options import COUNT, check_sweep_ranges, given_on_command_li
 from archscale.io.units import parse_count
 from archscale.serving.devices import load_gpu
 from archscale.serving.profiles import resolve_profile
-from archscale.serving.estimate import Workload, check_tensor_parallel, require_serving_costed
+from archscale.serving.estimate import Workload, check_tensor_parallel, require_serving_costed, why_nothing_runs
 from archscale.io.errors import UserError
 from archscale.io.files import atomic_file
 from archscale.io.outputs import check_outputs
@@ -118,7 +118,11 @@ def _architecture_table(summary: dict) -> Table:
         rows.append((f"KV cache / sequence at context {summary['context']} (window layers hold "
                      f"<= {summary['sliding_window']} tokens)", f"{at:,} B ({at / 2**20:.1f} MiB)"))
     estimate = summary.get("throughput")
-    if estimate:
+    if estimate and estimate.get("no_request_fits"):  # 0 tok/s and "waves of 0" would read as a measurement
+        rows.append((f"estimate on {estimate['gpu']} x{estimate['tp']}: batch {estimate['batch_size']}, "
+                     f"{estimate['input_len']} in / {estimate['output_len']} out ({estimate['source']})",
+                     f"serves no request: {estimate['no_request_fits']}"))
+    elif estimate:
         rows += [
             (f"estimate on {estimate['gpu']} x{estimate['tp']}: batch {estimate['batch_size']}, "
              f"{estimate['input_len']} in / {estimate['output_len']} out ({estimate['source']})",
@@ -179,7 +183,9 @@ def arch_command(
                                      "output_len": output_len, "source": chosen.label, "profile": chosen.name,
                                      "total_tokens_per_s": float(row["tokens_per_s"]),
                                      **{k: row[k] for k in ("output_tokens_per_s", "prefill_s", "decode_s", "memory_gb",
-                                                            "memory_used_gb", "fits", "bound", "concurrency")}}
+                                                            "memory_used_gb", "fits", "bound", "concurrency")},
+                                     "no_request_fits": None if row["concurrency"] >= 1 else why_nothing_runs(
+                                         float(row["memory_used_gb"]), chosen.device, tp, chosen.settings, workload)}
         summaries.append(summary)
     if as_json:
         print_json(summaries)

@@ -302,6 +302,19 @@ class ThroughputEstimate:
         return asdict(self)
 
 
+def why_nothing_runs(memory_used_gb: float, device: GPU, tp: int, settings: EngineSettings, workload: Workload) -> str:
+    """Why a shape serves no request (concurrency 0), from its estimate's ``memory_used_gb``: its weights, with the
+    engine's reserve, exceed the memory the engine may use; or they fit and one request's KV cache does not."""
+    used_gib = memory_used_gb * 1e9 / 2**30
+    room_gib = tp * device.memory_gb * settings.memory_fraction
+    if settings.kv_cache_gib is None and used_gib >= room_gib:
+        return (f"weights alone do not fit: {tp} x {device.name} ({tp * device.memory_gb:.0f} GiB) at memory "
+                f"fraction {settings.memory_fraction:g}")
+    kv_room = settings.kv_cache_gib if settings.kv_cache_gib is not None else room_gib - used_gib
+    return (f"one request of {workload.input_len + workload.output_len:,} tokens does not fit: its KV cache needs "
+            f"more than the {kv_room:.1f} GiB left beside the weights; shorten --input-len/--output-len")
+
+
 def check_tensor_parallel(n_heads, n_kv_heads, tp: int, label: str = "") -> None:
     """vLLM's rule: ``tp`` divides the query heads, and divides or is a multiple of the KV heads."""
     if not isinstance(tp, (int, np.integer)) or isinstance(tp, bool) or tp < 1:
