@@ -52,8 +52,26 @@ class MeasuredPicks:
         return 100.0 * abs(self.estimated_spread - self.measured_spread)
 
     @property
-    def spread_trusted(self) -> bool:
-        return self.spread_error_points <= SPREAD_TRUST_POINTS
+    def spread_uncertainty_points(self) -> float | None:
+        """How far (points) the measured fastest/slowest ratio could move within its two rows' repeat scatter
+        (:data:`NOISE_SIGMAS` standard deviations); None when a row had a single repeat."""
+        ends = self.table.iloc[[int(self.table["measured_output_tokens_per_s"].idxmax()),
+                                int(self.table["measured_output_tokens_per_s"].idxmin())]]
+        spreads = ends["relative_spread"].to_numpy(float) if "relative_spread" in ends else np.array([np.nan])
+        if np.isnan(spreads).any():
+            return None
+        return 100.0 * self.measured_spread * NOISE_SIGMAS * float(np.sqrt((spreads ** 2).sum()))
+
+    @property
+    def too_noisy(self) -> bool:
+        """The repeats scatter more than the trust rule's margin: the measurements cannot judge the estimate."""
+        uncertainty = self.spread_uncertainty_points
+        return uncertainty is not None and uncertainty > SPREAD_TRUST_POINTS
+
+    @property
+    def spread_trusted(self) -> bool | None:
+        """Whether the estimate's spread held on this engine; None when the repeats scatter too much to tell."""
+        return None if self.too_noisy else self.spread_error_points <= SPREAD_TRUST_POINTS
 
     @property
     def order_changed(self) -> bool:
@@ -68,7 +86,13 @@ class MeasuredPicks:
                                         else "; the measured order is the estimate's")]
         spread = (f"fastest/slowest of the {len(self.table)}: estimated {self.estimated_spread:.2f}x, measured "
                   f"{self.measured_spread:.2f}x ({self.spread_error_points:.1f} points apart)")
-        if self.spread_trusted:
+        if self.too_noisy:
+            worst = float(self.table["relative_spread"].max())
+            lines.append(f"{spread}; but the repeats scatter by up to {100 * worst:.0f}% of their mean, so the measured "
+                         f"spread could move {self.spread_uncertainty_points:.0f} points, more than the "
+                         f"{SPREAD_TRUST_POINTS:g} a verdict needs: neither the measured order nor the spread is "
+                         "settled; measure again with more repeats, on a quieter machine")
+        elif self.spread_trusted:
             lines.append(f"{spread}: within {SPREAD_TRUST_POINTS:g} points, so the estimate's speedups hold on this engine")
         else:
             lines.append(f"{spread}: more than {SPREAD_TRUST_POINTS:g} points, so the estimate's spread is not trusted on "
@@ -81,7 +105,10 @@ class MeasuredPicks:
         return {"backend": self.backend, "picks": self.table.to_dict("records"), "spearman": self.spearman,
                 "estimated_spread": self.estimated_spread, "measured_spread": self.measured_spread,
                 "spread_error_points": self.spread_error_points, "spread_trusted": self.spread_trusted,
-                "trust_rule": f"estimated and measured fastest/slowest ratios within {SPREAD_TRUST_POINTS:g} points"}
+                "spread_uncertainty_points": self.spread_uncertainty_points,
+                "trust_rule": f"estimated and measured fastest/slowest ratios within {SPREAD_TRUST_POINTS:g} points; "
+                              f"no verdict (null) when the repeats' scatter ({NOISE_SIGMAS:g} standard deviations) "
+                              "could move the measured ratio by more than that"}
 
 
 def measure_options(spec: SearchSpec, backend: str, repeats: int = 3, threads: int | None = None,
@@ -112,6 +139,7 @@ def measure_picks(result: SearchResult, options: BenchOptions, count: int, store
         columns={"output_tokens_per_s": "estimated_output_tokens_per_s"}).reset_index(drop=True)
     measured = measure_rows(picks, [f"rank-{int(r)}" for r in picks["rank"]], options, store, backend)
     table["measured_output_tokens_per_s"] = measured["output_tokens_per_s"].to_numpy()
+    table["relative_spread"] = measured["relative_spread"].to_numpy()
     table["measured_rank"] = table["measured_output_tokens_per_s"].rank(ascending=False, method="first").astype(int)
     estimated = table["estimated_output_tokens_per_s"].to_numpy(float)
     observed = table["measured_output_tokens_per_s"].to_numpy(float)
