@@ -191,3 +191,16 @@ def test_a_batch_above_max_num_seqs_is_searched_not_refused(cli, tmp_path):
     assert result.code == 0, result.err
     pick = json.loads(out.read_text())["top_k"][0]
     assert pick["concurrency"] == 256 and pick["output_tokens_per_s"] > 0  # two waves: 256, then 44
+
+
+@pytest.mark.parametrize("gpu, batch, verdict", [
+    ("l4", "8", "slower by more than 9.2%"),  # every ranked pick serves 0.89x the reference on an L4 at batch 8
+    ("h200", "64", "a tie with the reference, not a measured gain"),
+])
+def test_the_top_pick_against_the_reference_always_gets_a_verdict(cli, gpu, batch, verdict):
+    """A pick slower than the reference beyond the estimate's error was printed as 0.89x with no word."""
+    result = cli("search", "--fit", FIT_1B, "--n", "1e9", "--tokens", "1e11", "--layers", "16", "--head-dim", "64",
+                 "--match", "llama-3.2-1b", "--gpu", gpu, "--batch", batch, "--input-len", "4096", "--output-len", "1024")
+    assert result.code == 0, result.err
+    line = " ".join(result.out.split()).split("top pick vs llama-3.2-1b: ")[1]
+    assert verdict in line.split(" note:")[0]
