@@ -210,6 +210,25 @@ def test_status_shows_each_config_state(tmp_path, corpus_data, cli, one_thread):
     assert status.code == 0, status.err
     assert [(r["name"], r["state"]) for r in json.loads(status.out)] == [("a", "done"), ("b", "done"), ("c", "not submitted")]
     assert not (configs / "c" / "run").exists()  # --status ran nothing
+    # asked without the sweep's --tokens, the recipes differ: not submitted, but it says the study has them
+    other = cli("sweep", configs, "--data", corpus_data, "--runs", runs, "--status", "--tokens", "999", "--json")
+    notes = {r["name"]: r["note"] for r in json.loads(other.out)}
+    assert "the study has a record of a for other flags (done)" in notes["a"] and notes["c"] is None
+
+
+def test_status_does_not_check_this_machines_memory(tmp_path, corpus_data, cli, monkeypatch):
+    """--status trains nothing (and the jobs may run elsewhere): a recipe too big for this machine's memory was
+    refused there as it is before training."""
+    from archscale.train import sweep as sweep_module
+
+    def too_big(specs, device):
+        raise AssertionError("--status checked the recipes against this machine's memory")
+
+    monkeypatch.setattr(sweep_module, "check_recipes_fit", too_big)
+    configs = write_study_configs(tmp_path / "configs")
+    status = cli("sweep", configs, "--data", corpus_data, "--runs", tmp_path / "runs.csv", "--status", "--json")
+    assert status.code == 0, status.err
+    assert {r["state"] for r in json.loads(status.out)} == {"not submitted"}
 
 
 # ---- bad input: one line, exit 2, nothing submitted or written --------------------------------------

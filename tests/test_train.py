@@ -325,7 +325,10 @@ def test_a_recipe_trained_on_other_data_is_another_run(tmp_path, corpus_data, cl
     first = cli("sweep", configs, "--data", corpus_data, *flags)
     assert first.code == 0 and "a: trained" in first.out, first.err
     same_run_dir = cli("sweep", configs, "--data", other, *flags)  # configs/a/run holds the first data's run
-    assert one_line_error(same_run_dir) and "on other data" in same_run_dir.err and "--out" in same_run_dir.err
+    assert one_line_error(same_run_dir) and "on other data" in same_run_dir.err
+    assert "give --out a new folder" in same_run_dir.err
+    other_tokens = cli("sweep", configs, "--data", corpus_data, *flags[:2], "--tokens", "2048", *flags[4:])
+    assert one_line_error(other_tokens) and "a finished run of another recipe of a" in other_tokens.err  # was "skipped"
     second = cli("sweep", configs, "--data", other, *flags, "--out", tmp_path / "other-runs")
     assert second.code == 0 and "a: trained" in second.out, second.err
     again = cli("sweep", configs, "--data", other, *flags, "--out", tmp_path / "other-runs")

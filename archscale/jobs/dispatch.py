@@ -596,7 +596,7 @@ def study_status(tasks: Sequence[Task], jobs_dir: str | Path) -> list[TaskRecord
                                   job_id=old.job_id if old else None, note=task.finished,
                                   result=old.result if old else {}))
         elif old is None:
-            out.append(TaskRecord(task.key, task.name, "not submitted"))
+            out.append(TaskRecord(task.key, task.name, "not submitted", note=_other_recipe_note(task, records)))
         elif old.state in ("queued", "running") and old.executor in ("slurm", "local") and old.job_id:
             out.append(_live_state(old, queue, Path(jobs_dir) / SUBMITIT_DIR))
         elif old.state in ("queued", "running") and not busy:  # in this process's hands, but that process is gone
@@ -606,6 +606,16 @@ def study_status(tasks: Sequence[Task], jobs_dir: str | Path) -> list[TaskRecord
         else:
             out.append(old)
     return out
+
+
+def _other_recipe_note(task: Task, records: Mapping[str, TaskRecord]) -> str | None:
+    """When the study holds a record of this config under another key (another recipe: other --tokens, --seed or
+    --out), say so: --status asked without the flags the study ran with would call finished work not submitted."""
+    others = [record for key, record in records.items() if record.name == task.name and key != task.key]
+    if not others:
+        return None
+    return (f"the study has a record of {task.name} for other flags ({others[-1].state}): give --status the flags "
+            "the study ran with (a sweep's --tokens, --seed, --data, --out; a bench's sizes and lengths)")
 
 
 def _live_state(record: TaskRecord, queue: dict[str, str] | None, submitit_dir: Path) -> TaskRecord:

@@ -188,8 +188,11 @@ def _torchrun(config_dir: str, data_dir: str, run: Path, runs: str, tokens: int 
 # ---- the study ----------------------------------------------------------------------------------
 def sweep_tasks(configs_dir: str | Path, data_dir: str | Path | None, runs: str | Path, *, tokens: int | None = None,
                 out_root: str | Path | None = None, seed: int | None = None, device: str = "auto", nproc: int = 1,
-                progress: bool = False) -> tuple[list[Task], dict[str, tuple[Path, RunSpec]]]:
+                progress: bool = False, will_train: bool = True) -> tuple[list[Task], dict[str, tuple[Path, RunSpec]]]:
     """Check every input, then one task per recipe (finished ones marked); also each key's run dir and spec.
+
+    ``will_train`` False (``--status``): the recipes are not checked against this machine's memory, since a status
+    query trains nothing and the jobs may run on other machines.
 
     Nothing is written here: a bad config, data directory, runs table or flag
     stops the sweep before any job is submitted.
@@ -204,7 +207,8 @@ def sweep_tasks(configs_dir: str | Path, data_dir: str | Path | None, runs: str 
     dirs = config_dirs(configs_dir)
     specs = [resolve_run(d, tokens=tokens, seed=seed) for d in dirs]  # validate every config before training any
     check_appendable(runs)
-    check_recipes_fit(specs, device)
+    if will_train:
+        check_recipes_fit(specs, device)
     data = (Path(data_dir) if data_dir is not None else default_data_dir()).resolve()
     meta = read_meta(data)
     vocab, data_hash = int(meta["vocab_size"]), data_fingerprint(meta)
@@ -221,9 +225,8 @@ def sweep_tasks(configs_dir: str | Path, data_dir: str | Path | None, runs: str 
         run_dir = (Path(out_root) / config_dir.name if out_root is not None else config_dir / "run").resolve()
         if run_dir.exists() and not run_dir.is_dir():
             raise UserError(f"{run_dir}: exists and is not a directory (the run directory of {config_dir.name})")
-        _refuse_other_data(run_dir, config_dir, data, data_hash)
         finished = ("in runs table" if has_row_for(done, spec.recipe_hash, data_hash)
-                    else "finished" if (run_dir / RESULT_FILE).exists() else None)
+                    else _finished_run(run_dir, config_dir, spec, data, data_hash, will_train))
         key = f"{config_dir.name}-{spec.recipe_hash}"
         kwargs = dict(config_dir=str(config_dir.resolve()), data_dir=str(data), run_dir=str(run_dir), runs=str(runs),
                       tokens=tokens, seed=seed, device=device, nproc=nproc, progress=progress)
@@ -232,15 +235,28 @@ def sweep_tasks(configs_dir: str | Path, data_dir: str | Path | None, runs: str 
     return tasks, where
 
 
-def _refuse_other_data(run_dir: Path, config_dir: Path, data: Path, data_hash: str) -> None:
-    """A run directory whose finished run was trained on other data is not this sweep's to resume or report."""
+def _finished_run(run_dir: Path, config_dir: Path, spec: RunSpec, data: Path, data_hash: str,
+                  will_train: bool) -> str | None:
+    """``"finished"`` when the run directory holds this recipe's finished run on this data, else None.
+
+    A finished run of another recipe (other --tokens, --seed or train.json) or on other data is not this sweep's to
+    report as done: a sweep that will train refuses it, before anything runs; --status calls it not submitted.
+    """
+    from archscale.fit.runs import current_names
+
     try:
-        trained_on = json.loads((run_dir / RESULT_FILE).read_text()).get("data_hash")
+        row = current_names(json.loads((run_dir / RESULT_FILE).read_text()))
     except (OSError, json.JSONDecodeError, AttributeError):
-        return  # no finished run there (or one the resume will judge)
-    if trained_on not in (None, data_hash):
-        raise UserError(f"{run_dir}: holds {config_dir.name}'s run on other data (data hash {trained_on}; --data {data} "
-                        f"is {data_hash}); give --out-root a new folder for this data's runs")
+        return None  # no finished run there (a checkpoint is the resume's to judge)
+    recipe, trained_on = row.get("recipe_hash"), row.get("data_hash")
+    if recipe == spec.recipe_hash and trained_on in (None, data_hash):
+        return "finished"
+    if not will_train:
+        return None
+    what = (f"a finished run of another recipe of {config_dir.name} (recipe hash {recipe}; these flags give "
+            f"{spec.recipe_hash}: other --tokens, --seed or train.json)" if recipe != spec.recipe_hash else
+            f"{config_dir.name}'s run on other data (data hash {trained_on}; --data {data} is {data_hash})")
+    raise UserError(f"{run_dir}: holds {what}; give --out a new folder for these runs, or the flags that run had")
 
 
 def sweep(configs_dir: str | Path, data_dir: str | Path | None, runs: str | Path, *, tokens: int | None = None,
@@ -271,7 +287,7 @@ def sweep_status(configs_dir: str | Path, data_dir: str | Path | None, runs: str
                  out_root: str | Path | None = None, seed: int | None = None,
                  jobs_dir: str | Path | None = None) -> list[TaskRecord]:
     """Each recipe's state now (queued, running, done, failed, not submitted); submits and writes nothing."""
-    tasks, _ = sweep_tasks(configs_dir, data_dir, runs, tokens=tokens, out_root=out_root, seed=seed)
+    tasks, _ = sweep_tasks(configs_dir, data_dir, runs, tokens=tokens, out_root=out_root, seed=seed, will_train=False)
     return study_status(tasks, jobs_dir or default_jobs_dir(runs))
 
 
