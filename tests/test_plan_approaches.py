@@ -25,6 +25,7 @@ from archscale.plan.approach3 import approach3, projected_fit
 from archscale.plan.intervals import interval_note
 from archscale.plan.isoflop import _law_optimum, isoflop_frontier, law_allocation
 from conftest import DATA
+from helpers import one_line_error
 
 TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 TRUE_A = 0.28 / 0.62
@@ -161,6 +162,23 @@ def test_window_all_is_the_whole_profile_fit_and_warns(cli):
     assert approach2["wide"] == [1e19]
     printed = cli("plan", ISOFLOPS, "--drop-unbracketed", "--window", "all", "--bootstrap", "0").out
     assert "warning: 1 budget wide enough to bias a whole-profile parabola (C = 1e+19" in printed
+
+
+@pytest.mark.parametrize("flags", [["--cost", "dollars", "--gpu-price", "3", "--mfu", "0.1"], ["--gpu-price", "3"],
+                                   ["--mfu", "0.1"], ["--tp", "2"]], ids=lambda flags: " ".join(flags))
+def test_the_isoflop_path_refuses_cost_flags_it_does_not_read(cli, tmp_path, flags):
+    """Approaches 2 and 3 cost nothing: the cost flags (the inference-aware optimum's) were silently ignored."""
+    out = tmp_path / "plan.json"
+    result = cli("plan", ISOFLOPS, "--drop-unbracketed", "--bootstrap", "0", *flags, "--out", out)
+    assert one_line_error(result), (result.code, result.err)
+    assert result.err.startswith(f"error: {flags[0]} does not apply to a training-budget plan")
+    assert not out.exists()
+
+
+def test_seed_without_a_bootstrap_is_refused(cli):
+    result = cli("plan", ISOFLOPS, "--drop-unbracketed", "--bootstrap", "0", "--seed", "3")
+    assert one_line_error(result), (result.code, result.err)
+    assert "error: --seed does not apply to --bootstrap 0 (no resamples)" in result.err and "give --bootstrap N" in result.err
 
 
 def test_plan_stays_fast_on_the_shipped_table(cli):

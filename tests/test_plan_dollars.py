@@ -1,11 +1,13 @@
 """plan's inference-aware optimum in dollars, and at a latency-limited operating point."""
 
 import json
+import warnings
 
 import pytest
 
 from archscale.plan.inference_optimal import CostModel, Serving, inference_aware_optimum
 from archscale.serving import GPU, LatencyLimits, Workload, load_gpu
+from helpers import one_line_error
 from test_planning import TARGET, WORKED
 
 VOLUMES = [1e11, 1e12, 1e13]
@@ -123,8 +125,10 @@ def test_shapes_too_big_for_memory_under_a_limit_are_still_put_down_to_memory():
     (["--cost", "dollars"], "--cost dollars needs a price: give --gpu-price (US dollars per GPU-hour), or a usd_per_hour "
                             "for h100-sxm in a --gpu-file"),
     (["--cost", "dollars", "--gpu-price", "-1"], "--gpu-price must be a positive price in US dollars per GPU-hour, got -1"),
-    (["--cost", "gpu-hours", "--gpu-price", "2"], "--gpu-price prices GPU-hours in dollars: use it with --cost dollars"),
-    (["--tpot-ms", "40"], "--tpot-ms limits serving latency: use it with --cost gpu-hours or dollars, not --cost flops"),
+    (["--cost", "gpu-hours", "--gpu-price", "2"], "--gpu-price does not apply to --cost gpu-hours: it prices GPU-hours in "
+                                                  "dollars; drop it, or use --cost dollars"),
+    (["--tpot-ms", "40"], "--tpot-ms does not apply to --cost flops (training 6ND, inference 2N per token): it limits "
+                          "serving latency; drop it, or use --cost gpu-hours or dollars"),
     (["--cost", "gpu-hours", "--ttft-ms", "0"], "--ttft-ms must be a positive number of milliseconds"),
     (["--cost", "gpu-hours", "--tpot-ms", "40", "--percentile", "p95"], "--percentile 'p95': not a measured statistic"),
     (["--cost", "gpu-hours", "--percentile", "p50"], "--percentile picks the statistic of a latency limit"),
@@ -139,3 +143,53 @@ def test_plan_refuses_prices_and_limits_it_cannot_use(cli, worked_fit, tmp_path,
     assert message in result.err
     assert len(result.err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+# ---- flags --cost flops does not read, and absurd values: one line naming the flag, no numpy warning ---------------
+@pytest.mark.parametrize("flag", [["--mfu", "0.5"], ["--gpu", "h200"], ["--batch", "8"], ["--tp", "2"], ["--input-len", "512"],
+                                  ["--output-len", "128"], ["--inference-counts", "output"], ["--ttft-ms", "400"],
+                                  ["--percentile", "p90"], ["--gpu-file", "gpus.csv"], ["--gpu-price", "2.5"]],
+                         ids=lambda flag: flag[0])
+def test_cost_flops_refuses_the_gpu_flags_it_does_not_read(cli, worked_fit, flag):
+    result = cli("plan", "--fit", worked_fit, "--target-loss", "2.1", "--inference-tokens", "1e12", *flag)
+    assert one_line_error(result), (result.code, result.err)
+    assert result.err.startswith(f"error: {flag[0]} does not apply to --cost flops")
+    assert "drop it, or use --cost" in result.err
+
+
+def test_the_gpu_costs_read_every_gpu_flag(cli, worked_fit):
+    """The refusals must not reach a flag a GPU cost reads: each one, given, changes the plan or is echoed in it."""
+    base = _plan_json(cli, worked_fit, "--cost", "dollars", "--gpu-price", "2.5")
+    for flags in (["--mfu", "0.5"], ["--gpu", "h200"], ["--tp", "2"], ["--batch", "8"], ["--input-len", "1024"],
+                  ["--output-len", "256"], ["--inference-counts", "output"], ["--tpot-ms", "40"],
+                  ["--ttft-ms", "4000", "--percentile", "p90"]):
+        changed = _plan_json(cli, worked_fit, "--cost", "dollars", "--gpu-price", "2.5", *flags)
+        assert changed != base, flags
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--inference-tokens", "1e300"], "--inference-tokens 1e+300: the inference cost overflows (past 1.8e+308 FLOPs)"),
+    (["--inference-tokens", "1e12", "--cost", "dollars", "--gpu-price", "1e306"],
+     "--gpu-price 1e+306: the costs in dollars overflow"),
+    (["--inference-tokens", "1e12", "--cost", "gpu-hours", "--mfu", "1e-300"], "--mfu 1e-300: training at that utilisation"),
+])
+def test_costs_that_overflow_name_the_flag_without_a_numpy_warning(cli, worked_fit, args, message):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = cli("plan", "--fit", worked_fit, "--target-loss", "2.1", *args)
+    assert one_line_error(result), (result.code, result.err)
+    assert result.err.startswith("error: ") and message in result.err
+    assert not caught, [str(w.message) for w in caught]
+
+
+def test_a_target_whose_smallest_model_no_gpu_holds_says_so_without_a_numpy_warning(cli, worked_fit):
+    """Near E the smallest model that reaches the target has 4e19 parameters: its reference shapes once wrapped int64
+    (numpy warned 'invalid value encountered in log'); now they are unservable, and the line says how to continue."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = cli("plan", "--fit", worked_fit, "--target-loss", "1.700001", "--inference-tokens", "1e12", "--cost",
+                     "gpu-hours")
+    assert one_line_error(result), (result.code, result.err)
+    assert "no size reaches the target at a finite cost with this serving setup" in result.err
+    assert "raise --target-loss (the smallest model that reaches 1.7 has N = 4" in result.err
+    assert not caught, [str(w.message) for w in caught]

@@ -1,6 +1,7 @@
 """``archscale plan``: compute-optimal N* and D* (Approach 2 and from a law) and the inference-aware optimum."""
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ from archscale.laws import get_law
 from archscale.plan.isoflop import law_allocation
 from archscale.fit.fitted import FittedLaw
 from conftest import DATA
+from helpers import one_line_error
 
 ISOFLOPS = DATA / "chinchilla_isoflops_epoch.csv"
 
@@ -214,17 +216,75 @@ def test_plan_bad_isoflop_input(cli, tmp_path, make, args, message):
         (["--target-loss", "2.1"], "needs --fit, --target-loss and --inference-tokens together"),
         (["--target-loss", "2.1", "--inference-tokens", "1e12", "--cost", "euros"], "--cost 'euros'"),
         ([], "give --budget C"),
+        (["--target-loss", "nan", "--inference-tokens", "1e12"], "--target-loss nan: must be a finite positive number"),
+        (["--target-loss", "inf", "--inference-tokens", "1e12"], "--target-loss inf: must be a finite positive number"),
+        (["--target-loss", "-2", "--inference-tokens", "1e12"], "--target-loss -2: must be a finite positive number"),
+        # above the loss of one parameter with unlimited data (E + A = 6326): every size reaches it, N* would be < 1
+        (["--target-loss", "1e10", "--inference-tokens", "1e12"], "--target-loss 1e+10 is reached by every model of one "
+                                                                  "parameter or more: the law gives 6326 at N = 1"),
+        (["--target-loss", "1e300", "--inference-tokens", "1e12"], "give a target below 6326"),  # crashed in geomspace
+        (["--target-loss", "2.1", "--inference-tokens", "1e300"], "--inference-tokens 1e+300: the inference cost overflows"),
     ],
 )
 def test_plan_bad_lifetime_input(cli, tmp_path, args, message):
     fit = tmp_path / "worked.json"
     fit.write_text(json.dumps({"law": "chinchilla", "params": WORKED.params}))
     out = tmp_path / "plan.json"
-    result = cli("plan", "--fit", fit, *args, "--out", out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = cli("plan", "--fit", fit, *args, "--out", out)
     assert result.code == 2, result.out
     assert message in result.err
-    assert len(result.err.strip().splitlines()) == 1
+    assert len(result.err.strip().splitlines()) == 1 and result.err.startswith("error: ")
     assert not out.exists()
+    assert not caught, [str(w.message) for w in caught]  # no numpy RuntimeWarning reaches the user
+
+
+def test_a_target_just_below_one_parameters_loss_still_plans():
+    plan = inference_aware_optimum(WORKED, 6000.0, [1e12])  # E + A = 6326: the smallest size is about 1.2 parameters
+    assert plan.optima[0].n >= 1 and plan.optima[0].d > 0
+
+
+def test_reference_shapes_of_huge_sizes_keep_a_positive_growing_count():
+    """Sizes past 9.2e18 wrapped int64 into negative counts (and a numpy warning from log)."""
+    from archscale.plan.inference_optimal import reference_shapes
+
+    sizes = reference_shapes(np.geomspace(1e15, 1e24, 12), 128256)["N"].to_numpy()
+    assert np.all(sizes > 0) and np.all(np.diff(sizes) > 0)
+
+
+RUNS_ONLY_FLAGS = [["--window", "5"], ["--bootstrap", "10"], ["--seed", "1"], ["--drop-unbracketed"],
+                   ["--min-tokens-per-param", "1"], ["--where", "loss < 3"], ["--holdout", "C >= 1e21"],
+                   ["--col", "N=size"], ["--drop-invalid"]]
+
+
+@pytest.mark.parametrize("flag", RUNS_ONLY_FLAGS, ids=lambda flag: flag[0])
+def test_plan_refuses_runs_table_flags_without_a_runs_table(cli, tmp_path, flag):
+    fit = tmp_path / "worked.json"
+    fit.write_text(json.dumps({"law": "chinchilla", "params": WORKED.params}))
+    for mode in (["--budget", "1e22"], ["--target-loss", "2.1", "--inference-tokens", "1e12"]):
+        result = cli("plan", "--fit", fit, *mode, *flag)
+        assert one_line_error(result), (result.code, result.err)
+        assert result.err.startswith(f"error: {flag[0]} does not apply to a plan without an isoFLOP runs table")
+        assert "drop it, or give the runs table" in result.err
+
+
+@pytest.mark.parametrize("flags", [
+    ["--cost", "dollars", "--gpu-price", "2.5"],
+    ["--cost", "gpu-hours", "--tpot-ms", "40", "--ttft-ms", "400", "--percentile", "p90", "--batch", "8", "--tp", "2",
+     "--inference-counts", "output"],
+    ["--gpu-price", "2.5"], ["--mfu", "0.5"], ["--gpu", "h200"], ["--tp", "2"], ["--batch", "8"], ["--input-len", "512"],
+    ["--output-len", "128"], ["--inference-counts", "output"], ["--tpot-ms", "40"], ["--ttft-ms", "400"],
+    ["--percentile", "p90"], ["--cost", "flops"],
+], ids=lambda flags: " ".join(flags))
+def test_plan_refuses_cost_flags_in_a_training_budget_plan(cli, tmp_path, flags):
+    """Only the inference-aware optimum reads the cost flags; a budget plan printed the same with or without them."""
+    fit = tmp_path / "worked.json"
+    fit.write_text(json.dumps({"law": "chinchilla", "params": WORKED.params}))
+    result = cli("plan", "--fit", fit, "--budget", "1e22", *flags)
+    assert one_line_error(result), (result.code, result.err)
+    assert result.err.startswith(f"error: {flags[0]} does not apply to a training-budget plan")
+    assert "give --target-loss and --inference-tokens" in result.err
 
 
 def test_plan_refuses_to_write_over_its_input(cli, tmp_path):

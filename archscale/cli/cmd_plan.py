@@ -12,7 +12,7 @@ from rich.table import Table
 from archscale.cli import Command, app, bootstrap_bar, console, examples, print_json
 from archscale.io.outputs import check_outputs, written_together
 from archscale.cli.options import (COLUMN_MAP, DROP_INVALID, GPU_PRICE, MIN_TOKENS_PER_PARAM, PERCENTILE, TPOT_MS, TTFT_MS,
-                                   WHERE, gpu_help, latency_limits)
+                                   WHERE, given_on_command_line, gpu_help, latency_limits)
 from archscale.io.units import format_count, parse_count
 from archscale.io.errors import UserError
 from archscale.io.files import write_json
@@ -211,6 +211,7 @@ def _print_lifetime(plan: Any) -> None:
     "--cost dollars --gpu h100-sxm --gpu-price 2.5 --tpot-ms 40",
 ))
 def plan(
+    ctx: typer.Context,
     runs: Optional[Path] = typer.Argument(None, help="isoFLOP runs table (columns N, D or C, loss): Approaches 2 and 3 on its profiles."),
     fit: Optional[Path] = typer.Option(None, "--fit", help="A Chinchilla (or aspect) fit JSON: N*(C) from the law, with intervals when it was fitted with --bootstrap."),
     budget: Optional[str] = typer.Option(None, "--budget", metavar="<counts>", help="Training budgets C in FLOPs to plan for, e.g. 1e22,5.76e23."),
@@ -262,9 +263,9 @@ def plan(
         raise UserError("--plot draws isoFLOP profiles: give the runs table too")
     if counts not in ("total", "output"):
         raise UserError(f"--inference-counts {counts!r}: choose total or output")
+    check_unused_flags(ctx, runs is not None, lifetime_asked, cost, resamples)
     check_outputs(("--out", out, "json"), ("--plot", plot, "png"), inputs=(runs, fit, gpu_file))
 
-    check_cost_flags(cost, gpu_price, tpot_ms, ttft_ms, percentile)
     fitted = load_fit(fit) if fit else None
     cost_model = None
     if lifetime_asked:
@@ -336,17 +337,54 @@ def _isoflop_inputs(runs: Path, col, where, holdout, min_tokens_per_param, drop_
     return frame, select(frame, holdout, "--holdout", str(runs)).to_numpy()
 
 
-def check_cost_flags(cost: str, gpu_price: float | None, tpot_ms: float | None, ttft_ms: float | None,
-                     percentile: str | None) -> None:
-    """A price or latency flag that the chosen --cost would ignore is refused: a plan that silently left out the
-    user's limit would answer a question they did not ask."""
-    from archscale.plan.inference_optimal import GPU_COSTS
+# What each flag that only some plans read does, in words (parameter name: what it does): a flag typed for a plan
+# that does not read it is refused, since a plan that silently left it out would answer a question not asked.
+RUNS_TABLE_FLAGS = {
+    "col": "maps the runs table's columns", "where": "selects rows of the runs table",
+    "holdout": "holds out budgets of the runs table", "min_tokens_per_param": "drops undertrained runs of the runs table",
+    "drop_invalid": "drops invalid rows of the runs table",
+    "drop_unbracketed": "leaves out the runs table's budgets without a bracketed minimum",
+    "window": "sets the runs Approach 2 fits around each budget's minimum",
+    "resamples": "sets the bootstrap resamples of Approaches 2 and 3", "seed": "seeds the bootstrap of Approaches 2 and 3",
+}
+LIFETIME_FLAGS = {"cost": "sets what the inference-aware optimum minimises"}
+GPU_COST_FLAGS = {  # read by --cost gpu-hours and dollars: training on a GPU, serving on a replica of them
+    "mfu": "sets the training GPU-hours", "gpu": "sets the device that trains and serves",
+    "gpu_file": "adds devices for training and serving", "tp": "sets the serving replica's GPUs",
+    "batch": "sets the serving workload", "input_len": "sets the serving workload", "output_len": "sets the serving workload",
+    "counts": "says which served tokens cost GPU time", "tpot_ms": "limits serving latency",
+    "ttft_ms": "limits serving latency", "percentile": "picks the statistic of a serving latency limit",
+}
+DOLLAR_FLAGS = {"gpu_price": "prices GPU-hours in dollars"}
 
-    if gpu_price is not None and cost != "dollars":
-        raise UserError(f"--gpu-price prices GPU-hours in dollars: use it with --cost dollars, not --cost {cost}")
-    limit_flags = [flag for flag, value in (("--tpot-ms", tpot_ms), ("--ttft-ms", ttft_ms)) if value is not None]
-    if limit_flags and cost not in GPU_COSTS:
-        raise UserError(f"{limit_flags[0]} limits serving latency: use it with --cost gpu-hours or dollars, not --cost {cost}")
+
+def check_unused_flags(ctx: typer.Context, with_runs: bool, lifetime: bool, cost: str, resamples: int) -> None:
+    """Refuse, in one line, the first flag the user typed that this plan would not read: the runs table's flags
+    without a runs table, --seed without a bootstrap, the cost flags without the inference-aware optimum, the GPU
+    flags with --cost flops, and --gpu-price with any cost but dollars."""
+    from archscale.plan.inference_optimal import COSTS, GPU_COSTS
+
+    def refuse(flags: dict[str, str], plan: str, instead: str) -> None:
+        names = {param.name: param.opts[0] for param in ctx.command.params}
+        for name, does in flags.items():
+            if given_on_command_line(ctx, name):
+                raise UserError(f"{names[name]} does not apply to {plan}: it {does}; drop it, or {instead}")
+
+    if not with_runs:
+        refuse(RUNS_TABLE_FLAGS, "a plan without an isoFLOP runs table", "give the runs table (archscale plan RUNS.csv ...)")
+    elif resamples == 0:
+        refuse({"seed": RUNS_TABLE_FLAGS["seed"]}, "--bootstrap 0 (no resamples)", "give --bootstrap N")
+    if not lifetime:
+        refuse({**LIFETIME_FLAGS, **GPU_COST_FLAGS, **DOLLAR_FLAGS}, "a training-budget plan",
+               "give --target-loss and --inference-tokens for the inference-aware optimum")
+        return
+    if cost not in COSTS:
+        raise UserError(f"--cost {cost!r}: choose one of {', '.join(COSTS)}")
+    if cost not in GPU_COSTS:
+        refuse({**GPU_COST_FLAGS, **DOLLAR_FLAGS}, f"--cost {cost} (training 6ND, inference 2N per token)",
+               "use --cost gpu-hours or dollars")
+    elif cost != "dollars":
+        refuse(DOLLAR_FLAGS, f"--cost {cost}", "use --cost dollars")
 
 
 def _cost_model(kind: str, mfu: float, gpu: str, gpu_file: Path | None, gpu_price: float | None, tp: int, workload: Any,

@@ -208,17 +208,28 @@ def _bisect(decreasing, low: np.ndarray, high: np.ndarray) -> np.ndarray:
 
 
 def check_target(fitted: FittedLaw, target_loss: float) -> None:
-    """A target at or below the irreducible loss ``E`` is reached by no model, however large."""
+    """A target the law cannot plan for is one line naming ``--target-loss``: not a finite positive number; at or
+    below the irreducible loss ``E`` (reached by no model, however large); or at or above the loss of a model of
+    one parameter trained on unlimited data (reached by every size, so the "optimum" would be a fraction of a
+    parameter)."""
+    if not (math.isfinite(target_loss) and target_loss > 0):
+        raise UserError(f"--target-loss {target_loss:g}: must be a finite positive number, the loss the model must "
+                        "reach (e.g. 2.1)")
     if _searched(fitted):
         floor = float(_loss(fitted, np.array([UNLIMITED]), np.array([UNLIMITED]))[0])
-        if not (math.isfinite(target_loss) and target_loss > floor):
+        if not target_loss > floor:
             raise UserError(f"--target-loss {target_loss:g} is not above the loss {fitted.law.name} reaches with unlimited "
                             f"parameters and data ({floor:.4g}, {fitted.source}): choose a target above it")
-        return
-    e = _size_params(fitted)[0]
-    if not (math.isfinite(target_loss) and target_loss > e):
-        raise UserError(f"--target-loss {target_loss:g} is not above the law's irreducible loss E = {e:.4g} "
-                        f"({fitted.source}): no model reaches it; choose a target above {e:.4g}")
+    else:
+        e = _size_params(fitted)[0]
+        if not target_loss > e:
+            raise UserError(f"--target-loss {target_loss:g} is not above the law's irreducible loss E = {e:.4g} "
+                            f"({fitted.source}): no model reaches it; choose a target above {e:.4g}")
+    ceiling = float(_loss(fitted, np.array([1.0]), np.array([UNLIMITED]))[0])
+    if math.isfinite(ceiling) and target_loss >= ceiling:
+        raise UserError(f"--target-loss {target_loss:g} is reached by every model of one parameter or more: the law "
+                        f"gives {ceiling:.4g} at N = 1 with unlimited data ({fitted.source}), so there is no size to "
+                        f"choose; give a target below {ceiling:.4g}")
 
 
 def tokens_for_loss(fitted: FittedLaw, target_loss: float, n: np.ndarray) -> np.ndarray:
@@ -301,7 +312,9 @@ def reference_shapes(sizes: np.ndarray, vocab: int, tp: int = 1) -> pd.DataFrame
         rows.append(dict(n_layers=layers, d_model=d_model, n_heads=heads, n_kv_heads=kv_heads_for(heads, tp), d_head=d_head,
                          d_ff=d_ff, vocab=vocab, tie_embeddings=False))
     frame = pd.DataFrame(rows)
-    frame["N"] = non_embedding_params(*(frame[c] for c in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff")))
+    # in floats: the shapes of a huge N (a target near E) would wrap int64 past 9.2e18 into negative sizes
+    frame["N"] = non_embedding_params(*(frame[c].astype(float) for c in ("n_layers", "d_model", "n_heads", "n_kv_heads",
+                                                                         "d_head", "d_ff")))
     return frame
 
 
@@ -360,17 +373,25 @@ class _InferenceCost:
             assert cost.serving is not None
             shapes = reference_shapes(np.geomspace(low, high, SHAPE_POINTS), cost.serving.vocab, cost.serving.tp)
             shapes = shapes.drop_duplicates(subset="N").sort_values("N").reset_index(drop=True)
-            estimate = serving_estimate(shapes, cost.serving)
-            rate = serving_rate(estimate, cost.serving)
+            # a shape with more parameters than the replica has bytes of memory cannot be held at any precision:
+            # it is unservable without asking the cost model (whose integer arithmetic such sizes would overflow)
+            held = (shapes["N"] <= cost.serving.tp * cost.serving.gpu.memory_gb * 2**30).to_numpy()
+            rate = np.zeros(len(shapes))
+            if held.any():
+                estimate = serving_estimate(shapes[held].reset_index(drop=True), cost.serving)
+                rate[held] = serving_rate(estimate, cost.serving)
+                if "operating_batch" in estimate:
+                    batches = np.zeros(len(shapes), int)
+                    batches[held] = estimate["operating_batch"].to_numpy()
+                    shapes["operating_batch"] = np.where(rate > 0, batches, 0)
             self.log_n = np.log(shapes["N"].to_numpy(float))
             self.log_seconds_per_token = np.where(rate > 0, -np.log(np.where(rate > 0, rate, 1.0)), np.inf)
             unservable = np.flatnonzero(rate <= 0)
             if len(unservable):
                 first = unservable[0]  # shapes are sorted by N
                 self.unservable_from = float(shapes["N"].iloc[first])
-                self.too_slow = cost.serving.limits is not None and _fits(shapes.iloc[[first]], cost.serving)
-            if "operating_batch" in estimate:
-                shapes["operating_batch"] = np.where(rate > 0, estimate["operating_batch"].to_numpy(), 0)
+                self.too_slow = (cost.serving.limits is not None and bool(held[first])
+                                 and _fits(shapes.iloc[[first]], cost.serving))
             self.shapes = shapes
 
     def operating_batch(self, n: float) -> int | None:
@@ -407,13 +428,23 @@ class _InferenceCost:
                 f"KV heads the count nearest GQA {GQA_GROUP} that {tp} GPUs split or replicate), so near these sizes their "
                 f"GQA is {shown}")
 
-    def __call__(self, n: np.ndarray, tokens: float) -> np.ndarray:
+    def servable(self, n: np.ndarray) -> np.ndarray:
+        """Whether a model of each size ``n`` can be served (always, when costs are FLOPs)."""
+        n = np.asarray(n, float)
+        if self.cost.kind == "flops":
+            return np.ones(n.shape, bool)
+        with np.errstate(invalid="ignore"):
+            return np.isfinite(np.interp(np.log(n), self.log_n, self.log_seconds_per_token))
+
+    def __call__(self, n: np.ndarray, tokens: float, priced: bool = True) -> np.ndarray:
+        """The cost in the plan's unit, or (``priced=False``) in GPU-hours even for dollars."""
         n = np.asarray(n, float)
         if self.cost.kind == "flops":
             return 2.0 * n * tokens
         log_s = np.interp(np.log(n), self.log_n, self.log_seconds_per_token)
         # a replica spans tp GPUs: GPU-hours = seconds x tp / 3600 (then at the price per GPU-hour for dollars)
-        return np.exp(log_s) * tokens * self.cost.serving.tp / 3600.0 * self.cost.per_gpu_hour
+        hours = np.exp(log_s) * tokens * self.cost.serving.tp / 3600.0
+        return hours * self.cost.per_gpu_hour if priced else hours
 
 
 def training_cost(cost: CostModel, n: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -442,14 +473,19 @@ def inference_aware_optimum(fitted: FittedLaw, target_loss: float, inference_tok
     low = smallest_size(fitted, target_loss) * (1 + 1e-9)
     high = low * 10**SEARCH_DECADES
     grid = np.geomspace(low, high, GRID_POINTS)[1:]
-    tokens = tokens_for_loss(fitted, target_loss, grid)
+    with np.errstate(all="ignore"):
+        tokens = tokens_for_loss(fitted, target_loss, grid)
     inference = _InferenceCost(cost, grid[0], grid[-1])
     n_chin, d_chin = chinchilla_point(fitted, target_loss)
     plan = LifetimePlan(target_loss, cost, [], [])
     for volume in volumes:
-        plan.optima.append(_minimise(fitted, target_loss, volume, cost, inference, grid, tokens))
-        plan.chinchilla.append(Optimum(volume, n_chin, d_chin, float(training_cost(cost, n_chin, d_chin)),
-                                       float(inference(np.array([n_chin]), volume)[0]), inference.operating_batch(n_chin)))
+        _check_overflow(cost, inference, grid, tokens, volume, target_loss)
+        # the costs are finite wherever a model is servable (checked): what is left is the infinite cost of the
+        # unservable sizes, which the search skips, so numpy has nothing to warn a user about
+        with np.errstate(all="ignore"):
+            plan.optima.append(_minimise(fitted, target_loss, volume, cost, inference, grid, tokens))
+            plan.chinchilla.append(Optimum(volume, n_chin, d_chin, float(training_cost(cost, n_chin, d_chin)),
+                                           float(inference(np.array([n_chin]), volume)[0]), inference.operating_batch(n_chin)))
     sizes = [o.n for o in plan.optima] + [n_chin]
     if max(sizes) >= 0.5 * inference.unservable_from:
         plan.notes.append(inference.unservable_note())
@@ -473,12 +509,43 @@ def _minimise(fitted: FittedLaw, target_loss: float, volume: float, cost: CostMo
         return float(value[0]) if np.isfinite(value[0]) else math.inf
 
     costs = training_cost(cost, grid, tokens) + inference(grid, volume)
-    if not np.any(np.isfinite(costs)):
+    if not np.any(np.isfinite(costs)):  # _check_overflow has ruled out overflow: no size can be served
         relax = ", relax the latency limit" if cost.serving is not None and cost.serving.limits is not None else ""
-        raise UserError(f"no size reaches the target at a finite cost with this serving setup; raise --tp{relax} "
-                        "or pick another GPU")
-    with np.errstate(invalid="ignore"):  # the refinement may probe sizes past the servable ones (an infinite cost)
-        n = math.exp(minimum_on_grid(total, np.log(grid), costs))
+        raise UserError(f"no size reaches the target at a finite cost with this serving setup; raise --tp{relax}, "
+                        f"pick another GPU, or raise --target-loss (the smallest model that reaches {target_loss:g} "
+                        f"has N = {grid[0]:.3g})")
+    n = math.exp(minimum_on_grid(total, np.log(grid), costs))
     d = float(tokens_for_loss(fitted, target_loss, np.array([n]))[0])
     return Optimum(volume, n, d, float(training_cost(cost, n, d)), float(inference(np.array([n]), volume)[0]),
                    inference.operating_batch(n))
+
+
+def _check_overflow(cost: CostModel, inference: _InferenceCost, grid: np.ndarray, tokens: np.ndarray, volume: float,
+                    target_loss: float) -> None:
+    """One line naming the flag whose value makes a cost overflow a float (past 1.8e308) at a size the plan
+    searches: a plan built on infinities would be nonsense, and numpy would warn about them first."""
+    with np.errstate(all="ignore"):
+        training = training_cost(cost, grid, tokens)
+        serving = inference(grid, volume)
+        servable = inference.servable(grid)
+        flops_bad = not np.all(np.isfinite(6.0 * grid * tokens))
+        training_bad = not np.all(np.isfinite(training))
+        serving_bad = not np.all(np.isfinite(serving[servable]))
+        total_bad = not np.all(np.isfinite((training + serving)[servable]))
+        if not (training_bad or serving_bad or total_bad):
+            return
+        if cost.kind == "dollars":  # the same plan in GPU-hours: finite there, the price is what overflows
+            hours = CostModel("gpu-hours", cost.mfu, cost.serving)
+            in_hours = (training_cost(hours, grid, tokens) + inference(grid, volume, priced=False))[servable]
+            if np.all(np.isfinite(in_hours)):
+                raise UserError(f"--gpu-price {cost.usd_per_gpu_hour:g}: the costs in dollars overflow (past 1.8e+308 "
+                                "USD) at that price; give a real price per GPU-hour, e.g. 2.5")
+    unit = cost.unit
+    if serving_bad or (total_bad and not training_bad):
+        raise UserError(f"--inference-tokens {volume:g}: the inference cost overflows (past 1.8e+308 {unit}) for models "
+                        "that reach the target; give the tokens a model could serve in its life, e.g. 1T or 1e13")
+    if cost.on_gpus and not flops_bad:
+        raise UserError(f"--mfu {cost.mfu:g}: training at that utilisation of {cost.serving.gpu.name} costs more GPU-hours "
+                        "than a float holds (past 1.8e+308); give a realistic MFU, e.g. 0.4")
+    raise UserError(f"--target-loss {target_loss:g}: the training tokens it needs overflow (past 1.8e+308 FLOPs) near the "
+                    "smallest model that reaches it; choose a target further above the law's irreducible loss")
