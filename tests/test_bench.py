@@ -479,3 +479,86 @@ def test_show_prices_rows_by_hand_and_refuses_one_price_for_several_devices(cli,
     assert both.code == 2 and "--gpu-price prices one device, but the rows shown are on a100-40gb, h200" in both.err
     run = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--gpu-price", "3")
     assert run.code == 2 and "--gpu-price" in run.err
+
+
+# ---- flags a mode or backend does not read are refused, not ignored ---------------------------
+@pytest.mark.parametrize("flag", [["--repeats", "5"], ["--max-noise", "0.5"], ["--seed", "3"], ["--device", "cpu"],
+                                  ["--compile"], ["--timeout", "60"], ["--enforce-eager"], ["--verbose"]])
+def test_roofline_refuses_the_measuring_flags(cli, tmp_path, flag):
+    store = tmp_path / "s.sqlite"
+    r = cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", *flag, "--store", store, "--no-progress")
+    assert_one_line_error(r, store, f"{flag[0]} does not apply to --backend roofline")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--backend", "vllm", "--compile"], "--compile applies to --backend torch only, not vllm"),
+    (["--backend", "vllm", "--device", "cpu"], "--device applies to --backend torch only, not vllm"),
+    (["--backend", "torch", "--timeout", "60"], "--timeout applies to --backend vllm only, not torch"),
+    (["--enforce-eager"], "--enforce-eager applies to --backend vllm only, not torch"),
+    (["--engine", "vllm"], "--engine applies to --backend roofline only"),
+])
+def test_measured_backends_refuse_the_other_backends_flags(cli, tiny_dirs, tmp_path, args, fragment):
+    store = tmp_path / "s.sqlite"
+    assert_one_line_error(cli("bench", tiny_dirs[0], *args, "--store", store, "--no-progress"), store, fragment)
+
+
+@pytest.fixture
+def roofline_store(cli, tmp_path):
+    """A roofline store on h200 at batch sizes 1 and 8 (the audit's store)."""
+    store = tmp_path / "s.sqlite"
+    assert cli("bench", "llama-3.2-1b", "--backend", "roofline", "--gpu", "h200", "--batch-sizes", "1,8", "--store", store,
+               "--no-progress").code == 0
+    return store
+
+
+@pytest.mark.parametrize("args, batches", [
+    (["--batch-sizes", "8"], [8]), (["--batch-sizes", "1-8"], [1, 8]), (["--dtype", "bf16"], [1, 8]),
+    (["--tp", "1", "--input-len", "4096", "--output-len", "1024"], [1, 8]), (["--gpu", "H200", "--backend", "roofline"], [1, 8]),
+])
+def test_show_filters_by_the_run_flags_a_row_records(cli, roofline_store, args, batches):
+    shown = cli("bench", "--show", "--store", roofline_store, *args, "--json")
+    assert shown.code == 0, shown.err
+    assert [row["batch_size"] for row in json.loads(shown.out)] == batches
+
+
+@pytest.mark.parametrize("args, held", [
+    (["--dtype", "float16"], "--dtype bfloat16"), (["--tp", "2"], "--tp 1"), (["--input-len", "5"], "--input-len 4096"),
+    (["--gpu", "h100-sxm"], "--gpu h200"), (["--backend", "vllm", "--batch-sizes", "8"], "--backend roofline; --batch-sizes 1, 8"),
+])
+def test_show_says_what_the_store_holds_when_nothing_matches(cli, roofline_store, args, held):
+    shown = cli("bench", "--show", "--store", roofline_store, *args)
+    assert shown.code == 0 and "no records matching the filters" in shown.out and held in shown.out, shown.out
+
+
+@pytest.mark.parametrize("flag", [["--engine", "torch"], ["--repeats", "2"], ["--seed", "1"], ["--max-noise", "0.5"],
+                                  ["--device", "cpu"], ["--compile"], ["--timeout", "9"], ["--enforce-eager"],
+                                  ["--profile", "none"], ["--executor", "local"]])
+def test_show_refuses_the_run_flags_it_does_not_filter_by(cli, roofline_store, flag):
+    r = cli("bench", "--show", "--store", roofline_store, *flag)
+    assert one_line_error(r) and f"{flag[0]} does not apply to --show" in r.err, r.err
+    assert r.out == ""
+
+
+def test_show_refuses_an_unknown_gpu_naming_the_stores_devices(cli, roofline_store):
+    r = cli("bench", "--show", "--store", roofline_store, "--gpu", "nosuch")
+    assert one_line_error(r) and "--gpu 'nosuch': unknown device" in r.err and "its rows are on h200" in r.err, r.err
+
+
+def test_export_and_price_without_show_say_to_add_show(cli, roofline_store, tmp_path):
+    for flag, value in (("--export", tmp_path / "b.csv"), ("--gpu-price", "3")):
+        r = cli("bench", flag, value, "--store", roofline_store)
+        assert one_line_error(r) and f"{flag} " in r.err and "add --show" in r.err, r.err
+    assert not (tmp_path / "b.csv").exists()
+
+
+def test_show_says_an_empty_store_is_empty(cli, tmp_path):
+    empty = tmp_path / "e.sqlite"
+    empty.touch()
+    no_rows = tmp_path / "z.sqlite"
+    append(no_rows, [make_record(TINY_128, "t", "torch", {"batch_size": 1, "input_len": 8, "output_len": 4, "repeats": 1,
+                                                         "tp": 1}, {"gpu": "cpu"})])
+    with sqlite3.connect(no_rows) as connection:
+        connection.execute("DELETE FROM results")
+    for store in (empty, no_rows):
+        shown = cli("bench", "--show", "--store", store)
+        assert shown.code == 0 and "the store is empty" in shown.out, shown.out

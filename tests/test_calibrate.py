@@ -456,3 +456,42 @@ def test_calibrates_engine_settings_are_named_by_their_flags(cli, tmp_path, flag
     """They were refused in the model's own names (reserved_gib, max_num_seqs), one of them a flag the user never set."""
     result = cli("bench", "calibrate", "--store", tmp_path / "none.sqlite", "--gpu", "h200", flag, value)
     assert result.code == 2 and fragment in result.err and len(result.err.strip().splitlines()) == 1, result.err
+
+
+# ---- calibrate's flags: refused in one line, naming the flag ----------------------------------------
+@pytest.mark.parametrize("args, fragment", [
+    (["--kv-cache-gib", "1e300"], "--kv-cache-gib 1e+300 is more than h200's 141 GiB"),
+    (["--memory-fraction", "0.3", "--kv-cache-gib", "8"], "--memory-fraction does not apply with --kv-cache-gib"),
+    (["--fit", "eta_weights,,t_step"], "--fit 'eta_weights,,t_step': an empty term"),
+    (["--fit", ""], "--fit '': an empty term"),
+    (["--name", ""], "--name is empty"),
+    (["--name", " ", "--out", "p.json"], "--name is empty"),
+    (["--dtype", "float16"], "in float16: no measured ok rows (found engines: sglang, vllm; devices: a100-40gb, h200; "
+                             "dtypes: bfloat16)"),
+])
+def test_calibrate_refuses_flags_it_would_misuse(cli, tmp_path, monkeypatch, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    _one_line(cli("bench", "calibrate", "--store", PUBLISHED, "--gpu", "h200", "--engine", "vllm", *args), fragment)
+    assert not list(Path(tmp_path).iterdir())
+
+
+def test_a_kv_cache_within_the_device_is_taken(cli):
+    r = cli("bench", "calibrate", "--store", PUBLISHED, "--gpu", "h200", "--engine", "vllm", "--kv-cache-gib", "100",
+            "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["profile"]["settings"]["kv_cache_gib"] == 100
+
+
+def test_calibrate_refuses_an_empty_store_naming_it(cli, tmp_path):
+    empty = tmp_path / "e.sqlite"
+    empty.touch()
+    no_rows = tmp_path / "z.sqlite"
+    append(no_rows, synthetic().head(1).to_dict("records"))
+    import sqlite3
+
+    with sqlite3.connect(no_rows) as connection:
+        connection.execute("DELETE FROM results")
+    header_only = tmp_path / "h.csv"
+    header_only.write_text("name,backend,gpu,dtype,tokens_per_s\n")
+    for store in (empty, no_rows, header_only):
+        _one_line(cli("bench", "calibrate", "--store", store, "--gpu", "h200"), f"--store {store}: the store is empty")

@@ -487,9 +487,10 @@ def calibrate(results: pd.DataFrame, device: GPU, engine: str = "vllm", dtype: s
     rows = measured_rows(selected, device.name, engine, dtype)
     label = f"{source}: {engine} on {device.name}"
     if rows.empty:
-        raise UserError(f"{label}: no measured ok rows (found engines: "
-                        f"{', '.join(sorted(set(results['backend'].dropna().astype(str)))) or 'none'}; "
-                        f"devices: {', '.join(sorted(set(results['gpu'].dropna().astype(str)))) or 'none'})")
+        found = {what: ", ".join(sorted(set(results[column].dropna().astype(str)))) or "none"
+                 for what, column in (("engines", "backend"), ("devices", "gpu"), ("dtypes", "dtype"))}
+        raise UserError(f"{label}{f' in {dtype}' if dtype else ''}: no measured ok rows (found "
+                        + "; ".join(f"{what}: {values}" for what, values in found.items()) + ")")
     dtypes = sorted(set(rows["dtype"].dropna().astype(str)))
     if len(dtypes) > 1:
         raise UserError(f"{label}: rows of several dtypes ({', '.join(dtypes)}); calibrate one at a time with --dtype")

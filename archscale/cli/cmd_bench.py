@@ -28,7 +28,7 @@ from rich.table import Table
 from archscale.bench.records import BACKENDS, MEASURED_BACKENDS, NOISY_CV
 from archscale.bench.store import STORE
 from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json, study
-from archscale.cli.options import GPU_PRICE, gpu_help, parse_assignments, parse_int_list
+from archscale.cli.options import GPU_PRICE, given_on_command_line, gpu_help, parse_assignments, parse_int_list
 from archscale.serving.estimate import EngineSettings
 from archscale.serving.price import format_usd
 from archscale.serving.profiles import check_engine
@@ -39,6 +39,24 @@ from archscale.io.units import DTYPE_HELP, parse_dtype
 
 DEFAULT_STORE = Path("bench.sqlite")
 STORE_HELP = "Results store (.sqlite/.db), appended to by every run and read by --show, calibrate and search --store."
+BACKEND_FLAGS = {
+    "repeats": ("torch", "vllm"),
+    "max_noise": ("torch", "vllm"),
+    "seed": ("torch", "vllm"),
+    "device": ("torch",),
+    "compile_step": ("torch",),
+    "timeout": ("vllm",),
+    "enforce_eager": ("vllm",),
+    "verbose": ("vllm",),
+    "engine": ("roofline",),
+}
+"""The run flags only some backends read (parameter name: those backends); typed for another, one line refuses them.
+(``--threads``, ``--vllm-python`` and ``--profile`` are refused by their own checks, with their own advice.)"""
+SHOW_FILTERS = {"dtype": "dtype", "batch_sizes": "batch_size", "tp": "tp", "input_len": "input_len",
+                "output_len": "output_len", "threads": "threads"}
+"""Run flags that ``--show`` reads as filters on the rows' recorded values (parameter name: column), beside
+``--backend`` and ``--gpu``; every other run flag typed with ``--show`` is refused."""
+SHOW_FLAGS = ("store", "backend", "gpu", "gpu_file", "show", "as_json", "export", "gpu_price", "progress", *SHOW_FILTERS)
 
 
 @app.command("bench", cls=Command, epilog=examples(
@@ -51,6 +69,7 @@ STORE_HELP = "Results store (.sqlite/.db), appended to by every run and read by 
     "--repeats 5 --store out/bench.sqlite   # needs: a GPU with vLLM",
 ) + "\n\nAlso: archscale bench calibrate (fit a throughput profile to the store), archscale bench probe (this CPU as a device).")
 def bench_command(
+    ctx: typer.Context,
     specs: Optional[list[str]] = typer.Argument(None, metavar="SPEC...", help="Config directories, config.json files or preset names."),
     backend: Optional[str] = typer.Option(None, "--backend", help="torch (default: archscale's model, any machine), "
                                           "vllm (one subprocess and engine per config; CPU or GPU) or roofline (analytic; needs --gpu)."),
@@ -85,7 +104,9 @@ def bench_command(
     vllm_python: Optional[Path] = typer.Option(None, "--vllm-python", help="vllm: the Python of the environment vLLM is "
                                                "installed in (default $ARCHSCALE_VLLM_PYTHON, else this Python)."),
     seed: int = typer.Option(0, "--seed", help="Seed for random weights and prompts."),
-    show: bool = typer.Option(False, "--show", help="Print the store given by --store (filtered by --backend/--gpu if given)."),
+    show: bool = typer.Option(False, "--show", help="Print the store given by --store (only the rows matching "
+                              "--backend, --gpu, --dtype, --batch-sizes, --tp, --input-len, --output-len or --threads "
+                              "where given)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     export: Optional[Path] = typer.Option(None, "--export", help="With --show: also write the store as CSV here."),
     gpu_price: Optional[float] = GPU_PRICE,
@@ -109,17 +130,31 @@ def bench_command(
     if show:
         if specs:
             raise UserError("--show prints a store; give it no configs")
-        _refuse({"--profile": profile}, "--show")
+        unused = [flag for flag in _typed(ctx) if flag[0] not in SHOW_FLAGS]
+        if unused:
+            raise UserError(f"{unused[0][1]} does not apply to --show: it picks rows only by --backend, --gpu, --dtype, "
+                            "--batch-sizes, --tp, --input-len, --output-len and --threads"
+                            + (" (a store's rows name their engine as --backend)" if unused[0][0] == "engine" else "")
+                            + f"; drop {unused[0][1]}")
         check_outputs(("--export", export, "csv"), inputs=(store, gpu_file))
-        _show_mode(store, backend, gpu, gpu_file, export, as_json, gpu_price)
+        given = {"dtype": [dtype], "batch_sizes": parse_int_list(batch_sizes, "--batch-sizes"), "tp": [tp],
+                 "input_len": [input_len], "output_len": [output_len], "threads": [threads]}
+        filters = {SHOW_FILTERS[name]: (flag, given[name]) for name, flag in _typed(ctx) if name in SHOW_FILTERS}
+        _show_mode(store, backend, gpu, gpu_file, export, as_json, gpu_price, filters)
         return
-    _refuse({"--export": export, "--gpu-price": gpu_price}, "a benchmark run")
+    if export is not None:
+        raise UserError("--export writes a store as CSV with --show: add --show (archscale bench --show --store STORE "
+                        "--export FILE.csv)")
+    if gpu_price is not None:
+        raise UserError("--gpu-price prices the rows --show prints: add --show (archscale bench --show --store STORE "
+                        "--gpu-price USD)")
     if not specs:
         raise UserError("give configs to benchmark (config folders, config.json files or presets), or --show --store STORE")
     if profile is not None and (backend or "torch") != "roofline":
         raise UserError("--profile applies to --backend roofline only (measurements need no profile)")
     if vllm_python is not None and backend != "vllm":
         raise UserError("--vllm-python applies to --backend vllm only")
+    _refuse_other_backends_flags(ctx, backend or "torch")
     if store is None and (backend or "torch") != "roofline":
         store = DEFAULT_STORE
     check_outputs(("--store", store, STORE), inputs=(*specs, gpu_file, profile))
@@ -144,6 +179,7 @@ def bench_command(
     "archscale bench llama-3.2-1b --backend roofline --gpu h200 --profile out/my-h200.json",
 ))
 def calibrate_command(
+    ctx: typer.Context,
     store: Optional[Path] = typer.Option(None, "--store", help="The measured rows (required): a bench store (.sqlite/.db) or a CSV of bench records."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help=gpu_help("The device whose measured rows to fit (required; a CPU needs a --gpu-file "
                                                         "entry with its peak FLOP/s and bandwidth, see bench probe)")),
@@ -165,7 +201,8 @@ def calibrate_command(
                                           "(vLLM's gpu_memory_utilization) when the rows were measured."),
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1, help="The engine's limit on running sequences."),
     kv_cache_gib: Optional[float] = typer.Option(None, "--kv-cache-gib", help="Fixed KV-cache space in GiB "
-                                                 "(vLLM on CPU: VLLM_CPU_KVCACHE_SPACE) instead of a memory share."),
+                                                 "(vLLM on CPU: VLLM_CPU_KVCACHE_SPACE) instead of a memory share "
+                                                 "(so not with --memory-fraction); at most the device's memory."),
     prefill_chunk: Optional[int] = typer.Option(None, "--prefill-chunk", help="Prompt tokens per prefill pass the rows "
                                                 "ran with (vLLM's max_num_batched_tokens). Default: what the rows "
                                                 "recorded (archscale bench --backend vllm records it), else 8192."),
@@ -181,6 +218,12 @@ def calibrate_command(
     check_outputs(("--out", out, "json"), inputs=(store, gpu_file))
     engine_settings = {"memory_fraction": memory_fraction, "max_num_seqs": max_num_seqs, "kv_cache_gib": kv_cache_gib}
     EngineSettings.refuse_bad_values(engine_settings, {name: f"--{name.replace('_', '-')}" for name in engine_settings})
+    if len(given_on_command_line(ctx, "memory_fraction", "kv_cache_gib")) == 2:
+        raise UserError("--memory-fraction does not apply with --kv-cache-gib: a fixed KV-cache size replaces the "
+                        "engine's share of device memory; drop one of them")
+    if name is not None and not name.strip():
+        raise UserError("--name is empty: give the profile a name, or leave --name out for the default (the --out "
+                        "file's name without .json)")
     name = name or (out.stem if out is not None else None)
     _calibrate_mode(store, gpu, gpu_file, check_engine(engine), parse_dtype(dtype), fit_terms, fix, holdout, name, out,
                     EngineSettings(**engine_settings),
@@ -211,11 +254,28 @@ def probe_command(
     _probe_mode(out, gpu, parse_dtype(dtype) or "float32", threads, as_json)
 
 
-def _refuse(flags: dict[str, Any], mode: str) -> None:
-    """A flag that does nothing in this mode is a mistake worth one line, not silence."""
-    for flag, value in flags.items():
-        if value is not None:
-            raise UserError(f"{flag} does not apply to {mode}")
+def _typed(ctx: typer.Context) -> list[tuple[str, str]]:
+    """``(parameter name, flag as typed)`` of each option the user gave on the command line, in declaration order."""
+    typed = []
+    for param in ctx.command.params:
+        if param.name and param.param_type_name == "option" and given_on_command_line(ctx, param.name):
+            typed.append((param.name, param.opts[0]))
+    return typed
+
+
+def _refuse_other_backends_flags(ctx: typer.Context, backend: str) -> None:
+    """A run flag the chosen backend does not read is one line, not silence (an unknown backend is refused later)."""
+    if backend not in BACKENDS:
+        return
+    for name, flag in _typed(ctx):
+        users = BACKEND_FLAGS.get(name)
+        if users is None or backend in users:
+            continue
+        if backend == "roofline":
+            raise UserError(f"{flag} does not apply to --backend roofline: it estimates, measuring nothing "
+                            f"({flag} is for --backend {' and '.join(users)}); drop {flag}")
+        why = " (a measurement's engine is its --backend)" if name == "engine" else ""
+        raise UserError(f"{flag} applies to --backend {' and '.join(users)} only, not {backend}{why}; drop {flag}")
 
 
 # ---- sweep --------------------------------------------------------------------------
@@ -285,8 +345,10 @@ def _report_sweep(result, as_json: bool, errors: Console) -> None:
 
 
 # ---- show ---------------------------------------------------------------------------
-def _show_mode(store, backend, gpu, gpu_file, export, as_json, gpu_price=None) -> None:
+def _show_mode(store, backend, gpu, gpu_file, export, as_json, gpu_price=None, filters=None) -> None:
+    """Print the store's rows matching --backend, --gpu and ``filters`` (column: (flag, admitted values))."""
     from archscale.bench.store import export_csv, load_results
+    from archscale.serving.devices import gpu_table
 
     if store is None:
         raise UserError("--show needs --store STORE (the .sqlite, .db or .csv to print)")
@@ -294,23 +356,47 @@ def _show_mode(store, backend, gpu, gpu_file, export, as_json, gpu_price=None) -
     if backend and backend not in known:
         raise UserError(f"--backend {backend!r}: unknown backend; a store's rows come from {', '.join(known)}")
     out = store
-    frame = load_results(out)
-    if backend:
-        frame = frame[frame["backend"] == backend]
-    if gpu:
-        frame = frame[frame["gpu"].astype(str).str.lower() == gpu.lower()]
+    whole = load_results(out)
+    devices = sorted(set(whole["gpu"].dropna().astype(str).str.lower()))
+    if gpu and gpu.strip().lower() not in devices and gpu.strip().lower() not in gpu_table(gpu_file):
+        raise UserError(f"--gpu {gpu!r}: unknown device, and {out} has no rows on it (its rows are on "
+                        f"{', '.join(devices) or 'no device: it is empty'}); give one of those, or drop --gpu")
+    filters = {**({"backend": ("--backend", [backend])} if backend else {}),
+               **({"gpu": ("--gpu", [gpu.strip().lower()])} if gpu else {}), **(filters or {})}
+    frame = whole
+    for column, (_, values) in filters.items():
+        cells = frame[column].astype(str).str.lower() if column == "gpu" else frame[column]
+        if column not in ("backend", "gpu", "dtype"):
+            cells = pd.to_numeric(cells, errors="coerce")
+        frame = frame[cells.isin(values)]
     frame = _priced(frame, gpu_price, gpu_file)
     if export is not None:
         count = export_csv(out, export)
-        Console(stderr=True).print(f"wrote {count} rows to {export}", markup=False, highlight=False)
+        whole_store = " (the whole store: the filters choose what is printed)" if filters else ""
+        Console(stderr=True).print(f"wrote {count} rows{whole_store} to {export}", markup=False, highlight=False)
     if as_json:
         print_json(_json_rows(frame))
         return
+    if whole.empty:
+        console.print(f"{out}: the store is empty (no records)", markup=False, highlight=False, soft_wrap=True)
+        return
     if frame.empty:
-        console.print(f"{out}: no records" + (" matching the filters" if backend or gpu else ""))
+        held = "; ".join(f"{flag} {', '.join(_held(whole[column], column))}" for column, (flag, _) in filters.items())
+        console.print(f"{out}: no records matching the filters (the store's rows have {held})", markup=False,
+                      highlight=False, soft_wrap=True)
         return
     console.print(_results_table(frame.reset_index(drop=True), title=f"{out}: {len(frame)} records", gpu_file=gpu_file,
                                  latency=True))
+
+
+def _held(column: pd.Series, name: str) -> list[str]:
+    """The distinct values a store column holds, as the --show filter on it spells them."""
+    values = column.dropna()
+    if name == "gpu":
+        values = values.astype(str).str.lower()
+    elif name not in ("backend", "dtype"):
+        values = pd.to_numeric(values, errors="coerce").dropna().astype(int)
+    return [str(v) for v in sorted(set(values))] or ["none"]
 
 
 def _priced(frame: pd.DataFrame, gpu_price: float | None, gpu_file: Path | None) -> pd.DataFrame:
@@ -442,10 +528,20 @@ def _calibrate_mode(store, gpu, gpu_file, engine, dtype, fit_terms, fix, holdout
     elif fit_terms.strip() == AUTO:
         free = AUTO
     else:
-        free = tuple(t.strip() for t in fit_terms.split(",") if t.strip())
+        free = tuple(t.strip() for t in fit_terms.split(","))
+        if not all(free):
+            raise UserError(f"--fit {fit_terms!r}: an empty term; give comma-separated terms such as "
+                            f"{','.join(DEFAULT_FREE)}, or {AUTO}")
     fixed = parse_assignments(fix, "--fix")
     device = load_gpu(gpu, gpu_file)
+    if settings.kv_cache_gib is not None and settings.kv_cache_gib > device.memory_gb:
+        raise UserError(f"--kv-cache-gib {settings.kv_cache_gib:g} is more than {device.name}'s "
+                        f"{device.memory_gb:g} GiB of memory; give the KV-cache space the engine had, at most "
+                        f"{device.memory_gb:g}")
     results = load_results(store)
+    if results.empty:
+        raise UserError(f"--store {store}: the store is empty (no records); fill it with archscale bench SPEC... "
+                        f"--store {store}, or give a store with measured rows")
     mask = select(results, holdout, "--holdout", str(store)).to_numpy() if holdout is not None else None
     settings, from_rows = settings_from_rows(measured_rows(results, gpu, engine, dtype), settings, given_settings)
     result = calibrate(results, device, engine, dtype, free, fixed, mask,
