@@ -58,6 +58,23 @@ def test_the_walk_stops_at_the_first_variant_over_the_tolerance(search_json, tmp
     assert all("decision" in d for d in decisions)
 
 
+@pytest.mark.parametrize("losses, notes", [
+    ({1: 5.3311, 2: 5.3333, 5: 5.3311}, ["the proxies barely learned", "saves nothing"]),  # the README proxies' losses
+    ({1: 2.000, 2: 2.005, 5: 2.015}, ["saves nothing"]),  # learned, but GQA 5 is estimated no faster than GQA 1
+    ({1: 2.000, 2: 2.030, 5: 2.000}, []),  # the baseline stands: nothing to add
+])
+def test_the_verdict_says_when_proxies_barely_learned_or_the_gqa_saves_nothing(search_json, tmp_path, monkeypatch,
+                                                                               losses, notes):
+    """At this tiny search's workload every variant is estimated 1.00x the baseline, and 30K proxy tokens leave the
+    loss near ln(256): the walk 'confirmed' GQA 5 on noise, for no speed, without a word."""
+    monkeypatch.setattr(gqa_local, "train_variant", fake_training(losses, []))
+    result = local_gqa_search(search_json, tmp_path / "out", tmp_path / "runs.csv", Proxy(1.5e4, 30_000, 2, 8),
+                              tolerance=0.01, echo=lambda line: None)
+    assert [any(word in note for note in result.notes) for word in notes] == [True] * len(notes)
+    assert len(result.notes) == len(notes)
+    assert json.loads((tmp_path / "out" / "gqa_search.json").read_text())["notes"] == result.notes
+
+
 def test_variants_are_tried_in_order_of_estimated_throughput(search_json, tmp_path, monkeypatch):
     trained = []
     monkeypatch.setattr(gqa_local, "train_variant", fake_training({1: 2.0, 2: 2.0, 5: 2.0}, trained))

@@ -531,6 +531,8 @@ def search_gqa_command(
     console.print(f"confirmed: GQA {chosen.gqa} ({chosen.full.n_heads}/{chosen.full.n_kv_heads} heads at full scale), "
                   f"proxy loss {chosen.loss:.4f} against the baseline's {result.baseline.loss:.4f}; estimated "
                   f"{chosen.tokens_per_s / result.baseline.tokens_per_s:.2f}x the baseline GQA {result.baseline.gqa}'s throughput")
+    for note in result.notes:
+        console.print(f"note: {note}")
     if seeds == 1:
         console.print("note: one seed per variant: a loss difference smaller than the seed-to-seed scatter, which one "
                       "seed cannot measure, decides the walk all the same; --seeds 3 compares means and shows the scatter")

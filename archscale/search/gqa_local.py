@@ -82,6 +82,7 @@ class LocalSearchResult:
     decisions: list[dict[str, Any]]
     tolerance: float
     stopped_by: Variant | None  # the variant whose loss ended the walk, None when every faster one passed
+    notes: list[str] = field(default_factory=list)  # what weakens the verdict (proxies that barely learned, no gain)
 
     def to_json(self) -> dict[str, Any]:
         pick = self.confirmed
@@ -96,7 +97,32 @@ class LocalSearchResult:
                     "proxy loss exceeds the baseline's by more than the tolerance stops the walk; the last one "
                     "within it is confirmed",
             "decisions": self.decisions,
+            "notes": self.notes,
         }
+
+
+BARELY_LEARNED = 0.9
+"""A proxy whose loss is above this share of ln(vocab), the loss of predicting every token alike, has barely
+learned: its loss differences reflect its initialisation more than its GQA."""
+NO_GAIN = 0.01
+"""A confirmed variant estimated less than 1% faster than the baseline buys no throughput for its unchecked GQA."""
+
+
+def verdict_notes(result: "LocalSearchResult", vocab_size: int) -> list[str]:
+    """What weakens the walk's verdict, in words: proxies that barely learned, or a confirmed GQA that is estimated
+    to serve no faster than the baseline."""
+    notes = []
+    uniform = math.log(vocab_size)
+    if result.baseline.loss > BARELY_LEARNED * uniform:
+        notes.append(f"the proxies barely learned: the baseline's proxy loss {result.baseline.loss:.4f} is close to "
+                     f"ln({vocab_size}) = {uniform:.4f}, the loss of predicting every token alike, so their differences "
+                     "say little about GQA; give more --proxy-tokens")
+    gain = result.confirmed.tokens_per_s / result.baseline.tokens_per_s
+    if result.confirmed is not result.baseline and gain < 1 + NO_GAIN:
+        notes.append(f"GQA {result.confirmed.gqa} is estimated {gain:.3f}x the baseline's throughput: at this workload "
+                     f"it saves nothing, and the baseline GQA {result.baseline.gqa}, the group the law's runs had, "
+                     "serves as fast")
+    return notes
 
 
 def read_pick(search_json: Path, rank: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -318,6 +344,7 @@ def local_gqa_search(search_json: Path, out: Path, runs: Path, proxy: Proxy, *, 
         confirmed = variant
     result = LocalSearchResult(base, variants[: variants.index(stopped_by) + 1] if stopped_by else variants, confirmed,
                                decisions, tolerance, stopped_by)
+    result.notes = verdict_notes(result, proxy.vocab_size)
     write_json(out / "gqa_search.json", result.to_json())
     write_confirmed_config(result, document, out / CONFIRMED_DIR)
     return result
