@@ -119,9 +119,11 @@ def test_cli_search_emits_trainable_configs_and_plot(cli, tmp_path):
         (["--target-loss", "2.8"], "needs absolute losses"),
         (["--reference", DATA / "fits" / "dissertation_3b_from_1b_mult.json"], "must be a chinchilla fit"),
         (["--gqa", "four"], "--gqa 'four'"),
+        (["--gqa", "8-1"], "--gqa '8-1': the range 8-1 runs backwards; write it low to high (1-8)"),
+        (["--gqa", "1-1000000000"], "lists 1,000,000,000 values, more than 100,000"),  # would fill memory first
         (["--gqa", "4096"], "--gqa 4096: no such group fits N=1e+09"),  # no shape has that many query heads per KV head
         (["--match", "llama-3.2-1b", "--gpu", "h200", "--batch", "100000"],  # memory, not the loss target, is why
-         "--batch 100000: no candidate holds the whole batch"),
+         "no candidate holds the whole workload in h200 memory"),
         (["--match", "llama-3.2-1b", "--gpu", "h200", "--batch", "100000", "--tpot-ms", "40", "--input-len", "50000000"],
          "even serving one request"),
         (["--r-min", "5", "--r-max", "1"], "--r-min"),

@@ -40,17 +40,28 @@ def parse_granularity(text: str | None, label: str = "--granularity") -> list[fl
     return sorted(values)
 
 
+MAX_LISTED = 100_000
+"""The most values one range of an integer list may expand to (``1-1000000000`` would fill memory first)."""
+
+
 def parse_int_list(text: str | None, label: str) -> list[int] | None:
     """``"4"``, ``"1,2,4,8"`` or ``"1-16"`` to a sorted list of positive integers; None stays None."""
     if text is None:
         return None
     values: set[int] = set()
-    try:
-        for part in text.split(","):
-            low, dash, high = part.strip().partition("-")
-            values.update(range(int(low), int(high) + 1) if dash else [int(low)])
-    except ValueError:
-        raise UserError(f"{label} {text!r}: expected integers such as 4, 1,2,4,8 or 1-16") from None
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        try:
+            first, last = int(low), int(high) if dash else int(low)
+        except ValueError:
+            raise UserError(f"{label} {text!r}: expected integers such as 4, 1,2,4,8 or 1-16") from None
+        if last < first:
+            raise UserError(f"{label} {text!r}: the range {part.strip()} runs backwards; write it low to high "
+                            f"({last}-{first})")
+        if last - first > MAX_LISTED:
+            raise UserError(f"{label} {text!r}: the range {part.strip()} lists {last - first + 1:,} values, more than "
+                            f"{MAX_LISTED:,}; give the values you mean")
+        values.update(range(first, last + 1))
     if not values or min(values) <= 0:
         raise UserError(f"{label} {text!r}: expected positive integers")
     return sorted(values)

@@ -803,9 +803,10 @@ def refuse_if_none_fits(candidates: pd.DataFrame, spec: SearchSpec) -> None:
         raise UserError(f"no candidate fits in {device} memory ({room}) even serving one request of "
                         f"{spec.workload.input_len}+{spec.workload.output_len} tokens (the least any needs: {least}); "
                         "give a device with more memory (--gpu), raise --tp, or shorten --input-len/--output-len")
-    raise UserError(f"--batch {spec.workload.batch_size}: no candidate holds the whole batch of "
-                    f"{spec.workload.input_len}+{spec.workload.output_len}-token requests in {device} memory ({room}; "
-                    f"the least any needs: {least}); lower --batch, raise --tp, or shorten --input-len/--output-len")
+    raise UserError(f"no candidate holds the whole workload in {device} memory ({room}; the least any needs: "
+                    f"{least}): --batch {spec.workload.batch_size} requests of --input-len {spec.workload.input_len} + "
+                    f"--output-len {spec.workload.output_len} tokens, with --vocab {spec.vocab_size}; lower --batch, "
+                    "raise --tp, or shorten the requests")
 
 
 def nearest_misses(candidates: pd.DataFrame, target: Target, count: int = 3) -> str:
