@@ -206,3 +206,16 @@ def test_the_top_pick_against_the_reference_always_gets_a_verdict(cli, gpu, batc
     assert result.code == 0, result.err
     line = " ".join(result.out.split()).split("top pick vs llama-3.2-1b: ")[1]
     assert verdict in line.split(" note:")[0]
+
+
+def test_an_empty_store_or_gpu_file_is_refused_not_ignored(cli, tmp_path):
+    """A 0-byte store was read as no measurements and a header-only GPU file as no devices, both without a word."""
+    store, devices = tmp_path / "empty.sqlite", tmp_path / "gpus.csv"
+    store.touch()
+    devices.write_text("name,bf16_tflops,hbm_tb_s,memory_gb,interconnect_gb_s\n")
+    base = ("search", "--fit", FIT_1B, "--n", "1e9", "--tokens", "1e11", "--layers", "16")
+    empty_store = cli(*base, "--store", store)
+    assert empty_store.code == 2 and "the store is empty (no records)" in empty_store.err
+    no_devices = cli(*base, "--gpu", "h200", "--gpu-file", devices)
+    assert no_devices.code == 2 and "gpus.csv: holds no GPU entry" in no_devices.err
+    assert len(empty_store.err.strip().splitlines()) == len(no_devices.err.strip().splitlines()) == 1

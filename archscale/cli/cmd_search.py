@@ -370,7 +370,10 @@ def _bench_table(store: Path | None, measure: int | None) -> pd.DataFrame | None
         return None
     rows = load_results(store)
     measured = load_results(store, measured_only=True)
-    if len(rows) and measured.empty:
+    if rows.empty:
+        raise UserError(f"--store {store}: the store is empty (no records), so it has nothing to replace an estimate "
+                        "with; measure into it with `archscale bench --backend torch|vllm --store`, or leave out --store")
+    if measured.empty:
         backends = ", ".join(sorted(set(rows["backend"].dropna().astype(str)))) or "none recorded"
         raise UserError(f"--store {store}: none of its {len(rows)} rows is a successful torch or vLLM measurement "
                         f"(backends: {backends}), so it has nothing to replace an estimate with; measure with "

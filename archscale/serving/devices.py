@@ -122,6 +122,9 @@ def read_gpu_file(path: str | Path) -> list[GPU]:
         records = _csv_records(path)
     else:
         raise UserError(f"{path}: GPU file must end in .json or .csv")
+    if not records:  # an empty list, or a CSV of a header alone: a file that says nothing is not silently a no-op
+        raise UserError(f"{path}: holds no GPU entry; describe one per row or object with fields {', '.join(FIELDS)} "
+                        f"(optionally {PRICE_FIELD}), or leave out --gpu-file")
     return [_priced_builtin(record, path) or gpu_from_record(record, path, i) for i, record in enumerate(records, start=1)]
 
 
