@@ -50,6 +50,14 @@ def test_prepare_a_glob_and_repeated_corpus(corpus, tmp_path, cli):
     assert json.loads((out / "meta.json").read_text())["n_files"] == 6
 
 
+def test_a_val_fraction_that_starves_a_split_names_the_flag(tmp_path, cli):
+    """The corpus was blamed ("--corpus: too small") when --val-fraction 0.99999 left the train split empty."""
+    (tmp_path / "c.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 600)
+    result = cli("data", "prepare", "--corpus", tmp_path / "c.txt", "--out", tmp_path / "data", "--val-fraction", "0.99999")
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+    assert "--val-fraction 0.99999: leaves a split too small" in result.err and "train 0 /" in result.err
+
+
 @pytest.mark.parametrize("content", ["", "tiny corpus\n"], ids=["empty", "too-small"])
 def test_empty_or_tiny_corpus_is_a_one_line_error(tmp_path, cli, content):
     (tmp_path / "small.txt").write_text(content)

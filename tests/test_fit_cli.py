@@ -167,3 +167,11 @@ def test_predict_says_when_the_shape_lies_outside_the_fits_runs(cli):
     assert any("x 0.000506 (runs 0.042-0.34); r 20 (runs 0.5-4.2)" in note for note in notes)
     inside = cli("predict", fit, "--n", "1e9", "--tokens", "1e11", "--d-model", "2560", "--ratio", "1.07", "--json")
     assert "extrapolation" not in json.loads(inside.out)
+
+
+def test_an_image_given_as_a_fit_says_it_is_not_text(cli, tmp_path):
+    """It printed the codec's complaint ('utf-8' codec can't decode byte 0x89) and not what file was expected."""
+    image = tmp_path / "fit.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    result = cli("predict", image, "--n", "1e9", "--tokens", "1e11")
+    assert result.code == 2 and "fit.png: is not text (a binary file, such as an image?); expected a JSON file" in result.err

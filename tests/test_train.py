@@ -418,3 +418,13 @@ def test_torchrun_two_cpu_ranks_match_one_process(tmp_path, corpus_data, mode):
     assert row["val_loss"] == pytest.approx(single.val_loss, abs=1e-4)
     assert len(pd.read_csv(tmp_path / "runs.csv")) == 1
     assert math.isfinite(row["train_loss"])
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda tmp: tmp / "nope", "nope: no such folder"),
+    (lambda tmp: (tmp / "x.png").write_bytes(b"\x89PNG") and tmp / "x.png", "x.png: is a file, not a folder"),
+])
+def test_export_of_a_path_that_is_not_a_run_dir_says_what_it_is(cli, tmp_path, make, fragment):
+    """A missing path and a file both read 'no checkpoint.pt; is it a run directory'."""
+    result = cli("export", make(tmp_path), "--out", tmp_path / "hf")
+    assert one_line_error(result) and fragment in result.err

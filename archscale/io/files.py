@@ -173,7 +173,9 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: is not text (a binary file, such as an image?); expected a JSON file") from None
+    except OSError as exc:
         raise UserError(f"{path}: cannot be read ({exc})") from None
 
 

@@ -378,7 +378,9 @@ def apply_measured_losses(candidates: pd.DataFrame, runs: pd.DataFrame | None, t
         return candidates
     missing = [c for c in SHAPE_COLUMNS if c not in runs.columns]
     if missing:
-        raise UserError(f"--runs: the runs table needs shape column {missing[0]!r} to match candidates")
+        raise UserError(f"--runs: the runs table has no shape column {missing[0]!r}, so no run can be matched to a "
+                        f"candidate (it needs {', '.join(SHAPE_COLUMNS)}, as train writes them); give a runs table of "
+                        "trained shapes, or leave out --runs")
     same_budget = runs[(runs["D"] / tokens - 1).abs() <= 0.10].dropna(subset=SHAPE_COLUMNS)
     if same_budget.empty:
         return candidates

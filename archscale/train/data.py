@@ -263,8 +263,13 @@ def _tokenize_into(files: list[Path], tmp: Path, tok: Tokenizer, val_fraction: f
     n_train = total - n_val
     need = 2 * (MIN_SEQ_LEN_AT_PREPARE + 1)
     if min(n_train, n_val) < need:
-        raise UserError(f"--corpus {source}: too small: {total} tokens give train {n_train} / val {n_val}; "
-                        f"each split needs at least {need} (two sequences of {MIN_SEQ_LEN_AT_PREPARE}+1)")
+        split_at_fault = total >= 2 * need  # the corpus would do: --val-fraction leaves one split too small
+        what = (f"--val-fraction {val_fraction:g}: leaves a split too small" if split_at_fault
+                else f"--corpus {source}: too small")
+        fix = ("give a --val-fraction that leaves both splits that many (the default is 0.05)" if split_at_fault
+               else "give a larger corpus")
+        raise UserError(f"{what}: {total} tokens split into train {n_train} / val {n_val}; each split needs at least "
+                        f"{need} (two sequences of {MIN_SEQ_LEN_AT_PREPARE}+1): {fix}")
     all_tokens = np.memmap(tmp / "train.bin", dtype=dtype, mode="r", shape=(total,))
     np.asarray(all_tokens[n_train:]).tofile(tmp / "val.bin")
     del all_tokens

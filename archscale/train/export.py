@@ -163,6 +163,11 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, dtype: str = "float32") 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     dtype = parse_dtype(dtype)
     check_export_dir(out_dir)
+    if not run_dir.exists():
+        raise UserError(f"{run_dir}: no such folder; give the run directory a training wrote (archscale train --out)")
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: is a file, not a folder; give the run directory (archscale train --out), not a "
+                        "file in it")
     if not checkpoint_path(run_dir).exists():
         raise UserError(f"{run_dir}: no {checkpoint_path(run_dir).name}; is it a run directory (archscale train --out)?")
     state = load_checkpoint(checkpoint_path(run_dir))
