@@ -428,3 +428,19 @@ def test_export_of_a_path_that_is_not_a_run_dir_says_what_it_is(cli, tmp_path, m
     """A missing path and a file both read 'no checkpoint.pt; is it a run directory'."""
     result = cli("export", make(tmp_path), "--out", tmp_path / "hf")
     assert one_line_error(result) and fragment in result.err
+
+
+def test_threads_sets_the_runs_cpu_threads_and_not_its_recipe(tmp_path, corpus_data):
+    """On a shared machine torch's default (every core) trained 4x slower than one thread; --threads sets it, and
+    the recipe hash (what a sweep matches runs by) does not change with it."""
+    previous = torch.get_num_threads()
+    try:
+        cfg = write_config_dir(tmp_path / "tiny", TINY, TINY_TRAIN)
+        one = train(cfg, corpus_data, tmp_path / "one", tokens=2048, device="cpu", progress=False, threads=1)
+        assert torch.get_num_threads() == 1
+        two = train(cfg, corpus_data, tmp_path / "two", tokens=2048, device="cpu", progress=False, threads=2)
+        assert torch.get_num_threads() == 2 and one.recipe_hash == two.recipe_hash
+        with pytest.raises(UserError, match="--threads must be at least 1"):
+            train(cfg, corpus_data, tmp_path / "none", tokens=2048, device="cpu", progress=False, threads=0)
+    finally:
+        torch.set_num_threads(previous)

@@ -21,6 +21,8 @@ app.add_typer(data_app, name="data")
 
 DEVICE_HELP = "auto (CUDA when present), cpu or cuda."
 TOKENS_HELP = "Token budget, e.g. 2e6, 1.5M or 20B (overrides train.json)."
+THREADS_HELP = ("CPU threads for training (default: torch's, every core; on a machine other work shares, fewer can be "
+                "faster). A flag, not a recipe setting: the recipe hash is the same.")
 
 
 def _tokens(text: Optional[str]) -> Optional[int]:
@@ -62,6 +64,7 @@ def train_cmd(
     fsdp: bool = typer.Option(False, "--fsdp", help="Under torchrun, shard with FSDP2 instead of DDP."),
     compile_model: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model "
                                                  "(default: train.json's compile, else on CUDA only; CPU needs a C++ compiler)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the result row as JSON."),
 ) -> None:
     """Train one model from a config directory and append its row to a runs table."""
@@ -70,7 +73,7 @@ def train_cmd(
     out = out or default_run_dir(config_dir)
     check_outputs(("--out", out, "dir"), ("--runs", runs, RUNS_TABLE), inputs=(config_dir, data))
     result = train(config_dir, data, out, tokens=_tokens(tokens), seed=seed, resume=resume, runs=runs, device=device,
-                   peak_tflops=peak_tflops, progress=progress, fsdp=fsdp, compile_model=compile_model)
+                   peak_tflops=peak_tflops, progress=progress, fsdp=fsdp, compile_model=compile_model, threads=threads)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
     if json_out:
@@ -100,6 +103,7 @@ def sweep_cmd(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print what happened to each config as JSON."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     executor: str = study.executor_option("inline", "(default inline)"),
     nproc: Optional[int] = typer.Option(None, "--nproc-per-run", help="Processes per training run: torchrun (DDP) when > 1 "
                                         "(default: --job-gpus when more than 1, else 1).", rich_help_panel=study.PANEL),
@@ -127,7 +131,7 @@ def sweep_cmd(
     view = study.StudyView(live=progress and not as_json and options.executor != "inline", executor=options.executor)
     with view.shown():
         outcomes = sweep(configs_dir, data, runs, tokens=_tokens(tokens), out_root=out, seed=seed, device=device,
-                         progress=progress and not as_json, dispatch=options, nproc=nproc, on_event=view)
+                         progress=progress and not as_json, dispatch=options, nproc=nproc, on_event=view, threads=threads)
     if as_json:
         print_json([{"name": o.name, "status": o.status, "run_dir": str(o.run_dir), "recipe_hash": o.recipe_hash,
                      "val_loss": o.val_loss, "cause": o.cause, "recovery": o.recovery, "job_id": o.job_id}

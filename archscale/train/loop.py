@@ -556,7 +556,7 @@ def train(config: str | Path | Architecture, data_dir: str | Path | None = None,
           train_config: TrainConfig | None = None, tokens: float | None = None, seed: int | None = None,
           resume: bool = False, runs: str | Path | None = None, device: str = "auto",
           peak_tflops: float | None = None, progress: bool = True, fsdp: bool = False,
-          compile_model: bool | None = None) -> TrainResult:
+          compile_model: bool | None = None, threads: int | None = None) -> TrainResult:
     """Train one model to its token budget and report it.
 
     ``config`` is a config directory (``config.json`` + optional ``train.json``)
@@ -568,8 +568,15 @@ def train(config: str | Path | Architecture, data_dir: str | Path | None = None,
     ``compile_model`` overrides ``compile`` in train.json (None: keep it;
     its own default compiles on CUDA only). The result's ``tokens_per_s``
     and ``mfu`` are steady-state figures; ``warmup_s`` holds the first steps.
+    ``threads`` sets torch's CPU threads for this run (None: torch's default,
+    every core, which on a machine other work shares can be slower than
+    fewer threads, as threads wait on each other's busy cores).
     """
     _check_peak_tflops(peak_tflops)
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
     spec = resolve_run(config, train_config, tokens, seed)
     out = _out_dir(spec, out_dir)
     data = Path(data_dir) if data_dir is not None else default_data_dir()

@@ -104,7 +104,8 @@ def default_jobs_dir(runs: str | Path) -> Path:
 
 # ---- the job -----------------------------------------------------------------------------------
 def train_config(config_dir: str, data_dir: str, run_dir: str, runs: str, tokens: int | None = None,
-                 seed: int | None = None, device: str = "auto", nproc: int = 1, progress: bool = False) -> dict[str, Any]:
+                 seed: int | None = None, device: str = "auto", nproc: int = 1, progress: bool = False,
+                 threads: int | None = None) -> dict[str, Any]:
     """One sweep task: train (or resume) one config and append its row; what happened, as a dict.
 
     Runs in a job (or inline). With ``nproc > 1`` it launches ``torchrun``
@@ -121,13 +122,13 @@ def train_config(config_dir: str, data_dir: str, run_dir: str, runs: str, tokens
                     "recovery": f"move {checkpoint} away (to keep it) or delete it, then run the same command again: "
                                 "this config restarts from its first step"}
     if nproc > 1:
-        row = _torchrun(config_dir, data_dir, run, runs, tokens, seed, device, nproc, resume)
+        row = _torchrun(config_dir, data_dir, run, runs, tokens, seed, device, nproc, resume, threads)
         if "error" in row:
             return {"status": "failed", "cause": row["error"], "recovery": LOST_RECOVERY if checkpoint.exists() else None}
         val_loss = row["val_loss"]
     else:
         val_loss = train(config_dir, data_dir, run, tokens=tokens, seed=seed, resume=resume, runs=runs, device=device,
-                         progress=progress).val_loss
+                         progress=progress, threads=threads).val_loss
     verb = ("resumed" if resume else "trained") + (f" by {nproc} processes (torchrun)" if nproc > 1 else "")
     return {"status": "done", "resumed": resume, "val_loss": val_loss, "note": f"{verb}, val loss {val_loss:.4f}"}
 
@@ -148,11 +149,11 @@ def _unreadable(path: Path) -> str | None:
 
 
 def _torchrun(config_dir: str, data_dir: str, run: Path, runs: str, tokens: int | None, seed: int | None,
-              device: str, nproc: int, resume: bool) -> dict[str, Any]:
+              device: str, nproc: int, resume: bool, threads: int | None = None) -> dict[str, Any]:
     """``torchrun --standalone --nproc_per_node N -m archscale.train ...``: the row, or ``{"error": cause}``.
 
     Its stderr is passed through (to the job's log) and its last lines kept
-    for the cause; OpenMP threads are split between the processes.
+    for the cause; each process gets ``threads`` OpenMP threads (``--threads``), else the cores split between them.
     """
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "archscale.train", str(config_dir), "--data", str(data_dir), "--out", str(run),
@@ -160,8 +161,8 @@ def _torchrun(config_dir: str, data_dir: str, run: Path, runs: str, tokens: int 
     command += [flag for flag, value in (("--tokens", tokens), ("--seed", seed)) if value is not None for flag in (flag, str(value))]
     if resume:
         command.append("--resume")
-    threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // nproc))}
+    threads = threads or max(1, int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1) // nproc)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     print(f"archscale: torchrun: {' '.join(command)}", file=sys.stderr, flush=True)
     tail: collections.deque[str] = collections.deque(maxlen=40)
     errors: list[str] = []  # archscale's own one-line errors ("error: ..."), before the ranks' tracebacks bury them
@@ -188,7 +189,8 @@ def _torchrun(config_dir: str, data_dir: str, run: Path, runs: str, tokens: int 
 # ---- the study ----------------------------------------------------------------------------------
 def sweep_tasks(configs_dir: str | Path, data_dir: str | Path | None, runs: str | Path, *, tokens: int | None = None,
                 out_root: str | Path | None = None, seed: int | None = None, device: str = "auto", nproc: int = 1,
-                progress: bool = False, will_train: bool = True) -> tuple[list[Task], dict[str, tuple[Path, RunSpec]]]:
+                progress: bool = False, will_train: bool = True,
+                threads: int | None = None) -> tuple[list[Task], dict[str, tuple[Path, RunSpec]]]:
     """Check every input, then one task per recipe (finished ones marked); also each key's run dir and spec.
 
     ``will_train`` False (``--status``): the recipes are not checked against this machine's memory, since a status
@@ -229,7 +231,7 @@ def sweep_tasks(configs_dir: str | Path, data_dir: str | Path | None, runs: str 
                     else _finished_run(run_dir, config_dir, spec, data, data_hash, will_train))
         key = f"{config_dir.name}-{spec.recipe_hash}"
         kwargs = dict(config_dir=str(config_dir.resolve()), data_dir=str(data), run_dir=str(run_dir), runs=str(runs),
-                      tokens=tokens, seed=seed, device=device, nproc=nproc, progress=progress)
+                      tokens=tokens, seed=seed, device=device, nproc=nproc, progress=progress, threads=threads)
         tasks.append(Task(key, config_dir.name, train_config, kwargs, finished=finished, lost_recovery=LOST_RECOVERY))
         where[key] = (run_dir, spec)
     return tasks, where
@@ -262,7 +264,7 @@ def _finished_run(run_dir: Path, config_dir: Path, spec: RunSpec, data: Path, da
 def sweep(configs_dir: str | Path, data_dir: str | Path | None, runs: str | Path, *, tokens: int | None = None,
           out_root: str | Path | None = None, seed: int | None = None, device: str = "auto", progress: bool = True,
           echo: Callable[[str], None] | None = None, dispatch: DispatchOptions | None = None, nproc: int | None = None,
-          on_event: Callable[[TaskRecord], None] | None = None) -> list[SweepOutcome]:
+          on_event: Callable[[TaskRecord], None] | None = None, threads: int | None = None) -> list[SweepOutcome]:
     """Train each recipe under ``configs_dir`` not yet in ``runs``; return what happened to each.
 
     ``dispatch`` chooses how (default: in this process, records beside
@@ -276,7 +278,7 @@ def sweep(configs_dir: str | Path, data_dir: str | Path | None, runs: str | Path
     nproc = nproc if nproc is not None else (gpus if gpus > 1 else 1)
     inline_progress = progress and dispatch.executor == "inline"
     tasks, where = sweep_tasks(configs_dir, data_dir, runs, tokens=tokens, out_root=out_root, seed=seed, device=device,
-                               nproc=nproc, progress=inline_progress)
+                               nproc=nproc, progress=inline_progress, threads=threads)
     if on_event is None and echo is not None:
         on_event = lambda record: echo(record.line())  # noqa: E731
     records = run_study(tasks, dispatch, on_event)
