@@ -175,3 +175,14 @@ def test_an_image_given_as_a_fit_says_it_is_not_text(cli, tmp_path):
     image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
     result = cli("predict", image, "--n", "1e9", "--tokens", "1e11")
     assert result.code == 2 and "fit.png: is not text (a binary file, such as an image?); expected a JSON file" in result.err
+
+
+def test_an_optimum_built_from_loose_parameters_says_the_runs_do_not_determine_it(cli):
+    """The mini-study's fit printed x* = 6.385 as a finding, beside a warning that a1 and b1 (which set it) have
+    standard errors above their values; one more run moved it to 1.424."""
+    runs = DATA.parent / "experiments" / "results" / "cpu_mini_study" / "runs.csv"
+    loose = cli("fit", runs, "--law", "conditional-mult", "--loss", "lsq")
+    line = next(line for line in loose.out.splitlines() if line.startswith("closed-form optimum"))
+    assert "(from a1, b1, whose standard errors exceed their values: these runs do not determine it)" in line
+    tight = cli("fit", DATA / "chinchilla_epoch.csv", "--law", "chinchilla", "--where", "loss < 3.42")
+    assert "do not determine it" not in tight.out

@@ -63,6 +63,21 @@ def _outside_shape(fitted: Any, row: dict[str, float], layers: int | None) -> li
             "seen it (search ranks such shapes only with --extrapolate)"]
 
 
+def _loose_optimum(fit: Any) -> str:
+    """A caveat for a closed-form optimum built from parameters the runs do not pin down (standard error above the
+    value): it moves as far as they do, so it is not a finding of these runs."""
+    loose = [name for name, error in fit.stderr.items()
+             if error is not None and error > abs(fit.params[name]) and name not in fit.fixed]
+    base = fit.law.optimum(fit.params)
+    moved = [name for name in loose
+             if any(not math.isclose(base[k], v, rel_tol=1e-6) for k, v in
+                    fit.law.optimum({**fit.params, name: fit.params[name] * 1.01}).items() if k in base)]
+    if not moved:
+        return ""
+    return (f" (from {', '.join(moved)}, whose standard errors exceed their values: these runs do not determine "
+            "it)")
+
+
 def _negative_r2(values: dict) -> str:
     """A note for an R^2 below zero, which reads as a fit worse than useless: it is often a few runs of nearly
     equal loss (the held-out 1B runs), whose spread is smaller than small errors. ``{label}`` is left to fill."""
@@ -177,7 +192,8 @@ def _print_study(study: Study) -> None:
             console.print(_negative_r2(values).format(label=label.split(":")[0]))
     optimum = fit.law.optimum(fit.params)
     if optimum:
-        console.print("closed-form optimum: " + ", ".join(f"{k}* = {_fmt(v)}" for k, v in optimum.items()))
+        console.print("closed-form optimum: " + ", ".join(f"{k}* = {_fmt(v)}" for k, v in optimum.items())
+                      + _loose_optimum(fit))
     console.print(f"objective ({fit.objective}): {fit.objective_value:.10g}, best of {fit.n_starts} starts")
     if study.fitted.gqa is not None:
         console.print(f"GQA in the search: {'traded' if study.fitted.gqa.traded else 'held'}; {study.fitted.gqa.reason}")
