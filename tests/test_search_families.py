@@ -14,6 +14,7 @@ from archscale.laws.moe import e_hat
 from archscale.search.families import DENSE, MOE, decide_winner, law_sizes
 from archscale.serving.devices import load_gpu
 from archscale.shapes.architecture import Architecture
+from conftest import DATA
 from helpers import one_line_error, write_config
 
 JOINT = "data/fits/ludziejewski2025_joint.json"
@@ -363,3 +364,14 @@ def test_measure_under_a_latency_limit_is_one_line(cli, tmp_path):
     device.write_text(json.dumps(CPU_DEVICE))
     result = cli(*TINY_FAMILIES, "--gpu-file", device, "--engine", "vllm", "--measure", "1", "--tpot-ms", "50")
     assert one_line_error(result) and "--measure with a latency limit" in result.err, result.err
+
+
+def test_shapes_that_meet_the_loss_but_not_the_memory_name_the_expert_count(cli, monkeypatch):
+    """4,096 experts: the loss is within reach, and no such shape fits an H200; it said to relax the target or raise
+    --n, neither of which helps."""
+    monkeypatch.chdir(DATA.parent)
+    result = cli("search", "--fit", JOINT, "--n", "1e9", "--tokens", "2e10", "--layers", "16", "--head-dim", "64",
+                 "--vocab", "50257", "--untie-embeddings", "--gpu", "h200", "--experts", "4096",
+                 "--experts-per-token", "1,2", "--granularity", "4/3,2,8", "--target-loss", "2.4")
+    assert one_line_error(result) and "that meet the target loss 2.4000" in result.err
+    assert "do not fit in h200 memory at batch 64; use fewer experts (--experts)" in result.err

@@ -97,7 +97,10 @@ def check_sweep_ranges(tolerance: float | None, r_min: float, r_max: float, x_mi
     for low_flag, low, high_flag, high in (("--r-min", r_min, "--r-max", r_max), ("--x-min", x_min, "--x-max", x_max)):
         if low is None or high is None:
             continue
-        if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+        for flag, value in ((low_flag, low), (high_flag, high)):
+            if not math.isfinite(value):
+                raise UserError(f"{flag} {value:g}: must be a finite number (the range's bound), e.g. {flag} 1")
+        if not 0 < low <= high:
             raise UserError(f"{low_flag} {low:g} and {high_flag} {high:g}: need 0 < {low_flag} <= {high_flag}")
 
 

@@ -225,9 +225,16 @@ def search_families(fitted: FittedLaw, spec: SearchSpec, grid: ExpertGrid, targe
     candidates["ranked"] = candidates["feasible"] & ((candidates["outside"] == 0) | spec.extrapolate)
     refuse_if_none_fits(candidates, spec)
     if not candidates["feasible"].any():
-        raise UserError(f"no dense or MoE candidate meets the target loss {target:.4f} ({source}) and fits in "
-                        f"{spec.gpu.name} memory; the lowest predicted loss is {candidates['predicted_loss'].min():.4f}: "
-                        "relax the target, or raise the budget (--n)")
+        meets = candidates["feasible_loss"]
+        if meets.any():  # the loss is within reach: memory (or the latency limit) is what stops every such shape
+            families = ", ".join(sorted(set(candidates.loc[meets, "family"].astype(str))))
+            limit = " or meet the latency limit" if spec.limits is not None else ""
+            raise UserError(f"the {int(meets.sum()):,} candidates that meet the target loss {target:.4f} ({source}; "
+                            f"{families}) do not fit in {spec.gpu.name} memory at batch {spec.workload.batch_size}"
+                            f"{limit}; use fewer experts (--experts), a smaller --batch, or raise --tp")
+        raise UserError(f"no dense or MoE candidate meets the target loss {target:.4f} ({source}); the lowest "
+                        f"predicted loss is {candidates['predicted_loss'].min():.4f}: relax the target, or raise the "
+                        "budget (--n)")
     if not candidates["ranked"].any():
         raise UserError(f"no candidate inside the fit's runs ({describe_coverage(coverage)}) meets the target loss "
                         f"{target:.4f}: add --extrapolate to rank shapes the law has not seen, labelled")
