@@ -127,7 +127,7 @@ def test_cli_search_emits_trainable_configs_and_plot(cli, tmp_path):
         (["--match", "llama-3.2-1b", "--gpu", "h200", "--batch", "100000", "--tpot-ms", "40", "--input-len", "50000000"],
          "even serving one request"),
         (["--r-min", "5", "--r-max", "1"], "--r-min"),
-        (["--x-max", "inf"], "--x-max inf: must be a finite number"),  # it said need 0 < --x-min <= --x-max
+        (["--r-max", "inf"], "--r-max inf: must be a finite number"),  # it said need 0 < --r-min <= --r-max
         (["--tokens", "-5"], "--tokens '-5'"),
     ],
 )
