@@ -292,3 +292,12 @@ def test_slurm_gres_gpus(gres, gpus):
 def test_sbatch_flags_mirror_the_request():
     flags = Resources(partition="gpu", gpus=8, cpus=32, mem_gb=1.5, time_min=90).sbatch_flags()
     assert flags == ["--partition=gpu", "--cpus-per-task=32", "--mem=1536M", "--gpus-per-node=8", "--time=90"]
+
+
+def test_a_jobs_dir_that_is_a_file_names_the_flag(tmp_path, corpus_data, cli):
+    """It was found only at the lock file, as "x.png/.lock: a file is in the way", without naming --jobs-dir."""
+    configs = write_study_configs(tmp_path / "configs")
+    image = tmp_path / "x.png"
+    image.write_bytes(b"\x89PNG")
+    result = cli("sweep", configs, "--data", corpus_data, "--runs", tmp_path / "runs.csv", "--jobs-dir", image, "--status")
+    assert one_line_error(result) and f"--jobs-dir {image}: {image} is a file, not a folder" in result.err

@@ -73,6 +73,11 @@ def dispatch_options(executor: str, jobs_dir: Optional[Path], default_jobs_dir: 
     """The dispatch flags as :class:`DispatchOptions` (checked for consistency, not yet against a cluster)."""
     if executor not in EXECUTORS:
         raise UserError(f"--executor {executor!r}: choose {', '.join(EXECUTORS)}")
+    if jobs_dir is not None:  # a file where the records' folder goes was found only at the lock, unnamed
+        in_the_way = next((folder for folder in (Path(jobs_dir), *Path(jobs_dir).parents) if folder.exists()), None)
+        if in_the_way is not None and not in_the_way.is_dir():
+            raise UserError(f"--jobs-dir {jobs_dir}: {in_the_way} is a file, not a folder; give a folder for the "
+                            "study's records (or leave --jobs-dir out for the default beside the results)")
     resources = Resources(partition=partition, gpus=gpus, cpus=cpus, mem_gb=mem_gb, time_min=parse_job_time(time))
     return DispatchOptions(executor=executor, jobs_dir=jobs_dir or default_jobs_dir, resources=resources,
                            max_parallel=max_parallel, wait=wait)
