@@ -64,3 +64,19 @@ def test_counts_round_into_the_next_unit_instead_of_printing_an_exponent(count, 
     from archscale.io.units import format_count
 
     assert format_count(count) == shown
+
+
+def test_help_at_80_columns_shortens_no_flag_name():
+    """At 80 columns the help showed `--experts-per-t…` and `--untie-embedd…`: flags a user could not read or copy."""
+    import os
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-m", "archscale", "search", "--help"], capture_output=True, text=True,
+                           env={**os.environ, "COLUMNS": "80", "TERMINAL_WIDTH": "80"}).stdout
+    assert "…" not in shown
+    lines = shown.splitlines()  # the long name folds onto the next line of its column: both parts are there
+    at = next(i for i, line in enumerate(lines) if "--untie-embedd" in line)
+    first = next(word for word in lines[at].split() if word.startswith("--untie-embedd"))
+    rest = lines[at + 1].replace("│", " ").split()[0]
+    assert first + rest == "--untie-embeddings"

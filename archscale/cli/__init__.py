@@ -26,6 +26,30 @@ from archscale import __version__
 from archscale.io.errors import UserError
 
 
+def _fold_long_option_names() -> None:
+    """Help shortens an option name its column cannot hold (``--experts-per-t…`` at 80 columns), so the flag can be
+    neither read nor copied; its names fold onto a second line instead (rich's "fold" overflow)."""
+    from typer import rich_utils
+
+    for name in ("highlighter", "negative_highlighter"):
+        highlighter = getattr(rich_utils, name)
+        if getattr(highlighter, "folds", False):
+            continue
+
+        class Folding(type(highlighter)):  # type: ignore[misc, valid-type]
+            folds = True
+
+            def __call__(self, text: Any) -> Any:
+                shown = super().__call__(text)
+                shown.overflow = "fold"
+                return shown
+
+        setattr(rich_utils, name, Folding())
+
+
+_fold_long_option_names()
+
+
 def _hide_flag_types(command: Any, ctx: Any) -> None:
     """Help lists an on/off flag as ``--json``, not ``--json <bool>``: a flag takes no value to describe."""
     for param in command.get_params(ctx):
