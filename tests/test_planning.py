@@ -322,3 +322,11 @@ def test_plan_takes_a_farseer_fit_to_the_inference_aware_optimum(cli, tmp_path):
     floor = float(get_law("farseer").predict(params, {"N": np.array([1e40]), "D": np.array([1e40])})[0])
     low = cli("plan", "--fit", fit, "--target-loss", f"{0.99 * floor:.6g}", "--inference-tokens", "1e12")
     assert low.code == 2 and "unlimited parameters and data" in low.err
+
+
+def test_a_budget_whose_optimum_is_no_model_is_one_line(cli):
+    """--budget 1e-300 printed N* 0: below one parameter the law's power law plans nothing."""
+    fit = DATA.parent / "experiments" / "results" / "plan" / "chinchilla_huber.json"
+    result = cli("plan", "--fit", fit, "--budget", "1e-300")
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+    assert "--budget 1e-300: the law's optimum there" in result.err and "is not a model" in result.err

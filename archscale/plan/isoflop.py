@@ -121,6 +121,16 @@ def _law_optimum(law_name: str, params: dict[str, float], budgets: np.ndarray) -
     return a, n_opt, d_opt, loss
 
 
+def _refuse_meaningless_budgets(budgets: np.ndarray, n_opt: np.ndarray, d_opt: np.ndarray) -> None:
+    """A budget whose optimum is below one parameter or one token (``--budget 1e-300`` printed N* 0), or past what
+    a float holds (``1e300``), is one line naming ``--budget``: the law's power law says nothing there."""
+    for budget, n, d in zip(budgets, n_opt, d_opt):
+        if not (np.isfinite(n) and np.isfinite(d)) or n < 1 or d < 1:
+            raise UserError(f"--budget {budget:g}: the law's optimum there (N* {n:.3g}, D* {d:.3g}) is not a model "
+                            "(under one parameter or token, or past what a float holds); give a training budget in "
+                            "FLOPs such as 1e21 or 5.76e23")
+
+
 def law_allocation(fitted: FittedLaw, budgets: Sequence[float]) -> LawAllocation:
     """The compute-optimal allocation a fitted law of N and D (Chinchilla, aspect, Kaplan, Farseer) implies at each budget."""
     name = fitted.law.name
@@ -128,7 +138,9 @@ def law_allocation(fitted: FittedLaw, budgets: Sequence[float]) -> LawAllocation
         raise UserError(f"{fitted.source}: compute-optimal planning needs a law of N and D "
                         f"({', '.join(PLANNABLE_LAWS)}), not {name}; fit one with archscale fit --law chinchilla")
     grid = np.asarray(budgets, float)
-    a, n_opt, d_opt, loss = _law_optimum(name, fitted.params, grid)
+    with np.errstate(all="ignore"):
+        a, n_opt, d_opt, loss = _law_optimum(name, fitted.params, grid)
+    _refuse_meaningless_budgets(grid, n_opt, d_opt)
     notes = []
     if name in SEARCHED_LAWS:
         notes.append(f"{name} has no closed-form N*(C): N* is the minimum of the loss along each budget, found by search, "
