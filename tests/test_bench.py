@@ -562,3 +562,15 @@ def test_show_says_an_empty_store_is_empty(cli, tmp_path):
     for store in (empty, no_rows):
         shown = cli("bench", "--show", "--store", store)
         assert shown.code == 0 and "the store is empty" in shown.out, shown.out
+
+
+def test_a_measured_run_on_a_gpu_file_device_is_compared_with_its_estimate(cli, tiny_dirs, tmp_path, one_thread):
+    """--gpu-file was read by --show and the roofline only: a torch run on a CPU entry printed "vs estimate" as -."""
+    device = tmp_path / "cpu.json"
+    device.write_text(json.dumps([{"name": "cpu", "bf16_tflops": 0.17, "hbm_tb_s": 0.033, "memory_gb": 16,
+                                   "interconnect_gb_s": 1.0}]))
+    r = cli("bench", tiny_dirs[0], "--backend", "torch", "--batch-sizes", "1", "--input-len", "8", "--output-len", "4",
+            "--repeats", "2", "--max-noise", "10", "--gpu", "cpu", "--gpu-file", device, "--store", tmp_path / "b.sqlite",
+            "--no-progress")
+    assert r.code == 0, r.err
+    assert "x uncalibrated" in r.out  # the measured/estimated ratio, against the uncalibrated roofline

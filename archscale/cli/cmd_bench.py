@@ -294,7 +294,7 @@ def _sweep_mode(specs: list[str], options, out: Optional[Path], as_json: bool, p
     total = len(targets) * (options.progress_units_per_target + len(sizes) * options.progress_units_per_batch)
     with _progress(errors, total, enabled=progress) as bar:
         result = run_sweep(targets, options, store, _hooks(bar, errors), backend=backend)
-    _report_sweep(result, as_json, errors)
+    _report_sweep(result, as_json, errors, options.gpu_file)
 
 
 def _progress(errors: Console, total: int, enabled: bool) -> Progress:
@@ -324,13 +324,14 @@ def _hooks(bar: Progress, errors: Console):
     return Hooks(started=started, advanced=advanced, recorded=recorded)
 
 
-def _report_sweep(result, as_json: bool, errors: Console) -> None:
-    """Print the sweep's records; exit 130 if interrupted, 2 if every benchmark failed."""
+def _report_sweep(result, as_json: bool, errors: Console, gpu_file: Path | None = None) -> None:
+    """Print the sweep's records; exit 130 if interrupted, 2 if every benchmark failed. ``gpu_file``'s devices give
+    measured rows on them (a CPU entry) their "vs estimate", as ``--show`` does."""
     frame = pd.DataFrame(result.records)
     if as_json:
         print_json(_json_rows(frame))
     elif len(frame):
-        console.print(_results_table(frame, title=f"{len(frame)} benchmark records"))
+        console.print(_results_table(frame, title=f"{len(frame)} benchmark records", gpu_file=gpu_file))
     count = f"{len(result.records)} records"
     done = f"appended {count} to {result.store}" if result.store else f"{count}, not stored (no --store)"
     if result.interrupted:
