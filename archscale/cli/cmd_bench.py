@@ -28,7 +28,7 @@ from rich.table import Table
 from archscale.bench.records import BACKENDS, MEASURED_BACKENDS, NOISY_CV
 from archscale.bench.store import STORE
 from archscale.cli import EMIT_TINY_CONFIGS, Command, app, console, examples, print_json, study
-from archscale.cli.options import GPU_PRICE, given_on_command_line, gpu_help, parse_assignments, parse_int_list
+from archscale.cli.options import GPU_PRICE, given_on_command_line, gpu_help, parse_assignments, parse_int_list, typed_options
 from archscale.serving.estimate import EngineSettings
 from archscale.serving.price import format_usd
 from archscale.serving.profiles import check_engine
@@ -130,7 +130,7 @@ def bench_command(
     if show:
         if specs:
             raise UserError("--show prints a store; give it no configs")
-        unused = [flag for flag in _typed(ctx) if flag[0] not in SHOW_FLAGS]
+        unused = [flag for flag in typed_options(ctx) if flag[0] not in SHOW_FLAGS]
         if unused:
             raise UserError(f"{unused[0][1]} does not apply to --show: it picks rows only by --backend, --gpu, --dtype, "
                             "--batch-sizes, --tp, --input-len, --output-len and --threads"
@@ -139,7 +139,7 @@ def bench_command(
         check_outputs(("--export", export, "csv"), inputs=(store, gpu_file))
         given = {"dtype": [dtype], "batch_sizes": parse_int_list(batch_sizes, "--batch-sizes"), "tp": [tp],
                  "input_len": [input_len], "output_len": [output_len], "threads": [threads]}
-        filters = {SHOW_FILTERS[name]: (flag, given[name]) for name, flag in _typed(ctx) if name in SHOW_FILTERS}
+        filters = {SHOW_FILTERS[name]: (flag, given[name]) for name, flag in typed_options(ctx) if name in SHOW_FILTERS}
         _show_mode(store, backend, gpu, gpu_file, export, as_json, gpu_price, filters)
         return
     if export is not None:
@@ -254,20 +254,11 @@ def probe_command(
     _probe_mode(out, gpu, parse_dtype(dtype) or "float32", threads, as_json)
 
 
-def _typed(ctx: typer.Context) -> list[tuple[str, str]]:
-    """``(parameter name, flag as typed)`` of each option the user gave on the command line, in declaration order."""
-    typed = []
-    for param in ctx.command.params:
-        if param.name and param.param_type_name == "option" and given_on_command_line(ctx, param.name):
-            typed.append((param.name, param.opts[0]))
-    return typed
-
-
 def _refuse_other_backends_flags(ctx: typer.Context, backend: str) -> None:
     """A run flag the chosen backend does not read is one line, not silence (an unknown backend is refused later)."""
     if backend not in BACKENDS:
         return
-    for name, flag in _typed(ctx):
+    for name, flag in typed_options(ctx):
         users = BACKEND_FLAGS.get(name)
         if users is None or backend in users:
             continue

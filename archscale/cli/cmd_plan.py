@@ -365,10 +365,9 @@ def check_unused_flags(ctx: typer.Context, with_runs: bool, lifetime: bool, cost
     from archscale.plan.inference_optimal import COSTS, GPU_COSTS
 
     def refuse(flags: dict[str, str], plan: str, instead: str) -> None:
-        names = {param.name: param.opts[0] for param in ctx.command.params}
         for name, does in flags.items():
-            if given_on_command_line(ctx, name):
-                raise UserError(f"{names[name]} does not apply to {plan}: it {does}; drop it, or {instead}")
+            for flag in given_on_command_line(ctx, name):
+                raise UserError(f"{flag} does not apply to {plan}: it {does}; drop it, or {instead}")
 
     if not with_runs:
         refuse(RUNS_TABLE_FLAGS, "a plan without an isoFLOP runs table", "give the runs table (archscale plan RUNS.csv ...)")

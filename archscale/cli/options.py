@@ -104,11 +104,18 @@ def check_sweep_ranges(tolerance: float | None, r_min: float, r_max: float, x_mi
             raise UserError(f"{low_flag} {low:g} and {high_flag} {high:g}: need 0 < {low_flag} <= {high_flag}")
 
 
+def typed_options(ctx: typer.Context) -> list[tuple[str, str]]:
+    """``(parameter name, flag)`` of each option the user typed, in declaration order, the flag as the command
+    spells it (``compile_step`` is ``--compile``): a default looks the same as a value given, and a flag the
+    chosen mode does not read must be refused, not silently ignored."""
+    return [(param.name, param.opts[0]) for param in ctx.command.params
+            if param.name and param.param_type_name == "option"
+            and getattr(ctx.get_parameter_source(param.name), "name", None) == "COMMANDLINE"]
+
+
 def given_on_command_line(ctx: typer.Context, *names: str) -> list[str]:
-    """The flags among ``names`` (parameter names) the user typed, as ``--flag``: a default looks the same as a
-    value given, and a flag whose only use is missing its partner must be refused, not silently ignored."""
-    return [f"--{name.replace('_', '-')}" for name in names
-            if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+    """The flags among ``names`` (parameter names) the user typed, as the command spells them."""
+    return [flag for name, flag in typed_options(ctx) if name in names]
 
 
 def gpu_help(what: str) -> str:
