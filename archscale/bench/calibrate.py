@@ -236,7 +236,7 @@ def _fit_terms(frame: pd.DataFrame, device: GPU, settings: EngineSettings, free:
     low = np.array([TERM_BOUNDS[t][0] for t in free]) / scale
     high = np.array([TERM_BOUNDS[t][1] for t in free]) / scale
     targets = _fit_targets(frame, unit)
-    estimate = row_estimator(frame, device, settings, with_latency=len(targets) > 1)
+    estimate = row_estimator(frame, device, settings, with_latency=len(targets) > 1, statistics=(LATENCY_FIT_STATISTIC,))
 
     def residuals(x: np.ndarray) -> np.ndarray:
         predicted = estimate(_terms(dict(zip(free, x * scale)), base))

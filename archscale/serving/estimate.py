@@ -386,9 +386,10 @@ def estimate_rows(rows: pd.DataFrame, gpu: GPU, terms: CostTerms = CostTerms(),
     return pd.DataFrame(estimate, index=rows.index)
 
 
-def row_estimator(rows: pd.DataFrame, gpu: GPU, engine: EngineSettings = EngineSettings(), with_latency: bool = False):
+def row_estimator(rows: pd.DataFrame, gpu: GPU, engine: EngineSettings = EngineSettings(), with_latency: bool = False,
+                  statistics: tuple = ()):
     """:func:`estimate_rows` with the rows read once: a function of the terms alone, for a fit to call thousands of times
-    (the latency columns only when asked: they are most of the cost)."""
+    (the latency columns only when asked, and only ``statistics`` of them when given: they are most of the cost)."""
     shape = _shape_arrays(rows)
     column = lambda name, default: (rows[name].to_numpy(dtype=np.float64) if name in rows  # noqa: E731
                                     else np.full(len(rows), float(default)))
@@ -401,7 +402,8 @@ def row_estimator(rows: pd.DataFrame, gpu: GPU, engine: EngineSettings = EngineS
             check_tensor_parallel(shape["n_heads"][rows_at].astype(np.int64), shape["n_kv_heads"][rows_at].astype(np.int64), int(tp))
 
     def estimate(terms: CostTerms) -> dict[str, np.ndarray]:
-        return _estimate(shape, runs, gpu, terms, engine, with_bound=False, with_latency=with_latency)
+        return _estimate(shape, runs, gpu, terms, engine, with_bound=False, with_latency=with_latency,
+                         statistics=statistics)
 
     return estimate
 
@@ -1052,11 +1054,29 @@ def _select_wave(use_full: np.ndarray, full: _Wave, last: _Wave) -> _Wave:
                  shift=full.shift)
 
 
+_FLOOR_SUMS: dict[tuple, np.ndarray] = {}
+_FLOOR_SUMS_KEPT = 256
+"""Recent :func:`_floor_sum` results by their inputs. A calibration evaluates the same rows' workloads thousands of
+times while only the time terms change, and the pass counts depend on the workload alone."""
+
+
 def _floor_sum(n: np.ndarray, m: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``sum_{i=0}^{n-1} floor((a i + b) / m)`` elementwise for non-negative integer arrays, in O(log m) vector passes
     (the Euclid-like reduction of AtCoder's ``floor_sum``): the exact mean prefill pass of a wave without a loop
-    over its requests."""
+    over its requests. Small inputs are remembered (:data:`_FLOOR_SUMS`)."""
     n, m, a, b = (np.array(v, dtype=np.int64, copy=True) for v in np.broadcast_arrays(n, m, a, b))
+    if n.size > 4096:
+        return _floor_sum_of(n, m, a, b)
+    key = (n.shape, n.tobytes(), m.tobytes(), a.tobytes(), b.tobytes())
+    if key not in _FLOOR_SUMS:
+        if len(_FLOOR_SUMS) >= _FLOOR_SUMS_KEPT:
+            _FLOOR_SUMS.clear()
+        _FLOOR_SUMS[key] = _floor_sum_of(n, m, a, b)
+    return _FLOOR_SUMS[key].copy()
+
+
+def _floor_sum_of(n: np.ndarray, m: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`_floor_sum` computed (its int64 inputs are consumed)."""
     total = np.zeros(n.shape, dtype=np.float64)
     live = n > 0
     while live.any():
