@@ -23,8 +23,9 @@ MINI_STUDY_FIT = MINI_STUDY_RUNS.parent / "cond.json"
 
 def h200_spec(**changes) -> SearchSpec:
     gpu = load_gpu("h200")
-    return SearchSpec(n=1e9, tokens=1e11, n_layers=16, d_head=64, gpu=gpu, workload=Workload(64, 4096, 1024),
-                      profile=resolve_profile(None, gpu, "vllm"), **changes)
+    settings = dict(n=1e9, tokens=1e11, n_layers=16, d_head=64, gpu=gpu, workload=Workload(64, 4096, 1024),
+                    profile=resolve_profile(None, gpu, "vllm"))
+    return SearchSpec(**{**settings, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,8 @@ def test_the_published_fit_says_it_has_seen_gqa_4_only():
 def test_by_default_every_pick_is_inside_the_runs_so_none_takes_a_gqa_the_law_never_saw(default_1b):
     picks = default_1b.top_k
     assert set(picks["gqa"]) == {4}
-    assert (picks["extrapolation"] == "").all()
+    assert (picks["outside"] == 0).all()  # in shape; their size is the law's (3.3x its runs), a note of its own
+    assert all(label.startswith("N ") for label in picks["extrapolation"])
     assert all("gqa" in inside.split(",") for inside in picks["inside_data"])
     ranked = default_1b.candidates[default_1b.candidates["ranked"]]
     assert set(ranked["gqa"]) == {4}
@@ -66,6 +68,22 @@ def test_extrapolate_ranks_the_rest_and_labels_what_is_out(extrapolated_1b):
 def test_a_reference_outside_the_runs_makes_the_target_an_extrapolation(default_1b):
     # LLaMA-3.2-1B has r 4.8; the published fit's runs reach r 4.2
     assert any("llama-3.2-1b" in note and "r 4.8" in note and "extrapolation" in note for note in default_1b.notes)
+
+
+def test_the_published_1b_law_used_at_1b_and_16_layers_says_both_are_extrapolations(default_1b):
+    # its runs were 80M-297M parameters at 12 layers, trained on 100 N tokens (Tables C.1 and 6.1)
+    notes = " ".join(default_1b.notes)
+    assert "the fit's runs had 12 layers and this search is at 16" in notes
+    assert "3.32x the largest its runs had (2.97e+08)" in notes and "tokens up to 1e+11, 3.37x" in notes
+    for pick in default_1b.top_k.to_dict("records"):
+        assert "(runs 8e+07-2.97e+08)" in pick["extrapolation"]  # the JSON's label names it per pick
+        assert pick["extrapolation_brief"] == ""  # every pick shares it: the table leaves it to the note
+
+
+def test_at_the_depth_of_the_runs_no_depth_note_is_given():
+    at_12 = search(load_fit(FIT_1B), h200_spec(n=2e8, tokens=2e10, n_layers=12), match=None)
+    assert not any("layers unmeasured" in note for note in at_12.notes)
+    assert not any("extrapolation past the fitted runs" in note for note in at_12.notes)
 
 
 def test_ties_are_ordered_by_predicted_loss_and_stated(default_1b):

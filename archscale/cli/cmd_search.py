@@ -185,11 +185,11 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
     console.print(f"throughput: {result.throughput_model.describe()}")
     limits = spec.limits
     table = Table(title=f"top {len(result.top_k)} for training ({_serving_label(spec)})")
-    outside = bool(result.top_k.get("extrapolation", pd.Series(dtype=str)).astype(bool).any())
+    outside = bool(result.top_k.get("extrapolation_brief", pd.Series(dtype=str)).astype(bool).any())
     served = ["batch", f"TPOT {limits.statistic_label} ms", f"TTFT {limits.statistic_label} ms"] if limits is not None else []
     columns = (["rank"] + (["layers"] if deep else []) + ["d_model", "heads/kv", "d_ff", "N", "r", "x", "GQA", "loss"]
                + served + ["out tok/s"] + (["$/M out"] if spec.usd_per_gpu_hour is not None else []) + ["vs ref", "GQA variants"])
-    for column in columns + (["outside the fit's runs"] if outside else []):
+    for column in columns + (["extrapolation"] if outside else []):
         table.add_column(column, justify="right")
     for row in result.top_k.itertuples():
         ratio = _speedup(row, reference)
@@ -200,7 +200,7 @@ def _print(result: SearchResult, spec: SearchSpec) -> None:
         table.add_row(rank, *([str(row.n_layers)] if deep else []), str(row.d_model), f"{row.n_heads}/{row.n_kv_heads}",
                       str(row.d_ff), format_count(row.N), f"{row.r:.2f}", f"{row.x:.4f}", str(row.gqa), loss,
                       *_served_cells(row._asdict(), limits), speed, *_dollar_cells(row._asdict(), spec), versus,
-                      row.gqa_variants, *([row.extrapolation or "-"] if outside else []))
+                      row.gqa_variants, *([row.extrapolation_brief or "-"] if outside else []))
     if reference:
         measured = " (measured)" if reference.get("throughput_source") == "measured" else ""
         table.add_row("ref", *([str(reference["n_layers"])] if deep else []), str(reference["d_model"]),
@@ -461,7 +461,7 @@ def _print_families(result: FamilyResult, spec: SearchSpec, fitted: Any) -> None
     limits = spec.limits
     served = ["batch", f"TPOT {limits.statistic_label} ms", f"TTFT {limits.statistic_label} ms"] if limits is not None else []
     columns = ["family", "rank", "d_model", "heads/kv", "FFN / expert", "E", "k", "N active", "N total", "r", "loss",
-               *served, "out tok/s", "memory GB"] + (["$/M out"] if dollars else []) + ["outside the fit's runs"]
+               *served, "out tok/s", "memory GB"] + (["$/M out"] if dollars else []) + ["extrapolation"]
     for column in columns:
         table.add_column(column, justify="right")
     for row in result.picks.to_dict("records"):
@@ -473,7 +473,7 @@ def _print_families(result: FamilyResult, spec: SearchSpec, fitted: Any) -> None
                       *_served_cells(row, limits),
                       f"{row['output_tokens_per_s']:,.0f}" + (" (measured)" if row.get("throughput_source") == "measured" else ""),
                       f"{row['memory_gb']:.1f}",
-                      *([format_usd(float(row["usd_per_m_output"]))] if dollars else []), row["extrapolation"] or "-")
+                      *([format_usd(float(row["usd_per_m_output"]))] if dollars else []), row.get("extrapolation_brief", row["extrapolation"]) or "-")
     console.print(table)
     if result.winner is not None:
         console.print(f"verdict: {result.winner['verdict']}")

@@ -228,6 +228,21 @@ def size_label(size_range: Mapping[str, list[float]] | None, n: float, tokens: f
     return "; ".join(parts)
 
 
+def size_brief(size_range: Mapping[str, list[float]] | None, n: float, tokens: float) -> str:
+    """``"N 3.3x, D 3.4x"``: :func:`size_label` as a table cell has room for it, each value as a multiple of the
+    nearest bound of the runs (above 1 past the largest, below 1 under the smallest; the note under the table gives
+    the numbers)."""
+    parts = []
+    for name, _, values in _size_values(size_range, [n], [tokens], "N"):
+        low, high = size_range[name]
+        value = float(values[0])
+        if value > high * (1 + RELATIVE_SLACK):
+            parts.append(f"{name} {value / high:.2g}x")
+        elif value < low * (1 - RELATIVE_SLACK):
+            parts.append(f"{name} {value / low:.2g}x")
+    return ", ".join(parts)
+
+
 def _size_values(size_range: Mapping[str, list[float]] | None, sizes: Any, tokens: Any,
                  size_word: str) -> list[tuple[str, str, np.ndarray]]:
     """(column, word, finite values) for N and D where the fit records a range and there is a value to check."""

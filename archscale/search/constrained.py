@@ -40,7 +40,7 @@ from archscale.search.latency_limited import (add_fixed_batch, check_some_meet, 
 from archscale.io.errors import UserError
 from archscale.laws import CONDITIONAL, MULTIPLICATIVE
 from archscale.fit.coverage import (COORDINATES, _span, describe_coverage, outside_coverage, outside_label,
-                                    outside_names, outside_sizes, size_label)
+                                    outside_names, outside_sizes, size_brief, size_label)
 from archscale.fit.fitted import FittedLaw
 
 SHAPE_COLUMNS = ["n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff"]
@@ -573,6 +573,17 @@ def depth_blind(fitted: FittedLaw, depths: Sequence[int]) -> bool:
     return not sees_depth(fitted) and len(depths) > 1
 
 
+def carried_depth_note(fitted: FittedLaw, depths: Sequence[int]) -> str | None:
+    """A note when a law blind to depth, fitted at one depth, is searched at another: every shape's loss then rests
+    on the law carrying over to that depth unmeasured (as the dissertation carried its 12-layer law to 16 layers)."""
+    seen = (fitted.coverage or {}).get("n_layers")
+    if sees_depth(fitted) or len(depths) != 1 or not seen or seen[0] != seen[1] or int(depths[0]) == int(seen[0]):
+        return None
+    return (f"depth: the fit's runs had {fit_depths(fitted)} and this search is at {int(depths[0])}; law "
+            f"{fitted.law.name} cannot see depth, so its losses are carried to {int(depths[0])} layers unmeasured "
+            "(an extrapolation every shape shares)")
+
+
 def check_depths(fitted: FittedLaw, spec: SearchSpec) -> None:
     """Several depths with a law blind to depth are ranked only with ``--extrapolate``, each labelled."""
     if depth_blind(fitted, spec.layers) and not spec.extrapolate:
@@ -652,16 +663,26 @@ def label_extrapolations(picks: pd.DataFrame, fitted: FittedLaw, policy: GqaPoli
     coverage = ranking_coverage(fitted, policy) or {}
     checked = [c for c in checked_coordinates(fitted, depths) if c in coverage]
     bounds = {**held_bounds(policy), **depth_bounds(fitted, depths)}
-    labels, inside = [], []
+    labels, shapes, briefs, inside = [], [], [], []
     for row in picks.to_dict("records"):
         mask = int(row.get("outside", 0))
         shape = outside_label(row, mask, coverage, bounds) if mask else ""
         size = size_label(fitted.size_range, row["N"], tokens) if tokens is not None else ""
         labels.append("; ".join(part for part in (shape, size) if part))
+        shapes.append(shape)
+        briefs.append(size_brief(fitted.size_range, row["N"], tokens) if tokens is not None else "")
         inside.append(",".join(c for c in checked if c not in outside_names(mask)))
     picks["extrapolation"] = labels
+    picks["extrapolation_brief"] = table_labels(shapes, briefs)
     picks["inside_data"] = inside
     return picks
+
+
+def table_labels(shapes: list[str], sizes: list[str]) -> list[str]:
+    """A table's extrapolation cell per pick: its shape label, with its size (``N 3.3x``) only where the picks' sizes
+    differ in it; a size every pick shares is the note under the table, not a column repeated on every row."""
+    shared = len(set(sizes)) == 1
+    return ["; ".join(part for part in (shape, "" if shared else size) if part) for shape, size in zip(shapes, sizes)]
 
 
 def reference_note(target: Target, fitted: FittedLaw) -> str | None:
@@ -918,6 +939,7 @@ def search(
                         f"{out[0] if out else 'all lie outside'}; widen what the runs cover, narrow --gqa/--r-min/--r-max "
                         "to the runs' range, or add --extrapolate")
     notes += [policy.note] + coverage_notes(candidates, fitted, spec.extrapolate, policy, spec.layers)
+    notes += [note for note in [carried_depth_note(fitted, spec.layers)] if note]
     if scale is not None:
         notes.append(scale_note(scale, spec))
     note = reference_note(target, fitted)

@@ -23,13 +23,14 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from archscale.fit.coverage import (COORDINATES, describe_coverage, expansion_of, outside_sizes, size_label,
+from archscale.fit.coverage import (COORDINATES, describe_coverage, expansion_of, outside_sizes, size_brief, size_label,
                                     outside_coverage, outside_label)
 from archscale.fit.fitted import FittedLaw
 from archscale.io.errors import UserError
 from archscale.search.constrained import (SearchSpec, apply_measured_losses, apply_measured_throughput,
                                           enumerate_candidates, limit_columns, lowest_losses, measured_count_notes,
-                                          refuse_if_none_fits, scale_estimates, scale_note, use_measured_throughput)
+                                          refuse_if_none_fits, scale_estimates, scale_note, table_labels,
+                                          use_measured_throughput)
 from archscale.search.latency_limited import operating_point_note
 from archscale.serving.price import usd_per_million_tokens
 from archscale.shapes.architecture import Architecture, require_serving_modelled
@@ -240,10 +241,11 @@ def search_families(fitted: FittedLaw, spec: SearchSpec, grid: ExpertGrid, targe
                         f"{target:.4f}: add --extrapolate to rank shapes the law has not seen, labelled")
     picks = top_per_family(candidates[candidates["ranked"]], top_k)
     sizes = law_sizes(fitted, picks)
-    picks["extrapolation"] = ["; ".join(part for part in (
-        outside_label(row, int(row["outside"]), coverage) if int(row["outside"]) else "",
-        size_label(fitted.size_range, size, spec.tokens)) if part)
-        for row, size in zip(picks.to_dict("records"), sizes)]
+    shapes = [outside_label(row, int(row["outside"]), coverage) if int(row["outside"]) else ""
+              for row in picks.to_dict("records")]
+    picks["extrapolation"] = ["; ".join(part for part in (shape, size_label(fitted.size_range, size, spec.tokens)) if part)
+                              for shape, size in zip(shapes, sizes)]
+    picks["extrapolation_brief"] = table_labels(shapes, [size_brief(fitted.size_range, size, spec.tokens) for size in sizes])
     if spec.usd_per_gpu_hour is not None:
         picks["usd_per_m_output"] = usd_per_million_tokens(picks["output_tokens_per_s"].to_numpy(float),
                                                            spec.usd_per_gpu_hour, spec.tp)
