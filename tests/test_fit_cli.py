@@ -165,7 +165,11 @@ def test_predict_says_when_the_shape_lies_outside_the_fits_runs(cli):
     outside = cli("predict", fit, "--n", "1e9", "--tokens", "1e11", "--d-model", "16", "--ratio", "20", "--json")
     notes = json.loads(outside.out)["extrapolation"]
     assert any("x 0.000506 (runs 0.042-0.34); r 20 (runs 0.5-4.2)" in note for note in notes)
-    inside = cli("predict", fit, "--n", "1e9", "--tokens", "1e11", "--d-model", "2560", "--ratio", "1.07", "--json")
+    at_1b = cli("predict", fit, "--n", "1e9", "--tokens", "1e11", "--d-model", "2560", "--ratio", "1.07", "--json")
+    notes = json.loads(at_1b.out)["extrapolation"]  # Panda-1B's shape is inside; 1B is 3.4x the runs' largest
+    assert notes == ["extrapolation past the fitted runs: parameters up to 1e+09, 3.37x the largest its runs had "
+                     "(2.97e+08); tokens up to 1e+11, 3.37x the largest its runs had (2.97e+10)"]
+    inside = cli("predict", fit, "--n", "2e8", "--tokens", "2e10", "--d-model", "1131", "--ratio", "1.07", "--json")
     assert "extrapolation" not in json.loads(inside.out)
 
 
@@ -182,7 +186,20 @@ def test_an_optimum_built_from_loose_parameters_says_the_runs_do_not_determine_i
     standard errors above their values; one more run moved it to 1.424."""
     runs = DATA.parent / "experiments" / "results" / "cpu_mini_study" / "runs.csv"
     loose = cli("fit", runs, "--law", "conditional-mult", "--loss", "lsq")
-    line = next(line for line in loose.out.splitlines() if line.startswith("closed-form optimum"))
-    assert "(from a1, b1, whose standard errors exceed their values: these runs do not determine it)" in line
+    printed = " ".join(loose.out.split())
+    assert ("closed-form optimum: x* = 6.385, r* = 4.638 (x* outside the runs' x 0.0717-0.274, r* outside the runs' r "
+            "0.429-4.5: an extrapolation; from a1, b1, whose standard errors exceed their values: these runs do not "
+            "determine it)") in printed
     tight = cli("fit", DATA / "chinchilla_epoch.csv", "--law", "chinchilla", "--where", "loss < 3.42")
     assert "do not determine it" not in tight.out
+
+
+def test_an_optimum_outside_the_runs_is_called_an_extrapolation(cli):
+    """x* = 6.385 lies far past the mini-study's x 0.07-0.27; fit and predict said it without a label."""
+    fit = DATA.parent / "experiments" / "results" / "cpu_mini_study" / "cond.json"
+    predicted = cli("predict", fit, "--n", "2e6", "--tokens", "4e7", "--d-model", "256", "--ratio", "2")
+    line = next(line for line in predicted.out.splitlines() if line.startswith("closed-form optimum"))
+    assert line.endswith("(x* outside the runs' x 0.0717-0.274, r* outside the runs' r 0.429-4.5: an extrapolation)")
+    inside = cli("predict", DATA / "fits" / "dissertation_1b_mult.json", "--n", "2e8", "--tokens", "2e10",
+                 "--d-model", "1131", "--ratio", "1.07")
+    assert inside.out.rstrip().endswith("closed-form optimum: x* = 0.08008, r* = 1.032")  # inside x 0.042-0.34, r 0.5-4.2

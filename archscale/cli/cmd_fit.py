@@ -74,8 +74,25 @@ def _loose_optimum(fit: Any) -> str:
                     fit.law.optimum({**fit.params, name: fit.params[name] * 1.01}).items() if k in base)]
     if not moved:
         return ""
-    return (f" (from {', '.join(moved)}, whose standard errors exceed their values: these runs do not determine "
-            "it)")
+    return (f"from {', '.join(moved)}, whose standard errors exceed their values: these runs do not determine "
+            "it")
+
+
+def _optimum_outside(optimum: dict, coverage: dict | None) -> str:
+    """A caveat for a closed-form optimum that lies outside the range the fit's runs cover: the law's minimum there is
+    where its curve turns, not a loss any run measured."""
+    from archscale.fit.coverage import RELATIVE_SLACK, _span
+
+    out = [f"{name}* outside the runs' {name} {_span(*coverage[name])}" for name, value in optimum.items()
+           if coverage and name in coverage and math.isfinite(value)
+           and not coverage[name][0] * (1 - RELATIVE_SLACK) <= value <= coverage[name][1] * (1 + RELATIVE_SLACK)]
+    return f"{', '.join(out)}: an extrapolation" if out else ""
+
+
+def _caveats(*parts: str) -> str:
+    """`` (a; b)`` after a printed figure, or nothing when there is no caveat."""
+    given = [part for part in parts if part]
+    return f" ({'; '.join(given)})" if given else ""
 
 
 def _negative_r2(values: dict) -> str:
@@ -193,7 +210,7 @@ def _print_study(study: Study) -> None:
     optimum = fit.law.optimum(fit.params)
     if optimum:
         console.print("closed-form optimum: " + ", ".join(f"{k}* = {_fmt(v)}" for k, v in optimum.items())
-                      + _loose_optimum(fit))
+                      + _caveats(_optimum_outside(optimum, study.fitted.coverage), _loose_optimum(fit)))
     console.print(f"objective ({fit.objective}): {fit.objective_value:.10g}, best of {fit.n_starts} starts")
     if study.fitted.gqa is not None:
         console.print(f"GQA in the search: {'traded' if study.fitted.gqa.traded else 'held'}; {study.fitted.gqa.reason}")
@@ -349,4 +366,5 @@ def predict(
     if unchecked:
         console.print(f"note: the GQA factor is not one the search trades on: {result['gqa_note']}")
     if fitted.optimum():
-        console.print("closed-form optimum: " + ", ".join(f"{k}* = {_fmt(v)}" for k, v in fitted.optimum().items()))
+        console.print("closed-form optimum: " + ", ".join(f"{k}* = {_fmt(v)}" for k, v in fitted.optimum().items())
+                      + _caveats(_optimum_outside(fitted.optimum(), fitted.coverage)))
