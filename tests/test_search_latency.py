@@ -43,6 +43,9 @@ def test_a_tpot_limit_changes_the_pick_and_says_why(cli):
         assert row["meets_limits"] and row["tpot_ms_p99"] <= 15
     note = next(n for n in limited["notes"] if n.startswith("the latency limit changes the pick"))
     assert "Why: under the limit the fixed-batch pick runs only" in note
+    # 5.6% is above the throughput estimate's 4.8 points, but the batches rest on latencies nothing measured
+    assert note.endswith("so the change is a rank at these operating points, which rest on the profile's unmeasured "
+                         "latencies")
 
 
 def test_the_table_shows_each_picks_batch_and_latency(cli):
@@ -145,3 +148,5 @@ def test_a_profile_calibrated_with_latency_quotes_its_latency_errors():
     without_heldout = dataclasses.replace(checked, validation={"latency": {"fit": latency["fit"]}})
     assert "on the rows it was fitted on: TPOT p50 9.1%" in without_heldout.latency_trust()
     assert "never compared with a measurement" in Profile.uncalibrated(shipped.device).latency_trust()
+    assert checked.latency_measured and without_heldout.latency_measured
+    assert not shipped.latency_measured and not Profile.uncalibrated(shipped.device).latency_measured

@@ -1019,7 +1019,8 @@ def compare_with_fixed_batch(candidates: pd.DataFrame, picks: pd.DataFrame, spec
     return {"limits": spec.limits.describe(), "changed": bool(changed),
             "under_limit": {k: _plain(limited[k]) for k in keep},
             "fixed_batch": None if fixed is None else {k: _plain(fixed[k]) for k in keep},
-            "note": comparison_note(limited, fixed, spec.limits, spec.workload, spec.tie_rule)}
+            "note": comparison_note(limited, fixed, spec.limits, spec.workload, spec.tie_rule,
+                                    spec.throughput_model.latency_measured)}
 
 
 def limit_columns(limits: LatencyLimits) -> list[str]:

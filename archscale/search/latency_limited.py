@@ -103,9 +103,11 @@ def describe_pick(row: Mapping[str, Any], limits: LatencyLimits, workload: Workl
 
 
 def comparison_note(limited_pick: Mapping[str, Any], fixed_pick: Mapping[str, Any] | None, limits: LatencyLimits,
-                    workload: Workload, tie: tuple[float, str] | None = None) -> str:
+                    workload: Workload, tie: tuple[float, str] | None = None, latency_measured: bool = True) -> str:
     """Whether the pick under the limit differs from the pick at the fixed batch, why (the batch each could run),
-    and whether the gap between them under the limit is larger than the estimate's error (``tie``)."""
+    and whether the gap between them under the limit is larger than the estimate's error (``tie``). That error is
+    the throughput estimate's at a given batch; without ``latency_measured`` the batches themselves rest on
+    unmeasured latencies, and a gap above it is said to be a rank only as far as they hold."""
     under = describe_pick(limited_pick, limits, workload, under_limit=True)
     if fixed_pick is None:
         return f"under {limits.describe()}: pick {under}; no shape that meets the loss target fits at batch {workload.batch_size}"
@@ -116,9 +118,11 @@ def comparison_note(limited_pick: Mapping[str, Any], fixed_pick: Mapping[str, An
         why = "the fixed-batch pick cannot meet the limit even alone"
     else:
         gain = float(limited_pick["output_tokens_per_s"]) / float(fixed_pick["output_tokens_per_s"]) - 1.0
+        rank = ("the change is a rank" if latency_measured else
+                "the change is a rank at these operating points, which rest on the profile's unmeasured latencies")
         size = ("" if tie is None else
                 f"; {gain:.1%} is {'more' if gain > tie[0] else 'less'} than the estimate's error ({tie[1]}), so "
-                + ("the change is a rank" if gain > tie[0] else "the two are a tie under the limit"))
+                + (rank if gain > tie[0] else "the two are a tie under the limit"))
         why = (f"under the limit the fixed-batch pick runs only {int(fixed_pick['operating_batch'])} requests at once, "
                f"{float(fixed_pick['output_tokens_per_s']):,.0f} output tokens/s; the pick serves {gain:.1%} more{size}")
     return (f"the latency limit changes the pick. Under {limits.describe()}: {under}. At the fixed batch "

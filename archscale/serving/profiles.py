@@ -130,14 +130,24 @@ class Profile:
                 return float(value)
         return None
 
+    def _latency_figures(self) -> tuple[str, dict]:
+        """("heldout" or "fit", {latency column: its error figures}) from the calibration's report, empty if none."""
+        latency = (self.validation.get("latency") or {}) if self.calibrated else {}
+        split = "heldout" if latency.get("heldout") else "fit"
+        return split, latency.get(split) or {}
+
+    @property
+    def latency_measured(self) -> bool:
+        """Whether this profile's TPOT and TTFT were ever compared with measured rows (so an operating point chosen
+        under a latency limit has a measured error)."""
+        return bool(self._latency_figures()[1])
+
     def latency_trust(self) -> str:
         """How far this profile's TPOT and TTFT predictions were checked: the median |error| on the rows it was
         calibrated with latency on (held-out rows where it had them), or that nothing measured it."""
         if not self.calibrated:
             return f"{self.label}: its TPOT and TTFT were never compared with a measurement"
-        latency = self.validation.get("latency") or {}
-        split = "heldout" if latency.get("heldout") else "fit"
-        figures = latency.get(split) or {}
+        split, figures = self._latency_figures()
         shown = [f"{column.split('_')[0].upper()} {column.split('_')[-1]} {100 * figures[column]['median_abs_rel_err']:.1f}%"
                  for column in ("tpot_ms_p50", "tpot_ms_p99", "ttft_ms_p50") if column in figures]
         if not shown:
