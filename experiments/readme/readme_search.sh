@@ -23,6 +23,9 @@ run 3b-h200 archscale search --fit data/fits/dissertation_3b_from_1b_mult.json -
 run aspect-fit archscale fit data/aspect_ratio_morph.csv --law aspect --loss lsq --out out/aspect.json
 run depths-h200 archscale search --fit out/aspect.json --n 3e8 --tokens 6e9 --layers 8,12,16,24 --head-dim 64 --gqa 4 \
     --gpu h200 --top-k 5 --tie 0
+# the same search with the default tie rule: the depths within the profile's error of the fastest are one tie
+run depths-h200-ties archscale search --fit out/aspect.json --n 3e8 --tokens 6e9 --layers 8,12,16,24 --head-dim 64 \
+    --gqa 4 --gpu h200 --top-k 5
 # serving at a latency limit: the 1B law with up to 256 requests, each shape at the most that keep TPOT p99 <= 15 ms
 run 1b-h200-tpot archscale search --fit data/fits/dissertation_1b_mult.json --n 1e9 --tokens 1e11 --layers 16 --head-dim 64 \
     --match llama-3.2-1b --gpu h200 --batch 256 --input-len 4096 --output-len 1024 --top-k 3 --tpot-ms 15 \
@@ -34,4 +37,4 @@ run 1b-active-h200-moe archscale search --fit data/fits/ludziejewski2025_joint.j
     --experts 2,4,8,16,32 --experts-per-token 1,2 --granularity 4/3,2 --target-loss 2.555 --top-k 3 \
     --plot out/1b-active-h200-moe.png
 cp out/1b-active-h200-moe.png "$out/1b-active-h200-moe.png"
-echo "wrote $out/1b-active-h200-moe.txt and .png, $out/1b-h200-tpot.txt and .png, $out/1b-h200.txt, $out/1b-h200-extrapolate.txt, $out/3b-h200.txt, $out/aspect-fit.txt, $out/depths-h200.txt"
+echo "wrote $out/1b-active-h200-moe.txt and .png, $out/1b-h200-tpot.txt and .png, $out/1b-h200.txt, $out/1b-h200-extrapolate.txt, $out/3b-h200.txt, $out/aspect-fit.txt, $out/depths-h200.txt, $out/depths-h200-ties.txt"
