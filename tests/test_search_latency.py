@@ -150,3 +150,20 @@ def test_a_profile_calibrated_with_latency_quotes_its_latency_errors():
     assert "never compared with a measurement" in Profile.uncalibrated(shipped.device).latency_trust()
     assert checked.latency_measured and without_heldout.latency_measured
     assert not shipped.latency_measured and not Profile.uncalibrated(shipped.device).latency_measured
+
+
+def test_a_fixed_batch_search_still_reports_each_shown_shapes_latency(cli):
+    """Ranking at a fixed batch scores a million shapes by throughput alone; the TTFT and TPOT it prints in the JSON
+    (picks, frontier, the best discrete shape) are computed for those shapes, and agree with one estimate of each."""
+    from archscale.serving import Workload, load_gpu, resolve_profile
+    import pandas as pd
+
+    result = _search(cli, "--batch", "64")
+    profile = resolve_profile(None, load_gpu("h200"), "vllm")
+    shown = result["top_k"] + [result["best_discrete"]]
+    assert result["frontier"] and all(row["ttft_ms_p50"] > 0 for row in result["frontier"])
+    for row in shown:
+        shape = {**row, "d_head": 64, "vocab": 128256, "tie_embeddings": True}  # the search's --head-dim, Llama-3's vocab
+        alone = profile.estimate(pd.DataFrame([shape]), Workload(64, 4096, 1024))
+        assert row["tpot_ms_p99"] == pytest.approx(float(alone["tpot_ms_p99"].iloc[0]), rel=1e-9)
+        assert row["ttft_ms_mean"] == pytest.approx(float(alone["ttft_ms_mean"].iloc[0]), rel=1e-9)

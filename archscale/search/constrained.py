@@ -34,6 +34,7 @@ from archscale.shapes.candidates import ROW_BYTES, generate_candidates_at_depths
 from archscale.serving.devices import GPU
 from archscale.serving.price import usd_per_million_tokens
 from archscale.serving.profiles import Profile
+from archscale.io.vocabulary import LATENCY_COLUMNS
 from archscale.serving.estimate import LatencyLimits, Workload, check_tensor_parallel, latency_column
 from archscale.search.latency_limited import (add_fixed_batch, check_some_meet, comparison_note, operating_point,
                                               operating_point_note)
@@ -112,9 +113,26 @@ class SearchSpec:
         """Estimates at a fixed batch (``workload``'s, default the search's)."""
         return self.throughput_model.estimate(shapes, workload or self.workload, self.tp)
 
-    def serve(self, shapes: pd.DataFrame, profile: Profile | None = None) -> pd.DataFrame:
-        """Estimates at the operating point the search ranks by: the fixed batch, or under ``limits`` each shape's own."""
-        return operating_point(profile or self.throughput_model, shapes, self.workload, self.tp, self.limits)
+    def serve(self, shapes: pd.DataFrame, profile: Profile | None = None, with_latency: bool = True) -> pd.DataFrame:
+        """Estimates at the operating point the search ranks by: the fixed batch, or under ``limits`` each shape's own
+        (``with_latency=False``: at a fixed batch, without the TTFT/TPOT columns, which nothing ranks by there)."""
+        return operating_point(profile or self.throughput_model, shapes, self.workload, self.tp, self.limits, with_latency)
+
+    def add_latency(self, shapes: pd.DataFrame, rows: Any = None) -> pd.DataFrame:
+        """The TTFT, TPOT and ITL columns of shapes scored without them, for ``rows`` (a mask or index; default all)
+        and NaN elsewhere: a fixed-batch search ranks a million shapes by throughput and fills them only for what it
+        reports. Shapes scored under limits already have them."""
+        if shapes.empty or any(c.startswith("tpot_ms_") for c in shapes.columns):
+            return shapes
+        chosen = shapes if rows is None else shapes.loc[rows]
+        latency = self.throughput_model.estimate(chosen, self.workload, self.tp)
+        columns = [c for c in LATENCY_COLUMNS if c in latency.columns]
+        out = shapes.copy()
+        for column in columns:
+            out[column] = np.nan
+            out.loc[chosen.index, column] = latency[column].to_numpy()
+        out.attrs = dict(shapes.attrs)  # select_top_k's tie count rides on the picks
+        return out
 
 
 @dataclass
@@ -777,6 +795,14 @@ def add_speedup_intervals(picks: pd.DataFrame, target: Target, spec: SearchSpec)
     return picks
 
 
+def reported_rows(candidates: pd.DataFrame) -> pd.Index:
+    """The candidates a search's output shows beyond its picks: the frontier, and the lowest predicted loss of
+    each GQA group (the best discrete shape, and the GQA-4 baseline the JSON gives)."""
+    frontier = candidates.index[candidates["on_frontier"].to_numpy(bool)]
+    lowest = candidates.groupby("gqa")["predicted_loss"].idxmin().to_numpy()
+    return frontier.union(pd.Index(lowest))
+
+
 def tie_note(picks: pd.DataFrame, tie: tuple[float, str] | None) -> str:
     """One line stating the tie rule and what it did (or why no tie could be judged)."""
     if tie is None:
@@ -895,7 +921,7 @@ def search(
     candidates["tie_embeddings"] = spec.tie_embeddings
     candidates["predicted_loss"] = predict_loss(fitted, candidates, spec.tokens)
     candidates = apply_measured_losses(candidates, runs, spec.tokens)
-    throughput = spec.serve(candidates)
+    throughput = spec.serve(candidates, with_latency=False)
     candidates = pd.concat([candidates, throughput], axis=1)
     if spec.limits is not None:
         candidates = add_fixed_batch(candidates, spec.throughput_model, spec.workload, spec.tp, spec.limits)
@@ -929,6 +955,7 @@ def search(
         fitting = fitting & candidates["meets_limits"].to_numpy()
     frontier = pareto_mask(candidates.loc[fitting, "predicted_loss"].to_numpy(), candidates.loc[fitting, "tokens_per_s"].to_numpy())
     candidates.loc[candidates.index[fitting][frontier], "on_frontier"] = True
+    candidates = spec.add_latency(candidates, reported_rows(candidates))
     if not candidates["feasible"].any():
         chance = f" with probability {confidence:g}" if confidence is not None else ""
         raise UserError(f"no candidate meets the target loss {target.loss:.4f} ({target.source}){chance}; "
@@ -976,7 +1003,7 @@ def search(
                      f"{'s' if spec.tp > 1 else ''} per replica, at each shape's throughput above")
     picks = label_extrapolations(select_top_k(candidates[candidates["ranked"]], top_k, spec.tie_rule), fitted, policy,
                                  spec.layers, spec.tokens)
-    picks = add_speedup_intervals(picks, target, spec)
+    picks = add_speedup_intervals(spec.add_latency(picks), target, spec)
     notes += outside_sizes(fitted.size_range, picks["N"].to_numpy(float), [spec.tokens])
     notes.append(tie_note(picks, spec.tie_rule))
     if len(picks) < top_k:

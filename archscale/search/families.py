@@ -209,7 +209,7 @@ def search_families(fitted: FittedLaw, spec: SearchSpec, grid: ExpertGrid, targe
     candidates, notes = enumerate_families(spec, grid, tolerance)
     candidates["predicted_loss"] = predict_family_loss(fitted, candidates, spec)
     candidates = apply_measured_losses(candidates, runs, spec.tokens)
-    candidates = pd.concat([candidates, spec.serve(candidates)], axis=1)
+    candidates = pd.concat([candidates, spec.serve(candidates, with_latency=False)], axis=1)
     candidates, scale, bench = use_measured_throughput(candidates, bench, spec, notes)
     if scale is not None:
         notes.append(scale_note(scale, spec))
@@ -239,7 +239,7 @@ def search_families(fitted: FittedLaw, spec: SearchSpec, grid: ExpertGrid, targe
     if not candidates["ranked"].any():
         raise UserError(f"no candidate inside the fit's runs ({describe_coverage(coverage)}) meets the target loss "
                         f"{target:.4f}: add --extrapolate to rank shapes the law has not seen, labelled")
-    picks = top_per_family(candidates[candidates["ranked"]], top_k)
+    picks = spec.add_latency(top_per_family(candidates[candidates["ranked"]], top_k))
     sizes = law_sizes(fitted, picks)
     shapes = [outside_label(row, int(row["outside"]), coverage) if int(row["outside"]) else ""
               for row in picks.to_dict("records")]

@@ -35,11 +35,12 @@ def operating_point_note(spec: Any) -> str:
 
 
 def operating_point(profile: Profile, shapes: pd.DataFrame, workload: Workload, tp: int,
-                    limits: LatencyLimits | None) -> pd.DataFrame:
+                    limits: LatencyLimits | None, with_latency: bool = True) -> pd.DataFrame:
     """The estimate a search ranks by: at ``workload.batch_size`` requests, or under ``limits`` at the most requests
-    up to it that meet them (with ``operating_batch`` and ``meets_limits``)."""
+    up to it that meet them (with ``operating_batch`` and ``meets_limits``). At a fixed batch the latency columns
+    only when ``with_latency`` (under limits they decide the batch, so always)."""
     if limits is None:
-        return profile.estimate(shapes, workload, tp)
+        return profile.estimate(shapes, workload, tp, with_latency=with_latency)
     return profile.estimate_under_limits(shapes, workload, limits, tp)
 
 

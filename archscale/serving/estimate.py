@@ -351,7 +351,7 @@ def estimate_throughput(arch: Architecture, gpu: GPU, workload: Workload, tp: in
 
 def estimate_throughput_many(candidates: pd.DataFrame, gpu: GPU, workload: Workload, tp: int = 1,
                              terms: CostTerms = CostTerms(), engine: EngineSettings = EngineSettings(),
-                             bytes_per_element: int = 2) -> pd.DataFrame:
+                             bytes_per_element: int = 2, with_latency: bool = True) -> pd.DataFrame:
     """Throughput of every row of a candidate table, with numpy over rows.
 
     ``candidates`` needs ``n_layers, d_model, n_heads, n_kv_heads, d_head,
@@ -361,7 +361,9 @@ def estimate_throughput_many(candidates: pd.DataFrame, gpu: GPU, workload: Workl
     first; :func:`archscale.shapes.candidates.generate_candidates` does).
     Returns a frame on the same index with ``tokens_per_s`` (total),
     ``output_tokens_per_s``, ``prefill_s``, ``decode_s``, ``memory_gb``,
-    ``memory_used_gb``, ``fits``, ``bound`` and ``concurrency``.
+    ``memory_used_gb``, ``fits``, ``bound`` and ``concurrency``, and (``with_latency``) the TTFT, TPOT and ITL
+    columns, which are three quarters of the cost: a search ranking a million shapes at a fixed batch leaves them to
+    its picks.
     """
     if not isinstance(bytes_per_element, (int, float)) or bytes_per_element <= 0:
         raise UserError(f"bytes per element must be positive, got {bytes_per_element!r}")
@@ -371,7 +373,7 @@ def estimate_throughput_many(candidates: pd.DataFrame, gpu: GPU, workload: Workl
     runs = _RowWorkload(batch=np.float64(workload.batch_size), input_len=np.float64(workload.input_len),
                         output_len=np.float64(workload.output_len), tp=np.float64(tp),
                         bytes_per_element=np.float64(bytes_per_element))
-    return pd.DataFrame(_estimate(shape, runs, gpu, terms, engine), index=candidates.index)
+    return pd.DataFrame(_estimate(shape, runs, gpu, terms, engine, with_latency=with_latency), index=candidates.index)
 
 
 def estimate_rows(rows: pd.DataFrame, gpu: GPU, terms: CostTerms = CostTerms(),

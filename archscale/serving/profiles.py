@@ -172,9 +172,11 @@ class Profile:
         trust = f"held-out speedup error {error:.1f} points" if error is not None else "no held-out validation"
         return f"profile {self.name} ({self.engine} on {self.device.name}, {self.dtype}; {trust}; {self.source})"
 
-    def estimate(self, candidates: pd.DataFrame, workload: Workload, tp: int = 1, bytes_per_element: int = 2) -> pd.DataFrame:
+    def estimate(self, candidates: pd.DataFrame, workload: Workload, tp: int = 1, bytes_per_element: int = 2,
+                 with_latency: bool = True) -> pd.DataFrame:
         """:func:`~archscale.serving.estimate.estimate_throughput_many` with this profile's device, terms and settings."""
-        return estimate_throughput_many(candidates, self.device, workload, tp, self.terms, self.settings, bytes_per_element)
+        return estimate_throughput_many(candidates, self.device, workload, tp, self.terms, self.settings, bytes_per_element,
+                                        with_latency)
 
     def estimate_under_limits(self, candidates: pd.DataFrame, workload: Workload, limits: LatencyLimits, tp: int = 1,
                               bytes_per_element: int = 2) -> pd.DataFrame:
