@@ -161,7 +161,7 @@ def test_a_fixed_batch_search_still_reports_each_shown_shapes_latency(cli):
     result = _search(cli, "--batch", "64")
     profile = resolve_profile(None, load_gpu("h200"), "vllm")
     shown = result["top_k"] + [result["best_discrete"]]
-    assert result["frontier"] and all(row["ttft_ms_p50"] > 0 for row in result["frontier"])
+    assert result["frontier"] and all(row["ttft_ms_p50"] > 0 and row["tpot_ms_p99"] > 0 for row in result["frontier"])
     for row in shown:
         shape = {**row, "d_head": 64, "vocab": 128256, "tie_embeddings": True}  # the search's --head-dim, Llama-3's vocab
         alone = profile.estimate(pd.DataFrame([shape]), Workload(64, 4096, 1024))

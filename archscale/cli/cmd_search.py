@@ -93,7 +93,7 @@ def result_document(result: SearchResult, spec: SearchSpec) -> dict[str, Any]:
                     "settles it by training"},
         "tie_rule": None if spec.tie_rule is None else {"tolerance": spec.tie_rule[0], "source": spec.tie_rule[1]},
         "top_k": top,
-        "frontier": _records(result.frontier, TOP_COLUMNS[1:-6]),
+        "frontier": _records(result.frontier, TOP_COLUMNS[1:]),  # what a pick has that a frontier shape has too
         "notes": result.notes,
     }
 
