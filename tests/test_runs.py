@@ -136,6 +136,25 @@ def test_a_table_under_the_old_config_hash_header_keeps_it(tmp_path):
     assert recorded_hashes(path) == {(h, None) for h in old_hashes | {"0123456789ab"}}
 
 
+def test_a_table_under_the_old_warmup_header_keeps_it(tmp_path):
+    """`startup_steps`/`startup_s` (the first steps of a session, timed apart) were `warmup_steps`/`warmup_s`, which
+    read as the recipe's learning-rate warm-up. Tables written before (the GQA and MoE studies') are appended to under
+    their own header, and a run's old result.json reads under the new names."""
+    from archscale.fit.runs import current_names
+
+    path = tmp_path / "runs.csv"
+    lines = (DATA.parent / "experiments" / "results" / "cpu_gqa_study" / "runs.csv").read_text().splitlines()
+    path.write_text("\n".join(lines[:3]) + "\n")
+    row = pd.read_csv(path).iloc[0].to_dict()
+    del row["warmup_steps"], row["warmup_s"]
+    append_run(path, {**row, "startup_steps": 2, "startup_s": 7.5, "run_dir": "/r"})  # the row train writes now
+    assert path.read_text().splitlines()[:3] == lines[:3]
+    table = pd.read_csv(path)
+    assert "startup_steps" not in table.columns
+    assert (table["warmup_steps"].iloc[-1], table["warmup_s"].iloc[-1]) == (2, 7.5)
+    assert current_names({"warmup_steps": 2, "warmup_s": 7.5}) == {"startup_steps": 2, "startup_s": 7.5}
+
+
 def _damaged(path, damage: str) -> bytes:
     """A two-row runs table as ``train`` writes it, then damaged: its last row cut mid-row, a merge left
     unresolved, or NUL bytes where a crash left a hole."""

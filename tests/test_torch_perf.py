@@ -206,8 +206,8 @@ def _train(tmp_path, name, data=None, **kwargs):
 
 
 def test_first_steps_are_reported_apart_from_steady_tokens_per_s(tmp_path, corpus_data, monkeypatch, one_thread):
-    """A slow first step (as a compile is) shows in warmup_s, not in tokens/s or MFU."""
-    from archscale.train.loop import WARMUP_STEPS, Trainer, train_flops_per_token
+    """A slow first step (as a compile is) shows in startup_s, not in tokens/s or MFU."""
+    from archscale.train.loop import STARTUP_STEPS, Trainer, train_flops_per_token
 
     real_step = Trainer.train_step
     pause = 2.0
@@ -219,16 +219,16 @@ def test_first_steps_are_reported_apart_from_steady_tokens_per_s(tmp_path, corpu
 
     monkeypatch.setattr(Trainer, "train_step", slow_first)
     result = _train(tmp_path, "run", corpus_data, peak_tflops=1.0)
-    steady_steps = result.steps - WARMUP_STEPS
+    steady_steps = result.steps - STARTUP_STEPS
     steady_seconds = steady_steps * TINY_TRAIN.tokens_per_step / result.tokens_per_s
-    assert result.warmup_steps == WARMUP_STEPS and result.warmup_s >= pause
+    assert result.startup_steps == STARTUP_STEPS and result.startup_s >= pause
     assert steady_seconds < pause  # the pause is not in the steady rate ...
     assert result.mfu == pytest.approx(result.tokens_per_s * train_flops_per_token(TINY, TINY_TRAIN.seq_len) / 1e12)
     row = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert row["warmup_s"] == pytest.approx(result.warmup_s) and row["compiled"] is False
+    assert row["startup_s"] == pytest.approx(result.startup_s) and row["compiled"] is False
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["final"] and log[-1]["tokens_per_s"] == pytest.approx(result.tokens_per_s)
-    assert log[-1]["warmup_steps"] == WARMUP_STEPS
+    assert log[-1]["startup_steps"] == STARTUP_STEPS
 
 
 def test_compile_flag_overrides_train_json_without_changing_the_recipe(tmp_path, corpus_data, one_thread, cli):
@@ -238,7 +238,7 @@ def test_compile_flag_overrides_train_json_without_changing_the_recipe(tmp_path,
     r = cli("train", config, "--data", corpus_data, "--device", "cpu", "--no-compile", "--no-progress", "--json")
     assert r.code == 0, r.err
     row = json.loads(r.out)
-    assert row["compiled"] is False and row["warmup_steps"] == 2 and row["tokens_per_s"] > 0
+    assert row["compiled"] is False and row["startup_steps"] == 2 and row["tokens_per_s"] > 0
     r = cli("train", plain, "--data", corpus_data, "--device", "cpu", "--no-progress")
     assert r.code == 0 and "tokens/s (after 2 warm-up steps, " in r.out, r.out
     from archscale.train.loop import resolve_run

@@ -81,7 +81,7 @@ def train_cmd(
         return
     mfu = "n/a" if result.mfu is None else f"{100 * result.mfu:.1f}%"
     speed = f"{result.tokens_per_s:,.0f}" if math.isfinite(result.tokens_per_s) else "n/a"
-    warmup = f"after {result.warmup_steps} warm-up steps, {result.warmup_s:.1f} s{' incl. compile' if result.compiled else ''}"
+    warmup = f"after {result.startup_steps} warm-up steps, {result.startup_s:.1f} s{' incl. compile' if result.compiled else ''}"
     typer.echo(f"{result.run_dir}: {result.steps} steps, {result.tokens:,} tokens, val loss {result.val_loss:.4f}, "
                f"train loss {result.train_loss:.4f}, {speed} tokens/s ({warmup}), MFU {mfu}")
 

@@ -333,7 +333,7 @@ def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str, so
     raise UserError(f"{source}: {what} needs column {column!r} on every row" + (f" ({explain[column]})" if column in explain else ""))
 
 
-TRAINED_RUN_COLUMNS = (*REQUIRED, *SHAPE, "train_loss", "val_loss", "tokens_per_s", "mfu", "warmup_steps", "warmup_s",
+TRAINED_RUN_COLUMNS = (*REQUIRED, *SHAPE, "train_loss", "val_loss", "tokens_per_s", "mfu", "startup_steps", "startup_s",
                        "compiled", "recipe_hash", "data_hash", "run_dir",
                        "name", "steps", "seed")
 """The columns of the row ``train`` appends (``archscale.train.loop`` builds it): the canonical runs-table schema."""
@@ -349,10 +349,12 @@ MOE_LAW_COLUMNS = ("G", "expansion", "N_active")
 APPENDED_RUN_COLUMNS = (*TRAINED_RUN_COLUMNS, *MOE_RUN_COLUMNS)
 """Every column ``train`` may append: what a runs table it appends to may hold."""
 
-RENAMED_RUN_COLUMNS = {"config_hash": "recipe_hash"}
-"""Old runs-table column names and their current ones. ``recipe_hash`` (the hash of a run's config.json and
-train.json) was called ``config_hash``, the name the bench store gives the hash of a shape alone; tables
-written then are still read and appended to under their own header."""
+RENAMED_RUN_COLUMNS = {"config_hash": "recipe_hash", "warmup_steps": "startup_steps", "warmup_s": "startup_s"}
+"""Old runs-table column names and their current ones; tables written before a rename are still read and appended
+to under their own header. ``recipe_hash`` (the hash of a run's config.json and train.json) was called
+``config_hash``, the name the bench store gives the hash of a shape alone. ``startup_steps`` and ``startup_s`` (the
+first steps of a session, compilation included, left out of ``tokens_per_s``) were ``warmup_steps`` and
+``warmup_s``, which read as the recipe's learning-rate warm-up (``warmup_steps`` in train.json)."""
 
 
 def recipe_hashes(frame: pd.DataFrame) -> pd.Series:

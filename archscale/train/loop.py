@@ -7,12 +7,12 @@ for a Mixture-of-Experts shape the router's load-balancing loss (weighted
 by config.json's ``router_aux_loss_coef``), gradient accumulation, bf16 autocast on CUDA, periodic validation, a JSONL
 log, atomic checkpoints and an exact ``--resume``.
 
-Throughput is reported for the steady state: the first ``WARMUP_STEPS``
+Throughput is reported for the steady state: the first ``STARTUP_STEPS``
 optimizer steps of each session (where ``torch.compile`` compiles, and the
 optimizer allocates its moments) are timed apart and reported as
-``warmup_s``; ``tokens_per_s`` and MFU count the steps after them, in the
-result and in every log line (a log line that falls in the warm-up has no
-rate). Time spent in evaluation, logging and checkpoints is in neither.
+``startup_s`` (not the learning-rate warm-up, train.json's ``warmup_steps``);
+``tokens_per_s`` and MFU count the steps after them, in the result and in
+every log line (a log line that falls in the start-up has no rate). Time spent in evaluation, logging and checkpoints is in neither.
 
 Why resume is exact: the batch of step ``s`` is a pure function of
 ``(seed, s)`` (:class:`~archscale.train.data.TokenDataset`), the learning
@@ -70,7 +70,7 @@ RESULT_FILE = "result.json"
 
 # Dense bf16 peak TFLOP/s by GPU name (datasheets; see REFERENCE.md section 4).
 PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
-WARMUP_STEPS = 2
+STARTUP_STEPS = 2
 """Steps per session timed apart from the steady rate: the first compiles (when compiling) and allocates the
 optimizer state; the second absorbs what the first leaves (allocator growth, a guard that recompiles)."""
 
@@ -101,8 +101,8 @@ class TrainResult:
     mfu: float | None
     recipe_hash: str
     row: dict[str, Any] = field(default_factory=dict)
-    warmup_steps: int = 0
-    warmup_s: float = 0.0
+    startup_steps: int = 0
+    startup_s: float = 0.0
     compiled: bool = False
 
 
@@ -457,12 +457,12 @@ class Trainer:
             if exact and not math.isfinite(self.last_train_loss):
                 raise UserError(f"training diverged at step {self.step} (train loss {self.last_train_loss}); "
                                 f"lower lr_max or raise warmup_steps in {TRAIN_FILE}")
-        warmup_ends = len(self.step_seconds) + 1 == WARMUP_STEPS
-        if self.device.type == "cuda" and (log_now or is_last or eval_now or checkpoint_now or warmup_ends):
+        startup_ends = len(self.step_seconds) + 1 == STARTUP_STEPS
+        if self.device.type == "cuda" and (log_now or is_last or eval_now or checkpoint_now or startup_ends):
             torch.cuda.synchronize()  # so that no step's GPU work is left to run in untimed evaluation or saving
         elapsed = time.perf_counter() - started  # exact between synchronisations, which end every timed span
         self.step_seconds.append(elapsed)
-        if len(self.step_seconds) > WARMUP_STEPS:  # log windows hold steady steps only
+        if len(self.step_seconds) > STARTUP_STEPS:  # log windows hold steady steps only
             self._window[0] += cfg.tokens_per_step
             self._window[1] += elapsed
         val_loss = self.evaluate() if eval_now else None
@@ -481,19 +481,19 @@ class Trainer:
         return self.step_seconds or self.resumed_step_seconds
 
     @property
-    def warmup_steps(self) -> int:
-        """Steps of this session timed apart: ``WARMUP_STEPS``, less in a session too short to keep one after them."""
-        return min(WARMUP_STEPS, max(0, len(self.timed_steps) - 1))
+    def startup_steps(self) -> int:
+        """Steps of this session timed apart: ``STARTUP_STEPS``, less in a session too short to keep one after them."""
+        return min(STARTUP_STEPS, max(0, len(self.timed_steps) - 1))
 
     @property
-    def warmup_s(self) -> float:
-        """Seconds the warm-up steps took (compilation included)."""
-        return sum(self.timed_steps[: self.warmup_steps])
+    def startup_s(self) -> float:
+        """Seconds the start-up steps took (compilation included)."""
+        return sum(self.timed_steps[: self.startup_steps])
 
     @property
     def tokens_per_s(self) -> float:
-        """Steady-state tokens/s: this session's steps after the warm-up steps."""
-        steady = self.timed_steps[self.warmup_steps :]
+        """Steady-state tokens/s: this session's steps after the start-up steps."""
+        steady = self.timed_steps[self.startup_steps :]
         seconds = sum(steady)
         return len(steady) * self.cfg.tokens_per_step / seconds if seconds > 0 else float("nan")
 
@@ -512,7 +512,7 @@ class Trainer:
         if self.balance_coef is not None:  # MoE: the router's load-balancing loss (k when perfectly even)
             record["balance_loss"] = _num(self.last_balance_loss)
         if final:
-            record.update(final=True, warmup_steps=self.warmup_steps, warmup_s=self.warmup_s, compiled=self.compiled)
+            record.update(final=True, startup_steps=self.startup_steps, startup_s=self.startup_s, compiled=self.compiled)
         with open(self.out_dir / LOG_FILE, "a") as out:
             out.write(json.dumps(record) + "\n")
 
@@ -567,7 +567,7 @@ def train(config: str | Path | Architecture, data_dir: str | Path | None = None,
     across crashes and resumes. ``fsdp`` shards with FSDP2 under torchrun.
     ``compile_model`` overrides ``compile`` in train.json (None: keep it;
     its own default compiles on CUDA only). The result's ``tokens_per_s``
-    and ``mfu`` are steady-state figures; ``warmup_s`` holds the first steps.
+    and ``mfu`` are steady-state figures; ``startup_s`` holds the first steps.
     ``threads`` sets torch's CPU threads for this run (None: torch's default,
     every core, which on a machine other work shares can be slower than
     fewer threads, as threads wait on each other's busy cores).
@@ -716,11 +716,11 @@ def _result(trainer: Trainer, out: Path, train_loss: float, val_loss: float) -> 
         moe = {**arch.shape_columns(), "N_active": arch.n_params_active_non_embedding}
         row.update({column: moe[column] for column in MOE_RUN_COLUMNS})
     row.update({"train_loss": _num(train_loss), "val_loss": val_loss, "tokens_per_s": _num(tps), "mfu": trainer.mfu(tps),
-                "warmup_steps": trainer.warmup_steps, "warmup_s": trainer.warmup_s, "compiled": trainer.compiled,
+                "startup_steps": trainer.startup_steps, "startup_s": trainer.startup_s, "compiled": trainer.compiled,
                 "recipe_hash": spec.recipe_hash, "data_hash": trainer.data_hash, "run_dir": str(out.resolve()),
                 "name": spec.name, "steps": trainer.cfg.total_steps, "seed": trainer.cfg.seed})
     return TrainResult(out, trainer.cfg.total_steps, tokens, train_loss, val_loss, tps, row["mfu"], spec.recipe_hash, row,
-                       trainer.warmup_steps, trainer.warmup_s, trainer.compiled)
+                       trainer.startup_steps, trainer.startup_s, trainer.compiled)
 
 
 def _record(result: TrainResult, runs: str | Path | None) -> None:
@@ -749,6 +749,6 @@ def _finished(out: Path, spec: RunSpec, runs: str | Path | None) -> TrainResult:
     row = current_names(json.loads((out / RESULT_FILE).read_text()))
     result = TrainResult(out, int(row.get("steps", 0)), int(row["D"]), row.get("train_loss") or float("nan"),
                          float(row["val_loss"]), row.get("tokens_per_s") or float("nan"), row.get("mfu"), spec.recipe_hash, row,
-                         int(row.get("warmup_steps") or 0), float(row.get("warmup_s") or 0.0), bool(row.get("compiled")))
+                         int(row.get("startup_steps") or 0), float(row.get("startup_s") or 0.0), bool(row.get("compiled")))
     _record(result, runs)
     return result

@@ -10,9 +10,9 @@ matrices, fused where torch has it, cosine learning rate, gradient clipping at
 what nanoGPT does: random offsets into a ``numpy.memmap``, forward, backward,
 clip, step. archscale's figure is what ``archscale train`` reports
 (:func:`archscale.train.loop.train`): steady-state tokens/s after its warm-up
-steps, which it reports apart (``warmup_s``, compilation included). The
+steps, which it reports apart (``startup_s``, compilation included). The
 minimal loop is timed the same way: wall time per optimizer step, the first
-``WARMUP_STEPS`` apart.
+``STARTUP_STEPS`` apart.
 
 Every run is a fresh Python process (as every ``archscale train`` is), so
 each compiled run compiles: within one process torch.compile would reuse the
@@ -44,7 +44,7 @@ from archscale.shapes.architecture import Architecture
 from archscale.model.transformer import Transformer
 from archscale.train.config import TrainConfig
 from archscale.train.data import default_data_dir
-from archscale.train.loop import WARMUP_STEPS, train
+from archscale.train.loop import STARTUP_STEPS, train
 
 ARCH = Architecture(4, 128, 4, 2, 32, 384, vocab_size=256, name="cpu-1m")
 SEQ_LEN, BATCH, LR = 128, 16, 3e-3
@@ -72,11 +72,11 @@ def run_archscale(steps: int, compile_model: bool, data: Path) -> tuple[float, f
     with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
         result = train(ARCH, data, Path(out) / "run", train_config=recipe(steps), device="cpu", progress=False,
                        compile_model=compile_model)
-    return result.tokens_per_s, result.warmup_s
+    return result.tokens_per_s, result.startup_s
 
 
 def run_minimal(steps: int, compile_model: bool, data: Path) -> tuple[float, float]:
-    """nanoGPT's loop on the same model and recipe; (steady tokens/s, seconds of the first WARMUP_STEPS steps)."""
+    """nanoGPT's loop on the same model and recipe; (steady tokens/s, seconds of the first STARTUP_STEPS steps)."""
     torch.manual_seed(0)
     model = Transformer(ARCH, max_seq_len=SEQ_LEN)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -104,12 +104,12 @@ def run_minimal(steps: int, compile_model: bool, data: Path) -> tuple[float, flo
         optimizer.zero_grad(set_to_none=True)
         seconds.append(time.perf_counter() - started)
     assert math.isfinite(float(loss.detach()))
-    steady = seconds[WARMUP_STEPS:]
-    return len(steady) * SEQ_LEN * BATCH / sum(steady), sum(seconds[:WARMUP_STEPS])
+    steady = seconds[STARTUP_STEPS:]
+    return len(steady) * SEQ_LEN * BATCH / sum(steady), sum(seconds[:STARTUP_STEPS])
 
 
 def run_in_subprocess(name: str, compiled: bool, steps: int) -> tuple[float, float]:
-    """One run in a fresh interpreter: (steady tokens/s, seconds of the first WARMUP_STEPS steps)."""
+    """One run in a fresh interpreter: (steady tokens/s, seconds of the first STARTUP_STEPS steps)."""
     command = [sys.executable, __file__, "--one", name, "--steps", str(steps)] + (["--compiled"] if compiled else [])
     with tempfile.TemporaryDirectory(prefix="inductor-cache-") as cache:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         variants += [("archscale", True), ("minimal", True)]
     one, five, _ = os.getloadavg()
     print(f"{ARCH.n_params_total / 1e6:.2f}M-parameter model, {SEQ_LEN} x {BATCH} tokens a step, {args.steps} steps a run "
-          f"({WARMUP_STEPS} warm-up), {args.rounds} rounds, 1 thread, torch {torch.__version__}; load {one:.1f}/{five:.1f}",
+          f"({STARTUP_STEPS} warm-up), {args.rounds} rounds, 1 thread, torch {torch.__version__}; load {one:.1f}/{five:.1f}",
           flush=True)
     results: dict[tuple[str, bool], list[tuple[float, float]]] = {v: [] for v in variants}
     for round_index in range(args.rounds):
@@ -142,14 +142,14 @@ def main(argv: list[str] | None = None) -> int:
             rate, warm = run_in_subprocess(name, compiled, args.steps)
             results[(name, compiled)].append((rate, warm))
             print(f"  round {round_index + 1} {name:<9} {'compiled' if compiled else 'eager':<8} {rate:>9,.0f} tokens/s "
-                  f"steady, first {WARMUP_STEPS} steps {warm:.2f} s", flush=True)
+                  f"steady, first {STARTUP_STEPS} steps {warm:.2f} s", flush=True)
     median = {v: statistics.median(r for r, _ in rs) for v, rs in results.items()}
     warm = {v: statistics.median(w for _, w in rs) for v, rs in results.items()}
     one, five, _ = os.getloadavg()
     lines = [f"medians of {args.rounds} interleaved rounds (load {one:.1f}/{five:.1f})"]
     for (name, compiled), rate in median.items():
         lines.append(f"{name:<9} {'compiled' if compiled else 'eager':<8} {rate:>9,.0f} tokens/s steady, "
-                     f"first {WARMUP_STEPS} steps {warm[(name, compiled)]:.2f} s")
+                     f"first {STARTUP_STEPS} steps {warm[(name, compiled)]:.2f} s")
     lines.append(f"archscale / minimal, eager: {median[('archscale', False)] / median[('minimal', False)]:.3f}x "
                  f"(target >= 0.95)")
     if args.compile:
