@@ -167,8 +167,8 @@ def test_predict_says_when_the_shape_lies_outside_the_fits_runs(cli):
     assert any("x 0.000506 (runs 0.042-0.34); r 20 (runs 0.5-4.2)" in note for note in notes)
     at_1b = cli("predict", fit, "--n", "1e9", "--tokens", "1e11", "--d-model", "2560", "--ratio", "1.07", "--json")
     notes = json.loads(at_1b.out)["extrapolation"]  # Panda-1B's shape is inside; 1B is 3.4x the runs' largest
-    assert notes == ["extrapolation past the fitted runs: parameters up to 1e+09, 3.37x the largest its runs had "
-                     "(2.97e+08); tokens up to 1e+11, 3.37x the largest its runs had (2.97e+10)"]
+    assert notes == ["extrapolation past the fitted runs: parameters up to 1e+09, 3.28x the largest its runs had "
+                     "(3.05e+08); tokens up to 1e+11, 3.28x the largest its runs had (3.05e+10)"]
     inside = cli("predict", fit, "--n", "2e8", "--tokens", "2e10", "--d-model", "1131", "--ratio", "1.07", "--json")
     assert "extrapolation" not in json.loads(inside.out)
 
@@ -200,6 +200,9 @@ def test_an_optimum_outside_the_runs_is_called_an_extrapolation(cli):
     predicted = cli("predict", fit, "--n", "2e6", "--tokens", "4e7", "--d-model", "256", "--ratio", "2")
     line = next(line for line in predicted.out.splitlines() if line.startswith("closed-form optimum"))
     assert line.endswith("(x* outside the runs' x 0.0717-0.274, r* outside the runs' r 0.429-4.5: an extrapolation)")
+    document = json.loads(cli("predict", fit, "--n", "2e6", "--tokens", "4e7", "--d-model", "256", "--ratio", "2",
+                              "--json").out)
+    assert document["optimum_note"] == "x* outside the runs' x 0.0717-0.274, r* outside the runs' r 0.429-4.5: an extrapolation"
     inside = cli("predict", DATA / "fits" / "dissertation_1b_mult.json", "--n", "2e8", "--tokens", "2e10",
                  "--d-model", "1131", "--ratio", "1.07")
     assert inside.out.rstrip().endswith("closed-form optimum: x* = 0.08008, r* = 1.032")  # inside x 0.042-0.34, r 0.5-4.2

@@ -74,10 +74,30 @@ def test_the_published_1b_law_used_at_1b_and_16_layers_says_both_are_extrapolati
     # its runs were 80M-297M parameters at 12 layers, trained on 100 N tokens (Tables C.1 and 6.1)
     notes = " ".join(default_1b.notes)
     assert "the fit's runs had 12 layers and this search is at 16" in notes
-    assert "3.32x the largest its runs had (2.97e+08)" in notes and "tokens up to 1e+11, 3.37x" in notes
+    assert "x the largest its runs had (3.05e+08)" in notes and "tokens up to 1e+11, 3.28x" in notes
     for pick in default_1b.top_k.to_dict("records"):
-        assert "(runs 8e+07-2.97e+08)" in pick["extrapolation"]  # the JSON's label names it per pick
+        assert "(runs 7.79e+07-3.05e+08)" in pick["extrapolation"]  # the JSON's label names it per pick
         assert pick["extrapolation_brief"] == ""  # every pick shares it: the table leaves it to the note
+
+
+def test_a_size_cell_says_how_far_and_which_way():
+    from archscale.fit.coverage import size_brief
+
+    runs = {"N": [7.79e7, 3.05e8], "D": [7.79e9, 3.05e10]}
+    assert size_brief(runs, 3.05e8, 3.05e10) == ""  # the largest run is inside
+    assert size_brief(runs, 3.15e8, 2e10) == "N 1.03x"  # past the 2% slack, and not printed as 1x
+    assert size_brief(runs, 7.2e10, 7.2e9) == "N 236x, D 1.08x below"
+
+
+def test_the_published_fits_own_run_sizes_are_inside_their_range(cli):
+    """The fits record their runs' counted sizes (Table C.1), so a size they trained on is not an extrapolation."""
+    for fit, n in (("dissertation_1b_mult.json", "3.05e8"), ("dissertation_1b_mult.json", "7.8e7"),
+                   ("dissertation_3b_from_1b_mult.json", "9.5e8")):
+        tokens = f"{float(n) * 100:g}"
+        result = cli("predict", DATA / "fits" / fit, "--n", n, "--tokens", tokens, "--d-model", "1024", "--ratio", "1.5",
+                     "--json")
+        notes = json.loads(result.out).get("extrapolation", [])
+        assert not any("fitted runs" in note for note in notes), (fit, n, notes)
 
 
 def test_at_the_depth_of_the_runs_no_depth_note_is_given():

@@ -150,6 +150,9 @@ def test_a_profile_calibrated_with_latency_quotes_its_latency_errors():
     assert "never compared with a measurement" in Profile.uncalibrated(shipped.device).latency_trust()
     assert checked.latency_measured and without_heldout.latency_measured
     assert not shipped.latency_measured and not Profile.uncalibrated(shipped.device).latency_measured
+    # a limit is measured only where its own statistic was: TPOT p50 and TTFT p50, not TPOT p99
+    assert checked.latency_measured_for(["tpot_ms_p50", "ttft_ms_p50"])
+    assert not checked.latency_measured_for(["tpot_ms_p99"]) and not shipped.latency_measured_for(["tpot_ms_p50"])
 
 
 def test_a_fixed_batch_search_still_reports_each_shown_shapes_latency(cli):
@@ -158,9 +161,11 @@ def test_a_fixed_batch_search_still_reports_each_shown_shapes_latency(cli):
     from archscale.serving import Workload, load_gpu, resolve_profile
     import pandas as pd
 
-    result = _search(cli, "--batch", "64")
+    result = _search(cli, "--batch", "64", "--top-k", "8", "--tie", "0")  # picks off the frontier too
     profile = resolve_profile(None, load_gpu("h200"), "vllm")
     shown = result["top_k"] + [result["best_discrete"]]
+    key = lambda row: (row["n_layers"], row["d_model"], row["n_heads"], row["n_kv_heads"], row["d_ff"])  # noqa: E731
+    assert len(result["top_k"]) == 8 and {key(p) for p in result["top_k"]} - {key(f) for f in result["frontier"]}
     assert result["frontier"] and all(row["ttft_ms_p50"] > 0 and row["tpot_ms_p99"] > 0 for row in result["frontier"])
     for row in shown:
         shape = {**row, "d_head": 64, "vocab": 128256, "tie_embeddings": True}  # the search's --head-dim, Llama-3's vocab

@@ -351,6 +351,9 @@ def predict(
     extrapolation = outside_sizes(fitted.size_range, n, row.get("D")) + _outside_shape(fitted, row, layers)
     if extrapolation:
         result["extrapolation"] = extrapolation
+    optimum_caveat = _optimum_outside(fitted.optimum(), fitted.coverage) if fitted.optimum() else ""
+    if optimum_caveat:
+        result["optimum_note"] = optimum_caveat
     if as_json:
         print_json(result)
         return
@@ -367,4 +370,4 @@ def predict(
         console.print(f"note: the GQA factor is not one the search trades on: {result['gqa_note']}")
     if fitted.optimum():
         console.print("closed-form optimum: " + ", ".join(f"{k}* = {_fmt(v)}" for k, v in fitted.optimum().items())
-                      + _caveats(_optimum_outside(fitted.optimum(), fitted.coverage)))
+                      + _caveats(optimum_caveat))

@@ -229,18 +229,22 @@ def size_label(size_range: Mapping[str, list[float]] | None, n: float, tokens: f
 
 
 def size_brief(size_range: Mapping[str, list[float]] | None, n: float, tokens: float) -> str:
-    """``"N 3.3x, D 3.4x"``: :func:`size_label` as a table cell has room for it, each value as a multiple of the
-    nearest bound of the runs (above 1 past the largest, below 1 under the smallest; the note under the table gives
-    the numbers)."""
+    """``"N 3.28x, D 1.5x below"``: :func:`size_label` as a table cell has room for it, each value as a multiple of
+    the largest run's (past the runs) or the smallest run's over it (below them), as the note under the table says."""
     parts = []
     for name, _, values in _size_values(size_range, [n], [tokens], "N"):
         low, high = size_range[name]
         value = float(values[0])
         if value > high * (1 + RELATIVE_SLACK):
-            parts.append(f"{name} {value / high:.2g}x")
+            parts.append(f"{name} {_times(value / high)}")
         elif value < low * (1 - RELATIVE_SLACK):
-            parts.append(f"{name} {value / low:.2g}x")
+            parts.append(f"{name} {_times(low / value)} below")
     return ", ".join(parts)
+
+
+def _times(ratio: float) -> str:
+    """``3.28x``, ``236x``: three significant figures, whole numbers from 100 (never ``2.4e+02x``)."""
+    return f"{ratio:.0f}x" if ratio >= 100 else f"{ratio:.3g}x"
 
 
 def _size_values(size_range: Mapping[str, list[float]] | None, sizes: Any, tokens: Any,

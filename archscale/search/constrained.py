@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -34,8 +35,8 @@ from archscale.shapes.candidates import ROW_BYTES, generate_candidates_at_depths
 from archscale.serving.devices import GPU
 from archscale.serving.price import usd_per_million_tokens
 from archscale.serving.profiles import Profile
-from archscale.io.vocabulary import LATENCY_COLUMNS
-from archscale.serving.estimate import LatencyLimits, Workload, check_tensor_parallel, latency_column
+from archscale.io.vocabulary import LATENCY_COLUMNS, latency_column
+from archscale.serving.estimate import LatencyLimits, Workload, check_tensor_parallel
 from archscale.search.latency_limited import (add_fixed_batch, check_some_meet, comparison_note, operating_point,
                                               operating_point_note)
 from archscale.io.errors import UserError
@@ -45,6 +46,8 @@ from archscale.fit.coverage import (COORDINATES, _span, describe_coverage, outsi
 from archscale.fit.fitted import FittedLaw
 
 SHAPE_COLUMNS = ["n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_ff"]
+MISSING_LATENCY = latency_column("ttft", 50)
+"""The column whose NaN marks a shape scored without its latency (TTFT is NaN otherwise only where nothing fits)."""
 SEARCHABLE_LAWS = (*CONDITIONAL, "aspect", "aspect-tied")
 SEARCH_ROW_BYTES = 2 * ROW_BYTES
 """Search keeps predictions and throughput beside each candidate: about 450 bytes a row at peak (tracemalloc, 1B search)."""
@@ -122,15 +125,19 @@ class SearchSpec:
         """The TTFT, TPOT and ITL columns of shapes scored without them, for ``rows`` (a mask or index; default all)
         and NaN elsewhere: a fixed-batch search ranks a million shapes by throughput and fills them only for what it
         reports. Shapes scored under limits already have them."""
-        if shapes.empty or any(c.startswith("tpot_ms_") for c in shapes.columns):
+        if shapes.empty or self.limits is not None:
             return shapes
         chosen = shapes if rows is None else shapes.loc[rows]
-        latency = self.throughput_model.estimate(chosen, self.workload, self.tp)
-        columns = [c for c in LATENCY_COLUMNS if c in latency.columns]
+        if MISSING_LATENCY in shapes.columns:  # some rows filled already: fill the rest of those asked for
+            chosen = chosen[chosen[MISSING_LATENCY].isna()]
         out = shapes.copy()
-        for column in columns:
-            out[column] = np.nan
-            out.loc[chosen.index, column] = latency[column].to_numpy()
+        for column in LATENCY_COLUMNS:
+            if column not in out.columns:
+                out[column] = np.nan
+        if len(chosen):
+            latency = self.throughput_model.estimate(chosen, self.workload, self.tp)
+            for column in LATENCY_COLUMNS:
+                out.loc[chosen.index, column] = latency[column].to_numpy()
         out.attrs = dict(shapes.attrs)  # select_top_k's tie count rides on the picks
         return out
 
@@ -697,9 +704,10 @@ def label_extrapolations(picks: pd.DataFrame, fitted: FittedLaw, policy: GqaPoli
 
 
 def table_labels(shapes: list[str], sizes: list[str]) -> list[str]:
-    """A table's extrapolation cell per pick: its shape label, with its size (``N 3.3x``) only where the picks' sizes
-    differ in it; a size every pick shares is the note under the table, not a column repeated on every row."""
-    shared = len(set(sizes)) == 1
+    """A table's extrapolation cell per pick: its shape label, with its size (``N 3.28x``) only where the picks differ
+    in which sizes lie outside the runs, or which way; what every pick shares is the note under the table (with the
+    largest multiple), not a column repeated on every row."""
+    shared = len({re.sub(r"[0-9.]+x", "", size) for size in sizes}) == 1  # the same sizes out, the same way
     return ["; ".join(part for part in (shape, "" if shared else size) if part) for shape, size in zip(shapes, sizes)]
 
 
@@ -1047,7 +1055,13 @@ def compare_with_fixed_batch(candidates: pd.DataFrame, picks: pd.DataFrame, spec
             "under_limit": {k: _plain(limited[k]) for k in keep},
             "fixed_batch": None if fixed is None else {k: _plain(fixed[k]) for k in keep},
             "note": comparison_note(limited, fixed, spec.limits, spec.workload, spec.tie_rule,
-                                    spec.throughput_model.latency_measured)}
+                                    spec.throughput_model.latency_measured_for(limited_columns(spec.limits)))}
+
+
+def limited_columns(limits: LatencyLimits) -> list[str]:
+    """The latency columns a limit actually bounds (TPOT, TTFT or both, at its statistic)."""
+    return [latency_column(metric, limits.statistic) for metric, value in (("tpot", limits.tpot_ms), ("ttft", limits.ttft_ms))
+            if value is not None]
 
 
 def limit_columns(limits: LatencyLimits) -> list[str]:

@@ -107,8 +107,9 @@ def comparison_note(limited_pick: Mapping[str, Any], fixed_pick: Mapping[str, An
                     workload: Workload, tie: tuple[float, str] | None = None, latency_measured: bool = True) -> str:
     """Whether the pick under the limit differs from the pick at the fixed batch, why (the batch each could run),
     and whether the gap between them under the limit is larger than the estimate's error (``tie``). That error is
-    the throughput estimate's at a given batch; without ``latency_measured`` the batches themselves rest on
-    unmeasured latencies, and a gap above it is said to be a rank only as far as they hold."""
+    the throughput estimate's at a given batch; without ``latency_measured`` (the limited latencies compared with
+    measurements) the batches themselves rest on unmeasured latencies, and a gap above it is said to be a rank
+    only as far as they hold."""
     under = describe_pick(limited_pick, limits, workload, under_limit=True)
     if fixed_pick is None:
         return f"under {limits.describe()}: pick {under}; no shape that meets the loss target fits at batch {workload.batch_size}"

@@ -138,9 +138,14 @@ class Profile:
 
     @property
     def latency_measured(self) -> bool:
-        """Whether this profile's TPOT and TTFT were ever compared with measured rows (so an operating point chosen
-        under a latency limit has a measured error)."""
+        """Whether this profile's TPOT and TTFT were ever compared with measured rows."""
         return bool(self._latency_figures()[1])
+
+    def latency_measured_for(self, columns: list[str]) -> bool:
+        """Whether each of these latency columns (``tpot_ms_p99``, ...) was compared with measured rows: an operating
+        point chosen by a limit on them then has a measured error (a TPOT p50 figure says nothing of p99)."""
+        figures = self._latency_figures()[1]
+        return bool(columns) and all(column in figures for column in columns)
 
     def latency_trust(self) -> str:
         """How far this profile's TPOT and TTFT predictions were checked: the median |error| on the rows it was
