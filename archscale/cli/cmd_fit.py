@@ -78,17 +78,6 @@ def _loose_optimum(fit: Any) -> str:
             "it")
 
 
-def _optimum_outside(optimum: dict, coverage: dict | None) -> str:
-    """A caveat for a closed-form optimum that lies outside the range the fit's runs cover: the law's minimum there is
-    where its curve turns, not a loss any run measured."""
-    from archscale.fit.coverage import RELATIVE_SLACK, _span
-
-    out = [f"{name}* outside the runs' {name} {_span(*coverage[name])}" for name, value in optimum.items()
-           if coverage and name in coverage and math.isfinite(value)
-           and not coverage[name][0] * (1 - RELATIVE_SLACK) <= value <= coverage[name][1] * (1 + RELATIVE_SLACK)]
-    return f"{', '.join(out)}: an extrapolation" if out else ""
-
-
 def _caveats(*parts: str) -> str:
     """`` (a; b)`` after a printed figure, or nothing when there is no caveat."""
     given = [part for part in parts if part]
@@ -174,6 +163,8 @@ def _degenerate_label(degenerate: dict[str, str]) -> str:
 
 
 def _print_study(study: Study) -> None:
+    from archscale.fit.coverage import optimum_outside
+
     fit = study.fit
     _print_selection(study)
     console.print(f"[bold]{fit.law.name}[/bold]: {fit.law.description}  ({fit.objective} fit on {fit.n_points} runs)")
@@ -210,7 +201,7 @@ def _print_study(study: Study) -> None:
     optimum = fit.law.optimum(fit.params)
     if optimum:
         console.print("closed-form optimum: " + ", ".join(f"{k}* = {_fmt(v)}" for k, v in optimum.items())
-                      + _caveats(_optimum_outside(optimum, study.fitted.coverage), _loose_optimum(fit)))
+                      + _caveats(optimum_outside(optimum, study.fitted.coverage), _loose_optimum(fit)))
     console.print(f"objective ({fit.objective}): {fit.objective_value:.10g}, best of {fit.n_starts} starts")
     if study.fitted.gqa is not None:
         console.print(f"GQA in the search: {'traded' if study.fitted.gqa.traded else 'held'}; {study.fitted.gqa.reason}")
@@ -308,7 +299,7 @@ def predict(
 
     A conditional law fitted without a reference law (the published fits in data/fits) predicts the loss relative to L_opt(N, D), as search ranks shapes with it; --l-opt or a fit made with --reference gives an absolute loss.
     """
-    from archscale.fit.coverage import outside_sizes
+    from archscale.fit.coverage import optimum_outside, outside_sizes
     from archscale.search.constrained import losses_are_relative, relative_unit
 
     for flag, number in (("--ratio", ratio), ("--gqa", gqa), ("--l-opt", l_opt)):
@@ -351,7 +342,7 @@ def predict(
     extrapolation = outside_sizes(fitted.size_range, n, row.get("D")) + _outside_shape(fitted, row, layers)
     if extrapolation:
         result["extrapolation"] = extrapolation
-    optimum_caveat = _optimum_outside(fitted.optimum(), fitted.coverage) if fitted.optimum() else ""
+    optimum_caveat = optimum_outside(result["optimum"] or {}, fitted.coverage)
     if optimum_caveat:
         result["optimum_note"] = optimum_caveat
     if as_json:
@@ -368,6 +359,6 @@ def predict(
         console.print(f"warning: {note}")
     if unchecked:
         console.print(f"note: the GQA factor is not one the search trades on: {result['gqa_note']}")
-    if fitted.optimum():
-        console.print("closed-form optimum: " + ", ".join(f"{k}* = {_fmt(v)}" for k, v in fitted.optimum().items())
+    if result["optimum"]:
+        console.print("closed-form optimum: " + ", ".join(f"{k}* = {_fmt(v)}" for k, v in result["optimum"].items())
                       + _caveats(optimum_caveat))

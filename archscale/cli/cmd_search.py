@@ -473,7 +473,7 @@ def _print_families(result: FamilyResult, spec: SearchSpec, fitted: Any) -> None
                       *_served_cells(row, limits),
                       f"{row['output_tokens_per_s']:,.0f}" + (" (measured)" if row.get("throughput_source") == "measured" else ""),
                       f"{row['memory_gb']:.1f}",
-                      *([format_usd(float(row["usd_per_m_output"]))] if dollars else []), row.get("extrapolation_brief", row["extrapolation"]) or "-")
+                      *([format_usd(float(row["usd_per_m_output"]))] if dollars else []), row["extrapolation_brief"] or "-")
     console.print(table)
     if result.winner is not None:
         console.print(f"verdict: {result.winner['verdict']}")

@@ -39,6 +39,16 @@ RELATIVE_SLACK = 0.02
 """A candidate within 2% of a bound is inside: the published tables print x and r to two or three digits."""
 
 
+def past(value: Any, high: float) -> Any:
+    """Whether ``value`` (a number or an array) lies past a range's ``high`` bound by more than :data:`RELATIVE_SLACK`."""
+    return value > high * (1 + RELATIVE_SLACK)
+
+
+def under(value: Any, low: float) -> Any:
+    """Whether ``value`` (a number or an array) lies under a range's ``low`` bound by more than :data:`RELATIVE_SLACK`."""
+    return value < low * (1 - RELATIVE_SLACK)
+
+
 def coordinates_of(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """Each coordinate the table holds, directly or from its shape columns."""
     values: dict[str, np.ndarray] = {}
@@ -135,7 +145,7 @@ def outside_coverage(candidates: pd.DataFrame, coverage: Mapping[str, list[float
             continue
         low, high = coverage[name]
         value = values[name]
-        mask |= (((value < low * (1 - RELATIVE_SLACK)) | (value > high * (1 + RELATIVE_SLACK))) * (1 << bit)).astype(np.int64)
+        mask |= ((under(value, low) | past(value, high)) * (1 << bit)).astype(np.int64)
     return mask
 
 
@@ -155,6 +165,16 @@ def outside_label(row: Mapping[str, Any], mask: int, coverage: Mapping[str, list
 def outside_names(mask: int) -> list[str]:
     """The coordinate names set in a mask."""
     return [name for bit, name in enumerate(COORDINATES) if int(mask) >> bit & 1]
+
+
+def optimum_outside(optimum: Mapping[str, float], coverage: Mapping[str, list[float]] | None) -> str:
+    """``"x* outside the runs' x 0.0717-0.274: an extrapolation"`` for a law's closed-form optimum whose coordinates
+    lie outside the fit's runs ("" inside, or with no coverage): the law's minimum there is where its curve turns,
+    not a loss any run measured."""
+    out = [f"{name}* outside the runs' {name} {_span(*coverage[name])}" for name, value in optimum.items()
+           if coverage and name in coverage and math.isfinite(value)
+           and (under(value, coverage[name][0]) or past(value, coverage[name][1]))]
+    return f"{', '.join(out)}: an extrapolation" if out else ""
 
 
 def describe_coverage(coverage: Mapping[str, list[float]]) -> str:
@@ -191,7 +211,7 @@ def beyond_sizes(size_range: Mapping[str, list[float]] | None, sizes: Any, token
     parts = []
     for name, word, values in _size_values(size_range, sizes, tokens, size_word):
         high = size_range[name][1]
-        if values.max() > high * (1 + RELATIVE_SLACK):
+        if past(values.max(), high):
             parts.append(f"{word} up to {values.max():.3g}, {values.max() / high:.3g}x the largest its runs had ({high:.3g})")
     return ("extrapolation past the fitted runs: " + "; ".join(parts)) if parts else None
 
@@ -203,7 +223,7 @@ def below_sizes(size_range: Mapping[str, list[float]] | None, sizes: Any, tokens
     parts = []
     for name, word, values in _size_values(size_range, sizes, tokens, size_word):
         low = size_range[name][0]
-        if values.min() < low * (1 - RELATIVE_SLACK):
+        if under(values.min(), low):
             parts.append(f"{word} down to {values.min():.3g}, {low / values.min():.3g}x below the smallest its runs had "
                          f"({low:.3g})")
     return ("extrapolation below the fitted runs: " + "; ".join(parts)) if parts else None
@@ -223,7 +243,7 @@ def size_label(size_range: Mapping[str, list[float]] | None, n: float, tokens: f
     for name, _, values in _size_values(size_range, [n], [tokens], "N"):
         low, high = size_range[name]
         value = float(values[0])
-        if not low * (1 - RELATIVE_SLACK) <= value <= high * (1 + RELATIVE_SLACK):
+        if under(value, low) or past(value, high):
             parts.append(f"{name} {value:.3g} (runs {_span(low, high)})")
     return "; ".join(parts)
 
@@ -235,9 +255,9 @@ def size_brief(size_range: Mapping[str, list[float]] | None, n: float, tokens: f
     for name, _, values in _size_values(size_range, [n], [tokens], "N"):
         low, high = size_range[name]
         value = float(values[0])
-        if value > high * (1 + RELATIVE_SLACK):
+        if past(value, high):
             parts.append(f"{name} {_times(value / high)}")
-        elif value < low * (1 - RELATIVE_SLACK):
+        elif under(value, low):
             parts.append(f"{name} {_times(low / value)} below")
     return ", ".join(parts)
 

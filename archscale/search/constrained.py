@@ -1055,13 +1055,7 @@ def compare_with_fixed_batch(candidates: pd.DataFrame, picks: pd.DataFrame, spec
             "under_limit": {k: _plain(limited[k]) for k in keep},
             "fixed_batch": None if fixed is None else {k: _plain(fixed[k]) for k in keep},
             "note": comparison_note(limited, fixed, spec.limits, spec.workload, spec.tie_rule,
-                                    spec.throughput_model.latency_measured_for(limited_columns(spec.limits)))}
-
-
-def limited_columns(limits: LatencyLimits) -> list[str]:
-    """The latency columns a limit actually bounds (TPOT, TTFT or both, at its statistic)."""
-    return [latency_column(metric, limits.statistic) for metric, value in (("tpot", limits.tpot_ms), ("ttft", limits.ttft_ms))
-            if value is not None]
+                                    spec.throughput_model.latency_measured_for(list(spec.limits.bounded)))}
 
 
 def limit_columns(limits: LatencyLimits) -> list[str]:

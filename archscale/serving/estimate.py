@@ -798,12 +798,17 @@ class LatencyLimits:
                  for name, value in (("TPOT", self.tpot_ms), ("TTFT", self.ttft_ms)) if value is not None]
         return " and ".join(parts)
 
+    @property
+    def bounded(self) -> dict[str, float]:
+        """{latency column: its limit in ms} for what these limits bound (TPOT, TTFT or both, at their statistic)."""
+        return {latency_column(metric, self.statistic): limit
+                for metric, limit in (("tpot", self.tpot_ms), ("ttft", self.ttft_ms)) if limit is not None}
+
     def met(self, frame: pd.DataFrame) -> np.ndarray:
         """Which rows of an estimate or bench table meet the limits (a missing figure does not)."""
         ok = np.ones(len(frame), dtype=bool)
-        for metric, limit in (("tpot", self.tpot_ms), ("ttft", self.ttft_ms)):
-            if limit is not None:
-                ok &= (frame[latency_column(metric, self.statistic)].to_numpy(dtype=float) <= limit)
+        for column, limit in self.bounded.items():
+            ok &= (frame[column].to_numpy(dtype=float) <= limit)
         return ok
 
 

@@ -12,7 +12,8 @@ optimizer steps of each session (where ``torch.compile`` compiles, and the
 optimizer allocates its moments) are timed apart and reported as
 ``startup_s`` (not the learning-rate warm-up, train.json's ``warmup_steps``);
 ``tokens_per_s`` and MFU count the steps after them, in the result and in
-every log line (a log line that falls in the start-up has no rate). Time spent in evaluation, logging and checkpoints is in neither.
+every log line (a log line that falls in the start-up has no rate). Time
+spent in evaluation, logging and checkpoints is in neither.
 
 Why resume is exact: the batch of step ``s`` is a pure function of
 ``(seed, s)`` (:class:`~archscale.train.data.TokenDataset`), the learning
